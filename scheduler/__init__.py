@@ -1,0 +1,1 @@
+"""schedbus: an asynchronous priority job scheduler (import package ``scheduler``)."""

@@ -1,0 +1,1 @@
+"""The WebSocket bus: connections and roles, dispatch, events."""

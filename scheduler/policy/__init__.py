@@ -1,0 +1,1 @@
+"""Pure scheduling decisions: no I/O, no asyncio, time passed in as an argument."""

@@ -1,0 +1,26 @@
+"""Reconnect delays: exponential backoff with full jitter, so clients do not stampede a bus."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Backoff:
+    """Delays that double from ``base`` up to ``cap``, each drawn uniformly in [0.5d, d]."""
+
+    base: float = 0.1
+    cap: float = 5.0
+    rng: random.Random = field(default_factory=random.Random)
+    _attempt: int = 0
+
+    def next_delay(self) -> float:
+        """Return the delay before the next try and count the try."""
+        ceiling = min(self.cap, self.base * (2**self._attempt))
+        self._attempt += 1
+        return self.rng.uniform(ceiling / 2, ceiling)
+
+    def reset(self) -> None:
+        """Forget past failures (call after a successful connect)."""
+        self._attempt = 0

@@ -1,0 +1,297 @@
+"""Every wire message as a typed struct: decoding validates, encoding is one call. No I/O.
+
+Two dialects share one WebSocket endpoint:
+
+* **v1** (the original prototype, kept byte for byte): ``register`` with a ``type``,
+  ``job_request`` with a bare ``{"priority", "runtime"}`` payload, and a v1 scheduler
+  receives that bare payload. A v1 producer never reads.
+* **v2**: ``register`` carries ``"protocol": 2``; every submit is answered
+  (``accepted`` or ``error``), jobs carry ids, and events flow back.
+
+Client to bus messages are tagged by ``cmd``; bus to client messages by ``type``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Annotated, Final, Literal
+
+import msgspec
+
+MAX_FRAME_BYTES: Final = 1024 * 1024
+"""Frames larger than this are refused by the WebSocket layer (``max_size``)."""
+
+MAX_RUNTIME_S: Final = 365 * 24 * 3600.0
+MAX_TIMEOUT_S: Final = 365 * 24 * 3600.0
+MAX_NAME_LEN: Final = 200
+MAX_TASKS: Final = 1000
+MAX_SIZE: Final = 4096
+PRIORITY_MIN: Final = 0
+PRIORITY_MAX: Final = 10
+
+Priority = Annotated[int, msgspec.Meta(ge=PRIORITY_MIN, le=PRIORITY_MAX)]
+"""0 is the most urgent, 10 the least."""
+Runtime = Annotated[float, msgspec.Meta(gt=0, le=MAX_RUNTIME_S)]
+Timeout = Annotated[float, msgspec.Meta(gt=0, le=MAX_TIMEOUT_S)]
+Name = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_NAME_LEN)]
+Ref = Annotated[str, msgspec.Meta(max_length=MAX_NAME_LEN)] | int | None
+JobId = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_NAME_LEN)]
+Attempt = Annotated[int, msgspec.Meta(ge=1)]
+
+Role = Literal["producer", "scheduler", "monitor"]
+
+EventKind = Literal[
+    "accepted",
+    "assigned",
+    "started",
+    "succeeded",
+    "failed",
+    "timed_out",
+    "evicted",
+    "cancelled",
+    "dead",
+]
+"""What happened to a job. ``evicted`` means requeued, not failed."""
+
+FINAL_EVENTS: Final[frozenset[str]] = frozenset(
+    {"succeeded", "failed", "timed_out", "cancelled", "dead"}
+)
+"""Events after which a job never runs again."""
+
+SchedulerReport = Literal["started", "succeeded", "failed", "timed_out", "evicted"]
+"""The events a scheduler may report about a job it holds."""
+
+JobState = Literal[
+    "queued",
+    "assigned",
+    "running",
+    "succeeded",
+    "failed",
+    "timed_out",
+    "cancelled",
+    "dead",
+]
+
+
+class JobPayload(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True):
+    """What a producer asks to run. v1 sends only ``priority`` and ``runtime``."""
+
+    priority: Priority
+    runtime: Runtime
+    task: Name = "sleep"
+    timeout: Timeout | None = None
+
+
+# --- client -> bus -------------------------------------------------------------------
+
+
+class Register(msgspec.Struct, frozen=True, tag_field="cmd", tag="register"):
+    """A client announces its role. v1 sends only ``type``."""
+
+    type: Role
+    protocol: Annotated[int, msgspec.Meta(ge=1, le=2)] = 1
+    name: Name | None = None
+    token: Annotated[str, msgspec.Meta(max_length=MAX_NAME_LEN)] | None = None
+    size: Annotated[int, msgspec.Meta(ge=1, le=MAX_SIZE)] | None = None
+    tasks: Annotated[list[Name], msgspec.Meta(max_length=MAX_TASKS)] | None = None
+
+
+class JobRequest(
+    msgspec.Struct, frozen=True, tag_field="cmd", tag="job_request", omit_defaults=True
+):
+    """Submit one job. A v2 producer may add ``ref`` to match the reply to the request."""
+
+    payload: JobPayload
+    ref: Ref = None
+
+
+class Report(msgspec.Struct, frozen=True, tag_field="cmd", tag="report", omit_defaults=True):
+    """A v2 scheduler tells the bus what happened to an attempt it holds."""
+
+    event: SchedulerReport
+    id: JobId
+    attempt: Attempt
+    exit_code: int | None = None
+    error: Annotated[str, msgspec.Meta(max_length=64 * 1024)] | None = None
+    wall_s: float | None = None
+    cpu_s: float | None = None
+    max_rss_kb: int | None = None
+
+
+class Heartbeat(msgspec.Struct, frozen=True, tag_field="cmd", tag="heartbeat"):
+    """A v2 scheduler's periodic sign of life with its load."""
+
+    running: Annotated[int, msgspec.Meta(ge=0)] = 0
+    queued: Annotated[int, msgspec.Meta(ge=0)] = 0
+
+
+ClientMessage = Register | JobRequest | Report | Heartbeat
+
+# --- bus -> client -------------------------------------------------------------------
+
+
+class Registered(msgspec.Struct, frozen=True, tag_field="type", tag="registered"):
+    """The bus's answer to a v2 ``register``: the name it knows the client by."""
+
+    name: str
+    protocol: int = 2
+
+
+class Accepted(msgspec.Struct, frozen=True, tag_field="type", tag="accepted", omit_defaults=True):
+    """A submit was accepted: ``id`` names the job from now on."""
+
+    id: str
+    ref: Ref = None
+
+
+class Error(msgspec.Struct, frozen=True, tag_field="type", tag="error", omit_defaults=True):
+    """A frame was refused. ``field`` is a dotted path into the frame, when one is to blame."""
+
+    message: str
+    field: str | None = None
+    ref: Ref = None
+
+
+class Assignment(msgspec.Struct, frozen=True, omit_defaults=True):
+    """One attempt of one job handed to one scheduler."""
+
+    id: str
+    attempt: int
+    priority: int
+    runtime: float
+    task: str = "sleep"
+    timeout: float | None = None
+    evictions: int = 0
+
+
+class Assign(msgspec.Struct, frozen=True, tag_field="type", tag="assign"):
+    """The bus gives a v2 scheduler an attempt of a job to run."""
+
+    job: Assignment
+
+
+class JobEvent(msgspec.Struct, frozen=True, tag_field="type", tag="event", omit_defaults=True):
+    """Something happened to a job; sent to its producer and to every monitor."""
+
+    event: EventKind
+    id: str
+    priority: int
+    state: JobState
+    time: float
+    runtime: float
+    task: str = "sleep"
+    scheduler: str | None = None
+    attempt: int = 0
+    evictions: int = 0
+    exit_code: int | None = None
+    error: str | None = None
+    wall_s: float | None = None
+    cpu_s: float | None = None
+    max_rss_kb: int | None = None
+
+
+BusMessage = Registered | Accepted | Error | Assign | JobEvent
+
+# --- encode / decode -----------------------------------------------------------------
+
+
+class ProtocolError(ValueError):
+    """A frame that does not decode. ``field`` is the dotted path to blame, if any."""
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.field = field
+
+    def to_error(self, ref: int | str | None = None) -> Error:
+        """The ``error`` reply for this failure."""
+        return Error(message=self.message, field=self.field, ref=ref)
+
+
+_client_decoder: msgspec.json.Decoder[ClientMessage] = msgspec.json.Decoder(ClientMessage)
+_bus_decoder: msgspec.json.Decoder[BusMessage] = msgspec.json.Decoder(BusMessage)
+_payload_decoder = msgspec.json.Decoder(JobPayload)
+_encoder = msgspec.json.Encoder()
+_PATH = re.compile(r" - at `\$\.?(?P<path>[^`]*)`$")
+
+
+def _field_of(message: str) -> tuple[str, str | None]:
+    """Split msgspec's ``... - at `$.payload.priority``` into text and ``payload.priority``."""
+    match = _PATH.search(message)
+    if match is None:
+        return message, None
+    path = match.group("path").replace("[", ".").replace("]", "")
+    return message[: match.start()], path or None
+
+
+def _protocol_error(exc: msgspec.MsgspecError) -> ProtocolError:
+    if isinstance(exc, msgspec.ValidationError):
+        text, field = _field_of(str(exc))
+        if field == "cmd" and text.startswith("Invalid value"):
+            text = f"unknown cmd: {text.removeprefix('Invalid value ')}"
+        return ProtocolError(f"{field or 'frame'}: {text}", field)
+    return ProtocolError(f"not valid JSON: {exc}")
+
+
+def decode_client(frame: str | bytes) -> ClientMessage:
+    """Decode and validate a client frame; raise :class:`ProtocolError` naming the bad field."""
+    try:
+        return _client_decoder.decode(frame)
+    except msgspec.MsgspecError as exc:
+        raise _protocol_error(exc) from None
+
+
+def decode_bus(frame: str | bytes) -> BusMessage:
+    """Decode and validate a frame sent by the bus to a v2 client."""
+    try:
+        return _bus_decoder.decode(frame)
+    except msgspec.MsgspecError as exc:
+        raise _protocol_error(exc) from None
+
+
+def decode_payload(frame: str | bytes) -> JobPayload:
+    """Decode the bare v1 payload a v1 scheduler receives."""
+    try:
+        return _payload_decoder.decode(frame)
+    except msgspec.MsgspecError as exc:
+        raise _protocol_error(exc) from None
+
+
+def ref_of(frame: str | bytes) -> int | str | None:
+    """Best-effort ``ref`` of a frame that failed to decode, so the error can name it."""
+    try:
+        raw = msgspec.json.decode(frame)
+    except msgspec.MsgspecError:
+        return None
+    ref = raw.get("ref") if isinstance(raw, dict) else None
+    return ref if isinstance(ref, int | str) and not isinstance(ref, bool) else None
+
+
+def encode(message: ClientMessage | BusMessage) -> str:
+    """Encode any message as a JSON text frame."""
+    return _encoder.encode(message).decode()
+
+
+def _v1_payload_body(payload: JobPayload) -> dict[str, float | int]:
+    # The original producer sent integer runtimes, runtime first; keep that shape on the wire.
+    runtime = payload.runtime
+    return {
+        "runtime": int(runtime) if float(runtime).is_integer() else runtime,
+        "priority": payload.priority,
+    }
+
+
+def encode_v1_payload(payload: JobPayload) -> str:
+    """The bare payload a v1 scheduler receives, formatted as the original bus sent it."""
+    return json.dumps(_v1_payload_body(payload))
+
+
+def encode_v1_register(role: Role) -> str:
+    """The original ``register`` frame."""
+    return json.dumps({"cmd": "register", "type": role})
+
+
+def encode_v1_job_request(payload: JobPayload) -> str:
+    """The original ``job_request`` frame."""
+    return json.dumps({"cmd": "job_request", "payload": _v1_payload_body(payload)})

@@ -1,0 +1,206 @@
+import json
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from scheduler import protocol
+from scheduler.protocol import (
+    Accepted,
+    Assign,
+    Assignment,
+    Error,
+    Heartbeat,
+    JobEvent,
+    JobPayload,
+    JobRequest,
+    ProtocolError,
+    Register,
+    Registered,
+    Report,
+    decode_bus,
+    decode_client,
+    decode_payload,
+    encode,
+)
+
+
+def test_v1_frames_decode_exactly_as_the_original_sent_them() -> None:
+    assert decode_client('{"cmd": "register", "type": "producer"}') == Register(type="producer")
+    request = decode_client('{"cmd": "job_request", "payload": {"priority": 3, "runtime": 5.5}}')
+    assert request == JobRequest(payload=JobPayload(priority=3, runtime=5.5))
+
+
+def test_v1_encoders_produce_the_original_bytes() -> None:
+    payload = JobPayload(priority=3, runtime=0.5)
+    assert protocol.encode_v1_payload(payload) == '{"runtime": 0.5, "priority": 3}'
+    assert protocol.encode_v1_payload(JobPayload(priority=0, runtime=7.0)) == (
+        '{"runtime": 7, "priority": 0}'
+    )
+    assert protocol.encode_v1_register("scheduler") == '{"cmd": "register", "type": "scheduler"}'
+    assert protocol.encode_v1_job_request(payload) == (
+        '{"cmd": "job_request", "payload": {"runtime": 0.5, "priority": 3}}'
+    )
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        Register(type="scheduler", protocol=2, name="s1", size=4, tasks=["sleep"]),
+        JobRequest(payload=JobPayload(priority=0, runtime=1.5, timeout=3.0), ref=7),
+        Report(event="succeeded", id="abc", attempt=2, exit_code=0, wall_s=0.1),
+        Heartbeat(running=2, queued=5),
+    ],
+)
+def test_client_messages_round_trip(message: protocol.ClientMessage) -> None:
+    assert decode_client(encode(message)) == message
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        Registered(name="s1"),
+        Accepted(id="abc", ref="r1"),
+        Error(message="bad", field="payload.priority", ref=3),
+        Assign(job=Assignment(id="abc", attempt=1, priority=2, runtime=0.5, evictions=1)),
+        JobEvent(event="started", id="abc", priority=2, state="running", time=1.0, runtime=0.5),
+    ],
+)
+def test_bus_messages_round_trip(message: protocol.BusMessage) -> None:
+    assert decode_bus(encode(message)) == message
+
+
+def test_defaults_are_left_out_of_the_payload() -> None:
+    assert json.loads(encode(JobRequest(payload=JobPayload(priority=1, runtime=2.0)))) == {
+        "cmd": "job_request",
+        "payload": {"priority": 1, "runtime": 2.0},
+    }
+
+
+@pytest.mark.parametrize(
+    ("frame", "field", "words"),
+    [
+        ("not json", None, "not valid JSON"),
+        (
+            '{"cmd": "job_request", "payload": {"priority": 11, "runtime": 1}}',
+            "payload.priority",
+            "<= 10",
+        ),
+        (
+            '{"cmd": "job_request", "payload": {"priority": -1, "runtime": 1}}',
+            "payload.priority",
+            ">= 0",
+        ),
+        (
+            '{"cmd": "job_request", "payload": {"priority": 1, "runtime": -1}}',
+            "payload.runtime",
+            "> 0",
+        ),
+        (
+            '{"cmd": "job_request", "payload": {"priority": 1, "runtime": 0}}',
+            "payload.runtime",
+            "> 0",
+        ),
+        (
+            '{"cmd": "job_request", "payload": {"priority": 1, "runtime": 1e999}}',
+            "payload.runtime",
+            "",
+        ),
+        (
+            '{"cmd": "job_request", "payload": {"priority": "1", "runtime": 1}}',
+            "payload.priority",
+            "int",
+        ),
+        (
+            '{"cmd": "job_request", "payload": {"priority": 1.5, "runtime": 1}}',
+            "payload.priority",
+            "int",
+        ),
+        ('{"cmd": "job_request", "payload": {"priority": 1}}', "payload", "runtime"),
+        (
+            '{"cmd": "job_request", "payload": {"priority": 1, "runtime": 1, "x": 2}}',
+            "payload",
+            "`x`",
+        ),
+        ('{"cmd": "launch_missiles"}', "cmd", "unknown cmd"),
+        ('{"type": "producer"}', None, "`cmd`"),
+        ('{"cmd": "register", "type": "admin"}', "type", ""),
+        ("[1, 2]", None, "object"),
+        ('{"cmd": "register", "type": "scheduler", "size": 0}', "size", ">= 1"),
+    ],
+)
+def test_bad_frames_name_the_field_and_the_rule(frame: str, field: str | None, words: str) -> None:
+    with pytest.raises(ProtocolError) as caught:
+        decode_client(frame)
+    assert caught.value.field == field
+    assert words in caught.value.message
+    assert caught.value.to_error(ref=1) == Error(message=caught.value.message, field=field, ref=1)
+
+
+def test_ref_of_recovers_the_ref_of_a_bad_frame() -> None:
+    assert protocol.ref_of('{"cmd": "job_request", "ref": "r9", "payload": {}}') == "r9"
+    assert protocol.ref_of('{"ref": true}') is None
+    assert protocol.ref_of("garbage") is None
+    assert protocol.ref_of("[1]") is None
+
+
+def test_payload_decoder_validates_the_bare_v1_payload() -> None:
+    assert decode_payload('{"priority": 2, "runtime": 1}') == JobPayload(priority=2, runtime=1.0)
+    with pytest.raises(ProtocolError, match="priority"):
+        decode_payload('{"priority": 99, "runtime": 1}')
+
+
+def test_decode_bus_rejects_garbage() -> None:
+    with pytest.raises(ProtocolError):
+        decode_bus('{"type": "nope"}')
+
+
+@given(st.text(max_size=200) | st.binary(max_size=200))
+def test_any_client_frame_decodes_or_raises_protocol_error(frame: str | bytes) -> None:
+    try:
+        decode_client(frame)
+    except ProtocolError as exc:
+        assert exc.message
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=10),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4)
+    ),
+    max_leaves=12,
+)
+
+
+@given(
+    st.fixed_dictionaries(
+        {"cmd": st.sampled_from(["register", "job_request", "report", "heartbeat", "x"])},
+        optional={
+            "type": json_values,
+            "payload": st.fixed_dictionaries(
+                {}, optional={"priority": json_values, "runtime": json_values, "task": json_values}
+            ),
+            "event": json_values,
+            "id": json_values,
+            "attempt": json_values,
+            "ref": json_values,
+        },
+    )
+)
+def test_structured_garbage_decodes_valid_or_names_a_field(frame: dict[str, object]) -> None:
+    try:
+        message = decode_client(json.dumps(frame))
+    except ProtocolError as exc:
+        assert exc.message
+        return
+    if isinstance(message, JobRequest):
+        assert 0 <= message.payload.priority <= 10
+        assert 0 < message.payload.runtime <= protocol.MAX_RUNTIME_S
+
+
+@given(st.text(max_size=200) | st.binary(max_size=200))
+def test_any_bus_frame_decodes_or_raises_protocol_error(frame: str | bytes) -> None:
+    try:
+        decode_bus(frame)
+    except ProtocolError as exc:
+        assert exc.message

@@ -1,0 +1,57 @@
+"""What every command shares: logging set-up and running a coroutine until SIGINT/SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
+import click
+
+T = TypeVar("T")
+
+LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+LOG_LEVELS = click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False)
+
+
+def configure_logging(level: str | int) -> None:
+    """Log to stderr with timestamps at ``level``."""
+    logging.basicConfig(level=level, format=LOG_FORMAT, stream=sys.stderr, force=True)
+
+
+def run_until_signalled(main: Coroutine[Any, Any, T]) -> T | None:
+    """Run ``main`` on a new event loop; SIGINT or SIGTERM cancels it cleanly.
+
+    Returns what ``main`` returned, or None when a signal stopped it. ``main`` sees
+    :class:`asyncio.CancelledError` and runs its ``finally`` blocks (stopping child
+    processes, closing sockets) before this returns.
+    """
+
+    async def guarded() -> T | None:
+        task = asyncio.current_task()
+        assert task is not None
+        loop = asyncio.get_running_loop()
+        stopped = False
+
+        def stop(signum: int) -> None:
+            nonlocal stopped
+            logging.getLogger(__name__).info("%s received: stopping", signal.Signals(signum).name)
+            stopped = True
+            task.cancel()
+
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop, signum)
+        try:
+            return await main
+        except asyncio.CancelledError:
+            if not stopped:
+                raise
+            return None
+        finally:
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(signum)
+
+    return asyncio.run(guarded())

@@ -1,0 +1,364 @@
+"""``python -m scheduler.producer``: submits random ``sleep`` jobs, as the original did.
+
+By default it submits one job every ``--period`` seconds forever. ``--count`` stops after
+N jobs; ``--wait`` then waits until every job it submitted is final and prints a summary
+(``--json``: one JSON object per job on stdout as it becomes final).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import logging
+import random
+import statistics
+import sys
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import click
+from websockets.asyncio.client import connect
+
+from scheduler import protocol
+from scheduler.cli_support import configure_logging, run_until_signalled
+from scheduler.producer_client import BusConnectionLost, ProducerClient, SubmitError
+from scheduler.protocol import JobPayload
+from scheduler.tracking import JobRecord, JobTracker
+
+log = logging.getLogger("scheduler.producer")
+
+DEFAULT_URL = "ws://localhost:8101"
+
+
+@dataclass(frozen=True)
+class Span:
+    """An inclusive range of numbers, parsed from ``LO-HI`` (or a single ``X``)."""
+
+    low: float
+    high: float
+
+    @property
+    def integral(self) -> bool:
+        """True when both ends are whole numbers (draw integers, as the original did)."""
+        return self.low.is_integer() and self.high.is_integer()
+
+    def draw(self, rng: random.Random) -> float:
+        """A random value within the span."""
+        if self.integral:
+            return rng.randint(int(self.low), int(self.high))
+        return rng.uniform(self.low, self.high)
+
+
+def parse_span(text: str) -> Span:
+    """Parse ``LO-HI`` or ``X`` into a :class:`Span`; raise ValueError saying what is wrong."""
+    low_text, sep, high_text = text.strip().partition("-")
+    try:
+        low = float(low_text)
+        high = float(high_text) if sep else low
+    except ValueError:
+        raise ValueError(f"{text!r} is not LO-HI, e.g. 3-15 or 0.1-0.5") from None
+    if low > high:
+        raise ValueError(f"{text!r}: LO must not exceed HI")
+    return Span(low, high)
+
+
+class SpanType(click.ParamType[Span, object]):
+    """click parameter type for ``LO-HI`` ranges."""
+
+    name = "LO-HI"
+
+    def convert(
+        self, value: object, param: click.Parameter | None, ctx: click.Context | None
+    ) -> Span:
+        if isinstance(value, Span):
+            return value
+        try:
+            return parse_span(str(value))
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+@dataclass(frozen=True)
+class JobMaker:
+    """Draws random job payloads within the configured ranges."""
+
+    runtime: Span
+    priority: Span
+    timeout: float | None
+    rng: random.Random
+
+    def next(self) -> JobPayload:
+        """A new random payload."""
+        return JobPayload(
+            priority=int(self.priority.draw(self.rng)),
+            runtime=float(self.runtime.draw(self.rng)),
+            timeout=self.timeout,
+        )
+
+
+def periods(period: float, gauss: bool, sigma: float, rng: random.Random) -> Iterator[float]:
+    """Seconds to wait between submits: constant, or gaussian around ``period`` (min 5 ms)."""
+    while True:
+        yield max(rng.gauss(period, sigma), 0.005) if gauss else period
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Everything one producer run does."""
+
+    url: str
+    count: int | None
+    maker: JobMaker
+    waits: Iterator[float]
+    name: str | None
+    token: str | None
+    wait: bool
+    as_json: bool
+
+
+async def submit_v1(plan: Plan) -> int:
+    """Speak the original protocol: register, then send jobs; never read a reply."""
+    submitted = 0
+    async with connect(plan.url, compression=None) as ws:
+        await ws.send(protocol.encode_v1_register("producer"))
+        for index in _indices(plan.count):
+            if index:
+                await asyncio.sleep(next(plan.waits))
+            frame = protocol.encode_v1_job_request(plan.maker.next())
+            await ws.send(frame)
+            submitted += 1
+            log.info("submitted %s", frame)
+    log.info("done: %d jobs submitted", submitted)
+    return 0
+
+
+async def submit_v2(plan: Plan) -> int:
+    """Submit over v2; with ``plan.wait``, follow every job to its final state."""
+    async with ProducerClient(plan.url, name=plan.name, token=plan.token) as client:
+        log.info("connected to %s as %s", plan.url, client.name)
+        follower = JobFollower(plan.as_json)
+        watching = asyncio.create_task(follower.follow(client)) if plan.wait else None
+        try:
+            for index in _indices(plan.count):
+                if index:
+                    await asyncio.sleep(next(plan.waits))
+                payload = plan.maker.next()
+                job_id = await client.submit(payload)
+                follower.expect(job_id)
+                log.info(
+                    "submitted %s priority=%d runtime=%.3gs",
+                    job_id[:8],
+                    payload.priority,
+                    payload.runtime,
+                )
+            if watching is None:
+                return 0
+            follower.all_submitted()
+            await watching
+        finally:
+            if watching is not None and not watching.done():
+                watching.cancel()
+    print_summary(list(follower.finished.values()))
+    return 0
+
+
+class JobFollower:
+    """Consumes a producer's events until every job it submitted is final."""
+
+    def __init__(self, as_json: bool) -> None:
+        self.tracker = JobTracker()
+        self.as_json = as_json
+        self.expected: set[str] = set()
+        self.finished: dict[str, JobRecord] = {}
+        self._submitting = True
+        self._complete = asyncio.Event()
+
+    def expect(self, job_id: str) -> None:
+        """Count ``job_id`` among the jobs to wait for."""
+        self.expected.add(job_id)
+
+    def all_submitted(self) -> None:
+        """No more jobs will be expected; finish once the expected ones are final."""
+        self._submitting = False
+        self._check()
+
+    async def follow(self, client: ProducerClient) -> None:
+        """Apply events until every expected job is final."""
+        async for event in client.events():
+            record = self.tracker.apply(event)
+            if record.final and record.id not in self.finished:
+                self.finished[record.id] = record
+                self._report(record)
+                self._check()
+            if self._complete.is_set():
+                return
+
+    def _check(self) -> None:
+        if not self._submitting and self.expected <= self.finished.keys():
+            self._complete.set()
+
+    def _report(self, record: JobRecord) -> None:
+        if self.as_json:
+            sys.stdout.write(json.dumps(record.as_dict()) + "\n")
+            sys.stdout.flush()
+        log.info(
+            "%s %s on %s after %.2fs waiting, %.2fs running, %d evictions",
+            record.id[:8],
+            record.state,
+            record.scheduler,
+            record.wait_s,
+            record.run_s,
+            record.evictions,
+        )
+
+
+def print_summary(records: list[JobRecord]) -> None:
+    """Write one summary line about the finished jobs to stderr."""
+    states = Counter(record.state for record in records)
+    waits = [record.wait_s for record in records] or [0.0]
+    parts = ", ".join(f"{n} {state}" for state, n in sorted(states.items()))
+    click.echo(
+        f"{len(records)} jobs final: {parts or 'none'}; "
+        f"{sum(record.evictions for record in records)} evictions; "
+        f"wait median {statistics.median(waits):.2f}s, max {max(waits):.2f}s",
+        err=True,
+    )
+
+
+def _indices(count: int | None) -> Iterator[int]:
+    return iter(range(count)) if count is not None else itertools.count()
+
+
+@click.command(
+    context_settings={"help_option_names": ["-h", "--help"]},
+    epilog="By default (no -g) jobs are submitted periodically, forever.",
+)
+@click.option(
+    "-p",
+    "--period",
+    type=click.FloatRange(min=0),
+    default=5.0,
+    show_default=True,
+    help="Seconds between submits (the mean with -g).",
+)
+@click.option(
+    "-g",
+    "--gauss",
+    is_flag=True,
+    help="Wait a random time between submits: gaussian, mean -p, deviation -s.",
+)
+@click.option(
+    "-s",
+    "--sigma",
+    type=click.FloatRange(min=0),
+    default=2.0,
+    show_default=True,
+    help="Standard deviation for -g, in seconds.",
+)
+@click.option(
+    "--bus",
+    "url",
+    envvar="SCHEDBUS_URL",
+    default=DEFAULT_URL,
+    show_default=True,
+    help="Bus URL (env SCHEDBUS_URL).",
+)
+@click.option(
+    "--count",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Stop after N jobs (default: run until interrupted).",
+)
+@click.option(
+    "--runtime",
+    type=SpanType(),
+    default="3-15",
+    show_default=True,
+    help="Job runtime in seconds, LO-HI; whole numbers draw integers, e.g. 0.1-0.5.",
+)
+@click.option(
+    "--priority",
+    type=SpanType(),
+    default="0-10",
+    show_default=True,
+    help="Job priority LO-HI within 0-10; 0 is the most urgent.",
+)
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="Per-job timeout in seconds (default: the scheduler's -t).",
+)
+@click.option("--wait", is_flag=True, help="After submitting, wait until every job is final.")
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="With --wait: one JSON object per job on stdout as it becomes final.",
+)
+@click.option("--v1", is_flag=True, help="Speak the original protocol: no ids, no replies.")
+@click.option("--name", default=None, help="Name to register under (v2).")
+@click.option(
+    "--token", envvar="SCHEDBUS_TOKEN", default=None, help="Bus token (env SCHEDBUS_TOKEN)."
+)
+@click.option("--seed", type=int, default=None, help="Random seed, for repeatable job sequences.")
+@click.option("-d", "--debug", is_flag=True, help="Debug logging.")
+def cli(
+    period: float,
+    gauss: bool,
+    sigma: float,
+    url: str,
+    count: int | None,
+    runtime: Span,
+    priority: Span,
+    timeout: float | None,
+    wait: bool,
+    as_json: bool,
+    v1: bool,
+    name: str | None,
+    token: str | None,
+    seed: int | None,
+    debug: bool,
+) -> None:
+    """Submit random sleep jobs to a schedbus bus."""
+    _check_options(runtime, priority, count, wait, as_json, v1)
+    configure_logging(logging.DEBUG if debug else logging.INFO)
+    rng = random.Random(seed)
+    plan = Plan(
+        url=url,
+        count=count,
+        maker=JobMaker(runtime, priority, timeout, rng),
+        waits=periods(period, gauss, sigma, rng),
+        name=name,
+        token=token,
+        wait=wait,
+        as_json=as_json,
+    )
+    try:
+        code = run_until_signalled(submit_v1(plan) if v1 else submit_v2(plan))
+    except (OSError, BusConnectionLost, SubmitError) as exc:
+        raise click.ClickException(f"{url}: {exc}") from None
+    sys.exit(code or 0)
+
+
+def _check_options(
+    runtime: Span, priority: Span, count: int | None, wait: bool, as_json: bool, v1: bool
+) -> None:
+    if runtime.low <= 0:
+        raise click.BadParameter("runtimes must be > 0", param_hint="--runtime")
+    if priority.low < 0 or priority.high > 10 or not priority.integral:
+        raise click.BadParameter(
+            "priorities are whole numbers within 0-10", param_hint="--priority"
+        )
+    if wait and count is None:
+        raise click.UsageError("--wait needs --count: it waits for a known number of jobs")
+    if as_json and not wait:
+        raise click.UsageError("--json needs --wait")
+    if v1 and wait:
+        raise click.UsageError("--v1 producers never read replies, so they cannot --wait")
+
+
+if __name__ == "__main__":
+    cli()

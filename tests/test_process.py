@@ -1,0 +1,474 @@
+"""Tests for scheduler.process against real forked job processes."""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import errno
+import json
+import multiprocessing
+import os
+import select
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+from scheduler import process
+from scheduler.process import JobProcess, ProcessResult
+
+UNIT = float(os.environ.get("SCHEDBUS_TEST_UNIT", "1.0"))
+ROOT = Path(__file__).resolve().parent.parent
+PR_GET_PDEATHSIG = 2
+
+Spawn = Callable[..., JobProcess]
+
+
+def units(n: float) -> float:
+    """Return ``n`` test time units in seconds."""
+    return n * UNIT
+
+
+# Job targets: module-level so that any start method could reach them.
+
+
+def _noop() -> None:
+    pass
+
+
+def _exit_with(code: int) -> None:
+    sys.exit(code)
+
+
+def _raise() -> None:
+    raise ValueError("boom from the job")
+
+
+def _burn_cpu(seconds: float) -> None:
+    end = time.process_time() + seconds
+    while time.process_time() < end:
+        pass
+
+
+def _sleep(seconds: float) -> None:
+    time.sleep(seconds)
+
+
+def _exit_on_input(read_fd: int) -> None:
+    os.read(read_fd, 1)
+
+
+def _fork_grandchild(ready_fd: int, then: str) -> None:
+    """Fork a grandchild that sleeps (holding every inherited fd), report its pid, then ``then``.
+
+    With ``ignore_term`` and ``report_term`` both survive SIGTERM; ``report_term``
+    also writes ``TERM`` on ``ready_fd`` when it arrives.
+    """
+    if then == "ignore_term":
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    elif then == "report_term":
+        signal.signal(signal.SIGTERM, lambda signum, frame: os.write(ready_fd, b"TERM\n"))
+    pid = os.fork()
+    if pid == 0:
+        time.sleep(30)
+        os._exit(0)
+    os.write(ready_fd, f"{pid}\n".encode())
+    if then != "exit":
+        time.sleep(30)
+
+
+def _report_isolation(report_fd: int) -> None:
+    sockets = [fd for fd in os.listdir("/proc/self/fd") if _is_socket(int(fd))]
+    deathsig = ctypes.c_int()
+    ctypes.CDLL(None).prctl(PR_GET_PDEATHSIG, ctypes.byref(deathsig))
+    facts = {
+        "own group": os.getpgid(0) == os.getpid(),
+        "own session": os.getsid(0) == os.getpid(),
+        "no sockets": sockets == [],
+        "SIGINT default": signal.getsignal(signal.SIGINT) == signal.SIG_DFL,
+        "SIGTERM default": signal.getsignal(signal.SIGTERM) == signal.SIG_DFL,
+        "no wakeup fd": signal.set_wakeup_fd(-1) == -1,
+        "nothing blocked": signal.pthread_sigmask(signal.SIG_BLOCK, []) == set(),
+        "death signal": deathsig.value == signal.SIGRTMIN + 1,
+    }
+    os.write(report_fd, json.dumps(facts).encode())
+
+
+def _is_socket(fd: int) -> bool:
+    try:
+        return stat.S_ISSOCK(os.fstat(fd).st_mode)
+    except OSError:
+        return False
+
+
+# Helpers and fixtures.
+
+
+def _is_gone(proc: psutil.Process) -> bool:
+    try:
+        return not proc.is_running() or proc.status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+async def _wait_gone(proc: psutil.Process) -> bool:
+    deadline = time.monotonic() + units(5)
+    while not _is_gone(proc):
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(0.01)
+    return True
+
+
+async def _read_line(fd: int) -> str:
+    loop = asyncio.get_running_loop()
+    readable: asyncio.Future[None] = loop.create_future()
+
+    def on_readable() -> None:
+        if not readable.done():
+            readable.set_result(None)
+
+    loop.add_reader(fd, on_readable)
+    try:
+        await asyncio.wait_for(readable, units(5))
+    finally:
+        loop.remove_reader(fd)
+    return os.read(fd, 4096).decode()
+
+
+@pytest.fixture
+def leftovers() -> Iterator[list[psutil.Process]]:
+    """Processes (grandchildren) to SIGKILL after the test if they still run."""
+    procs: list[psutil.Process] = []
+    yield procs
+    for proc in procs:
+        if not _is_gone(proc):
+            proc.kill()
+
+
+@pytest.fixture
+async def spawn() -> AsyncIterator[Spawn]:
+    """Start JobProcesses; stop those still running after the test."""
+    jobs: list[JobProcess] = []
+
+    def start(target: Callable[..., object], *args: object, grace: float = 2.0) -> JobProcess:
+        job = JobProcess(target, args, grace=grace)
+        job.start()
+        jobs.append(job)
+        return job
+
+    yield start
+    for job in jobs:
+        if not job.done:
+            await job.stop(grace=0)
+
+
+@pytest.fixture
+def pipe() -> Iterator[tuple[int, int]]:
+    """A pipe ``(read_fd, write_fd)``, closed after the test."""
+    read_fd, write_fd = os.pipe()
+    yield read_fd, write_fd
+    os.close(read_fd)
+    os.close(write_fd)
+
+
+async def _grandchild(read_fd: int, leftovers: list[psutil.Process]) -> psutil.Process:
+    grandchild = psutil.Process(int(await _read_line(read_fd)))
+    leftovers.append(grandchild)
+    return grandchild
+
+
+# Results.
+
+
+async def test_run_reports_exit_code_and_usage(spawn: Spawn) -> None:
+    result = await spawn(_burn_cpu, units(0.05)).wait()
+    assert result.exit_code == 0
+    assert result.outcome == "exited"
+    assert result.cpu_s > 0
+    assert result.max_rss_kb > 0
+    assert result.wall_s > 0
+
+
+async def test_exit_status_is_reported(spawn: Spawn) -> None:
+    result = await spawn(_exit_with, 3).wait()
+    assert (result.exit_code, result.outcome) == (3, "exited")
+
+
+async def test_raising_target_prints_traceback_and_exits_1(
+    spawn: Spawn, capfd: pytest.CaptureFixture[str]
+) -> None:
+    result = await spawn(_raise).wait()
+    assert result.exit_code == 1
+    assert "ValueError: boom from the job" in capfd.readouterr().err
+
+
+async def test_properties_follow_the_lifecycle(spawn: Spawn) -> None:
+    idle = JobProcess(_noop)
+    assert (idle.done, idle.result) == (False, None)
+    with pytest.raises(RuntimeError):
+        _ = idle.pid
+    with pytest.raises(RuntimeError):
+        await idle.wait()
+    job = spawn(_noop)
+    result = await job.wait()
+    assert job.done and job.result is result
+    assert result.exit_code == 0
+    with pytest.raises(RuntimeError):
+        job.start()
+
+
+def test_start_needs_a_running_loop() -> None:
+    with pytest.raises(RuntimeError):
+        JobProcess(_noop).start()
+
+
+async def test_a_job_that_cannot_be_watched_is_killed(monkeypatch: pytest.MonkeyPatch) -> None:
+    def out_of_fds(pid: int, flags: int = 0) -> int:
+        raise OSError(errno.EMFILE, "Too many open files")
+
+    fds = set(os.listdir("/proc/self/fd"))
+    monkeypatch.setattr(os, "pidfd_open", out_of_fds)
+    job = JobProcess(_sleep, (units(30),))
+    with pytest.raises(OSError):
+        job.start()
+    assert not psutil.pid_exists(job.pid)
+    assert set(os.listdir("/proc/self/fd")) == fds
+
+
+# Waiting.
+
+
+async def test_concurrent_waiters_and_stoppers_share_one_result(spawn: Spawn) -> None:
+    job = spawn(_sleep, units(30))
+    results = await asyncio.gather(
+        job.wait(), job.wait(timeout=units(30)), job.stop(), job.stop(grace=0), job.wait()
+    )
+    assert all(result is results[0] for result in results)
+    assert results[0].outcome == "stopped"
+    assert job.result is results[0]
+
+
+async def test_waiting_keeps_the_loop_free_and_starts_no_thread(
+    spawn: Spawn, pipe: tuple[int, int]
+) -> None:
+    read_fd, write_fd = pipe
+    threads = threading.active_count()
+    job = spawn(_exit_on_input, read_fd)
+    # The loop must run its timers while the job blocks, and cancelling a waiter
+    # must leave the job running.
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(job.wait(), units(0.1))
+    assert not job.done
+    assert threading.active_count() == threads
+    os.write(write_fd, b"x")
+    result = await job.wait()
+    assert (result.exit_code, result.outcome) == (0, "exited")
+    assert threading.active_count() == threads
+
+
+async def test_no_fd_or_child_is_left_behind(spawn: Spawn) -> None:
+    fds = set(os.listdir("/proc/self/fd"))
+    for _ in range(3):
+        await spawn(_noop).wait()
+    assert set(os.listdir("/proc/self/fd")) == fds
+    assert multiprocessing.active_children() == []
+
+
+async def test_a_later_start_does_not_steal_an_exited_jobs_status(spawn: Spawn) -> None:
+    job = spawn(_exit_with, 7)
+    os.waitid(os.P_PID, job.pid, os.WEXITED | os.WNOWAIT)  # exited, not yet reaped
+    spawn(_noop)  # multiprocessing reaps the children it tracks on each start
+    assert (await job.wait()).exit_code == 7
+
+
+async def test_done_callback_fires_once_from_the_loop(spawn: Spawn) -> None:
+    job = spawn(_noop)
+    early: list[ProcessResult] = []
+    early_called = asyncio.Event()
+
+    def on_done(result: ProcessResult) -> None:
+        early.append(result)
+        early_called.set()
+
+    job.add_done_callback(on_done)
+    result = await job.wait()
+    await asyncio.wait_for(early_called.wait(), units(5))
+    late: list[ProcessResult] = []
+    late_called = asyncio.Event()
+
+    def on_late(result: ProcessResult) -> None:
+        late.append(result)
+        late_called.set()
+
+    job.add_done_callback(on_late)
+    assert late == []  # scheduled with call_soon, not called inline
+    await asyncio.wait_for(late_called.wait(), units(5))
+    assert early == [result] and late == [result]
+
+
+async def test_a_status_reaped_elsewhere_ends_the_job_without_exit_code(spawn: Spawn) -> None:
+    job = spawn(_noop)
+    os.waitpid(job.pid, 0)
+    result = await job.stop()
+    assert (result.exit_code, result.outcome) == (None, "exited")
+
+
+# Stopping and timeouts.
+
+
+async def test_timeout_stops_the_tree(
+    spawn: Spawn, pipe: tuple[int, int], leftovers: list[psutil.Process]
+) -> None:
+    read_fd, write_fd = pipe
+    job = spawn(_fork_grandchild, write_fd, "sleep")
+    grandchild = await _grandchild(read_fd, leftovers)
+    result = await job.wait(timeout=units(0.2))
+    assert (result.exit_code, result.outcome) == (-signal.SIGTERM, "timed_out")
+    assert await _wait_gone(grandchild)
+
+
+async def test_stop_escalates_to_sigkill_after_the_grace(
+    spawn: Spawn, pipe: tuple[int, int], leftovers: list[psutil.Process]
+) -> None:
+    read_fd, write_fd = pipe
+    job = spawn(_fork_grandchild, write_fd, "ignore_term", grace=units(0.2))
+    grandchild = await _grandchild(read_fd, leftovers)
+    result = await job.stop()
+    assert (result.exit_code, result.outcome) == (-signal.SIGKILL, "stopped")
+    assert result.wall_s >= units(0.2)
+    assert await _wait_gone(grandchild)
+
+
+async def test_a_shorter_grace_hurries_a_stop_under_way(
+    spawn: Spawn, pipe: tuple[int, int], leftovers: list[psutil.Process]
+) -> None:
+    read_fd, write_fd = pipe
+    job = spawn(_fork_grandchild, write_fd, "report_term", grace=units(30))
+    await _grandchild(read_fd, leftovers)
+    timing_out = asyncio.create_task(job.wait(timeout=units(0.1)))
+    assert "TERM" in await _read_line(read_fd)
+    result = await asyncio.wait_for(job.stop(grace=0), units(5))
+    assert (result.exit_code, result.outcome) == (-signal.SIGKILL, "timed_out")
+    assert await timing_out is result
+
+
+async def test_normal_exit_kills_what_the_job_left_behind(
+    spawn: Spawn, pipe: tuple[int, int], leftovers: list[psutil.Process]
+) -> None:
+    read_fd, write_fd = pipe
+    job = spawn(_fork_grandchild, write_fd, "exit")
+    grandchild = await _grandchild(read_fd, leftovers)
+    # The grandchild holds multiprocessing's sentinel pipe: waiting on it would time out.
+    result = await job.wait(timeout=units(10))
+    assert (result.exit_code, result.outcome) == (0, "exited")
+    assert await _wait_gone(grandchild)
+
+
+async def test_stop_after_the_job_ended_by_itself_reports_exited(spawn: Spawn) -> None:
+    job = spawn(_exit_with, 0)
+    os.waitid(os.P_PID, job.pid, os.WEXITED | os.WNOWAIT)  # exited, not yet reaped
+    result = await job.stop()
+    assert (result.exit_code, result.outcome) == (0, "exited")
+    assert await job.wait(timeout=0) is result
+
+
+async def test_an_immediate_stop_never_runs_the_parents_handlers(spawn: Spawn) -> None:
+    loop = asyncio.get_running_loop()
+    fired: list[str] = []
+    loop.add_signal_handler(signal.SIGTERM, fired.append, "SIGTERM")
+    try:
+        for _ in range(10):
+            result = await spawn(_sleep, units(30)).stop(grace=units(5))
+            assert (result.exit_code, result.outcome) == (-signal.SIGTERM, "stopped")
+    finally:
+        loop.remove_signal_handler(signal.SIGTERM)
+    assert fired == []
+
+
+# The child's environment.
+
+
+async def test_child_is_isolated_from_the_scheduler(spawn: Spawn, pipe: tuple[int, int]) -> None:
+    read_fd, write_fd = pipe
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGINT, lambda: None)
+    loop.add_signal_handler(signal.SIGTERM, lambda: None)
+    try:
+        with socket.create_server(("127.0.0.1", 0)):
+            result = await spawn(_report_isolation, write_fd).wait()
+    finally:
+        loop.remove_signal_handler(signal.SIGINT)
+        loop.remove_signal_handler(signal.SIGTERM)
+    assert result.exit_code == 0
+    facts = json.loads(os.read(read_fd, 4096))
+    assert facts == dict.fromkeys(facts, True)
+
+
+def test_child_kills_its_group_if_the_scheduler_is_already_gone() -> None:
+    # -1 stands for a parent pid recorded before the scheduler died: getppid() never matches it.
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, [])
+    proc = multiprocessing.get_context("fork").Process(
+        target=process._child_main, args=(-1, mask, _noop, (), {})
+    )
+    proc.start()
+    try:
+        proc.join(units(10))
+        assert proc.exitcode == -signal.SIGKILL
+    finally:
+        if proc.exitcode is None:
+            proc.kill()
+            proc.join()
+        proc.close()
+
+
+HELPER = textwrap.dedent(
+    """
+    import asyncio, os, subprocess, time
+    from scheduler.process import JobProcess
+
+    def job():
+        grandchild = subprocess.Popen(["sleep", "30"])
+        print(os.getpid(), grandchild.pid, flush=True)
+        time.sleep(30)
+
+    async def main():
+        JobProcess(job).start()
+        await asyncio.sleep(30)
+
+    asyncio.run(main())
+    """
+)
+
+
+def test_job_tree_dies_when_the_scheduler_is_sigkilled() -> None:
+    helper = subprocess.Popen([sys.executable, "-c", HELPER], cwd=ROOT, stdout=subprocess.PIPE)
+    assert helper.stdout is not None
+    tree: list[psutil.Process] = []
+    try:
+        readable, _, _ = select.select([helper.stdout], [], [], units(10))
+        assert readable, "the helper did not report its job"
+        tree = [psutil.Process(int(pid)) for pid in helper.stdout.readline().split()]
+        assert len(tree) == 2 and tree[0].ppid() == helper.pid
+        helper.kill()
+        helper.wait()
+        deadline = time.monotonic() + units(5)
+        while not all(_is_gone(proc) for proc in tree) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert all(_is_gone(proc) for proc in tree)
+    finally:
+        helper.kill()
+        helper.wait()
+        helper.stdout.close()
+        for proc in tree:
+            if not _is_gone(proc):
+                proc.kill()

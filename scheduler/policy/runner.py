@@ -1,0 +1,227 @@
+"""Slot admission, the local priority queue and eviction for one scheduler. Pure: no I/O.
+
+A :class:`Runner` is fed events (a job arrived, a job's process exited, a job was removed)
+and answers with decisions (:class:`Start`, :class:`Evict`, :class:`Stop`) that the caller
+carries out. It never starts a job while an earlier process of the same job is still
+being stopped: such a job is *parked* until :meth:`Runner.exited` reports that process gone.
+"""
+
+from __future__ import annotations
+
+import heapq
+from dataclasses import dataclass, field, replace
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """A job as the runner sees it. ``priority`` 0 is the most urgent."""
+
+    id: str
+    priority: int
+    evictions: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Start:
+    """Start a process for ``job_id`` now; it holds a slot."""
+
+    job_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Evict:
+    """Stop ``job_id``'s process; the job is requeued and has been evicted ``evictions`` times.
+
+    The caller reports :meth:`Runner.exited` once the process is gone.
+    """
+
+    job_id: str
+    evictions: int
+
+
+@dataclass(frozen=True, slots=True)
+class Stop:
+    """Stop ``job_id``'s process for good (removed). The caller reports :meth:`Runner.exited`."""
+
+    job_id: str
+
+
+Decision = Start | Evict | Stop
+
+
+@dataclass(frozen=True, slots=True)
+class RunningJob:
+    """A job holding a slot, with the ``now`` it was started at."""
+
+    job: Job
+    started_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """The runner's state: running jobs by start order, waiting jobs in the order they
+    would start, and ids whose process is still being stopped."""
+
+    running: tuple[RunningJob, ...]
+    waiting: tuple[Job, ...]
+    stopping: tuple[str, ...]
+
+
+@dataclass(slots=True)
+class _Entry:
+    job: Job
+    arrival: int
+    started: int = -1
+    started_at: float = 0.0
+
+    def key(self) -> tuple[int, int, str]:
+        return (self.job.priority, self.arrival, self.job.id)
+
+
+@dataclass
+class Runner:
+    """``size`` slots and a local queue ordered by priority, then arrival.
+
+    ``max_evictions``: a job already evicted that many times is no longer evicted
+    (``None``: no limit).
+    """
+
+    size: int
+    max_evictions: int | None = None
+    _running: dict[str, _Entry] = field(default_factory=dict, init=False)
+    _waiting: dict[str, _Entry] = field(default_factory=dict, init=False)
+    _heap: list[tuple[int, int, str]] = field(default_factory=list, init=False)
+    _parked: dict[str, _Entry] = field(default_factory=dict, init=False)
+    _stopping: set[str] = field(default_factory=set, init=False)
+    _arrivals: int = field(default=0, init=False)
+    _starts: int = field(default=0, init=False)
+
+    def __post_init__(self) -> None:
+        if self.size < 1:
+            raise ValueError(f"size must be at least 1, not {self.size}")
+        if self.max_evictions is not None and self.max_evictions < 0:
+            raise ValueError(f"max_evictions must be >= 0, not {self.max_evictions}")
+
+    @property
+    def running(self) -> int:
+        """How many jobs hold a slot."""
+        return len(self._running)
+
+    @property
+    def queued(self) -> int:
+        """How many jobs wait for a slot, including requeued jobs whose process is stopping."""
+        return len(self._waiting) + len(self._parked)
+
+    def __contains__(self, job_id: object) -> bool:
+        """Whether ``job_id`` is running or waiting (a removed, stopping job is not)."""
+        return job_id in self._running or job_id in self._waiting or job_id in self._parked
+
+    def submit(self, job: Job, now: float) -> list[Decision]:
+        """Take a new job: start it, start it in the place of an evicted job, or queue it.
+
+        Adds the job to the running set or the queue; an evicted job moves from running to
+        the queue with one more eviction. Returns ``[Start]``, ``[Evict, Start]`` or ``[]``.
+        Raises ``ValueError`` if the id is already running or waiting.
+        """
+        if job.id in self:
+            raise ValueError(f"job {job.id!r} is already held")
+        entry = _Entry(job, self._arrivals)
+        self._arrivals += 1
+        if job.id in self._stopping:
+            self._parked[job.id] = entry
+            return []
+        if len(self._running) < self.size:
+            return [self._start(entry, now)]
+        victim = self._victim()
+        if victim is None or victim.job.priority <= job.priority:
+            self._enqueue(entry)
+            return []
+        evict = self._evict(victim)
+        return [evict, self._start(entry, now)]
+
+    def exited(self, job_id: str, now: float) -> list[Start]:
+        """Record that ``job_id``'s process is gone, and fill the free slots.
+
+        A running job frees its slot; a stopping job becomes startable again (if it was
+        requeued). An unknown or waiting id changes nothing. Returns the jobs to start.
+        """
+        if job_id in self._running:
+            del self._running[job_id]
+        elif job_id in self._stopping:
+            self._stopping.discard(job_id)
+            parked = self._parked.pop(job_id, None)
+            if parked is not None:
+                self._enqueue(parked)
+        return self._fill(now)
+
+    def remove(self, job_id: str, now: float) -> list[Decision]:
+        """Forget ``job_id`` (cancelled): drop it from the queue, or stop it if it runs.
+
+        A running job moves to stopping and its slot goes to the next waiting job.
+        Returns ``[Stop, Start...]`` for a running job, else ``[]``.
+        """
+        if job_id in self._waiting:
+            del self._waiting[job_id]
+            self._heap = [key for key in self._heap if key[2] != job_id]
+            heapq.heapify(self._heap)
+            return []
+        if self._parked.pop(job_id, None) is not None or job_id not in self._running:
+            return []
+        del self._running[job_id]
+        self._stopping.add(job_id)
+        return [Stop(job_id), *self._fill(now)]
+
+    def clear(self) -> list[Stop]:
+        """Forget every job (shutdown): empty the queue, move every running job to stopping.
+
+        Returns a ``Stop`` per running job.
+        """
+        stops = [Stop(job_id) for job_id in self._running]
+        self._stopping.update(self._running)
+        self._running.clear()
+        self._waiting.clear()
+        self._parked.clear()
+        self._heap.clear()
+        return stops
+
+    def snapshot(self) -> Snapshot:
+        """The current state, for heartbeats and status pages. Changes nothing."""
+        by_start = sorted(self._running.values(), key=lambda e: e.started)
+        waiting = sorted([*self._waiting.values(), *self._parked.values()], key=_Entry.key)
+        return Snapshot(
+            running=tuple(RunningJob(e.job, e.started_at) for e in by_start),
+            waiting=tuple(e.job for e in waiting),
+            stopping=tuple(sorted(self._stopping)),
+        )
+
+    def _start(self, entry: _Entry, now: float) -> Start:
+        entry.started = self._starts
+        entry.started_at = now
+        self._starts += 1
+        self._running[entry.job.id] = entry
+        return Start(entry.job.id)
+
+    def _enqueue(self, entry: _Entry) -> None:
+        self._waiting[entry.job.id] = entry
+        heapq.heappush(self._heap, entry.key())
+
+    def _victim(self) -> _Entry | None:
+        """The least urgent evictable running job; of equals, the most recently started."""
+        cap = self.max_evictions
+        candidates = [e for e in self._running.values() if cap is None or e.job.evictions < cap]
+        return max(candidates, key=lambda e: (e.job.priority, e.started), default=None)
+
+    def _evict(self, victim: _Entry) -> Evict:
+        job = replace(victim.job, evictions=victim.job.evictions + 1)
+        del self._running[job.id]
+        self._stopping.add(job.id)
+        # The requeued job keeps its arrival, so it goes back ahead of later equals.
+        self._parked[job.id] = _Entry(job, victim.arrival)
+        return Evict(job.id, job.evictions)
+
+    def _fill(self, now: float) -> list[Start]:
+        starts: list[Start] = []
+        while len(self._running) < self.size and self._heap:
+            _, _, job_id = heapq.heappop(self._heap)
+            starts.append(self._start(self._waiting.pop(job_id), now))
+        return starts

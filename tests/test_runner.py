@@ -1,0 +1,261 @@
+"""The runner's slot, queue and eviction rules, fed plain numbers for time."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from scheduler.policy.runner import (
+    Evict,
+    Job,
+    Runner,
+    RunningJob,
+    Snapshot,
+    Start,
+    Stop,
+)
+
+
+def full(size: int, *priorities: int) -> Runner:
+    """A runner with ``size`` slots, running jobs r0, r1, ... with these priorities."""
+    runner = Runner(size)
+    for n, priority in enumerate(priorities):
+        assert runner.submit(Job(f"r{n}", priority), now=float(n)) == [Start(f"r{n}")]
+    return runner
+
+
+def test_bad_arguments_are_refused() -> None:
+    with pytest.raises(ValueError, match="size"):
+        Runner(0)
+    with pytest.raises(ValueError, match="max_evictions"):
+        Runner(1, max_evictions=-1)
+
+
+def test_free_slots_start_jobs_at_once() -> None:
+    runner = Runner(2)
+    assert runner.submit(Job("a", 5), now=0) == [Start("a")]
+    assert runner.submit(Job("b", 5), now=1) == [Start("b")]
+    assert (runner.running, runner.queued) == (2, 0)
+    assert "a" in runner and "z" not in runner
+
+
+def test_full_runner_queues_equal_or_less_urgent_jobs() -> None:
+    runner = full(1, 5)
+    assert runner.submit(Job("same", 5), now=1) == []
+    assert runner.submit(Job("less", 9), now=2) == []
+    assert (runner.running, runner.queued) == (1, 2)
+
+
+def test_waiting_jobs_start_by_priority_then_arrival() -> None:
+    runner = full(1, 0)
+    for n, priority in enumerate([7, 3, 7, 3]):
+        runner.submit(Job(f"w{n}", priority), now=1)
+    order = []
+    running = "r0"
+    for t in range(4):
+        [start] = runner.exited(running, now=2 + t)
+        order.append(start.job_id)
+        running = start.job_id
+    assert order == ["w1", "w3", "w0", "w2"]
+    assert runner.exited(running, now=9) == []
+    assert (runner.running, runner.queued) == (0, 0)
+
+
+def test_urgent_job_evicts_the_least_urgent_running_job() -> None:
+    runner = full(3, 4, 8, 6)
+    assert runner.submit(Job("urgent", 2), now=5) == [Evict("r1", 1), Start("urgent")]
+    assert (runner.running, runner.queued) == (3, 1)
+    assert runner.snapshot().waiting == (Job("r1", 8, evictions=1),)
+
+
+def test_among_equally_least_urgent_the_most_recently_started_is_evicted() -> None:
+    runner = full(3, 9, 9, 1)
+    assert runner.submit(Job("urgent", 0), now=5) == [Evict("r1", 1), Start("urgent")]
+    # r1 is stopping; the next eviction among the 9s takes r0, the only one left.
+    assert runner.submit(Job("urgent2", 0), now=6) == [Evict("r0", 1), Start("urgent2")]
+
+
+def test_evicted_job_is_not_restarted_while_its_process_is_stopping() -> None:
+    runner = full(1, 5)
+    runner.submit(Job("later", 5), now=1)
+    assert runner.submit(Job("urgent", 0), now=2) == [Evict("r0", 1), Start("urgent")]
+    # The slot frees while r0's process is still dying: r0 must wait, "later" goes first.
+    assert runner.exited("urgent", now=3) == [Start("later")]
+    assert runner.exited("later", now=4) == []
+    assert runner.snapshot().stopping == ("r0",)
+    assert runner.queued == 1
+    assert runner.exited("r0", now=5) == [Start("r0")]
+    assert runner.snapshot().running == (RunningJob(Job("r0", 5, evictions=1), 5),)
+
+
+def test_requeued_job_keeps_its_arrival_order() -> None:
+    runner = full(1, 5)
+    runner.submit(Job("newer", 5), now=1)
+    runner.submit(Job("urgent", 0), now=2)
+    assert runner.exited("r0", now=3) == []  # process gone, slot still taken by "urgent"
+    assert runner.exited("urgent", now=4) == [Start("r0")]
+
+
+def test_evicted_job_whose_process_exits_with_a_free_slot_starts_at_once() -> None:
+    runner = full(2, 5, 1)
+    runner.submit(Job("urgent", 0), now=2)
+    runner.exited("urgent", now=3)
+    assert runner.exited("r0", now=4) == [Start("r0")]
+
+
+def test_evictions_count_across_evictions() -> None:
+    runner = Runner(1)
+    runner.submit(Job("j", 9, evictions=2), now=0)
+    assert runner.submit(Job("u", 0), now=1) == [Evict("j", 3), Start("u")]
+
+
+def test_job_evicted_max_evictions_times_is_no_longer_evictable() -> None:
+    runner = Runner(2, max_evictions=3)
+    runner.submit(Job("worn", 9, evictions=3), now=0)
+    runner.submit(Job("fresh", 8, evictions=2), now=1)
+    assert runner.submit(Job("u1", 0), now=2) == [Evict("fresh", 3), Start("u1")]
+    runner.exited("fresh", now=3)
+    # "worn" (9) is the least urgent but capped; "fresh" (8) is now capped too.
+    assert runner.exited("u1", now=4) == [Start("fresh")]
+    assert runner.submit(Job("u2", 0), now=5) == []
+    assert runner.queued == 1
+
+
+def test_no_evictable_job_means_the_newcomer_waits() -> None:
+    runner = Runner(1, max_evictions=0)
+    runner.submit(Job("j", 9), now=0)
+    assert runner.submit(Job("u", 0), now=1) == []
+    assert runner.queued == 1
+
+
+def test_exit_of_unknown_or_waiting_job_changes_nothing() -> None:
+    runner = full(1, 5)
+    runner.submit(Job("w", 5), now=1)
+    before = runner.snapshot()
+    assert runner.exited("nobody", now=2) == []
+    assert runner.exited("w", now=2) == []
+    assert runner.snapshot() == before
+
+
+def test_second_exit_of_the_same_job_is_ignored() -> None:
+    runner = full(1, 5)
+    assert runner.exited("r0", now=1) == []
+    assert runner.exited("r0", now=2) == []
+    assert runner.running == 0
+
+
+def test_submitting_a_held_job_again_is_refused() -> None:
+    runner = full(1, 5)
+    runner.submit(Job("w", 5), now=1)
+    runner.submit(Job("u", 0), now=2)  # r0 evicted and parked
+    for job_id in ("u", "w", "r0"):
+        with pytest.raises(ValueError, match="already held"):
+            runner.submit(Job(job_id, 1), now=3)
+
+
+def test_remove_waiting_job() -> None:
+    runner = full(1, 5)
+    runner.submit(Job("a", 5), now=1)
+    runner.submit(Job("b", 5), now=2)
+    assert runner.remove("a", now=3) == []
+    assert runner.queued == 1
+    assert runner.exited("r0", now=4) == [Start("b")]
+
+
+def test_remove_running_job_stops_it_and_starts_the_next() -> None:
+    runner = full(1, 5)
+    runner.submit(Job("w", 5), now=1)
+    assert runner.remove("r0", now=2) == [Stop("r0"), Start("w")]
+    assert runner.snapshot().stopping == ("r0",)
+    assert "r0" not in runner
+    assert runner.exited("r0", now=3) == []
+    assert runner.snapshot().stopping == ()
+
+
+def test_remove_evicted_stopping_job_drops_it_for_good() -> None:
+    runner = full(1, 5)
+    runner.submit(Job("u", 0), now=1)
+    assert runner.remove("r0", now=2) == []
+    assert runner.queued == 0
+    runner.exited("u", now=3)
+    assert runner.exited("r0", now=4) == []
+    assert runner.running == 0
+
+
+def test_remove_unknown_or_stopping_job_does_nothing() -> None:
+    runner = full(1, 5)
+    runner.remove("r0", now=1)
+    assert runner.remove("r0", now=2) == []
+    assert runner.remove("nobody", now=2) == []
+
+
+def test_resubmitted_job_waits_for_its_old_process_to_exit() -> None:
+    runner = full(2, 5)
+    runner.remove("r0", now=1)
+    assert runner.submit(Job("r0", 5), now=2) == []
+    assert "r0" in runner and runner.queued == 1
+    assert runner.exited("r0", now=3) == [Start("r0")]
+
+
+def test_clear_stops_running_jobs_and_empties_the_queue() -> None:
+    runner = full(2, 5, 6)
+    runner.submit(Job("w", 7), now=2)
+    runner.submit(Job("u", 0), now=3)  # evicts r1 (parked)
+    assert sorted(runner.clear(), key=lambda s: s.job_id) == [Stop("r0"), Stop("u")]
+    assert (runner.running, runner.queued) == (0, 0)
+    assert runner.snapshot().stopping == ("r0", "r1", "u")
+    for job_id in ("r0", "r1", "u"):
+        assert runner.exited(job_id, now=4) == []
+    assert runner.snapshot() == Snapshot(running=(), waiting=(), stopping=())
+
+
+def test_snapshot_lists_running_by_start_and_waiting_in_start_order() -> None:
+    runner = full(2, 3, 4)
+    runner.submit(Job("w9", 9), now=2)
+    runner.submit(Job("w1", 1), now=3)  # evicts r1
+    snap = runner.snapshot()
+    assert snap.running == (RunningJob(Job("r0", 3), 0.0), RunningJob(Job("w1", 1), 3.0))
+    assert snap.waiting == (Job("r1", 4, evictions=1), Job("w9", 9))
+    assert snap.stopping == ("r1",)
+
+
+_ops = st.lists(
+    st.tuples(
+        st.sampled_from(["submit", "exited", "remove"]),
+        st.integers(0, 7),
+        st.integers(0, 10),
+    ),
+    max_size=60,
+)
+
+
+@given(size=st.integers(1, 3), cap=st.none() | st.integers(0, 2), ops=_ops)
+def test_invariants_hold_under_any_event_sequence(
+    size: int, cap: int | None, ops: list[tuple[str, int, int]]
+) -> None:
+    runner = Runner(size, max_evictions=cap)
+    alive: set[str] = set()  # ids with a live process, as the caller would track them
+    for t, (op, n, priority) in enumerate(ops):
+        job_id = f"j{n}"
+        if op == "submit" and job_id not in runner:
+            decisions = runner.submit(Job(job_id, priority), now=t)
+        elif op == "exited" and job_id in alive:
+            alive.discard(job_id)
+            decisions = list(runner.exited(job_id, now=t))
+        elif op == "remove":
+            decisions = runner.remove(job_id, now=t)
+        else:
+            continue
+        for decision in decisions:
+            if isinstance(decision, Start):
+                assert decision.job_id not in alive, "started while its process lives"
+                alive.add(decision.job_id)
+        snap = runner.snapshot()
+        assert runner.running == len(snap.running) <= size
+        assert runner.queued == len(snap.waiting)
+        running_ids = {r.job.id for r in snap.running}
+        assert running_ids <= alive and set(snap.stopping) <= alive
+        assert not running_ids & set(snap.stopping)
+        if runner.running < size:
+            assert all(job.id in snap.stopping for job in snap.waiting)

@@ -114,6 +114,7 @@ class Report(msgspec.Struct, frozen=True, tag_field="cmd", tag="report", omit_de
     attempt: Attempt
     exit_code: int | None = None
     error: Annotated[str, msgspec.Meta(max_length=64 * 1024)] | None = None
+    evictions: Annotated[int, msgspec.Meta(ge=0)] | None = None
     wall_s: float | None = None
     cpu_s: float | None = None
     max_rss_kb: int | None = None
@@ -156,13 +157,13 @@ class Error(msgspec.Struct, frozen=True, tag_field="type", tag="error", omit_def
 class Assignment(msgspec.Struct, frozen=True, omit_defaults=True):
     """One attempt of one job handed to one scheduler."""
 
-    id: str
-    attempt: int
-    priority: int
-    runtime: float
-    task: str = "sleep"
-    timeout: float | None = None
-    evictions: int = 0
+    id: JobId
+    attempt: Attempt
+    priority: Priority
+    runtime: Runtime
+    task: Name = "sleep"
+    timeout: Timeout | None = None
+    evictions: Annotated[int, msgspec.Meta(ge=0)] = 0
 
 
 class Assign(msgspec.Struct, frozen=True, tag_field="type", tag="assign"):

@@ -1,0 +1,389 @@
+"""The executor against real child processes: starts, ends, timeouts, eviction, shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import psutil
+import pytest
+from conftest import unit, wait_until
+
+from scheduler import executor as executor_module
+from scheduler.executor import Executor
+from scheduler.process import JobProcess
+from scheduler.protocol import Assignment, Report
+from scheduler.tasks import TaskRegistry
+
+PIDFILE = "SCHEDBUS_TEST_PIDFILE"
+TERMFILE = "SCHEDBUS_TEST_TERMFILE"
+
+
+def fail(runtime: float) -> None:
+    raise RuntimeError("this task always fails")
+
+
+def exit3(runtime: float) -> None:
+    sys.exit(3)
+
+
+def kill_self(runtime: float) -> None:
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def with_grandchild(runtime: float) -> None:
+    """Spawn a long-lived grandchild, publish its pid, then sleep ``runtime``."""
+    grandchild = subprocess.Popen(["sleep", "600"])
+    path = Path(os.environ[PIDFILE])
+    path.with_suffix(".tmp").write_text(str(grandchild.pid))
+    path.with_suffix(".tmp").rename(path)
+    time.sleep(runtime)
+
+
+def stubborn(runtime: float) -> None:
+    """Note SIGTERM in a file and keep running, so only SIGKILL ends it."""
+
+    def noted(signum: int, frame: object) -> None:
+        Path(os.environ[TERMFILE]).touch()
+
+    signal.signal(signal.SIGTERM, noted)
+    time.sleep(runtime)
+
+
+TEST_TASKS = {
+    "sleep": TaskRegistry().get("sleep"),
+    "fail": fail,
+    "exit3": exit3,
+    "kill_self": kill_self,
+    "with_grandchild": with_grandchild,
+    "stubborn": stubborn,
+}
+
+
+class Reports:
+    """Collects the executor's reports and lets a test wait for the one it expects."""
+
+    def __init__(self) -> None:
+        self.seen: list[Report] = []
+        self._changed = asyncio.Event()
+
+    def __call__(self, report: Report) -> None:
+        self.seen.append(report)
+        self._changed.set()
+
+    async def expect(self, event: str, job_id: str, nth: int = 1, timeout: float = 5.0) -> Report:
+        """Wait until ``event`` about ``job_id`` was reported ``nth`` times; return that one."""
+        async with asyncio.timeout(timeout * unit()):
+            while True:
+                found = [r for r in self.seen if (r.event, r.id) == (event, job_id)]
+                if len(found) >= nth:
+                    return found[nth - 1]
+                self._changed.clear()
+                await self._changed.wait()
+
+    def of(self, job_id: str) -> list[tuple[str, int]]:
+        """The (event, attempt) pairs seen so far about ``job_id``."""
+        return [(r.event, r.attempt) for r in self.seen if r.id == job_id]
+
+
+def job(
+    job_id: str,
+    priority: int = 5,
+    runtime: float = 0.05,
+    task: str = "sleep",
+    timeout: float | None = None,
+    attempt: int = 1,
+) -> Assignment:
+    """An assignment; ``runtime`` and ``timeout`` are in test units."""
+    return Assignment(
+        id=job_id,
+        attempt=attempt,
+        priority=priority,
+        runtime=runtime * unit(),
+        task=task,
+        timeout=None if timeout is None else timeout * unit(),
+    )
+
+
+ExecutorFactory = Callable[..., Executor]
+
+
+@pytest.fixture
+def reports() -> Reports:
+    return Reports()
+
+
+@pytest.fixture
+async def make_executor(reports: Reports) -> AsyncIterator[ExecutorFactory]:
+    """Builds executors reporting to ``reports``; every one is shut down at the end."""
+    made: list[Executor] = []
+
+    def make(size: int = 2, default_timeout: float = 10.0, grace: float = 2.0) -> Executor:
+        executor = Executor(
+            size, default_timeout * unit(), TaskRegistry(TEST_TASKS), reports, grace=grace
+        )
+        made.append(executor)
+        return executor
+
+    yield make
+    for executor in made:
+        await executor.shutdown()
+
+
+def alive(pid: int) -> bool:
+    """Whether ``pid`` is a live (not zombie) process."""
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def children() -> list[psutil.Process]:
+    """The live processes below this test process."""
+    return [p for p in psutil.Process().children(recursive=True) if alive(p.pid)]
+
+
+async def test_job_starts_and_succeeds_with_its_measurements(
+    make_executor: ExecutorFactory, reports: Reports
+) -> None:
+    executor = make_executor()
+    executor.submit(job("a", runtime=0.05, attempt=3))
+    assert reports.seen == [Report("started", "a", 3)]
+    assert (executor.running, executor.queued) == (1, 0)
+    done = await reports.expect("succeeded", "a")
+    assert done.attempt == 3 and done.exit_code == 0 and done.error is None
+    assert done.wall_s is not None and done.wall_s >= 0.05 * unit()
+    assert done.cpu_s is not None and done.cpu_s >= 0
+    assert done.max_rss_kb is not None and done.max_rss_kb > 0
+    assert executor.running == 0 and executor.pid_of("a") is None
+
+
+@pytest.mark.parametrize(
+    ("task", "exit_code", "error"),
+    [
+        ("fail", 1, "exit code 1"),
+        ("exit3", 3, "exit code 3"),
+        ("kill_self", -9, "killed by signal 9 (SIGKILL)"),
+    ],
+)
+async def test_failing_job_is_reported_failed(
+    make_executor: ExecutorFactory, reports: Reports, task: str, exit_code: int, error: str
+) -> None:
+    make_executor().submit(job("f", task=task))
+    failed = await reports.expect("failed", "f")
+    assert (failed.exit_code, failed.error) == (exit_code, error)
+
+
+def test_exit_text_covers_lost_status_and_unnamed_signals() -> None:
+    assert executor_module._exit_text(None) == "exit status lost"
+    assert executor_module._exit_text(-200) == "killed by signal 200"
+
+
+async def test_unknown_task_fails_at_once_without_a_process(
+    make_executor: ExecutorFactory, reports: Reports
+) -> None:
+    executor = make_executor()
+    executor.submit(job("u", task="rm -rf /", attempt=2))
+    [failed] = reports.seen
+    assert (failed.event, failed.id, failed.attempt) == ("failed", "u", 2)
+    assert failed.error is not None and "unknown task 'rm -rf /'" in failed.error
+    assert (executor.running, executor.queued) == (0, 0)
+    assert children() == []
+
+
+async def test_job_past_its_timeout_is_stopped_and_reported(
+    make_executor: ExecutorFactory, reports: Reports
+) -> None:
+    make_executor().submit(job("t", runtime=60, timeout=0.3))
+    await reports.expect("started", "t")
+    started = time.monotonic()
+    timed_out = await reports.expect("timed_out", "t")
+    assert 0.3 * unit() <= time.monotonic() - started <= (0.3 + 0.5) * unit()
+    assert timed_out.error == f"timed out after {0.3 * unit():g} s"
+    assert timed_out.exit_code == -signal.SIGTERM
+    assert children() == []
+
+
+async def test_default_timeout_applies_when_the_job_has_none(
+    make_executor: ExecutorFactory, reports: Reports
+) -> None:
+    make_executor(default_timeout=0.2).submit(job("t", runtime=60))
+    await reports.expect("timed_out", "t")
+
+
+async def test_waiting_job_starts_when_a_slot_frees(
+    make_executor: ExecutorFactory, reports: Reports
+) -> None:
+    executor = make_executor(size=1)
+    executor.submit(job("first", runtime=0.1))
+    executor.submit(job("second", runtime=0.05))
+    assert (executor.running, executor.queued) == (1, 1)
+    await reports.expect("succeeded", "first")
+    await reports.expect("succeeded", "second")
+    assert [r.event for r in reports.seen] == ["started", "succeeded", "started", "succeeded"]
+
+
+async def test_urgent_job_evicts_and_the_evicted_job_restarts_and_succeeds(
+    make_executor: ExecutorFactory, reports: Reports
+) -> None:
+    executor = make_executor(size=1)
+    executor.submit(job("low", priority=9, runtime=0.3))
+    first_pid = executor.pid_of("low")
+    assert first_pid is not None
+    executor.submit(job("urgent", priority=0, runtime=0.05))
+    assert reports.of("low") == [("started", 1), ("evicted", 1)]
+    assert reports.of("urgent") == [("started", 1)]
+    assert executor.snapshot().stopping == ("low",)
+    await reports.expect("succeeded", "urgent")
+    await reports.expect("started", "low", nth=2)
+    # The runner only restarts a job once its previous process is reaped.
+    assert not psutil.pid_exists(first_pid)
+    await reports.expect("succeeded", "low")
+    assert reports.of("low") == [("started", 1), ("evicted", 1), ("started", 1), ("succeeded", 1)]
+
+
+async def test_eviction_stops_the_jobs_grandchildren(
+    make_executor: ExecutorFactory,
+    reports: Reports,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    pidfile = tmp_path / "grandchild.pid"
+    monkeypatch.setenv(PIDFILE, str(pidfile))
+    executor = make_executor(size=1)
+    executor.submit(job("low", priority=9, runtime=60, task="with_grandchild"))
+    await wait_until(pidfile.exists, 5 * unit(), "the grandchild's pid file")
+    grandchild = int(pidfile.read_text())
+    assert alive(grandchild)
+    executor.submit(job("urgent", priority=0, runtime=0.05))
+    await reports.expect("evicted", "low")
+    await wait_until(lambda: not alive(grandchild), 5 * unit(), "the grandchild to die")
+
+
+async def test_job_that_ends_by_itself_as_it_is_evicted_is_final(
+    make_executor: ExecutorFactory, reports: Reports
+) -> None:
+    executor = make_executor(size=1)
+    executor.submit(job("low", priority=9, runtime=0.01))
+    pid = executor.pid_of("low")
+    assert pid is not None
+    # Block until the process has exited, without reaping it: the executor has not yet
+    # seen the exit when the urgent job arrives.
+    os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT)
+    executor.submit(job("urgent", priority=0, runtime=0.05))
+    await reports.expect("succeeded", "low")
+    await reports.expect("succeeded", "urgent")
+    assert reports.of("low") == [("started", 1), ("evicted", 1), ("succeeded", 1)]
+    assert (executor.running, executor.queued) == (0, 0)
+
+
+async def test_job_timing_out_as_it_is_evicted_is_final(
+    make_executor: ExecutorFactory,
+    reports: Reports,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    termfile = tmp_path / "term"
+    monkeypatch.setenv(TERMFILE, str(termfile))
+    executor = make_executor(size=1, grace=0.5)
+    executor.submit(job("low", priority=9, runtime=60, task="stubborn", timeout=0.2))
+    # The timeout has sent SIGTERM; the job ignores it until SIGKILL after the grace.
+    await wait_until(termfile.exists, 5 * unit(), "the timeout's SIGTERM")
+    executor.submit(job("urgent", priority=0, runtime=0.05))
+    timed_out = await reports.expect("timed_out", "low")
+    assert timed_out.exit_code == -signal.SIGKILL
+    await reports.expect("succeeded", "urgent")
+    assert reports.of("low") == [("started", 1), ("evicted", 1), ("timed_out", 1)]
+    assert (executor.running, executor.queued) == (0, 0)
+
+
+async def test_newer_attempt_replaces_the_older_one(
+    make_executor: ExecutorFactory, reports: Reports
+) -> None:
+    executor = make_executor(size=2)
+    executor.submit(job("j", runtime=60, attempt=1))
+    old_pid = executor.pid_of("j")
+    executor.submit(job("j", runtime=0.05, attempt=2))
+    executor.submit(job("j", runtime=60, attempt=1))  # stale: ignored
+    await reports.expect("started", "j", nth=2)
+    assert old_pid is not None and not psutil.pid_exists(old_pid)
+    await reports.expect("succeeded", "j")
+    assert reports.of("j") == [("started", 1), ("started", 2), ("succeeded", 2)]
+
+
+async def test_newer_attempt_of_a_waiting_job_replaces_it(
+    make_executor: ExecutorFactory, reports: Reports
+) -> None:
+    executor = make_executor(size=1)
+    executor.submit(job("first", runtime=0.1))
+    executor.submit(job("j", attempt=1))
+    executor.submit(job("j", attempt=2))
+    assert executor.queued == 1
+    await reports.expect("succeeded", "j")
+    assert reports.of("j") == [("started", 2), ("succeeded", 2)]
+
+
+async def test_newer_attempt_of_an_evicted_job_replaces_it(
+    make_executor: ExecutorFactory, reports: Reports
+) -> None:
+    executor = make_executor(size=1)
+    executor.submit(job("j", priority=9, runtime=60, attempt=1))
+    executor.submit(job("urgent", priority=0, runtime=0.2))
+    executor.submit(job("j", priority=9, runtime=0.05, attempt=2))
+    await reports.expect("succeeded", "urgent")
+    await reports.expect("succeeded", "j")
+    assert reports.of("j") == [("started", 1), ("evicted", 1), ("started", 2), ("succeeded", 2)]
+
+
+async def test_failed_fork_reports_failed_and_frees_the_slot(
+    make_executor: ExecutorFactory, reports: Reports, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    executor = make_executor(size=1)
+    executor.submit(job("first", runtime=0.1))
+    real_start = JobProcess.start
+    calls = 0
+
+    def start_failing_once(self: JobProcess) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise BlockingIOError(11, "Resource temporarily unavailable")
+        real_start(self)
+
+    monkeypatch.setattr(JobProcess, "start", start_failing_once)
+    executor.submit(job("second"))
+    executor.submit(job("third"))
+    failed = await reports.expect("failed", "second")
+    assert failed.error == (
+        "could not start the job process: [Errno 11] Resource temporarily unavailable"
+    )
+    await reports.expect("succeeded", "third")
+
+
+async def test_shutdown_stops_every_process_tree_and_the_queue(
+    make_executor: ExecutorFactory,
+    reports: Reports,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    pidfile = tmp_path / "grandchild.pid"
+    monkeypatch.setenv(PIDFILE, str(pidfile))
+    executor = make_executor(size=2)
+    executor.submit(job("g", runtime=60, task="with_grandchild"))
+    executor.submit(job("s", runtime=60))
+    executor.submit(job("waiting", runtime=60))
+    executor.submit(job("urgent", priority=0, runtime=60))  # evicts one: a stopping process
+    await wait_until(pidfile.exists, 5 * unit(), "the grandchild's pid file")
+    assert len(children()) >= 3
+    await executor.shutdown()
+    assert children() == []
+    assert (executor.running, executor.queued) == (0, 0)
+    assert {r.event for r in reports.seen} == {"started", "evicted"}
+    with pytest.raises(RuntimeError, match="shut down"):
+        executor.submit(job("late"))

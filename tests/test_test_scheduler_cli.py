@@ -1,0 +1,87 @@
+"""``python -m scheduler.test_scheduler``: options, job log lines, and a real run."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+import psutil
+import pytest
+from click.testing import CliRunner
+from conftest import Commands, unit, wait_until
+from test_scheduler_client import FakeBus
+
+from scheduler import test_scheduler
+from scheduler.protocol import Assignment, Report
+
+
+def test_help_explains_every_option() -> None:
+    result = CliRunner().invoke(test_scheduler.cli, ["--help"])
+    assert result.exit_code == 0
+    for option in ("--size", "--timeout", "--debug", "--bus", "--name", "--token"):
+        assert option in result.output
+    assert "SCHEDBUS_URL" in result.output and "SCHEDBUS_TOKEN" in result.output
+
+
+@pytest.mark.parametrize(
+    ("args", "complaint"),
+    [
+        (["-s", "0"], "Invalid value for '-s' / '--size'"),
+        (["--size", "many"], "'many' is not a valid integer"),
+        (["-t", "0"], "Invalid value for '-t' / '--timeout'"),
+        (["-t", "-3"], "Invalid value for '-t' / '--timeout'"),
+        (["--bus", "http://localhost:8101"], "is not a ws:// or wss:// URL"),
+        (["--name", "x" * 201], "must be at most 200 characters"),
+        (["--frobnicate"], "No such option"),
+    ],
+)
+def test_bad_options_are_refused_clearly(args: list[str], complaint: str) -> None:
+    result = CliRunner().invoke(test_scheduler.cli, args)
+    assert result.exit_code == 2
+    assert complaint in result.output
+
+
+def test_each_job_step_is_one_log_line(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, "scheduler.test_scheduler")
+    job = Assignment(id="0123456789abcdef", attempt=1, priority=3, runtime=1.5)
+    steps = [
+        Report("started", job.id, 1),
+        Report("evicted", job.id, 1, wall_s=0.25),
+        Report("succeeded", job.id, 1, exit_code=0, wall_s=1.5, cpu_s=0.01, max_rss_kb=2048),
+        Report("timed_out", job.id, 1, wall_s=10.0),
+        Report("failed", job.id, 1, exit_code=1, error="exit code 1", wall_s=0.5),
+    ]
+    for report in steps:
+        test_scheduler.log_report(report, job)
+    assert caplog.messages == [
+        "job 01234567 p3 started (runtime 1.5 s, attempt 1)",
+        "job 01234567 p3 evicted after 0.25 s, requeued",
+        "job 01234567 p3 succeeded in 1.50 s (cpu 0.01 s, rss 2.0 MB)",
+        "job 01234567 p3 timed out after 10.00 s",
+        "job 01234567 p3 failed after 0.50 s: exit code 1",
+    ]
+
+
+async def test_runs_a_job_and_exits_0_on_sigterm_leaving_no_child(commands: Commands) -> None:
+    bus = FakeBus()
+    async with bus.serve() as server:
+        port = next(iter(server.sockets)).getsockname()[1]
+        proc = await commands.start(
+            "scheduler.test_scheduler", "--bus", f"ws://127.0.0.1:{port}", "-s", "2", "-t", "30"
+        )
+        peer = await bus.peer(timeout=15)
+        register = await peer.register("sched-1")
+        assert (register["size"], register["tasks"]) == (2, ["sleep"])
+        await peer.assign("quick0123", runtime=0.05 * unit(), priority=4)
+        await peer.expect("report", event="succeeded", id="quick0123")
+        await peer.assign("long", runtime=60)
+        await peer.expect("report", event="started", id="long")
+        scheduler = psutil.Process(proc.pid)
+        [job] = scheduler.children(recursive=True)
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 10 * unit()) == 0
+    await wait_until(lambda: not job.is_running(), 5 * unit(), "the job process to be gone")
+    log = commands.log_of(proc)
+    assert "registered with" in log
+    assert "job quick012 p4 started" in log and "job quick012 p4 succeeded in" in log

@@ -12,7 +12,8 @@ from scheduler.protocol import FINAL_EVENTS, JobEvent
 
 @dataclass
 class JobRecord:
-    """What is known of one job so far. ``wait_s``/``run_s`` are sums over every attempt."""
+    """What is known of one job so far. ``wait_s``/``run_s`` are sums over every run;
+    ``wall_s`` is the scheduler's measure of the last process's life."""
 
     id: str
     priority: int
@@ -23,6 +24,7 @@ class JobRecord:
     attempts: int = 0
     exit_code: int | None = None
     error: str | None = None
+    wall_s: float | None = None
     first_seen: float | None = None
     final_at: float | None = None
     run_s: float = 0.0
@@ -52,6 +54,7 @@ class JobRecord:
             "attempts": self.attempts,
             "wait_s": round(self.wait_s, 4),
             "run_s": round(self.run_s, 4),
+            "wall_s": self.wall_s,
             "exit_code": self.exit_code,
             "error": self.error,
         }
@@ -79,6 +82,7 @@ class JobTracker:
         record.attempts = max(record.attempts, event.attempt)
         record.exit_code = event.exit_code if event.exit_code is not None else record.exit_code
         record.error = event.error or record.error
+        record.wall_s = event.wall_s if event.wall_s is not None else record.wall_s
         record.state = event.event if event.event in FINAL_EVENTS else event.state
         if record.final:
             record.final_at = event.time

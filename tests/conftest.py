@@ -1,10 +1,107 @@
-"""Shared test helpers: the time unit and a real bus on an ephemeral loopback port."""
+"""Shared test helpers: the time unit, a real bus on an ephemeral loopback port, and
+real processes started through the commands people use."""
 
 from __future__ import annotations
 
+import asyncio
 import os
+import signal
+import sys
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import psutil
+import pytest
+
+from scheduler.bus.server import BusConfig, BusServer
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def unit() -> float:
     """One test time unit in seconds; slow CI raises ``SCHEDBUS_TEST_UNIT``."""
     return float(os.environ.get("SCHEDBUS_TEST_UNIT", "1.0"))
+
+
+async def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+    """Poll ``predicate`` every 20 ms until it holds; fail naming ``what`` after ``timeout``."""
+    async with asyncio.timeout(timeout):
+        while not predicate():
+            await asyncio.sleep(0.02)
+    assert predicate(), what
+
+
+@pytest.fixture
+async def bus() -> AsyncIterator[BusServer]:
+    """A real bus in this test's event loop, on 127.0.0.1 and a port the OS picked."""
+    async with BusServer(BusConfig(host="127.0.0.1", port=0)) as server:
+        yield server
+
+
+class Commands:
+    """Starts ``python -m ...`` commands as real child processes, and kills every one of
+    them and everything below it, by pid, when the test ends."""
+
+    def __init__(self, logs: Path) -> None:
+        self.logs = logs
+        self.started: list[asyncio.subprocess.Process] = []
+        self.log_paths: dict[int, Path] = {}
+
+    async def start(
+        self, *args: str, stdout: int = asyncio.subprocess.DEVNULL
+    ) -> asyncio.subprocess.Process:
+        """Run ``python -m ARGS...`` from the repo root; its stderr goes to :meth:`log_of`."""
+        log = self.logs / f"{len(self.started)}-{args[0]}.log"
+        with log.open("w") as stderr:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                *args,
+                cwd=ROOT,
+                stdout=stdout,
+                stderr=stderr,
+                env=os.environ | {"PYTHONUNBUFFERED": "1"},
+            )
+        self.log_paths[proc.pid] = log
+        self.started.append(proc)
+        return proc
+
+    async def run(self, *args: str, timeout: float) -> tuple[int, str]:
+        """Run a command to its end; return its exit code and stdout."""
+        proc = await self.start(*args, stdout=asyncio.subprocess.PIPE)
+        stdout, _ = await asyncio.wait_for(proc.communicate(), timeout)
+        assert proc.returncode is not None
+        return proc.returncode, stdout.decode()
+
+    def log_of(self, proc: asyncio.subprocess.Process) -> str:
+        """What ``proc`` has written to stderr so far."""
+        return self.log_paths[proc.pid].read_text()
+
+    async def kill_all(self) -> None:
+        """SIGKILL every process started here and everything below it."""
+        for proc in self.started:
+            for member in family_of(proc.pid):
+                try:
+                    member.send_signal(signal.SIGKILL)
+                except psutil.NoSuchProcess:
+                    pass
+            await asyncio.wait_for(proc.wait(), 10)
+
+
+def family_of(pid: int) -> list[psutil.Process]:
+    """``pid`` and every process below it that is still alive."""
+    try:
+        parent = psutil.Process(pid)
+        return [parent, *parent.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
+
+
+@pytest.fixture
+async def commands(tmp_path: Path) -> AsyncIterator[Commands]:
+    """Real child processes that are killed by pid when the test ends."""
+    tracker = Commands(tmp_path)
+    try:
+        yield tracker
+    finally:
+        await tracker.kill_all()

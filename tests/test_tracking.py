@@ -36,6 +36,7 @@ def test_a_job_evicted_once_sums_its_run_and_wait_time() -> None:
         "attempts": 1,
         "wait_s": 2.0,
         "run_s": 3.0,
+        "wall_s": None,
         "exit_code": 0,
         "error": None,
     }
@@ -45,5 +46,5 @@ def test_a_record_starts_from_any_event_and_waits_are_zero_until_final() -> None
     tracker = JobTracker()
     record = tracker.apply(event("started", "running", 5.0, scheduler="s2"))
     assert record.wait_s == 0.0
-    record = tracker.apply(event("timed_out", "timed_out", 7.0, error="timeout after 2 s"))
-    assert (record.state, record.run_s, record.error) == ("timed_out", 2.0, "timeout after 2 s")
+    record = tracker.apply(event("timed_out", "timed_out", 7.0, error="timeout", wall_s=1.9))
+    assert (record.state, record.run_s, record.wall_s) == ("timed_out", 2.0, 1.9)

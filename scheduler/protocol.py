@@ -27,6 +27,9 @@ MAX_TIMEOUT_S: Final = 365 * 24 * 3600.0
 MAX_NAME_LEN: Final = 200
 MAX_TASKS: Final = 1000
 MAX_SIZE: Final = 4096
+MAX_RETRIES: Final = 100
+MAX_BACKOFF_S: Final = 24 * 3600.0
+MAX_BULK: Final = 100_000
 PRIORITY_MIN: Final = 0
 PRIORITY_MAX: Final = 10
 
@@ -49,18 +52,27 @@ EventKind = Literal[
     "failed",
     "timed_out",
     "evicted",
+    "requeued",
+    "retrying",
     "cancelled",
     "dead",
 ]
-"""What happened to a job. ``evicted`` means requeued, not failed."""
+"""What happened to a job.
+
+``evicted``: a more urgent job took its slot; it is queued again (not a failure).
+``requeued``: its scheduler was lost (lease expired); it is queued again.
+``retrying``: an attempt failed or timed out and the job will run again after a backoff.
+``dead``: it may not run again: retries exhausted, or delivered too many times.
+"""
 
 FINAL_EVENTS: Final[frozenset[str]] = frozenset(
     {"succeeded", "failed", "timed_out", "cancelled", "dead"}
 )
 """Events after which a job never runs again."""
 
-SchedulerReport = Literal["started", "succeeded", "failed", "timed_out", "evicted"]
-"""The events a scheduler may report about a job it holds."""
+SchedulerReport = Literal["started", "succeeded", "failed", "timed_out", "evicted", "cancelled"]
+"""The events a scheduler may report about an attempt it holds. ``cancelled`` confirms a
+:class:`Stop` sent for a cancel: the attempt's processes are gone."""
 
 JobState = Literal[
     "queued",
@@ -74,20 +86,48 @@ JobState = Literal[
 ]
 
 
+OnConflict = Literal["raise", "ignore", "replace"]
+"""What a submit whose ``job_id`` exists does: refuse (``raise``), return the existing
+job (``ignore``), or replace it if it has not started running (``replace``)."""
+
+
 class JobPayload(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True):
-    """What a producer asks to run. v1 sends only ``priority`` and ``runtime``."""
+    """What a producer asks to run. v1 sends only ``priority`` and ``runtime``.
+
+    ``job_id`` lets the client choose the id (idempotent submits, see ``on_conflict``).
+    A failed or timed-out attempt is retried up to ``max_retries`` times, the n-th retry
+    after about ``retry_backoff * 2**(n-1)`` seconds (with jitter).
+    """
 
     priority: Priority
     runtime: Runtime
     task: Name = "sleep"
     timeout: Timeout | None = None
+    job_id: JobId | None = None
+    on_conflict: OnConflict = "raise"
+    max_retries: Annotated[int, msgspec.Meta(ge=0, le=MAX_RETRIES)] = 0
+    retry_backoff: Annotated[float, msgspec.Meta(ge=0, le=MAX_BACKOFF_S)] = 1.0
 
 
 # --- client -> bus -------------------------------------------------------------------
 
 
-class Register(msgspec.Struct, frozen=True, tag_field="cmd", tag="register"):
-    """A client announces its role. v1 sends only ``type``."""
+class Held(msgspec.Struct, frozen=True, omit_defaults=True):
+    """An attempt a re-registering scheduler still has: running or waiting in its local
+    queue (``done`` False), or finished with its report waiting in the outbox (``done``)."""
+
+    id: JobId
+    attempt: Attempt
+    done: bool = False
+
+
+class Register(msgspec.Struct, frozen=True, tag_field="cmd", tag="register", omit_defaults=True):
+    """A client announces its role. v1 sends only ``type``.
+
+    A scheduler that reconnects sends the same ``name`` and lists in ``held`` every
+    attempt it still has; the bus answers :class:`Stop` for those it no longer holds,
+    and the scheduler then sends the reports kept in its outbox.
+    """
 
     type: Role
     protocol: Annotated[int, msgspec.Meta(ge=1, le=2)] = 1
@@ -95,6 +135,7 @@ class Register(msgspec.Struct, frozen=True, tag_field="cmd", tag="register"):
     token: Annotated[str, msgspec.Meta(max_length=MAX_NAME_LEN)] | None = None
     size: Annotated[int, msgspec.Meta(ge=1, le=MAX_SIZE)] | None = None
     tasks: Annotated[list[Name], msgspec.Meta(max_length=MAX_TASKS)] | None = None
+    held: Annotated[list[Held], msgspec.Meta(max_length=MAX_BULK)] | None = None
 
 
 class JobRequest(
@@ -120,6 +161,38 @@ class Report(msgspec.Struct, frozen=True, tag_field="cmd", tag="report", omit_de
     max_rss_kb: int | None = None
 
 
+class SubmitMany(
+    msgspec.Struct, frozen=True, tag_field="cmd", tag="submit_many", omit_defaults=True
+):
+    """Submit many jobs at once, journaled in one transaction. Each element is decoded on
+    its own (:func:`decode_payload`) so one bad job gets its own error, not the batch's."""
+
+    jobs: Annotated[list[msgspec.Raw], msgspec.Meta(max_length=MAX_BULK)]
+    ref: Ref = None
+
+
+class Cancel(msgspec.Struct, frozen=True, tag_field="cmd", tag="cancel", omit_defaults=True):
+    """Cancel a job: a queued one at once, a running one once its processes are stopped."""
+
+    id: JobId
+    ref: Ref = None
+
+
+class Watch(msgspec.Struct, frozen=True, tag_field="cmd", tag="watch", omit_defaults=True):
+    """Subscribe to the events of jobs by id (e.g. after a reconnect) and get their
+    current state in the reply, final ones included."""
+
+    ids: Annotated[list[JobId], msgspec.Meta(max_length=MAX_BULK)]
+    ref: Ref = None
+
+
+class Vacuum(msgspec.Struct, frozen=True, tag_field="cmd", tag="vacuum", omit_defaults=True):
+    """Delete final jobs older than the retention now (or older than ``older_than_s``)."""
+
+    older_than_s: Annotated[float, msgspec.Meta(ge=0)] | None = None
+    ref: Ref = None
+
+
 class Heartbeat(msgspec.Struct, frozen=True, tag_field="cmd", tag="heartbeat"):
     """A v2 scheduler's periodic sign of life with its load."""
 
@@ -127,22 +200,59 @@ class Heartbeat(msgspec.Struct, frozen=True, tag_field="cmd", tag="heartbeat"):
     queued: Annotated[int, msgspec.Meta(ge=0)] = 0
 
 
-ClientMessage = Register | JobRequest | Report | Heartbeat
+ClientMessage = Register | JobRequest | SubmitMany | Cancel | Watch | Vacuum | Report | Heartbeat
 
 # --- bus -> client -------------------------------------------------------------------
 
 
 class Registered(msgspec.Struct, frozen=True, tag_field="type", tag="registered"):
-    """The bus's answer to a v2 ``register``: the name it knows the client by."""
+    """The bus's answer to a v2 ``register``: the name it knows the client by, and (for
+    schedulers) how long it may go without a heartbeat before losing its jobs."""
 
     name: str
     protocol: int = 2
+    lease_s: float | None = None
 
 
 class Accepted(msgspec.Struct, frozen=True, tag_field="type", tag="accepted", omit_defaults=True):
-    """A submit was accepted: ``id`` names the job from now on."""
+    """A submit was accepted (journaled): ``id`` names the job from now on. ``existing``:
+    the id was taken and ``on_conflict`` was ``ignore``; ``replaced``: it was ``replace``."""
 
     id: str
+    ref: Ref = None
+    existing: bool = False
+    replaced: bool = False
+
+
+class SubmitResult(msgspec.Struct, frozen=True, omit_defaults=True):
+    """One job of a :class:`SubmitMany`: its id, or the error that refused it."""
+
+    id: str | None = None
+    error: str | None = None
+    field: str | None = None
+    existing: bool = False
+    replaced: bool = False
+
+
+class SubmittedMany(
+    msgspec.Struct, frozen=True, tag_field="type", tag="submitted_many", omit_defaults=True
+):
+    """The answer to :class:`SubmitMany`: one result per job, in order."""
+
+    results: list[SubmitResult]
+    ref: Ref = None
+
+
+class CancelReply(
+    msgspec.Struct, frozen=True, tag_field="type", tag="cancel_reply", omit_defaults=True
+):
+    """The answer to :class:`Cancel`. ``state`` is the job's state after the request
+    (``cancelled``, or ``running`` while its processes are being stopped, or the final
+    state it already had: then ``message`` says that nothing was done)."""
+
+    id: str
+    state: str
+    message: str
     ref: Ref = None
 
 
@@ -164,6 +274,17 @@ class Assignment(msgspec.Struct, frozen=True, omit_defaults=True):
     task: Name = "sleep"
     timeout: Timeout | None = None
     evictions: Annotated[int, msgspec.Meta(ge=0)] = 0
+    evictable: bool = True
+
+
+class Stop(msgspec.Struct, frozen=True, tag_field="type", tag="stop"):
+    """The bus tells a scheduler to stop an attempt (cancelled, or no longer its own):
+    stop its process tree or drop it from the local queue. For a cancel the scheduler
+    answers with a ``cancelled`` report."""
+
+    id: str
+    attempt: int
+    reason: str
 
 
 class Assign(msgspec.Struct, frozen=True, tag_field="type", tag="assign"):
@@ -173,7 +294,11 @@ class Assign(msgspec.Struct, frozen=True, tag_field="type", tag="assign"):
 
 
 class JobEvent(msgspec.Struct, frozen=True, tag_field="type", tag="event", omit_defaults=True):
-    """Something happened to a job; sent to its producer and to every monitor."""
+    """Something happened to a job; sent to its producer, its watchers and every monitor.
+
+    ``errors`` lists the error of every failed attempt (on ``retrying`` and final events);
+    ``retry_in_s`` says when a ``retrying`` job runs again.
+    """
 
     event: EventKind
     id: str
@@ -190,9 +315,38 @@ class JobEvent(msgspec.Struct, frozen=True, tag_field="type", tag="event", omit_
     wall_s: float | None = None
     cpu_s: float | None = None
     max_rss_kb: int | None = None
+    errors: list[str] | None = None
+    retry_in_s: float | None = None
 
 
-BusMessage = Registered | Accepted | Error | Assign | JobEvent
+class Watching(msgspec.Struct, frozen=True, tag_field="type", tag="watching", omit_defaults=True):
+    """The answer to :class:`Watch`: the latest event of each known job (final ones
+    included) and the ids the bus does not know (never submitted, or vacuumed)."""
+
+    jobs: list[JobEvent]
+    unknown: list[str] = []
+    ref: Ref = None
+
+
+class Vacuumed(msgspec.Struct, frozen=True, tag_field="type", tag="vacuumed", omit_defaults=True):
+    """How many final jobs a vacuum deleted, by state."""
+
+    deleted: dict[str, int]
+    ref: Ref = None
+
+
+BusMessage = (
+    Registered
+    | Accepted
+    | SubmittedMany
+    | CancelReply
+    | Watching
+    | Vacuumed
+    | Error
+    | Assign
+    | Stop
+    | JobEvent
+)
 
 # --- encode / decode -----------------------------------------------------------------
 

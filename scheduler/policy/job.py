@@ -1,0 +1,39 @@
+"""The bus's record of one job: what the dispatch core works on and the journal stores."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from scheduler.protocol import FINAL_EVENTS, JobPayload, JobState
+
+
+@dataclass(slots=True)
+class Job:
+    """Everything the bus knows about one job.
+
+    Times are wall-clock epoch seconds (they outlive a bus restart). ``seq`` is the
+    arrival order, kept across restarts, so ties in priority run in arrival order.
+    ``attempt`` is the number of the latest assignment (0: never assigned);
+    ``deliveries`` counts assignments, ``retries`` the retries used, ``errors`` the
+    error of every failed attempt. ``not_before`` holds a retry back until then.
+    """
+
+    id: str
+    payload: JobPayload
+    seq: int
+    submitted_at: float
+    state: JobState = "queued"
+    attempt: int = 0
+    holder: str | None = None
+    deliveries: int = 0
+    evictions: int = 0
+    retries: int = 0
+    errors: list[str] = field(default_factory=list)
+    not_before: float | None = None
+    updated_at: float = 0.0
+    finished_at: float | None = None
+
+    @property
+    def final(self) -> bool:
+        """True once the job is in a state it never leaves."""
+        return self.state in FINAL_EVENTS

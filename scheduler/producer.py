@@ -24,7 +24,7 @@ from websockets.asyncio.client import connect
 from scheduler import protocol
 from scheduler.cli_support import configure_logging, run_until_signalled
 from scheduler.producer_client import BusConnectionLost, ProducerClient, SubmitError
-from scheduler.protocol import JobPayload
+from scheduler.protocol import JobPayload, OnConflict
 from scheduler.tracking import JobRecord, JobTracker
 
 log = logging.getLogger("scheduler.producer")
@@ -42,7 +42,7 @@ class Span:
     @property
     def integral(self) -> bool:
         """True when both ends are whole numbers (draw integers, as the original did)."""
-        return self.low.is_integer() and self.high.is_integer()
+        return float(self.low).is_integer() and float(self.high).is_integer()
 
     def draw(self, rng: random.Random) -> float:
         """A random value within the span."""
@@ -88,13 +88,21 @@ class JobMaker:
     priority: Span
     timeout: float | None
     rng: random.Random
+    max_retries: int = 0
+    retry_backoff: float = 1.0
+    id_prefix: str | None = None
+    on_conflict: OnConflict = "raise"
 
-    def next(self) -> JobPayload:
-        """A new random payload."""
+    def next(self, index: int) -> JobPayload:
+        """A new random payload; the ``index``-th job is ``{id_prefix}-{index}`` if set."""
         return JobPayload(
             priority=int(self.priority.draw(self.rng)),
             runtime=float(self.runtime.draw(self.rng)),
             timeout=self.timeout,
+            max_retries=self.max_retries,
+            retry_backoff=self.retry_backoff,
+            job_id=None if self.id_prefix is None else f"{self.id_prefix}-{index}",
+            on_conflict=self.on_conflict,
         )
 
 
@@ -116,6 +124,7 @@ class Plan:
     token: str | None
     wait: bool
     as_json: bool
+    bulk: bool = False
 
 
 async def submit_v1(plan: Plan) -> int:
@@ -126,7 +135,7 @@ async def submit_v1(plan: Plan) -> int:
         for index in _indices(plan.count):
             if index:
                 await asyncio.sleep(next(plan.waits))
-            frame = protocol.encode_v1_job_request(plan.maker.next())
+            frame = protocol.encode_v1_job_request(plan.maker.next(index))
             await ws.send(frame)
             submitted += 1
             log.info("submitted %s", frame)
@@ -141,18 +150,10 @@ async def submit_v2(plan: Plan) -> int:
         follower = JobFollower(plan.as_json)
         watching = asyncio.create_task(follower.follow(client)) if plan.wait else None
         try:
-            for index in _indices(plan.count):
-                if index:
-                    await asyncio.sleep(next(plan.waits))
-                payload = plan.maker.next()
-                job_id = await client.submit(payload)
-                follower.expect(job_id)
-                log.info(
-                    "submitted %s priority=%d runtime=%.3gs",
-                    job_id[:8],
-                    payload.priority,
-                    payload.runtime,
-                )
+            if plan.bulk:
+                await _submit_bulk(client, plan, follower)
+            else:
+                await _submit_one_by_one(client, plan, follower)
             if watching is None:
                 return 0
             follower.all_submitted()
@@ -162,6 +163,29 @@ async def submit_v2(plan: Plan) -> int:
                 watching.cancel()
     print_summary(list(follower.finished.values()))
     return 0
+
+
+async def _submit_one_by_one(client: ProducerClient, plan: Plan, follower: JobFollower) -> None:
+    for index in _indices(plan.count):
+        if index:
+            await asyncio.sleep(next(plan.waits))
+        payload = plan.maker.next(index)
+        job_id = await client.submit(payload)
+        follower.expect(job_id)
+        log.info(
+            "submitted %s priority=%d runtime=%.3gs", job_id[:8], payload.priority, payload.runtime
+        )
+
+
+async def _submit_bulk(client: ProducerClient, plan: Plan, follower: JobFollower) -> None:
+    assert plan.count is not None
+    results = await client.submit_many([plan.maker.next(i) for i in range(plan.count)])
+    for index, result in enumerate(results):
+        if result.id is None:
+            log.error("job %d refused: %s", index, result.error)
+        else:
+            follower.expect(result.id)
+    log.info("submitted %d jobs in one message", sum(r.id is not None for r in results))
 
 
 class JobFollower:
@@ -303,6 +327,33 @@ def _indices(count: int | None) -> Iterator[int]:
 @click.option(
     "--token", envvar="SCHEDBUS_TOKEN", default=None, help="Bus token (env SCHEDBUS_TOKEN)."
 )
+@click.option(
+    "--max-retries",
+    type=click.IntRange(0, protocol.MAX_RETRIES),
+    default=0,
+    show_default=True,
+    help="Retry a failed or timed-out job up to N times; after the last it is dead.",
+)
+@click.option(
+    "--retry-backoff",
+    type=click.FloatRange(0, protocol.MAX_BACKOFF_S),
+    default=1.0,
+    show_default=True,
+    help="Seconds before the first retry; doubles for each next one (with jitter).",
+)
+@click.option(
+    "--id-prefix",
+    default=None,
+    help="Name the jobs PREFIX-0, PREFIX-1, ... (client-chosen ids: idempotent submits).",
+)
+@click.option(
+    "--on-conflict",
+    type=click.Choice(["raise", "ignore", "replace"]),
+    default="raise",
+    show_default=True,
+    help="With --id-prefix, what a submit whose id exists does.",
+)
+@click.option("--bulk", is_flag=True, help="Submit all --count jobs in one message.")
 @click.option("--seed", type=int, default=None, help="Random seed, for repeatable job sequences.")
 @click.option("-d", "--debug", is_flag=True, help="Debug logging.")
 def cli(
@@ -319,22 +370,33 @@ def cli(
     v1: bool,
     name: str | None,
     token: str | None,
+    max_retries: int,
+    retry_backoff: float,
+    id_prefix: str | None,
+    on_conflict: OnConflict,
+    bulk: bool,
     seed: int | None,
     debug: bool,
 ) -> None:
     """Submit random sleep jobs to a schedbus bus."""
     _check_options(runtime, priority, count, wait, as_json, v1)
+    if bulk and (count is None or v1):
+        raise click.UsageError("--bulk needs --count and the v2 protocol")
     configure_logging(logging.DEBUG if debug else logging.INFO)
     rng = random.Random(seed)
+    maker = JobMaker(
+        runtime, priority, timeout, rng, max_retries, retry_backoff, id_prefix, on_conflict
+    )
     plan = Plan(
         url=url,
         count=count,
-        maker=JobMaker(runtime, priority, timeout, rng),
+        maker=maker,
         waits=periods(period, gauss, sigma, rng),
         name=name,
         token=token,
         wait=wait,
         as_json=as_json,
+        bulk=bulk,
     )
     try:
         code = run_until_signalled(submit_v1(plan) if v1 else submit_v2(plan))

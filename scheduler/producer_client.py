@@ -1,9 +1,16 @@
-"""The producer library: a v2 connection that submits jobs and hears about them.
+"""The producer library: a v2 connection that submits jobs and hears about them, and
+rides out a bus restart.
 
-async with ProducerClient("ws://localhost:8101") as client:
-    job_id = await client.submit(JobPayload(priority=0, runtime=1.5))
-    async for event in client.events():
-        ...
+    async with ProducerClient("ws://localhost:8101") as client:
+        job_id = await client.submit(JobPayload(priority=0, runtime=1.5))
+        async for event in client.events():
+            ...
+
+When the connection drops, the client reconnects with backoff and jitter, sends again
+every request not yet answered, and re-subscribes (``watch``) to every job it submitted
+that is not final yet, so no event about its jobs is missed for good. Jobs get
+client-chosen ids (unless the payload names one) submitted with ``on_conflict="ignore"``,
+so sending a submit again after a lost acknowledgement never creates a second job.
 """
 
 from __future__ import annotations
@@ -11,20 +18,47 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-from collections.abc import AsyncIterator
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
 from types import TracebackType
 
+import msgspec
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
 from scheduler import protocol
-from scheduler.protocol import Accepted, Error, JobEvent, JobPayload, JobRequest, Register
+from scheduler.policy.backoff import Backoff
+from scheduler.protocol import (
+    FINAL_EVENTS,
+    Accepted,
+    BusMessage,
+    Cancel,
+    CancelReply,
+    ClientMessage,
+    Error,
+    JobEvent,
+    JobPayload,
+    JobRequest,
+    Register,
+    SubmitMany,
+    SubmitResult,
+    SubmittedMany,
+    Vacuum,
+    Vacuumed,
+    Watch,
+    Watching,
+)
 
 log = logging.getLogger(__name__)
 
+Reply = Accepted | SubmittedMany | CancelReply | Watching | Vacuumed
+_Builder = Callable[[int], ClientMessage]
+
 
 class SubmitError(Exception):
-    """The bus refused a submit; ``field`` names the part of the job it blames."""
+    """The bus refused a request; ``field`` names the part it blames."""
 
     def __init__(self, error: Error) -> None:
         super().__init__(error.message)
@@ -32,22 +66,42 @@ class SubmitError(Exception):
 
 
 class BusConnectionLost(Exception):
-    """The connection to the bus closed while the client still needed it."""
+    """The client was closed, or could not reach the bus in time."""
+
+
+@dataclass
+class _Request:
+    message: ClientMessage
+    future: asyncio.Future[Reply]
 
 
 class ProducerClient:
-    """A v2 producer connection. Replies are matched to submits by ``ref``."""
+    """A v2 producer connection that reconnects by itself. Replies are matched by ``ref``.
 
-    def __init__(self, url: str, *, name: str | None = None, token: str | None = None) -> None:
+    ``connect_timeout`` bounds how long :meth:`connect` keeps trying to reach the bus;
+    after the first connection the client keeps trying until :meth:`close`.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        name: str | None = None,
+        token: str | None = None,
+        connect_timeout: float = 30.0,
+    ) -> None:
         self.url = url
         self.name = name
         self._token = token
-        self._ws: ClientConnection | None = None
-        self._reader: asyncio.Task[None] | None = None
+        self._connect_timeout = connect_timeout
         self._refs = itertools.count(1)
-        self._pending: dict[int, asyncio.Future[str]] = {}
+        self._requests: dict[int, _Request] = {}
+        self._unfinished: set[str] = set()
         self._events: asyncio.Queue[JobEvent | None] = asyncio.Queue()
-        self._closed_reason: str | None = None
+        self._ws: ClientConnection | None = None
+        self._runner: asyncio.Task[None] | None = None
+        self._connected = asyncio.Event()
+        self._closing = False
 
     async def __aenter__(self) -> ProducerClient:
         await self.connect()
@@ -62,65 +116,163 @@ class ProducerClient:
         await self.close()
 
     async def connect(self) -> None:
-        """Open the connection and register as a v2 producer; sets ``name`` to the bus's answer."""
-        self._ws = await connect(
-            self.url, compression=None, max_size=protocol.MAX_FRAME_BYTES, open_timeout=10
+        """Start the connection and wait until it is registered; sets ``name``.
+
+        Raises :class:`BusConnectionLost` if the bus cannot be reached within
+        ``connect_timeout`` seconds, :class:`SubmitError` if it refuses to register us.
+        """
+        self._runner = asyncio.create_task(self._run(), name="producer-connection")
+        waiter = asyncio.create_task(self._connected.wait())
+        done, _ = await asyncio.wait(
+            {waiter, self._runner},
+            timeout=self._connect_timeout,
+            return_when=asyncio.FIRST_COMPLETED,
         )
-        register = Register(type="producer", protocol=2, name=self.name, token=self._token)
-        await self._ws.send(protocol.encode(register))
-        reply = protocol.decode_bus(await self._ws.recv())
-        if isinstance(reply, Error):
-            await self._ws.close()
-            raise SubmitError(reply)
-        if not isinstance(reply, protocol.Registered):
-            await self._ws.close()
-            raise BusConnectionLost(f"unexpected reply to register: {reply!r}")
-        self.name = reply.name
-        self._reader = asyncio.create_task(self._read(self._ws), name="producer-reader")
+        if self._runner in done:
+            waiter.cancel()
+            self._runner.result()
+        if waiter not in done:
+            waiter.cancel()
+            await self.close()
+            raise BusConnectionLost(f"could not reach {self.url} in {self._connect_timeout:g} s")
 
     async def close(self) -> None:
-        """Close the connection; pending submits fail with :class:`BusConnectionLost`."""
-        if self._ws is not None:
-            await self._ws.close()
-        if self._reader is not None:
-            await self._reader
+        """Close for good: pending requests fail with :class:`BusConnectionLost`."""
+        self._closing = True
+        if self._runner is not None:
+            self._runner.cancel()
+            try:
+                await self._runner
+            except (asyncio.CancelledError, SubmitError):
+                pass
+        self._fail_requests("the client was closed")
+        self._events.put_nowait(None)
 
     async def submit(self, payload: JobPayload) -> str:
-        """Submit one job and return its id once the bus has accepted it."""
-        if self._ws is None or self._closed_reason is not None:
-            raise BusConnectionLost(self._closed_reason or "not connected")
-        ref = next(self._refs)
-        accepted: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-        self._pending[ref] = accepted
-        try:
-            await self._ws.send(protocol.encode(JobRequest(payload=payload, ref=ref)))
-        except ConnectionClosed as exc:
-            self._pending.pop(ref, None)
-            raise BusConnectionLost(str(exc)) from None
-        return await accepted
+        """Submit one job; return its id once the bus has journaled it."""
+        reply = await self._request(lambda ref: JobRequest(payload=self._with_id(payload), ref=ref))
+        assert isinstance(reply, Accepted)
+        self._unfinished.add(reply.id)
+        return reply.id
+
+    async def submit_many(self, payloads: Sequence[JobPayload]) -> list[SubmitResult]:
+        """Submit many jobs in one message (one journal transaction); one result per job."""
+        raws = [msgspec.Raw(msgspec.json.encode(self._with_id(p))) for p in payloads]
+        reply = await self._request(lambda ref: SubmitMany(jobs=raws, ref=ref))
+        assert isinstance(reply, SubmittedMany)
+        self._unfinished.update(result.id for result in reply.results if result.id is not None)
+        return reply.results
+
+    async def cancel(self, job_id: str) -> CancelReply:
+        """Ask the bus to cancel ``job_id``; the reply says what it did."""
+        reply = await self._request(lambda ref: Cancel(id=job_id, ref=ref))
+        assert isinstance(reply, CancelReply)
+        return reply
+
+    async def watch(self, job_ids: Sequence[str]) -> Watching:
+        """Subscribe to the events of ``job_ids``; the reply holds their current state."""
+        reply = await self._request(lambda ref: Watch(ids=list(job_ids), ref=ref))
+        assert isinstance(reply, Watching)
+        self._unfinished.update(e.id for e in reply.jobs if e.event not in FINAL_EVENTS)
+        return reply
+
+    async def vacuum(self, older_than_s: float | None = None) -> dict[str, int]:
+        """Delete old final jobs now; return how many were deleted, by state."""
+        reply = await self._request(lambda ref: Vacuum(older_than_s=older_than_s, ref=ref))
+        assert isinstance(reply, Vacuumed)
+        return reply.deleted
 
     async def events(self) -> AsyncIterator[JobEvent]:
-        """Yield every event about this producer's jobs until the connection closes."""
+        """Yield every event about this client's jobs, across reconnects, until closed."""
         while (event := await self._events.get()) is not None:
             yield event
-        if self._closed_reason is not None:
-            raise BusConnectionLost(self._closed_reason)
 
-    async def _read(self, ws: ClientConnection) -> None:
+    @staticmethod
+    def _with_id(payload: JobPayload) -> JobPayload:
+        if payload.job_id is not None:
+            return payload
+        return msgspec.structs.replace(payload, job_id=uuid.uuid4().hex, on_conflict="ignore")
+
+    async def _request(self, build: _Builder) -> Reply:
+        if self._closing:
+            raise BusConnectionLost("the client was closed")
+        ref = next(self._refs)
+        request = _Request(build(ref), asyncio.get_running_loop().create_future())
+        self._requests[ref] = request
+        if self._ws is not None and self._connected.is_set():
+            try:
+                await self._ws.send(protocol.encode(request.message))
+            except ConnectionClosed:
+                pass  # sent again after the reconnect
+        return await request.future
+
+    async def _run(self) -> None:
         try:
-            async for frame in ws:
-                self._on_frame(frame)
-        except ConnectionClosed:
-            pass
-        finally:
-            self._closed_reason = f"connection to {self.url} closed"
-            if ws.close_code not in (None, 1000):
-                self._closed_reason += f" (code {ws.close_code}: {ws.close_reason})"
-            for future in self._pending.values():
-                if not future.done():
-                    future.set_exception(BusConnectionLost(self._closed_reason))
-            self._pending.clear()
+            await self._connect_forever()
+        except SubmitError as exc:
+            log.error("the bus %s refused this producer: %s", self.url, exc)
+            self._fail_requests(f"the bus refused this producer: {exc}")
             self._events.put_nowait(None)
+            raise
+
+    async def _connect_forever(self) -> None:
+        backoff = Backoff()
+        while True:
+            reason = "connection closed"
+            try:
+                async with connect(
+                    self.url, compression=None, max_size=protocol.MAX_FRAME_BYTES, open_timeout=10
+                ) as ws:
+                    await self._register(ws)
+                    backoff.reset()
+                    await self._serve(ws)
+            except (OSError, ConnectionClosed, InvalidHandshake, TimeoutError) as exc:
+                reason = str(exc) or type(exc).__name__
+            self._connected.clear()
+            self._ws = None
+            delay = backoff.next_delay()
+            log.warning("bus %s unavailable (%s); retrying in %.1fs", self.url, reason, delay)
+            await asyncio.sleep(delay)
+
+    async def _register(self, ws: ClientConnection) -> None:
+        register = Register(type="producer", protocol=2, name=self.name, token=self._token)
+        await ws.send(protocol.encode(register))
+        reply = protocol.decode_bus(await ws.recv())
+        if isinstance(reply, Error):
+            raise SubmitError(reply)
+        if not isinstance(reply, protocol.Registered):
+            raise OSError(f"unexpected reply to register: {type(reply).__name__}")
+        if self.name is not None and self.name != reply.name:
+            log.debug("registered as %s", reply.name)
+        self.name = reply.name
+
+    async def _serve(self, ws: ClientConnection) -> None:
+        """Resend what is unanswered, re-subscribe, then read until the connection ends."""
+        self._ws = ws
+        # Set before resending, with no await in between: a request made from now on is
+        # sent by _request itself, one made before is in the list below.
+        self._connected.set()
+        if self._unfinished:
+            ref = next(self._refs)
+            watch = Watch(ids=sorted(self._unfinished), ref=ref)
+            self._requests[ref] = _Request(watch, asyncio.get_running_loop().create_future())
+            self._requests[ref].future.add_done_callback(self._after_rewatch)
+        for request in list(self._requests.values()):
+            await ws.send(protocol.encode(request.message))
+        async for frame in ws:
+            self._on_frame(frame)
+
+    def _after_rewatch(self, future: asyncio.Future[Reply]) -> None:
+        if future.cancelled() or future.exception() is not None:
+            return
+        reply = future.result()
+        assert isinstance(reply, Watching)
+        for event in reply.jobs:
+            self._on_event(event)
+        for job_id in reply.unknown:
+            log.error("the bus no longer knows job %s (was its journal lost?)", job_id)
+            self._unfinished.discard(job_id)
+            self._events.put_nowait(_lost(job_id))
 
     def _on_frame(self, frame: str | bytes) -> None:
         try:
@@ -129,17 +281,41 @@ class ProducerClient:
             log.warning("ignoring a frame from the bus that does not decode: %s", exc)
             return
         if isinstance(message, JobEvent):
-            self._events.put_nowait(message)
-        elif isinstance(message, Accepted | Error) and isinstance(message.ref, int):
-            self._settle(message.ref, message)
-        elif isinstance(message, Error):
-            log.warning("the bus reports an error: %s", message.message)
-
-    def _settle(self, ref: int, reply: Accepted | Error) -> None:
-        future = self._pending.pop(ref, None)
-        if future is None or future.done():
-            return
-        if isinstance(reply, Accepted):
-            future.set_result(reply.id)
+            self._on_event(message)
         else:
-            future.set_exception(SubmitError(reply))
+            self._on_reply(message)
+
+    def _on_event(self, event: JobEvent) -> None:
+        if event.event in FINAL_EVENTS:
+            self._unfinished.discard(event.id)
+        self._events.put_nowait(event)
+
+    def _on_reply(self, message: BusMessage) -> None:
+        ref = getattr(message, "ref", None)
+        request = self._requests.pop(ref, None) if isinstance(ref, int) else None
+        if request is None or request.future.done():
+            if isinstance(message, Error):
+                log.warning("the bus reports an error: %s", message.message)
+            return
+        if isinstance(message, Error):
+            request.future.set_exception(SubmitError(message))
+        elif isinstance(message, Reply):
+            request.future.set_result(message)
+
+    def _fail_requests(self, reason: str) -> None:
+        for request in self._requests.values():
+            if not request.future.done():
+                request.future.set_exception(BusConnectionLost(reason))
+        self._requests.clear()
+
+
+def _lost(job_id: str) -> JobEvent:
+    return JobEvent(
+        event="dead",
+        id=job_id,
+        priority=0,
+        state="dead",
+        time=time.time(),
+        runtime=0.0,
+        error="the bus no longer knows this job (its journal was lost or vacuumed)",
+    )

@@ -1,0 +1,31 @@
+import json
+
+from scheduler.monitor import event_json, format_event
+from scheduler.protocol import JobEvent
+
+EVENT = JobEvent(
+    event="timed_out",
+    id="0123456789abcdef",
+    priority=3,
+    state="timed_out",
+    time=1_800_000_000.25,
+    runtime=5.0,
+    scheduler="s1",
+    attempt=2,
+    evictions=1,
+    wall_s=2.004,
+    error="timed out after 2 s",
+)
+
+
+def test_a_line_says_what_happened_where() -> None:
+    line = format_event(EVENT)
+    for part in ("timed_out", "01234567", "p=3", "on=s1", "attempt=2", "evictions=1", "2.004s"):
+        assert part in line
+
+
+def test_json_lines_carry_the_documented_keys() -> None:
+    fields = json.loads(event_json(EVENT))
+    assert {"event", "id", "priority", "state", "scheduler", "time"} <= fields.keys()
+    started = JobEvent(event="accepted", id="x", priority=0, state="queued", time=1.0, runtime=1.0)
+    assert json.loads(event_json(started))["scheduler"] is None

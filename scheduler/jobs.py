@@ -25,8 +25,10 @@ def _run(ctx: click.Context, action: Callable[[ProducerClient], Awaitable[T]]) -
     """Connect with the group's options, run ``action``, turn failures into clear errors."""
 
     async def main() -> T:
-        async with ProducerClient(ctx.obj["url"], token=ctx.obj["token"], connect_timeout=10) as c:
-            return await action(c)
+        async with ProducerClient(
+            ctx.obj["url"], token=ctx.obj["token"], connect_timeout=ctx.obj["connect_timeout"]
+        ) as client:
+            return await action(client)
 
     try:
         result = run_until_signalled(main())
@@ -49,12 +51,21 @@ def _run(ctx: click.Context, action: Callable[[ProducerClient], Awaitable[T]]) -
 @click.option(
     "--token", envvar="SCHEDBUS_TOKEN", default=None, help="Bus token (env SCHEDBUS_TOKEN)."
 )
+@click.option(
+    "--connect-timeout",
+    type=click.FloatRange(min=0),
+    default=10.0,
+    show_default=True,
+    help="How long to keep trying to reach the bus.",
+)
 @click.option("-d", "--debug", is_flag=True, help="Debug logging.")
 @click.pass_context
-def cli(ctx: click.Context, url: str, token: str | None, debug: bool) -> None:
+def cli(
+    ctx: click.Context, url: str, token: str | None, connect_timeout: float, debug: bool
+) -> None:
     """Look at, cancel and clean up jobs on a schedbus bus."""
     configure_logging(logging.DEBUG if debug else logging.WARNING)
-    ctx.obj = {"url": url, "token": token}
+    ctx.obj = {"url": url, "token": token, "connect_timeout": connect_timeout}
 
 
 @cli.command()

@@ -38,10 +38,12 @@ from scheduler.protocol import (
     CancelReply,
     ClientMessage,
     Error,
+    GetStats,
     JobEvent,
     JobPayload,
     JobRequest,
     Register,
+    StatsReply,
     SubmitMany,
     SubmitResult,
     SubmittedMany,
@@ -53,7 +55,7 @@ from scheduler.protocol import (
 
 log = logging.getLogger(__name__)
 
-Reply = Accepted | SubmittedMany | CancelReply | Watching | Vacuumed
+Reply = Accepted | SubmittedMany | CancelReply | Watching | Vacuumed | StatsReply
 _Builder = Callable[[int], ClientMessage]
 
 
@@ -181,6 +183,12 @@ class ProducerClient:
         reply = await self._request(lambda ref: Vacuum(older_than_s=older_than_s, ref=ref))
         assert isinstance(reply, Vacuumed)
         return reply.deleted
+
+    async def stats(self) -> StatsReply:
+        """The bus's and every scheduler's figures now."""
+        reply = await self._request(lambda ref: GetStats(ref=ref))
+        assert isinstance(reply, StatsReply)
+        return reply
 
     async def events(self) -> AsyncIterator[JobEvent]:
         """Yield every event about this client's jobs, across reconnects, until closed."""

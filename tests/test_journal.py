@@ -1,0 +1,387 @@
+"""The journal against real SQLite files: round trips, group commit, failures, durability."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import sqlite3
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import closing
+from pathlib import Path
+from typing import Any, cast
+
+import pytest
+from conftest import ROOT, unit
+
+from scheduler.bus.journal import MEMORY, SCHEMA_VERSION, Journal, JournalError
+from scheduler.policy.job import Job
+from scheduler.protocol import JobPayload, JobState
+
+
+def make_job(n: int, state: JobState = "queued", **fields: Any) -> Job:
+    """Job ``job-N`` with ``seq`` N and a payload left at its defaults."""
+    payload = JobPayload(priority=n % 11, runtime=1.0)
+    return Job(
+        id=f"job-{n}", payload=payload, seq=n, submitted_at=1000.0 + n, state=state, **fields
+    )
+
+
+@pytest.fixture
+def path(tmp_path: Path) -> Path:
+    return tmp_path / "journal.db"
+
+
+@pytest.fixture
+def journal(path: Path) -> Iterator[Journal]:
+    opened = Journal.open(path)
+    try:
+        yield opened
+    finally:
+        opened.close()
+
+
+async def test_round_trip_keeps_every_field(path: Path) -> None:
+    full = Job(
+        id="full",
+        payload=JobPayload(
+            priority=0,
+            runtime=2.5,
+            task="compute",
+            timeout=9.0,
+            job_id="full",
+            on_conflict="replace",
+            max_retries=3,
+            retry_backoff=0.25,
+        ),
+        seq=7,
+        submitted_at=1700000000.125,
+        state="running",
+        attempt=2,
+        holder="sched-1",
+        deliveries=3,
+        evictions=1,
+        retries=1,
+        errors=["exit code 1", 'quote " and \u00e9'],
+        not_before=1700000001.5,
+        updated_at=1700000002.0,
+        finished_at=None,
+    )
+    bare = make_job(8, "failed", finished_at=1700000003.0)
+    journal = Journal.open(path)
+    journal.save([full, bare])
+    await journal.flush()
+    journal.close()
+
+    with closing(Journal.open(path)) as again:
+        assert again.get("full") == full
+        assert again.get("job-8") == bare
+        stored = again.get("job-8")
+        assert stored is not None and stored.payload.task == "sleep"
+        assert stored.payload.max_retries == 0 and stored.payload.timeout is None
+
+
+async def test_load_returns_live_jobs_in_seq_order(journal: Journal) -> None:
+    states: list[JobState] = ["running", "succeeded", "queued", "dead", "assigned", "queued"]
+    journal.save(make_job(n, state) for n, state in zip([5, 1, 3, 0, 4, 2], states, strict=True))
+    await journal.flush()
+    assert [job.id for job in journal.load()] == ["job-2", "job-3", "job-4", "job-5"]
+
+    journal.save([make_job(3, "cancelled"), make_job(1, "queued"), make_job(9)])
+    journal.delete(["job-4"])
+    assert [job.id for job in journal.load()] == ["job-1", "job-2", "job-5", "job-9"]
+
+
+async def test_next_seq_continues_across_reopen(path: Path) -> None:
+    journal = Journal.open(path)
+    assert journal.next_seq() == 0
+    journal.save([make_job(5), make_job(9)])
+    assert journal.next_seq() == 10
+    await journal.flush()
+    journal.delete(["job-9"])
+    await journal.flush()
+    journal.close()
+
+    with closing(Journal.open(path)) as again:
+        assert again.next_seq() == 10
+
+
+async def test_get_sees_queued_writes_as_they_were_saved(journal: Journal) -> None:
+    job = make_job(1)
+    journal.save([job])
+    job.state = "running"
+    job.errors.append("changed after the save")
+    stored = journal.get("job-1")
+    assert stored is not None
+    assert stored.state == "queued" and stored.errors == []
+    assert journal.counts() == {}
+
+    await journal.flush()
+    journal.delete(["job-1"])
+    assert journal.get("job-1") is None
+    await journal.flush()
+    assert journal.get("job-1") is None
+    assert journal.get("never") is None
+
+
+async def test_flushes_in_one_loop_iteration_share_one_commit(journal: Journal) -> None:
+    async def submit(n: int) -> None:
+        journal.save([make_job(n)])
+        await journal.flush()
+
+    before = journal.commits
+    await asyncio.gather(*(submit(n) for n in range(50)))
+    assert journal.commits == before + 1
+    assert journal.counts() == {"queued": 50}
+
+    await journal.flush()
+    assert journal.commits == before + 1, "nothing queued: nothing to commit"
+    journal.save([make_job(50)])
+    await journal.flush()
+    assert journal.commits == before + 2
+
+
+async def test_a_cancelled_flush_does_not_cancel_the_commit(journal: Journal) -> None:
+    journal.save([make_job(1)])
+    first = asyncio.create_task(journal.flush())
+    second = asyncio.create_task(journal.flush())
+    await asyncio.sleep(0)
+    first.cancel()
+    await second
+    assert first.cancelled()
+    assert journal.counts() == {"queued": 1}
+
+
+async def flush_all(journal: Journal, waiters: int) -> list[BaseException | None]:
+    """``waiters`` concurrent flushes; what each one raised."""
+    return await asyncio.gather(*(journal.flush() for _ in range(waiters)), return_exceptions=True)
+
+
+async def test_a_row_sqlite_cannot_store_fails_every_waiter_and_is_dropped(
+    journal: Journal,
+) -> None:
+    journal.save([make_job(1)])
+    await journal.flush()
+    too_big = make_job(2**70)
+    journal.save([make_job(2), too_big, make_job(3)])
+
+    outcomes = await flush_all(journal, 3)
+    assert all(isinstance(outcome, JournalError) for outcome in outcomes), outcomes
+    assert "commit failed" in str(outcomes[0]) and str(journal.path) in str(outcomes[0])
+    assert journal.get("job-2") is None, "a failed commit discards its batch"
+    assert [job.id for job in journal.load()] == ["job-1"]
+
+    journal.save([make_job(2), make_job(3)])
+    await journal.flush()
+    assert journal.counts() == {"queued": 3}
+
+
+async def test_a_locked_database_fails_every_waiter_and_the_journal_recovers(
+    journal: Journal, path: Path
+) -> None:
+    with closing(sqlite3.connect(path, isolation_level=None)) as intruder:
+        intruder.execute("BEGIN IMMEDIATE")
+        journal.save([make_job(1)])
+        outcomes = await flush_all(journal, 2)
+        assert all(isinstance(outcome, JournalError) for outcome in outcomes), outcomes
+        assert "locked" in str(outcomes[0])
+        intruder.execute("ROLLBACK")
+
+    journal.save([make_job(1)])
+    await journal.flush()
+    assert journal.counts() == {"queued": 1}
+
+
+def test_save_refuses_a_job_it_cannot_encode_and_queues_nothing(journal: Journal) -> None:
+    broken = make_job(2)
+    broken.payload = JobPayload(priority=cast(Any, object()), runtime=1.0)
+    with pytest.raises(JournalError, match="job-2"):
+        journal.save([make_job(1), broken])
+    assert journal.get("job-1") is None
+
+
+async def test_vacuum_deletes_old_final_jobs_by_state(journal: Journal) -> None:
+    journal.save(
+        [
+            make_job(1, "succeeded", finished_at=100.0),
+            make_job(2, "succeeded", finished_at=900.0),
+            make_job(3, "failed", finished_at=100.0),
+            make_job(4, "dead", finished_at=100.0),
+            make_job(5, "cancelled", finished_at=100.0),
+            make_job(6, "timed_out", finished_at=990.0),
+            make_job(7, "queued"),
+            make_job(8, "running", finished_at=1.0),
+        ]
+    )
+    await journal.flush()
+    retention = {"succeeded": 500.0, "cancelled": 10_000.0, "running": 0.0}
+
+    deleted = journal.vacuum(1000.0, retention, default_retention=50.0)
+
+    assert deleted == {"succeeded": 1, "failed": 1, "dead": 1}
+    assert journal.get("job-1") is None and journal.get("job-2") is not None
+    kept = {"succeeded": 1, "cancelled": 1, "timed_out": 1, "queued": 1, "running": 1}
+    assert journal.counts() == kept
+    assert journal.vacuum(1000.0, retention, default_retention=50.0) == {}
+
+
+async def test_a_file_journal_is_wal_with_full_sync(journal: Journal, path: Path) -> None:
+    conn = journal._conn
+    assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+    assert conn.execute("PRAGMA synchronous").fetchone() == (2,), "2 is FULL"
+    with closing(sqlite3.connect(path)) as other:
+        assert other.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+        assert other.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == (
+            SCHEMA_VERSION,
+        )
+
+
+async def test_a_memory_journal_works_without_a_file(tmp_path: Path) -> None:
+    with closing(Journal.open(MEMORY)) as journal:
+        journal.save([make_job(1), make_job(2, "succeeded", finished_at=1.0)])
+        await journal.flush()
+        assert [job.id for job in journal.load()] == ["job-1"]
+        assert journal.vacuum(10.0, {}, 1.0) == {"succeeded": 1}
+        assert journal.next_seq() == 3
+    assert list(tmp_path.iterdir()) == []
+
+
+async def test_missing_directories_are_created(tmp_path: Path) -> None:
+    path = tmp_path / "a" / "b" / "journal.db"
+    with closing(Journal.open(path)) as journal:
+        journal.save([make_job(1)])
+        await journal.flush()
+    assert path.is_file()
+
+
+def test_a_directory_is_refused_by_name(tmp_path: Path) -> None:
+    with pytest.raises(JournalError, match=re.escape(f"{tmp_path} is a directory")):
+        Journal.open(tmp_path)
+
+
+def test_a_path_below_a_file_is_refused_by_name(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("")
+    path = tmp_path / "file" / "journal.db"
+    with pytest.raises(JournalError, match=re.escape(f"journal {path}")):
+        Journal.open(path)
+
+
+def test_a_file_that_is_not_a_database_is_refused_by_name(path: Path) -> None:
+    path.write_text("not a database " * 100)
+    with pytest.raises(
+        JournalError, match=re.escape(f"cannot open journal {path}: file is not a database")
+    ):
+        Journal.open(path)
+
+
+def test_a_foreign_database_is_refused_and_left_alone(path: Path) -> None:
+    with closing(sqlite3.connect(path)) as conn:
+        conn.execute("CREATE TABLE other (x)")
+    with pytest.raises(
+        JournalError, match=re.escape(f"{path} is an SQLite database but not a schedbus")
+    ):
+        Journal.open(path)
+    with closing(sqlite3.connect(path)) as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone() == ("delete",)
+
+
+def test_a_newer_schema_is_refused(path: Path) -> None:
+    Journal.open(path).close()
+    with closing(sqlite3.connect(path)) as conn, conn:
+        conn.execute("UPDATE meta SET value = 99 WHERE key = 'schema_version'")
+    with pytest.raises(JournalError, match=re.escape(f"journal {path} has schema version 99")):
+        Journal.open(path)
+
+
+async def test_close_commits_queued_writes_and_answers_waiters(path: Path) -> None:
+    journal = Journal.open(path)
+    journal.save([make_job(1)])
+    waiter = asyncio.create_task(journal.flush())
+    await asyncio.sleep(0)
+    journal.save([make_job(2)])
+    journal.close()
+    await waiter
+    journal.close()
+    with pytest.raises(JournalError, match="closed"):
+        journal.save([make_job(3)])
+    with pytest.raises(JournalError, match="closed"):
+        await journal.flush()
+    with pytest.raises(JournalError, match="get failed"):
+        journal.get("job-1")
+
+    with closing(Journal.open(path)) as again:
+        assert [job.id for job in again.load()] == ["job-1", "job-2"]
+
+
+async def test_close_raises_when_its_last_commit_fails(path: Path) -> None:
+    journal = Journal.open(path)
+    journal.save([make_job(2**70)])
+    with pytest.raises(JournalError, match="commit failed"):
+        journal.close()
+    with pytest.raises(JournalError, match="closed"):
+        journal.delete(["job-1"])
+
+
+async def test_a_damaged_row_is_reported_with_its_job(path: Path) -> None:
+    with closing(Journal.open(path)) as journal:
+        journal.save([make_job(1)])
+        await journal.flush()
+    with closing(sqlite3.connect(path)) as conn, conn:
+        conn.execute("UPDATE jobs SET payload = '{\"priority\": 11}'")
+    with closing(Journal.open(path)) as journal:
+        with pytest.raises(
+            JournalError, match=re.escape(f"journal {path}: load failed: job 'job-1'")
+        ):
+            journal.load()
+
+
+def test_a_journal_without_a_schema_version_is_refused(path: Path) -> None:
+    Journal.open(path).close()
+    with closing(sqlite3.connect(path)) as conn, conn:
+        conn.execute("DELETE FROM meta WHERE key = 'schema_version'")
+    with pytest.raises(JournalError, match="meta has no 'schema_version'"):
+        Journal.open(path)
+
+
+CHILD = """
+import asyncio, sys
+from scheduler.bus.journal import Journal
+from scheduler.policy.job import Job
+from scheduler.protocol import JobPayload
+
+async def main() -> None:
+    journal = Journal.open(sys.argv[1])
+    journal.save(
+        Job(id=f"job-{n}", payload=JobPayload(priority=n % 11, runtime=1.0), seq=n,
+            submitted_at=0.0)
+        for n in range(100)
+    )
+    await journal.flush()
+    print("ok", flush=True)
+    sys.stdin.read()
+
+asyncio.run(main())
+"""
+
+
+def test_flushed_jobs_survive_sigkill(path: Path) -> None:
+    with subprocess.Popen(
+        [sys.executable, "-c", CHILD, str(path)],
+        cwd=ROOT,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    ) as child:
+        assert child.stdout is not None and child.stderr is not None
+        line = child.stdout.readline()
+        child.kill()
+        child.wait(timeout=10 * unit())
+        assert line == "ok\n", child.stderr.read()
+    assert Path(f"{path}-wal").stat().st_size > 0, "the commits are still in the WAL only"
+
+    with closing(Journal.open(path)) as journal:
+        jobs = journal.load()
+        assert [job.id for job in jobs] == [f"job-{n}" for n in range(100)]
+        assert journal.next_seq() == 100

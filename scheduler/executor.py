@@ -4,6 +4,11 @@ The :class:`~scheduler.policy.runner.Runner` decides who starts, waits and is ev
 executor only starts and stops :class:`~scheduler.process.JobProcess` es and turns their
 ends into :class:`~scheduler.protocol.Report` s. Everything runs on the event loop's thread:
 no thread pool, so forking job processes stays safe.
+
+Every attempt gets exactly one closing report, sent once its processes are gone:
+``succeeded`` / ``failed`` / ``timed_out`` when it ended by itself, ``evicted`` or
+``cancelled`` when we stopped it for that reason, and nothing when the bus took it back
+(:meth:`Executor.drop`, a newer attempt) or the executor shut down.
 """
 
 from __future__ import annotations
@@ -15,37 +20,48 @@ import time
 from collections import deque
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from scheduler.policy.runner import Decision, Evict, Job, Runner, Snapshot, Start, Stop
 from scheduler.process import JobProcess, ProcessResult
-from scheduler.protocol import Assignment, Report, SchedulerReport
-from scheduler.tasks import TaskRegistry, UnknownTaskError
+from scheduler.protocol import Assignment, Held, Report, SchedulerReport
+from scheduler.tasks import TaskRegistry, UnknownTaskError, run_task
 
 log = logging.getLogger(__name__)
 
-EventSink = Callable[[Report], None]
+EventSink = Callable[[Report, Assignment], None]
+"""Receives each report with the assignment it is about."""
+ErrorSink = Callable[[BaseException], None]
+"""Receives an exception that escaped a background task (such as a failing event sink)."""
+
+Why = Literal["evicted", "cancelled", "dropped", "shutdown"]
+"""Why we stop a job process; decides which report, if any, its end gets."""
 
 
 @dataclass(slots=True)
 class _Run:
-    """One live job process and why we are stopping it, if we are."""
+    """One live job process, and why we are stopping it if we are."""
 
     assignment: Assignment
     process: JobProcess
     started_at: float
     deadline: float
-    evicted: bool = False
-    removed: bool = False
+    why: Why | None = None
+    evictions: int = 0
+
+
+def _log_error(exc: BaseException) -> None:
+    log.error("an executor task failed", exc_info=exc)
 
 
 class Executor:
     """Runs assignments in job processes, ``size`` at a time, with timeouts and eviction.
 
-    ``on_event`` receives every report (``started``, ``evicted``, ``succeeded``,
-    ``failed``, ``timed_out``) ready to send to the bus. ``grace`` is how long a
-    stopped job may react to SIGTERM before its whole process group is killed.
-    ``max_evictions`` caps how often one job may be evicted (``None``: no cap).
+    ``on_event`` receives every report (``started``, ``evicted``, ``cancelled``,
+    ``succeeded``, ``failed``, ``timed_out``) ready to send to the bus, with its
+    assignment. ``grace`` is how long a stopped job may react to SIGTERM before its whole
+    process group is killed. ``on_error`` receives exceptions raised in background tasks
+    (by default they are logged).
     """
 
     def __init__(
@@ -56,16 +72,18 @@ class Executor:
         on_event: EventSink,
         grace: float = 2.0,
         clock: Callable[[], float] = time.monotonic,
-        max_evictions: int | None = None,
+        on_error: ErrorSink = _log_error,
     ) -> None:
         """Set up an idle executor; nothing runs until :meth:`submit`."""
-        self._runner = Runner(size, max_evictions=max_evictions)
+        self._runner = Runner(size)
         self._default_timeout = default_timeout
         self._tasks = tasks
         self._on_event = on_event
+        self._on_error = on_error
         self._grace = grace
         self._clock = clock
         self._jobs: dict[str, Assignment] = {}
+        """The attempts we hold: queued, parked, running, or stopping with a report due."""
         self._runs: dict[str, _Run] = {}
         self._background: set[asyncio.Task[Any]] = set()
         self._closed = False
@@ -89,13 +107,18 @@ class Executor:
         run = self._runs.get(job_id)
         return run.process.pid if run is not None else None
 
+    def held(self) -> list[Held]:
+        """Every attempt not yet reported closed (waiting, running, or being stopped for an
+        eviction or a cancel), as a re-registering scheduler lists them. Changes nothing."""
+        return [Held(a.id, a.attempt) for a in self._jobs.values()]
+
     def submit(self, assignment: Assignment) -> None:
         """Take an assignment: start it now, start it by evicting a less urgent job, or queue it.
 
         A job naming an unregistered task is reported ``failed`` at once and never started.
-        A newer attempt of a job already held replaces the older one (whose process is
-        stopped first); an attempt no newer than the held one is ignored.
-        Raises ``RuntimeError`` after :meth:`shutdown`.
+        A newer attempt of a job already held replaces the older one, whose process is
+        stopped first and which is reported no further; an attempt no newer than the held
+        one is ignored. Raises ``RuntimeError`` after :meth:`shutdown`.
         """
         if self._closed:
             raise RuntimeError("executor is shut down")
@@ -106,32 +129,71 @@ class Executor:
             return
         job_id = assignment.id
         held = self._jobs.get(job_id)
-        now = self._clock()
         if held is not None:
             if assignment.attempt <= held.attempt:
                 log.debug("ignoring attempt %d of %s", assignment.attempt, job_id)
                 return
-            old = self._runs.get(job_id)
-            if old is not None:  # running, or evicted and still stopping
-                old.removed = True
-            self._carry_out(self._runner.remove(job_id, now))
+            log.debug(
+                "attempt %d of %s replaces attempt %d", assignment.attempt, job_id, held.attempt
+            )
+            self._end(held, "dropped")
         self._jobs[job_id] = assignment
-        job = Job(job_id, assignment.priority, assignment.evictions)
-        self._carry_out(self._runner.submit(job, now))
+        job = Job(job_id, assignment.priority, assignment.evictions, assignment.evictable)
+        self._carry_out(self._runner.submit(job, self._clock()))
+
+    def cancel(self, job_id: str, attempt: int) -> bool:
+        """Stop ``attempt`` of ``job_id`` for a cancel: drop it from the queue or stop its
+        process tree, then report ``cancelled`` (at once if it was waiting, else once its
+        processes are gone; if it ended by itself first, that end is reported instead).
+
+        Returns False, changing nothing, if that attempt is not held.
+        """
+        return self._end_attempt(job_id, attempt, "cancelled")
+
+    def drop(self, job_id: str, attempt: int) -> bool:
+        """Forget ``attempt`` of ``job_id`` (the bus took it back): drop it from the queue
+        or stop its process tree, and report nothing more about it.
+
+        Returns False, changing nothing, if that attempt is not held.
+        """
+        return self._end_attempt(job_id, attempt, "dropped")
 
     async def shutdown(self) -> None:
         """Stop every job process (whole trees), forget every queued job, refuse new ones.
 
-        Returns once every job process has been reaped. Reports nothing for stopped jobs.
+        Returns once every job process has been reaped. A job stopped here is reported no
+        further; one that ended by itself meanwhile, or was being evicted or cancelled,
+        gets its report.
         """
         self._closed = True
         self._runner.clear()
         self._jobs.clear()
         for run in self._runs.values():
-            run.removed = True
+            if run.why is None:
+                run.why = "shutdown"
         stops = [run.process.stop() for run in self._runs.values()]
-        # The supervisors and eviction stops finish too: nothing runs on after this.
-        await asyncio.gather(*stops, *self._background)
+        # The supervisors finish too: nothing runs on, and nothing reports, after this.
+        await asyncio.gather(*stops, *self._background, return_exceptions=True)
+
+    def _end_attempt(self, job_id: str, attempt: int, why: Why) -> bool:
+        held = self._jobs.get(job_id)
+        if held is None or held.attempt != attempt:
+            return False
+        self._end(held, why)
+        return True
+
+    def _end(self, assignment: Assignment, why: Why) -> None:
+        """Stop or unqueue the held ``assignment``; a cancel keeps it held until reported."""
+        job_id = assignment.id
+        run = self._runs.get(job_id)
+        live = run is not None and run.assignment is assignment
+        if why == "dropped" or not live:
+            del self._jobs[job_id]
+        if run is not None and live:
+            run.why = why
+        self._carry_out(self._runner.remove(job_id, self._clock()))
+        if why == "cancelled" and not live:
+            self._on_event(Report("cancelled", job_id, assignment.attempt), assignment)
 
     def _carry_out(self, decisions: Sequence[Decision]) -> None:
         pending: deque[Decision] = deque(decisions)
@@ -148,8 +210,8 @@ class Executor:
         """Fork the job's process; returns what the runner starts next if the fork failed."""
         assignment = self._jobs[job_id]
         process = JobProcess(
-            self._tasks.get(assignment.task),
-            (assignment.runtime,),
+            run_task,
+            (self._tasks.get(assignment.task), assignment.runtime, job_id, assignment.attempt),
             name=f"job-{job_id}",
             grace=self._grace,
         )
@@ -165,54 +227,71 @@ class Executor:
         run = _Run(assignment, process, started_at, started_at + timeout)
         self._runs[job_id] = run
         log.debug("started %s attempt %d pid %d", job_id, assignment.attempt, process.pid)
-        self._on_event(Report("started", job_id, assignment.attempt))
+        self._on_event(Report("started", job_id, assignment.attempt), assignment)
         self._spawn(self._supervise(run))
         return []
 
     def _evict(self, decision: Evict) -> None:
         run = self._runs[decision.job_id]
-        run.evicted = True
+        run.why = "evicted"
+        run.evictions = decision.evictions
         log.debug("evicting %s (eviction %d)", decision.job_id, decision.evictions)
-        wall_s = self._clock() - run.started_at
-        self._on_event(
-            Report(
-                "evicted",
-                decision.job_id,
-                run.assignment.attempt,
-                evictions=decision.evictions,
-                wall_s=wall_s,
-            )
-        )
         self._spawn(run.process.stop())
 
     def _stop(self, decision: Stop) -> None:
-        run = self._runs[decision.job_id]
-        run.removed = True
         log.debug("stopping %s", decision.job_id)
-        self._spawn(run.process.stop())
+        self._spawn(self._runs[decision.job_id].process.stop())
 
     async def _supervise(self, run: _Run) -> None:
         """Wait for ``run`` to end (stopping it at its deadline), then report and refill."""
         result = await run.process.wait(max(0.0, run.deadline - self._clock()))
-        job_id = run.assignment.id
+        assignment = run.assignment
+        job_id = assignment.id
         del self._runs[job_id]
-        log.debug("%s ended: %s", job_id, result)
-        # "stopped" means we stopped it (evicted or removed): any other outcome is its own
-        # end, even if an eviction raced it, so it is final and must not run again.
-        if result.outcome != "stopped" and not run.removed:
-            if run.evicted:
-                self._runner.remove(job_id, self._clock())
+        if self._jobs.get(job_id) is assignment:
             del self._jobs[job_id]
-            self._on_event(_final_report(run, result))
+        log.debug("%s attempt %d ended: %s", job_id, assignment.attempt, result)
+        report = _closing_report(run, result)
+        if report is not None:
+            self._on_event(report, assignment)
         self._carry_out(self._runner.exited(job_id, self._clock()))
 
     def _spawn(self, coroutine: Coroutine[Any, Any, Any]) -> None:
         task = asyncio.get_running_loop().create_task(coroutine)
         self._background.add(task)
-        task.add_done_callback(self._background.discard)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._background.discard(task)
+        if not task.cancelled() and (error := task.exception()) is not None:
+            self._on_error(error)
 
     def _emit_failed(self, assignment: Assignment, error: str) -> None:
-        self._on_event(Report("failed", assignment.id, assignment.attempt, error=error))
+        self._on_event(Report("failed", assignment.id, assignment.attempt, error=error), assignment)
+
+
+def _closing_report(run: _Run, result: ProcessResult) -> Report | None:
+    """The report that closes ``run``'s attempt, or None when nobody may hear of it."""
+    if run.why == "dropped":
+        return None
+    # "stopped" means we stopped it: any other outcome is its own end (or its timeout),
+    # even if a stop raced it, so that end is what happened and is final.
+    if result.outcome != "stopped":
+        return _final_report(run, result)
+    a = run.assignment
+    if run.why == "evicted":
+        return Report(
+            "evicted",
+            a.id,
+            a.attempt,
+            evictions=run.evictions,
+            wall_s=result.wall_s,
+            cpu_s=result.cpu_s,
+            max_rss_kb=result.max_rss_kb,
+        )
+    if run.why == "cancelled":
+        return Report("cancelled", a.id, a.attempt, wall_s=result.wall_s, cpu_s=result.cpu_s)
+    return None
 
 
 def _final_report(run: _Run, result: ProcessResult) -> Report:

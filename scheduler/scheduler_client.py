@@ -1,12 +1,19 @@
 """The scheduler client: holds a v2 connection to the bus and runs what it is assigned.
 
-Each connection is a session with its own :class:`~scheduler.executor.Executor`. When the
-connection ends, every job of that session is stopped before reconnecting: the bus
-requeues them elsewhere, and a job must never run on two schedulers at once.
+One :class:`~scheduler.executor.Executor` lives as long as :meth:`SchedulerClient.run`, so
+jobs outlive a lost connection. While the bus is away every report waits, in order, in the
+:class:`Outbox`. The client reconnects with backoff and jitter, registers again under the
+same name listing in ``held`` every attempt it still has (running, waiting, or finished
+with its report in the outbox), and once the bus confirms it sends the outbox. The bus
+answers :class:`~scheduler.protocol.Stop` for attempts it no longer gives this scheduler:
+their processes are stopped and nothing more is reported about them.
+
+Only a clean shutdown (:meth:`SchedulerClient.stop`, or cancelling :meth:`run`, which the
+commands do on SIGINT/SIGTERM) stops the jobs; then the outbox is flushed and the socket
+closed with code 1000, which tells the bus to requeue at once whatever this scheduler held.
 
 The process stays thread-free because it forks job processes: the bus host name is
-resolved with a blocking call (no jobs run while connecting) rather than in asyncio's
-resolver thread pool.
+resolved with a blocking call rather than in asyncio's resolver thread pool.
 """
 
 from __future__ import annotations
@@ -14,10 +21,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import socket
-from collections.abc import Callable
+import time
+from collections import deque
+from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass
+from typing import Any, Final
 
+import msgspec
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
 from websockets.uri import parse_uri
@@ -26,30 +38,47 @@ from scheduler import protocol
 from scheduler.executor import Executor
 from scheduler.policy.backoff import Backoff
 from scheduler.protocol import (
-    FINAL_EVENTS,
     Assign,
     Assignment,
     BusMessage,
     Error,
     Heartbeat,
+    Held,
     Register,
     Registered,
     Report,
+    Stop,
 )
 from scheduler.tasks import TaskRegistry
 
 log = logging.getLogger(__name__)
 
 ReportObserver = Callable[[Report, Assignment], None]
-"""Called with every report sent to the bus and the assignment it is about."""
+"""Called with every report made (sent now or kept in the outbox) and its assignment."""
+
+DEFAULT_OUTBOX_LIMIT: Final = 100_000
+"""Reports kept while the bus is away, unless the config says otherwise."""
+CLOSING_REPORTS: Final[frozenset[str]] = frozenset(
+    {"succeeded", "failed", "timed_out", "evicted", "cancelled"}
+)
+"""Reports after which an attempt is no longer this scheduler's to run."""
+FLUSH_TIMEOUT_S: Final = 5.0
+"""How long a clean shutdown may spend sending the outbox before it closes the socket."""
+
+
+def default_name() -> str:
+    """``HOST-PID``: stable for this process's life, so a reconnect can reclaim its jobs."""
+    return f"{socket.gethostname()}-{os.getpid()}"
 
 
 @dataclass(frozen=True)
 class SchedulerConfig:
     """How a scheduler connects and runs jobs.
 
-    ``size`` slots; ``timeout`` seconds for jobs that set none; ``grace`` seconds a
-    stopped job may react to SIGTERM before SIGKILL; ``heartbeat_s`` between heartbeats.
+    ``name`` to register under (default :func:`default_name`); ``size`` slots;
+    ``timeout`` seconds for jobs that set none; ``grace`` seconds a stopped job may react
+    to SIGTERM before SIGKILL; ``heartbeat_s`` between heartbeats; ``outbox_limit``
+    reports kept while the bus is away (beyond it the oldest are dropped).
     """
 
     bus_url: str = "ws://localhost:8101"
@@ -59,6 +88,7 @@ class SchedulerConfig:
     grace: float = 2.0
     token: str | None = None
     heartbeat_s: float = 1.0
+    outbox_limit: int = DEFAULT_OUTBOX_LIMIT
 
     def __post_init__(self) -> None:
         """Refuse values the bus or the executor would refuse later, naming the field."""
@@ -70,6 +100,96 @@ class SchedulerConfig:
             raise ValueError(f"heartbeat_s must be > 0, not {self.heartbeat_s}")
         if self.grace < 0:
             raise ValueError(f"grace must be >= 0, not {self.grace}")
+        if self.outbox_limit < 1:
+            raise ValueError(f"outbox_limit must be >= 1, not {self.outbox_limit}")
+
+
+class Outbox:
+    """Reports on their way to the bus, oldest first; at most ``limit`` of them.
+
+    Past the limit the oldest report is dropped with a warning: the bus then learns that
+    attempt's end only by presuming it lost (it runs again elsewhere).
+    """
+
+    def __init__(self, limit: int = DEFAULT_OUTBOX_LIMIT) -> None:
+        """An empty outbox."""
+        self.limit = limit
+        self.dropped = 0
+        """How many reports were dropped for want of room."""
+        self._reports: deque[Report] = deque()
+
+    def append(self, report: Report) -> None:
+        """Add ``report`` last, dropping the oldest report if the outbox is full."""
+        if len(self._reports) >= self.limit:
+            lost = self._reports.popleft()
+            self.dropped += 1
+            if self.dropped == 1 or self.dropped % 10_000 == 0:
+                log.warning(
+                    "outbox full (%d reports): dropped the oldest (%s of %s attempt %d); "
+                    "%d dropped so far",
+                    self.limit,
+                    lost.event,
+                    lost.id,
+                    lost.attempt,
+                    self.dropped,
+                )
+        self._reports.append(report)
+
+    def popleft(self) -> Report:
+        """Remove and return the oldest report; ``IndexError`` if empty."""
+        return self._reports.popleft()
+
+    def push_front(self, report: Report) -> None:
+        """Put back first a report whose sending failed, so it goes out again first."""
+        self._reports.appendleft(report)
+
+    def purge(self, job_id: str, attempt: int) -> int:
+        """Drop every report about ``attempt`` of ``job_id``; return how many there were."""
+        kept = deque(r for r in self._reports if (r.id, r.attempt) != (job_id, attempt))
+        purged = len(self._reports) - len(kept)
+        self._reports = kept
+        return purged
+
+    def closed_attempts(self) -> list[Held]:
+        """The attempts whose closing report waits here, as ``Held(done=True)``, oldest
+        first. Changes nothing."""
+        seen: dict[tuple[str, int], Held] = {}
+        for r in self._reports:
+            if r.event in CLOSING_REPORTS:
+                seen.setdefault((r.id, r.attempt), Held(r.id, r.attempt, done=True))
+        return list(seen.values())
+
+    def __len__(self) -> int:
+        """How many reports wait."""
+        return len(self._reports)
+
+    def __iter__(self) -> Iterator[Report]:
+        """The waiting reports, oldest first."""
+        return iter(self._reports)
+
+
+def fit_register(register: Register, max_bytes: int = protocol.MAX_FRAME_BYTES) -> Register:
+    """``register`` with ``held`` cut short, if needed, so that the frame fits ``max_bytes``.
+
+    Entries are kept in order, so list running attempts first: one left out is presumed
+    lost by the bus (and is stopped when it answers with a ``Stop`` or a new attempt).
+    """
+    if not register.held or len(protocol.encode(register).encode()) <= max_bytes:
+        return register
+    empty = protocol.encode(msgspec.structs.replace(register, held=[]))
+    budget = max_bytes - len(empty.encode()) + 1  # the first entry needs no comma
+    kept: list[Held] = []
+    for held in register.held:
+        budget -= len(msgspec.json.encode(held)) + 1
+        if budget < 0:
+            break
+        kept.append(held)
+    log.warning(
+        "re-registering: %d of %d held attempts fit in one frame; the bus presumes the others lost",
+        len(kept),
+        len(register.held),
+    )
+    return msgspec.structs.replace(register, held=kept)
 
 
 class SchedulerClient:
@@ -83,39 +203,82 @@ class SchedulerClient:
     ) -> None:
         """Prepare a client; nothing happens until :meth:`run`.
 
-        ``tasks`` defaults to the built-in ones; ``on_report`` sees every report sent.
+        ``tasks`` defaults to the built-in ones; ``on_report`` sees every report made.
         """
         self.config = config
         self.tasks = tasks if tasks is not None else TaskRegistry()
         self.name: str | None = None
         """The name the bus confirmed in ``registered`` (None until then)."""
+        self.outbox = Outbox(config.outbox_limit)
+        self._wanted_name = config.name or default_name()
         self._on_report = on_report
         self._stopping = asyncio.Event()
+        self._outbox_ready = asyncio.Event()
         self._backoff = Backoff()
+        self._executor: Executor | None = None
+        self._error: Exception | None = None
+        self._lease_s: float | None = None
+        self._alive_at: float | None = None
+        """When the bus last had a sign of life from us (a heartbeat sent), monotonic."""
+
+    @property
+    def executor(self) -> Executor:
+        """The executor running this client's jobs; RuntimeError before :meth:`run`."""
+        if self._executor is None:
+            raise RuntimeError("the client is not running")
+        return self._executor
 
     async def run(self) -> None:
         """Serve the bus until :meth:`stop`: connect, register, run jobs, reconnect on loss.
 
-        Every job is stopped (whole process trees) when a connection ends and before this
-        returns, also when this coroutine is cancelled. Raises ``InvalidURI`` for a bad URL.
+        Jobs keep running while the bus is away. Before this returns, also when it is
+        cancelled, every job is stopped (whole process trees), the outbox is sent if the
+        bus is there, and the socket closed with code 1000. Raises ``InvalidURI`` for a bad
+        URL, and the error of a failing ``on_report`` (after that shutdown).
         """
         parse_uri(self.config.bus_url)
-        while not self._stopping.is_set():
-            try:
-                ws = await self._connect()
-            except (OSError, InvalidHandshake, TimeoutError) as exc:
-                await self._retry_later(f"cannot reach the bus at {self.config.bus_url}: {exc}")
-                continue
-            try:
-                await _Session(self, ws).serve()
-            finally:
-                await ws.close()
-            if not self._stopping.is_set():
-                await self._retry_later(f"lost the bus at {self.config.bus_url}")
+        config = self.config
+        executor = self._executor = Executor(
+            config.size,
+            config.timeout,
+            self.tasks,
+            self._on_event,
+            grace=config.grace,
+            on_error=self._fail,
+        )
+        session: _Session | None = None
+        try:
+            while not self._stopping.is_set():
+                session = await self._open()
+                if session is None:
+                    continue
+                await session.serve()
+                if not self._stopping.is_set():
+                    session = None
+                    held = executor.running + executor.queued
+                    await self._retry_later(
+                        f"lost the bus at {config.bus_url} ({held} jobs kept, "
+                        f"{len(self.outbox)} reports waiting)"
+                    )
+        finally:
+            await executor.shutdown()
+            if session is not None:
+                await session.close()
+        if self._error is not None:
+            raise self._error
 
     def stop(self) -> None:
         """Ask :meth:`run` to stop every job, close the connection and return. Returns at once."""
         self._stopping.set()
+
+    async def _open(self) -> _Session | None:
+        """Connect, or wait the next backoff delay and return None."""
+        try:
+            ws = await self._connect()
+        except (OSError, InvalidHandshake, TimeoutError) as exc:
+            await self._retry_later(f"cannot reach the bus at {self.config.bus_url}: {exc}")
+            return None
+        return _Session(self, ws)
 
     async def _connect(self) -> ClientConnection:
         """Open a connection, trying each address of the bus host in turn."""
@@ -138,67 +301,146 @@ class SchedulerClient:
     async def _retry_later(self, why: str) -> None:
         delay = self._backoff.next_delay()
         log.warning("%s; retrying in %.1f s", why, delay)
+        fence_in = self._fence_in()
+        if fence_in is not None and fence_in < delay:
+            await self._pause(max(0.0, fence_in))
+            self._fence()
+            delay -= max(0.0, fence_in)
+        await self._pause(delay)
+
+    async def _pause(self, seconds: float) -> None:
+        """Wait ``seconds``, or less if :meth:`stop` is called."""
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._stopping.wait(), delay)
+            await asyncio.wait_for(self._stopping.wait(), seconds)
+
+    def _fence_in(self) -> float | None:
+        """Seconds until our lease may have expired at the bus, less the time stopping a
+        job can take; None while we hold nothing or never had a lease."""
+        if self._lease_s is None or self._alive_at is None or not self.executor.held():
+            return None
+        margin = self.config.grace + self.config.heartbeat_s
+        return self._alive_at + max(0.0, self._lease_s - margin) - time.monotonic()
+
+    def _fence(self) -> None:
+        """Stop every job: the bus has given them to others by now (lease expired), and a
+        job must never run in two places. A job still held is stopped before the bus
+        can requeue it, since the fence falls a grace period before the lease ends."""
+        held = self.executor.held()
+        if not held:
+            return
+        log.warning(
+            "cut off from the bus for longer than the lease (%.1f s): stopping %d jobs, "
+            "which the bus runs elsewhere",
+            self._lease_s,
+            len(held),
+        )
+        for attempt in held:
+            self._on_stop(Stop(attempt.id, attempt.attempt, "lease lost"))
+
+    def _register_message(self) -> Register:
+        """The register frame: after a first registration, it lists every attempt held."""
+        held: list[Held] | None = None
+        if self.name is not None:
+            held = [*self.executor.held(), *self.outbox.closed_attempts()]
+        config = self.config
+        register = Register(
+            type="scheduler",
+            protocol=2,
+            name=self.name or self._wanted_name,
+            token=config.token,
+            size=config.size,
+            tasks=self.tasks.names,
+            held=held,
+        )
+        return fit_register(register)
 
     def _registered(self, name: str) -> None:
         self.name = name
         # Only a registration proves the bus takes us: a bus that closes on a bad token
         # must not be retried at the shortest delay forever.
         self._backoff.reset()
-        log.info("registered with %s as %s", self.config.bus_url, name)
+        log.info(
+            "registered with %s as %s (%d jobs held, %d reports to send)",
+            self.config.bus_url,
+            name,
+            self.executor.running + self.executor.queued,
+            len(self.outbox),
+        )
+
+    def _on_stop(self, stop: Stop) -> None:
+        """Carry out the bus's ``Stop``; one for an attempt we do not hold is stale."""
+        if stop.reason == "cancelled":
+            found = self.executor.cancel(stop.id, stop.attempt)
+        else:
+            found = self.executor.drop(stop.id, stop.attempt)
+            found = self.outbox.purge(stop.id, stop.attempt) > 0 or found
+        if found:
+            log.info("the bus stopped %s attempt %d (%s)", stop.id, stop.attempt, stop.reason)
+        else:
+            log.debug("ignoring a stop of %s attempt %d: not held here", stop.id, stop.attempt)
+
+    def _on_event(self, report: Report, assignment: Assignment) -> None:
+        """Queue ``report`` for the bus and show it to the client's observer."""
+        self.outbox.append(report)
+        self._outbox_ready.set()
+        if self._on_report is not None:
+            try:
+                self._on_report(report, assignment)
+            except Exception as exc:
+                self._fail(exc)
+
+    def _fail(self, error: BaseException) -> None:
+        """Shut down because of ``error``, which :meth:`run` raises once jobs are stopped."""
+        log.error("stopping the scheduler after an error", exc_info=error)
+        if self._error is None and isinstance(error, Exception):
+            self._error = error
+        self._stopping.set()
 
 
 class _Session:
-    """One connection: its executor, its outgoing frames and the assignments it holds."""
+    """One connection: registers, then reads, writes reports and beats until it ends."""
 
     def __init__(self, client: SchedulerClient, ws: ClientConnection) -> None:
-        config = client.config
         self.client = client
         self.ws = ws
-        self.outbox: asyncio.Queue[str] = asyncio.Queue()
-        self.assignments: dict[str, Assignment] = {}
-        self.executor = Executor(
-            config.size, config.timeout, client.tasks, self.on_event, grace=config.grace
-        )
+        self.registered = False
+        self.heartbeat_s = client.config.heartbeat_s
+        self.tasks: list[asyncio.Task[None]] = []
 
     async def serve(self) -> None:
-        """Register, then read, write and beat until the connection ends or stop is asked.
-
-        Stops every job of this session before returning, whatever ended it.
-        """
-        config = self.client.config
-        register = Register(
-            type="scheduler",
-            protocol=2,
-            name=config.name,
-            token=config.token,
-            size=config.size,
-            tasks=self.client.tasks.names,
-        )
-        self.outbox.put_nowait(protocol.encode(register))
-        tasks = [
-            asyncio.create_task(self.read()),
-            asyncio.create_task(self.write()),
-            asyncio.create_task(self.beat()),
-            asyncio.create_task(self.client._stopping.wait()),
-        ]
+        """Register and handle the bus until the connection ends or stop is asked."""
+        stopped = asyncio.ensure_future(self.client._stopping.wait())
         try:
-            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            await self.ws.send(protocol.encode(self.client._register_message()))
+            reader = self.spawn(self.read())
+            await asyncio.wait((reader, stopped), return_when=asyncio.FIRST_COMPLETED)
+        except ConnectionClosed:
+            pass  # gone before we could register: run() reconnects
         finally:
-            for task in tasks:
+            for task in (stopped, *self.tasks):
                 task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            if self.executor.running or self.executor.queued:
-                log.info(
-                    "stopping %d running jobs, dropping %d queued",
-                    self.executor.running,
-                    self.executor.queued,
-                )
-            await self.executor.shutdown()
-        for task in tasks:
-            if not task.cancelled() and (error := task.exception()) is not None:
-                raise error
+            await asyncio.gather(stopped, *self.tasks, return_exceptions=True)
+
+    async def close(self) -> None:
+        """Send the outbox (if registered, for at most ``FLUSH_TIMEOUT_S``), then close
+        the socket with code 1000."""
+        if self.registered:
+            with contextlib.suppress(ConnectionClosed, TimeoutError):
+                async with asyncio.timeout(FLUSH_TIMEOUT_S):
+                    while self.client.outbox:
+                        await self.send_next()
+        await self.ws.close()
+
+    def spawn(self, coroutine: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        """Run ``coroutine`` for this session; an unexpected error in it stops the client."""
+        task = asyncio.get_running_loop().create_task(coroutine)
+        task.add_done_callback(self._check)
+        self.tasks.append(task)
+        return task
+
+    def _check(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and (error := task.exception()) is not None:
+            self.client._fail(error)
 
     async def read(self) -> None:
         """Handle frames from the bus until the connection closes."""
@@ -210,41 +452,62 @@ class _Session:
                     log.warning("ignoring a bad frame from the bus: %s", exc.message)
                     continue
                 self.handle(message)
+                # A frame may fork a job: let heartbeats and job exits run between frames.
+                await asyncio.sleep(0)
 
     def handle(self, message: BusMessage) -> None:
         """Act on one decoded bus message."""
+        client = self.client
         if isinstance(message, Assign):
-            job = message.job
-            held = self.assignments.get(job.id)
-            if held is None or job.attempt > held.attempt:
-                self.assignments[job.id] = job
-            self.executor.submit(job)
+            client.executor.submit(message.job)
+        elif isinstance(message, Stop):
+            client._on_stop(message)
         elif isinstance(message, Registered):
-            self.client._registered(message.name)
+            client._registered(message.name)
+            client._lease_s = message.lease_s
+            client._alive_at = time.monotonic()
+            if message.lease_s is not None:
+                # Several heartbeats per lease, so one late beat does not cost our jobs.
+                self.heartbeat_s = min(client.config.heartbeat_s, message.lease_s / 3)
+            if not self.registered:
+                self.registered = True
+                self.spawn(self.write())
+                self.spawn(self.beat())
         elif isinstance(message, Error):
             log.warning("the bus refused a frame: %s", message.message)
         else:
             log.debug("ignoring %s from the bus", type(message).__name__)
 
     async def write(self) -> None:
-        """Send queued frames in order until the connection closes."""
+        """Send the outbox in order, as reports arrive, until the connection closes."""
+        outbox, ready = self.client.outbox, self.client._outbox_ready
         with contextlib.suppress(ConnectionClosed):
             while True:
-                await self.ws.send(await self.outbox.get())
+                if not outbox:
+                    ready.clear()
+                    await ready.wait()
+                    continue
+                await self.send_next()
+                # A long outbox must not hold up heartbeats and job exits.
+                await asyncio.sleep(0)
+
+    async def send_next(self) -> None:
+        """Send the oldest report of the outbox; it stays first there if sending fails."""
+        report = self.client.outbox.popleft()
+        try:
+            await self.ws.send(protocol.encode(report))
+        except BaseException:
+            # It may or may not have left: send it again (the bus ignores repeats).
+            self.client.outbox.push_front(report)
+            raise
 
     async def beat(self) -> None:
-        """Queue a heartbeat with the current load every ``heartbeat_s``."""
-        while True:
-            await asyncio.sleep(self.client.config.heartbeat_s)
-            heartbeat = Heartbeat(running=self.executor.running, queued=self.executor.queued)
-            self.outbox.put_nowait(protocol.encode(heartbeat))
-
-    def on_event(self, report: Report) -> None:
-        """Queue ``report`` for the bus and show it to the client's observer."""
-        self.outbox.put_nowait(protocol.encode(report))
-        if report.event in FINAL_EVENTS:
-            assignment = self.assignments.pop(report.id, None)
-        else:
-            assignment = self.assignments.get(report.id)
-        if self.client._on_report is not None and assignment is not None:
-            self.client._on_report(report, assignment)
+        """Send a heartbeat with the current load now and every ``heartbeat_s`` (at most a
+        third of the lease the bus announced)."""
+        executor = self.client.executor
+        with contextlib.suppress(ConnectionClosed):
+            while True:
+                heartbeat = Heartbeat(running=executor.running, queued=executor.queued)
+                await self.ws.send(protocol.encode(heartbeat))
+                self.client._alive_at = time.monotonic()
+                await asyncio.sleep(self.heartbeat_s)

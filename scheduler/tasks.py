@@ -1,19 +1,52 @@
 """The tasks a scheduler may run, by name. A job can only name a registered task, never code.
 
 A task is a module-level function called in the job process as ``task(runtime)``, with the
-job's ``runtime`` (the only argument the wire protocol carries). It succeeds by returning,
-fails by raising or exiting with a non-zero status.
+job's ``runtime`` (the only argument the wire protocol carries today). It succeeds by
+returning, fails by raising or exiting with a non-zero status. ``sleep`` is built in.
+
+Your own tasks are module-level functions marked with :func:`task`::
+
+    from scheduler.tasks import task
+
+    @task                                   # registered as "resize"
+    def resize(runtime: float) -> None: ...
+
+    @task(name="report", priority=2, timeout=60)
+    def build_report(runtime: float) -> None: ...
+
+and served with ``python -m scheduler.worker --tasks mypkg.jobs`` (a dotted module name,
+or a path such as ``jobs/nightly.py``; several separated by commas). The scheduler
+registers exactly those task names (and ``sleep``) with the bus and runs nothing else.
+``priority`` and ``timeout`` are the task's defaults, kept as metadata for producers.
+
+In the job process the task can tell which job it runs: the environment variables
+``SCHEDBUS_JOB_ID`` (the job's id) and ``SCHEDBUS_ATTEMPT`` (the attempt number, counting
+from 1; a job that is evicted, retried or reassigned runs again under a higher one) are
+set before the task is called.
 """
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
+import os
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Final, TypeVar, overload
 
-from scheduler.protocol import MAX_NAME_LEN
+from scheduler.protocol import MAX_NAME_LEN, MAX_TIMEOUT_S, PRIORITY_MAX, PRIORITY_MIN
 
 Task = Callable[[float], object]
+F = TypeVar("F", bound=Task)
+
+JOB_ID_ENV: Final = "SCHEDBUS_JOB_ID"
+"""Environment variable holding the job's id in its process."""
+ATTEMPT_ENV: Final = "SCHEDBUS_ATTEMPT"
+"""Environment variable holding the attempt number (1, 2, ...) in the job's process."""
 
 
 def sleep(runtime: float) -> None:
@@ -24,8 +57,37 @@ def sleep(runtime: float) -> None:
 BUILTIN_TASKS: Mapping[str, Task] = {"sleep": sleep}
 
 
+@dataclass(frozen=True, slots=True)
+class TaskSpec:
+    """A task under its name, with its default ``priority`` and ``timeout`` (None: unset).
+
+    Raises ``ValueError`` for a name of the wrong length or a default the wire protocol
+    would refuse.
+    """
+
+    name: str
+    function: Task
+    priority: int | None = None
+    timeout: float | None = None
+
+    def __post_init__(self) -> None:
+        if not 1 <= len(self.name) <= MAX_NAME_LEN:
+            raise ValueError(f"task name must be 1 to {MAX_NAME_LEN} characters: {self.name!r}")
+        if self.priority is not None and not PRIORITY_MIN <= self.priority <= PRIORITY_MAX:
+            raise ValueError(
+                f"task {self.name!r}: priority must be {PRIORITY_MIN} to {PRIORITY_MAX}, "
+                f"not {self.priority}"
+            )
+        if self.timeout is not None and not 0 < self.timeout <= MAX_TIMEOUT_S:
+            raise ValueError(f"task {self.name!r}: timeout must be > 0 s, not {self.timeout}")
+
+
 class UnknownTaskError(LookupError):
     """A job named a task this scheduler has not registered."""
+
+
+class TaskLoadError(Exception):
+    """A task module could not be used: it does not import, or it declares no task."""
 
 
 class TaskRegistry:
@@ -33,32 +95,39 @@ class TaskRegistry:
 
     def __init__(self, tasks: Mapping[str, Task] = BUILTIN_TASKS) -> None:
         """Register ``tasks`` (by default the built-ins only)."""
-        self._tasks: dict[str, Task] = {}
-        for name, task in tasks.items():
-            self.register(name, task)
+        self._specs: dict[str, TaskSpec] = {}
+        for name, function in tasks.items():
+            self.register(name, function)
 
-    def register(self, name: str, task: Task) -> Task:
-        """Add ``task`` under ``name`` and return it.
+    def register(
+        self, name: str, task: Task, *, priority: int | None = None, timeout: float | None = None
+    ) -> Task:
+        """Add ``task`` under ``name`` with its defaults, and return it.
 
-        Raises ``ValueError`` for an empty or too long name, a name already taken by
-        another function, or a function that is not reachable as a module attribute
-        (a lambda, a nested function): only those could run under any start method.
+        Raises ``ValueError`` for an empty or too long name, a bad default, a name already
+        taken by another function, or a function that is not reachable as a module
+        attribute (a lambda, a nested or re-wrapped function): only those could run under
+        any start method.
         """
-        if not 1 <= len(name) <= MAX_NAME_LEN:
-            raise ValueError(f"task name must be 1 to {MAX_NAME_LEN} characters: {name!r}")
-        if self._tasks.get(name, task) is not task:
+        spec = TaskSpec(name, task, priority, timeout)
+        if self._specs.get(name, spec).function is not task:
             raise ValueError(f"task {name!r} is already registered")
         module = sys.modules.get(getattr(task, "__module__", ""))
         found: object = getattr(module, getattr(task, "__qualname__", ""), None)
         if found is not task:
             raise ValueError(f"task {name!r} must be a module-level function, not {task!r}")
-        self._tasks[name] = task
+        self._specs[name] = spec
         return task
 
     def get(self, name: str) -> Task:
         """The function registered under ``name``; raises :class:`UnknownTaskError`."""
+        return self.spec(name).function
+
+    def spec(self, name: str) -> TaskSpec:
+        """The task registered under ``name`` with its defaults; raises
+        :class:`UnknownTaskError`."""
         try:
-            return self._tasks[name]
+            return self._specs[name]
         except KeyError:
             known = ", ".join(self.names) or "none"
             raise UnknownTaskError(f"unknown task {name!r} (registered: {known})") from None
@@ -66,8 +135,128 @@ class TaskRegistry:
     @property
     def names(self) -> list[str]:
         """The registered names, sorted (what a scheduler announces to the bus)."""
-        return sorted(self._tasks)
+        return sorted(self._specs)
 
     def __contains__(self, name: object) -> bool:
         """Whether a task is registered under ``name``."""
-        return name in self._tasks
+        return name in self._specs
+
+
+_declared: dict[str, dict[str, TaskSpec]] = {}
+"""The default registry: every :func:`task` declaration, by module, then task name.
+
+Kept per module so that two task modules may use the same name as long as no scheduler
+loads both; :func:`load_task_modules` builds a scheduler's registry from it."""
+
+
+@overload
+def task(function: F, /) -> F: ...
+
+
+@overload
+def task(
+    *, name: str | None = None, priority: int | None = None, timeout: float | None = None
+) -> Callable[[F], F]: ...
+
+
+def task(
+    function: F | None = None,
+    /,
+    *,
+    name: str | None = None,
+    priority: int | None = None,
+    timeout: float | None = None,
+) -> F | Callable[[F], F]:
+    """Declare a module-level function as a task, as ``@task`` or ``@task(name=...)``.
+
+    Records it in the default registry under ``name`` (default: the function's name) for
+    :func:`load_task_modules`, with its default ``priority`` and ``timeout``, and returns
+    the function unchanged. Raises ``ValueError`` for a nested function, a bad name or
+    default, or a name the same module already gave another function.
+    """
+
+    def declare(function: F) -> F:
+        qualname: str = getattr(function, "__qualname__", "")
+        if "<locals>" in qualname or "<lambda>" in qualname:
+            raise ValueError(f"@task needs a module-level function, not {qualname!r}")
+        spec = TaskSpec(name or qualname, function, priority, timeout)
+        declared = _declared.setdefault(function.__module__, {})
+        old = declared.get(spec.name)
+        if old is not None and getattr(old.function, "__qualname__", "") != qualname:
+            raise ValueError(f"task {spec.name!r} is already declared in {function.__module__}")
+        # Re-executing a module (reload) declares its tasks again: the newest wins.
+        declared[spec.name] = spec
+        return function
+
+    return declare if function is None else declare(function)
+
+
+def load_task_modules(modules: Iterable[str]) -> TaskRegistry:
+    """Import task modules and return a registry of their :func:`task` s plus ``sleep``.
+
+    Each entry is a dotted module name (``mypkg.jobs``) or a path to a ``.py`` file
+    (imported under its file name). Raises :class:`TaskLoadError` naming the module if it
+    does not import, declares no task, or declares a name another loaded module has.
+    """
+    registry = TaskRegistry()
+    for entry in modules:
+        module = _import(entry)
+        specs = _declared.get(module.__name__, {}).values()
+        if not specs:
+            raise TaskLoadError(
+                f"task module {entry!r}: no task declared (mark functions with @task)"
+            )
+        for spec in specs:
+            try:
+                registry.register(
+                    spec.name, spec.function, priority=spec.priority, timeout=spec.timeout
+                )
+            except ValueError as exc:
+                raise TaskLoadError(f"task module {entry!r}: {exc}") from None
+    return registry
+
+
+def _import(entry: str) -> ModuleType:
+    """Import ``entry`` by dotted name or by file path; wrap any failure in TaskLoadError."""
+    try:
+        if entry.endswith(".py") or os.sep in entry:
+            return _import_file(Path(entry))
+        return importlib.import_module(entry)
+    except TaskLoadError:
+        raise
+    except Exception as exc:
+        raise TaskLoadError(
+            f"task module {entry!r}: cannot import it: {type(exc).__name__}: {exc}"
+        ) from exc
+
+
+def _import_file(path: Path) -> ModuleType:
+    """Import the file at ``path`` as a top-level module named after the file."""
+    path = path.resolve()
+    if not path.is_file():
+        raise FileNotFoundError(f"no such file: {path}")
+    name = path.stem
+    existing = sys.modules.get(name)
+    if existing is not None:
+        if Path(getattr(existing, "__file__", None) or "").resolve() == path:
+            return existing
+        raise ImportError(f"another module named {name!r} is already imported")
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None  # a .py file always has a loader
+    module = importlib.util.module_from_spec(spec)
+    # Registered before it runs, as import does: its tasks must be reachable by module name.
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[name]
+        raise
+    return module
+
+
+def run_task(task: Task, runtime: float, job_id: str, attempt: int) -> None:
+    """The job process's entry point: publish the job's id and attempt in the environment
+    (see the module docstring), then call ``task(runtime)``."""
+    os.environ[JOB_ID_ENV] = job_id
+    os.environ[ATTEMPT_ENV] = str(attempt)
+    task(runtime)

@@ -28,8 +28,6 @@ def full(size: int, *priorities: int) -> Runner:
 def test_bad_arguments_are_refused() -> None:
     with pytest.raises(ValueError, match="size"):
         Runner(0)
-    with pytest.raises(ValueError, match="max_evictions"):
-        Runner(1, max_evictions=-1)
 
 
 def test_free_slots_start_jobs_at_once() -> None:
@@ -65,8 +63,8 @@ def test_waiting_jobs_start_by_priority_then_arrival() -> None:
 def test_urgent_job_evicts_the_least_urgent_running_job() -> None:
     runner = full(3, 4, 8, 6)
     assert runner.submit(Job("urgent", 2), now=5) == [Evict("r1", 1), Start("urgent")]
-    assert (runner.running, runner.queued) == (3, 1)
-    assert runner.snapshot().waiting == (Job("r1", 8, evictions=1),)
+    assert (runner.running, runner.queued) == (3, 0)
+    assert "r1" not in runner and runner.snapshot().stopping == ("r1",)
 
 
 def test_among_equally_least_urgent_the_most_recently_started_is_evicted() -> None:
@@ -76,32 +74,25 @@ def test_among_equally_least_urgent_the_most_recently_started_is_evicted() -> No
     assert runner.submit(Job("urgent2", 0), now=6) == [Evict("r0", 1), Start("urgent2")]
 
 
-def test_evicted_job_is_not_restarted_while_its_process_is_stopping() -> None:
+def test_evicted_job_leaves_the_runner_and_is_never_restarted_by_it() -> None:
     runner = full(1, 5)
     runner.submit(Job("later", 5), now=1)
     assert runner.submit(Job("urgent", 0), now=2) == [Evict("r0", 1), Start("urgent")]
-    # The slot frees while r0's process is still dying: r0 must wait, "later" goes first.
-    assert runner.exited("urgent", now=3) == [Start("later")]
-    assert runner.exited("later", now=4) == []
-    assert runner.snapshot().stopping == ("r0",)
-    assert runner.queued == 1
-    assert runner.exited("r0", now=5) == [Start("r0")]
-    assert runner.snapshot().running == (RunningJob(Job("r0", 5, evictions=1), 5),)
+    assert runner.exited("r0", now=3) == []
+    assert runner.exited("urgent", now=4) == [Start("later")]
+    assert runner.exited("later", now=5) == []
+    assert runner.snapshot() == Snapshot(running=(), waiting=(), stopping=())
 
 
-def test_requeued_job_keeps_its_arrival_order() -> None:
+def test_evicted_job_sent_back_waits_for_its_old_process_then_runs() -> None:
     runner = full(1, 5)
-    runner.submit(Job("newer", 5), now=1)
-    runner.submit(Job("urgent", 0), now=2)
-    assert runner.exited("r0", now=3) == []  # process gone, slot still taken by "urgent"
-    assert runner.exited("urgent", now=4) == [Start("r0")]
-
-
-def test_evicted_job_whose_process_exits_with_a_free_slot_starts_at_once() -> None:
-    runner = full(2, 5, 1)
-    runner.submit(Job("urgent", 0), now=2)
-    runner.exited("urgent", now=3)
+    runner.submit(Job("urgent", 0), now=1)
+    # The bus gave r0 back (a new attempt) before its evicted process was gone.
+    assert runner.submit(Job("r0", 5, evictions=1), now=2) == []
+    assert "r0" in runner and runner.queued == 1
+    assert runner.exited("urgent", now=3) == []
     assert runner.exited("r0", now=4) == [Start("r0")]
+    assert runner.snapshot().running == (RunningJob(Job("r0", 5, evictions=1), 4),)
 
 
 def test_evictions_count_across_evictions() -> None:
@@ -110,23 +101,22 @@ def test_evictions_count_across_evictions() -> None:
     assert runner.submit(Job("u", 0), now=1) == [Evict("j", 3), Start("u")]
 
 
-def test_job_evicted_max_evictions_times_is_no_longer_evictable() -> None:
-    runner = Runner(2, max_evictions=3)
-    runner.submit(Job("worn", 9, evictions=3), now=0)
-    runner.submit(Job("fresh", 8, evictions=2), now=1)
-    assert runner.submit(Job("u1", 0), now=2) == [Evict("fresh", 3), Start("u1")]
-    runner.exited("fresh", now=3)
-    # "worn" (9) is the least urgent but capped; "fresh" (8) is now capped too.
-    assert runner.exited("u1", now=4) == [Start("fresh")]
-    assert runner.submit(Job("u2", 0), now=5) == []
-    assert runner.queued == 1
+def test_a_job_that_is_not_evictable_is_never_evicted() -> None:
+    runner = Runner(2)
+    runner.submit(Job("pinned", 9, evictable=False), now=0)
+    runner.submit(Job("fresh", 8), now=1)
+    # "pinned" is the least urgent, but only "fresh" may be evicted.
+    assert runner.submit(Job("u1", 1), now=2) == [Evict("fresh", 1), Start("u1")]
+    assert runner.submit(Job("u2", 0), now=3) == [Evict("u1", 1), Start("u2")]
+    assert runner.submit(Job("u3", 0), now=4) == []
 
 
 def test_no_evictable_job_means_the_newcomer_waits() -> None:
-    runner = Runner(1, max_evictions=0)
-    runner.submit(Job("j", 9), now=0)
+    runner = Runner(1)
+    runner.submit(Job("j", 9, evictable=False), now=0)
     assert runner.submit(Job("u", 0), now=1) == []
     assert runner.queued == 1
+    assert runner.exited("j", now=2) == [Start("u")]
 
 
 def test_exit_of_unknown_or_waiting_job_changes_nothing() -> None:
@@ -148,10 +138,11 @@ def test_second_exit_of_the_same_job_is_ignored() -> None:
 def test_submitting_a_held_job_again_is_refused() -> None:
     runner = full(1, 5)
     runner.submit(Job("w", 5), now=1)
-    runner.submit(Job("u", 0), now=2)  # r0 evicted and parked
+    runner.submit(Job("u", 0), now=2)  # r0 evicted: stopping
+    runner.submit(Job("r0", 5), now=3)  # r0 again: parked behind its stopping process
     for job_id in ("u", "w", "r0"):
         with pytest.raises(ValueError, match="already held"):
-            runner.submit(Job(job_id, 1), now=3)
+            runner.submit(Job(job_id, 1), now=4)
 
 
 def test_remove_waiting_job() -> None:
@@ -173,13 +164,14 @@ def test_remove_running_job_stops_it_and_starts_the_next() -> None:
     assert runner.snapshot().stopping == ()
 
 
-def test_remove_evicted_stopping_job_drops_it_for_good() -> None:
+def test_remove_parked_job_drops_it_for_good() -> None:
     runner = full(1, 5)
     runner.submit(Job("u", 0), now=1)
-    assert runner.remove("r0", now=2) == []
+    runner.submit(Job("r0", 5), now=2)
+    assert runner.remove("r0", now=3) == []
     assert runner.queued == 0
-    runner.exited("u", now=3)
-    assert runner.exited("r0", now=4) == []
+    runner.exited("u", now=4)
+    assert runner.exited("r0", now=5) == []
     assert runner.running == 0
 
 
@@ -201,7 +193,8 @@ def test_resubmitted_job_waits_for_its_old_process_to_exit() -> None:
 def test_clear_stops_running_jobs_and_empties_the_queue() -> None:
     runner = full(2, 5, 6)
     runner.submit(Job("w", 7), now=2)
-    runner.submit(Job("u", 0), now=3)  # evicts r1 (parked)
+    runner.submit(Job("u", 0), now=3)  # evicts r1 (stopping)
+    runner.submit(Job("r1", 6), now=3)  # r1 again: parked
     assert sorted(runner.clear(), key=lambda s: s.job_id) == [Stop("r0"), Stop("u")]
     assert (runner.running, runner.queued) == (0, 0)
     assert runner.snapshot().stopping == ("r0", "r1", "u")
@@ -216,7 +209,7 @@ def test_snapshot_lists_running_by_start_and_waiting_in_start_order() -> None:
     runner.submit(Job("w1", 1), now=3)  # evicts r1
     snap = runner.snapshot()
     assert snap.running == (RunningJob(Job("r0", 3), 0.0), RunningJob(Job("w1", 1), 3.0))
-    assert snap.waiting == (Job("r1", 4, evictions=1), Job("w9", 9))
+    assert snap.waiting == (Job("w9", 9),)
     assert snap.stopping == ("r1",)
 
 
@@ -230,16 +223,16 @@ _ops = st.lists(
 )
 
 
-@given(size=st.integers(1, 3), cap=st.none() | st.integers(0, 2), ops=_ops)
+@given(size=st.integers(1, 3), ops=_ops)
 def test_invariants_hold_under_any_event_sequence(
-    size: int, cap: int | None, ops: list[tuple[str, int, int]]
+    size: int, ops: list[tuple[str, int, int]]
 ) -> None:
-    runner = Runner(size, max_evictions=cap)
+    runner = Runner(size)
     alive: set[str] = set()  # ids with a live process, as the caller would track them
     for t, (op, n, priority) in enumerate(ops):
         job_id = f"j{n}"
         if op == "submit" and job_id not in runner:
-            decisions = runner.submit(Job(job_id, priority), now=t)
+            decisions = runner.submit(Job(job_id, priority, evictable=priority % 3 > 0), now=t)
         elif op == "exited" and job_id in alive:
             alive.discard(job_id)
             decisions = list(runner.exited(job_id, now=t))

@@ -1,24 +1,28 @@
-"""The scheduler client against a minimal in-test bus that speaks raw frames."""
+"""The scheduler client against a minimal in-test bus that speaks raw frames: registering,
+running jobs, keeping them through a lost connection, the bus's stops, clean shutdown."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import logging
+import os
 import socket
 import threading
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
+from http import HTTPStatus
 from typing import Any
 
 import psutil
 import pytest
 from conftest import unit, wait_until
 from websockets.asyncio.server import Server, ServerConnection, serve
-from websockets.exceptions import InvalidURI
+from websockets.exceptions import ConnectionClosedError, InvalidURI
+from websockets.http11 import Request, Response
 
-from scheduler.protocol import Assignment, Report
-from scheduler.scheduler_client import SchedulerClient, SchedulerConfig
+from scheduler.protocol import MAX_FRAME_BYTES, Assignment, Held, Register, Report, encode
+from scheduler.scheduler_client import Outbox, SchedulerClient, SchedulerConfig, fit_register
 from scheduler.tasks import TaskRegistry
 
 Frame = dict[str, Any]
@@ -30,6 +34,12 @@ class Peer:
     def __init__(self, ws: ServerConnection) -> None:
         self.ws = ws
         self.frames: asyncio.Queue[Frame] = asyncio.Queue()
+        self.log: list[Frame] = []
+        """Every frame received, in order."""
+        self.closed = asyncio.Event()
+        self.close_code: int | None = None
+        self.alive_at_close: list[psutil.Process] = []
+        """The job processes that were alive when the connection closed."""
 
     async def expect(self, cmd: str, timeout: float = 5.0, **fields: object) -> Frame:
         """The next frame with this ``cmd`` and these field values; others are skipped."""
@@ -38,6 +48,10 @@ class Peer:
                 frame = await self.frames.get()
                 if frame["cmd"] == cmd and all(frame.get(k) == v for k, v in fields.items()):
                     return frame
+
+    async def next(self, timeout: float = 5.0) -> Frame:
+        """The next frame, whatever it is."""
+        return await asyncio.wait_for(self.frames.get(), timeout * unit())
 
     async def send(self, frame: Frame | str) -> None:
         """Send a frame: a dict as JSON, a string as is."""
@@ -51,22 +65,52 @@ class Peer:
 
     async def assign(self, job_id: str, attempt: int = 1, **job: object) -> None:
         """Assign a job; ``runtime`` defaults to 0.05 test units."""
-        body = {"id": job_id, "attempt": attempt, "priority": 5, "runtime": 0.05 * unit()}
-        await self.send({"type": "assign", "job": body | job})
+        await self.send(assign_frame(job_id, attempt, **job))
+
+    async def stop(self, job_id: str, attempt: int, reason: str) -> None:
+        """Tell the scheduler to stop an attempt."""
+        await self.send({"type": "stop", "id": job_id, "attempt": attempt, "reason": reason})
+
+    def reports(self, job_id: str) -> list[str]:
+        """The events reported so far about ``job_id``."""
+        return [f["event"] for f in self.log if f["cmd"] == "report" and f["id"] == job_id]
+
+
+def assign_frame(job_id: str, attempt: int = 1, **job: object) -> str:
+    """An ``assign`` frame; ``runtime`` defaults to 0.05 test units."""
+    body = {"id": job_id, "attempt": attempt, "priority": 5, "runtime": 0.05 * unit()}
+    return json.dumps({"type": "assign", "job": body | job})
 
 
 class FakeBus:
-    """A websockets server on 127.0.0.1 that hands each connection to the test."""
+    """A websockets server on 127.0.0.1 that hands each connection to the test.
+
+    While ``refusing`` is set it answers every handshake with 503, as a bus that is down.
+    """
 
     def __init__(self) -> None:
         self.peers: asyncio.Queue[Peer] = asyncio.Queue()
         self.port = 0
+        self.refusing = False
 
     async def handler(self, ws: ServerConnection) -> None:
         peer = Peer(ws)
         self.peers.put_nowait(peer)
-        async for frame in ws:
-            peer.frames.put_nowait(json.loads(frame))
+        try:
+            async for frame in ws:
+                peer.log.append(json.loads(frame))
+                peer.frames.put_nowait(peer.log[-1])
+        except ConnectionClosedError:
+            pass
+        peer.alive_at_close = job_processes()
+        peer.close_code = ws.close_code
+        peer.closed.set()
+
+    def check(self, ws: ServerConnection, request: Request) -> Response | None:
+        """Refuse the handshake while ``refusing``."""
+        if self.refusing:
+            return ws.respond(HTTPStatus.SERVICE_UNAVAILABLE, "down\n")
+        return None
 
     async def peer(self, timeout: float = 5.0) -> Peer:
         """The next scheduler connection."""
@@ -74,7 +118,7 @@ class FakeBus:
 
     def serve(self, port: int = 0) -> AbstractAsyncContextManager[Server]:
         """The server, as an async context manager."""
-        return serve(self.handler, "127.0.0.1", port)
+        return serve(self.handler, "127.0.0.1", port, process_request=self.check)
 
     @property
     def url(self) -> str:
@@ -191,32 +235,122 @@ async def test_stale_attempt_does_not_replace_the_held_one(
 
 
 async def test_heartbeats_carry_the_load(fake_bus: FakeBus, start_client: Starter) -> None:
-    start_client(fake_bus.url, size=1, heartbeat_s=0.05 * unit())
+    start_client(fake_bus.url, size=1)
     peer = await fake_bus.peer()
-    await peer.register()
+    await peer.expect("register")
+    # A short lease brings the heartbeats (1 s by default) closer together.
+    await peer.send({"type": "registered", "name": "s", "protocol": 2, "lease_s": 0.15 * unit()})
     await peer.expect("heartbeat", running=0, queued=0)
     await peer.assign("long", runtime=60)
     await peer.assign("waiting", runtime=60)
-    await peer.expect("heartbeat", running=1, queued=1)
+    await peer.expect("heartbeat", running=1, queued=1, timeout=0.6)
 
 
-async def test_lost_connection_stops_jobs_and_reconnects(
+async def test_lost_connection_keeps_jobs_and_reattaches_with_what_it_holds(
     fake_bus: FakeBus, start_client: Starter, caplog: pytest.LogCaptureFixture
+) -> None:
+    seen: Seen = []
+    client = start_client(fake_bus.url, seen, name="alpha", size=2)
+    peer = await fake_bus.peer()
+    await peer.register("alpha-1")
+    await peer.assign("long", runtime=60)
+    await peer.assign("short", runtime=0.5)
+    await peer.assign("next", runtime=60, priority=9)
+    await peer.assign("queued", runtime=60, priority=9, attempt=4)
+    await peer.expect("report", event="started", id="short")
+    long_pid = client.executor.pid_of("long")
+    fake_bus.refusing = True
+    await peer.ws.close()
+    await wait_until(
+        lambda: ("succeeded", "short") in [(r.event, r.id) for r, _ in seen],
+        5 * unit(),
+        "the short job to end while the bus is away",
+    )
+    assert "lost the bus" in caplog.text and "cannot reach the bus" in caplog.text
+    assert client.executor.pid_of("long") == long_pid
+    assert [(r.event, r.id) for r in client.outbox] == [("succeeded", "short"), ("started", "next")]
+    fake_bus.refusing = False
+    again = await fake_bus.peer(timeout=10)
+    register = await again.expect("register")
+    assert register["name"] == "alpha-1"  # the name the bus confirmed
+    assert sorted(register["held"], key=lambda h: h["id"]) == [
+        {"id": "long", "attempt": 1},
+        {"id": "next", "attempt": 1},
+        {"id": "queued", "attempt": 4},
+        {"id": "short", "attempt": 1, "done": True},
+    ]
+    assert len(client.outbox) == 2  # nothing is sent before the bus confirms
+    # The bus no longer gives "long" to this scheduler: its slot goes to "queued".
+    await again.stop("long", 1, "reassigned")
+    await again.send({"type": "registered", "name": "alpha-1", "protocol": 2})
+    reports = [await again.expect("report") for _ in range(3)]
+    assert [(f["event"], f["id"]) for f in reports] == [
+        ("succeeded", "short"),
+        ("started", "next"),
+        ("started", "queued"),
+    ]
+    assert reports[0]["exit_code"] == 0
+    await again.expect("heartbeat", running=2, queued=0)
+    assert long_pid is not None
+    await wait_until(lambda: not psutil.pid_exists(long_pid), 5 * unit(), "long to be stopped")
+    client.stop()
+    await asyncio.wait_for(again.closed.wait(), 10 * unit())
+    assert again.reports("long") == []
+
+
+async def test_reconnect_with_nothing_held_sends_an_empty_held_list(
+    fake_bus: FakeBus, start_client: Starter
 ) -> None:
     start_client(fake_bus.url)
     peer = await fake_bus.peer()
-    await peer.register()
-    await peer.assign("long", runtime=60)
-    await peer.expect("report", event="started")
-    [job] = job_processes()
+    assert "held" not in await peer.register()
     await peer.ws.close()
-    await wait_until(lambda: not job.is_running(), 5 * unit(), "the job to be stopped")
     again = await fake_bus.peer()
-    await again.register("sched-1")
-    assert "lost the bus" in caplog.text
-    await again.assign("long", attempt=2)
-    done = await again.expect("report", event="succeeded")
-    assert done["attempt"] == 2
+    assert (await again.register())["held"] == []
+
+
+async def test_stop_from_the_bus_drops_a_queued_attempt_and_purges_its_reports(
+    fake_bus: FakeBus, start_client: Starter, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, "scheduler.scheduler_client")
+    client = start_client(fake_bus.url, size=1)
+    peer = await fake_bus.peer()
+    await peer.register()
+    await peer.assign("first", runtime=60)
+    await peer.assign("waiting", runtime=0.05, attempt=2)
+    await peer.expect("report", event="started", id="first")
+    await peer.stop("waiting", 1, "reassigned")  # stale: another attempt
+    await peer.stop("nobody", 1, "cancelled")
+    await peer.stop("waiting", 2, "reassigned")
+    await wait_until(lambda: client.executor.queued == 0, 5 * unit(), "the drop")
+    assert "ignoring a stop of waiting attempt 1: not held here" in caplog.text
+    assert "ignoring a stop of nobody attempt 1: not held here" in caplog.text
+    assert client.executor.running == 1
+
+
+async def test_cancel_stops_running_and_queued_jobs_and_reports_cancelled(
+    fake_bus: FakeBus, start_client: Starter
+) -> None:
+    client = start_client(fake_bus.url, size=1)
+    peer = await fake_bus.peer()
+    await peer.register()
+    await peer.assign("running", runtime=60, attempt=3)
+    await peer.assign("waiting", runtime=60)
+    await peer.expect("report", event="started", id="running")
+    pid = client.executor.pid_of("running")
+    await peer.stop("waiting", 1, "cancelled")
+    assert await peer.expect("report", event="cancelled") == {
+        "cmd": "report",
+        "event": "cancelled",
+        "id": "waiting",
+        "attempt": 1,
+    }
+    await peer.stop("running", 3, "cancelled")
+    cancelled = await peer.expect("report", event="cancelled", id="running")
+    assert cancelled["attempt"] == 3
+    assert pid is not None and not psutil.pid_exists(pid)
+    assert peer.reports("running") == ["started", "cancelled"]
+    assert peer.reports("waiting") == ["cancelled"]
 
 
 async def test_bad_frames_from_the_bus_are_logged_not_fatal(
@@ -266,7 +400,8 @@ async def test_host_names_are_resolved_without_threads(
     assert threading.active_count() == 1, threading.enumerate()
 
 
-async def test_stop_ends_run_stops_jobs_and_closes_the_socket(fake_bus: FakeBus) -> None:
+@pytest.mark.parametrize("how", ["stop", "cancel"])
+async def test_clean_shutdown_stops_jobs_then_closes_with_1000(fake_bus: FakeBus, how: str) -> None:
     client = SchedulerClient(SchedulerConfig(bus_url=fake_bus.url))
     task = asyncio.create_task(client.run())
     peer = await fake_bus.peer()
@@ -274,15 +409,54 @@ async def test_stop_ends_run_stops_jobs_and_closes_the_socket(fake_bus: FakeBus)
     await peer.assign("long", runtime=60)
     await peer.expect("report", event="started")
     assert len(job_processes()) == 1
-    client.stop()
-    await asyncio.wait_for(task, 5 * unit())
-    assert job_processes() == []
-    await asyncio.wait_for(peer.ws.wait_closed(), 5 * unit())
+    if how == "stop":
+        client.stop()
+        await asyncio.wait_for(task, 5 * unit())
+    else:  # what SIGINT and SIGTERM do in the commands
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(task, 5 * unit())
+    await asyncio.wait_for(peer.closed.wait(), 5 * unit())
+    assert peer.close_code == 1000
+    assert peer.alive_at_close == [] and job_processes() == []
+
+
+async def test_default_name_is_host_and_pid(fake_bus: FakeBus, start_client: Starter) -> None:
+    start_client(fake_bus.url)
+    peer = await fake_bus.peer()
+    register = await peer.register()
+    assert register["name"] == f"{socket.gethostname()}-{os.getpid()}"
+
+
+async def test_heartbeats_keep_flowing_while_a_burst_of_jobs_starts(
+    fake_bus: FakeBus, start_client: Starter
+) -> None:
+    count = 30
+    start_client(fake_bus.url, size=count, heartbeat_s=0.005)
+    peer = await fake_bus.peer()
+    await peer.register()
+    await peer.expect("heartbeat")
+    for n in range(count):  # sent back to back, so they arrive together
+        await peer.ws.send(assign_frame(f"j{n}", runtime=60))
+    order: list[str] = []
+    while order.count("started") < count:
+        frame = await peer.next()
+        order.append(str(frame.get("event", frame["cmd"])))
+    # Without yielding between frames, the burst would start in one long run.
+    runs = "".join("s" if event == "started" else "." for event in order).split(".")
+    assert max(len(run) for run in runs) <= count // 2, order
 
 
 @pytest.mark.parametrize(
     ("field", "value"),
-    [("size", 0), ("size", 4097), ("timeout", 0.0), ("heartbeat_s", -1.0), ("grace", -0.1)],
+    [
+        ("size", 0),
+        ("size", 4097),
+        ("timeout", 0.0),
+        ("heartbeat_s", -1.0),
+        ("grace", -0.1),
+        ("outbox_limit", 0),
+    ],
 )
 def test_config_refuses_bad_values(field: str, value: float) -> None:
     settings: dict[str, Any] = {field: value}
@@ -316,3 +490,87 @@ async def test_error_in_a_session_stops_its_jobs_and_propagates(fake_bus: FakeBu
     with pytest.raises(RuntimeError, match="observer broke"):
         await asyncio.wait_for(task, 5 * unit())
     assert job_processes() == []
+
+
+def test_outbox_keeps_order_and_drops_the_oldest_past_its_limit(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    outbox = Outbox(limit=3)
+    for n in range(5):
+        outbox.append(Report("started", f"j{n}", 1))
+    assert [r.id for r in outbox] == ["j2", "j3", "j4"]
+    assert outbox.dropped == 2
+    assert caplog.messages == [
+        "outbox full (3 reports): dropped the oldest (started of j0 attempt 1); 1 dropped so far"
+    ]
+    first = outbox.popleft()
+    outbox.push_front(first)
+    assert [r.id for r in outbox] == ["j2", "j3", "j4"]
+
+
+def test_outbox_lists_closed_attempts_and_purges_one() -> None:
+    outbox = Outbox()
+    for report in [
+        Report("started", "a", 1),
+        Report("succeeded", "a", 1),
+        Report("evicted", "b", 2),
+        Report("started", "c", 1),
+        Report("failed", "d", 1),
+        Report("cancelled", "e", 3),
+    ]:
+        outbox.append(report)
+    assert outbox.closed_attempts() == [
+        Held("a", 1, done=True),
+        Held("b", 2, done=True),
+        Held("d", 1, done=True),
+        Held("e", 3, done=True),
+    ]
+    assert outbox.purge("a", 1) == 2
+    assert outbox.purge("a", 2) == 0
+    assert [(r.event, r.id) for r in outbox] == [
+        ("evicted", "b"),
+        ("started", "c"),
+        ("failed", "d"),
+        ("cancelled", "e"),
+    ]
+
+
+def test_register_frame_is_cut_to_fit_a_frame(caplog: pytest.LogCaptureFixture) -> None:
+    small = Register(type="scheduler", protocol=2, name="s", held=[Held("a", 1)])
+    assert fit_register(small) is small
+    held = [Held(f"job-{n:08}", 1, done=n >= 5) for n in range(50_000)]
+    big = Register(type="scheduler", protocol=2, name="s", held=held)
+    fitted = fit_register(big)
+    assert fitted.held is not None and 10_000 < len(fitted.held) < len(held)
+    assert fitted.held == held[: len(fitted.held)]  # running attempts come first
+    assert len(encode(fitted).encode()) <= MAX_FRAME_BYTES
+    assert f"{len(fitted.held)} of 50000 held attempts fit in one frame" in caplog.text
+    tight = fit_register(big, max_bytes=len(encode(fitted).encode()))
+    assert tight.held == fitted.held
+
+
+async def test_a_scheduler_cut_off_longer_than_its_lease_stops_its_jobs(
+    fake_bus: FakeBus, start_client: Starter, caplog: pytest.LogCaptureFixture
+) -> None:
+    lease = 1.0 * unit()
+    client = start_client(fake_bus.url, name="alpha", grace=0.1 * unit(), heartbeat_s=0.1)
+    peer = await fake_bus.peer()
+    await peer.expect("register")
+    await peer.send({"type": "registered", "name": "alpha", "protocol": 2, "lease_s": lease})
+    await peer.assign("long", runtime=60)
+    await peer.expect("report", event="started", id="long")
+    pid = client.executor.pid_of("long")
+    assert pid is not None
+    fake_bus.refusing = True
+    await peer.ws.close()
+    await wait_until(
+        lambda: not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE,
+        5 * unit(),
+        "the job to be stopped",
+    )
+    assert "longer than the lease" in caplog.text
+    assert client.executor.held() == []
+    fake_bus.refusing = False
+    again = await fake_bus.peer(timeout=10)
+    register = await again.expect("register")
+    assert register["held"] == []

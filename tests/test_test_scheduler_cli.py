@@ -1,9 +1,9 @@
-"""``python -m scheduler.test_scheduler``: options, job log lines, and a real run."""
+"""``python -m scheduler.test_scheduler``: options and a real run. Its job log lines and
+option set are shared with the worker command (tests/test_worker.py)."""
 
 from __future__ import annotations
 
 import asyncio
-import logging
 import signal
 
 import psutil
@@ -13,7 +13,6 @@ from conftest import Commands, unit, wait_until
 from test_scheduler_client import FakeBus
 
 from scheduler import test_scheduler
-from scheduler.protocol import Assignment, Report
 
 
 def test_help_explains_every_option() -> None:
@@ -42,27 +41,6 @@ def test_bad_options_are_refused_clearly(args: list[str], complaint: str) -> Non
     assert complaint in result.output
 
 
-def test_each_job_step_is_one_log_line(caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, "scheduler.test_scheduler")
-    job = Assignment(id="0123456789abcdef", attempt=1, priority=3, runtime=1.5)
-    steps = [
-        Report("started", job.id, 1),
-        Report("evicted", job.id, 1, wall_s=0.25),
-        Report("succeeded", job.id, 1, exit_code=0, wall_s=1.5, cpu_s=0.01, max_rss_kb=2048),
-        Report("timed_out", job.id, 1, wall_s=10.0),
-        Report("failed", job.id, 1, exit_code=1, error="exit code 1", wall_s=0.5),
-    ]
-    for report in steps:
-        test_scheduler.log_report(report, job)
-    assert caplog.messages == [
-        "job 01234567 p3 started (runtime 1.5 s, attempt 1)",
-        "job 01234567 p3 evicted after 0.25 s, requeued",
-        "job 01234567 p3 succeeded in 1.50 s (cpu 0.01 s, rss 2.0 MB)",
-        "job 01234567 p3 timed out after 10.00 s",
-        "job 01234567 p3 failed after 0.50 s: exit code 1",
-    ]
-
-
 async def test_runs_a_job_and_exits_0_on_sigterm_leaving_no_child(commands: Commands) -> None:
     bus = FakeBus()
     async with bus.serve() as server:
@@ -81,6 +59,8 @@ async def test_runs_a_job_and_exits_0_on_sigterm_leaving_no_child(commands: Comm
         [job] = scheduler.children(recursive=True)
         proc.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(proc.wait(), 10 * unit()) == 0
+        await asyncio.wait_for(peer.closed.wait(), 5 * unit())
+        assert peer.close_code == 1000
     await wait_until(lambda: not job.is_running(), 5 * unit(), "the job process to be gone")
     log = commands.log_of(proc)
     assert "registered with" in log

@@ -2,23 +2,27 @@
 
 A :class:`Runner` is fed events (a job arrived, a job's process exited, a job was removed)
 and answers with decisions (:class:`Start`, :class:`Evict`, :class:`Stop`) that the caller
-carries out. It never starts a job while an earlier process of the same job is still
-being stopped: such a job is *parked* until :meth:`Runner.exited` reports that process gone.
+carries out. An evicted job leaves the runner: the bus requeues it and may hand it to any
+scheduler (this one included, as a new attempt). The runner never starts a job while an
+earlier process of the same job is still being stopped: such a job is *parked* until
+:meth:`Runner.exited` reports that process gone.
 """
 
 from __future__ import annotations
 
 import heapq
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True, slots=True)
 class Job:
-    """A job as the runner sees it. ``priority`` 0 is the most urgent."""
+    """A job as the runner sees it. ``priority`` 0 is the most urgent; a job that is not
+    ``evictable`` keeps its slot until it ends."""
 
     id: str
     priority: int
     evictions: int = 0
+    evictable: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,10 +34,9 @@ class Start:
 
 @dataclass(frozen=True, slots=True)
 class Evict:
-    """Stop ``job_id``'s process; the job is requeued and has been evicted ``evictions`` times.
-
-    The caller reports :meth:`Runner.exited` once the process is gone.
-    """
+    """Stop ``job_id``'s process: the job leaves this runner (the bus requeues it), having
+    been evicted ``evictions`` times. The caller reports :meth:`Runner.exited` once the
+    process is gone."""
 
     job_id: str
     evictions: int
@@ -80,14 +83,9 @@ class _Entry:
 
 @dataclass
 class Runner:
-    """``size`` slots and a local queue ordered by priority, then arrival.
-
-    ``max_evictions``: a job already evicted that many times is no longer evicted
-    (``None``: no limit).
-    """
+    """``size`` slots and a local queue ordered by priority, then arrival."""
 
     size: int
-    max_evictions: int | None = None
     _running: dict[str, _Entry] = field(default_factory=dict, init=False)
     _waiting: dict[str, _Entry] = field(default_factory=dict, init=False)
     _heap: list[tuple[int, int, str]] = field(default_factory=list, init=False)
@@ -99,8 +97,6 @@ class Runner:
     def __post_init__(self) -> None:
         if self.size < 1:
             raise ValueError(f"size must be at least 1, not {self.size}")
-        if self.max_evictions is not None and self.max_evictions < 0:
-            raise ValueError(f"max_evictions must be >= 0, not {self.max_evictions}")
 
     @property
     def running(self) -> int:
@@ -109,7 +105,7 @@ class Runner:
 
     @property
     def queued(self) -> int:
-        """How many jobs wait for a slot, including requeued jobs whose process is stopping."""
+        """How many jobs wait for a slot, including jobs parked behind a stopping process."""
         return len(self._waiting) + len(self._parked)
 
     def __contains__(self, job_id: object) -> bool:
@@ -120,7 +116,7 @@ class Runner:
         """Take a new job: start it, start it in the place of an evicted job, or queue it.
 
         Adds the job to the running set or the queue; an evicted job moves from running to
-        the queue with one more eviction. Returns ``[Start]``, ``[Evict, Start]`` or ``[]``.
+        stopping and leaves the runner. Returns ``[Start]``, ``[Evict, Start]`` or ``[]``.
         Raises ``ValueError`` if the id is already running or waiting.
         """
         if job.id in self:
@@ -142,8 +138,9 @@ class Runner:
     def exited(self, job_id: str, now: float) -> list[Start]:
         """Record that ``job_id``'s process is gone, and fill the free slots.
 
-        A running job frees its slot; a stopping job becomes startable again (if it was
-        requeued). An unknown or waiting id changes nothing. Returns the jobs to start.
+        A running job frees its slot; a stopping job's parked successor (a job submitted
+        under the same id meanwhile) joins the queue. An unknown or waiting id changes
+        nothing. Returns the jobs to start.
         """
         if job_id in self._running:
             del self._running[job_id]
@@ -155,7 +152,8 @@ class Runner:
         return self._fill(now)
 
     def remove(self, job_id: str, now: float) -> list[Decision]:
-        """Forget ``job_id`` (cancelled): drop it from the queue, or stop it if it runs.
+        """Forget ``job_id`` (cancelled, or no longer ours): drop it from the queue or from
+        parking, or stop it if it runs.
 
         A running job moves to stopping and its slot goes to the next waiting job.
         Returns ``[Stop, Start...]`` for a running job, else ``[]``.
@@ -207,17 +205,14 @@ class Runner:
 
     def _victim(self) -> _Entry | None:
         """The least urgent evictable running job; of equals, the most recently started."""
-        cap = self.max_evictions
-        candidates = [e for e in self._running.values() if cap is None or e.job.evictions < cap]
+        candidates = [e for e in self._running.values() if e.job.evictable]
         return max(candidates, key=lambda e: (e.job.priority, e.started), default=None)
 
     def _evict(self, victim: _Entry) -> Evict:
-        job = replace(victim.job, evictions=victim.job.evictions + 1)
-        del self._running[job.id]
-        self._stopping.add(job.id)
-        # The requeued job keeps its arrival, so it goes back ahead of later equals.
-        self._parked[job.id] = _Entry(job, victim.arrival)
-        return Evict(job.id, job.evictions)
+        job_id = victim.job.id
+        del self._running[job_id]
+        self._stopping.add(job_id)
+        return Evict(job_id, victim.job.evictions + 1)
 
     def _fill(self, now: float) -> list[Start]:
         starts: list[Start] = []

@@ -1,0 +1,204 @@
+"""``python -m scheduler.worker --tasks MODULE[,MODULE]``: run your own tasks from the bus.
+
+A task module declares module-level functions with :func:`scheduler.tasks.task`; the
+worker imports the modules, registers exactly their task names (and the built-in
+``sleep``) with the bus, and runs nothing else. The other options are those of
+``python -m scheduler.test_scheduler`` (the sleep-only demo), which shares this module's
+option set (:func:`scheduler_options`), job log lines and run function.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+from websockets.exceptions import InvalidURI
+from websockets.uri import parse_uri
+
+from scheduler.cli_support import configure_logging, run_until_signalled
+from scheduler.protocol import MAX_NAME_LEN, MAX_SIZE, MAX_TIMEOUT_S, Assignment, Report
+from scheduler.scheduler_client import SchedulerClient, SchedulerConfig
+from scheduler.tasks import TaskLoadError, TaskRegistry, load_task_modules
+
+log = logging.getLogger("scheduler.worker")
+
+DEFAULT_URL = "ws://localhost:8101"
+
+FC = TypeVar("FC", bound=Callable[..., Any])
+
+
+def log_report(report: Report, assignment: Assignment) -> None:
+    """Log one line for a job step: the id's first 8 characters, priority and timings."""
+    head = f"job {report.id[:8]} p{assignment.priority}"
+    wall = f"{report.wall_s or 0.0:.2f} s"
+    if report.event == "started":
+        log.info(
+            "%s started (task %s, runtime %g s, attempt %d)",
+            head,
+            assignment.task,
+            assignment.runtime,
+            report.attempt,
+        )
+    elif report.event == "succeeded":
+        cpu, rss_mb = report.cpu_s or 0.0, (report.max_rss_kb or 0) / 1024
+        log.info("%s succeeded in %s (cpu %.2f s, rss %.1f MB)", head, wall, cpu, rss_mb)
+    elif report.event == "evicted":
+        log.info("%s evicted after %s, back to the bus (eviction %d)", head, wall, report.evictions)
+    elif report.event == "cancelled":
+        log.info("%s cancelled after %s", head, wall)
+    elif report.event == "timed_out":
+        log.info("%s timed out after %s", head, wall)
+    else:
+        log.info("%s failed after %s: %s", head, wall, report.error)
+
+
+def _bus_url(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    try:
+        parse_uri(value)
+    except InvalidURI as exc:
+        raise click.BadParameter(f"{value!r} is not a ws:// or wss:// URL ({exc})") from None
+    return value
+
+
+def _short_text(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    if value is not None and len(value) > MAX_NAME_LEN:
+        raise click.BadParameter(f"must be at most {MAX_NAME_LEN} characters long")
+    return value or None
+
+
+_OPTIONS = (
+    click.option(
+        "-s",
+        "--size",
+        type=click.IntRange(1, MAX_SIZE),
+        default=5,
+        show_default=True,
+        help="How many jobs run at once. A more urgent job evicts the least urgent running "
+        "one when all slots are taken (the evicted job goes back to the bus).",
+    ),
+    click.option(
+        "-t",
+        "--timeout",
+        type=click.FloatRange(0, MAX_TIMEOUT_S, min_open=True),
+        default=10.0,
+        show_default=True,
+        help="Seconds a job may run, unless the job sets its own timeout; then it is "
+        "stopped and reported timed_out.",
+    ),
+    click.option("-d", "--debug", is_flag=True, help="Log debug detail (every frame and process)."),
+    click.option(
+        "--bus",
+        envvar="SCHEDBUS_URL",
+        default=DEFAULT_URL,
+        show_default=True,
+        show_envvar=True,
+        metavar="URL",
+        callback=_bus_url,
+        help="URL of the bus. While it is unreachable the scheduler retries with backoff; "
+        "running jobs go on meanwhile and their reports wait.",
+    ),
+    click.option(
+        "--name",
+        metavar="NAME",
+        callback=_short_text,
+        help="Name to register under. Default: HOST-PID. A scheduler that reconnects "
+        "under its name keeps its jobs.",
+    ),
+    click.option(
+        "--token",
+        envvar="SCHEDBUS_TOKEN",
+        show_envvar=True,
+        metavar="TOKEN",
+        callback=_short_text,
+        help="Shared secret the bus requires, if it was started with one.",
+    ),
+)
+
+
+def scheduler_options(command: FC) -> FC:
+    """Add the options every scheduler command shares: ``-s``, ``-t``, ``-d``, ``--bus``,
+    ``--name``, ``--token`` (passed to the command as ``size``, ``timeout``, ``debug``,
+    ``bus``, ``name``, ``token``)."""
+    for option in reversed(_OPTIONS):
+        command = option(command)
+    return command
+
+
+def run_scheduler(
+    tasks: TaskRegistry,
+    *,
+    size: int,
+    timeout: float,
+    debug: bool,
+    bus: str,
+    name: str | None,
+    token: str | None,
+) -> None:
+    """Serve the bus with ``tasks`` until SIGINT or SIGTERM, logging one line per job step.
+
+    On the signal every job is stopped and the connection closed; then this returns.
+    """
+    configure_logging(logging.DEBUG if debug else logging.INFO)
+    log.info("serving tasks: %s", ", ".join(tasks.names))
+    config = SchedulerConfig(bus_url=bus, name=name, size=size, timeout=timeout, token=token)
+
+    async def serve() -> None:
+        await SchedulerClient(config, tasks, on_report=log_report).run()
+
+    run_until_signalled(serve())
+
+
+def _load_tasks(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> TaskRegistry:
+    modules = [part.strip() for text in value for part in text.split(",") if part.strip()]
+    if not modules:
+        raise click.BadParameter("name at least one task module")
+    # As with `python -m`, modules in the current directory are found (the installed
+    # schedbus-worker script alone would only search its own directory).
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.append(os.getcwd())
+    try:
+        return load_task_modules(modules)
+    except TaskLoadError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--tasks",
+    "tasks",
+    required=True,
+    multiple=True,
+    metavar="MODULE[,MODULE]",
+    callback=_load_tasks,
+    help="Task modules to serve: dotted module names (mypkg.jobs) or paths to .py files, "
+    "separated by commas or given as repeated --tasks. Each must declare at least one "
+    "task with @scheduler.tasks.task.",
+)
+@scheduler_options
+def cli(
+    tasks: TaskRegistry,
+    size: int,
+    timeout: float,
+    debug: bool,
+    bus: str,
+    name: str | None,
+    token: str | None,
+) -> None:
+    """Run your own tasks from the schedbus bus, SIZE jobs at a time.
+
+    The scheduler registers the tasks the modules declare (plus the built-in sleep) and
+    runs nothing else. Each job runs in its own process, where the environment variables
+    SCHEDBUS_JOB_ID and SCHEDBUS_ATTEMPT name the job and its attempt. One INFO line is
+    logged per start, end, eviction and timeout. If the bus goes away, jobs keep running
+    and the scheduler reconnects and reclaims them. SIGINT or SIGTERM stops every running
+    job and exits 0.
+    """
+    run_scheduler(tasks, size=size, timeout=timeout, debug=debug, bus=bus, name=name, token=token)
+
+
+if __name__ == "__main__":
+    cli()

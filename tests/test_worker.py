@@ -1,0 +1,104 @@
+"""``python -m scheduler.worker``: options, task module errors, job log lines, and a real
+run serving a task module given by path."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from pathlib import Path
+
+import pytest
+from attempt_log_tasks import LOG_ENV
+from click.testing import CliRunner
+from conftest import Commands, unit
+from test_scheduler_client import FakeBus, port_of
+
+from scheduler import worker
+from scheduler.protocol import Assignment, Report
+
+
+def test_help_explains_every_option() -> None:
+    result = CliRunner().invoke(worker.cli, ["--help"])
+    assert result.exit_code == 0
+    for option in ("--tasks", "--size", "--timeout", "--debug", "--bus", "--name", "--token"):
+        assert option in result.output
+    for text in ("MODULE[,MODULE]", "@scheduler.tasks.task", "SCHEDBUS_JOB_ID", "SCHEDBUS_URL"):
+        assert text in result.output
+
+
+@pytest.mark.parametrize(
+    ("args", "complaint"),
+    [
+        ([], "Missing option '--tasks'"),
+        (["--tasks", " , "], "name at least one task module"),
+        (["--tasks", "no_such_module_here"], "task module 'no_such_module_here': cannot import"),
+        (["--tasks", "sample_tasks,json"], "task module 'json': no task declared"),
+        (["--tasks", "missing/tasks.py"], "task module 'missing/tasks.py': cannot import"),
+        (["--tasks", "sample_tasks", "-s", "0"], "Invalid value for '-s' / '--size'"),
+    ],
+)
+def test_bad_task_modules_and_options_are_refused_clearly(args: list[str], complaint: str) -> None:
+    result = CliRunner().invoke(worker.cli, args)
+    assert result.exit_code == 2
+    assert complaint in result.output
+
+
+def test_each_job_step_is_one_log_line(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, "scheduler.worker")
+    job = Assignment(id="0123456789abcdef", attempt=1, priority=3, runtime=1.5)
+    steps = [
+        Report("started", job.id, 1),
+        Report("evicted", job.id, 1, evictions=2, wall_s=0.25),
+        Report("succeeded", job.id, 1, exit_code=0, wall_s=1.5, cpu_s=0.01, max_rss_kb=2048),
+        Report("timed_out", job.id, 1, wall_s=10.0),
+        Report("failed", job.id, 1, exit_code=1, error="exit code 1", wall_s=0.5),
+        Report("cancelled", job.id, 1, wall_s=0.75),
+    ]
+    for report in steps:
+        worker.log_report(report, job)
+    assert caplog.messages == [
+        "job 01234567 p3 started (task sleep, runtime 1.5 s, attempt 1)",
+        "job 01234567 p3 evicted after 0.25 s, back to the bus (eviction 2)",
+        "job 01234567 p3 succeeded in 1.50 s (cpu 0.01 s, rss 2.0 MB)",
+        "job 01234567 p3 timed out after 10.00 s",
+        "job 01234567 p3 failed after 0.50 s: exit code 1",
+        "job 01234567 p3 cancelled after 0.75 s",
+    ]
+
+
+async def test_serves_a_task_module_given_by_path_and_exits_0_on_sigterm(
+    commands: Commands, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    attempts = tmp_path / "attempts.log"
+    monkeypatch.setenv(LOG_ENV, str(attempts))
+    bus = FakeBus()
+    async with bus.serve() as server:
+        proc = await commands.start(
+            "scheduler.worker",
+            "--tasks",
+            "tests/attempt_log_tasks.py",
+            "--bus",
+            f"ws://127.0.0.1:{port_of(server)}",
+            "--name",
+            "w1",
+            "-s",
+            "1",
+        )
+        peer = await bus.peer(timeout=15)
+        register = await peer.register("w1")
+        assert (register["name"], register["tasks"]) == ("w1", ["recorded_sleep", "sleep"])
+        await peer.assign("rec-1", attempt=2, task="recorded_sleep", runtime=0.05 * unit())
+        done = await peer.expect("report", event="succeeded", id="rec-1")
+        assert done["attempt"] == 2
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 10 * unit()) == 0
+        await asyncio.wait_for(peer.closed.wait(), 5 * unit())
+        assert peer.close_code == 1000
+    start, end = (line.split() for line in attempts.read_text().splitlines())
+    assert start[:3] == ["start", "rec-1", "2"] and end[:3] == ["end", "rec-1", "2"]
+    assert start[4] == end[4] != str(proc.pid)  # the job's own process
+    assert float(end[3]) - float(start[3]) >= 0.05 * unit()
+    log = commands.log_of(proc)
+    assert "serving tasks: recorded_sleep, sleep" in log
+    assert "job rec-1 p5 started (task recorded_sleep" in log

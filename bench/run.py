@@ -1,0 +1,476 @@
+"""``scripts/bench``: every figure in one run, printed as a table and written as JSON.
+
+Each figure starts its own bus (and scheduler) as separate processes on 127.0.0.1 with
+an ephemeral port, so no figure inherits another's state; every process is stopped by
+pid when the figure ends, on errors and on Ctrl-C. Ratios are computed within the run
+(the machine is shared and noisy: absolute figures drift, ratios much less).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import platform
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import click
+import psutil
+
+from bench import fanout, ingest, ours
+from bench import profile as pyspy
+from bench.peers import harness
+from bench.procs import Proc, Procs, wait_for_log
+from bench.stats import Json, check_goals, median, render_table, table_rows
+from bench.system import PYTHON, Bus, start_bus, start_scheduler
+
+FIGURES = ("e2e", "latency", "eviction", "timeout", "ingest", "memory", "fanout", "peers")
+"""Names accepted by ``--only`` (``e2e`` includes the raw fork loop it is compared with)."""
+
+HOW: dict[str, str] = {
+    "e2e_jobs_per_s": "N no-op jobs (sleep task, runtime 1e-6 s) submitted pipelined by one "
+    "ProducerClient (all submits sent before awaiting the replies) to a bus process with one "
+    "`test_scheduler -s 5` process; first submit to last final event received; median of "
+    "the rounds.",
+    "raw_fork_jobs_per_s": "A fresh interpreter forks one multiprocessing.Process (fork "
+    "context) per no-op job, 5 at a time, joining each via its sentinel; median of the rounds, "
+    "interleaved with the e2e rounds.",
+    "e2e_vs_raw_ratio": "e2e jobs/s over raw fork jobs/s of the round run just before it, "
+    "median over the rounds of this run.",
+    "e2e_cpu_ms_per_job": "psutil CPU time (user+system) per job during the e2e rounds: bus, "
+    "scheduler process, its job processes (reaped children), and the producer; "
+    "raw_fork_cpu_ms_per_job is the same split for the raw loop (getrusage).",
+    "peers": "The same N no-op jobs through each peer against a local redis-server "
+    "(127.0.0.1, no persistence), workers warmed up first; first enqueue to the last job seen "
+    "finished; ours_ratio = our e2e_jobs_per_s / theirs.",
+    "submit_to_accepted_ms": "One job at a time on an idle scheduler: the producer's "
+    "time.time() before sending the submit -> the accepted reply received.",
+    "submit_to_start_ms": "One job at a time on an idle scheduler: the producer's time.time() "
+    "before sending the submit -> the bus's time.time() stamp on the started event (stamped "
+    "when the scheduler's report arrives, sent right after fork() returns); same machine, "
+    "same clock.",
+    "submit_to_final_ms": "Same jobs: send time -> the producer's time.time() on receiving "
+    "the final (succeeded) event.",
+    "eviction_ms": "5 slots busy with priority-10 jobs; submit a priority-0 no-op job -> the "
+    "bus's stamp on its started event (same clock as the send), repeated once 5 long jobs "
+    "run again; the bus's caps on evictions and deliveries per job are lifted.",
+    "timeout_overrun_ms": "Jobs sleeping 5 s with a 0.1 s timeout, submitted at once to 5 "
+    "slots: the final event's wall_s (process life, fork to reap, measured by the scheduler) "
+    "minus the timeout.",
+    "timeout_final_after_deadline_ms": "Same jobs: the bus's stamp on the timed_out event "
+    "minus (its started stamp + the timeout).",
+    "ingest_jobs_per_s": "No scheduler connected: one raw v2 WebSocket producer sends N "
+    "pre-encoded job_request frames back to back; first send -> the last accepted reply.",
+    "ingest_bulk_jobs_per_s": "As ingest, with submit_many frames of 1000 jobs each.",
+    "bus_bytes_per_queued_job": "Bus RSS (psutil) with a producer connected and 0 jobs, then "
+    "with N jobs queued (no scheduler) after every submit was accepted: the difference / N.",
+    "fanout": "A bus with 20 lightweight v2 schedulers (one process; each answers every "
+    "assign with started+succeeded at once, forking nothing): N pipelined no-op jobs, first "
+    "submit -> last final event; the bus's psutil CPU per job and share of one core.",
+    "profile": "py-spy record --nonblocking at 250 Hz attached to the bus and the scheduler "
+    "during one extra e2e round; shares of the samples (samples ~ CPU time).",
+}
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How many jobs each figure uses."""
+
+    quick: bool
+    e2e_jobs: int
+    rounds: int
+    latency_jobs: int
+    eviction_reps: int
+    timeout_jobs: int
+    ingest_jobs: int
+    memory_jobs: int
+    fanout_jobs: int
+    peer_jobs: int
+    size: int = 5
+    timeout_s: float = 0.1
+    fanout_schedulers: int = 20
+
+
+FULL = Plan(False, 2000, 3, 500, 50, 50, 20_000, 100_000, 5000, 2000)
+QUICK = Plan(True, 500, 1, 100, 20, 20, 5000, 20_000, 1000, 0)
+
+
+class Bench:
+    """Runs the selected figures into one results dict; a failed figure records its error."""
+
+    def __init__(self, plan: Plan, procs: Procs, workdir: Path) -> None:
+        self.plan = plan
+        self.procs = procs
+        self.workdir = workdir
+        self.results: Json = {}
+        self.errors: dict[str, str] = {}
+
+    async def guarded(
+        self, name: str, keys: tuple[str, ...], step: Callable[[], Awaitable[None]]
+    ) -> None:
+        """Run one figure; on failure set its ``keys`` to ``{"error": ...}`` and go on."""
+        t0 = time.monotonic()
+        click.echo(f"bench: {name} ...", err=True)
+        try:
+            await step()
+        except Exception as exc:  # one figure's failure must not lose the others
+            message = f"{type(exc).__name__}: {exc}".strip()
+            self.errors[name] = message
+            for key in keys:
+                self.results.setdefault(key, {"error": message.splitlines()[0][:300]})
+            click.echo(f"bench: {name} failed: {message}", err=True)
+        click.echo(f"bench: {name} done in {time.monotonic() - t0:.1f} s", err=True)
+
+    @asynccontextmanager
+    async def system(
+        self, name: str, scheduler: bool = True, bus_options: dict[str, str] | None = None
+    ) -> AsyncIterator[tuple[Bus, Proc | None]]:
+        """A fresh bus (and one scheduler of ``plan.size`` slots), stopped on exit."""
+        work = self.workdir / name
+        bus = await start_bus(self.procs, work, f"{name}-bus", bus_options)
+        sched: Proc | None = None
+        try:
+            if scheduler:
+                sched = await start_scheduler(
+                    self.procs, work, bus.url, name=f"{name}-sched", size=self.plan.size
+                )
+            yield bus, sched
+        finally:
+            if sched is not None:
+                self.procs.stop(sched)
+            self.procs.stop(bus.proc)
+
+    # --- figures ---------------------------------------------------------------------
+
+    async def throughput(self) -> None:
+        """Figure 1: e2e rounds interleaved with raw fork rounds."""
+        jobs, rounds = self.plan.e2e_jobs, self.plan.rounds
+        e2e_runs: list[Json] = []
+        raw_runs: list[Json] = []
+        async with self.system("e2e") as (bus, sched):
+            assert sched is not None
+            sched_ps = psutil.Process(sched.pid)
+            await ours.e2e_round(bus.url, min(100, jobs), bus.ps, sched_ps, 60)  # warm-up
+            for _ in range(rounds):
+                raw_runs.append(await raw_fork(jobs, self.plan.size))
+                timeout = 60 + jobs / 20
+                e2e_runs.append(await ours.e2e_round(bus.url, jobs, bus.ps, sched_ps, timeout))
+        e2e = median([r["jobs_per_s"] for r in e2e_runs])
+        raw = median([r["jobs_per_s"] for r in raw_runs])
+        # Each e2e round runs right after its raw round: the median of the pairs' ratios
+        # holds up better than a ratio of medians when the machine's load drifts.
+        pairs = zip(e2e_runs, raw_runs, strict=True)
+        pair_ratios = [e["jobs_per_s"] / r["jobs_per_s"] for e, r in pairs]
+        cpu_keys = e2e_runs[0]["cpu_ms_per_job"].keys()
+        self.results.update(
+            {
+                "e2e_jobs_per_s": round(e2e, 1),
+                "raw_fork_jobs_per_s": round(raw, 1),
+                "e2e_vs_raw_ratio": round(median(pair_ratios), 2),
+                "e2e_cpu_ms_per_job": {
+                    k: _mean(r["cpu_ms_per_job"][k] for r in e2e_runs) for k in cpu_keys
+                },
+                "raw_fork_cpu_ms_per_job": {
+                    "parent": _mean(r["parent_cpu_ms_per_job"] for r in raw_runs),
+                    "children": _mean(r["child_cpu_ms_per_job"] for r in raw_runs),
+                },
+                "rss_mb": {
+                    "scheduler": e2e_runs[-1]["scheduler_rss_mb"],
+                    "raw_fork_parent": raw_runs[-1]["parent_rss_mb"],
+                },
+                "e2e_rounds": [
+                    {"e2e": e["jobs_per_s"], "raw_fork": r["jobs_per_s"], "outcomes": e["outcomes"]}
+                    for e, r in zip(e2e_runs, raw_runs, strict=True)
+                ],
+                "e2e_jobs": jobs,
+            }
+        )
+
+    async def latency(self) -> None:
+        """Figure 3: one job at a time on an idle scheduler."""
+        async with self.system("latency") as (bus, _):
+            self.results.update(await ours.latency(bus.url, self.plan.latency_jobs))
+
+    async def eviction(self) -> None:
+        """Figure 4: urgent arrivals on a full scheduler."""
+        # Eviction latency, not the caps on evictions and deliveries per job: lift them
+        # where the bus has them (each eviction is a delivery too).
+        lifted = {"--max-evictions": "100000", "--max-deliveries": "100000"}
+        async with self.system("eviction", bus_options=lifted) as (bus, _):
+            self.results.update(
+                await ours.eviction(bus.url, self.plan.size, self.plan.eviction_reps)
+            )
+
+    async def timeout(self) -> None:
+        """Figure 5: how far past the deadline overrunning jobs are reaped."""
+        async with self.system("timeout") as (bus, _):
+            found = await ours.timeouts(bus.url, self.plan.timeout_jobs, self.plan.timeout_s)
+        self.results["timeout_overrun_ms"] = found["timeout_overrun_ms"]
+        self.results["timeout_final_after_deadline_ms"] = found["timeout_final_after_deadline_ms"]
+
+    async def ingest(self) -> None:
+        """Figure 6: accepted submits/s with no scheduler, single and bulk."""
+        jobs = self.plan.ingest_jobs
+        async with self.system("ingest", scheduler=False) as (bus, _):
+            single = await ingest.ingest(bus.url, jobs, bulk=False)
+        self.results["ingest_jobs_per_s"] = single["jobs_per_s"]
+        async with self.system("ingest-bulk", scheduler=False) as (bus, _):
+            why_not = await ingest.bulk_support(bus.url)
+            if why_not is not None:
+                self.results["ingest_bulk_jobs_per_s"] = {"skipped": why_not}
+                return
+            bulk = await ingest.ingest(bus.url, jobs, bulk=True)
+        self.results["ingest_bulk_jobs_per_s"] = bulk["jobs_per_s"]
+
+    async def memory(self) -> None:
+        """Figure 7: bus RSS per queued job."""
+        async with self.system("memory", scheduler=False) as (bus, _):
+            bulk = await ingest.bulk_support(bus.url) is None
+        async with self.system("memory", scheduler=False) as (bus, _):
+            found = await ingest.memory(bus.url, bus.ps, self.plan.memory_jobs, bulk)
+        self.results["bus_bytes_per_queued_job"] = found.pop("bytes_per_job")
+        self.results["bus_memory"] = found
+
+    async def fanout(self) -> None:
+        """Figure 8: one bus, many instant schedulers."""
+        count = self.plan.fanout_schedulers
+        async with self.system("fanout", scheduler=False) as (bus, _):
+            argv = [PYTHON, "-m", "bench.fanout", "--url", bus.url, "--count", str(count)]
+            fakes = self.procs.start("fanout-schedulers", argv, cwd=Path.cwd())
+            try:
+                await wait_for_log(fakes, r"ready \d+")
+                jobs = self.plan.fanout_jobs
+                found = await fanout.measure(bus.url, bus.ps, jobs, 60 + jobs / 50)
+            finally:
+                self.procs.stop(fakes)
+        found["schedulers"] = count
+        found["jobs_per_scheduler"] = fanout.assigned_spread(fakes.log_text())
+        self.results["fanout"] = found
+
+    async def peers(self) -> None:
+        """Figure 2: the same workload through RQ, arq, Celery and Dramatiq."""
+        ours_rate = self.results.get("e2e_jobs_per_s")
+        ours_value = ours_rate if isinstance(ours_rate, int | float) else None
+        self.results["peers"] = await harness.run_peers(
+            self.procs, self.workdir, self.plan.peer_jobs, ours_value
+        )
+
+    async def profile(self) -> None:
+        """py-spy on the bus and the scheduler during one extra e2e round."""
+        if not pyspy.PY_SPY.exists():
+            self.results["profile"] = {"skipped": f"{pyspy.PY_SPY} is not installed"}
+            return
+        jobs = self.plan.e2e_jobs
+        async with self.system("profile") as (bus, sched):
+            assert sched is not None
+            sched_ps = psutil.Process(sched.pid)
+            await ours.e2e_round(bus.url, 100, bus.ps, sched_ps, 60)
+            outs = {"bus": self.workdir / "bus.spy", "scheduler": self.workdir / "sched.spy"}
+            spies = [
+                pyspy.start(self.procs, bus.proc.pid, outs["bus"]),
+                pyspy.start(self.procs, sched.pid, outs["scheduler"]),
+            ]
+            await asyncio.sleep(1.0)  # py-spy attaches
+            try:
+                found = await ours.e2e_round(bus.url, jobs, bus.ps, sched_ps, 60 + jobs / 20)
+            finally:
+                for spy in spies:
+                    pyspy.stop(self.procs, spy)
+        summary: Json = {"e2e_jobs_per_s_while_profiled": found["jobs_per_s"]}
+        for name, path in outs.items():
+            text = path.read_text() if path.exists() else ""
+            summary[name] = pyspy.summarize(text)
+        self.results["profile"] = summary
+
+
+def _mean(values: Iterable[float]) -> float:
+    items = list(values)
+    return round(sum(items) / len(items), 3)
+
+
+async def raw_fork(jobs: int, concurrency: int) -> Json:
+    """One round of :mod:`bench.raw_fork` in a fresh interpreter."""
+    argv = [PYTHON, "-m", "bench.raw_fork", "--jobs", str(jobs), "--concurrency", str(concurrency)]
+    child = await asyncio.create_subprocess_exec(*argv, stdout=subprocess.PIPE)
+    out, _ = await child.communicate()
+    if child.returncode != 0:
+        raise RuntimeError(f"bench.raw_fork exited with {child.returncode}")
+    result: Json = json.loads(out.decode().strip().splitlines()[-1])
+    return result
+
+
+def machine() -> Json:
+    """The machine the figures were measured on."""
+    model = "?"
+    with open("/proc/cpuinfo") as cpuinfo:
+        for line in cpuinfo:
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    return {
+        "cpus": os.cpu_count(),
+        "cpu_model": model,
+        "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
+        "python": platform.python_version(),
+        "kernel": platform.release(),
+        "loadavg_at_start": [round(x, 2) for x in os.getloadavg()],
+    }
+
+
+def code_facts() -> Json:
+    """Which scheduler code was measured: its path, the commit, uncommitted changes."""
+    import scheduler
+
+    package = Path(scheduler.__file__).resolve().parent
+
+    def git(*args: str) -> str | None:
+        done = subprocess.run(
+            ["git", *args], cwd=package, capture_output=True, text=True, check=False
+        )
+        return done.stdout.strip() if done.returncode == 0 else None
+
+    status = git("status", "--porcelain", "--", ".")
+    return {
+        "scheduler_package": str(package),
+        "commit": git("rev-parse", "--short", "HEAD"),
+        "scheduler_uncommitted_changes": None if status is None else bool(status),
+    }
+
+
+def selected(only: str | None, skip_peers: bool) -> list[str]:
+    """The figures to run, in :data:`FIGURES` order; raises UsageError for unknown names."""
+    names = FIGURES if only is None else tuple(n.strip() for n in only.split(",") if n.strip())
+    unknown = [n for n in names if n not in FIGURES]
+    if unknown:
+        raise click.UsageError(f"unknown figure(s) {unknown}; choose from {', '.join(FIGURES)}")
+    return [n for n in FIGURES if n in names and not (skip_peers and n == "peers")]
+
+
+async def run(
+    plan: Plan, figures: list[str], profile: bool, skip_reason: str | None, workdir: Path
+) -> tuple[Json, bool]:
+    """Run ``figures`` (and the profile) with logs in ``workdir``; return results, success.
+
+    SIGTERM cancels the run like Ctrl-C does; either way every child is stopped first.
+    """
+    task = asyncio.current_task()
+    assert task is not None
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+    with Procs(workdir) as procs:
+        bench = Bench(plan, procs, workdir)
+        steps: dict[str, tuple[tuple[str, ...], Callable[[], Awaitable[None]]]] = {
+            "e2e": (
+                ("e2e_jobs_per_s", "raw_fork_jobs_per_s", "e2e_vs_raw_ratio"),
+                bench.throughput,
+            ),
+            "latency": (("submit_to_start_ms", "submit_to_final_ms"), bench.latency),
+            "eviction": (("eviction_ms",), bench.eviction),
+            "timeout": (("timeout_overrun_ms",), bench.timeout),
+            "ingest": (("ingest_jobs_per_s",), bench.ingest),
+            "memory": (("bus_bytes_per_queued_job",), bench.memory),
+            "fanout": (("fanout",), bench.fanout),
+            "peers": (("peers",), bench.peers),
+        }
+        for name in figures:
+            keys, step = steps[name]
+            await bench.guarded(name, keys, step)
+        if skip_reason is not None:
+            bench.results["peers"] = {name: {"skipped": skip_reason} for name in harness.PEERS}
+        if profile:
+            await bench.guarded("profile", ("profile",), bench.profile)
+    return bench.results | {"errors": bench.errors}, not bench.errors
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--quick", is_flag=True, help="Fewer jobs, one round, no peers: under a minute.")
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=Path("bench-results.json"),
+    show_default=True,
+    help="Where to write the figures as JSON.",
+)
+@click.option("--only", metavar="NAME,...", help=f"Run only these figures: {', '.join(FIGURES)}.")
+@click.option("--skip-peers", is_flag=True, help="Do not run RQ, arq, Celery and Dramatiq.")
+@click.option("--profile", is_flag=True, help="Also profile the bus and scheduler with py-spy.")
+@click.option("--keep-logs", is_flag=True, help="Keep every process's log (kept anyway on errors).")
+def cli(
+    quick: bool, out: Path, only: str | None, skip_peers: bool, profile: bool, keep_logs: bool
+) -> None:
+    """Measure schedbus against the raw fork loop and other job queues, in one run.
+
+    Prints a table and writes the same figures, each with how it was measured, to OUT.
+    """
+    plan = QUICK if quick else FULL
+    figures = selected(only, skip_peers or quick)
+    skip_reason: str | None = None
+    if "peers" in selected(only, False):
+        if quick:
+            skip_reason = "--quick: the peers run only in the full run"
+        elif skip_peers:
+            skip_reason = "--skip-peers"
+    facts = machine() | {"code": code_facts()}
+    started = time.time()
+    t0 = time.monotonic()
+    workdir = Path(tempfile.mkdtemp(prefix="schedbus-bench-"))
+    try:
+        results, ok = asyncio.run(run(plan, figures, profile, skip_reason, workdir))
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        shutil.rmtree(workdir, ignore_errors=True)
+        click.echo("bench: interrupted; every process it started is stopped", err=True)
+        sys.exit(130)
+    wall = round(time.monotonic() - t0, 1)
+    facts["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    report = build_report(plan, figures, results, facts, (started, wall))
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    click.echo(render_table(table_rows(report)))
+    click.echo(f"\nwall time {wall} s; figures written to {out}")
+    if ok and not keep_logs:
+        shutil.rmtree(workdir, ignore_errors=True)
+    elif ok:
+        click.echo(f"logs kept in {workdir}", err=True)
+    else:
+        click.echo(f"some figures failed: see {out} ('errors') and the logs in {workdir}", err=True)
+        sys.exit(1)
+
+
+def build_report(
+    plan: Plan, figures: list[str], results: Json, facts: Json, when: tuple[float, float]
+) -> Json:
+    """The JSON written to ``--out``: run facts, machine, figures, goals and how.
+
+    ``when`` is (epoch start time, wall seconds) of the run.
+    """
+    started, wall = when
+    report: Json = {
+        "command": "scripts/bench " + " ".join(sys.argv[1:]),
+        "quick": plan.quick,
+        "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
+        "wall_s": wall,
+        "figures_run": figures,
+        "plan": {k: v for k, v in vars(plan).items() if k != "quick"},
+        "machine": facts,
+    }
+    report.update(results)
+    report["goals"] = check_goals(report)
+    report["how"] = {key: text for key, text in HOW.items() if key in report}
+    if plan.quick:
+        report["notes"] = [
+            f"--quick: {plan.e2e_jobs} e2e jobs in 1 round, {plan.latency_jobs} latency jobs, "
+            f"{plan.memory_jobs} queued jobs for memory, no peers; the full run uses "
+            f"{FULL.e2e_jobs} in {FULL.rounds} rounds, {FULL.latency_jobs} and {FULL.memory_jobs}."
+        ]
+    return report
+
+
+if __name__ == "__main__":
+    cli()

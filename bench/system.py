@@ -1,0 +1,119 @@
+"""Our system as production runs it: the bus and schedulers as separate processes.
+
+Each is started through its public command (``python -m scheduler.bus --port 0``,
+``python -m scheduler.test_scheduler``) on 127.0.0.1, in a scratch directory, and is
+ready once its log says so. Options that name a file to keep state in (a journal, say)
+are found in the command's ``--help`` and pointed into the scratch directory, so a
+bench run never reads or leaves state anywhere else.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+import psutil
+
+from bench.procs import Proc, Procs, wait_for_log
+
+PYTHON = sys.executable
+"""The package's interpreter (``.venv``): the bench itself runs in it."""
+
+NOOP_RUNTIME = 1e-6
+"""The ``sleep`` task's runtime for a no-op job (a runtime must be > 0)."""
+
+_STATE_OPTION = re.compile(
+    r"^\s*(?:-\w,\s*)?(--[a-z][\w-]*)\s+(?:PATH|FILE|FILENAME|DIRECTORY|DIR)\b", re.MULTILINE
+)
+_STATE_WORDS = ("db", "journal", "database", "state", "data", "outbox", "store", "sqlite")
+
+
+@dataclass(eq=False)
+class Bus:
+    """A running bus: its process, URL and psutil handle."""
+
+    proc: Proc
+    url: str
+    ps: psutil.Process
+
+
+def state_options(help_text: str, workdir: Path) -> list[str]:
+    """``[--opt, path, ...]`` for every option of ``help_text`` that names a state file.
+
+    An option counts when click shows it with a PATH/FILE/DIRECTORY metavar and its name
+    mentions a journal, a database or state; each gets its own path under ``workdir``.
+    """
+    argv: list[str] = []
+    for match in _STATE_OPTION.finditer(help_text):
+        option = match.group(1)
+        if any(word in option for word in _STATE_WORDS):
+            argv += [option, str(workdir / option.strip("-").replace("-", "_"))]
+    return argv
+
+
+@cache
+def _help(module: str) -> str:
+    done = subprocess.run(
+        [PYTHON, "-m", module, "--help"], capture_output=True, text=True, timeout=60, check=False
+    )
+    return done.stdout
+
+
+def known_options(help_text: str, wanted: Mapping[str, str]) -> list[str]:
+    """``[--opt, value, ...]`` for the options of ``wanted`` that ``help_text`` lists."""
+    argv: list[str] = []
+    for option, value in wanted.items():
+        if re.search(rf"(?<![\w-]){re.escape(option)}(?![\w-])", help_text):
+            argv += [option, value]
+    return argv
+
+
+async def start_bus(
+    procs: Procs, workdir: Path, name: str = "bus", options: Mapping[str, str] | None = None
+) -> Bus:
+    """Start ``python -m scheduler.bus --port 0`` and return it once it listens.
+
+    ``options`` are passed only if the bus's ``--help`` lists them (an older or newer bus
+    may not have them).
+    """
+    state = workdir / name
+    state.mkdir(parents=True, exist_ok=True)
+    help_text = _help("scheduler.bus")
+    argv = [PYTHON, "-m", "scheduler.bus", "--host", "127.0.0.1", "--port", "0"]
+    argv += state_options(help_text, state) + known_options(help_text, options or {})
+    proc = procs.start(name, argv, cwd=state)
+    match = await wait_for_log(proc, r"bus listening on (ws://\S+)")
+    return Bus(proc, match.group(1), psutil.Process(proc.pid))
+
+
+async def start_scheduler(
+    procs: Procs,
+    workdir: Path,
+    url: str,
+    *,
+    name: str = "sched",
+    size: int = 5,
+    timeout: float = 10.0,
+) -> Proc:
+    """Start ``python -m scheduler.test_scheduler -s SIZE`` and return it once registered."""
+    state = workdir / name
+    state.mkdir(parents=True, exist_ok=True)
+    argv = [PYTHON, "-m", "scheduler.test_scheduler", "-s", str(size), "-t", str(timeout)]
+    argv += ["--bus", url, "--name", name]
+    argv += state_options(_help("scheduler.test_scheduler"), state)
+    proc = procs.start(name, argv, cwd=state)
+    await wait_for_log(proc, r"(?i)registered")
+    return proc
+
+
+def cpu_seconds(ps: psutil.Process, children: bool = False) -> float:
+    """User + system CPU seconds of ``ps``; with ``children``, of the children it reaped."""
+    times = ps.cpu_times()
+    if children:
+        return float(times.children_user + times.children_system)
+    return float(times.user + times.system)

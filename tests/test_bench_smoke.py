@@ -1,0 +1,120 @@
+"""The benchmark harness's pure helpers (``bench/``): no processes, no sockets, no timing."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import msgspec
+import pytest
+
+# bench/ sits at the repo root, beside the package; it is not installed.
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from bench import fanout, ingest, profile, stats, system  # noqa: E402
+from bench.run import FIGURES, build_report, selected  # noqa: E402
+from scheduler import protocol  # noqa: E402
+
+
+def test_percentile_interpolates_like_numpy() -> None:
+    assert stats.percentile([1.0, 2.0, 3.0, 4.0], 50) == 2.5
+    assert stats.percentile([5.0], 99) == 5.0
+    assert stats.percentile(list(map(float, range(101))), 99) == 99.0
+    with pytest.raises(ValueError):
+        stats.percentile([], 50)
+
+
+def test_summary_rate_and_ratio() -> None:
+    found = stats.summary([1.0, 2.0, 3.0])
+    assert found["p50"] == 2.0 and found["n"] == 3 and found["max"] == 3.0
+    assert stats.rate(10, 4.0) == 2.5
+    assert stats.ratio(300.0, 150.0) == 2.0
+    assert stats.ratio(300.0, None) is None
+    assert stats.ratio(300.0, 0.0) is None
+
+
+def test_goals_are_checked_against_dotted_keys() -> None:
+    results = {
+        "e2e_vs_raw_ratio": 0.7,
+        "peers": {"rq": {"ours_ratio": 2.0}},
+        "submit_to_start_ms": {"p50": 2.0, "p99": 9.0},
+        "eviction_ms": {"error": "boom"},
+    }
+    goals = stats.check_goals(results)
+    assert goals["e2e_vs_raw_ratio"]["met"] is True
+    assert goals["peers.rq.ours_ratio"]["met"] is False
+    assert goals["submit_to_start_ms.p50"]["met"] is True
+    assert goals["eviction_ms.p50"]["met"] is None
+    assert goals["ingest_jobs_per_s"]["met"] is None
+
+
+def test_table_shows_figures_skips_and_goals() -> None:
+    results = {
+        "e2e_jobs_per_s": 1234.5,
+        "peers": {"rq": {"jobs_per_s": 150.0, "ours_ratio": 8.2}, "arq": {"skipped": "no"}},
+        "eviction_ms": {"p50": 4.0, "p99": 8.0},
+    }
+    table = stats.render_table(stats.table_rows(results))
+    assert "1,234" in table and "150 jobs/s (ours 8.2x)" in table
+    assert "skipped: no" in table and "eviction p50 <= 10 ms: met" in table
+    assert stats.render_markdown(stats.table_rows(results)).startswith("| figure |")
+
+
+def test_state_options_point_state_files_into_the_scratch_dir(tmp_path: Path) -> None:
+    help_text = (
+        "Options:\n"
+        "  --port INTEGER RANGE  TCP port.\n"
+        "  --db PATH             SQLite journal.\n"
+        "  --log-file FILE       Where to log.\n"
+    )
+    assert system.state_options(help_text, tmp_path) == ["--db", str(tmp_path / "db")]
+    wanted = {"--max-evictions": "1000", "--lease": "5"}
+    assert system.known_options("  --max-evictions INTEGER", wanted) == ["--max-evictions", "1000"]
+
+
+def test_ingest_frames_decode_as_submits() -> None:
+    frames = ingest.single_frames(3, start_ref=7)
+    decoded = [protocol.decode_client(frame) for frame in frames]
+    assert [m.ref for m in decoded if isinstance(m, protocol.JobRequest)] == [7, 8, 9]
+    bulk = ingest.bulk_frames(2500, batch=1000)
+    assert [size for _, size in bulk] == [1000, 1000, 500]
+    first = msgspec.json.decode(bulk[0][0])
+    assert first["cmd"] == "submit_many" and len(first["jobs"]) == 1000
+
+
+def test_profile_summary_separates_idle_and_trunk() -> None:
+    text = "\n".join(
+        [
+            "main (a.py:1);EpollSelector.select (selectors.py:9) 50",
+            "main (a.py:1);JobProcess.start (scheduler/process.py:3);"
+            "Popen._launch (multiprocessing/popen_fork.py:2) 30",
+            "main (a.py:1);emit (logging/__init__.py:5) 20",
+            "garbage",
+        ]
+    )
+    found = profile.summarize(text)
+    assert found["samples"] == 100 and found["idle_pct"] == 50.0
+    assert found["self_pct"]["Popen._launch (multiprocessing/popen_fork.py)"] == 60.0
+    assert "main (?)" not in found["inclusive_pct"]
+    assert found["components_pct"]["fork: JobProcess.start"] == 60.0
+    assert found["components_pct"]["logging (all)"] == 40.0
+    assert profile.parse_frame("send (ws/x.py:4)") == ("send", "ws/x.py")
+
+
+def test_fanout_spread_and_figure_selection() -> None:
+    assert fanout.assigned_spread('ready 2\n{"a": 3, "b": 5}\n') == {"min": 3, "max": 5}
+    assert fanout.assigned_spread("ready 2\n") is None
+    assert selected(None, skip_peers=True) == [f for f in FIGURES if f != "peers"]
+    assert selected("peers,e2e", skip_peers=False) == ["e2e", "peers"]
+    with pytest.raises(Exception, match="unknown figure"):
+        selected("e2e,nope", skip_peers=False)
+
+
+def test_report_has_how_and_goals() -> None:
+    from bench.run import QUICK
+
+    report = build_report(QUICK, ["e2e"], {"e2e_jobs_per_s": 10.0}, {"cpus": 2}, (0.0, 1.0))
+    assert report["quick"] is True and report["machine"] == {"cpus": 2}
+    assert "e2e_jobs_per_s" in report["how"] and "goals" in report and report["notes"]

@@ -5,15 +5,18 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import sqlite3
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import unit
+from conftest import unit, wait_until
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
+from scheduler.bus.journal import Journal, JournalError
 from scheduler.bus.server import BusConfig, BusServer
 from scheduler.policy.dispatch import Dispatcher
 
@@ -184,7 +187,7 @@ async def test_a_job_submitted_with_no_scheduler_waits_for_one(bus: BusServer) -
             assert (assigned["event"], assigned["scheduler"]) == ("assigned", "late")
 
 
-async def test_a_lost_scheduler_s_job_goes_to_another_as_attempt_2(
+async def test_a_scheduler_that_closes_cleanly_releases_its_job_to_another_as_attempt_2(
     bus: BusServer, caplog: pytest.LogCaptureFixture
 ) -> None:
     async with client(bus) as producer, client(bus) as first:
@@ -194,13 +197,14 @@ async def test_a_lost_scheduler_s_job_goes_to_another_as_attempt_2(
         assert (await recv(first))["job"]["attempt"] == 1
         async with client(bus) as second:
             await register(second, "scheduler", name="second")
-            await first.close()
+            await first.close()  # code 1000: released at once, no lease to wait for
             assign = (await recv(second))["job"]
             assert (assign["id"], assign["attempt"]) == (job_id, 2)
-            events = [await recv(producer) for _ in range(3)]
-            assert [(e["event"], e.get("scheduler"), e["attempt"]) for e in events] == [
-                ("accepted", None, 1),
+            events = [await recv(producer) for _ in range(4)]
+            assert [(e["event"], e.get("scheduler"), e.get("attempt", 0)) for e in events] == [
+                ("accepted", None, 0),
                 ("assigned", "first", 1),
+                ("requeued", "first", 1),
                 ("assigned", "second", 2),
             ]
 
@@ -220,26 +224,27 @@ async def test_a_lost_scheduler_s_job_goes_to_another_as_attempt_2(
             await report(second, "failed", job_id, 2, error="boom", exit_code=1)
             failed = await recv(producer)
             assert (failed["event"], failed["error"], failed["exit_code"]) == ("failed", "boom", 1)
+            assert failed["errors"] == ["boom"]
 
 
-async def test_evictions_are_counted_and_the_job_stays_assigned(bus: BusServer) -> None:
-    async with client(bus) as producer, client(bus) as scheduler:
+async def test_an_evicted_job_is_requeued_and_may_run_elsewhere(bus: BusServer) -> None:
+    async with client(bus) as producer, client(bus) as first:
         await register(producer, "producer")
-        await register(scheduler, "scheduler")
+        await register(first, "scheduler", name="first", size=1)
         job_id = await submit(producer)
-        await recv(scheduler)
-        for _ in range(2):
-            await report(scheduler, "started", job_id, 1)
-            await report(scheduler, "evicted", job_id, 1)
-        await scheduler.send('{"cmd": "heartbeat", "running": 0, "queued": 1}')
-        await barrier(scheduler)
-        events = [await recv(producer) for _ in range(6)]
-        assert [(e["event"], e["state"], e.get("evictions", 0)) for e in events[2:]] == [
-            ("started", "running", 0),
-            ("evicted", "assigned", 1),
-            ("started", "running", 1),
-            ("evicted", "assigned", 2),
-        ]
+        await recv(first)
+        async with client(bus) as second:
+            await register(second, "scheduler", name="second", size=1)
+            await report(first, "started", job_id, 1)
+            await report(first, "evicted", job_id, 1)
+            job = (await recv(second))["job"]
+            assert (job["id"], job["attempt"], job["evictions"]) == (job_id, 2, 1)
+            events = [await recv(producer) for _ in range(5)]
+            assert [(e["event"], e["state"], e.get("evictions", 0)) for e in events[2:]] == [
+                ("started", "running", 0),
+                ("evicted", "queued", 1),
+                ("assigned", "assigned", 1),
+            ]
 
 
 async def test_tasks_route_jobs_to_schedulers_that_serve_them(bus: BusServer) -> None:
@@ -411,12 +416,12 @@ async def test_a_monitor_that_never_reads_is_dropped_without_slowing_producers(
                 await v1.send('{"cmd": "register", "type": "producer"}')
                 await v1.send(V1_JOB)
                 job_id = (await recv(scheduler))["job"]["id"]
-                # Each eviction report with a long error is a ~60 KB event for the monitor.
+                # Each report with a long error is a ~60 KB event for the monitor.
                 bulky = {"error": "x" * 60_000}
                 for rounds in range(1000):
                     if bus.monitor_count() == 0:
                         break
-                    await report(scheduler, "evicted", job_id, 1, **bulky)
+                    await report(scheduler, "started", job_id, 1, **bulky)
                     if rounds % 10 == 0:  # meanwhile a producer is served as usual
                         await submit(producer, task="unserved")
                         assert (await recv(producer))["event"] == "accepted"
@@ -513,3 +518,400 @@ async def test_a_non_loopback_host_warns(caplog: pytest.LogCaptureFixture) -> No
         await bus.start()
     assert "'203.0.113.7', which is not loopback" in caplog.text
     assert "no token is set" in caplog.text
+
+
+# --- durability: journal, leases, reattach, restart ----------------------------------------
+
+
+def lease() -> float:
+    return 0.5 * unit()
+
+
+@asynccontextmanager
+async def bus_with(**config: Any) -> AsyncIterator[BusServer]:
+    """A real bus with ``config`` on 127.0.0.1 and an ephemeral port."""
+    async with BusServer(BusConfig(host="127.0.0.1", port=0, **config)) as server:
+        yield server
+
+
+async def request(ws: ClientConnection, frame: Frame) -> Frame:
+    """Send ``frame``; return the next frame that is not an event (its reply)."""
+    await ws.send(json.dumps(frame))
+    while (reply := await recv(ws))["type"] == "event":
+        pass
+    return reply
+
+
+async def next_event(ws: ClientConnection, kind: str) -> Frame:
+    """Skip frames until an event of ``kind``."""
+    while (frame := await recv(ws)).get("event") != kind:
+        pass
+    return frame
+
+
+async def beat(ws: ClientConnection) -> None:
+    """Heartbeat like a v2 scheduler, a few times per lease, until cancelled."""
+    while True:
+        await ws.send('{"cmd": "heartbeat"}')
+        await asyncio.sleep(lease() / 5)
+
+
+def committed(db: Path) -> list[tuple[str, str]]:
+    """(id, state) of every job committed to the journal file, read as a stranger would."""
+    with sqlite3.connect(db) as conn:
+        return conn.execute("SELECT id, state FROM jobs ORDER BY seq").fetchall()
+
+
+async def test_a_submit_is_answered_only_once_it_is_committed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    db = tmp_path / "bus.db"
+    called, release = asyncio.Event(), asyncio.Event()
+    real_flush = Journal.flush
+
+    async def held_flush(journal: Journal) -> None:
+        called.set()
+        await release.wait()
+        await real_flush(journal)
+
+    monkeypatch.setattr(Journal, "flush", held_flush)
+    async with bus_with(db=str(db)) as bus, client(bus) as producer:
+        await register(producer, "producer")
+        await producer.send(V1_JOB)
+        await asyncio.wait_for(called.wait(), timeout())
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(producer.recv(), 0.2 * unit())
+        assert committed(db) == []
+        release.set()
+        accepted = await recv(producer)
+        assert accepted["type"] == "accepted"
+        assert committed(db) == [(accepted["id"], "queued")]
+
+
+async def test_pipelined_submits_share_commits() -> None:
+    async with bus_with() as bus, client(bus) as producer:
+        await register(producer, "producer")
+        jobs = 400
+        for _ in range(jobs):
+            await producer.send(V1_JOB)
+        frames = [await recv(producer) for _ in range(2 * jobs)]
+        assert sum(f["type"] == "accepted" for f in frames) == jobs
+        assert 1 <= bus.journal.commits <= jobs // 4
+
+
+async def test_a_restarted_bus_keeps_queued_jobs_and_a_scheduler_reattaches(
+    tmp_path: Path,
+) -> None:
+    db = str(tmp_path / "bus.db")
+    async with bus_with(db=db, lease=2 * unit()) as bus:
+        async with client(bus) as producer, client(bus) as s1, client(bus) as v1:
+            await register(producer, "producer")
+            await register(s1, "scheduler", name="s1", size=1)
+            held_id = await submit(producer)
+            assert (await recv(s1))["job"]["attempt"] == 1
+            await report(s1, "started", held_id, 1)
+            waiting = [
+                (await request(producer, {"cmd": "job_request", "payload": {
+                    "priority": 1, "runtime": 1, "task": "render"}}))["id"]
+                for _ in range(2)
+            ]  # fmt: skip
+            await v1.send('{"cmd": "register", "type": "producer"}')
+            await v1.send('{"cmd": "job_request", "payload": {"priority": 9, "runtime": 1}}')
+            await wait_until(lambda: len(bus.journal.load()) == 4, timeout(), "4 jobs journaled")
+            await bus.close()  # while s1 still holds its job, as if the bus had crashed
+    async with bus_with(db=db, lease=2 * unit()) as bus:
+        async with client(bus) as s1, client(bus) as watcher:
+            await register(watcher, "producer")
+            watching = await request(watcher, {"cmd": "watch", "ids": [held_id, *waiting, "no"]})
+            assert [(e["id"], e["event"], e["state"]) for e in watching["jobs"]] == [
+                (held_id, "started", "running"),
+                (waiting[0], "accepted", "queued"),
+                (waiting[1], "accepted", "queued"),
+            ]
+            assert watching["unknown"] == ["no"]
+            held = [{"id": held_id, "attempt": 1}]
+            await s1.send(json.dumps({"cmd": "register", "type": "scheduler", "protocol": 2,
+                                      "name": "s1", "size": 1, "held": held}))  # fmt: skip
+            assert (await recv(s1))["type"] == "registered"
+            # s1 also held the v1 producer's job but did not list it: requeued at once.
+            v1_job = (await recv(s1))["job"]
+            assert (v1_job["priority"], v1_job["attempt"]) == (9, 2)
+            await report(s1, "succeeded", held_id, 1)  # from its outbox
+            done = await recv(watcher)
+            assert (done["event"], done["id"], done["attempt"]) == ("succeeded", held_id, 1)
+            async with client(bus) as renderer:
+                await register(renderer, "scheduler", tasks=["render"])
+                got = [(await recv(renderer))["job"] for _ in waiting]
+                assert [(j["id"], j["attempt"]) for j in got] == [(i, 1) for i in waiting]
+
+
+async def test_a_silent_scheduler_loses_its_jobs_and_is_told_to_stop_them(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="scheduler.bus")
+    async with bus_with(lease=lease()) as bus, client(bus) as producer, client(bus) as silent:
+        await register(producer, "producer")
+        await silent.send(json.dumps({"cmd": "register", "type": "scheduler", "protocol": 2,
+                                      "name": "silent"}))  # fmt: skip
+        assert await recv(silent) == {"type": "registered", "name": "silent", "protocol": 2,
+                                      "lease_s": lease()}  # fmt: skip
+        job_id = await submit(producer)
+        assert (await recv(silent))["job"]["attempt"] == 1
+        async with client(bus) as alive:
+            await register(alive, "scheduler", name="alive")
+            beating = asyncio.create_task(beat(alive))
+            try:
+                job = (await recv(alive))["job"]
+                assert (job["id"], job["attempt"]) == (job_id, 2)
+                await asyncio.wait_for(silent.wait_closed(), timeout())
+                assert (silent.close_code, silent.close_reason) == (4000, "lease expired")
+                assert "silent: lease expired; 1 jobs taken back" in caplog.text
+                requeued = await next_event(producer, "requeued")
+                assert (requeued["scheduler"], requeued["attempt"]) == ("silent", 1)
+                async with client(bus) as back:  # it comes back, still running attempt 1
+                    held = [{"id": job_id, "attempt": 1}]
+                    await register(back, "scheduler", name="silent", held=held)
+                    assert await recv(back) == {
+                        "type": "stop",
+                        "id": job_id,
+                        "attempt": 1,
+                        "reason": "the job was reassigned to alive",
+                    }
+                    await report(back, "succeeded", job_id, 1)
+                    await barrier(back)
+                assert "ignored report about job" in caplog.text
+                assert "job is held by alive" in caplog.text
+            finally:
+                beating.cancel()
+
+
+async def test_a_broken_connection_keeps_its_jobs_within_the_lease() -> None:
+    async with bus_with(lease=10 * unit()) as bus, client(bus) as producer:
+        await register(producer, "producer")
+        first = await connect(bus.url, compression=None, proxy=None)
+        await register(first, "scheduler", name="s1")
+        job_id = await submit(producer)
+        await recv(first)
+        first.transport.abort()  # no close frame: the scheduler may come back
+        await first.wait_closed()
+        await wait_until(lambda: bus.scheduler_names() == [], timeout(), "s1 leaves")
+        async with client(bus) as again, client(bus) as newer:
+            await register(again, "scheduler", name="s1", held=[{"id": job_id, "attempt": 1}])
+            # A newer connection with the same name replaces it; both reattach.
+            await register(newer, "scheduler", name="s1", held=[{"id": job_id, "attempt": 1}])
+            await asyncio.wait_for(again.wait_closed(), timeout())
+            assert again.close_code == 4001
+            assert bus.scheduler_names() == ["s1"]
+            await report(newer, "succeeded", job_id, 1)
+            events = [await recv(producer) for _ in range(3)]
+            assert [(e["event"], e.get("attempt", 0)) for e in events] == [
+                ("accepted", 0),
+                ("assigned", 1),
+                ("succeeded", 1),
+            ]
+
+
+async def test_cancel_a_queued_a_running_a_final_and_an_unknown_job() -> None:
+    async with bus_with() as bus, client(bus) as producer:
+        await register(producer, "producer")
+        queued = await submit(producer, task="render")
+        reply = await request(producer, {"cmd": "cancel", "id": queued, "ref": 1})
+        assert reply == {"type": "cancel_reply", "id": queued, "state": "cancelled",
+                         "message": "cancelled", "ref": 1}  # fmt: skip
+        assert (await next_event(producer, "cancelled"))["id"] == queued
+        async with client(bus) as scheduler:
+            await register(scheduler, "scheduler")
+            running = (await request(producer, {"cmd": "job_request", "payload": {
+                "priority": 1, "runtime": 9}}))["id"]  # fmt: skip
+            await recv(scheduler)
+            await report(scheduler, "started", running, 1)
+            reply = await request(producer, {"cmd": "cancel", "id": running})
+            assert (reply["state"], reply["message"]) == ("running", "stopping")
+            assert await recv(scheduler) == {
+                "type": "stop",
+                "id": running,
+                "attempt": 1,
+                "reason": "cancelled",
+            }
+            await report(scheduler, "cancelled", running, 1)
+            cancelled = await next_event(producer, "cancelled")
+            assert (cancelled["id"], cancelled["state"]) == (running, "cancelled")
+        reply = await request(producer, {"cmd": "cancel", "id": running})
+        assert reply["state"] == "cancelled" and "nothing was done" in reply["message"]
+        reply = await request(producer, {"cmd": "cancel", "id": "nope", "ref": "x"})
+        assert reply == {"type": "error", "message": "id: no job nope", "field": "id", "ref": "x"}
+
+
+async def test_one_job_id_submitted_concurrently_by_three_producers_makes_one_job() -> None:
+    async with bus_with() as bus, client(bus) as scheduler:
+        await register(scheduler, "scheduler")
+        producers = [await connect(bus.url, compression=None, proxy=None) for _ in range(3)]
+        try:
+            for ws in producers:
+                await register(ws, "producer")
+            frame: Frame = {"cmd": "job_request", "payload": {"priority": 1, "runtime": 1,
+                                                        "job_id": "report-1"}}  # fmt: skip
+            replies = await asyncio.gather(*(request(ws, frame) for ws in producers))
+        finally:
+            for ws in producers:
+                await ws.close()
+        assert sorted(r["type"] for r in replies) == ["accepted", "error", "error"]
+        for error in (r for r in replies if r["type"] == "error"):
+            assert error["field"] == "payload.job_id"
+            assert "job report-1 already exists" in error["message"]
+        assert (await recv(scheduler))["job"]["id"] == "report-1"
+        await report(scheduler, "succeeded", "report-1", 1)
+        async with client(bus) as late:
+            await register(late, "producer")
+            frame["payload"]["on_conflict"] = "ignore"
+            assert await request(late, frame) == {"type": "accepted", "id": "report-1",
+                                                  "existing": True}  # fmt: skip
+            frame["payload"]["on_conflict"] = "replace"
+            error = await request(late, frame)
+            assert "is final (state succeeded)" in error["message"]
+
+
+async def test_a_batch_with_one_bad_job_gets_one_error_and_the_rest_runs() -> None:
+    async with bus_with() as bus, client(bus) as producer, client(bus) as scheduler:
+        await register(producer, "producer")
+        await register(scheduler, "scheduler", size=10)
+        jobs = [{"priority": 1, "runtime": 1}, {"priority": 99, "runtime": 1},
+                {"priority": 2, "runtime": 1, "job_id": "mine"}]  # fmt: skip
+        reply = await request(producer, {"cmd": "submit_many", "jobs": jobs, "ref": 5})
+        assert reply["type"] == "submitted_many" and reply["ref"] == 5
+        first, bad, mine = reply["results"]
+        assert set(first) == {"id"} and mine == {"id": "mine"}
+        assert bad["field"] == "jobs.1.priority" and bad["error"].startswith("jobs.1.priority: ")
+        got = [(await recv(scheduler))["job"]["id"] for _ in range(2)]
+        assert got == [first["id"], "mine"]
+        error = (await request(producer, {"cmd": "submit_many", "jobs": [1]}))["results"][0]
+        assert error == {"error": "jobs.0: Expected `object`, got `int`", "field": "jobs.0"}
+        assert bus.journal.commits >= 1
+
+
+async def test_vacuum_deletes_final_jobs_and_watch_then_knows_them_not() -> None:
+    async with bus_with(retention={"failed": 0.0}) as bus, client(bus) as producer:
+        await register(producer, "producer")
+        async with client(bus) as scheduler:
+            await register(scheduler, "scheduler")
+            job = {"cmd": "job_request", "payload": {"priority": 1, "runtime": 1}}
+            ids = [(await request(producer, job))["id"] for _ in range(2)]
+            for _ in ids:
+                await recv(scheduler)
+            await report(scheduler, "succeeded", ids[0], 1)
+            await report(scheduler, "failed", ids[1], 1)
+            await next_event(producer, "failed")
+        watching = await request(producer, {"cmd": "watch", "ids": ids})
+        assert [e["state"] for e in watching["jobs"]] == ["succeeded", "failed"]
+        await wait_until(lambda: bus.journal.counts() == {"succeeded": 1, "failed": 1},
+                         timeout(), "both committed")  # fmt: skip
+        assert await request(producer, {"cmd": "vacuum", "ref": 1}) == {
+            "type": "vacuumed",
+            "deleted": {"failed": 1},
+            "ref": 1,
+        }
+        reply = await request(producer, {"cmd": "vacuum", "older_than_s": 0})
+        assert reply["deleted"] == {"succeeded": 1}
+        watching = await request(producer, {"cmd": "watch", "ids": ids})
+        assert watching == {"type": "watching", "jobs": [], "unknown": ids}
+
+
+async def test_a_retrying_job_runs_again_with_its_errors() -> None:
+    async with bus_with() as bus, client(bus) as producer, client(bus) as scheduler:
+        await register(producer, "producer")
+        await register(scheduler, "scheduler")
+        job_id = await submit(producer, max_retries=1, retry_backoff=0)
+        await recv(scheduler)
+        await report(scheduler, "timed_out", job_id, 1)
+        retrying = await next_event(producer, "retrying")
+        assert (retrying["state"], retrying["errors"], retrying["retry_in_s"]) == (
+            "queued",
+            ["timed out"],
+            0.0,
+        )
+        assert (await recv(scheduler))["job"]["attempt"] == 2
+
+
+async def test_v2_only_commands_are_refused_to_v1_clients_and_watch_to_schedulers(
+    bus: BusServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with client(bus) as v1, client(bus) as scheduler:
+        await v1.send('{"cmd": "register", "type": "producer"}')
+        await v1.send('{"cmd": "cancel", "id": "x"}')
+        await register(scheduler, "scheduler")
+        error = await request(scheduler, {"cmd": "watch", "ids": []})
+        assert "only a producer or monitor may" in error["message"]
+        assert await drain_after_close(v1) == []
+    assert "this cmd needs protocol 2" in caplog.text
+
+
+async def test_stats_are_refused_cleanly_for_now(bus: BusServer) -> None:
+    async with client(bus) as monitor:
+        await register(monitor, "monitor")
+        reply = await request(monitor, {"cmd": "stats", "ref": 4})
+        assert (reply["type"], reply["field"], reply["ref"]) == ("error", "cmd", 4)
+        assert "not served" in reply["message"]
+        await request(monitor, {"cmd": "watch", "ids": []})  # still usable
+
+
+async def test_a_journal_that_cannot_commit_stops_the_bus(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async def broken(journal: Journal) -> None:
+        raise JournalError("disk on fire")
+
+    monkeypatch.setattr(Journal, "flush", broken)
+    async with bus_with() as bus, client(bus) as producer:
+        serving = asyncio.create_task(bus.serve_forever())
+        await register(producer, "producer")
+        await producer.send(V1_JOB)
+        with pytest.raises(JournalError, match="disk on fire"):
+            await asyncio.wait_for(serving, timeout())
+        await asyncio.wait_for(producer.wait_closed(), timeout())
+        assert await drain_after_close(producer) == []  # nothing was acknowledged
+
+
+async def test_a_big_batch_does_not_get_its_own_producer_dropped() -> None:
+    async with BusServer(BusConfig(port=0), max_backlog=50) as bus:
+        async with client(bus) as producer, client(bus) as scheduler:
+            await register(producer, "producer")
+            await register(scheduler, "scheduler", size=1000)
+            jobs = [{"priority": 5, "runtime": 1}] * 2000
+            await producer.send(json.dumps({"cmd": "submit_many", "jobs": jobs}))
+            frames = [await recv(producer) for _ in range(1 + 2 * len(jobs))]
+            assert frames[0]["type"] == "submitted_many"
+            assert {f.get("event") for f in frames[1:]} == {"accepted", "assigned"}
+            assert len([await recv(scheduler) for _ in jobs]) == len(jobs)
+
+
+async def test_vacuum_runs_periodically_and_a_failing_one_is_reported(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="scheduler.bus")
+    async with bus_with(vacuum_every=0.05 * unit()) as bus, client(bus) as producer:
+        await register(producer, "producer")
+        await wait_until(lambda: "vacuum: deleted 0 final jobs" in caplog.text, timeout(), "vac")
+
+        def broken(*args: object) -> dict[str, int]:
+            raise JournalError("disk on fire")
+
+        monkeypatch.setattr(Journal, "vacuum", broken)
+        await wait_until(lambda: "periodic vacuum failed" in caplog.text, timeout(), "failure")
+        reply = await request(producer, {"cmd": "vacuum", "ref": 2})
+        assert reply == {"type": "error", "message": "vacuum failed: disk on fire", "ref": 2}
+
+
+@pytest.mark.parametrize(
+    ("config", "blamed"),
+    [
+        ({"lease": 0}, "lease"),
+        ({"max_deliveries": 0}, "max_deliveries"),
+        ({"vacuum_every": 0}, "vacuum_every"),
+        ({"retention": {"queued": 1.0}}, "not final states: queued"),
+        ({"retention": {"failed": -1.0}}, "retention"),
+        ({"retention_default": -1.0}, "retention"),
+    ],
+)
+def test_bad_bus_configs_are_refused(config: dict[str, Any], blamed: str) -> None:
+    with pytest.raises(ValueError, match=blamed):
+        BusConfig(**config)

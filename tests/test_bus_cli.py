@@ -7,14 +7,18 @@ import json
 import os
 import re
 import signal
+import sqlite3
 import sys
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 from conftest import unit
 from websockets.asyncio.client import connect
 
-from scheduler.bus.cli import cli
+from scheduler.bus import cli as bus_cli
+from scheduler.bus.cli import cli, default_db
+from scheduler.bus.server import BusConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -22,16 +26,82 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_help_explains_every_option() -> None:
     result = CliRunner().invoke(cli, ["--help"])
     assert result.exit_code == 0
-    for option in ("--host", "--port", "--token", "--allow-origin", "--log-level"):
+    options = (
+        "--host",
+        "--port",
+        "--token",
+        "--allow-origin",
+        "--db",
+        "--lease",
+        "--max-evictions",
+        "--max-deliveries",
+        "--retention",
+        "--retention-default",
+        "--vacuum-every",
+        "--log-level",
+    )
+    for option in options:
         assert option in result.output
-    assert "SCHEDBUS_TOKEN" in result.output
+    assert "SCHEDBUS_TOKEN" in result.output and "XDG_STATE_HOME" in result.output
     assert "127.0.0.1" in result.output and "8101" in result.output
 
 
-def test_a_bad_option_is_refused() -> None:
-    result = CliRunner().invoke(cli, ["--port", "70000"])
+@pytest.mark.parametrize(
+    ("args", "blamed"),
+    [
+        (["--port", "70000"], "--port"),
+        (["--lease", "0"], "--lease"),
+        (["--retention", "succeeded"], "STATE=SECONDS"),
+        (["--retention", "queued=5"], "STATE=SECONDS"),
+        (["--retention", "failed=soon"], "must be a number"),
+        (["--retention", "failed=-1"], "must be >= 0"),
+    ],
+)
+def test_a_bad_option_is_refused(args: list[str], blamed: str) -> None:
+    result = CliRunner().invoke(cli, args)
     assert result.exit_code == 2
-    assert "--port" in result.output
+    assert blamed in result.output
+
+
+def test_the_default_journal_follows_xdg_state_home(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path))
+    assert default_db() == tmp_path / "schedbus" / "bus.db"
+    monkeypatch.setenv("XDG_STATE_HOME", "relative/ignored")
+    assert default_db() == Path.home() / ".local" / "state" / "schedbus" / "bus.db"
+
+
+def test_options_reach_the_bus(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[BusConfig] = []
+
+    async def fake_serve(config: BusConfig) -> None:
+        seen.append(config)
+
+    monkeypatch.setattr(bus_cli, "_serve", fake_serve)
+    monkeypatch.setattr(bus_cli, "run_until_signalled", asyncio.run)
+    args = ["--db", ":memory:", "--lease", "2.5", "--max-evictions", "1", "--max-deliveries",
+            "4", "--retention", "failed=60", "--retention", "dead=0", "--retention-default",
+            "3600", "--vacuum-every", "30"]  # fmt: skip
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    (config,) = seen
+    assert (config.db, config.lease, config.max_evictions, config.max_deliveries) == (
+        ":memory:",
+        2.5,
+        1,
+        4,
+    )
+    assert config.retention == {"failed": 60.0, "dead": 0.0}
+    assert (config.retention_default, config.vacuum_every) == (3600.0, 30.0)
+
+
+def test_a_journal_that_cannot_be_opened_is_a_clear_error(tmp_path: Path) -> None:
+    not_a_journal = tmp_path / "notes.db"
+    not_a_journal.write_text("hello")
+    result = CliRunner().invoke(cli, ["--port", "0", "--db", str(not_a_journal)])
+    assert result.exit_code == 1
+    assert "Error: cannot open journal" in result.output and str(not_a_journal) in result.output
 
 
 async def read_url(stderr: asyncio.StreamReader) -> str:
@@ -45,7 +115,11 @@ async def read_url(stderr: asyncio.StreamReader) -> str:
 
 
 async def test_the_command_serves_and_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
-    env = os.environ | {"PYTHONUNBUFFERED": "1", "SCHEDBUS_TOKEN": "t0ken"}
+    env = os.environ | {
+        "PYTHONUNBUFFERED": "1",
+        "SCHEDBUS_TOKEN": "t0ken",
+        "XDG_STATE_HOME": str(tmp_path),
+    }
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "scheduler.bus", "--port", "0", "--log-level", "debug",
         cwd=ROOT, env=env, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
@@ -65,6 +139,8 @@ async def test_the_command_serves_and_stops_cleanly_on_sigterm(tmp_path: Path) -
         assert await asyncio.wait_for(proc.wait(), 10 * unit()) == 0
         log = (await proc.stderr.read()).decode()
         assert "SIGTERM received" in log and "bus closed: 1 jobs accepted" in log
+        with sqlite3.connect(tmp_path / "schedbus" / "bus.db") as conn:
+            assert conn.execute("SELECT state FROM jobs").fetchall() == [("queued",)]
     finally:
         if proc.returncode is None:
             proc.kill()

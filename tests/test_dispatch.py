@@ -2,28 +2,57 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import itertools
+import random
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from msgspec.structs import replace
 
 from scheduler.policy.dispatch import (
     Decision,
+    DispatchConfig,
     Dispatcher,
     EmitEvent,
     Ignored,
+    LeaseExpired,
+    Reply,
     Requeued,
     SendAssign,
+    SendStop,
 )
-from scheduler.protocol import JobPayload, Report, SchedulerReport
+from scheduler.policy.job import Job
+from scheduler.policy.retry import RetryBackoff
+from scheduler.protocol import (
+    Accepted,
+    CancelReply,
+    Error,
+    Held,
+    JobPayload,
+    ProtocolError,
+    Report,
+    SchedulerReport,
+    Stop,
+    SubmitResult,
+    SubmittedMany,
+)
 
 WALL = 1_700_000_000.0
+LEASE = 5.0
 
 
-def job(priority: int = 5, runtime: float = 1.0, task: str = "sleep") -> JobPayload:
-    return JobPayload(priority=priority, runtime=runtime, task=task)
+def new_core(**config: Any) -> Dispatcher:
+    """A core with a seeded generator and ids j0, j1, ..."""
+    counter = itertools.count()
+    rules = DispatchConfig(**({"lease": LEASE} | config))
+    return Dispatcher(rules, random.Random(1), new_id=lambda: f"j{next(counter)}")
+
+
+def job(priority: int = 5, runtime: float = 1.0, task: str = "sleep", **more: Any) -> JobPayload:
+    return JobPayload(priority=priority, runtime=runtime, task=task, **more)
 
 
 def assigns(decisions: Iterable[Decision]) -> list[tuple[str, str]]:
@@ -31,8 +60,26 @@ def assigns(decisions: Iterable[Decision]) -> list[tuple[str, str]]:
     return [(d.scheduler, d.assignment.id) for d in decisions if isinstance(d, SendAssign)]
 
 
+def sends(decisions: Iterable[Decision]) -> list[SendAssign]:
+    return [d for d in decisions if isinstance(d, SendAssign)]
+
+
+def stops(decisions: Iterable[Decision]) -> list[tuple[str, Stop]]:
+    return [(d.scheduler, d.stop) for d in decisions if isinstance(d, SendStop)]
+
+
 def events(decisions: Iterable[Decision]) -> list[str]:
     return [d.event.event for d in decisions if isinstance(d, EmitEvent)]
+
+
+def emitted(decisions: Iterable[Decision]) -> list[EmitEvent]:
+    return [d for d in decisions if isinstance(d, EmitEvent)]
+
+
+def reply(decisions: Sequence[Decision]) -> Any:
+    first = decisions[0]
+    assert isinstance(first, Reply)
+    return first.message
 
 
 def add(
@@ -42,51 +89,72 @@ def add(
     tasks: list[str] | None = None,
     reports: bool = True,
     now: float = 0.0,
+    held: Sequence[Held] = (),
 ) -> list[Decision]:
-    return core.add_scheduler(name, size=size, tasks=tasks, reports=reports, now=now, wall=WALL)
+    return core.attach(name, size=size, tasks=tasks, reports=reports, held=held, now=now, wall=WALL)
 
 
 def submit(
-    core: Dispatcher, job_id: str, payload: JobPayload | None = None, now: float = 0.0
+    core: Dispatcher, payload: JobPayload | None = None, now: float = 0.0, **kwargs: Any
 ) -> list[Decision]:
-    return core.submit(job_id, payload or job(), "p", now, WALL)
+    return core.submit(payload or job(), now, WALL, **kwargs)
+
+
+def submit_id(core: Dispatcher, payload: JobPayload | None = None, now: float = 0.0) -> str:
+    accepted = reply(submit(core, payload, now))
+    assert isinstance(accepted, Accepted)
+    return accepted.id
 
 
 def report(
-    core: Dispatcher, scheduler: str, job_id: str, event: SchedulerReport, attempt: int = 1
+    core: Dispatcher,
+    scheduler: str,
+    job_id: str,
+    event: SchedulerReport,
+    attempt: int = 1,
+    now: float = 0.0,
+    **more: Any,
 ) -> list[Decision]:
-    return core.report(scheduler, Report(event=event, id=job_id, attempt=attempt), WALL)
+    return core.report(
+        scheduler, Report(event=event, id=job_id, attempt=attempt, **more), now, WALL
+    )
 
 
-def holder(core: Dispatcher, job_id: str) -> str | None:
-    info = core.job(job_id)
-    assert info is not None
-    return info.holder
+def info(core: Dispatcher, job_id: str) -> Any:
+    snapshot = core.job(job_id)
+    assert snapshot is not None
+    return snapshot
 
 
-def test_submit_emits_accepted_then_assigns_and_emits_assigned() -> None:
-    core = Dispatcher()
+# --- dispatch --------------------------------------------------------------------------
+
+
+def test_submit_replies_accepted_then_assigns_and_emits_assigned() -> None:
+    core = new_core()
     add(core, "a")
-    decisions = submit(core, "j1", job(priority=3, runtime=0.5))
-    assert [type(d) for d in decisions] == [EmitEvent, SendAssign, EmitEvent]
-    first, send, second = decisions
+    decisions = submit(core, job(priority=3, runtime=0.5), ref=9)
+    assert [type(d) for d in decisions] == [Reply, EmitEvent, SendAssign, EmitEvent]
+    assert reply(decisions) == Accepted("j0", 9)
+    first, send, second = decisions[1:]
     assert isinstance(first, EmitEvent) and isinstance(second, EmitEvent)
     assert isinstance(send, SendAssign)
     assert first.event.event == "accepted" and first.event.state == "queued"
-    assert first.producer == "p" and first.event.time == WALL
+    assert first.event.time == WALL and first.event.attempt == 0
     assert send.scheduler == "a"
-    assert (send.assignment.id, send.assignment.attempt) == ("j1", 1)
+    assert (send.assignment.id, send.assignment.attempt) == ("j0", 1)
     assert (send.assignment.priority, send.assignment.runtime) == (3, 0.5)
+    assert send.assignment.evictable
     assert send.payload == job(priority=3, runtime=0.5)
     assert second.event.event == "assigned" and second.event.state == "assigned"
     assert second.event.scheduler == "a"
+    assert (info(core, "j0").attempt, info(core, "j0").deliveries) == (1, 1)
 
 
 def test_the_least_loaded_scheduler_gets_the_job() -> None:
-    core = Dispatcher()
+    core = new_core()
     add(core, "small", size=1)
     add(core, "big", size=4)
-    got = [assigns(submit(core, f"j{i}"))[0][0] for i in range(5)]
+    got = [assigns(submit(core))[0][0] for _ in range(5)]
     # small 0/1 vs big 0/4 tie -> small (registered first); then big until 1/4 < 1/1 stops.
     assert got == ["small", "big", "big", "big", "big"]
     assert core.load("small", 0.0) == 1.0
@@ -94,310 +162,701 @@ def test_the_least_loaded_scheduler_gets_the_job() -> None:
 
 
 def test_ties_go_round_robin() -> None:
-    core = Dispatcher()
+    core = new_core()
     for name in ("a", "b", "c"):
         add(core, name, size=100)
-    got = [assigns(submit(core, f"j{i}"))[0][0] for i in range(6)]
+    got = [assigns(submit(core))[0][0] for _ in range(6)]
     assert got == ["a", "b", "c", "a", "b", "c"]
 
 
 def test_equal_ratios_tie_across_sizes() -> None:
-    core = Dispatcher()
+    core = new_core()
     add(core, "three", size=3)
     add(core, "six", size=6)
-    got = [assigns(submit(core, f"j{i}"))[0][0] for i in range(9)]
+    got = [assigns(submit(core))[0][0] for _ in range(9)]
     assert got.count("three") == 3 and got.count("six") == 6
 
 
-def test_a_job_has_one_holder_even_through_requeues() -> None:
-    core = Dispatcher()
-    add(core, "a")
-    add(core, "b")
-    decisions = submit(core, "j")
-    assert len(assigns(decisions)) == 1
-    first = holder(core, "j")
-    assert first is not None
-    moved = core.remove_scheduler(first, 1.0, WALL)
-    assert len(assigns(moved)) == 1
-    info = core.job("j")
-    assert info is not None and info.holder not in (None, first) and info.attempt == 2
-
-
 def test_with_no_scheduler_jobs_wait_and_go_out_by_priority_then_arrival() -> None:
-    core = Dispatcher()
-    for job_id, priority in [("late9", 9), ("first5", 5), ("urgent", 0), ("second5", 5)]:
-        decisions = submit(core, job_id, job(priority=priority))
-        assert events(decisions) == ["accepted"]
-    assert core.backlog() == ["urgent", "first5", "second5", "late9"]
-    info = core.job("urgent")
-    assert info is not None and info.state == "queued"
+    core = new_core()
+    for priority in (9, 5, 0, 5):
+        assert events(submit(core, job(priority=priority))) == ["accepted"]
+    assert core.backlog() == ["j2", "j1", "j3", "j0"]
+    assert info(core, "j2").state == "queued"
     decisions = add(core, "a", size=1)
-    assert assigns(decisions) == [("a", j) for j in ("urgent", "first5", "second5", "late9")]
+    assert assigns(decisions) == [("a", j) for j in ("j2", "j1", "j3", "j0")]
     assert core.backlog() == []
 
 
 def test_jobs_go_only_to_schedulers_serving_their_task() -> None:
-    core = Dispatcher()
+    core = new_core()
     add(core, "sleeper")  # tasks None: sleep only
     add(core, "shell", tasks=["shell"])
-    assert assigns(submit(core, "s", job(task="shell"))) == [("shell", "s")]
-    assert assigns(submit(core, "z", job(task="sleep"))) == [("sleeper", "z")]
-    assert assigns(submit(core, "x", job(task="render"))) == []
-    assert core.backlog() == ["x"]
-    decisions = add(core, "renderer", tasks=["render", "sleep"])
-    assert assigns(decisions) == [("renderer", "x")]
+    assert assigns(submit(core, job(task="shell"))) == [("shell", "j0")]
+    assert assigns(submit(core, job(task="sleep"))) == [("sleeper", "j1")]
+    assert assigns(submit(core, job(task="render"))) == []
+    assert core.backlog() == ["j2"]
+    assert assigns(add(core, "renderer", tasks=["render", "sleep"])) == [("renderer", "j2")]
 
 
-def test_a_new_scheduler_takes_only_the_backlog_it_serves() -> None:
-    core = Dispatcher()
-    submit(core, "r", job(task="render"))
-    submit(core, "z", job(task="sleep"))
-    assert assigns(add(core, "sleeper")) == [("sleeper", "z")]
-    assert core.backlog() == ["r"]
-
-
-def test_v1_load_decays_once_the_runtime_has_elapsed() -> None:
-    core = Dispatcher()
-    add(core, "v1", size=None, reports=False, now=0.0)
-    assert core.scheduler("v1") is not None
-    submit(core, "j1", job(runtime=2.0), now=0.0)
-    submit(core, "j2", job(runtime=5.0), now=1.0)
-    assert core.load("v1", 1.0) == pytest.approx(2 / 5)
+def test_v1_load_decays_once_the_runtime_has_elapsed_and_the_job_is_deleted() -> None:
+    core = new_core()
+    add(core, "v1", size=None, reports=False)
+    core.heartbeat("v1", 0, 0, 1.0)
+    info_v1 = core.scheduler("v1")
+    assert info_v1 is not None and info_v1.lease_deadline is None  # v1 has no lease
+    submit(core, job(runtime=2.0), now=0.0)
+    submit(core, job(runtime=5.0), now=1.0)
+    core.take_changes()
+    assert core.next_deadline() == 2.0
     assert core.load("v1", 1.999) == pytest.approx(2 / 5)
     assert core.load("v1", 2.0) == pytest.approx(1 / 5)
-    assert core.job("j1") is None  # forgotten: a v1 scheduler never says how it ended
-    assert core.load("v1", 6.0) == 0.0
-    assert len(core) == 0
+    assert core.job("j0") is None  # forgotten: a v1 scheduler never says how it ended
+    assert core.take_changes() == ([], ["j0"])
+    assert core.tick(6.0, WALL) == []
+    assert len(core) == 0 and core.take_changes() == ([], ["j1"])
 
 
 def test_v1_decay_steers_the_choice() -> None:
-    core = Dispatcher()
+    core = new_core()
     add(core, "v1", size=1, reports=False)
     add(core, "v2", size=1)
-    assert assigns(submit(core, "a", job(runtime=1.0), now=0.0)) == [("v1", "a")]
-    assert assigns(submit(core, "b", now=0.5)) == [("v2", "b")]
-    # v1's job has run its runtime: v1 is idle again, v2 still holds "b".
-    assert assigns(submit(core, "c", now=1.0)) == [("v1", "c")]
+    assert assigns(submit(core, job(runtime=1.0), now=0.0)) == [("v1", "j0")]
+    assert assigns(submit(core, now=0.5)) == [("v2", "j1")]
+    assert assigns(submit(core, now=1.0)) == [("v1", "j2")]
 
 
-def test_a_leaving_scheduler_loses_its_jobs_with_attempt_plus_one() -> None:
-    core = Dispatcher()
-    add(core, "a", size=10)
-    for i, priority in enumerate((7, 2)):
-        submit(core, f"j{i}", job(priority=priority))
-    add(core, "b", size=10)
-    decisions = core.remove_scheduler("a", 3.0, WALL)
-    requeued = [d for d in decisions if isinstance(d, Requeued)]
-    assert [(d.job_id, d.scheduler, d.attempt) for d in requeued] == [
-        ("j1", "a", 2),
-        ("j0", "a", 2),
-    ]
-    assert assigns(decisions) == [("b", "j1"), ("b", "j0")]
-    sends = [d for d in decisions if isinstance(d, SendAssign)]
-    assert {d.assignment.attempt for d in sends} == {2}
-    assert core.scheduler("a") is None
-
-
-def test_a_leaving_scheduler_with_no_successor_leaves_its_jobs_queued() -> None:
-    core = Dispatcher()
-    add(core, "a")
-    submit(core, "j")
-    assert assigns(core.remove_scheduler("a", 1.0, WALL)) == []
-    info = core.job("j")
-    assert info is not None and (info.state, info.holder, info.attempt) == ("queued", None, 2)
-    decisions = add(core, "b", now=2.0)
-    sends = [d for d in decisions if isinstance(d, SendAssign)]
-    assert [(d.scheduler, d.assignment.attempt) for d in sends] == [("b", 2)]
+def test_a_v1_scheduler_that_reports_anyway_is_not_double_counted() -> None:
+    core = new_core()
+    add(core, "v1", size=1, reports=False)
+    submit(core, job(runtime=1.0), now=0.0)
+    assert events(report(core, "v1", "j0", "succeeded")) == ["succeeded"]
+    assert core.load("v1", 5.0) == 0.0
+    assert (len(core), core.finished) == (0, 1)
 
 
 def test_a_leaving_v1_scheduler_requeues_only_jobs_still_running() -> None:
-    core = Dispatcher()
-    add(core, "v1", reports=False, now=0.0)
-    submit(core, "short", job(runtime=1.0), now=0.0)
-    submit(core, "long", job(runtime=10.0), now=0.0)
-    decisions = core.remove_scheduler("v1", 5.0, WALL)
-    assert [d.job_id for d in decisions if isinstance(d, Requeued)] == ["long"]
-    assert core.job("short") is None
+    core = new_core()
+    add(core, "v1", reports=False)
+    submit(core, job(runtime=1.0))
+    submit(core, job(runtime=10.0))
+    decisions = core.detach("v1", clean=False, now=5.0, wall=WALL)
+    assert [d.job_id for d in decisions if isinstance(d, Requeued)] == ["j1"]
+    assert core.job("j0") is None and core.scheduler("v1") is None
+
+
+# --- reports and fencing ---------------------------------------------------------------
 
 
 def test_reports_move_the_state_and_a_final_report_forgets_the_job() -> None:
-    core = Dispatcher()
+    core = new_core()
     add(core, "a")
-    submit(core, "j", job(priority=4, runtime=2.0))
-    (started,) = report(core, "a", "j", "started")
+    submit(core, job(priority=4, runtime=2.0))
+    (started,) = report(core, "a", "j0", "started")
     assert isinstance(started, EmitEvent)
     assert (started.event.event, started.event.state) == ("started", "running")
-    (evicted,) = report(core, "a", "j", "evicted")
-    assert isinstance(evicted, EmitEvent)
-    assert (evicted.event.state, evicted.event.evictions) == ("assigned", 1)
-    report(core, "a", "j", "started")
-    report(core, "a", "j", "evicted")
     done = core.report(
-        "a", Report("succeeded", "j", 1, exit_code=0, wall_s=2.1, cpu_s=0.1, max_rss_kb=9), WALL
+        "a",
+        Report("succeeded", "j0", 1, exit_code=0, wall_s=2.1, cpu_s=0.1, max_rss_kb=9),
+        0.0,
+        WALL + 3,
     )
     (final,) = done
     assert isinstance(final, EmitEvent)
     event = final.event
-    assert (event.event, event.state, event.scheduler, event.evictions) == (
+    assert (event.event, event.state, event.scheduler, event.errors) == (
         "succeeded",
         "succeeded",
         "a",
-        2,
+        None,
     )
     assert (event.priority, event.runtime, event.task, event.attempt) == (4, 2.0, "sleep", 1)
     assert (event.exit_code, event.wall_s, event.cpu_s, event.max_rss_kb) == (0, 2.1, 0.1, 9)
-    assert final.producer == "p"
-    assert core.job("j") is None and len(core) == 0
+    assert core.job("j0") is None and len(core) == 0
     assert core.load("a", 0.0) == 0.0
     assert (core.accepted, core.finished) == (1, 1)
-
-
-def test_a_reported_eviction_count_is_never_undercut() -> None:
-    core = Dispatcher()
-    add(core, "a")
-    submit(core, "j")
-    (evicted,) = core.report("a", Report("evicted", "j", 1, evictions=1), WALL)
-    assert isinstance(evicted, EmitEvent) and evicted.event.evictions == 1
-    (final,) = core.report("a", Report("succeeded", "j", 1, evictions=3), WALL)
-    assert isinstance(final, EmitEvent) and final.event.evictions == 3
+    (saved,), deleted = core.take_changes()
+    assert (saved.state, saved.finished_at, saved.holder, deleted) == (
+        "succeeded",
+        WALL + 3,
+        "a",
+        [],
+    )
 
 
 @pytest.mark.parametrize("event", ["failed", "timed_out"])
-def test_failures_are_final_too(event: SchedulerReport) -> None:
-    core = Dispatcher()
+def test_failures_without_retries_are_final(event: SchedulerReport) -> None:
+    core = new_core()
     add(core, "a")
-    submit(core, "j")
-    assert events(report(core, "a", "j", event)) == [event]
-    assert core.job("j") is None
+    submit(core)
+    (final,) = emitted(report(core, "a", "j0", event, exit_code=3))
+    assert (final.event.event, final.event.state) == (event, event)
+    expected = "timed out" if event == "timed_out" else "failed with exit code 3"
+    assert final.event.errors == [expected]
+    assert core.job("j0") is None
 
 
 def test_stale_foreign_and_unknown_reports_are_ignored() -> None:
-    core = Dispatcher()
+    core = new_core()
     add(core, "a")
-    submit(core, "j")
-    core.remove_scheduler("a", 1.0, WALL)
+    submit(core)
+    core.detach("a", clean=True, now=1.0, wall=WALL)
     add(core, "b")  # now holds attempt 2
-    stale = report(core, "b", "j", "succeeded", attempt=1)
-    foreign = report(core, "a", "j", "succeeded", attempt=2)
+    stale = report(core, "b", "j0", "succeeded", attempt=1)
+    foreign = report(core, "a", "j0", "succeeded", attempt=2)
     unknown = report(core, "b", "nope", "started")
     for decisions, why in [
-        (stale, "stale attempt 1"),
+        (stale, "stale attempt 1 (current 2)"),
         (foreign, "held by b"),
         (unknown, "unknown"),
     ]:
         (ignored,) = decisions
         assert isinstance(ignored, Ignored) and why in ignored.reason
-    info = core.job("j")
-    assert info is not None and (info.state, info.holder, info.attempt) == ("assigned", "b", 2)
-    assert events(report(core, "b", "j", "succeeded", attempt=2)) == ["succeeded"]
+    assert (info(core, "j0").state, info(core, "j0").holder) == ("assigned", "b")
+    assert events(report(core, "b", "j0", "succeeded", attempt=2)) == ["succeeded"]
 
 
 def test_a_report_about_a_queued_job_is_ignored() -> None:
-    core = Dispatcher()
-    submit(core, "j")
-    (ignored,) = report(core, "a", "j", "started")
+    core = new_core()
+    submit(core)
+    (ignored,) = report(core, "a", "j0", "started")
     assert isinstance(ignored, Ignored) and "nobody" in ignored.reason
 
 
 def test_heartbeats_are_recorded_for_known_schedulers_only() -> None:
-    core = Dispatcher()
+    core = new_core()
     add(core, "a", size=3, tasks=["sleep", "shell"])
     core.heartbeat("a", 2, 7, 12.5)
     core.heartbeat("ghost", 1, 1, 12.5)
-    info = core.scheduler("a")
-    assert info is not None
-    assert (info.running, info.queued, info.last_heartbeat) == (2, 7, 12.5)
-    assert (info.size, info.tasks, info.reports, info.outstanding) == (
+    snapshot = core.scheduler("a")
+    assert snapshot is not None
+    assert (snapshot.running, snapshot.queued, snapshot.last_heartbeat) == (2, 7, 12.5)
+    assert (snapshot.size, snapshot.tasks, snapshot.reports, snapshot.connected) == (
         3,
         frozenset({"sleep", "shell"}),
         True,
-        0,
+        True,
     )
+    assert (snapshot.outstanding, snapshot.lease_deadline) == (0, 12.5 + LEASE)
     assert core.scheduler("ghost") is None
 
 
-def test_a_v1_scheduler_that_reports_anyway_is_not_double_counted() -> None:
-    core = Dispatcher()
-    add(core, "v1", size=1, reports=False)
-    submit(core, "j", job(runtime=1.0), now=0.0)
-    assert events(report(core, "v1", "j", "succeeded")) == ["succeeded"]
-    assert core.load("v1", 5.0) == 0.0
-    assert (len(core), core.finished) == (0, 1)
-
-
 def test_misuse_is_refused() -> None:
-    core = Dispatcher()
-    add(core, "a")
-    with pytest.raises(ValueError, match="already registered"):
-        add(core, "a")
+    core = new_core()
     with pytest.raises(ValueError, match="size"):
         add(core, "b", size=0)
-    submit(core, "j")
-    with pytest.raises(ValueError, match="already exists"):
-        submit(core, "j")
-    assert core.remove_scheduler("ghost", 0.0, WALL) == []
+    assert core.detach("ghost", clean=True, now=0.0, wall=WALL) == []
+    with pytest.raises(ValueError, match="lease"):
+        DispatchConfig(lease=0)
+    with pytest.raises(ValueError, match="max_evictions"):
+        DispatchConfig(max_evictions=-1)
+    with pytest.raises(ValueError, match="max_deliveries"):
+        DispatchConfig(max_deliveries=0)
+
+
+def test_generated_ids_never_collide_with_tracked_jobs() -> None:
+    ids = iter(["x", "x", "y"])
+    core = Dispatcher(new_id=lambda: next(ids))
+    assert submit_id(core) == "x"
+    assert submit_id(core) == "y"
+    default = Dispatcher(rng=random.Random(3))
+    assert len(submit_id(default)) == 32
+
+
+# --- leases ----------------------------------------------------------------------------
+
+
+def test_a_clean_close_releases_the_jobs_at_once() -> None:
+    core = new_core()
+    add(core, "a", size=10)
+    submit(core, job(priority=7))
+    submit(core, job(priority=2))
+    add(core, "b", size=10)
+    decisions = core.detach("a", clean=True, now=3.0, wall=WALL)
+    requeued = [d for d in decisions if isinstance(d, Requeued)]
+    assert [(d.job_id, d.scheduler, d.attempt) for d in requeued] == [
+        ("j1", "a", 1),
+        ("j0", "a", 1),
+    ]
+    assert events(decisions) == ["requeued", "requeued", "assigned", "assigned"]
+    assert {d.assignment.attempt for d in sends(decisions)} == {2}
+    assert assigns(decisions) == [("b", "j1"), ("b", "j0")]
+    assert core.scheduler("a") is None
+
+
+def test_a_broken_connection_keeps_its_jobs_until_the_lease_expires() -> None:
+    core = new_core()
+    add(core, "a", now=0.0)
+    submit(core)
+    core.heartbeat("a", 1, 0, 2.0)  # the lease now ends at 7
+    add(core, "b", now=2.0)
+    assert core.detach("a", clean=False, now=3.0, wall=WALL) == []
+    snapshot = core.scheduler("a")
+    assert snapshot is not None and not snapshot.connected and snapshot.outstanding == 1
+    assert info(core, "j0").holder == "a"
+    assert assigns(submit(core, now=3.0)) == [("b", "j1")]  # a disconnected one gets nothing
+    assert core.next_deadline() == 2.0 + LEASE
+    assert core.tick(6.9, WALL) == []
+    core.heartbeat("b", 1, 0, 6.9)
+    decisions = core.tick(7.0, WALL)
+    assert decisions[0] == LeaseExpired("a", 1, connected=False)
+    assert events(decisions) == ["requeued", "assigned"]
+    assert [(d.assignment.id, d.assignment.attempt) for d in sends(decisions)] == [("j0", 2)]
+    assert core.scheduler("a") is None
+
+
+def test_a_silent_connected_scheduler_loses_its_jobs_and_its_connection() -> None:
+    core = new_core()
+    add(core, "a", now=0.0)
+    submit(core)
+    core.report("a", Report("started", "j0", 1), 4.0, WALL)  # a report renews the lease
+    assert core.next_deadline() == 4.0 + LEASE
+    decisions = core.tick(4.0 + LEASE, WALL)
+    assert decisions[0] == LeaseExpired("a", 1, connected=True)
+    assert info(core, "j0").state == "queued" and core.backlog() == ["j0"]
+    assert core.next_deadline() is None
+
+
+def test_an_idle_scheduler_that_disconnects_is_forgotten_at_once() -> None:
+    core = new_core()
+    add(core, "a")
+    assert core.detach("a", clean=False, now=1.0, wall=WALL) == []
+    assert core.scheduler("a") is None and core.next_deadline() is None
+
+
+def test_reattaching_within_the_lease_keeps_what_it_still_holds() -> None:
+    core = new_core()
+    add(core, "a", size=5)
+    for _ in range(4):
+        submit(core)
+    report(core, "a", "j0", "started")
+    core.detach("a", clean=False, now=1.0, wall=WALL)
+    core.cancel("j3", WALL)  # the Stop cannot reach it while it is away
+    held = [Held("j0", 1), Held("j1", 1, done=True), Held("j3", 1), Held("j9", 1)]
+    decisions = add(core, "a", size=5, now=2.0, held=held)
+    # j2 was not listed: requeued at once, and (a being the only one) assigned again.
+    assert stops(decisions) == [
+        ("a", Stop("j9", 1, "the job is final or unknown")),
+        ("a", Stop("j3", 1, "cancelled")),
+    ]
+    assert [(d.job_id, d.reason) for d in decisions if isinstance(d, Requeued)] == [
+        ("j2", "not held after reconnecting")
+    ]
+    assert [(d.assignment.id, d.assignment.attempt) for d in sends(decisions)] == [("j2", 2)]
+    assert (info(core, "j0").state, info(core, "j0").holder) == ("running", "a")
+    assert events(report(core, "a", "j1", "succeeded", now=2.0)) == ["succeeded"]  # its outbox
+    assert events(report(core, "a", "j3", "cancelled", now=2.0)) == ["cancelled"]
+    snapshot = core.scheduler("a")
+    assert snapshot is not None and snapshot.connected and snapshot.lease_deadline == 2.0 + LEASE
+
+
+def test_coming_back_after_the_lease_stops_every_held_attempt() -> None:
+    core = new_core()
+    add(core, "a")
+    submit(core)
+    submit(core)
+    core.detach("a", clean=False, now=0.0, wall=WALL)
+    add(core, "b", now=1.0)
+    core.tick(LEASE, WALL)  # both to b as attempt 2
+    report(core, "b", "j1", "succeeded", attempt=2)
+    decisions = add(core, "a", now=9.0, held=[Held("j0", 1), Held("j1", 1, done=True)])
+    assert stops(decisions) == [
+        ("a", Stop("j0", 1, "the job was reassigned to b")),
+        ("a", Stop("j1", 1, "the job is final or unknown")),
+    ]
+    (ignored,) = report(core, "a", "j0", "succeeded", attempt=1)  # its outbox: stale
+    assert isinstance(ignored, Ignored)
+
+
+def test_a_reattaching_scheduler_may_get_its_lost_job_back_as_a_new_attempt() -> None:
+    core = new_core()
+    add(core, "a")
+    submit(core)
+    decisions = add(core, "a", now=1.0, held=[])  # it lost the job (say, it restarted)
+    assert [(d.assignment.id, d.assignment.attempt) for d in sends(decisions)] == [("j0", 2)]
+
+
+# --- evictions, deliveries -------------------------------------------------------------
+
+
+def test_an_eviction_requeues_the_job_for_any_scheduler() -> None:
+    core = new_core()
+    add(core, "a", size=1)
+    submit(core)
+    add(core, "b", size=1)
+    decisions = report(core, "a", "j0", "evicted", evictions=1)  # its count, this one included
+    assert events(decisions) == ["evicted", "assigned"]
+    evicted = emitted(decisions)[0].event
+    assert (evicted.state, evicted.scheduler, evicted.evictions) == ("queued", "a", 1)
+    (send,) = sends(decisions)
+    assert (send.scheduler, send.assignment.attempt, send.assignment.evictions) == ("b", 2, 1)
+    assert (info(core, "j0").evictions, info(core, "j0").retries) == (1, 0)  # not a failure
+
+
+def test_after_max_evictions_a_job_is_no_longer_evictable() -> None:
+    core = new_core(max_evictions=2)
+    add(core, "a", size=1)
+    submit(core)
+    evictable = []
+    for attempt in (1, 2, 3):
+        decisions = report(core, "a", "j0", "evicted", attempt=attempt)
+        evictable.append(sends(decisions)[0].assignment.evictable)
+    assert evictable == [True, False, False]
+    assert info(core, "j0").evictions == 3
+    report(core, "a", "j0", "started", attempt=4, evictions=5)  # a count is never undercut
+    assert info(core, "j0").evictions == 5
+
+
+def test_a_job_delivered_too_often_is_dead() -> None:
+    core = new_core(max_deliveries=3)
+    submit(core, job(max_retries=1))  # the limit is 3 + 1 deliveries
+    for step in range(4):
+        add(core, f"s{step}")
+        decisions = core.detach(f"s{step}", clean=True, now=float(step), wall=WALL)
+    assert events(decisions) == ["requeued", "dead"]
+    dead = emitted(decisions)[-1].event
+    assert dead.state == "dead" and dead.error is not None
+    assert "delivered 4 times (limit 4)" in dead.error
+    assert core.job("j0") is None
+
+
+# --- retries ---------------------------------------------------------------------------
+
+
+def test_retries_back_off_exponentially_with_jitter_then_the_job_is_dead() -> None:
+    core = new_core(lease=1000.0)
+    expected_rng = random.Random(1)
+    add(core, "a")
+    submit(core, job(max_retries=2, retry_backoff=10.0))
+    now = 0.0
+    for retry in (1, 2):
+        expected = RetryBackoff().delay(10.0, retry, expected_rng)
+        decisions = report(core, "a", "j0", "failed", attempt=retry, now=now, error=f"boom {retry}")
+        (retrying,) = emitted(decisions)
+        event = retrying.event
+        assert (event.event, event.state, event.retry_in_s) == ("retrying", "queued", expected)
+        assert event.errors == [f"boom {n}" for n in range(1, retry + 1)]
+        assert 10.0 * 2 ** (retry - 1) * 0.5 <= expected <= 10.0 * 2 ** (retry - 1) * 1.5
+        assert info(core, "j0").not_before == WALL + expected
+        assert core.next_deadline() == now + expected
+        assert core.tick(now + expected - 0.01, WALL) == []  # held back until due
+        decisions = core.tick(now + expected, WALL)
+        assert [(d.assignment.attempt) for d in sends(decisions)] == [retry + 1]
+        now += expected
+    decisions = report(core, "a", "j0", "timed_out", attempt=3, now=now)
+    (dead,) = emitted(decisions)
+    assert (dead.event.event, dead.event.state) == ("dead", "dead")
+    assert dead.event.errors == ["boom 1", "boom 2", "timed out"]
+    assert core.job("j0") is None
+
+
+def test_a_retry_with_no_backoff_goes_out_at_once() -> None:
+    core = new_core()
+    add(core, "a")
+    submit(core, job(max_retries=1, retry_backoff=0.0))
+    decisions = report(core, "a", "j0", "failed", exit_code=1)
+    assert events(decisions) == ["retrying", "assigned"]
+
+
+def test_a_job_waiting_for_its_retry_can_be_cancelled_or_replaced() -> None:
+    core = new_core(lease=1000.0)
+    add(core, "a")
+    submit(core, job(max_retries=3, retry_backoff=5.0))
+    submit(core, job(max_retries=3, retry_backoff=5.0, job_id="named"))
+    report(core, "a", "j0", "failed")
+    report(core, "a", "named", "failed")
+    assert info(core, "j0").state == "queued" and core.backlog() == []
+    assert reply(core.cancel("j0", WALL)) == CancelReply("j0", "cancelled", "cancelled")
+    replaced = reply(submit(core, job(job_id="named", on_conflict="replace")))
+    assert replaced == Accepted("named", replaced=True)
+    assert core.tick(100.0, WALL) == []  # nothing is left to retry
+
+
+# --- cancel ----------------------------------------------------------------------------
+
+
+def test_cancel_a_queued_job() -> None:
+    core = new_core()
+    submit(core)
+    decisions = core.cancel("j0", WALL, ref=1)
+    assert reply(decisions) == CancelReply("j0", "cancelled", "cancelled", 1)
+    assert events(decisions) == ["cancelled"]
+    assert core.job("j0") is None and core.backlog() == []
+
+
+def test_cancel_a_running_job_stops_it_and_its_confirmation_ends_it() -> None:
+    core = new_core()
+    add(core, "a")
+    submit(core)
+    report(core, "a", "j0", "started")
+    decisions = core.cancel("j0", WALL)
+    assert reply(decisions) == CancelReply("j0", "running", "stopping")
+    assert stops(decisions) == [("a", Stop("j0", 1, "cancelled"))]
+    assert info(core, "j0").cancelling
+    assert events(report(core, "a", "j0", "cancelled")) == ["cancelled"]
+    assert core.job("j0") is None
+
+
+@pytest.mark.parametrize(
+    ("outcome", "state"),
+    [("succeeded", "succeeded"), ("failed", "failed"), ("evicted", "cancelled")],
+)
+def test_what_a_cancelled_job_does_before_the_stop_arrives(
+    outcome: SchedulerReport, state: str
+) -> None:
+    core = new_core()
+    add(core, "a")
+    submit(core, job(max_retries=5))
+    core.cancel("j0", WALL)
+    (final,) = emitted(report(core, "a", "j0", outcome))
+    assert final.event.state == state  # its real outcome stands; no retry, no requeue
+
+
+def test_a_cancelled_job_whose_holder_is_lost_ends_cancelled() -> None:
+    core = new_core()
+    add(core, "a")
+    add(core, "b")
+    submit(core)
+    core.cancel("j0", WALL)
+    core.detach("a", clean=False, now=0.0, wall=WALL)
+    decisions = core.tick(LEASE, WALL)
+    assert events(decisions) == ["cancelled"] and assigns(decisions) == []
+
+
+def test_cancel_final_unknown_and_v1_held_jobs_changes_nothing() -> None:
+    core = new_core()
+    stored = Job("old", job(), 0, WALL, state="succeeded")
+    assert reply(core.cancel("old", WALL, stored=stored)) == CancelReply(
+        "old", "succeeded", "job old is already succeeded; nothing was done"
+    )
+    assert reply(core.cancel("nope", WALL, ref="r")) == Error("id: no job nope", "id", "r")
+    add(core, "v1", reports=False)
+    submit(core)
+    answer = reply(core.cancel("j0", WALL))
+    assert answer.state == "assigned" and "v1 scheduler v1" in answer.message
+    assert not info(core, "j0").cancelling
+
+
+# --- client-chosen ids -----------------------------------------------------------------
+
+
+def test_conflicts_raise_ignore_and_replace_a_queued_job() -> None:
+    core = new_core()
+    first = job(priority=5, job_id="nightly")
+    assert reply(submit(core, first)) == Accepted("nightly")
+    error = reply(submit(core, first, ref=3))
+    assert error == Error(
+        "payload.job_id: job nightly already exists (state queued)", "payload.job_id", 3
+    )
+    ignored = replace(first, on_conflict="ignore", priority=0)
+    assert reply(submit(core, ignored)) == Accepted("nightly", existing=True)
+    replacement = replace(first, on_conflict="replace", priority=1)
+    decisions = submit(core, replacement)
+    assert reply(decisions) == Accepted("nightly", replaced=True)
+    assert events(decisions) == ["accepted"]
+    assert (len(core), core.backlog(), core.accepted) == (1, ["nightly"], 2)
+    (send,) = sends(add(core, "a"))
+    assert send.assignment.priority == 1  # the replacement runs, once
+
+
+def test_replacing_an_assigned_job_stops_its_attempt_first() -> None:
+    core = new_core()
+    add(core, "a")
+    submit(core, job(job_id="n"))
+    decisions = submit(core, job(job_id="n", runtime=9.0, on_conflict="replace"))
+    assert stops(decisions) == [("a", Stop("n", 1, "replaced"))]
+    assert [(d.assignment.attempt, d.assignment.runtime) for d in sends(decisions)] == [(2, 9.0)]
+    (ignored,) = report(core, "a", "n", "started", attempt=1)
+    assert isinstance(ignored, Ignored)
+
+
+def test_running_final_and_v1_held_jobs_cannot_be_replaced() -> None:
+    core = new_core()
+    add(core, "a")
+    submit(core, job(job_id="run"))
+    report(core, "a", "run", "started")
+    assert "is running" in reply(submit(core, job(job_id="run", on_conflict="replace"))).message
+    stored = {"done": Job("done", job(), 0, WALL, state="failed")}
+    answer = reply(submit(core, job(job_id="done", on_conflict="replace"), stored=stored))
+    assert "is final (state failed)" in answer.message
+    assert reply(submit(core, job(job_id="done", on_conflict="ignore"), stored=stored)) == (
+        Accepted("done", existing=True)
+    )
+    core.detach("a", clean=True, now=0.0, wall=WALL)
+    add(core, "v1", reports=False)
+    submit(core, job(job_id="old"))
+    assert "is running" in reply(submit(core, job(job_id="old", on_conflict="replace"))).message
+
+
+# --- bulk ------------------------------------------------------------------------------
+
+
+def test_a_batch_gets_one_result_per_job_in_order() -> None:
+    core = new_core()
+    add(core, "a", size=10)
+    batch: list[JobPayload | ProtocolError] = [
+        job(priority=1),
+        ProtocolError("priority: Expected `int` <= 10", "priority"),
+        job(job_id="x"),
+        job(job_id="x"),
+        ProtocolError("not valid JSON: truncated"),
+        job(priority=2),
+    ]
+    decisions = core.submit_many(batch, 0.0, WALL, ref="b")
+    assert reply(decisions) == SubmittedMany(
+        [
+            SubmitResult(id="j0"),
+            SubmitResult(error="jobs.1.priority: Expected `int` <= 10", field="jobs.1.priority"),
+            SubmitResult(id="x"),
+            SubmitResult(
+                error="jobs.3.job_id: job x already exists (state assigned)", field="jobs.3.job_id"
+            ),
+            SubmitResult(error="jobs.4: not valid JSON: truncated", field="jobs.4"),
+            SubmitResult(id="j1"),
+        ],
+        "b",
+    )
+    assert assigns(decisions) == [("a", "j0"), ("a", "x"), ("a", "j1")]
+    saved, _ = core.take_changes()
+    assert sorted(j.id for j in saved) == ["j0", "j1", "x"]
+
+
+# --- restart ---------------------------------------------------------------------------
+
+
+def stored_job(job_id: str, seq: int, **fields: Any) -> Job:
+    return Job(job_id, job(priority=seq), seq, WALL - 100, **fields)
+
+
+def test_a_restarted_core_takes_back_the_journal_s_jobs() -> None:
+    core = new_core()
+    jobs = [
+        stored_job("q", 0),
+        stored_job("held", 1, state="running", holder="a", attempt=2, deliveries=2),
+        stored_job("later", 2, attempt=1, not_before=WALL + 30),
+        stored_job("odd", 3, state="assigned"),  # no holder: queued again
+        stored_job("other", 4, state="assigned", holder="b", attempt=1),
+        stored_job("also", 5, state="assigned", holder="a", attempt=1),
+    ]
+    core.restore(jobs, next_seq=10, now=100.0, wall=WALL)
+    assert core.backlog() == ["q", "odd"]
+    assert core.next_deadline() == 100.0 + LEASE
+    assert info(core, "held").holder == "a"
+    a = core.scheduler("a")
+    assert a is not None and not a.connected and a.outstanding == 2
+    decisions = add(core, "a", now=101.0, held=[Held("held", 2), Held("also", 1)])
+    assert stops(decisions) == [] and assigns(decisions) == [("a", "q"), ("a", "odd")]
+    assert events(report(core, "a", "held", "succeeded", attempt=2, now=101.0)) == ["succeeded"]
+    decisions = core.tick(100.0 + LEASE, WALL)  # b never came back
+    assert decisions[0] == LeaseExpired("b", 1, connected=False)
+    assert [(d.assignment.id, d.assignment.attempt) for d in sends(decisions)] == [("other", 2)]
+    assert core.next_deadline() == 101.0 + LEASE  # a's lease, then the held-back retry
+    core.heartbeat("a", 0, 0, 129.0)
+    assert core.next_deadline() == 100.0 + 30
+    assert [d.assignment.id for d in sends(core.tick(130.0, WALL))] == ["later"]
+    assert submit_id(core) == "j0"
+    assert core.job("j0") is not None
+    new = [j for j in core.take_changes()[0] if j.id == "j0"]
+    assert new[0].seq == 10
+
+
+def test_status_reads_like_the_latest_event() -> None:
+    core = new_core()
+    submit(core)
+    assert core.tracks("j0") and not core.tracks("nope")
+    assert core.status("nope", WALL) is None
+    first = core.status("j0", WALL)
+    assert first is not None and (first.event, first.state) == ("accepted", "queued")
+    add(core, "a")
+    report(core, "a", "j0", "started")
+    started = core.status("j0", WALL)
+    assert started is not None and started.event == "started"
+    core.detach("a", clean=True, now=0.0, wall=WALL)
+    requeued = core.status("j0", WALL)
+    assert requeued is not None and requeued.event == "requeued"
+
+
+# --- every job has at most one holder, whatever happens ----------------------------------
 
 
 class Life:
-    """Drives a dispatcher through random steps, remembering what schedulers were told."""
+    """Drives a core through random steps, remembering what schedulers were told."""
 
     def __init__(self) -> None:
-        self.core = Dispatcher()
+        self.core = new_core(max_deliveries=1000)
         self.now = 0.0
         self.live: set[str] = set()
         self.ids: list[str] = []
-        self.told: dict[str, str] = {}  # job id -> the scheduler it was last assigned to
+        self.told: dict[str, tuple[str, int]] = {}  # job -> (scheduler, attempt) last assigned
 
     def add(self, name: str, size: int, both_tasks: bool) -> list[Decision]:
-        if name in self.live:
-            return []
         self.live.add(name)
-        return add(self.core, name, size, ["sleep", "other"] if both_tasks else None, now=self.now)
+        held = [Held(j, attempt) for j, (s, attempt) in self.told.items() if s == name]
+        tasks = ["sleep", "other"] if both_tasks else None
+        return add(self.core, name, size, tasks, now=self.now, held=held)
 
-    def remove(self, name: str) -> list[Decision]:
+    def drop(self, name: str, clean: bool) -> list[Decision]:
         self.live.discard(name)
-        self.told = {j: s for j, s in self.told.items() if s != name}
-        return self.core.remove_scheduler(name, self.now, WALL)
+        return self.core.detach(name, clean=clean, now=self.now, wall=WALL)
 
-    def submit(self, priority: int, task: str) -> list[Decision]:
-        self.ids.append(f"j{len(self.ids)}")
-        return submit(self.core, self.ids[-1], job(priority=priority, task=task), self.now)
+    def submit(self, priority: int, task: str, retries: int) -> list[Decision]:
+        decisions = submit(self.core, job(priority, task=task, max_retries=retries), self.now)
+        self.ids.append(reply(decisions).id)
+        return decisions
 
     def report(self, pick: int, event: SchedulerReport) -> list[Decision]:
         if not self.ids:
             return []
         job_id = self.ids[pick % len(self.ids)]
-        info = self.core.job(job_id)
-        who, attempt = (info.holder or "a", info.attempt) if info else ("a", 1)
-        return report(self.core, who, job_id, event, attempt)
+        snapshot = self.core.job(job_id)
+        who, attempt = (snapshot.holder or "a", snapshot.attempt) if snapshot else ("a", 1)
+        return report(self.core, who, job_id, event, attempt, now=self.now)
+
+    def cancel(self, pick: int) -> list[Decision]:
+        return self.core.cancel(self.ids[pick % len(self.ids)], WALL) if self.ids else []
+
+    def tick(self, seconds: float) -> list[Decision]:
+        self.now += seconds
+        return self.core.tick(self.now, WALL)
 
     def check(self, decisions: list[Decision]) -> None:
-        """No job is handed out while another scheduler still holds it."""
-        for scheduler, job_id in assigns(decisions):
-            assert job_id not in self.told, f"{job_id} handed to {scheduler} twice"
-            assert scheduler in self.live
-            self.told[job_id] = scheduler
-        for job_id, scheduler in list(self.told.items()):
-            info = self.core.job(job_id)
-            if info is None:
-                del self.told[job_id]
-            else:
-                assert info.holder == scheduler
+        """Attempts only grow, go to connected schedulers, and a job's holder is always
+        the scheduler last told to run it, at that attempt."""
+        for send in sends(decisions):
+            job_id = send.assignment.id
+            assert send.assignment.attempt > self.told.get(job_id, ("", 0))[1]
+            assert send.scheduler in self.live
+            self.told[job_id] = (send.scheduler, send.assignment.attempt)
+        for job_id in self.ids:
+            snapshot = self.core.job(job_id)
+            if snapshot is not None and snapshot.holder is not None:
+                assert self.told[job_id] == (snapshot.holder, snapshot.attempt)
+                scheduler = self.core.scheduler(snapshot.holder)
+                assert scheduler is not None and scheduler.outstanding > 0
         for job_id in self.core.backlog():
-            info = self.core.job(job_id)
-            assert info is not None and (info.state, info.holder) == ("queued", None)
+            assert (info(self.core, job_id).state, info(self.core, job_id).holder) == (
+                "queued",
+                None,
+            )
 
 
 steps = st.lists(
     st.one_of(
         st.tuples(st.just("add"), st.sampled_from("abc"), st.integers(1, 4), st.booleans()),
-        st.tuples(st.just("remove"), st.sampled_from("abc")),
-        st.tuples(st.just("submit"), st.integers(0, 10), st.sampled_from(["sleep", "other"])),
+        st.tuples(st.just("drop"), st.sampled_from("abc"), st.booleans()),
+        st.tuples(
+            st.just("submit"),
+            st.integers(0, 10),
+            st.sampled_from(["sleep", "other"]),
+            st.integers(0, 2),
+        ),
         st.tuples(
             st.just("report"),
             st.integers(0, 30),
-            st.sampled_from(["started", "evicted", "succeeded", "failed"]),
+            st.sampled_from(["started", "evicted", "succeeded", "failed", "cancelled"]),
         ),
+        st.tuples(st.just("cancel"), st.integers(0, 30)),
+        st.tuples(st.just("tick"), st.sampled_from([0.5, 2.0, 6.0])),
     ),
     max_size=60,
 )
@@ -410,5 +869,4 @@ def test_every_job_has_at_most_one_holder_whatever_happens(
 ) -> None:
     life = Life()
     for action, *args in script:
-        life.now += 0.25
         life.check(getattr(life, action)(*args))

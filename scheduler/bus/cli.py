@@ -2,16 +2,53 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import click
 
-from scheduler.bus.server import BusConfig, BusServer
+from scheduler.bus.journal import JournalError
+from scheduler.bus.server import DEFAULT_RETENTION_S, BusConfig, BusServer
 from scheduler.cli_support import LOG_LEVELS, configure_logging, run_until_signalled
+from scheduler.protocol import FINAL_EVENTS
+
+
+def default_db() -> Path:
+    """``$XDG_STATE_HOME/schedbus/bus.db``, else ``~/.local/state/schedbus/bus.db``
+    (the XDG spec ignores a relative ``XDG_STATE_HOME``)."""
+    state = Path(os.environ.get("XDG_STATE_HOME", ""))
+    if not state.is_absolute():
+        state = Path.home() / ".local" / "state"
+    return state / "schedbus" / "bus.db"
 
 
 async def _serve(config: BusConfig) -> None:
     """Serve until cancelled; leaving the ``async with`` closes every connection."""
     async with BusServer(config) as bus:
         await bus.serve_forever()
+
+
+def _retention(
+    ctx: click.Context, param: click.Parameter, values: tuple[str, ...]
+) -> dict[str, float]:
+    """Parse repeated ``STATE=SECONDS`` into a mapping, refusing unknown states."""
+    retention: dict[str, float] = {}
+    for value in values:
+        state, sep, seconds = value.partition("=")
+        if not sep or state not in FINAL_EVENTS:
+            raise click.BadParameter(
+                f"{value!r}: expected STATE=SECONDS with STATE one of "
+                + ", ".join(sorted(FINAL_EVENTS)),
+                ctx,
+                param,
+            )
+        try:
+            retention[state] = float(seconds)
+        except ValueError:
+            raise click.BadParameter(f"{value!r}: SECONDS must be a number", ctx, param) from None
+        if not retention[state] >= 0:
+            raise click.BadParameter(f"{value!r}: SECONDS must be >= 0", ctx, param)
+    return retention
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -45,6 +82,59 @@ async def _serve(config: BusConfig) -> None:
     "Requests with any other Origin header are refused.",
 )
 @click.option(
+    "--db",
+    default=None,
+    metavar="PATH",
+    help="SQLite journal of every job; on start the bus takes back every job not yet "
+    "final. Default: $XDG_STATE_HOME/schedbus/bus.db, else "
+    "~/.local/state/schedbus/bus.db. ':memory:' keeps none (a restart loses every job).",
+)
+@click.option(
+    "--lease",
+    default=5.0,
+    show_default=True,
+    type=click.FloatRange(min=0, min_open=True),
+    help="Seconds a scheduler that fell silent or lost its connection keeps its jobs; "
+    "then they are requeued. After a bus restart, schedulers have this long to come back.",
+)
+@click.option(
+    "--max-evictions",
+    default=3,
+    show_default=True,
+    type=click.IntRange(min=0),
+    help="Evictions after which a job is no longer evictable (no starvation).",
+)
+@click.option(
+    "--max-deliveries",
+    default=10,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Assignments (plus the job's own max_retries) after which a job is dead "
+    "instead of assigned again (a job that kills its schedulers).",
+)
+@click.option(
+    "--retention",
+    multiple=True,
+    metavar="STATE=SECONDS",
+    callback=_retention,
+    help="How long final jobs in STATE stay in the journal, e.g. failed=2592000 "
+    "(repeatable); other states keep --retention-default.",
+)
+@click.option(
+    "--retention-default",
+    default=DEFAULT_RETENTION_S,
+    show_default=True,
+    type=click.FloatRange(min=0),
+    help="Seconds a final job stays in the journal (7 days).",
+)
+@click.option(
+    "--vacuum-every",
+    default=3600.0,
+    show_default=True,
+    type=click.FloatRange(min=0, min_open=True),
+    help="Seconds between deletions of final jobs past their retention.",
+)
+@click.option(
     "--log-level",
     default="INFO",
     show_default=True,
@@ -52,13 +142,40 @@ async def _serve(config: BusConfig) -> None:
     help="Least severe log messages to show; DEBUG logs every job's lifecycle.",
 )
 def cli(
-    host: str, port: int, token: str | None, allow_origins: tuple[str, ...], log_level: str
+    host: str,
+    port: int,
+    token: str | None,
+    allow_origins: tuple[str, ...],
+    db: str | None,
+    lease: float,
+    max_evictions: int,
+    max_deliveries: int,
+    retention: dict[str, float],
+    retention_default: float,
+    vacuum_every: float,
+    log_level: str,
 ) -> None:
     """Run the schedbus bus: producers submit jobs, schedulers run them, monitors watch.
 
     Listens on ws://HOST:PORT (logged at start) until SIGINT or SIGTERM, then closes
-    every connection and exits 0.
+    every connection and exits 0. Every accepted job is journaled in --db before it is
+    acknowledged, and survives a restart.
     """
     configure_logging(log_level.upper())
-    config = BusConfig(host=host, port=port, token=token or None, allow_origins=allow_origins)
-    run_until_signalled(_serve(config))
+    config = BusConfig(
+        host=host,
+        port=port,
+        token=token or None,
+        allow_origins=allow_origins,
+        db=str(default_db()) if db is None else db,
+        lease=lease,
+        max_evictions=max_evictions,
+        max_deliveries=max_deliveries,
+        retention=retention,
+        retention_default=retention_default,
+        vacuum_every=vacuum_every,
+    )
+    try:
+        run_until_signalled(_serve(config))
+    except JournalError as exc:
+        raise click.ClickException(str(exc)) from None

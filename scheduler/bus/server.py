@@ -1,12 +1,22 @@
-"""The WebSocket bus: connections, roles and fan-out around the pure dispatch core.
+"""The WebSocket bus: connections, roles, the journal and fan-out around the pure core.
 
 Each connection's handler decodes a frame, feeds :class:`~scheduler.policy.dispatch.Dispatcher`
-and carries out the decisions it returns. Handlers never await another client: every
-frame goes through that client's :class:`_Outbox`, which writes at once when the socket
-keeps up and otherwise queues behind a writer task. A producer or monitor whose queue
-passes ``max_backlog`` frames is disconnected, never waited on. A handler only ever
-waits for its own client: it stops reading from a client that lags behind its own
-replies until they are out, so a fast producer is slowed by TCP instead of dropped.
+and carries out the decisions it returns. Every job the core changes is queued in the
+:class:`~scheduler.bus.journal.Journal`, and every frame the bus sends waits in a
+:class:`_Gate` until a group commit has made durable each change made before it: an
+acknowledged job is on disk, and an attempt is journaled before it is assigned. Handlers
+never await the commit of one frame before reading the next, so a pipelining producer
+shares one fsync between many submits.
+
+Handlers never await another client: every frame goes through that client's
+:class:`_Outbox`, which writes at once when the socket keeps up and otherwise queues
+behind a writer task. A producer or monitor whose queue passes ``max_backlog`` frames is
+disconnected, never waited on. A handler only ever waits for its own client: it stops
+reading from a client that lags behind its own replies until they are out, so a fast
+producer is slowed by TCP instead of dropped.
+
+Leases, retry delays and v1 expiries are the core's timers: the bus asks it for the next
+deadline and sets one loop timer for it.
 """
 
 from __future__ import annotations
@@ -15,14 +25,15 @@ import asyncio
 import hmac
 import ipaddress
 import logging
+import os
+import random
 import time
-import uuid
 from collections import deque
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Coroutine, Iterable, Mapping
+from dataclasses import dataclass, field
 from http import HTTPStatus
 from types import TracebackType
-from typing import Final
+from typing import Any, Final
 
 import msgspec
 from websockets.asyncio.server import Server, ServerConnection, broadcast, serve
@@ -30,26 +41,47 @@ from websockets.exceptions import ConnectionClosed, ConnectionClosedError
 from websockets.frames import CloseCode
 from websockets.http11 import Request, Response
 
+from scheduler.bus.journal import Journal, JournalError
 from scheduler.policy.dispatch import (
     Decision,
+    DispatchConfig,
     Dispatcher,
     EmitEvent,
+    Ignored,
+    LeaseExpired,
+    Reply,
     Requeued,
     SendAssign,
+    SendStop,
 )
+from scheduler.policy.events import status_event
+from scheduler.policy.job import Job
 from scheduler.protocol import (
+    FINAL_EVENTS,
     MAX_FRAME_BYTES,
     Accepted,
     Assign,
     BusMessage,
+    Cancel,
+    Error,
+    GetStats,
     Heartbeat,
+    JobEvent,
+    JobPayload,
     JobRequest,
     ProtocolError,
     Register,
     Registered,
     Report,
     Role,
+    SubmitMany,
+    SubmittedMany,
+    Vacuum,
+    Vacuumed,
+    Watch,
+    Watching,
     decode_client,
+    decode_payload,
     encode,
     encode_v1_payload,
     ref_of,
@@ -60,28 +92,72 @@ logger = logging.getLogger(__name__)
 DEFAULT_MAX_BACKLOG: Final = 10_000
 """Frames a producer or monitor may fall behind before it is disconnected."""
 
+DEFAULT_RETENTION_S: Final = 7 * 24 * 3600.0
+"""How long a final job stays in the journal unless a retention says otherwise."""
+
 LOOPBACK_HOSTS: Final = frozenset({"localhost", "127.0.0.1", "[::1]"})
 """``Host`` header names always accepted."""
+
+CLOSE_LEASE_EXPIRED: Final = 4000
+"""Close code for a scheduler connection that stayed silent past its lease."""
+
+CLOSE_REPLACED: Final = 4001
+"""Close code for a scheduler connection replaced by a newer one with its name."""
 
 _FLUSH_TIMEOUT_S: Final = 5.0
 """How long a refused client's error reply may take to leave before the connection closes."""
 
+_MAX_READ_AHEAD: Final = 1024
+"""Frames a client may have waiting for a commit before the bus stops reading from it."""
+
+_CLEAN_CLOSE: Final = frozenset({CloseCode.NORMAL_CLOSURE, CloseCode.GOING_AWAY})
+
 # Who may send what; Register is allowed to anyone not yet registered.
-_ROLE_FOR: Final[dict[type, Role]] = {
-    JobRequest: "producer",
-    Report: "scheduler",
-    Heartbeat: "scheduler",
+_ROLES_FOR: Final[dict[type, tuple[Role, ...]]] = {
+    JobRequest: ("producer",),
+    SubmitMany: ("producer",),
+    Cancel: ("producer", "monitor"),
+    Watch: ("producer", "monitor"),
+    Vacuum: ("producer", "monitor"),
+    GetStats: ("producer", "monitor"),
+    Report: ("scheduler",),
+    Heartbeat: ("scheduler",),
 }
+_V2_ONLY: Final = frozenset({SubmitMany, Cancel, Watch, Vacuum, GetStats})
 
 
 @dataclass(frozen=True)
 class BusConfig:
-    """Where the bus listens and whom it lets in."""
+    """Where the bus listens, whom it lets in, where it journals and its rules' numbers.
+
+    ``db`` is the journal file (``:memory:``: none, jobs die with the bus). ``lease``
+    seconds a silent or disconnected scheduler keeps its jobs. ``retention`` maps a
+    final state to the seconds its jobs are kept (others: ``retention_default``);
+    final jobs past it are deleted every ``vacuum_every`` seconds.
+    """
 
     host: str = "127.0.0.1"
     port: int = 8101
     token: str | None = None
     allow_origins: tuple[str, ...] = ()
+    db: str = ":memory:"
+    lease: float = 5.0
+    max_evictions: int = 3
+    max_deliveries: int = 10
+    retention: Mapping[str, float] = field(default_factory=dict)
+    retention_default: float = DEFAULT_RETENTION_S
+    vacuum_every: float = 3600.0
+
+    def __post_init__(self) -> None:
+        """Refuse values that cannot work, naming the field."""
+        DispatchConfig(self.lease, self.max_evictions, self.max_deliveries)
+        if not self.vacuum_every > 0:
+            raise ValueError(f"vacuum_every must be > 0 s, not {self.vacuum_every}")
+        unknown = set(self.retention) - FINAL_EVENTS
+        if unknown:
+            raise ValueError(f"retention: not final states: {', '.join(sorted(unknown))}")
+        if min([self.retention_default, *self.retention.values()]) < 0:
+            raise ValueError("retention: seconds must be >= 0")
 
 
 class _Outbox:
@@ -89,30 +165,36 @@ class _Outbox:
 
     def __init__(self, ws: ServerConnection, bound: int | None, label: str) -> None:
         self.bound = bound
-        """Most frames that may wait; None: no limit (schedulers: one frame per held job)."""
+        """Most counted frames that may wait; None: no limit (schedulers: one frame per
+        held job)."""
         self.label = label
         self._ws = ws
-        self._backlog: deque[bytes] = deque()
+        self._backlog: deque[tuple[bytes, bool]] = deque()
+        self._counted = 0
         self._writer: asyncio.Task[None] | None = None
         self._high_water = ws.transport.get_write_buffer_limits()[1]
         self._dropped = False
 
-    def push(self, frame: bytes) -> None:
+    def push(self, frame: bytes, counted: bool = True) -> None:
         """Send text ``frame`` now if nothing waits and the socket keeps up, else queue it.
 
-        Past ``bound`` waiting frames the connection is aborted and later frames dropped.
+        A frame the client caused itself (a reply, the events of its own submit) is not
+        ``counted``: its reading is paused instead. When a counted frame finds ``bound``
+        counted frames waiting, the connection is aborted and later frames dropped.
         """
         if self._dropped:
             return
         if self._backlog:
-            if self.bound is not None and len(self._backlog) >= self.bound:
+            if counted and self.bound is not None and self._counted >= self.bound:
                 self._drop()
                 return
-            self._backlog.append(frame)
+            self._backlog.append((frame, counted))
+            self._counted += counted
         elif self._ws.transport.get_write_buffer_size() < self._high_water:
             broadcast((self._ws,), frame, text=True)
         else:
-            self._backlog.append(frame)
+            self._backlog.append((frame, counted))
+            self._counted += counted
             self._writer = asyncio.create_task(self._drain())
 
     @property
@@ -145,8 +227,8 @@ class _Outbox:
         try:
             while self._backlog:
                 # The head stays queued until written, so push() queues behind it.
-                await self._ws.send(self._backlog[0], text=True)
-                self._backlog.popleft()
+                await self._ws.send(self._backlog[0][0], text=True)
+                self._counted -= self._backlog.popleft()[1]
         except ConnectionClosed:
             self._backlog.clear()
         finally:
@@ -159,16 +241,97 @@ class _Client:
 
     ws: ServerConnection
     outbox: _Outbox
+    gate: _Gate
     peer: str
     name: str = ""
     role: Role | None = None
     protocol: int = 1
     close: tuple[int, str] | None = None
     """Set when the connection must be closed with this code and reason."""
+    pending: int = 0
+    """Frames for this client waiting in the gate for a commit."""
+    watching: set[str] = field(default_factory=set)
+    """Ids of the jobs whose events this client receives (monitors receive all)."""
 
     def send(self, message: BusMessage) -> None:
-        """Queue ``message`` for this client."""
-        self.outbox.push(encode(message).encode())
+        """Queue ``message`` (a reply, a stop) for this client, behind every change not
+        yet durable."""
+        self.gate.send(self, encode(message).encode(), counted=False)
+
+
+class _Gate:
+    """Holds frames back until the journal has committed every change made before them.
+
+    While nothing waits for a commit, frames go straight to their outbox. Once a change
+    is queued in the journal, every frame waits, in order, for the group commit that
+    covers it; one commit task runs at a time, so all changes made while it commits
+    share the next one.
+    """
+
+    def __init__(self, journal: Journal, on_failure: Callable[[Exception], None]) -> None:
+        self._journal = journal
+        self._on_failure = on_failure
+        self._held: list[tuple[_Client, bytes, bool]] = []
+        self._dirty = False
+        self._task: asyncio.Task[None] | None = None
+        self._wake: asyncio.Future[None] | None = None
+        self._broken = False
+
+    def changed(self) -> None:
+        """Note that a change was queued in the journal: later frames wait for its commit."""
+        if self._broken:
+            return
+        self._dirty = True
+        if self._task is None:
+            self._task = asyncio.create_task(self._run())
+
+    def send(self, client: _Client, frame: bytes, counted: bool = True) -> None:
+        """Push ``frame`` to ``client`` now, or once the commits before it are done
+        (``counted``: see :meth:`_Outbox.push`)."""
+        if self._task is None:
+            if not self._broken:
+                client.outbox.push(frame, counted)
+            return
+        client.pending += 1
+        self._held.append((client, frame, counted))
+
+    async def released(self, client: _Client) -> None:
+        """Wait until no frame for ``client`` waits for a commit."""
+        while client.pending and self._task is not None:
+            if self._wake is None:
+                self._wake = asyncio.get_running_loop().create_future()
+            await asyncio.shield(self._wake)
+
+    async def drain(self) -> None:
+        """Wait until every queued change is committed and every held frame released."""
+        while self._task is not None:
+            await asyncio.wait((self._task,))
+
+    async def _run(self) -> None:
+        try:
+            while self._dirty or self._held:
+                batch, self._held = self._held, []
+                if self._dirty:
+                    self._dirty = False
+                    await self._journal.flush()
+                for client, frame, counted in batch:
+                    client.pending -= 1
+                    client.outbox.push(frame, counted)
+                self._wake_waiters()
+        except Exception as exc:
+            self._broken = True
+            for client, _, _ in self._held:
+                client.pending = 0
+            self._held.clear()
+            self._on_failure(exc)
+        finally:
+            self._task = None
+            self._wake_waiters()
+
+    def _wake_waiters(self) -> None:
+        if self._wake is not None:
+            self._wake.set_result(None)
+            self._wake = None
 
 
 class BusServer:
@@ -180,27 +343,55 @@ class BusServer:
         clock: Callable[[], float] = time.monotonic,
         *,
         max_backlog: int = DEFAULT_MAX_BACKLOG,
+        wall_clock: Callable[[], float] = time.time,
+        rng: random.Random | None = None,
     ) -> None:
-        """Configure a bus; nothing listens until :meth:`start`.
+        """Configure a bus; nothing is opened or listens until :meth:`start`.
 
-        ``clock`` gives the monotonic time the dispatch core sees; ``max_backlog`` is how
-        many frames a producer or monitor may fall behind before it is disconnected.
+        ``clock`` gives the monotonic time the core sees and ``wall_clock`` the epoch time
+        stamped on jobs; ``rng`` draws retry jitter; ``max_backlog`` is how many frames a
+        producer or monitor may fall behind before it is disconnected.
         """
         self.config = config
         self._clock = clock
+        self._wall = wall_clock
         self._max_backlog = max_backlog
-        self._core = Dispatcher()
+        self._read_ahead = max(1, min(_MAX_READ_AHEAD, max_backlog // 2))
+        rules = DispatchConfig(config.lease, config.max_evictions, config.max_deliveries)
+        self._core = Dispatcher(rules, rng, new_id=_new_id)
+        self._journal: Journal | None = None
+        self._gate: _Gate | None = None
         self._clients: dict[str, _Client] = {}
         self._monitors: set[_Client] = set()
+        self._watchers: dict[str, set[_Client]] = {}
         self._generated: dict[str, int] = {}
         self._server: Server | None = None
         self._port: int | None = None
         self._allowed_hosts = LOOPBACK_HOSTS | {_bracketed(config.host.lower())}
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0
+        self._background: set[asyncio.Task[Any]] = set()
+        self._closing = False
+        self._failure: Exception | None = None
+        self._handlers: dict[type, Callable[[_Client, Any], None]] = {
+            JobRequest: self._submit,
+            SubmitMany: self._submit_many,
+            Cancel: self._cancel,
+            Watch: self._watch,
+            Vacuum: self._vacuum,
+            GetStats: self._stats,
+            Report: self._report,
+            Heartbeat: self._heartbeat,
+        }
 
     # --- lifecycle -------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Bind and start accepting connections; port 0 picks an ephemeral port."""
+        """Open the journal, take back its jobs, then bind and accept connections.
+
+        Port 0 picks an ephemeral port. Raises :class:`JournalError` if the journal cannot
+        be opened or read, OSError if the address cannot be bound.
+        """
         if self._server is not None:
             raise RuntimeError("the bus is already started")
         if not _is_loopback(self.config.host):
@@ -209,16 +400,40 @@ class BusServer:
                 self.config.host,
                 "" if self.config.token else ", and no token is set",
             )
-        self._server = await serve(
-            self._handle,
-            self.config.host,
-            self.config.port,
-            compression=None,
-            max_size=MAX_FRAME_BYTES,
-            process_request=self._check_request,
-        )
+        try:
+            self._open_journal()
+            self._server = await serve(
+                self._handle,
+                self.config.host,
+                self.config.port,
+                compression=None,
+                max_size=MAX_FRAME_BYTES,
+                process_request=self._check_request,
+            )
+        except BaseException:
+            self._close_journal()
+            raise
         self._port = self._server.sockets[0].getsockname()[1]
+        self._spawn(self._vacuum_periodically())
         logger.info("bus listening on %s", self.url)
+
+    def _open_journal(self) -> None:
+        journal = self._journal = Journal.open(self.config.db)
+        self._gate = _Gate(journal, self._fail)
+        jobs = journal.load()
+        self._core.restore(jobs, journal.next_seq(), self._clock(), self._wall())
+        held = [job for job in jobs if job.holder is not None]
+        logger.info(
+            "journal %s: %d jobs to finish (%d queued, %d held by %d schedulers that have"
+            " %.1f s to come back)",
+            self.config.db,
+            len(jobs),
+            len(jobs) - len(held),
+            len(held),
+            len({job.holder for job in held}),
+            self.config.lease,
+        )
+        self._arm()
 
     @property
     def port(self) -> int:
@@ -236,26 +451,50 @@ class BusServer:
         return f"ws://{_bracketed(host)}:{self.port}"
 
     async def serve_forever(self) -> None:
-        """Serve until :meth:`close` is called or this coroutine is cancelled."""
+        """Serve until :meth:`close` is called or this coroutine is cancelled.
+
+        Raises :class:`JournalError` if the journal fails to commit: the bus then stops,
+        since it could no longer keep its promises.
+        """
         if self._server is None:
             await self.start()
         assert self._server is not None
         await self._server.serve_forever()
+        if self._failure is not None:
+            raise self._failure
 
     async def close(self) -> None:
-        """Close every connection and the listener, then log a summary. Idempotent."""
+        """Close every connection and the listener, commit the journal and close it, then
+        log a summary. Jobs held by schedulers stay held for a restart. Idempotent."""
         if self._server is None:
             return
         server, self._server = self._server, None
+        self._closing = True
+        if self._timer is not None:
+            self._timer.cancel()
+        for task in self._background:
+            task.cancel()
         server.close()
         await server.wait_closed()
+        assert self._gate is not None and self._journal is not None
+        await self._gate.drain()
+        self._close_journal()
         core = self._core
         logger.info(
-            "bus closed: %d jobs accepted, %d finished, %d still tracked",
+            "bus closed: %d jobs accepted, %d finished, %d still tracked, %d journal commits",
             core.accepted,
             core.finished,
             len(core),
+            self._journal.commits,
         )
+
+    def _close_journal(self) -> None:
+        if self._journal is None:
+            return
+        try:
+            self._journal.close()
+        except JournalError:
+            logger.exception("closing the journal failed")
 
     async def __aenter__(self) -> BusServer:
         """Start the bus."""
@@ -271,6 +510,13 @@ class BusServer:
         """Close the bus."""
         await self.close()
 
+    @property
+    def journal(self) -> Journal:
+        """The open journal (once started)."""
+        if self._journal is None:
+            raise RuntimeError("the bus is not started")
+        return self._journal
+
     def scheduler_names(self) -> list[str]:
         """Return the names of the connected schedulers, in registration order."""
         return [c.name for c in self._clients.values() if c.role == "scheduler"]
@@ -278,6 +524,19 @@ class BusServer:
     def monitor_count(self) -> int:
         """Return how many v2 monitors receive every event."""
         return len(self._monitors)
+
+    def _fail(self, exc: Exception) -> None:
+        """The journal cannot commit: stop serving rather than acknowledge what is not kept."""
+        logger.critical("the journal failed; the bus stops: %s", exc)
+        self._failure = exc
+        self._closing = True
+        if self._server is not None:
+            self._server.close()
+
+    def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coroutine)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     # --- HTTP ------------------------------------------------------------------------
 
@@ -302,7 +561,8 @@ class BusServer:
     async def _handle(self, ws: ServerConnection) -> None:
         """Serve one connection until it closes; its failure never reaches other clients."""
         peer = _peer(ws)
-        client = _Client(ws, _Outbox(ws, self._max_backlog, peer), peer)
+        assert self._gate is not None
+        client = _Client(ws, _Outbox(ws, self._max_backlog, peer), self._gate, peer)
         logger.info("%s: connected", peer)
         try:
             await self._read(client)
@@ -312,34 +572,54 @@ class BusServer:
             logger.exception("%s: handler failed; closing the connection", client.outbox.label)
             await ws.close(CloseCode.INTERNAL_ERROR, "internal error")
         finally:
-            await self._leave(client)
+            self._leave(client)
+            await client.outbox.aclose()
 
     async def _read(self, client: _Client) -> None:
         async for frame in client.ws:
             self._on_frame(client, frame)
             if client.close is not None:
+                await client.gate.released(client)
                 await client.outbox.flush(_FLUSH_TIMEOUT_S)
                 await client.ws.close(*client.close)
                 return
-            if client.outbox.waiting:
+            if client.pending + client.outbox.waiting >= self._read_ahead:
                 # Read nothing more from a client that lags behind its own replies:
                 # TCP then slows its sending instead of its backlog growing to the bound.
+                await client.gate.released(client)
                 await client.outbox.flush()
 
-    async def _leave(self, client: _Client) -> None:
-        """Forget ``client``; a scheduler's jobs go back to dispatch."""
+    def _current(self, client: _Client) -> bool:
+        """Whether ``client`` still speaks for its name (not replaced, not expired)."""
+        return self._clients.get(client.name) is client
+
+    def _leave(self, client: _Client) -> None:
+        """Forget ``client``; a scheduler's jobs go back to dispatch or wait for its lease."""
+        for job_id in client.watching:
+            self._unwatch(client, job_id)
         if client.role is None:
             logger.info("%s: disconnected", client.peer)
-        else:
-            del self._clients[client.name]
-            self._monitors.discard(client)
-            decisions: list[Decision] = []
-            if client.role == "scheduler":
-                decisions = self._core.remove_scheduler(client.name, self._clock(), time.time())
-            requeued = sum(isinstance(d, Requeued) for d in decisions)
-            logger.info("%s: left (%s, %d jobs requeued)", client.name, client.peer, requeued)
-            self._carry_out(decisions)
-        await client.outbox.aclose()
+            return
+        if not self._current(client):
+            logger.info("%s: old connection closed (%s)", client.name, client.peer)
+            return
+        del self._clients[client.name]
+        self._monitors.discard(client)
+        if client.role != "scheduler" or self._closing:
+            logger.info("%s: left (%s)", client.name, client.peer)
+            return
+        clean = client.ws.close_code in _CLEAN_CLOSE
+        decisions = self._core.detach(
+            client.name, clean=clean, now=self._clock(), wall=self._wall()
+        )
+        info = self._core.scheduler(client.name)
+        keeps = "" if info is None else f"; keeps {info.outstanding} jobs until its lease expires"
+        requeued = sum(isinstance(d, Requeued) for d in decisions)
+        how = "cleanly" if clean else f"abnormally ({client.ws.close_code})"
+        logger.info(
+            "%s: left %s (%s, %d jobs requeued%s)", client.name, how, client.peer, requeued, keeps
+        )
+        self._apply(decisions)
 
     def _on_frame(self, client: _Client, frame: str | bytes) -> None:
         """Decode one frame, check the sender may send it, and act on it."""
@@ -354,23 +634,27 @@ class BusServer:
         if isinstance(message, Register):
             self._on_register(client, message, frame)
             return
-        if client.role is None:
-            self._refuse(client, ProtocolError("register first", "cmd"), frame)
-            return
-        required = _ROLE_FOR[type(message)]
-        if client.role != required:
-            error = f"a {client.role} may not send this cmd; only a {required} may"
-            self._refuse(client, ProtocolError(error, "cmd"), frame)
-            return
-        if isinstance(message, JobRequest):
-            self._submit(client, message)
-        elif isinstance(message, Report):
-            self._carry_out(self._core.report(client.name, message, time.time()))
+        refusal = self._may_not_send(client, message)
+        if refusal is not None:
+            self._refuse(client, ProtocolError(refusal, "cmd"), frame)
+        elif not self._current(client):
+            logger.info("%s: ignoring a frame from a replaced or expired connection", client.name)
         else:
-            self._core.heartbeat(client.name, message.running, message.queued, self._clock())
+            self._handlers[type(message)](client, message)
+
+    def _may_not_send(self, client: _Client, message: object) -> str | None:
+        """Why ``client`` may not send ``message``, or None if it may."""
+        if client.role is None:
+            return "register first"
+        roles = _ROLES_FOR[type(message)]
+        if client.role not in roles:
+            return f"a {client.role} may not send this cmd; only a {' or '.join(roles)} may"
+        if client.protocol != 2 and type(message) in _V2_ONLY:
+            return "this cmd needs protocol 2"
+        return None
 
     def _on_register(self, client: _Client, message: Register, frame: str) -> None:
-        """Give ``client`` its role and unique name; a scheduler gets the backlog."""
+        """Give ``client`` its role and name; a scheduler (re)attaches and gets work."""
         if client.role is not None:
             self._refuse(client, ProtocolError("already registered", "cmd"), frame)
             return
@@ -379,37 +663,166 @@ class BusServer:
             self._refuse(client, ProtocolError(why, "token"), frame)
             client.close = (CloseCode.POLICY_VIOLATION, "invalid token")
             return
+        client.role, client.protocol = message.type, message.protocol
+        if message.type == "scheduler":
+            self._register_scheduler(client, message)
+            return
+        client.name = client.outbox.label = self._unique_name(message.name, message.type)
+        self._clients[client.name] = client
+        if message.protocol == 2:
+            client.send(Registered(name=client.name))
+            if message.type == "monitor":
+                self._monitors.add(client)
+        logger.info(
+            "%s: registered as %s (protocol %d)", client.peer, client.name, message.protocol
+        )
+
+    def _register_scheduler(self, client: _Client, message: Register) -> None:
+        """Attach a scheduler under its name; a v2 name in use by a scheduler is taken over."""
         v2 = message.protocol == 2
-        name = self._unique_name(message.name, message.type)
-        client.name, client.role, client.protocol = name, message.type, message.protocol
-        client.outbox.label = name
+        name = message.name if v2 else None
+        old = None if name is None else self._clients.get(name)
+        if name is None or (old is not None and old.role != "scheduler"):
+            name = self._unique_name(name, "scheduler")
+        elif old is not None:
+            logger.warning("%s: a new connection (%s) takes over its name", name, client.peer)
+            self._spawn(old.ws.close(CLOSE_REPLACED, "replaced by a newer connection"))
+        client.name = client.outbox.label = name
+        client.outbox.bound = None
         self._clients[name] = client
+        held = (message.held or []) if v2 else []
+        known = self._core.scheduler(name) is not None
         if v2:
-            client.send(Registered(name=name))
-        logger.info("%s: registered as %s (protocol %d)", client.peer, name, message.protocol)
-        if message.type == "monitor" and v2:
-            self._monitors.add(client)
-        elif message.type == "scheduler":
-            client.outbox.bound = None
-            decisions = self._core.add_scheduler(
-                name,
-                size=message.size if v2 else None,
-                tasks=message.tasks if v2 else None,
-                reports=v2,
-                now=self._clock(),
-                wall=time.time(),
-            )
-            self._carry_out(decisions)
+            client.send(Registered(name=name, lease_s=self.config.lease))
+        decisions = self._core.attach(
+            name,
+            size=message.size if v2 else None,
+            tasks=message.tasks if v2 else None,
+            reports=v2,
+            held=held,
+            now=self._clock(),
+            wall=self._wall(),
+        )
+        logger.info(
+            "%s: registered as %s (protocol %d, %s; %d attempts held, %d told to stop,"
+            " %d jobs requeued)",
+            client.peer,
+            name,
+            message.protocol,
+            "reattached" if known else "new",
+            len(held),
+            sum(isinstance(d, SendStop) for d in decisions),
+            sum(isinstance(d, Requeued) for d in decisions),
+        )
+        self._apply(decisions)
+
+    # --- requests --------------------------------------------------------------------
 
     def _submit(self, client: _Client, request: JobRequest) -> None:
-        """Accept a job: reply to a v2 producer, then let the core dispatch it."""
-        job_id = uuid.uuid4().hex
-        producer: str | None = None
-        if client.protocol == 2:
-            producer = client.name
-            client.send(Accepted(id=job_id, ref=request.ref))
-        now, wall = self._clock(), time.time()
-        self._carry_out(self._core.submit(job_id, request.payload, producer, now, wall))
+        """Accept one job; a v2 producer gets the reply once it is journaled."""
+        stored = self._stored([request.payload.job_id])
+        decisions = self._core.submit(
+            request.payload, self._clock(), self._wall(), stored=stored, ref=request.ref
+        )
+        reply = decisions[0]
+        if isinstance(reply, Reply) and isinstance(reply.message, Accepted):
+            self._subscribe(client, reply.message.id)
+        self._apply(decisions, client)
+
+    def _submit_many(self, client: _Client, request: SubmitMany) -> None:
+        """Accept a batch: every good job journaled in one commit, one result per job."""
+        payloads = [_decode_job(raw) for raw in request.jobs]
+        stored = self._stored(p.job_id for p in payloads if isinstance(p, JobPayload))
+        decisions = self._core.submit_many(
+            payloads, self._clock(), self._wall(), stored=stored, ref=request.ref
+        )
+        reply = decisions[0]
+        if isinstance(reply, Reply) and isinstance(reply.message, SubmittedMany):
+            for result in reply.message.results:
+                if result.id is not None:
+                    self._subscribe(client, result.id)
+        self._apply(decisions, client)
+
+    def _cancel(self, client: _Client, request: Cancel) -> None:
+        """Cancel a job; the reply says what happened."""
+        stored = None if self._core.tracks(request.id) else self._get_stored(request.id)
+        self._apply(
+            self._core.cancel(request.id, self._wall(), stored=stored, ref=request.ref), client
+        )
+
+    def _watch(self, client: _Client, request: Watch) -> None:
+        """Subscribe ``client`` to jobs' events and reply with the status of each."""
+        wall = self._wall()
+        jobs: list[JobEvent] = []
+        unknown: list[str] = []
+        for job_id in request.ids:
+            event = self._core.status(job_id, wall)
+            if event is None:
+                stored = self._get_stored(job_id)
+                event = None if stored is None else status_event(stored, wall)
+            if event is None:
+                unknown.append(job_id)
+                continue
+            jobs.append(event)
+            self._subscribe(client, job_id)
+        client.send(Watching(jobs=jobs, unknown=unknown, ref=request.ref))
+
+    def _vacuum(self, client: _Client, request: Vacuum) -> None:
+        """Delete final jobs past their retention (or ``older_than_s``) and reply the counts."""
+        try:
+            deleted = self._run_vacuum(request.older_than_s)
+        except JournalError as exc:
+            logger.error("vacuum failed: %s", exc)
+            client.send(Error(message=f"vacuum failed: {exc}", ref=request.ref))
+            return
+        client.send(Vacuumed(deleted=deleted, ref=request.ref))
+
+    def _stats(self, client: _Client, request: GetStats) -> None:
+        """Stats snapshots are not served yet (cluster scheduling brings them): say so."""
+        message = "cmd: stats are not served by this bus yet"
+        client.send(Error(message=message, field="cmd", ref=request.ref))
+
+    def _report(self, client: _Client, report: Report) -> None:
+        self._apply(self._core.report(client.name, report, self._clock(), self._wall()))
+
+    def _heartbeat(self, client: _Client, beat: Heartbeat) -> None:
+        self._core.heartbeat(client.name, beat.running, beat.queued, self._clock())
+
+    def _stored(self, job_ids: Iterable[str | None]) -> dict[str, Job]:
+        """The journal's records of the given ids that the core no longer tracks."""
+        stored: dict[str, Job] = {}
+        for job_id in job_ids:
+            if job_id is not None and not self._core.tracks(job_id):
+                job = self._get_stored(job_id)
+                if job is not None:
+                    stored[job_id] = job
+        return stored
+
+    def _get_stored(self, job_id: str) -> Job | None:
+        assert self._journal is not None
+        return self._journal.get(job_id)
+
+    def _run_vacuum(self, older_than_s: float | None) -> dict[str, int]:
+        assert self._journal is not None
+        if older_than_s is None:
+            retention, default = self.config.retention, self.config.retention_default
+        else:
+            retention, default = {}, older_than_s
+        deleted = self._journal.vacuum(self._wall(), retention, default)
+        logger.info(
+            "vacuum: deleted %d final jobs%s",
+            sum(deleted.values()),
+            "".join(f", {count} {state}" for state, count in sorted(deleted.items())),
+        )
+        return deleted
+
+    async def _vacuum_periodically(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.vacuum_every)
+            try:
+                self._run_vacuum(None)
+            except JournalError:
+                logger.exception("periodic vacuum failed")
 
     def _refuse(self, client: _Client, error: ProtocolError, frame: str | None) -> None:
         """Log a refused frame and answer it with an error if the client speaks v2."""
@@ -425,41 +838,98 @@ class BusServer:
         return given is not None and hmac.compare_digest(given.encode(), token.encode())
 
     def _unique_name(self, wanted: str | None, role: Role) -> str:
-        """``wanted``, suffixed ``-2``, ``-3``... if taken; or the next free ``role-N``."""
+        """``wanted``, suffixed ``-2``, ``-3``... if taken; or the next free ``role-N``.
+
+        A name is taken by a connected client or by a scheduler the core still keeps
+        jobs for (it may come back).
+        """
         if wanted is None:
             while True:
                 n = self._generated[role] = self._generated.get(role, 0) + 1
-                if f"{role}-{n}" not in self._clients:
+                if not self._taken(f"{role}-{n}"):
                     return f"{role}-{n}"
         name, n = wanted, 1
-        while name in self._clients:
+        while self._taken(name):
             n += 1
             name = f"{wanted}-{n}"
         return name
 
+    def _taken(self, name: str) -> bool:
+        return name in self._clients or self._core.scheduler(name) is not None
+
+    # --- subscriptions ---------------------------------------------------------------
+
+    def _subscribe(self, client: _Client, job_id: str) -> None:
+        """Send ``client`` the events of ``job_id`` if it may have more (monitors get every
+        event and v1 clients none)."""
+        if client.role == "producer" and client.protocol == 2 and self._core.tracks(job_id):
+            self._watchers.setdefault(job_id, set()).add(client)
+            client.watching.add(job_id)
+
+    def _unwatch(self, client: _Client, job_id: str) -> None:
+        watchers = self._watchers.get(job_id)
+        if watchers is not None:
+            watchers.discard(client)
+            if not watchers:
+                del self._watchers[job_id]
+
+    def _forget_watchers(self, job_id: str) -> None:
+        for client in self._watchers.pop(job_id, ()):
+            client.watching.discard(job_id)
+
     # --- decisions -------------------------------------------------------------------
 
-    def _carry_out(self, decisions: Iterable[Decision]) -> None:
-        """Send the frames the core decided on, in its order, and log the rest."""
+    def _apply(self, decisions: Iterable[Decision], requester: _Client | None = None) -> None:
+        """Journal what the core changed, carry out its decisions in order (their frames
+        wait for that journal commit), and re-arm the core's timer."""
+        assert self._journal is not None and self._gate is not None
+        changed, deleted = self._core.take_changes()
+        if changed or deleted:
+            self._journal.save(changed)
+            self._journal.delete(deleted)
+            self._gate.changed()
+            for job_id in deleted:
+                self._forget_watchers(job_id)
         for decision in decisions:
-            if isinstance(decision, EmitEvent):
-                self._publish(decision)
-            elif isinstance(decision, SendAssign):
-                self._assign(decision)
-            elif isinstance(decision, Requeued):
-                logger.debug(
-                    "job %.8s: taken back from %s, attempt %d",
-                    decision.job_id,
-                    decision.scheduler,
-                    decision.attempt,
-                )
-            else:
-                logger.warning(
-                    "%s: ignored report about job %.8s: %s",
-                    decision.scheduler,
-                    decision.job_id,
-                    decision.reason,
-                )
+            self._carry_out(decision, requester)
+        self._arm()
+
+    def _carry_out(self, decision: Decision, requester: _Client | None) -> None:
+        if isinstance(decision, EmitEvent):
+            self._publish(decision.event, requester)
+        elif isinstance(decision, SendAssign):
+            self._assign(decision)
+        elif isinstance(decision, SendStop):
+            self._stop(decision)
+        elif isinstance(decision, Reply):
+            if requester is not None and requester.protocol == 2:
+                requester.send(decision.message)
+        else:
+            self._note(decision)
+
+    def _note(self, decision: Requeued | Ignored | LeaseExpired) -> None:
+        """Log a decision that sends nothing; a lease that expired on an open connection
+        closes it."""
+        if isinstance(decision, Requeued):
+            logger.debug(
+                "job %.8s: taken back from %s after attempt %d: %s",
+                decision.job_id,
+                decision.scheduler,
+                decision.attempt,
+                decision.reason,
+            )
+        elif isinstance(decision, Ignored):
+            logger.warning(
+                "%s: ignored report about job %.8s: %s",
+                decision.scheduler,
+                decision.job_id,
+                decision.reason,
+            )
+        else:
+            logger.info("%s: lease expired; %d jobs taken back", decision.scheduler, decision.jobs)
+            if decision.connected:
+                client = self._clients.pop(decision.scheduler)
+                self._spawn(client.ws.close(CLOSE_LEASE_EXPIRED, "lease expired"))
 
     def _assign(self, decision: SendAssign) -> None:
         scheduler = self._clients[decision.scheduler]
@@ -467,18 +937,32 @@ class BusServer:
             frame = encode(Assign(decision.assignment))
         else:
             frame = encode_v1_payload(decision.payload)
-        scheduler.outbox.push(frame.encode())
+        scheduler.gate.send(scheduler, frame.encode())
 
-    def _publish(self, decision: EmitEvent) -> None:
-        """Send an event to its producer and every monitor, encoded once."""
-        event = decision.event
+    def _stop(self, decision: SendStop) -> None:
+        stop = decision.stop
+        scheduler = self._clients.get(decision.scheduler)
+        logger.debug(
+            "%s: stop job %.8s attempt %d: %s",
+            decision.scheduler,
+            stop.id,
+            stop.attempt,
+            stop.reason,
+        )
+        if scheduler is not None:
+            scheduler.send(stop)
+
+    def _publish(self, event: JobEvent, requester: _Client | None) -> None:
+        """Send an event to the job's watchers and every monitor, encoded once; it counts
+        against the backlog bound of all but the client whose request caused it."""
+        assert self._gate is not None
         frame = encode(event).encode()
-        if decision.producer is not None:
-            producer = self._clients.get(decision.producer)
-            if producer is not None and producer.role == "producer":
-                producer.outbox.push(frame)
+        for client in self._watchers.get(event.id, ()):
+            self._gate.send(client, frame, counted=client is not requester)
         for monitor in self._monitors:
-            monitor.outbox.push(frame)
+            self._gate.send(monitor, frame)
+        if event.event in FINAL_EVENTS:
+            self._forget_watchers(event.id)
         logger.debug(
             "job %.8s: %s p%d %s attempt %d",
             event.id,
@@ -487,6 +971,35 @@ class BusServer:
             event.scheduler or "-",
             event.attempt,
         )
+
+    # --- timer -----------------------------------------------------------------------
+
+    def _arm(self) -> None:
+        """Set the loop timer for the core's next deadline if it is earlier than the one set."""
+        deadline = self._core.next_deadline()
+        if deadline is None or (self._timer is not None and self._timer_at <= deadline):
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_at = deadline
+        delay = max(0.0, deadline - self._clock())
+        self._timer = asyncio.get_running_loop().call_later(delay, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._apply(self._core.tick(self._clock(), self._wall()))
+
+
+def _new_id() -> str:
+    """128 bits from the OS's generator, as hex: ids nobody can guess ahead."""
+    return os.urandom(16).hex()
+
+
+def _decode_job(raw: msgspec.Raw) -> JobPayload | ProtocolError:
+    try:
+        return decode_payload(bytes(raw))
+    except ProtocolError as exc:
+        return exc
 
 
 def _peer(ws: ServerConnection) -> str:

@@ -1,0 +1,63 @@
+"""What a submit with a client-chosen ``job_id`` does when that id exists. Pure.
+
+``raise`` refuses it, ``ignore`` answers with the existing job, ``replace`` replaces the
+existing job if it has not started running: a queued job (waiting for a retry
+included) at once, an assigned one once its holder is told to stop that attempt.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from scheduler.policy.job import Job
+from scheduler.protocol import OnConflict
+
+
+@dataclass(frozen=True, slots=True)
+class Create:
+    """No job has this id: create it."""
+
+
+@dataclass(frozen=True, slots=True)
+class KeepExisting:
+    """Answer with the existing job; change nothing."""
+
+
+@dataclass(frozen=True, slots=True)
+class Replace:
+    """Replace the existing job; ``stop_holder``: its holder must first stop its attempt."""
+
+    stop_holder: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Refuse:
+    """Refuse the submit with ``message``."""
+
+    message: str
+
+
+Resolution = Create | KeepExisting | Replace | Refuse
+
+
+def resolve(existing: Job | None, on_conflict: OnConflict, *, stoppable: bool) -> Resolution:
+    """Decide a submit whose id is held by ``existing`` (None: the id is free).
+
+    ``stoppable`` says whether the existing job's holder can be told to stop (a v1
+    scheduler cannot). Returns the resolution; changes nothing.
+    """
+    if existing is None:
+        return Create()
+    if on_conflict == "ignore":
+        return KeepExisting()
+    if on_conflict == "raise":
+        return Refuse(f"job {existing.id} already exists (state {existing.state})")
+    if existing.state == "queued":
+        return Replace(stop_holder=False)
+    if existing.state == "assigned" and stoppable:
+        return Replace(stop_holder=True)
+    why = "final" if existing.final else "running"
+    return Refuse(
+        f"job {existing.id} is {why} (state {existing.state}); only a job that has not"
+        " started can be replaced"
+    )

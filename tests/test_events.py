@@ -1,0 +1,56 @@
+"""Events built from the bus's job record."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from scheduler.policy.events import job_event, status_event
+from scheduler.policy.job import Job
+from scheduler.protocol import JobPayload, Report
+
+WALL = 1_700_000_000.0
+
+
+def record(**fields: Any) -> Job:
+    payload = JobPayload(priority=2, runtime=3.0, task="render")
+    return Job("j", payload, 0, WALL - 10, updated_at=WALL - 1, **fields)
+
+
+@pytest.mark.parametrize(
+    ("fields", "kind", "error", "retry_in_s"),
+    [
+        ({}, "accepted", None, None),
+        ({"attempt": 1}, "requeued", None, None),
+        ({"attempt": 1, "not_before": WALL - 5}, "requeued", None, None),
+        ({"attempt": 1, "not_before": WALL + 5, "errors": ["x"]}, "retrying", None, 5.0),
+        ({"state": "assigned", "holder": "s", "attempt": 1}, "assigned", None, None),
+        ({"state": "running", "holder": "s", "attempt": 1}, "started", None, None),
+        ({"state": "succeeded", "errors": ["early"]}, "succeeded", None, None),
+        ({"state": "dead", "errors": ["a", "b"]}, "dead", "b", None),
+        ({"state": "failed"}, "failed", None, None),
+    ],
+)
+def test_status_reads_like_the_latest_event(
+    fields: dict[str, Any], kind: str, error: str | None, retry_in_s: float | None
+) -> None:
+    job = record(**fields)
+    event = status_event(job, WALL)
+    assert (event.event, event.state, event.error, event.retry_in_s) == (
+        kind,
+        job.state,
+        error,
+        retry_in_s,
+    )
+    assert (event.time, event.task, event.scheduler) == (WALL - 1, "render", job.holder)
+    listed = kind in ("retrying", "succeeded", "dead") and job.errors
+    assert event.errors == (job.errors if listed else None)
+
+
+def test_a_report_s_measurements_and_an_overriding_error() -> None:
+    job = record(state="failed", errors=["boom"])
+    report = Report("failed", "j", 1, exit_code=2, error="boom", wall_s=1.0, max_rss_kb=7)
+    event = job_event(job, "failed", WALL, "s", report)
+    assert (event.exit_code, event.error, event.wall_s, event.max_rss_kb) == (2, "boom", 1.0, 7)
+    assert job_event(job, "failed", WALL, "s", report, error="other").error == "other"

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 import sys
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -105,3 +106,41 @@ async def commands(tmp_path: Path) -> AsyncIterator[Commands]:
         yield tracker
     finally:
         await tracker.kill_all()
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago (for a bus that must restart on
+    the same port, so that its clients find it again)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+class BusProcess:
+    """``python -m scheduler.bus`` as a real process on a fixed port and journal file, so a
+    test can SIGKILL it and start it again where its clients expect it."""
+
+    def __init__(self, commands: Commands, db: Path, *options: str) -> None:
+        self.commands = commands
+        self.db = db
+        self.options = options
+        self.port = free_port()
+        self.url = f"ws://127.0.0.1:{self.port}"
+        self.proc: asyncio.subprocess.Process | None = None
+
+    async def start(self) -> None:
+        """Start the bus and wait until it listens."""
+        self.proc = await self.commands.start(
+            "scheduler.bus", "--port", str(self.port), "--db", str(self.db), *self.options
+        )
+        proc = self.proc
+        await wait_until(
+            lambda: "bus listening" in self.commands.log_of(proc), 20 * unit(), "the bus listens"
+        )
+
+    async def kill(self) -> None:
+        """SIGKILL the bus and reap it."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        await self.proc.wait()

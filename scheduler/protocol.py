@@ -28,6 +28,8 @@ MAX_NAME_LEN: Final = 200
 MAX_TASKS: Final = 1000
 MAX_SIZE: Final = 4096
 MAX_RETRIES: Final = 100
+MAX_RESULT_BYTES: Final = 64 * 1024
+"""A task's JSON result larger than this is refused (the job fails saying so)."""
 MAX_BACKOFF_S: Final = 24 * 3600.0
 MAX_BULK: Final = 100_000
 PRIORITY_MIN: Final = 0
@@ -41,6 +43,7 @@ Name = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_NAME_LEN)]
 Ref = Annotated[str, msgspec.Meta(max_length=MAX_NAME_LEN)] | int | None
 JobId = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_NAME_LEN)]
 Attempt = Annotated[int, msgspec.Meta(ge=1)]
+Args = dict[str, object] | list[object]
 
 Role = Literal["producer", "scheduler", "monitor"]
 
@@ -70,9 +73,12 @@ FINAL_EVENTS: Final[frozenset[str]] = frozenset(
 )
 """Events after which a job never runs again."""
 
-SchedulerReport = Literal["started", "succeeded", "failed", "timed_out", "evicted", "cancelled"]
+SchedulerReport = Literal[
+    "started", "succeeded", "failed", "timed_out", "evicted", "cancelled", "revoked"
+]
 """The events a scheduler may report about an attempt it holds. ``cancelled`` confirms a
-:class:`Stop` sent for a cancel: the attempt's processes are gone."""
+:class:`Stop` sent for a cancel: the attempt's processes are gone. ``revoked`` confirms a
+``stolen`` stop: the attempt left the local queue without starting."""
 
 JobState = Literal[
     "queued",
@@ -94,14 +100,19 @@ job (``ignore``), or replace it if it has not started running (``replace``)."""
 class JobPayload(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True):
     """What a producer asks to run. v1 sends only ``priority`` and ``runtime``.
 
+    ``task`` names a registered function; ``args`` (a JSON object, passed as keyword
+    arguments, or a JSON array, passed positionally) are its arguments. The built-in
+    ``sleep`` task needs ``runtime`` and sleeps that long; other tasks may leave it out.
+
     ``job_id`` lets the client choose the id (idempotent submits, see ``on_conflict``).
     A failed or timed-out attempt is retried up to ``max_retries`` times, the n-th retry
     after about ``retry_backoff * 2**(n-1)`` seconds (with jitter).
     """
 
     priority: Priority
-    runtime: Runtime
+    runtime: Runtime | None = None
     task: Name = "sleep"
+    args: Args | None = None
     timeout: Timeout | None = None
     job_id: JobId | None = None
     on_conflict: OnConflict = "raise"
@@ -159,6 +170,7 @@ class Report(msgspec.Struct, frozen=True, tag_field="cmd", tag="report", omit_de
     wall_s: float | None = None
     cpu_s: float | None = None
     max_rss_kb: int | None = None
+    result: object | None = None
 
 
 class SubmitMany(
@@ -278,8 +290,9 @@ class Assignment(msgspec.Struct, frozen=True, omit_defaults=True):
     id: JobId
     attempt: Attempt
     priority: Priority
-    runtime: Runtime
+    runtime: Runtime | None = None
     task: Name = "sleep"
+    args: Args | None = None
     timeout: Timeout | None = None
     evictions: Annotated[int, msgspec.Meta(ge=0)] = 0
     evictable: bool = True
@@ -288,7 +301,12 @@ class Assignment(msgspec.Struct, frozen=True, omit_defaults=True):
 class Stop(msgspec.Struct, frozen=True, tag_field="type", tag="stop"):
     """The bus tells a scheduler to stop an attempt (cancelled, or no longer its own):
     stop its process tree or drop it from the local queue. For a cancel the scheduler
-    answers with a ``cancelled`` report."""
+    answers with a ``cancelled`` report.
+
+    ``reason`` ``"stolen"`` is different: another scheduler wants the job. Drop it only
+    if it is still waiting in the local queue, and answer with a ``revoked`` report; if it
+    has started, keep it (the ``started`` report tells the bus the steal failed).
+    """
 
     id: str
     attempt: int
@@ -313,7 +331,7 @@ class JobEvent(msgspec.Struct, frozen=True, tag_field="type", tag="event", omit_
     priority: int
     state: JobState
     time: float
-    runtime: float
+    runtime: float | None = None
     task: str = "sleep"
     scheduler: str | None = None
     attempt: int = 0
@@ -325,6 +343,7 @@ class JobEvent(msgspec.Struct, frozen=True, tag_field="type", tag="event", omit_
     max_rss_kb: int | None = None
     errors: list[str] | None = None
     retry_in_s: float | None = None
+    result: object | None = None
 
 
 class Watching(msgspec.Struct, frozen=True, tag_field="type", tag="watching", omit_defaults=True):
@@ -505,7 +524,7 @@ def encode(message: ClientMessage | BusMessage) -> str:
 
 def _v1_payload_body(payload: JobPayload) -> dict[str, float | int]:
     # The original producer sent integer runtimes, runtime first; keep that shape on the wire.
-    runtime = payload.runtime
+    runtime = payload.runtime if payload.runtime is not None else 0
     return {
         "runtime": int(runtime) if float(runtime).is_integer() else runtime,
         "priority": payload.priority,

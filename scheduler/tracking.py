@@ -17,7 +17,7 @@ class JobRecord:
 
     id: str
     priority: int
-    runtime: float
+    runtime: float | None
     state: str = "queued"
     scheduler: str | None = None
     evictions: int = 0

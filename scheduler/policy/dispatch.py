@@ -492,7 +492,7 @@ class Dispatcher:
             self._evicted(job, report, now, wall, decisions)
         elif report.event in ("failed", "timed_out"):
             self._failed(job, report, now, wall, decisions)
-        else:
+        elif report.event != "revoked":
             self._finish(job, report.event, wall, decisions, report)
         return decisions
 
@@ -704,13 +704,22 @@ class Dispatcher:
         self._touch(job, wall)
         s.held.add(job.id)
         if not s.reports:
-            heapq.heappush(self._v1_due, (now + job.payload.runtime, job.id, job.attempt))
+            runtime = job.payload.runtime or 0.0
+            heapq.heappush(self._v1_due, (now + runtime, job.id, job.attempt))
         s.last_pick = self._picks
         self._picks += 1
         p = job.payload
         evictable = job.evictions < self.config.max_evictions
         assignment = Assignment(
-            job.id, job.attempt, p.priority, p.runtime, p.task, p.timeout, job.evictions, evictable
+            id=job.id,
+            attempt=job.attempt,
+            priority=p.priority,
+            runtime=p.runtime,
+            task=p.task,
+            args=p.args,
+            timeout=p.timeout,
+            evictions=job.evictions,
+            evictable=evictable,
         )
         out.append(SendAssign(s.name, assignment, p))
         out.append(EmitEvent(job_event(job, "assigned", wall, s.name)))

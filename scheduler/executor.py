@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import signal
 import time
 from collections import deque
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Literal
 
 from scheduler.policy.runner import Decision, Evict, Job, Runner, Snapshot, Start, Stop
@@ -87,6 +89,10 @@ class Executor:
         self._runs: dict[str, _Run] = {}
         self._background: set[asyncio.Task[Any]] = set()
         self._closed = False
+        self._deadline_timer: asyncio.TimerHandle | None = None
+        self._deadline_at = math.inf
+        """When ``_deadline_timer`` fires (``clock`` time): no later than the earliest
+        deadline of the running jobs."""
 
     @property
     def running(self) -> int:
@@ -158,6 +164,19 @@ class Executor:
         """
         return self._end_attempt(job_id, attempt, "dropped")
 
+    def revoke(self, job_id: str, attempt: int) -> Assignment | None:
+        """Give up ``attempt`` of ``job_id`` only if it has not started (it waits in the
+        local queue): drop it, reporting nothing more about it, and return its assignment.
+
+        Returns None, changing nothing, if that attempt is not held or has a process.
+        """
+        held = self._jobs.get(job_id)
+        run = self._runs.get(job_id)
+        if held is None or held.attempt != attempt or (run is not None and run.assignment is held):
+            return None
+        self._end(held, "dropped")
+        return held
+
     async def shutdown(self) -> None:
         """Stop every job process (whole trees), forget every queued job, refuse new ones.
 
@@ -171,8 +190,12 @@ class Executor:
         for run in self._runs.values():
             if run.why is None:
                 run.why = "shutdown"
+        if self._deadline_timer is not None:
+            self._deadline_timer.cancel()
+            self._deadline_timer = None
         stops = [run.process.stop() for run in self._runs.values()]
-        # The supervisors finish too: nothing runs on, and nothing reports, after this.
+        # Each process's end callback (registered when it started) runs before the stop
+        # that reaped it is seen done: nothing runs on, and nothing reports, after this.
         await asyncio.gather(*stops, *self._background, return_exceptions=True)
 
     def _end_attempt(self, job_id: str, attempt: int, why: Why) -> bool:
@@ -226,9 +249,12 @@ class Executor:
         timeout = assignment.timeout or self._default_timeout
         run = _Run(assignment, process, started_at, started_at + timeout)
         self._runs[job_id] = run
+        # A callback rather than a task awaiting the process, and one timer for every
+        # deadline: each costs the loop, and pages written after a fork are copied first.
+        process.add_done_callback(partial(self._ended, run))
+        self._watch_deadline(run.deadline)
         log.debug("started %s attempt %d pid %d", job_id, assignment.attempt, process.pid)
         self._on_event(Report("started", job_id, assignment.attempt), assignment)
-        self._spawn(self._supervise(run))
         return []
 
     def _evict(self, decision: Evict) -> None:
@@ -242,9 +268,34 @@ class Executor:
         log.debug("stopping %s", decision.job_id)
         self._spawn(self._runs[decision.job_id].process.stop())
 
-    async def _supervise(self, run: _Run) -> None:
-        """Wait for ``run`` to end (stopping it at its deadline), then report and refill."""
-        result = await run.process.wait(max(0.0, run.deadline - self._clock()))
+    def _watch_deadline(self, deadline: float) -> None:
+        """Have :meth:`_check_deadlines` run at ``deadline`` unless it runs sooner."""
+        if deadline >= self._deadline_at:
+            return
+        if self._deadline_timer is not None:
+            self._deadline_timer.cancel()
+        self._deadline_at = deadline
+        delay = max(0.0, deadline - self._clock())
+        self._deadline_timer = asyncio.get_running_loop().call_later(delay, self._check_deadlines)
+
+    def _check_deadlines(self) -> None:
+        """Time out every job past its deadline; wait for the next deadline."""
+        self._deadline_timer, self._deadline_at = None, math.inf
+        now = self._clock()
+        for run in list(self._runs.values()):
+            if run.deadline <= now:
+                run.process.time_out()
+            else:
+                self._watch_deadline(run.deadline)
+
+    def _ended(self, run: _Run, result: ProcessResult) -> None:
+        """``run``'s process is reaped (by itself, its timeout or a stop): report, refill."""
+        try:
+            self._report_end(run, result)
+        except Exception as exc:
+            self._on_error(exc)
+
+    def _report_end(self, run: _Run, result: ProcessResult) -> None:
         assignment = run.assignment
         job_id = assignment.id
         del self._runs[job_id]

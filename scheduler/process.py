@@ -11,7 +11,8 @@ from __future__ import annotations
 
 # The C half of ``signal``: its ``signal.signal`` wrapper turns the old handler
 # into an enum by raising and catching ValueError when it is a function, which
-# costs ~0.2 ms of copy-on-write page faults in a freshly forked child.
+# costs ~0.2 ms of copy-on-write page faults in a freshly forked child; and its
+# ``pthread_sigmask`` wrapper turns every signal of the old mask into an enum.
 import _signal  # type: ignore[import-not-found]  # no stub; part of CPython
 import asyncio
 import ctypes
@@ -21,11 +22,12 @@ import multiprocessing.process
 import os
 import signal
 import stat
+import sys
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import FrameType
-from typing import Literal
+from typing import Literal, TextIO
 
 __all__ = ["JobProcess", "Outcome", "ProcessResult"]
 
@@ -44,8 +46,15 @@ _DEATH_SIGNAL = signal.SIGRTMIN + 1
 _RESET_SIGNALS = frozenset({signal.SIGINT, signal.SIGTERM})
 
 _libc = ctypes.CDLL(None, use_errno=True)
-_libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
 _libc.prctl.restype = ctypes.c_int
+# prctl(PR_SET_PDEATHSIG, signal, 0, 0) with its arguments typed once, here: typing
+# them through ``argtypes`` at every call costs a forked child more fresh pages.
+_SET_DEATH_SIGNAL = (
+    ctypes.c_int(_PR_SET_PDEATHSIG),
+    ctypes.c_ulong(_DEATH_SIGNAL),
+    ctypes.c_ulong(0),
+    ctypes.c_ulong(0),
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +110,7 @@ class JobProcess:
         self._started_at = 0.0
         self._stop_outcome: Outcome | None = None
         self._kill_timer: asyncio.TimerHandle | None = None
+        self._callbacks: list[Callable[[ProcessResult], None]] = []
 
     def start(self) -> None:
         """Fork the job process and watch for its exit on the running event loop.
@@ -113,16 +123,35 @@ class JobProcess:
             raise RuntimeError("JobProcess already started")
         loop = asyncio.get_running_loop()
         self._started_at = time.monotonic()
-        old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, _RESET_SIGNALS)
+        old_mask = _signal.pthread_sigmask(_signal.SIG_BLOCK, _RESET_SIGNALS)
+        stdin = sys.stdin
+        job_stdin = _job_stdin() if stdin is not None else None
         try:
+            # Listed here, not in the child: a process's first look into /proc costs
+            # ~0.1 ms, and nothing can open a socket between here and the fork.
+            sockets = _socket_fds()
             proc = _FORK.Process(
                 target=_child_main,
-                args=(os.getpid(), old_mask, self._target, self._args, self._kwargs),
+                args=(
+                    os.getpid(),
+                    old_mask,
+                    sockets,
+                    job_stdin,
+                    self._target,
+                    self._args,
+                    self._kwargs,
+                ),
                 name=self._name,
             )
+            if job_stdin is not None:
+                # multiprocessing would replace sys.stdin with a new reader of /dev/null
+                # in the child (~0.1 ms there); it leaves a None alone, and _child_main
+                # puts in a reader built once, here.
+                sys.stdin = None
             proc.start()
         finally:
-            signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+            sys.stdin = stdin
+            _signal.pthread_sigmask(_signal.SIG_SETMASK, old_mask)
         # multiprocessing reaps finished children it tracks on every later
         # Process.start(); that would steal this child's status and rusage.
         multiprocessing.process._children.discard(proc)  # type: ignore[attr-defined]
@@ -137,7 +166,7 @@ class JobProcess:
             proc.close()
             raise
         self._future = loop.create_future()
-        loop.add_reader(self._pidfd, self._finish)
+        loop.add_reader(self._pidfd, self._exited)
         log.debug("started job %s pid %d", proc.name, proc.pid)
 
     @property
@@ -174,6 +203,16 @@ class JobProcess:
                 self._terminate("timed_out", self._grace)
         return await asyncio.shield(future)
 
+    def time_out(self) -> None:
+        """Stop the whole group now (SIGTERM, then SIGKILL after the grace) as a timeout.
+
+        What ``wait(timeout)`` does when its time is up, for a caller that keeps the
+        deadlines itself: the outcome is ``"timed_out"`` unless the job ended first or
+        a stop was already under way. Returns at once; nothing if already reaped.
+        """
+        self._started_future()
+        self._terminate("timed_out", self._grace)
+
     async def stop(self, grace: float | None = None) -> ProcessResult:
         """Stop the whole group (SIGTERM, SIGKILL after ``grace``) and return the result.
 
@@ -189,9 +228,18 @@ class JobProcess:
     def add_done_callback(self, callback: Callable[[ProcessResult], None]) -> None:
         """Call ``callback(result)`` once from the event loop when the job is reaped.
 
-        If it is already reaped, the call is scheduled at once with ``loop.call_soon``.
+        When the loop sees the job exit, it is called right after the reaping, in the
+        same loop callback. If the job is already reaped, or a ``stop``, a timeout or
+        ``time_out`` finds it exited and reaps it, the call is scheduled with
+        ``loop.call_soon`` instead. An exception it raises goes to the loop's exception
+        handler.
         """
-        self._started_future().add_done_callback(lambda future: callback(future.result()))
+        future = self._started_future()
+        if future.done():
+            assert self._loop is not None
+            self._loop.call_soon(self._call, callback, future.result())
+        else:
+            self._callbacks.append(callback)
 
     def _started_future(self) -> asyncio.Future[ProcessResult]:
         if self._future is None:
@@ -203,7 +251,12 @@ class JobProcess:
             return
         if self._stop_outcome is None:
             if self._has_exited():
-                self._finish()
+                # Not inline: the caller (a stop, a timeout) must not find its own
+                # state changed under it by a done callback.
+                result = self._finish()
+                assert self._loop is not None
+                for callback in self._take_callbacks():
+                    self._loop.call_soon(self._call, callback, result)
                 return
             self._stop_outcome = outcome
             log.debug("stopping pid %d (%s): SIGTERM", self.pid, outcome)
@@ -232,7 +285,18 @@ class JobProcess:
         except ChildProcessError:
             return True
 
-    def _finish(self) -> None:
+    def _exited(self) -> None:
+        """The pidfd is readable: reap the job, then call the done callbacks at once."""
+        result = self._finish()
+        for callback in self._take_callbacks():
+            self._call(callback, result)
+
+    def _take_callbacks(self) -> list[Callable[[ProcessResult], None]]:
+        callbacks, self._callbacks = self._callbacks, []
+        return callbacks
+
+    def _finish(self) -> ProcessResult:
+        """Reap the exited job and set the result; the done callbacks are the caller's."""
         assert self._loop is not None and self._proc is not None and self._future is not None
         pid = self.pid
         self._loop.remove_reader(self._pidfd)
@@ -253,6 +317,16 @@ class JobProcess:
         result = ProcessResult(exit_code, outcome, wall_s, cpu_s, max_rss_kb)
         log.debug("reaped pid %d: %s", pid, result)
         self._future.set_result(result)
+        return result
+
+    def _call(self, callback: Callable[[ProcessResult], None], result: ProcessResult) -> None:
+        try:
+            callback(result)
+        except Exception as exc:
+            assert self._loop is not None
+            self._loop.call_exception_handler(
+                {"message": f"a done callback of pid {self._pid} failed", "exception": exc}
+            )
 
 
 def _reap(pid: int) -> tuple[int | None, float, int]:
@@ -280,24 +354,33 @@ def _signal_group(pid: int, sig: int) -> None:
 
 def _child_main(
     parent_pid: int,
-    sigmask: set[signal.Signals],
+    sigmask: set[int],
+    sockets: list[int],
+    stdin: TextIO | None,
     target: Callable[..., object],
     args: tuple[object, ...],
     kwargs: dict[str, object],
 ) -> None:
-    """Isolate the freshly forked job process, then run ``target(*args, **kwargs)``."""
+    """Isolate the freshly forked job process, then run ``target(*args, **kwargs)``.
+
+    ``sockets`` are the inherited socket descriptors (:func:`_socket_fds` just before
+    the fork); ``stdin``, if not None, becomes ``sys.stdin``, reading descriptor 0
+    pointed at /dev/null (as multiprocessing does it otherwise).
+    """
     signal.set_wakeup_fd(-1)
     for signum in _RESET_SIGNALS:
         _signal.signal(signum, _signal.SIG_DFL)
     os.setsid()
     _signal.signal(_DEATH_SIGNAL, _kill_own_group)
-    if _libc.prctl(_PR_SET_PDEATHSIG, _DEATH_SIGNAL, 0, 0) != 0:
+    if _libc.prctl(*_SET_DEATH_SIGNAL) != 0:
         errno = ctypes.get_errno()
         raise OSError(errno, os.strerror(errno))
     if os.getppid() != parent_pid:
         # The scheduler died before the death signal was armed.
         os.killpg(0, signal.SIGKILL)
-    _close_sockets()
+    _release_fds(sockets, stdin is not None)
+    if stdin is not None:
+        sys.stdin = stdin
     _signal.pthread_sigmask(_signal.SIG_SETMASK, sigmask)
     target(*args, **kwargs)
 
@@ -307,23 +390,45 @@ def _kill_own_group(signum: int, frame: FrameType | None) -> None:
     os.killpg(0, signal.SIGKILL)
 
 
-def _close_sockets() -> None:
-    """Release every inherited socket by pointing its descriptor at /dev/null.
-
-    The descriptor number stays taken, so a leftover socket object of the
-    scheduler that is collected in the child cannot close a file the job has
-    since opened under the same number.
-    """
-    devnull = -1
+def _socket_fds() -> list[int]:
+    """The descriptors of this process that are sockets."""
+    sockets = []
     for entry in os.listdir("/proc/self/fd"):
         fd = int(entry)
         try:
-            is_socket = stat.S_ISSOCK(os.fstat(fd).st_mode)
+            if stat.S_ISSOCK(os.fstat(fd).st_mode):
+                sockets.append(fd)
         except OSError:
             continue  # the descriptor listdir used, closed by now
-        if is_socket:
-            if devnull < 0:
-                devnull = os.open(os.devnull, os.O_RDWR)
-            os.dup2(devnull, fd, inheritable=False)
-    if devnull >= 0:
-        os.close(devnull)
+    return sockets
+
+
+def _release_fds(sockets: list[int], stdin: bool) -> None:
+    """Point the inherited ``sockets``, and descriptor 0 if ``stdin``, at /dev/null.
+
+    The descriptor numbers stay taken, so a leftover socket object of the
+    scheduler that is collected in the child cannot close a file the job has
+    since opened under the same number.
+    """
+    if not sockets and not stdin:
+        return
+    devnull = os.open(os.devnull, os.O_RDWR)
+    for fd in [*sockets, 0] if stdin else sockets:
+        os.dup2(devnull, fd, inheritable=False)
+    os.close(devnull)
+
+
+_stdin: TextIO | None = None
+
+
+def _job_stdin() -> TextIO | None:
+    """The ``sys.stdin`` of job processes: a text reader of descriptor 0, which is /dev/null
+    in them; None if this process has no descriptor 0 to build it on."""
+    global _stdin
+    if _stdin is None:
+        try:
+            # Never read here: each job process reads its own copy, from /dev/null.
+            _stdin = open(0, encoding="utf-8", closefd=False)
+        except OSError:
+            return None
+    return _stdin

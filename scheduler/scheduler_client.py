@@ -62,6 +62,8 @@ CLOSING_REPORTS: Final[frozenset[str]] = frozenset(
     {"succeeded", "failed", "timed_out", "evicted", "cancelled"}
 )
 """Reports after which an attempt is no longer this scheduler's to run."""
+SEND_BATCH: Final = 64
+"""Most reports sent back to back before the writer lets other work run."""
 FLUSH_TIMEOUT_S: Final = 5.0
 """How long a clean shutdown may spend sending the outbox before it closes the socket."""
 
@@ -212,6 +214,8 @@ class SchedulerClient:
         self.outbox = Outbox(config.outbox_limit)
         self._wanted_name = config.name or default_name()
         self._on_report = on_report
+        self._unobserved: list[tuple[Report, Assignment]] = []
+        """Reports made but not yet shown to ``on_report``."""
         self._stopping = asyncio.Event()
         self._outbox_ready = asyncio.Event()
         self._backoff = Backoff()
@@ -261,9 +265,13 @@ class SchedulerClient:
                         f"{len(self.outbox)} reports waiting)"
                     )
         finally:
-            await executor.shutdown()
-            if session is not None:
-                await session.close()
+            try:
+                await executor.shutdown()
+                if session is not None:
+                    await session.close()
+            finally:
+                if self._unobserved:
+                    self._observe()  # the last reports: this returns only once all are seen
         if self._error is not None:
             raise self._error
 
@@ -369,6 +377,9 @@ class SchedulerClient:
 
     def _on_stop(self, stop: Stop) -> None:
         """Carry out the bus's ``Stop``; one for an attempt we do not hold is stale."""
+        if stop.reason == "stolen":
+            self._on_stolen(stop)
+            return
         if stop.reason == "cancelled":
             found = self.executor.cancel(stop.id, stop.attempt)
         else:
@@ -379,11 +390,35 @@ class SchedulerClient:
         else:
             log.debug("ignoring a stop of %s attempt %d: not held here", stop.id, stop.attempt)
 
+    def _on_stolen(self, stop: Stop) -> None:
+        """Another scheduler takes the job: give it up if it still waits here and answer
+        ``revoked``; one that started stays (its ``started`` report ends the steal)."""
+        dropped = self.executor.revoke(stop.id, stop.attempt)
+        if dropped is None:
+            log.debug("keeping %s attempt %d: started, or not held here", stop.id, stop.attempt)
+            return
+        log.debug("gave %s attempt %d up to another scheduler", stop.id, stop.attempt)
+        self._on_event(Report("revoked", stop.id, stop.attempt), dropped)
+
     def _on_event(self, report: Report, assignment: Assignment) -> None:
-        """Queue ``report`` for the bus and show it to the client's observer."""
+        """Queue ``report`` for the bus, then show it to the client's observer.
+
+        The observer sees it in the next loop iteration, after the writer has sent it (if
+        connected): a log line written first would hold the report up, all the more right
+        after a fork, when each page the observer touches is copied first.
+        """
         self.outbox.append(report)
         self._outbox_ready.set()
         if self._on_report is not None:
+            if not self._unobserved:
+                asyncio.get_running_loop().call_soon(self._observe)
+            self._unobserved.append((report, assignment))
+
+    def _observe(self) -> None:
+        """Show the observer every report it has not seen yet, in order."""
+        assert self._on_report is not None
+        unobserved, self._unobserved = self._unobserved, []
+        for report, assignment in unobserved:
             try:
                 self._on_report(report, assignment)
             except Exception as exc:
@@ -487,9 +522,14 @@ class _Session:
                     ready.clear()
                     await ready.wait()
                     continue
-                await self.send_next()
-                # A long outbox must not hold up heartbeats and job exits.
-                await asyncio.sleep(0)
+                # Reports made in one loop iteration (a job's end and the next one's
+                # start, say) go out back to back: a send waits only while the socket's
+                # buffer is full. A long outbox must not hold up heartbeats and job
+                # exits, so it goes out SEND_BATCH reports per loop iteration.
+                for _ in range(min(len(outbox), SEND_BATCH)):
+                    await self.send_next()
+                if outbox:
+                    await asyncio.sleep(0)
 
     async def send_next(self) -> None:
         """Send the oldest report of the outbox; it stays first there if sending fails."""

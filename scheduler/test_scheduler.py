@@ -25,7 +25,14 @@ def cli(
     reclaims them. SIGINT or SIGTERM stops every running job and exits 0.
     """
     run_scheduler(
-        TaskRegistry(), size=size, timeout=timeout, debug=debug, bus=bus, name=name, token=token
+        TaskRegistry(),
+        size=size,
+        timeout=timeout,
+        debug=debug,
+        bus=bus,
+        name=name,
+        token=token,
+        log_jobs=True,
     )
 
 

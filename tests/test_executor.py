@@ -225,6 +225,21 @@ async def test_default_timeout_applies_when_the_job_has_none(
     await reports.expect("timed_out", "t")
 
 
+async def test_each_job_times_out_at_its_own_deadline(
+    make_executor: ExecutorFactory, reports: Reports
+) -> None:
+    executor = make_executor(size=3)
+    executor.submit(job("late", runtime=60, timeout=30))
+    executor.submit(job("soon", runtime=60, timeout=0.6))
+    await reports.expect("started", "soon")
+    # Started last with the earliest deadline: the one timer must move forward for it.
+    executor.submit(job("sooner", runtime=60, timeout=0.2))
+    await reports.expect("timed_out", "sooner")
+    assert [r.id for r in reports.seen if r.event == "timed_out"] == ["sooner"]
+    await reports.expect("timed_out", "soon")
+    assert executor.running == 1 and reports.of("late") == [("started", 1)]
+
+
 async def test_waiting_job_starts_when_a_slot_frees(
     make_executor: ExecutorFactory, reports: Reports
 ) -> None:

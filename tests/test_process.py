@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import errno
+import io
 import json
 import multiprocessing
 import os
@@ -99,6 +100,8 @@ def _report_isolation(report_fd: int) -> None:
         "no wakeup fd": signal.set_wakeup_fd(-1) == -1,
         "nothing blocked": signal.pthread_sigmask(signal.SIG_BLOCK, []) == set(),
         "death signal": deathsig.value == signal.SIGRTMIN + 1,
+        "stdin reads /dev/null": sys.stdin.read() == "" and sys.stdin.encoding == "utf-8",
+        "descriptor 0 is /dev/null": os.fstat(0).st_rdev == os.stat(os.devnull).st_rdev,
     }
     os.write(report_fd, json.dumps(facts).encode())
 
@@ -316,6 +319,64 @@ async def test_done_callback_fires_once_from_the_loop(spawn: Spawn) -> None:
     assert early == [result] and late == [result]
 
 
+async def test_done_callback_runs_as_the_exit_is_seen_and_its_error_reaches_the_loop(
+    spawn: Spawn,
+) -> None:
+    loop = asyncio.get_running_loop()
+    errors: list[dict[str, object]] = []
+    loop.set_exception_handler(lambda loop, context: errors.append(context))
+    job = spawn(_noop)
+    seen: list[bool] = []
+
+    def on_done(result: ProcessResult) -> None:
+        seen.append(job.done)  # already reaped, and before any waiter resumes
+        raise RuntimeError("callback broke")
+
+    def after(result: ProcessResult) -> None:
+        seen.append(True)
+
+    job.add_done_callback(on_done)
+    job.add_done_callback(after)
+    try:
+        await job.wait()
+        assert seen == [True, True]
+        assert [str(context["exception"]) for context in errors] == ["callback broke"]
+    finally:
+        loop.set_exception_handler(None)
+
+
+async def test_a_stop_that_finds_the_job_exited_calls_back_later(spawn: Spawn) -> None:
+    job = spawn(_exit_with, 0)
+    os.waitid(os.P_PID, job.pid, os.WEXITED | os.WNOWAIT)  # exited, not yet reaped
+    called: list[ProcessResult] = []
+    job.add_done_callback(called.append)
+    stopping = asyncio.ensure_future(job.stop())
+    await asyncio.sleep(0)  # the stop reaps the job...
+    assert job.done and called == []  # ...and leaves the callback to the loop
+    result = await stopping
+    await asyncio.sleep(0)
+    assert called == [result] and result.outcome == "exited"
+
+
+async def test_time_out_stops_the_tree_as_a_timeout(
+    spawn: Spawn, pipe: tuple[int, int], leftovers: list[psutil.Process]
+) -> None:
+    read_fd, write_fd = pipe
+    job = spawn(_fork_grandchild, write_fd, "sleep")
+    grandchild = await _grandchild(read_fd, leftovers)
+    job.time_out()
+    result = await job.wait()
+    assert (result.exit_code, result.outcome) == (-signal.SIGTERM, "timed_out")
+    assert await _wait_gone(grandchild)
+    job.time_out()  # already reaped: nothing to do
+    assert job.result is result
+
+
+def test_time_out_needs_a_started_job() -> None:
+    with pytest.raises(RuntimeError, match="not started"):
+        JobProcess(_noop).time_out()
+
+
 async def test_a_status_reaped_elsewhere_ends_the_job_without_exit_code(spawn: Spawn) -> None:
     job = spawn(_noop)
     os.waitpid(job.pid, 0)
@@ -414,11 +475,33 @@ async def test_child_is_isolated_from_the_scheduler(spawn: Spawn, pipe: tuple[in
     assert facts == dict.fromkeys(facts, True)
 
 
+def _report_no_stdin(report_fd: int) -> None:
+    os.write(report_fd, b"none" if sys.stdin is None else b"some")
+
+
+async def test_a_scheduler_without_stdin_gives_its_jobs_none(
+    spawn: Spawn, pipe: tuple[int, int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    read_fd, write_fd = pipe
+    monkeypatch.setattr(sys, "stdin", None)
+    assert (await spawn(_report_no_stdin, write_fd).wait()).exit_code == 0
+    assert os.read(read_fd, 16) == b"none"
+
+
+async def test_start_leaves_the_schedulers_stdin_as_it_was(
+    spawn: Spawn, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stdin = io.StringIO("the scheduler's own")
+    monkeypatch.setattr(sys, "stdin", stdin)
+    assert (await spawn(_noop).wait()).exit_code == 0
+    assert sys.stdin is stdin and not stdin.closed
+
+
 def test_child_kills_its_group_if_the_scheduler_is_already_gone() -> None:
     # -1 stands for a parent pid recorded before the scheduler died: getppid() never matches it.
     mask = signal.pthread_sigmask(signal.SIG_BLOCK, [])
     proc = multiprocessing.get_context("fork").Process(
-        target=process._child_main, args=(-1, mask, _noop, (), {})
+        target=process._child_main, args=(-1, mask, [], None, _noop, (), {})
     )
     proc.start()
     try:

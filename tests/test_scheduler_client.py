@@ -212,6 +212,42 @@ async def test_assigned_job_is_reported_started_and_succeeded(
     assert [(r.event, a.priority) for r, a in seen] == [("started", 2), ("succeeded", 2)]
 
 
+async def test_the_observer_sees_each_report_once_it_is_sent(
+    fake_bus: FakeBus, start_client: Starter
+) -> None:
+    waiting: list[int] = []
+
+    def observe(report: Report, assignment: Assignment) -> None:
+        waiting.append(len(client.outbox))
+
+    client = SchedulerClient(SchedulerConfig(bus_url=fake_bus.url), on_report=observe)
+    task = asyncio.create_task(client.run())
+    try:
+        peer = await fake_bus.peer()
+        await peer.register()
+        await peer.assign("j1")
+        await peer.expect("report", event="succeeded")
+        await wait_until(lambda: len(waiting) == 2, 5 * unit(), "both reports observed")
+        assert waiting == [0, 0]  # the writer had sent each one already
+    finally:
+        client.stop()
+        await asyncio.wait_for(task, 5 * unit())
+
+
+async def test_every_report_is_observed_before_run_returns() -> None:
+    seen: Seen = []
+    client = SchedulerClient(
+        SchedulerConfig(bus_url="ws://127.0.0.1:9"), on_report=lambda r, a: seen.append((r, a))
+    )
+    task = asyncio.create_task(client.run())
+    await wait_until(lambda: client._executor is not None, 5 * unit(), "the executor")
+    client.executor.submit(Assignment(id="j1", attempt=1, priority=5, runtime=1.0, task="nope"))
+    assert seen == []  # observed in a later loop iteration
+    client.stop()
+    await asyncio.wait_for(task, 5 * unit())
+    assert [(r.event, r.id) for r, _ in seen] == [("failed", "j1")]
+
+
 async def test_unknown_task_is_reported_failed(fake_bus: FakeBus, start_client: Starter) -> None:
     start_client(fake_bus.url)
     peer = await fake_bus.peer()

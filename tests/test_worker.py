@@ -6,7 +6,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from collections.abc import Coroutine
 from pathlib import Path
+from typing import Any
 
 import pytest
 from attempt_log_tasks import LOG_ENV
@@ -21,7 +23,16 @@ from scheduler.protocol import Assignment, Report
 def test_help_explains_every_option() -> None:
     result = CliRunner().invoke(worker.cli, ["--help"])
     assert result.exit_code == 0
-    for option in ("--tasks", "--size", "--timeout", "--debug", "--bus", "--name", "--token"):
+    for option in (
+        "--tasks",
+        "--log-jobs",
+        "--size",
+        "--timeout",
+        "--debug",
+        "--bus",
+        "--name",
+        "--token",
+    ):
         assert option in result.output
     for text in ("MODULE[,MODULE]", "@scheduler.tasks.task", "SCHEDBUS_JOB_ID", "SCHEDBUS_URL"):
         assert text in result.output
@@ -67,6 +78,69 @@ def test_each_job_step_is_one_log_line(caplog: pytest.LogCaptureFixture) -> None
     ]
 
 
+def test_without_log_jobs_only_unusual_steps_are_logged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, "scheduler.worker")
+    job = Assignment(id="0123456789abcdef", attempt=1, priority=3, runtime=1.5)
+    for report in (
+        Report("started", job.id, 1),
+        Report("succeeded", job.id, 1, exit_code=0, wall_s=1.5, cpu_s=0.01, max_rss_kb=2048),
+        Report("evicted", job.id, 1, evictions=1, wall_s=0.25),
+        Report("timed_out", job.id, 1, wall_s=10.0),
+        Report("failed", job.id, 1, exit_code=1, error="exit code 1", wall_s=0.5),
+        Report("cancelled", job.id, 1, wall_s=0.75),
+    ):
+        worker.log_unusual_report(report, job)
+    assert [message.split()[3] for message in caplog.messages] == [
+        "evicted",
+        "timed",
+        "failed",
+        "cancelled",
+    ]
+
+
+def test_job_lines_are_skipped_below_info(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, "scheduler.worker")
+    job = Assignment(id="0123456789abcdef", attempt=1, priority=3, runtime=1.5)
+    worker.log_report(Report("started", job.id, 1), job)
+    assert caplog.messages == []
+
+
+@pytest.mark.parametrize(
+    ("args", "observer"),
+    [
+        ([], worker.log_unusual_report),
+        (["--log-jobs"], worker.log_report),
+        (["-d"], worker.log_report),
+    ],
+)
+def test_log_jobs_chooses_the_job_lines(
+    args: list[str], observer: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    chosen: list[object] = []
+
+    class Client:
+        def __init__(self, config: object, tasks: object, on_report: object) -> None:
+            chosen.append(on_report)
+
+        async def run(self) -> None:
+            pass
+
+    def run_now(main: Coroutine[Any, Any, None]) -> None:
+        asyncio.run(main)
+
+    monkeypatch.setattr(worker, "SchedulerClient", Client)
+    monkeypatch.setattr(worker, "run_until_signalled", run_now)
+    # run_scheduler sets up logging for its process: leave this one's as it was.
+    monkeypatch.setattr(worker, "configure_logging", lambda level: None)
+    for switch in ("_srcfile", "logThreads", "logProcesses", "logMultiprocessing"):
+        monkeypatch.setattr(logging, switch, getattr(logging, switch))
+    result = CliRunner().invoke(worker.cli, ["--tasks", "sample_tasks", *args])
+    assert result.exit_code == 0, result.output
+    assert chosen == [observer]
+
+
 async def test_serves_a_task_module_given_by_path_and_exits_0_on_sigterm(
     commands: Commands, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -84,6 +158,7 @@ async def test_serves_a_task_module_given_by_path_and_exits_0_on_sigterm(
             "w1",
             "-s",
             "1",
+            "--log-jobs",
         )
         peer = await bus.peer(timeout=15)
         register = await peer.register("w1")

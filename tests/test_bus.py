@@ -845,13 +845,85 @@ async def test_v2_only_commands_are_refused_to_v1_clients_and_watch_to_scheduler
     assert "this cmd needs protocol 2" in caplog.text
 
 
-async def test_stats_are_refused_cleanly_for_now(bus: BusServer) -> None:
-    async with client(bus) as monitor:
+async def submit_skipping_events(ws: ClientConnection, **payload: Any) -> str:
+    """Submit a job (runtime 0.5 s unless given); return its id, skipping earlier events."""
+    reply = await request(ws, {"cmd": "job_request", "payload": {"runtime": 0.5, **payload}})
+    assert reply["type"] == "accepted", reply
+    job_id = reply["id"]
+    assert isinstance(job_id, str)
+    return job_id
+
+
+async def test_stats_are_served_with_every_scheduler(bus: BusServer) -> None:
+    async with client(bus) as monitor, client(bus) as scheduler, client(bus) as producer:
         await register(monitor, "monitor")
+        await register(scheduler, "scheduler", name="s1", size=2, tasks=["sleep"])
+        await register(producer, "producer")
+        job_id = await submit_skipping_events(producer, priority=4)
+        await submit_skipping_events(producer, priority=1, task="render")
+        await recv(scheduler)
+        await report(scheduler, "started", job_id, 1)
+        await scheduler.send('{"cmd": "heartbeat", "running": 1, "queued": 0}')
+        await barrier(scheduler)
         reply = await request(monitor, {"cmd": "stats", "ref": 4})
-        assert (reply["type"], reply["field"], reply["ref"]) == ("error", "cmd", 4)
-        assert "not served" in reply["message"]
-        await request(monitor, {"cmd": "watch", "ids": []})  # still usable
+    assert (reply["type"], reply["ref"]) == ("stats", 4)
+    stats = reply["bus"]
+    assert (stats["submitted"], stats["started"], stats["running"], stats["queued"]) == (
+        2,
+        1,
+        1,
+        1,
+    )
+    assert stats["unserved"] == {"render": 1} and stats["uptime_s"] >= 0
+    assert stats["wait_s"]["4"]["count"] == 1
+    (s1,) = reply["schedulers"]
+    assert (s1["name"], s1["protocol"], s1["size"], s1["busy"], s1["queued"]) == (
+        "s1",
+        2,
+        2,
+        1,
+        0,
+    )
+    assert (s1["running_priorities"], s1["started"], s1["tasks"]) == ([4], 1, ["sleep"])
+    assert 0 <= s1["heartbeat_age_s"] < timeout()
+
+
+async def test_an_idle_scheduler_steals_a_waiting_job_through_the_bus(bus: BusServer) -> None:
+    async with client(bus) as producer, client(bus) as busy:
+        await register(producer, "producer")
+        await register(busy, "scheduler", name="busy", size=1)
+        ids = [await submit_skipping_events(producer, priority=p) for p in (0, 7, 3)]
+        assert [(await recv(busy))["job"]["id"] for _ in ids] == ids
+        await report(busy, "started", ids[0], 1)
+        async with client(bus) as idle:
+            await register(idle, "scheduler", name="idle", size=1)
+            stop = await recv(busy)
+            assert stop == {"type": "stop", "id": ids[2], "attempt": 1, "reason": "stolen"}
+            await report(busy, "revoked", ids[2], 1)
+            job = (await recv(idle))["job"]
+            assert (job["id"], job["attempt"], job["priority"]) == (ids[2], 2, 3)
+            assigned = await next_event(producer, "assigned")
+            while (assigned["id"], assigned["scheduler"]) != (ids[2], "idle"):
+                assigned = await next_event(producer, "assigned")
+            await report(idle, "started", ids[2], 2)
+            await barrier(idle)
+            stats = (await request(producer, {"cmd": "stats"}))["bus"]
+    assert (stats["stolen"], stats["steal_attempts"]) == (1, 1)
+
+
+async def test_a_sleep_job_without_runtime_is_refused_a_v1_one_logged(
+    bus: BusServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with client(bus) as producer, client(bus) as v1:
+        await register(producer, "producer")
+        reply = await request(producer, {"cmd": "job_request", "payload": {"priority": 2}})
+        assert reply["type"] == "error" and reply["field"] == "payload.runtime"
+        assert "> 0 for the sleep task" in reply["message"]
+        await v1.send('{"cmd": "register", "type": "producer"}')
+        await v1.send('{"cmd": "job_request", "payload": {"priority": 2}}')
+        await wait_until(lambda: "refused job" in caplog.text, timeout(), "a log line")
+        assert "payload.runtime" in caplog.text
+        assert await drain_after_close(v1) == []
 
 
 async def test_a_journal_that_cannot_commit_stops_the_bus(
@@ -910,6 +982,8 @@ async def test_vacuum_runs_periodically_and_a_failing_one_is_reported(
         ({"retention": {"queued": 1.0}}, "not final states: queued"),
         ({"retention": {"failed": -1.0}}, "retention"),
         ({"retention_default": -1.0}, "retention"),
+        ({"steal": "random"}, "steal"),
+        ({"age_every": 0.0}, "age_every"),
     ],
 )
 def test_bad_bus_configs_are_refused(config: dict[str, Any], blamed: str) -> None:

@@ -38,12 +38,17 @@ def test_help_explains_every_option() -> None:
         "--retention",
         "--retention-default",
         "--vacuum-every",
+        "--steal",
+        "--age-every",
         "--log-level",
     )
     for option in options:
         assert option in result.output
     assert "SCHEDBUS_TOKEN" in result.output and "XDG_STATE_HOME" in result.output
     assert "127.0.0.1" in result.output and "8101" in result.output
+    words = " ".join(result.output.split())
+    assert "[urgent|tail|off]" in words and "the most urgent waiting job anywhere" in words
+    assert "one priority level more urgent, never past 0" in words
 
 
 @pytest.mark.parametrize(
@@ -55,6 +60,8 @@ def test_help_explains_every_option() -> None:
         (["--retention", "queued=5"], "STATE=SECONDS"),
         (["--retention", "failed=soon"], "must be a number"),
         (["--retention", "failed=-1"], "must be >= 0"),
+        (["--steal", "random"], "--steal"),
+        (["--age-every", "0"], "--age-every"),
     ],
 )
 def test_a_bad_option_is_refused(args: list[str], blamed: str) -> None:
@@ -82,7 +89,7 @@ def test_options_reach_the_bus(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(bus_cli, "run_until_signalled", asyncio.run)
     args = ["--db", ":memory:", "--lease", "2.5", "--max-evictions", "1", "--max-deliveries",
             "4", "--retention", "failed=60", "--retention", "dead=0", "--retention-default",
-            "3600", "--vacuum-every", "30"]  # fmt: skip
+            "3600", "--vacuum-every", "30", "--steal", "tail", "--age-every", "15"]  # fmt: skip
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 0, result.output
     (config,) = seen
@@ -94,6 +101,20 @@ def test_options_reach_the_bus(monkeypatch: pytest.MonkeyPatch) -> None:
     )
     assert config.retention == {"failed": 60.0, "dead": 0.0}
     assert (config.retention_default, config.vacuum_every) == (3600.0, 30.0)
+    assert (config.steal, config.age_every) == ("tail", 15.0)
+    assert (config.rules().steal, config.rules().age_every) == ("tail", 15.0)
+
+
+def test_stealing_is_urgent_and_aging_off_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[BusConfig] = []
+
+    async def fake_serve(config: BusConfig) -> None:
+        seen.append(config)
+
+    monkeypatch.setattr(bus_cli, "_serve", fake_serve)
+    monkeypatch.setattr(bus_cli, "run_until_signalled", asyncio.run)
+    assert CliRunner().invoke(cli, ["--db", ":memory:"]).exit_code == 0
+    assert (seen[0].steal, seen[0].age_every) == ("urgent", None)
 
 
 def test_a_journal_that_cannot_be_opened_is_a_clear_error(tmp_path: Path) -> None:

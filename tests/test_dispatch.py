@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from msgspec.structs import replace
 
 from scheduler.policy.dispatch import (
+    MAX_CACHED_TASKS,
     Decision,
     DispatchConfig,
     Dispatcher,
@@ -197,6 +198,15 @@ def test_jobs_go_only_to_schedulers_serving_their_task() -> None:
     assert assigns(submit(core, job(task="render"))) == []
     assert core.backlog() == ["j2"]
     assert assigns(add(core, "renderer", tasks=["render", "sleep"])) == [("renderer", "j2")]
+
+
+def test_many_task_names_nobody_serves_wait_and_go_out_when_served() -> None:
+    core = new_core()
+    add(core, "a")
+    for i in range(MAX_CACHED_TASKS + 1):
+        assert assigns(submit(core, job(task=f"t{i}"))) == []
+    assert assigns(submit(core, job())) == [("a", f"j{MAX_CACHED_TASKS + 1}")]
+    assert assigns(add(core, "b", tasks=["t7"])) == [("b", "j7")]
 
 
 def test_v1_load_decays_once_the_runtime_has_elapsed_and_the_job_is_deleted() -> None:
@@ -782,8 +792,8 @@ def test_status_reads_like_the_latest_event() -> None:
 class Life:
     """Drives a core through random steps, remembering what schedulers were told."""
 
-    def __init__(self) -> None:
-        self.core = new_core(max_deliveries=1000)
+    def __init__(self, steal: str = "urgent", age_every: float | None = None) -> None:
+        self.core = new_core(max_deliveries=1000, steal=steal, age_every=age_every)
         self.now = 0.0
         self.live: set[str] = set()
         self.ids: list[str] = []
@@ -838,6 +848,26 @@ class Life:
                 "queued",
                 None,
             )
+        self.check_books(decisions)
+
+    def check_books(self, decisions: list[Decision]) -> None:
+        """Every held attempt is booked once; a slot is kept for each steal under way, at
+        its thief; a steal is only of a job assigned to another scheduler, told to it."""
+        thieves: dict[str, int] = {}
+        for job_id in self.ids:
+            snapshot = self.core.job(job_id)
+            if snapshot is not None and snapshot.thief is not None:
+                assert snapshot.state == "assigned" and snapshot.holder != snapshot.thief
+                thieves[snapshot.thief] = thieves.get(snapshot.thief, 0) + 1
+        for name in "abc":
+            s = self.core.scheduler(name)
+            if s is not None:
+                assert s.busy + s.pending == s.outstanding
+                assert s.incoming == thieves.get(name, 0)
+        for scheduler, stop in stops(decisions):
+            if stop.reason == "stolen":
+                snapshot = info(self.core, stop.id)
+                assert (snapshot.holder, snapshot.attempt) == (scheduler, stop.attempt)
 
 
 steps = st.lists(
@@ -853,7 +883,7 @@ steps = st.lists(
         st.tuples(
             st.just("report"),
             st.integers(0, 30),
-            st.sampled_from(["started", "evicted", "succeeded", "failed", "cancelled"]),
+            st.sampled_from(["started", "evicted", "succeeded", "failed", "cancelled", "revoked"]),
         ),
         st.tuples(st.just("cancel"), st.integers(0, 30)),
         st.tuples(st.just("tick"), st.sampled_from([0.5, 2.0, 6.0])),
@@ -862,11 +892,386 @@ steps = st.lists(
 )
 
 
-@settings(max_examples=200, deadline=None)
-@given(steps)
+@settings(max_examples=300, deadline=None)
+@given(steps, st.sampled_from(["urgent", "tail", "off"]), st.sampled_from([None, 1.0]))
 def test_every_job_has_at_most_one_holder_whatever_happens(
-    script: list[tuple[Any, ...]],
+    script: list[tuple[Any, ...]], steal: str, age_every: float | None
 ) -> None:
-    life = Life()
+    life = Life(steal, age_every)
     for action, *args in script:
         life.check(getattr(life, action)(*args))
+
+
+# --- validation ------------------------------------------------------------------------
+
+
+def test_a_sleep_job_needs_a_runtime_other_tasks_do_not() -> None:
+    core = new_core()
+    add(core, "a", tasks=["sleep", "render"])
+    decisions = submit(core, JobPayload(priority=1), ref=3)
+    assert decisions == [
+        Reply(
+            Error(
+                "payload.runtime: required, > 0 for the sleep task",
+                field="payload.runtime",
+                ref=3,
+            )
+        )
+    ]
+    assert len(core) == 0
+    assert assigns(submit(core, JobPayload(priority=1, task="render"))) == [("a", "j0")]
+    batch: list[JobPayload | ProtocolError] = [job(), JobPayload(priority=2)]
+    results = reply(core.submit_many(batch, 0.0, WALL)).results
+    assert results[0] == SubmitResult(id="j1")
+    assert results[1].field == "jobs.1.runtime" and "> 0 for the sleep task" in results[1].error
+
+
+def test_new_rules_refuse_bad_numbers() -> None:
+    with pytest.raises(ValueError, match="steal must be one of urgent, tail, off"):
+        DispatchConfig(steal="random")
+    with pytest.raises(ValueError, match="age_every"):
+        DispatchConfig(age_every=0.0)
+
+
+# --- capacity-aware placement ------------------------------------------------------------
+
+
+def start(core: Dispatcher, scheduler: str, *job_ids: str, now: float = 0.0) -> None:
+    for job_id in job_ids:
+        assert events(report(core, scheduler, job_id, "started", now=now)) == ["started"]
+
+
+def booked(core: Dispatcher, name: str) -> tuple[int, int, int, int]:
+    """(busy, pending, incoming, waiting) of scheduler ``name``."""
+    s = core.scheduler(name)
+    assert s is not None
+    return s.busy, s.pending, s.incoming, s.waiting
+
+
+def test_free_slots_first_then_the_least_urgent_running_job_then_the_shortest_queue() -> None:
+    core = new_core()
+    add(core, "a", size=1)
+    add(core, "b", size=1)
+    assert assigns(submit(core, job(priority=8))) == [("a", "j0")]
+    assert assigns(submit(core, job(priority=5))) == [("b", "j1")]
+    start(core, "a", "j0")
+    start(core, "b", "j1")
+    # Full: an urgent job goes where the least urgent job runs; the next one elsewhere.
+    assert assigns(submit(core, job(priority=0))) == [("a", "j2")]
+    assert assigns(submit(core, job(priority=0))) == [("b", "j3")]
+    # Nothing left to evict for a 9: the shortest queue (a was picked before b).
+    assert assigns(submit(core, job(priority=9))) == [("a", "j4")]
+    assert booked(core, "a") == (1, 2, 0, 1)  # j4 waits there and may be stolen
+    assert booked(core, "b") == (1, 1, 0, 0)
+    # The runner evicted j0 for j2: j0 comes back and is placed again.
+    start(core, "a", "j2")
+    decisions = report(core, "a", "j0", "evicted")
+    assert events(decisions) == ["evicted", "assigned"]
+    assert booked(core, "a")[0] == 1
+
+
+def test_a_job_no_more_urgent_than_what_runs_waits_where_the_queue_is_shortest() -> None:
+    core = new_core()
+    add(core, "a", size=1)
+    add(core, "b", size=1)
+    submit(core, job(priority=3))
+    submit(core, job(priority=3))
+    start(core, "a", "j0")
+    start(core, "b", "j1")
+    got = [assigns(submit(core, job(priority=p)))[0][0] for p in (3, 4, 9, 3)]
+    assert got == ["a", "b", "a", "b"]
+    assert (booked(core, "a")[3], booked(core, "b")[3]) == (2, 2)
+
+
+def test_v1_schedulers_are_placed_on_by_load_and_never_chosen_to_evict() -> None:
+    core = new_core()
+    add(core, "v1", size=1, reports=False)
+    add(core, "v2", size=1)
+    assert assigns(submit(core, job(priority=9, runtime=60.0))) == [("v1", "j0")]
+    assert assigns(submit(core, job(priority=2))) == [("v2", "j1")]
+    start(core, "v2", "j1")
+    # j0 (priority 9) is not known to run: j1 at v2 is the only victim, and 5 > 2.
+    assert assigns(submit(core, job(priority=5))) == [("v1", "j2")]
+    assert assigns(submit(core, job(priority=0))) == [("v2", "j3")]
+    assert booked(core, "v1") == (0, 2, 0, 0)  # nothing waiting at a v1 scheduler is stolen
+
+
+def test_a_job_that_may_not_be_evicted_is_never_the_target() -> None:
+    core = new_core(max_evictions=0)
+    add(core, "a", size=1)
+    submit(core, job(priority=9))
+    start(core, "a", "j0")
+    (send,) = sends(submit(core, job(priority=0)))
+    assert send.scheduler == "a" and not send.assignment.evictable
+    assert booked(core, "a") == (1, 1, 0, 1)  # it waits, as the runner will keep j0
+
+
+# --- work stealing -------------------------------------------------------------------------
+
+
+def queue_at_a(core: Dispatcher) -> None:
+    """Scheduler a (1 slot) runs j0 (priority 0) while j1 (7) and j2 (3) wait there."""
+    add(core, "a", size=1)
+    submit(core, job(priority=0))
+    start(core, "a", "j0")
+    submit(core, job(priority=7))
+    submit(core, job(priority=3))
+    assert booked(core, "a") == (1, 2, 0, 2)
+
+
+def stats_of(core: Dispatcher, now: float = 0.0) -> Any:
+    return core.stats(now, uptime_s=1.0)
+
+
+def test_an_idle_scheduler_steals_the_most_urgent_waiting_job() -> None:
+    core = new_core()
+    queue_at_a(core)
+    decisions = add(core, "b", size=1)
+    assert stops(decisions) == [("a", Stop("j2", 1, "stolen"))]
+    assert info(core, "j2").thief == "b" and info(core, "j2").holder == "a"
+    assert booked(core, "b") == (0, 0, 1, 0)  # its slot is kept for j2
+    assert booked(core, "a") == (1, 2, 0, 1)  # j1 still waits there; j2 is no longer offered
+    decisions = report(core, "a", "j2", "revoked")
+    (send,) = sends(decisions)
+    assert (send.scheduler, send.assignment.id, send.assignment.attempt) == ("b", "j2", 2)
+    assert events(decisions) == ["assigned"]
+    assert (info(core, "j2").deliveries, info(core, "j2").thief) == (1, None)
+    assert booked(core, "b") == (0, 1, 0, 0)
+    stats = stats_of(core)
+    assert (stats.bus.stolen, stats.bus.steal_attempts) == (1, 1)
+    by_name = {s.name: s for s in stats.schedulers}
+    assert (by_name["a"].stolen_from, by_name["b"].stole) == (1, 1)
+
+
+def test_tail_stealing_takes_the_last_job_of_the_longest_queue() -> None:
+    core = new_core(steal="tail")
+    queue_at_a(core)
+    assert stops(add(core, "b", size=1)) == [("a", Stop("j1", 1, "stolen"))]
+
+
+def test_no_stealing_when_it_is_off() -> None:
+    core = new_core(steal="off")
+    queue_at_a(core)
+    assert stops(add(core, "b", size=1)) == []
+    assert stops(report(core, "a", "j0", "succeeded")) == []
+
+
+def test_a_thief_with_two_free_slots_starts_two_steals_never_two_of_one_job() -> None:
+    core = new_core()
+    queue_at_a(core)
+    assert stops(add(core, "b", size=2)) == [
+        ("a", Stop("j2", 1, "stolen")),
+        ("a", Stop("j1", 1, "stolen")),
+    ]
+    assert stops(add(core, "c", size=1)) == []  # nothing left that is not being stolen
+    assert booked(core, "b") == (0, 0, 2, 0)
+
+
+def test_a_steal_fails_when_the_victim_started_the_job_first() -> None:
+    core = new_core()
+    queue_at_a(core)
+    add(core, "b", size=1)
+    report(core, "a", "j0", "succeeded")  # a starts j2 itself
+    decisions = report(core, "a", "j2", "started")
+    assert info(core, "j2").thief is None
+    # The thief's slot is free again: it tries the next job.
+    assert stops(decisions) == [("a", Stop("j1", 1, "stolen"))]
+    stats = stats_of(core)
+    assert (stats.bus.stolen, stats.bus.steal_attempts) == (0, 2)
+    (ignored,) = report(core, "b", "j2", "started", attempt=2)
+    assert isinstance(ignored, Ignored)  # b never got j2
+
+
+def test_a_scheduler_with_jobs_waiting_in_its_own_queue_does_not_steal() -> None:
+    core = new_core()
+    add(core, "a", size=2)
+    add(core, "b", size=1)
+    assert [assigns(submit(core))[0][0] for _ in range(3)] == ["a", "b", "a"]
+    start(core, "a", "j0", "j2")
+    start(core, "b", "j1")
+    assert [assigns(submit(core))[0][0] for _ in range(2)] == ["b", "a"]  # j3, j4 wait
+    report(core, "a", "j0", "succeeded")
+    decisions = report(core, "a", "j2", "succeeded")
+    assert booked(core, "a") == (0, 1, 0, 1)  # a free slot, and j4 waiting for it
+    assert stops(decisions) == []  # so a leaves j3 to b
+    assert stops(report(core, "b", "j1", "succeeded")) == []  # and b starts j3 itself
+
+
+def test_a_revoked_job_with_no_steal_under_way_is_queued_again() -> None:
+    core = new_core()
+    queue_at_a(core)
+    decisions = report(core, "a", "j1", "revoked")
+    assert events(decisions) == ["requeued", "assigned"]
+    assert [d for d in decisions if isinstance(d, Requeued)][0].reason.startswith("revoked")
+    assert (info(core, "j1").holder, info(core, "j1").attempt) == ("a", 2)
+
+
+def test_a_victim_that_leaves_during_a_steal_gives_its_jobs_back_as_usual() -> None:
+    core = new_core()
+    queue_at_a(core)
+    add(core, "b", size=1)
+    decisions = core.detach("a", clean=True, now=1.0, wall=WALL)
+    assert [d.job_id for d in decisions if isinstance(d, Requeued)] == ["j0", "j2", "j1"]
+    assert info(core, "j2").thief is None
+    assert assigns(decisions) == [("b", "j0"), ("b", "j2"), ("b", "j1")]
+    assert booked(core, "b") == (0, 3, 0, 2)
+
+
+def test_a_victim_that_loses_its_connection_has_its_steals_called_off() -> None:
+    core = new_core()
+    queue_at_a(core)
+    add(core, "b", size=1)
+    assert core.detach("a", clean=False, now=1.0, wall=WALL) == []
+    assert info(core, "j2").thief is None and booked(core, "b") == (0, 0, 0, 0)
+    # It comes back without j2 (it had given it up): j2 is requeued, b takes it.
+    decisions = add(core, "a", size=1, now=2.0, held=[Held("j0", 1), Held("j1", 1)])
+    assert assigns(decisions) == [("b", "j2")]
+    assert stops(decisions) == []
+
+
+def test_a_thief_that_leaves_during_a_steal_leaves_the_job_to_placement() -> None:
+    core = new_core()
+    queue_at_a(core)
+    add(core, "b", size=1)
+    core.detach("b", clean=True, now=1.0, wall=WALL)
+    assert info(core, "j2").thief is None
+    decisions = report(core, "a", "j2", "revoked")
+    assert events(decisions) == ["requeued", "assigned"]
+    assert assigns(decisions) == [("a", "j2")]
+
+
+def test_a_disconnected_thief_keeps_its_lease_but_not_the_job() -> None:
+    core = new_core()
+    queue_at_a(core)
+    add(core, "b", size=2)  # steals j2 and j1
+    report(core, "a", "j1", "revoked")  # j1 reaches b
+    core.detach("b", clean=False, now=1.0, wall=WALL)  # b holds j1: it keeps a lease
+    decisions = report(core, "a", "j2", "revoked")
+    assert assigns(decisions) == [("a", "j2")]
+    assert booked(core, "b") == (0, 1, 0, 0)
+
+
+def test_a_job_cancelled_during_a_steal_ends_cancelled_and_frees_the_thief() -> None:
+    core = new_core()
+    queue_at_a(core)
+    add(core, "b", size=1)
+    assert stops(core.cancel("j2", WALL)) == [("a", Stop("j2", 1, "cancelled"))]
+    decisions = report(core, "a", "j2", "revoked")  # it had given it up already
+    assert events(decisions) == ["cancelled"]
+    assert stops(decisions) == [("a", Stop("j1", 1, "stolen"))]
+
+
+def test_a_stolen_job_that_ends_at_its_victim_frees_the_thief() -> None:
+    core = new_core()
+    queue_at_a(core)
+    add(core, "b", size=1)
+    decisions = report(core, "a", "j2", "cancelled")  # a stop crossed the steal
+    assert events(decisions) == ["cancelled"]
+    assert booked(core, "b")[2] == 1  # b steals j1 instead
+    assert info(core, "j1").thief == "b"
+
+
+def test_a_repeated_started_report_books_the_slot_once() -> None:
+    core = new_core()
+    add(core, "a", size=2)
+    submit(core)
+    start(core, "a", "j0")
+    start(core, "a", "j0")
+    assert booked(core, "a") == (1, 0, 0, 0)
+    assert stats_of(core).bus.wait_s["5"].count == 1
+
+
+# --- aging ----------------------------------------------------------------------------------
+
+
+def test_waiting_jobs_age_in_the_backlog_never_past_0() -> None:
+    core = new_core(age_every=10.0)
+    submit(core, job(priority=5), now=0.0)
+    submit(core, job(priority=1), now=30.0)
+    assert core.backlog() == ["j1", "j0"]  # base priorities
+    assert core.backlog(now=40.0) == ["j1", "j0"]  # 5 - 4 = 1 vs 1 - 1 = 0
+    assert core.backlog(now=50.0) == ["j0", "j1"]  # both 0 now: arrival order
+    decisions = add(core, "a", size=2, now=100.0)
+    assert [(d.assignment.id, d.assignment.priority) for d in sends(decisions)] == [
+        ("j0", 0),
+        ("j1", 0),
+    ]
+
+
+def test_an_aged_job_evicts_where_its_base_priority_would_not() -> None:
+    core = new_core(age_every=10.0)
+    add(core, "a", size=1)
+    submit(core, job(priority=5))
+    start(core, "a", "j0")
+    submit(core, job(priority=9, task="render"), now=0.0)  # nobody serves render yet
+    decisions = add(core, "a", size=1, tasks=["sleep", "render"], now=60.0, held=[Held("j0", 1)])
+    (send,) = sends(decisions)
+    assert (send.assignment.id, send.assignment.priority) == ("j1", 3)
+    assert booked(core, "a") == (1, 1, 0, 0)  # to evict j0, not to wait
+
+
+def test_steals_take_the_most_urgent_aged_job() -> None:
+    core = new_core(age_every=10.0)
+    add(core, "a", size=1)
+    submit(core, job(priority=0))
+    start(core, "a", "j0")
+    submit(core, job(priority=6), now=0.0)
+    submit(core, job(priority=3), now=50.0)
+    assert stops(add(core, "b", size=1, now=60.0)) == [("a", Stop("j1", 1, "stolen"))]
+    (send,) = sends(report(core, "a", "j1", "revoked", now=61.0))
+    assert send.assignment.priority == 0  # 6 levels aged, never below 0
+
+
+def test_a_requeued_job_ages_from_its_requeue() -> None:
+    core = new_core(age_every=10.0)
+    add(core, "a", size=1)
+    submit(core, job(priority=8), now=0.0)
+    start(core, "a", "j0", now=1.0)
+    decisions = report(core, "a", "j0", "evicted", now=100.0)
+    assert sends(decisions)[0].assignment.priority == 8
+
+
+# --- stats ----------------------------------------------------------------------------------
+
+
+def test_stats_count_what_happened_and_show_what_waits_and_runs() -> None:
+    core = new_core(lease=100.0)
+    add(core, "a", size=1, now=0.0)
+    add(core, "v1", size=2, reports=False, now=0.0)
+    core.heartbeat("a", 1, 0, 2.0)
+    submit(core, job(priority=4, runtime=60.0), now=0.0)  # j0 -> a
+    submit(core, job(priority=4, runtime=60.0), now=0.0)  # j1 -> v1
+    submit(core, job(priority=4, runtime=60.0), now=0.0)  # j2 -> v1
+    submit(core, job(priority=4, runtime=60.0), now=0.0)  # j3 -> a (waits there)
+    submit(core, job(priority=1, task="render"), now=0.0)  # j4: nobody serves render
+    start(core, "a", "j0", now=1.5)
+    stats = core.stats(3.0, uptime_s=42.0, ref="s")
+    assert stats.ref == "s"
+    bus = stats.bus
+    assert (bus.uptime_s, bus.submitted, bus.started, bus.queued, bus.running) == (
+        42.0,
+        5,
+        1,
+        4,
+        1,
+    )
+    assert bus.unserved == {"render": 1}
+    assert bus.wait_s["4"].count == 1 and bus.wait_s["4"].max == 1.5
+    a, v1 = stats.schedulers
+    assert (a.name, a.protocol, a.size, a.busy, a.queued) == ("a", 2, 1, 1, 1)
+    assert (a.running_priorities, a.started, a.tasks, a.heartbeat_age_s) == ([4], 1, ["sleep"], 1.0)
+    assert (v1.protocol, v1.busy, v1.queued, v1.heartbeat_age_s) == (1, 2, 0, None)
+    report(core, "a", "j0", "succeeded", now=4.0)
+    after = core.stats(4.0, uptime_s=43.0)
+    assert (after.bus.succeeded, after.schedulers[0].succeeded) == (1, 1)
+
+
+def test_a_batch_may_replace_an_assigned_job() -> None:
+    core = new_core()
+    add(core, "a", size=1)
+    submit(core, job(job_id="x"))
+    decisions = core.submit_many([job(job_id="x", on_conflict="replace")], 0.0, WALL)
+    assert reply(decisions).results == [SubmitResult(id="x", replaced=True)]
+    assert stops(decisions) == [("a", Stop("x", 1, "replaced"))]
+    assert [(d.scheduler, d.assignment.attempt) for d in sends(decisions)] == [("a", 2)]
+    assert booked(core, "a") == (0, 1, 0, 0)

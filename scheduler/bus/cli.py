@@ -10,6 +10,7 @@ import click
 from scheduler.bus.journal import JournalError
 from scheduler.bus.server import DEFAULT_RETENTION_S, BusConfig, BusServer
 from scheduler.cli_support import LOG_LEVELS, configure_logging, run_until_signalled
+from scheduler.policy.stealing import STEAL_STRATEGIES
 from scheduler.protocol import FINAL_EVENTS
 
 
@@ -135,6 +136,24 @@ def _retention(
     help="Seconds between deletions of final jobs past their retention.",
 )
 @click.option(
+    "--steal",
+    default="urgent",
+    show_default=True,
+    type=click.Choice(STEAL_STRATEGIES),
+    help="Work stealing: a scheduler with a free slot and an empty local queue takes a job "
+    "waiting in another's queue. 'urgent': the most urgent waiting job anywhere, so a free "
+    "slot anywhere runs it; 'tail': the last (least urgent, latest) job of the longest "
+    "queue, as classic work-stealing pools do; 'off': never.",
+)
+@click.option(
+    "--age-every",
+    default=None,
+    metavar="SECONDS",
+    type=click.FloatRange(min=0, min_open=True),
+    help="Anti-starvation aging: each SECONDS a job waits (since it was submitted or last "
+    "requeued) counts as one priority level more urgent, never past 0. Default: off.",
+)
+@click.option(
     "--log-level",
     default="INFO",
     show_default=True,
@@ -153,6 +172,8 @@ def cli(
     retention: dict[str, float],
     retention_default: float,
     vacuum_every: float,
+    steal: str,
+    age_every: float | None,
     log_level: str,
 ) -> None:
     """Run the schedbus bus: producers submit jobs, schedulers run them, monitors watch.
@@ -174,6 +195,8 @@ def cli(
         retention=retention,
         retention_default=retention_default,
         vacuum_every=vacuum_every,
+        steal=steal,
+        age_every=age_every,
     )
     try:
         run_until_signalled(_serve(config))

@@ -133,7 +133,9 @@ class BusConfig:
     ``db`` is the journal file (``:memory:``: none, jobs die with the bus). ``lease``
     seconds a silent or disconnected scheduler keeps its jobs. ``retention`` maps a
     final state to the seconds its jobs are kept (others: ``retention_default``);
-    final jobs past it are deleted every ``vacuum_every`` seconds.
+    final jobs past it are deleted every ``vacuum_every`` seconds. ``steal`` names the
+    work-stealing strategy (``urgent``, ``tail``, ``off``); ``age_every`` seconds of
+    waiting make a job one level more urgent (None: no aging).
     """
 
     host: str = "127.0.0.1"
@@ -147,10 +149,12 @@ class BusConfig:
     retention: Mapping[str, float] = field(default_factory=dict)
     retention_default: float = DEFAULT_RETENTION_S
     vacuum_every: float = 3600.0
+    steal: str = "urgent"
+    age_every: float | None = None
 
     def __post_init__(self) -> None:
         """Refuse values that cannot work, naming the field."""
-        DispatchConfig(self.lease, self.max_evictions, self.max_deliveries)
+        self.rules()
         if not self.vacuum_every > 0:
             raise ValueError(f"vacuum_every must be > 0 s, not {self.vacuum_every}")
         unknown = set(self.retention) - FINAL_EVENTS
@@ -158,6 +162,16 @@ class BusConfig:
             raise ValueError(f"retention: not final states: {', '.join(sorted(unknown))}")
         if min([self.retention_default, *self.retention.values()]) < 0:
             raise ValueError("retention: seconds must be >= 0")
+
+    def rules(self) -> DispatchConfig:
+        """The dispatch core's rules from this configuration."""
+        return DispatchConfig(
+            self.lease,
+            self.max_evictions,
+            self.max_deliveries,
+            steal=self.steal,
+            age_every=self.age_every,
+        )
 
 
 class _Outbox:
@@ -357,8 +371,8 @@ class BusServer:
         self._wall = wall_clock
         self._max_backlog = max_backlog
         self._read_ahead = max(1, min(_MAX_READ_AHEAD, max_backlog // 2))
-        rules = DispatchConfig(config.lease, config.max_evictions, config.max_deliveries)
-        self._core = Dispatcher(rules, rng, new_id=_new_id)
+        self._core = Dispatcher(config.rules(), rng, new_id=_new_id)
+        self._started_at = clock()
         self._journal: Journal | None = None
         self._gate: _Gate | None = None
         self._clients: dict[str, _Client] = {}
@@ -414,8 +428,14 @@ class BusServer:
             self._close_journal()
             raise
         self._port = self._server.sockets[0].getsockname()[1]
+        self._started_at = self._clock()
         self._spawn(self._vacuum_periodically())
-        logger.info("bus listening on %s", self.url)
+        logger.info(
+            "bus listening on %s (steal %s, aging %s)",
+            self.url,
+            self.config.steal,
+            "off" if self.config.age_every is None else f"every {self.config.age_every:g} s",
+        )
 
     def _open_journal(self) -> None:
         journal = self._journal = Journal.open(self.config.db)
@@ -778,9 +798,9 @@ class BusServer:
         client.send(Vacuumed(deleted=deleted, ref=request.ref))
 
     def _stats(self, client: _Client, request: GetStats) -> None:
-        """Stats snapshots are not served yet (cluster scheduling brings them): say so."""
-        message = "cmd: stats are not served by this bus yet"
-        client.send(Error(message=message, field="cmd", ref=request.ref))
+        """Reply with the core's snapshot of the bus and every scheduler."""
+        now = self._clock()
+        client.send(self._core.stats(now, now - self._started_at, ref=request.ref))
 
     def _report(self, client: _Client, report: Report) -> None:
         self._apply(self._core.report(client.name, report, self._clock(), self._wall()))
@@ -902,10 +922,19 @@ class BusServer:
         elif isinstance(decision, SendStop):
             self._stop(decision)
         elif isinstance(decision, Reply):
-            if requester is not None and requester.protocol == 2:
-                requester.send(decision.message)
+            self._reply(decision, requester)
         else:
             self._note(decision)
+
+    def _reply(self, reply: Reply, requester: _Client | None) -> None:
+        """Answer a v2 requester; a v1 producer is never sent anything, so its refused
+        job is logged."""
+        if requester is None:
+            return
+        if requester.protocol == 2:
+            requester.send(reply.message)
+        elif isinstance(reply.message, Error):
+            logger.warning("%s: refused job: %s", requester.outbox.label, reply.message.message)
 
     def _note(self, decision: Requeued | Ignored | LeaseExpired) -> None:
         """Log a decision that sends nothing; a lease that expired on an open connection

@@ -9,11 +9,27 @@ before it sends anything the decisions say.
 Rules:
 
 * Each job has at most one holder. Each assignment raises the job's ``attempt`` and
-  ``deliveries``; a report about another attempt, or from a scheduler that is not the
-  holder, changes nothing (:class:`Ignored`).
-* A job is pushed at once to the connected scheduler serving its task with the lowest
-  load = outstanding / size, ties to the one picked least recently. With none it waits
-  in the backlog, by priority then arrival, until one registers.
+  ``deliveries`` (a steal raises only ``attempt``: the job never ran at its victim); a
+  report about another attempt, or from a scheduler that is not the holder, changes
+  nothing (:class:`Ignored`).
+* A job is pushed at once to a connected scheduler serving its task, chosen by
+  :func:`~scheduler.policy.placement.place` from the slots the core books for each
+  scheduler (a free slot, least loaded first; else the scheduler running the least
+  urgent evictable job, if this one is more urgent; else the shortest local queue).
+  With none serving its task it waits in the backlog, by priority then arrival, until
+  one registers; :meth:`Dispatcher.stats` counts those jobs as ``unserved``.
+* Work stealing (``steal`` ``urgent`` or ``tail``, see :mod:`scheduler.policy.stealing`):
+  a v2 scheduler with a free slot and nothing waiting in its own queue takes a job
+  waiting in another's. The core sends the victim ``Stop(reason="stolen")``, books the
+  slot for the thief and marks the job; on the victim's ``revoked`` report the job is
+  assigned to the thief (attempt + 1); on its ``started`` report the steal failed and
+  the mark is cleared. A job has at most one steal under way, and only its holder can
+  start it, so it never runs at both.
+* Aging (``age_every``, see :mod:`scheduler.policy.aging`): a waiting job's effective
+  priority orders the backlog, is compared with running jobs when it is placed and
+  when stolen, and is sent as the assignment's priority.
+* A submit of the ``sleep`` task without a ``runtime`` is refused, naming
+  ``payload.runtime``.
 * A v2 scheduler holds a lease, renewed by every heartbeat, report or registration.
   When its socket closes cleanly it releases its jobs at once; when the socket breaks
   or it falls silent it keeps them until the lease expires, so that it can register
@@ -28,6 +44,7 @@ Rules:
 * v1 schedulers never report and cannot be told to stop: a job handed to one counts as
   outstanding until ``now >= handed_at + runtime`` and is then forgotten (deleted).
 * Final jobs leave the core; the bus answers about them from its journal.
+* Counters and snapshots for ``stats`` (:mod:`scheduler.policy.stats`).
 """
 
 from __future__ import annotations
@@ -38,12 +55,16 @@ from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
+from scheduler.policy.aging import Aging
 from scheduler.policy.conflict import KeepExisting, Refuse, Replace, resolve
 from scheduler.policy.events import job_event, status_event
 from scheduler.policy.job import Job
 from scheduler.policy.lease import Leases
+from scheduler.policy.placement import Enqueue, EvictFor, Seat, Slots, place
 from scheduler.policy.reconcile import reconcile
 from scheduler.policy.retry import RetryBackoff
+from scheduler.policy.stats import BusCounters, SchedulerCounters
+from scheduler.policy.stealing import STEAL_STRATEGIES, Waiter, WaitingJobs, steal_strategy
 from scheduler.protocol import (
     Accepted,
     Assignment,
@@ -56,6 +77,8 @@ from scheduler.protocol import (
     JobState,
     ProtocolError,
     Report,
+    SchedulerStats,
+    StatsReply,
     Stop,
     SubmitResult,
     SubmittedMany,
@@ -67,17 +90,24 @@ V1_SIZE: Final = 5
 DEFAULT_TASKS: Final[frozenset[str]] = frozenset({"sleep"})
 """Tasks assumed for a scheduler that does not list any (every v1 scheduler)."""
 
+MAX_CACHED_TASKS: Final = 1024
+"""Task names whose schedulers the core remembers between changes of the schedulers."""
+
 
 @dataclass(frozen=True)
 class DispatchConfig:
     """The rules' numbers: ``lease`` seconds a silent or disconnected scheduler keeps its
     jobs; evictions after which a job is no longer evictable; deliveries (plus the job's
-    own ``max_retries``) after which it is dead; the retry backoff."""
+    own ``max_retries``) after which it is dead; the retry backoff; the ``steal``
+    strategy (``urgent``, ``tail`` or ``off``); ``age_every`` seconds of waiting that
+    make a job one level more urgent (None: no aging)."""
 
     lease: float = 5.0
     max_evictions: int = 3
     max_deliveries: int = 10
     backoff: RetryBackoff = field(default_factory=RetryBackoff)
+    steal: str = "urgent"
+    age_every: float | None = None
 
     def __post_init__(self) -> None:
         """Refuse numbers the rules cannot work with, naming the field."""
@@ -87,6 +117,11 @@ class DispatchConfig:
             raise ValueError(f"max_evictions must be >= 0, not {self.max_evictions}")
         if self.max_deliveries < 1:
             raise ValueError(f"max_deliveries must be >= 1, not {self.max_deliveries}")
+        if self.steal not in STEAL_STRATEGIES:
+            raise ValueError(
+                f"steal must be one of {', '.join(STEAL_STRATEGIES)}, not {self.steal}"
+            )
+        Aging(self.age_every)
 
 
 # --- decisions -----------------------------------------------------------------------
@@ -169,6 +204,8 @@ class JobInfo:
     errors: tuple[str, ...]
     not_before: float | None
     cancelling: bool
+    thief: str | None = None
+    """The scheduler a steal of this job is under way for, if any."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,6 +222,14 @@ class SchedulerInfo:
     queued: int
     last_heartbeat: float | None
     lease_deadline: float | None
+    busy: int = 0
+    """Its attempts that started, by the core's booking (``running`` is what it said)."""
+    pending: int = 0
+    """Its attempts assigned and not started: on their way, or waiting in its queue."""
+    incoming: int = 0
+    """Steals under way for it (a slot is kept for each)."""
+    waiting: int = 0
+    """Its jobs that wait in its local queue and may be stolen."""
 
 
 # --- state ---------------------------------------------------------------------------
@@ -193,15 +238,19 @@ class SchedulerInfo:
 @dataclass(eq=False, slots=True)
 class _Scheduler:
     name: str
-    size: int
     tasks: frozenset[str]
     reports: bool
+    slots: Slots
     connected: bool = True
     held: set[str] = field(default_factory=set)
-    last_pick: int = -1
     running: int = 0
     queued: int = 0
     last_heartbeat: float | None = None
+    counters: SchedulerCounters = field(default_factory=SchedulerCounters)
+
+
+def _new_scheduler(name: str, reports: bool, *, connected: bool = True) -> _Scheduler:
+    return _Scheduler(name, DEFAULT_TASKS, reports, Slots(name, V1_SIZE), connected)
 
 
 def _random_id(rng: random.Random) -> Callable[[], str]:
@@ -222,6 +271,8 @@ class Dispatcher:
         self.config = config if config is not None else DispatchConfig()
         self._rng = rng if rng is not None else random.Random()
         self._new_id = new_id if new_id is not None else _random_id(self._rng)
+        self._aging = Aging(self.config.age_every)
+        self._strategy = steal_strategy(self.config.steal, self._aging)
         self._jobs: dict[str, Job] = {}
         self._schedulers: dict[str, _Scheduler] = {}
         self._leases = Leases(self.config.lease)
@@ -236,6 +287,19 @@ class Dispatcher:
         self._deleted: set[str] = set()
         self._seq = 0
         self._picks = 0
+        self._starts = 0
+        # When each job began waiting (monotonic): submit, requeue or retry due; for aging.
+        self._since: dict[str, float] = {}
+        self._seats: dict[str, Seat] = {}
+        self._stealable = WaitingJobs()
+        # Job id -> the thief a steal of it is under way for.
+        self._stealing: dict[str, str] = {}
+        # Schedulers that may have a free slot and an empty queue (a dict keeps the
+        # order, so that steals happen in the same order on every run).
+        self._unbalanced: dict[str, None] = {}
+        # Task -> slots of the connected schedulers serving it; cleared when they change.
+        self._serving: dict[str, list[Slots]] = {}
+        self._counters = BusCounters()
         self.accepted = 0
         """Jobs accepted since the start (replacements included)."""
         self.finished = 0
@@ -259,6 +323,7 @@ class Dispatcher:
             tuple(job.errors),
             job.not_before,
             job.id in self._cancelling,
+            self._stealing.get(job.id),
         )
 
     def tracks(self, job_id: str) -> bool:
@@ -270,10 +335,10 @@ class Dispatcher:
         job = self._jobs.get(job_id)
         return None if job is None else status_event(job, wall)
 
-    def backlog(self) -> list[str]:
-        """Return the ids of jobs waiting for a scheduler, in the order they will go out."""
-        entries = sorted(self._backlog)
-        return [job_id for _, seq, job_id in entries if self._in_backlog(seq, job_id)]
+    def backlog(self, now: float | None = None) -> list[str]:
+        """Return the ids of jobs waiting for a scheduler, in the order they will go out
+        (with aging, by their effective priority at ``now``)."""
+        return [job.id for job in self._backlog_jobs(now)]
 
     def scheduler(self, name: str) -> SchedulerInfo | None:
         """Return a snapshot of scheduler ``name``, or None if the core does not know it."""
@@ -282,7 +347,7 @@ class Dispatcher:
             return None
         return SchedulerInfo(
             s.name,
-            s.size,
+            s.slots.size,
             s.tasks,
             s.reports,
             s.connected,
@@ -291,13 +356,17 @@ class Dispatcher:
             s.queued,
             s.last_heartbeat,
             self._leases.deadline(name),
+            s.slots.busy,
+            s.slots.pending,
+            s.slots.incoming,
+            self._stealable.count(name),
         )
 
     def load(self, name: str, now: float) -> float:
         """Return outstanding / size of scheduler ``name`` at ``now`` (forgets expired v1 jobs)."""
         self._expire_v1(now)
         s = self._schedulers[name]
-        return len(s.held) / s.size
+        return len(s.held) / s.slots.size
 
     def next_deadline(self) -> float | None:
         """The earliest ``now`` at which :meth:`tick` has something to do, or None."""
@@ -316,6 +385,19 @@ class Dispatcher:
         deleted, self._deleted = sorted(self._deleted), set()
         return changed, deleted
 
+    def stats(self, now: float, uptime_s: float, ref: str | int | None = None) -> StatsReply:
+        """A frozen snapshot of the counters, of what waits and runs now, and of every
+        scheduler the core knows, at ``now``; ``uptime_s`` is passed through. Changes
+        nothing but forgetting expired v1 jobs."""
+        self._expire_v1(now)
+        running = sum(s.slots.busy for s in self._schedulers.values())
+        unserved: dict[str, int] = {}
+        for job in self._backlog_jobs(None):
+            unserved[job.payload.task] = unserved.get(job.payload.task, 0) + 1
+        bus = self._counters.snapshot(uptime_s, len(self._jobs) - running, running, unserved)
+        schedulers = [self._scheduler_stats(s, now) for s in self._schedulers.values()]
+        return StatsReply(bus, schedulers, ref)
+
     def __len__(self) -> int:
         """Return how many jobs the core tracks (not final)."""
         return len(self._jobs)
@@ -328,25 +410,33 @@ class Dispatcher:
         A job with a holder stays held: its holder gets a lease from ``now`` to register
         again and keep it, as if its connection had just broken. Other jobs are queued
         (held back until ``not_before`` if that is after ``wall``). New jobs continue
-        from ``next_seq``. Changes nothing in the journal.
+        from ``next_seq``. A job counts as waiting since its last change. Changes nothing
+        in the journal.
         """
         self._seq = max(self._seq, next_seq)
         for job in jobs:
             self._jobs[job.id] = job
             self._seq = max(self._seq, job.seq + 1)
+            self._since[job.id] = now - max(0.0, wall - job.updated_at)
             if job.holder is not None and job.state in ("assigned", "running"):
-                s = self._schedulers.get(job.holder)
-                if s is None:
-                    s = _Scheduler(job.holder, V1_SIZE, DEFAULT_TASKS, True, connected=False)
-                    self._schedulers[job.holder] = s
-                    self._leases.renew(job.holder, now)
-                s.held.add(job.id)
+                self._restore_held(job, now)
             elif job.not_before is not None and job.not_before > wall:
                 job.state, job.holder = "queued", None
                 self._hold_back(job, now + (job.not_before - wall))
             else:
                 job.state, job.holder = "queued", None
                 heapq.heappush(self._backlog, (job.payload.priority, job.seq, job.id))
+
+    def _restore_held(self, job: Job, now: float) -> None:
+        assert job.holder is not None
+        s = self._schedulers.get(job.holder)
+        if s is None:
+            s = self._schedulers[job.holder] = _new_scheduler(job.holder, True, connected=False)
+            self._leases.renew(job.holder, now)
+        evictable = job.evictions < self.config.max_evictions
+        self._hold(s, job, Seat(job.payload.priority, evictable))
+        if job.state == "running":
+            self._start_seat(s, job.id)
 
     # --- schedulers --------------------------------------------------------------------
 
@@ -367,16 +457,18 @@ class Dispatcher:
         ``reports`` False marks a v1 scheduler. ``held`` lists the attempts it still
         has: it keeps those it holds, gets a :class:`SendStop` for every other one, and
         each job it held by the core's account but left out is requeued. Then the
-        backlog is dispatched. Raises ValueError if ``size`` is below 1.
+        backlog is dispatched, and a scheduler left with a free slot steals. Raises
+        ValueError if ``size`` is below 1.
         """
         if size is not None and size < 1:
             raise ValueError(f"size must be at least 1, not {size}")
         s = self._schedulers.get(name)
         if s is None:
-            s = self._schedulers[name] = _Scheduler(name, V1_SIZE, DEFAULT_TASKS, reports)
-        s.size = V1_SIZE if size is None else size
+            s = self._schedulers[name] = _new_scheduler(name, reports)
+        s.slots.size = V1_SIZE if size is None else size
         s.tasks = DEFAULT_TASKS if tasks is None else frozenset(tasks)
         s.reports, s.connected = reports, True
+        self._serving.clear()
         if reports:
             self._leases.renew(name, now)
         decisions: list[Decision] = []
@@ -388,6 +480,8 @@ class Dispatcher:
         lost = [self._jobs[job_id] for job_id in outcome.lost]
         self._take_back(s, lost, "not held after reconnecting", now, wall, decisions)
         self._dispatch_backlog(now, wall, decisions)
+        self._unbalanced[name] = None
+        self._balance(now, decisions)
         return decisions
 
     def detach(self, name: str, *, clean: bool, now: float, wall: float) -> list[Decision]:
@@ -395,15 +489,21 @@ class Dispatcher:
 
         A clean close, a v1 scheduler or one holding nothing is forgotten at once, its
         jobs requeued and dispatched; otherwise it keeps its jobs until its lease expires
-        (:meth:`tick`). Unknown names return nothing.
+        (:meth:`tick`), and steals from it are called off (the thieves may steal
+        elsewhere). Unknown names return nothing.
         """
         s = self._schedulers.get(name)
         if s is None:
             return []
         s.connected = False
+        self._serving.clear()
+        decisions: list[Decision] = []
         if clean or not s.reports or not s.held:
-            return self._forget_scheduler(s, "released on disconnect", now, wall)
-        return []
+            decisions = self._forget_scheduler(s, "released on disconnect", now, wall)
+        else:
+            self._call_off_steals_from(name)
+        self._balance(now, decisions)
+        return decisions
 
     def heartbeat(self, name: str, running: int, queued: int, now: float) -> None:
         """Record the load ``name`` reports at ``now`` and renew its lease; unknown names
@@ -429,16 +529,18 @@ class Dispatcher:
         """Accept one job and dispatch it; return a :class:`Reply` first, then the rest.
 
         ``stored`` maps ids the core no longer tracks to their final journal record, for
-        ``job_id`` conflicts. The reply is :class:`Accepted` or an :class:`Error` naming
-        ``payload.job_id``.
+        ``job_id`` conflicts. The reply is :class:`Accepted`, or an :class:`Error` naming
+        ``payload.job_id`` (a conflict) or ``payload.runtime`` (a ``sleep`` job without one).
         """
         decisions: list[Decision] = []
-        result = self._submit_one(payload, stored or {}, "payload.job_id", now, wall, decisions)
+        result = self._submit_one(payload, stored or {}, "payload", now, wall, decisions)
         reply: Accepted | Error
         if result.id is None:
             reply = Error(message=result.error or "", field=result.field, ref=ref)
         else:
             reply = Accepted(result.id, ref, existing=result.existing, replaced=result.replaced)
+        if self._unbalanced:  # only a replaced job frees a slot here
+            self._balance(now, decisions)
         return [Reply(reply), *decisions]
 
     def submit_many(
@@ -459,18 +561,23 @@ class Dispatcher:
             if isinstance(item, ProtocolError):
                 results.append(_bad_job(i, item))
             else:
-                where = f"jobs.{i}.job_id"
+                where = f"jobs.{i}"
                 results.append(self._submit_one(item, stored or {}, where, now, wall, decisions))
+        if self._unbalanced:  # only a replaced job frees a slot here
+            self._balance(now, decisions)
         return [Reply(SubmittedMany(results, ref)), *decisions]
 
     def report(self, name: str, report: Report, now: float, wall: float) -> list[Decision]:
         """Apply a report from scheduler ``name`` (renewing its lease); return its
         decisions, or :class:`Ignored` if it is about another attempt or holder.
 
-        ``started``: running. ``evicted``: requeued and dispatched again, evictions + 1.
-        ``succeeded``/``cancelled``: final. ``failed``/``timed_out``: ``retrying`` while
-        retries are left, then ``dead``; final as reported with ``max_retries`` 0.
-        A held job being cancelled ends ``cancelled`` unless it finished first.
+        ``started``: running (a steal of it failed). ``evicted``: requeued and
+        dispatched again, evictions + 1. ``succeeded``/``cancelled``: final.
+        ``failed``/``timed_out``: ``retrying`` while retries are left, then ``dead``;
+        final as reported with ``max_retries`` 0. ``revoked`` (it left the local queue
+        unstarted): assigned to the thief a steal was under way for, else requeued.
+        A held job being cancelled ends ``cancelled`` unless it finished first. Then a
+        scheduler left with a free slot steals.
         """
         s = self._schedulers.get(name)
         if s is not None and s.reports:
@@ -481,19 +588,22 @@ class Dispatcher:
         reason = _fence(job, name, report)
         if reason is not None:
             return [Ignored(name, report.id, reason)]
+        assert s is not None  # the holder of a tracked job is known
         if report.evictions is not None and report.event != "evicted":
             job.evictions = max(job.evictions, report.evictions)
+        s.counters.reported(report.event)
         decisions: list[Decision] = []
         if report.event == "started":
-            job.state = "running"
-            self._touch(job, wall)
-            decisions.append(EmitEvent(job_event(job, "started", wall, name, report)))
+            self._started(job, s, report, now, wall, decisions)
         elif report.event == "evicted":
             self._evicted(job, report, now, wall, decisions)
         elif report.event in ("failed", "timed_out"):
             self._failed(job, report, now, wall, decisions)
-        elif report.event != "revoked":
+        elif report.event == "revoked":
+            self._revoked(job, s, report, now, wall, decisions)
+        else:
             self._finish(job, report.event, wall, decisions, report)
+        self._balance(now, decisions)
         return decisions
 
     def cancel(
@@ -528,7 +638,8 @@ class Dispatcher:
     def tick(self, now: float, wall: float) -> list[Decision]:
         """Act on every deadline up to ``now``: forget v1 jobs whose runtime elapsed,
         forget schedulers whose lease expired (their jobs requeued, cancelling ones
-        cancelled), and dispatch jobs whose retry delay is over."""
+        cancelled), and dispatch jobs whose retry delay is over; then a scheduler left
+        with a free slot steals."""
         self._expire_v1(now)
         decisions: list[Decision] = []
         for name in self._leases.expired(now):
@@ -541,6 +652,7 @@ class Dispatcher:
             del self._due[job_id]
             self._dispatch(self._jobs[job_id], now, wall, decisions)
             self._discard_stale_waiting()
+        self._balance(now, decisions)
         return decisions
 
     # --- internals: jobs ----------------------------------------------------------------
@@ -549,16 +661,20 @@ class Dispatcher:
         self,
         payload: JobPayload,
         stored: Mapping[str, Job],
-        where: str,
+        prefix: str,
         now: float,
         wall: float,
         out: list[Decision],
     ) -> SubmitResult:
+        if payload.task == "sleep" and payload.runtime is None:
+            where = f"{prefix}.runtime"
+            return SubmitResult(error=f"{where}: required, > 0 for the sleep task", field=where)
         existing = None
         if payload.job_id is not None:
             existing = self._jobs.get(payload.job_id) or stored.get(payload.job_id)
         resolution = resolve(existing, payload.on_conflict, stoppable=self._stoppable(existing))
         if isinstance(resolution, Refuse):
+            where = f"{prefix}.job_id"
             return SubmitResult(error=f"{where}: {resolution.message}", field=where)
         if isinstance(resolution, KeepExisting):
             assert existing is not None
@@ -572,9 +688,10 @@ class Dispatcher:
         job = Job(job_id, payload, self._seq, wall, attempt=attempt)
         self._seq += 1
         self._jobs[job_id] = job
+        self._since[job_id] = now
         self.accepted += 1
         self._touch(job, wall)
-        out.append(EmitEvent(job_event(job, "accepted", wall, None)))
+        self._emit(out, job_event(job, "accepted", wall, None))
         self._dispatch(job, now, wall, out)
         return SubmitResult(id=job_id, replaced=isinstance(resolution, Replace))
 
@@ -590,10 +707,25 @@ class Dispatcher:
     def _unhold(self, old: Job, stop_holder: bool, out: list[Decision]) -> None:
         """Take ``old`` out of the core before its replacement: its holder stops it."""
         if stop_holder and old.holder is not None:
-            self._schedulers[old.holder].held.discard(old.id)
+            self._leave_holder(old)
             out.append(SendStop(old.holder, Stop(old.id, old.attempt, "replaced")))
         self._cancelling.discard(old.id)
         self._due.pop(old.id, None)
+
+    def _started(
+        self, job: Job, s: _Scheduler, report: Report, now: float, wall: float, out: list[Decision]
+    ) -> None:
+        """Held ``job`` started at ``s``: book its slot (once per attempt), record how long
+        it waited, and fail a steal of it that was under way."""
+        job.state = "running"
+        self._touch(job, wall)
+        if self._start_seat(s, job.id):
+            self._counters.waited(job.payload.priority, now - self._since.get(job.id, now))
+        self._stealable.discard(job.id)
+        thief = self._stealing.pop(job.id, None)
+        if thief is not None:
+            self._unreserve(thief)
+        self._emit(out, job_event(job, "started", wall, s.name, report))
 
     def _evicted(
         self, job: Job, report: Report, now: float, wall: float, out: list[Decision]
@@ -602,13 +734,40 @@ class Dispatcher:
             self._finish(job, "cancelled", wall, out, report)
             return
         holder = job.holder
-        assert holder is not None
-        self._schedulers[holder].held.discard(job.id)
+        self._leave_holder(job)
         job.evictions = max(job.evictions + 1, report.evictions or 0)
         job.holder, job.state = None, "queued"
+        self._since[job.id] = now
         self._touch(job, wall)
-        out.append(EmitEvent(job_event(job, "evicted", wall, holder, report)))
+        self._emit(out, job_event(job, "evicted", wall, holder, report))
         self._dispatch(job, now, wall, out)
+
+    def _revoked(
+        self, job: Job, s: _Scheduler, report: Report, now: float, wall: float, out: list[Decision]
+    ) -> None:
+        """``job`` left ``s``'s queue unstarted: give it to the thief a steal of it was
+        for; with none (gone, or never), queue it again."""
+        thief_name = self._stealing.pop(job.id, None)
+        if thief_name is not None:
+            self._unreserve(thief_name)
+        self._leave_holder(job)
+        job.holder, job.state = None, "queued"
+        self._touch(job, wall)
+        if job.id in self._cancelling:
+            self._finish(job, "cancelled", wall, out, report)
+            return
+        thief = None if thief_name is None else self._schedulers[thief_name]
+        if thief is None or not thief.connected:
+            out.append(Requeued(job.id, s.name, job.attempt, "revoked, and no thief takes it"))
+            self._emit(out, job_event(job, "requeued", wall, s.name))
+            self._dispatch(job, now, wall, out)
+            return
+        self._counters.add("stolen")
+        s.counters.add("stolen_from")
+        thief.counters.add("stole")
+        self._assign(
+            job, thief, self._priority(job, now), now, wall, out, waiting=False, steal=True
+        )
 
     def _failed(
         self, job: Job, report: Report, now: float, wall: float, out: list[Decision]
@@ -627,14 +786,14 @@ class Dispatcher:
         self, job: Job, report: Report, now: float, wall: float, out: list[Decision]
     ) -> None:
         holder = job.holder
-        assert holder is not None
-        self._schedulers[holder].held.discard(job.id)
+        self._leave_holder(job)
         job.retries += 1
         delay = self.config.backoff.delay(job.payload.retry_backoff, job.retries, self._rng)
         job.holder, job.state, job.not_before = None, "queued", wall + delay
+        self._since[job.id] = now + delay
         self._touch(job, wall)
         event = job_event(job, "retrying", wall, holder, report, retry_in_s=delay)
-        out.append(EmitEvent(event))
+        self._emit(out, event)
         if delay > 0:
             self._hold_back(job, now + delay)
         else:
@@ -652,20 +811,30 @@ class Dispatcher:
         """End ``job`` in final ``state``: it leaves the core and its holder."""
         assert state in ("succeeded", "failed", "timed_out", "cancelled", "dead")
         if job.holder is not None:
-            self._schedulers[job.holder].held.discard(job.id)
+            self._leave_holder(job)
         job.state = state
         job.finished_at = wall
         del self._jobs[job.id]
+        self._since.pop(job.id, None)
         self._cancelling.discard(job.id)
         self._due.pop(job.id, None)
         self.finished += 1
         self._touch(job, wall)
-        out.append(EmitEvent(job_event(job, state, wall, job.holder, report, error=error)))
+        self._emit(out, job_event(job, state, wall, job.holder, report, error=error))
 
     def _touch(self, job: Job, wall: float) -> None:
         job.updated_at = wall
         self._changed[job.id] = job
         self._deleted.discard(job.id)
+
+    def _emit(self, out: list[Decision], event: JobEvent) -> None:
+        """Publish ``event`` and count it."""
+        out.append(EmitEvent(event))
+        self._counters.event(event.event)
+
+    def _priority(self, job: Job, now: float) -> int:
+        """``job``'s effective priority at ``now`` (aged while it waits)."""
+        return self._aging.effective(job.payload.priority, self._since.get(job.id, now), now)
 
     # --- internals: dispatch ------------------------------------------------------------
 
@@ -674,8 +843,17 @@ class Dispatcher:
         self._due[job.id] = due
         heapq.heappush(self._waiting, (due, job.seq, job.id))
 
+    def _backlog_jobs(self, now: float | None) -> list[Job]:
+        """The jobs of the backlog in dispatch order: by priority (effective at ``now``
+        with aging, when ``now`` is given), then arrival."""
+        entries = sorted(e for e in self._backlog if self._in_backlog(e[1], e[2]))
+        jobs = [self._jobs[job_id] for _, _, job_id in entries]
+        if now is not None and self._aging.every is not None:
+            jobs.sort(key=lambda job: (self._priority(job, now), job.seq))
+        return jobs
+
     def _dispatch_backlog(self, now: float, wall: float, out: list[Decision]) -> None:
-        waiting = [self._jobs[job_id] for job_id in self.backlog()]
+        waiting = self._backlog_jobs(now)
         self._backlog = []
         for job in waiting:
             self._dispatch(job, now, wall, out)
@@ -687,33 +865,59 @@ class Dispatcher:
         return job is not None and job.seq == seq and job.state == "queued"
 
     def _dispatch(self, job: Job, now: float, wall: float, out: list[Decision]) -> None:
-        """Hand queued ``job`` to the least-loaded eligible scheduler, or put it in the
+        """Hand queued ``job`` to the scheduler :func:`place` chooses, or put it in the
         backlog; a job out of deliveries is dead instead."""
         limit = self.config.max_deliveries + job.payload.max_retries
         if job.deliveries >= limit:
             error = f"delivered {job.deliveries} times (limit {limit}) without an outcome"
             self._finish(job, "dead", wall, out, error=error)
             return
-        s = self._choose(job.payload.task, now)
-        if s is None:
+        candidates = self._eligible(job.payload.task, now)
+        if not candidates:
             heapq.heappush(self._backlog, (job.payload.priority, job.seq, job.id))
             return
+        priority = self._priority(job, now)
+        where = place(priority, candidates)
+        assert where is not None
+        s = self._schedulers[where.scheduler]
+        if isinstance(where, EvictFor):
+            s.slots.spare(where.victim, self._seats[where.victim].priority)
+        self._assign(job, s, priority, now, wall, out, waiting=isinstance(where, Enqueue))
+
+    def _assign(
+        self,
+        job: Job,
+        s: _Scheduler,
+        priority: int,
+        now: float,
+        wall: float,
+        out: list[Decision],
+        *,
+        waiting: bool,
+        steal: bool = False,
+    ) -> None:
+        """Give queued ``job`` to ``s`` as a new attempt at (effective) ``priority``;
+        ``waiting``: it waits in the local queue there (it may be stolen); ``steal``: it
+        never ran at the scheduler it leaves, so this is not one more delivery."""
         job.attempt += 1
-        job.deliveries += 1
+        job.deliveries += not steal
         job.holder, job.state, job.not_before = s.name, "assigned", None
         self._touch(job, wall)
-        s.held.add(job.id)
+        evictable = job.evictions < self.config.max_evictions
+        self._hold(s, job, Seat(priority, evictable))
         if not s.reports:
             runtime = job.payload.runtime or 0.0
             heapq.heappush(self._v1_due, (now + runtime, job.id, job.attempt))
-        s.last_pick = self._picks
+        elif waiting:
+            waiter = Waiter(job.id, job.payload.priority, self._since.get(job.id, now), job.seq)
+            self._stealable.add(s.name, job.payload.task, waiter)
+        s.slots.last_pick = self._picks
         self._picks += 1
         p = job.payload
-        evictable = job.evictions < self.config.max_evictions
         assignment = Assignment(
             id=job.id,
             attempt=job.attempt,
-            priority=p.priority,
+            priority=priority,
             runtime=p.runtime,
             task=p.task,
             args=p.args,
@@ -722,30 +926,112 @@ class Dispatcher:
             evictable=evictable,
         )
         out.append(SendAssign(s.name, assignment, p))
-        out.append(EmitEvent(job_event(job, "assigned", wall, s.name)))
+        self._emit(out, job_event(job, "assigned", wall, s.name))
 
-    def _choose(self, task: str, now: float) -> _Scheduler | None:
-        """The connected scheduler serving ``task`` with the lowest load; ties go to the
-        least recently picked."""
+    def _eligible(self, task: str, now: float) -> list[Slots]:
+        """The slots of the connected schedulers serving ``task`` (v1 jobs expired first)."""
         self._expire_v1(now)
-        best: _Scheduler | None = None
-        best_key = (0.0, 0)
-        for s in self._schedulers.values():
-            if not s.connected or task not in s.tasks:
-                continue
-            # Equal ratios give equal floats (division is correctly rounded).
-            key = (len(s.held) / s.size, s.last_pick)
-            if best is None or key < best_key:
-                best, best_key = s, key
-        return best
+        found = self._serving.get(task)
+        if found is None:
+            if len(self._serving) >= MAX_CACHED_TASKS:  # producers choose task names
+                self._serving.clear()
+            found = [s.slots for s in self._schedulers.values() if s.connected and task in s.tasks]
+            self._serving[task] = found
+        return found
+
+    def _hold(self, s: _Scheduler, job: Job, seat: Seat) -> None:
+        """Book ``job`` as held by ``s`` with ``seat``, not started."""
+        s.held.add(job.id)
+        self._seats[job.id] = seat
+        s.slots.book()
+
+    def _start_seat(self, s: _Scheduler, job_id: str) -> bool:
+        """Book held ``job_id`` as running at ``s``; False if it already was."""
+        seat = self._seats[job_id]
+        if seat.started is not None:
+            return False
+        s.slots.start(job_id, seat, self._starts)
+        self._starts += 1
+        return True
+
+    def _leave_holder(self, job: Job) -> None:
+        """``job`` leaves its holder's books (it ended, is requeued or moves): its slot,
+        its place in the queue of stealable jobs, a steal of it under way. Keeps
+        ``job.holder`` for the caller's event."""
+        assert job.holder is not None
+        s = self._schedulers[job.holder]
+        s.held.discard(job.id)
+        s.slots.release(job.id, self._seats.pop(job.id))
+        self._stealable.discard(job.id)
+        thief = self._stealing.pop(job.id, None)
+        if thief is not None:
+            self._unreserve(thief)
+        self._unbalanced[s.name] = None
+
+    # --- internals: stealing ------------------------------------------------------------
+
+    def _balance(self, now: float, out: list[Decision]) -> None:
+        """Let every scheduler that may have a free slot and an empty queue steal."""
+        if self._strategy is None:
+            self._unbalanced.clear()
+            return
+        while self._unbalanced:
+            name = next(iter(self._unbalanced))
+            del self._unbalanced[name]
+            s = self._schedulers.get(name)
+            if s is not None and s.connected and s.reports:
+                self._steal_for(s, now, out)
+
+    def _steal_for(self, thief: _Scheduler, now: float, out: list[Decision]) -> None:
+        """While ``thief`` has a free slot and nothing waits in its own queue, start a
+        steal of the job the strategy chooses: the victim is told to give it up, the slot
+        is kept for it, and the job is marked."""
+        assert self._strategy is not None
+        while thief.slots.free > 0 and not self._stealable.count(thief.name):
+            steal = self._strategy.choose(
+                thief.name, thief.tasks, self._stealable, self._robbable, now
+            )
+            if steal is None:
+                return
+            job = self._jobs[steal.job_id]
+            self._stealable.discard(job.id)
+            self._stealing[job.id] = thief.name
+            thief.slots.incoming += 1
+            self._counters.add("steal_attempts")
+            out.append(SendStop(steal.victim, Stop(job.id, job.attempt, "stolen")))
+
+    def _robbable(self, name: str) -> bool:
+        s = self._schedulers.get(name)
+        return s is not None and s.connected and s.reports
+
+    def _unreserve(self, thief: str) -> None:
+        """A steal for ``thief`` ended: free the slot kept for it (it may steal again)."""
+        self._schedulers[thief].slots.incoming -= 1
+        self._unbalanced[thief] = None
+
+    def _call_off_steals_from(self, victim: str) -> None:
+        """Forget the steals from ``victim`` (it lost its connection): their thieves get
+        their slots back. If the victim gave a job up meanwhile, it no longer lists it
+        when it comes back, and the job is requeued."""
+        for job_id, thief in list(self._stealing.items()):
+            if self._jobs[job_id].holder == victim:
+                del self._stealing[job_id]
+                self._unreserve(thief)
+
+    # --- internals: schedulers ------------------------------------------------------------
 
     def _forget_scheduler(
         self, s: _Scheduler, reason: str, now: float, wall: float
     ) -> list[Decision]:
-        """Forget ``s`` and requeue every job it held."""
+        """Forget ``s`` and requeue every job it held; steals for it are dropped (a job
+        its victim gives up is then requeued)."""
         s.connected = False
+        self._serving.clear()
         self._leases.drop(s.name)
         self._expire_v1(now)
+        for job_id, thief in list(self._stealing.items()):
+            if thief == s.name:
+                del self._stealing[job_id]
         decisions: list[Decision] = []
         lost = [self._jobs[job_id] for job_id in s.held]
         self._take_back(s, lost, reason, now, wall, decisions)
@@ -769,14 +1055,36 @@ class Dispatcher:
                 error = f"its scheduler left before confirming the stop ({reason})"
                 self._finish(job, "cancelled", wall, out, error=error)
                 continue
-            s.held.discard(job.id)
+            self._leave_holder(job)
             job.holder, job.state = None, "queued"
+            self._since[job.id] = now
             self._touch(job, wall)
             out.append(Requeued(job.id, s.name, job.attempt, reason))
-            out.append(EmitEvent(job_event(job, "requeued", wall, s.name)))
+            self._emit(out, job_event(job, "requeued", wall, s.name))
             requeued.append(job)
         for job in requeued:
             self._dispatch(job, now, wall, out)
+
+    def _scheduler_stats(self, s: _Scheduler, now: float) -> SchedulerStats:
+        running = [
+            seat.priority for job_id in s.held if (seat := self._seats[job_id]).started is not None
+        ]
+        if s.reports:
+            busy, queued = s.slots.busy, s.slots.pending
+        else:
+            # A v1 scheduler never reports a start: its jobs fill its slots, then wait.
+            busy, queued = min(len(s.held), s.slots.size), max(0, len(s.held) - s.slots.size)
+        age = None if s.last_heartbeat is None else max(0.0, now - s.last_heartbeat)
+        return s.counters.snapshot(
+            s.name,
+            protocol=2 if s.reports else 1,
+            size=s.slots.size,
+            busy=busy,
+            queued=queued,
+            tasks=sorted(s.tasks),
+            running_priorities=running,
+            heartbeat_age_s=age,
+        )
 
     def _expire_v1(self, now: float) -> None:
         """Forget the jobs of v1 schedulers whose runtime has elapsed."""
@@ -785,8 +1093,9 @@ class Dispatcher:
             job = self._jobs.get(job_id)
             if job is None or job.attempt != attempt or job.holder is None:
                 continue
-            self._schedulers[job.holder].held.discard(job_id)
+            self._leave_holder(job)
             del self._jobs[job_id]
+            self._since.pop(job_id, None)
             self._changed.pop(job_id, None)
             self._deleted.add(job_id)
 

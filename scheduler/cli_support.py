@@ -6,7 +6,7 @@ import asyncio
 import logging
 import signal
 import sys
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
 import click
@@ -15,6 +15,40 @@ T = TypeVar("T")
 
 LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 LOG_LEVELS = click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False)
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def client_options(command: F) -> F:
+    """Add ``--bus``, ``--token`` and ``--connect-timeout`` (parameters ``url``, ``token``,
+    ``connect_timeout``) to a command that talks to the bus as a client."""
+    options = (
+        click.option(
+            "--bus",
+            "url",
+            envvar="SCHEDBUS_URL",
+            default="ws://localhost:8101",
+            show_default=True,
+            help="Bus URL (env SCHEDBUS_URL).",
+        ),
+        click.option(
+            "--token",
+            envvar="SCHEDBUS_TOKEN",
+            default=None,
+            help="Bus token (env SCHEDBUS_TOKEN).",
+        ),
+        click.option(
+            "--connect-timeout",
+            type=click.FloatRange(min=0),
+            default=10.0,
+            show_default=True,
+            help="How long to keep trying to reach the bus.",
+        ),
+    )
+    for option in reversed(options):
+        command = option(command)
+    return command
 
 
 def configure_logging(level: str | int) -> None:

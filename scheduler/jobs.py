@@ -15,7 +15,7 @@ from typing import TypeVar
 import click
 import msgspec
 
-from scheduler.cli_support import configure_logging, run_until_signalled
+from scheduler.cli_support import client_options, configure_logging, run_until_signalled
 from scheduler.producer_client import BusConnectionLost, ProducerClient, SubmitError
 
 T = TypeVar("T")
@@ -40,24 +40,7 @@ def _run(ctx: click.Context, action: Callable[[ProducerClient], Awaitable[T]]) -
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option(
-    "--bus",
-    "url",
-    envvar="SCHEDBUS_URL",
-    default="ws://localhost:8101",
-    show_default=True,
-    help="Bus URL (env SCHEDBUS_URL).",
-)
-@click.option(
-    "--token", envvar="SCHEDBUS_TOKEN", default=None, help="Bus token (env SCHEDBUS_TOKEN)."
-)
-@click.option(
-    "--connect-timeout",
-    type=click.FloatRange(min=0),
-    default=10.0,
-    show_default=True,
-    help="How long to keep trying to reach the bus.",
-)
+@client_options
 @click.option("-d", "--debug", is_flag=True, help="Debug logging.")
 @click.pass_context
 def cli(

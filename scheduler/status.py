@@ -14,7 +14,7 @@ from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
 
-from scheduler.cli_support import configure_logging, run_until_signalled
+from scheduler.cli_support import client_options, configure_logging, run_until_signalled
 from scheduler.producer_client import BusConnectionLost, ProducerClient, SubmitError
 from scheduler.protocol import BusStats, SchedulerStats, StatsReply
 
@@ -90,24 +90,7 @@ async def show(
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option(
-    "--bus",
-    "url",
-    envvar="SCHEDBUS_URL",
-    default="ws://localhost:8101",
-    show_default=True,
-    help="Bus URL (env SCHEDBUS_URL).",
-)
-@click.option(
-    "--token", envvar="SCHEDBUS_TOKEN", default=None, help="Bus token (env SCHEDBUS_TOKEN)."
-)
-@click.option(
-    "--connect-timeout",
-    type=click.FloatRange(min=0),
-    default=10.0,
-    show_default=True,
-    help="How long to keep trying to reach the bus.",
-)
+@client_options
 @click.option("--json", "as_json", is_flag=True, help="Print the snapshot as one JSON object.")
 @click.option(
     "--watch",

@@ -410,12 +410,15 @@ def _release_fds(sockets: list[int], stdin: bool) -> None:
     scheduler that is collected in the child cannot close a file the job has
     since opened under the same number.
     """
-    if not sockets and not stdin:
+    fds = [*sockets, 0] if stdin else sockets
+    if not fds:
         return
     devnull = os.open(os.devnull, os.O_RDWR)
-    for fd in [*sockets, 0] if stdin else sockets:
-        os.dup2(devnull, fd, inheritable=False)
-    os.close(devnull)
+    for fd in fds:
+        if fd != devnull:
+            os.dup2(devnull, fd, inheritable=False)
+    if devnull not in fds:  # it is descriptor 0 if that one was closed
+        os.close(devnull)
 
 
 _stdin: TextIO | None = None

@@ -35,6 +35,10 @@ DEFAULT_URL = "ws://localhost:8101"
 FC = TypeVar("FC", bound=Callable[..., Any])
 
 
+_ENDED_AFTER: Final[dict[str, str]] = {"cancelled": "cancelled", "timed_out": "timed out"}
+"""Job steps logged as ``... <word> after <wall> s``."""
+
+
 def log_report(report: Report, assignment: Assignment) -> None:
     """Log one line for a job step: the id's first 8 characters, priority and timings.
 
@@ -45,12 +49,13 @@ def log_report(report: Report, assignment: Assignment) -> None:
     event, job_id, priority = report.event, report.id, assignment.priority
     wall = report.wall_s or 0.0
     if event == "started":
+        runtime = "" if assignment.runtime is None else f", runtime {assignment.runtime:g} s"
         log.info(
-            "job %.8s p%d started (task %s, runtime %g s, attempt %d)",
+            "job %.8s p%d started (task %s%s, attempt %d)",
             job_id,
             priority,
             assignment.task,
-            assignment.runtime,
+            runtime,
             report.attempt,
         )
     elif event == "succeeded":
@@ -71,20 +76,21 @@ def log_report(report: Report, assignment: Assignment) -> None:
             wall,
             report.evictions,
         )
-    elif event == "cancelled":
-        log.info("job %.8s p%d cancelled after %.2f s", job_id, priority, wall)
-    elif event == "timed_out":
-        log.info("job %.8s p%d timed out after %.2f s", job_id, priority, wall)
+    elif event == "revoked":
+        log.info("job %.8s p%d left for another scheduler before it started", job_id, priority)
+    elif event in _ENDED_AFTER:
+        log.info("job %.8s p%d %s after %.2f s", job_id, priority, _ENDED_AFTER[event], wall)
     else:
         log.info("job %.8s p%d failed after %.2f s: %s", job_id, priority, wall, report.error)
 
 
-ROUTINE_REPORTS: Final[frozenset[str]] = frozenset({"started", "succeeded"})
+ROUTINE_REPORTS: Final[frozenset[str]] = frozenset({"started", "succeeded", "revoked"})
 """The job steps :func:`log_unusual_report` leaves out."""
 
 
 def log_unusual_report(report: Report, assignment: Assignment) -> None:
-    """Log a job step as :func:`log_report` does unless it is routine (a start, a success).
+    """Log a job step as :func:`log_report` does unless it is routine (a start, a success,
+    a waiting job handed to another scheduler).
 
     What the worker logs without ``--log-jobs``: every failure, timeout, eviction and
     cancel, and nothing per job that went well.

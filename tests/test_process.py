@@ -488,6 +488,21 @@ async def test_a_scheduler_without_stdin_gives_its_jobs_none(
     assert os.read(read_fd, 16) == b"none"
 
 
+def _release_onto_closed_stdin(report_fd: int) -> None:
+    os.close(0)
+    process._release_fds([], stdin=True)
+    is_null = os.fstat(0).st_rdev == os.stat(os.devnull).st_rdev
+    os.write(report_fd, b"null" if is_null else b"other")
+
+
+async def test_descriptor_0_becomes_dev_null_even_if_it_was_closed(
+    spawn: Spawn, pipe: tuple[int, int]
+) -> None:
+    read_fd, write_fd = pipe
+    assert (await spawn(_release_onto_closed_stdin, write_fd).wait()).exit_code == 0
+    assert os.read(read_fd, 16) == b"null"
+
+
 async def test_start_leaves_the_schedulers_stdin_as_it_was(
     spawn: Spawn, monkeypatch: pytest.MonkeyPatch
 ) -> None:

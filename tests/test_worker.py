@@ -10,6 +10,7 @@ from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 from attempt_log_tasks import LOG_ENV
 from click.testing import CliRunner
@@ -65,9 +66,11 @@ def test_each_job_step_is_one_log_line(caplog: pytest.LogCaptureFixture) -> None
         Report("timed_out", job.id, 1, wall_s=10.0),
         Report("failed", job.id, 1, exit_code=1, error="exit code 1", wall_s=0.5),
         Report("cancelled", job.id, 1, wall_s=0.75),
+        Report("revoked", job.id, 1),
     ]
     for report in steps:
         worker.log_report(report, job)
+    worker.log_report(Report("started", job.id, 2), msgspec.structs.replace(job, runtime=None))
     assert caplog.messages == [
         "job 01234567 p3 started (task sleep, runtime 1.5 s, attempt 1)",
         "job 01234567 p3 evicted after 0.25 s, back to the bus (eviction 2)",
@@ -75,6 +78,8 @@ def test_each_job_step_is_one_log_line(caplog: pytest.LogCaptureFixture) -> None
         "job 01234567 p3 timed out after 10.00 s",
         "job 01234567 p3 failed after 0.50 s: exit code 1",
         "job 01234567 p3 cancelled after 0.75 s",
+        "job 01234567 p3 left for another scheduler before it started",
+        "job 01234567 p3 started (task sleep, attempt 2)",
     ]
 
 
@@ -90,6 +95,7 @@ def test_without_log_jobs_only_unusual_steps_are_logged(
         Report("timed_out", job.id, 1, wall_s=10.0),
         Report("failed", job.id, 1, exit_code=1, error="exit code 1", wall_s=0.5),
         Report("cancelled", job.id, 1, wall_s=0.75),
+        Report("revoked", job.id, 1),
     ):
         worker.log_unusual_report(report, job)
     assert [message.split()[3] for message in caplog.messages] == [

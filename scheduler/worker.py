@@ -254,7 +254,8 @@ def cli(
     SCHEDBUS_JOB_ID and SCHEDBUS_ATTEMPT name the job and its attempt. One INFO line is
     logged per failure, timeout, eviction and cancel (with --log-jobs or -d, per start
     and success too). If the bus goes away, jobs keep running and the scheduler
-    reconnects and reclaims them. SIGINT or SIGTERM stops every running job and exits 0.
+    reconnects and reclaims them; cut off for longer than the bus's lease, it stops them
+    (the bus runs them elsewhere). SIGINT or SIGTERM stops every running job and exits 0.
     """
     run_scheduler(
         tasks,

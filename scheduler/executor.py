@@ -27,7 +27,8 @@ from typing import Any, Literal
 from scheduler.policy.runner import Decision, Evict, Job, Runner, Snapshot, Start, Stop
 from scheduler.process import JobProcess, ProcessResult
 from scheduler.protocol import Assignment, Held, Report, SchedulerReport
-from scheduler.tasks import TaskRegistry, UnknownTaskError, run_task
+from scheduler.task_result import ResultPipe, TaskRecord
+from scheduler.tasks import TaskRegistry, UnknownTaskError, call_arguments, run_task
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,7 @@ class _Run:
 
     assignment: Assignment
     process: JobProcess
+    pipe: ResultPipe
     started_at: float
     deadline: float
     why: Why | None = None
@@ -232,22 +234,27 @@ class Executor:
     def _start(self, job_id: str) -> Sequence[Start]:
         """Fork the job's process; returns what the runner starts next if the fork failed."""
         assignment = self._jobs[job_id]
+        args, kwargs = call_arguments(assignment.args, assignment.runtime)
+        try:
+            pipe = ResultPipe()
+        except OSError as exc:
+            return self._not_started(assignment, exc)
         process = JobProcess(
             run_task,
-            (self._tasks.get(assignment.task), assignment.runtime, job_id, assignment.attempt),
+            (self._tasks.get(assignment.task), args, kwargs, job_id, assignment.attempt),
+            {"result_fd": pipe.write_fd},
             name=f"job-{job_id}",
             grace=self._grace,
         )
         try:
             process.start()
         except OSError as exc:
-            log.error("could not start job %s: %s", job_id, exc)
-            del self._jobs[job_id]
-            self._emit_failed(assignment, f"could not start the job process: {exc}")
-            return self._runner.exited(job_id, self._clock())
+            pipe.close()
+            return self._not_started(assignment, exc)
+        pipe.forked()
         started_at = self._clock()
         timeout = assignment.timeout or self._default_timeout
-        run = _Run(assignment, process, started_at, started_at + timeout)
+        run = _Run(assignment, process, pipe, started_at, started_at + timeout)
         self._runs[job_id] = run
         # A callback rather than a task awaiting the process, and one timer for every
         # deadline: each costs the loop, and pages written after a fork are copied first.
@@ -256,6 +263,14 @@ class Executor:
         log.debug("started %s attempt %d pid %d", job_id, assignment.attempt, process.pid)
         self._on_event(Report("started", job_id, assignment.attempt), assignment)
         return []
+
+    def _not_started(self, assignment: Assignment, exc: OSError) -> Sequence[Start]:
+        """The job's process could not be made: fail it; return what the runner starts next."""
+        job_id = assignment.id
+        log.error("could not start job %s: %s", job_id, exc)
+        del self._jobs[job_id]
+        self._emit_failed(assignment, f"could not start the job process: {exc}")
+        return self._runner.exited(job_id, self._clock())
 
     def _evict(self, decision: Evict) -> None:
         run = self._runs[decision.job_id]
@@ -301,8 +316,9 @@ class Executor:
         del self._runs[job_id]
         if self._jobs.get(job_id) is assignment:
             del self._jobs[job_id]
+        record = run.pipe.collect()
         log.debug("%s attempt %d ended: %s", job_id, assignment.attempt, result)
-        report = _closing_report(run, result)
+        report = _closing_report(run, result, record)
         if report is not None:
             self._on_event(report, assignment)
         self._carry_out(self._runner.exited(job_id, self._clock()))
@@ -321,14 +337,14 @@ class Executor:
         self._on_event(Report("failed", assignment.id, assignment.attempt, error=error), assignment)
 
 
-def _closing_report(run: _Run, result: ProcessResult) -> Report | None:
+def _closing_report(run: _Run, result: ProcessResult, record: TaskRecord) -> Report | None:
     """The report that closes ``run``'s attempt, or None when nobody may hear of it."""
     if run.why == "dropped":
         return None
     # "stopped" means we stopped it: any other outcome is its own end (or its timeout),
     # even if a stop raced it, so that end is what happened and is final.
     if result.outcome != "stopped":
-        return _final_report(run, result)
+        return _final_report(run, result, record)
     a = run.assignment
     if run.why == "evicted":
         return Report(
@@ -345,15 +361,20 @@ def _closing_report(run: _Run, result: ProcessResult) -> Report | None:
     return None
 
 
-def _final_report(run: _Run, result: ProcessResult) -> Report:
-    """The ``succeeded`` / ``failed`` / ``timed_out`` report for a process that ended."""
+def _final_report(run: _Run, result: ProcessResult, record: TaskRecord) -> Report:
+    """The ``succeeded`` / ``failed`` / ``timed_out`` report for a process that ended:
+    a timeout wins, then an exception the task raised, then the exit status."""
     a = run.assignment
     event: SchedulerReport
-    error: str | None
+    error: str | None = None
+    traceback: str | None = None
+    value: object = None
     if result.outcome == "timed_out":
         event, error = "timed_out", f"timed out after {run.deadline - run.started_at:g} s"
+    elif record.raised is not None:
+        event, error, traceback = "failed", record.raised.error, record.raised.traceback or None
     elif result.exit_code == 0:
-        event, error = "succeeded", None
+        event, value = "succeeded", record.result
     else:
         event, error = "failed", _exit_text(result.exit_code)
     return Report(
@@ -365,6 +386,8 @@ def _final_report(run: _Run, result: ProcessResult) -> Report:
         wall_s=result.wall_s,
         cpu_s=result.cpu_s,
         max_rss_kb=result.max_rss_kb,
+        result=value,
+        traceback=traceback,
     )
 
 

@@ -159,7 +159,11 @@ class JobRequest(
 
 
 class Report(msgspec.Struct, frozen=True, tag_field="cmd", tag="report", omit_defaults=True):
-    """A v2 scheduler tells the bus what happened to an attempt it holds."""
+    """A v2 scheduler tells the bus what happened to an attempt it holds.
+
+    ``succeeded`` may carry the task's JSON ``result``; ``failed`` by an exception carries
+    ``error`` (``Type: message``) and its ``traceback``.
+    """
 
     event: SchedulerReport
     id: JobId
@@ -171,6 +175,7 @@ class Report(msgspec.Struct, frozen=True, tag_field="cmd", tag="report", omit_de
     cpu_s: float | None = None
     max_rss_kb: int | None = None
     result: object | None = None
+    traceback: Annotated[str, msgspec.Meta(max_length=64 * 1024)] | None = None
 
 
 class SubmitMany(
@@ -323,7 +328,10 @@ class JobEvent(msgspec.Struct, frozen=True, tag_field="type", tag="event", omit_
     """Something happened to a job; sent to its producer, its watchers and every monitor.
 
     ``errors`` lists the error of every failed attempt (on ``retrying`` and final events);
-    ``retry_in_s`` says when a ``retrying`` job runs again.
+    ``retry_in_s`` says when a ``retrying`` job runs again. ``result`` is the task's JSON
+    result (on ``succeeded``); ``traceback`` the traceback of the exception that failed the
+    latest failed attempt (on ``failed``, ``retrying`` and ``dead``, and on ``cancelled``
+    after such a failure; never on ``succeeded``).
     """
 
     event: EventKind
@@ -344,6 +352,7 @@ class JobEvent(msgspec.Struct, frozen=True, tag_field="type", tag="event", omit_
     errors: list[str] | None = None
     retry_in_s: float | None = None
     result: object | None = None
+    traceback: str | None = None
 
 
 class Watching(msgspec.Struct, frozen=True, tag_field="type", tag="watching", omit_defaults=True):

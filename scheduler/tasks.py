@@ -1,18 +1,27 @@
 """The tasks a scheduler may run, by name. A job can only name a registered task, never code.
 
-A task is a module-level function called in the job process as ``task(runtime)``, with the
-job's ``runtime`` (the only argument the wire protocol carries today). It succeeds by
-returning, fails by raising or exiting with a non-zero status. ``sleep`` is built in.
+A task is a module-level function run in the job's own process. It is called with the
+job's ``args``: a JSON object as keyword arguments, a JSON array as positional arguments.
+A job without ``args`` calls it with its ``runtime`` if it has one (``task(runtime)``:
+how the built-in ``sleep`` and every v1 job run), else with no arguments.
+
+What the task returns is the job's result: it must encode as JSON (msgspec's JSON: also
+dataclasses, datetimes, UUIDs, sets) in at most 64 KiB, and arrives in the job's
+``succeeded`` event. An exception the task raises fails the job: the ``failed`` event's
+``error`` reads ``Type: message`` and its ``traceback`` holds the formatted traceback.
+A result that is not JSON or too large fails the job the same way (type ``ResultError``).
+A task that exits with a non-zero status (``sys.exit(3)``) or is killed fails with that
+status as its error.
 
 Your own tasks are module-level functions marked with :func:`task`::
 
     from scheduler.tasks import task
 
     @task                                   # registered as "resize"
-    def resize(runtime: float) -> None: ...
+    def resize(path: str, width: int) -> dict[str, int]: ...
 
     @task(name="report", priority=2, timeout=60)
-    def build_report(runtime: float) -> None: ...
+    def build_report(day: str) -> None: ...
 
 and served with ``python -m scheduler.worker --tasks mypkg.jobs`` (a dotted module name,
 or a path such as ``jobs/nightly.py``; several separated by commas). The scheduler
@@ -22,7 +31,8 @@ registers exactly those task names (and ``sleep``) with the bus and runs nothing
 In the job process the task can tell which job it runs: the environment variables
 ``SCHEDBUS_JOB_ID`` (the job's id) and ``SCHEDBUS_ATTEMPT`` (the attempt number, counting
 from 1; a job that is evicted, retried or reassigned runs again under a higher one) are
-set before the task is called.
+set before the task is called. Processes it starts belong to the job: they are stopped
+with it when it ends, times out, is evicted or cancelled.
 """
 
 from __future__ import annotations
@@ -38,9 +48,10 @@ from pathlib import Path
 from types import ModuleType
 from typing import Final, TypeVar, overload
 
-from scheduler.protocol import MAX_NAME_LEN, MAX_TIMEOUT_S, PRIORITY_MAX, PRIORITY_MIN
+from scheduler.protocol import MAX_NAME_LEN, MAX_TIMEOUT_S, PRIORITY_MAX, PRIORITY_MIN, Args
+from scheduler.task_result import send_exception, send_result
 
-Task = Callable[[float], object]
+Task = Callable[..., object]
 F = TypeVar("F", bound=Task)
 
 JOB_ID_ENV: Final = "SCHEDBUS_JOB_ID"
@@ -254,9 +265,35 @@ def _import_file(path: Path) -> ModuleType:
     return module
 
 
-def run_task(task: Task, runtime: float, job_id: str, attempt: int) -> None:
+def call_arguments(
+    args: Args | None, runtime: float | None
+) -> tuple[tuple[object, ...], dict[str, object]]:
+    """The positional and keyword arguments a job's task is called with (see the module
+    docstring): ``args`` as keywords or positions, else ``(runtime,)``, else nothing."""
+    if isinstance(args, dict):
+        return (), args
+    if args is not None:
+        return tuple(args), {}
+    return ((runtime,) if runtime is not None else ()), {}
+
+
+def run_task(
+    task: Task,
+    args: tuple[object, ...],
+    kwargs: dict[str, object],
+    job_id: str,
+    attempt: int,
+    result_fd: int,
+) -> None:
     """The job process's entry point: publish the job's id and attempt in the environment
-    (see the module docstring), then call ``task(runtime)``."""
+    (see the module docstring), call ``task(*args, **kwargs)`` and write its result or
+    exception to ``result_fd``; exit with status 1 if it raised."""
     os.environ[JOB_ID_ENV] = job_id
     os.environ[ATTEMPT_ENV] = str(attempt)
-    task(runtime)
+    try:
+        value = task(*args, **kwargs)
+    except Exception as exc:
+        send_exception(result_fd, exc)
+        raise SystemExit(1) from None
+    if not send_result(result_fd, value):
+        raise SystemExit(1)

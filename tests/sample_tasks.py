@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import time
 from pathlib import Path
 
 from scheduler.tasks import ATTEMPT_ENV, JOB_ID_ENV, task
@@ -25,3 +27,44 @@ def probe(runtime: float) -> None:
 
 def helper(runtime: float) -> None:
     """Not a task: not declared."""
+
+
+@task
+def add(a: float, b: float) -> float:
+    """Return ``a + b``: called with keyword or positional JSON arguments."""
+    return a + b
+
+
+@task
+def describe(*items: object, **options: object) -> dict[str, object]:
+    """Return what it was called with, as JSON."""
+    return {"items": list(items), "options": options}
+
+
+class TaskFailure(Exception):
+    """What :func:`explode` raises: a user-defined exception type."""
+
+
+@task
+def explode(message: str) -> None:
+    """Fail with :class:`TaskFailure` carrying ``message``."""
+    raise TaskFailure(message)
+
+
+@task
+def too_big(size: int) -> str:
+    """Return a string of ``size`` characters (JSON of ``size + 2`` bytes)."""
+    return "x" * size
+
+
+@task
+def spawn_grandchildren(linger: float) -> dict[str, int]:
+    """Start two grandchildren that would outlive the task by ``linger`` seconds: one
+    ``sleep`` program and one forked copy of this process (which holds the job's result
+    pipe open). Return their pids, and end at once: the job's end must stop both."""
+    program = subprocess.Popen(["sleep", str(linger)])
+    forked = os.fork()
+    if forked == 0:
+        time.sleep(linger)
+        os._exit(0)
+    return {"program": program.pid, "forked": forked}

@@ -20,8 +20,8 @@ from conftest import unit, wait_until
 from scheduler import executor as executor_module
 from scheduler.executor import Executor
 from scheduler.process import JobProcess
-from scheduler.protocol import Assignment, Held, Report
-from scheduler.tasks import TaskRegistry
+from scheduler.protocol import MAX_RESULT_BYTES, Assignment, Held, Report
+from scheduler.tasks import Task, TaskRegistry
 
 PIDFILE = "SCHEDBUS_TEST_PIDFILE"
 TERMFILE = "SCHEDBUS_TEST_TERMFILE"
@@ -58,7 +58,7 @@ def stubborn(runtime: float) -> None:
     time.sleep(runtime)
 
 
-TEST_TASKS = {
+TEST_TASKS: dict[str, Task] = {
     "sleep": TaskRegistry().get("sleep"),
     "job-probe": sample_tasks.probe,
     "fail": fail,
@@ -66,6 +66,11 @@ TEST_TASKS = {
     "kill_self": kill_self,
     "with_grandchild": with_grandchild,
     "stubborn": stubborn,
+    "add": sample_tasks.add,
+    "describe": sample_tasks.describe,
+    "explode": sample_tasks.explode,
+    "too_big": sample_tasks.too_big,
+    "spawn_grandchildren": sample_tasks.spawn_grandchildren,
 }
 
 
@@ -105,6 +110,7 @@ def job(
     attempt: int = 1,
     evictions: int = 0,
     evictable: bool = True,
+    args: dict[str, object] | list[object] | None = None,
 ) -> Assignment:
     """An assignment; ``runtime`` and ``timeout`` are in test units."""
     return Assignment(
@@ -113,6 +119,7 @@ def job(
         priority=priority,
         runtime=runtime * unit(),
         task=task,
+        args=args,
         timeout=None if timeout is None else timeout * unit(),
         evictions=evictions,
         evictable=evictable,
@@ -175,7 +182,7 @@ async def test_job_starts_and_succeeds_with_its_measurements(
 @pytest.mark.parametrize(
     ("task", "exit_code", "error"),
     [
-        ("fail", 1, "exit code 1"),
+        ("fail", 1, "RuntimeError: this task always fails"),
         ("exit3", 3, "exit code 3"),
         ("kill_self", -9, "killed by signal 9 (SIGKILL)"),
     ],
@@ -186,6 +193,81 @@ async def test_failing_job_is_reported_failed(
     make_executor().submit(job("f", task=task))
     failed = await reports.expect("failed", "f")
     assert (failed.exit_code, failed.error) == (exit_code, error)
+
+
+@pytest.mark.parametrize(
+    ("args", "result"),
+    [
+        ({"a": 2, "b": 3.5}, 5.5),
+        ([2, 3], 5),
+        (None, None),
+    ],
+)
+async def test_a_task_gets_its_arguments_and_its_result_is_reported(
+    make_executor: ExecutorFactory,
+    reports: Reports,
+    args: dict[str, object] | list[object] | None,
+    result: object,
+) -> None:
+    task = "add" if args is not None else "sleep"
+    make_executor().submit(job("r", task=task, args=args))
+    done = await reports.expect("succeeded", "r")
+    assert (done.result, done.error, done.traceback) == (result, None, None)
+
+
+async def test_json_arguments_and_results_keep_their_shape(
+    make_executor: ExecutorFactory, reports: Reports
+) -> None:
+    args: dict[str, object] = {"unicode": "ünï ✓", "nested": {"list": [1, 2.5, None, True]}}
+    make_executor().submit(job("d", task="describe", args=args))
+    done = await reports.expect("succeeded", "d")
+    assert done.result == {"items": [], "options": args}
+
+
+async def test_an_exception_fails_the_job_with_its_type_message_and_traceback(
+    make_executor: ExecutorFactory, reports: Reports
+) -> None:
+    make_executor().submit(job("x", task="explode", args={"message": "disk on fire"}))
+    failed = await reports.expect("failed", "x")
+    assert failed.exit_code == 1 and failed.result is None
+    assert failed.error == "sample_tasks.TaskFailure: disk on fire"
+    assert failed.traceback is not None
+    assert failed.traceback.startswith("Traceback (most recent call last):")
+    assert "in explode" in failed.traceback and "raise TaskFailure(message)" in failed.traceback
+    assert failed.traceback.rstrip().endswith("sample_tasks.TaskFailure: disk on fire")
+
+
+async def test_arguments_the_task_does_not_take_fail_the_job_saying_so(
+    make_executor: ExecutorFactory, reports: Reports
+) -> None:
+    make_executor().submit(job("t", task="add", args={"a": 1}))
+    failed = await reports.expect("failed", "t")
+    assert failed.error is not None and failed.error.startswith("TypeError: ")
+    assert "missing 1 required positional argument: 'b'" in failed.error
+
+
+async def test_a_result_over_the_limit_fails_the_job_and_never_blocks_it(
+    make_executor: ExecutorFactory, reports: Reports
+) -> None:
+    make_executor().submit(job("big", task="too_big", args=[MAX_RESULT_BYTES - 2]))
+    make_executor().submit(job("huge", task="too_big", args=[MAX_RESULT_BYTES]))
+    fits = await reports.expect("succeeded", "big")
+    assert fits.result == "x" * (MAX_RESULT_BYTES - 2)
+    failed = await reports.expect("failed", "huge")
+    assert failed.error == (
+        f"ResultError: the task's result is {MAX_RESULT_BYTES + 2} bytes of JSON; "
+        f"the limit is {MAX_RESULT_BYTES}"
+    )
+
+
+async def test_a_result_is_collected_though_grandchildren_hold_its_pipe_and_they_are_stopped(
+    make_executor: ExecutorFactory, reports: Reports
+) -> None:
+    make_executor().submit(job("g", task="spawn_grandchildren", args=[600]))
+    done = await reports.expect("succeeded", "g")
+    assert isinstance(done.result, dict) and set(done.result) == {"program", "forked"}
+    pids = [done.result["program"], done.result["forked"]]
+    await wait_until(lambda: not any(map(alive, pids)), 5 * unit(), "grandchildren to go")
 
 
 def test_exit_text_covers_lost_status_and_unnamed_signals() -> None:
@@ -512,6 +594,23 @@ async def test_failed_fork_reports_failed_and_frees_the_slot(
         "could not start the job process: [Errno 11] Resource temporarily unavailable"
     )
     await reports.expect("succeeded", "third")
+
+
+async def test_no_descriptors_for_the_result_pipe_fails_the_job_and_frees_the_slot(
+    make_executor: ExecutorFactory, reports: Reports, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    executor = make_executor(size=1)
+
+    def out_of_descriptors() -> None:
+        raise OSError(24, "Too many open files")
+
+    monkeypatch.setattr(executor_module, "ResultPipe", out_of_descriptors)
+    executor.submit(job("first"))
+    monkeypatch.undo()
+    executor.submit(job("second"))
+    failed = await reports.expect("failed", "first")
+    assert failed.error == "could not start the job process: [Errno 24] Too many open files"
+    await reports.expect("succeeded", "second")
 
 
 async def test_shutdown_stops_every_process_tree_and_the_queue(

@@ -13,13 +13,15 @@ from pathlib import Path
 import pytest
 
 from scheduler import tasks
-from scheduler.protocol import MAX_NAME_LEN
+from scheduler.protocol import MAX_NAME_LEN, MAX_RESULT_BYTES, Args
+from scheduler.task_result import NOTHING, Raised, ResultPipe, TaskRecord
 from scheduler.tasks import (
     ATTEMPT_ENV,
     JOB_ID_ENV,
     TaskLoadError,
     TaskRegistry,
     UnknownTaskError,
+    call_arguments,
     load_task_modules,
     task,
 )
@@ -102,7 +104,9 @@ def test_task_decorator_declares_by_function_name_or_given_name() -> None:
     import sample_tasks
 
     registry = load_task_modules(["sample_tasks"])
-    assert registry.names == ["double", "job-probe", "sleep"]
+    assert registry.names == sorted(registry.names)
+    assert {"double", "job-probe", "sleep"} <= set(registry.names)
+    assert "helper" not in registry
     assert registry.get("double") is sample_tasks.double
     probe = registry.spec("job-probe")
     assert (probe.function, probe.priority, probe.timeout) == (sample_tasks.probe, 2, 30)
@@ -209,13 +213,132 @@ def test_two_modules_declaring_the_same_name_cannot_be_loaded_together(tmp_path:
         load_task_modules(["sample_tasks", module])
 
 
-def test_run_task_sets_the_job_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+class TaskFailure(Exception):
+    """A user-defined exception type a task raises."""
+
+
+def explode(message: str) -> None:
+    raise TaskFailure(message)
+
+
+def add(a: float, b: float) -> float:
+    return a + b
+
+
+def describe(*items: object, **options: object) -> dict[str, object]:
+    return {"items": list(items), "options": options}
+
+
+def nothing() -> None:
+    pass
+
+
+@pytest.fixture
+def job_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Let :func:`~scheduler.tasks.run_task` set the job's environment for this test only."""
     monkeypatch.delenv(JOB_ID_ENV, raising=False)
     monkeypatch.delenv(ATTEMPT_ENV, raising=False)
+
+
+def run_in_process(function: tasks.Task, *args: object, **kwargs: object) -> TaskRecord:
+    """Run ``function`` here as the job process would; collect what it left."""
+    pipe = ResultPipe()
+    tasks.run_task(function, args, kwargs, "job-1", 1, pipe.write_fd)
+    pipe.forked()
+    return pipe.collect()
+
+
+def run_failing(function: tasks.Task, *args: object, **kwargs: object) -> Raised:
+    """Run ``function`` here as the job process would; it must exit 1 leaving an error."""
+    pipe = ResultPipe()
+    with pytest.raises(SystemExit) as exited:
+        tasks.run_task(function, args, kwargs, "job-1", 1, pipe.write_fd)
+    assert exited.value.code == 1
+    pipe.forked()
+    record = pipe.collect()
+    assert record.raised is not None and record.result is None
+    return record.raised
+
+
+@pytest.mark.usefixtures("job_env")
+def test_run_task_sets_the_job_environment() -> None:
     seen: list[tuple[str, str, float]] = []
 
     def record(runtime: float) -> None:
         seen.append((os.environ[JOB_ID_ENV], os.environ[ATTEMPT_ENV], runtime))
 
-    tasks.run_task(record, 1.5, "job-7", 3)
+    pipe = ResultPipe()
+    tasks.run_task(record, (1.5,), {}, "job-7", 3, pipe.write_fd)
+    pipe.forked()
+    assert pipe.collect() is NOTHING
     assert seen == [("job-7", "3", 1.5)]
+
+
+@pytest.mark.parametrize(
+    ("args", "runtime", "called"),
+    [
+        ({"a": 1, "b": [2]}, None, ((), {"a": 1, "b": [2]})),
+        ({"a": 1}, 2.5, ((), {"a": 1})),
+        ({}, 2.5, ((), {})),
+        ([1, "x", None], None, ((1, "x", None), {})),
+        ([1], 2.5, ((1,), {})),
+        ([], 2.5, ((), {})),
+        (None, 2.5, ((2.5,), {})),
+        (None, 0.0, ((0.0,), {})),
+        (None, None, ((), {})),
+    ],
+)
+def test_call_arguments_take_args_else_the_runtime_else_nothing(
+    args: Args | None, runtime: float | None, called: tuple[tuple[object, ...], dict[str, object]]
+) -> None:
+    assert call_arguments(args, runtime) == called
+
+
+@pytest.mark.usefixtures("job_env")
+def test_run_task_calls_with_positions_and_keywords_and_leaves_the_result() -> None:
+    assert run_in_process(double, 2.0) == TaskRecord(result=4.0)
+    assert run_in_process(add, 2, b=3.5) == TaskRecord(result=5.5)
+    described = run_in_process(describe, 1, "two", flag=True)
+    assert described == TaskRecord(result={"items": [1, "two"], "options": {"flag": True}})
+
+
+@pytest.mark.usefixtures("job_env")
+def test_run_task_leaves_nothing_when_the_task_returns_none() -> None:
+    assert run_in_process(nothing) is NOTHING
+
+
+@pytest.mark.usefixtures("job_env")
+def test_run_task_exits_1_leaving_the_exception_the_task_raised() -> None:
+    raised = run_failing(explode, "out of disk")
+    assert (raised.type, raised.message) == (f"{__name__}.TaskFailure", "out of disk")
+    assert raised.error == f"{__name__}.TaskFailure: out of disk"
+    assert raised.traceback.startswith("Traceback (most recent call last):\n")
+    assert "in explode\n" in raised.traceback
+    assert raised.traceback.endswith(f"{__name__}.TaskFailure: out of disk\n")
+
+
+@pytest.mark.usefixtures("job_env")
+def test_a_task_called_with_the_wrong_arguments_fails_like_any_exception() -> None:
+    raised = run_failing(add, 1, c=2)
+    assert raised.type == "TypeError"
+    assert "unexpected keyword argument 'c'" in raised.message
+
+
+@pytest.mark.usefixtures("job_env")
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        (object(), "the task's result is not JSON: "),
+        (
+            "x" * MAX_RESULT_BYTES,
+            f"the task's result is {MAX_RESULT_BYTES + 2} bytes of JSON;"
+            f" the limit is {MAX_RESULT_BYTES}",
+        ),
+    ],
+)
+def test_a_result_that_is_not_json_or_too_large_exits_1_with_a_result_error(
+    value: object, message: str
+) -> None:
+    raised = run_failing(lambda: value)
+    assert (raised.type, raised.traceback) == ("ResultError", "")
+    assert raised.message.startswith(message), raised.message

@@ -1,0 +1,195 @@
+"""What a job process leaves for its scheduler: the task's JSON result, or the exception
+it raised, sent through a pipe made for that one job.
+
+The job process writes one record just before it exits; the scheduler reads it once the
+process has been reaped, without blocking (a grandchild may still hold the pipe open).
+The pipe is made large enough to hold the largest record, so the job never blocks on
+writing it and the scheduler never has to watch the pipe while the job runs.
+
+A record is one byte of kind and a JSON body: ``R`` and the result, or ``E`` and a
+:class:`Raised`.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import traceback
+from dataclasses import dataclass
+from typing import Final
+
+import msgspec
+
+from scheduler.protocol import MAX_RESULT_BYTES
+
+MAX_MESSAGE_BYTES: Final = 4 * 1024
+"""An exception's message is cut to this many bytes of UTF-8."""
+MAX_TRACEBACK_BYTES: Final = 32 * 1024
+"""A traceback is cut to its last this many bytes of UTF-8 (its innermost frames)."""
+PIPE_BYTES: Final = 128 * 1024
+"""The capacity asked for each result pipe: the largest record fits with room to spare."""
+
+_RESULT: Final = b"R"
+_RAISED: Final = b"E"
+# A pipe smaller than this (the kernel's minimum) is never asked about.
+_SMALLEST_PIPE: Final = 4096
+
+
+class Raised(msgspec.Struct, frozen=True):
+    """An exception that ended a task: its type's qualified name (``ValueError``,
+    ``mypkg.errors.Bad``), its message and the formatted traceback."""
+
+    type: str
+    message: str
+    traceback: str
+
+    @property
+    def error(self) -> str:
+        """``Type: message``, as the last line of a traceback reads."""
+        return f"{self.type}: {self.message}" if self.message else self.type
+
+
+@dataclass(frozen=True, slots=True)
+class TaskRecord:
+    """What a job process left: the task's ``result`` (None if it returned None or left
+    nothing), or the exception it ``raised``."""
+
+    result: object = None
+    raised: Raised | None = None
+
+
+NOTHING: Final = TaskRecord()
+"""The record of a job process that wrote none (returned None, exited, was killed)."""
+
+_encoder = msgspec.json.Encoder()
+_raised_decoder = msgspec.json.Decoder(Raised)
+
+
+class ResultPipe:
+    """The pipe one job process writes its record to.
+
+    Made before the fork: the child writes to :attr:`write_fd` (see :func:`send_result`
+    and :func:`send_exception`); the parent calls :meth:`forked` right after the fork and
+    :meth:`collect` once the child is reaped, or :meth:`close` if the fork failed.
+    """
+
+    def __init__(self) -> None:
+        """Open the pipe, its read end non-blocking, with room for the largest record."""
+        self._read_fd, self.write_fd = os.pipe()
+        os.set_blocking(self._read_fd, False)
+        try:
+            fcntl.fcntl(self._read_fd, fcntl.F_SETPIPE_SZ, PIPE_BYTES)
+        except OSError:
+            pass  # over the user's pipe quota: the child sees the smaller pipe and says so
+
+    def forked(self) -> None:
+        """Close the parent's copy of the write end: only the job process writes."""
+        if self.write_fd >= 0:
+            os.close(self.write_fd)
+            self.write_fd = -1
+
+    def collect(self) -> TaskRecord:
+        """Read the record the reaped job process left (:data:`NOTHING` if none) and close
+        the pipe. A record that does not parse is reported as an error of the job."""
+        chunks = []
+        try:
+            while chunk := os.read(self._read_fd, PIPE_BYTES):
+                chunks.append(chunk)
+        except BlockingIOError:
+            pass  # a process the job left behind still holds the write end
+        finally:
+            self.close()
+        return _parse(b"".join(chunks))
+
+    def close(self) -> None:
+        """Close both ends (idempotent)."""
+        self.forked()
+        if self._read_fd >= 0:
+            os.close(self._read_fd)
+            self._read_fd = -1
+
+
+def send_result(fd: int, value: object) -> bool:
+    """In the job process: write ``value`` as the task's JSON result to ``fd``.
+
+    Nothing is written for None. Returns False, having written an exception record
+    instead, if ``value`` is not JSON-encodable, its JSON is larger than
+    :data:`~scheduler.protocol.MAX_RESULT_BYTES`, or it does not fit the pipe; the job
+    then fails saying so.
+    """
+    if value is None:
+        return True
+    try:
+        body = _encoder.encode(value)
+    except (TypeError, ValueError, OverflowError, RecursionError) as exc:
+        _write(fd, _raised_record(_result_error(f"the task's result is not JSON: {exc}")))
+        return False
+    if len(body) > MAX_RESULT_BYTES:
+        message = f"the task's result is {len(body)} bytes of JSON; the limit is {MAX_RESULT_BYTES}"
+        _write(fd, _raised_record(_result_error(message)))
+        return False
+    return _write(fd, _RESULT + body)
+
+
+def send_exception(fd: int, exc: BaseException) -> None:
+    """In the job process: write ``exc`` (type, message, traceback) to ``fd``."""
+    kind = type(exc)
+    name = (
+        kind.__qualname__
+        if kind.__module__ == "builtins"
+        else f"{kind.__module__}.{kind.__qualname__}"
+    )
+    text = "".join(traceback.format_exception(exc))
+    _write(fd, _raised_record(Raised(name, _head(str(exc), MAX_MESSAGE_BYTES), _tail(text))))
+
+
+def _result_error(message: str) -> Raised:
+    return Raised("ResultError", message, "")
+
+
+def _raised_record(raised: Raised) -> bytes:
+    return _RAISED + _encoder.encode(raised)
+
+
+def _write(fd: int, record: bytes) -> bool:
+    """Write the whole ``record`` and return True; if the pipe cannot hold it (the kernel
+    refused the size asked for), write a short record saying so, which always fits, and
+    return False."""
+    fits = len(record) <= _SMALLEST_PIPE or len(record) <= fcntl.fcntl(fd, fcntl.F_GETPIPE_SZ)
+    if not fits:
+        message = f"the task's record ({len(record)} bytes) does not fit its result pipe"
+        record = _raised_record(_result_error(message))
+    view = memoryview(record)
+    while view:
+        view = view[os.write(fd, view) :]
+    return fits
+
+
+def _parse(data: bytes) -> TaskRecord:
+    if not data:
+        return NOTHING
+    kind, body = data[:1], data[1:]
+    try:
+        if kind == _RESULT:
+            return TaskRecord(result=msgspec.json.decode(body))
+        if kind == _RAISED:
+            return TaskRecord(raised=_raised_decoder.decode(body))
+    except (msgspec.DecodeError, RecursionError):  # nesting deeper than this stack
+        pass
+    return TaskRecord(raised=_result_error(f"the job process left {len(data)} unreadable bytes"))
+
+
+def _head(text: str, limit: int) -> str:
+    """``text`` cut to at most ``limit`` bytes of UTF-8, marked if cut."""
+    data = text.encode()
+    if len(data) <= limit:
+        return text
+    return data[:limit].decode(errors="ignore") + " [cut]"
+
+
+def _tail(text: str) -> str:
+    """``text`` without its beginning if it is over :data:`MAX_TRACEBACK_BYTES`."""
+    data = text.encode()
+    if len(data) <= MAX_TRACEBACK_BYTES:
+        return text
+    return "[start cut]\n" + data[-MAX_TRACEBACK_BYTES:].decode(errors="ignore")

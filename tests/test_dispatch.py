@@ -25,6 +25,7 @@ from scheduler.policy.dispatch import (
     SendAssign,
     SendStop,
 )
+from scheduler.policy.events import status_event
 from scheduler.policy.job import Job
 from scheduler.policy.retry import RetryBackoff
 from scheduler.protocol import (
@@ -528,6 +529,94 @@ def test_a_job_delivered_too_often_is_dead() -> None:
     assert dead.state == "dead" and dead.error is not None
     assert "delivered 4 times (limit 4)" in dead.error
     assert core.job("j0") is None
+
+
+# --- results and tracebacks ------------------------------------------------------------
+
+
+def test_a_succeeded_report_s_result_is_in_the_event_and_the_stored_job() -> None:
+    core = new_core()
+    add(core, "a")
+    submit(core)
+    (started,) = emitted(report(core, "a", "j0", "started"))
+    assert (started.event.result, started.event.traceback) == (None, None)
+    result = {"pages": [1, 2], "ok": True}
+    (done,) = emitted(report(core, "a", "j0", "succeeded", exit_code=0, result=result))
+    assert (done.event.event, done.event.result, done.event.traceback) == (
+        "succeeded",
+        result,
+        None,
+    )
+    (saved,), _ = core.take_changes()
+    assert (saved.state, saved.result, saved.traceback) == ("succeeded", result, None)
+    status = status_event(saved, WALL)
+    assert (status.event, status.result) == ("succeeded", result)
+
+
+def test_a_succeeded_report_without_a_result_has_none() -> None:
+    core = new_core()
+    add(core, "a")
+    submit(core)
+    (done,) = emitted(report(core, "a", "j0", "succeeded", exit_code=0))
+    assert done.event.result is None
+    (saved,), _ = core.take_changes()
+    assert saved.result is None
+
+
+def test_a_result_in_a_failed_report_is_not_kept() -> None:
+    core = new_core()
+    add(core, "a")
+    submit(core)
+    (failed,) = emitted(report(core, "a", "j0", "failed", error="E", result=[1]))
+    assert failed.event.result is None
+
+
+def test_the_traceback_is_that_of_the_latest_failed_attempt() -> None:
+    core = new_core()
+    add(core, "a", size=1)
+    submit(core, job(max_retries=3, retry_backoff=0.0))
+
+    first = report(core, "a", "j0", "failed", attempt=1, error="ValueError: 1", traceback="tb 1")
+    retrying, assigned = emitted(first)
+    assert (retrying.event.event, retrying.event.traceback) == ("retrying", "tb 1")
+    assert retrying.event.errors == ["ValueError: 1"]
+    assert (assigned.event.event, assigned.event.traceback) == ("assigned", None)
+    (started,) = emitted(report(core, "a", "j0", "started", attempt=2))
+    assert (started.event.event, started.event.traceback) == ("started", None)
+    status = core.status("j0", WALL)
+    assert status is not None and (status.event, status.traceback) == ("started", None)
+
+    second = report(core, "a", "j0", "failed", attempt=2, error="KeyError: 2", traceback="tb 2")
+    assert [(e.event.event, e.event.traceback) for e in emitted(second)] == [
+        ("retrying", "tb 2"),
+        ("assigned", None),
+    ]
+
+    # An attempt that failed without an exception has no traceback: none is left over.
+    third = report(core, "a", "j0", "timed_out", attempt=3)
+    assert [(e.event.event, e.event.traceback) for e in emitted(third)] == [
+        ("retrying", None),
+        ("assigned", None),
+    ]
+
+    last = report(core, "a", "j0", "failed", attempt=4, error="OSError: 4", traceback="tb 4")
+    (dead,) = emitted(last)
+    assert (dead.event.event, dead.event.state, dead.event.traceback) == ("dead", "dead", "tb 4")
+    assert dead.event.errors == ["ValueError: 1", "KeyError: 2", "timed out", "OSError: 4"]
+    (saved,), _ = core.take_changes()
+    assert (saved.state, saved.traceback, saved.result) == ("dead", "tb 4", None)
+
+
+@pytest.mark.parametrize("event", ["failed", "timed_out"])
+def test_a_final_failure_carries_its_traceback(event: SchedulerReport) -> None:
+    core = new_core()
+    add(core, "a")
+    submit(core)
+    tb = "Traceback ...\nValueError: x\n" if event == "failed" else None
+    (final,) = emitted(report(core, "a", "j0", event, error="ValueError: x", traceback=tb))
+    assert (final.event.event, final.event.traceback, final.event.result) == (event, tb, None)
+    (saved,), _ = core.take_changes()
+    assert status_event(saved, WALL).traceback == tb
 
 
 # --- retries ---------------------------------------------------------------------------
@@ -1275,3 +1364,14 @@ def test_a_batch_may_replace_an_assigned_job() -> None:
     assert stops(decisions) == [("a", Stop("x", 1, "replaced"))]
     assert [(d.scheduler, d.assignment.attempt) for d in sends(decisions)] == [("a", 2)]
     assert booked(core, "a") == (0, 1, 0, 0)
+
+
+def test_a_retry_that_succeeds_leaves_no_traceback_behind() -> None:
+    core = new_core()
+    add(core, "a", size=1)
+    submit(core, job(max_retries=1, retry_backoff=0.0))
+    report(core, "a", "j0", "failed", attempt=1, error="ValueError: 1", traceback="tb 1")
+    report(core, "a", "j0", "started", attempt=2)
+    (done,) = emitted(report(core, "a", "j0", "succeeded", attempt=2, result=[1]))
+    assert (done.event.event, done.event.result, done.event.traceback) == ("succeeded", [1], None)
+    assert done.event.errors == ["ValueError: 1"]

@@ -12,6 +12,7 @@ from contextlib import closing
 from pathlib import Path
 from typing import Any, cast
 
+import msgspec
 import pytest
 from conftest import ROOT, unit
 
@@ -80,6 +81,106 @@ async def test_round_trip_keeps_every_field(path: Path) -> None:
         stored = again.get("job-8")
         assert stored is not None and stored.payload.task == "sleep"
         assert stored.payload.max_retries == 0 and stored.payload.timeout is None
+
+
+async def test_result_and_traceback_survive_a_reopen(path: Path) -> None:
+    result = {"rows": [{"x": 1, "y": [2.5, None, True]}], "note": "caf\u00e9", "n": 2**40}
+    traceback = 'Traceback (most recent call last):\n  File "t.py", line 1\nValueError: "q"\n'
+    succeeded = make_job(1, "succeeded", finished_at=1700000003.0, result=result)
+    failed = make_job(2, "failed", finished_at=1700000004.0, traceback=traceback)
+    scalar = make_job(3, "succeeded", finished_at=1700000005.0, result="done")
+    retrying = make_job(4, "queued", attempt=1, errors=["ValueError: q"], traceback=traceback)
+    journal = Journal.open(path)
+    journal.save([succeeded, failed, scalar, retrying])
+    await journal.flush()
+    journal.close()
+
+    with closing(Journal.open(path)) as again:
+        assert again.get("job-1") == succeeded
+        assert again.get("job-2") == failed
+        assert again.get("job-3") == scalar
+        assert again.load() == [retrying]
+        stored = again.get("job-2")
+        assert stored is not None and stored.result is None
+
+
+# The version 1 schema, as schedbus before results and tracebacks wrote it.
+V1_SCHEMA = (
+    "CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID",
+    """CREATE TABLE jobs (
+        id TEXT PRIMARY KEY,
+        seq INTEGER NOT NULL,
+        payload TEXT NOT NULL,
+        submitted_at REAL NOT NULL,
+        state TEXT NOT NULL,
+        attempt INTEGER NOT NULL,
+        holder TEXT,
+        deliveries INTEGER NOT NULL,
+        evictions INTEGER NOT NULL,
+        retries INTEGER NOT NULL,
+        errors TEXT NOT NULL,
+        not_before REAL,
+        updated_at REAL NOT NULL,
+        finished_at REAL
+    )""",
+    "CREATE INDEX jobs_state_finished ON jobs (state, finished_at)",
+    "INSERT INTO meta VALUES ('schema_version', 1), ('high_seq', 3)",
+)
+
+
+def write_v1_journal(path: Path) -> None:
+    """A version 1 journal holding a queued ``job-3`` and a failed ``job-1``."""
+    payload = msgspec.json.encode(JobPayload(priority=3, runtime=1.0)).decode()
+    with closing(sqlite3.connect(path)) as conn, conn:
+        for statement in V1_SCHEMA:
+            conn.execute(statement)
+        conn.executemany(
+            "INSERT INTO jobs VALUES (?, ?, ?, ?, ?, 0, NULL, 0, 0, 0, ?, NULL, ?, ?)",
+            [
+                ("job-3", 3, payload, 1003.0, "queued", "[]", 1003.0, None),
+                ("job-1", 1, payload, 1001.0, "failed", '["exit code 1"]', 1002.0, 1002.0),
+            ],
+        )
+
+
+def schema_version(path: Path) -> int:
+    with closing(sqlite3.connect(path)) as conn:
+        (version,) = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        return int(version)
+
+
+async def test_a_version_1_journal_is_upgraded_in_place(path: Path) -> None:
+    write_v1_journal(path)
+    with closing(Journal.open(path)) as journal:
+        (queued,) = journal.load()
+        assert queued == make_job(3, updated_at=1003.0)
+        assert (queued.result, queued.traceback) == (None, None)
+        failed = journal.get("job-1")
+        assert failed is not None and failed.errors == ["exit code 1"]
+        assert (failed.result, failed.traceback) == (None, None)
+        assert journal.next_seq() == 4
+        queued.state, queued.result = "succeeded", [1, 2]
+        journal.save([queued])
+        await journal.flush()
+    assert schema_version(path) == SCHEMA_VERSION == 2
+
+    with closing(Journal.open(path)) as again:
+        stored = again.get("job-3")
+        assert stored is not None and stored.result == [1, 2]
+
+
+def test_a_version_3_journal_is_refused_naming_the_file_and_the_version(path: Path) -> None:
+    Journal.open(path).close()
+    with closing(sqlite3.connect(path)) as conn, conn:
+        conn.execute("UPDATE meta SET value = 3 WHERE key = 'schema_version'")
+    with pytest.raises(
+        JournalError,
+        match=re.escape(
+            f"journal {path} has schema version 3; this schedbus reads versions 1 to 2"
+        ),
+    ):
+        Journal.open(path)
+    assert schema_version(path) == 3, "a refused journal is left alone"
 
 
 async def test_load_returns_live_jobs_in_seq_order(journal: Journal) -> None:

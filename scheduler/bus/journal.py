@@ -10,7 +10,7 @@ Schema (version :data:`SCHEMA_VERSION`)::
     meta(key TEXT PRIMARY KEY, value INTEGER)   'schema_version', 'high_seq'
     jobs(id TEXT PRIMARY KEY, seq, payload JSON, submitted_at, state, attempt, holder,
          deliveries, evictions, retries, errors JSON list, not_before, updated_at,
-         finished_at)
+         finished_at, result JSON, traceback)
     INDEX jobs_state_finished ON jobs(state, finished_at)    load and vacuum
 """
 
@@ -29,8 +29,9 @@ import msgspec
 from scheduler.policy.job import Job
 from scheduler.protocol import FINAL_EVENTS, JobPayload, JobState
 
-SCHEMA_VERSION: Final = 1
-"""The schema this code writes; a journal with another version is refused."""
+SCHEMA_VERSION: Final = 2
+"""The schema this code writes. A version 1 journal (no ``result`` and ``traceback``) is
+upgraded when opened; a journal with a newer version is refused."""
 
 MEMORY: Final = ":memory:"
 """The path of a journal kept in memory: nothing survives :meth:`Journal.close`."""
@@ -62,6 +63,8 @@ _COLUMNS: Final = (
     "not_before",
     "updated_at",
     "finished_at",
+    "result",
+    "traceback",
 )
 _SCHEMA: Final = (
     "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID",
@@ -79,11 +82,21 @@ _SCHEMA: Final = (
         errors TEXT NOT NULL,
         not_before REAL,
         updated_at REAL NOT NULL,
-        finished_at REAL
+        finished_at REAL,
+        result TEXT,
+        traceback TEXT
     )""",
     "CREATE INDEX IF NOT EXISTS jobs_state_finished ON jobs (state, finished_at)",
     f"INSERT OR IGNORE INTO meta VALUES ('schema_version', {SCHEMA_VERSION}), ('high_seq', -1)",
 )
+_UPGRADES: Final[dict[int, tuple[str, ...]]] = {
+    1: (
+        "ALTER TABLE jobs ADD COLUMN result TEXT",
+        "ALTER TABLE jobs ADD COLUMN traceback TEXT",
+        f"UPDATE meta SET value = {SCHEMA_VERSION} WHERE key = 'schema_version'",
+    ),
+}
+"""The statements that bring a journal of an older schema version up to this one."""
 _SELECT: Final = f"SELECT {', '.join(_COLUMNS)} FROM jobs"
 _GET: Final = f"{_SELECT} WHERE id = ?"
 _LOAD: Final = f"{_SELECT} WHERE state IN ({', '.join('?' * len(LIVE_STATES))})"
@@ -112,6 +125,8 @@ _Row = tuple[
     float | None,
     float,
     float | None,
+    str | None,
+    str | None,
 ]
 """One job as bound to ``_UPSERT``, in ``_COLUMNS`` order."""
 
@@ -140,6 +155,8 @@ def _row_of(job: Job) -> _Row:
         job.not_before,
         job.updated_at,
         job.finished_at,
+        None if job.result is None else _encoder.encode(job.result).decode(),
+        job.traceback,
     )
 
 
@@ -147,6 +164,7 @@ def _job_of(row: Sequence[Any]) -> Job:
     try:
         payload = _payload_decoder.decode(row[2])
         errors = _errors_decoder.decode(row[10])
+        result = None if row[14] is None else msgspec.json.decode(row[14])
     except msgspec.DecodeError as exc:
         raise msgspec.DecodeError(f"job {row[0]!r} cannot be read: {exc}") from exc
     return Job(
@@ -164,6 +182,8 @@ def _job_of(row: Sequence[Any]) -> Job:
         not_before=row[11],
         updated_at=row[12],
         finished_at=row[13],
+        result=result,
+        traceback=row[15],
     )
 
 
@@ -183,10 +203,11 @@ def _prepare(conn: sqlite3.Connection, name: str) -> int:
     tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
     if tables and "meta" not in tables:
         raise JournalError(f"{name} is an SQLite database but not a schedbus journal")
-    if tables and (version := _meta(conn, "schema_version")) != SCHEMA_VERSION:
+    version = _meta(conn, "schema_version") if tables else SCHEMA_VERSION
+    if version not in _UPGRADES and version != SCHEMA_VERSION:
         raise JournalError(
-            f"journal {name} has schema version {version}; this schedbus reads version"
-            f" {SCHEMA_VERSION} only (a newer schedbus wrote it?)"
+            f"journal {name} has schema version {version}; this schedbus reads versions"
+            f" 1 to {SCHEMA_VERSION} only (a newer schedbus wrote it?)"
         )
     if name != MEMORY:
         mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
@@ -196,6 +217,11 @@ def _prepare(conn: sqlite3.Connection, name: str) -> int:
     # acknowledged job must not be lost.
     conn.execute("PRAGMA synchronous = FULL")
     conn.execute("BEGIN IMMEDIATE")
+    if tables:
+        # Again under the write lock: another process may have upgraded it meanwhile.
+        version = _meta(conn, "schema_version")
+    for statement in _UPGRADES.get(version, ()):
+        conn.execute(statement)
     for statement in _SCHEMA:
         conn.execute(statement)
     conn.execute("COMMIT")

@@ -774,6 +774,7 @@ class Dispatcher:
     ) -> None:
         assert report.event in ("failed", "timed_out")
         job.errors.append(_error_text(report))
+        job.traceback = report.traceback
         retries = job.payload.max_retries
         if job.id in self._cancelling or retries == 0:
             self._finish(job, report.event, wall, out, report)
@@ -814,6 +815,8 @@ class Dispatcher:
             self._leave_holder(job)
         job.state = state
         job.finished_at = wall
+        if state == "succeeded":
+            job.result, job.traceback = None if report is None else report.result, None
         del self._jobs[job.id]
         self._since.pop(job.id, None)
         self._cancelling.discard(job.id)

@@ -33,10 +33,12 @@ def job_event(
     """The event ``kind`` about ``job`` as it stands, stamped ``time``.
 
     ``report`` adds its measurements; ``error`` overrides the report's error. Final and
-    ``retrying`` events list the errors of every failed attempt.
+    ``retrying`` events list the errors of every failed attempt and carry the job's result
+    and latest traceback.
     """
     p = job.payload
-    listed = (kind in FINAL_EVENTS or kind == "retrying") and bool(job.errors)
+    closing = kind in FINAL_EVENTS or kind == "retrying"
+    listed = closing and bool(job.errors)
     return JobEvent(
         event=kind,
         id=job.id,
@@ -55,6 +57,8 @@ def job_event(
         max_rss_kb=None if report is None else report.max_rss_kb,
         errors=list(job.errors) if listed else None,
         retry_in_s=retry_in_s,
+        result=job.result if closing else None,
+        traceback=job.traceback if closing else None,
     )
 
 

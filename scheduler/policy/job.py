@@ -16,6 +16,8 @@ class Job:
     ``attempt`` is the number of the latest assignment (0: never assigned);
     ``deliveries`` counts assignments, ``retries`` the retries used, ``errors`` the
     error of every failed attempt. ``not_before`` holds a retry back until then.
+    ``result`` is what the task returned (once ``succeeded``); ``traceback`` is the
+    traceback of the latest failed attempt if an exception failed it.
     """
 
     id: str
@@ -32,6 +34,8 @@ class Job:
     not_before: float | None = None
     updated_at: float = 0.0
     finished_at: float | None = None
+    result: object = None
+    traceback: str | None = None
 
     @property
     def final(self) -> bool:

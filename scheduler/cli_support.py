@@ -89,3 +89,9 @@ def run_until_signalled(main: Coroutine[Any, Any, T]) -> T | None:
                 loop.remove_signal_handler(signum)
 
     return asyncio.run(guarded())
+
+
+def shorten(text: str, limit: int = 200) -> str:
+    """``text`` cut to ``limit`` characters, marked with ``...`` if it was longer: for
+    results and errors in human-readable lines (the ``--json`` output keeps them whole)."""
+    return text if len(text) <= limit else text[:limit] + "..."

@@ -15,7 +15,12 @@ from typing import TypeVar
 import click
 import msgspec
 
-from scheduler.cli_support import client_options, configure_logging, run_until_signalled
+from scheduler.cli_support import (
+    client_options,
+    configure_logging,
+    run_until_signalled,
+    shorten,
+)
 from scheduler.producer_client import BusConnectionLost, ProducerClient, SubmitError
 
 T = TypeVar("T")
@@ -63,9 +68,10 @@ def show(ctx: click.Context, ids: tuple[str, ...], as_json: bool) -> None:
             click.echo(json.dumps(msgspec.structs.asdict(event)))
         else:
             errors = f" errors={event.errors}" if event.errors else ""
+            result = "" if event.result is None else f" result={shorten(json.dumps(event.result))}"
             click.echo(
                 f"{event.id} {event.state} priority={event.priority} attempt={event.attempt} "
-                f"evictions={event.evictions} scheduler={event.scheduler or '-'}{errors}"
+                f"evictions={event.evictions} scheduler={event.scheduler or '-'}{errors}{result}"
             )
     for job_id in watching.unknown:
         click.echo(f"{job_id} unknown to the bus", err=True)

@@ -19,7 +19,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
 from scheduler import protocol
-from scheduler.cli_support import configure_logging, run_until_signalled
+from scheduler.cli_support import configure_logging, run_until_signalled, shorten
 from scheduler.policy.backoff import Backoff
 from scheduler.protocol import JobEvent, Register
 
@@ -39,6 +39,8 @@ def format_event(event: JobEvent) -> str:
         line += f" wall={event.wall_s:.3f}s"
     if event.error:
         line += f" error={event.error!r}"
+    if event.result is not None:
+        line += f" result={shorten(json.dumps(event.result))}"
     return line
 
 

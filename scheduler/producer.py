@@ -1,4 +1,5 @@
-"""``python -m scheduler.producer``: submits random ``sleep`` jobs, as the original did.
+"""``python -m scheduler.producer``: submits random ``sleep`` jobs, as the original did,
+or jobs of any ``--task`` with the same ``--args``.
 
 By default it submits one job every ``--period`` seconds forever. ``--count`` stops after
 N jobs; ``--wait`` then waits until every job it submitted is final and prints a summary
@@ -19,12 +20,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import click
+import msgspec
 from websockets.asyncio.client import connect
 
 from scheduler import protocol
-from scheduler.cli_support import configure_logging, run_until_signalled
+from scheduler.cli_support import configure_logging, run_until_signalled, shorten
 from scheduler.producer_client import BusConnectionLost, ProducerClient, SubmitError
-from scheduler.protocol import JobPayload, OnConflict
+from scheduler.protocol import Args, JobPayload, OnConflict
 from scheduler.tracking import JobRecord, JobTracker
 
 log = logging.getLogger("scheduler.producer")
@@ -92,12 +94,16 @@ class JobMaker:
     retry_backoff: float = 1.0
     id_prefix: str | None = None
     on_conflict: OnConflict = "raise"
+    task: str = "sleep"
+    args: Args | None = None
 
     def next(self, index: int) -> JobPayload:
         """A new random payload; the ``index``-th job is ``{id_prefix}-{index}`` if set."""
         return JobPayload(
             priority=int(self.priority.draw(self.rng)),
             runtime=float(self.runtime.draw(self.rng)),
+            task=self.task,
+            args=self.args,
             timeout=self.timeout,
             max_retries=self.max_retries,
             retry_backoff=self.retry_backoff,
@@ -228,14 +234,22 @@ class JobFollower:
             sys.stdout.write(json.dumps(record.as_dict()) + "\n")
             sys.stdout.flush()
         log.info(
-            "%s %s on %s after %.2fs waiting, %.2fs running, %d evictions",
+            "%s %s on %s after %.2fs waiting, %.2fs running, %d evictions%s",
             record.id[:8],
             record.state,
             record.scheduler,
             record.wait_s,
             record.run_s,
             record.evictions,
+            _outcome_text(record),
         )
+
+
+def _outcome_text(record: JobRecord) -> str:
+    """``: error`` or `` -> result`` (its JSON, shortened) for a log line."""
+    if record.error:
+        return f": {record.error}"
+    return "" if record.result is None else f" -> {shorten(json.dumps(record.result))}"
 
 
 def print_summary(records: list[JobRecord]) -> None:
@@ -353,6 +367,20 @@ def _indices(count: int | None) -> Iterator[int]:
     show_default=True,
     help="With --id-prefix, what a submit whose id exists does.",
 )
+@click.option(
+    "--task",
+    default="sleep",
+    show_default=True,
+    help="The task every job runs; a scheduler must serve it (worker --tasks).",
+)
+@click.option(
+    "--args",
+    "args_json",
+    default=None,
+    metavar="JSON",
+    help="The task's arguments for every job: a JSON object (keyword arguments) or array "
+    "(positional). Without it the task is called with the job's runtime.",
+)
 @click.option("--bulk", is_flag=True, help="Submit all --count jobs in one message.")
 @click.option("--seed", type=int, default=None, help="Random seed, for repeatable job sequences.")
 @click.option("-d", "--debug", is_flag=True, help="Debug logging.")
@@ -374,18 +402,32 @@ def cli(
     retry_backoff: float,
     id_prefix: str | None,
     on_conflict: OnConflict,
+    task: str,
+    args_json: str | None,
     bulk: bool,
     seed: int | None,
     debug: bool,
 ) -> None:
-    """Submit random sleep jobs to a schedbus bus."""
+    """Submit random jobs to a schedbus bus: sleep jobs by default, or any --task."""
     _check_options(runtime, priority, count, wait, as_json, v1)
+    args = _parse_args(args_json)
+    if v1 and (task != "sleep" or args is not None):
+        raise click.UsageError("--v1 jobs are sleep jobs: no --task or --args")
     if bulk and (count is None or v1):
         raise click.UsageError("--bulk needs --count and the v2 protocol")
     configure_logging(logging.DEBUG if debug else logging.INFO)
     rng = random.Random(seed)
     maker = JobMaker(
-        runtime, priority, timeout, rng, max_retries, retry_backoff, id_prefix, on_conflict
+        runtime,
+        priority,
+        timeout,
+        rng,
+        max_retries,
+        retry_backoff,
+        id_prefix,
+        on_conflict,
+        task,
+        args,
     )
     plan = Plan(
         url=url,
@@ -403,6 +445,19 @@ def cli(
     except (OSError, BusConnectionLost, SubmitError) as exc:
         raise click.ClickException(f"{url}: {exc}") from None
     sys.exit(code or 0)
+
+
+def _parse_args(text: str | None) -> Args | None:
+    """The ``--args`` JSON as a task's arguments; a usage error unless an object or array."""
+    if text is None:
+        return None
+    try:
+        args: Args = msgspec.json.decode(text, type=Args)
+        return args
+    except msgspec.DecodeError as exc:
+        raise click.BadParameter(
+            f"must be a JSON object or array: {exc}", param_hint="--args"
+        ) from None
 
 
 def _check_options(

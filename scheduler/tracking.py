@@ -13,11 +13,13 @@ from scheduler.protocol import FINAL_EVENTS, JobEvent
 @dataclass
 class JobRecord:
     """What is known of one job so far. ``wait_s``/``run_s`` are sums over every run;
-    ``wall_s`` is the scheduler's measure of the last process's life."""
+    ``wall_s`` is the scheduler's measure of the last process's life; ``result`` the task's
+    JSON result and ``traceback`` that of the exception that failed the latest attempt."""
 
     id: str
     priority: int
     runtime: float | None
+    task: str = "sleep"
     state: str = "queued"
     scheduler: str | None = None
     evictions: int = 0
@@ -25,6 +27,8 @@ class JobRecord:
     exit_code: int | None = None
     error: str | None = None
     wall_s: float | None = None
+    result: object = None
+    traceback: str | None = None
     first_seen: float | None = None
     final_at: float | None = None
     run_s: float = 0.0
@@ -48,6 +52,7 @@ class JobRecord:
             "id": self.id,
             "priority": self.priority,
             "runtime": self.runtime,
+            "task": self.task,
             "state": self.state,
             "scheduler": self.scheduler,
             "evictions": self.evictions,
@@ -57,6 +62,8 @@ class JobRecord:
             "wall_s": self.wall_s,
             "exit_code": self.exit_code,
             "error": self.error,
+            "traceback": self.traceback,
+            "result": self.result,
         }
 
 
@@ -70,7 +77,7 @@ class JobTracker:
         """Fold ``event`` into its job's record and return the record."""
         record = self.records.get(event.id)
         if record is None:
-            record = JobRecord(id=event.id, priority=event.priority, runtime=event.runtime)
+            record = JobRecord(event.id, event.priority, event.runtime, event.task)
             self.records[event.id] = record
         if record.first_seen is None or event.event == "accepted":
             record.first_seen = event.time
@@ -83,6 +90,9 @@ class JobTracker:
         record.exit_code = event.exit_code if event.exit_code is not None else record.exit_code
         record.error = event.error or record.error
         record.wall_s = event.wall_s if event.wall_s is not None else record.wall_s
+        record.result = event.result if event.result is not None else record.result
+        if event.event in FINAL_EVENTS or event.event == "retrying":
+            record.traceback = event.traceback
         record.state = event.event if event.event in FINAL_EVENTS else event.state
         if record.final:
             record.final_at = event.time

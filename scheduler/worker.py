@@ -81,7 +81,11 @@ def log_report(report: Report, assignment: Assignment) -> None:
     elif event in _ENDED_AFTER:
         log.info("job %.8s p%d %s after %.2f s", job_id, priority, _ENDED_AFTER[event], wall)
     else:
-        log.info("job %.8s p%d failed after %.2f s: %s", job_id, priority, wall, report.error)
+        # The traceback on the lines below, as logging prints an exception's.
+        trace = f"\n{report.traceback.rstrip()}" if report.traceback else ""
+        log.info(
+            "job %.8s p%d failed after %.2f s: %s%s", job_id, priority, wall, report.error, trace
+        )
 
 
 ROUTINE_REPORTS: Final[frozenset[str]] = frozenset({"started", "succeeded", "revoked"})

@@ -1,5 +1,7 @@
 import json
 
+import msgspec
+
 from scheduler.monitor import event_json, format_event
 from scheduler.protocol import JobEvent
 
@@ -29,3 +31,11 @@ def test_json_lines_carry_the_documented_keys() -> None:
     assert {"event", "id", "priority", "state", "scheduler", "time"} <= fields.keys()
     started = JobEvent(event="accepted", id="x", priority=0, state="queued", time=1.0, runtime=1.0)
     assert json.loads(event_json(started))["scheduler"] is None
+
+
+def test_a_result_is_shown_shortened_and_whole_in_json() -> None:
+    result = {"rows": list(range(100))}
+    done = msgspec.structs.replace(EVENT, event="succeeded", state="succeeded", result=result)
+    line = format_event(done)
+    assert 'result={"rows": [0, 1, 2' in line and line.endswith("...")
+    assert json.loads(event_json(done))["result"] == result

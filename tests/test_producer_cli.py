@@ -1,9 +1,21 @@
+import json
 import random
 
 import pytest
 from click.testing import CliRunner
+from conftest import Commands, unit, wait_until
 
-from scheduler.producer import JobMaker, Span, cli, parse_span, periods
+from scheduler.bus.server import BusServer
+from scheduler.producer import (
+    JobMaker,
+    Span,
+    _outcome_text,
+    _parse_args,
+    cli,
+    parse_span,
+    periods,
+)
+from scheduler.tracking import JobRecord
 
 
 @pytest.mark.parametrize(
@@ -33,6 +45,38 @@ def test_job_maker_names_jobs_with_the_prefix() -> None:
     assert 0 <= payload.priority <= 10
 
 
+def test_job_maker_gives_every_job_the_task_and_its_args() -> None:
+    maker = JobMaker(Span(1, 2), Span(0, 10), None, random.Random(2), task="add", args={"a": 1})
+    payload = maker.next(0)
+    assert (payload.task, payload.args) == ("add", {"a": 1})
+    assert JobMaker(Span(1, 2), Span(0, 10), None, random.Random(2)).next(0).task == "sleep"
+
+
+@pytest.mark.parametrize(
+    ("text", "args"),
+    [
+        (None, None),
+        ('{"a": 1, "b": [2]}', {"a": 1, "b": [2]}),
+        ("[]", []),
+        (" [1, null] ", [1, None]),
+    ],
+)
+def test_args_are_a_json_object_or_array(text: str | None, args: object) -> None:
+    assert _parse_args(text) == args
+
+
+def test_the_log_line_ends_with_the_error_or_the_result_cut_short() -> None:
+    record = JobRecord("j1", 1, None, "double")
+    assert _outcome_text(record) == ""
+    record.result = {"n": 4}
+    assert _outcome_text(record) == ' -> {"n": 4}'
+    record.result = "x" * 500
+    text = _outcome_text(record)
+    assert text.startswith(' -> "xxx') and text.endswith("...") and len(text) < 250
+    record.error = "ValueError: bad"
+    assert _outcome_text(record) == ": ValueError: bad"
+
+
 def test_gaussian_periods_never_drop_below_5_ms() -> None:
     waits = periods(0.0, True, 1.0, random.Random(3))
     assert min(next(waits) for _ in range(200)) >= 0.005
@@ -50,6 +94,13 @@ def test_gaussian_periods_never_drop_below_5_ms() -> None:
         (["--runtime", "x"], "not LO-HI"),
         (["--bulk"], "--bulk needs --count"),
         (["--count", "0"], "--count"),
+        (["--args", "{"], "Invalid value for --args: must be a JSON object or array"),
+        (["--args", "not json"], "Invalid value for --args: must be a JSON object or array"),
+        (["--args", "3"], "Invalid value for --args: must be a JSON object or array"),
+        (["--args", '"text"'], "Invalid value for --args: must be a JSON object or array"),
+        (["--args", "null"], "Invalid value for --args: must be a JSON object or array"),
+        (["--v1", "--task", "x"], "--v1 jobs are sleep jobs: no --task or --args"),
+        (["--v1", "--args", "[1]"], "--v1 jobs are sleep jobs: no --task or --args"),
     ],
 )
 def test_bad_options_get_clear_errors(args: list[str], words: str) -> None:
@@ -69,5 +120,41 @@ def test_an_unreachable_bus_is_a_clear_error() -> None:
 def test_help_explains_the_original_flags() -> None:
     result = CliRunner().invoke(cli, ["--help"])
     assert result.exit_code == 0
-    for flag in ("--period", "--gauss", "--sigma", "--count", "--wait", "--json", "--v1"):
+    flags = ("--period", "--gauss", "--sigma", "--count", "--wait", "--json", "--v1", "--task")
+    for flag in (*flags, "--args"):
         assert flag in result.output
+
+
+@pytest.mark.timeout(60)
+async def test_a_task_with_args_runs_and_its_result_is_printed(
+    bus: BusServer, commands: Commands
+) -> None:
+    await commands.start(
+        "scheduler.worker", "--tasks", "tests/sample_tasks.py", "--bus", bus.url, "--name", "w1"
+    )
+    await wait_until(lambda: "w1" in bus.scheduler_names(), 20 * unit(), "w1 registers")
+    code, stdout = await commands.run(
+        "scheduler.producer",
+        "--bus",
+        bus.url,
+        "--count",
+        "1",
+        "-p",
+        "0",
+        "--task",
+        "double",
+        "--args",
+        "[2]",
+        "--wait",
+        "--json",
+        timeout=30 * unit(),
+    )
+    assert code == 0, stdout
+    (line,) = stdout.splitlines()
+    job = json.loads(line)
+    assert (job["task"], job["state"], job["result"], job["traceback"]) == (
+        "double",
+        "succeeded",
+        4,
+        None,
+    )

@@ -30,6 +30,7 @@ def test_a_job_evicted_once_sums_its_run_and_wait_time() -> None:
         "id": "j1",
         "priority": 4,
         "runtime": 2.0,
+        "task": "sleep",
         "state": "succeeded",
         "scheduler": "s1",
         "evictions": 1,
@@ -39,6 +40,8 @@ def test_a_job_evicted_once_sums_its_run_and_wait_time() -> None:
         "wall_s": None,
         "exit_code": 0,
         "error": None,
+        "traceback": None,
+        "result": None,
     }
 
 
@@ -48,3 +51,55 @@ def test_a_record_starts_from_any_event_and_waits_are_zero_until_final() -> None
     assert record.wait_s == 0.0
     record = tracker.apply(event("timed_out", "timed_out", 7.0, error="timeout", wall_s=1.9))
     assert (record.state, record.run_s, record.wall_s) == ("timed_out", 2.0, 1.9)
+
+
+def test_a_record_keeps_the_task_and_its_result() -> None:
+    tracker = JobTracker()
+    tracker.apply(event("accepted", "queued", 1.0, task="render"))
+    tracker.apply(event("started", "running", 2.0, task="render", scheduler="s1", attempt=1))
+    record = tracker.apply(
+        event("succeeded", "succeeded", 3.0, task="render", result={"pages": [1, 2]})
+    )
+    assert record.as_dict() == record.as_dict() | {
+        "task": "render",
+        "state": "succeeded",
+        "result": {"pages": [1, 2]},
+        "traceback": None,
+        "error": None,
+    }
+
+
+def test_a_record_keeps_the_traceback_of_the_failure() -> None:
+    tracker = JobTracker()
+    tracker.apply(event("started", "running", 1.0, task="render", attempt=1))
+    tb = "Traceback (most recent call last):\nValueError: bad\n"
+    tracker.apply(
+        event(
+            "retrying",
+            "queued",
+            2.0,
+            task="render",
+            error="ValueError: bad",
+            errors=["ValueError: bad"],
+            traceback=tb,
+        )
+    )
+    tracker.apply(event("started", "running", 3.0, task="render", attempt=2))
+    record = tracker.apply(
+        event("failed", "failed", 4.0, task="render", error="ValueError: bad", traceback=tb)
+    )
+    assert (record.state, record.error, record.traceback, record.result) == (
+        "failed",
+        "ValueError: bad",
+        tb,
+        None,
+    )
+    assert record.as_dict()["traceback"] == tb and record.as_dict()["task"] == "render"
+
+
+def test_a_later_failure_without_an_exception_drops_the_old_traceback() -> None:
+    tracker = JobTracker()
+    tb = "Traceback (most recent call last):\nValueError: bad\n"
+    tracker.apply(event("retrying", "queued", 1.0, error="ValueError: bad", traceback=tb))
+    record = tracker.apply(event("dead", "dead", 2.0, error="timed out after 1 s"))
+    assert (record.error, record.traceback) == ("timed out after 1 s", None)

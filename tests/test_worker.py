@@ -83,6 +83,19 @@ def test_each_job_step_is_one_log_line(caplog: pytest.LogCaptureFixture) -> None
     ]
 
 
+def test_a_job_failed_by_an_exception_is_logged_with_its_traceback(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, "scheduler.worker")
+    job = Assignment(id="0123456789abcdef", attempt=1, priority=3, task="explode")
+    trace = 'Traceback (most recent call last):\n  File "x.py", line 1\nValueError: bad\n'
+    report = Report("failed", job.id, 1, exit_code=1, error="ValueError: bad", traceback=trace)
+    worker.log_unusual_report(report, job)
+    assert caplog.messages == [
+        f"job 01234567 p3 failed after 0.00 s: ValueError: bad\n{trace}"[:-1]
+    ]
+
+
 def test_without_log_jobs_only_unusual_steps_are_logged(
     caplog: pytest.LogCaptureFixture,
 ) -> None:

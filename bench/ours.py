@@ -112,7 +112,7 @@ async def eviction(url: str, size: int, reps: int) -> Json:
     received: list[float] = []
     stopped: str | None = None
     async with ProducerClient(url, name="bench-evict") as client, Tracker(client) as tracker:
-        slots = _FullSlots(client, tracker, size)
+        slots = FullSlots(client, tracker, size)
         await slots.refill()
         for rep in range(reps):
             sent = time.time()
@@ -138,15 +138,18 @@ async def eviction(url: str, size: int, reps: int) -> Json:
     return found
 
 
-class _FullSlots:
-    """Keeps ``size`` long priority-10 jobs running on the scheduler."""
+class FullSlots:
+    """Keeps ``size`` long jobs (priority 10 unless ``long`` says otherwise) running."""
 
     LONG = JobPayload(priority=10, runtime=3600.0, timeout=7200.0)
 
-    def __init__(self, client: ProducerClient, tracker: Tracker, size: int) -> None:
+    def __init__(
+        self, client: ProducerClient, tracker: Tracker, size: int, long: JobPayload | None = None
+    ) -> None:
         self.client = client
         self.tracker = tracker
         self.size = size
+        self.long = self.LONG if long is None else long
         self.jobs: list[str] = []
 
     def _running(self) -> bool:
@@ -158,7 +161,7 @@ class _FullSlots:
             self.jobs = [job_id for job_id in self.jobs if job_id not in self.tracker.finals]
             missing = self.size - len(self.jobs)
             if missing > 0:
-                self.jobs += await _submit_all(self.client, [self.LONG] * missing)
+                self.jobs += await _submit_all(self.client, [self.long] * missing)
             try:
                 await self.tracker.wait(self._running, 10.0, f"{self.size} long jobs running")
                 return

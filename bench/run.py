@@ -26,15 +26,26 @@ from pathlib import Path
 import click
 import psutil
 
-from bench import fanout, ingest, ours
+from bench import cluster, fanout, ingest, ours
 from bench import profile as pyspy
 from bench.peers import harness
 from bench.procs import Proc, Procs, wait_for_log
 from bench.stats import Json, check_goals, median, render_table, table_rows
 from bench.system import PYTHON, Bus, start_bus, start_scheduler
 
-FIGURES = ("e2e", "latency", "eviction", "timeout", "ingest", "memory", "fanout", "peers")
-"""Names accepted by ``--only`` (``e2e`` includes the raw fork loop it is compared with)."""
+FIGURES = (
+    "e2e",
+    "latency",
+    "eviction",
+    "timeout",
+    "ingest",
+    "memory",
+    "fanout",
+    "cluster",
+    "peers",
+)
+"""Names accepted by ``--only`` (``e2e`` includes the raw fork loop it is compared with,
+``cluster`` both figures of three schedulers on one bus)."""
 
 HOW: dict[str, str] = {
     "e2e_jobs_per_s": "N no-op jobs (sleep task, runtime 1e-6 s) submitted pipelined by one "
@@ -76,6 +87,20 @@ HOW: dict[str, str] = {
     "fanout": "A bus with 20 lightweight v2 schedulers (one process; each answers every "
     "assign with started+succeeded at once, forking nothing): N pipelined no-op jobs, first "
     "submit -> last final event; the bus's psutil CPU per job and share of one core.",
+    "cluster_makespan": "A bus process (--steal urgent) and one `test_scheduler -s 2`; the "
+    "whole burst (N sleep jobs of seeded uniform runtimes, priority 5, so that none evicts "
+    "another) submitted in one submit_many: 2 run there and the rest wait in its local queue; "
+    "then two more `test_scheduler -s 2` start and steal. From the bus's log stamp of the last "
+    "scheduler's registration to the bus's stamp on the last final event; ideal_s = the work "
+    "left at that moment (runtimes minus what already ran) / 6 slots, or the longest job left "
+    "if longer; greedy_s = a zero-overhead global FIFO queue from the same state; steals from "
+    "the bus's stats.",
+    "cluster_eviction_ms": "Three `test_scheduler -s 2` on one bus, all 6 slots busy with "
+    "priority-8 jobs; submit a priority-0 no-op job -> the bus's stamp on its started event "
+    "(same clock as the send), repeated once it ended and 6 long jobs run again (the evicted "
+    "one requeued and restarted, or stolen by the freed slot); the bus's caps on evictions and "
+    "deliveries per job are lifted. cluster_eviction says where urgent jobs started and "
+    "whether the evicted job was the long job that started last.",
     "profile": "py-spy record --nonblocking at 250 Hz attached to the bus and the scheduler "
     "during one extra e2e round; shares of the samples (samples ~ CPU time).",
 }
@@ -98,10 +123,30 @@ class Plan:
     size: int = 5
     timeout_s: float = 0.1
     fanout_schedulers: int = 20
+    cluster_jobs: int = 90
+    cluster_runtime_s: tuple[float, float] = (0.4, 1.6)
+    cluster_evictions: int = 50
+    cluster_schedulers: int = 3
+    cluster_size: int = 2
+    cluster_seed: int = 9
 
 
 FULL = Plan(False, 2000, 3, 500, 50, 50, 20_000, 100_000, 5000, 2000)
-QUICK = Plan(True, 500, 1, 100, 20, 20, 5000, 20_000, 1000, 0)
+QUICK = Plan(
+    True,
+    500,
+    1,
+    100,
+    20,
+    20,
+    5000,
+    20_000,
+    1000,
+    0,
+    cluster_jobs=60,
+    cluster_runtime_s=(0.1, 0.5),
+    cluster_evictions=20,
+)
 
 
 class Bench:
@@ -146,6 +191,30 @@ class Bench:
             yield bus, sched
         finally:
             if sched is not None:
+                self.procs.stop(sched)
+            self.procs.stop(bus.proc)
+
+    @asynccontextmanager
+    async def cluster_system(
+        self, name: str, bus_options: dict[str, str] | None = None
+    ) -> AsyncIterator[tuple[Bus, Callable[[str], Awaitable[Proc]]]]:
+        """A fresh bus and a function starting one more ``test_scheduler`` of
+        ``plan.cluster_size`` slots on it (named, returned once registered); every
+        scheduler started and the bus are stopped on exit."""
+        work = self.workdir / name
+        bus = await start_bus(self.procs, work, f"{name}-bus", bus_options)
+        started: list[Proc] = []
+
+        async def add(sched_name: str) -> Proc:
+            size = self.plan.cluster_size
+            sched = await start_scheduler(self.procs, work, bus.url, name=sched_name, size=size)
+            started.append(sched)
+            return sched
+
+        try:
+            yield bus, add
+        finally:
+            for sched in reversed(started):
                 self.procs.stop(sched)
             self.procs.stop(bus.proc)
 
@@ -255,6 +324,29 @@ class Bench:
         found["schedulers"] = count
         found["jobs_per_scheduler"] = fanout.assigned_spread(fakes.log_text())
         self.results["fanout"] = found
+
+    async def cluster(self) -> None:
+        """Figures 9 and 10: three schedulers of ``plan.cluster_size`` slots on one bus."""
+        plan = self.plan
+        slots = plan.cluster_schedulers * plan.cluster_size
+        names = [f"cluster-s{i + 1}" for i in range(plan.cluster_schedulers)]
+        low, high = plan.cluster_runtime_s
+        runtimes = cluster.burst_runtimes(plan.cluster_jobs, low, high, plan.cluster_seed)
+        async with self.cluster_system("cluster", {"--steal": "urgent"}) as (bus, add):
+            await add(names[0])
+
+            async def start_others() -> list[str]:
+                await asyncio.gather(*(add(name) for name in names[1:]))
+                return names[1:]
+
+            self.results["cluster_makespan"] = await cluster.makespan(
+                bus.url, runtimes, slots, names[0], start_others, bus.proc.log_text
+            )
+        # As for eviction_ms: the latency, not the caps on evictions and deliveries per job.
+        lifted = {"--max-evictions": "100000", "--max-deliveries": "100000"}
+        async with self.cluster_system("cluster-evict", lifted) as (bus, add):
+            await asyncio.gather(*(add(f"evict-s{i + 1}") for i in range(len(names))))
+            self.results.update(await cluster.eviction(bus.url, slots, plan.cluster_evictions))
 
     async def peers(self) -> None:
         """Figure 2: the same workload through RQ, arq, Celery and Dramatiq."""
@@ -378,6 +470,7 @@ async def run(
             "ingest": (("ingest_jobs_per_s",), bench.ingest),
             "memory": (("bus_bytes_per_queued_job",), bench.memory),
             "fanout": (("fanout",), bench.fanout),
+            "cluster": (("cluster_makespan", "cluster_eviction_ms"), bench.cluster),
             "peers": (("peers",), bench.peers),
         }
         for name in figures:

@@ -94,6 +94,8 @@ GOALS: tuple[Goal, ...] = (
     Goal("eviction_ms.p50", "<=", 10.0, "eviction p50 <= 10 ms"),
     Goal("timeout_overrun_ms.p99", "<=", 20.0, "timeout overrun p99 <= 20 ms"),
     Goal("ingest_jobs_per_s", ">=", 15_000.0, "ingest >= 15,000 jobs/s"),
+    Goal("cluster_makespan.ratio", "<=", 1.1, "cluster makespan <= 1.1x ideal"),
+    Goal("cluster_eviction_ms.p50", "<=", 10.0, "cluster eviction p50 <= 10 ms"),
 )
 
 
@@ -141,6 +143,11 @@ def _fmt_mapping(value: Mapping[str, Any]) -> str:
         return f"p50 {fmt(value['p50'])} / p99 {fmt(value['p99'])}"
     if "jobs_per_s" in value:
         return f"{fmt(value['jobs_per_s'])} jobs/s"
+    if "makespan_s" in value:
+        return (
+            f"{fmt(value['makespan_s'])} s vs ideal {fmt(value.get('ideal_s'))} s "
+            f"({fmt(value.get('ratio'))}x), {value.get('jobs')} jobs, {value.get('steals')} steals"
+        )
     if "dispatch_jobs_per_s" in value:
         return (
             f"{fmt(value['dispatch_jobs_per_s'])} jobs/s, bus "
@@ -207,6 +214,8 @@ FIGURE_KEYS: tuple[str, ...] = (
     "ingest_bulk_jobs_per_s",
     "bus_bytes_per_queued_job",
     "fanout",
+    "cluster_makespan",
+    "cluster_eviction_ms",
 )
 """The figures, in the order they are printed."""
 

@@ -30,6 +30,8 @@ class Tracker:
         self._client = client
         self.first: dict[tuple[str, str], Seen] = {}
         """(job id, event kind) -> the first such event."""
+        self.latest: dict[tuple[str, str], Seen] = {}
+        """(job id, event kind) -> the latest such event (a job started again, say)."""
         self.last: dict[str, str] = {}
         """job id -> the kind of its latest event."""
         self.finals: dict[str, Seen] = {}
@@ -57,6 +59,7 @@ class Tracker:
         async for event in self._client.events():
             seen = Seen(event, time.time(), time.perf_counter())
             self.first.setdefault((event.id, event.event), seen)
+            self.latest[(event.id, event.event)] = seen
             self.last[event.id] = event.event
             self.counts[event.event] = self.counts.get(event.event, 0) + 1
             if event.event in FINAL_EVENTS:

@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench import fanout, ingest, profile, stats, system  # noqa: E402
+from bench import cluster, fanout, ingest, profile, stats, system  # noqa: E402
 from bench.run import FIGURES, build_report, selected  # noqa: E402
 from scheduler import protocol  # noqa: E402
 
@@ -118,3 +118,64 @@ def test_report_has_how_and_goals() -> None:
     report = build_report(QUICK, ["e2e"], {"e2e_jobs_per_s": 10.0}, {"cpus": 2}, (0.0, 1.0))
     assert report["quick"] is True and report["machine"] == {"cpus": 2}
     assert "e2e_jobs_per_s" in report["how"] and "goals" in report and report["notes"]
+
+
+def test_cluster_ideal_and_greedy_makespans() -> None:
+    runtimes = cluster.burst_runtimes(50, 0.4, 1.6, seed=9)
+    assert runtimes == cluster.burst_runtimes(50, 0.4, 1.6, seed=9)
+    assert all(0.4 <= r <= 1.6 for r in runtimes) and len(set(runtimes)) > 40
+    assert cluster.ideal_makespan([1.0, 1.0, 1.0, 3.0], 6) == 3.0  # the longest job
+    assert cluster.ideal_makespan([2.0] * 12, 6) == 4.0  # the work spread evenly
+    with pytest.raises(ValueError):
+        cluster.ideal_makespan([1.0], 0)
+    # Work left at t0 = 10: not started, running for 0.5 s, finished before t0.
+    assert cluster.work_left(2.0, None, 10.0) == 2.0
+    assert cluster.work_left(2.0, 9.5, 10.0) == 1.5
+    assert cluster.work_left(2.0, 5.0, 10.0) == 0.0
+    assert cluster.work_left(2.0, 10.5, 10.0) == 2.0
+    # Two slots still busy for 1 s and 2 s, four free; FIFO fills the earliest free slot.
+    assert cluster.greedy_makespan([1.0, 2.0], [3.0] * 4 + [1.0], 6) == 3.0
+    assert cluster.greedy_makespan([], [1.0, 1.0, 1.0], 2) == 2.0
+    with pytest.raises(ValueError):
+        cluster.greedy_makespan([1.0, 1.0, 1.0], [], 2)
+
+
+def test_cluster_refill_gaps_registration_and_victim() -> None:
+    # Ends at 1 and 2 are refilled 0.01 s and 0.02 s later; the end at 3 has no later start.
+    assert cluster.refill_gaps([2.0, 1.0, 3.0], [0.0, 1.01, 2.02]) == pytest.approx([0.01, 0.02])
+    assert cluster.refill_gaps([1.0], []) == []
+    log = (
+        "2024-05-01 10:00:00,100 INFO    scheduler.bus.server: 127.0.0.1:5: registered as s2 "
+        "(protocol 2, new; 0 attempts held, 2 told to stop, 0 jobs requeued)\n"
+        "2024-05-01 10:00:01,250 INFO    scheduler.bus.server: 127.0.0.1:6: registered as s22 "
+        "(protocol 2, new; 0 attempts held, 0 told to stop, 0 jobs requeued)\n"
+    )
+    s2 = cluster.registered_at(log, "s2")
+    s22 = cluster.registered_at(log, "s22")
+    assert s2 is not None and s22 is not None and s22 - s2 == pytest.approx(1.15)
+    assert cluster.registered_at(log, "s3") is None
+    assert cluster.latest_started({"a": 1.0, "b": 3.0, "c": 2.0}) == "b"
+    assert cluster.latest_started({}) is None
+
+
+def test_cluster_figures_have_goals_a_row_and_how() -> None:
+    from bench.run import HOW
+
+    results = {
+        "cluster_makespan": {
+            "makespan_s": 16.2,
+            "ideal_s": 15.0,
+            "ratio": 1.08,
+            "jobs": 90,
+            "steals": 60,
+        },
+        "cluster_eviction_ms": {"p50": 4.0, "p99": 12.0},
+    }
+    goals = stats.check_goals(results)
+    assert goals["cluster_makespan.ratio"]["met"] is True
+    assert goals["cluster_eviction_ms.p50"]["met"] is True
+    table = stats.render_table(stats.table_rows(results))
+    assert "16.2 s vs ideal 15.0 s (1.08x), 90 jobs, 60 steals" in table
+    assert "cluster eviction p50 <= 10 ms: met" in table
+    assert {"cluster_makespan", "cluster_eviction_ms"} <= HOW.keys()
+    assert "cluster" in FIGURES and selected("cluster", skip_peers=True) == ["cluster"]

@@ -65,7 +65,8 @@ class Executor:
     ``succeeded``, ``failed``, ``timed_out``) ready to send to the bus, with its
     assignment. ``grace`` is how long a stopped job may react to SIGTERM before its whole
     process group is killed. ``on_error`` receives exceptions raised in background tasks
-    (by default they are logged).
+    (by default they are logged). A job without a timeout gets its task's default, else
+    ``default_timeout``.
     """
 
     def __init__(
@@ -253,7 +254,9 @@ class Executor:
             return self._not_started(assignment, exc)
         pipe.forked()
         started_at = self._clock()
-        timeout = assignment.timeout or self._default_timeout
+        timeout = (
+            assignment.timeout or self._tasks.spec(assignment.task).timeout or self._default_timeout
+        )
         run = _Run(assignment, process, pipe, started_at, started_at + timeout)
         self._runs[job_id] = run
         # A callback rather than a task awaiting the process, and one timer for every

@@ -87,7 +87,8 @@ class JobMaker:
     """Draws random job payloads within the configured ranges."""
 
     runtime: Span
-    priority: Span
+    priority: Span | None
+    """None: send no priority (the task's default applies)."""
     timeout: float | None
     rng: random.Random
     max_retries: int = 0
@@ -100,7 +101,7 @@ class JobMaker:
     def next(self, index: int) -> JobPayload:
         """A new random payload; the ``index``-th job is ``{id_prefix}-{index}`` if set."""
         return JobPayload(
-            priority=int(self.priority.draw(self.rng)),
+            priority=None if self.priority is None else int(self.priority.draw(self.rng)),
             runtime=float(self.runtime.draw(self.rng)),
             task=self.task,
             args=self.args,
@@ -179,7 +180,7 @@ async def _submit_one_by_one(client: ProducerClient, plan: Plan, follower: JobFo
         job_id = await client.submit(payload)
         follower.expect(job_id)
         log.info(
-            "submitted %s priority=%d runtime=%.3gs", job_id[:8], payload.priority, payload.runtime
+            "submitted %s priority=%s runtime=%.3gs", job_id[:8], payload.priority, payload.runtime
         )
 
 
@@ -319,9 +320,9 @@ def _indices(count: int | None) -> Iterator[int]:
 @click.option(
     "--priority",
     type=SpanType(),
-    default="0-10",
-    show_default=True,
-    help="Job priority LO-HI within 0-10; 0 is the most urgent.",
+    default=None,
+    help="Job priority LO-HI within 0-10; 0 is the most urgent.  [default: 0-10 for sleep "
+    "jobs; for other tasks none is sent, so the task's declared default applies]",
 )
 @click.option(
     "--timeout",
@@ -391,7 +392,7 @@ def cli(
     url: str,
     count: int | None,
     runtime: Span,
-    priority: Span,
+    priority: Span | None,
     timeout: float | None,
     wait: bool,
     as_json: bool,
@@ -409,6 +410,8 @@ def cli(
     debug: bool,
 ) -> None:
     """Submit random jobs to a schedbus bus: sleep jobs by default, or any --task."""
+    if priority is None and (task == "sleep" or v1):
+        priority = Span(0, 10)
     _check_options(runtime, priority, count, wait, as_json, v1)
     args = _parse_args(args_json)
     if v1 and (task != "sleep" or args is not None):
@@ -461,11 +464,16 @@ def _parse_args(text: str | None) -> Args | None:
 
 
 def _check_options(
-    runtime: Span, priority: Span, count: int | None, wait: bool, as_json: bool, v1: bool
+    runtime: Span,
+    priority: Span | None,
+    count: int | None,
+    wait: bool,
+    as_json: bool,
+    v1: bool,
 ) -> None:
     if runtime.low <= 0:
         raise click.BadParameter("runtimes must be > 0", param_hint="--runtime")
-    if priority.low < 0 or priority.high > 10 or not priority.integral:
+    if priority is not None and (priority.low < 0 or priority.high > 10 or not priority.integral):
         raise click.BadParameter(
             "priorities are whole numbers within 0-10", param_hint="--priority"
         )

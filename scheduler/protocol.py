@@ -34,6 +34,8 @@ MAX_BACKOFF_S: Final = 24 * 3600.0
 MAX_BULK: Final = 100_000
 PRIORITY_MIN: Final = 0
 PRIORITY_MAX: Final = 10
+DEFAULT_PRIORITY: Final = 5
+"""The priority of a job that gives none and whose task declares none."""
 
 Priority = Annotated[int, msgspec.Meta(ge=PRIORITY_MIN, le=PRIORITY_MAX)]
 """0 is the most urgent, 10 the least."""
@@ -103,13 +105,16 @@ class JobPayload(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_d
     ``task`` names a registered function; ``args`` (a JSON object, passed as keyword
     arguments, or a JSON array, passed positionally) are its arguments. The built-in
     ``sleep`` task needs ``runtime`` and sleeps that long; other tasks may leave it out.
+    A job without ``priority`` gets its task's default (``@task(priority=...)``, as the
+    schedulers serving it declared it), else :data:`DEFAULT_PRIORITY`; a job without
+    ``timeout`` gets its task's default, else the scheduler's ``-t``.
 
     ``job_id`` lets the client choose the id (idempotent submits, see ``on_conflict``).
     A failed or timed-out attempt is retried up to ``max_retries`` times, the n-th retry
     after about ``retry_backoff * 2**(n-1)`` seconds (with jitter).
     """
 
-    priority: Priority
+    priority: Priority | None = None
     runtime: Runtime | None = None
     task: Name = "sleep"
     args: Args | None = None
@@ -135,6 +140,8 @@ class Held(msgspec.Struct, frozen=True, omit_defaults=True):
 class Register(msgspec.Struct, frozen=True, tag_field="cmd", tag="register", omit_defaults=True):
     """A client announces its role. v1 sends only ``type``.
 
+    A scheduler lists the ``tasks`` it serves, and in ``priorities`` the default priority
+    of those that declare one (for jobs that give none).
     A scheduler that reconnects sends the same ``name`` and lists in ``held`` every
     attempt it still has; the bus answers :class:`Stop` for those it no longer holds,
     and the scheduler then sends the reports kept in its outbox.
@@ -146,6 +153,7 @@ class Register(msgspec.Struct, frozen=True, tag_field="cmd", tag="register", omi
     token: Annotated[str, msgspec.Meta(max_length=MAX_NAME_LEN)] | None = None
     size: Annotated[int, msgspec.Meta(ge=1, le=MAX_SIZE)] | None = None
     tasks: Annotated[list[Name], msgspec.Meta(max_length=MAX_TASKS)] | None = None
+    priorities: Annotated[dict[Name, Priority], msgspec.Meta(max_length=MAX_TASKS)] | None = None
     held: Annotated[list[Held], msgspec.Meta(max_length=MAX_BULK)] | None = None
 
 
@@ -479,7 +487,8 @@ def _field_of(message: str) -> tuple[str, str | None]:
     match = _PATH.search(message)
     if match is None:
         return message, None
-    path = match.group("path").replace("[", ".").replace("]", "")
+    # msgspec writes a dict's key as [...]: the dict itself is the field we can name.
+    path = match.group("path").replace("[...]", "").replace("[", ".").replace("]", "")
     return message[: match.start()], path or None
 
 
@@ -536,7 +545,7 @@ def _v1_payload_body(payload: JobPayload) -> dict[str, float | int]:
     runtime = payload.runtime if payload.runtime is not None else 0
     return {
         "runtime": int(runtime) if float(runtime).is_integer() else runtime,
-        "priority": payload.priority,
+        "priority": DEFAULT_PRIORITY if payload.priority is None else payload.priority,
     }
 
 

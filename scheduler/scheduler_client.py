@@ -358,6 +358,7 @@ class SchedulerClient:
             token=config.token,
             size=config.size,
             tasks=self.tasks.names,
+            priorities=self.tasks.priorities() or None,
             held=held,
         )
         return fit_register(register)

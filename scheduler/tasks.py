@@ -26,7 +26,9 @@ Your own tasks are module-level functions marked with :func:`task`::
 and served with ``python -m scheduler.worker --tasks mypkg.jobs`` (a dotted module name,
 or a path such as ``jobs/nightly.py``; several separated by commas). The scheduler
 registers exactly those task names (and ``sleep``) with the bus and runs nothing else.
-``priority`` and ``timeout`` are the task's defaults, kept as metadata for producers.
+``priority`` and ``timeout`` are the defaults of the task's jobs: a job submitted without
+a priority gets the task's (the scheduler declares it when it registers; the bus falls
+back to 5), a job without a timeout the task's (else the scheduler's ``-t``).
 
 In the job process the task can tell which job it runs: the environment variables
 ``SCHEDBUS_JOB_ID`` (the job's id) and ``SCHEDBUS_ATTEMPT`` (the attempt number, counting
@@ -147,6 +149,12 @@ class TaskRegistry:
     def names(self) -> list[str]:
         """The registered names, sorted (what a scheduler announces to the bus)."""
         return sorted(self._specs)
+
+    def priorities(self) -> dict[str, int]:
+        """The default priority of each task that declares one, by name."""
+        return {
+            name: spec.priority for name, spec in self._specs.items() if spec.priority is not None
+        }
 
     def __contains__(self, name: object) -> bool:
         """Whether a task is registered under ``name``."""

@@ -68,3 +68,9 @@ def spawn_grandchildren(linger: float) -> dict[str, int]:
         time.sleep(linger)
         os._exit(0)
     return {"program": program.pid, "forked": forked}
+
+
+@task(priority=1, timeout=1.0)
+def nap(seconds: float) -> None:
+    """Sleep ``seconds``; its jobs default to priority 1 and a 1 s timeout."""
+    time.sleep(seconds)

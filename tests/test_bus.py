@@ -277,7 +277,7 @@ GARBAGE = [
     ('{"cmd": "job_request", "payload": {"priority": 1, "runtime": -1}}', "payload.runtime", ""),
     ('{"cmd": "make_coffee"}', "cmd", "unknown cmd"),
     ('{"cmd": "job_request", "payload": {"priority": "high", "runtime": 1}}',
-     "payload.priority", "Expected `int`"),
+     "payload.priority", "Expected `int | null`, got `str`"),
     ('{"cmd": "job_request", "payload": {"priority": 1, "runtime": 1, "evil": 1}}',
      "payload", "evil"),
     ('[1, 2, 3]', None, ""),

@@ -29,6 +29,7 @@ from scheduler.policy.events import status_event
 from scheduler.policy.job import Job
 from scheduler.policy.retry import RetryBackoff
 from scheduler.protocol import (
+    DEFAULT_PRIORITY,
     Accepted,
     CancelReply,
     Error,
@@ -1375,3 +1376,39 @@ def test_a_retry_that_succeeds_leaves_no_traceback_behind() -> None:
     (done,) = emitted(report(core, "a", "j0", "succeeded", attempt=2, result=[1]))
     assert (done.event.event, done.event.result, done.event.traceback) == ("succeeded", [1], None)
     assert done.event.errors == ["ValueError: 1"]
+
+
+def priorities_of(core: Dispatcher) -> dict[str, int | None]:
+    """The priority in the payload of each job changed since the last call, by id."""
+    changed, _ = core.take_changes()
+    return {job.id: job.payload.priority for job in changed}
+
+
+def test_a_job_without_a_priority_gets_its_tasks_declared_default_else_5() -> None:
+    core = new_core()
+    tasks, priorities = ["render", "sleep"], {"render": 2}
+    core.attach("w", size=1, tasks=tasks, priorities=priorities, reports=True, now=0, wall=WALL)
+    accepted = emitted(submit(core, JobPayload(task="render")))[0]
+    assert (accepted.event.event, accepted.event.priority) == ("accepted", 2)
+    submit(core, JobPayload(runtime=1.0))
+    submit(core, JobPayload(priority=9, task="render"))
+    # Resolved once, at submit, and journaled so.
+    assert priorities_of(core) == {"j0": 2, "j1": 5, "j2": 9}
+
+
+def test_the_latest_registration_declaring_a_default_sets_it_for_later_jobs() -> None:
+    core = new_core()
+    core.attach(
+        "a", size=1, tasks=["render"], priorities={"render": 2}, reports=True, now=0, wall=WALL
+    )
+    submit(core, JobPayload(task="render"))
+    core.attach(
+        "b", size=1, tasks=["render"], priorities={"render": 7}, reports=True, now=0, wall=WALL
+    )
+    core.attach("c", size=1, tasks=["render"], reports=True, now=0, wall=WALL)
+    submit(core, JobPayload(task="render"))
+    assert priorities_of(core) == {"j0": 2, "j1": 7}
+
+
+def test_a_job_record_without_a_priority_reads_as_the_default() -> None:
+    assert Job("x", JobPayload(runtime=1.0), 0, WALL).priority == DEFAULT_PRIORITY

@@ -270,6 +270,19 @@ async def test_a_result_is_collected_though_grandchildren_hold_its_pipe_and_they
     await wait_until(lambda: not any(map(alive, pids)), 5 * unit(), "grandchildren to go")
 
 
+@pytest.mark.parametrize(("job_timeout", "limit"), [(None, 0.3), (0.2, 0.2)])
+async def test_a_tasks_declared_timeout_applies_unless_the_job_has_its_own(
+    reports: Reports, job_timeout: float | None, limit: float
+) -> None:
+    registry = TaskRegistry()
+    registry.register("nap", sample_tasks.nap, timeout=0.3 * unit())
+    executor = Executor(1, 10 * unit(), registry, reports)
+    executor.submit(job("n", task="nap", args=[30], timeout=job_timeout))
+    timed_out = await reports.expect("timed_out", "n")
+    assert timed_out.error == f"timed out after {limit * unit():g} s"
+    await executor.shutdown()
+
+
 def test_exit_text_covers_lost_status_and_unnamed_signals() -> None:
     assert executor_module._exit_text(None) == "exit status lost"
     assert executor_module._exit_text(-200) == "killed by signal 200"

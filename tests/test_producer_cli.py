@@ -42,7 +42,7 @@ def test_job_maker_names_jobs_with_the_prefix() -> None:
     maker = JobMaker(Span(1, 2), Span(0, 10), None, random.Random(2), id_prefix="batch")
     payload = maker.next(7)
     assert payload.job_id == "batch-7"
-    assert 0 <= payload.priority <= 10
+    assert payload.priority is not None and 0 <= payload.priority <= 10
 
 
 def test_job_maker_gives_every_job_the_task_and_its_args() -> None:
@@ -158,3 +158,10 @@ async def test_a_task_with_args_runs_and_its_result_is_printed(
         4,
         None,
     )
+
+
+def test_jobs_of_a_task_leave_the_priority_to_it_unless_one_is_given() -> None:
+    maker = JobMaker(Span(1, 2), None, None, random.Random(3), task="nap")
+    assert maker.next(0).priority is None
+    given = JobMaker(Span(1, 2), Span(4, 4), None, random.Random(3), task="nap")
+    assert given.next(0).priority == 4

@@ -127,6 +127,11 @@ def test_defaults_are_left_out_of_the_payload() -> None:
         ('{"cmd": "register", "type": "admin"}', "type", ""),
         ("[1, 2]", None, "object"),
         ('{"cmd": "register", "type": "scheduler", "size": 0}', "size", ">= 1"),
+        (
+            '{"cmd": "register", "type": "scheduler", "priorities": {"render": 11}}',
+            "priorities",
+            "<= 10",
+        ),
     ],
 )
 def test_bad_frames_name_the_field_and_the_rule(frame: str, field: str | None, words: str) -> None:
@@ -148,6 +153,17 @@ def test_payload_decoder_validates_the_bare_v1_payload() -> None:
     assert decode_payload('{"priority": 2, "runtime": 1}') == JobPayload(priority=2, runtime=1.0)
     with pytest.raises(ProtocolError, match="priority"):
         decode_payload('{"priority": 99, "runtime": 1}')
+
+
+def test_a_job_may_leave_its_priority_to_its_task_and_a_v1_frame_still_carries_one() -> None:
+    request = decode_client('{"cmd": "job_request", "payload": {"task": "render"}}')
+    assert isinstance(request, JobRequest) and request.payload.priority is None
+    assert json.loads(protocol.encode_v1_payload(JobPayload(runtime=2.0))) == {
+        "runtime": 2,
+        "priority": protocol.DEFAULT_PRIORITY,
+    }
+    register = '{"cmd": "register", "type": "scheduler", "protocol": 2, "priorities": {"a": 3}}'
+    assert decode_client(register) == Register(type="scheduler", protocol=2, priorities={"a": 3})
 
 
 def test_decode_bus_rejects_garbage() -> None:
@@ -194,7 +210,8 @@ def test_structured_garbage_decodes_valid_or_names_a_field(frame: dict[str, obje
         assert exc.message
         return
     if isinstance(message, JobRequest):
-        assert 0 <= message.payload.priority <= 10
+        priority = message.payload.priority
+        assert priority is None or 0 <= priority <= 10
         runtime = message.payload.runtime
         assert runtime is None or 0 < runtime <= protocol.MAX_RUNTIME_S
 

@@ -342,3 +342,10 @@ def test_a_result_that_is_not_json_or_too_large_exits_1_with_a_result_error(
     raised = run_failing(lambda: value)
     assert (raised.type, raised.traceback) == ("ResultError", "")
     assert raised.message.startswith(message), raised.message
+
+
+def test_the_registry_lists_the_default_priorities_declared() -> None:
+    registry = TaskRegistry()
+    registry.register("double", double, priority=2, timeout=5)
+    assert registry.priorities() == {"double": 2}
+    assert registry.spec("double").timeout == 5 and registry.spec("sleep").timeout is None

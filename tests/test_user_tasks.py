@@ -132,3 +132,14 @@ async def test_a_task_the_worker_does_not_take_arguments_for_fails_saying_why(
         failed = (await final_events(client, [job_id]))[job_id]
     assert failed.event == "failed"
     assert failed.error == "TypeError: add() got an unexpected keyword argument 'c'"
+
+
+async def test_a_tasks_declared_priority_and_timeout_are_its_jobs_defaults(
+    bus: BusServer, commands: Commands
+) -> None:
+    await start_worker(commands, bus)
+    async with ProducerClient(bus.url) as client:
+        job_id = await client.submit(JobPayload(task="nap", args=[30]))
+        done = (await final_events(client, [job_id]))[job_id]
+    # sample_tasks.nap is declared with priority=1, timeout=1.0.
+    assert (done.event, done.priority, done.error) == ("timed_out", 1, "timed out after 1 s")

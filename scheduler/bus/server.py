@@ -718,6 +718,7 @@ class BusServer:
             name,
             size=message.size if v2 else None,
             tasks=message.tasks if v2 else None,
+            priorities=message.priorities if v2 else None,
             reports=v2,
             held=held,
             now=self._clock(),

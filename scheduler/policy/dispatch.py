@@ -55,6 +55,8 @@ from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
+import msgspec
+
 from scheduler.policy.aging import Aging
 from scheduler.policy.conflict import KeepExisting, Refuse, Replace, resolve
 from scheduler.policy.events import job_event, status_event
@@ -66,6 +68,7 @@ from scheduler.policy.retry import RetryBackoff
 from scheduler.policy.stats import BusCounters, SchedulerCounters
 from scheduler.policy.stealing import STEAL_STRATEGIES, Waiter, WaitingJobs, steal_strategy
 from scheduler.protocol import (
+    DEFAULT_PRIORITY,
     Accepted,
     Assignment,
     CancelReply,
@@ -299,6 +302,8 @@ class Dispatcher:
         self._unbalanced: dict[str, None] = {}
         # Task -> slots of the connected schedulers serving it; cleared when they change.
         self._serving: dict[str, list[Slots]] = {}
+        # Task -> its default priority, as the latest scheduler declaring one registered it.
+        self._task_priorities: dict[str, int] = {}
         self._counters = BusCounters()
         self.accepted = 0
         """Jobs accepted since the start (replacements included)."""
@@ -425,7 +430,7 @@ class Dispatcher:
                 self._hold_back(job, now + (job.not_before - wall))
             else:
                 job.state, job.holder = "queued", None
-                heapq.heappush(self._backlog, (job.payload.priority, job.seq, job.id))
+                heapq.heappush(self._backlog, (job.priority, job.seq, job.id))
 
     def _restore_held(self, job: Job, now: float) -> None:
         assert job.holder is not None
@@ -434,7 +439,7 @@ class Dispatcher:
             s = self._schedulers[job.holder] = _new_scheduler(job.holder, True, connected=False)
             self._leases.renew(job.holder, now)
         evictable = job.evictions < self.config.max_evictions
-        self._hold(s, job, Seat(job.payload.priority, evictable))
+        self._hold(s, job, Seat(job.priority, evictable))
         if job.state == "running":
             self._start_seat(s, job.id)
 
@@ -448,12 +453,15 @@ class Dispatcher:
         tasks: Iterable[str] | None,
         reports: bool,
         held: Sequence[Held] = (),
+        priorities: Mapping[str, int] | None = None,
         now: float,
         wall: float,
     ) -> list[Decision]:
         """Register scheduler ``name``, or reattach it if the core still knows it.
 
         ``size`` None means :data:`V1_SIZE`, ``tasks`` None :data:`DEFAULT_TASKS`;
+        ``priorities`` are default priorities of its tasks, for jobs submitted from now on
+        without one (the latest registration declaring a task's default wins);
         ``reports`` False marks a v1 scheduler. ``held`` lists the attempts it still
         has: it keeps those it holds, gets a :class:`SendStop` for every other one, and
         each job it held by the core's account but left out is requeued. Then the
@@ -467,6 +475,7 @@ class Dispatcher:
             s = self._schedulers[name] = _new_scheduler(name, reports)
         s.slots.size = V1_SIZE if size is None else size
         s.tasks = DEFAULT_TASKS if tasks is None else frozenset(tasks)
+        self._task_priorities.update(priorities or {})
         s.reports, s.connected = reports, True
         self._serving.clear()
         if reports:
@@ -669,6 +678,9 @@ class Dispatcher:
         if payload.task == "sleep" and payload.runtime is None:
             where = f"{prefix}.runtime"
             return SubmitResult(error=f"{where}: required, > 0 for the sleep task", field=where)
+        if payload.priority is None:
+            priority = self._task_priorities.get(payload.task, DEFAULT_PRIORITY)
+            payload = msgspec.structs.replace(payload, priority=priority)
         existing = None
         if payload.job_id is not None:
             existing = self._jobs.get(payload.job_id) or stored.get(payload.job_id)
@@ -720,7 +732,7 @@ class Dispatcher:
         job.state = "running"
         self._touch(job, wall)
         if self._start_seat(s, job.id):
-            self._counters.waited(job.payload.priority, now - self._since.get(job.id, now))
+            self._counters.waited(job.priority, now - self._since.get(job.id, now))
         self._stealable.discard(job.id)
         thief = self._stealing.pop(job.id, None)
         if thief is not None:
@@ -837,7 +849,7 @@ class Dispatcher:
 
     def _priority(self, job: Job, now: float) -> int:
         """``job``'s effective priority at ``now`` (aged while it waits)."""
-        return self._aging.effective(job.payload.priority, self._since.get(job.id, now), now)
+        return self._aging.effective(job.priority, self._since.get(job.id, now), now)
 
     # --- internals: dispatch ------------------------------------------------------------
 
@@ -877,7 +889,7 @@ class Dispatcher:
             return
         candidates = self._eligible(job.payload.task, now)
         if not candidates:
-            heapq.heappush(self._backlog, (job.payload.priority, job.seq, job.id))
+            heapq.heappush(self._backlog, (job.priority, job.seq, job.id))
             return
         priority = self._priority(job, now)
         where = place(priority, candidates)
@@ -912,7 +924,7 @@ class Dispatcher:
             runtime = job.payload.runtime or 0.0
             heapq.heappush(self._v1_due, (now + runtime, job.id, job.attempt))
         elif waiting:
-            waiter = Waiter(job.id, job.payload.priority, self._since.get(job.id, now), job.seq)
+            waiter = Waiter(job.id, job.priority, self._since.get(job.id, now), job.seq)
             self._stealable.add(s.name, job.payload.task, waiter)
         s.slots.last_pick = self._picks
         self._picks += 1
@@ -1108,7 +1120,7 @@ class Dispatcher:
 
 
 def _order(job: Job) -> tuple[int, int]:
-    return job.payload.priority, job.seq
+    return job.priority, job.seq
 
 
 def _fence(job: Job, scheduler: str, report: Report) -> str | None:

@@ -42,7 +42,7 @@ def job_event(
     return JobEvent(
         event=kind,
         id=job.id,
-        priority=p.priority,
+        priority=job.priority,
         state=job.state,
         time=time,
         runtime=p.runtime,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from scheduler.protocol import FINAL_EVENTS, JobPayload, JobState
+from scheduler.protocol import DEFAULT_PRIORITY, FINAL_EVENTS, JobPayload, JobState
 
 
 @dataclass(slots=True)
@@ -36,6 +36,12 @@ class Job:
     finished_at: float | None = None
     result: object = None
     traceback: str | None = None
+
+    @property
+    def priority(self) -> int:
+        """The job's priority: its payload's (the bus fills in a default at submit), else
+        :data:`~scheduler.protocol.DEFAULT_PRIORITY`."""
+        return DEFAULT_PRIORITY if self.payload.priority is None else self.payload.priority
 
     @property
     def final(self) -> bool:

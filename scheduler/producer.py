@@ -86,7 +86,8 @@ class SpanType(click.ParamType[Span, object]):
 class JobMaker:
     """Draws random job payloads within the configured ranges."""
 
-    runtime: Span
+    runtime: Span | None
+    """None: send no runtime (a task other than sleep needs none)."""
     priority: Span | None
     """None: send no priority (the task's default applies)."""
     timeout: float | None
@@ -102,7 +103,7 @@ class JobMaker:
         """A new random payload; the ``index``-th job is ``{id_prefix}-{index}`` if set."""
         return JobPayload(
             priority=None if self.priority is None else int(self.priority.draw(self.rng)),
-            runtime=float(self.runtime.draw(self.rng)),
+            runtime=None if self.runtime is None else float(self.runtime.draw(self.rng)),
             task=self.task,
             args=self.args,
             timeout=self.timeout,
@@ -179,9 +180,17 @@ async def _submit_one_by_one(client: ProducerClient, plan: Plan, follower: JobFo
         payload = plan.maker.next(index)
         job_id = await client.submit(payload)
         follower.expect(job_id)
-        log.info(
-            "submitted %s priority=%s runtime=%.3gs", job_id[:8], payload.priority, payload.runtime
-        )
+        log.info("submitted %s %s", job_id[:8], _job_text(payload))
+
+
+def _job_text(payload: JobPayload) -> str:
+    """``task add priority 3 runtime 1.5s`` for a log line; what the bus fills in is left out."""
+    text = f"task {payload.task}"
+    if payload.priority is not None:
+        text += f" priority {payload.priority}"
+    if payload.runtime is not None:
+        text += f" runtime {payload.runtime:.3g}s"
+    return text
 
 
 async def _submit_bulk(client: ProducerClient, plan: Plan, follower: JobFollower) -> None:
@@ -313,9 +322,9 @@ def _indices(count: int | None) -> Iterator[int]:
 @click.option(
     "--runtime",
     type=SpanType(),
-    default="3-15",
-    show_default=True,
-    help="Job runtime in seconds, LO-HI; whole numbers draw integers, e.g. 0.1-0.5.",
+    default=None,
+    help="Job runtime in seconds, LO-HI; whole numbers draw integers, e.g. 0.1-0.5.  "
+    "[default: 3-15 for sleep jobs; for other tasks none is sent]",
 )
 @click.option(
     "--priority",
@@ -391,7 +400,7 @@ def cli(
     sigma: float,
     url: str,
     count: int | None,
-    runtime: Span,
+    runtime: Span | None,
     priority: Span | None,
     timeout: float | None,
     wait: bool,
@@ -410,8 +419,9 @@ def cli(
     debug: bool,
 ) -> None:
     """Submit random jobs to a schedbus bus: sleep jobs by default, or any --task."""
-    if priority is None and (task == "sleep" or v1):
-        priority = Span(0, 10)
+    if task == "sleep" or v1:
+        runtime = runtime or Span(3, 15)
+        priority = priority or Span(0, 10)
     _check_options(runtime, priority, count, wait, as_json, v1)
     args = _parse_args(args_json)
     if v1 and (task != "sleep" or args is not None):
@@ -464,14 +474,14 @@ def _parse_args(text: str | None) -> Args | None:
 
 
 def _check_options(
-    runtime: Span,
+    runtime: Span | None,
     priority: Span | None,
     count: int | None,
     wait: bool,
     as_json: bool,
     v1: bool,
 ) -> None:
-    if runtime.low <= 0:
+    if runtime is not None and runtime.low <= 0:
         raise click.BadParameter("runtimes must be > 0", param_hint="--runtime")
     if priority is not None and (priority.low < 0 or priority.high > 10 or not priority.integral):
         raise click.BadParameter(

@@ -301,7 +301,9 @@ def run_task(
     try:
         value = task(*args, **kwargs)
     except Exception as exc:
-        send_exception(result_fd, exc)
+        # The traceback starts in the task: this frame is ours, not the user's.
+        trace = exc.__traceback__
+        send_exception(result_fd, exc.with_traceback(trace.tb_next if trace else None))
         raise SystemExit(1) from None
     if not send_result(result_fd, value):
         raise SystemExit(1)

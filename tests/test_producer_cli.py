@@ -9,12 +9,14 @@ from scheduler.bus.server import BusServer
 from scheduler.producer import (
     JobMaker,
     Span,
+    _job_text,
     _outcome_text,
     _parse_args,
     cli,
     parse_span,
     periods,
 )
+from scheduler.protocol import JobPayload
 from scheduler.tracking import JobRecord
 
 
@@ -165,3 +167,10 @@ def test_jobs_of_a_task_leave_the_priority_to_it_unless_one_is_given() -> None:
     assert maker.next(0).priority is None
     given = JobMaker(Span(1, 2), Span(4, 4), None, random.Random(3), task="nap")
     assert given.next(0).priority == 4
+
+
+def test_jobs_of_a_task_send_no_runtime_unless_one_is_given() -> None:
+    assert JobMaker(None, None, None, random.Random(3), task="add").next(0).runtime is None
+    assert _job_text(JobPayload(task="add")) == "task add"
+    sleep = JobPayload(priority=3, runtime=1.5)
+    assert _job_text(sleep) == "task sleep priority 3 runtime 1.5s"

@@ -233,11 +233,13 @@ def nothing() -> None:
     pass
 
 
-@pytest.fixture
+@pytest.fixture(autouse=True)
 def job_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Let :func:`~scheduler.tasks.run_task` set the job's environment for this test only."""
-    monkeypatch.delenv(JOB_ID_ENV, raising=False)
-    monkeypatch.delenv(ATTEMPT_ENV, raising=False)
+    """Let :func:`~scheduler.tasks.run_task` set the job's environment for this test only:
+    set first, so that monkeypatch removes what run_task leaves when the test ends."""
+    for name in (JOB_ID_ENV, ATTEMPT_ENV):
+        monkeypatch.setenv(name, "")
+        monkeypatch.delenv(name)
 
 
 def run_in_process(function: tasks.Task, *args: object, **kwargs: object) -> TaskRecord:
@@ -260,7 +262,6 @@ def run_failing(function: tasks.Task, *args: object, **kwargs: object) -> Raised
     return record.raised
 
 
-@pytest.mark.usefixtures("job_env")
 def test_run_task_sets_the_job_environment() -> None:
     seen: list[tuple[str, str, float]] = []
 
@@ -294,7 +295,6 @@ def test_call_arguments_take_args_else_the_runtime_else_nothing(
     assert call_arguments(args, runtime) == called
 
 
-@pytest.mark.usefixtures("job_env")
 def test_run_task_calls_with_positions_and_keywords_and_leaves_the_result() -> None:
     assert run_in_process(double, 2.0) == TaskRecord(result=4.0)
     assert run_in_process(add, 2, b=3.5) == TaskRecord(result=5.5)
@@ -302,12 +302,10 @@ def test_run_task_calls_with_positions_and_keywords_and_leaves_the_result() -> N
     assert described == TaskRecord(result={"items": [1, "two"], "options": {"flag": True}})
 
 
-@pytest.mark.usefixtures("job_env")
 def test_run_task_leaves_nothing_when_the_task_returns_none() -> None:
     assert run_in_process(nothing) is NOTHING
 
 
-@pytest.mark.usefixtures("job_env")
 def test_run_task_exits_1_leaving_the_exception_the_task_raised() -> None:
     raised = run_failing(explode, "out of disk")
     assert (raised.type, raised.message) == (f"{__name__}.TaskFailure", "out of disk")
@@ -317,14 +315,12 @@ def test_run_task_exits_1_leaving_the_exception_the_task_raised() -> None:
     assert raised.traceback.endswith(f"{__name__}.TaskFailure: out of disk\n")
 
 
-@pytest.mark.usefixtures("job_env")
 def test_a_task_called_with_the_wrong_arguments_fails_like_any_exception() -> None:
     raised = run_failing(add, 1, c=2)
     assert raised.type == "TypeError"
     assert "unexpected keyword argument 'c'" in raised.message
 
 
-@pytest.mark.usefixtures("job_env")
 @pytest.mark.parametrize(
     ("value", "message"),
     [

@@ -235,6 +235,7 @@ class Executor:
     def _start(self, job_id: str) -> Sequence[Start]:
         """Fork the job's process; returns what the runner starts next if the fork failed."""
         assignment = self._jobs[job_id]
+        spec = self._tasks.spec(assignment.task)
         args, kwargs = call_arguments(assignment.args, assignment.runtime)
         try:
             pipe = ResultPipe()
@@ -242,7 +243,7 @@ class Executor:
             return self._not_started(assignment, exc)
         process = JobProcess(
             run_task,
-            (self._tasks.get(assignment.task), args, kwargs, job_id, assignment.attempt),
+            (spec.function, args, kwargs, job_id, assignment.attempt),
             {"result_fd": pipe.write_fd},
             name=f"job-{job_id}",
             grace=self._grace,
@@ -254,9 +255,7 @@ class Executor:
             return self._not_started(assignment, exc)
         pipe.forked()
         started_at = self._clock()
-        timeout = (
-            assignment.timeout or self._tasks.spec(assignment.task).timeout or self._default_timeout
-        )
+        timeout = assignment.timeout or spec.timeout or self._default_timeout
         run = _Run(assignment, process, pipe, started_at, started_at + timeout)
         self._runs[job_id] = run
         # A callback rather than a task awaiting the process, and one timer for every

@@ -1,5 +1,5 @@
-"""Bus tokens: who may connect and with which role. No network code; the bus and every
-client command share it.
+"""Bus tokens: who may connect and with which role; the TLS settings of clients. No
+network code; the bus and every client command share it.
 
 The token file is JSON, ``<state dir>/tokens.json`` by default (the state dir is
 ``$XDG_STATE_HOME/schedbus``, else ``~/.local/state/schedbus``, where the journal lives):
@@ -18,11 +18,12 @@ import hashlib
 import hmac
 import os
 import secrets
+import ssl
 import stat
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final, Literal, get_args
+from typing import Any, Final, Literal, get_args
 
 import msgspec
 
@@ -200,3 +201,12 @@ def token_for(role: TokenRole, path: Path | None = None) -> str | None:
         return None
     entry = table.for_role(role) or table.for_role("admin")
     return None if entry is None else entry.token
+
+
+def tls_options(url: str, cafile: str | None = None) -> dict[str, Any]:
+    """Keyword arguments for ``websockets`` ``connect`` to ``url``: for ``wss://``, a TLS
+    context that verifies the bus against ``cafile`` (a PEM bundle; None: the system's
+    CAs); for ``ws://``, none. Raise OSError or ssl.SSLError if ``cafile`` cannot be read."""
+    if not url.lower().startswith("wss://"):
+        return {}
+    return {"ssl": ssl.create_default_context(cafile=cafile)}

@@ -29,6 +29,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
 from scheduler import protocol
+from scheduler.auth import tls_options
 from scheduler.policy.backoff import Backoff
 from scheduler.protocol import (
     FINAL_EVENTS,
@@ -81,7 +82,8 @@ class ProducerClient:
     """A v2 producer connection that reconnects by itself. Replies are matched by ``ref``.
 
     ``connect_timeout`` bounds how long :meth:`connect` keeps trying to reach the bus;
-    after the first connection the client keeps trying until :meth:`close`.
+    after the first connection the client keeps trying until :meth:`close`. A ``wss://``
+    bus is verified against ``cafile`` (None: the system's CAs).
     """
 
     def __init__(
@@ -91,10 +93,12 @@ class ProducerClient:
         name: str | None = None,
         token: str | None = None,
         connect_timeout: float = 30.0,
+        cafile: str | None = None,
     ) -> None:
         self.url = url
         self.name = name
         self._token = token
+        self._tls = tls_options(url, cafile)
         self._connect_timeout = connect_timeout
         self._refs = itertools.count(1)
         self._requests: dict[int, _Request] = {}
@@ -229,7 +233,11 @@ class ProducerClient:
             reason = "connection closed"
             try:
                 async with connect(
-                    self.url, compression=None, max_size=protocol.MAX_FRAME_BYTES, open_timeout=10
+                    self.url,
+                    compression=None,
+                    max_size=protocol.MAX_FRAME_BYTES,
+                    open_timeout=10,
+                    **self._tls,
                 ) as ws:
                     await self._register(ws)
                     backoff.reset()

@@ -287,8 +287,8 @@ async def test_the_commands_find_their_tokens_and_roles_hold(
     assert stat.S_IMODE(tokens.stat().st_mode) == 0o600
     await commands.start("scheduler.test_scheduler", "--bus", bus.url, "-s", "2")
     code, out = await commands.run(
-        "scheduler.producer", "--bus", bus.url, "--count", "2", "-p", "0.1", "--runtime", "1-1", "--wait",
-        "--id-prefix", "cli-", timeout=30 * unit(),
+        "scheduler.producer", "--bus", bus.url, "--count", "2", "-p", "0.1",
+        "--runtime", "1-1", "--wait", "--id-prefix", "cli-", timeout=30 * unit(),
     )  # fmt: skip
     assert code == 0, out
     code, out = await commands.run(

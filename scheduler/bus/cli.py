@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import ssl
 from pathlib import Path
@@ -255,12 +256,10 @@ def cli(
     --token-file, whose role says what it may do.
     """
     configure_logging(log_level.upper())
-    tokens = _tokens(token_file or default_token_file(), token)
     try:
         config = BusConfig(
             host=host,
             port=port,
-            tokens=tokens,
             v1=not no_v1,
             certfile=certfile,
             keyfile=keyfile,
@@ -281,6 +280,8 @@ def cli(
         raise click.ClickException(str(exc)) from None
     except (OSError, ssl.SSLError) as exc:
         raise click.ClickException(f"cannot load TLS certificate {certfile}: {exc}") from None
+    # Only a configuration that can start creates the token file.
+    config = dataclasses.replace(config, tokens=_tokens(token_file or default_token_file(), token))
     try:
         run_until_signalled(_serve(config))
     except JournalError as exc:

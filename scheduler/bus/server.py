@@ -41,7 +41,9 @@ from websockets.exceptions import ConnectionClosed, ConnectionClosedError
 from websockets.frames import CloseCode
 from websockets.http11 import Request, Response
 
-from scheduler.auth import TokenRole, TokenTable, new_secret, secret_hash, secret_matches
+from scheduler.auth import TokenTable, new_secret, secret_hash, secret_matches
+from scheduler.bus.access import Grant, authenticate, owner_filter, rights_refusal
+from scheduler.bus.access import is_loopback as _is_loopback
 from scheduler.bus.journal import Journal, JournalError
 from scheduler.policy.dispatch import (
     Decision,
@@ -124,29 +126,6 @@ _ROLES_FOR: Final[dict[type, tuple[Role, ...]]] = {
     Heartbeat: ("scheduler",),
 }
 _V2_ONLY: Final = frozenset({SubmitMany, Cancel, Watch, Vacuum, GetStats})
-# Which token role may send what (on a bus with tokens). A producer's cancel and watch are
-# further limited to its own jobs.
-_RIGHTS_FOR: Final[dict[type, tuple[TokenRole, ...]]] = {
-    JobRequest: ("producer", "admin"),
-    SubmitMany: ("producer", "admin"),
-    Cancel: ("producer", "admin"),
-    Watch: ("producer", "monitor", "admin"),
-    Vacuum: ("admin",),
-    GetStats: ("producer", "monitor", "admin"),
-    Report: ("scheduler", "admin"),
-    Heartbeat: ("scheduler", "admin"),
-}
-# Which client types a token of each role may register as. A monitor token may also
-# register as a producer-type connection, which gets only the events it watches (the
-# status command): its token still allows it only to read.
-_TYPES_FOR_TOKEN: Final[dict[TokenRole, tuple[Role, ...]]] = {
-    "producer": ("producer",),
-    "scheduler": ("scheduler",),
-    "monitor": ("monitor", "producer"),
-    "admin": ("producer", "scheduler", "monitor"),
-}
-V1_OWNER: Final = "v1"
-"""The owner recorded on jobs submitted by a tokenless v1 producer."""
 
 
 @dataclass(frozen=True)
@@ -310,11 +289,8 @@ class _Client:
     name: str = ""
     role: Role | None = None
     protocol: int = 1
-    rights: TokenRole | None = None
-    """The role of the token it registered with (None on a bus without tokens)."""
-    owner: str | None = None
-    """The owner recorded on the jobs it submits: its token's name (``v1`` for a
-    tokenless v1 client; None on a bus without tokens)."""
+    grant: Grant = field(default_factory=Grant)
+    """What its token lets it do, and the owner recorded on the jobs it submits."""
     close: tuple[int, str] | None = None
     """Set when the connection must be closed with this code and reason."""
     pending: int = 0
@@ -740,19 +716,11 @@ class BusServer:
             return f"a {client.role} may not send this cmd; only a {' or '.join(roles)} may"
         if client.protocol != 2 and type(message) in _V2_ONLY:
             return "this cmd needs protocol 2"
-        rights = _RIGHTS_FOR[type(message)]
-        if client.rights is not None and client.rights not in rights:
-            cmd = _cmd_of(message)
-            return (
-                f"a {client.rights} token may not send {cmd}; only a"
-                f" {' or '.join(rights)} token may"
-            )
-        return None
+        return rights_refusal(client.grant.rights, message)
 
     def _by(self, client: _Client) -> str | None:
-        """Whose jobs ``client`` may cancel and watch: a producer token's only its own
-        (its owner name); None: any job."""
-        return client.owner if client.rights == "producer" else None
+        """Whose jobs ``client`` may cancel and watch (see :func:`owner_filter`)."""
+        return owner_filter(client.grant)
 
     def _on_register(self, client: _Client, message: Register, frame: str) -> None:
         """Check the token, then give ``client`` its role and name; a scheduler
@@ -781,51 +749,20 @@ class BusServer:
         )
 
     def _authenticate(self, client: _Client, message: Register) -> ProtocolError | None:
-        """Set ``client``'s rights and owner from its token; or say why it is refused.
-
-        With tokens, a token's role must allow the registered ``type`` (an admin token
-        may register as any). A tokenless v1 client acts with its type's rights, as owner
-        :data:`V1_OWNER`, if v1 is allowed, from loopback, with no ``Origin`` header.
-        """
-        tokens = self.config.tokens
-        if message.token is None and message.protocol == 1:
-            refusal = self._v1_refusal(client)
-            if refusal is not None:
-                return ProtocolError(refusal, "token")
-            if tokens is not None:
-                client.rights, client.owner = message.type, V1_OWNER
-            return None
-        if tokens is None:
-            return None
-        if message.token is None:
-            return ProtocolError(
-                "token required: this bus accepts only clients with a token", "token"
-            )
-        entry = tokens.find(message.token)
-        if entry is None:
-            return ProtocolError("invalid token", "token")
-        types = _TYPES_FOR_TOKEN[entry.role]
-        if message.type not in types:
-            return ProtocolError(
-                f"a {entry.role} token may not register as a {message.type}; only as a"
-                f" {' or '.join(types)}",
-                "type",
-            )
-        client.rights, client.owner = entry.role, entry.name
-        return None
-
-    def _v1_refusal(self, client: _Client) -> str | None:
-        """Why a tokenless v1 client may not register, or None if it may."""
-        if not self.config.v1:
-            return "v1 clients are refused here (--no-v1); send a token with protocol 2"
-        if self.config.tokens is None:
-            return None
+        """Give ``client`` what its token grants (:func:`authenticate`), or say why it
+        is refused."""
         address = client.ws.remote_address
-        host = address[0] if isinstance(address, tuple) else ""
-        if not _is_loopback(str(host)):
-            return "a v1 client without a token is accepted only from loopback"
-        if client.ws.request is not None and "Origin" in client.ws.request.headers:
-            return "a v1 client without a token is accepted only without an Origin header"
+        request = client.ws.request
+        grant = authenticate(
+            message,
+            self.config.tokens,
+            v1=self.config.v1,
+            peer_host=str(address[0]) if isinstance(address, tuple) else "",
+            has_origin=request is not None and "Origin" in request.headers,
+        )
+        if isinstance(grant, ProtocolError):
+            return grant
+        client.grant = grant
         return None
 
     def _register_scheduler(self, client: _Client, message: Register) -> ProtocolError | None:
@@ -917,7 +854,7 @@ class BusServer:
             self._wall(),
             stored=stored,
             ref=request.ref,
-            owner=client.owner,
+            owner=client.grant.owner,
         )
         reply = decisions[0]
         if isinstance(reply, Reply) and isinstance(reply.message, Accepted):
@@ -934,7 +871,7 @@ class BusServer:
             self._wall(),
             stored=stored,
             ref=request.ref,
-            owner=client.owner,
+            owner=client.grant.owner,
         )
         reply = decisions[0]
         if isinstance(reply, Reply) and isinstance(reply.message, SubmittedMany):
@@ -1196,12 +1133,6 @@ class BusServer:
         self._apply(self._core.tick(self._clock(), self._wall()))
 
 
-def _cmd_of(message: object) -> str:
-    """The ``cmd`` tag of a decoded client message."""
-    assert isinstance(message, msgspec.Struct)
-    return str(message.__struct_config__.tag)
-
-
 def _new_id() -> str:
     """128 bits from the OS's generator, as hex: ids nobody can guess ahead."""
     return os.urandom(16).hex()
@@ -1250,12 +1181,3 @@ def _is_ip_literal(host: str) -> bool:
     except ValueError:
         return False
     return True
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False

@@ -32,7 +32,7 @@ def auth_options(command: F) -> F:
             envvar="SCHEDBUS_TOKEN_FILE",
             default=None,
             metavar="PATH",
-            type=click.Path(dir_okay=False, path_type=Path),
+            type=click.Path(exists=True, dir_okay=False, path_type=Path),
             help="Token file the bus created, from which this command takes the token of "
             "its role unless --token is given (env SCHEDBUS_TOKEN_FILE). Default: "
             "$XDG_STATE_HOME/schedbus/tokens.json, else ~/.local/state/schedbus/tokens.json.",

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from click.testing import CliRunner
 from conftest import ROOT, BusProcess, Commands, unit
 from test_bus import Frame, client, recv, register, registered, request, submit, timeout
 
@@ -30,8 +31,10 @@ from scheduler.auth import (
     token_for,
 )
 from scheduler.bus.server import BusConfig, BusServer
+from scheduler.producer import cli as producer_cli
 from scheduler.producer_client import ProducerClient, SubmitError
 from scheduler.protocol import JobPayload
+from scheduler.status import cli as status_cli
 
 TOKENS = TokenTable(
     (
@@ -314,3 +317,15 @@ async def test_registered_replies_carry_no_secret_for_non_schedulers() -> None:
     async with secured() as bus, client(bus) as alice:
         reply = await registered(alice, "producer", token="t-alice")
         assert reply.get("secret") is None
+
+
+def test_a_client_command_refuses_a_token_file_others_may_read(tmp_path: Path) -> None:
+    path = tmp_path / "tokens.json"
+    load_or_create_tokens(path)
+    path.chmod(0o604)
+    env = {"SCHEDBUS_TOKEN_FILE": str(path)}
+    result = CliRunner().invoke(producer_cli, ["--count", "1"], env=env)
+    assert result.exit_code == 1
+    assert result.output.startswith(f"Error: token file {path} is accessible by others")
+    missing = CliRunner().invoke(status_cli, ["--token-file", str(tmp_path / "nope.json")])
+    assert missing.exit_code == 2 and "does not exist" in missing.output

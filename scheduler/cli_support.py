@@ -7,9 +7,12 @@ import logging
 import signal
 import sys
 from collections.abc import Callable, Coroutine
+from pathlib import Path
 from typing import Any, TypeVar
 
 import click
+
+from scheduler.auth import TokenFileError, TokenRole, default_token_file, token_for
 
 T = TypeVar("T")
 
@@ -20,9 +23,52 @@ LOG_LEVELS = click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+def auth_options(command: F) -> F:
+    """Add ``--token-file`` and ``--cafile`` (parameters ``token_file``, ``cafile``) to a
+    command that talks to the bus; resolve its token with :func:`pick_token`."""
+    options = (
+        click.option(
+            "--token-file",
+            envvar="SCHEDBUS_TOKEN_FILE",
+            default=None,
+            metavar="PATH",
+            type=click.Path(exists=True, dir_okay=False, path_type=Path),
+            help="Token file the bus created, from which this command takes the token of "
+            "its role unless --token is given (env SCHEDBUS_TOKEN_FILE). Default: "
+            "$XDG_STATE_HOME/schedbus/tokens.json, else ~/.local/state/schedbus/tokens.json.",
+        ),
+        click.option(
+            "--cafile",
+            envvar="SCHEDBUS_CAFILE",
+            default=None,
+            metavar="PEM",
+            type=click.Path(exists=True, dir_okay=False),
+            help="CA certificates to verify a wss:// bus with (env SCHEDBUS_CAFILE). "
+            "Default: the system's.",
+        ),
+    )
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def pick_token(role: TokenRole, token: str | None, token_file: Path | None) -> str | None:
+    """``token`` if given, else the token for ``role`` in ``token_file`` (default: the
+    bus's default token file); None if there is no such file. ClickException if the file
+    is not private or not valid."""
+    if token:
+        return token
+    try:
+        return token_for(role, token_file or default_token_file())
+    except TokenFileError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
 def client_options(command: F) -> F:
-    """Add ``--bus``, ``--token`` and ``--connect-timeout`` (parameters ``url``, ``token``,
-    ``connect_timeout``) to a command that talks to the bus as a client."""
+    """Add ``--bus``, ``--token``, ``--token-file``, ``--cafile`` and ``--connect-timeout``
+    (parameters ``url``, ``token``, ``token_file``, ``cafile``, ``connect_timeout``) to a
+    command that talks to the bus as a client."""
+    command = auth_options(command)
     options = (
         click.option(
             "--bus",
@@ -36,7 +82,8 @@ def client_options(command: F) -> F:
             "--token",
             envvar="SCHEDBUS_TOKEN",
             default=None,
-            help="Bus token (env SCHEDBUS_TOKEN).",
+            help="Bus token (env SCHEDBUS_TOKEN). Default: the token of this command's "
+            "role in --token-file.",
         ),
         click.option(
             "--connect-timeout",

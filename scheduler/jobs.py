@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import TypeVar
 
 import click
@@ -18,6 +19,7 @@ import msgspec
 from scheduler.cli_support import (
     client_options,
     configure_logging,
+    pick_token,
     run_until_signalled,
     shorten,
 )
@@ -31,7 +33,10 @@ def _run(ctx: click.Context, action: Callable[[ProducerClient], Awaitable[T]]) -
 
     async def main() -> T:
         async with ProducerClient(
-            ctx.obj["url"], token=ctx.obj["token"], connect_timeout=ctx.obj["connect_timeout"]
+            ctx.obj["url"],
+            token=ctx.obj["token"],
+            connect_timeout=ctx.obj["connect_timeout"],
+            cafile=ctx.obj["cafile"],
         ) as client:
             return await action(client)
 
@@ -49,11 +54,23 @@ def _run(ctx: click.Context, action: Callable[[ProducerClient], Awaitable[T]]) -
 @click.option("-d", "--debug", is_flag=True, help="Debug logging.")
 @click.pass_context
 def cli(
-    ctx: click.Context, url: str, token: str | None, connect_timeout: float, debug: bool
+    ctx: click.Context,
+    url: str,
+    token: str | None,
+    token_file: Path | None,
+    cafile: str | None,
+    connect_timeout: float,
+    debug: bool,
 ) -> None:
-    """Look at, cancel and clean up jobs on a schedbus bus."""
+    """Look at, cancel and clean up jobs on a schedbus bus (an operator's tool: it uses
+    the admin token, which may cancel any job and vacuum)."""
     configure_logging(logging.DEBUG if debug else logging.WARNING)
-    ctx.obj = {"url": url, "token": token, "connect_timeout": connect_timeout}
+    ctx.obj = {
+        "url": url,
+        "token": pick_token("admin", token, token_file),
+        "cafile": cafile,
+        "connect_timeout": connect_timeout,
+    }
 
 
 @cli.command()

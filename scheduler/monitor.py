@@ -12,6 +12,7 @@ import json
 import logging
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 import click
 import msgspec
@@ -19,7 +20,14 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
 from scheduler import protocol
-from scheduler.cli_support import configure_logging, run_until_signalled, shorten
+from scheduler.auth import tls_options
+from scheduler.cli_support import (
+    auth_options,
+    configure_logging,
+    pick_token,
+    run_until_signalled,
+    shorten,
+)
 from scheduler.policy.backoff import Backoff
 from scheduler.protocol import JobEvent, Register
 
@@ -51,13 +59,18 @@ def event_json(event: JobEvent) -> str:
     return json.dumps(fields)
 
 
-async def watch(url: str, name: str | None, token: str | None, as_json: bool) -> None:
+async def watch(
+    url: str, name: str | None, token: str | None, as_json: bool, cafile: str | None = None
+) -> None:
     """Print events until cancelled, reconnecting with backoff when the bus is away."""
     backoff = Backoff()
     render = event_json if as_json else format_event
+    tls = tls_options(url, cafile)
     while True:
         try:
-            async with connect(url, compression=None, max_size=protocol.MAX_FRAME_BYTES) as ws:
+            async with connect(
+                url, compression=None, max_size=protocol.MAX_FRAME_BYTES, **tls
+            ) as ws:
                 await ws.send(
                     protocol.encode(Register(type="monitor", protocol=2, name=name, token=token))
                 )
@@ -99,10 +112,20 @@ def _show(frame: str | bytes, render: Callable[[JobEvent], str]) -> None:
     "--token", envvar="SCHEDBUS_TOKEN", default=None, help="Bus token (env SCHEDBUS_TOKEN)."
 )
 @click.option("-d", "--debug", is_flag=True, help="Debug logging.")
-def cli(url: str, as_json: bool, name: str | None, token: str | None, debug: bool) -> None:
+@auth_options
+def cli(
+    url: str,
+    as_json: bool,
+    name: str | None,
+    token: str | None,
+    debug: bool,
+    token_file: Path | None,
+    cafile: str | None,
+) -> None:
     """Print every job event on the bus, one line each, until interrupted."""
     configure_logging(logging.DEBUG if debug else logging.INFO)
-    run_until_signalled(watch(url, name, token, as_json))
+    token = pick_token("monitor", token, token_file)
+    run_until_signalled(watch(url, name, token, as_json, cafile))
 
 
 if __name__ == "__main__":

@@ -18,13 +18,21 @@ import sys
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import click
 import msgspec
 from websockets.asyncio.client import connect
 
 from scheduler import protocol
-from scheduler.cli_support import configure_logging, run_until_signalled, shorten
+from scheduler.auth import tls_options
+from scheduler.cli_support import (
+    auth_options,
+    configure_logging,
+    pick_token,
+    run_until_signalled,
+    shorten,
+)
 from scheduler.producer_client import BusConnectionLost, ProducerClient, SubmitError
 from scheduler.protocol import Args, JobPayload, OnConflict
 from scheduler.tracking import JobRecord, JobTracker
@@ -133,12 +141,13 @@ class Plan:
     wait: bool
     as_json: bool
     bulk: bool = False
+    cafile: str | None = None
 
 
 async def submit_v1(plan: Plan) -> int:
     """Speak the original protocol: register, then send jobs; never read a reply."""
     submitted = 0
-    async with connect(plan.url, compression=None) as ws:
+    async with connect(plan.url, compression=None, **tls_options(plan.url, plan.cafile)) as ws:
         await ws.send(protocol.encode_v1_register("producer"))
         for index in _indices(plan.count):
             if index:
@@ -153,7 +162,9 @@ async def submit_v1(plan: Plan) -> int:
 
 async def submit_v2(plan: Plan) -> int:
     """Submit over v2; with ``plan.wait``, follow every job to its final state."""
-    async with ProducerClient(plan.url, name=plan.name, token=plan.token) as client:
+    async with ProducerClient(
+        plan.url, name=plan.name, token=plan.token, cafile=plan.cafile
+    ) as client:
         log.info("connected to %s as %s", plan.url, client.name)
         follower = JobFollower(plan.as_json)
         watching = asyncio.create_task(follower.follow(client)) if plan.wait else None
@@ -394,6 +405,7 @@ def _indices(count: int | None) -> Iterator[int]:
 @click.option("--bulk", is_flag=True, help="Submit all --count jobs in one message.")
 @click.option("--seed", type=int, default=None, help="Random seed, for repeatable job sequences.")
 @click.option("-d", "--debug", is_flag=True, help="Debug logging.")
+@auth_options
 def cli(
     period: float,
     gauss: bool,
@@ -417,6 +429,8 @@ def cli(
     bulk: bool,
     seed: int | None,
     debug: bool,
+    token_file: Path | None,
+    cafile: str | None,
 ) -> None:
     """Submit random jobs to a schedbus bus: sleep jobs by default, or any --task."""
     if task == "sleep" or v1:
@@ -448,10 +462,11 @@ def cli(
         maker=maker,
         waits=periods(period, gauss, sigma, rng),
         name=name,
-        token=token,
+        token=None if v1 else pick_token("producer", token, token_file),
         wait=wait,
         as_json=as_json,
         bulk=bulk,
+        cafile=cafile,
     )
     try:
         code = run_until_signalled(submit_v1(plan) if v1 else submit_v2(plan))

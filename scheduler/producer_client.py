@@ -29,6 +29,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
 from scheduler import protocol
+from scheduler.auth import tls_options
 from scheduler.policy.backoff import Backoff
 from scheduler.protocol import (
     FINAL_EVENTS,
@@ -81,7 +82,8 @@ class ProducerClient:
     """A v2 producer connection that reconnects by itself. Replies are matched by ``ref``.
 
     ``connect_timeout`` bounds how long :meth:`connect` keeps trying to reach the bus;
-    after the first connection the client keeps trying until :meth:`close`.
+    after the first connection the client keeps trying until :meth:`close`. A ``wss://``
+    bus is verified against ``cafile`` (None: the system's CAs).
     """
 
     def __init__(
@@ -91,10 +93,12 @@ class ProducerClient:
         name: str | None = None,
         token: str | None = None,
         connect_timeout: float = 30.0,
+        cafile: str | None = None,
     ) -> None:
         self.url = url
         self.name = name
         self._token = token
+        self._tls = tls_options(url, cafile)
         self._connect_timeout = connect_timeout
         self._refs = itertools.count(1)
         self._requests: dict[int, _Request] = {}
@@ -151,18 +155,26 @@ class ProducerClient:
         self._events.put_nowait(None)
 
     async def submit(self, payload: JobPayload) -> str:
-        """Submit one job; return its id once the bus has journaled it."""
+        """Submit one job; return its id once the bus has journaled it.
+
+        A job that existed already (a re-send of this submission, or ``ignore``) may be
+        further along, even final: its current state is then put in :meth:`events`.
+        """
         reply = await self._request(lambda ref: JobRequest(payload=self._with_id(payload), ref=ref))
         assert isinstance(reply, Accepted)
         self._unfinished.add(reply.id)
+        if reply.existing:
+            await self._catch_up([reply.id])
         return reply.id
 
     async def submit_many(self, payloads: Sequence[JobPayload]) -> list[SubmitResult]:
-        """Submit many jobs in one message (one journal transaction); one result per job."""
+        """Submit many jobs in one message (one journal transaction); one result per job.
+        Jobs that existed already are caught up with as in :meth:`submit`."""
         raws = [msgspec.Raw(msgspec.json.encode(self._with_id(p))) for p in payloads]
         reply = await self._request(lambda ref: SubmitMany(jobs=raws, ref=ref))
         assert isinstance(reply, SubmittedMany)
         self._unfinished.update(result.id for result in reply.results if result.id is not None)
+        await self._catch_up([r.id for r in reply.results if r.id is not None and r.existing])
         return reply.results
 
     async def cancel(self, job_id: str) -> CancelReply:
@@ -194,6 +206,15 @@ class ProducerClient:
         """Yield every event about this client's jobs, across reconnects, until closed."""
         while (event := await self._events.get()) is not None:
             yield event
+
+    async def _catch_up(self, job_ids: list[str]) -> None:
+        """Put the current state of ``job_ids`` in the events: a job that was final before
+        we submitted it sends no more events."""
+        if job_ids:
+            reply = await self._request(lambda ref: Watch(ids=job_ids, ref=ref))
+            assert isinstance(reply, Watching)
+            for event in reply.jobs:
+                self._on_event(event)
 
     @staticmethod
     def _with_id(payload: JobPayload) -> JobPayload:
@@ -229,7 +250,11 @@ class ProducerClient:
             reason = "connection closed"
             try:
                 async with connect(
-                    self.url, compression=None, max_size=protocol.MAX_FRAME_BYTES, open_timeout=10
+                    self.url,
+                    compression=None,
+                    max_size=protocol.MAX_FRAME_BYTES,
+                    open_timeout=10,
+                    **self._tls,
                 ) as ws:
                     await self._register(ws)
                     backoff.reset()

@@ -144,7 +144,9 @@ class Register(msgspec.Struct, frozen=True, tag_field="cmd", tag="register", omi
     of those that declare one (for jobs that give none).
     A scheduler that reconnects sends the same ``name`` and lists in ``held`` every
     attempt it still has; the bus answers :class:`Stop` for those it no longer holds,
-    and the scheduler then sends the reports kept in its outbox.
+    and the scheduler then sends the reports kept in its outbox. It also sends the
+    ``secret`` its first :class:`Registered` gave it: a scheduler's name is its identity,
+    and only the holder of that secret may take a name that is still live.
     """
 
     type: Role
@@ -155,6 +157,7 @@ class Register(msgspec.Struct, frozen=True, tag_field="cmd", tag="register", omi
     tasks: Annotated[list[Name], msgspec.Meta(max_length=MAX_TASKS)] | None = None
     priorities: Annotated[dict[Name, Priority], msgspec.Meta(max_length=MAX_TASKS)] | None = None
     held: Annotated[list[Held], msgspec.Meta(max_length=MAX_BULK)] | None = None
+    secret: Annotated[str, msgspec.Meta(max_length=MAX_NAME_LEN)] | None = None
 
 
 class JobRequest(
@@ -240,11 +243,13 @@ ClientMessage = (
 
 class Registered(msgspec.Struct, frozen=True, tag_field="type", tag="registered"):
     """The bus's answer to a v2 ``register``: the name it knows the client by, and (for
-    schedulers) how long it may go without a heartbeat before losing its jobs."""
+    schedulers) how long it may go without a heartbeat before losing its jobs, and the
+    ``secret`` that proves its identity when it registers again under that name."""
 
     name: str
     protocol: int = 2
     lease_s: float | None = None
+    secret: str | None = None
 
 
 class Accepted(msgspec.Struct, frozen=True, tag_field="type", tag="accepted", omit_defaults=True):

@@ -35,6 +35,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake
 from websockets.uri import parse_uri
 
 from scheduler import protocol
+from scheduler.auth import tls_options
 from scheduler.executor import Executor
 from scheduler.policy.backoff import Backoff
 from scheduler.protocol import (
@@ -91,6 +92,8 @@ class SchedulerConfig:
     token: str | None = None
     heartbeat_s: float = 1.0
     outbox_limit: int = DEFAULT_OUTBOX_LIMIT
+    cafile: str | None = None
+    """CA certificates to verify a ``wss://`` bus with (None: the system's)."""
 
     def __post_init__(self) -> None:
         """Refuse values the bus or the executor would refuse later, naming the field."""
@@ -104,6 +107,15 @@ class SchedulerConfig:
             raise ValueError(f"grace must be >= 0, not {self.grace}")
         if self.outbox_limit < 1:
             raise ValueError(f"outbox_limit must be >= 1, not {self.outbox_limit}")
+
+
+class RegistrationRefused(Exception):
+    """The bus refused to register this scheduler (its name is another scheduler's, or
+    its token is not valid for a scheduler): retrying cannot help."""
+
+
+_FATAL_FIELDS: Final = frozenset({"name", "token", "type"})
+"""Fields of a ``register`` whose refusal is fatal."""
 
 
 class Outbox:
@@ -222,6 +234,8 @@ class SchedulerClient:
         self._executor: Executor | None = None
         self._error: Exception | None = None
         self._lease_s: float | None = None
+        self._secret: str | None = None
+        """What proves to the bus that we hold our name; kept in memory only."""
         self._alive_at: float | None = None
         """When the bus last had a sign of life from us (a heartbeat sent), monotonic."""
 
@@ -293,6 +307,9 @@ class SchedulerClient:
         uri = parse_uri(self.config.bus_url)
         infos = socket.getaddrinfo(uri.host, uri.port, type=socket.SOCK_STREAM)
         error: Exception = OSError(f"no address for {uri.host}")
+        tls = tls_options(self.config.bus_url, self.config.cafile)
+        if tls:
+            tls["server_hostname"] = uri.host
         for *_, address in infos:
             try:
                 return await connect(
@@ -301,6 +318,7 @@ class SchedulerClient:
                     port=uri.port,
                     compression=None,
                     max_size=protocol.MAX_FRAME_BYTES,
+                    **tls,
                 )
             except OSError as exc:
                 error = exc
@@ -360,11 +378,13 @@ class SchedulerClient:
             tasks=self.tasks.names,
             priorities=self.tasks.priorities() or None,
             held=held,
+            secret=self._secret,
         )
         return fit_register(register)
 
-    def _registered(self, name: str) -> None:
+    def _registered(self, name: str, secret: str | None) -> None:
         self.name = name
+        self._secret = secret or self._secret
         # Only a registration proves the bus takes us: a bus that closes on a bad token
         # must not be retried at the shortest delay forever.
         self._backoff.reset()
@@ -424,6 +444,13 @@ class SchedulerClient:
                 self._on_report(report, assignment)
             except Exception as exc:
                 self._fail(exc)
+
+    def _refused(self, error: Error) -> None:
+        """The bus refused our registration: stop, and let :meth:`run` raise why."""
+        log.error("the bus %s refused this scheduler: %s", self.config.bus_url, error.message)
+        if self._error is None:
+            self._error = RegistrationRefused(error.message)
+        self._stopping.set()
 
     def _fail(self, error: BaseException) -> None:
         """Shut down because of ``error``, which :meth:`run` raises once jobs are stopped."""
@@ -499,7 +526,7 @@ class _Session:
         elif isinstance(message, Stop):
             client._on_stop(message)
         elif isinstance(message, Registered):
-            client._registered(message.name)
+            client._registered(message.name, message.secret)
             client._lease_s = message.lease_s
             client._alive_at = time.monotonic()
             if message.lease_s is not None:
@@ -509,6 +536,8 @@ class _Session:
                 self.registered = True
                 self.spawn(self.write())
                 self.spawn(self.beat())
+        elif isinstance(message, Error) and not self.registered and message.field in _FATAL_FIELDS:
+            client._refused(message)
         elif isinstance(message, Error):
             log.warning("the bus refused a frame: %s", message.message)
         else:

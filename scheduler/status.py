@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from pathlib import Path
 
 import click
 import msgspec
@@ -14,7 +15,12 @@ from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
 
-from scheduler.cli_support import client_options, configure_logging, run_until_signalled
+from scheduler.cli_support import (
+    client_options,
+    configure_logging,
+    pick_token,
+    run_until_signalled,
+)
 from scheduler.producer_client import BusConnectionLost, ProducerClient, SubmitError
 from scheduler.protocol import BusStats, SchedulerStats, StatsReply
 
@@ -71,10 +77,17 @@ def render(reply: StatsReply) -> Group:
 
 
 async def show(
-    url: str, token: str | None, connect_timeout: float, as_json: bool, watch: float | None
+    url: str,
+    token: str | None,
+    connect_timeout: float,
+    as_json: bool,
+    watch: float | None,
+    cafile: str | None = None,
 ) -> None:
     """Fetch the snapshot once, or every ``watch`` seconds, and print it."""
-    async with ProducerClient(url, token=token, connect_timeout=connect_timeout) as client:
+    async with ProducerClient(
+        url, token=token, connect_timeout=connect_timeout, cafile=cafile
+    ) as client:
         reply = await client.stats()
         if as_json:
             click.echo(msgspec.json.encode(reply).decode())
@@ -99,14 +112,21 @@ async def show(
     help="Refresh every N seconds until interrupted.",
 )
 def cli(
-    url: str, token: str | None, connect_timeout: float, as_json: bool, watch: float | None
+    url: str,
+    token: str | None,
+    token_file: Path | None,
+    cafile: str | None,
+    connect_timeout: float,
+    as_json: bool,
+    watch: float | None,
 ) -> None:
-    """Print the bus's and every scheduler's figures."""
+    """Print the bus's and every scheduler's figures (with the monitor token)."""
     configure_logging(logging.WARNING)
     if as_json and watch is not None:
         raise click.UsageError("--json prints one snapshot; it does not go with --watch")
+    token = pick_token("monitor", token, token_file)
     try:
-        run_until_signalled(show(url, token, connect_timeout, as_json, watch))
+        run_until_signalled(show(url, token, connect_timeout, as_json, watch, cafile))
     except (OSError, BusConnectionLost, SubmitError) as exc:
         raise click.ClickException(f"{url}: {exc}") from None
 

@@ -7,6 +7,8 @@ To run your own tasks, use ``python -m scheduler.worker`` (same options plus ``-
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
 from scheduler.tasks import TaskRegistry
@@ -16,7 +18,14 @@ from scheduler.worker import run_scheduler, scheduler_options
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @scheduler_options
 def cli(
-    size: int, timeout: float, debug: bool, bus: str, name: str | None, token: str | None
+    size: int,
+    timeout: float,
+    debug: bool,
+    bus: str,
+    name: str | None,
+    token: str | None,
+    token_file: Path | None,
+    cafile: str | None,
 ) -> None:
     """Run jobs from the schedbus bus: the built-in sleep task, SIZE at a time.
 
@@ -33,6 +42,8 @@ def cli(
         name=name,
         token=token,
         log_jobs=True,
+        token_file=token_file,
+        cafile=cafile,
     )
 
 

@@ -17,15 +17,16 @@ import logging
 import os
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, Final, TypeVar
 
 import click
 from websockets.exceptions import InvalidURI
 from websockets.uri import parse_uri
 
-from scheduler.cli_support import configure_logging, run_until_signalled
+from scheduler.cli_support import auth_options, configure_logging, pick_token, run_until_signalled
 from scheduler.protocol import MAX_NAME_LEN, MAX_SIZE, MAX_TIMEOUT_S, Assignment, Report
-from scheduler.scheduler_client import SchedulerClient, SchedulerConfig
+from scheduler.scheduler_client import RegistrationRefused, SchedulerClient, SchedulerConfig
 from scheduler.tasks import TaskLoadError, TaskRegistry, load_task_modules
 
 log = logging.getLogger("scheduler.worker")
@@ -161,15 +162,17 @@ _OPTIONS = (
         show_envvar=True,
         metavar="TOKEN",
         callback=_short_text,
-        help="Shared secret the bus requires, if it was started with one.",
+        help="Token to register with. Default: the scheduler token of --token-file.",
     ),
 )
 
 
 def scheduler_options(command: FC) -> FC:
     """Add the options every scheduler command shares: ``-s``, ``-t``, ``-d``, ``--bus``,
-    ``--name``, ``--token`` (passed to the command as ``size``, ``timeout``, ``debug``,
-    ``bus``, ``name``, ``token``)."""
+    ``--name``, ``--token``, ``--token-file``, ``--cafile`` (passed to the command as
+    ``size``, ``timeout``, ``debug``, ``bus``, ``name``, ``token``, ``token_file``,
+    ``cafile``)."""
+    command = auth_options(command)
     for option in reversed(_OPTIONS):
         command = option(command)
     return command
@@ -185,26 +188,36 @@ def run_scheduler(
     name: str | None,
     token: str | None,
     log_jobs: bool = True,
+    token_file: Path | None = None,
+    cafile: str | None = None,
 ) -> None:
     """Serve the bus with ``tasks`` until SIGINT or SIGTERM.
 
     With ``log_jobs`` (or ``debug``) one INFO line is logged per job step
     (:func:`log_report`), else only for unusual ones (:func:`log_unusual_report`).
     On the signal every job is stopped and the connection closed; then this returns.
+    ``token`` defaults to the scheduler token of ``token_file``. A bus that refuses the
+    registration (name in use, bad token) is a ClickException.
     """
+    token = pick_token("scheduler", token, token_file)
     configure_logging(logging.DEBUG if debug else logging.INFO)
     # The log format names no source line, thread or process, so every record need not
     # look them up (logging's documented switches; a third of the cost of a job line).
     logging._srcfile = None
     logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
     log.info("serving tasks: %s", ", ".join(tasks.names))
-    config = SchedulerConfig(bus_url=bus, name=name, size=size, timeout=timeout, token=token)
+    config = SchedulerConfig(
+        bus_url=bus, name=name, size=size, timeout=timeout, token=token, cafile=cafile
+    )
     on_report = log_report if log_jobs or debug else log_unusual_report
 
     async def serve() -> None:
         await SchedulerClient(config, tasks, on_report=on_report).run()
 
-    run_until_signalled(serve())
+    try:
+        run_until_signalled(serve())
+    except RegistrationRefused as exc:
+        raise click.ClickException(f"the bus {bus} refused this scheduler: {exc}") from None
 
 
 def _load_tasks(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> TaskRegistry:
@@ -250,6 +263,8 @@ def cli(
     bus: str,
     name: str | None,
     token: str | None,
+    token_file: Path | None,
+    cafile: str | None,
 ) -> None:
     """Run your own tasks from the schedbus bus, SIZE jobs at a time.
 
@@ -270,6 +285,8 @@ def cli(
         name=name,
         token=token,
         log_jobs=log_jobs,
+        token_file=token_file,
+        cafile=cafile,
     )
 
 

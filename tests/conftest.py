@@ -14,6 +14,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from scheduler.auth import TokenRole, token_for
 from scheduler.bus.server import BusConfig, BusServer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -45,6 +46,9 @@ class Commands:
 
     def __init__(self, logs: Path) -> None:
         self.logs = logs
+        self.state = logs / "state"
+        """``XDG_STATE_HOME`` of every command started here: the bus writes its token file
+        there and the clients read it, apart from the user's own state."""
         self.started: list[asyncio.subprocess.Process] = []
         self.log_paths: dict[int, Path] = {}
 
@@ -61,7 +65,7 @@ class Commands:
                 cwd=ROOT,
                 stdout=stdout,
                 stderr=stderr,
-                env=os.environ | {"PYTHONUNBUFFERED": "1"},
+                env=os.environ | {"PYTHONUNBUFFERED": "1", "XDG_STATE_HOME": str(self.state)},
             )
         self.log_paths[proc.pid] = log
         self.started.append(proc)
@@ -138,6 +142,12 @@ class BusProcess:
         await wait_until(
             lambda: "bus listening" in self.commands.log_of(proc), 20 * unit(), "the bus listens"
         )
+
+    def token(self, role: TokenRole) -> str:
+        """The token for ``role`` in the token file the bus created."""
+        token = token_for(role, self.commands.state / "schedbus" / "tokens.json")
+        assert token is not None, "the bus has not created its token file"
+        return token
 
     async def kill(self) -> None:
         """SIGKILL the bus and reap it."""

@@ -16,6 +16,7 @@ from conftest import unit, wait_until
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
+from scheduler.auth import Token, TokenTable
 from scheduler.bus.journal import Journal, JournalError
 from scheduler.bus.server import BusConfig, BusServer
 from scheduler.policy.dispatch import Dispatcher
@@ -44,12 +45,17 @@ async def recv(ws: ClientConnection) -> Frame:
     return decoded
 
 
-async def register(ws: ClientConnection, role: str, **fields: Any) -> str:
-    """Register as a v2 ``role``; return the name the bus gave."""
+async def registered(ws: ClientConnection, role: str, **fields: Any) -> Frame:
+    """Register as a v2 ``role``; return the bus's ``registered`` reply."""
     await ws.send(json.dumps({"cmd": "register", "type": role, "protocol": 2, **fields}))
     reply = await recv(ws)
     assert reply["type"] == "registered", reply
-    name = reply["name"]
+    return reply
+
+
+async def register(ws: ClientConnection, role: str, **fields: Any) -> str:
+    """Register as a v2 ``role``; return the name the bus gave."""
+    name = (await registered(ws, role, **fields))["name"]
     assert isinstance(name, str)
     return name
 
@@ -384,7 +390,8 @@ async def test_an_origin_header_is_refused_unless_allowed() -> None:
 
 
 async def test_a_token_is_enforced(caplog: pytest.LogCaptureFixture) -> None:
-    async with BusServer(BusConfig(port=0, token="s3cret")) as bus:
+    tokens = TokenTable((Token("ops", "admin", "s3cret"),))
+    async with BusServer(BusConfig(port=0, tokens=tokens, v1=False)) as bus:
         async with client(bus) as wrong:
             await wrong.send(
                 '{"cmd": "register", "type": "producer", "protocol": 2, "token": "no"}'
@@ -397,7 +404,7 @@ async def test_a_token_is_enforced(caplog: pytest.LogCaptureFixture) -> None:
             await v1.send('{"cmd": "register", "type": "scheduler"}')
             await asyncio.wait_for(v1.wait_closed(), timeout())
             assert v1.close_code == 1008
-        assert "v1 cannot send one" in caplog.text
+        assert "v1 clients are refused here (--no-v1)" in caplog.text
         async with client(bus) as right:
             assert await register(right, "producer", token="s3cret") == "producer-1"
         assert bus.scheduler_names() == []
@@ -513,11 +520,13 @@ def test_url_and_port_before_start() -> None:
 
 async def test_a_non_loopback_host_warns(caplog: pytest.LogCaptureFixture) -> None:
     # A TEST-NET-3 address no machine has: the warning comes before binding fails.
-    bus = BusServer(BusConfig(host="203.0.113.7", port=0))
+    with pytest.raises(ValueError, match="host 203.0.113.7 is not loopback: serve TLS"):
+        BusConfig(host="203.0.113.7", port=0)
+    bus = BusServer(BusConfig(host="203.0.113.7", port=0, insecure=True))
     with pytest.raises(OSError):
         await bus.start()
     assert "'203.0.113.7', which is not loopback" in caplog.text
-    assert "no token is set" in caplog.text
+    assert "tokens and jobs cross the network in clear, and no tokens are required" in caplog.text
 
 
 # --- durability: journal, leases, reattach, restart ----------------------------------------
@@ -606,7 +615,7 @@ async def test_a_restarted_bus_keeps_queued_jobs_and_a_scheduler_reattaches(
     async with bus_with(db=db, lease=2 * unit()) as bus:
         async with client(bus) as producer, client(bus) as s1, client(bus) as v1:
             await register(producer, "producer")
-            await register(s1, "scheduler", name="s1", size=1)
+            secret = (await registered(s1, "scheduler", name="s1", size=1))["secret"]
             held_id = await submit(producer)
             assert (await recv(s1))["job"]["attempt"] == 1
             await report(s1, "started", held_id, 1)
@@ -631,7 +640,8 @@ async def test_a_restarted_bus_keeps_queued_jobs_and_a_scheduler_reattaches(
             assert watching["unknown"] == ["no"]
             held = [{"id": held_id, "attempt": 1}]
             await s1.send(json.dumps({"cmd": "register", "type": "scheduler", "protocol": 2,
-                                      "name": "s1", "size": 1, "held": held}))  # fmt: skip
+                                      "name": "s1", "size": 1, "held": held,
+                                      "secret": secret}))  # fmt: skip
             assert (await recv(s1))["type"] == "registered"
             # s1 also held the v1 producer's job but did not list it: requeued at once.
             v1_job = (await recv(s1))["job"]
@@ -653,8 +663,10 @@ async def test_a_silent_scheduler_loses_its_jobs_and_is_told_to_stop_them(
         await register(producer, "producer")
         await silent.send(json.dumps({"cmd": "register", "type": "scheduler", "protocol": 2,
                                       "name": "silent"}))  # fmt: skip
-        assert await recv(silent) == {"type": "registered", "name": "silent", "protocol": 2,
-                                      "lease_s": lease()}  # fmt: skip
+        reply = await recv(silent)
+        assert len(reply.pop("secret")) == 64
+        assert reply == {"type": "registered", "name": "silent", "protocol": 2,
+                         "lease_s": lease()}  # fmt: skip
         job_id = await submit(producer)
         assert (await recv(silent))["job"]["attempt"] == 1
         async with client(bus) as alive:
@@ -689,16 +701,17 @@ async def test_a_broken_connection_keeps_its_jobs_within_the_lease() -> None:
     async with bus_with(lease=10 * unit()) as bus, client(bus) as producer:
         await register(producer, "producer")
         first = await connect(bus.url, compression=None, proxy=None)
-        await register(first, "scheduler", name="s1")
+        secret = (await registered(first, "scheduler", name="s1"))["secret"]
         job_id = await submit(producer)
         await recv(first)
         first.transport.abort()  # no close frame: the scheduler may come back
         await first.wait_closed()
         await wait_until(lambda: bus.scheduler_names() == [], timeout(), "s1 leaves")
         async with client(bus) as again, client(bus) as newer:
-            await register(again, "scheduler", name="s1", held=[{"id": job_id, "attempt": 1}])
-            # A newer connection with the same name replaces it; both reattach.
-            await register(newer, "scheduler", name="s1", held=[{"id": job_id, "attempt": 1}])
+            held = [{"id": job_id, "attempt": 1}]
+            await register(again, "scheduler", name="s1", held=held, secret=secret)
+            # A newer connection of the same scheduler (it knows the secret) replaces it.
+            await register(newer, "scheduler", name="s1", held=held, secret=secret)
             await asyncio.wait_for(again.wait_closed(), timeout())
             assert again.close_code == 4001
             assert bus.scheduler_names() == ["s1"]
@@ -743,32 +756,40 @@ async def test_cancel_a_queued_a_running_a_final_and_an_unknown_job() -> None:
 
 
 async def test_one_job_id_submitted_concurrently_by_three_producers_makes_one_job() -> None:
-    async with bus_with() as bus, client(bus) as scheduler:
-        await register(scheduler, "scheduler")
-        producers = [await connect(bus.url, compression=None, proxy=None) for _ in range(3)]
+    owners = ("alice", "bob", "carol")
+    tokens = TokenTable(
+        (*(Token(name, "producer", f"t-{name}") for name in owners), Token("s", "scheduler", "ts"))
+    )
+    async with bus_with(tokens=tokens) as bus, client(bus) as scheduler:
+        await register(scheduler, "scheduler", token="ts")
+        producers = [await connect(bus.url, compression=None, proxy=None) for _ in owners]
         try:
-            for ws in producers:
-                await register(ws, "producer")
+            for ws, name in zip(producers, owners, strict=True):
+                await register(ws, "producer", token=f"t-{name}")
             frame: Frame = {"cmd": "job_request", "payload": {"priority": 1, "runtime": 1,
                                                         "job_id": "report-1"}}  # fmt: skip
             replies = await asyncio.gather(*(request(ws, frame) for ws in producers))
+            winner = producers[[r["type"] for r in replies].index("accepted")]
+            # The winner re-sends its submission (its reply was lost): it gets its job.
+            assert await request(winner, frame) == {"type": "accepted", "id": "report-1",
+                                                    "existing": True}  # fmt: skip
         finally:
             for ws in producers:
                 await ws.close()
         assert sorted(r["type"] for r in replies) == ["accepted", "error", "error"]
         for error in (r for r in replies if r["type"] == "error"):
             assert error["field"] == "payload.job_id"
-            assert "job report-1 already exists" in error["message"]
+            assert error["message"] == (
+                "payload.job_id: job id report-1 is taken by another submitter; choose another id"
+            )
         assert (await recv(scheduler))["job"]["id"] == "report-1"
         await report(scheduler, "succeeded", "report-1", 1)
         async with client(bus) as late:
-            await register(late, "producer")
-            frame["payload"]["on_conflict"] = "ignore"
-            assert await request(late, frame) == {"type": "accepted", "id": "report-1",
-                                                  "existing": True}  # fmt: skip
-            frame["payload"]["on_conflict"] = "replace"
-            error = await request(late, frame)
-            assert "is final (state succeeded)" in error["message"]
+            await register(late, "producer", token="t-bob")
+            for how in ("ignore", "replace"):  # never act on another owner's job
+                frame["payload"]["on_conflict"] = how
+                error = await request(late, frame)
+                assert "taken by another submitter" in error["message"]
 
 
 async def test_a_batch_with_one_bad_job_gets_one_error_and_the_rest_runs() -> None:

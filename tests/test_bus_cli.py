@@ -30,6 +30,11 @@ def test_help_explains_every_option() -> None:
         "--host",
         "--port",
         "--token",
+        "--token-file",
+        "--no-v1",
+        "--certfile",
+        "--keyfile",
+        "--insecure",
         "--allow-origin",
         "--db",
         "--lease",
@@ -166,3 +171,34 @@ async def test_the_command_serves_and_stops_cleanly_on_sigterm(tmp_path: Path) -
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+def test_a_token_file_others_may_read_stops_the_bus_in_one_line(tmp_path: Path) -> None:
+    tokens = tmp_path / "tokens.json"
+    tokens.write_text("[]")
+    tokens.chmod(0o644)
+    result = CliRunner().invoke(cli, ["--token-file", str(tokens), "--db", ":memory:"])
+    assert result.exit_code == 1
+    assert result.output == (
+        f"Error: token file {tokens} is accessible by others (mode 0644); it must be"
+        f" private: chmod 600 {tokens}\n"
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "complaint"),
+    [
+        (["--host", "0.0.0.0"], "Error: host 0.0.0.0 is not loopback: serve TLS"),
+        (["--certfile", "{cert}"], "Error: cannot load TLS certificate"),
+    ],
+)
+def test_an_unsafe_or_broken_listener_is_refused_in_one_line(
+    tmp_path: Path, args: list[str], complaint: str
+) -> None:
+    cert = tmp_path / "cert.pem"
+    cert.write_text("not a certificate")
+    args = [arg.format(cert=cert) for arg in args]
+    tokens = ["--token-file", str(tmp_path / "tokens.json"), "--db", ":memory:"]
+    result = CliRunner().invoke(cli, [*args, *tokens])
+    assert result.exit_code == 1
+    assert result.output.startswith(complaint) and result.output.count("\n") == 1

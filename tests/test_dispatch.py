@@ -34,6 +34,7 @@ from scheduler.protocol import (
     CancelReply,
     Error,
     Held,
+    JobEvent,
     JobPayload,
     ProtocolError,
     Report,
@@ -667,7 +668,7 @@ def test_a_job_waiting_for_its_retry_can_be_cancelled_or_replaced() -> None:
     report(core, "a", "named", "failed")
     assert info(core, "j0").state == "queued" and core.backlog() == []
     assert reply(core.cancel("j0", WALL)) == CancelReply("j0", "cancelled", "cancelled")
-    replaced = reply(submit(core, job(job_id="named", on_conflict="replace")))
+    replaced = reply(submit(core, job(runtime=2.0, job_id="named", on_conflict="replace")))
     assert replaced == Accepted("named", replaced=True)
     assert core.tick(100.0, WALL) == []  # nothing is left to retry
 
@@ -744,7 +745,7 @@ def test_conflicts_raise_ignore_and_replace_a_queued_job() -> None:
     core = new_core()
     first = job(priority=5, job_id="nightly")
     assert reply(submit(core, first)) == Accepted("nightly")
-    error = reply(submit(core, first, ref=3))
+    error = reply(submit(core, replace(first, runtime=2.0), ref=3))
     assert error == Error(
         "payload.job_id: job nightly already exists (state queued)", "payload.job_id", 3
     )
@@ -775,7 +776,8 @@ def test_running_final_and_v1_held_jobs_cannot_be_replaced() -> None:
     add(core, "a")
     submit(core, job(job_id="run"))
     report(core, "a", "run", "started")
-    assert "is running" in reply(submit(core, job(job_id="run", on_conflict="replace"))).message
+    again = job(runtime=2.0, job_id="run", on_conflict="replace")
+    assert "is running" in reply(submit(core, again)).message
     stored = {"done": Job("done", job(), 0, WALL, state="failed")}
     answer = reply(submit(core, job(job_id="done", on_conflict="replace"), stored=stored))
     assert "is final (state failed)" in answer.message
@@ -785,7 +787,8 @@ def test_running_final_and_v1_held_jobs_cannot_be_replaced() -> None:
     core.detach("a", clean=True, now=0.0, wall=WALL)
     add(core, "v1", reports=False)
     submit(core, job(job_id="old"))
-    assert "is running" in reply(submit(core, job(job_id="old", on_conflict="replace"))).message
+    again = job(runtime=2.0, job_id="old", on_conflict="replace")
+    assert "is running" in reply(submit(core, again)).message
 
 
 # --- bulk ------------------------------------------------------------------------------
@@ -798,7 +801,7 @@ def test_a_batch_gets_one_result_per_job_in_order() -> None:
         job(priority=1),
         ProtocolError("priority: Expected `int` <= 10", "priority"),
         job(job_id="x"),
-        job(job_id="x"),
+        job(job_id="x", runtime=2.0),
         ProtocolError("not valid JSON: truncated"),
         job(priority=2),
     ]
@@ -1360,7 +1363,7 @@ def test_a_batch_may_replace_an_assigned_job() -> None:
     core = new_core()
     add(core, "a", size=1)
     submit(core, job(job_id="x"))
-    decisions = core.submit_many([job(job_id="x", on_conflict="replace")], 0.0, WALL)
+    decisions = core.submit_many([job(2, job_id="x", on_conflict="replace")], 0.0, WALL)
     assert reply(decisions).results == [SubmitResult(id="x", replaced=True)]
     assert stops(decisions) == [("a", Stop("x", 1, "replaced"))]
     assert [(d.scheduler, d.assignment.attempt) for d in sends(decisions)] == [("a", 2)]
@@ -1412,3 +1415,47 @@ def test_the_latest_registration_declaring_a_default_sets_it_for_later_jobs() ->
 
 def test_a_job_record_without_a_priority_reads_as_the_default() -> None:
     assert Job("x", JobPayload(runtime=1.0), 0, WALL).priority == DEFAULT_PRIORITY
+
+
+# --- owners ----------------------------------------------------------------------------
+
+
+def test_a_producer_cancels_and_watches_only_its_own_jobs() -> None:
+    core = new_core()
+    add(core, "a")
+    submit(core, job(), owner="alice")
+    stored = Job("old", job(), 0, WALL, state="failed", owner="alice")
+    for job_id, found in (("j0", None), ("old", stored)):
+        refused = reply(core.cancel(job_id, WALL, stored=found, ref=1, by="mallory"))
+        assert refused == Error(
+            f"id: job {job_id} belongs to another submitter; a producer may cancel only its"
+            " own jobs",
+            "id",
+            1,
+        )
+        assert core.watch(job_id, WALL, stored=found, by="mallory") == Error(
+            f"ids: job {job_id} belongs to another submitter; a producer may watch only its"
+            " own jobs",
+            "ids",
+        )
+        for by in ("alice", None):  # its owner, or a role that may act on any job
+            watched = core.watch(job_id, WALL, stored=found, by=by)
+            assert isinstance(watched, JobEvent) and watched.id == job_id
+    assert info(core, "j0").state == "assigned"
+    assert core.watch("nope", WALL, by="alice") is None
+    assert reply(core.cancel("j0", WALL, by="alice")) == CancelReply("j0", "running", "stopping")
+
+
+def test_a_resent_submit_returns_its_job_and_another_owner_conflicts() -> None:
+    core = new_core()
+    first = job(job_id="cli-3")
+    assert reply(submit(core, first, owner="alice")) == Accepted("cli-3")
+    assert reply(submit(core, first, owner="alice")) == Accepted("cli-3", existing=True)
+    batch = core.submit_many([first], 0.0, WALL, owner="alice")
+    assert reply(batch).results == [SubmitResult(id="cli-3", existing=True)]
+    taken = reply(submit(core, replace(first, on_conflict="replace"), owner="mallory"))
+    assert taken == Error(
+        "payload.job_id: job id cli-3 is taken by another submitter; choose another id",
+        "payload.job_id",
+    )
+    assert (len(core), core.accepted) == (1, 1)

@@ -106,7 +106,7 @@ async def test_300_jobs_survive_a_killed_scheduler_and_a_killed_bus(
         for _ in range(300)
     ]
     finals: dict[str, list[JobEvent]] = defaultdict(list)
-    async with ProducerClient(bus.url) as client:
+    async with ProducerClient(bus.url, token=bus.token("producer")) as client:
         results = await client.submit_many(payloads)
         ids = [result.id for result in results]
         assert None not in ids
@@ -161,7 +161,7 @@ async def test_jobs_submitted_with_no_scheduler_run_once_one_connects(
         timeout=30 * unit(),
     )
     assert code == 0
-    async with ProducerClient(bus.url) as client:
+    async with ProducerClient(bus.url, token=bus.token("producer")) as client:
         ids = [await client.submit(JobPayload(priority=5, runtime=0.05)) for _ in range(4)]
         monitor = await commands.start(
             "scheduler.monitor", "--bus", bus.url, "--json", stdout=asyncio.subprocess.PIPE
@@ -232,7 +232,7 @@ async def wait_for_events(client: ProducerClient, ids: list[str], kind: str) -> 
     raise AssertionError(f"no {kind} for every job")
 
 
-async def test_one_job_id_from_several_producers_and_after_a_restart_runs_once(
+async def test_one_job_id_resent_by_its_producer_and_after_a_restart_runs_once(
     commands: Commands, tmp_path: Path
 ) -> None:
     log = tmp_path / "attempts.log"
@@ -240,33 +240,32 @@ async def test_one_job_id_from_several_producers_and_after_a_restart_runs_once(
     bus = BusProcess(commands, tmp_path / "bus.db")
     await bus.start()
     payload = JobPayload(priority=3, runtime=0.3, task="recorded_sleep", job_id="report-2026-11")
-    clients = [ProducerClient(bus.url) for _ in range(3)]
+    # Three producers with the same token: one owner re-sending one submission.
+    clients = [ProducerClient(bus.url, token=bus.token("producer")) for _ in range(3)]
     for client in clients:
         await client.connect()
     try:
-        outcomes = await asyncio.gather(
-            *(client.submit(payload) for client in clients), return_exceptions=True
-        )
+        outcomes = await asyncio.gather(*(client.submit(payload) for client in clients))
     finally:
         for client in clients:
             await client.close()
-    assert outcomes.count("report-2026-11") == 1
-    assert all(
-        isinstance(o, SubmitError) and o.field == "payload.job_id"
-        for o in outcomes
-        if o != "report-2026-11"
-    )
+    assert outcomes == ["report-2026-11"] * 3
     await start_worker(commands, bus.url, "w0", log)
-    async with ProducerClient(bus.url) as client:
+    async with ProducerClient(bus.url, token=bus.token("producer")) as client:
         await client.watch(["report-2026-11"])
         await wait_for_events(client, ["report-2026-11"], "succeeded")
     await bus.kill()
     await bus.start()
-    async with ProducerClient(bus.url) as client:
+    async with ProducerClient(bus.url, token=bus.token("producer")) as client:
+        assert await client.submit(payload) == "report-2026-11"  # a re-send: its job
+        other = msgspec.structs.replace(payload, runtime=0.4)
         with pytest.raises(SubmitError, match="already exists"):
-            await client.submit(payload)
-        ignored = msgspec.structs.replace(payload, on_conflict="ignore")
+            await client.submit(other)
+        ignored = msgspec.structs.replace(other, on_conflict="ignore")
         assert await client.submit(ignored) == "report-2026-11"
+    async with ProducerClient(bus.url, token=bus.token("admin")) as stranger:
+        with pytest.raises(SubmitError, match="taken by another submitter"):
+            await stranger.submit(ignored)
     assert len(AttemptLog(log).read().runs["report-2026-11"]) == 1
 
 

@@ -16,7 +16,7 @@ import msgspec
 import pytest
 from conftest import ROOT, unit
 
-from scheduler.bus.journal import MEMORY, SCHEMA_VERSION, Journal, JournalError
+from scheduler.bus.journal import _UPGRADES, MEMORY, SCHEMA_VERSION, Journal, JournalError
 from scheduler.policy.job import Job
 from scheduler.protocol import JobPayload, JobState
 
@@ -162,25 +162,59 @@ async def test_a_version_1_journal_is_upgraded_in_place(path: Path) -> None:
         queued.state, queued.result = "succeeded", [1, 2]
         journal.save([queued])
         await journal.flush()
-    assert schema_version(path) == SCHEMA_VERSION == 2
+    assert schema_version(path) == SCHEMA_VERSION == 3
 
     with closing(Journal.open(path)) as again:
         stored = again.get("job-3")
         assert stored is not None and stored.result == [1, 2]
 
 
-def test_a_version_3_journal_is_refused_naming_the_file_and_the_version(path: Path) -> None:
+async def test_a_version_2_journal_gets_owners_and_scheduler_secrets(path: Path) -> None:
+    write_v1_journal(path)
+    with closing(sqlite3.connect(path)) as conn, conn:
+        for statement in _UPGRADES[1]:
+            if "owner" not in statement and "schema_version" not in statement:
+                conn.execute(statement)
+        conn.execute("UPDATE meta SET value = 2 WHERE key = 'schema_version'")
+    with closing(Journal.open(path)) as journal:
+        (queued,) = journal.load()
+        assert queued.owner is None
+        queued.owner = "alice"
+        journal.save([queued])
+        journal.save_secret("worker-1", "ab" * 32)
+        await journal.flush()
+    assert schema_version(path) == 3
+    with closing(Journal.open(path)) as again:
+        stored = again.get("job-3")
+        assert stored is not None and stored.owner == "alice"
+        assert again.scheduler_secrets() == {"worker-1": "ab" * 32}
+
+
+async def test_scheduler_secrets_are_queued_then_committed(path: Path) -> None:
+    with closing(Journal.open(path)) as journal:
+        journal.save_secret("a", "1" * 64)
+        journal.save_secret("b", "2" * 64)
+        assert journal.scheduler_secrets() == {"a": "1" * 64, "b": "2" * 64}
+        await journal.flush()
+        journal.save_secret("a", "3" * 64)
+        journal.forget_secrets(["b"])
+        assert journal.scheduler_secrets() == {"a": "3" * 64}
+    with closing(Journal.open(path)) as again:
+        assert again.scheduler_secrets() == {"a": "3" * 64}
+
+
+def test_a_version_4_journal_is_refused_naming_the_file_and_the_version(path: Path) -> None:
     Journal.open(path).close()
     with closing(sqlite3.connect(path)) as conn, conn:
-        conn.execute("UPDATE meta SET value = 3 WHERE key = 'schema_version'")
+        conn.execute("UPDATE meta SET value = 4 WHERE key = 'schema_version'")
     with pytest.raises(
         JournalError,
         match=re.escape(
-            f"journal {path} has schema version 3; this schedbus reads versions 1 to 2"
+            f"journal {path} has schema version 4; this schedbus reads versions 1 to 3"
         ),
     ):
         Journal.open(path)
-    assert schema_version(path) == 3, "a refused journal is left alone"
+    assert schema_version(path) == 4, "a refused journal is left alone"
 
 
 async def test_load_returns_live_jobs_in_seq_order(journal: Journal) -> None:

@@ -1,9 +1,10 @@
 import json
 import random
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from conftest import Commands, unit, wait_until
+from conftest import BusProcess, Commands, unit, wait_until
 
 from scheduler.bus.server import BusServer
 from scheduler.producer import (
@@ -16,6 +17,7 @@ from scheduler.producer import (
     parse_span,
     periods,
 )
+from scheduler.producer_client import ProducerClient
 from scheduler.protocol import JobPayload
 from scheduler.tracking import JobRecord
 
@@ -174,3 +176,26 @@ def test_jobs_of_a_task_send_no_runtime_unless_one_is_given() -> None:
     assert _job_text(JobPayload(task="add")) == "task add"
     sleep = JobPayload(priority=3, runtime=1.5)
     assert _job_text(sleep) == "task sleep priority 3 runtime 1.5s"
+
+
+async def test_a_producer_run_again_with_its_ids_and_seed_gets_its_jobs_back(
+    commands: Commands, tmp_path: Path
+) -> None:
+    """A producer that sends its submissions again (after a bus crash lost the replies,
+    say) gets its jobs, final ones included; only a different job under an id conflicts."""
+    bus = BusProcess(commands, tmp_path / "bus.db")
+    await bus.start()
+    await commands.start("scheduler.test_scheduler", "--bus", bus.url, "-s", "3")
+    run = ("scheduler.producer", "--bus", bus.url, "--count", "3", "-p", "0", "--runtime",
+           "0.1-0.3", "--id-prefix", "cli", "--wait", "--json", "--seed")  # fmt: skip
+    first = await commands.run(*run, "7", timeout=30 * unit())
+    again = await commands.run(*run, "7", timeout=30 * unit())
+    assert first[0] == again[0] == 0, (first, again)
+    states = [sorted((j["id"], j["state"]) for j in map(json.loads, out.splitlines()))
+              for _, out in (first, again)]  # fmt: skip
+    assert states[0] == states[1] == [(f"cli-{i}", "succeeded") for i in range(3)]
+    code, _ = await commands.run(*run, "8", timeout=30 * unit())
+    assert code == 1  # other runtimes under the same ids: a conflict, as on_conflict says
+    async with ProducerClient(bus.url, token=bus.token("producer")) as producer:
+        watching = await producer.watch([f"cli-{i}" for i in range(3)])
+        assert [e.attempt for e in watching.jobs] == [1, 1, 1]  # each job ran once

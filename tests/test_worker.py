@@ -33,6 +33,8 @@ def test_help_explains_every_option() -> None:
         "--bus",
         "--name",
         "--token",
+        "--token-file",
+        "--cafile",
     ):
         assert option in result.output
     for text in ("MODULE[,MODULE]", "@scheduler.tasks.task", "SCHEDBUS_JOB_ID", "SCHEDBUS_URL"):

@@ -2,25 +2,54 @@
 
 from __future__ import annotations
 
-import os
+import dataclasses
+import logging
+import ssl
 from pathlib import Path
 
 import click
 
+from scheduler.auth import (
+    Token,
+    TokenFileError,
+    TokenTable,
+    default_token_file,
+    load_or_create_tokens,
+    state_dir,
+)
 from scheduler.bus.journal import JournalError
 from scheduler.bus.server import DEFAULT_RETENTION_S, BusConfig, BusServer
 from scheduler.cli_support import LOG_LEVELS, configure_logging, run_until_signalled
 from scheduler.policy.stealing import STEAL_STRATEGIES
 from scheduler.protocol import FINAL_EVENTS
 
+log = logging.getLogger(__name__)
+
 
 def default_db() -> Path:
     """``$XDG_STATE_HOME/schedbus/bus.db``, else ``~/.local/state/schedbus/bus.db``
     (the XDG spec ignores a relative ``XDG_STATE_HOME``)."""
-    state = Path(os.environ.get("XDG_STATE_HOME", ""))
-    if not state.is_absolute():
-        state = Path.home() / ".local" / "state"
-    return state / "schedbus" / "bus.db"
+    return state_dir() / "bus.db"
+
+
+def _tokens(path: Path, extra_admin: str | None) -> TokenTable:
+    """The token table of ``path`` (created on first start), plus ``extra_admin`` as an
+    admin token named ``token-option``; ClickException if the file is unusable."""
+    try:
+        table, created = load_or_create_tokens(path)
+    except TokenFileError as exc:
+        raise click.ClickException(str(exc)) from None
+    if created:
+        log.info(
+            "created token file %s (mode 0600) with a token per role: %s; our commands read it",
+            path,
+            ", ".join(entry.role for entry in table.tokens),
+        )
+    else:
+        log.info("%d tokens loaded from %s", len(table.tokens), path)
+    if extra_admin:
+        table = TokenTable((*table.tokens, Token("token-option", "admin", extra_admin)))
+    return table
 
 
 async def _serve(config: BusConfig) -> None:
@@ -57,8 +86,8 @@ def _retention(
     "--host",
     default="127.0.0.1",
     show_default=True,
-    help="Address to listen on. Anything but loopback is reachable from other machines "
-    "(a WARNING is logged): set a token then.",
+    help="Address to listen on. Anything but loopback is reachable from other machines: "
+    "the bus then refuses to start without TLS (--certfile) unless --insecure.",
 )
 @click.option(
     "--port",
@@ -68,11 +97,49 @@ def _retention(
     help="TCP port to listen on; 0 picks a free port (the URL is logged).",
 )
 @click.option(
+    "--token-file",
+    envvar="SCHEDBUS_TOKEN_FILE",
+    default=None,
+    metavar="PATH",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="JSON list of the tokens clients must present, each with a name and a role "
+    "(producer, scheduler, monitor, admin) [env: SCHEDBUS_TOKEN_FILE]. Created on first "
+    "start (mode 0600) with one token per role; refused if others may read it. Our "
+    "client commands read the same file. Default: tokens.json next to the default --db.",
+)
+@click.option(
     "--token",
     envvar="SCHEDBUS_TOKEN",
     default=None,
-    help="Shared secret every client must send when it registers [env: SCHEDBUS_TOKEN]. "
-    "v1 clients cannot send one, so a token shuts them out.",
+    help="One more token, with the admin role, besides those of --token-file "
+    "[env: SCHEDBUS_TOKEN].",
+)
+@click.option(
+    "--no-v1",
+    "no_v1",
+    is_flag=True,
+    help="Refuse tokenless v1 clients (the original prototype). By default they are "
+    "accepted from loopback only, and only without an Origin header.",
+)
+@click.option(
+    "--certfile",
+    default=None,
+    metavar="PEM",
+    type=click.Path(exists=True, dir_okay=False),
+    help="Serve TLS (wss://) with this certificate chain; clients verify it (--cafile).",
+)
+@click.option(
+    "--keyfile",
+    default=None,
+    metavar="PEM",
+    type=click.Path(exists=True, dir_okay=False),
+    help="Private key of --certfile, if not in that file.",
+)
+@click.option(
+    "--insecure",
+    is_flag=True,
+    help="Allow listening beyond loopback without TLS: tokens and jobs then cross the "
+    "network in clear.",
 )
 @click.option(
     "--allow-origin",
@@ -163,7 +230,12 @@ def _retention(
 def cli(
     host: str,
     port: int,
+    token_file: Path | None,
     token: str | None,
+    no_v1: bool,
+    certfile: str | None,
+    keyfile: str | None,
+    insecure: bool,
     allow_origins: tuple[str, ...],
     db: str | None,
     lease: float,
@@ -180,24 +252,36 @@ def cli(
 
     Listens on ws://HOST:PORT (logged at start) until SIGINT or SIGTERM, then closes
     every connection and exits 0. Every accepted job is journaled in --db before it is
-    acknowledged, and survives a restart.
+    acknowledged, and survives a restart. Every client presents a token of
+    --token-file, whose role says what it may do.
     """
     configure_logging(log_level.upper())
-    config = BusConfig(
-        host=host,
-        port=port,
-        token=token or None,
-        allow_origins=allow_origins,
-        db=str(default_db()) if db is None else db,
-        lease=lease,
-        max_evictions=max_evictions,
-        max_deliveries=max_deliveries,
-        retention=retention,
-        retention_default=retention_default,
-        vacuum_every=vacuum_every,
-        steal=steal,
-        age_every=age_every,
-    )
+    try:
+        config = BusConfig(
+            host=host,
+            port=port,
+            v1=not no_v1,
+            certfile=certfile,
+            keyfile=keyfile,
+            insecure=insecure,
+            allow_origins=allow_origins,
+            db=str(default_db()) if db is None else db,
+            lease=lease,
+            max_evictions=max_evictions,
+            max_deliveries=max_deliveries,
+            retention=retention,
+            retention_default=retention_default,
+            vacuum_every=vacuum_every,
+            steal=steal,
+            age_every=age_every,
+        )
+        config.ssl_context()  # fail now, in one line, rather than once serving starts
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+    except (OSError, ssl.SSLError) as exc:
+        raise click.ClickException(f"cannot load TLS certificate {certfile}: {exc}") from None
+    # Only a configuration that can start creates the token file.
+    config = dataclasses.replace(config, tokens=_tokens(token_file or default_token_file(), token))
     try:
         run_until_signalled(_serve(config))
     except JournalError as exc:

@@ -10,8 +10,9 @@ Schema (version :data:`SCHEMA_VERSION`)::
     meta(key TEXT PRIMARY KEY, value INTEGER)   'schema_version', 'high_seq'
     jobs(id TEXT PRIMARY KEY, seq, payload JSON, submitted_at, state, attempt, holder,
          deliveries, evictions, retries, errors JSON list, not_before, updated_at,
-         finished_at, result JSON, traceback)
+         finished_at, result JSON, traceback, owner)
     INDEX jobs_state_finished ON jobs(state, finished_at)    load and vacuum
+    schedulers(name TEXT PRIMARY KEY, secret_hash TEXT)      who may reattach under a name
 """
 
 from __future__ import annotations
@@ -29,9 +30,10 @@ import msgspec
 from scheduler.policy.job import Job
 from scheduler.protocol import FINAL_EVENTS, JobPayload, JobState
 
-SCHEMA_VERSION: Final = 2
-"""The schema this code writes. A version 1 journal (no ``result`` and ``traceback``) is
-upgraded when opened; a journal with a newer version is refused."""
+SCHEMA_VERSION: Final = 3
+"""The schema this code writes. A version 1 journal (no ``result`` and ``traceback``) or
+version 2 journal (no ``owner``, no ``schedulers``) is upgraded when opened; a journal with
+a newer version is refused."""
 
 MEMORY: Final = ":memory:"
 """The path of a journal kept in memory: nothing survives :meth:`Journal.close`."""
@@ -65,6 +67,7 @@ _COLUMNS: Final = (
     "finished_at",
     "result",
     "traceback",
+    "owner",
 )
 _SCHEMA: Final = (
     "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID",
@@ -84,15 +87,25 @@ _SCHEMA: Final = (
         updated_at REAL NOT NULL,
         finished_at REAL,
         result TEXT,
-        traceback TEXT
+        traceback TEXT,
+        owner TEXT
     )""",
     "CREATE INDEX IF NOT EXISTS jobs_state_finished ON jobs (state, finished_at)",
+    """CREATE TABLE IF NOT EXISTS schedulers (
+        name TEXT PRIMARY KEY,
+        secret_hash TEXT NOT NULL
+    ) WITHOUT ROWID""",
     f"INSERT OR IGNORE INTO meta VALUES ('schema_version', {SCHEMA_VERSION}), ('high_seq', -1)",
 )
 _UPGRADES: Final[dict[int, tuple[str, ...]]] = {
     1: (
         "ALTER TABLE jobs ADD COLUMN result TEXT",
         "ALTER TABLE jobs ADD COLUMN traceback TEXT",
+        "ALTER TABLE jobs ADD COLUMN owner TEXT",
+        f"UPDATE meta SET value = {SCHEMA_VERSION} WHERE key = 'schema_version'",
+    ),
+    2: (
+        "ALTER TABLE jobs ADD COLUMN owner TEXT",
         f"UPDATE meta SET value = {SCHEMA_VERSION} WHERE key = 'schema_version'",
     ),
 }
@@ -109,6 +122,12 @@ _VACUUM: Final = "DELETE FROM jobs WHERE state = ? AND finished_at < ?"
 _COUNTS: Final = "SELECT state, count(*) FROM jobs GROUP BY state"
 _META: Final = "SELECT value FROM meta WHERE key = ?"
 _RAISE_HIGH_SEQ: Final = "UPDATE meta SET value = max(value, ?) WHERE key = 'high_seq'"
+_SECRETS: Final = "SELECT name, secret_hash FROM schedulers"
+_SAVE_SECRET: Final = (
+    "INSERT INTO schedulers VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET"
+    " secret_hash = excluded.secret_hash"
+)
+_FORGET_SECRET: Final = "DELETE FROM schedulers WHERE name = ?"
 
 _Row = tuple[
     str,
@@ -125,6 +144,7 @@ _Row = tuple[
     float | None,
     float,
     float | None,
+    str | None,
     str | None,
     str | None,
 ]
@@ -157,6 +177,7 @@ def _row_of(job: Job) -> _Row:
         job.finished_at,
         None if job.result is None else _encoder.encode(job.result).decode(),
         job.traceback,
+        job.owner,
     )
 
 
@@ -184,6 +205,7 @@ def _job_of(row: Sequence[Any]) -> Job:
         finished_at=row[13],
         result=result,
         traceback=row[15],
+        owner=row[16],
     )
 
 
@@ -243,6 +265,7 @@ class Journal:
         self._conn = conn
         self._high_seq = high_seq
         self._pending: dict[str, _Row | None] = {}
+        self._pending_secrets: dict[str, str | None] = {}
         self._batch: asyncio.Future[None] | None = None
         self._handle: asyncio.Handle | None = None
         self._commits = 0
@@ -333,6 +356,28 @@ class Journal:
         self._check_open()
         self._pending.update(dict.fromkeys(job_ids))
 
+    def scheduler_secrets(self) -> dict[str, str]:
+        """The secret hash of every scheduler name saved, queued writes included."""
+        with self._failing("read schedulers"):
+            known: dict[str, str] = dict(self._conn.execute(_SECRETS).fetchall())
+        for name, secret in self._pending_secrets.items():
+            if secret is None:
+                known.pop(name, None)
+            else:
+                known[name] = secret
+        return known
+
+    def save_secret(self, name: str, secret_hash: str) -> None:
+        """Queue saving ``secret_hash`` as the proof of scheduler ``name``'s identity
+        (replacing any earlier one); durable with the next :meth:`flush`."""
+        self._check_open()
+        self._pending_secrets[name] = secret_hash
+
+    def forget_secrets(self, names: Iterable[str]) -> None:
+        """Queue the deletion of the secret hashes of scheduler ``names``."""
+        self._check_open()
+        self._pending_secrets.update(dict.fromkeys(names))
+
     async def flush(self) -> None:
         """Return once every write queued before the call is committed and fsync'd.
 
@@ -343,7 +388,7 @@ class Journal:
         """
         self._check_open()
         if self._batch is None:
-            if not self._pending:
+            if not self._pending and not self._pending_secrets:
                 return
             loop = asyncio.get_running_loop()
             self._batch = loop.create_future()
@@ -396,7 +441,8 @@ class Journal:
         self._handle = None
         batch, self._batch = self._batch, None
         pending, self._pending = self._pending, {}
-        error = self._write(pending) if pending else None
+        secrets, self._pending_secrets = self._pending_secrets, {}
+        error = self._write(pending, secrets) if pending or secrets else None
         if batch is not None and not batch.done():
             if error is None:
                 batch.set_result(None)
@@ -404,13 +450,16 @@ class Journal:
                 batch.set_exception(error)
         return error
 
-    def _write(self, pending: Mapping[str, _Row | None]) -> JournalError | None:
+    def _write(
+        self, pending: Mapping[str, _Row | None], secrets: Mapping[str, str | None]
+    ) -> JournalError | None:
         upserts = [row for row in pending.values() if row is not None]
         deletes = [(job_id,) for job_id, row in pending.items() if row is None]
         try:
             with self._transaction():
                 self._conn.executemany(_UPSERT, upserts)
                 self._conn.executemany(_DELETE, deletes)
+                self._write_secrets(secrets)
                 if upserts:
                     self._conn.execute(_RAISE_HIGH_SEQ, (max(row[1] for row in upserts),))
         # Binding a value SQLite cannot store raises outside sqlite3.Error (OverflowError
@@ -420,6 +469,12 @@ class Journal:
             error.__cause__ = exc
             return error
         return None
+
+    def _write_secrets(self, secrets: Mapping[str, str | None]) -> None:
+        saved = [(name, h) for name, h in secrets.items() if h is not None]
+        forgotten = [(name,) for name, h in secrets.items() if h is None]
+        self._conn.executemany(_SAVE_SECRET, saved)
+        self._conn.executemany(_FORGET_SECRET, forgotten)
 
     @contextmanager
     def _transaction(self) -> Iterator[None]:

@@ -22,11 +22,11 @@ deadline and sets one loop timer for it.
 from __future__ import annotations
 
 import asyncio
-import hmac
 import ipaddress
 import logging
 import os
 import random
+import ssl
 import time
 from collections import deque
 from collections.abc import Callable, Coroutine, Iterable, Mapping
@@ -41,6 +41,9 @@ from websockets.exceptions import ConnectionClosed, ConnectionClosedError
 from websockets.frames import CloseCode
 from websockets.http11 import Request, Response
 
+from scheduler.auth import TokenTable, new_secret, secret_hash, secret_matches
+from scheduler.bus.access import Grant, authenticate, owner_filter, rights_refusal
+from scheduler.bus.access import is_loopback as _is_loopback
 from scheduler.bus.journal import Journal, JournalError
 from scheduler.policy.dispatch import (
     Decision,
@@ -54,7 +57,6 @@ from scheduler.policy.dispatch import (
     SendAssign,
     SendStop,
 )
-from scheduler.policy.events import status_event
 from scheduler.policy.job import Job
 from scheduler.protocol import (
     FINAL_EVENTS,
@@ -112,7 +114,7 @@ _MAX_READ_AHEAD: Final = 1024
 
 _CLEAN_CLOSE: Final = frozenset({CloseCode.NORMAL_CLOSURE, CloseCode.GOING_AWAY})
 
-# Who may send what; Register is allowed to anyone not yet registered.
+# Which client type may send what; Register is allowed to anyone not yet registered.
 _ROLES_FOR: Final[dict[type, tuple[Role, ...]]] = {
     JobRequest: ("producer",),
     SubmitMany: ("producer",),
@@ -130,6 +132,13 @@ _V2_ONLY: Final = frozenset({SubmitMany, Cancel, Watch, Vacuum, GetStats})
 class BusConfig:
     """Where the bus listens, whom it lets in, where it journals and its rules' numbers.
 
+    ``tokens``: the tokens clients must present (None: no tokens, everyone may do what
+    its client type may, as before tokens existed; the ``python -m scheduler.bus``
+    command always has tokens). ``v1``: accept tokenless v1 clients (from a loopback
+    peer with no ``Origin`` header, when there are tokens). ``certfile``/``keyfile``:
+    serve TLS (``wss://``). Listening beyond loopback without TLS is refused unless
+    ``insecure``.
+
     ``db`` is the journal file (``:memory:``: none, jobs die with the bus). ``lease``
     seconds a silent or disconnected scheduler keeps its jobs. ``retention`` maps a
     final state to the seconds its jobs are kept (others: ``retention_default``);
@@ -140,7 +149,11 @@ class BusConfig:
 
     host: str = "127.0.0.1"
     port: int = 8101
-    token: str | None = None
+    tokens: TokenTable | None = None
+    v1: bool = True
+    certfile: str | None = None
+    keyfile: str | None = None
+    insecure: bool = False
     allow_origins: tuple[str, ...] = ()
     db: str = ":memory:"
     lease: float = 5.0
@@ -162,6 +175,22 @@ class BusConfig:
             raise ValueError(f"retention: not final states: {', '.join(sorted(unknown))}")
         if min([self.retention_default, *self.retention.values()]) < 0:
             raise ValueError("retention: seconds must be >= 0")
+        if self.keyfile is not None and self.certfile is None:
+            raise ValueError("keyfile needs a certfile")
+        if not _is_loopback(self.host) and self.certfile is None and not self.insecure:
+            raise ValueError(
+                f"host {self.host} is not loopback: serve TLS (certfile, keyfile) or accept"
+                " that tokens and jobs cross the network in clear (insecure)"
+            )
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """The server TLS context for ``certfile``/``keyfile``, or None without TLS.
+        Raises OSError or ssl.SSLError if they cannot be loaded."""
+        if self.certfile is None:
+            return None
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(self.certfile, self.keyfile)
+        return context
 
     def rules(self) -> DispatchConfig:
         """The dispatch core's rules from this configuration."""
@@ -260,6 +289,8 @@ class _Client:
     name: str = ""
     role: Role | None = None
     protocol: int = 1
+    grant: Grant = field(default_factory=Grant)
+    """What its token lets it do, and the owner recorded on the jobs it submits."""
     close: tuple[int, str] | None = None
     """Set when the connection must be closed with this code and reason."""
     pending: int = 0
@@ -376,6 +407,8 @@ class BusServer:
         self._journal: Journal | None = None
         self._gate: _Gate | None = None
         self._clients: dict[str, _Client] = {}
+        self._secrets: dict[str, str] = {}
+        """Scheduler name -> hash of the secret that proves its identity."""
         self._monitors: set[_Client] = set()
         self._watchers: dict[str, set[_Client]] = {}
         self._generated: dict[str, int] = {}
@@ -408,13 +441,9 @@ class BusServer:
         """
         if self._server is not None:
             raise RuntimeError("the bus is already started")
-        if not _is_loopback(self.config.host):
-            logger.warning(
-                "listening on %r, which is not loopback: anyone who can reach it may connect%s",
-                self.config.host,
-                "" if self.config.token else ", and no token is set",
-            )
+        self._warn_if_exposed()
         try:
+            tls = self.config.ssl_context()
             self._open_journal()
             self._server = await serve(
                 self._handle,
@@ -423,6 +452,7 @@ class BusServer:
                 compression=None,
                 max_size=MAX_FRAME_BYTES,
                 process_request=self._check_request,
+                ssl=tls,
             )
         except BaseException:
             self._close_journal()
@@ -437,11 +467,25 @@ class BusServer:
             "off" if self.config.age_every is None else f"every {self.config.age_every:g} s",
         )
 
+    def _warn_if_exposed(self) -> None:
+        """Log what a configuration open to others gives away."""
+        config = self.config
+        if not _is_loopback(config.host):
+            logger.warning(
+                "listening on %r, which is not loopback: anyone who can reach it may connect%s%s",
+                config.host,
+                ""
+                if config.certfile
+                else "; without TLS, tokens and jobs cross the network in clear",
+                "" if config.tokens else ", and no tokens are required",
+            )
+
     def _open_journal(self) -> None:
         journal = self._journal = Journal.open(self.config.db)
         self._gate = _Gate(journal, self._fail)
         jobs = journal.load()
         self._core.restore(jobs, journal.next_seq(), self._clock(), self._wall())
+        self._restore_secrets(journal)
         held = [job for job in jobs if job.holder is not None]
         logger.info(
             "journal %s: %d jobs to finish (%d queued, %d held by %d schedulers that have"
@@ -468,7 +512,8 @@ class BusServer:
         host = self.config.host
         if host in ("", "0.0.0.0", "::"):
             host = "127.0.0.1"
-        return f"ws://{_bracketed(host)}:{self.port}"
+        scheme = "ws" if self.config.certfile is None else "wss"
+        return f"{scheme}://{_bracketed(host)}:{self.port}"
 
     async def serve_forever(self) -> None:
         """Serve until :meth:`close` is called or this coroutine is cancelled.
@@ -671,22 +716,28 @@ class BusServer:
             return f"a {client.role} may not send this cmd; only a {' or '.join(roles)} may"
         if client.protocol != 2 and type(message) in _V2_ONLY:
             return "this cmd needs protocol 2"
-        return None
+        return rights_refusal(client.grant.rights, message)
+
+    def _by(self, client: _Client) -> str | None:
+        """Whose jobs ``client`` may cancel and watch (see :func:`owner_filter`)."""
+        return owner_filter(client.grant)
 
     def _on_register(self, client: _Client, message: Register, frame: str) -> None:
-        """Give ``client`` its role and name; a scheduler (re)attaches and gets work."""
+        """Check the token, then give ``client`` its role and name; a scheduler
+        (re)attaches and gets work."""
         if client.role is not None:
             self._refuse(client, ProtocolError("already registered", "cmd"), frame)
             return
-        if not self._token_ok(message.token):
-            why = "invalid token" if message.protocol == 2 else "token required; v1 cannot send one"
-            self._refuse(client, ProtocolError(why, "token"), frame)
-            client.close = (CloseCode.POLICY_VIOLATION, "invalid token")
+        refusal = self._authenticate(client, message)
+        if refusal is None and message.type == "scheduler":
+            refusal = self._register_scheduler(client, message)
+            if refusal is None:
+                return
+        if refusal is not None:
+            self._refuse(client, refusal, frame)
+            client.close = (CloseCode.POLICY_VIOLATION, f"registration refused: {refusal.field}")
             return
         client.role, client.protocol = message.type, message.protocol
-        if message.type == "scheduler":
-            self._register_scheduler(client, message)
-            return
         client.name = client.outbox.label = self._unique_name(message.name, message.type)
         self._clients[client.name] = client
         if message.protocol == 2:
@@ -697,23 +748,51 @@ class BusServer:
             "%s: registered as %s (protocol %d)", client.peer, client.name, message.protocol
         )
 
-    def _register_scheduler(self, client: _Client, message: Register) -> None:
-        """Attach a scheduler under its name; a v2 name in use by a scheduler is taken over."""
+    def _authenticate(self, client: _Client, message: Register) -> ProtocolError | None:
+        """Give ``client`` what its token grants (:func:`authenticate`), or say why it
+        is refused."""
+        address = client.ws.remote_address
+        request = client.ws.request
+        grant = authenticate(
+            message,
+            self.config.tokens,
+            v1=self.config.v1,
+            peer_host=str(address[0]) if isinstance(address, tuple) else "",
+            has_origin=request is not None and "Origin" in request.headers,
+        )
+        if isinstance(grant, ProtocolError):
+            return grant
+        client.grant = grant
+        return None
+
+    def _register_scheduler(self, client: _Client, message: Register) -> ProtocolError | None:
+        """Attach a scheduler under its name, or say why the name is refused.
+
+        A v2 name held by a live scheduler (connected, or keeping jobs until its lease
+        expires) is taken over only by a registration that proves it is that scheduler,
+        with the secret its first registration was given; its old connection is closed.
+        A free name gets a new secret, journaled before the reply leaves.
+        """
         v2 = message.protocol == 2
         name = message.name if v2 else None
         old = None if name is None else self._clients.get(name)
         if name is None or (old is not None and old.role != "scheduler"):
             name = self._unique_name(name, "scheduler")
-        elif old is not None:
-            logger.warning("%s: a new connection (%s) takes over its name", name, client.peer)
-            self._spawn(old.ws.close(CLOSE_REPLACED, "replaced by a newer connection"))
+        elif self._scheduler_live(name):
+            if not secret_matches(message.secret, self._secrets.get(name, "")):
+                return ProtocolError(f"name {name} is in use by another scheduler", "name")
+            if old is not None:
+                logger.warning("%s: a new connection (%s) takes over its name", name, client.peer)
+                self._spawn(old.ws.close(CLOSE_REPLACED, "replaced by a newer connection"))
+        client.role, client.protocol = message.type, message.protocol
         client.name = client.outbox.label = name
         client.outbox.bound = None
         self._clients[name] = client
         held = (message.held or []) if v2 else []
         known = self._core.scheduler(name) is not None
         if v2:
-            client.send(Registered(name=name, lease_s=self.config.lease))
+            secret = message.secret if known and message.secret else self._issue_secret(name)
+            client.send(Registered(name=name, lease_s=self.config.lease, secret=secret))
         decisions = self._core.attach(
             name,
             size=message.size if v2 else None,
@@ -736,6 +815,33 @@ class BusServer:
             sum(isinstance(d, Requeued) for d in decisions),
         )
         self._apply(decisions)
+        return None
+
+    def _scheduler_live(self, name: str) -> bool:
+        """Whether a scheduler holds ``name``: connected, or kept by the core until its
+        lease expires."""
+        client = self._clients.get(name)
+        connected = client is not None and client.role == "scheduler"
+        return connected or self._core.scheduler(name) is not None
+
+    def _issue_secret(self, name: str) -> str:
+        """A new secret for scheduler ``name``; its hash is kept and journaled, and the
+        frames sent from now on wait for that commit."""
+        assert self._journal is not None and self._gate is not None
+        secret = new_secret()
+        self._secrets[name] = hashed = secret_hash(secret)
+        self._journal.save_secret(name, hashed)
+        self._gate.changed()
+        return secret
+
+    def _restore_secrets(self, journal: Journal) -> None:
+        """Keep the secrets of the schedulers the restored core still waits for; forget
+        the journal's others (their names are free)."""
+        for name, hashed in journal.scheduler_secrets().items():
+            if self._core.scheduler(name) is not None:
+                self._secrets[name] = hashed
+            else:
+                journal.forget_secrets([name])
 
     # --- requests --------------------------------------------------------------------
 
@@ -743,7 +849,12 @@ class BusServer:
         """Accept one job; a v2 producer gets the reply once it is journaled."""
         stored = self._stored([request.payload.job_id])
         decisions = self._core.submit(
-            request.payload, self._clock(), self._wall(), stored=stored, ref=request.ref
+            request.payload,
+            self._clock(),
+            self._wall(),
+            stored=stored,
+            ref=request.ref,
+            owner=client.grant.owner,
         )
         reply = decisions[0]
         if isinstance(reply, Reply) and isinstance(reply.message, Accepted):
@@ -755,7 +866,12 @@ class BusServer:
         payloads = [_decode_job(raw) for raw in request.jobs]
         stored = self._stored(p.job_id for p in payloads if isinstance(p, JobPayload))
         decisions = self._core.submit_many(
-            payloads, self._clock(), self._wall(), stored=stored, ref=request.ref
+            payloads,
+            self._clock(),
+            self._wall(),
+            stored=stored,
+            ref=request.ref,
+            owner=client.grant.owner,
         )
         reply = decisions[0]
         if isinstance(reply, Reply) and isinstance(reply.message, SubmittedMany):
@@ -767,9 +883,10 @@ class BusServer:
     def _cancel(self, client: _Client, request: Cancel) -> None:
         """Cancel a job; the reply says what happened."""
         stored = None if self._core.tracks(request.id) else self._get_stored(request.id)
-        self._apply(
-            self._core.cancel(request.id, self._wall(), stored=stored, ref=request.ref), client
+        decisions = self._core.cancel(
+            request.id, self._wall(), stored=stored, ref=request.ref, by=self._by(client)
         )
+        self._apply(decisions, client)
 
     def _watch(self, client: _Client, request: Watch) -> None:
         """Subscribe ``client`` to jobs' events and reply with the status of each."""
@@ -777,15 +894,17 @@ class BusServer:
         jobs: list[JobEvent] = []
         unknown: list[str] = []
         for job_id in request.ids:
-            event = self._core.status(job_id, wall)
-            if event is None:
-                stored = self._get_stored(job_id)
-                event = None if stored is None else status_event(stored, wall)
+            stored = None if self._core.tracks(job_id) else self._get_stored(job_id)
+            event = self._core.watch(job_id, wall, stored=stored, by=self._by(client))
+            if isinstance(event, Error):
+                client.send(msgspec.structs.replace(event, ref=request.ref))
+                return
             if event is None:
                 unknown.append(job_id)
                 continue
             jobs.append(event)
-            self._subscribe(client, job_id)
+        for event in jobs:
+            self._subscribe(client, event.id)
         client.send(Watching(jobs=jobs, unknown=unknown, ref=request.ref))
 
     def _vacuum(self, client: _Client, request: Vacuum) -> None:
@@ -851,12 +970,6 @@ class BusServer:
         v2 = client.protocol == 2 if client.role is not None else _says_v2(frame)
         if v2:
             client.send(error.to_error(None if frame is None else ref_of(frame)))
-
-    def _token_ok(self, given: str | None) -> bool:
-        token = self.config.token
-        if token is None:
-            return True
-        return given is not None and hmac.compare_digest(given.encode(), token.encode())
 
     def _unique_name(self, wanted: str | None, role: Role) -> str:
         """``wanted``, suffixed ``-2``, ``-3``... if taken; or the next free ``role-N``.
@@ -1068,12 +1181,3 @@ def _is_ip_literal(host: str) -> bool:
     except ValueError:
         return False
     return True
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False

@@ -1,6 +1,10 @@
 """What a submit with a client-chosen ``job_id`` does when that id exists. Pure.
 
-``raise`` refuses it, ``ignore`` answers with the existing job, ``replace`` replaces the
+Ownership comes first. A submit from the job's owner with the same payload is a re-send
+(say, after the bus crashed before acknowledging it): it gets the existing job whatever
+``on_conflict`` says. A submit from anyone else is refused, without a word about the
+other owner's job, and ``ignore`` or ``replace`` never act on it. Otherwise ``raise``
+refuses it, ``ignore`` answers with the existing job, ``replace`` replaces the
 existing job if it has not started running: a queued job (waiting for a retry
 included) at once, an assigned one once its holder is told to stop that attempt.
 """
@@ -9,8 +13,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import msgspec
+
 from scheduler.policy.job import Job
-from scheduler.protocol import OnConflict
+from scheduler.protocol import JobPayload
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,14 +46,22 @@ class Refuse:
 Resolution = Create | KeepExisting | Replace | Refuse
 
 
-def resolve(existing: Job | None, on_conflict: OnConflict, *, stoppable: bool) -> Resolution:
-    """Decide a submit whose id is held by ``existing`` (None: the id is free).
+def resolve(
+    existing: Job | None, payload: JobPayload, owner: str | None, *, stoppable: bool
+) -> Resolution:
+    """Decide a submit of ``payload`` by ``owner`` whose id is held by ``existing``
+    (None: the id is free).
 
     ``stoppable`` says whether the existing job's holder can be told to stop (a v1
     scheduler cannot). Returns the resolution; changes nothing.
     """
     if existing is None:
         return Create()
+    if existing.owner != owner:
+        return Refuse(f"job id {existing.id} is taken by another submitter; choose another id")
+    if _same_job(existing.payload, payload):
+        return KeepExisting()
+    on_conflict = payload.on_conflict
     if on_conflict == "ignore":
         return KeepExisting()
     if on_conflict == "raise":
@@ -61,3 +75,9 @@ def resolve(existing: Job | None, on_conflict: OnConflict, *, stoppable: bool) -
         f"job {existing.id} is {why} (state {existing.state}); only a job that has not"
         " started can be replaced"
     )
+
+
+def _same_job(a: JobPayload, b: JobPayload) -> bool:
+    """Whether two payloads ask for the same job (``on_conflict`` only says what to do
+    about a clash, so it does not count)."""
+    return a == msgspec.structs.replace(b, on_conflict=a.on_conflict)

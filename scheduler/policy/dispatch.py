@@ -39,6 +39,9 @@ Rules:
   is assigned as not evictable. A ``failed`` or ``timed_out`` attempt is retried after
   a backoff while the job has retries left, then the job is ``dead``. A job delivered
   ``max_deliveries`` + its ``max_retries`` times is ``dead`` instead of assigned again.
+* Ownership: a job records its submitter (``owner``). A producer's cancel or watch of a
+  job it does not own is refused (``by``); a re-sent submit of an existing id and
+  payload by its owner returns that job (:mod:`scheduler.policy.conflict`).
 * A cancel ends a queued job at once; a held one is told to stop and ends ``cancelled``
   when its holder confirms or is lost, unless it finished first.
 * v1 schedulers never report and cannot be told to stop: a job handed to one counts as
@@ -60,7 +63,7 @@ import msgspec
 from scheduler.policy.aging import Aging
 from scheduler.policy.conflict import KeepExisting, Refuse, Replace, resolve
 from scheduler.policy.events import job_event, status_event
-from scheduler.policy.job import Job
+from scheduler.policy.job import Job, not_yours
 from scheduler.policy.lease import Leases
 from scheduler.policy.placement import Enqueue, EvictFor, Seat, Slots, place
 from scheduler.policy.reconcile import reconcile
@@ -340,6 +343,20 @@ class Dispatcher:
         job = self._jobs.get(job_id)
         return None if job is None else status_event(job, wall)
 
+    def watch(
+        self, job_id: str, wall: float, *, stored: Job | None = None, by: str | None = None
+    ) -> JobEvent | Error | None:
+        """The status of job ``job_id`` for a watch by ``by`` (None: anyone may), as
+        :meth:`status` gives it, or from its final journal record ``stored``; an
+        :class:`Error` naming ``ids`` if ``by`` does not own it; None if unknown."""
+        job = self._jobs.get(job_id) or stored
+        if job is None:
+            return None
+        refusal = not_yours(job, by, "watch")
+        if refusal is not None:
+            return Error(f"ids: {refusal}", field="ids")
+        return status_event(job, wall)
+
     def backlog(self, now: float | None = None) -> list[str]:
         """Return the ids of jobs waiting for a scheduler, in the order they will go out
         (with aging, by their effective priority at ``now``)."""
@@ -534,15 +551,18 @@ class Dispatcher:
         *,
         stored: Mapping[str, Job] | None = None,
         ref: str | int | None = None,
+        owner: str | None = None,
     ) -> list[Decision]:
-        """Accept one job and dispatch it; return a :class:`Reply` first, then the rest.
+        """Accept one job from ``owner`` and dispatch it; return a :class:`Reply` first,
+        then the rest.
 
         ``stored`` maps ids the core no longer tracks to their final journal record, for
         ``job_id`` conflicts. The reply is :class:`Accepted`, or an :class:`Error` naming
         ``payload.job_id`` (a conflict) or ``payload.runtime`` (a ``sleep`` job without one).
         """
         decisions: list[Decision] = []
-        result = self._submit_one(payload, stored or {}, "payload", now, wall, decisions)
+        submit = _Submit(stored or {}, owner, now, wall)
+        result = self._submit_one(payload, submit, "payload", decisions)
         reply: Accepted | Error
         if result.id is None:
             reply = Error(message=result.error or "", field=result.field, ref=ref)
@@ -560,18 +580,20 @@ class Dispatcher:
         *,
         stored: Mapping[str, Job] | None = None,
         ref: str | int | None = None,
+        owner: str | None = None,
     ) -> list[Decision]:
-        """Accept a batch: each payload as :meth:`submit` does, each decoding error as
-        that job's error. Return a :class:`Reply` with :class:`SubmittedMany` (one
-        result per job, in order) first, then the events and assignments."""
+        """Accept a batch from ``owner``: each payload as :meth:`submit` does, each
+        decoding error as that job's error. Return a :class:`Reply` with
+        :class:`SubmittedMany` (one result per job, in order) first, then the events and
+        assignments."""
         decisions: list[Decision] = []
         results: list[SubmitResult] = []
+        submit = _Submit(stored or {}, owner, now, wall)
         for i, item in enumerate(payloads):
             if isinstance(item, ProtocolError):
                 results.append(_bad_job(i, item))
             else:
-                where = f"jobs.{i}"
-                results.append(self._submit_one(item, stored or {}, where, now, wall, decisions))
+                results.append(self._submit_one(item, submit, f"jobs.{i}", decisions))
         if self._unbalanced:  # only a replaced job frees a slot here
             self._balance(now, decisions)
         return [Reply(SubmittedMany(results, ref)), *decisions]
@@ -616,16 +638,26 @@ class Dispatcher:
         return decisions
 
     def cancel(
-        self, job_id: str, wall: float, *, stored: Job | None = None, ref: str | int | None = None
+        self,
+        job_id: str,
+        wall: float,
+        *,
+        stored: Job | None = None,
+        ref: str | int | None = None,
+        by: str | None = None,
     ) -> list[Decision]:
-        """Cancel job ``job_id``; return a :class:`Reply` first.
+        """Cancel job ``job_id`` for ``by`` (None: anyone may); return a :class:`Reply` first.
 
         Queued: ``cancelled`` at once. Held by a v2 scheduler: a :class:`SendStop` with
         reason ``cancelled``, reply state ``running``; the job ends when the holder
         confirms. Held by a v1 scheduler, or final (``stored``): nothing changes and the
-        reply says so. Unknown: an :class:`Error` naming ``id``.
+        reply says so. Unknown, or not owned by ``by``: an :class:`Error` naming ``id``.
         """
         job = self._jobs.get(job_id)
+        known = job or stored
+        refusal = None if known is None else not_yours(known, by, "cancel")
+        if refusal is not None:
+            return [Reply(Error(f"id: {refusal}", field="id", ref=ref))]
         if job is None:
             if stored is None:
                 return [Reply(Error(f"id: no job {job_id}", field="id", ref=ref))]
@@ -667,13 +699,7 @@ class Dispatcher:
     # --- internals: jobs ----------------------------------------------------------------
 
     def _submit_one(
-        self,
-        payload: JobPayload,
-        stored: Mapping[str, Job],
-        prefix: str,
-        now: float,
-        wall: float,
-        out: list[Decision],
+        self, payload: JobPayload, submit: _Submit, prefix: str, out: list[Decision]
     ) -> SubmitResult:
         if payload.task == "sleep" and payload.runtime is None:
             where = f"{prefix}.runtime"
@@ -683,8 +709,9 @@ class Dispatcher:
             payload = msgspec.structs.replace(payload, priority=priority)
         existing = None
         if payload.job_id is not None:
-            existing = self._jobs.get(payload.job_id) or stored.get(payload.job_id)
-        resolution = resolve(existing, payload.on_conflict, stoppable=self._stoppable(existing))
+            existing = self._jobs.get(payload.job_id) or submit.stored.get(payload.job_id)
+        stoppable = self._stoppable(existing)
+        resolution = resolve(existing, payload, submit.owner, stoppable=stoppable)
         if isinstance(resolution, Refuse):
             where = f"{prefix}.job_id"
             return SubmitResult(error=f"{where}: {resolution.message}", field=where)
@@ -697,7 +724,8 @@ class Dispatcher:
             assert existing is not None
             self._unhold(existing, resolution.stop_holder, out)
             attempt = existing.attempt
-        job = Job(job_id, payload, self._seq, wall, attempt=attempt)
+        now, wall = submit.now, submit.wall
+        job = Job(job_id, payload, self._seq, wall, attempt=attempt, owner=submit.owner)
         self._seq += 1
         self._jobs[job_id] = job
         self._since[job_id] = now
@@ -1117,6 +1145,17 @@ class Dispatcher:
     def _discard_stale_waiting(self) -> None:
         while self._waiting and self._due.get(self._waiting[0][2]) != self._waiting[0][0]:
             heapq.heappop(self._waiting)
+
+
+@dataclass(frozen=True, slots=True)
+class _Submit:
+    """What every job of one submit request shares: the final journal records of taken
+    ids, its submitter, and the times."""
+
+    stored: Mapping[str, Job]
+    owner: str | None
+    now: float
+    wall: float
 
 
 def _order(job: Job) -> tuple[int, int]:

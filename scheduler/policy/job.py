@@ -17,7 +17,9 @@ class Job:
     ``deliveries`` counts assignments, ``retries`` the retries used, ``errors`` the
     error of every failed attempt. ``not_before`` holds a retry back until then.
     ``result`` is what the task returned (once ``succeeded``); ``traceback`` is the
-    traceback of the latest failed attempt if an exception failed it.
+    traceback of the latest failed attempt if an exception failed it. ``owner`` names
+    the token that submitted it (None: submitted to a bus without tokens, or before
+    owners were recorded); a producer may cancel and watch only the jobs it owns.
     """
 
     id: str
@@ -36,6 +38,7 @@ class Job:
     finished_at: float | None = None
     result: object = None
     traceback: str | None = None
+    owner: str | None = None
 
     @property
     def priority(self) -> int:
@@ -47,3 +50,14 @@ class Job:
     def final(self) -> bool:
         """True once the job is in a state it never leaves."""
         return self.state in FINAL_EVENTS
+
+
+def not_yours(job: Job, by: str | None, action: str) -> str | None:
+    """Why submitter ``by`` may not ``action`` (cancel, watch) ``job``, or None if it may.
+
+    ``by`` None stands for a client whose role may act on any job (admin, monitor reads,
+    a bus without tokens); a producer may act only on the jobs it owns.
+    """
+    if by is None or job.owner == by:
+        return None
+    return f"job {job.id} belongs to another submitter; a producer may {action} only its own jobs"

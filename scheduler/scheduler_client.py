@@ -49,6 +49,7 @@ from scheduler.protocol import (
     Register,
     Registered,
     Report,
+    Restarting,
     Stop,
 )
 from scheduler.tasks import TaskRegistry
@@ -518,6 +519,9 @@ class _Session:
                 self.registered = True
                 self.spawn(self.write())
                 self.spawn(self.beat())
+        elif isinstance(message, Restarting):
+            client._lease.promised(time.monotonic() + message.keep_s)
+            log.info("the bus restarts: keeping our jobs for up to %g s", message.keep_s)
         elif isinstance(message, Error):
             log.warning("the bus refused a frame: %s", message.message)
         else:

@@ -860,6 +860,30 @@ def test_a_restarted_core_takes_back_the_journal_s_jobs() -> None:
     assert new[0].seq == 10
 
 
+def test_a_restart_promise_keeps_held_jobs_with_their_holder_until_its_deadline() -> None:
+    core = new_core()
+    jobs = [
+        stored_job("held", 0, state="running", holder="a", attempt=1, deliveries=1),
+        stored_job("waits", 1, state="assigned", holder="a", attempt=1, deliveries=1),
+    ]
+    core.restore(jobs, next_seq=2, now=100.0, wall=WALL, promised_until=WALL + 60)
+    assert core.next_deadline() == 160.0  # not one lease from the restart
+    assert core.tick(100.0 + LEASE, WALL + LEASE) == []
+    assert info(core, "held").holder == "a"
+    decisions = add(core, "a", now=130.0, held=[Held("held", 1), Held("waits", 1)])
+    assert stops(decisions) == [] and assigns(decisions) == []
+    assert events(report(core, "a", "held", "succeeded", now=131.0)) == ["succeeded"]
+
+
+def test_a_past_restart_promise_gives_only_the_lease() -> None:
+    core = new_core()
+    jobs = [stored_job("held", 0, state="running", holder="a", attempt=1, deliveries=1)]
+    core.restore(jobs, next_seq=1, now=100.0, wall=WALL, promised_until=WALL - 60)
+    assert core.next_deadline() == 100.0 + LEASE
+    decisions = core.tick(100.0 + LEASE, WALL + LEASE)
+    assert decisions[0] == LeaseExpired("a", 1, connected=False)
+
+
 def test_status_reads_like_the_latest_event() -> None:
     core = new_core()
     submit(core)

@@ -8,10 +8,15 @@ from pathlib import Path
 import click
 
 from scheduler.bus.journal import JournalError
-from scheduler.bus.server import DEFAULT_RETENTION_S, BusConfig, BusServer
+from scheduler.bus.server import (
+    DEFAULT_RESTART_GRACE_S,
+    DEFAULT_RETENTION_S,
+    BusConfig,
+    BusServer,
+)
 from scheduler.cli_support import LOG_LEVELS, configure_logging, run_until_signalled
 from scheduler.policy.stealing import STEAL_STRATEGIES
-from scheduler.protocol import FINAL_EVENTS
+from scheduler.protocol import FINAL_EVENTS, MAX_TIMEOUT_S
 
 
 def default_db() -> Path:
@@ -154,6 +159,15 @@ def _retention(
     "requeued) counts as one priority level more urgent, never past 0. Default: off.",
 )
 @click.option(
+    "--restart-grace",
+    default=DEFAULT_RESTART_GRACE_S,
+    show_default=True,
+    type=click.FloatRange(0, MAX_TIMEOUT_S),
+    help="On SIGINT/SIGTERM, tell the schedulers to keep running their jobs this many "
+    "seconds (not just one lease), and journal the promise: a bus restarted on the same "
+    "--db within it leaves running jobs undisturbed. 0: no promise. Needs a journal file.",
+)
+@click.option(
     "--log-level",
     default="INFO",
     show_default=True,
@@ -174,6 +188,7 @@ def cli(
     vacuum_every: float,
     steal: str,
     age_every: float | None,
+    restart_grace: float,
     log_level: str,
 ) -> None:
     """Run the schedbus bus: producers submit jobs, schedulers run them, monitors watch.
@@ -197,6 +212,7 @@ def cli(
         vacuum_every=vacuum_every,
         steal=steal,
         age_every=age_every,
+        restart_grace=restart_grace,
     )
     try:
         run_until_signalled(_serve(config))

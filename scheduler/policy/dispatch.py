@@ -409,22 +409,34 @@ class Dispatcher:
 
     # --- restart -----------------------------------------------------------------------
 
-    def restore(self, jobs: Iterable[Job], next_seq: int, now: float, wall: float) -> None:
+    def restore(
+        self,
+        jobs: Iterable[Job],
+        next_seq: int,
+        now: float,
+        wall: float,
+        *,
+        promised_until: float | None = None,
+    ) -> None:
         """Take back the non-final ``jobs`` a journal kept, before any other input.
 
         A job with a holder stays held: its holder gets a lease from ``now`` to register
-        again and keep it, as if its connection had just broken. Other jobs are queued
+        again and keep it, as if its connection had just broken, or until
+        ``promised_until`` (epoch seconds) if that is later: the bus that shut down for a
+        restart promised its schedulers their jobs until then. Other jobs are queued
         (held back until ``not_before`` if that is after ``wall``). New jobs continue
         from ``next_seq``. A job counts as waiting since its last change. Changes nothing
         in the journal.
         """
         self._seq = max(self._seq, next_seq)
+        kept_until = now if promised_until is None else now + (promised_until - wall)
         for job in jobs:
             self._jobs[job.id] = job
             self._seq = max(self._seq, job.seq + 1)
             self._since[job.id] = now - max(0.0, wall - job.updated_at)
             if job.holder is not None and job.state in ("assigned", "running"):
                 self._restore_held(job, now)
+                self._leases.extend(job.holder, kept_until)
             elif job.not_before is not None and job.not_before > wall:
                 job.state, job.holder = "queued", None
                 self._hold_back(job, now + (job.not_before - wall))

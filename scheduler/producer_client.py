@@ -152,10 +152,15 @@ class ProducerClient:
 
     async def submit(self, payload: JobPayload) -> str:
         """Submit one job; return its id once the bus has journaled it."""
+        return (await self.submit_accepted(payload)).id
+
+    async def submit_accepted(self, payload: JobPayload) -> Accepted:
+        """Submit one job; return the bus's whole reply once it has journaled it (its id,
+        and a ``warning`` if no connected scheduler serves its task)."""
         reply = await self._request(lambda ref: JobRequest(payload=self._with_id(payload), ref=ref))
         assert isinstance(reply, Accepted)
         self._unfinished.add(reply.id)
-        return reply.id
+        return reply
 
     async def submit_many(self, payloads: Sequence[JobPayload]) -> list[SubmitResult]:
         """Submit many jobs in one message (one journal transaction); one result per job."""

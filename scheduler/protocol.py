@@ -269,7 +269,8 @@ class Accepted(msgspec.Struct, frozen=True, tag_field="type", tag="accepted", om
 
 
 class SubmitResult(msgspec.Struct, frozen=True, omit_defaults=True):
-    """One job of a :class:`SubmitMany`: its id, or the error that refused it."""
+    """One job of a :class:`SubmitMany`: its id, or the error that refused it; ``warning``
+    as in :class:`Accepted`."""
 
     id: str | None = None
     error: str | None = None

@@ -24,6 +24,7 @@ from scheduler.policy.dispatch import (
     Requeued,
     SendAssign,
     SendStop,
+    unserved_warning,
 )
 from scheduler.policy.events import status_event
 from scheduler.policy.job import Job
@@ -45,6 +46,7 @@ from scheduler.protocol import (
 
 WALL = 1_700_000_000.0
 LEASE = 5.0
+UNSERVED = unserved_warning("sleep")
 
 
 def new_core(**config: Any) -> Dispatcher:
@@ -743,7 +745,7 @@ def test_cancel_final_unknown_and_v1_held_jobs_changes_nothing() -> None:
 def test_conflicts_raise_ignore_and_replace_a_queued_job() -> None:
     core = new_core()
     first = job(priority=5, job_id="nightly")
-    assert reply(submit(core, first)) == Accepted("nightly")
+    assert reply(submit(core, first)) == Accepted("nightly", warning=UNSERVED)
     error = reply(submit(core, first, ref=3))
     assert error == Error(
         "payload.job_id: job nightly already exists (state queued)", "payload.job_id", 3
@@ -752,7 +754,7 @@ def test_conflicts_raise_ignore_and_replace_a_queued_job() -> None:
     assert reply(submit(core, ignored)) == Accepted("nightly", existing=True)
     replacement = replace(first, on_conflict="replace", priority=1)
     decisions = submit(core, replacement)
-    assert reply(decisions) == Accepted("nightly", replaced=True)
+    assert reply(decisions) == Accepted("nightly", replaced=True, warning=UNSERVED)
     assert events(decisions) == ["accepted"]
     assert (len(core), core.backlog(), core.accepted) == (1, ["nightly"], 2)
     (send,) = sends(add(core, "a"))

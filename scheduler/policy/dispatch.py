@@ -17,7 +17,8 @@ Rules:
   scheduler (a free slot, least loaded first; else the scheduler running the least
   urgent evictable job, if this one is more urgent; else the shortest local queue).
   With none serving its task it waits in the backlog, by priority then arrival, until
-  one registers; :meth:`Dispatcher.stats` counts those jobs as ``unserved``.
+  one registers; :meth:`Dispatcher.stats` counts those jobs as ``unserved``, and the
+  reply to its submit carries a ``warning`` saying so (:func:`unserved_warning`).
 * Work stealing (``steal`` ``urgent`` or ``tail``, see :mod:`scheduler.policy.stealing`):
   a v2 scheduler with a free slot and nothing waiting in its own queue takes a job
   waiting in another's. The core sends the victim ``Stop(reason="stolen")``, books the
@@ -559,7 +560,13 @@ class Dispatcher:
         if result.id is None:
             reply = Error(message=result.error or "", field=result.field, ref=ref)
         else:
-            reply = Accepted(result.id, ref, existing=result.existing, replaced=result.replaced)
+            reply = Accepted(
+                result.id,
+                ref,
+                existing=result.existing,
+                replaced=result.replaced,
+                warning=result.warning,
+            )
         if self._unbalanced:  # only a replaced job frees a slot here
             self._balance(now, decisions)
         return [Reply(reply), *decisions]
@@ -717,7 +724,8 @@ class Dispatcher:
         self._touch(job, wall)
         self._emit(out, job_event(job, "accepted", wall, None))
         self._dispatch(job, now, wall, out)
-        return SubmitResult(id=job_id, replaced=isinstance(resolution, Replace))
+        warning = None if self._eligible(payload.task, now) else unserved_warning(payload.task)
+        return SubmitResult(id=job_id, replaced=isinstance(resolution, Replace), warning=warning)
 
     def _fresh_id(self) -> str:
         while (job_id := self._new_id()) in self._jobs:
@@ -1129,6 +1137,11 @@ class Dispatcher:
     def _discard_stale_waiting(self) -> None:
         while self._waiting and self._due.get(self._waiting[0][2]) != self._waiting[0][0]:
             heapq.heappop(self._waiting)
+
+
+def unserved_warning(task: str) -> str:
+    """The warning an accepted job of ``task`` gets when no connected scheduler serves it."""
+    return f'no connected scheduler serves task "{task}"; the job waits until one registers'
 
 
 def _order(job: Job) -> tuple[int, int]:

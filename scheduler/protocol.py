@@ -443,6 +443,8 @@ class BusStats(msgspec.Struct, frozen=True):
     dead: int = 0
     stolen: int = 0
     steal_attempts: int = 0
+    not_started: int = 0
+    """Attempts taken back from schedulers that started nothing within the start deadline."""
     queued: int = 0
     running: int = 0
     unserved: dict[str, int] = {}

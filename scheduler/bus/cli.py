@@ -11,6 +11,7 @@ from scheduler.bus.journal import JournalError
 from scheduler.bus.server import (
     DEFAULT_RESTART_GRACE_S,
     DEFAULT_RETENTION_S,
+    DEFAULT_START_DEADLINE_S,
     BusConfig,
     BusServer,
 )
@@ -168,6 +169,15 @@ def _retention(
     "--db within it leaves running jobs undisturbed. 0: no promise. Needs a journal file.",
 )
 @click.option(
+    "--start-deadline",
+    default=DEFAULT_START_DEADLINE_S,
+    show_default=True,
+    type=click.FloatRange(0, MAX_TIMEOUT_S),
+    help="Seconds a scheduler with free slots may hold assigned jobs without starting "
+    "any (nor ending one); then they are requeued and it gets no new work until it starts "
+    "one or registers again. 0: no deadline.",
+)
+@click.option(
     "--log-level",
     default="INFO",
     show_default=True,
@@ -189,6 +199,7 @@ def cli(
     steal: str,
     age_every: float | None,
     restart_grace: float,
+    start_deadline: float,
     log_level: str,
 ) -> None:
     """Run the schedbus bus: producers submit jobs, schedulers run them, monitors watch.
@@ -213,6 +224,7 @@ def cli(
         steal=steal,
         age_every=age_every,
         restart_grace=restart_grace,
+        start_deadline=start_deadline or None,
     )
     try:
         run_until_signalled(_serve(config))

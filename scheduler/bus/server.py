@@ -53,6 +53,7 @@ from scheduler.policy.dispatch import (
     Requeued,
     SendAssign,
     SendStop,
+    StartOverdue,
 )
 from scheduler.policy.events import status_event
 from scheduler.policy.job import Job
@@ -98,6 +99,8 @@ DEFAULT_RETENTION_S: Final = 7 * 24 * 3600.0
 """How long a final job stays in the journal unless a retention says otherwise."""
 DEFAULT_RESTART_GRACE_S: Final = 60.0
 """How long a bus shutting down promises its schedulers their running jobs."""
+DEFAULT_START_DEADLINE_S: Final = 30.0
+"""How long a scheduler with room may hold assigned jobs without starting any."""
 
 LOOPBACK_HOSTS: Final = frozenset({"localhost", "127.0.0.1", "[::1]"})
 """``Host`` header names always accepted."""
@@ -158,6 +161,9 @@ class BusConfig:
     restart_grace: float = DEFAULT_RESTART_GRACE_S
     """Seconds a bus shutting down (:meth:`BusServer.close`) promises its v2 schedulers
     their jobs, which the restarted bus honours; 0: no promise (their lease only)."""
+    start_deadline: float | None = DEFAULT_START_DEADLINE_S
+    """Seconds a scheduler with room may hold assigned jobs without starting any before
+    they are requeued (None: no deadline)."""
 
     def __post_init__(self) -> None:
         """Refuse values that cannot work, naming the field."""
@@ -182,6 +188,7 @@ class BusConfig:
             self.max_deliveries,
             steal=self.steal,
             age_every=self.age_every,
+            start_deadline=self.start_deadline,
         )
 
 
@@ -991,7 +998,7 @@ class BusServer:
         elif isinstance(reply.message, Error):
             logger.warning("%s: refused job: %s", requester.outbox.label, reply.message.message)
 
-    def _note(self, decision: Requeued | Ignored | LeaseExpired) -> None:
+    def _note(self, decision: Requeued | Ignored | LeaseExpired | StartOverdue) -> None:
         """Log a decision that sends nothing; a lease that expired on an open connection
         closes it."""
         if isinstance(decision, Requeued):
@@ -1008,6 +1015,14 @@ class BusServer:
                 decision.scheduler,
                 decision.job_id,
                 decision.reason,
+            )
+        elif isinstance(decision, StartOverdue):
+            logger.warning(
+                "%s: started none of its %d assigned jobs within the start deadline (%g s):"
+                " they are requeued, and it gets no new work until it starts one",
+                decision.scheduler,
+                decision.jobs,
+                self.config.start_deadline,
             )
         else:
             logger.info("%s: lease expired; %d jobs taken back", decision.scheduler, decision.jobs)

@@ -66,6 +66,7 @@ from scheduler.policy.lease import Leases
 from scheduler.policy.placement import Enqueue, EvictFor, Seat, Slots, place
 from scheduler.policy.reconcile import reconcile
 from scheduler.policy.retry import RetryBackoff
+from scheduler.policy.start_deadline import StartWatch
 from scheduler.policy.stats import BusCounters, SchedulerCounters
 from scheduler.policy.stealing import STEAL_STRATEGIES, Waiter, WaitingJobs, steal_strategy
 from scheduler.protocol import (
@@ -104,7 +105,9 @@ class DispatchConfig:
     jobs; evictions after which a job is no longer evictable; deliveries (plus the job's
     own ``max_retries``) after which it is dead; the retry backoff; the ``steal``
     strategy (``urgent``, ``tail`` or ``off``); ``age_every`` seconds of waiting that
-    make a job one level more urgent (None: no aging)."""
+    make a job one level more urgent (None: no aging); ``start_deadline`` seconds a
+    scheduler with room may hold assigned attempts without starting any before it loses
+    them (None: no deadline)."""
 
     lease: float = 5.0
     max_evictions: int = 3
@@ -112,6 +115,7 @@ class DispatchConfig:
     backoff: RetryBackoff = field(default_factory=RetryBackoff)
     steal: str = "urgent"
     age_every: float | None = None
+    start_deadline: float | None = None
 
     def __post_init__(self) -> None:
         """Refuse numbers the rules cannot work with, naming the field."""
@@ -126,6 +130,8 @@ class DispatchConfig:
                 f"steal must be one of {', '.join(STEAL_STRATEGIES)}, not {self.steal}"
             )
         Aging(self.age_every)
+        if self.start_deadline is not None:
+            StartWatch(self.start_deadline)
 
 
 # --- decisions -----------------------------------------------------------------------
@@ -191,7 +197,19 @@ class LeaseExpired:
     connected: bool
 
 
-Decision = SendAssign | SendStop | EmitEvent | Reply | Requeued | Ignored | LeaseExpired
+@dataclass(frozen=True, slots=True)
+class StartOverdue:
+    """Scheduler ``scheduler`` started none of its ``jobs`` assigned attempts within the
+    start deadline: they are taken back, and it gets no new work until it starts
+    something or registers again."""
+
+    scheduler: str
+    jobs: int
+
+
+Decision = (
+    SendAssign | SendStop | EmitEvent | Reply | Requeued | Ignored | LeaseExpired | StartOverdue
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -251,6 +269,8 @@ class _Scheduler:
     queued: int = 0
     last_heartbeat: float | None = None
     counters: SchedulerCounters = field(default_factory=SchedulerCounters)
+    stalled: bool = False
+    """It missed the start deadline: no new work until it starts something or registers."""
 
 
 def _new_scheduler(name: str, reports: bool, *, connected: bool = True) -> _Scheduler:
@@ -280,6 +300,8 @@ class Dispatcher:
         self._jobs: dict[str, Job] = {}
         self._schedulers: dict[str, _Scheduler] = {}
         self._leases = Leases(self.config.lease)
+        deadline = self.config.start_deadline
+        self._start_watch = None if deadline is None else StartWatch(deadline)
         self._backlog: list[tuple[int, int, str]] = []
         # Jobs held back for a retry: id -> due (monotonic), and (due, seq, id) entries.
         self._due: dict[str, float] = {}
@@ -379,6 +401,7 @@ class Dispatcher:
         self._discard_stale_waiting()
         candidates = [
             self._leases.next_deadline(),
+            None if self._start_watch is None else self._start_watch.next_deadline(),
             self._waiting[0][0] if self._waiting else None,
             self._v1_due[0][0] if self._v1_due else None,
         ]
@@ -455,6 +478,8 @@ class Dispatcher:
         self._hold(s, job, Seat(job.priority, evictable))
         if job.state == "running":
             self._start_seat(s, job.id)
+        elif self._start_watch is not None:
+            self._start_watch.assigned(s.name, job.id, now)
 
     # --- schedulers --------------------------------------------------------------------
 
@@ -489,10 +514,11 @@ class Dispatcher:
         s.slots.size = V1_SIZE if size is None else size
         s.tasks = DEFAULT_TASKS if tasks is None else frozenset(tasks)
         self._task_priorities.update(priorities or {})
-        s.reports, s.connected = reports, True
+        s.reports, s.connected, s.stalled = reports, True, False
         self._serving.clear()
         if reports:
             self._leases.renew(name, now)
+            self._progressed(s, now)
         decisions: list[Decision] = []
         outcome = reconcile(name, held, self._jobs, s.held)
         decisions.extend(SendStop(name, stop) for stop in outcome.stop)
@@ -617,6 +643,7 @@ class Dispatcher:
         if reason is not None:
             return [Ignored(name, report.id, reason)]
         assert s is not None  # the holder of a tracked job is known
+        unstalled = report.event != "revoked" and self._progressed(s, now)
         if report.evictions is not None and report.event != "evicted":
             job.evictions = max(job.evictions, report.evictions)
         s.counters.reported(report.event)
@@ -631,6 +658,8 @@ class Dispatcher:
             self._revoked(job, s, report, now, wall, decisions)
         else:
             self._finish(job, report.event, wall, decisions, report)
+        if unstalled:
+            self._dispatch_backlog(now, wall, decisions)
         self._balance(now, decisions)
         return decisions
 
@@ -674,6 +703,7 @@ class Dispatcher:
             s = self._schedulers[name]
             decisions.append(LeaseExpired(name, len(s.held), s.connected))
             decisions.extend(self._forget_scheduler(s, "lease expired", now, wall))
+        self._check_start_deadlines(now, wall, decisions)
         self._discard_stale_waiting()
         while self._waiting and self._waiting[0][0] <= now:
             _, _, job_id = heapq.heappop(self._waiting)
@@ -751,6 +781,8 @@ class Dispatcher:
         it waited, and fail a steal of it that was under way."""
         job.state = "running"
         self._touch(job, wall)
+        if self._start_watch is not None:
+            self._start_watch.settled(s.name, job.id)
         if self._start_seat(s, job.id):
             self._counters.waited(job.priority, now - self._since.get(job.id, now))
         self._stealable.discard(job.id)
@@ -940,6 +972,8 @@ class Dispatcher:
         self._touch(job, wall)
         evictable = job.evictions < self.config.max_evictions
         self._hold(s, job, Seat(priority, evictable))
+        if s.reports and self._start_watch is not None:
+            self._start_watch.assigned(s.name, job.id, now)
         if not s.reports:
             runtime = job.payload.runtime or 0.0
             heapq.heappush(self._v1_due, (now + runtime, job.id, job.attempt))
@@ -970,7 +1004,11 @@ class Dispatcher:
         if found is None:
             if len(self._serving) >= MAX_CACHED_TASKS:  # producers choose task names
                 self._serving.clear()
-            found = [s.slots for s in self._schedulers.values() if s.connected and task in s.tasks]
+            found = [
+                s.slots
+                for s in self._schedulers.values()
+                if s.connected and not s.stalled and task in s.tasks
+            ]
             self._serving[task] = found
         return found
 
@@ -997,6 +1035,8 @@ class Dispatcher:
         s = self._schedulers[job.holder]
         s.held.discard(job.id)
         s.slots.release(job.id, self._seats.pop(job.id))
+        if self._start_watch is not None:
+            self._start_watch.settled(s.name, job.id)
         self._stealable.discard(job.id)
         thief = self._stealing.pop(job.id, None)
         if thief is not None:
@@ -1014,7 +1054,7 @@ class Dispatcher:
             name = next(iter(self._unbalanced))
             del self._unbalanced[name]
             s = self._schedulers.get(name)
-            if s is not None and s.connected and s.reports:
+            if s is not None and s.connected and s.reports and not s.stalled:
                 self._steal_for(s, now, out)
 
     def _steal_for(self, thief: _Scheduler, now: float, out: list[Decision]) -> None:
@@ -1063,6 +1103,8 @@ class Dispatcher:
         s.connected = False
         self._serving.clear()
         self._leases.drop(s.name)
+        if self._start_watch is not None:
+            self._start_watch.forget(s.name)
         self._expire_v1(now)
         for job_id, thief in list(self._stealing.items()):
             if thief == s.name:
@@ -1099,6 +1141,41 @@ class Dispatcher:
             requeued.append(job)
         for job in requeued:
             self._dispatch(job, now, wall, out)
+
+    def _progressed(self, s: _Scheduler, now: float) -> bool:
+        """``s`` showed it works at ``now`` (it started or ended an attempt, or registered):
+        its start deadline runs from here, and it may get work again. Returns whether it
+        was stalled (then the caller dispatches the backlog)."""
+        if self._start_watch is not None:
+            self._start_watch.progressed(s.name, now)
+        if not s.stalled:
+            return False
+        s.stalled = False
+        self._serving.clear()
+        self._unbalanced[s.name] = None
+        return True
+
+    def _check_start_deadlines(self, now: float, wall: float, out: list[Decision]) -> None:
+        """Take back the unstarted attempts of every connected scheduler that had room
+        and started nothing within the start deadline; it gets no new work until it
+        starts something or registers again. One that is full or disconnected waits
+        legitimately (or for its lease): its deadline starts over."""
+        if self._start_watch is None:
+            return
+        for name in self._start_watch.overdue(now):
+            s = self._schedulers[name]
+            if not s.connected or s.slots.busy >= s.slots.size:
+                self._start_watch.progressed(name, now)
+                continue
+            pending = [self._jobs[j] for j in s.held if self._seats[j].started is None]
+            s.stalled = True
+            self._serving.clear()
+            out.append(StartOverdue(name, len(pending)))
+            for job in sorted(pending, key=_order):
+                out.append(SendStop(name, Stop(job.id, job.attempt, "not started in time")))
+                self._counters.add("not_started")
+            reason = "not started within the start deadline"
+            self._take_back(s, pending, reason, now, wall, out)
 
     def _scheduler_stats(self, s: _Scheduler, now: float) -> SchedulerStats:
         running = [

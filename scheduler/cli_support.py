@@ -10,6 +10,8 @@ from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
 import click
+from websockets.exceptions import InvalidURI
+from websockets.uri import parse_uri
 
 T = TypeVar("T")
 
@@ -18,6 +20,16 @@ LOG_LEVELS = click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=
 
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+def bus_url(ctx: click.Context | None, param: click.Parameter | None, value: str) -> str:
+    """Click callback for ``--bus``: refuse anything but a ``ws://`` or ``wss://`` URL
+    with a one-line usage error naming the option (exit 2), never a traceback later."""
+    try:
+        parse_uri(value)
+    except InvalidURI as exc:
+        raise click.BadParameter(f"{value!r} is not a ws:// or wss:// URL ({exc})") from None
+    return value
 
 
 def client_options(command: F) -> F:
@@ -30,7 +42,8 @@ def client_options(command: F) -> F:
             envvar="SCHEDBUS_URL",
             default="ws://localhost:8101",
             show_default=True,
-            help="Bus URL (env SCHEDBUS_URL).",
+            callback=bus_url,
+            help="Bus URL, ws:// or wss:// (env SCHEDBUS_URL).",
         ),
         click.option(
             "--token",

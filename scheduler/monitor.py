@@ -19,7 +19,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
 from scheduler import protocol
-from scheduler.cli_support import configure_logging, run_until_signalled, shorten
+from scheduler.cli_support import bus_url, configure_logging, run_until_signalled, shorten
 from scheduler.policy.backoff import Backoff
 from scheduler.protocol import JobEvent, Register
 
@@ -63,8 +63,14 @@ async def watch(url: str, name: str | None, token: str | None, as_json: bool) ->
                 )
                 backoff.reset()
                 log.info("watching %s", url)
-                async for frame in ws:
-                    _show(frame, render)
+                try:
+                    async for frame in ws:
+                        _show(frame, render)
+                except asyncio.CancelledError:
+                    # Close with 1000: leaving `async with connect()` on an exception
+                    # would close with 1011, which the bus logs as an internal error.
+                    await ws.close()
+                    raise
         except (OSError, ConnectionClosed, InvalidHandshake, TimeoutError) as exc:
             delay = backoff.next_delay()
             log.warning("bus %s unavailable (%s); retrying in %.1fs", url, exc, delay)
@@ -91,6 +97,7 @@ def _show(frame: str | bytes, render: Callable[[JobEvent], str]) -> None:
     envvar="SCHEDBUS_URL",
     default="ws://localhost:8101",
     show_default=True,
+    callback=bus_url,
     help="Bus URL (env SCHEDBUS_URL).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print each event as a JSON object.")

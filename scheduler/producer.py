@@ -24,7 +24,7 @@ import msgspec
 from websockets.asyncio.client import connect
 
 from scheduler import protocol
-from scheduler.cli_support import configure_logging, run_until_signalled, shorten
+from scheduler.cli_support import bus_url, configure_logging, run_until_signalled, shorten
 from scheduler.producer_client import BusConnectionLost, ProducerClient, SubmitError
 from scheduler.protocol import Args, JobPayload, OnConflict
 from scheduler.tracking import JobRecord, JobTracker
@@ -142,13 +142,17 @@ async def submit_v1(plan: Plan) -> int:
     submitted = 0
     async with connect(plan.url, compression=None) as ws:
         await ws.send(protocol.encode_v1_register("producer"))
-        for index in _indices(plan.count):
-            if index:
-                await asyncio.sleep(next(plan.waits))
-            frame = protocol.encode_v1_job_request(plan.maker.next(index))
-            await ws.send(frame)
-            submitted += 1
-            log.info("submitted %s", frame)
+        try:
+            for index in _indices(plan.count):
+                if index:
+                    await asyncio.sleep(next(plan.waits))
+                frame = protocol.encode_v1_job_request(plan.maker.next(index))
+                await ws.send(frame)
+                submitted += 1
+                log.info("submitted %s", frame)
+        except asyncio.CancelledError:
+            await ws.close()  # 1000: leaving `async with` on an exception sends 1011
+            raise
     log.info("done: %d jobs submitted", submitted)
     return 0
 
@@ -350,6 +354,7 @@ def _indices(count: int | None) -> Iterator[int]:
     envvar="SCHEDBUS_URL",
     default=DEFAULT_URL,
     show_default=True,
+    callback=bus_url,
     help="Bus URL (env SCHEDBUS_URL).",
 )
 @click.option(

@@ -20,9 +20,10 @@ import itertools
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from types import TracebackType
+from typing import Any
 
 import msgspec
 from websockets.asyncio.client import ClientConnection, connect
@@ -238,7 +239,7 @@ class ProducerClient:
                 ) as ws:
                     await self._register(ws)
                     backoff.reset()
-                    await self._serve(ws)
+                    await _closing_cleanly(ws, self._serve(ws))
             except (OSError, ConnectionClosed, InvalidHandshake, TimeoutError) as exc:
                 reason = str(exc) or type(exc).__name__
             self._connected.clear()
@@ -320,6 +321,16 @@ class ProducerClient:
             if not request.future.done():
                 request.future.set_exception(BusConnectionLost(reason))
         self._requests.clear()
+
+
+async def _closing_cleanly(ws: ClientConnection, serving: Coroutine[Any, Any, None]) -> None:
+    """Await ``serving``; if that is cancelled (the client closes), close ``ws`` with code
+    1000 first: leaving ``async with connect()`` on an exception would close with 1011."""
+    try:
+        await serving
+    except asyncio.CancelledError:
+        await ws.close()
+        raise
 
 
 def _lost(job_id: str) -> JobEvent:

@@ -13,8 +13,10 @@ from pathlib import Path
 from conftest import ROOT, Commands, unit, wait_until
 
 from scheduler.bus.server import BusConfig, BusServer
+from scheduler.executor import Executor
 from scheduler.producer_client import ProducerClient
-from scheduler.protocol import FINAL_EVENTS, JobEvent, JobPayload
+from scheduler.protocol import FINAL_EVENTS, Assignment, JobEvent, JobPayload, Report
+from scheduler.tasks import TaskRegistry
 
 TASKS = str(ROOT / "tests" / "attempt_log_tasks.py")
 
@@ -33,6 +35,30 @@ def attempts(log: Path) -> dict[str, list[tuple[int, float, float | None]]]:
     for job_id, number, start in open_runs.values():
         runs[job_id].append((number, start, None))
     return {job_id: sorted(found, key=lambda run: run[1]) for job_id, found in runs.items()}
+
+
+async def test_the_executor_gives_back_what_it_may_not_start() -> None:
+    reports: list[Report] = []
+    allowed = [True]
+    executor = Executor(
+        1,
+        10 * unit(),
+        TaskRegistry(),
+        lambda report, _: reports.append(report),
+        may_start=lambda: allowed[0],
+    )
+    try:
+        executor.submit(Assignment("running", 1, 5, runtime=30 * unit(), task="sleep"))
+        executor.submit(Assignment("waiting", 1, 5, runtime=0.1, task="sleep"))
+        assert [(r.event, r.id) for r in reports] == [("started", "running")]
+        allowed[0] = False  # the lease may have expired
+        assert executor.cancel("running", 1)
+        await wait_until(lambda: len(reports) == 3, 10 * unit(), "the queue is given back")
+        events = [(r.event, r.id) for r in reports]
+        assert ("revoked", "waiting") in events and ("started", "waiting") not in events
+        assert executor.held() == []
+    finally:
+        await executor.shutdown()
 
 
 async def test_a_thawed_scheduler_starts_no_stale_queued_attempt(

@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import click
+from websockets.exceptions import InvalidURI
+from websockets.uri import parse_uri
 
 from scheduler.auth import TokenFileError, TokenRole, default_token_file, token_for
 
@@ -64,6 +66,16 @@ def pick_token(role: TokenRole, token: str | None, token_file: Path | None) -> s
         raise click.ClickException(str(exc)) from None
 
 
+def bus_url(ctx: click.Context | None, param: click.Parameter | None, value: str) -> str:
+    """Click callback for ``--bus``: refuse anything but a ``ws://`` or ``wss://`` URL
+    with a one-line usage error naming the option (exit 2), never a traceback later."""
+    try:
+        parse_uri(value)
+    except InvalidURI as exc:
+        raise click.BadParameter(f"{value!r} is not a ws:// or wss:// URL ({exc})") from None
+    return value
+
+
 def client_options(command: F) -> F:
     """Add ``--bus``, ``--token``, ``--token-file``, ``--cafile`` and ``--connect-timeout``
     (parameters ``url``, ``token``, ``token_file``, ``cafile``, ``connect_timeout``) to a
@@ -76,7 +88,8 @@ def client_options(command: F) -> F:
             envvar="SCHEDBUS_URL",
             default="ws://localhost:8101",
             show_default=True,
-            help="Bus URL (env SCHEDBUS_URL).",
+            callback=bus_url,
+            help="Bus URL, ws:// or wss:// (env SCHEDBUS_URL).",
         ),
         click.option(
             "--token",

@@ -78,8 +78,14 @@ class Executor:
         grace: float = 2.0,
         clock: Callable[[], float] = time.monotonic,
         on_error: ErrorSink = _log_error,
+        may_start: Callable[[], bool] = lambda: True,
     ) -> None:
-        """Set up an idle executor; nothing runs until :meth:`submit`."""
+        """Set up an idle executor; nothing runs until :meth:`submit`.
+
+        ``may_start`` is asked before each job starts; when it says no (the lease may have
+        expired), the attempt is given back unstarted: reported ``revoked``.
+        """
+        self._may_start = may_start
         self._runner = Runner(size)
         self._default_timeout = default_timeout
         self._tasks = tasks
@@ -235,6 +241,8 @@ class Executor:
     def _start(self, job_id: str) -> Sequence[Start]:
         """Fork the job's process; returns what the runner starts next if the fork failed."""
         assignment = self._jobs[job_id]
+        if not self._may_start():
+            return self._give_back(assignment)
         spec = self._tasks.spec(assignment.task)
         args, kwargs = call_arguments(assignment.args, assignment.runtime)
         try:
@@ -265,6 +273,17 @@ class Executor:
         log.debug("started %s attempt %d pid %d", job_id, assignment.attempt, process.pid)
         self._on_event(Report("started", job_id, assignment.attempt), assignment)
         return []
+
+    def _give_back(self, assignment: Assignment) -> Sequence[Start]:
+        """Report ``assignment`` ``revoked`` instead of starting it (the bus may have given
+        it to another scheduler); return what the runner starts next."""
+        job_id = assignment.id
+        log.warning(
+            "not starting %s attempt %d: the lease may have expired", job_id, assignment.attempt
+        )
+        del self._jobs[job_id]
+        self._on_event(Report("revoked", job_id, assignment.attempt), assignment)
+        return self._runner.exited(job_id, self._clock())
 
     def _not_started(self, assignment: Assignment, exc: OSError) -> Sequence[Start]:
         """The job's process could not be made: fail it; return what the runner starts next."""

@@ -23,6 +23,7 @@ from scheduler import protocol
 from scheduler.auth import tls_options
 from scheduler.cli_support import (
     auth_options,
+    bus_url,
     configure_logging,
     pick_token,
     run_until_signalled,
@@ -76,8 +77,14 @@ async def watch(
                 )
                 backoff.reset()
                 log.info("watching %s", url)
-                async for frame in ws:
-                    _show(frame, render)
+                try:
+                    async for frame in ws:
+                        _show(frame, render)
+                except asyncio.CancelledError:
+                    # Close with 1000: leaving `async with connect()` on an exception
+                    # would close with 1011, which the bus logs as an internal error.
+                    await ws.close()
+                    raise
         except (OSError, ConnectionClosed, InvalidHandshake, TimeoutError) as exc:
             delay = backoff.next_delay()
             log.warning("bus %s unavailable (%s); retrying in %.1fs", url, exc, delay)
@@ -104,6 +111,7 @@ def _show(frame: str | bytes, render: Callable[[JobEvent], str]) -> None:
     envvar="SCHEDBUS_URL",
     default="ws://localhost:8101",
     show_default=True,
+    callback=bus_url,
     help="Bus URL (env SCHEDBUS_URL).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print each event as a JSON object.")

@@ -28,6 +28,7 @@ from scheduler import protocol
 from scheduler.auth import tls_options
 from scheduler.cli_support import (
     auth_options,
+    bus_url,
     configure_logging,
     pick_token,
     run_until_signalled,
@@ -142,6 +143,8 @@ class Plan:
     as_json: bool
     bulk: bool = False
     cafile: str | None = None
+    remind_every: float = 10.0
+    """With ``wait``: seconds between reminders of jobs waiting for an unserved task."""
 
 
 async def submit_v1(plan: Plan) -> int:
@@ -149,13 +152,17 @@ async def submit_v1(plan: Plan) -> int:
     submitted = 0
     async with connect(plan.url, compression=None, **tls_options(plan.url, plan.cafile)) as ws:
         await ws.send(protocol.encode_v1_register("producer"))
-        for index in _indices(plan.count):
-            if index:
-                await asyncio.sleep(next(plan.waits))
-            frame = protocol.encode_v1_job_request(plan.maker.next(index))
-            await ws.send(frame)
-            submitted += 1
-            log.info("submitted %s", frame)
+        try:
+            for index in _indices(plan.count):
+                if index:
+                    await asyncio.sleep(next(plan.waits))
+                frame = protocol.encode_v1_job_request(plan.maker.next(index))
+                await ws.send(frame)
+                submitted += 1
+                log.info("submitted %s", frame)
+        except asyncio.CancelledError:
+            await ws.close()  # 1000: leaving `async with` on an exception sends 1011
+            raise
     log.info("done: %d jobs submitted", submitted)
     return 0
 
@@ -168,6 +175,7 @@ async def submit_v2(plan: Plan) -> int:
         log.info("connected to %s as %s", plan.url, client.name)
         follower = JobFollower(plan.as_json)
         watching = asyncio.create_task(follower.follow(client)) if plan.wait else None
+        reminding = asyncio.create_task(follower.remind(plan.remind_every)) if plan.wait else None
         try:
             if plan.bulk:
                 await _submit_bulk(client, plan, follower)
@@ -178,8 +186,9 @@ async def submit_v2(plan: Plan) -> int:
             follower.all_submitted()
             await watching
         finally:
-            if watching is not None and not watching.done():
-                watching.cancel()
+            for task in (watching, reminding):
+                if task is not None and not task.done():
+                    task.cancel()
     print_summary(list(follower.finished.values()))
     return 0
 
@@ -189,8 +198,9 @@ async def _submit_one_by_one(client: ProducerClient, plan: Plan, follower: JobFo
         if index:
             await asyncio.sleep(next(plan.waits))
         payload = plan.maker.next(index)
-        job_id = await client.submit(payload)
-        follower.expect(job_id)
+        accepted = await client.submit_accepted(payload)
+        job_id = accepted.id
+        follower.expect(job_id, payload.task, accepted.warning)
         log.info("submitted %s %s", job_id[:8], _job_text(payload))
 
 
@@ -206,12 +216,13 @@ def _job_text(payload: JobPayload) -> str:
 
 async def _submit_bulk(client: ProducerClient, plan: Plan, follower: JobFollower) -> None:
     assert plan.count is not None
-    results = await client.submit_many([plan.maker.next(i) for i in range(plan.count)])
+    payloads = [plan.maker.next(i) for i in range(plan.count)]
+    results = await client.submit_many(payloads)
     for index, result in enumerate(results):
         if result.id is None:
             log.error("job %d refused: %s", index, result.error)
         else:
-            follower.expect(result.id)
+            follower.expect(result.id, payloads[index].task, result.warning)
     log.info("submitted %d jobs in one message", sum(r.id is not None for r in results))
 
 
@@ -223,12 +234,45 @@ class JobFollower:
         self.as_json = as_json
         self.expected: set[str] = set()
         self.finished: dict[str, JobRecord] = {}
+        self.tasks: dict[str, str] = {}
+        """The task of each expected job."""
+        self.unserved: set[str] = set()
+        """Tasks the bus warned that no connected scheduler serves."""
         self._submitting = True
         self._complete = asyncio.Event()
 
-    def expect(self, job_id: str) -> None:
-        """Count ``job_id`` among the jobs to wait for."""
+    def expect(self, job_id: str, task: str = "sleep", warning: str | None = None) -> None:
+        """Count ``job_id`` (a job of ``task``) among the jobs to wait for; log the bus's
+        ``warning`` about its submit, once per task."""
         self.expected.add(job_id)
+        self.tasks[job_id] = task
+        if warning is not None and task not in self.unserved:
+            self.unserved.add(task)
+            log.warning("%s", warning)
+
+    def waiting_unserved(self) -> Counter[str]:
+        """How many expected jobs still wait (queued) for each task the bus warned about."""
+        waiting: Counter[str] = Counter()
+        for job_id, task in self.tasks.items():
+            if task not in self.unserved or job_id in self.finished:
+                continue
+            record = self.tracker.records.get(job_id)
+            if record is None or record.state == "queued":
+                waiting[task] += 1
+        return waiting
+
+    async def remind(self, every: float) -> None:
+        """Every ``every`` seconds, log which jobs wait for a task nobody serves."""
+        while True:
+            await asyncio.sleep(every)
+            for task, count in sorted(self.waiting_unserved().items()):
+                log.warning(
+                    '%d job%s wait%s for task "%s", which no connected scheduler serves',
+                    count,
+                    "" if count == 1 else "s",
+                    "s" if count == 1 else "",
+                    task,
+                )
 
     def all_submitted(self) -> None:
         """No more jobs will be expected; finish once the expected ones are final."""
@@ -322,6 +366,7 @@ def _indices(count: int | None) -> Iterator[int]:
     envvar="SCHEDBUS_URL",
     default=DEFAULT_URL,
     show_default=True,
+    callback=bus_url,
     help="Bus URL (env SCHEDBUS_URL).",
 )
 @click.option(
@@ -351,6 +396,13 @@ def _indices(count: int | None) -> Iterator[int]:
     help="Per-job timeout in seconds (default: the scheduler's -t).",
 )
 @click.option("--wait", is_flag=True, help="After submitting, wait until every job is final.")
+@click.option(
+    "--remind-every",
+    type=click.FloatRange(min=0, min_open=True),
+    default=10.0,
+    hidden=True,
+    help="With --wait: seconds between reminders of jobs waiting for an unserved task.",
+)
 @click.option(
     "--json",
     "as_json",
@@ -416,6 +468,7 @@ def cli(
     priority: Span | None,
     timeout: float | None,
     wait: bool,
+    remind_every: float,
     as_json: bool,
     v1: bool,
     name: str | None,
@@ -467,6 +520,7 @@ def cli(
         as_json=as_json,
         bulk=bulk,
         cafile=cafile,
+        remind_every=remind_every,
     )
     try:
         code = run_until_signalled(submit_v1(plan) if v1 else submit_v2(plan))

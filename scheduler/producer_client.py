@@ -20,9 +20,10 @@ import itertools
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from types import TracebackType
+from typing import Any
 
 import msgspec
 from websockets.asyncio.client import ClientConnection, connect
@@ -155,7 +156,12 @@ class ProducerClient:
         self._events.put_nowait(None)
 
     async def submit(self, payload: JobPayload) -> str:
-        """Submit one job; return its id once the bus has journaled it.
+        """Submit one job; return its id once the bus has journaled it."""
+        return (await self.submit_accepted(payload)).id
+
+    async def submit_accepted(self, payload: JobPayload) -> Accepted:
+        """Submit one job; return the bus's whole reply once it has journaled it (its id,
+        and a ``warning`` if no connected scheduler serves its task).
 
         A job that existed already (a re-send of this submission, or ``ignore``) may be
         further along, even final: its current state is then put in :meth:`events`.
@@ -165,7 +171,7 @@ class ProducerClient:
         self._unfinished.add(reply.id)
         if reply.existing:
             await self._catch_up([reply.id])
-        return reply.id
+        return reply
 
     async def submit_many(self, payloads: Sequence[JobPayload]) -> list[SubmitResult]:
         """Submit many jobs in one message (one journal transaction); one result per job.
@@ -258,7 +264,7 @@ class ProducerClient:
                 ) as ws:
                     await self._register(ws)
                     backoff.reset()
-                    await self._serve(ws)
+                    await _closing_cleanly(ws, self._serve(ws))
             except (OSError, ConnectionClosed, InvalidHandshake, TimeoutError) as exc:
                 reason = str(exc) or type(exc).__name__
             self._connected.clear()
@@ -340,6 +346,16 @@ class ProducerClient:
             if not request.future.done():
                 request.future.set_exception(BusConnectionLost(reason))
         self._requests.clear()
+
+
+async def _closing_cleanly(ws: ClientConnection, serving: Coroutine[Any, Any, None]) -> None:
+    """Await ``serving``; if that is cancelled (the client closes), close ``ws`` with code
+    1000 first: leaving ``async with connect()`` on an exception would close with 1011."""
+    try:
+        await serving
+    except asyncio.CancelledError:
+        await ws.close()
+        raise
 
 
 def _lost(job_id: str) -> JobEvent:

@@ -252,24 +252,37 @@ class Registered(msgspec.Struct, frozen=True, tag_field="type", tag="registered"
     secret: str | None = None
 
 
+class Restarting(msgspec.Struct, frozen=True, tag_field="type", tag="restarting"):
+    """The bus is shutting down for a restart: the v2 scheduler keeps running its jobs
+    (and keeps its reports) for up to ``keep_s`` seconds instead of fencing them after its
+    lease; the restarted bus keeps them held by it until then."""
+
+    keep_s: Annotated[float, msgspec.Meta(ge=0, le=MAX_TIMEOUT_S)]
+
+
 class Accepted(msgspec.Struct, frozen=True, tag_field="type", tag="accepted", omit_defaults=True):
     """A submit was accepted (journaled): ``id`` names the job from now on. ``existing``:
-    the id was taken and ``on_conflict`` was ``ignore``; ``replaced``: it was ``replace``."""
+    the id was taken and ``on_conflict`` was ``ignore``; ``replaced``: it was ``replace``.
+    ``warning``: accepted, but something the producer should know (no connected scheduler
+    serves its task, so it waits until one registers)."""
 
     id: str
     ref: Ref = None
     existing: bool = False
     replaced: bool = False
+    warning: str | None = None
 
 
 class SubmitResult(msgspec.Struct, frozen=True, omit_defaults=True):
-    """One job of a :class:`SubmitMany`: its id, or the error that refused it."""
+    """One job of a :class:`SubmitMany`: its id, or the error that refused it; ``warning``
+    as in :class:`Accepted`."""
 
     id: str | None = None
     error: str | None = None
     field: str | None = None
     existing: bool = False
     replaced: bool = False
+    warning: str | None = None
 
 
 class SubmittedMany(
@@ -435,6 +448,8 @@ class BusStats(msgspec.Struct, frozen=True):
     dead: int = 0
     stolen: int = 0
     steal_attempts: int = 0
+    not_started: int = 0
+    """Attempts taken back from schedulers that started nothing within the start deadline."""
     queued: int = 0
     running: int = 0
     unserved: dict[str, int] = {}
@@ -462,6 +477,7 @@ BusMessage = (
     | Assign
     | Stop
     | JobEvent
+    | Restarting
 )
 
 # --- encode / decode -----------------------------------------------------------------

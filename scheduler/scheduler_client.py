@@ -27,6 +27,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Final
 
 import msgspec
@@ -38,6 +39,7 @@ from scheduler import protocol
 from scheduler.auth import tls_options
 from scheduler.executor import Executor
 from scheduler.policy.backoff import Backoff
+from scheduler.policy.fence import LeaseView
 from scheduler.protocol import (
     Assign,
     Assignment,
@@ -48,6 +50,7 @@ from scheduler.protocol import (
     Register,
     Registered,
     Report,
+    Restarting,
     Stop,
 )
 from scheduler.tasks import TaskRegistry
@@ -233,11 +236,12 @@ class SchedulerClient:
         self._backoff = Backoff()
         self._executor: Executor | None = None
         self._error: Exception | None = None
-        self._lease_s: float | None = None
         self._secret: str | None = None
         """What proves to the bus that we hold our name; kept in memory only."""
-        self._alive_at: float | None = None
-        """When the bus last had a sign of life from us (a heartbeat sent), monotonic."""
+        self._lease = LeaseView(
+            start_margin=config.heartbeat_s, stop_margin=config.grace + config.heartbeat_s
+        )
+        """Our lease at the bus as our own clock sees it: fences starts and running jobs."""
 
     @property
     def executor(self) -> Executor:
@@ -263,6 +267,7 @@ class SchedulerClient:
             self._on_event,
             grace=config.grace,
             on_error=self._fail,
+            may_start=self._may_start,
         )
         session: _Session | None = None
         try:
@@ -339,13 +344,16 @@ class SchedulerClient:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._stopping.wait(), seconds)
 
+    def _may_start(self) -> bool:
+        """Whether a queued job may start now: our lease surely holds (see :class:`LeaseView`)."""
+        return self._lease.may_start(time.monotonic())
+
     def _fence_in(self) -> float | None:
         """Seconds until our lease may have expired at the bus, less the time stopping a
         job can take; None while we hold nothing or never had a lease."""
-        if self._lease_s is None or self._alive_at is None or not self.executor.held():
+        if not self.executor.held():
             return None
-        margin = self.config.grace + self.config.heartbeat_s
-        return self._alive_at + max(0.0, self._lease_s - margin) - time.monotonic()
+        return self._lease.fence_in(time.monotonic())
 
     def _fence(self) -> None:
         """Stop every job: the bus has given them to others by now (lease expired), and a
@@ -357,7 +365,7 @@ class SchedulerClient:
         log.warning(
             "cut off from the bus for longer than the lease (%.1f s): stopping %d jobs, "
             "which the bus runs elsewhere",
-            self._lease_s,
+            self._lease.lease_s,
             len(held),
         )
         for attempt in held:
@@ -468,12 +476,14 @@ class _Session:
         self.ws = ws
         self.registered = False
         self.heartbeat_s = client.config.heartbeat_s
+        self.register_sent_at = time.monotonic()
         self.tasks: list[asyncio.Task[None]] = []
 
     async def serve(self) -> None:
         """Register and handle the bus until the connection ends or stop is asked."""
         stopped = asyncio.ensure_future(self.client._stopping.wait())
         try:
+            self.register_sent_at = time.monotonic()
             await self.ws.send(protocol.encode(self.client._register_message()))
             reader = self.spawn(self.read())
             await asyncio.wait((reader, stopped), return_when=asyncio.FIRST_COMPLETED)
@@ -527,17 +537,20 @@ class _Session:
             client._on_stop(message)
         elif isinstance(message, Registered):
             client._registered(message.name, message.secret)
-            client._lease_s = message.lease_s
-            client._alive_at = time.monotonic()
+            client._lease.granted(message.lease_s, self.register_sent_at)
             if message.lease_s is not None:
                 # Several heartbeats per lease, so one late beat does not cost our jobs.
                 self.heartbeat_s = min(client.config.heartbeat_s, message.lease_s / 3)
+                client._lease.start_margin = self.heartbeat_s
             if not self.registered:
                 self.registered = True
                 self.spawn(self.write())
                 self.spawn(self.beat())
         elif isinstance(message, Error) and not self.registered and message.field in _FATAL_FIELDS:
             client._refused(message)
+        elif isinstance(message, Restarting):
+            client._lease.promised(time.monotonic() + message.keep_s)
+            log.info("the bus restarts: keeping our jobs for up to %g s", message.keep_s)
         elif isinstance(message, Error):
             log.warning("the bus refused a frame: %s", message.message)
         else:
@@ -573,11 +586,18 @@ class _Session:
 
     async def beat(self) -> None:
         """Send a heartbeat with the current load now and every ``heartbeat_s`` (at most a
-        third of the lease the bus announced)."""
+        third of the lease the bus announced), each followed by a ping: its pong proves
+        the bus read the heartbeat, which renews our lease from the time it was sent."""
         executor = self.client.executor
         with contextlib.suppress(ConnectionClosed):
             while True:
                 heartbeat = Heartbeat(running=executor.running, queued=executor.queued)
+                sent_at = time.monotonic()
                 await self.ws.send(protocol.encode(heartbeat))
-                self.client._alive_at = time.monotonic()
+                pong = asyncio.ensure_future(await self.ws.ping())
+                pong.add_done_callback(partial(self._ponged, sent_at))
                 await asyncio.sleep(self.heartbeat_s)
+
+    def _ponged(self, sent_at: float, pong: asyncio.Future[float]) -> None:
+        if not pong.cancelled() and pong.exception() is None:
+            self.client._lease.confirmed(sent_at)

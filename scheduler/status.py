@@ -26,7 +26,8 @@ from scheduler.protocol import BusStats, SchedulerStats, StatsReply
 
 BUS_COUNTERS = (
     "submitted", "started", "succeeded", "failed", "timed_out", "evicted", "requeued",
-    "retried", "cancelled", "dead", "stolen", "steal_attempts", "queued", "running",
+    "retried", "cancelled", "dead", "stolen", "steal_attempts", "not_started", "queued",
+    "running",
 )  # fmt: skip
 
 

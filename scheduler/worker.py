@@ -21,10 +21,14 @@ from pathlib import Path
 from typing import Any, Final, TypeVar
 
 import click
-from websockets.exceptions import InvalidURI
-from websockets.uri import parse_uri
 
-from scheduler.cli_support import auth_options, configure_logging, pick_token, run_until_signalled
+from scheduler.cli_support import (
+    auth_options,
+    bus_url,
+    configure_logging,
+    pick_token,
+    run_until_signalled,
+)
 from scheduler.protocol import MAX_NAME_LEN, MAX_SIZE, MAX_TIMEOUT_S, Assignment, Report
 from scheduler.scheduler_client import RegistrationRefused, SchedulerClient, SchedulerConfig
 from scheduler.tasks import TaskLoadError, TaskRegistry, load_task_modules
@@ -104,14 +108,6 @@ def log_unusual_report(report: Report, assignment: Assignment) -> None:
         log_report(report, assignment)
 
 
-def _bus_url(ctx: click.Context, param: click.Parameter, value: str) -> str:
-    try:
-        parse_uri(value)
-    except InvalidURI as exc:
-        raise click.BadParameter(f"{value!r} is not a ws:// or wss:// URL ({exc})") from None
-    return value
-
-
 def _short_text(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
     if value is not None and len(value) > MAX_NAME_LEN:
         raise click.BadParameter(f"must be at most {MAX_NAME_LEN} characters long")
@@ -145,7 +141,7 @@ _OPTIONS = (
         show_default=True,
         show_envvar=True,
         metavar="URL",
-        callback=_bus_url,
+        callback=bus_url,
         help="URL of the bus. While it is unreachable the scheduler retries with backoff; "
         "running jobs go on meanwhile and their reports wait.",
     ),

@@ -24,6 +24,7 @@ from scheduler.policy.dispatch import (
     Requeued,
     SendAssign,
     SendStop,
+    unserved_warning,
 )
 from scheduler.policy.events import status_event
 from scheduler.policy.job import Job
@@ -46,6 +47,7 @@ from scheduler.protocol import (
 
 WALL = 1_700_000_000.0
 LEASE = 5.0
+UNSERVED = unserved_warning("sleep")
 
 
 def new_core(**config: Any) -> Dispatcher:
@@ -744,7 +746,7 @@ def test_cancel_final_unknown_and_v1_held_jobs_changes_nothing() -> None:
 def test_conflicts_raise_ignore_and_replace_a_queued_job() -> None:
     core = new_core()
     first = job(priority=5, job_id="nightly")
-    assert reply(submit(core, first)) == Accepted("nightly")
+    assert reply(submit(core, first)) == Accepted("nightly", warning=UNSERVED)
     error = reply(submit(core, replace(first, runtime=2.0), ref=3))
     assert error == Error(
         "payload.job_id: job nightly already exists (state queued)", "payload.job_id", 3
@@ -753,7 +755,7 @@ def test_conflicts_raise_ignore_and_replace_a_queued_job() -> None:
     assert reply(submit(core, ignored)) == Accepted("nightly", existing=True)
     replacement = replace(first, on_conflict="replace", priority=1)
     decisions = submit(core, replacement)
-    assert reply(decisions) == Accepted("nightly", replaced=True)
+    assert reply(decisions) == Accepted("nightly", replaced=True, warning=UNSERVED)
     assert events(decisions) == ["accepted"]
     assert (len(core), core.backlog(), core.accepted) == (1, ["nightly"], 2)
     (send,) = sends(add(core, "a"))
@@ -861,6 +863,30 @@ def test_a_restarted_core_takes_back_the_journal_s_jobs() -> None:
     assert core.job("j0") is not None
     new = [j for j in core.take_changes()[0] if j.id == "j0"]
     assert new[0].seq == 10
+
+
+def test_a_restart_promise_keeps_held_jobs_with_their_holder_until_its_deadline() -> None:
+    core = new_core()
+    jobs = [
+        stored_job("held", 0, state="running", holder="a", attempt=1, deliveries=1),
+        stored_job("waits", 1, state="assigned", holder="a", attempt=1, deliveries=1),
+    ]
+    core.restore(jobs, next_seq=2, now=100.0, wall=WALL, promised_until=WALL + 60)
+    assert core.next_deadline() == 160.0  # not one lease from the restart
+    assert core.tick(100.0 + LEASE, WALL + LEASE) == []
+    assert info(core, "held").holder == "a"
+    decisions = add(core, "a", now=130.0, held=[Held("held", 1), Held("waits", 1)])
+    assert stops(decisions) == [] and assigns(decisions) == []
+    assert events(report(core, "a", "held", "succeeded", now=131.0)) == ["succeeded"]
+
+
+def test_a_past_restart_promise_gives_only_the_lease() -> None:
+    core = new_core()
+    jobs = [stored_job("held", 0, state="running", holder="a", attempt=1, deliveries=1)]
+    core.restore(jobs, next_seq=1, now=100.0, wall=WALL, promised_until=WALL - 60)
+    assert core.next_deadline() == 100.0 + LEASE
+    decisions = core.tick(100.0 + LEASE, WALL + LEASE)
+    assert decisions[0] == LeaseExpired("a", 1, connected=False)
 
 
 def test_status_reads_like_the_latest_event() -> None:
@@ -1449,7 +1475,7 @@ def test_a_producer_cancels_and_watches_only_its_own_jobs() -> None:
 def test_a_resent_submit_returns_its_job_and_another_owner_conflicts() -> None:
     core = new_core()
     first = job(job_id="cli-3")
-    assert reply(submit(core, first, owner="alice")) == Accepted("cli-3")
+    assert reply(submit(core, first, owner="alice")) == Accepted("cli-3", warning=UNSERVED)
     assert reply(submit(core, first, owner="alice")) == Accepted("cli-3", existing=True)
     batch = core.submit_many([first], 0.0, WALL, owner="alice")
     assert reply(batch).results == [SubmitResult(id="cli-3", existing=True)]

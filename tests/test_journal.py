@@ -520,3 +520,13 @@ def test_flushed_jobs_survive_sigkill(path: Path) -> None:
         jobs = journal.load()
         assert [job.id for job in jobs] == [f"job-{n}" for n in range(100)]
         assert journal.next_seq() == 100
+
+
+def test_a_restart_promise_is_kept_across_a_reopen_until_replaced(path: Path) -> None:
+    with closing(Journal.open(path)) as journal:
+        assert journal.restart_promise() is None
+        journal.promise_restart(1_700_000_060.25)
+    with closing(Journal.open(path)) as journal:
+        assert journal.restart_promise() == 1_700_000_060.25
+        journal.promise_restart(None)
+        assert journal.restart_promise() is None

@@ -222,3 +222,14 @@ def test_any_bus_frame_decodes_or_raises_protocol_error(frame: str | bytes) -> N
         decode_bus(frame)
     except ProtocolError as exc:
         assert exc.message
+
+
+def test_restarting_and_submit_warnings_round_trip() -> None:
+    restarting = protocol.Restarting(keep_s=60.0)
+    assert encode(restarting) == '{"type":"restarting","keep_s":60.0}'
+    assert decode_bus(encode(restarting)) == restarting
+    with pytest.raises(ProtocolError, match="keep_s"):
+        decode_bus('{"type": "restarting", "keep_s": -1}')
+    accepted = Accepted(id="a", warning='no connected scheduler serves task "x"')
+    assert decode_bus(encode(accepted)) == accepted
+    assert "warning" not in encode(Accepted(id="a"))

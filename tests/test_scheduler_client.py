@@ -9,6 +9,7 @@ import logging
 import os
 import socket
 import threading
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
 from http import HTTPStatus
@@ -610,3 +611,28 @@ async def test_a_scheduler_cut_off_longer_than_its_lease_stops_its_jobs(
     again = await fake_bus.peer(timeout=10)
     register = await again.expect("register")
     assert register["held"] == []
+
+
+async def test_a_restarting_bus_s_promise_keeps_jobs_past_the_lease(
+    fake_bus: FakeBus, start_client: Starter, caplog: pytest.LogCaptureFixture
+) -> None:
+    lease = 0.5 * unit()
+    client = start_client(fake_bus.url, name="alpha", grace=0.1 * unit(), heartbeat_s=0.1)
+    peer = await fake_bus.peer()
+    await peer.expect("register")
+    await peer.send({"type": "registered", "name": "alpha", "protocol": 2, "lease_s": lease})
+    await peer.assign("long", runtime=60)
+    await peer.expect("report", event="started", id="long")
+    pid = client.executor.pid_of("long")
+    assert pid is not None
+    await peer.send({"type": "restarting", "keep_s": 30 * unit()})
+    fake_bus.refusing = True
+    await peer.ws.close(1001)
+    outage_until = time.monotonic() + 4 * lease  # well past the lease and its margins
+    await wait_until(lambda: time.monotonic() >= outage_until, 10 * unit(), "the outage")
+    assert psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    assert "longer than the lease" not in caplog.text
+    fake_bus.refusing = False
+    again = await fake_bus.peer(timeout=10)
+    register = await again.expect("register")
+    assert register["held"] == [{"id": "long", "attempt": 1}]

@@ -18,10 +18,16 @@ from scheduler.auth import (
     state_dir,
 )
 from scheduler.bus.journal import JournalError
-from scheduler.bus.server import DEFAULT_RETENTION_S, BusConfig, BusServer
+from scheduler.bus.server import (
+    DEFAULT_RESTART_GRACE_S,
+    DEFAULT_RETENTION_S,
+    DEFAULT_START_DEADLINE_S,
+    BusConfig,
+    BusServer,
+)
 from scheduler.cli_support import LOG_LEVELS, configure_logging, run_until_signalled
 from scheduler.policy.stealing import STEAL_STRATEGIES
-from scheduler.protocol import FINAL_EVENTS
+from scheduler.protocol import FINAL_EVENTS, MAX_TIMEOUT_S
 
 log = logging.getLogger(__name__)
 
@@ -221,6 +227,24 @@ def _retention(
     "requeued) counts as one priority level more urgent, never past 0. Default: off.",
 )
 @click.option(
+    "--restart-grace",
+    default=DEFAULT_RESTART_GRACE_S,
+    show_default=True,
+    type=click.FloatRange(0, MAX_TIMEOUT_S),
+    help="On SIGINT/SIGTERM, tell the schedulers to keep running their jobs this many "
+    "seconds (not just one lease), and journal the promise: a bus restarted on the same "
+    "--db within it leaves running jobs undisturbed. 0: no promise. Needs a journal file.",
+)
+@click.option(
+    "--start-deadline",
+    default=DEFAULT_START_DEADLINE_S,
+    show_default=True,
+    type=click.FloatRange(0, MAX_TIMEOUT_S),
+    help="Seconds a scheduler with free slots may hold assigned jobs without starting "
+    "any (nor ending one); then they are requeued and it gets no new work until it starts "
+    "one or registers again. 0: no deadline.",
+)
+@click.option(
     "--log-level",
     default="INFO",
     show_default=True,
@@ -246,6 +270,8 @@ def cli(
     vacuum_every: float,
     steal: str,
     age_every: float | None,
+    restart_grace: float,
+    start_deadline: float,
     log_level: str,
 ) -> None:
     """Run the schedbus bus: producers submit jobs, schedulers run them, monitors watch.
@@ -274,6 +300,8 @@ def cli(
             vacuum_every=vacuum_every,
             steal=steal,
             age_every=age_every,
+            restart_grace=restart_grace,
+            start_deadline=start_deadline or None,
         )
         config.ssl_context()  # fail now, in one line, rather than once serving starts
     except ValueError as exc:

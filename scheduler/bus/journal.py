@@ -7,7 +7,9 @@ loop's thread: a commit takes well under a millisecond, too little to be worth a
 
 Schema (version :data:`SCHEMA_VERSION`)::
 
-    meta(key TEXT PRIMARY KEY, value INTEGER)   'schema_version', 'high_seq'
+    meta(key TEXT PRIMARY KEY, value INTEGER)   'schema_version', 'high_seq', and while a
+        planned restart is under way 'restart_deadline_ms' (epoch ms until which the
+        bus that shut down promised its schedulers their jobs)
     jobs(id TEXT PRIMARY KEY, seq, payload JSON, submitted_at, state, attempt, holder,
          deliveries, evictions, retries, errors JSON list, not_before, updated_at,
          finished_at, result JSON, traceback, owner)
@@ -128,6 +130,9 @@ _SAVE_SECRET: Final = (
     " secret_hash = excluded.secret_hash"
 )
 _FORGET_SECRET: Final = "DELETE FROM schedulers WHERE name = ?"
+_PROMISE: Final = "INSERT OR REPLACE INTO meta VALUES ('restart_deadline_ms', ?)"
+_FORGET_PROMISE: Final = "DELETE FROM meta WHERE key = 'restart_deadline_ms'"
+_GET_PROMISE: Final = "SELECT value FROM meta WHERE key = 'restart_deadline_ms'"
 
 _Row = tuple[
     str,
@@ -410,6 +415,21 @@ class Journal:
                 if count > 0:
                     deleted[state] = count
         return deleted
+
+    def promise_restart(self, deadline: float | None) -> None:
+        """Record, committed at once, that the bus shutting down promised its schedulers
+        their jobs until ``deadline`` (epoch seconds); None forgets the promise."""
+        with self._failing("recording the restart promise"), self._transaction():
+            if deadline is None:
+                self._conn.execute(_FORGET_PROMISE)
+            else:
+                self._conn.execute(_PROMISE, (round(deadline * 1000),))
+
+    def restart_promise(self) -> float | None:
+        """The deadline (epoch seconds) recorded by :meth:`promise_restart`, or None."""
+        with self._failing("reading the restart promise"):
+            row = self._conn.execute(_GET_PROMISE).fetchone()
+        return None if row is None else int(row[0]) / 1000
 
     def counts(self) -> dict[str, int]:
         """How many committed jobs there are in each state (states with none left out)."""

@@ -44,7 +44,7 @@ from websockets.http11 import Request, Response
 from scheduler.auth import TokenTable, new_secret, secret_hash, secret_matches
 from scheduler.bus.access import Grant, authenticate, owner_filter, rights_refusal
 from scheduler.bus.access import is_loopback as _is_loopback
-from scheduler.bus.journal import Journal, JournalError
+from scheduler.bus.journal import MEMORY, Journal, JournalError
 from scheduler.policy.dispatch import (
     Decision,
     DispatchConfig,
@@ -56,11 +56,13 @@ from scheduler.policy.dispatch import (
     Requeued,
     SendAssign,
     SendStop,
+    StartOverdue,
 )
 from scheduler.policy.job import Job
 from scheduler.protocol import (
     FINAL_EVENTS,
     MAX_FRAME_BYTES,
+    MAX_TIMEOUT_S,
     Accepted,
     Assign,
     BusMessage,
@@ -75,6 +77,7 @@ from scheduler.protocol import (
     Register,
     Registered,
     Report,
+    Restarting,
     Role,
     SubmitMany,
     SubmittedMany,
@@ -96,6 +99,10 @@ DEFAULT_MAX_BACKLOG: Final = 10_000
 
 DEFAULT_RETENTION_S: Final = 7 * 24 * 3600.0
 """How long a final job stays in the journal unless a retention says otherwise."""
+DEFAULT_RESTART_GRACE_S: Final = 60.0
+"""How long a bus shutting down promises its schedulers their running jobs."""
+DEFAULT_START_DEADLINE_S: Final = 30.0
+"""How long a scheduler with room may hold assigned jobs without starting any."""
 
 LOOPBACK_HOSTS: Final = frozenset({"localhost", "127.0.0.1", "[::1]"})
 """``Host`` header names always accepted."""
@@ -164,10 +171,20 @@ class BusConfig:
     vacuum_every: float = 3600.0
     steal: str = "urgent"
     age_every: float | None = None
+    restart_grace: float = DEFAULT_RESTART_GRACE_S
+    """Seconds a bus shutting down (:meth:`BusServer.close`) promises its v2 schedulers
+    their jobs, which the restarted bus honours; 0: no promise (their lease only)."""
+    start_deadline: float | None = DEFAULT_START_DEADLINE_S
+    """Seconds a scheduler with room may hold assigned jobs without starting any before
+    they are requeued (None: no deadline)."""
 
     def __post_init__(self) -> None:
         """Refuse values that cannot work, naming the field."""
         self.rules()
+        if not 0 <= self.restart_grace <= MAX_TIMEOUT_S:
+            raise ValueError(
+                f"restart_grace must be 0 to {MAX_TIMEOUT_S:g} s, not {self.restart_grace}"
+            )
         if not self.vacuum_every > 0:
             raise ValueError(f"vacuum_every must be > 0 s, not {self.vacuum_every}")
         unknown = set(self.retention) - FINAL_EVENTS
@@ -200,6 +217,7 @@ class BusConfig:
             self.max_deliveries,
             steal=self.steal,
             age_every=self.age_every,
+            start_deadline=self.start_deadline,
         )
 
 
@@ -484,7 +502,9 @@ class BusServer:
         journal = self._journal = Journal.open(self.config.db)
         self._gate = _Gate(journal, self._fail)
         jobs = journal.load()
-        self._core.restore(jobs, journal.next_seq(), self._clock(), self._wall())
+        promised = journal.restart_promise()
+        wall = self._wall()
+        self._core.restore(jobs, journal.next_seq(), self._clock(), wall, promised_until=promised)
         self._restore_secrets(journal)
         held = [job for job in jobs if job.holder is not None]
         logger.info(
@@ -495,7 +515,7 @@ class BusServer:
             len(jobs) - len(held),
             len(held),
             len({job.holder for job in held}),
-            self.config.lease,
+            max(self.config.lease, (promised or 0.0) - wall),
         )
         self._arm()
 
@@ -516,7 +536,8 @@ class BusServer:
         return f"{scheme}://{_bracketed(host)}:{self.port}"
 
     async def serve_forever(self) -> None:
-        """Serve until :meth:`close` is called or this coroutine is cancelled.
+        """Serve until :meth:`close` is called or this coroutine is cancelled (which
+        closes the bus as :meth:`close` does).
 
         Raises :class:`JournalError` if the journal fails to commit: the bus then stops,
         since it could no longer keep its promises.
@@ -524,13 +545,24 @@ class BusServer:
         if self._server is None:
             await self.start()
         assert self._server is not None
-        await self._server.serve_forever()
+        # Not the server's serve_forever: cancelling that closes every connection at
+        # once, before close() can tell the schedulers that this is a restart.
+        try:
+            await self._server.wait_closed()
+        except asyncio.CancelledError:
+            await self.close()
+            raise
         if self._failure is not None:
             raise self._failure
 
     async def close(self) -> None:
         """Close every connection and the listener, commit the journal and close it, then
-        log a summary. Jobs held by schedulers stay held for a restart. Idempotent."""
+        log a summary. Idempotent.
+
+        Jobs held by schedulers stay held for a restart: with ``restart_grace``, the
+        journal records the promise and every v2 scheduler is told (``restarting``) to
+        keep its jobs that long; the restarted bus keeps them held until then.
+        """
         if self._server is None:
             return
         server, self._server = self._server, None
@@ -539,6 +571,8 @@ class BusServer:
             self._timer.cancel()
         for task in self._background:
             task.cancel()
+        if self._failure is None:
+            await self._promise_restart()
         server.close()
         await server.wait_closed()
         assert self._gate is not None and self._journal is not None
@@ -551,6 +585,33 @@ class BusServer:
             core.finished,
             len(core),
             self._journal.commits,
+        )
+
+    async def _promise_restart(self) -> None:
+        """Journal the restart promise, then tell every v2 scheduler how long to keep its
+        jobs; with no grace (or a journal that cannot record it) promise nothing."""
+        assert self._journal is not None and self._gate is not None
+        grace = self.config.restart_grace
+        if self._journal.path == MEMORY:
+            return  # the jobs die with this bus: nobody would honour a promise
+        try:
+            self._journal.promise_restart(self._wall() + grace if grace > 0 else None)
+        except JournalError as exc:
+            logger.error("cannot journal the restart promise; schedulers keep their lease: %s", exc)
+            return
+        if grace <= 0:
+            return
+        told = [
+            client
+            for client in self._clients.values()
+            if client.role == "scheduler" and client.protocol == 2
+        ]
+        for client in told:
+            client.send(Restarting(keep_s=grace))
+        await self._gate.drain()
+        await asyncio.gather(*(client.outbox.flush(_FLUSH_TIMEOUT_S) for client in told))
+        logger.info(
+            "shutting down for a restart: %d schedulers keep their jobs for %g s", len(told), grace
         )
 
     def _close_journal(self) -> None:
@@ -1050,7 +1111,7 @@ class BusServer:
         elif isinstance(reply.message, Error):
             logger.warning("%s: refused job: %s", requester.outbox.label, reply.message.message)
 
-    def _note(self, decision: Requeued | Ignored | LeaseExpired) -> None:
+    def _note(self, decision: Requeued | Ignored | LeaseExpired | StartOverdue) -> None:
         """Log a decision that sends nothing; a lease that expired on an open connection
         closes it."""
         if isinstance(decision, Requeued):
@@ -1067,6 +1128,14 @@ class BusServer:
                 decision.scheduler,
                 decision.job_id,
                 decision.reason,
+            )
+        elif isinstance(decision, StartOverdue):
+            logger.warning(
+                "%s: started none of its %d assigned jobs within the start deadline (%g s):"
+                " they are requeued, and it gets no new work until it starts one",
+                decision.scheduler,
+                decision.jobs,
+                self.config.start_deadline,
             )
         else:
             logger.info("%s: lease expired; %d jobs taken back", decision.scheduler, decision.jobs)

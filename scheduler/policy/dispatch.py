@@ -17,7 +17,8 @@ Rules:
   scheduler (a free slot, least loaded first; else the scheduler running the least
   urgent evictable job, if this one is more urgent; else the shortest local queue).
   With none serving its task it waits in the backlog, by priority then arrival, until
-  one registers; :meth:`Dispatcher.stats` counts those jobs as ``unserved``.
+  one registers; :meth:`Dispatcher.stats` counts those jobs as ``unserved``, and the
+  reply to its submit carries a ``warning`` saying so (:func:`unserved_warning`).
 * Work stealing (``steal`` ``urgent`` or ``tail``, see :mod:`scheduler.policy.stealing`):
   a v2 scheduler with a free slot and nothing waiting in its own queue takes a job
   waiting in another's. The core sends the victim ``Stop(reason="stolen")``, books the
@@ -68,6 +69,7 @@ from scheduler.policy.lease import Leases
 from scheduler.policy.placement import Enqueue, EvictFor, Seat, Slots, place
 from scheduler.policy.reconcile import reconcile
 from scheduler.policy.retry import RetryBackoff
+from scheduler.policy.start_deadline import StartWatch
 from scheduler.policy.stats import BusCounters, SchedulerCounters
 from scheduler.policy.stealing import STEAL_STRATEGIES, Waiter, WaitingJobs, steal_strategy
 from scheduler.protocol import (
@@ -106,7 +108,9 @@ class DispatchConfig:
     jobs; evictions after which a job is no longer evictable; deliveries (plus the job's
     own ``max_retries``) after which it is dead; the retry backoff; the ``steal``
     strategy (``urgent``, ``tail`` or ``off``); ``age_every`` seconds of waiting that
-    make a job one level more urgent (None: no aging)."""
+    make a job one level more urgent (None: no aging); ``start_deadline`` seconds a
+    scheduler with room may hold assigned attempts without starting any before it loses
+    them (None: no deadline)."""
 
     lease: float = 5.0
     max_evictions: int = 3
@@ -114,6 +118,7 @@ class DispatchConfig:
     backoff: RetryBackoff = field(default_factory=RetryBackoff)
     steal: str = "urgent"
     age_every: float | None = None
+    start_deadline: float | None = None
 
     def __post_init__(self) -> None:
         """Refuse numbers the rules cannot work with, naming the field."""
@@ -128,6 +133,8 @@ class DispatchConfig:
                 f"steal must be one of {', '.join(STEAL_STRATEGIES)}, not {self.steal}"
             )
         Aging(self.age_every)
+        if self.start_deadline is not None:
+            StartWatch(self.start_deadline)
 
 
 # --- decisions -----------------------------------------------------------------------
@@ -193,7 +200,19 @@ class LeaseExpired:
     connected: bool
 
 
-Decision = SendAssign | SendStop | EmitEvent | Reply | Requeued | Ignored | LeaseExpired
+@dataclass(frozen=True, slots=True)
+class StartOverdue:
+    """Scheduler ``scheduler`` started none of its ``jobs`` assigned attempts within the
+    start deadline: they are taken back, and it gets no new work until it starts
+    something or registers again."""
+
+    scheduler: str
+    jobs: int
+
+
+Decision = (
+    SendAssign | SendStop | EmitEvent | Reply | Requeued | Ignored | LeaseExpired | StartOverdue
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -253,6 +272,8 @@ class _Scheduler:
     queued: int = 0
     last_heartbeat: float | None = None
     counters: SchedulerCounters = field(default_factory=SchedulerCounters)
+    stalled: bool = False
+    """It missed the start deadline: no new work until it starts something or registers."""
 
 
 def _new_scheduler(name: str, reports: bool, *, connected: bool = True) -> _Scheduler:
@@ -282,6 +303,8 @@ class Dispatcher:
         self._jobs: dict[str, Job] = {}
         self._schedulers: dict[str, _Scheduler] = {}
         self._leases = Leases(self.config.lease)
+        deadline = self.config.start_deadline
+        self._start_watch = None if deadline is None else StartWatch(deadline)
         self._backlog: list[tuple[int, int, str]] = []
         # Jobs held back for a retry: id -> due (monotonic), and (due, seq, id) entries.
         self._due: dict[str, float] = {}
@@ -395,6 +418,7 @@ class Dispatcher:
         self._discard_stale_waiting()
         candidates = [
             self._leases.next_deadline(),
+            None if self._start_watch is None else self._start_watch.next_deadline(),
             self._waiting[0][0] if self._waiting else None,
             self._v1_due[0][0] if self._v1_due else None,
         ]
@@ -426,22 +450,34 @@ class Dispatcher:
 
     # --- restart -----------------------------------------------------------------------
 
-    def restore(self, jobs: Iterable[Job], next_seq: int, now: float, wall: float) -> None:
+    def restore(
+        self,
+        jobs: Iterable[Job],
+        next_seq: int,
+        now: float,
+        wall: float,
+        *,
+        promised_until: float | None = None,
+    ) -> None:
         """Take back the non-final ``jobs`` a journal kept, before any other input.
 
         A job with a holder stays held: its holder gets a lease from ``now`` to register
-        again and keep it, as if its connection had just broken. Other jobs are queued
+        again and keep it, as if its connection had just broken, or until
+        ``promised_until`` (epoch seconds) if that is later: the bus that shut down for a
+        restart promised its schedulers their jobs until then. Other jobs are queued
         (held back until ``not_before`` if that is after ``wall``). New jobs continue
         from ``next_seq``. A job counts as waiting since its last change. Changes nothing
         in the journal.
         """
         self._seq = max(self._seq, next_seq)
+        kept_until = now if promised_until is None else now + (promised_until - wall)
         for job in jobs:
             self._jobs[job.id] = job
             self._seq = max(self._seq, job.seq + 1)
             self._since[job.id] = now - max(0.0, wall - job.updated_at)
             if job.holder is not None and job.state in ("assigned", "running"):
                 self._restore_held(job, now)
+                self._leases.extend(job.holder, kept_until)
             elif job.not_before is not None and job.not_before > wall:
                 job.state, job.holder = "queued", None
                 self._hold_back(job, now + (job.not_before - wall))
@@ -459,6 +495,8 @@ class Dispatcher:
         self._hold(s, job, Seat(job.priority, evictable))
         if job.state == "running":
             self._start_seat(s, job.id)
+        elif self._start_watch is not None:
+            self._start_watch.assigned(s.name, job.id, now)
 
     # --- schedulers --------------------------------------------------------------------
 
@@ -493,10 +531,11 @@ class Dispatcher:
         s.slots.size = V1_SIZE if size is None else size
         s.tasks = DEFAULT_TASKS if tasks is None else frozenset(tasks)
         self._task_priorities.update(priorities or {})
-        s.reports, s.connected = reports, True
+        s.reports, s.connected, s.stalled = reports, True, False
         self._serving.clear()
         if reports:
             self._leases.renew(name, now)
+            self._progressed(s, now)
         decisions: list[Decision] = []
         outcome = reconcile(name, held, self._jobs, s.held)
         decisions.extend(SendStop(name, stop) for stop in outcome.stop)
@@ -567,7 +606,13 @@ class Dispatcher:
         if result.id is None:
             reply = Error(message=result.error or "", field=result.field, ref=ref)
         else:
-            reply = Accepted(result.id, ref, existing=result.existing, replaced=result.replaced)
+            reply = Accepted(
+                result.id,
+                ref,
+                existing=result.existing,
+                replaced=result.replaced,
+                warning=result.warning,
+            )
         if self._unbalanced:  # only a replaced job frees a slot here
             self._balance(now, decisions)
         return [Reply(reply), *decisions]
@@ -620,6 +665,7 @@ class Dispatcher:
         if reason is not None:
             return [Ignored(name, report.id, reason)]
         assert s is not None  # the holder of a tracked job is known
+        unstalled = report.event != "revoked" and self._progressed(s, now)
         if report.evictions is not None and report.event != "evicted":
             job.evictions = max(job.evictions, report.evictions)
         s.counters.reported(report.event)
@@ -634,6 +680,8 @@ class Dispatcher:
             self._revoked(job, s, report, now, wall, decisions)
         else:
             self._finish(job, report.event, wall, decisions, report)
+        if unstalled:
+            self._dispatch_backlog(now, wall, decisions)
         self._balance(now, decisions)
         return decisions
 
@@ -687,6 +735,7 @@ class Dispatcher:
             s = self._schedulers[name]
             decisions.append(LeaseExpired(name, len(s.held), s.connected))
             decisions.extend(self._forget_scheduler(s, "lease expired", now, wall))
+        self._check_start_deadlines(now, wall, decisions)
         self._discard_stale_waiting()
         while self._waiting and self._waiting[0][0] <= now:
             _, _, job_id = heapq.heappop(self._waiting)
@@ -733,7 +782,8 @@ class Dispatcher:
         self._touch(job, wall)
         self._emit(out, job_event(job, "accepted", wall, None))
         self._dispatch(job, now, wall, out)
-        return SubmitResult(id=job_id, replaced=isinstance(resolution, Replace))
+        warning = None if self._eligible(payload.task, now) else unserved_warning(payload.task)
+        return SubmitResult(id=job_id, replaced=isinstance(resolution, Replace), warning=warning)
 
     def _fresh_id(self) -> str:
         while (job_id := self._new_id()) in self._jobs:
@@ -759,6 +809,8 @@ class Dispatcher:
         it waited, and fail a steal of it that was under way."""
         job.state = "running"
         self._touch(job, wall)
+        if self._start_watch is not None:
+            self._start_watch.settled(s.name, job.id)
         if self._start_seat(s, job.id):
             self._counters.waited(job.priority, now - self._since.get(job.id, now))
         self._stealable.discard(job.id)
@@ -948,6 +1000,8 @@ class Dispatcher:
         self._touch(job, wall)
         evictable = job.evictions < self.config.max_evictions
         self._hold(s, job, Seat(priority, evictable))
+        if s.reports and self._start_watch is not None:
+            self._start_watch.assigned(s.name, job.id, now)
         if not s.reports:
             runtime = job.payload.runtime or 0.0
             heapq.heappush(self._v1_due, (now + runtime, job.id, job.attempt))
@@ -978,7 +1032,11 @@ class Dispatcher:
         if found is None:
             if len(self._serving) >= MAX_CACHED_TASKS:  # producers choose task names
                 self._serving.clear()
-            found = [s.slots for s in self._schedulers.values() if s.connected and task in s.tasks]
+            found = [
+                s.slots
+                for s in self._schedulers.values()
+                if s.connected and not s.stalled and task in s.tasks
+            ]
             self._serving[task] = found
         return found
 
@@ -1005,6 +1063,8 @@ class Dispatcher:
         s = self._schedulers[job.holder]
         s.held.discard(job.id)
         s.slots.release(job.id, self._seats.pop(job.id))
+        if self._start_watch is not None:
+            self._start_watch.settled(s.name, job.id)
         self._stealable.discard(job.id)
         thief = self._stealing.pop(job.id, None)
         if thief is not None:
@@ -1022,7 +1082,7 @@ class Dispatcher:
             name = next(iter(self._unbalanced))
             del self._unbalanced[name]
             s = self._schedulers.get(name)
-            if s is not None and s.connected and s.reports:
+            if s is not None and s.connected and s.reports and not s.stalled:
                 self._steal_for(s, now, out)
 
     def _steal_for(self, thief: _Scheduler, now: float, out: list[Decision]) -> None:
@@ -1071,6 +1131,8 @@ class Dispatcher:
         s.connected = False
         self._serving.clear()
         self._leases.drop(s.name)
+        if self._start_watch is not None:
+            self._start_watch.forget(s.name)
         self._expire_v1(now)
         for job_id, thief in list(self._stealing.items()):
             if thief == s.name:
@@ -1107,6 +1169,41 @@ class Dispatcher:
             requeued.append(job)
         for job in requeued:
             self._dispatch(job, now, wall, out)
+
+    def _progressed(self, s: _Scheduler, now: float) -> bool:
+        """``s`` showed it works at ``now`` (it started or ended an attempt, or registered):
+        its start deadline runs from here, and it may get work again. Returns whether it
+        was stalled (then the caller dispatches the backlog)."""
+        if self._start_watch is not None:
+            self._start_watch.progressed(s.name, now)
+        if not s.stalled:
+            return False
+        s.stalled = False
+        self._serving.clear()
+        self._unbalanced[s.name] = None
+        return True
+
+    def _check_start_deadlines(self, now: float, wall: float, out: list[Decision]) -> None:
+        """Take back the unstarted attempts of every connected scheduler that had room
+        and started nothing within the start deadline; it gets no new work until it
+        starts something or registers again. One that is full or disconnected waits
+        legitimately (or for its lease): its deadline starts over."""
+        if self._start_watch is None:
+            return
+        for name in self._start_watch.overdue(now):
+            s = self._schedulers[name]
+            if not s.connected or s.slots.busy >= s.slots.size:
+                self._start_watch.progressed(name, now)
+                continue
+            pending = [self._jobs[j] for j in s.held if self._seats[j].started is None]
+            s.stalled = True
+            self._serving.clear()
+            out.append(StartOverdue(name, len(pending)))
+            for job in sorted(pending, key=_order):
+                out.append(SendStop(name, Stop(job.id, job.attempt, "not started in time")))
+                self._counters.add("not_started")
+            reason = "not started within the start deadline"
+            self._take_back(s, pending, reason, now, wall, out)
 
     def _scheduler_stats(self, s: _Scheduler, now: float) -> SchedulerStats:
         running = [
@@ -1156,6 +1253,11 @@ class _Submit:
     owner: str | None
     now: float
     wall: float
+
+
+def unserved_warning(task: str) -> str:
+    """The warning an accepted job of ``task`` gets when no connected scheduler serves it."""
+    return f'no connected scheduler serves task "{task}"; the job waits until one registers'
 
 
 def _order(job: Job) -> tuple[int, int]:

@@ -33,6 +33,13 @@ class Leases:
             self._deadlines[name] = deadline
             heapq.heappush(self._heap, (deadline, name))
 
+    def extend(self, name: str, deadline: float) -> None:
+        """Make the lease of ``name`` last until ``deadline`` if that is later than it
+        does now (a holder promised its jobs for longer than one lease)."""
+        if deadline > self._deadlines.get(name, -float("inf")):
+            self._deadlines[name] = deadline
+            heapq.heappush(self._heap, (deadline, name))
+
     def deadline(self, name: str) -> float | None:
         """When the lease of ``name`` expires, or None if it holds none."""
         return self._deadlines.get(name)

@@ -18,7 +18,7 @@ from scheduler.protocol import BusStats, SchedulerStats
 
 BUS_COUNTERS: Final = (
     "submitted", "started", "succeeded", "failed", "timed_out", "evicted", "requeued",
-    "retried", "cancelled", "dead", "stolen", "steal_attempts",
+    "retried", "cancelled", "dead", "stolen", "steal_attempts", "not_started",
 )  # fmt: skip
 """What :class:`BusCounters` counts, as :class:`~scheduler.protocol.BusStats` names it."""
 

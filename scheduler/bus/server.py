@@ -85,6 +85,7 @@ from scheduler.protocol import (
     encode,
     encode_v1_payload,
     ref_of,
+    says_v2,
 )
 
 logger = logging.getLogger(__name__)
@@ -848,7 +849,7 @@ class BusServer:
     def _refuse(self, client: _Client, error: ProtocolError, frame: str | None) -> None:
         """Log a refused frame and answer it with an error if the client speaks v2."""
         logger.warning("%s: refused frame: %s", client.outbox.label, error.message)
-        v2 = client.protocol == 2 if client.role is not None else _says_v2(frame)
+        v2 = client.protocol == 2 if client.role is not None else says_v2(frame)
         if v2:
             client.send(error.to_error(None if frame is None else ref_of(frame)))
 
@@ -1037,17 +1038,6 @@ def _peer(ws: ServerConnection) -> str:
     if isinstance(address, tuple) and len(address) >= 2:
         return f"{_bracketed(str(address[0]))}:{address[1]}"
     return str(address)
-
-
-def _says_v2(frame: str | None) -> bool:
-    """Whether a frame that failed to decode still announces ``"protocol": 2``."""
-    if frame is None:
-        return False
-    try:
-        raw = msgspec.json.decode(frame)
-    except msgspec.DecodeError:
-        return False
-    return isinstance(raw, dict) and raw.get("protocol") == 2
 
 
 def _host_name(header: str) -> str:

@@ -289,7 +289,7 @@ async def test_a_failed_commit_fails_every_waiter_and_keeps_its_writes_queued(
     assert all(isinstance(outcome, JournalError) for outcome in outcomes), outcomes
     assert "commit failed: job-2 refused by the test" in str(outcomes[0])
     assert str(journal.path) in str(outcomes[0])
-    assert journal.failure is outcomes[0]
+    assert journal.failure is not None and journal.failure is outcomes[0]
     assert not journal.failure.full
     assert journal.counts() == {"queued": 1}, "nothing of the batch is committed"
     assert [job.id for job in journal.load()] == ["job-1", "job-2", "job-3"], "still queued"

@@ -8,7 +8,14 @@ from pathlib import Path
 import click
 
 from scheduler.bus.journal import JournalError
-from scheduler.bus.server import DEFAULT_RETENTION_S, BusConfig, BusServer
+from scheduler.bus.outbox import DEFAULT_MAX_BACKLOG_BYTES, DEFAULT_MAX_TOTAL_BACKLOG_BYTES
+from scheduler.bus.server import (
+    DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_REGISTER_TIMEOUT_S,
+    DEFAULT_RETENTION_S,
+    BusConfig,
+    BusServer,
+)
 from scheduler.cli_support import LOG_LEVELS, configure_logging, run_until_signalled
 from scheduler.policy.stealing import STEAL_STRATEGIES
 from scheduler.protocol import FINAL_EVENTS
@@ -154,6 +161,36 @@ def _retention(
     "requeued) counts as one priority level more urgent, never past 0. Default: off.",
 )
 @click.option(
+    "--max-backlog-bytes",
+    default=DEFAULT_MAX_BACKLOG_BYTES,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Bytes of frames a producer or monitor may fall behind (not reading) before it "
+    "is disconnected.",
+)
+@click.option(
+    "--max-total-backlog-bytes",
+    default=DEFAULT_MAX_TOTAL_BACKLOG_BYTES,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Bytes of frames all clients together may fall behind; past it the client with "
+    "the largest backlog is disconnected first.",
+)
+@click.option(
+    "--register-timeout",
+    default=DEFAULT_REGISTER_TIMEOUT_S,
+    show_default=True,
+    type=click.FloatRange(min=0, min_open=True),
+    help="Seconds a new connection has to register before it is closed.",
+)
+@click.option(
+    "--max-connections",
+    default=DEFAULT_MAX_CONNECTIONS,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Open connections past which new ones are refused (HTTP 503, logged once).",
+)
+@click.option(
     "--log-level",
     default="INFO",
     show_default=True,
@@ -174,13 +211,19 @@ def cli(
     vacuum_every: float,
     steal: str,
     age_every: float | None,
+    max_backlog_bytes: int,
+    max_total_backlog_bytes: int,
+    register_timeout: float,
+    max_connections: int,
     log_level: str,
 ) -> None:
     """Run the schedbus bus: producers submit jobs, schedulers run them, monitors watch.
 
     Listens on ws://HOST:PORT (logged at start) until SIGINT or SIGTERM, then closes
     every connection and exits 0. Every accepted job is journaled in --db before it is
-    acknowledged, and survives a restart.
+    acknowledged, and survives a restart. One bus per journal: a second one on the same
+    --db refuses to start, naming the pid that holds it. If the journal cannot commit (a
+    full disk), the bus keeps running, refuses submits saying why, and recovers by itself.
     """
     configure_logging(log_level.upper())
     config = BusConfig(
@@ -197,8 +240,15 @@ def cli(
         vacuum_every=vacuum_every,
         steal=steal,
         age_every=age_every,
+        max_backlog_bytes=max_backlog_bytes,
+        max_total_backlog_bytes=max_total_backlog_bytes,
+        register_timeout=register_timeout,
+        max_connections=max_connections,
     )
     try:
         run_until_signalled(_serve(config))
     except JournalError as exc:
         raise click.ClickException(str(exc)) from None
+    except OSError as exc:
+        # The bus names the address; the errno prefix adds nothing for a reader.
+        raise click.ClickException(exc.strerror or str(exc)) from None

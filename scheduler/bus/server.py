@@ -296,18 +296,14 @@ class BusServer:
                 "" if self.config.token else ", and no token is set",
             )
         try:
-            self._open_journal()
-            self._server = await serve(
-                self._handle,
-                self.config.host,
-                self.config.port,
-                compression=None,
-                max_size=MAX_FRAME_BYTES,
-                process_request=self._check_request,
-            )
+            restored = self._open_journal()
+            self._server = await self._listen()
         except BaseException:
+            if self._timer is not None:
+                self._timer.cancel()
             self._close_journal()
             raise
+        logger.info(*restored)
         self._port = self._server.sockets[0].getsockname()[1]
         self._started_at = self._clock()
         self._spawn(self._vacuum_periodically())
@@ -318,13 +314,32 @@ class BusServer:
             "off" if self.config.age_every is None else f"every {self.config.age_every:g} s",
         )
 
-    def _open_journal(self) -> None:
+    async def _listen(self) -> Server:
+        """Bind and accept; an address that cannot be bound raises OSError naming it."""
+        host, port = self.config.host, self.config.port
+        try:
+            return await serve(
+                self._handle,
+                host,
+                port,
+                compression=None,
+                max_size=MAX_FRAME_BYTES,
+                process_request=self._check_request,
+            )
+        except OSError as exc:
+            # asyncio's own strerror repeats the address as a tuple.
+            why = os.strerror(exc.errno) if exc.errno else str(exc)
+            raise OSError(exc.errno, f"cannot listen on {_bracketed(host)}:{port}: {why}") from exc
+
+    def _open_journal(self) -> tuple[object, ...]:
+        """Open the journal and take back its jobs; return the log line that says so."""
         journal = self._journal = Journal.open(self.config.db)
         self._gate = FrameGate(journal, self._refused)
         jobs = journal.load()
         self._core.restore(jobs, journal.next_seq(), self._clock(), self._wall())
         held = [job for job in jobs if job.holder is not None]
-        logger.info(
+        self._arm()
+        return (
             "journal %s: %d jobs to finish (%d queued, %d held by %d schedulers that have"
             " %.1f s to come back)",
             self.config.db,
@@ -334,7 +349,6 @@ class BusServer:
             len({job.holder for job in held}),
             self.config.lease,
         )
-        self._arm()
 
     @property
     def port(self) -> int:
@@ -392,8 +406,8 @@ class BusServer:
             return
         try:
             self._journal.close()
-        except JournalError:
-            logger.exception("closing the journal failed")
+        except JournalError as exc:
+            logger.error("closing the journal failed; unsaved changes are lost: %s", exc)
 
     async def __aenter__(self) -> BusServer:
         """Start the bus."""
@@ -423,6 +437,18 @@ class BusServer:
     def monitor_count(self) -> int:
         """Return how many v2 monitors receive every event."""
         return len(self._monitors)
+
+    def connection_count(self) -> int:
+        """Return how many connections are open (registered or not)."""
+        return self._connections
+
+    def backlog_bytes(self, name: str | None = None) -> int:
+        """Return the bytes of frames waiting to be written to client ``name``, or to
+        every client together (None)."""
+        if name is None:
+            return self._budget.total
+        client = self._clients.get(name)
+        return 0 if client is None else client.outbox.queued_bytes
 
     def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(coroutine)

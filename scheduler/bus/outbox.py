@@ -25,14 +25,17 @@ from websockets.exceptions import ConnectionClosed
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_MAX_BACKLOG_BYTES: Final = 8 * 1024 * 1024
+DEFAULT_MAX_BACKLOG_BYTES: Final = 4 * 1024 * 1024
 """Bytes of frames a producer or monitor may fall behind before it is disconnected."""
 
-DEFAULT_MAX_TOTAL_BACKLOG_BYTES: Final = 256 * 1024 * 1024
+DEFAULT_MAX_TOTAL_BACKLOG_BYTES: Final = 64 * 1024 * 1024
 """Bytes of frames all clients together may fall behind before the largest laggard goes."""
 
 _TRIM_EVERY_S: Final = 1.0
 """Least time between two hand-backs of freed memory to the operating system."""
+
+_TRIM_AFTER_BYTES: Final = 256 * 1024
+"""A closed connection's backlog at least this big is worth handing back to the OS."""
 
 
 def _malloc_trim() -> Callable[[], object] | None:
@@ -60,6 +63,7 @@ class BacklogBudget:
         self._droppable: set[FrameOutbox] = set()
         self._trim = _malloc_trim()
         self._trimmed_at = -_TRIM_EVERY_S
+        self._trim_pending = False
         self.dropped = 0
         """Outboxes disconnected for their backlog since the start."""
 
@@ -88,13 +92,23 @@ class BacklogBudget:
         """Stop considering ``outbox`` (closed)."""
         self._droppable.discard(outbox)
 
-    def freed(self) -> None:
-        """A backlog was dropped: give its memory back to the OS (at most once a second)."""
-        self.dropped += 1
-        now = time.monotonic()
-        if self._trim is not None and now - self._trimmed_at >= _TRIM_EVERY_S:
-            self._trimmed_at = now
-            self._trim()
+    def freed(self, size: int) -> None:
+        """A backlog of ``size`` bytes was dropped: hand big ones back to the OS, at most
+        once a second (a later one is deferred, not skipped)."""
+        if size < _TRIM_AFTER_BYTES or self._trim is None or self._trim_pending:
+            return
+        wait = self._trimmed_at + _TRIM_EVERY_S - time.monotonic()
+        if wait <= 0:
+            self._trim_now()
+        else:
+            self._trim_pending = True
+            asyncio.get_running_loop().call_later(wait, self._trim_now)
+
+    def _trim_now(self) -> None:
+        assert self._trim is not None
+        self._trim_pending = False
+        self._trimmed_at = time.monotonic()
+        self._trim()
 
 
 class FrameOutbox:
@@ -164,7 +178,7 @@ class FrameOutbox:
     async def aclose(self) -> None:
         """Drop whatever is queued and stop the writer task."""
         self._dropped = True
-        self._clear()
+        self._budget.freed(self._clear())
         self._budget.forget(self)
         if self._writer is not None:
             self._writer.cancel()
@@ -176,17 +190,21 @@ class FrameOutbox:
             return
         logger.warning("%s: %s; disconnecting it", self.label, why)
         self._dropped = True
-        self._clear()
+        self._budget.dropped += 1
+        size = self._clear()
         self._budget.forget(self)
         if self._writer is not None:
             self._writer.cancel()
         self._ws.transport.abort()
-        self._budget.freed()
+        self._budget.freed(size)
 
-    def _clear(self) -> None:
+    def _clear(self) -> int:
+        """Forget every queued frame; return how many bytes they were."""
+        size = self.queued_bytes
         self._backlog.clear()
-        self._budget.remove(self.queued_bytes)
+        self._budget.remove(size)
         self.queued_bytes = self._counted = 0
+        return size
 
     async def _drain(self) -> None:
         try:

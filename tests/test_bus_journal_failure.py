@@ -15,6 +15,7 @@ import pytest
 from conftest import unit, wait_until
 from test_bus import bus_with, client, next_event, recv, register, report, request, submit
 
+from scheduler.bus.journal import Journal
 from scheduler.bus.server import BusServer
 
 
@@ -208,3 +209,18 @@ async def test_a_full_disk_refuses_submits_and_the_bus_recovers_when_space_retur
         assert stats["type"] == "stats"
     assert "database or disk is full" in caplog.text and "Traceback" not in caplog.text
     print(f"full disk: {'real tmpfs' if small_disk.mounted else 'SQLite max_page_count'}")
+
+
+async def test_closing_while_the_journal_fails_does_not_hang(
+    db: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with closing(Journal.open(db)):
+        pass
+    with closing(poison_trigger(db)):
+        async with bus_with(db=str(db)) as bus, client(bus) as producer:
+            await register(producer, "producer")
+            refused = await request(producer, {"cmd": "job_request", "payload": POISON})
+            assert "submit refused" in refused["message"]
+            assert bus.journal.failure is not None
+    assert "closing the journal failed; unsaved changes are lost" in caplog.text
+    assert "Traceback" not in caplog.text

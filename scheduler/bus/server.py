@@ -327,8 +327,10 @@ class BusServer:
                 process_request=self._check_request,
             )
         except OSError as exc:
-            # asyncio's own strerror repeats the address as a tuple.
-            why = os.strerror(exc.errno) if exc.errno else str(exc)
+            # asyncio's own strerror repeats the address as a tuple; a name that does not
+            # resolve (socket.gaierror) has a negative errno and its own strerror.
+            why = os.strerror(exc.errno) if exc.errno and exc.errno > 0 else exc.strerror
+            why = why or str(exc)
             raise OSError(exc.errno, f"cannot listen on {_bracketed(host)}:{port}: {why}") from exc
 
     def _open_journal(self) -> tuple[object, ...]:

@@ -50,6 +50,17 @@ class Refusal:
     ref: str | int | None
 
 
+@dataclass(frozen=True, slots=True)
+class _Held:
+    """A frame waiting for a commit; ``about`` names the job whose event it is, if any."""
+
+    recipient: Recipient
+    frame: bytes
+    counted: bool
+    refusal: Refusal | None
+    about: str | None
+
+
 OnRefused = Callable[[Recipient, Refusal, JournalError], None]
 """Called for each acknowledgment a failed commit refuses, with the commit's error."""
 
@@ -67,7 +78,7 @@ class FrameGate:
     def __init__(self, journal: Journal, on_refused: OnRefused) -> None:
         self._journal = journal
         self._on_refused = on_refused
-        self._held: list[tuple[Recipient, bytes, bool, Refusal | None]] = []
+        self._held: list[_Held] = []
         self._dirty = False
         self._task: asyncio.Task[None] | None = None
         self._wake: asyncio.Future[None] | None = None
@@ -94,16 +105,18 @@ class FrameGate:
         frame: bytes,
         counted: bool = True,
         refusal: Refusal | None = None,
+        about: str | None = None,
     ) -> None:
         """Push ``frame`` to ``recipient`` now, or once the commits before it are done
         (``counted``: see :meth:`FrameOutbox.push`). A frame with a ``refusal`` is
-        refused instead if its commit fails."""
+        refused instead if its commit fails, and then the recipient's frames ``about``
+        the refused jobs (their events) are dropped."""
         if self._task is None:
             if not self._stopped:
                 recipient.outbox.push(frame, counted)
             return
         recipient.pending += 1
-        self._held.append((recipient, frame, counted, refusal))
+        self._held.append(_Held(recipient, frame, counted, refusal, about))
 
     async def released(self, recipient: Recipient) -> None:
         """Wait until no frame for ``recipient`` waits for a commit."""
@@ -121,8 +134,8 @@ class FrameGate:
         if self._task is not None:
             self._task.cancel()
             await asyncio.wait((self._task,))
-        for recipient, *_ in self._held:
-            recipient.pending = 0
+        for held in self._held:
+            held.recipient.pending = 0
         self._held.clear()
 
     async def _run(self) -> None:
@@ -131,15 +144,15 @@ class FrameGate:
                 batch, self._held = self._held, []
                 if self._dirty and not await self._commit(batch):
                     continue
-                for recipient, frame, counted, _ in batch:
-                    recipient.pending -= 1
-                    recipient.outbox.push(frame, counted)
+                for held in batch:
+                    held.recipient.pending -= 1
+                    held.recipient.outbox.push(held.frame, held.counted)
                 self._wake_waiters()
         finally:
             self._task = None
             self._wake_waiters()
 
-    async def _commit(self, batch: list[tuple[Recipient, bytes, bool, Refusal | None]]) -> bool:
+    async def _commit(self, batch: list[_Held]) -> bool:
         """Commit what the journal has queued; on failure, refuse the batch's
         acknowledgments, hold the rest again and wait before the next try."""
         self._dirty = False
@@ -161,18 +174,23 @@ class FrameGate:
             self._failures = 0
         return True
 
-    def _refuse(
-        self, batch: list[tuple[Recipient, bytes, bool, Refusal | None]], error: JournalError
-    ) -> list[tuple[Recipient, bytes, bool, Refusal | None]]:
-        """Answer each acknowledgment in ``batch`` with a refusal; return the rest."""
+    def _refuse(self, batch: list[_Held], error: JournalError) -> list[_Held]:
+        """Answer each acknowledgment in ``batch`` with a refusal and drop its sender's
+        events of the refused jobs; return the rest."""
+        refused = {
+            (id(held.recipient), job_id)
+            for held in batch
+            if held.refusal is not None
+            for job_id in held.refusal.job_ids
+        }
         kept = []
-        for entry in batch:
-            recipient, _, _, refusal = entry
-            if refusal is None:
-                kept.append(entry)
-            else:
-                recipient.pending -= 1
-                self._on_refused(recipient, refusal, error)
+        for held in batch:
+            if held.refusal is None and (id(held.recipient), held.about) not in refused:
+                kept.append(held)
+                continue
+            held.recipient.pending -= 1
+            if held.refusal is not None:
+                self._on_refused(held.recipient, held.refusal, error)
         return kept
 
     def _failed(self, error: JournalError) -> float:

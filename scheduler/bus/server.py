@@ -955,7 +955,7 @@ class BusServer:
         assert self._gate is not None
         frame = encode(event).encode()
         for client in self._watchers.get(event.id, ()):
-            self._gate.send(client, frame, counted=client is not requester)
+            self._gate.send(client, frame, counted=client is not requester, about=event.id)
         for monitor in self._monitors:
             self._gate.send(monitor, frame)
         if event.event in FINAL_EVENTS:

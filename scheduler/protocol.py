@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Annotated, Final, Literal
+from typing import Annotated, Final, Literal, TypeVar
 
 import msgspec
 
@@ -32,6 +32,14 @@ MAX_RESULT_BYTES: Final = 64 * 1024
 """A task's JSON result larger than this is refused (the job fails saying so)."""
 MAX_BACKOFF_S: Final = 24 * 3600.0
 MAX_BULK: Final = 100_000
+MAX_COUNT: Final = 2**31 - 1
+"""Most attempts, evictions or jobs a counter on the wire may say (far past any real one)."""
+MAX_SAFE_INT: Final = 2**53 - 1
+"""Largest integer every JSON reader keeps exact; bounds ``ref`` and sizes in KB."""
+MAX_INT64: Final = 2**63 - 1
+"""Largest integer the journal (SQLite INTEGER, signed 64-bit) stores."""
+MAX_NESTING: Final = 64
+"""Deepest nesting of arrays and objects in a task's ``args`` or ``result``."""
 PRIORITY_MIN: Final = 0
 PRIORITY_MAX: Final = 10
 DEFAULT_PRIORITY: Final = 5
@@ -42,9 +50,18 @@ Priority = Annotated[int, msgspec.Meta(ge=PRIORITY_MIN, le=PRIORITY_MAX)]
 Runtime = Annotated[float, msgspec.Meta(gt=0, le=MAX_RUNTIME_S)]
 Timeout = Annotated[float, msgspec.Meta(gt=0, le=MAX_TIMEOUT_S)]
 Name = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_NAME_LEN)]
-Ref = Annotated[str, msgspec.Meta(max_length=MAX_NAME_LEN)] | int | None
+Ref = (
+    Annotated[str, msgspec.Meta(max_length=MAX_NAME_LEN)]
+    | Annotated[int, msgspec.Meta(ge=-MAX_SAFE_INT, le=MAX_SAFE_INT)]
+    | None
+)
 JobId = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_NAME_LEN)]
-Attempt = Annotated[int, msgspec.Meta(ge=1)]
+Attempt = Annotated[int, msgspec.Meta(ge=1, le=MAX_COUNT)]
+Count = Annotated[int, msgspec.Meta(ge=0, le=MAX_COUNT)]
+"""A count of attempts, evictions or jobs."""
+ExitCode = Annotated[int, msgspec.Meta(ge=-MAX_COUNT - 1, le=MAX_COUNT)]
+Seconds = Annotated[float, msgspec.Meta(ge=0)]
+"""A finite duration (msgspec refuses a number out of float range: no inf, no NaN)."""
 Args = dict[str, object] | list[object]
 
 Role = Literal["producer", "scheduler", "monitor"]
@@ -124,6 +141,10 @@ class JobPayload(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_d
     max_retries: Annotated[int, msgspec.Meta(ge=0, le=MAX_RETRIES)] = 0
     retry_backoff: Annotated[float, msgspec.Meta(ge=0, le=MAX_BACKOFF_S)] = 1.0
 
+    def __post_init__(self) -> None:
+        """Refuse ``args`` nested deeper than :data:`MAX_NESTING`."""
+        _check_nesting("args", self.args)
+
 
 # --- client -> bus -------------------------------------------------------------------
 
@@ -179,14 +200,18 @@ class Report(msgspec.Struct, frozen=True, tag_field="cmd", tag="report", omit_de
     event: SchedulerReport
     id: JobId
     attempt: Attempt
-    exit_code: int | None = None
+    exit_code: ExitCode | None = None
     error: Annotated[str, msgspec.Meta(max_length=64 * 1024)] | None = None
-    evictions: Annotated[int, msgspec.Meta(ge=0)] | None = None
-    wall_s: float | None = None
-    cpu_s: float | None = None
-    max_rss_kb: int | None = None
+    evictions: Count | None = None
+    wall_s: Seconds | None = None
+    cpu_s: Seconds | None = None
+    max_rss_kb: Annotated[int, msgspec.Meta(ge=0, le=MAX_SAFE_INT)] | None = None
     result: object | None = None
     traceback: Annotated[str, msgspec.Meta(max_length=64 * 1024)] | None = None
+
+    def __post_init__(self) -> None:
+        """Refuse a ``result`` nested deeper than :data:`MAX_NESTING`."""
+        _check_nesting("result", self.result)
 
 
 class SubmitMany(
@@ -217,7 +242,7 @@ class Watch(msgspec.Struct, frozen=True, tag_field="cmd", tag="watch", omit_defa
 class Vacuum(msgspec.Struct, frozen=True, tag_field="cmd", tag="vacuum", omit_defaults=True):
     """Delete final jobs older than the retention now (or older than ``older_than_s``)."""
 
-    older_than_s: Annotated[float, msgspec.Meta(ge=0)] | None = None
+    older_than_s: Seconds | None = None
     ref: Ref = None
 
 
@@ -230,8 +255,8 @@ class GetStats(msgspec.Struct, frozen=True, tag_field="cmd", tag="stats", omit_d
 class Heartbeat(msgspec.Struct, frozen=True, tag_field="cmd", tag="heartbeat"):
     """A v2 scheduler's periodic sign of life with its load."""
 
-    running: Annotated[int, msgspec.Meta(ge=0)] = 0
-    queued: Annotated[int, msgspec.Meta(ge=0)] = 0
+    running: Count = 0
+    queued: Count = 0
 
 
 ClientMessage = (
@@ -325,7 +350,7 @@ class Assignment(msgspec.Struct, frozen=True, omit_defaults=True):
     task: Name = "sleep"
     args: Args | None = None
     timeout: Timeout | None = None
-    evictions: Annotated[int, msgspec.Meta(ge=0)] = 0
+    evictions: Count = 0
     evictable: bool = True
 
 
@@ -500,6 +525,11 @@ _client_decoder: msgspec.json.Decoder[ClientMessage] = msgspec.json.Decoder(Clie
 _bus_decoder: msgspec.json.Decoder[BusMessage] = msgspec.json.Decoder(BusMessage)
 _payload_decoder = msgspec.json.Decoder(JobPayload)
 _encoder = msgspec.json.Encoder()
+_T = TypeVar("_T")
+_TOO_DEEP: Final = (
+    f"frame: nesting deeper than the decoder allows (args and result: {MAX_NESTING} levels)"
+)
+_NESTED = re.compile(r"^(?P<name>args|result): (?P<rule>nesting deeper .*)$")
 _PATH = re.compile(r" - at `\$\.?(?P<path>[^`]*)`$")
 
 
@@ -516,44 +546,90 @@ def _field_of(message: str) -> tuple[str, str | None]:
 def _protocol_error(exc: msgspec.MsgspecError) -> ProtocolError:
     if isinstance(exc, msgspec.ValidationError):
         text, field = _field_of(str(exc))
+        nested = _NESTED.match(text)
+        if nested is not None:
+            name, text = nested.group("name", "rule")
+            field = name if field is None else f"{field}.{name}"
         if field == "cmd" and text.startswith("Invalid value"):
             text = f"unknown cmd: {text.removeprefix('Invalid value ')}"
         return ProtocolError(f"{field or 'frame'}: {text}", field)
     return ProtocolError(f"not valid JSON: {exc}")
 
 
-def decode_client(frame: str | bytes) -> ClientMessage:
-    """Decode and validate a client frame; raise :class:`ProtocolError` naming the bad field."""
+def _decode(decoder: msgspec.json.Decoder[_T], frame: str | bytes) -> _T:
     try:
-        return _client_decoder.decode(frame)
+        return decoder.decode(frame)
     except msgspec.MsgspecError as exc:
         raise _protocol_error(exc) from None
+    except RecursionError:
+        raise ProtocolError(_TOO_DEEP) from None
+
+
+def decode_client(frame: str | bytes) -> ClientMessage:
+    """Decode and validate a client frame; raise :class:`ProtocolError` naming the bad field."""
+    return _decode(_client_decoder, frame)
 
 
 def decode_bus(frame: str | bytes) -> BusMessage:
     """Decode and validate a frame sent by the bus to a v2 client."""
-    try:
-        return _bus_decoder.decode(frame)
-    except msgspec.MsgspecError as exc:
-        raise _protocol_error(exc) from None
+    return _decode(_bus_decoder, frame)
 
 
 def decode_payload(frame: str | bytes) -> JobPayload:
     """Decode the bare v1 payload a v1 scheduler receives."""
+    return _decode(_payload_decoder, frame)
+
+
+class _Envelope(msgspec.Struct):
+    """What a frame that failed to decode may still tell: its ``ref`` and ``protocol``."""
+
+    ref: object = None
+    protocol: object = None
+
+
+_envelope_decoder = msgspec.json.Decoder(_Envelope)
+
+
+def _envelope(frame: str | bytes) -> _Envelope | None:
     try:
-        return _payload_decoder.decode(frame)
-    except msgspec.MsgspecError as exc:
-        raise _protocol_error(exc) from None
+        return _envelope_decoder.decode(frame)
+    except (msgspec.MsgspecError, RecursionError):
+        return None
 
 
 def ref_of(frame: str | bytes) -> int | str | None:
-    """Best-effort ``ref`` of a frame that failed to decode, so the error can name it."""
-    try:
-        raw = msgspec.json.decode(frame)
-    except msgspec.MsgspecError:
-        return None
-    ref = raw.get("ref") if isinstance(raw, dict) else None
-    return ref if isinstance(ref, int | str) and not isinstance(ref, bool) else None
+    """Best-effort ``ref`` of a frame that failed to decode, so the error can name it
+    (None unless it is a string or an integer a :data:`Ref` may be)."""
+    envelope = _envelope(frame)
+    ref = None if envelope is None else envelope.ref
+    if isinstance(ref, str) and len(ref) <= MAX_NAME_LEN:
+        return ref
+    if isinstance(ref, int) and not isinstance(ref, bool) and abs(ref) <= MAX_SAFE_INT:
+        return ref
+    return None
+
+
+def says_v2(frame: str | bytes | None) -> bool:
+    """Whether a frame that failed to decode still announces ``"protocol": 2``."""
+    envelope = None if frame is None else _envelope(frame)
+    protocol = None if envelope is None else envelope.protocol
+    return isinstance(protocol, int) and not isinstance(protocol, bool) and protocol == 2
+
+
+def _check_nesting(name: str, value: object) -> None:
+    """Raise ValueError if ``value`` nests arrays and objects deeper than :data:`MAX_NESTING`."""
+    level: list[object] = [value]
+    for _ in range(MAX_NESTING):
+        level = [
+            item
+            for container in level
+            if isinstance(container, list | dict)
+            for item in (container.values() if isinstance(container, dict) else container)
+        ]
+        if not level:
+            return
+    if any(isinstance(item, list | dict) for item in level):
+        raise ValueError(f"{name}: nesting deeper than {MAX_NESTING} levels")
 
 
 def encode(message: ClientMessage | BusMessage) -> str:

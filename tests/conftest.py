@@ -33,6 +33,17 @@ async def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -
     assert predicate(), what
 
 
+@pytest.fixture(autouse=True)
+def private_state(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> Path:
+    """Point ``XDG_STATE_HOME`` at a fresh directory for every test, so that nothing a test
+    runs (a bus's token file, a default journal) touches the user's own state."""
+    state = tmp_path_factory.mktemp("xdg-state")
+    monkeypatch.setenv("XDG_STATE_HOME", str(state))
+    return state
+
+
 @pytest.fixture
 async def bus() -> AsyncIterator[BusServer]:
     """A real bus in this test's event loop, on 127.0.0.1 and a port the OS picked."""

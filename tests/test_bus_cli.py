@@ -7,8 +7,10 @@ import json
 import os
 import re
 import signal
+import socket
 import sqlite3
 import sys
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -18,6 +20,7 @@ from websockets.asyncio.client import connect
 
 from scheduler.bus import cli as bus_cli
 from scheduler.bus.cli import cli, default_db
+from scheduler.bus.journal import Journal
 from scheduler.bus.server import BusConfig
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -45,6 +48,10 @@ def test_help_explains_every_option() -> None:
         "--vacuum-every",
         "--steal",
         "--age-every",
+        "--max-backlog-bytes",
+        "--max-total-backlog-bytes",
+        "--register-timeout",
+        "--max-connections",
         "--log-level",
     )
     for option in options:
@@ -67,6 +74,10 @@ def test_help_explains_every_option() -> None:
         (["--retention", "failed=-1"], "must be >= 0"),
         (["--steal", "random"], "--steal"),
         (["--age-every", "0"], "--age-every"),
+        (["--max-backlog-bytes", "0"], "--max-backlog-bytes"),
+        (["--max-total-backlog-bytes", "-1"], "--max-total-backlog-bytes"),
+        (["--register-timeout", "0"], "--register-timeout"),
+        (["--max-connections", "0"], "--max-connections"),
     ],
 )
 def test_a_bad_option_is_refused(args: list[str], blamed: str) -> None:
@@ -87,14 +98,16 @@ def test_the_default_journal_follows_xdg_state_home(
 def test_options_reach_the_bus(monkeypatch: pytest.MonkeyPatch) -> None:
     seen: list[BusConfig] = []
 
-    async def fake_serve(config: BusConfig) -> None:
+    async def fake_serve(config: BusConfig, token_note: str) -> None:
         seen.append(config)
 
     monkeypatch.setattr(bus_cli, "_serve", fake_serve)
     monkeypatch.setattr(bus_cli, "run_until_signalled", asyncio.run)
     args = ["--db", ":memory:", "--lease", "2.5", "--max-evictions", "1", "--max-deliveries",
             "4", "--retention", "failed=60", "--retention", "dead=0", "--retention-default",
-            "3600", "--vacuum-every", "30", "--steal", "tail", "--age-every", "15"]  # fmt: skip
+            "3600", "--vacuum-every", "30", "--steal", "tail", "--age-every", "15",
+            "--max-backlog-bytes", "1000", "--max-total-backlog-bytes", "5000",
+            "--register-timeout", "2.5", "--max-connections", "7"]  # fmt: skip
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 0, result.output
     (config,) = seen
@@ -108,12 +121,14 @@ def test_options_reach_the_bus(monkeypatch: pytest.MonkeyPatch) -> None:
     assert (config.retention_default, config.vacuum_every) == (3600.0, 30.0)
     assert (config.steal, config.age_every) == ("tail", 15.0)
     assert (config.rules().steal, config.rules().age_every) == ("tail", 15.0)
+    assert (config.max_backlog_bytes, config.max_total_backlog_bytes) == (1000, 5000)
+    assert (config.register_timeout, config.max_connections) == (2.5, 7)
 
 
 def test_stealing_is_urgent_and_aging_off_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
     seen: list[BusConfig] = []
 
-    async def fake_serve(config: BusConfig) -> None:
+    async def fake_serve(config: BusConfig, token_note: str) -> None:
         seen.append(config)
 
     monkeypatch.setattr(bus_cli, "_serve", fake_serve)
@@ -202,3 +217,53 @@ def test_an_unsafe_or_broken_listener_is_refused_in_one_line(
     result = CliRunner().invoke(cli, [*args, *tokens])
     assert result.exit_code == 1
     assert result.output.startswith(complaint) and result.output.count("\n") == 1
+
+
+async def run_bus(*args: str, state: Path) -> tuple[int, str]:
+    """Run ``python -m scheduler.bus ARGS`` to its end, with its state (the token file) in
+    ``state``; return its exit code and stderr."""
+    env = os.environ | {"XDG_STATE_HOME": str(state)}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "scheduler.bus", *args, cwd=ROOT, env=env,
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        _, stderr = await asyncio.wait_for(proc.communicate(), 20 * unit())
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert proc.returncode is not None
+    return proc.returncode, stderr.decode()
+
+
+async def test_a_port_in_use_is_one_line_and_releases_the_journal(tmp_path: Path) -> None:
+    db = tmp_path / "bus.db"
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        code, stderr = await run_bus("--port", str(port), "--db", str(db), state=tmp_path)
+    assert code == 1
+    assert stderr.splitlines() == [
+        f"Error: cannot listen on 127.0.0.1:{port}: Address already in use"
+    ], stderr
+    with closing(Journal.open(db)) as journal:  # closed and unlocked again
+        assert journal.counts() == {}
+
+
+@pytest.mark.parametrize("where", ["a-file/bus.db", "a-dir", "not-a-journal.db"])
+async def test_a_journal_that_cannot_be_opened_is_one_line(tmp_path: Path, where: str) -> None:
+    (tmp_path / "a-file").write_text("x")
+    (tmp_path / "a-dir").mkdir()
+    (tmp_path / "not-a-journal.db").write_text("hello")
+    code, stderr = await run_bus("--port", "0", "--db", str(tmp_path / where), state=tmp_path)
+    assert code == 1
+    (line,) = stderr.splitlines()
+    assert line.startswith("Error: ") and str(tmp_path / where) in line, stderr
+
+
+async def test_a_bad_option_in_a_real_process_is_one_usage_error(tmp_path: Path) -> None:
+    code, stderr = await run_bus("--max-connections", "0", state=tmp_path)
+    assert code == 2 and "Traceback" not in stderr
+    assert stderr.splitlines()[-1].startswith("Error: Invalid value for '--max-connections'")

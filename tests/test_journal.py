@@ -293,23 +293,61 @@ async def flush_all(journal: Journal, waiters: int) -> list[BaseException | None
     return await asyncio.gather(*(journal.flush() for _ in range(waiters)), return_exceptions=True)
 
 
-async def test_a_row_sqlite_cannot_store_fails_every_waiter_and_is_dropped(
-    journal: Journal,
+def test_save_refuses_an_integer_sqlite_cannot_store(journal: Journal) -> None:
+    with pytest.raises(JournalError, match="evictions 1180591620717411303424 does not fit"):
+        journal.save([make_job(1), make_job(2, evictions=2**70)])
+    assert journal.get("job-1") is None, "nothing of the batch is queued"
+
+
+@pytest.fixture
+def refuse_job_2(path: Path) -> Iterator[sqlite3.Connection]:
+    """A trigger in the journal file that makes SQLite refuse any write of ``job-2``."""
+    if not path.exists():
+        Journal.open(path).close()
+    with closing(sqlite3.connect(path, isolation_level=None)) as conn:
+        conn.execute(
+            "CREATE TRIGGER refuse_job_2 BEFORE INSERT ON jobs WHEN NEW.id = 'job-2'"
+            " BEGIN SELECT RAISE(ABORT, 'job-2 refused by the test'); END"
+        )
+        yield conn
+
+
+async def test_a_failed_commit_fails_every_waiter_and_keeps_its_writes_queued(
+    journal: Journal, refuse_job_2: sqlite3.Connection
 ) -> None:
     journal.save([make_job(1)])
     await journal.flush()
-    too_big = make_job(2**70)
-    journal.save([make_job(2), too_big, make_job(3)])
+    journal.save([make_job(2), make_job(3)])
 
     outcomes = await flush_all(journal, 3)
     assert all(isinstance(outcome, JournalError) for outcome in outcomes), outcomes
-    assert "commit failed" in str(outcomes[0]) and str(journal.path) in str(outcomes[0])
-    assert journal.get("job-2") is None, "a failed commit discards its batch"
-    assert [job.id for job in journal.load()] == ["job-1"]
+    assert "commit failed: job-2 refused by the test" in str(outcomes[0])
+    assert str(journal.path) in str(outcomes[0])
+    assert journal.failure is not None and journal.failure is outcomes[0]
+    assert not journal.failure.full
+    assert journal.counts() == {"queued": 1}, "nothing of the batch is committed"
+    assert [job.id for job in journal.load()] == ["job-1", "job-2", "job-3"], "still queued"
 
-    journal.save([make_job(2), make_job(3)])
+    journal.save([make_job(3, "running")])
+    refuse_job_2.execute("DROP TRIGGER refuse_job_2")
     await journal.flush()
-    assert journal.counts() == {"queued": 3}
+    assert journal.failure is None
+    assert journal.counts() == {"queued": 2, "running": 1}, "the kept writes, newest wins"
+
+
+async def test_a_full_database_says_so(journal: Journal) -> None:
+    journal.save([make_job(1)])
+    await journal.flush()
+    pages = journal._conn.execute("PRAGMA page_count").fetchone()[0]
+    journal._conn.execute(f"PRAGMA max_page_count = {pages}")
+    journal.save([make_job(n, errors=["x" * 4000]) for n in range(2, 50)])
+    with pytest.raises(JournalError, match="database or disk is full") as caught:
+        await journal.flush()
+    assert caught.value.full and journal.failure is caught.value
+
+    journal._conn.execute("PRAGMA max_page_count = 1073741823")
+    await journal.flush()
+    assert journal.counts() == {"queued": 49} and journal.failure is None
 
 
 async def test_a_locked_database_fails_every_waiter_and_the_journal_recovers(
@@ -323,9 +361,8 @@ async def test_a_locked_database_fails_every_waiter_and_the_journal_recovers(
         assert "locked" in str(outcomes[0])
         intruder.execute("ROLLBACK")
 
-    journal.save([make_job(1)])
     await journal.flush()
-    assert journal.counts() == {"queued": 1}
+    assert journal.counts() == {"queued": 1}, "the failed write was kept and retried"
 
 
 def test_save_refuses_a_job_it_cannot_encode_and_queues_nothing(journal: Journal) -> None:
@@ -449,9 +486,11 @@ async def test_close_commits_queued_writes_and_answers_waiters(path: Path) -> No
         assert [job.id for job in again.load()] == ["job-1", "job-2"]
 
 
-async def test_close_raises_when_its_last_commit_fails(path: Path) -> None:
+async def test_close_raises_when_its_last_commit_fails(
+    path: Path, refuse_job_2: sqlite3.Connection
+) -> None:
     journal = Journal.open(path)
-    journal.save([make_job(2**70)])
+    journal.save([make_job(2)])
     with pytest.raises(JournalError, match="commit failed"):
         journal.close()
     with pytest.raises(JournalError, match="closed"):

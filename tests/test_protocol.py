@@ -233,3 +233,118 @@ def test_restarting_and_submit_warnings_round_trip() -> None:
     accepted = Accepted(id="a", warning='no connected scheduler serves task "x"')
     assert decode_bus(encode(accepted)) == accepted
     assert "warning" not in encode(Accepted(id="a"))
+
+
+def fill(template: str, value: object) -> str:
+    """``template`` with each ``@`` replaced by ``value``."""
+    return template.replace("@", str(value))
+
+
+REPORT = '{"cmd": "report", "event": "succeeded", "id": "j", "attempt": 1'
+
+
+@pytest.mark.parametrize(
+    ("frame", "field", "words"),
+    [
+        (REPORT + fill(', "evictions": @}', 2**70), "evictions", "Expected `int` <= 2147483647"),
+        (REPORT + fill(', "exit_code": @}', -(2**63)), "exit_code", ">= -2147483648"),
+        (REPORT + fill(', "max_rss_kb": @}', 2**64), "max_rss_kb", "<= 9007199254740991"),
+        (REPORT.replace('"attempt": 1', fill('"attempt": @', 2**63)) + "}", "attempt", "<="),
+        (fill('{"cmd": "heartbeat", "running": @}', 2**31), "running", "<= 2147483647"),
+        (fill('{"cmd": "heartbeat", "queued": @}', 2**70), "queued", "<= 2147483647"),
+        (fill('{"cmd": "stats", "ref": @}', 2**53), "ref", "<= 9007199254740991"),
+        (
+            fill('{"cmd": "register", "type": "scheduler", "protocol": 2, "size": @}', 2**64),
+            "size",
+            "<=",
+        ),
+        (
+            fill(
+                '{"cmd": "register", "type": "scheduler", "protocol": 2,'
+                ' "held": [{"id": "j", "attempt": @}]}',
+                2**40,
+            ),
+            "held.0.attempt",
+            "<= 2147483647",
+        ),
+        (
+            fill('{"cmd": "job_request", "payload": {"max_retries": @}}', 2**70),
+            "payload.max_retries",
+            "<=",
+        ),
+        (REPORT + ', "wall_s": 1e999}', "wall_s", "out of range"),
+        (REPORT + ', "cpu_s": -1e999}', "cpu_s", "out of range"),
+        ('{"cmd": "vacuum", "older_than_s": 1e400}', "older_than_s", "out of range"),
+        (REPORT + ', "wall_s": NaN}', None, "not valid JSON"),
+        (REPORT + ', "wall_s": Infinity}', None, "not valid JSON"),
+    ],
+)
+def test_every_number_on_the_wire_is_bounded_and_finite(
+    frame: str, field: str | None, words: str
+) -> None:
+    with pytest.raises(ProtocolError) as caught:
+        decode_client(frame)
+    assert caught.value.field == field
+    assert words in caught.value.message
+    if field is not None:
+        assert caught.value.message.startswith(f"{field}: ")
+
+
+DEEP = "[" * 1000 + "]" * 1000
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        fill('{"cmd": "job_request", "payload": {"runtime": 1, "args": @}}', DEEP),
+        REPORT + fill(', "result": @}', DEEP),
+        fill('{"cmd": "submit_many", "jobs": [@]}', DEEP),
+        fill('{"cmd": "watch", "ids": @}', DEEP),
+        fill('{"cmd": "register", "type": "producer", "name": @}', DEEP),
+        fill('{"cmd": "job_request", "ref": @, "protocol": 2}', DEEP),
+        fill('{"cmd": "stats", "unknown": @}', DEEP),
+        "[" * 100_000,
+        '{"x": ' * 5000,
+    ],
+)
+def test_deep_nesting_anywhere_is_a_protocol_error(frame: str) -> None:
+    with pytest.raises(ProtocolError) as caught:
+        decode_client(frame)
+    assert "nesting" in caught.value.message or "Expected" in caught.value.message
+    assert protocol.ref_of(frame) is None
+    assert protocol.says_v2(frame) is False
+
+
+@pytest.mark.parametrize(
+    ("frame", "field"),
+    [
+        ('{"cmd": "job_request", "payload": {"runtime": 1, "args": @}}', "payload.args"),
+        (REPORT + ', "result": @}', "result"),
+    ],
+)
+def test_args_and_result_nest_at_most_max_nesting_levels(frame: str, field: str) -> None:
+    depth = protocol.MAX_NESTING
+    decode_client(fill(frame, "[" * depth + "]" * depth))
+    with pytest.raises(ProtocolError) as caught:
+        decode_client(fill(frame, "[" * (depth + 1) + "]" * (depth + 1)))
+    assert caught.value.field == field
+    assert caught.value.message == f"{field}: nesting deeper than {depth} levels"
+    deep: object = {}
+    for _ in range(depth):
+        deep = {"k": [deep]} if isinstance(deep, dict) else deep
+    with pytest.raises(ValueError, match="nesting deeper"):
+        JobPayload(runtime=1.0, args={"shallow": "[" * 5, "deep": deep})
+
+
+def test_ref_of_and_says_v2_survive_deep_nesting_elsewhere() -> None:
+    frame = fill('{"ref": 7, "protocol": 2, "x": @}', ("[" * 80 + "]" * 80))
+    assert (protocol.ref_of(frame), protocol.says_v2(frame)) == (7, True)
+    assert protocol.ref_of(fill('{"ref": @}', 2**60)) is None
+    assert protocol.says_v2('{"protocol": true}') is False
+
+
+def test_payload_and_bus_decoders_refuse_deep_nesting() -> None:
+    with pytest.raises(ProtocolError, match="nesting"):
+        decode_payload(fill('{"runtime": 1, "args": @}', DEEP))
+    with pytest.raises(ProtocolError, match="nesting"):
+        decode_bus(fill('{"type": "event", "result": @}', DEEP))

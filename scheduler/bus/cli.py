@@ -18,7 +18,10 @@ from scheduler.auth import (
     state_dir,
 )
 from scheduler.bus.journal import JournalError
+from scheduler.bus.outbox import DEFAULT_MAX_BACKLOG_BYTES, DEFAULT_MAX_TOTAL_BACKLOG_BYTES
 from scheduler.bus.server import (
+    DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_REGISTER_TIMEOUT_S,
     DEFAULT_RESTART_GRACE_S,
     DEFAULT_RETENTION_S,
     DEFAULT_START_DEADLINE_S,
@@ -38,29 +41,32 @@ def default_db() -> Path:
     return state_dir() / "bus.db"
 
 
-def _tokens(path: Path, extra_admin: str | None) -> TokenTable:
+def _tokens(path: Path, extra_admin: str | None) -> tuple[TokenTable, str]:
     """The token table of ``path`` (created on first start), plus ``extra_admin`` as an
-    admin token named ``token-option``; ClickException if the file is unusable."""
+    admin token named ``token-option``, and the log line that says where it came from;
+    ClickException if the file is unusable."""
     try:
         table, created = load_or_create_tokens(path)
     except TokenFileError as exc:
         raise click.ClickException(str(exc)) from None
     if created:
-        log.info(
-            "created token file %s (mode 0600) with a token per role: %s; our commands read it",
-            path,
-            ", ".join(entry.role for entry in table.tokens),
-        )
+        roles = ", ".join(entry.role for entry in table.tokens)
+        note = f"created token file {path} (mode 0600) with a token per role: {roles}"
+        note += "; our commands read it"
     else:
-        log.info("%d tokens loaded from %s", len(table.tokens), path)
+        note = f"{len(table.tokens)} tokens loaded from {path}"
     if extra_admin:
         table = TokenTable((*table.tokens, Token("token-option", "admin", extra_admin)))
-    return table
+    return table, note
 
 
-async def _serve(config: BusConfig) -> None:
-    """Serve until cancelled; leaving the ``async with`` closes every connection."""
+async def _serve(config: BusConfig, token_note: str) -> None:
+    """Serve until cancelled; leaving the ``async with`` closes every connection.
+
+    ``token_note`` is logged once the bus listens, so that a bus that cannot start says
+    only why."""
     async with BusServer(config) as bus:
+        log.info("%s", token_note)
         await bus.serve_forever()
 
 
@@ -245,6 +251,36 @@ def _retention(
     "one or registers again. 0: no deadline.",
 )
 @click.option(
+    "--max-backlog-bytes",
+    default=DEFAULT_MAX_BACKLOG_BYTES,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Bytes of frames a producer or monitor may fall behind (not reading) before it "
+    "is disconnected.",
+)
+@click.option(
+    "--max-total-backlog-bytes",
+    default=DEFAULT_MAX_TOTAL_BACKLOG_BYTES,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Bytes of frames all clients together may fall behind; past it the client with "
+    "the largest backlog is disconnected first.",
+)
+@click.option(
+    "--register-timeout",
+    default=DEFAULT_REGISTER_TIMEOUT_S,
+    show_default=True,
+    type=click.FloatRange(min=0, min_open=True),
+    help="Seconds a new connection has to register before it is closed.",
+)
+@click.option(
+    "--max-connections",
+    default=DEFAULT_MAX_CONNECTIONS,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Open connections past which new ones are refused (HTTP 503, logged once).",
+)
+@click.option(
     "--log-level",
     default="INFO",
     show_default=True,
@@ -272,6 +308,10 @@ def cli(
     age_every: float | None,
     restart_grace: float,
     start_deadline: float,
+    max_backlog_bytes: int,
+    max_total_backlog_bytes: int,
+    register_timeout: float,
+    max_connections: int,
     log_level: str,
 ) -> None:
     """Run the schedbus bus: producers submit jobs, schedulers run them, monitors watch.
@@ -279,7 +319,10 @@ def cli(
     Listens on ws://HOST:PORT (logged at start) until SIGINT or SIGTERM, then closes
     every connection and exits 0. Every accepted job is journaled in --db before it is
     acknowledged, and survives a restart. Every client presents a token of
-    --token-file, whose role says what it may do.
+    --token-file, whose role says what it may do. One bus per journal: a second one on
+    the same --db refuses to start, naming the pid that holds it. If the journal cannot
+    commit (a full disk), the bus keeps running, refuses submits saying why, and recovers
+    by itself.
     """
     configure_logging(log_level.upper())
     try:
@@ -302,6 +345,10 @@ def cli(
             age_every=age_every,
             restart_grace=restart_grace,
             start_deadline=start_deadline or None,
+            max_backlog_bytes=max_backlog_bytes,
+            max_total_backlog_bytes=max_total_backlog_bytes,
+            register_timeout=register_timeout,
+            max_connections=max_connections,
         )
         config.ssl_context()  # fail now, in one line, rather than once serving starts
     except ValueError as exc:
@@ -309,8 +356,12 @@ def cli(
     except (OSError, ssl.SSLError) as exc:
         raise click.ClickException(f"cannot load TLS certificate {certfile}: {exc}") from None
     # Only a configuration that can start creates the token file.
-    config = dataclasses.replace(config, tokens=_tokens(token_file or default_token_file(), token))
+    tokens, token_note = _tokens(token_file or default_token_file(), token)
+    config = dataclasses.replace(config, tokens=tokens)
     try:
-        run_until_signalled(_serve(config))
+        run_until_signalled(_serve(config, token_note))
     except JournalError as exc:
         raise click.ClickException(str(exc)) from None
+    except OSError as exc:
+        # The bus names the address; the errno prefix adds nothing for a reader.
+        raise click.ClickException(exc.strerror or str(exc)) from None

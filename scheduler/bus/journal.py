@@ -20,6 +20,7 @@ Schema (version :data:`SCHEMA_VERSION`)::
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import os
 import sqlite3
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -161,10 +162,28 @@ _errors_decoder = msgspec.json.Decoder(list[str])
 
 
 class JournalError(Exception):
-    """The journal cannot be opened, read or written; the message names its file."""
+    """The journal cannot be opened, read or written; the message names its file.
+
+    ``full`` is True when SQLite said the database or the disk is full.
+    """
+
+    def __init__(self, message: str, *, full: bool = False) -> None:
+        super().__init__(message)
+        self.full = full
+
+
+_INT64: Final = range(-(2**63), 2**63)
 
 
 def _row_of(job: Job) -> _Row:
+    row = _encode_row(job)
+    for column, value in zip(_COLUMNS, row, strict=True):
+        if isinstance(value, int) and value not in _INT64:
+            raise ValueError(f"{column} {value} does not fit a signed 64-bit SQLite INTEGER")
+    return row
+
+
+def _encode_row(job: Job) -> _Row:
     return (
         job.id,
         job.seq,
@@ -214,11 +233,61 @@ def _job_of(row: Sequence[Any]) -> Job:
     )
 
 
+def lock_path(path: str) -> str:
+    """The lock file that keeps a second bus off journal ``path``: ``PATH.lock``."""
+    return f"{path}.lock"
+
+
+def _lock(name: str) -> int:
+    """Take the journal's lock (an exclusive ``flock`` on ``NAME.lock`` holding our pid)
+    and return its descriptor; raise :class:`JournalError` naming the holder's pid."""
+    path = lock_path(name)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        raise JournalError(f"cannot create the lock file {path} of journal {name}: {exc}") from exc
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise JournalError(
+            f"journal {name} is in use by another bus (pid {holder}, lock {path});"
+            " stop it or give this bus another --db"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
+def _is_full(exc: BaseException) -> bool:
+    return getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL
+
+
 def _meta(conn: sqlite3.Connection, key: str) -> int:
     value = conn.execute(_META, (key,)).fetchone()
     if value is None:
         raise sqlite3.DatabaseError(f"meta has no {key!r}")
     return int(value[0])
+
+
+def _connect(name: str) -> sqlite3.Connection:
+    try:
+        return sqlite3.connect(name, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+    except sqlite3.Error as exc:
+        raise JournalError(f"cannot open journal {name}: {exc}") from exc
+
+
+def _prepared(conn: sqlite3.Connection, name: str) -> int:
+    """:func:`_prepare` ``conn``; close it if that fails."""
+    try:
+        return _prepare(conn, name)
+    except sqlite3.Error as exc:
+        conn.close()
+        raise JournalError(f"cannot open journal {name}: {exc}", full=_is_full(exc)) from exc
+    except BaseException:
+        conn.close()
+        raise
 
 
 def _prepare(conn: sqlite3.Connection, name: str) -> int:
@@ -260,14 +329,22 @@ class Journal:
 
     Writes queued by :meth:`save` and :meth:`delete` are visible to :meth:`get` and
     :meth:`load` at once, and durable once a :meth:`flush` returns. A commit that fails
-    discards its batch of writes and raises in each of its flushes; the journal stays
-    usable. Database failures raise :class:`JournalError`.
+    (a full disk, say) raises in each of its flushes and keeps its writes queued for the
+    next commit, so the journal catches up with the bus once the cause is gone;
+    :attr:`failure` says why meanwhile. Database failures raise :class:`JournalError`.
+    A journal file is locked (``PATH.lock``) while open: one bus per journal.
     """
 
-    def __init__(self, conn: sqlite3.Connection, path: str, high_seq: int) -> None:
-        """Wrap an open, prepared connection; use :meth:`open` instead."""
+    def __init__(
+        self, conn: sqlite3.Connection, path: str, high_seq: int, lock: int | None = None
+    ) -> None:
+        """Wrap an open, prepared connection (and the descriptor holding its lock, which
+        :meth:`close` releases); use :meth:`open` instead."""
         self.path: Final = path
+        self.failure: JournalError | None = None
+        """Why the latest commit failed; None once one succeeds."""
         self._conn = conn
+        self._lock = lock
         self._high_seq = high_seq
         self._pending: dict[str, _Row | None] = {}
         self._pending_secrets: dict[str, str | None] = {}
@@ -281,30 +358,29 @@ class Journal:
         """Open the journal at ``path``, creating it and its directories if missing.
 
         ``":memory:"`` keeps it in memory, without durability. A file is put in WAL mode
-        with ``synchronous=FULL``. Raise :class:`JournalError` naming the path if it
-        cannot be opened or created, is not a journal, or has another schema version.
+        with ``synchronous=FULL`` and locked until :meth:`close` (``PATH.lock`` holds the
+        pid of its bus). Raise :class:`JournalError` naming the path if it cannot be
+        opened or created, another process holds its lock (naming that pid), it is not a
+        journal, or it has another schema version.
         """
         name = os.fspath(path)
-        if name != MEMORY:
-            if os.path.isdir(name):
-                raise JournalError(f"journal {name} is a directory, not a file")
-            try:
-                Path(name).parent.mkdir(parents=True, exist_ok=True)
-            except OSError as exc:
-                raise JournalError(f"cannot create the directory of journal {name}: {exc}") from exc
+        if name == MEMORY:
+            conn = _connect(name)
+            return cls(conn, name, _prepared(conn, name))
+        if os.path.isdir(name):
+            raise JournalError(f"journal {name} is a directory, not a file")
         try:
-            conn = sqlite3.connect(name, timeout=BUSY_TIMEOUT_S, isolation_level=None)
-        except sqlite3.Error as exc:
-            raise JournalError(f"cannot open journal {name}: {exc}") from exc
+            Path(name).parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise JournalError(f"cannot create the directory of journal {name}: {exc}") from exc
+        lock = _lock(name)
         try:
-            high_seq = _prepare(conn, name)
-        except sqlite3.Error as exc:
-            conn.close()
-            raise JournalError(f"cannot open journal {name}: {exc}") from exc
+            conn = _connect(name)
+            high_seq = _prepared(conn, name)
         except BaseException:
-            conn.close()
+            os.close(lock)
             raise
-        return cls(conn, name, high_seq)
+        return cls(conn, name, high_seq, lock)
 
     @property
     def commits(self) -> int:
@@ -342,7 +418,7 @@ class Journal:
     def save(self, jobs: Iterable[Job]) -> None:
         """Queue an upsert of each job's current state, copied now (later changes to the
         objects are not saved). All or nothing: raise :class:`JournalError` and queue none
-        if one job cannot be encoded."""
+        if one job cannot be encoded or has an integer SQLite cannot store."""
         self._check_open()
         rows: list[_Row] = []
         for job in jobs:
@@ -389,7 +465,7 @@ class Journal:
         Every flush called while a commit is pending joins that commit: the first one of a
         batch schedules it with ``call_soon``, so every handler running in the same loop
         iteration shares one transaction. Raise :class:`JournalError` if the commit fails;
-        its writes are then discarded (no longer visible to :meth:`get`).
+        its writes then stay queued (visible to :meth:`get`) for the next flush.
         """
         self._check_open()
         if self._batch is None:
@@ -449,6 +525,8 @@ class Journal:
         error = self._commit()
         self._closed = True
         self._conn.close()
+        if self._lock is not None:
+            os.close(self._lock)
         if error is not None:
             raise error
 
@@ -463,6 +541,12 @@ class Journal:
         pending, self._pending = self._pending, {}
         secrets, self._pending_secrets = self._pending_secrets, {}
         error = self._write(pending, secrets) if pending or secrets else None
+        if error is not None:
+            # Kept for the next commit, under whatever was queued since: what the bus
+            # holds in memory reaches the disk once a commit succeeds.
+            self._pending = pending | self._pending
+            self._pending_secrets = secrets | self._pending_secrets
+        self.failure = error
         if batch is not None and not batch.done():
             if error is None:
                 batch.set_result(None)
@@ -485,7 +569,7 @@ class Journal:
         # Binding a value SQLite cannot store raises outside sqlite3.Error (OverflowError
         # for a huge int, UnicodeEncodeError for a lone surrogate); all go to the waiters.
         except Exception as exc:
-            error = JournalError(f"journal {self.path}: commit failed: {exc}")
+            error = JournalError(f"journal {self.path}: commit failed: {exc}", full=_is_full(exc))
             error.__cause__ = exc
             return error
         return None

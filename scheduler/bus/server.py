@@ -3,17 +3,20 @@
 Each connection's handler decodes a frame, feeds :class:`~scheduler.policy.dispatch.Dispatcher`
 and carries out the decisions it returns. Every job the core changes is queued in the
 :class:`~scheduler.bus.journal.Journal`, and every frame the bus sends waits in a
-:class:`_Gate` until a group commit has made durable each change made before it: an
+:class:`~scheduler.bus.gate.FrameGate` until a group commit has made durable each change
+made before it: an
 acknowledged job is on disk, and an attempt is journaled before it is assigned. Handlers
 never await the commit of one frame before reading the next, so a pipelining producer
 shares one fsync between many submits.
 
 Handlers never await another client: every frame goes through that client's
-:class:`_Outbox`, which writes at once when the socket keeps up and otherwise queues
-behind a writer task. A producer or monitor whose queue passes ``max_backlog`` frames is
-disconnected, never waited on. A handler only ever waits for its own client: it stops
-reading from a client that lags behind its own replies until they are out, so a fast
-producer is slowed by TCP instead of dropped.
+:class:`~scheduler.bus.outbox.FrameOutbox`, which writes at once when the socket keeps up
+and otherwise queues behind a writer task. A producer or monitor whose queue passes its
+bound in bytes is disconnected, never waited on; so is the largest laggard when all
+queues together pass theirs. A connection that does not register in time is closed, and
+past ``max_connections`` new connections are refused. A handler only ever waits for its
+own client: it stops reading from a client that lags behind its own replies until they
+are out, so a fast producer is slowed by TCP instead of dropped.
 
 Leases, retry delays and v1 expiries are the core's timers: the bus asks it for the next
 deadline and sets one loop timer for it.
@@ -28,7 +31,6 @@ import os
 import random
 import ssl
 import time
-from collections import deque
 from collections.abc import Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass, field
 from http import HTTPStatus
@@ -36,15 +38,22 @@ from types import TracebackType
 from typing import Any, Final
 
 import msgspec
-from websockets.asyncio.server import Server, ServerConnection, broadcast, serve
-from websockets.exceptions import ConnectionClosed, ConnectionClosedError
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.exceptions import ConnectionClosedError
 from websockets.frames import CloseCode
 from websockets.http11 import Request, Response
 
 from scheduler.auth import TokenTable, new_secret, secret_hash, secret_matches
 from scheduler.bus.access import Grant, authenticate, owner_filter, rights_refusal
 from scheduler.bus.access import is_loopback as _is_loopback
+from scheduler.bus.gate import FrameGate, Recipient, Refusal, journal_problem
 from scheduler.bus.journal import MEMORY, Journal, JournalError
+from scheduler.bus.outbox import (
+    DEFAULT_MAX_BACKLOG_BYTES,
+    DEFAULT_MAX_TOTAL_BACKLOG_BYTES,
+    BacklogBudget,
+    FrameOutbox,
+)
 from scheduler.policy.dispatch import (
     Decision,
     DispatchConfig,
@@ -90,12 +99,16 @@ from scheduler.protocol import (
     encode,
     encode_v1_payload,
     ref_of,
+    says_v2,
 )
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_MAX_BACKLOG: Final = 10_000
-"""Frames a producer or monitor may fall behind before it is disconnected."""
+DEFAULT_REGISTER_TIMEOUT_S: Final = 5.0
+"""Seconds a connection has to register before it is closed."""
+
+DEFAULT_MAX_CONNECTIONS: Final = 1000
+"""Open connections past which new ones are refused (HTTP 503)."""
 
 DEFAULT_RETENTION_S: Final = 7 * 24 * 3600.0
 """How long a final job stays in the journal unless a retention says otherwise."""
@@ -152,6 +165,12 @@ class BusConfig:
     final jobs past it are deleted every ``vacuum_every`` seconds. ``steal`` names the
     work-stealing strategy (``urgent``, ``tail``, ``off``); ``age_every`` seconds of
     waiting make a job one level more urgent (None: no aging).
+
+    Memory and connection bounds: a producer or monitor with more than
+    ``max_backlog_bytes`` of frames waiting to be written is disconnected, and when all
+    clients together pass ``max_total_backlog_bytes`` the one with the largest backlog
+    goes first; a connection that has not registered within ``register_timeout`` seconds
+    is closed; past ``max_connections`` open connections, new ones are refused (503).
     """
 
     host: str = "127.0.0.1"
@@ -177,6 +196,10 @@ class BusConfig:
     start_deadline: float | None = DEFAULT_START_DEADLINE_S
     """Seconds a scheduler with room may hold assigned jobs without starting any before
     they are requeued (None: no deadline)."""
+    max_backlog_bytes: int = DEFAULT_MAX_BACKLOG_BYTES
+    max_total_backlog_bytes: int = DEFAULT_MAX_TOTAL_BACKLOG_BYTES
+    register_timeout: float = DEFAULT_REGISTER_TIMEOUT_S
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
 
     def __post_init__(self) -> None:
         """Refuse values that cannot work, naming the field."""
@@ -185,6 +208,11 @@ class BusConfig:
             raise ValueError(
                 f"restart_grace must be 0 to {MAX_TIMEOUT_S:g} s, not {self.restart_grace}"
             )
+        for name in ("max_backlog_bytes", "max_total_backlog_bytes", "max_connections"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, not {getattr(self, name)}")
+        if not self.register_timeout > 0:
+            raise ValueError(f"register_timeout must be > 0 s, not {self.register_timeout}")
         if not self.vacuum_every > 0:
             raise ValueError(f"vacuum_every must be > 0 s, not {self.vacuum_every}")
         unknown = set(self.retention) - FINAL_EVENTS
@@ -221,88 +249,13 @@ class BusConfig:
         )
 
 
-class _Outbox:
-    """Frames on their way to one connection, in order. :meth:`push` never waits."""
-
-    def __init__(self, ws: ServerConnection, bound: int | None, label: str) -> None:
-        self.bound = bound
-        """Most counted frames that may wait; None: no limit (schedulers: one frame per
-        held job)."""
-        self.label = label
-        self._ws = ws
-        self._backlog: deque[tuple[bytes, bool]] = deque()
-        self._counted = 0
-        self._writer: asyncio.Task[None] | None = None
-        self._high_water = ws.transport.get_write_buffer_limits()[1]
-        self._dropped = False
-
-    def push(self, frame: bytes, counted: bool = True) -> None:
-        """Send text ``frame`` now if nothing waits and the socket keeps up, else queue it.
-
-        A frame the client caused itself (a reply, the events of its own submit) is not
-        ``counted``: its reading is paused instead. When a counted frame finds ``bound``
-        counted frames waiting, the connection is aborted and later frames dropped.
-        """
-        if self._dropped:
-            return
-        if self._backlog:
-            if counted and self.bound is not None and self._counted >= self.bound:
-                self._drop()
-                return
-            self._backlog.append((frame, counted))
-            self._counted += counted
-        elif self._ws.transport.get_write_buffer_size() < self._high_water:
-            broadcast((self._ws,), frame, text=True)
-        else:
-            self._backlog.append((frame, counted))
-            self._counted += counted
-            self._writer = asyncio.create_task(self._drain())
-
-    @property
-    def waiting(self) -> int:
-        """How many frames wait behind a full socket buffer."""
-        return len(self._backlog)
-
-    async def flush(self, timeout: float | None = None) -> None:
-        """Wait (up to ``timeout`` seconds) until no frame waits behind the socket."""
-        if self._writer is not None:
-            await asyncio.wait((self._writer,), timeout=timeout)
-
-    async def aclose(self) -> None:
-        """Drop whatever is queued and stop the writer task."""
-        self._dropped = True
-        self._backlog.clear()
-        if self._writer is not None:
-            self._writer.cancel()
-            await asyncio.wait((self._writer,))
-
-    def _drop(self) -> None:
-        logger.warning("%s: more than %d frames waiting; disconnecting it", self.label, self.bound)
-        self._dropped = True
-        self._backlog.clear()
-        if self._writer is not None:
-            self._writer.cancel()
-        self._ws.transport.abort()
-
-    async def _drain(self) -> None:
-        try:
-            while self._backlog:
-                # The head stays queued until written, so push() queues behind it.
-                await self._ws.send(self._backlog[0][0], text=True)
-                self._counted -= self._backlog.popleft()[1]
-        except ConnectionClosed:
-            self._backlog.clear()
-        finally:
-            self._writer = None
-
-
 @dataclass(eq=False)
 class _Client:
     """One connection and what it registered as."""
 
     ws: ServerConnection
-    outbox: _Outbox
-    gate: _Gate
+    outbox: FrameOutbox
+    gate: FrameGate
     peer: str
     name: str = ""
     role: Role | None = None
@@ -316,85 +269,15 @@ class _Client:
     watching: set[str] = field(default_factory=set)
     """Ids of the jobs whose events this client receives (monitors receive all)."""
 
-    def send(self, message: BusMessage) -> None:
+    def send(self, message: BusMessage, refusal: Refusal | None = None) -> None:
         """Queue ``message`` (a reply, a stop) for this client, behind every change not
-        yet durable."""
-        self.gate.send(self, encode(message).encode(), counted=False)
+        yet durable (``refusal``: see :meth:`FrameGate.send`)."""
+        self.gate.send(self, encode(message).encode(), counted=False, refusal=refusal)
 
-
-class _Gate:
-    """Holds frames back until the journal has committed every change made before them.
-
-    While nothing waits for a commit, frames go straight to their outbox. Once a change
-    is queued in the journal, every frame waits, in order, for the group commit that
-    covers it; one commit task runs at a time, so all changes made while it commits
-    share the next one.
-    """
-
-    def __init__(self, journal: Journal, on_failure: Callable[[Exception], None]) -> None:
-        self._journal = journal
-        self._on_failure = on_failure
-        self._held: list[tuple[_Client, bytes, bool]] = []
-        self._dirty = False
-        self._task: asyncio.Task[None] | None = None
-        self._wake: asyncio.Future[None] | None = None
-        self._broken = False
-
-    def changed(self) -> None:
-        """Note that a change was queued in the journal: later frames wait for its commit."""
-        if self._broken:
-            return
-        self._dirty = True
-        if self._task is None:
-            self._task = asyncio.create_task(self._run())
-
-    def send(self, client: _Client, frame: bytes, counted: bool = True) -> None:
-        """Push ``frame`` to ``client`` now, or once the commits before it are done
-        (``counted``: see :meth:`_Outbox.push`)."""
-        if self._task is None:
-            if not self._broken:
-                client.outbox.push(frame, counted)
-            return
-        client.pending += 1
-        self._held.append((client, frame, counted))
-
-    async def released(self, client: _Client) -> None:
-        """Wait until no frame for ``client`` waits for a commit."""
-        while client.pending and self._task is not None:
-            if self._wake is None:
-                self._wake = asyncio.get_running_loop().create_future()
-            await asyncio.shield(self._wake)
-
-    async def drain(self) -> None:
-        """Wait until every queued change is committed and every held frame released."""
-        while self._task is not None:
-            await asyncio.wait((self._task,))
-
-    async def _run(self) -> None:
-        try:
-            while self._dirty or self._held:
-                batch, self._held = self._held, []
-                if self._dirty:
-                    self._dirty = False
-                    await self._journal.flush()
-                for client, frame, counted in batch:
-                    client.pending -= 1
-                    client.outbox.push(frame, counted)
-                self._wake_waiters()
-        except Exception as exc:
-            self._broken = True
-            for client, _, _ in self._held:
-                client.pending = 0
-            self._held.clear()
-            self._on_failure(exc)
-        finally:
-            self._task = None
-            self._wake_waiters()
-
-    def _wake_waiters(self) -> None:
-        if self._wake is not None:
-            self._wake.set_result(None)
-            self._wake = None
+    def send_now(self, message: BusMessage) -> None:
+        """Send ``message`` without waiting for the journal: a refusal, which changes
+        nothing."""
+        self.outbox.push(encode(message).encode(), counted=False)
 
 
 class BusServer:
@@ -405,25 +288,24 @@ class BusServer:
         config: BusConfig,
         clock: Callable[[], float] = time.monotonic,
         *,
-        max_backlog: int = DEFAULT_MAX_BACKLOG,
         wall_clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
     ) -> None:
         """Configure a bus; nothing is opened or listens until :meth:`start`.
 
         ``clock`` gives the monotonic time the core sees and ``wall_clock`` the epoch time
-        stamped on jobs; ``rng`` draws retry jitter; ``max_backlog`` is how many frames a
-        producer or monitor may fall behind before it is disconnected.
+        stamped on jobs; ``rng`` draws retry jitter.
         """
         self.config = config
         self._clock = clock
         self._wall = wall_clock
-        self._max_backlog = max_backlog
-        self._read_ahead = max(1, min(_MAX_READ_AHEAD, max_backlog // 2))
+        self._budget = BacklogBudget(config.max_total_backlog_bytes)
+        self._connections = 0
+        self._refusing_connections = False
         self._core = Dispatcher(config.rules(), rng, new_id=_new_id)
         self._started_at = clock()
         self._journal: Journal | None = None
-        self._gate: _Gate | None = None
+        self._gate: FrameGate | None = None
         self._clients: dict[str, _Client] = {}
         self._secrets: dict[str, str] = {}
         """Scheduler name -> hash of the secret that proves its identity."""
@@ -437,7 +319,6 @@ class BusServer:
         self._timer_at = 0.0
         self._background: set[asyncio.Task[Any]] = set()
         self._closing = False
-        self._failure: Exception | None = None
         self._handlers: dict[type, Callable[[_Client, Any], None]] = {
             JobRequest: self._submit,
             SubmitMany: self._submit_many,
@@ -462,19 +343,14 @@ class BusServer:
         self._warn_if_exposed()
         try:
             tls = self.config.ssl_context()
-            self._open_journal()
-            self._server = await serve(
-                self._handle,
-                self.config.host,
-                self.config.port,
-                compression=None,
-                max_size=MAX_FRAME_BYTES,
-                process_request=self._check_request,
-                ssl=tls,
-            )
+            restored = self._open_journal()
+            self._server = await self._listen(tls)
         except BaseException:
+            if self._timer is not None:
+                self._timer.cancel()
             self._close_journal()
             raise
+        logger.info(*restored)
         self._port = self._server.sockets[0].getsockname()[1]
         self._started_at = self._clock()
         self._spawn(self._vacuum_periodically())
@@ -498,16 +374,39 @@ class BusServer:
                 "" if config.tokens else ", and no tokens are required",
             )
 
-    def _open_journal(self) -> None:
+    async def _listen(self, tls: ssl.SSLContext | None) -> Server:
+        """Bind and accept (over TLS with ``tls``); an address that cannot be bound raises
+        OSError naming it."""
+        host, port = self.config.host, self.config.port
+        try:
+            return await serve(
+                self._handle,
+                host,
+                port,
+                compression=None,
+                max_size=MAX_FRAME_BYTES,
+                process_request=self._check_request,
+                ssl=tls,
+            )
+        except OSError as exc:
+            # asyncio's own strerror repeats the address as a tuple; a name that does not
+            # resolve (socket.gaierror) has a negative errno and its own strerror.
+            why = os.strerror(exc.errno) if exc.errno and exc.errno > 0 else exc.strerror
+            why = why or str(exc)
+            raise OSError(exc.errno, f"cannot listen on {_bracketed(host)}:{port}: {why}") from exc
+
+    def _open_journal(self) -> tuple[object, ...]:
+        """Open the journal and take back its jobs; return the log line that says so."""
         journal = self._journal = Journal.open(self.config.db)
-        self._gate = _Gate(journal, self._fail)
+        self._gate = FrameGate(journal, self._refused)
         jobs = journal.load()
         promised = journal.restart_promise()
         wall = self._wall()
         self._core.restore(jobs, journal.next_seq(), self._clock(), wall, promised_until=promised)
         self._restore_secrets(journal)
         held = [job for job in jobs if job.holder is not None]
-        logger.info(
+        self._arm()
+        return (
             "journal %s: %d jobs to finish (%d queued, %d held by %d schedulers that have"
             " %.1f s to come back)",
             self.config.db,
@@ -517,7 +416,6 @@ class BusServer:
             len({job.holder for job in held}),
             max(self.config.lease, (promised or 0.0) - wall),
         )
-        self._arm()
 
     @property
     def port(self) -> int:
@@ -539,8 +437,8 @@ class BusServer:
         """Serve until :meth:`close` is called or this coroutine is cancelled (which
         closes the bus as :meth:`close` does).
 
-        Raises :class:`JournalError` if the journal fails to commit: the bus then stops,
-        since it could no longer keep its promises.
+        A journal that fails to commit does not stop the bus: submits are refused and
+        other frames held until it commits again (see :mod:`scheduler.bus.gate`).
         """
         if self._server is None:
             await self.start()
@@ -552,8 +450,6 @@ class BusServer:
         except asyncio.CancelledError:
             await self.close()
             raise
-        if self._failure is not None:
-            raise self._failure
 
     async def close(self) -> None:
         """Close every connection and the listener, commit the journal and close it, then
@@ -571,7 +467,8 @@ class BusServer:
             self._timer.cancel()
         for task in self._background:
             task.cancel()
-        if self._failure is None:
+        assert self._journal is not None
+        if self._journal.failure is None:
             await self._promise_restart()
         server.close()
         await server.wait_closed()
@@ -619,8 +516,8 @@ class BusServer:
             return
         try:
             self._journal.close()
-        except JournalError:
-            logger.exception("closing the journal failed")
+        except JournalError as exc:
+            logger.error("closing the journal failed; unsaved changes are lost: %s", exc)
 
     async def __aenter__(self) -> BusServer:
         """Start the bus."""
@@ -651,13 +548,17 @@ class BusServer:
         """Return how many v2 monitors receive every event."""
         return len(self._monitors)
 
-    def _fail(self, exc: Exception) -> None:
-        """The journal cannot commit: stop serving rather than acknowledge what is not kept."""
-        logger.critical("the journal failed; the bus stops: %s", exc)
-        self._failure = exc
-        self._closing = True
-        if self._server is not None:
-            self._server.close()
+    def connection_count(self) -> int:
+        """Return how many connections are open (registered or not)."""
+        return self._connections
+
+    def backlog_bytes(self, name: str | None = None) -> int:
+        """Return the bytes of frames waiting to be written to client ``name``, or to
+        every client together (None)."""
+        if name is None:
+            return self._budget.total
+        client = self._clients.get(name)
+        return 0 if client is None else client.outbox.queued_bytes
 
     def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(coroutine)
@@ -667,7 +568,11 @@ class BusServer:
     # --- HTTP ------------------------------------------------------------------------
 
     def _check_request(self, ws: ServerConnection, request: Request) -> Response | None:
-        """Refuse foreign ``Host`` names (DNS rebinding) and browser ``Origin`` s."""
+        """Refuse connections past ``max_connections``, foreign ``Host`` names (DNS
+        rebinding) and browser ``Origin`` s."""
+        full = self._too_many_connections(ws)
+        if full is not None:
+            return full
         hosts = request.headers.get_all("Host")
         if len(hosts) != 1 or not self._host_allowed(_host_name(hosts[0])):
             logger.warning("%s: refused: Host %s not allowed", _peer(ws), hosts)
@@ -677,6 +582,23 @@ class BusServer:
             logger.warning("%s: refused: Origin %s not allowed", _peer(ws), origins)
             return ws.respond(HTTPStatus.FORBIDDEN, "Origin not allowed\n")
         return None
+
+    def _too_many_connections(self, ws: ServerConnection) -> Response | None:
+        """A 503 response if ``max_connections`` are open (logged once until one closes)."""
+        limit = self.config.max_connections
+        if self._connections < limit:
+            self._refusing_connections = False
+            return None
+        if not self._refusing_connections:
+            self._refusing_connections = True
+            logger.warning(
+                "%s: refused: %d connections open (max connections %d); refusing more until"
+                " one closes",
+                _peer(ws),
+                self._connections,
+                limit,
+            )
+        return ws.respond(HTTPStatus.SERVICE_UNAVAILABLE, "Too many connections\n")
 
     def _host_allowed(self, host: str) -> bool:
         # A rebinding page reaches us under its own DNS name; an IP literal cannot be one.
@@ -688,18 +610,34 @@ class BusServer:
         """Serve one connection until it closes; its failure never reaches other clients."""
         peer = _peer(ws)
         assert self._gate is not None
-        client = _Client(ws, _Outbox(ws, self._max_backlog, peer), self._gate, peer)
+        outbox = FrameOutbox(ws, self._budget, self.config.max_backlog_bytes, peer)
+        client = _Client(ws, outbox, self._gate, peer)
         logger.info("%s: connected", peer)
+        self._connections += 1
+        deadline = asyncio.get_running_loop().call_later(
+            self.config.register_timeout, self._register_expired, client
+        )
         try:
             await self._read(client)
         except ConnectionClosedError as exc:
-            logger.warning("%s: connection closed: %s", client.outbox.label, exc)
+            _log_closed(client.outbox.label, exc)
         except Exception:
             logger.exception("%s: handler failed; closing the connection", client.outbox.label)
             await ws.close(CloseCode.INTERNAL_ERROR, "internal error")
         finally:
+            deadline.cancel()
+            self._connections -= 1
             self._leave(client)
             await client.outbox.aclose()
+
+    def _register_expired(self, client: _Client) -> None:
+        """Close ``client`` if it has not registered yet."""
+        if client.role is None and client.close is None:
+            timeout = self.config.register_timeout
+            logger.info("%s: closed: did not register within %g s", client.peer, timeout)
+            self._spawn(
+                client.ws.close(CloseCode.POLICY_VIOLATION, f"register within {timeout:g} s")
+            )
 
     async def _read(self, client: _Client) -> None:
         async for frame in client.ws:
@@ -709,7 +647,7 @@ class BusServer:
                 await client.outbox.flush(_FLUSH_TIMEOUT_S)
                 await client.ws.close(*client.close)
                 return
-            if client.pending + client.outbox.waiting >= self._read_ahead:
+            if client.pending + client.outbox.waiting >= _MAX_READ_AHEAD:
                 # Read nothing more from a client that lags behind its own replies:
                 # TCP then slows its sending instead of its backlog growing to the bound.
                 await client.gate.released(client)
@@ -908,6 +846,8 @@ class BusServer:
 
     def _submit(self, client: _Client, request: JobRequest) -> None:
         """Accept one job; a v2 producer gets the reply once it is journaled."""
+        if self._journal_refuses(client, request.ref):
+            return
         stored = self._stored([request.payload.job_id])
         decisions = self._core.submit(
             request.payload,
@@ -924,6 +864,8 @@ class BusServer:
 
     def _submit_many(self, client: _Client, request: SubmitMany) -> None:
         """Accept a batch: every good job journaled in one commit, one result per job."""
+        if self._journal_refuses(client, request.ref):
+            return
         payloads = [_decode_job(raw) for raw in request.jobs]
         stored = self._stored(p.job_id for p in payloads if isinstance(p, JobPayload))
         decisions = self._core.submit_many(
@@ -940,6 +882,33 @@ class BusServer:
                 if result.id is not None:
                     self._subscribe(client, result.id)
         self._apply(decisions, client)
+
+    def _journal_refuses(self, client: _Client, ref: str | int | None) -> bool:
+        """Refuse a submit while the journal fails to commit; return whether it did."""
+        failure = self.journal.failure
+        if failure is None:
+            return False
+        why = f"{journal_problem(failure)}; submit refused"
+        if client.protocol == 2:
+            client.send_now(Error(message=why, ref=ref))
+        else:
+            logger.warning("%s: refused job: %s", client.outbox.label, why)
+        return True
+
+    def _refused(self, recipient: Recipient, refusal: Refusal, error: JournalError) -> None:
+        """A commit failed before ``refusal``'s acknowledgment went out: tell its sender
+        and take its jobs back (cancelled, so they never run)."""
+        assert isinstance(recipient, _Client)
+        why = f"{journal_problem(error)}; submit refused"
+        logger.warning(
+            "%s: %d accepted jobs taken back: %s", recipient.outbox.label, len(refusal.job_ids), why
+        )
+        recipient.send_now(Error(message=why, ref=refusal.ref))
+        for job_id in refusal.job_ids:
+            self._unwatch(recipient, job_id)
+            recipient.watching.discard(job_id)
+            if self._core.tracks(job_id):
+                self._apply(self._core.cancel(job_id, self._wall()))
 
     def _cancel(self, client: _Client, request: Cancel) -> None:
         """Cancel a job; the reply says what happened."""
@@ -1028,7 +997,7 @@ class BusServer:
     def _refuse(self, client: _Client, error: ProtocolError, frame: str | None) -> None:
         """Log a refused frame and answer it with an error if the client speaks v2."""
         logger.warning("%s: refused frame: %s", client.outbox.label, error.message)
-        v2 = client.protocol == 2 if client.role is not None else _says_v2(frame)
+        v2 = client.protocol == 2 if client.role is not None else says_v2(frame)
         if v2:
             client.send(error.to_error(None if frame is None else ref_of(frame)))
 
@@ -1107,7 +1076,7 @@ class BusServer:
         if requester is None:
             return
         if requester.protocol == 2:
-            requester.send(reply.message)
+            requester.send(reply.message, _refusal_of(reply.message))
         elif isinstance(reply.message, Error):
             logger.warning("%s: refused job: %s", requester.outbox.label, reply.message.message)
 
@@ -1170,7 +1139,7 @@ class BusServer:
         assert self._gate is not None
         frame = encode(event).encode()
         for client in self._watchers.get(event.id, ()):
-            self._gate.send(client, frame, counted=client is not requester)
+            self._gate.send(client, frame, counted=client is not requester, about=event.id)
         for monitor in self._monitors:
             self._gate.send(monitor, frame)
         if event.event in FINAL_EVENTS:
@@ -1214,22 +1183,31 @@ def _decode_job(raw: msgspec.Raw) -> JobPayload | ProtocolError:
         return exc
 
 
+def _refusal_of(message: BusMessage) -> Refusal | None:
+    """What to take back if the acknowledgment ``message`` cannot be sent: the new jobs
+    it accepted (not those that existed already)."""
+    if isinstance(message, Accepted) and not message.existing:
+        return Refusal((message.id,), message.ref)
+    if isinstance(message, SubmittedMany):
+        new = tuple(r.id for r in message.results if r.id is not None and not r.existing)
+        return Refusal(new, message.ref) if new else None
+    return None
+
+
+def _log_closed(label: str, exc: ConnectionClosedError) -> None:
+    """Log a connection that ended without a clean close: INFO when the client just went
+    away (no close frame) or closed normally, WARNING when either side sent an error code."""
+    codes = [frame.code for frame in (exc.rcvd, exc.sent) if frame is not None]
+    clean = all(code in _CLEAN_CLOSE for code in codes)
+    level = logging.INFO if clean else logging.WARNING
+    logger.log(level, "%s: connection closed: %s", label, exc)
+
+
 def _peer(ws: ServerConnection) -> str:
     address = ws.remote_address
     if isinstance(address, tuple) and len(address) >= 2:
         return f"{_bracketed(str(address[0]))}:{address[1]}"
     return str(address)
-
-
-def _says_v2(frame: str | None) -> bool:
-    """Whether a frame that failed to decode still announces ``"protocol": 2``."""
-    if frame is None:
-        return False
-    try:
-        raw = msgspec.json.decode(frame)
-    except msgspec.DecodeError:
-        return False
-    return isinstance(raw, dict) and raw.get("protocol") == 2
 
 
 def _host_name(header: str) -> str:

@@ -1,0 +1,211 @@
+"""Frames held back until the journal has made durable every change made before them.
+
+While nothing waits for a commit, frames go straight to their outbox. Once a change is
+queued in the journal, every frame waits, in order, for the group commit that covers it;
+one commit task runs at a time, so all changes made while it commits share the next one.
+
+A commit that fails (a full disk, an I/O error) stops nothing. The journal keeps the
+unsaved changes queued and the gate keeps their frames held, retrying the commit with a
+growing delay, so nobody hears of a change before it is on disk. Only the acknowledgments
+of new jobs are refused at once: the bus answers their senders with an error and takes
+the jobs back (:class:`Refusal`), so a producer learns that its submit failed instead of
+waiting for the disk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Final, Protocol
+
+from scheduler.bus.journal import Journal, JournalError
+from scheduler.bus.outbox import FrameOutbox
+
+logger = logging.getLogger(__name__)
+
+RETRY_FIRST_S: Final = 0.05
+"""Delay before the first retry of a failed commit; it doubles on each failure."""
+
+RETRY_MAX_S: Final = 1.0
+"""Longest delay between two retries of a failing commit."""
+
+
+class Recipient(Protocol):
+    """A connection the gate holds frames for."""
+
+    outbox: FrameOutbox
+    pending: int
+    """Frames for this recipient waiting in the gate for a commit."""
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """What to undo if the frame acknowledging new jobs cannot be sent: the jobs it
+    accepted (to take back) and the ``ref`` of the request (for the error reply)."""
+
+    job_ids: tuple[str, ...]
+    ref: str | int | None
+
+
+@dataclass(frozen=True, slots=True)
+class _Held:
+    """A frame waiting for a commit; ``about`` names the job whose event it is, if any."""
+
+    recipient: Recipient
+    frame: bytes
+    counted: bool
+    refusal: Refusal | None
+    about: str | None
+
+
+OnRefused = Callable[[Recipient, Refusal, JournalError], None]
+"""Called for each acknowledgment a failed commit refuses, with the commit's error."""
+
+
+def journal_problem(error: JournalError) -> str:
+    """A short description of why the journal fails, for error replies:
+    ``journal full: database or disk is full`` or ``journal failing: ...``."""
+    cause = error.__cause__ if error.__cause__ is not None else error
+    return f"journal {'full' if error.full else 'failing'}: {cause}"
+
+
+class FrameGate:
+    """Holds each frame until the journal commit covering the changes before it is done."""
+
+    def __init__(self, journal: Journal, on_refused: OnRefused) -> None:
+        self._journal = journal
+        self._on_refused = on_refused
+        self._held: list[_Held] = []
+        self._dirty = False
+        self._task: asyncio.Task[None] | None = None
+        self._wake: asyncio.Future[None] | None = None
+        self._failures = 0
+        self._failing_since = 0.0
+        self._stopped = False
+
+    @property
+    def failing(self) -> bool:
+        """Whether the latest commit failed (frames are held until a retry succeeds)."""
+        return self._failures > 0
+
+    def changed(self) -> None:
+        """Note that a change was queued in the journal: later frames wait for its commit."""
+        if self._stopped:
+            return
+        self._dirty = True
+        if self._task is None:
+            self._task = asyncio.create_task(self._run())
+
+    def send(
+        self,
+        recipient: Recipient,
+        frame: bytes,
+        counted: bool = True,
+        refusal: Refusal | None = None,
+        about: str | None = None,
+    ) -> None:
+        """Push ``frame`` to ``recipient`` now, or once the commits before it are done
+        (``counted``: see :meth:`FrameOutbox.push`). A frame with a ``refusal`` is
+        refused instead if its commit fails, and then the recipient's frames ``about``
+        the refused jobs (their events) are dropped."""
+        if self._task is None:
+            if not self._stopped:
+                recipient.outbox.push(frame, counted)
+            return
+        recipient.pending += 1
+        self._held.append(_Held(recipient, frame, counted, refusal, about))
+
+    async def released(self, recipient: Recipient) -> None:
+        """Wait until no frame for ``recipient`` waits for a commit."""
+        while recipient.pending and self._task is not None:
+            if self._wake is None:
+                self._wake = asyncio.get_running_loop().create_future()
+            await asyncio.shield(self._wake)
+
+    async def drain(self) -> None:
+        """Wait until every queued change is committed and every held frame released, or
+        until a commit fails; then stop: frames still held are dropped, never sent."""
+        while self._task is not None and not self.failing:
+            await asyncio.wait((self._task,), timeout=RETRY_MAX_S)
+        self._stopped = True
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.wait((self._task,))
+        for held in self._held:
+            held.recipient.pending = 0
+        self._held.clear()
+
+    async def _run(self) -> None:
+        try:
+            while self._dirty or self._held:
+                batch, self._held = self._held, []
+                if self._dirty and not await self._commit(batch):
+                    continue
+                for held in batch:
+                    held.recipient.pending -= 1
+                    held.recipient.outbox.push(held.frame, held.counted)
+                self._wake_waiters()
+        finally:
+            self._task = None
+            self._wake_waiters()
+
+    async def _commit(self, batch: list[_Held]) -> bool:
+        """Commit what the journal has queued; on failure, refuse the batch's
+        acknowledgments, hold the rest again and wait before the next try."""
+        self._dirty = False
+        try:
+            await self._journal.flush()
+        except JournalError as exc:
+            self._held = self._refuse(batch, exc) + self._held
+            self._dirty = True
+            self._wake_waiters()
+            await asyncio.sleep(self._failed(exc))
+            return False
+        if self._failures:
+            logger.warning(
+                "the journal commits again after %.1f s and %d failed tries; frames held"
+                " meanwhile go out now",
+                time.monotonic() - self._failing_since,
+                self._failures,
+            )
+            self._failures = 0
+        return True
+
+    def _refuse(self, batch: list[_Held], error: JournalError) -> list[_Held]:
+        """Answer each acknowledgment in ``batch`` with a refusal and drop its sender's
+        events of the refused jobs; return the rest."""
+        refused = {
+            (id(held.recipient), job_id)
+            for held in batch
+            if held.refusal is not None
+            for job_id in held.refusal.job_ids
+        }
+        kept = []
+        for held in batch:
+            if held.refusal is None and (id(held.recipient), held.about) not in refused:
+                kept.append(held)
+                continue
+            held.recipient.pending -= 1
+            if held.refusal is not None:
+                self._on_refused(held.recipient, held.refusal, error)
+        return kept
+
+    def _failed(self, error: JournalError) -> float:
+        """Log the failure (once until the journal recovers); return the retry delay."""
+        if not self._failures:
+            self._failing_since = time.monotonic()
+            logger.error(
+                "%s; new submits are refused and other frames held until it commits again",
+                error,
+            )
+        self._failures += 1
+        delay: float = RETRY_FIRST_S * 2.0 ** min(self._failures - 1, 10)
+        return min(RETRY_MAX_S, delay)
+
+    def _wake_waiters(self) -> None:
+        if self._wake is not None:
+            self._wake.set_result(None)
+            self._wake = None

@@ -17,6 +17,7 @@ import asyncio
 import json
 import logging
 import random
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,7 +28,8 @@ from test_bus import client, next_event, recv, register, report, submit
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from scheduler.bus.server import BusServer
+from scheduler.auth import TokenRole, TokenTable
+from scheduler.bus.server import BusConfig, BusServer
 from scheduler.protocol import MAX_FRAME_BYTES, ProtocolError, Register, decode_client, says_v2
 
 FRAMES = 10_000
@@ -268,18 +270,24 @@ async def send_chunk(bus: BusServer, role: Role, frames: list[Frame], n: int) ->
     await open_role(bus, role)
 
 
-def roles() -> list[Role]:
-    v2 = '{"cmd": "register", "type": "%s", "protocol": 2%s}'
+def roles(tokens: TokenTable | None) -> list[Role]:
+    """The fuzzing connections; on a bus with ``tokens``, each v2 one presents its role's."""
+
+    def v2(kind: TokenRole, extra: str = "") -> str:
+        token = None if tokens is None else tokens.for_role(kind)
+        proof = "" if token is None else f', "token": "{token.token}"'
+        return f'{{"cmd": "register", "type": "{kind}", "protocol": 2{proof}{extra}}}'
+
     return [
         Role("producer-v1", '{"cmd": "register", "type": "producer"}', replies=False),
-        Role("producer-v2", v2 % ("producer", ""), replies=True),
+        Role("producer-v2", v2("producer"), replies=True),
         Role("scheduler-v1", '{"cmd": "register", "type": "scheduler"}', replies=False),
         Role(
             "scheduler-v2",
-            v2 % ("scheduler", ', "name": "fz-s", "size": 3, "tasks": ["sleep"]'),
+            v2("scheduler", ', "name": "fz-s", "size": 3, "tasks": ["sleep"]'),
             replies=True,
         ),
-        Role("monitor", v2 % ("monitor", ""), replies=True),
+        Role("monitor", v2("monitor"), replies=True),
         Role("unregistered", None, replies=True),
     ]
 
@@ -296,9 +304,13 @@ async def register_attempts(bus: BusServer, rng: random.Random, count: int) -> N
             if registers(text) and decode_client(text).protocol == 1:  # type: ignore[union-attr]
                 await ws.ping()  # a v1 client is answered nothing
                 continue
-            await ws.send('{"cmd": "barrier", "protocol": 2, "ref": "b"}')
-            while (reply := await recv(ws)).get("ref") != "b":
-                assert reply["type"] in ("registered", "error", "assign", "event"), reply
+            try:
+                await ws.send('{"cmd": "barrier", "protocol": 2, "ref": "b"}')
+                while (reply := await recv(ws)).get("ref") != "b":
+                    assert reply["type"] in ("registered", "error", "assign", "event"), reply
+            except ConnectionClosed:
+                # A register the bus refuses (a bad token) is answered, then closed: 1008.
+                assert ws.close_code == 1008 and ws.close_reason, (ws.close_code, text)
 
 
 def pick(rng: random.Random, role: Role) -> Frame:
@@ -313,11 +325,28 @@ def rss() -> int:
     return int(psutil.Process().memory_info().rss)
 
 
+@pytest.fixture(params=["open", "tokens"])
+async def fuzzed_bus(request: pytest.FixtureRequest) -> AsyncIterator[BusServer]:
+    """A real bus on 127.0.0.1: open (the library's default), or with a token per role
+    (as ``python -m scheduler.bus`` always runs)."""
+    tokens = TokenTable.generate() if request.param == "tokens" else None
+    async with BusServer(BusConfig(host="127.0.0.1", port=0, tokens=tokens)) as server:
+        yield server
+
+
+def token_of(bus: BusServer, role: TokenRole) -> dict[str, str]:
+    """The ``token`` field ``role`` registers with on ``bus`` (none on an open bus)."""
+    tokens = bus.config.tokens
+    token = None if tokens is None else tokens.for_role(role)
+    return {} if token is None else {"token": token.token}
+
+
 async def test_ten_thousand_fuzzed_frames_from_every_role_never_hurt_the_bus(
-    bus: BusServer, caplog: pytest.LogCaptureFixture
+    fuzzed_bus: BusServer, caplog: pytest.LogCaptureFixture
 ) -> None:
+    bus = fuzzed_bus
     rng = random.Random(SEED)
-    fuzzers = roles()
+    fuzzers = roles(bus.config.tokens)
     for role in fuzzers:
         await open_role(bus, role)
     before = rss()
@@ -346,8 +375,11 @@ async def test_ten_thousand_fuzzed_frames_from_every_role_never_hurt_the_bus(
 
     # Still serving: a normal job end to end.
     async with client(bus) as scheduler, client(bus) as producer:
-        await register(scheduler, "scheduler", name="after-fuzz", size=1, tasks=["after"])
-        await register(producer, "producer")
+        scheduler_token, producer_token = token_of(bus, "scheduler"), token_of(bus, "producer")
+        await register(
+            scheduler, "scheduler", name="after-fuzz", size=1, tasks=["after"], **scheduler_token
+        )
+        await register(producer, "producer", **producer_token)
         job_id = await submit(producer, task="after", runtime=1)
         assign = await recv(scheduler)
         while assign.get("type") != "assign" or assign["job"]["id"] != job_id:

@@ -1,7 +1,12 @@
 """Async wrapper over a forked ``multiprocessing.Process`` running one job.
 
-Each job runs in its own session and process group, so stopping it stops
-everything it spawned. Its exit is awaited through a pidfd registered with the
+Each job runs in its own session and process group, and is a child subreaper
+(:mod:`scheduler.containment`): a descendant that leaves the group or the session
+(``start_new_session=True``, a daemon's double fork and ``setsid()``) is re-parented to
+the job process, so it stays in the job's tree. Stopping a job signals that whole tree;
+a job that ends by itself kills what it leaves behind before it exits; one that dies by
+a signal leaves its descendants to the scheduler, which kills them too if it was made a
+subreaper with :func:`contain_orphans`. Its exit is awaited through a pidfd registered with the
 event loop: no thread per process and no thread at all in this module, because
 the scheduler forks from its event loop thread and forking while other threads
 run is unsafe.
@@ -29,7 +34,9 @@ from dataclasses import dataclass
 from types import FrameType
 from typing import Literal, TextIO
 
-__all__ = ["JobProcess", "Outcome", "ProcessResult"]
+from scheduler import containment
+
+__all__ = ["JobProcess", "Outcome", "ProcessResult", "contain_orphans"]
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +62,25 @@ _SET_DEATH_SIGNAL = (
     ctypes.c_ulong(0),
     ctypes.c_ulong(0),
 )
+
+
+LEFTOVER_REAP_S = 1.0
+"""How long a job process that ended waits for the leftovers it killed to be gone."""
+
+_live_jobs: set[int] = set()
+"""The pids of the job processes started here and not yet reaped."""
+_orphans = containment.OrphanReaper(_live_jobs.__contains__)
+
+
+def contain_orphans() -> None:
+    """Make this process a child subreaper that kills and reaps what its job processes
+    leave behind when they die (a job killed by a signal re-parents its descendants here).
+
+    For a process that runs job processes and has no other children of its own (the
+    scheduler): every child that is not a live job process is killed. Raises ``OSError``
+    if the kernel refuses.
+    """
+    _orphans.enable()
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,7 +121,7 @@ class JobProcess:
         """Store what to run; nothing is started until ``start``.
 
         ``grace`` is how long ``stop`` and a ``wait`` timeout let the job react
-        to SIGTERM before the whole group gets SIGKILL.
+        to SIGTERM before the whole tree gets SIGKILL.
         """
         self._target = target
         self._args = args
@@ -161,10 +187,11 @@ class JobProcess:
             self._pidfd = os.pidfd_open(proc.pid)
         except OSError:
             # Typically out of descriptors: a job nobody watches must not run on.
-            _signal_group(proc.pid, signal.SIGKILL)
+            containment.kill_tree(proc.pid, include_root=True)
             proc.join()
             proc.close()
             raise
+        _live_jobs.add(proc.pid)
         self._future = loop.create_future()
         loop.add_reader(self._pidfd, self._exited)
         log.debug("started job %s pid %d", proc.name, proc.pid)
@@ -191,7 +218,7 @@ class JobProcess:
     async def wait(self, timeout: float | None = None) -> ProcessResult:
         """Wait for the job to end and return its result.
 
-        If ``timeout`` seconds pass first, stop the whole group (SIGTERM, then
+        If ``timeout`` seconds pass first, stop the whole tree (SIGTERM, then
         SIGKILL after the grace) and return once it is reaped, with outcome
         ``"timed_out"``. Cancelling the caller leaves the job running.
         """
@@ -204,7 +231,7 @@ class JobProcess:
         return await asyncio.shield(future)
 
     def time_out(self) -> None:
-        """Stop the whole group now (SIGTERM, then SIGKILL after the grace) as a timeout.
+        """Stop the whole tree now (SIGTERM, then SIGKILL after the grace) as a timeout.
 
         What ``wait(timeout)`` does when its time is up, for a caller that keeps the
         deadlines itself: the outcome is ``"timed_out"`` unless the job ended first or
@@ -214,7 +241,7 @@ class JobProcess:
         self._terminate("timed_out", self._grace)
 
     async def stop(self, grace: float | None = None) -> ProcessResult:
-        """Stop the whole group (SIGTERM, SIGKILL after ``grace``) and return the result.
+        """Stop the whole tree (SIGTERM, SIGKILL after ``grace``) and return the result.
 
         ``grace`` defaults to the one given to the constructor; if a stop is
         already under way, a shorter ``grace`` brings its SIGKILL forward. The
@@ -260,7 +287,7 @@ class JobProcess:
                 return
             self._stop_outcome = outcome
             log.debug("stopping pid %d (%s): SIGTERM", self.pid, outcome)
-            _signal_group(self.pid, signal.SIGTERM)
+            containment.signal_tree(self.pid, signal.SIGTERM)
         self._schedule_kill(grace)
 
     def _schedule_kill(self, grace: float) -> None:
@@ -274,7 +301,7 @@ class JobProcess:
 
     def _kill(self) -> None:
         log.debug("pid %d outlived its grace: SIGKILL", self.pid)
-        _signal_group(self.pid, signal.SIGKILL)
+        containment.kill_tree(self.pid, include_root=True)
 
     def _has_exited(self) -> bool:
         # Peeks without reaping: the zombie keeps the pid and group id ours
@@ -307,6 +334,11 @@ class JobProcess:
         # this only kills what the job left behind.
         _signal_group(pid, signal.SIGKILL)
         exit_code, cpu_s, max_rss_kb = _reap(pid)
+        _live_jobs.discard(pid)
+        # A job that died by a signal (or that we stopped) left its descendants to us at
+        # once; one that exited killed its own, unless it skipped that with os._exit.
+        killed = self._stop_outcome is not None or exit_code is None or exit_code < 0
+        _orphans.sweep_soon(urgent=killed)
         wall_s = time.monotonic() - self._started_at
         # We reaped it ourselves. Any returncode marks it ended for multiprocessing,
         # so close() releases its sentinel pipes instead of calling waitpid() on a
@@ -371,7 +403,8 @@ def _child_main(
     for signum in _RESET_SIGNALS:
         _signal.signal(signum, _signal.SIG_DFL)
     os.setsid()
-    _signal.signal(_DEATH_SIGNAL, _kill_own_group)
+    containment.set_child_subreaper()
+    _signal.signal(_DEATH_SIGNAL, _kill_own_tree)
     if _libc.prctl(*_SET_DEATH_SIGNAL) != 0:
         errno = ctypes.get_errno()
         raise OSError(errno, os.strerror(errno))
@@ -382,12 +415,25 @@ def _child_main(
     if stdin is not None:
         sys.stdin = stdin
     _signal.pthread_sigmask(_signal.SIG_SETMASK, sigmask)
-    target(*args, **kwargs)
+    try:
+        target(*args, **kwargs)
+    finally:
+        _end_leftovers()
 
 
-def _kill_own_group(signum: int, frame: FrameType | None) -> None:
-    """Death-signal handler: SIGKILL the job's whole process group, itself included."""
-    os.killpg(0, signal.SIGKILL)
+def _end_leftovers() -> None:
+    """Kill and reap every descendant of this job process: the job has ended."""
+    if containment.has_children():
+        containment.kill_tree(os.getpid(), include_root=False)
+        containment.reap_children(LEFTOVER_REAP_S)
+
+
+def _kill_own_tree(signum: int, frame: FrameType | None) -> None:
+    """Death-signal handler: SIGKILL the job's whole tree, its group and itself included."""
+    try:
+        containment.kill_tree(os.getpid(), include_root=False)
+    finally:
+        os.killpg(0, signal.SIGKILL)
 
 
 def _socket_fds() -> list[int]:

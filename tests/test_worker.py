@@ -150,6 +150,8 @@ def test_log_jobs_chooses_the_job_lines(
         asyncio.run(main)
 
     monkeypatch.setattr(worker, "SchedulerClient", Client)
+    # It would make this test process a subreaper that kills its other children.
+    monkeypatch.setattr(worker, "contain_orphans", lambda: None)
     monkeypatch.setattr(worker, "run_until_signalled", run_now)
     # run_scheduler sets up logging for its process: leave this one's as it was.
     monkeypatch.setattr(worker, "configure_logging", lambda level: None)

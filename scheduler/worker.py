@@ -157,9 +157,10 @@ _OPTIONS = (
         "--memory-limit",
         metavar="SIZE",
         callback=_size,
-        help="Most resident memory a job's whole process tree may use (the job process "
-        "and every process below it), such as 512M or 2G, unless its task sets its own. "
-        "Past it the tree is stopped and the job reported failed. Default: none.",
+        help="Most memory a job's whole process tree may hold (the resident memory of the "
+        "job process and every process below it, each shared page counted in proportion), "
+        "such as 512M or 2G, unless its task sets its own. Past it the tree is stopped and "
+        "the job reported failed. Default: none.",
     ),
     click.option(
         "--cpu-limit",

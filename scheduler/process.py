@@ -36,7 +36,7 @@ from typing import Literal, TextIO
 
 from scheduler import containment
 
-__all__ = ["JobProcess", "Outcome", "ProcessResult", "contain_orphans"]
+__all__ = ["JobProcess", "Outcome", "ProcessResult", "contain_orphans", "kill_orphans"]
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +81,14 @@ def contain_orphans() -> None:
     if the kernel refuses.
     """
     _orphans.enable()
+
+
+def kill_orphans() -> None:
+    """Kill at once every child of this process that is not a live job process, if
+    :func:`contain_orphans` was called (else nothing): for a scheduler about to exit,
+    which will not be there to reap them (init will)."""
+    if _orphans.enabled:
+        _orphans.sweep()
 
 
 @dataclass(frozen=True, slots=True)

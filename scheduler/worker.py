@@ -27,7 +27,7 @@ from websockets.uri import parse_uri
 
 from scheduler.cli_support import configure_logging, run_until_signalled
 from scheduler.policy.limits import Limits, parse_size
-from scheduler.process import contain_orphans
+from scheduler.process import contain_orphans, kill_orphans
 from scheduler.protocol import MAX_NAME_LEN, MAX_SIZE, MAX_TIMEOUT_S, Assignment, Report
 from scheduler.scheduler_client import SchedulerClient, SchedulerConfig
 from scheduler.tasks import TaskLoadError, TaskRegistry, load_task_modules
@@ -264,7 +264,11 @@ def run_scheduler(
 
     async def serve() -> None:
         contain_orphans()
-        await SchedulerClient(config, tasks, on_report=on_report).run()
+        try:
+            await SchedulerClient(config, tasks, on_report=on_report).run()
+        finally:
+            # What the last jobs stopped left behind, before nobody is here to kill it.
+            kill_orphans()
 
     run_until_signalled(serve())
 

@@ -134,6 +134,16 @@ async def test_nothing_outlives_a_cancel(
         )
 
 
+async def test_nothing_outlives_the_workers_sigterm(
+    commands: Commands, tmp_path: Path, escapees: list[int]
+) -> None:
+    async with worker(commands) as (peer, worker_pid):
+        pids = await started_escape(peer, tmp_path, "hang", escapees)
+        os.kill(worker_pid, signal.SIGTERM)
+        await wait_until(lambda: not alive(worker_pid), 10 * unit(), "the worker to exit")
+        await all_gone(pids)
+
+
 async def test_nothing_outlives_the_workers_sigkill(
     commands: Commands, tmp_path: Path, escapees: list[int]
 ) -> None:

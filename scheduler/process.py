@@ -6,10 +6,11 @@ Each job runs in its own session and process group, and is a child subreaper
 the job process, so it stays in the job's tree. Stopping a job signals that whole tree;
 a job that ends by itself kills what it leaves behind before it exits; one that dies by
 a signal leaves its descendants to the scheduler, which kills them too if it was made a
-subreaper with :func:`contain_orphans`. Its exit is awaited through a pidfd registered with the
-event loop: no thread per process and no thread at all in this module, because
-the scheduler forks from its event loop thread and forking while other threads
-run is unsafe.
+subreaper with :func:`contain_orphans`.
+
+Its exit is awaited through a pidfd registered with the event loop: no thread per process
+and no thread at all in this module, because the scheduler forks from its event loop
+thread and forking while other threads run is unsafe.
 """
 
 from __future__ import annotations

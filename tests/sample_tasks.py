@@ -125,7 +125,7 @@ def escape(pidfile: str, then: str) -> None:
 @task(memory="64M")
 def hog(total_mb: int, step_mb: int, pause: float, hold: float) -> int:
     """Touch ``total_mb`` MB in ``step_mb`` MB steps ``pause`` seconds apart, half of it in
-    a forked child (so only the tree's sum passes a limit), then hold it ``hold`` seconds.
+    a forked child (a limit covers the whole tree), then hold it ``hold`` seconds.
     Declares a 64 MB limit. Returns how many MB the job process touched."""
     child = os.fork()
     chunks: list[bytes] = []

@@ -22,7 +22,7 @@ from scheduler.policy.limits import (
     over_limits,
     parse_size,
 )
-from scheduler.tasks import TaskRegistry, task
+from scheduler.tasks import TaskRegistry, load_task_modules, task
 
 GB = 1024 * MB
 
@@ -173,10 +173,9 @@ def test_task_declares_its_limits_and_refuses_bad_ones() -> None:
     registry = TaskRegistry()
     registry.register("hog", sample_tasks.hog)
     assert registry.spec("hog").limits == NO_LIMITS
-    from scheduler.tasks import _declared
-
-    assert _declared["sample_tasks"]["hog"].limits == Limits(memory=64 * MB)
-    assert _declared["sample_tasks"]["spin"].limits == Limits(cpu=1)
+    declared = load_task_modules(["sample_tasks"])
+    assert declared.spec("hog").limits == Limits(memory=64 * MB)
+    assert declared.spec("spin").limits == Limits(cpu=1)
     with pytest.raises(ValueError, match="task 'bad': 'huge' is not a size"):
         task(name="bad", memory="huge")(sample_tasks.helper)
     with pytest.raises(ValueError, match="task 'helper': cpu limit must be > 0 s, not 0"):

@@ -128,7 +128,7 @@ async def executor_with(reports: Reports) -> AsyncIterator[Callable[..., Executo
         await executor.shutdown()
 
 
-HOG = {"total_mb": 200, "step_mb": 8, "pause": 0.02, "hold": 30}
+HOG: dict[str, object] = {"total_mb": 200, "step_mb": 8, "pause": 0.02, "hold": 30}
 
 
 async def test_a_tree_past_its_memory_limit_is_stopped_and_failed(

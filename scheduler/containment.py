@@ -34,6 +34,7 @@ __all__ = [
     "ProcStat",
     "descendants",
     "has_children",
+    "kill_pidfds",
     "kill_tree",
     "memory_of",
     "proc_table",
@@ -165,14 +166,46 @@ def _send(pids: Iterable[int], sig: int) -> None:
             pass  # gone already, or a setuid program we may not signal
 
 
-def signal_tree(root: int, sig: int) -> None:
+def signal_tree(root: int, sig: int) -> list[int]:
     """Send ``sig`` to ``root``'s process group and to every descendant of ``root``,
-    whatever session or group it is in (a descendant in the group gets it once more)."""
+    whatever session or group it is in (a descendant in the group gets it once more).
+
+    Returns a pidfd for each descendant signalled, for :func:`kill_pidfds` to kill it
+    later even if it has left the tree by then (its parent died and nobody above it is a
+    subreaper); the caller owns them.
+    """
+    held = _open_pidfds(descendants(root, proc_table()))
     try:
         os.killpg(root, sig)
     except ProcessLookupError:
         _send([root], sig)  # not yet the leader of its own group
-    _send(descendants(root, proc_table()), sig)
+    for pidfd in held:
+        _send_pidfd(pidfd, sig)
+    return held
+
+
+def _open_pidfds(pids: Iterable[int]) -> list[int]:
+    held = []
+    for pid in pids:
+        try:
+            held.append(os.pidfd_open(pid))
+        except OSError:
+            pass  # gone, or out of descriptors: a kill of the tree still finds it there
+    return held
+
+
+def _send_pidfd(pidfd: int, sig: int) -> None:
+    try:
+        signal.pidfd_send_signal(pidfd, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def kill_pidfds(pidfds: Iterable[int]) -> None:
+    """SIGKILL every process behind ``pidfds`` that still lives, and close them all."""
+    for pidfd in pidfds:
+        _send_pidfd(pidfd, signal.SIGKILL)
+        os.close(pidfd)
 
 
 def kill_tree(root: int, *, include_root: bool) -> int:

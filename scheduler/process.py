@@ -145,6 +145,9 @@ class JobProcess:
         self._started_at = 0.0
         self._stop_outcome: Outcome | None = None
         self._kill_timer: asyncio.TimerHandle | None = None
+        self._signalled: list[int] = []
+        """pidfds of the descendants the stop's SIGTERM went to: killed when the job is
+        reaped, wherever they are by then."""
         self._callbacks: list[Callable[[ProcessResult], None]] = []
 
     def start(self) -> None:
@@ -296,7 +299,7 @@ class JobProcess:
                 return
             self._stop_outcome = outcome
             log.debug("stopping pid %d (%s): SIGTERM", self.pid, outcome)
-            containment.signal_tree(self.pid, signal.SIGTERM)
+            self._signalled = containment.signal_tree(self.pid, signal.SIGTERM)
         self._schedule_kill(grace)
 
     def _schedule_kill(self, grace: float) -> None:
@@ -342,6 +345,10 @@ class JobProcess:
         # The leader is a zombie, so the group id cannot have been reused yet:
         # this only kills what the job left behind.
         _signal_group(pid, signal.SIGKILL)
+        # A descendant that ignored the SIGTERM and outlived the job process has been
+        # re-parented (to us only if we are a subreaper): kill it wherever it is.
+        containment.kill_pidfds(self._signalled)
+        self._signalled = []
         exit_code, cpu_s, max_rss_kb = _reap(pid)
         _live_jobs.discard(pid)
         # A job that died by a signal (or that we stopped) left its descendants to us at

@@ -134,6 +134,17 @@ async def test_nothing_outlives_a_cancel(
         )
 
 
+async def test_nothing_outlives_an_eviction(
+    commands: Commands, tmp_path: Path, escapees: list[int]
+) -> None:
+    async with worker(commands, "-s", "1") as (peer, _):
+        pids = await started_escape(peer, tmp_path, "hang", escapees, priority=9)
+        await peer.assign("urgent", 1, priority=0)
+        await peer.expect("report", event="evicted", id="hang")
+        await all_gone(pids)
+        await peer.expect("report", event="succeeded", id="urgent")
+
+
 async def test_nothing_outlives_the_workers_sigterm(
     commands: Commands, tmp_path: Path, escapees: list[int]
 ) -> None:

@@ -194,6 +194,23 @@ async def _grandchild(read_fd: int, leftovers: list[psutil.Process]) -> psutil.P
     return grandchild
 
 
+async def _short_lived_grandchild(read_fd: int, leftovers: list[psutil.Process]) -> int:
+    """The pid of a grandchild the job may already have killed by the time it is read."""
+    pid = int(await _read_line(read_fd))
+    try:
+        leftovers.append(psutil.Process(pid))
+    except psutil.NoSuchProcess:
+        pass
+    return pid
+
+
+async def _wait_pid_gone(pid: int) -> bool:
+    try:
+        return await _wait_gone(psutil.Process(pid))
+    except psutil.NoSuchProcess:
+        return True
+
+
 # Results.
 
 
@@ -432,11 +449,11 @@ async def test_normal_exit_kills_what_the_job_left_behind(
 ) -> None:
     read_fd, write_fd = pipe
     job = spawn(_fork_grandchild, write_fd, "exit")
-    grandchild = await _grandchild(read_fd, leftovers)
+    grandchild = await _short_lived_grandchild(read_fd, leftovers)
     # The grandchild holds multiprocessing's sentinel pipe: waiting on it would time out.
     result = await job.wait(timeout=units(10))
     assert (result.exit_code, result.outcome) == (0, "exited")
-    assert await _wait_gone(grandchild)
+    assert await _wait_pid_gone(grandchild)
 
 
 async def test_stop_after_the_job_ended_by_itself_reports_exited(spawn: Spawn) -> None:
@@ -578,7 +595,8 @@ def test_job_tree_dies_when_the_scheduler_is_sigkilled() -> None:
 
 def _daemonize_then(report_fd: int, then: str) -> None:
     """Start a double-forked ``setsid()`` daemon that ignores SIGTERM, write its pid on
-    ``report_fd``, then return (``return``) or ignore SIGTERM and sleep (``stubborn``)."""
+    ``report_fd``, then return (``return``), sleep (``sleep``) or ignore SIGTERM and sleep
+    (``stubborn``)."""
     read_fd, write_fd = os.pipe()
     middle = os.fork()
     if middle == 0:
@@ -592,6 +610,7 @@ def _daemonize_then(report_fd: int, then: str) -> None:
     os.write(report_fd, os.read(read_fd, 64))
     if then == "stubborn":
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if then != "return":
         time.sleep(30)
 
 
@@ -600,9 +619,9 @@ async def test_a_job_that_returns_kills_the_daemon_it_started(
 ) -> None:
     read_fd, write_fd = pipe
     job = spawn(_daemonize_then, write_fd, "return")
-    daemon = await _grandchild(read_fd, leftovers)
+    daemon = await _short_lived_grandchild(read_fd, leftovers)
     assert (await job.wait()).exit_code == 0
-    assert await _wait_gone(daemon)
+    assert await _wait_pid_gone(daemon)
 
 
 async def test_the_kill_after_the_grace_reaches_a_daemon_in_its_own_session(
@@ -614,4 +633,17 @@ async def test_the_kill_after_the_grace_reaches_a_daemon_in_its_own_session(
     assert os.getsid(daemon.pid) != os.getsid(job.pid)
     result = await job.stop()
     assert (result.outcome, result.exit_code) == ("stopped", -signal.SIGKILL)
+    assert await _wait_gone(daemon)
+
+
+async def test_a_daemon_that_ignores_sigterm_dies_with_the_job_the_sigterm_ended(
+    spawn: Spawn, pipe: tuple[int, int], leftovers: list[psutil.Process]
+) -> None:
+    # This test process is no subreaper: once the job process dies, the daemon belongs
+    # to init, and only the pidfd taken when the SIGTERM was sent still reaches it.
+    read_fd, write_fd = pipe
+    job = spawn(_daemonize_then, write_fd, "sleep", grace=units(30))
+    daemon = await _grandchild(read_fd, leftovers)
+    result = await job.stop()
+    assert (result.outcome, result.exit_code) == ("stopped", -signal.SIGTERM)
     assert await _wait_gone(daemon)

@@ -4,14 +4,16 @@ reporting the reason to the bus."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator, Callable
 
 import pytest
 import sample_tasks
-from conftest import Commands, unit
+from conftest import Commands, unit, wait_until
 from test_executor import Reports, job
 from test_scheduler_client import FakeBus, port_of
 
+from scheduler.bus.server import BusServer
 from scheduler.executor import Executor
 from scheduler.policy.limits import (
     MB,
@@ -198,3 +200,22 @@ async def test_a_worker_reports_the_reason_to_the_bus(commands: Commands) -> Non
         await peer.assign("fat", 1, task="hog", args=HOG)
         failed = await peer.expect("report", event="failed", id="fat", timeout=20)
         assert failed["error"].startswith("memory limit 64 MB exceeded: "), failed
+
+
+async def test_the_reason_reaches_the_producer_through_a_real_bus(
+    bus: BusServer, commands: Commands
+) -> None:
+    await commands.start(
+        "scheduler.worker", "--tasks", "tests/sample_tasks.py", "--bus", bus.url,
+        "--name", "w1",
+    )  # fmt: skip
+    await wait_until(lambda: "w1" in bus.scheduler_names(), 20 * unit(), "w1 registers")
+    code, stdout = await commands.run(
+        "scheduler.producer", "--bus", bus.url, "--task", "hog", "--args", json.dumps(HOG),
+        "--count", "1", "--wait", "--json",
+        timeout=60 * unit(),
+    )  # fmt: skip
+    [line] = stdout.splitlines()
+    ended = json.loads(line)
+    assert ended["state"] == "failed", ended
+    assert ended["error"].startswith("memory limit 64 MB exceeded: "), ended

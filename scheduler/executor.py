@@ -30,6 +30,7 @@ from functools import partial
 from typing import Any, Final, Literal
 
 from scheduler import containment
+from scheduler.cgroups import JobCgroups
 from scheduler.policy.limits import NO_LIMITS, Limits, Usage, over_limits
 from scheduler.policy.runner import Decision, Evict, Job, Runner, Snapshot, Start, Stop
 from scheduler.process import JobProcess, ProcessResult
@@ -79,7 +80,8 @@ class Executor:
     process tree is killed. ``on_error`` receives exceptions raised in background tasks
     (by default they are logged). A job without a timeout gets its task's default, else
     ``default_timeout`` (None: it runs until it ends). A job's process tree is held to its
-    task's limits, each unset one taken from ``limits``.
+    task's limits, each unset one taken from ``limits``. With ``cgroups`` each job also
+    runs in a cgroup of its own there, killed whole when the job ends.
     """
 
     def __init__(
@@ -92,6 +94,7 @@ class Executor:
         clock: Callable[[], float] = time.monotonic,
         on_error: ErrorSink = _log_error,
         limits: Limits = NO_LIMITS,
+        cgroups: JobCgroups | None = None,
     ) -> None:
         """Set up an idle executor; nothing runs until :meth:`submit`."""
         self._runner = Runner(size)
@@ -102,6 +105,7 @@ class Executor:
         self._grace = grace
         self._clock = clock
         self._limits = limits
+        self._cgroups = cgroups
         self._limit_timer: asyncio.TimerHandle | None = None
         self._jobs: dict[str, Assignment] = {}
         """The attempts we hold: queued, parked, running, or stopping with a report due."""
@@ -266,6 +270,7 @@ class Executor:
             {"result_fd": pipe.write_fd},
             name=f"job-{job_id}",
             grace=self._grace,
+            cgroups=self._cgroups,
         )
         try:
             process.start()

@@ -32,10 +32,12 @@ import sys
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from types import FrameType
 from typing import Literal, TextIO
 
-from scheduler import containment
+from scheduler import cgroups, containment
+from scheduler.cgroups import JobCgroups
 
 __all__ = ["JobProcess", "Outcome", "ProcessResult", "contain_orphans", "kill_orphans"]
 
@@ -65,6 +67,8 @@ _SET_DEATH_SIGNAL = (
 )
 
 
+CGROUP_REMOVE_TRIES = 250
+"""How many times (20 ms apart) a killed job cgroup is looked at until it is empty."""
 LEFTOVER_REAP_S = 1.0
 """How long a job process that ended waits for the leftovers it killed to be gone."""
 
@@ -126,17 +130,21 @@ class JobProcess:
         *,
         name: str | None = None,
         grace: float = 2.0,
+        cgroups: JobCgroups | None = None,
     ) -> None:
         """Store what to run; nothing is started until ``start``.
 
         ``grace`` is how long ``stop`` and a ``wait`` timeout let the job react
-        to SIGTERM before the whole tree gets SIGKILL.
+        to SIGTERM before the whole tree gets SIGKILL. With ``cgroups`` the job runs in
+        a cgroup of its own made there, killed whole and removed once the job is reaped.
         """
         self._target = target
         self._args = args
         self._kwargs = dict(kwargs or {})
         self._name = name
         self._grace = grace
+        self._cgroups = cgroups
+        self._cgroup: Path | None = None
         self._pid: int | None = None
         self._pidfd = -1
         self._proc: multiprocessing.process.BaseProcess | None = None
@@ -161,6 +169,32 @@ class JobProcess:
             raise RuntimeError("JobProcess already started")
         loop = asyncio.get_running_loop()
         self._started_at = time.monotonic()
+        if self._cgroups is not None:
+            self._cgroup = self._cgroups.make()
+        try:
+            proc = self._fork()
+        except BaseException:
+            if self._cgroup is not None:
+                JobCgroups.remove(self._cgroup)
+            raise
+        assert proc.pid is not None
+        self._proc, self._pid, self._loop = proc, proc.pid, loop
+        try:
+            self._pidfd = os.pidfd_open(proc.pid)
+        except OSError:
+            # Typically out of descriptors: a job nobody watches must not run on.
+            containment.kill_tree(proc.pid, include_root=True)
+            proc.join()
+            proc.close()
+            self._drop_cgroup(CGROUP_REMOVE_TRIES)
+            raise
+        _live_jobs.add(proc.pid)
+        self._future = loop.create_future()
+        loop.add_reader(self._pidfd, self._exited)
+        log.debug("started job %s pid %d", proc.name, proc.pid)
+
+    def _fork(self) -> multiprocessing.process.BaseProcess:
+        """Fork the job process with the signals that could stop it blocked meanwhile."""
         old_mask = _signal.pthread_sigmask(_signal.SIG_BLOCK, _RESET_SIGNALS)
         stdin = sys.stdin
         job_stdin = _job_stdin() if stdin is not None else None
@@ -178,6 +212,7 @@ class JobProcess:
                     self._target,
                     self._args,
                     self._kwargs,
+                    None if self._cgroup is None else str(self._cgroup),
                 ),
                 name=self._name,
             )
@@ -193,20 +228,25 @@ class JobProcess:
         # multiprocessing reaps finished children it tracks on every later
         # Process.start(); that would steal this child's status and rusage.
         multiprocessing.process._children.discard(proc)  # type: ignore[attr-defined]
-        assert proc.pid is not None
-        self._proc, self._pid, self._loop = proc, proc.pid, loop
+        return proc
+
+    def _drop_cgroup(self, tries: int) -> None:
+        """Kill the job's cgroup, and remove it once empty (looking again 20 ms later)."""
+        cgroup = self._cgroup
+        if cgroup is None:
+            return
         try:
-            self._pidfd = os.pidfd_open(proc.pid)
-        except OSError:
-            # Typically out of descriptors: a job nobody watches must not run on.
-            containment.kill_tree(proc.pid, include_root=True)
-            proc.join()
-            proc.close()
-            raise
-        _live_jobs.add(proc.pid)
-        self._future = loop.create_future()
-        loop.add_reader(self._pidfd, self._exited)
-        log.debug("started job %s pid %d", proc.name, proc.pid)
+            JobCgroups.kill(cgroup)
+            removed = JobCgroups.remove(cgroup)
+        except OSError as exc:
+            log.warning("cannot kill or remove job cgroup %s: %s", cgroup, exc)
+            return
+        if removed:
+            self._cgroup = None
+        elif tries > 1 and self._loop is not None:
+            self._loop.call_later(0.02, self._drop_cgroup, tries - 1)
+        else:
+            log.warning("job cgroup %s is still not empty; left for the next start", cgroup)
 
     @property
     def pid(self) -> int:
@@ -349,6 +389,7 @@ class JobProcess:
         # re-parented (to us only if we are a subreaper): kill it wherever it is.
         containment.kill_pidfds(self._signalled)
         self._signalled = []
+        self._drop_cgroup(CGROUP_REMOVE_TRIES)
         exit_code, cpu_s, max_rss_kb = _reap(pid)
         _live_jobs.discard(pid)
         # A job that died by a signal (or that we stopped) left its descendants to us at
@@ -408,16 +449,20 @@ def _child_main(
     target: Callable[..., object],
     args: tuple[object, ...],
     kwargs: dict[str, object],
+    cgroup: str | None = None,
 ) -> None:
     """Isolate the freshly forked job process, then run ``target(*args, **kwargs)``.
 
     ``sockets`` are the inherited socket descriptors (:func:`_socket_fds` just before
     the fork); ``stdin``, if not None, becomes ``sys.stdin``, reading descriptor 0
-    pointed at /dev/null (as multiprocessing does it otherwise).
+    pointed at /dev/null (as multiprocessing does it otherwise); ``cgroup``, if not
+    None, is the job cgroup it moves into before anything else can start.
     """
     signal.set_wakeup_fd(-1)
     for signum in _RESET_SIGNALS:
         _signal.signal(signum, _signal.SIG_DFL)
+    if cgroup is not None:
+        cgroups.join(cgroup)
     os.setsid()
     containment.set_child_subreaper()
     _signal.signal(_DEATH_SIGNAL, _kill_own_tree)

@@ -35,6 +35,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake
 from websockets.uri import parse_uri
 
 from scheduler import protocol
+from scheduler.cgroups import JobCgroups
 from scheduler.executor import Executor
 from scheduler.policy.backoff import Backoff
 from scheduler.policy.limits import NO_LIMITS, Limits
@@ -80,7 +81,8 @@ class SchedulerConfig:
 
     ``name`` to register under (default :func:`default_name`); ``size`` slots;
     ``timeout`` seconds for jobs that set none (None: no timeout); ``limits`` on each
-    job's process tree unless its task sets its own; ``grace`` seconds a stopped job may react
+    job's process tree unless its task sets its own; ``cgroups`` to run each job in a
+    cgroup of its own (None: none); ``grace`` seconds a stopped job may react
     to SIGTERM before SIGKILL; ``heartbeat_s`` between heartbeats; ``outbox_limit``
     reports kept while the bus is away (beyond it the oldest are dropped).
     """
@@ -94,6 +96,7 @@ class SchedulerConfig:
     heartbeat_s: float = 1.0
     outbox_limit: int = DEFAULT_OUTBOX_LIMIT
     limits: Limits = NO_LIMITS
+    cgroups: JobCgroups | None = None
 
     def __post_init__(self) -> None:
         """Refuse values the bus or the executor would refuse later, naming the field."""
@@ -253,6 +256,7 @@ class SchedulerClient:
             grace=config.grace,
             on_error=self._fail,
             limits=config.limits,
+            cgroups=config.cgroups,
         )
         session: _Session | None = None
         try:

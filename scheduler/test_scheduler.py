@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import click
 
+from scheduler.cgroups import JobCgroups
 from scheduler.tasks import TaskRegistry
 from scheduler.worker import run_scheduler, scheduler_options
 
@@ -21,6 +22,7 @@ def cli(
     timeout: float | None,
     memory_limit: int | None,
     cpu_limit: float | None,
+    cgroups: JobCgroups | None,
     debug: bool,
     bus: str,
     name: str | None,
@@ -43,6 +45,7 @@ def cli(
         log_jobs=True,
         memory_limit=memory_limit,
         cpu_limit=cpu_limit,
+        cgroups=cgroups,
     )
 
 

@@ -19,12 +19,14 @@ import logging
 import os
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, Final, TypeVar, overload
 
 import click
 from websockets.exceptions import InvalidURI
 from websockets.uri import parse_uri
 
+from scheduler.cgroups import CgroupError, JobCgroups
 from scheduler.cli_support import configure_logging, run_until_signalled
 from scheduler.policy.limits import Limits, parse_size
 from scheduler.process import contain_orphans, kill_orphans
@@ -130,6 +132,15 @@ def _size(ctx: click.Context, param: click.Parameter, value: str | None) -> int 
         raise click.BadParameter(str(exc)) from None
 
 
+def _cgroups(ctx: click.Context, param: click.Parameter, value: str | None) -> JobCgroups | None:
+    if value is None:
+        return None
+    try:
+        return JobCgroups.open(Path(value))
+    except CgroupError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
 def _timeout_option(default: float | None) -> Callable[[FC], FC]:
     after = "Default: none." if default is None else f"Default: {default:g} s."
     return click.option(
@@ -168,6 +179,16 @@ _OPTIONS = (
         metavar="SECONDS",
         help="Most CPU time a job's whole process tree may use, unless its task sets its "
         "own. Past it the tree is stopped and the job reported failed. Default: none.",
+    ),
+    click.option(
+        "--cgroup",
+        "cgroups",
+        metavar="PATH",
+        callback=_cgroups,
+        help="A cgroup v2 directory delegated to this scheduler (systemd: Delegate=yes). "
+        "Each job then runs in a cgroup of its own made there, killed whole "
+        "(cgroup.kill) when the job ends; what a killed scheduler's jobs left there is "
+        "killed when it starts again. Default: no cgroups.",
     ),
     click.option("-d", "--debug", is_flag=True, help="Log debug detail (every frame and process)."),
     click.option(
@@ -212,9 +233,10 @@ def scheduler_options(
 ) -> FC | Callable[[FC], FC]:
     """Add the options every scheduler command shares, as ``@scheduler_options`` or
     ``@scheduler_options(default_timeout=10.0)``: ``-s``, ``-t`` (default
-    ``default_timeout``, None: no timeout), ``--memory-limit``, ``--cpu-limit``, ``-d``,
-    ``--bus``, ``--name``, ``--token`` (passed to the command as ``size``, ``timeout``,
-    ``memory_limit``, ``cpu_limit``, ``debug``, ``bus``, ``name``, ``token``)."""
+    ``default_timeout``, None: no timeout), ``--memory-limit``, ``--cpu-limit``,
+    ``--cgroup``, ``-d``, ``--bus``, ``--name``, ``--token`` (passed to the command as
+    ``size``, ``timeout``, ``memory_limit``, ``cpu_limit``, ``cgroups``, ``debug``,
+    ``bus``, ``name``, ``token``)."""
 
     def add(command: FC) -> FC:
         size, *rest = _OPTIONS
@@ -237,6 +259,7 @@ def run_scheduler(
     log_jobs: bool = True,
     memory_limit: int | None = None,
     cpu_limit: float | None = None,
+    cgroups: JobCgroups | None = None,
 ) -> None:
     """Serve the bus with ``tasks`` until SIGINT or SIGTERM.
 
@@ -259,6 +282,7 @@ def run_scheduler(
         timeout=timeout,
         token=token,
         limits=Limits(memory_limit, cpu_limit),
+        cgroups=cgroups,
     )
     on_report = log_report if log_jobs or debug else log_unusual_report
 
@@ -314,6 +338,7 @@ def cli(
     timeout: float | None,
     memory_limit: int | None,
     cpu_limit: float | None,
+    cgroups: JobCgroups | None,
     debug: bool,
     bus: str,
     name: str | None,
@@ -342,6 +367,7 @@ def cli(
         log_jobs=log_jobs,
         memory_limit=memory_limit,
         cpu_limit=cpu_limit,
+        cgroups=cgroups,
     )
 
 

@@ -299,7 +299,9 @@ class OrphanReaper:
         except ProcessLookupError:
             return
         except OSError as exc:
+            # Out of descriptors: kill it anyway; a later sweep reaps it.
             log.warning("cannot watch adopted pid %d: %s", pid, exc)
+            kill_tree(pid, include_root=True)
             return
         killed = kill_tree(pid, include_root=True)
         log.info("killed %d process(es) left behind by a job (adopted pid %d)", killed, pid)

@@ -7,8 +7,13 @@ no thread pool, so forking job processes stays safe.
 
 Every attempt gets exactly one closing report, sent once its processes are gone:
 ``succeeded`` / ``failed`` / ``timed_out`` when it ended by itself, ``evicted`` or
-``cancelled`` when we stopped it for that reason, and nothing when the bus took it back
+``cancelled`` when we stopped it for that reason, ``failed`` with the reason when it went
+past its memory or CPU limit, and nothing when the bus took it back
 (:meth:`Executor.drop`, a newer attempt) or the executor shut down.
+
+While a running job has a limit, the executor samples the memory and CPU time of every
+limited job's process tree each :data:`LIMIT_SAMPLE_S` (one read of ``/proc``); the
+decision is :func:`scheduler.policy.limits.over_limits`. Without limits nothing is sampled.
 """
 
 from __future__ import annotations
@@ -22,8 +27,11 @@ from collections import deque
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
+from scheduler import containment
+from scheduler.cgroups import JobCgroups
+from scheduler.policy.limits import NO_LIMITS, Limits, Usage, over_limits
 from scheduler.policy.runner import Decision, Evict, Job, Runner, Snapshot, Start, Stop
 from scheduler.process import JobProcess, ProcessResult
 from scheduler.protocol import Assignment, Held, Report, SchedulerReport
@@ -37,8 +45,11 @@ EventSink = Callable[[Report, Assignment], None]
 ErrorSink = Callable[[BaseException], None]
 """Receives an exception that escaped a background task (such as a failing event sink)."""
 
-Why = Literal["evicted", "cancelled", "dropped", "shutdown"]
+Why = Literal["evicted", "cancelled", "dropped", "shutdown", "limited"]
 """Why we stop a job process; decides which report, if any, its end gets."""
+
+LIMIT_SAMPLE_S: Final = 0.2
+"""Seconds between two samples of the limited jobs' process trees."""
 
 
 @dataclass(slots=True)
@@ -50,8 +61,10 @@ class _Run:
     pipe: ResultPipe
     started_at: float
     deadline: float
+    limits: Limits = NO_LIMITS
     why: Why | None = None
     evictions: int = 0
+    limit_error: str = ""
 
 
 def _log_error(exc: BaseException) -> None:
@@ -64,21 +77,25 @@ class Executor:
     ``on_event`` receives every report (``started``, ``evicted``, ``cancelled``,
     ``succeeded``, ``failed``, ``timed_out``) ready to send to the bus, with its
     assignment. ``grace`` is how long a stopped job may react to SIGTERM before its whole
-    process group is killed. ``on_error`` receives exceptions raised in background tasks
+    process tree is killed. ``on_error`` receives exceptions raised in background tasks
     (by default they are logged). A job without a timeout gets its task's default, else
-    ``default_timeout``.
+    ``default_timeout`` (None: it runs until it ends). A job's process tree is held to its
+    task's limits, each unset one taken from ``limits``. With ``cgroups`` each job also
+    runs in a cgroup of its own there, killed whole when the job ends.
     """
 
     def __init__(
         self,
         size: int,
-        default_timeout: float,
+        default_timeout: float | None,
         tasks: TaskRegistry,
         on_event: EventSink,
         grace: float = 2.0,
         clock: Callable[[], float] = time.monotonic,
         on_error: ErrorSink = _log_error,
         may_start: Callable[[], bool] = lambda: True,
+        limits: Limits = NO_LIMITS,
+        cgroups: JobCgroups | None = None,
     ) -> None:
         """Set up an idle executor; nothing runs until :meth:`submit`.
 
@@ -93,6 +110,9 @@ class Executor:
         self._on_error = on_error
         self._grace = grace
         self._clock = clock
+        self._limits = limits
+        self._cgroups = cgroups
+        self._limit_timer: asyncio.TimerHandle | None = None
         self._jobs: dict[str, Assignment] = {}
         """The attempts we hold: queued, parked, running, or stopping with a report due."""
         self._runs: dict[str, _Run] = {}
@@ -202,6 +222,9 @@ class Executor:
         if self._deadline_timer is not None:
             self._deadline_timer.cancel()
             self._deadline_timer = None
+        if self._limit_timer is not None:
+            self._limit_timer.cancel()
+            self._limit_timer = None
         stops = [run.process.stop() for run in self._runs.values()]
         # Each process's end callback (registered when it started) runs before the stop
         # that reaped it is seen done: nothing runs on, and nothing reports, after this.
@@ -255,6 +278,7 @@ class Executor:
             {"result_fd": pipe.write_fd},
             name=f"job-{job_id}",
             grace=self._grace,
+            cgroups=self._cgroups,
         )
         try:
             process.start()
@@ -264,8 +288,12 @@ class Executor:
         pipe.forked()
         started_at = self._clock()
         timeout = assignment.timeout or spec.timeout or self._default_timeout
-        run = _Run(assignment, process, pipe, started_at, started_at + timeout)
+        deadline = math.inf if timeout is None else started_at + timeout
+        limits = spec.limits.over(self._limits)
+        run = _Run(assignment, process, pipe, started_at, deadline, limits)
         self._runs[job_id] = run
+        if limits.any:
+            self._watch_limits()
         # A callback rather than a task awaiting the process, and one timer for every
         # deadline: each costs the loop, and pages written after a fork are copied first.
         process.add_done_callback(partial(self._ended, run))
@@ -324,6 +352,39 @@ class Executor:
             else:
                 self._watch_deadline(run.deadline)
 
+    def _watch_limits(self) -> None:
+        """Have :meth:`_check_limits` run in :data:`LIMIT_SAMPLE_S` unless it is due already."""
+        if self._limit_timer is None:
+            loop = asyncio.get_running_loop()
+            self._limit_timer = loop.call_later(LIMIT_SAMPLE_S, self._check_limits)
+
+    def _check_limits(self) -> None:
+        """Sample every limited running job's tree; stop those past a limit; sample again
+        later while a limited job runs on."""
+        self._limit_timer = None
+        limited = {
+            job_id: run.limits
+            for job_id, run in self._runs.items()
+            if run.limits.any and run.why is None
+        }
+        if not limited:
+            return
+        table = containment.proc_table()
+        samples: dict[str, Usage] = {}
+        for job_id in limited:
+            usage = containment.tree_usage(self._runs[job_id].process.pid, table)
+            if usage is not None:
+                samples[job_id] = Usage(*usage)
+        for job_id, reason in over_limits(limited, samples).items():
+            self._stop_over_limit(self._runs[job_id], reason)
+        self._watch_limits()
+
+    def _stop_over_limit(self, run: _Run, reason: str) -> None:
+        """Kill ``run``'s whole tree at once; its end is reported ``failed`` with ``reason``."""
+        log.info("stopping %s: %s", run.assignment.id, reason)
+        run.why, run.limit_error = "limited", reason
+        self._spawn(run.process.stop(grace=0))
+
     def _ended(self, run: _Run, result: ProcessResult) -> None:
         """``run``'s process is reaped (by itself, its timeout or a stop): report, refill."""
         try:
@@ -379,6 +440,17 @@ def _closing_report(run: _Run, result: ProcessResult, record: TaskRecord) -> Rep
         )
     if run.why == "cancelled":
         return Report("cancelled", a.id, a.attempt, wall_s=result.wall_s, cpu_s=result.cpu_s)
+    if run.why == "limited":
+        return Report(
+            "failed",
+            a.id,
+            a.attempt,
+            exit_code=result.exit_code,
+            error=run.limit_error,
+            wall_s=result.wall_s,
+            cpu_s=result.cpu_s,
+            max_rss_kb=result.max_rss_kb,
+        )
     return None
 
 

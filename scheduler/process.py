@@ -1,10 +1,16 @@
 """Async wrapper over a forked ``multiprocessing.Process`` running one job.
 
-Each job runs in its own session and process group, so stopping it stops
-everything it spawned. Its exit is awaited through a pidfd registered with the
-event loop: no thread per process and no thread at all in this module, because
-the scheduler forks from its event loop thread and forking while other threads
-run is unsafe.
+Each job runs in its own session and process group, and is a child subreaper
+(:mod:`scheduler.containment`): a descendant that leaves the group or the session
+(``start_new_session=True``, a daemon's double fork and ``setsid()``) is re-parented to
+the job process, so it stays in the job's tree. Stopping a job signals that whole tree;
+a job that ends by itself kills what it leaves behind before it exits; one that dies by
+a signal leaves its descendants to the scheduler, which kills them too if it was made a
+subreaper with :func:`contain_orphans`.
+
+Its exit is awaited through a pidfd registered with the event loop: no thread per process
+and no thread at all in this module, because the scheduler forks from its event loop
+thread and forking while other threads run is unsafe.
 """
 
 from __future__ import annotations
@@ -26,10 +32,14 @@ import sys
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from types import FrameType
 from typing import Literal, TextIO
 
-__all__ = ["JobProcess", "Outcome", "ProcessResult"]
+from scheduler import cgroups, containment
+from scheduler.cgroups import JobCgroups
+
+__all__ = ["JobProcess", "Outcome", "ProcessResult", "contain_orphans", "kill_orphans"]
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +65,35 @@ _SET_DEATH_SIGNAL = (
     ctypes.c_ulong(0),
     ctypes.c_ulong(0),
 )
+
+
+CGROUP_REMOVE_TRIES = 250
+"""How many times (20 ms apart) a killed job cgroup is looked at until it is empty."""
+LEFTOVER_REAP_S = 1.0
+"""How long a job process that ended waits for the leftovers it killed to be gone."""
+
+_live_jobs: set[int] = set()
+"""The pids of the job processes started here and not yet reaped."""
+_orphans = containment.OrphanReaper(_live_jobs.__contains__)
+
+
+def contain_orphans() -> None:
+    """Make this process a child subreaper that kills and reaps what its job processes
+    leave behind when they die (a job killed by a signal re-parents its descendants here).
+
+    For a process that runs job processes and has no other children of its own (the
+    scheduler): every child that is not a live job process is killed. Raises ``OSError``
+    if the kernel refuses.
+    """
+    _orphans.enable()
+
+
+def kill_orphans() -> None:
+    """Kill at once every child of this process that is not a live job process, if
+    :func:`contain_orphans` was called (else nothing): for a scheduler about to exit,
+    which will not be there to reap them (init will)."""
+    if _orphans.enabled:
+        _orphans.sweep()
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,17 +130,21 @@ class JobProcess:
         *,
         name: str | None = None,
         grace: float = 2.0,
+        cgroups: JobCgroups | None = None,
     ) -> None:
         """Store what to run; nothing is started until ``start``.
 
         ``grace`` is how long ``stop`` and a ``wait`` timeout let the job react
-        to SIGTERM before the whole group gets SIGKILL.
+        to SIGTERM before the whole tree gets SIGKILL. With ``cgroups`` the job runs in
+        a cgroup of its own made there, killed whole and removed once the job is reaped.
         """
         self._target = target
         self._args = args
         self._kwargs = dict(kwargs or {})
         self._name = name
         self._grace = grace
+        self._cgroups = cgroups
+        self._cgroup: Path | None = None
         self._pid: int | None = None
         self._pidfd = -1
         self._proc: multiprocessing.process.BaseProcess | None = None
@@ -110,6 +153,9 @@ class JobProcess:
         self._started_at = 0.0
         self._stop_outcome: Outcome | None = None
         self._kill_timer: asyncio.TimerHandle | None = None
+        self._signalled: list[int] = []
+        """pidfds of the descendants the stop's SIGTERM went to: killed when the job is
+        reaped, wherever they are by then."""
         self._callbacks: list[Callable[[ProcessResult], None]] = []
 
     def start(self) -> None:
@@ -123,6 +169,32 @@ class JobProcess:
             raise RuntimeError("JobProcess already started")
         loop = asyncio.get_running_loop()
         self._started_at = time.monotonic()
+        if self._cgroups is not None:
+            self._cgroup = self._cgroups.make()
+        try:
+            proc = self._fork()
+        except BaseException:
+            if self._cgroup is not None:
+                JobCgroups.remove(self._cgroup)
+            raise
+        assert proc.pid is not None
+        self._proc, self._pid, self._loop = proc, proc.pid, loop
+        try:
+            self._pidfd = os.pidfd_open(proc.pid)
+        except OSError:
+            # Typically out of descriptors: a job nobody watches must not run on.
+            containment.kill_tree(proc.pid, include_root=True)
+            proc.join()
+            proc.close()
+            self._drop_cgroup(CGROUP_REMOVE_TRIES)
+            raise
+        _live_jobs.add(proc.pid)
+        self._future = loop.create_future()
+        loop.add_reader(self._pidfd, self._exited)
+        log.debug("started job %s pid %d", proc.name, proc.pid)
+
+    def _fork(self) -> multiprocessing.process.BaseProcess:
+        """Fork the job process with the signals that could stop it blocked meanwhile."""
         old_mask = _signal.pthread_sigmask(_signal.SIG_BLOCK, _RESET_SIGNALS)
         stdin = sys.stdin
         job_stdin = _job_stdin() if stdin is not None else None
@@ -140,6 +212,7 @@ class JobProcess:
                     self._target,
                     self._args,
                     self._kwargs,
+                    None if self._cgroup is None else str(self._cgroup),
                 ),
                 name=self._name,
             )
@@ -155,19 +228,25 @@ class JobProcess:
         # multiprocessing reaps finished children it tracks on every later
         # Process.start(); that would steal this child's status and rusage.
         multiprocessing.process._children.discard(proc)  # type: ignore[attr-defined]
-        assert proc.pid is not None
-        self._proc, self._pid, self._loop = proc, proc.pid, loop
+        return proc
+
+    def _drop_cgroup(self, tries: int) -> None:
+        """Kill the job's cgroup, and remove it once empty (looking again 20 ms later)."""
+        cgroup = self._cgroup
+        if cgroup is None:
+            return
         try:
-            self._pidfd = os.pidfd_open(proc.pid)
-        except OSError:
-            # Typically out of descriptors: a job nobody watches must not run on.
-            _signal_group(proc.pid, signal.SIGKILL)
-            proc.join()
-            proc.close()
-            raise
-        self._future = loop.create_future()
-        loop.add_reader(self._pidfd, self._exited)
-        log.debug("started job %s pid %d", proc.name, proc.pid)
+            JobCgroups.kill(cgroup)
+            removed = JobCgroups.remove(cgroup)
+        except OSError as exc:
+            log.warning("cannot kill or remove job cgroup %s: %s", cgroup, exc)
+            return
+        if removed:
+            self._cgroup = None
+        elif tries > 1 and self._loop is not None:
+            self._loop.call_later(0.02, self._drop_cgroup, tries - 1)
+        else:
+            log.warning("job cgroup %s is still not empty; left for the next start", cgroup)
 
     @property
     def pid(self) -> int:
@@ -191,7 +270,7 @@ class JobProcess:
     async def wait(self, timeout: float | None = None) -> ProcessResult:
         """Wait for the job to end and return its result.
 
-        If ``timeout`` seconds pass first, stop the whole group (SIGTERM, then
+        If ``timeout`` seconds pass first, stop the whole tree (SIGTERM, then
         SIGKILL after the grace) and return once it is reaped, with outcome
         ``"timed_out"``. Cancelling the caller leaves the job running.
         """
@@ -204,7 +283,7 @@ class JobProcess:
         return await asyncio.shield(future)
 
     def time_out(self) -> None:
-        """Stop the whole group now (SIGTERM, then SIGKILL after the grace) as a timeout.
+        """Stop the whole tree now (SIGTERM, then SIGKILL after the grace) as a timeout.
 
         What ``wait(timeout)`` does when its time is up, for a caller that keeps the
         deadlines itself: the outcome is ``"timed_out"`` unless the job ended first or
@@ -214,7 +293,7 @@ class JobProcess:
         self._terminate("timed_out", self._grace)
 
     async def stop(self, grace: float | None = None) -> ProcessResult:
-        """Stop the whole group (SIGTERM, SIGKILL after ``grace``) and return the result.
+        """Stop the whole tree (SIGTERM, SIGKILL after ``grace``) and return the result.
 
         ``grace`` defaults to the one given to the constructor; if a stop is
         already under way, a shorter ``grace`` brings its SIGKILL forward. The
@@ -260,7 +339,7 @@ class JobProcess:
                 return
             self._stop_outcome = outcome
             log.debug("stopping pid %d (%s): SIGTERM", self.pid, outcome)
-            _signal_group(self.pid, signal.SIGTERM)
+            self._signalled = containment.signal_tree(self.pid, signal.SIGTERM)
         self._schedule_kill(grace)
 
     def _schedule_kill(self, grace: float) -> None:
@@ -274,7 +353,7 @@ class JobProcess:
 
     def _kill(self) -> None:
         log.debug("pid %d outlived its grace: SIGKILL", self.pid)
-        _signal_group(self.pid, signal.SIGKILL)
+        containment.kill_tree(self.pid, include_root=True)
 
     def _has_exited(self) -> bool:
         # Peeks without reaping: the zombie keeps the pid and group id ours
@@ -306,7 +385,17 @@ class JobProcess:
         # The leader is a zombie, so the group id cannot have been reused yet:
         # this only kills what the job left behind.
         _signal_group(pid, signal.SIGKILL)
+        # A descendant that ignored the SIGTERM and outlived the job process has been
+        # re-parented (to us only if we are a subreaper): kill it wherever it is.
+        containment.kill_pidfds(self._signalled)
+        self._signalled = []
+        self._drop_cgroup(CGROUP_REMOVE_TRIES)
         exit_code, cpu_s, max_rss_kb = _reap(pid)
+        _live_jobs.discard(pid)
+        # A job that died by a signal (or that we stopped) left its descendants to us at
+        # once; one that exited killed its own, unless it skipped that with os._exit.
+        killed = self._stop_outcome is not None or exit_code is None or exit_code < 0
+        _orphans.sweep_soon(urgent=killed)
         wall_s = time.monotonic() - self._started_at
         # We reaped it ourselves. Any returncode marks it ended for multiprocessing,
         # so close() releases its sentinel pipes instead of calling waitpid() on a
@@ -360,18 +449,23 @@ def _child_main(
     target: Callable[..., object],
     args: tuple[object, ...],
     kwargs: dict[str, object],
+    cgroup: str | None = None,
 ) -> None:
     """Isolate the freshly forked job process, then run ``target(*args, **kwargs)``.
 
     ``sockets`` are the inherited socket descriptors (:func:`_socket_fds` just before
     the fork); ``stdin``, if not None, becomes ``sys.stdin``, reading descriptor 0
-    pointed at /dev/null (as multiprocessing does it otherwise).
+    pointed at /dev/null (as multiprocessing does it otherwise); ``cgroup``, if not
+    None, is the job cgroup it moves into before anything else can start.
     """
     signal.set_wakeup_fd(-1)
     for signum in _RESET_SIGNALS:
         _signal.signal(signum, _signal.SIG_DFL)
+    if cgroup is not None:
+        cgroups.join(cgroup)
     os.setsid()
-    _signal.signal(_DEATH_SIGNAL, _kill_own_group)
+    containment.set_child_subreaper()
+    _signal.signal(_DEATH_SIGNAL, _kill_own_tree)
     if _libc.prctl(*_SET_DEATH_SIGNAL) != 0:
         errno = ctypes.get_errno()
         raise OSError(errno, os.strerror(errno))
@@ -382,12 +476,25 @@ def _child_main(
     if stdin is not None:
         sys.stdin = stdin
     _signal.pthread_sigmask(_signal.SIG_SETMASK, sigmask)
-    target(*args, **kwargs)
+    try:
+        target(*args, **kwargs)
+    finally:
+        _end_leftovers()
 
 
-def _kill_own_group(signum: int, frame: FrameType | None) -> None:
-    """Death-signal handler: SIGKILL the job's whole process group, itself included."""
-    os.killpg(0, signal.SIGKILL)
+def _end_leftovers() -> None:
+    """Kill and reap every descendant of this job process: the job has ended."""
+    if containment.has_children():
+        containment.kill_tree(os.getpid(), include_root=False)
+        containment.reap_children(LEFTOVER_REAP_S)
+
+
+def _kill_own_tree(signum: int, frame: FrameType | None) -> None:
+    """Death-signal handler: SIGKILL the job's whole tree, its group and itself included."""
+    try:
+        containment.kill_tree(os.getpid(), include_root=False)
+    finally:
+        os.killpg(0, signal.SIGKILL)
 
 
 def _socket_fds() -> list[int]:

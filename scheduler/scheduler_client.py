@@ -37,9 +37,11 @@ from websockets.uri import parse_uri
 
 from scheduler import protocol
 from scheduler.auth import tls_options
+from scheduler.cgroups import JobCgroups
 from scheduler.executor import Executor
 from scheduler.policy.backoff import Backoff
 from scheduler.policy.fence import LeaseView
+from scheduler.policy.limits import NO_LIMITS, Limits
 from scheduler.protocol import (
     Assign,
     Assignment,
@@ -82,7 +84,9 @@ class SchedulerConfig:
     """How a scheduler connects and runs jobs.
 
     ``name`` to register under (default :func:`default_name`); ``size`` slots;
-    ``timeout`` seconds for jobs that set none; ``grace`` seconds a stopped job may react
+    ``timeout`` seconds for jobs that set none (None: no timeout); ``limits`` on each
+    job's process tree unless its task sets its own; ``cgroups`` to run each job in a
+    cgroup of its own (None: none); ``grace`` seconds a stopped job may react
     to SIGTERM before SIGKILL; ``heartbeat_s`` between heartbeats; ``outbox_limit``
     reports kept while the bus is away (beyond it the oldest are dropped).
     """
@@ -90,19 +94,21 @@ class SchedulerConfig:
     bus_url: str = "ws://localhost:8101"
     name: str | None = None
     size: int = 5
-    timeout: float = 10.0
+    timeout: float | None = 10.0
     grace: float = 2.0
     token: str | None = None
     heartbeat_s: float = 1.0
     outbox_limit: int = DEFAULT_OUTBOX_LIMIT
     cafile: str | None = None
     """CA certificates to verify a ``wss://`` bus with (None: the system's)."""
+    limits: Limits = NO_LIMITS
+    cgroups: JobCgroups | None = None
 
     def __post_init__(self) -> None:
         """Refuse values the bus or the executor would refuse later, naming the field."""
         if not 1 <= self.size <= protocol.MAX_SIZE:
             raise ValueError(f"size must be 1 to {protocol.MAX_SIZE}, not {self.size}")
-        if not self.timeout > 0:
+        if self.timeout is not None and not self.timeout > 0:
             raise ValueError(f"timeout must be > 0, not {self.timeout}")
         if not self.heartbeat_s > 0:
             raise ValueError(f"heartbeat_s must be > 0, not {self.heartbeat_s}")
@@ -268,6 +274,8 @@ class SchedulerClient:
             grace=config.grace,
             on_error=self._fail,
             may_start=self._may_start,
+            limits=config.limits,
+            cgroups=config.cgroups,
         )
         session: _Session | None = None
         try:

@@ -20,7 +20,7 @@ Your own tasks are module-level functions marked with :func:`task`::
     @task                                   # registered as "resize"
     def resize(path: str, width: int) -> dict[str, int]: ...
 
-    @task(name="report", priority=2, timeout=60)
+    @task(name="report", priority=2, timeout=60, memory="512M", cpu=30)
     def build_report(day: str) -> None: ...
 
 and served with ``python -m scheduler.worker --tasks mypkg.jobs`` (a dotted module name,
@@ -28,13 +28,20 @@ or a path such as ``jobs/nightly.py``; several separated by commas). The schedul
 registers exactly those task names (and ``sleep``) with the bus and runs nothing else.
 ``priority`` and ``timeout`` are the defaults of the task's jobs: a job submitted without
 a priority gets the task's (the scheduler declares it when it registers; the bus falls
-back to 5), a job without a timeout the task's (else the scheduler's ``-t``).
+back to 5), a job without a timeout the task's (else the scheduler's ``-t``, else none). ``memory``
+(bytes, or a size such as ``"512M"`` or ``"2G"``) and ``cpu`` (seconds) limit the job's
+whole process tree: its resident memory and its CPU time, summed over the job process and
+every descendant; past either, the job is stopped and reported ``failed`` with the reason
+(``memory limit 512 MB exceeded: 530 MB``). Each is the task's, else the scheduler's
+(``--memory-limit``, ``--cpu-limit``), else none.
 
 In the job process the task can tell which job it runs: the environment variables
 ``SCHEDBUS_JOB_ID`` (the job's id) and ``SCHEDBUS_ATTEMPT`` (the attempt number, counting
 from 1; a job that is evicted, retried or reassigned runs again under a higher one) are
-set before the task is called. Processes it starts belong to the job: they are stopped
-with it when it ends, times out, is evicted or cancelled.
+set before the task is called. Processes it starts belong to the job, even those that
+start a new session or daemonize: they are killed when it ends, fails, times out, is
+evicted, cancelled or stopped at a limit. A task must not count on a process it started
+outliving it.
 """
 
 from __future__ import annotations
@@ -44,12 +51,14 @@ import importlib.util
 import os
 import sys
 import time
+import traceback
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 from typing import Final, TypeVar, overload
 
+from scheduler.policy.limits import NO_LIMITS, Limits, parse_size
 from scheduler.protocol import MAX_NAME_LEN, MAX_TIMEOUT_S, PRIORITY_MAX, PRIORITY_MIN, Args
 from scheduler.task_result import send_exception, send_result
 
@@ -72,7 +81,8 @@ BUILTIN_TASKS: Mapping[str, Task] = {"sleep": sleep}
 
 @dataclass(frozen=True, slots=True)
 class TaskSpec:
-    """A task under its name, with its default ``priority`` and ``timeout`` (None: unset).
+    """A task under its name, with its default ``priority`` and ``timeout`` and the
+    ``limits`` of its jobs' process trees (None or no limit: unset).
 
     Raises ``ValueError`` for a name of the wrong length or a default the wire protocol
     would refuse.
@@ -82,6 +92,7 @@ class TaskSpec:
     function: Task
     priority: int | None = None
     timeout: float | None = None
+    limits: Limits = NO_LIMITS
 
     def __post_init__(self) -> None:
         if not 1 <= len(self.name) <= MAX_NAME_LEN:
@@ -113,16 +124,22 @@ class TaskRegistry:
             self.register(name, function)
 
     def register(
-        self, name: str, task: Task, *, priority: int | None = None, timeout: float | None = None
+        self,
+        name: str,
+        task: Task,
+        *,
+        priority: int | None = None,
+        timeout: float | None = None,
+        limits: Limits = NO_LIMITS,
     ) -> Task:
-        """Add ``task`` under ``name`` with its defaults, and return it.
+        """Add ``task`` under ``name`` with its defaults and limits, and return it.
 
         Raises ``ValueError`` for an empty or too long name, a bad default, a name already
         taken by another function, or a function that is not reachable as a module
         attribute (a lambda, a nested or re-wrapped function): only those could run under
         any start method.
         """
-        spec = TaskSpec(name, task, priority, timeout)
+        spec = TaskSpec(name, task, priority, timeout, limits)
         if self._specs.get(name, spec).function is not task:
             raise ValueError(f"task {name!r} is already registered")
         module = sys.modules.get(getattr(task, "__module__", ""))
@@ -174,7 +191,12 @@ def task(function: F, /) -> F: ...
 
 @overload
 def task(
-    *, name: str | None = None, priority: int | None = None, timeout: float | None = None
+    *,
+    name: str | None = None,
+    priority: int | None = None,
+    timeout: float | None = None,
+    memory: str | int | None = None,
+    cpu: float | None = None,
 ) -> Callable[[F], F]: ...
 
 
@@ -185,20 +207,25 @@ def task(
     name: str | None = None,
     priority: int | None = None,
     timeout: float | None = None,
+    memory: str | int | None = None,
+    cpu: float | None = None,
 ) -> F | Callable[[F], F]:
     """Declare a module-level function as a task, as ``@task`` or ``@task(name=...)``.
 
     Records it in the default registry under ``name`` (default: the function's name) for
-    :func:`load_task_modules`, with its default ``priority`` and ``timeout``, and returns
-    the function unchanged. Raises ``ValueError`` for a nested function, a bad name or
-    default, or a name the same module already gave another function.
+    :func:`load_task_modules`, with its default ``priority`` and ``timeout`` and the
+    ``memory`` (bytes, or a size such as ``"512M"``) and ``cpu`` (seconds) limits of its
+    jobs' process trees, and returns the function unchanged. Raises ``ValueError`` for a
+    nested function, a bad name, default or limit, or a name the same module already gave
+    another function.
     """
 
     def declare(function: F) -> F:
         qualname: str = getattr(function, "__qualname__", "")
         if "<locals>" in qualname or "<lambda>" in qualname:
             raise ValueError(f"@task needs a module-level function, not {qualname!r}")
-        spec = TaskSpec(name or qualname, function, priority, timeout)
+        limits = _limits(name or qualname, memory, cpu)
+        spec = TaskSpec(name or qualname, function, priority, timeout, limits)
         declared = _declared.setdefault(function.__module__, {})
         old = declared.get(spec.name)
         if old is not None and getattr(old.function, "__qualname__", "") != qualname:
@@ -208,6 +235,14 @@ def task(
         return function
 
     return declare if function is None else declare(function)
+
+
+def _limits(name: str, memory: str | int | None, cpu: float | None) -> Limits:
+    """The limits ``@task`` was given; ``ValueError`` naming the task and the field."""
+    try:
+        return Limits(None if memory is None else parse_size(memory), cpu)
+    except ValueError as exc:
+        raise ValueError(f"task {name!r}: {exc}") from None
 
 
 def load_task_modules(modules: Iterable[str]) -> TaskRegistry:
@@ -228,7 +263,11 @@ def load_task_modules(modules: Iterable[str]) -> TaskRegistry:
         for spec in specs:
             try:
                 registry.register(
-                    spec.name, spec.function, priority=spec.priority, timeout=spec.timeout
+                    spec.name,
+                    spec.function,
+                    priority=spec.priority,
+                    timeout=spec.timeout,
+                    limits=spec.limits,
                 )
             except ValueError as exc:
                 raise TaskLoadError(f"task module {entry!r}: {exc}") from None
@@ -244,9 +283,31 @@ def _import(entry: str) -> ModuleType:
     except TaskLoadError:
         raise
     except Exception as exc:
+        where = _where_raised(exc)
         raise TaskLoadError(
             f"task module {entry!r}: cannot import it: {type(exc).__name__}: {exc}"
+            + (f"\n{where}" if where else "")
         ) from exc
+
+
+_OWN_FRAMES: Final = (__file__, importlib.__file__ or "", "<frozen importlib")
+
+
+def _where_raised(exc: BaseException, frames: int = 3) -> str:
+    """Where ``exc`` was raised, as a traceback shows it: the last ``frames`` frames
+    outside the import machinery and this module (file, line, function and the source
+    line), and for a syntax error the offending line. Empty if none is left."""
+    lines: list[str] = []
+    trace = traceback.extract_tb(exc.__traceback__)
+    for frame in [f for f in trace if not f.filename.startswith(_OWN_FRAMES)][-frames:]:
+        lines.append(f'  File "{frame.filename}", line {frame.lineno}, in {frame.name}')
+        if frame.line:
+            lines.append(f"    {frame.line.strip()}")
+    if isinstance(exc, SyntaxError) and exc.filename:
+        lines.append(f'  File "{exc.filename}", line {exc.lineno}')
+        if exc.text:
+            lines.append(f"    {exc.text.strip()}")
+    return "\n".join(lines)
 
 
 def _import_file(path: Path) -> ModuleType:

@@ -1,6 +1,7 @@
 """``python -m scheduler.test_scheduler``: run the bus's ``sleep`` jobs, ``-s`` at a time.
 
-The original test scheduler's flags still work (``-s``, ``-t``, ``-d``). Each job step
+The original test scheduler's flags still work (``-s``, ``-t``, ``-d``), and ``-t``
+still defaults to 10 s. Each job step
 (start, end, eviction, timeout) is logged as one INFO line: that is the demo's output.
 To run your own tasks, use ``python -m scheduler.worker`` (same options plus ``--tasks``).
 """
@@ -11,15 +12,19 @@ from pathlib import Path
 
 import click
 
+from scheduler.cgroups import JobCgroups
 from scheduler.tasks import TaskRegistry
 from scheduler.worker import run_scheduler, scheduler_options
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@scheduler_options
+@scheduler_options(default_timeout=10.0)
 def cli(
     size: int,
-    timeout: float,
+    timeout: float | None,
+    memory_limit: int | None,
+    cpu_limit: float | None,
+    cgroups: JobCgroups | None,
     debug: bool,
     bus: str,
     name: str | None,
@@ -44,6 +49,9 @@ def cli(
         log_jobs=True,
         token_file=token_file,
         cafile=cafile,
+        memory_limit=memory_limit,
+        cpu_limit=cpu_limit,
+        cgroups=cgroups,
     )
 
 

@@ -4,7 +4,9 @@ A task module declares module-level functions with :func:`scheduler.tasks.task`;
 worker imports the modules, registers exactly their task names (and the built-in
 ``sleep``) with the bus, and runs nothing else. The other options are those of
 ``python -m scheduler.test_scheduler`` (the sleep-only demo), which shares this module's
-option set (:func:`scheduler_options`), job log lines and run function. The demo logs
+option set (:func:`scheduler_options`), job log lines and run function; only the default
+``-t`` differs: none here (a job runs until it ends unless it or its task sets a
+timeout), 10 s in the demo, as in the original. The demo logs
 every job step; the worker only the unusual ones (failures, timeouts, evictions,
 cancels) unless given ``--log-jobs``: at a few hundred short jobs a second, two log
 lines per job cost the scheduler process 15-20% of its CPU (the pages logging touches
@@ -18,10 +20,11 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Final, TypeVar
+from typing import Any, Final, TypeVar, overload
 
 import click
 
+from scheduler.cgroups import CgroupError, JobCgroups
 from scheduler.cli_support import (
     auth_options,
     bus_url,
@@ -29,6 +32,8 @@ from scheduler.cli_support import (
     pick_token,
     run_until_signalled,
 )
+from scheduler.policy.limits import Limits, parse_size
+from scheduler.process import contain_orphans, kill_orphans
 from scheduler.protocol import MAX_NAME_LEN, MAX_SIZE, MAX_TIMEOUT_S, Assignment, Report
 from scheduler.scheduler_client import RegistrationRefused, SchedulerClient, SchedulerConfig
 from scheduler.tasks import TaskLoadError, TaskRegistry, load_task_modules
@@ -114,6 +119,37 @@ def _short_text(ctx: click.Context, param: click.Parameter, value: str | None) -
     return value or None
 
 
+def _size(ctx: click.Context, param: click.Parameter, value: str | None) -> int | None:
+    if value is None:
+        return None
+    try:
+        return parse_size(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+def _cgroups(ctx: click.Context, param: click.Parameter, value: str | None) -> JobCgroups | None:
+    if value is None:
+        return None
+    try:
+        return JobCgroups.open(Path(value))
+    except CgroupError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+def _timeout_option(default: float | None) -> Callable[[FC], FC]:
+    after = "Default: none." if default is None else f"Default: {default:g} s."
+    return click.option(
+        "-t",
+        "--timeout",
+        type=click.FloatRange(0, MAX_TIMEOUT_S, min_open=True),
+        default=default,
+        metavar="SECONDS",
+        help="Seconds a job may run unless the job or its task sets its own timeout; then "
+        f"its whole process tree is stopped and it is reported timed_out. {after}",
+    )
+
+
 _OPTIONS = (
     click.option(
         "-s",
@@ -125,13 +161,30 @@ _OPTIONS = (
         "one when all slots are taken (the evicted job goes back to the bus).",
     ),
     click.option(
-        "-t",
-        "--timeout",
-        type=click.FloatRange(0, MAX_TIMEOUT_S, min_open=True),
-        default=10.0,
-        show_default=True,
-        help="Seconds a job may run, unless the job sets its own timeout; then it is "
-        "stopped and reported timed_out.",
+        "--memory-limit",
+        metavar="SIZE",
+        callback=_size,
+        help="Most memory a job's whole process tree may hold (the resident memory of the "
+        "job process and every process below it, each shared page counted in proportion), "
+        "such as 512M or 2G, unless its task sets its own. Past it the tree is stopped and "
+        "the job reported failed. Default: none.",
+    ),
+    click.option(
+        "--cpu-limit",
+        type=click.FloatRange(0, min_open=True),
+        metavar="SECONDS",
+        help="Most CPU time a job's whole process tree may use, unless its task sets its "
+        "own. Past it the tree is stopped and the job reported failed. Default: none.",
+    ),
+    click.option(
+        "--cgroup",
+        "cgroups",
+        metavar="PATH",
+        callback=_cgroups,
+        help="A cgroup v2 directory delegated to this scheduler (systemd: Delegate=yes). "
+        "Each job then runs in a cgroup of its own made there, killed whole "
+        "(cgroup.kill) when the job ends; what a killed scheduler's jobs left there is "
+        "killed when it starts again. Default: no cgroups.",
     ),
     click.option("-d", "--debug", is_flag=True, help="Log debug detail (every frame and process)."),
     click.option(
@@ -163,22 +216,39 @@ _OPTIONS = (
 )
 
 
-def scheduler_options(command: FC) -> FC:
-    """Add the options every scheduler command shares: ``-s``, ``-t``, ``-d``, ``--bus``,
-    ``--name``, ``--token``, ``--token-file``, ``--cafile`` (passed to the command as
-    ``size``, ``timeout``, ``debug``, ``bus``, ``name``, ``token``, ``token_file``,
-    ``cafile``)."""
-    command = auth_options(command)
-    for option in reversed(_OPTIONS):
-        command = option(command)
-    return command
+@overload
+def scheduler_options(command: FC, /) -> FC: ...
+
+
+@overload
+def scheduler_options(*, default_timeout: float | None = None) -> Callable[[FC], FC]: ...
+
+
+def scheduler_options(
+    command: FC | None = None, /, *, default_timeout: float | None = None
+) -> FC | Callable[[FC], FC]:
+    """Add the options every scheduler command shares, as ``@scheduler_options`` or
+    ``@scheduler_options(default_timeout=10.0)``: ``-s``, ``-t`` (default
+    ``default_timeout``, None: no timeout), ``--memory-limit``, ``--cpu-limit``,
+    ``--cgroup``, ``-d``, ``--bus``, ``--name``, ``--token``, ``--token-file``, ``--cafile``
+    (passed to the command as ``size``, ``timeout``, ``memory_limit``, ``cpu_limit``,
+    ``cgroups``, ``debug``, ``bus``, ``name``, ``token``, ``token_file``, ``cafile``)."""
+
+    def add(command: FC) -> FC:
+        command = auth_options(command)
+        size, *rest = _OPTIONS
+        for option in reversed((size, _timeout_option(default_timeout), *rest)):
+            command = option(command)
+        return command
+
+    return add if command is None else add(command)
 
 
 def run_scheduler(
     tasks: TaskRegistry,
     *,
     size: int,
-    timeout: float,
+    timeout: float | None,
     debug: bool,
     bus: str,
     name: str | None,
@@ -186,11 +256,16 @@ def run_scheduler(
     log_jobs: bool = True,
     token_file: Path | None = None,
     cafile: str | None = None,
+    memory_limit: int | None = None,
+    cpu_limit: float | None = None,
+    cgroups: JobCgroups | None = None,
 ) -> None:
     """Serve the bus with ``tasks`` until SIGINT or SIGTERM.
 
     With ``log_jobs`` (or ``debug``) one INFO line is logged per job step
     (:func:`log_report`), else only for unusual ones (:func:`log_unusual_report`).
+    This process becomes a child subreaper that kills whatever a job leaves behind
+    (:func:`~scheduler.process.contain_orphans`): it must have no other children.
     On the signal every job is stopped and the connection closed; then this returns.
     ``token`` defaults to the scheduler token of ``token_file``. A bus that refuses the
     registration (name in use, bad token) is a ClickException.
@@ -203,12 +278,24 @@ def run_scheduler(
     logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
     log.info("serving tasks: %s", ", ".join(tasks.names))
     config = SchedulerConfig(
-        bus_url=bus, name=name, size=size, timeout=timeout, token=token, cafile=cafile
+        bus_url=bus,
+        name=name,
+        size=size,
+        timeout=timeout,
+        token=token,
+        cafile=cafile,
+        limits=Limits(memory_limit, cpu_limit),
+        cgroups=cgroups,
     )
     on_report = log_report if log_jobs or debug else log_unusual_report
 
     async def serve() -> None:
-        await SchedulerClient(config, tasks, on_report=on_report).run()
+        contain_orphans()
+        try:
+            await SchedulerClient(config, tasks, on_report=on_report).run()
+        finally:
+            # What the last jobs stopped left behind, before nobody is here to kill it.
+            kill_orphans()
 
     try:
         run_until_signalled(serve())
@@ -254,7 +341,10 @@ def cli(
     tasks: TaskRegistry,
     log_jobs: bool,
     size: int,
-    timeout: float,
+    timeout: float | None,
+    memory_limit: int | None,
+    cpu_limit: float | None,
+    cgroups: JobCgroups | None,
     debug: bool,
     bus: str,
     name: str | None,
@@ -266,7 +356,9 @@ def cli(
 
     The scheduler registers the tasks the modules declare (plus the built-in sleep) and
     runs nothing else. Each job runs in its own process, where the environment variables
-    SCHEDBUS_JOB_ID and SCHEDBUS_ATTEMPT name the job and its attempt. One INFO line is
+    SCHEDBUS_JOB_ID and SCHEDBUS_ATTEMPT name the job and its attempt; every process it
+    starts, even a daemon in its own session, is killed when the job ends. A job runs
+    until it ends unless it, its task or -t sets a timeout. One INFO line is
     logged per failure, timeout, eviction and cancel (with --log-jobs or -d, per start
     and success too). If the bus goes away, jobs keep running and the scheduler
     reconnects and reclaims them; cut off for longer than the bus's lease, it stops them
@@ -283,6 +375,9 @@ def cli(
         log_jobs=log_jobs,
         token_file=token_file,
         cafile=cafile,
+        memory_limit=memory_limit,
+        cpu_limit=cpu_limit,
+        cgroups=cgroups,
     )
 
 

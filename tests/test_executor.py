@@ -320,6 +320,17 @@ async def test_default_timeout_applies_when_the_job_has_none(
     await reports.expect("timed_out", "t")
 
 
+async def test_without_any_timeout_a_job_runs_until_it_ends(reports: Reports) -> None:
+    executor = Executor(1, None, TaskRegistry(TEST_TASKS), reports)
+    try:
+        executor.submit(job("free", runtime=0.3))
+        await reports.expect("started", "free")
+        assert executor._deadline_timer is None, "no deadline is watched"
+        await reports.expect("succeeded", "free")
+    finally:
+        await executor.shutdown()
+
+
 async def test_each_job_times_out_at_its_own_deadline(
     make_executor: ExecutorFactory, reports: Reports
 ) -> None:

@@ -30,6 +30,7 @@ from scheduler.process import JobProcess, ProcessResult
 UNIT = float(os.environ.get("SCHEDBUS_TEST_UNIT", "1.0"))
 ROOT = Path(__file__).resolve().parent.parent
 PR_GET_PDEATHSIG = 2
+PR_GET_CHILD_SUBREAPER = 37
 
 Spawn = Callable[..., JobProcess]
 
@@ -91,6 +92,8 @@ def _report_isolation(report_fd: int) -> None:
     sockets = [fd for fd in os.listdir("/proc/self/fd") if _is_socket(int(fd))]
     deathsig = ctypes.c_int()
     ctypes.CDLL(None).prctl(PR_GET_PDEATHSIG, ctypes.byref(deathsig))
+    subreaper = ctypes.c_int()
+    ctypes.CDLL(None).prctl(PR_GET_CHILD_SUBREAPER, ctypes.byref(subreaper))
     facts = {
         "own group": os.getpgid(0) == os.getpid(),
         "own session": os.getsid(0) == os.getpid(),
@@ -100,6 +103,7 @@ def _report_isolation(report_fd: int) -> None:
         "no wakeup fd": signal.set_wakeup_fd(-1) == -1,
         "nothing blocked": signal.pthread_sigmask(signal.SIG_BLOCK, []) == set(),
         "death signal": deathsig.value == signal.SIGRTMIN + 1,
+        "child subreaper": subreaper.value == 1,
         "stdin reads /dev/null": sys.stdin.read() == "" and sys.stdin.encoding == "utf-8",
         "descriptor 0 is /dev/null": os.fstat(0).st_rdev == os.stat(os.devnull).st_rdev,
     }
@@ -188,6 +192,23 @@ async def _grandchild(read_fd: int, leftovers: list[psutil.Process]) -> psutil.P
     grandchild = psutil.Process(int(await _read_line(read_fd)))
     leftovers.append(grandchild)
     return grandchild
+
+
+async def _short_lived_grandchild(read_fd: int, leftovers: list[psutil.Process]) -> int:
+    """The pid of a grandchild the job may already have killed by the time it is read."""
+    pid = int(await _read_line(read_fd))
+    try:
+        leftovers.append(psutil.Process(pid))
+    except psutil.NoSuchProcess:
+        pass
+    return pid
+
+
+async def _wait_pid_gone(pid: int) -> bool:
+    try:
+        return await _wait_gone(psutil.Process(pid))
+    except psutil.NoSuchProcess:
+        return True
 
 
 # Results.
@@ -428,11 +449,11 @@ async def test_normal_exit_kills_what_the_job_left_behind(
 ) -> None:
     read_fd, write_fd = pipe
     job = spawn(_fork_grandchild, write_fd, "exit")
-    grandchild = await _grandchild(read_fd, leftovers)
+    grandchild = await _short_lived_grandchild(read_fd, leftovers)
     # The grandchild holds multiprocessing's sentinel pipe: waiting on it would time out.
     result = await job.wait(timeout=units(10))
     assert (result.exit_code, result.outcome) == (0, "exited")
-    assert await _wait_gone(grandchild)
+    assert await _wait_pid_gone(grandchild)
 
 
 async def test_stop_after_the_job_ended_by_itself_reports_exited(spawn: Spawn) -> None:
@@ -570,3 +591,59 @@ def test_job_tree_dies_when_the_scheduler_is_sigkilled() -> None:
         for proc in tree:
             if not _is_gone(proc):
                 proc.kill()
+
+
+def _daemonize_then(report_fd: int, then: str) -> None:
+    """Start a double-forked ``setsid()`` daemon that ignores SIGTERM, write its pid on
+    ``report_fd``, then return (``return``), sleep (``sleep``) or ignore SIGTERM and sleep
+    (``stubborn``)."""
+    read_fd, write_fd = os.pipe()
+    middle = os.fork()
+    if middle == 0:
+        os.setsid()
+        if os.fork() == 0:
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            os.write(write_fd, f"{os.getpid()}\n".encode())
+            time.sleep(30)
+        os._exit(0)
+    os.waitpid(middle, 0)
+    os.write(report_fd, os.read(read_fd, 64))
+    if then == "stubborn":
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if then != "return":
+        time.sleep(30)
+
+
+async def test_a_job_that_returns_kills_the_daemon_it_started(
+    spawn: Spawn, pipe: tuple[int, int], leftovers: list[psutil.Process]
+) -> None:
+    read_fd, write_fd = pipe
+    job = spawn(_daemonize_then, write_fd, "return")
+    daemon = await _short_lived_grandchild(read_fd, leftovers)
+    assert (await job.wait()).exit_code == 0
+    assert await _wait_pid_gone(daemon)
+
+
+async def test_the_kill_after_the_grace_reaches_a_daemon_in_its_own_session(
+    spawn: Spawn, pipe: tuple[int, int], leftovers: list[psutil.Process]
+) -> None:
+    read_fd, write_fd = pipe
+    job = spawn(_daemonize_then, write_fd, "stubborn", grace=units(0.2))
+    daemon = await _grandchild(read_fd, leftovers)
+    assert os.getsid(daemon.pid) != os.getsid(job.pid)
+    result = await job.stop()
+    assert (result.outcome, result.exit_code) == ("stopped", -signal.SIGKILL)
+    assert await _wait_gone(daemon)
+
+
+async def test_a_daemon_that_ignores_sigterm_dies_with_the_job_the_sigterm_ended(
+    spawn: Spawn, pipe: tuple[int, int], leftovers: list[psutil.Process]
+) -> None:
+    # This test process is no subreaper: once the job process dies, the daemon belongs
+    # to init, and only the pidfd taken when the SIGTERM was sent still reaches it.
+    read_fd, write_fd = pipe
+    job = spawn(_daemonize_then, write_fd, "sleep", grace=units(30))
+    daemon = await _grandchild(read_fd, leftovers)
+    result = await job.stop()
+    assert (result.outcome, result.exit_code) == ("stopped", -signal.SIGTERM)
+    assert await _wait_gone(daemon)

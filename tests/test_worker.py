@@ -17,7 +17,8 @@ from click.testing import CliRunner
 from conftest import Commands, unit
 from test_scheduler_client import FakeBus, port_of
 
-from scheduler import worker
+from scheduler import test_scheduler, worker
+from scheduler.policy.limits import Limits
 from scheduler.protocol import Assignment, Report
 
 
@@ -29,6 +30,8 @@ def test_help_explains_every_option() -> None:
         "--log-jobs",
         "--size",
         "--timeout",
+        "--memory-limit",
+        "--cpu-limit",
         "--debug",
         "--bus",
         "--name",
@@ -152,6 +155,8 @@ def test_log_jobs_chooses_the_job_lines(
         asyncio.run(main)
 
     monkeypatch.setattr(worker, "SchedulerClient", Client)
+    # It would make this test process a subreaper that kills its other children.
+    monkeypatch.setattr(worker, "contain_orphans", lambda: None)
     monkeypatch.setattr(worker, "run_until_signalled", run_now)
     # run_scheduler sets up logging for its process: leave this one's as it was.
     monkeypatch.setattr(worker, "configure_logging", lambda level: None)
@@ -198,3 +203,105 @@ async def test_serves_a_task_module_given_by_path_and_exits_0_on_sigterm(
     log = commands.log_of(proc)
     assert "serving tasks: recorded_sleep, sleep" in log
     assert "job rec-1 p5 started (task recorded_sleep" in log
+
+
+def _configs(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    """Run the command's scheduler in this process with a stand-in client; return the
+    configs it is built with."""
+    configs: list[Any] = []
+
+    class Client:
+        def __init__(self, config: object, tasks: object, on_report: object) -> None:
+            configs.append(config)
+
+        async def run(self) -> None:
+            pass
+
+    def run_now(main: Coroutine[Any, Any, None]) -> None:
+        asyncio.run(main)
+
+    monkeypatch.setattr(worker, "SchedulerClient", Client)
+    monkeypatch.setattr(worker, "run_until_signalled", run_now)
+    monkeypatch.setattr(worker, "contain_orphans", lambda: None)
+    monkeypatch.setattr(worker, "configure_logging", lambda level: None)
+    for switch in ("_srcfile", "logThreads", "logProcesses", "logMultiprocessing"):
+        monkeypatch.setattr(logging, switch, getattr(logging, switch))
+    return configs
+
+
+def test_worker_sets_no_timeout_unless_told_and_passes_its_limits(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    configs = _configs(monkeypatch)
+    runner = CliRunner()
+    assert runner.invoke(worker.cli, ["--tasks", "sample_tasks"]).exit_code == 0
+    limited = ["--tasks", "sample_tasks", "-t", "30", "--memory-limit", "512M"]
+    assert runner.invoke(worker.cli, [*limited, "--cpu-limit", "2.5"]).exit_code == 0
+    assert [(c.timeout, c.limits) for c in configs] == [
+        (None, Limits()),
+        (30.0, Limits(memory=512 * 1024 * 1024, cpu=2.5)),
+    ]
+
+
+def test_the_demo_keeps_its_10_s_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
+    configs = _configs(monkeypatch)
+    assert CliRunner().invoke(test_scheduler.cli, []).exit_code == 0
+    assert configs[0].timeout == 10.0
+
+
+@pytest.mark.parametrize(
+    ("args", "complaint"),
+    [
+        (["--memory-limit", "lots"], "'lots' is not a size: a number of bytes with an optional"),
+        (["--memory-limit", "0"], "must be at least 1 byte"),
+        (["--cpu-limit", "0"], "Invalid value for '--cpu-limit'"),
+        (["-t", "0"], "Invalid value for '-t' / '--timeout'"),
+    ],
+)
+def test_bad_limits_are_refused_clearly(args: list[str], complaint: str) -> None:
+    result = CliRunner().invoke(worker.cli, ["--tasks", "sample_tasks", *args])
+    assert result.exit_code == 2
+    assert complaint in result.output
+
+
+BROKEN_MODULE = """\
+from scheduler.tasks import task
+
+def settings():
+    return {}["missing"]
+
+SETTINGS = settings()
+"""
+
+
+def test_an_import_error_shows_where_it_was_raised(tmp_path: Path) -> None:
+    module = tmp_path / "broken_tasks.py"
+    module.write_text(BROKEN_MODULE)
+    result = CliRunner().invoke(worker.cli, ["--tasks", str(module)])
+    assert result.exit_code == 2
+    assert "cannot import it: KeyError: 'missing'" in result.output
+    assert f'File "{module}", line 6, in <module>\n    SETTINGS = settings()' in result.output
+    assert f'File "{module}", line 4, in settings\n    return {{}}["missing"]' in result.output
+    assert "importlib" not in result.output and "scheduler/tasks.py" not in result.output
+
+
+def test_a_syntax_error_shows_the_line(tmp_path: Path) -> None:
+    module = tmp_path / "typo_tasks.py"
+    module.write_text("x = 1\ndef f(:\n    pass\n")
+    result = CliRunner().invoke(worker.cli, ["--tasks", str(module)])
+    assert result.exit_code == 2
+    assert "SyntaxError" in result.output
+    assert f'File "{module}", line 2\n    def f(:' in result.output
+
+
+async def test_a_real_worker_names_where_its_task_module_failed(
+    commands: Commands, tmp_path: Path
+) -> None:
+    module = tmp_path / "broken_tasks.py"
+    module.write_text(BROKEN_MODULE)
+    proc = await commands.start("scheduler.worker", "--tasks", str(module))
+    assert await asyncio.wait_for(proc.wait(), 20 * unit()) == 2
+    stderr = commands.log_of(proc)
+    assert "Error: Invalid value for '--tasks'" in stderr
+    assert f'File "{module}", line 4, in settings\n    return {{}}["missing"]' in stderr
+    assert "Traceback (most recent call last)" not in stderr

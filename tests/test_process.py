@@ -607,9 +607,10 @@ def _daemonize_then(report_fd: int, then: str) -> None:
             time.sleep(30)
         os._exit(0)
     os.waitpid(middle, 0)
-    os.write(report_fd, os.read(read_fd, 64))
     if then == "stubborn":
+        # Before the pid is reported: the test stops the job as soon as it reads it.
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    os.write(report_fd, os.read(read_fd, 64))
     if then != "return":
         time.sleep(30)
 

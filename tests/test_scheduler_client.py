@@ -586,10 +586,11 @@ def test_register_frame_is_cut_to_fit_a_frame(caplog: pytest.LogCaptureFixture) 
     assert tight.held == fitted.held
 
 
-async def test_a_scheduler_cut_off_longer_than_its_lease_stops_its_jobs(
-    fake_bus: FakeBus, start_client: Starter, caplog: pytest.LogCaptureFixture
-) -> None:
-    lease = 1.0 * unit()
+async def running_long_job(
+    fake_bus: FakeBus, start_client: Starter, lease: float
+) -> tuple[SchedulerClient, Peer, int]:
+    """A scheduler "alpha" with ``lease`` running one 60 s job "long": the client, its
+    connection at the fake bus, and the job's pid."""
     client = start_client(fake_bus.url, name="alpha", grace=0.1 * unit(), heartbeat_s=0.1)
     peer = await fake_bus.peer()
     await peer.expect("register")
@@ -598,6 +599,14 @@ async def test_a_scheduler_cut_off_longer_than_its_lease_stops_its_jobs(
     await peer.expect("report", event="started", id="long")
     pid = client.executor.pid_of("long")
     assert pid is not None
+    return client, peer, pid
+
+
+async def test_a_scheduler_cut_off_longer_than_its_lease_stops_its_jobs(
+    fake_bus: FakeBus, start_client: Starter, caplog: pytest.LogCaptureFixture
+) -> None:
+    lease = 1.0 * unit()
+    client, peer, pid = await running_long_job(fake_bus, start_client, lease)
     fake_bus.refusing = True
     await peer.ws.close()
     await wait_until(
@@ -617,14 +626,7 @@ async def test_a_restarting_bus_s_promise_keeps_jobs_past_the_lease(
     fake_bus: FakeBus, start_client: Starter, caplog: pytest.LogCaptureFixture
 ) -> None:
     lease = 0.5 * unit()
-    client = start_client(fake_bus.url, name="alpha", grace=0.1 * unit(), heartbeat_s=0.1)
-    peer = await fake_bus.peer()
-    await peer.expect("register")
-    await peer.send({"type": "registered", "name": "alpha", "protocol": 2, "lease_s": lease})
-    await peer.assign("long", runtime=60)
-    await peer.expect("report", event="started", id="long")
-    pid = client.executor.pid_of("long")
-    assert pid is not None
+    client, peer, pid = await running_long_job(fake_bus, start_client, lease)
     await peer.send({"type": "restarting", "keep_s": 30 * unit()})
     fake_bus.refusing = True
     await peer.ws.close(1001)

@@ -19,7 +19,7 @@ from datetime import datetime
 
 from bench.ours import FullSlots
 from bench.stats import Json, summary
-from bench.system import NOOP_RUNTIME
+from bench.system import NOOP_RUNTIME, client_token
 from bench.tracker import Tracker
 from scheduler.producer_client import ProducerClient
 from scheduler.protocol import JobPayload, StatsReply
@@ -129,7 +129,10 @@ async def makespan(
         JobPayload(priority=BURST_PRIORITY, runtime=r, timeout=max(30.0, 4 * r)) for r in runtimes
     ]
     wait_s = 60 + 3 * sum(runtimes) / slots
-    async with ProducerClient(url, name="bench-cluster") as client, Tracker(client) as tracker:
+    async with (
+        ProducerClient(url, name="bench-cluster", token=client_token("producer")) as client,
+        Tracker(client) as tracker,
+    ):
         ids = [result.id for result in await client.submit_many(payloads)]
         if None in ids:
             raise RuntimeError("the bus refused part of the burst")
@@ -230,7 +233,7 @@ async def eviction(url: str, slots: int, reps: int) -> Json:
     stopped: str | None = None
     where = _Placements()
     async with (
-        ProducerClient(url, name="bench-cluster-evict") as client,
+        ProducerClient(url, name="bench-cluster-evict", token=client_token("producer")) as client,
         Tracker(client) as tracker,
     ):
         full = FullSlots(client, tracker, slots, long)

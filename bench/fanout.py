@@ -20,7 +20,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from bench.stats import Json, rate
-from bench.system import cpu_seconds
+from bench.system import client_token, cpu_seconds
 from bench.tracker import Tracker
 from scheduler import protocol
 from scheduler.producer_client import ProducerClient
@@ -29,7 +29,14 @@ from scheduler.protocol import Assign, Heartbeat, JobPayload, Register, Register
 
 async def _register(url: str, name: str, size: int) -> tuple[ClientConnection, float]:
     ws = await connect(url, compression=None, max_size=protocol.MAX_FRAME_BYTES)
-    register = Register(type="scheduler", protocol=2, name=name, size=size, tasks=["sleep"])
+    register = Register(
+        type="scheduler",
+        protocol=2,
+        name=name,
+        token=client_token("scheduler"),
+        size=size,
+        tasks=["sleep"],
+    )
     await ws.send(protocol.encode(register))
     reply = protocol.decode_bus(await ws.recv())
     if not isinstance(reply, Registered):
@@ -92,7 +99,10 @@ async def measure(url: str, bus: psutil.Process, jobs: int, timeout: float) -> J
     bus's CPU (user + system, psutil) per job over the same interval.
     """
     payload = JobPayload(priority=5, runtime=1e-6)
-    async with ProducerClient(url, name="bench-fanout") as client, Tracker(client) as tracker:
+    async with (
+        ProducerClient(url, name="bench-fanout", token=client_token("producer")) as client,
+        Tracker(client) as tracker,
+    ):
         cpu0 = cpu_seconds(bus)
         t0 = time.perf_counter()
         await asyncio.gather(*(client.submit(payload) for _ in range(jobs)))

@@ -18,7 +18,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from bench.stats import Json, rate
-from bench.system import NOOP_RUNTIME
+from bench.system import NOOP_RUNTIME, client_token
 from scheduler import protocol
 from scheduler.protocol import Error, JobPayload, JobRequest, Register, Registered
 
@@ -82,7 +82,11 @@ class LeanProducer:
     async def open(cls, url: str, name: str) -> LeanProducer:
         """Connect and register; raise RuntimeError if the bus says no."""
         ws = await connect(url, compression=None, max_size=protocol.MAX_FRAME_BYTES)
-        await ws.send(protocol.encode(Register(type="producer", protocol=2, name=name)))
+        await ws.send(
+            protocol.encode(
+                Register(type="producer", protocol=2, name=name, token=client_token("producer"))
+            )
+        )
         reply = protocol.decode_bus(await ws.recv())
         if not isinstance(reply, Registered):
             await ws.close()

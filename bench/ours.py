@@ -13,7 +13,7 @@ import time
 import psutil
 
 from bench.stats import Json, rate, summary
-from bench.system import NOOP_RUNTIME, cpu_seconds
+from bench.system import NOOP_RUNTIME, client_token, cpu_seconds
 from bench.tracker import Tracker
 from scheduler.producer_client import ProducerClient
 from scheduler.protocol import JobPayload
@@ -38,7 +38,10 @@ async def e2e_round(
     this producer.
     """
     me = psutil.Process()
-    async with ProducerClient(url, name="bench-e2e") as client, Tracker(client) as tracker:
+    async with (
+        ProducerClient(url, name="bench-e2e", token=client_token("producer")) as client,
+        Tracker(client) as tracker,
+    ):
         before = (cpu_seconds(bus), cpu_seconds(scheduler), cpu_seconds(scheduler, True))
         mine = cpu_seconds(me)
         t0 = time.perf_counter()
@@ -78,7 +81,10 @@ async def latency(url: str, jobs: int, warmup: int = 20) -> Json:
     to_start: list[float] = []
     to_final: list[float] = []
     to_accept: list[float] = []
-    async with ProducerClient(url, name="bench-latency") as client, Tracker(client) as tracker:
+    async with (
+        ProducerClient(url, name="bench-latency", token=client_token("producer")) as client,
+        Tracker(client) as tracker,
+    ):
         for i in range(warmup + jobs):
             sent = time.time()
             job_id = await client.submit(NOOP)
@@ -111,7 +117,10 @@ async def eviction(url: str, size: int, reps: int) -> Json:
     samples: list[float] = []
     received: list[float] = []
     stopped: str | None = None
-    async with ProducerClient(url, name="bench-evict") as client, Tracker(client) as tracker:
+    async with (
+        ProducerClient(url, name="bench-evict", token=client_token("producer")) as client,
+        Tracker(client) as tracker,
+    ):
         slots = FullSlots(client, tracker, size)
         await slots.refill()
         for rep in range(reps):
@@ -180,7 +189,10 @@ async def timeouts(url: str, jobs: int, timeout: float) -> Json:
     payload = JobPayload(priority=5, runtime=5.0, timeout=timeout, max_retries=0)
     overrun: list[float] = []
     after_deadline: list[float] = []
-    async with ProducerClient(url, name="bench-timeout") as client, Tracker(client) as tracker:
+    async with (
+        ProducerClient(url, name="bench-timeout", token=client_token("producer")) as client,
+        Tracker(client) as tracker,
+    ):
         ids = await _submit_all(client, [payload] * jobs)
         wait_s = 10 + jobs * timeout * 2
         await tracker.wait(lambda: len(tracker.finals) >= jobs, wait_s, f"{jobs} timeouts")

@@ -515,6 +515,9 @@ def cli(
     started = time.time()
     t0 = time.monotonic()
     workdir = Path(tempfile.mkdtemp(prefix="schedbus-bench-"))
+    # Every bus the bench starts writes its token file there, and every client it starts
+    # (in this process or another) reads it there: never the user's own state directory.
+    os.environ["XDG_STATE_HOME"] = str(workdir / "state")
     try:
         results, ok = asyncio.run(run(plan, figures, profile, skip_reason, workdir))
     except (KeyboardInterrupt, asyncio.CancelledError):

@@ -15,9 +15,11 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -26,26 +28,41 @@ import psutil
 from websockets.asyncio.client import ClientConnection, connect
 
 ROOT = Path(__file__).resolve().parent.parent
+Tokens = dict[str, str]
+"""The token of each role in the measured bus's token file (empty for a bus without)."""
+
+
+def _register(tokens: Tokens, kind: str, **fields: object) -> str:
+    """A v2 register frame for ``kind``, with its token if the bus has one."""
+    token = {"token": tokens[kind]} if kind in tokens else {}
+    return json.dumps({"cmd": "register", "type": kind, "protocol": 2, **token, **fields})
+
+
+def _tokens(path: Path) -> Tokens:
+    """The tokens in ``path`` by role; none if the bus made no such file (older code)."""
+    if not path.exists():
+        return {}
+    return {entry["role"]: entry["token"] for entry in json.loads(path.read_text())}
 
 
 def _mb(value: int) -> str:
     return f"{value / 2**20:.0f} MB"
 
 
-async def _deaf_monitor(port: int) -> ClientConnection:
+async def _deaf_monitor(port: int, tokens: Tokens) -> ClientConnection:
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     sock.connect(("127.0.0.1", port))
     ws = await connect(f"ws://127.0.0.1:{port}", sock=sock, compression=None, proxy=None)
-    await ws.send('{"cmd": "register", "type": "monitor", "protocol": 2}')
+    await ws.send(_register(tokens, "monitor"))
     await ws.recv()
     return ws
 
 
-async def _ingest(port: int, jobs: int) -> float:
+async def _ingest(port: int, tokens: Tokens, jobs: int) -> float:
     """Seconds until ``jobs`` pipelined submits are all accepted."""
     async with connect(f"ws://127.0.0.1:{port}", compression=None, proxy=None) as ws:
-        await ws.send('{"cmd": "register", "type": "producer", "protocol": 2}')
+        await ws.send(_register(tokens, "producer"))
         await ws.recv()
         frame = json.dumps({"cmd": "job_request", "payload": {"task": "unserved"}})
         started = time.perf_counter()
@@ -62,12 +79,12 @@ async def _ingest(port: int, jobs: int) -> float:
         return time.perf_counter() - started
 
 
-async def _flood(port: int, reports: int, size: int) -> None:
+async def _flood(port: int, tokens: Tokens, reports: int, size: int) -> None:
     async with connect(f"ws://127.0.0.1:{port}", compression=None, proxy=None) as ws:
-        await ws.send('{"cmd": "register", "type": "scheduler", "protocol": 2, "name": "s"}')
+        await ws.send(_register(tokens, "scheduler", name="s"))
         await ws.recv()
         async with connect(f"ws://127.0.0.1:{port}", compression=None, proxy=None) as producer:
-            await producer.send('{"cmd": "register", "type": "producer"}')
+            await producer.send(_register(tokens, "producer"))
             await producer.send('{"cmd": "job_request", "payload": {"priority": 1, "runtime": 9}}')
             job = json.loads(await ws.recv())["job"]
         bulky = {"cmd": "report", "event": "started", "id": job["id"], "attempt": 1}
@@ -84,10 +101,12 @@ async def _measure(
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
+    state = tempfile.mkdtemp(prefix="schedbus-slow-monitors-")
     bus = subprocess.Popen(
         [sys.executable, "-m", "scheduler.bus", "--port", str(port), "--db", ":memory:",
          "--log-level", "error", *options],
-        cwd=source, env=os.environ | {"PYTHONPATH": str(source)}, stderr=subprocess.DEVNULL,
+        cwd=source, stderr=subprocess.DEVNULL,
+        env=os.environ | {"PYTHONPATH": str(source), "XDG_STATE_HOME": state},
     )  # fmt: skip
     try:
         proc = psutil.Process(bus.pid)
@@ -95,9 +114,10 @@ async def _measure(
             if any(c.laddr.port == port for c in proc.net_connections()):
                 break
             await asyncio.sleep(0.05)
-        quiet = await _ingest(port, jobs)
+        tokens = _tokens(Path(state) / "schedbus" / "tokens.json")
+        quiet = await _ingest(port, tokens, jobs)
         start = proc.memory_info().rss
-        deaf = [await _deaf_monitor(port) for _ in range(monitors)]
+        deaf = [await _deaf_monitor(port, tokens) for _ in range(monitors)]
         connected = proc.memory_info().rss
         peak = connected
 
@@ -108,8 +128,8 @@ async def _measure(
                 await asyncio.sleep(0.05)
 
         sampler = asyncio.create_task(sample())
-        await _flood(port, reports, size)
-        loaded = await _ingest(port, jobs)
+        await _flood(port, tokens, reports, size)
+        loaded = await _ingest(port, tokens, jobs)
         sampler.cancel()
         for ws in deaf:
             ws.transport.abort()
@@ -124,6 +144,7 @@ async def _measure(
     finally:
         bus.terminate()
         bus.wait(10)
+        shutil.rmtree(state, ignore_errors=True)
 
 
 @click.command()

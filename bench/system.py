@@ -20,6 +20,7 @@ from pathlib import Path
 import psutil
 
 from bench.procs import Proc, Procs, wait_for_log
+from scheduler.auth import TokenRole, token_for
 
 PYTHON = sys.executable
 """The package's interpreter (``.venv``): the bench itself runs in it."""
@@ -117,3 +118,10 @@ def cpu_seconds(ps: psutil.Process, children: bool = False) -> float:
     if children:
         return float(times.children_user + times.children_system)
     return float(times.user + times.system)
+
+
+def client_token(role: TokenRole) -> str | None:
+    """The token of ``role`` in the token file the bench's buses share (under
+    ``$XDG_STATE_HOME``, which :mod:`bench.run` points at its scratch directory); None
+    when there is none (a bus that takes no tokens)."""
+    return token_for(role)

@@ -179,4 +179,3 @@ def test_cluster_figures_have_goals_a_row_and_how() -> None:
     assert "cluster eviction p50 <= 10 ms: met" in table
     assert {"cluster_makespan", "cluster_eviction_ms"} <= HOW.keys()
     assert "cluster" in FIGURES and selected("cluster", skip_peers=True) == ["cluster"]
-

@@ -21,7 +21,7 @@ from bench.ours import FullSlots
 from bench.stats import Json, summary
 from bench.system import NOOP_RUNTIME, client_token
 from bench.tracker import Tracker
-from scheduler.producer_client import ProducerClient
+from scheduler.producer.client import ProducerClient
 from scheduler.protocol import JobPayload, StatsReply
 
 BURST_PRIORITY = 5

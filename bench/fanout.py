@@ -23,7 +23,7 @@ from bench.stats import Json, rate
 from bench.system import client_token, cpu_seconds
 from bench.tracker import Tracker
 from scheduler import protocol
-from scheduler.producer_client import ProducerClient
+from scheduler.producer.client import ProducerClient
 from scheduler.protocol import Assign, Heartbeat, JobPayload, Register, Registered, Report
 
 

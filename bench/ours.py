@@ -15,7 +15,7 @@ import psutil
 from bench.stats import Json, rate, summary
 from bench.system import NOOP_RUNTIME, client_token, cpu_seconds
 from bench.tracker import Tracker
-from scheduler.producer_client import ProducerClient
+from scheduler.producer.client import ProducerClient
 from scheduler.protocol import JobPayload
 
 NOOP = JobPayload(priority=5, runtime=NOOP_RUNTIME)

@@ -60,7 +60,7 @@ from typing import Final, TypeVar, overload
 
 from scheduler.policy.limits import NO_LIMITS, Limits, parse_size
 from scheduler.protocol import MAX_NAME_LEN, MAX_TIMEOUT_S, PRIORITY_MAX, PRIORITY_MIN, Args
-from scheduler.task_result import send_exception, send_result
+from scheduler.worker.task_result import send_exception, send_result
 
 Task = Callable[..., object]
 F = TypeVar("F", bound=Task)

@@ -30,10 +30,10 @@ from scheduler.auth import (
     token_for,
 )
 from scheduler.bus.server import BusConfig, BusServer
-from scheduler.producer import cli as producer_cli
-from scheduler.producer_client import ProducerClient, SubmitError
+from scheduler.producer.cli import cli as producer_cli
+from scheduler.producer.client import ProducerClient, SubmitError
 from scheduler.protocol import JobPayload
-from scheduler.status import cli as status_cli
+from scheduler.tools.status import cli as status_cli
 
 TOKENS = TokenTable(
     (

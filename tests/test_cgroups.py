@@ -18,8 +18,8 @@ from click.testing import CliRunner
 from conftest import Commands, unit, wait_until
 from test_containment import alive, all_gone, escapees, started_escape, worker
 
-from scheduler import worker as worker_command
-from scheduler.cgroups import PREFIX, CgroupError, JobCgroups
+from scheduler.worker import cli as worker_command
+from scheduler.worker.cgroups import PREFIX, CgroupError, JobCgroups
 
 __all__ = ["escapees"]  # a fixture, used by name
 

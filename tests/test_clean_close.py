@@ -11,7 +11,10 @@ import pytest
 from click.testing import CliRunner
 from conftest import BusProcess, Commands, unit, wait_until
 
-from scheduler import jobs, monitor, producer, status, test_scheduler, worker
+from scheduler.producer import cli as producer
+from scheduler.tools import jobs, monitor, status
+from scheduler.worker import cli as worker
+from scheduler.worker import demo as test_scheduler
 
 pytestmark = pytest.mark.timeout(120)
 

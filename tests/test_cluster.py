@@ -15,7 +15,7 @@ import pytest
 from conftest import ROOT, Commands, unit, wait_until
 
 from scheduler.bus.server import BusServer
-from scheduler.producer_client import ProducerClient
+from scheduler.producer.client import ProducerClient
 from scheduler.protocol import FINAL_EVENTS, JobEvent, JobPayload
 
 pytestmark = pytest.mark.timeout(90)

@@ -19,7 +19,7 @@ import pytest
 from conftest import Commands, unit, wait_until
 from test_scheduler_client import FakeBus, Peer, port_of
 
-from scheduler import containment
+from scheduler.worker import containment
 
 TASKS = "tests/sample_tasks.py"
 

@@ -19,7 +19,7 @@ from conftest import ROOT, BusProcess, Commands, family_of, unit, wait_until
 
 from scheduler import protocol
 from scheduler.bus.server import BusConfig, BusServer
-from scheduler.producer_client import ProducerClient, SubmitError
+from scheduler.producer.client import ProducerClient, SubmitError
 from scheduler.protocol import JobEvent, JobPayload
 
 pytestmark = pytest.mark.timeout(180)

@@ -14,7 +14,7 @@ from websockets.asyncio.client import connect
 
 from scheduler import protocol
 from scheduler.bus.server import BusServer
-from scheduler.producer_client import ProducerClient
+from scheduler.producer.client import ProducerClient
 from scheduler.protocol import JobEvent, JobPayload
 
 pytestmark = pytest.mark.timeout(120)

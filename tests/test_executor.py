@@ -17,11 +17,11 @@ import pytest
 import sample_tasks
 from conftest import unit, wait_until
 
-from scheduler import executor as executor_module
-from scheduler.executor import Executor
-from scheduler.process import JobProcess
 from scheduler.protocol import MAX_RESULT_BYTES, Assignment, Held, Report
 from scheduler.tasks import Task, TaskRegistry
+from scheduler.worker import executor as executor_module
+from scheduler.worker.executor import Executor
+from scheduler.worker.process import JobProcess
 
 PIDFILE = "SCHEDBUS_TEST_PIDFILE"
 TERMFILE = "SCHEDBUS_TEST_TERMFILE"

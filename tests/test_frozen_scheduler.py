@@ -13,10 +13,10 @@ from pathlib import Path
 from conftest import ROOT, Commands, unit, wait_until
 
 from scheduler.bus.server import BusConfig, BusServer
-from scheduler.executor import Executor
-from scheduler.producer_client import ProducerClient
+from scheduler.producer.client import ProducerClient
 from scheduler.protocol import FINAL_EVENTS, Assignment, JobEvent, JobPayload, Report
 from scheduler.tasks import TaskRegistry
+from scheduler.worker.executor import Executor
 
 TASKS = str(ROOT / "tests" / "attempt_log_tasks.py")
 

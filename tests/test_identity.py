@@ -12,9 +12,9 @@ from conftest import BusProcess, Commands, unit, wait_until
 from test_bus import barrier, client, recv, register, registered, report, submit, timeout
 
 from scheduler.bus.server import BusServer
-from scheduler.producer_client import ProducerClient
+from scheduler.producer.client import ProducerClient
 from scheduler.protocol import JobPayload
-from scheduler.scheduler_client import RegistrationRefused, SchedulerClient, SchedulerConfig
+from scheduler.worker.client import RegistrationRefused, SchedulerClient, SchedulerConfig
 
 
 async def test_a_forger_under_a_live_name_is_refused_and_its_report_ignored(

@@ -5,7 +5,7 @@ from __future__ import annotations
 from conftest import Commands, unit
 
 from scheduler.bus.server import BusServer
-from scheduler.producer_client import ProducerClient
+from scheduler.producer.client import ProducerClient
 from scheduler.protocol import JobPayload
 
 

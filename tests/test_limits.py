@@ -14,7 +14,6 @@ from test_executor import Reports, job
 from test_scheduler_client import FakeBus, port_of
 
 from scheduler.bus.server import BusServer
-from scheduler.executor import Executor
 from scheduler.policy.limits import (
     MB,
     NO_LIMITS,
@@ -25,6 +24,7 @@ from scheduler.policy.limits import (
     parse_size,
 )
 from scheduler.tasks import TaskRegistry, load_task_modules, task
+from scheduler.worker.executor import Executor
 
 GB = 1024 * MB
 

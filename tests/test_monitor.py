@@ -2,8 +2,8 @@ import json
 
 import msgspec
 
-from scheduler.monitor import event_json, format_event
 from scheduler.protocol import JobEvent
+from scheduler.tools.monitor import event_json, format_event
 
 EVENT = JobEvent(
     event="timed_out",

@@ -13,7 +13,7 @@ from pathlib import Path
 from conftest import BusProcess, Commands, unit, wait_until
 
 from scheduler.bus.journal import Journal
-from scheduler.producer_client import ProducerClient
+from scheduler.producer.client import ProducerClient
 from scheduler.protocol import FINAL_EVENTS, JobEvent, JobPayload
 
 

@@ -24,8 +24,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from scheduler import process
-from scheduler.process import JobProcess, ProcessResult
+from scheduler.worker import process
+from scheduler.worker.process import JobProcess, ProcessResult
 
 UNIT = float(os.environ.get("SCHEDBUS_TEST_UNIT", "1.0"))
 ROOT = Path(__file__).resolve().parent.parent
@@ -553,7 +553,7 @@ def test_child_kills_its_group_if_the_scheduler_is_already_gone() -> None:
 HELPER = textwrap.dedent(
     """
     import asyncio, os, subprocess, time
-    from scheduler.process import JobProcess
+    from scheduler.worker.process import JobProcess
 
     def job():
         grandchild = subprocess.Popen(["sleep", "30"])

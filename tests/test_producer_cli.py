@@ -7,7 +7,7 @@ from click.testing import CliRunner
 from conftest import BusProcess, Commands, unit, wait_until
 
 from scheduler.bus.server import BusServer
-from scheduler.producer import (
+from scheduler.producer.cli import (
     JobMaker,
     Span,
     _job_text,
@@ -17,9 +17,9 @@ from scheduler.producer import (
     parse_span,
     periods,
 )
-from scheduler.producer_client import ProducerClient
+from scheduler.producer.client import ProducerClient
+from scheduler.producer.tracking import JobRecord
 from scheduler.protocol import JobPayload
-from scheduler.tracking import JobRecord
 
 
 @pytest.mark.parametrize(

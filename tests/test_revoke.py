@@ -11,11 +11,11 @@ import pytest
 from conftest import unit, wait_until
 
 from scheduler.bus.server import BusServer
-from scheduler.executor import Executor
-from scheduler.producer_client import ProducerClient
+from scheduler.producer.client import ProducerClient
 from scheduler.protocol import Assignment, JobPayload, Report
-from scheduler.scheduler_client import SchedulerClient, SchedulerConfig
 from scheduler.tasks import TaskRegistry
+from scheduler.worker.client import SchedulerClient, SchedulerConfig
+from scheduler.worker.executor import Executor
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -23,8 +23,8 @@ from websockets.exceptions import ConnectionClosedError, InvalidURI
 from websockets.http11 import Request, Response
 
 from scheduler.protocol import MAX_FRAME_BYTES, Assignment, Held, Register, Report, encode
-from scheduler.scheduler_client import Outbox, SchedulerClient, SchedulerConfig, fit_register
 from scheduler.tasks import TaskRegistry
+from scheduler.worker.client import Outbox, SchedulerClient, SchedulerConfig, fit_register
 
 Frame = dict[str, Any]
 
@@ -349,7 +349,7 @@ async def test_reconnect_with_nothing_held_sends_an_empty_held_list(
 async def test_stop_from_the_bus_drops_a_queued_attempt_and_purges_its_reports(
     fake_bus: FakeBus, start_client: Starter, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.DEBUG, "scheduler.scheduler_client")
+    caplog.set_level(logging.DEBUG, "scheduler.worker.client")
     client = start_client(fake_bus.url, size=1)
     peer = await fake_bus.peer()
     await peer.register()
@@ -393,7 +393,7 @@ async def test_cancel_stops_running_and_queued_jobs_and_reports_cancelled(
 async def test_bad_frames_from_the_bus_are_logged_not_fatal(
     fake_bus: FakeBus, start_client: Starter, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.DEBUG, "scheduler.scheduler_client")
+    caplog.set_level(logging.DEBUG, "scheduler.worker.client")
     start_client(fake_bus.url)
     peer = await fake_bus.peer()
     await peer.register()

@@ -24,7 +24,7 @@ from scheduler.policy.dispatch import (
 )
 from scheduler.policy.job import Job
 from scheduler.policy.start_deadline import StartWatch
-from scheduler.producer_client import ProducerClient
+from scheduler.producer.client import ProducerClient
 from scheduler.protocol import Held, JobEvent, JobPayload, Report
 
 WALL = 1_700_000_000.0

@@ -2,7 +2,7 @@ from click.testing import CliRunner
 from rich.console import Console
 
 from scheduler.protocol import BusStats, Percentiles, SchedulerStats, StatsReply
-from scheduler.status import cli, render
+from scheduler.tools.status import cli, render
 
 REPLY = StatsReply(
     bus=BusStats(

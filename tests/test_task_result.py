@@ -15,9 +15,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from scheduler.process import JobProcess
 from scheduler.protocol import MAX_RESULT_BYTES
-from scheduler.task_result import (
+from scheduler.tasks import run_task
+from scheduler.worker.process import JobProcess
+from scheduler.worker.task_result import (
     MAX_MESSAGE_BYTES,
     MAX_TRACEBACK_BYTES,
     NOTHING,
@@ -32,7 +33,6 @@ from scheduler.task_result import (
     send_exception,
     send_result,
 )
-from scheduler.tasks import run_task
 
 
 @pytest.fixture

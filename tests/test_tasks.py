@@ -14,7 +14,6 @@ import pytest
 
 from scheduler import tasks
 from scheduler.protocol import MAX_NAME_LEN, MAX_RESULT_BYTES, Args
-from scheduler.task_result import NOTHING, Raised, ResultPipe, TaskRecord
 from scheduler.tasks import (
     ATTEMPT_ENV,
     JOB_ID_ENV,
@@ -25,6 +24,7 @@ from scheduler.tasks import (
     load_task_modules,
     task,
 )
+from scheduler.worker.task_result import NOTHING, Raised, ResultPipe, TaskRecord
 
 
 def double(runtime: float) -> float:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
-from scheduler.test_process import DEMOS, cli
+from scheduler.tools.process_showcase import DEMOS, cli
 
 UNIT = float(os.environ.get("SCHEDBUS_TEST_UNIT", "1.0"))
 ROOT = Path(__file__).resolve().parent.parent

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from conftest import Commands, unit, wait_until
 from test_scheduler_client import FakeBus
 
-from scheduler import test_scheduler
+from scheduler.worker import demo as test_scheduler
 
 
 def test_help_explains_every_option() -> None:

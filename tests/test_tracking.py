@@ -1,5 +1,5 @@
+from scheduler.producer.tracking import JobTracker
 from scheduler.protocol import EventKind, JobEvent, JobState
-from scheduler.tracking import JobTracker
 
 
 def event(kind: EventKind, state: JobState, time: float, **extra: object) -> JobEvent:

@@ -17,9 +17,10 @@ from click.testing import CliRunner
 from conftest import Commands, unit
 from test_scheduler_client import FakeBus, port_of
 
-from scheduler import test_scheduler, worker
 from scheduler.policy.limits import Limits
 from scheduler.protocol import Assignment, Report
+from scheduler.worker import cli as worker
+from scheduler.worker import demo as test_scheduler
 
 
 def test_help_explains_every_option() -> None:

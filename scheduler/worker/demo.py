@@ -12,9 +12,9 @@ from pathlib import Path
 
 import click
 
-from scheduler.cgroups import JobCgroups
 from scheduler.tasks import TaskRegistry
-from scheduler.worker import run_scheduler, scheduler_options
+from scheduler.worker.cgroups import JobCgroups
+from scheduler.worker.cli import run_scheduler, scheduler_options
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -53,7 +53,3 @@ def cli(
         cpu_limit=cpu_limit,
         cgroups=cgroups,
     )
-
-
-if __name__ == "__main__":
-    cli()

@@ -34,9 +34,9 @@ from scheduler.cli_support import (
     run_until_signalled,
     shorten,
 )
-from scheduler.producer_client import BusConnectionLost, ProducerClient, SubmitError
+from scheduler.producer.client import BusConnectionLost, ProducerClient, SubmitError
+from scheduler.producer.tracking import JobRecord, JobTracker
 from scheduler.protocol import Args, JobPayload, OnConflict
-from scheduler.tracking import JobRecord, JobTracker
 
 log = logging.getLogger("scheduler.producer")
 
@@ -562,7 +562,3 @@ def _check_options(
         raise click.UsageError("--json needs --wait")
     if v1 and wait:
         raise click.UsageError("--v1 producers never read replies, so they cannot --wait")
-
-
-if __name__ == "__main__":
-    cli()

@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 import click
 import psutil
 
-from scheduler.process import JobProcess, ProcessResult
+from scheduler.worker.process import JobProcess, ProcessResult
 
 _TIMEOUT_S = 1.0
 _GRACE_S = 0.5
@@ -216,7 +216,3 @@ def cli(selected: tuple[str, ...], debug: bool) -> None:
     )
     names = [name for name in DEMOS if name in selected] or list(DEMOS)
     asyncio.run(_run_demos(names))
-
-
-if __name__ == "__main__":
-    cli()

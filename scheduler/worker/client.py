@@ -37,8 +37,6 @@ from websockets.uri import parse_uri
 
 from scheduler import protocol
 from scheduler.auth import tls_options
-from scheduler.cgroups import JobCgroups
-from scheduler.executor import Executor
 from scheduler.policy.backoff import Backoff
 from scheduler.policy.fence import LeaseView
 from scheduler.policy.limits import NO_LIMITS, Limits
@@ -56,6 +54,8 @@ from scheduler.protocol import (
     Stop,
 )
 from scheduler.tasks import TaskRegistry
+from scheduler.worker.cgroups import JobCgroups
+from scheduler.worker.executor import Executor
 
 log = logging.getLogger(__name__)
 

@@ -24,7 +24,6 @@ from typing import Any, Final, TypeVar, overload
 
 import click
 
-from scheduler.cgroups import CgroupError, JobCgroups
 from scheduler.cli_support import (
     auth_options,
     bus_url,
@@ -33,10 +32,11 @@ from scheduler.cli_support import (
     run_until_signalled,
 )
 from scheduler.policy.limits import Limits, parse_size
-from scheduler.process import contain_orphans, kill_orphans
 from scheduler.protocol import MAX_NAME_LEN, MAX_SIZE, MAX_TIMEOUT_S, Assignment, Report
-from scheduler.scheduler_client import RegistrationRefused, SchedulerClient, SchedulerConfig
 from scheduler.tasks import TaskLoadError, TaskRegistry, load_task_modules
+from scheduler.worker.cgroups import CgroupError, JobCgroups
+from scheduler.worker.client import RegistrationRefused, SchedulerClient, SchedulerConfig
+from scheduler.worker.process import contain_orphans, kill_orphans
 
 log = logging.getLogger("scheduler.worker")
 
@@ -379,7 +379,3 @@ def cli(
         cpu_limit=cpu_limit,
         cgroups=cgroups,
     )
-
-
-if __name__ == "__main__":
-    cli()

@@ -29,14 +29,14 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any, Final, Literal
 
-from scheduler import containment
-from scheduler.cgroups import JobCgroups
 from scheduler.policy.limits import NO_LIMITS, Limits, Usage, over_limits
 from scheduler.policy.runner import Decision, Evict, Job, Runner, Snapshot, Start, Stop
-from scheduler.process import JobProcess, ProcessResult
 from scheduler.protocol import Assignment, Held, Report, SchedulerReport
-from scheduler.task_result import ResultPipe, TaskRecord
 from scheduler.tasks import TaskRegistry, UnknownTaskError, call_arguments, run_task
+from scheduler.worker import containment
+from scheduler.worker.cgroups import JobCgroups
+from scheduler.worker.process import JobProcess, ProcessResult
+from scheduler.worker.task_result import ResultPipe, TaskRecord
 
 log = logging.getLogger(__name__)
 

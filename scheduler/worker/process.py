@@ -36,8 +36,8 @@ from pathlib import Path
 from types import FrameType
 from typing import Literal, TextIO
 
-from scheduler import cgroups, containment
-from scheduler.cgroups import JobCgroups
+from scheduler.worker import cgroups, containment
+from scheduler.worker.cgroups import JobCgroups
 
 __all__ = ["JobProcess", "Outcome", "ProcessResult", "contain_orphans", "kill_orphans"]
 

@@ -1,7 +1,7 @@
 """Our figures that need a bus and a scheduler: throughput, latency, eviction, timeouts.
 
 Every function here talks to an already running bus through the public producer
-library (:class:`~scheduler.producer_client.ProducerClient`); the caller starts and
+library (:class:`~scheduler.producer.client.ProducerClient`); the caller starts and
 stops the processes (:mod:`bench.system`).
 """
 

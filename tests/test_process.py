@@ -1,4 +1,4 @@
-"""Tests for scheduler.process against real forked job processes."""
+"""Tests for scheduler.worker.process against real forked job processes."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from scheduler.worker import process
+from scheduler.worker import child
 from scheduler.worker.process import JobProcess, ProcessResult
 
 UNIT = float(os.environ.get("SCHEDBUS_TEST_UNIT", "1.0"))
@@ -511,7 +511,7 @@ async def test_a_scheduler_without_stdin_gives_its_jobs_none(
 
 def _release_onto_closed_stdin(report_fd: int) -> None:
     os.close(0)
-    process._release_fds([], stdin=True)
+    child.release_fds([], stdin=True)
     is_null = os.fstat(0).st_rdev == os.stat(os.devnull).st_rdev
     os.write(report_fd, b"null" if is_null else b"other")
 
@@ -537,7 +537,7 @@ def test_child_kills_its_group_if_the_scheduler_is_already_gone() -> None:
     # -1 stands for a parent pid recorded before the scheduler died: getppid() never matches it.
     mask = signal.pthread_sigmask(signal.SIG_BLOCK, [])
     proc = multiprocessing.get_context("fork").Process(
-        target=process._child_main, args=(-1, mask, [], None, _noop, (), {})
+        target=child.child_main, args=(-1, mask, [], None, _noop, (), {})
     )
     proc.start()
     try:

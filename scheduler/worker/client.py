@@ -1,6 +1,6 @@
 """The scheduler client: holds a v2 connection to the bus and runs what it is assigned.
 
-One :class:`~scheduler.executor.Executor` lives as long as :meth:`SchedulerClient.run`, so
+One :class:`~scheduler.worker.executor.Executor` lives as long as :meth:`SchedulerClient.run`, so
 jobs outlive a lost connection. While the bus is away every report waits, in order, in the
 :class:`Outbox`. The client reconnects with backoff and jitter, registers again under the
 same name listing in ``held`` every attempt it still has (running, waiting, or finished

@@ -1,7 +1,7 @@
 """Runs jobs as processes under the runner's decisions, and reports what happens to them.
 
 The :class:`~scheduler.policy.runner.Runner` decides who starts, waits and is evicted; the
-executor only starts and stops :class:`~scheduler.process.JobProcess` es and turns their
+executor only starts and stops :class:`~scheduler.worker.process.JobProcess` es and turns their
 ends into :class:`~scheduler.protocol.Report` s. Everything runs on the event loop's thread:
 no thread pool, so forking job processes stays safe.
 

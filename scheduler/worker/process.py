@@ -1,7 +1,7 @@
 """Async wrapper over a forked ``multiprocessing.Process`` running one job.
 
 Each job runs in its own session and process group, and is a child subreaper
-(:mod:`scheduler.containment`): a descendant that leaves the group or the session
+(:mod:`scheduler.worker.containment`): a descendant that leaves the group or the session
 (``start_new_session=True``, a daemon's double fork and ``setsid()``) is re-parented to
 the job process, so it stays in the job's tree. Stopping a job signals that whole tree;
 a job that ends by itself kills what it leaves behind before it exits; one that dies by
@@ -21,23 +21,21 @@ from __future__ import annotations
 # ``pthread_sigmask`` wrapper turns every signal of the old mask into an enum.
 import _signal  # type: ignore[import-not-found]  # no stub; part of CPython
 import asyncio
-import ctypes
 import logging
 import multiprocessing
 import multiprocessing.process
 import os
 import signal
-import stat
 import sys
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from types import FrameType
-from typing import Literal, TextIO
+from typing import Literal
 
-from scheduler.worker import cgroups, containment
+from scheduler.worker import containment
 from scheduler.worker.cgroups import JobCgroups
+from scheduler.worker.child import RESET_SIGNALS, child_main, job_stdin, socket_fds
 
 __all__ = ["JobProcess", "Outcome", "ProcessResult", "contain_orphans", "kill_orphans"]
 
@@ -46,31 +44,10 @@ log = logging.getLogger(__name__)
 Outcome = Literal["exited", "timed_out", "stopped"]
 
 _FORK = multiprocessing.get_context("fork")
-_PR_SET_PDEATHSIG = 1
-# Sent by the kernel to a job when the scheduler thread that forked it dies,
-# whatever killed the scheduler; its handler takes the whole job tree down.
-_DEATH_SIGNAL = signal.SIGRTMIN + 1
-# Blocked across fork so that a stop arriving before the child has reset them
-# cannot run the scheduler's handlers in the child (asyncio's handlers write to
-# a wakeup fd the child shares with the scheduler).
-_RESET_SIGNALS = frozenset({signal.SIGINT, signal.SIGTERM})
-
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.prctl.restype = ctypes.c_int
-# prctl(PR_SET_PDEATHSIG, signal, 0, 0) with its arguments typed once, here: typing
-# them through ``argtypes`` at every call costs a forked child more fresh pages.
-_SET_DEATH_SIGNAL = (
-    ctypes.c_int(_PR_SET_PDEATHSIG),
-    ctypes.c_ulong(_DEATH_SIGNAL),
-    ctypes.c_ulong(0),
-    ctypes.c_ulong(0),
-)
 
 
 CGROUP_REMOVE_TRIES = 250
 """How many times (20 ms apart) a killed job cgroup is looked at until it is empty."""
-LEFTOVER_REAP_S = 1.0
-"""How long a job process that ended waits for the leftovers it killed to be gone."""
 
 _live_jobs: set[int] = set()
 """The pids of the job processes started here and not yet reaped."""
@@ -195,20 +172,20 @@ class JobProcess:
 
     def _fork(self) -> multiprocessing.process.BaseProcess:
         """Fork the job process with the signals that could stop it blocked meanwhile."""
-        old_mask = _signal.pthread_sigmask(_signal.SIG_BLOCK, _RESET_SIGNALS)
+        old_mask = _signal.pthread_sigmask(_signal.SIG_BLOCK, RESET_SIGNALS)
         stdin = sys.stdin
-        job_stdin = _job_stdin() if stdin is not None else None
+        child_stdin = job_stdin() if stdin is not None else None
         try:
             # Listed here, not in the child: a process's first look into /proc costs
             # ~0.1 ms, and nothing can open a socket between here and the fork.
-            sockets = _socket_fds()
+            sockets = socket_fds()
             proc = _FORK.Process(
-                target=_child_main,
+                target=child_main,
                 args=(
                     os.getpid(),
                     old_mask,
                     sockets,
-                    job_stdin,
+                    child_stdin,
                     self._target,
                     self._args,
                     self._kwargs,
@@ -216,9 +193,9 @@ class JobProcess:
                 ),
                 name=self._name,
             )
-            if job_stdin is not None:
+            if child_stdin is not None:
                 # multiprocessing would replace sys.stdin with a new reader of /dev/null
-                # in the child (~0.1 ms there); it leaves a None alone, and _child_main
+                # in the child (~0.1 ms there); it leaves a None alone, and child_main
                 # puts in a reader built once, here.
                 sys.stdin = None
             proc.start()
@@ -439,106 +416,3 @@ def _signal_group(pid: int, sig: int) -> None:
             os.kill(pid, sig)
         except ProcessLookupError:
             pass
-
-
-def _child_main(
-    parent_pid: int,
-    sigmask: set[int],
-    sockets: list[int],
-    stdin: TextIO | None,
-    target: Callable[..., object],
-    args: tuple[object, ...],
-    kwargs: dict[str, object],
-    cgroup: str | None = None,
-) -> None:
-    """Isolate the freshly forked job process, then run ``target(*args, **kwargs)``.
-
-    ``sockets`` are the inherited socket descriptors (:func:`_socket_fds` just before
-    the fork); ``stdin``, if not None, becomes ``sys.stdin``, reading descriptor 0
-    pointed at /dev/null (as multiprocessing does it otherwise); ``cgroup``, if not
-    None, is the job cgroup it moves into before anything else can start.
-    """
-    signal.set_wakeup_fd(-1)
-    for signum in _RESET_SIGNALS:
-        _signal.signal(signum, _signal.SIG_DFL)
-    if cgroup is not None:
-        cgroups.join(cgroup)
-    os.setsid()
-    containment.set_child_subreaper()
-    _signal.signal(_DEATH_SIGNAL, _kill_own_tree)
-    if _libc.prctl(*_SET_DEATH_SIGNAL) != 0:
-        errno = ctypes.get_errno()
-        raise OSError(errno, os.strerror(errno))
-    if os.getppid() != parent_pid:
-        # The scheduler died before the death signal was armed.
-        os.killpg(0, signal.SIGKILL)
-    _release_fds(sockets, stdin is not None)
-    if stdin is not None:
-        sys.stdin = stdin
-    _signal.pthread_sigmask(_signal.SIG_SETMASK, sigmask)
-    try:
-        target(*args, **kwargs)
-    finally:
-        _end_leftovers()
-
-
-def _end_leftovers() -> None:
-    """Kill and reap every descendant of this job process: the job has ended."""
-    if containment.has_children():
-        containment.kill_tree(os.getpid(), include_root=False)
-        containment.reap_children(LEFTOVER_REAP_S)
-
-
-def _kill_own_tree(signum: int, frame: FrameType | None) -> None:
-    """Death-signal handler: SIGKILL the job's whole tree, its group and itself included."""
-    try:
-        containment.kill_tree(os.getpid(), include_root=False)
-    finally:
-        os.killpg(0, signal.SIGKILL)
-
-
-def _socket_fds() -> list[int]:
-    """The descriptors of this process that are sockets."""
-    sockets = []
-    for entry in os.listdir("/proc/self/fd"):
-        fd = int(entry)
-        try:
-            if stat.S_ISSOCK(os.fstat(fd).st_mode):
-                sockets.append(fd)
-        except OSError:
-            continue  # the descriptor listdir used, closed by now
-    return sockets
-
-
-def _release_fds(sockets: list[int], stdin: bool) -> None:
-    """Point the inherited ``sockets``, and descriptor 0 if ``stdin``, at /dev/null.
-
-    The descriptor numbers stay taken, so a leftover socket object of the
-    scheduler that is collected in the child cannot close a file the job has
-    since opened under the same number.
-    """
-    fds = [*sockets, 0] if stdin else sockets
-    if not fds:
-        return
-    devnull = os.open(os.devnull, os.O_RDWR)
-    for fd in fds:
-        if fd != devnull:
-            os.dup2(devnull, fd, inheritable=False)
-    if devnull not in fds:  # it is descriptor 0 if that one was closed
-        os.close(devnull)
-
-
-_stdin: TextIO | None = None
-
-
-def _job_stdin() -> TextIO | None:
-    """The ``sys.stdin`` of job processes: a text reader of descriptor 0, which is /dev/null
-    in them; None if this process has no descriptor 0 to build it on."""
-    global _stdin
-    if _stdin is None:
-        try:
-            # Never read here: each job process reads its own copy, from /dev/null.
-            _stdin = open(0, encoding="utf-8", closefd=False)
-        except OSError:
-            return None
-    return _stdin

@@ -7,18 +7,10 @@ from click.testing import CliRunner
 from conftest import BusProcess, Commands, unit, wait_until
 
 from scheduler.bus.server import BusServer
-from scheduler.producer.cli import (
-    JobMaker,
-    Span,
-    _job_text,
-    _outcome_text,
-    _parse_args,
-    cli,
-    parse_span,
-    periods,
-)
+from scheduler.producer.cli import _job_text, _outcome_text, _parse_args, cli
 from scheduler.producer.client import ProducerClient
 from scheduler.producer.tracking import JobRecord
+from scheduler.producer.workload import JobMaker, Span, parse_span, periods
 from scheduler.protocol import JobPayload
 
 

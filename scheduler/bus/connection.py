@@ -41,7 +41,8 @@ class Connection:
     def become(self, name: str, role: Role, protocol: int) -> None:
         """Record that the client registered as ``name``, a ``role`` speaking
         ``protocol``; its log lines now carry that name."""
-        self.name = self.outbox.label = name
+        self.name = name
+        self.outbox.rename(name)
         self.role, self.protocol = role, protocol
 
     def send(self, message: BusMessage, refusal: Refusal | None = None) -> None:

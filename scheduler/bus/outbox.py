@@ -131,18 +131,31 @@ class FrameOutbox:
     def __init__(
         self, ws: ServerConnection, budget: BacklogBudget, bound: int | None, label: str
     ) -> None:
-        self.label = label
+        self._label = label
         self._ws = ws
         self._budget = budget
         self._bound = bound
         self._backlog: deque[tuple[bytes, bool]] = deque()
         self._counted = 0
-        self.queued_bytes = 0
-        """Bytes of frames waiting behind the socket."""
+        self._queued = 0
         self._writer: asyncio.Task[None] | None = None
         self._high_water = ws.transport.get_write_buffer_limits()[1]
         self._dropped = False
         budget.track(self, bound is not None)
+
+    @property
+    def label(self) -> str:
+        """Who the connection is in log lines: its peer address, then its name."""
+        return self._label
+
+    def rename(self, label: str) -> None:
+        """Name the connection ``label`` in log lines from now on."""
+        self._label = label
+
+    @property
+    def queued_bytes(self) -> int:
+        """Bytes of frames waiting behind the socket."""
+        return self._queued
 
     @property
     def bound(self) -> int | None:
@@ -174,7 +187,7 @@ class FrameOutbox:
             return
         self._backlog.append((frame, counted))
         self._counted += size if counted else 0
-        self.queued_bytes += size
+        self._queued += size
         if self._writer is None:
             self._writer = asyncio.create_task(self._drain())
         self._budget.add(self, size)
@@ -202,7 +215,7 @@ class FrameOutbox:
         """Disconnect this client now, saying ``why`` in the log; later frames are dropped."""
         if self._dropped:
             return
-        logger.warning("%s: %s; disconnecting it", self.label, why)
+        logger.warning("%s: %s; disconnecting it", self._label, why)
         self._dropped = True
         size = self._clear()
         self._budget.forget(self, dropped=True)
@@ -213,10 +226,10 @@ class FrameOutbox:
 
     def _clear(self) -> int:
         """Forget every queued frame; return how many bytes they were."""
-        size = self.queued_bytes
+        size = self._queued
         self._backlog.clear()
         self._budget.remove(size)
-        self.queued_bytes = self._counted = 0
+        self._queued = self._counted = 0
         return size
 
     async def _drain(self) -> None:
@@ -228,7 +241,7 @@ class FrameOutbox:
                 self._backlog.popleft()
                 size = len(frame)
                 self._counted -= size if counted else 0
-                self.queued_bytes -= size
+                self._queued -= size
                 self._budget.remove(size)
         except ConnectionClosed:
             self._clear()

@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 import msgspec
 
-from scheduler.auth import TokenRole, TokenTable
 from scheduler.protocol import (
     Cancel,
     GetStats,
@@ -29,6 +28,9 @@ from scheduler.protocol import (
     Vacuum,
     Watch,
 )
+
+if TYPE_CHECKING:  # the token file's module does I/O; the rules need only its types
+    from scheduler.auth import TokenRole, TokenTable
 
 ROLES_FOR: Final[dict[type, tuple[Role, ...]]] = {
     JobRequest: ("producer",),

@@ -15,7 +15,8 @@ import psutil
 import pytest
 
 from scheduler.auth import TokenRole, token_for
-from scheduler.bus.server import BusConfig, BusServer
+from scheduler.bus.config import BusConfig
+from scheduler.bus.server import BusServer
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -5,14 +5,25 @@ from __future__ import annotations
 import pytest
 
 from scheduler.auth import Token, TokenTable
-from scheduler.bus.access import (
+from scheduler.policy.access import (
     Grant,
     authenticate,
     is_loopback,
     owner_filter,
     rights_refusal,
+    send_refusal,
 )
-from scheduler.protocol import Cancel, GetStats, ProtocolError, Register, Report, Vacuum, Watch
+from scheduler.protocol import (
+    Cancel,
+    GetStats,
+    Heartbeat,
+    ProtocolError,
+    Register,
+    Report,
+    SubmitMany,
+    Vacuum,
+    Watch,
+)
 
 TOKENS = TokenTable(
     (
@@ -99,6 +110,23 @@ def test_rights_per_role() -> None:
         "a monitor token may not send cancel; only a producer or admin token may"
     )
     assert rights_refusal("producer", Report("succeeded", "x", 1)) is not None
+
+
+def test_a_client_sends_only_what_its_type_and_protocol_allow() -> None:
+    assert send_refusal(None, 2, None, GetStats()) == "register first"
+    assert send_refusal("scheduler", 2, None, Cancel(id="x")) == (
+        "a scheduler may not send this cmd; only a producer or monitor may"
+    )
+    assert send_refusal("monitor", 2, None, Report("succeeded", "x", 1)) == (
+        "a monitor may not send this cmd; only a scheduler may"
+    )
+    assert send_refusal("producer", 1, None, SubmitMany(jobs=[])) == "this cmd needs protocol 2"
+    assert send_refusal("producer", 1, None, Cancel(id="x")) == "this cmd needs protocol 2"
+    assert send_refusal("scheduler", 1, None, Heartbeat(running=0, queued=0)) is None
+    assert send_refusal("monitor", 2, "monitor", Vacuum()) == (
+        "a monitor token may not send vacuum; only a admin token may"
+    )
+    assert send_refusal("monitor", 2, "admin", Vacuum()) is None
 
 
 def test_only_a_producer_token_is_limited_to_its_own_jobs() -> None:

@@ -29,7 +29,8 @@ from scheduler.auth import (
     load_tokens,
     token_for,
 )
-from scheduler.bus.server import BusConfig, BusServer
+from scheduler.bus.config import BusConfig
+from scheduler.bus.server import BusServer
 from scheduler.producer.cli import cli as producer_cli
 from scheduler.producer.client import ProducerClient, SubmitError
 from scheduler.protocol import JobPayload

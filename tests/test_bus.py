@@ -17,8 +17,9 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from scheduler.auth import Token, TokenTable
+from scheduler.bus.config import BusConfig, bus_rules
 from scheduler.bus.journal import Journal, JournalError
-from scheduler.bus.server import BusConfig, BusServer
+from scheduler.bus.server import BusServer
 from scheduler.policy.dispatch import Dispatcher
 
 Frame = dict[str, Any]
@@ -612,7 +613,7 @@ async def test_a_restarted_bus_keeps_queued_jobs_and_a_scheduler_reattaches(
     tmp_path: Path,
 ) -> None:
     db = str(tmp_path / "bus.db")
-    async with bus_with(db=db, lease=2 * unit()) as bus:
+    async with bus_with(db=db, rules=bus_rules(lease=2 * unit())) as bus:
         async with client(bus) as producer, client(bus) as s1, client(bus) as v1:
             await register(producer, "producer")
             secret = (await registered(s1, "scheduler", name="s1", size=1))["secret"]
@@ -628,7 +629,7 @@ async def test_a_restarted_bus_keeps_queued_jobs_and_a_scheduler_reattaches(
             await v1.send('{"cmd": "job_request", "payload": {"priority": 9, "runtime": 1}}')
             await wait_until(lambda: len(bus.journal.load()) == 4, timeout(), "4 jobs journaled")
             await bus.close()  # while s1 still holds its job, as if the bus had crashed
-    async with bus_with(db=db, lease=2 * unit()) as bus:
+    async with bus_with(db=db, rules=bus_rules(lease=2 * unit())) as bus:
         async with client(bus) as s1, client(bus) as watcher:
             await register(watcher, "producer")
             watching = await request(watcher, {"cmd": "watch", "ids": [held_id, *waiting, "no"]})
@@ -659,7 +660,11 @@ async def test_a_silent_scheduler_loses_its_jobs_and_is_told_to_stop_them(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.INFO, logger="scheduler.bus")
-    async with bus_with(lease=lease()) as bus, client(bus) as producer, client(bus) as silent:
+    async with (
+        bus_with(rules=bus_rules(lease=lease())) as bus,
+        client(bus) as producer,
+        client(bus) as silent,
+    ):
         await register(producer, "producer")
         await silent.send(json.dumps({"cmd": "register", "type": "scheduler", "protocol": 2,
                                       "name": "silent"}))  # fmt: skip
@@ -698,7 +703,7 @@ async def test_a_silent_scheduler_loses_its_jobs_and_is_told_to_stop_them(
 
 
 async def test_a_broken_connection_keeps_its_jobs_within_the_lease() -> None:
-    async with bus_with(lease=10 * unit()) as bus, client(bus) as producer:
+    async with bus_with(rules=bus_rules(lease=10 * unit())) as bus, client(bus) as producer:
         await register(producer, "producer")
         first = await connect(bus.url, compression=None, proxy=None)
         secret = (await registered(first, "scheduler", name="s1"))["secret"]
@@ -980,16 +985,18 @@ async def test_vacuum_runs_periodically_and_a_failing_one_is_reported(
 @pytest.mark.parametrize(
     ("config", "blamed"),
     [
-        ({"lease": 0}, "lease"),
-        ({"max_deliveries": 0}, "max_deliveries"),
+        ({"rules": {"lease": 0}}, "lease"),
+        ({"rules": {"max_deliveries": 0}}, "max_deliveries"),
         ({"vacuum_every": 0}, "vacuum_every"),
         ({"retention": {"queued": 1.0}}, "not final states: queued"),
         ({"retention": {"failed": -1.0}}, "retention"),
         ({"retention_default": -1.0}, "retention"),
-        ({"steal": "random"}, "steal"),
-        ({"age_every": 0.0}, "age_every"),
+        ({"rules": {"steal": "random"}}, "steal"),
+        ({"rules": {"age_every": 0.0}}, "age_every"),
     ],
 )
 def test_bad_bus_configs_are_refused(config: dict[str, Any], blamed: str) -> None:
+    fields = dict(config)
+    rules = fields.pop("rules", {})
     with pytest.raises(ValueError, match=blamed):
-        BusConfig(**config)
+        BusConfig(rules=bus_rules(**rules), **fields)

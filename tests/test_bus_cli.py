@@ -20,8 +20,8 @@ from websockets.asyncio.client import connect
 
 from scheduler.bus import cli as bus_cli
 from scheduler.bus.cli import cli, default_db
+from scheduler.bus.config import BusConfig
 from scheduler.bus.journal import Journal
-from scheduler.bus.server import BusConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -111,7 +111,8 @@ def test_options_reach_the_bus(monkeypatch: pytest.MonkeyPatch) -> None:
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 0, result.output
     (config,) = seen
-    assert (config.db, config.lease, config.max_evictions, config.max_deliveries) == (
+    rules = config.rules
+    assert (config.db, rules.lease, rules.max_evictions, rules.max_deliveries) == (
         ":memory:",
         2.5,
         1,
@@ -119,8 +120,7 @@ def test_options_reach_the_bus(monkeypatch: pytest.MonkeyPatch) -> None:
     )
     assert config.retention == {"failed": 60.0, "dead": 0.0}
     assert (config.retention_default, config.vacuum_every) == (3600.0, 30.0)
-    assert (config.steal, config.age_every) == ("tail", 15.0)
-    assert (config.rules().steal, config.rules().age_every) == ("tail", 15.0)
+    assert (rules.steal, rules.age_every) == ("tail", 15.0)
     assert (config.max_backlog_bytes, config.max_total_backlog_bytes) == (1000, 5000)
     assert (config.register_timeout, config.max_connections) == (2.5, 7)
 
@@ -134,7 +134,7 @@ def test_stealing_is_urgent_and_aging_off_by_default(monkeypatch: pytest.MonkeyP
     monkeypatch.setattr(bus_cli, "_serve", fake_serve)
     monkeypatch.setattr(bus_cli, "run_until_signalled", asyncio.run)
     assert CliRunner().invoke(cli, ["--db", ":memory:"]).exit_code == 0
-    assert (seen[0].steal, seen[0].age_every) == ("urgent", None)
+    assert (seen[0].rules.steal, seen[0].rules.age_every) == ("urgent", None)
 
 
 def test_a_journal_that_cannot_be_opened_is_a_clear_error(tmp_path: Path) -> None:

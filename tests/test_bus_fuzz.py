@@ -29,7 +29,8 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from scheduler.auth import TokenRole, TokenTable
-from scheduler.bus.server import BusConfig, BusServer
+from scheduler.bus.config import BusConfig
+from scheduler.bus.server import BusServer
 from scheduler.protocol import MAX_FRAME_BYTES, ProtocolError, Register, decode_client, says_v2
 
 FRAMES = 10_000

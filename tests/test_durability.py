@@ -18,7 +18,8 @@ import pytest
 from conftest import ROOT, BusProcess, Commands, family_of, unit, wait_until
 
 from scheduler import protocol
-from scheduler.bus.server import BusConfig, BusServer
+from scheduler.bus.config import BusConfig, bus_rules
+from scheduler.bus.server import BusServer
 from scheduler.producer.client import ProducerClient, SubmitError
 from scheduler.protocol import JobEvent, JobPayload
 
@@ -184,7 +185,9 @@ async def test_a_frozen_scheduler_loses_its_jobs_and_its_stale_attempts_are_stop
     commands: Commands,
 ) -> None:
     lease = 1.0 * unit()
-    async with BusServer(BusConfig(host="127.0.0.1", port=0, db=":memory:", lease=lease)) as bus:
+    async with BusServer(
+        BusConfig(host="127.0.0.1", port=0, db=":memory:", rules=bus_rules(lease=lease))
+    ) as bus:
         frozen = await commands.start(
             "scheduler.test_scheduler", "--bus", bus.url, "--name", "frozen", "-s", "2", "-t", "60"
         )

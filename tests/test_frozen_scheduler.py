@@ -12,7 +12,8 @@ from pathlib import Path
 
 from conftest import ROOT, Commands, unit, wait_until
 
-from scheduler.bus.server import BusConfig, BusServer
+from scheduler.bus.config import BusConfig, bus_rules
+from scheduler.bus.server import BusServer
 from scheduler.producer.client import ProducerClient
 from scheduler.protocol import FINAL_EVENTS, Assignment, JobEvent, JobPayload, Report
 from scheduler.tasks import TaskRegistry
@@ -68,7 +69,7 @@ async def test_a_thawed_scheduler_starts_no_stale_queued_attempt(
     log.touch()
     os.environ["SCHEDBUS_ATTEMPT_LOG"] = str(log)
     lease = 1.0 * unit()
-    config = BusConfig(host="127.0.0.1", port=0, lease=lease, steal="off")
+    config = BusConfig(host="127.0.0.1", port=0, rules=bus_rules(lease=lease, steal="off"))
     async with BusServer(config) as bus:
         worker = await commands.start(
             "scheduler.worker", "--tasks", TASKS, "-s", "1", "-t", "60", "--bus", bus.url

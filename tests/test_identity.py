@@ -86,10 +86,10 @@ async def test_a_scheduler_client_reattaches_with_its_secret(bus: BusServer) -> 
             await wait_until(lambda: scheduler.executor.running == 1, timeout(), "job starts")
         secret = scheduler._secret
         assert secret is not None
-        (connection,) = (c for c in bus._clients.values() if c.name == "solo")
+        (connection,) = (c for c in bus._hub.registry if c.name == "solo")
         connection.ws.transport.abort()  # a broken connection: it comes back under its name
         await wait_until(
-            lambda: any(c is not connection for c in bus._clients.values()), timeout(), "reattach"
+            lambda: any(c is not connection for c in bus._hub.registry), timeout(), "reattach"
         )
         assert bus.scheduler_names() == ["solo"] and scheduler._secret == secret
         info = bus._core.job(job_id)

@@ -16,7 +16,8 @@ import msgspec
 import pytest
 from conftest import ROOT, unit
 
-from scheduler.bus.journal import _UPGRADES, MEMORY, SCHEMA_VERSION, Journal, JournalError
+from scheduler.bus.journal import MEMORY, SCHEMA_VERSION, Journal, JournalError
+from scheduler.bus.journal_schema import UPGRADES
 from scheduler.policy.job import Job
 from scheduler.protocol import JobPayload, JobState
 
@@ -172,7 +173,7 @@ async def test_a_version_1_journal_is_upgraded_in_place(path: Path) -> None:
 async def test_a_version_2_journal_gets_owners_and_scheduler_secrets(path: Path) -> None:
     write_v1_journal(path)
     with closing(sqlite3.connect(path)) as conn, conn:
-        for statement in _UPGRADES[1]:
+        for statement in UPGRADES[1]:
             if "owner" not in statement and "schema_version" not in statement:
                 conn.execute(statement)
         conn.execute("UPDATE meta SET value = 2 WHERE key = 'schema_version'")

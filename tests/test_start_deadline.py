@@ -13,7 +13,8 @@ import pytest
 from conftest import Commands, unit, wait_until
 from websockets.asyncio.client import connect
 
-from scheduler.bus.server import BusConfig, BusServer
+from scheduler.bus.config import BusConfig, bus_rules
+from scheduler.bus.server import BusServer
 from scheduler.policy.dispatch import (
     Decision,
     DispatchConfig,
@@ -144,7 +145,7 @@ async def test_a_real_bus_requeues_jobs_a_scheduler_never_starts(
     commands: Commands, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.WARNING, "scheduler.bus.server")
-    config = BusConfig(host="127.0.0.1", port=0, start_deadline=0.5 * unit())
+    config = BusConfig(host="127.0.0.1", port=0, rules=bus_rules(start_deadline=0.5 * unit()))
     async with (
         BusServer(config) as bus,
         connect(bus.url, compression=None) as lazy,

@@ -17,18 +17,28 @@ from scheduler.auth import (
     load_or_create_tokens,
     state_dir,
 )
+from scheduler.bus.config import (
+    DEFAULT_HOST,
+    DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_PORT,
+    DEFAULT_REGISTER_TIMEOUT_S,
+    DEFAULT_RETENTION_S,
+    DEFAULT_VACUUM_EVERY_S,
+    BusConfig,
+)
 from scheduler.bus.journal import JournalError
 from scheduler.bus.outbox import DEFAULT_MAX_BACKLOG_BYTES, DEFAULT_MAX_TOTAL_BACKLOG_BYTES
-from scheduler.bus.server import (
-    DEFAULT_MAX_CONNECTIONS,
-    DEFAULT_REGISTER_TIMEOUT_S,
-    DEFAULT_RESTART_GRACE_S,
-    DEFAULT_RETENTION_S,
-    DEFAULT_START_DEADLINE_S,
-    BusConfig,
-    BusServer,
-)
+from scheduler.bus.server import BusServer
 from scheduler.cli_support import LOG_LEVELS, configure_logging, run_until_signalled
+from scheduler.policy.dispatch import (
+    DEFAULT_LEASE_S,
+    DEFAULT_MAX_DELIVERIES,
+    DEFAULT_MAX_EVICTIONS,
+    DEFAULT_RESTART_GRACE_S,
+    DEFAULT_START_DEADLINE_S,
+    DEFAULT_STEAL,
+    DispatchConfig,
+)
 from scheduler.policy.stealing import STEAL_STRATEGIES
 from scheduler.protocol import FINAL_EVENTS, MAX_TIMEOUT_S
 
@@ -96,14 +106,14 @@ def _retention(
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
     "--host",
-    default="127.0.0.1",
+    default=DEFAULT_HOST,
     show_default=True,
     help="Address to listen on. Anything but loopback is reachable from other machines: "
     "the bus then refuses to start without TLS (--certfile) unless --insecure.",
 )
 @click.option(
     "--port",
-    default=8101,
+    default=DEFAULT_PORT,
     show_default=True,
     type=click.IntRange(0, 65535),
     help="TCP port to listen on; 0 picks a free port (the URL is logged).",
@@ -171,7 +181,7 @@ def _retention(
 )
 @click.option(
     "--lease",
-    default=5.0,
+    default=DEFAULT_LEASE_S,
     show_default=True,
     type=click.FloatRange(min=0, min_open=True),
     help="Seconds a scheduler that fell silent or lost its connection keeps its jobs; "
@@ -179,14 +189,14 @@ def _retention(
 )
 @click.option(
     "--max-evictions",
-    default=3,
+    default=DEFAULT_MAX_EVICTIONS,
     show_default=True,
     type=click.IntRange(min=0),
     help="Evictions after which a job is no longer evictable (no starvation).",
 )
 @click.option(
     "--max-deliveries",
-    default=10,
+    default=DEFAULT_MAX_DELIVERIES,
     show_default=True,
     type=click.IntRange(min=1),
     help="Assignments (plus the job's own max_retries) after which a job is dead "
@@ -209,14 +219,14 @@ def _retention(
 )
 @click.option(
     "--vacuum-every",
-    default=3600.0,
+    default=DEFAULT_VACUUM_EVERY_S,
     show_default=True,
     type=click.FloatRange(min=0, min_open=True),
     help="Seconds between deletions of final jobs past their retention.",
 )
 @click.option(
     "--steal",
-    default="urgent",
+    default=DEFAULT_STEAL,
     show_default=True,
     type=click.Choice(STEAL_STRATEGIES),
     help="Work stealing: a scheduler with a free slot and an empty local queue takes a job "
@@ -335,16 +345,18 @@ def cli(
             insecure=insecure,
             allow_origins=allow_origins,
             db=str(default_db()) if db is None else db,
-            lease=lease,
-            max_evictions=max_evictions,
-            max_deliveries=max_deliveries,
+            rules=DispatchConfig(
+                lease,
+                max_evictions,
+                max_deliveries,
+                steal=steal,
+                age_every=age_every,
+                start_deadline=start_deadline or None,
+            ),
             retention=retention,
             retention_default=retention_default,
             vacuum_every=vacuum_every,
-            steal=steal,
-            age_every=age_every,
             restart_grace=restart_grace,
-            start_deadline=start_deadline or None,
             max_backlog_bytes=max_backlog_bytes,
             max_total_backlog_bytes=max_total_backlog_bytes,
             register_timeout=register_timeout,

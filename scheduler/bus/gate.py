@@ -34,11 +34,12 @@ RETRY_MAX_S: Final = 1.0
 
 
 class Recipient(Protocol):
-    """A connection the gate holds frames for."""
+    """A connection the gate holds frames for (compared by identity)."""
 
-    outbox: FrameOutbox
-    pending: int
-    """Frames for this recipient waiting in the gate for a commit."""
+    @property
+    def outbox(self) -> FrameOutbox:
+        """Where its frames go once released."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -79,6 +80,7 @@ class FrameGate:
         self._journal = journal
         self._on_refused = on_refused
         self._held: list[_Held] = []
+        self._pending: dict[Recipient, int] = {}
         self._dirty = False
         self._task: asyncio.Task[None] | None = None
         self._wake: asyncio.Future[None] | None = None
@@ -90,6 +92,10 @@ class FrameGate:
     def failing(self) -> bool:
         """Whether the latest commit failed (frames are held until a retry succeeds)."""
         return self._failures > 0
+
+    def pending(self, recipient: Recipient) -> int:
+        """How many frames for ``recipient`` wait for a commit."""
+        return self._pending.get(recipient, 0)
 
     def changed(self) -> None:
         """Note that a change was queued in the journal: later frames wait for its commit."""
@@ -115,12 +121,12 @@ class FrameGate:
             if not self._stopped:
                 recipient.outbox.push(frame, counted)
             return
-        recipient.pending += 1
+        self._pending[recipient] = self._pending.get(recipient, 0) + 1
         self._held.append(_Held(recipient, frame, counted, refusal, about))
 
     async def released(self, recipient: Recipient) -> None:
         """Wait until no frame for ``recipient`` waits for a commit."""
-        while recipient.pending and self._task is not None:
+        while self.pending(recipient) and self._task is not None:
             if self._wake is None:
                 self._wake = asyncio.get_running_loop().create_future()
             await asyncio.shield(self._wake)
@@ -134,8 +140,7 @@ class FrameGate:
         if self._task is not None:
             self._task.cancel()
             await asyncio.wait((self._task,))
-        for held in self._held:
-            held.recipient.pending = 0
+        self._pending.clear()
         self._held.clear()
 
     async def _run(self) -> None:
@@ -145,7 +150,7 @@ class FrameGate:
                 if self._dirty and not await self._commit(batch):
                     continue
                 for held in batch:
-                    held.recipient.pending -= 1
+                    self._release(held.recipient)
                     held.recipient.outbox.push(held.frame, held.counted)
                 self._wake_waiters()
         finally:
@@ -188,7 +193,7 @@ class FrameGate:
             if held.refusal is None and (id(held.recipient), held.about) not in refused:
                 kept.append(held)
                 continue
-            held.recipient.pending -= 1
+            self._release(held.recipient)
             if held.refusal is not None:
                 self._on_refused(held.recipient, held.refusal, error)
         return kept
@@ -204,6 +209,14 @@ class FrameGate:
         self._failures += 1
         delay: float = RETRY_FIRST_S * 2.0 ** min(self._failures - 1, 10)
         return min(RETRY_MAX_S, delay)
+
+    def _release(self, recipient: Recipient) -> None:
+        """Count one frame for ``recipient`` no longer held."""
+        left = self._pending[recipient] - 1
+        if left:
+            self._pending[recipient] = left
+        else:
+            del self._pending[recipient]
 
     def _wake_waiters(self) -> None:
         if self._wake is not None:

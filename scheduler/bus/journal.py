@@ -5,323 +5,51 @@
 commit is pending shares one transaction and one fsync. Everything runs on the event
 loop's thread: a commit takes well under a millisecond, too little to be worth a thread.
 
-Schema (version :data:`SCHEMA_VERSION`)::
-
-    meta(key TEXT PRIMARY KEY, value INTEGER)   'schema_version', 'high_seq', and while a
-        planned restart is under way 'restart_deadline_ms' (epoch ms until which the
-        bus that shut down promised its schedulers their jobs)
-    jobs(id TEXT PRIMARY KEY, seq, payload JSON, submitted_at, state, attempt, holder,
-         deliveries, evictions, retries, errors JSON list, not_before, updated_at,
-         finished_at, result JSON, traceback, owner)
-    INDEX jobs_state_finished ON jobs(state, finished_at)    load and vacuum
-    schedulers(name TEXT PRIMARY KEY, secret_hash TEXT)      who may reattach under a name
+The tables and their upgrades are in :mod:`scheduler.bus.journal_schema`, the file lock
+in :mod:`scheduler.bus.journal_lock`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import fcntl
 import os
 import sqlite3
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Final, cast, get_args
+from typing import Any, Final
 
 import msgspec
 
+from scheduler.bus.journal_lock import lock_path as lock_path
+from scheduler.bus.journal_lock import take_lock
+from scheduler.bus.journal_schema import (
+    COUNTS,
+    DELETE,
+    FORGET_PROMISE,
+    FORGET_SECRET,
+    GET,
+    GET_PROMISE,
+    LIVE_STATES,
+    LOAD,
+    PROMISE,
+    RAISE_HIGH_SEQ,
+    SAVE_SECRET,
+    SECRETS,
+    UPSERT,
+    VACUUM,
+    Row,
+    connect,
+    is_full,
+    job_of,
+    prepared,
+    row_of,
+)
+from scheduler.bus.journal_schema import MEMORY as MEMORY
+from scheduler.bus.journal_schema import SCHEMA_VERSION as SCHEMA_VERSION
+from scheduler.bus.journal_schema import JournalError as JournalError
 from scheduler.policy.job import Job
-from scheduler.protocol import FINAL_EVENTS, JobPayload, JobState
-
-SCHEMA_VERSION: Final = 3
-"""The schema this code writes. A version 1 journal (no ``result`` and ``traceback``) or
-version 2 journal (no ``owner``, no ``schedulers``) is upgraded when opened; a journal with
-a newer version is refused."""
-
-MEMORY: Final = ":memory:"
-"""The path of a journal kept in memory: nothing survives :meth:`Journal.close`."""
-
-BUSY_TIMEOUT_S: Final = 0.1
-"""How long a write waits for a lock held by another connection before failing.
-
-The bus is the journal's only writer, so waiting longer would only stall its event loop
-behind a stranger (say, someone editing the file with the sqlite3 shell).
-"""
-
-LIVE_STATES: Final[tuple[str, ...]] = tuple(
-    state for state in get_args(JobState) if state not in FINAL_EVENTS
-)
-"""The states :meth:`Journal.load` returns: every job state that is not final."""
-
-_COLUMNS: Final = (
-    "id",
-    "seq",
-    "payload",
-    "submitted_at",
-    "state",
-    "attempt",
-    "holder",
-    "deliveries",
-    "evictions",
-    "retries",
-    "errors",
-    "not_before",
-    "updated_at",
-    "finished_at",
-    "result",
-    "traceback",
-    "owner",
-)
-_SCHEMA: Final = (
-    "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID",
-    """CREATE TABLE IF NOT EXISTS jobs (
-        id TEXT PRIMARY KEY,
-        seq INTEGER NOT NULL,
-        payload TEXT NOT NULL,
-        submitted_at REAL NOT NULL,
-        state TEXT NOT NULL,
-        attempt INTEGER NOT NULL,
-        holder TEXT,
-        deliveries INTEGER NOT NULL,
-        evictions INTEGER NOT NULL,
-        retries INTEGER NOT NULL,
-        errors TEXT NOT NULL,
-        not_before REAL,
-        updated_at REAL NOT NULL,
-        finished_at REAL,
-        result TEXT,
-        traceback TEXT,
-        owner TEXT
-    )""",
-    "CREATE INDEX IF NOT EXISTS jobs_state_finished ON jobs (state, finished_at)",
-    """CREATE TABLE IF NOT EXISTS schedulers (
-        name TEXT PRIMARY KEY,
-        secret_hash TEXT NOT NULL
-    ) WITHOUT ROWID""",
-    f"INSERT OR IGNORE INTO meta VALUES ('schema_version', {SCHEMA_VERSION}), ('high_seq', -1)",
-)
-_UPGRADES: Final[dict[int, tuple[str, ...]]] = {
-    1: (
-        "ALTER TABLE jobs ADD COLUMN result TEXT",
-        "ALTER TABLE jobs ADD COLUMN traceback TEXT",
-        "ALTER TABLE jobs ADD COLUMN owner TEXT",
-        f"UPDATE meta SET value = {SCHEMA_VERSION} WHERE key = 'schema_version'",
-    ),
-    2: (
-        "ALTER TABLE jobs ADD COLUMN owner TEXT",
-        f"UPDATE meta SET value = {SCHEMA_VERSION} WHERE key = 'schema_version'",
-    ),
-}
-"""The statements that bring a journal of an older schema version up to this one."""
-_SELECT: Final = f"SELECT {', '.join(_COLUMNS)} FROM jobs"
-_GET: Final = f"{_SELECT} WHERE id = ?"
-_LOAD: Final = f"{_SELECT} WHERE state IN ({', '.join('?' * len(LIVE_STATES))})"
-_UPSERT: Final = (
-    f"INSERT INTO jobs ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))})"
-    f" ON CONFLICT (id) DO UPDATE SET {', '.join(f'{c} = excluded.{c}' for c in _COLUMNS[1:])}"
-)
-_DELETE: Final = "DELETE FROM jobs WHERE id = ?"
-_VACUUM: Final = "DELETE FROM jobs WHERE state = ? AND finished_at < ?"
-_COUNTS: Final = "SELECT state, count(*) FROM jobs GROUP BY state"
-_META: Final = "SELECT value FROM meta WHERE key = ?"
-_RAISE_HIGH_SEQ: Final = "UPDATE meta SET value = max(value, ?) WHERE key = 'high_seq'"
-_SECRETS: Final = "SELECT name, secret_hash FROM schedulers"
-_SAVE_SECRET: Final = (
-    "INSERT INTO schedulers VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET"
-    " secret_hash = excluded.secret_hash"
-)
-_FORGET_SECRET: Final = "DELETE FROM schedulers WHERE name = ?"
-_PROMISE: Final = "INSERT OR REPLACE INTO meta VALUES ('restart_deadline_ms', ?)"
-_FORGET_PROMISE: Final = "DELETE FROM meta WHERE key = 'restart_deadline_ms'"
-_GET_PROMISE: Final = "SELECT value FROM meta WHERE key = 'restart_deadline_ms'"
-
-_Row = tuple[
-    str,
-    int,
-    str,
-    float,
-    str,
-    int,
-    str | None,
-    int,
-    int,
-    int,
-    str,
-    float | None,
-    float,
-    float | None,
-    str | None,
-    str | None,
-    str | None,
-]
-"""One job as bound to ``_UPSERT``, in ``_COLUMNS`` order."""
-
-_encoder = msgspec.json.Encoder()
-_payload_decoder = msgspec.json.Decoder(JobPayload)
-_errors_decoder = msgspec.json.Decoder(list[str])
-
-
-class JournalError(Exception):
-    """The journal cannot be opened, read or written; the message names its file.
-
-    ``full`` is True when SQLite said the database or the disk is full.
-    """
-
-    def __init__(self, message: str, *, full: bool = False) -> None:
-        super().__init__(message)
-        self.full = full
-
-
-_INT64: Final = range(-(2**63), 2**63)
-
-
-def _row_of(job: Job) -> _Row:
-    row = _encode_row(job)
-    for column, value in zip(_COLUMNS, row, strict=True):
-        if isinstance(value, int) and value not in _INT64:
-            raise ValueError(f"{column} {value} does not fit a signed 64-bit SQLite INTEGER")
-    return row
-
-
-def _encode_row(job: Job) -> _Row:
-    return (
-        job.id,
-        job.seq,
-        _encoder.encode(job.payload).decode(),
-        job.submitted_at,
-        job.state,
-        job.attempt,
-        job.holder,
-        job.deliveries,
-        job.evictions,
-        job.retries,
-        _encoder.encode(job.errors).decode(),
-        job.not_before,
-        job.updated_at,
-        job.finished_at,
-        None if job.result is None else _encoder.encode(job.result).decode(),
-        job.traceback,
-        job.owner,
-    )
-
-
-def _job_of(row: Sequence[Any]) -> Job:
-    try:
-        payload = _payload_decoder.decode(row[2])
-        errors = _errors_decoder.decode(row[10])
-        result = None if row[14] is None else msgspec.json.decode(row[14])
-    except msgspec.DecodeError as exc:
-        raise msgspec.DecodeError(f"job {row[0]!r} cannot be read: {exc}") from exc
-    return Job(
-        id=row[0],
-        seq=row[1],
-        payload=payload,
-        submitted_at=row[3],
-        state=cast(JobState, row[4]),
-        attempt=row[5],
-        holder=row[6],
-        deliveries=row[7],
-        evictions=row[8],
-        retries=row[9],
-        errors=errors,
-        not_before=row[11],
-        updated_at=row[12],
-        finished_at=row[13],
-        result=result,
-        traceback=row[15],
-        owner=row[16],
-    )
-
-
-def lock_path(path: str) -> str:
-    """The lock file that keeps a second bus off journal ``path``: ``PATH.lock``."""
-    return f"{path}.lock"
-
-
-def _lock(name: str) -> int:
-    """Take the journal's lock (an exclusive ``flock`` on ``NAME.lock`` holding our pid)
-    and return its descriptor; raise :class:`JournalError` naming the holder's pid."""
-    path = lock_path(name)
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    except OSError as exc:
-        raise JournalError(f"cannot create the lock file {path} of journal {name}: {exc}") from exc
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
-        os.close(fd)
-        raise JournalError(
-            f"journal {name} is in use by another bus (pid {holder}, lock {path});"
-            " stop it or give this bus another --db"
-        ) from None
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-    return fd
-
-
-def _is_full(exc: BaseException) -> bool:
-    return getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL
-
-
-def _meta(conn: sqlite3.Connection, key: str) -> int:
-    value = conn.execute(_META, (key,)).fetchone()
-    if value is None:
-        raise sqlite3.DatabaseError(f"meta has no {key!r}")
-    return int(value[0])
-
-
-def _connect(name: str) -> sqlite3.Connection:
-    try:
-        return sqlite3.connect(name, timeout=BUSY_TIMEOUT_S, isolation_level=None)
-    except sqlite3.Error as exc:
-        raise JournalError(f"cannot open journal {name}: {exc}") from exc
-
-
-def _prepared(conn: sqlite3.Connection, name: str) -> int:
-    """:func:`_prepare` ``conn``; close it if that fails."""
-    try:
-        return _prepare(conn, name)
-    except sqlite3.Error as exc:
-        conn.close()
-        raise JournalError(f"cannot open journal {name}: {exc}", full=_is_full(exc)) from exc
-    except BaseException:
-        conn.close()
-        raise
-
-
-def _prepare(conn: sqlite3.Connection, name: str) -> int:
-    """Check or create the schema and set up durability; return the highest stored seq.
-
-    The file is checked before anything is written to it, so a foreign database or a
-    newer journal is left untouched.
-    """
-    tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-    if tables and "meta" not in tables:
-        raise JournalError(f"{name} is an SQLite database but not a schedbus journal")
-    version = _meta(conn, "schema_version") if tables else SCHEMA_VERSION
-    if version not in _UPGRADES and version != SCHEMA_VERSION:
-        raise JournalError(
-            f"journal {name} has schema version {version}; this schedbus reads versions"
-            f" 1 to {SCHEMA_VERSION} only (a newer schedbus wrote it?)"
-        )
-    if name != MEMORY:
-        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-        if mode != "wal":
-            raise JournalError(f"journal {name}: WAL mode is unavailable here ({mode})")
-    # WAL with synchronous=NORMAL may lose the last commits on power loss; an
-    # acknowledged job must not be lost.
-    conn.execute("PRAGMA synchronous = FULL")
-    conn.execute("BEGIN IMMEDIATE")
-    if tables:
-        # Again under the write lock: another process may have upgraded it meanwhile.
-        version = _meta(conn, "schema_version")
-    for statement in _UPGRADES.get(version, ()):
-        conn.execute(statement)
-    for statement in _SCHEMA:
-        conn.execute(statement)
-    conn.execute("COMMIT")
-    return _meta(conn, "high_seq")
+from scheduler.protocol import FINAL_EVENTS
 
 
 class Journal:
@@ -346,7 +74,7 @@ class Journal:
         self._conn = conn
         self._lock = lock
         self._high_seq = high_seq
-        self._pending: dict[str, _Row | None] = {}
+        self._pending: dict[str, Row | None] = {}
         self._pending_secrets: dict[str, str | None] = {}
         self._batch: asyncio.Future[None] | None = None
         self._handle: asyncio.Handle | None = None
@@ -365,18 +93,18 @@ class Journal:
         """
         name = os.fspath(path)
         if name == MEMORY:
-            conn = _connect(name)
-            return cls(conn, name, _prepared(conn, name))
+            conn = connect(name)
+            return cls(conn, name, prepared(conn, name))
         if os.path.isdir(name):
             raise JournalError(f"journal {name} is a directory, not a file")
         try:
             Path(name).parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise JournalError(f"cannot create the directory of journal {name}: {exc}") from exc
-        lock = _lock(name)
+        lock = take_lock(name)
         try:
-            conn = _connect(name)
-            high_seq = _prepared(conn, name)
+            conn = connect(name)
+            high_seq = prepared(conn, name)
         except BaseException:
             os.close(lock)
             raise
@@ -391,14 +119,14 @@ class Journal:
         """Every job that is not final, queued writes included, in ``seq`` order."""
         with self._failing("load"):
             rows: dict[str, Sequence[Any]] = {
-                row[0]: row for row in self._conn.execute(_LOAD, LIVE_STATES)
+                row[0]: row for row in self._conn.execute(LOAD, LIVE_STATES)
             }
             for job_id, pending in self._pending.items():
                 if pending is None or pending[4] in FINAL_EVENTS:
                     rows.pop(job_id, None)
                 else:
                     rows[job_id] = pending
-            return [_job_of(row) for row in sorted(rows.values(), key=lambda row: row[1])]
+            return [job_of(row) for row in sorted(rows.values(), key=lambda row: row[1])]
 
     def next_seq(self) -> int:
         """One more than the highest ``seq`` ever saved (0 for a new journal), so arrival
@@ -410,20 +138,20 @@ class Journal:
         included; None if it was never saved or has been deleted."""
         if job_id in self._pending:
             pending = self._pending[job_id]
-            return None if pending is None else _job_of(pending)
+            return None if pending is None else job_of(pending)
         with self._failing("get"):
-            row = self._conn.execute(_GET, (job_id,)).fetchone()
-            return None if row is None else _job_of(row)
+            row = self._conn.execute(GET, (job_id,)).fetchone()
+            return None if row is None else job_of(row)
 
     def save(self, jobs: Iterable[Job]) -> None:
         """Queue an upsert of each job's current state, copied now (later changes to the
         objects are not saved). All or nothing: raise :class:`JournalError` and queue none
         if one job cannot be encoded or has an integer SQLite cannot store."""
         self._check_open()
-        rows: list[_Row] = []
+        rows: list[Row] = []
         for job in jobs:
             try:
-                rows.append(_row_of(job))
+                rows.append(row_of(job))
             except (TypeError, ValueError, msgspec.EncodeError) as exc:
                 raise JournalError(
                     f"journal {self.path}: cannot store job {job.id!r}: {exc}"
@@ -440,7 +168,7 @@ class Journal:
     def scheduler_secrets(self) -> dict[str, str]:
         """The secret hash of every scheduler name saved, queued writes included."""
         with self._failing("read schedulers"):
-            known: dict[str, str] = dict(self._conn.execute(_SECRETS).fetchall())
+            known: dict[str, str] = dict(self._conn.execute(SECRETS).fetchall())
         for name, secret in self._pending_secrets.items():
             if secret is None:
                 known.pop(name, None)
@@ -487,7 +215,7 @@ class Journal:
         with self._failing("vacuum"), self._transaction():
             for state in sorted(FINAL_EVENTS):
                 cutoff = now - retention.get(state, default_retention)
-                count = self._conn.execute(_VACUUM, (state, cutoff)).rowcount
+                count = self._conn.execute(VACUUM, (state, cutoff)).rowcount
                 if count > 0:
                     deleted[state] = count
         return deleted
@@ -497,20 +225,20 @@ class Journal:
         their jobs until ``deadline`` (epoch seconds); None forgets the promise."""
         with self._failing("recording the restart promise"), self._transaction():
             if deadline is None:
-                self._conn.execute(_FORGET_PROMISE)
+                self._conn.execute(FORGET_PROMISE)
             else:
-                self._conn.execute(_PROMISE, (round(deadline * 1000),))
+                self._conn.execute(PROMISE, (round(deadline * 1000),))
 
     def restart_promise(self) -> float | None:
         """The deadline (epoch seconds) recorded by :meth:`promise_restart`, or None."""
         with self._failing("reading the restart promise"):
-            row = self._conn.execute(_GET_PROMISE).fetchone()
+            row = self._conn.execute(GET_PROMISE).fetchone()
         return None if row is None else int(row[0]) / 1000
 
     def counts(self) -> dict[str, int]:
         """How many committed jobs there are in each state (states with none left out)."""
         with self._failing("counts"):
-            return dict(self._conn.execute(_COUNTS).fetchall())
+            return dict(self._conn.execute(COUNTS).fetchall())
 
     def close(self) -> None:
         """Commit the queued writes (answering pending flushes), then close the database.
@@ -555,21 +283,21 @@ class Journal:
         return error
 
     def _write(
-        self, pending: Mapping[str, _Row | None], secrets: Mapping[str, str | None]
+        self, pending: Mapping[str, Row | None], secrets: Mapping[str, str | None]
     ) -> JournalError | None:
         upserts = [row for row in pending.values() if row is not None]
         deletes = [(job_id,) for job_id, row in pending.items() if row is None]
         try:
             with self._transaction():
-                self._conn.executemany(_UPSERT, upserts)
-                self._conn.executemany(_DELETE, deletes)
+                self._conn.executemany(UPSERT, upserts)
+                self._conn.executemany(DELETE, deletes)
                 self._write_secrets(secrets)
                 if upserts:
-                    self._conn.execute(_RAISE_HIGH_SEQ, (max(row[1] for row in upserts),))
+                    self._conn.execute(RAISE_HIGH_SEQ, (max(row[1] for row in upserts),))
         # Binding a value SQLite cannot store raises outside sqlite3.Error (OverflowError
         # for a huge int, UnicodeEncodeError for a lone surrogate); all go to the waiters.
         except Exception as exc:
-            error = JournalError(f"journal {self.path}: commit failed: {exc}", full=_is_full(exc))
+            error = JournalError(f"journal {self.path}: commit failed: {exc}", full=is_full(exc))
             error.__cause__ = exc
             return error
         return None
@@ -577,8 +305,8 @@ class Journal:
     def _write_secrets(self, secrets: Mapping[str, str | None]) -> None:
         saved = [(name, h) for name, h in secrets.items() if h is not None]
         forgotten = [(name,) for name, h in secrets.items() if h is None]
-        self._conn.executemany(_SAVE_SECRET, saved)
-        self._conn.executemany(_FORGET_SECRET, forgotten)
+        self._conn.executemany(SAVE_SECRET, saved)
+        self._conn.executemany(FORGET_SECRET, forgotten)
 
     @contextmanager
     def _transaction(self) -> Iterator[None]:

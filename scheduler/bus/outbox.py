@@ -56,30 +56,42 @@ class BacklogBudget:
     """The bytes queued in every outbox, and the total bound they share."""
 
     def __init__(self, limit: int) -> None:
-        self.limit = limit
-        """Most bytes all outboxes together may queue."""
-        self.total = 0
-        """Bytes queued now, in all outboxes."""
+        self._limit = limit
+        self._total = 0
         self._droppable: set[FrameOutbox] = set()
         self._trim = _malloc_trim()
         self._trimmed_at = -_TRIM_EVERY_S
         self._trim_pending = False
-        self.dropped = 0
+        self._dropped = 0
+
+    @property
+    def limit(self) -> int:
+        """Most bytes all outboxes together may queue."""
+        return self._limit
+
+    @property
+    def total(self) -> int:
+        """Bytes queued now, in all outboxes."""
+        return self._total
+
+    @property
+    def dropped(self) -> int:
         """Outboxes disconnected for their backlog since the start."""
+        return self._dropped
 
     def add(self, outbox: FrameOutbox, size: int) -> None:
         """Count ``size`` more bytes queued in ``outbox``; past the limit, disconnect the
         droppable outbox with the largest backlog until the total fits (maybe ``outbox``)."""
-        self.total += size
-        while self.total > self.limit and self._droppable:
+        self._total += size
+        while self._total > self._limit and self._droppable:
             laggard = max(self._droppable, key=lambda box: box.queued_bytes)
             if laggard.queued_bytes == 0:
                 return
-            laggard.drop(f"the bus's total backlog passed {self.limit} bytes; largest first")
+            laggard.drop(f"the bus's total backlog passed {self._limit} bytes; largest first")
 
     def remove(self, size: int) -> None:
         """Count ``size`` bytes no longer queued."""
-        self.total -= size
+        self._total -= size
 
     def track(self, outbox: FrameOutbox, droppable: bool) -> None:
         """Let ``outbox`` be dropped for the total bound (producers, monitors) or not."""
@@ -88,9 +100,11 @@ class BacklogBudget:
         else:
             self._droppable.discard(outbox)
 
-    def forget(self, outbox: FrameOutbox) -> None:
-        """Stop considering ``outbox`` (closed)."""
+    def forget(self, outbox: FrameOutbox, dropped: bool = False) -> None:
+        """Stop considering ``outbox`` (closed; ``dropped``: disconnected for its
+        backlog, which :attr:`dropped` counts)."""
         self._droppable.discard(outbox)
+        self._dropped += dropped
 
     def freed(self, size: int) -> None:
         """A backlog of ``size`` bytes was dropped: hand big ones back to the OS, at most
@@ -117,18 +131,31 @@ class FrameOutbox:
     def __init__(
         self, ws: ServerConnection, budget: BacklogBudget, bound: int | None, label: str
     ) -> None:
-        self.label = label
+        self._label = label
         self._ws = ws
         self._budget = budget
         self._bound = bound
         self._backlog: deque[tuple[bytes, bool]] = deque()
         self._counted = 0
-        self.queued_bytes = 0
-        """Bytes of frames waiting behind the socket."""
+        self._queued = 0
         self._writer: asyncio.Task[None] | None = None
         self._high_water = ws.transport.get_write_buffer_limits()[1]
         self._dropped = False
         budget.track(self, bound is not None)
+
+    @property
+    def label(self) -> str:
+        """Who the connection is in log lines: its peer address, then its name."""
+        return self._label
+
+    def rename(self, label: str) -> None:
+        """Name the connection ``label`` in log lines from now on."""
+        self._label = label
+
+    @property
+    def queued_bytes(self) -> int:
+        """Bytes of frames waiting behind the socket."""
+        return self._queued
 
     @property
     def bound(self) -> int | None:
@@ -160,7 +187,7 @@ class FrameOutbox:
             return
         self._backlog.append((frame, counted))
         self._counted += size if counted else 0
-        self.queued_bytes += size
+        self._queued += size
         if self._writer is None:
             self._writer = asyncio.create_task(self._drain())
         self._budget.add(self, size)
@@ -188,11 +215,10 @@ class FrameOutbox:
         """Disconnect this client now, saying ``why`` in the log; later frames are dropped."""
         if self._dropped:
             return
-        logger.warning("%s: %s; disconnecting it", self.label, why)
+        logger.warning("%s: %s; disconnecting it", self._label, why)
         self._dropped = True
-        self._budget.dropped += 1
         size = self._clear()
-        self._budget.forget(self)
+        self._budget.forget(self, dropped=True)
         if self._writer is not None:
             self._writer.cancel()
         self._ws.transport.abort()
@@ -200,10 +226,10 @@ class FrameOutbox:
 
     def _clear(self) -> int:
         """Forget every queued frame; return how many bytes they were."""
-        size = self.queued_bytes
+        size = self._queued
         self._backlog.clear()
         self._budget.remove(size)
-        self.queued_bytes = self._counted = 0
+        self._queued = self._counted = 0
         return size
 
     async def _drain(self) -> None:
@@ -215,7 +241,7 @@ class FrameOutbox:
                 self._backlog.popleft()
                 size = len(frame)
                 self._counted -= size if counted else 0
-                self.queued_bytes -= size
+                self._queued -= size
                 self._budget.remove(size)
         except ConnectionClosed:
             self._clear()

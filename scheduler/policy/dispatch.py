@@ -92,6 +92,25 @@ from scheduler.protocol import (
     SubmittedMany,
 )
 
+DEFAULT_LEASE_S: Final = 5.0
+"""Seconds a silent or disconnected scheduler keeps its jobs."""
+
+DEFAULT_MAX_EVICTIONS: Final = 3
+"""Evictions after which a job is assigned as not evictable."""
+
+DEFAULT_MAX_DELIVERIES: Final = 10
+"""Deliveries (plus the job's own ``max_retries``) after which a job is dead."""
+
+DEFAULT_STEAL: Final = "urgent"
+"""The work-stealing strategy (one of :data:`~scheduler.policy.stealing.STEAL_STRATEGIES`)."""
+
+DEFAULT_START_DEADLINE_S: Final = 30.0
+"""How long a scheduler with room may hold assigned jobs without starting any, as the
+bus sets it (a bare :class:`DispatchConfig` has no deadline)."""
+
+DEFAULT_RESTART_GRACE_S: Final = 60.0
+"""How long a bus shutting down promises its schedulers their running jobs."""
+
 V1_SIZE: Final = 5
 """Slots assumed for a scheduler that does not say (v1 schedulers never do)."""
 
@@ -112,11 +131,11 @@ class DispatchConfig:
     scheduler with room may hold assigned attempts without starting any before it loses
     them (None: no deadline)."""
 
-    lease: float = 5.0
-    max_evictions: int = 3
-    max_deliveries: int = 10
+    lease: float = DEFAULT_LEASE_S
+    max_evictions: int = DEFAULT_MAX_EVICTIONS
+    max_deliveries: int = DEFAULT_MAX_DELIVERIES
     backoff: RetryBackoff = field(default_factory=RetryBackoff)
-    steal: str = "urgent"
+    steal: str = DEFAULT_STEAL
     age_every: float | None = None
     start_deadline: float | None = None
 

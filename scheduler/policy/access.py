@@ -1,20 +1,20 @@
-"""Who may register as what, and which token role may send which command. No I/O.
+"""Who may register as what, and which client may send which command. No I/O.
 
-The bus asks :func:`authenticate` about every ``register`` and :func:`rights_refusal`
-about every later frame; ownership of jobs (a producer acts only on its own) is the
-dispatch core's rule (:func:`scheduler.policy.job.not_yours`), fed by
-:attr:`Grant.owner` and :func:`owner_filter`.
+The bus asks :func:`authenticate` about every ``register`` and :func:`send_refusal`
+about every later frame (its client type, protocol and token role); ownership of jobs
+(a producer acts only on its own) is the dispatch core's rule
+(:func:`scheduler.policy.job.not_yours`), fed by :attr:`Grant.owner` and
+:func:`owner_filter`.
 """
 
 from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 import msgspec
 
-from scheduler.auth import TokenRole, TokenTable
 from scheduler.protocol import (
     Cancel,
     GetStats,
@@ -28,6 +28,24 @@ from scheduler.protocol import (
     Vacuum,
     Watch,
 )
+
+if TYPE_CHECKING:  # the token file's module does I/O; the rules need only its types
+    from scheduler.auth import TokenRole, TokenTable
+
+ROLES_FOR: Final[dict[type, tuple[Role, ...]]] = {
+    JobRequest: ("producer",),
+    SubmitMany: ("producer",),
+    Cancel: ("producer", "monitor"),
+    Watch: ("producer", "monitor"),
+    Vacuum: ("producer", "monitor"),
+    GetStats: ("producer", "monitor"),
+    Report: ("scheduler",),
+    Heartbeat: ("scheduler",),
+}
+"""Which client type may send each command (``register`` is for anyone not registered)."""
+
+V2_ONLY: Final = frozenset({SubmitMany, Cancel, Watch, Vacuum, GetStats})
+"""The commands a client registered with protocol 1 may not send."""
 
 RIGHTS_FOR: Final[dict[type, tuple[TokenRole, ...]]] = {
     JobRequest: ("producer", "admin"),
@@ -117,6 +135,22 @@ def v1_refusal(
     if has_origin:
         return "a v1 client without a token is accepted only without an Origin header"
     return None
+
+
+def send_refusal(
+    role: Role | None, protocol: int, rights: TokenRole | None, message: object
+) -> str | None:
+    """Why a client registered as ``role`` (None: not registered yet) with ``protocol``
+    and token role ``rights`` may not send ``message`` (a decoded client message other
+    than ``register``), or None if it may."""
+    if role is None:
+        return "register first"
+    roles = ROLES_FOR[type(message)]
+    if role not in roles:
+        return f"a {role} may not send this cmd; only a {' or '.join(roles)} may"
+    if protocol != 2 and type(message) in V2_ONLY:
+        return "this cmd needs protocol 2"
+    return rights_refusal(rights, message)
 
 
 def rights_refusal(rights: TokenRole | None, message: object) -> str | None:

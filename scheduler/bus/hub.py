@@ -1,0 +1,315 @@
+"""The bus's state between its connections, and how it carries out the core's decisions.
+
+:class:`Hub` holds the dispatch core, the journal and its frame gate, the registered
+connections (:class:`~scheduler.bus.registry.Registry`) and the subscriptions
+(:class:`~scheduler.bus.fanout.Fanout`). :meth:`Hub.apply` journals what the core
+changed, then carries out its decisions in order: assignments, stops, replies and
+events become frames that wait in the gate for that commit. Leases, retry delays and
+v1 expiries are the core's timers: the hub asks it for the next deadline and sets one
+loop timer for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+from collections.abc import Callable, Coroutine, Iterable
+from typing import Any, Final
+
+from scheduler.bus.config import BusConfig
+from scheduler.bus.connection import Connection
+from scheduler.bus.fanout import Fanout
+from scheduler.bus.gate import FrameGate, Recipient, Refusal, journal_problem
+from scheduler.bus.journal import MEMORY, Journal, JournalError
+from scheduler.bus.registry import Registry
+from scheduler.policy.dispatch import (
+    Decision,
+    Dispatcher,
+    EmitEvent,
+    Ignored,
+    LeaseExpired,
+    Reply,
+    Requeued,
+    SendAssign,
+    SendStop,
+    StartOverdue,
+)
+from scheduler.protocol import (
+    Accepted,
+    Assign,
+    BusMessage,
+    Error,
+    Restarting,
+    SubmittedMany,
+    encode,
+    encode_v1_payload,
+)
+
+# The bus's log lines keep the one logger name its users and tests filter on.
+logger = logging.getLogger("scheduler.bus.server")
+
+CLOSE_LEASE_EXPIRED: Final = 4000
+"""Close code for a scheduler connection that stayed silent past its lease."""
+
+FLUSH_TIMEOUT_S: Final = 5.0
+"""How long a refused client's error reply may take to leave before the connection closes."""
+
+
+class Hub:
+    """The core, the journal, the connections and subscriptions of one bus."""
+
+    def __init__(
+        self,
+        config: BusConfig,
+        clock: Callable[[], float],
+        wall: Callable[[], float],
+        rng: random.Random | None,
+    ) -> None:
+        """Set up the core; nothing is opened until :meth:`open`."""
+        self.config = config
+        self.clock = clock
+        """The monotonic time the core sees."""
+        self.wall = wall
+        """The epoch time stamped on jobs."""
+        self.core = Dispatcher(config.rules, rng, new_id=new_id)
+        self.registry = Registry(self.core)
+        self.fanout = Fanout()
+        self._journal: Journal | None = None
+        self._gate: FrameGate | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0
+        self._background: set[asyncio.Task[Any]] = set()
+        self._started_at = clock()
+
+    @property
+    def started_at(self) -> float:
+        """When (:attr:`clock` time) the journal was opened (or the hub made, before)."""
+        return self._started_at
+
+    @property
+    def journal(self) -> Journal:
+        """The open journal (once opened)."""
+        if self._journal is None:
+            raise RuntimeError("the bus is not started")
+        return self._journal
+
+    @property
+    def gate(self) -> FrameGate:
+        """The gate every frame waits in for the journal (once opened)."""
+        if self._gate is None:
+            raise RuntimeError("the bus is not started")
+        return self._gate
+
+    def open(self) -> tuple[object, ...]:
+        """Open the journal and take back its jobs; return the log line that says so."""
+        journal = self._journal = Journal.open(self.config.db)
+        self._gate = FrameGate(journal, self._refused)
+        jobs = journal.load()
+        promised = journal.restart_promise()
+        wall = self.wall()
+        self.core.restore(jobs, journal.next_seq(), self.clock(), wall, promised_until=promised)
+        self.registry.restore_secrets(journal)
+        held = [job for job in jobs if job.holder is not None]
+        self._started_at = self.clock()
+        self.arm()
+        return (
+            "journal %s: %d jobs to finish (%d queued, %d held by %d schedulers that have"
+            " %.1f s to come back)",
+            self.config.db,
+            len(jobs),
+            len(jobs) - len(held),
+            len(held),
+            len({job.holder for job in held}),
+            max(self.config.rules.lease, (promised or 0.0) - wall),
+        )
+
+    def stop(self) -> None:
+        """Cancel the core's timer and every background task."""
+        if self._timer is not None:
+            self._timer.cancel()
+        for task in self._background:
+            task.cancel()
+
+    def close_journal(self) -> None:
+        """Commit and close the journal (if open), logging a failure."""
+        if self._journal is None:
+            return
+        try:
+            self._journal.close()
+        except JournalError as exc:
+            logger.error("closing the journal failed; unsaved changes are lost: %s", exc)
+
+    async def promise_restart(self) -> None:
+        """Journal the restart promise, then tell every v2 scheduler how long to keep its
+        jobs; with no grace (or a journal that cannot record it) promise nothing."""
+        grace = self.config.restart_grace
+        if self.journal.path == MEMORY:
+            return  # the jobs die with this bus: nobody would honour a promise
+        try:
+            self.journal.promise_restart(self.wall() + grace if grace > 0 else None)
+        except JournalError as exc:
+            logger.error("cannot journal the restart promise; schedulers keep their lease: %s", exc)
+            return
+        if grace <= 0:
+            return
+        told = [c for c in self.registry if c.role == "scheduler" and c.protocol == 2]
+        for client in told:
+            client.send(Restarting(keep_s=grace))
+        await self.gate.drain()
+        await asyncio.gather(*(client.outbox.flush(FLUSH_TIMEOUT_S) for client in told))
+        logger.info(
+            "shutting down for a restart: %d schedulers keep their jobs for %g s", len(told), grace
+        )
+
+    def spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
+        """Run ``coroutine`` in the background until it ends or :meth:`stop`."""
+        task = asyncio.create_task(coroutine)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    def subscribe(self, client: Connection, job_id: str) -> None:
+        """Send ``client`` the events of ``job_id`` if it may have more (monitors get every
+        event and v1 clients none)."""
+        if self.core.tracks(job_id):
+            self.fanout.subscribe(client, job_id)
+
+    # --- decisions -------------------------------------------------------------------
+
+    def apply(self, decisions: Iterable[Decision], requester: Connection | None = None) -> None:
+        """Journal what the core changed, carry out its decisions in order (their frames
+        wait for that journal commit), and re-arm the core's timer."""
+        changed, deleted = self.core.take_changes()
+        if changed or deleted:
+            self.journal.save(changed)
+            self.journal.delete(deleted)
+            self.gate.changed()
+            for job_id in deleted:
+                self.fanout.forget_job(job_id)
+        for decision in decisions:
+            self._carry_out(decision, requester)
+        self.arm()
+
+    def _carry_out(self, decision: Decision, requester: Connection | None) -> None:
+        if isinstance(decision, EmitEvent):
+            self.fanout.publish(decision.event, requester, self.gate)
+        elif isinstance(decision, SendAssign):
+            self._assign(decision)
+        elif isinstance(decision, SendStop):
+            self._stop(decision)
+        elif isinstance(decision, Reply):
+            self._reply(decision, requester)
+        else:
+            self._note(decision)
+
+    def _reply(self, reply: Reply, requester: Connection | None) -> None:
+        """Answer a v2 requester; a v1 producer is never sent anything, so its refused
+        job is logged."""
+        if requester is None:
+            return
+        if requester.protocol == 2:
+            requester.send(reply.message, _refusal_of(reply.message))
+        elif isinstance(reply.message, Error):
+            logger.warning("%s: refused job: %s", requester.outbox.label, reply.message.message)
+
+    def _note(self, decision: Requeued | Ignored | LeaseExpired | StartOverdue) -> None:
+        """Log a decision that sends nothing; a lease that expired on an open connection
+        closes it."""
+        if isinstance(decision, Requeued):
+            logger.debug(
+                "job %.8s: taken back from %s after attempt %d: %s",
+                decision.job_id,
+                decision.scheduler,
+                decision.attempt,
+                decision.reason,
+            )
+        elif isinstance(decision, Ignored):
+            logger.warning(
+                "%s: ignored report about job %.8s: %s",
+                decision.scheduler,
+                decision.job_id,
+                decision.reason,
+            )
+        elif isinstance(decision, StartOverdue):
+            logger.warning(
+                "%s: started none of its %d assigned jobs within the start deadline (%g s):"
+                " they are requeued, and it gets no new work until it starts one",
+                decision.scheduler,
+                decision.jobs,
+                self.config.rules.start_deadline,
+            )
+        else:
+            logger.info("%s: lease expired; %d jobs taken back", decision.scheduler, decision.jobs)
+            if decision.connected:
+                client = self.registry.pop(decision.scheduler)
+                self.spawn(client.ws.close(CLOSE_LEASE_EXPIRED, "lease expired"))
+
+    def _assign(self, decision: SendAssign) -> None:
+        scheduler = self.registry.get(decision.scheduler)
+        assert scheduler is not None
+        if scheduler.protocol == 2:
+            frame = encode(Assign(decision.assignment))
+        else:
+            frame = encode_v1_payload(decision.payload)
+        scheduler.gate.send(scheduler, frame.encode())
+
+    def _stop(self, decision: SendStop) -> None:
+        stop = decision.stop
+        scheduler = self.registry.get(decision.scheduler)
+        logger.debug(
+            "%s: stop job %.8s attempt %d: %s",
+            decision.scheduler,
+            stop.id,
+            stop.attempt,
+            stop.reason,
+        )
+        if scheduler is not None:
+            scheduler.send(stop)
+
+    def _refused(self, recipient: Recipient, refusal: Refusal, error: JournalError) -> None:
+        """A commit failed before ``refusal``'s acknowledgment went out: tell its sender
+        and take its jobs back (cancelled, so they never run)."""
+        assert isinstance(recipient, Connection)
+        why = f"{journal_problem(error)}; submit refused"
+        logger.warning(
+            "%s: %d accepted jobs taken back: %s", recipient.outbox.label, len(refusal.job_ids), why
+        )
+        recipient.send_now(Error(message=why, ref=refusal.ref))
+        for job_id in refusal.job_ids:
+            self.fanout.unsubscribe(recipient, job_id)
+            if self.core.tracks(job_id):
+                self.apply(self.core.cancel(job_id, self.wall()))
+
+    # --- timer -----------------------------------------------------------------------
+
+    def arm(self) -> None:
+        """Set the loop timer for the core's next deadline if it is earlier than the one set."""
+        deadline = self.core.next_deadline()
+        if deadline is None or (self._timer is not None and self._timer_at <= deadline):
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_at = deadline
+        delay = max(0.0, deadline - self.clock())
+        self._timer = asyncio.get_running_loop().call_later(delay, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self.apply(self.core.tick(self.clock(), self.wall()))
+
+
+def new_id() -> str:
+    """128 bits from the OS's generator, as hex: ids nobody can guess ahead."""
+    return os.urandom(16).hex()
+
+
+def _refusal_of(message: BusMessage) -> Refusal | None:
+    """What to take back if the acknowledgment ``message`` cannot be sent: the new jobs
+    it accepted (not those that existed already)."""
+    if isinstance(message, Accepted) and not message.existing:
+        return Refusal((message.id,), message.ref)
+    if isinstance(message, SubmittedMany):
+        new = tuple(r.id for r in message.results if r.id is not None and not r.existing)
+        return Refusal(new, message.ref) if new else None
+    return None

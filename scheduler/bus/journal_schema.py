@@ -1,0 +1,296 @@
+"""The journal's SQLite schema: its tables, statements, rows and upgrades.
+
+Schema (version :data:`SCHEMA_VERSION`)::
+
+    meta(key TEXT PRIMARY KEY, value INTEGER)   'schema_version', 'high_seq', and while a
+        planned restart is under way 'restart_deadline_ms' (epoch ms until which the
+        bus that shut down promised its schedulers their jobs)
+    jobs(id TEXT PRIMARY KEY, seq, payload JSON, submitted_at, state, attempt, holder,
+         deliveries, evictions, retries, errors JSON list, not_before, updated_at,
+         finished_at, result JSON, traceback, owner)
+    INDEX jobs_state_finished ON jobs(state, finished_at)    load and vacuum
+    schedulers(name TEXT PRIMARY KEY, secret_hash TEXT)      who may reattach under a name
+
+:func:`prepared` checks a database, creates or upgrades the schema and sets up
+durability; :func:`row_of` and :func:`job_of` turn a job into a row and back.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Sequence
+from typing import Any, Final, cast, get_args
+
+import msgspec
+
+from scheduler.policy.job import Job
+from scheduler.protocol import FINAL_EVENTS, JobPayload, JobState
+
+SCHEMA_VERSION: Final = 3
+"""The schema this code writes. A version 1 journal (no ``result`` and ``traceback``) or
+version 2 journal (no ``owner``, no ``schedulers``) is upgraded when opened; a journal with
+a newer version is refused."""
+
+MEMORY: Final = ":memory:"
+"""The path of a journal kept in memory: nothing survives :meth:`Journal.close`."""
+
+BUSY_TIMEOUT_S: Final = 0.1
+"""How long a write waits for a lock held by another connection before failing.
+
+The bus is the journal's only writer, so waiting longer would only stall its event loop
+behind a stranger (say, someone editing the file with the sqlite3 shell).
+"""
+
+LIVE_STATES: Final[tuple[str, ...]] = tuple(
+    state for state in get_args(JobState) if state not in FINAL_EVENTS
+)
+"""The states :meth:`Journal.load` returns: every job state that is not final."""
+
+_COLUMNS: Final = (
+    "id",
+    "seq",
+    "payload",
+    "submitted_at",
+    "state",
+    "attempt",
+    "holder",
+    "deliveries",
+    "evictions",
+    "retries",
+    "errors",
+    "not_before",
+    "updated_at",
+    "finished_at",
+    "result",
+    "traceback",
+    "owner",
+)
+_SCHEMA: Final = (
+    "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID",
+    """CREATE TABLE IF NOT EXISTS jobs (
+        id TEXT PRIMARY KEY,
+        seq INTEGER NOT NULL,
+        payload TEXT NOT NULL,
+        submitted_at REAL NOT NULL,
+        state TEXT NOT NULL,
+        attempt INTEGER NOT NULL,
+        holder TEXT,
+        deliveries INTEGER NOT NULL,
+        evictions INTEGER NOT NULL,
+        retries INTEGER NOT NULL,
+        errors TEXT NOT NULL,
+        not_before REAL,
+        updated_at REAL NOT NULL,
+        finished_at REAL,
+        result TEXT,
+        traceback TEXT,
+        owner TEXT
+    )""",
+    "CREATE INDEX IF NOT EXISTS jobs_state_finished ON jobs (state, finished_at)",
+    """CREATE TABLE IF NOT EXISTS schedulers (
+        name TEXT PRIMARY KEY,
+        secret_hash TEXT NOT NULL
+    ) WITHOUT ROWID""",
+    f"INSERT OR IGNORE INTO meta VALUES ('schema_version', {SCHEMA_VERSION}), ('high_seq', -1)",
+)
+UPGRADES: Final[dict[int, tuple[str, ...]]] = {
+    1: (
+        "ALTER TABLE jobs ADD COLUMN result TEXT",
+        "ALTER TABLE jobs ADD COLUMN traceback TEXT",
+        "ALTER TABLE jobs ADD COLUMN owner TEXT",
+        f"UPDATE meta SET value = {SCHEMA_VERSION} WHERE key = 'schema_version'",
+    ),
+    2: (
+        "ALTER TABLE jobs ADD COLUMN owner TEXT",
+        f"UPDATE meta SET value = {SCHEMA_VERSION} WHERE key = 'schema_version'",
+    ),
+}
+"""The statements that bring a journal of an older schema version up to this one."""
+SELECT: Final = f"SELECT {', '.join(_COLUMNS)} FROM jobs"
+GET: Final = f"{SELECT} WHERE id = ?"
+LOAD: Final = f"{SELECT} WHERE state IN ({', '.join('?' * len(LIVE_STATES))})"
+UPSERT: Final = (
+    f"INSERT INTO jobs ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))})"
+    f" ON CONFLICT (id) DO UPDATE SET {', '.join(f'{c} = excluded.{c}' for c in _COLUMNS[1:])}"
+)
+DELETE: Final = "DELETE FROM jobs WHERE id = ?"
+VACUUM: Final = "DELETE FROM jobs WHERE state = ? AND finished_at < ?"
+COUNTS: Final = "SELECT state, count(*) FROM jobs GROUP BY state"
+_META: Final = "SELECT value FROM meta WHERE key = ?"
+RAISE_HIGH_SEQ: Final = "UPDATE meta SET value = max(value, ?) WHERE key = 'high_seq'"
+SECRETS: Final = "SELECT name, secret_hash FROM schedulers"
+SAVE_SECRET: Final = (
+    "INSERT INTO schedulers VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET"
+    " secret_hash = excluded.secret_hash"
+)
+FORGET_SECRET: Final = "DELETE FROM schedulers WHERE name = ?"
+PROMISE: Final = "INSERT OR REPLACE INTO meta VALUES ('restart_deadline_ms', ?)"
+FORGET_PROMISE: Final = "DELETE FROM meta WHERE key = 'restart_deadline_ms'"
+GET_PROMISE: Final = "SELECT value FROM meta WHERE key = 'restart_deadline_ms'"
+
+Row = tuple[
+    str,
+    int,
+    str,
+    float,
+    str,
+    int,
+    str | None,
+    int,
+    int,
+    int,
+    str,
+    float | None,
+    float,
+    float | None,
+    str | None,
+    str | None,
+    str | None,
+]
+"""One job as bound to ``UPSERT``, in ``_COLUMNS`` order."""
+
+_encoder = msgspec.json.Encoder()
+_payload_decoder = msgspec.json.Decoder(JobPayload)
+_errors_decoder = msgspec.json.Decoder(list[str])
+
+
+class JournalError(Exception):
+    """The journal cannot be opened, read or written; the message names its file.
+
+    ``full`` is True when SQLite said the database or the disk is full.
+    """
+
+    def __init__(self, message: str, *, full: bool = False) -> None:
+        super().__init__(message)
+        self.full = full
+
+
+_INT64: Final = range(-(2**63), 2**63)
+
+
+def row_of(job: Job) -> Row:
+    """``job`` as bound to ``UPSERT``; raise ValueError for an int SQLite cannot
+    store, naming the column."""
+    row = _encode_row(job)
+    for column, value in zip(_COLUMNS, row, strict=True):
+        if isinstance(value, int) and value not in _INT64:
+            raise ValueError(f"{column} {value} does not fit a signed 64-bit SQLite INTEGER")
+    return row
+
+
+def _encode_row(job: Job) -> Row:
+    return (
+        job.id,
+        job.seq,
+        _encoder.encode(job.payload).decode(),
+        job.submitted_at,
+        job.state,
+        job.attempt,
+        job.holder,
+        job.deliveries,
+        job.evictions,
+        job.retries,
+        _encoder.encode(job.errors).decode(),
+        job.not_before,
+        job.updated_at,
+        job.finished_at,
+        None if job.result is None else _encoder.encode(job.result).decode(),
+        job.traceback,
+        job.owner,
+    )
+
+
+def job_of(row: Sequence[Any]) -> Job:
+    """The job row read back from the jobs table holds; raise msgspec.DecodeError naming it if
+    it cannot be read."""
+    try:
+        payload = _payload_decoder.decode(row[2])
+        errors = _errors_decoder.decode(row[10])
+        result = None if row[14] is None else msgspec.json.decode(row[14])
+    except msgspec.DecodeError as exc:
+        raise msgspec.DecodeError(f"job {row[0]!r} cannot be read: {exc}") from exc
+    return Job(
+        id=row[0],
+        seq=row[1],
+        payload=payload,
+        submitted_at=row[3],
+        state=cast(JobState, row[4]),
+        attempt=row[5],
+        holder=row[6],
+        deliveries=row[7],
+        evictions=row[8],
+        retries=row[9],
+        errors=errors,
+        not_before=row[11],
+        updated_at=row[12],
+        finished_at=row[13],
+        result=result,
+        traceback=row[15],
+        owner=row[16],
+    )
+
+
+def is_full(exc: BaseException) -> bool:
+    """Whether SQLite raised ``exc`` because the database or the disk is full."""
+    return getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL
+
+
+def _meta(conn: sqlite3.Connection, key: str) -> int:
+    value = conn.execute(_META, (key,)).fetchone()
+    if value is None:
+        raise sqlite3.DatabaseError(f"meta has no {key!r}")
+    return int(value[0])
+
+
+def connect(name: str) -> sqlite3.Connection:
+    """Open journal ``name`` in autocommit mode; raise :class:`JournalError` naming it."""
+    try:
+        return sqlite3.connect(name, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+    except sqlite3.Error as exc:
+        raise JournalError(f"cannot open journal {name}: {exc}") from exc
+
+
+def prepared(conn: sqlite3.Connection, name: str) -> int:
+    """:func:`_prepare` ``conn``; close it if that fails."""
+    try:
+        return _prepare(conn, name)
+    except sqlite3.Error as exc:
+        conn.close()
+        raise JournalError(f"cannot open journal {name}: {exc}", full=is_full(exc)) from exc
+    except BaseException:
+        conn.close()
+        raise
+
+
+def _prepare(conn: sqlite3.Connection, name: str) -> int:
+    """Check or create the schema and set up durability; return the highest stored seq.
+
+    The file is checked before anything is written to it, so a foreign database or a
+    newer journal is left untouched.
+    """
+    tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    if tables and "meta" not in tables:
+        raise JournalError(f"{name} is an SQLite database but not a schedbus journal")
+    version = _meta(conn, "schema_version") if tables else SCHEMA_VERSION
+    if version not in UPGRADES and version != SCHEMA_VERSION:
+        raise JournalError(
+            f"journal {name} has schema version {version}; this schedbus reads versions"
+            f" 1 to {SCHEMA_VERSION} only (a newer schedbus wrote it?)"
+        )
+    if name != MEMORY:
+        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if mode != "wal":
+            raise JournalError(f"journal {name}: WAL mode is unavailable here ({mode})")
+    # WAL with synchronous=NORMAL may lose the last commits on power loss; an
+    # acknowledged job must not be lost.
+    conn.execute("PRAGMA synchronous = FULL")
+    conn.execute("BEGIN IMMEDIATE")
+    if tables:
+        # Again under the write lock: another process may have upgraded it meanwhile.
+        version = _meta(conn, "schema_version")
+    for statement in UPGRADES.get(version, ()):
+        conn.execute(statement)
+    for statement in _SCHEMA:
+        conn.execute(statement)
+    conn.execute("COMMIT")
+    return _meta(conn, "high_seq")

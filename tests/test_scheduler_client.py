@@ -24,7 +24,8 @@ from websockets.http11 import Request, Response
 
 from scheduler.protocol import MAX_FRAME_BYTES, Assignment, Held, Register, Report, encode
 from scheduler.tasks import TaskRegistry
-from scheduler.worker.client import Outbox, SchedulerClient, SchedulerConfig, fit_register
+from scheduler.worker.client import SchedulerClient, SchedulerConfig
+from scheduler.worker.report_queue import ReportQueue, fit_register
 
 Frame = dict[str, Any]
 
@@ -349,7 +350,7 @@ async def test_reconnect_with_nothing_held_sends_an_empty_held_list(
 async def test_stop_from_the_bus_drops_a_queued_attempt_and_purges_its_reports(
     fake_bus: FakeBus, start_client: Starter, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.DEBUG, "scheduler.worker.client")
+    caplog.set_level(logging.DEBUG, "scheduler.worker")
     client = start_client(fake_bus.url, size=1)
     peer = await fake_bus.peer()
     await peer.register()
@@ -393,7 +394,7 @@ async def test_cancel_stops_running_and_queued_jobs_and_reports_cancelled(
 async def test_bad_frames_from_the_bus_are_logged_not_fatal(
     fake_bus: FakeBus, start_client: Starter, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.DEBUG, "scheduler.worker.client")
+    caplog.set_level(logging.DEBUG, "scheduler.worker")
     start_client(fake_bus.url)
     peer = await fake_bus.peer()
     await peer.register()
@@ -532,7 +533,7 @@ async def test_error_in_a_session_stops_its_jobs_and_propagates(fake_bus: FakeBu
 def test_outbox_keeps_order_and_drops_the_oldest_past_its_limit(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    outbox = Outbox(limit=3)
+    outbox = ReportQueue(limit=3)
     for n in range(5):
         outbox.append(Report("started", f"j{n}", 1))
     assert [r.id for r in outbox] == ["j2", "j3", "j4"]
@@ -546,7 +547,7 @@ def test_outbox_keeps_order_and_drops_the_oldest_past_its_limit(
 
 
 def test_outbox_lists_closed_attempts_and_purges_one() -> None:
-    outbox = Outbox()
+    outbox = ReportQueue()
     for report in [
         Report("started", "a", 1),
         Report("succeeded", "a", 1),

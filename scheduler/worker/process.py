@@ -34,16 +34,15 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
-from typing import Literal, TextIO
+from typing import TextIO
 
+from scheduler.policy.closing import Outcome
 from scheduler.worker import cgroups, containment
 from scheduler.worker.cgroups import JobCgroups
 
 __all__ = ["JobProcess", "Outcome", "ProcessResult", "contain_orphans", "kill_orphans"]
 
 log = logging.getLogger(__name__)
-
-Outcome = Literal["exited", "timed_out", "stopped"]
 
 _FORK = multiprocessing.get_context("fork")
 _PR_SET_PDEATHSIG = 1

@@ -317,21 +317,7 @@ def _load_tasks(ctx: click.Context, param: click.Parameter, value: tuple[str, ..
     "cost the scheduler 15-20% of its CPU.",
 )
 @scheduler_options
-def cli(
-    tasks: TaskRegistry,
-    log_jobs: bool,
-    size: int,
-    timeout: float | None,
-    memory_limit: int | None,
-    cpu_limit: float | None,
-    cgroups: JobCgroups | None,
-    debug: bool,
-    url: str,
-    name: str | None,
-    token: str | None,
-    token_file: Path | None,
-    cafile: str | None,
-) -> None:
+def cli(tasks: TaskRegistry, log_jobs: bool, **options: Any) -> None:
     """Run your own tasks from the schedbus bus, SIZE jobs at a time.
 
     The scheduler registers the tasks the modules declare (plus the built-in sleep) and
@@ -344,18 +330,4 @@ def cli(
     reconnects and reclaims them; cut off for longer than the bus's lease, it stops them
     (the bus runs them elsewhere). SIGINT or SIGTERM stops every running job and exits 0.
     """
-    run_scheduler(
-        tasks,
-        size=size,
-        timeout=timeout,
-        debug=debug,
-        url=url,
-        name=name,
-        token=token,
-        log_jobs=log_jobs,
-        token_file=token_file,
-        cafile=cafile,
-        memory_limit=memory_limit,
-        cpu_limit=cpu_limit,
-        cgroups=cgroups,
-    )
+    run_scheduler(tasks, log_jobs=log_jobs, **options)

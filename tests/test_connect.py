@@ -67,13 +67,26 @@ async def test_a_monitor_with_a_wrong_token_stops_at_the_refusal(
     assert (error.field, str(error)) == ("token", "invalid token")
 
 
-async def test_the_monitor_command_exits_1_naming_the_refusal(
-    secured_bus: BusServer, commands: Commands
+@pytest.mark.parametrize(
+    "command",
+    [
+        ("scheduler.monitor",),
+        ("scheduler.test_scheduler",),
+        ("scheduler.producer", "--count", "1", "-p", "0"),
+        ("scheduler.jobs", "show", "x"),
+        ("scheduler.status",),
+    ],
+    ids=lambda command: command[0],
+)
+async def test_every_command_exits_1_naming_the_refusal(
+    secured_bus: BusServer, commands: Commands, command: tuple[str, ...]
 ) -> None:
-    proc = await commands.start("scheduler.monitor", "--bus", secured_bus.url, "--token", "bad")
+    module, *rest = command
+    proc = await commands.start(module, "--bus", secured_bus.url, "--token", "bad", *rest)
     await asyncio.wait_for(proc.wait(), 20 * unit())
     assert proc.returncode == 1
-    assert "refused this monitor: invalid token" in commands.log_of(proc)
+    assert f"{secured_bus.url}" in commands.log_of(proc)
+    assert "invalid token" in commands.log_of(proc)
 
 
 async def test_every_client_raises_registration_refused_for_a_bad_token(

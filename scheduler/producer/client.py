@@ -7,9 +7,9 @@ rides out a bus restart.
             ...
 
 The connection is :class:`scheduler.connect.Connector`'s: when it drops, the client
-reconnects with backoff and jitter, sends again
-every request not yet answered, and re-subscribes (``watch``) to every job it submitted
-that is not final yet, so no event about its jobs is missed for good. Jobs get
+reconnects with backoff and jitter, sends again every request not yet answered, and
+re-subscribes (``watch``) to every job it submitted that is not final yet, so no event
+about its jobs is missed for good. Jobs get
 client-chosen ids (unless the payload names one) submitted with ``on_conflict="ignore"``,
 so sending a submit again after a lost acknowledgement never creates a second job.
 A bus that refuses the registration itself raises

@@ -633,4 +633,4 @@ async def test_a_restarting_bus_s_promise_reaches_the_lease_view(
     client, peer, _ = await running_long_job(fake_bus, start_client, lease)
     await peer.send({"type": "restarting", "keep_s": 30 * unit()})
     await wait_until(lambda: client.lease.keep_until is not None, 5 * unit(), "the promise")
-    assert not client.lease.cut_off(time.monotonic() + 4 * lease, holding=True)
+    assert client.lease.fence_within(time.monotonic() + 4 * lease, lease, holding=True) is None

@@ -14,9 +14,8 @@ Two rules follow, both fed ``now``:
   past its lease must not start the stale assignments waiting in its queue.
 * :meth:`LeaseView.fence_in`: how long until running jobs must be stopped because the
   bus may have given them to others (less ``stop_margin``, the time stopping takes);
-  :meth:`LeaseView.cut_off` and :meth:`LeaseView.fence_within` apply it to a scheduler
-  that holds jobs and waits to reconnect: it stops them once cut off that long, even
-  in the middle of a backoff delay.
+  :meth:`LeaseView.fence_within` applies it to a scheduler that holds jobs and waits to
+  reconnect: it stops them once cut off that long, even in the middle of a backoff delay.
 """
 
 from __future__ import annotations
@@ -80,12 +79,6 @@ class LeaseView:
             return None
         assert self.lease_s is not None
         return end - min(self.stop_margin, self.lease_s) - now
-
-    def cut_off(self, now: float, holding: bool) -> bool:
-        """Whether a scheduler ``holding`` jobs must stop them all at ``now``: the bus
-        may give them to others before stopping them could finish. Changes nothing."""
-        fence = self.fence_in(now) if holding else None
-        return fence is not None and fence <= 0
 
     def fence_within(self, now: float, seconds: float, holding: bool) -> float | None:
         """If a scheduler ``holding`` jobs must stop them within ``seconds`` of ``now``,

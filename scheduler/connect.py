@@ -182,7 +182,7 @@ class Connector:
         ``stop`` is set); ``lost`` adds detail to the log line of a lost connection.
         Raises :class:`RegistrationRefused`, which ends the loop.
         """
-        wait = pause or (lambda delay: _pause(stop, delay))
+        wait = pause or (lambda delay: pause_unless(stop, delay))
         while stop is None or not stop.is_set():
             try:
                 registration = await self.connect(message(), stop)
@@ -206,8 +206,8 @@ class Connector:
         return delay
 
 
-async def _pause(stop: asyncio.Event | None, seconds: float) -> None:
-    """Wait ``seconds``, or less if ``stop`` is set."""
+async def pause_unless(stop: asyncio.Event | None, seconds: float) -> None:
+    """Wait ``seconds``, or less if ``stop`` is set (or is set meanwhile)."""
     if stop is None:
         await asyncio.sleep(seconds)
         return

@@ -24,7 +24,6 @@ resolved with a blocking call rather than in asyncio's resolver thread pool.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import socket
@@ -35,7 +34,13 @@ from dataclasses import dataclass
 from websockets.uri import parse_uri
 
 from scheduler import protocol
-from scheduler.connect import DEFAULT_URL, Connector, Registration, RegistrationRefused
+from scheduler.connect import (
+    DEFAULT_URL,
+    Connector,
+    Registration,
+    RegistrationRefused,
+    pause_unless,
+)
 from scheduler.policy.fence import LeaseView
 from scheduler.policy.heartbeat import HeartbeatSchedule
 from scheduler.policy.limits import NO_LIMITS, Limits
@@ -229,15 +234,10 @@ class SchedulerClient:
         holding = bool(self.executor.held())
         fence = self.lease.fence_within(self._clock(), delay, holding)
         if fence is not None:
-            await self._pause(fence)
+            await pause_unless(self._stopping, fence)
             self._fence()
             delay -= fence
-        await self._pause(delay)
-
-    async def _pause(self, seconds: float) -> None:
-        """Wait ``seconds``, or less if :meth:`stop` is called."""
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._stopping.wait(), seconds)
+        await pause_unless(self._stopping, delay)
 
     def _may_start(self) -> bool:
         """Whether a queued job may start now: our lease surely holds (see :class:`LeaseView`)."""

@@ -15,6 +15,8 @@ from websockets.exceptions import InvalidURI
 from websockets.uri import parse_uri
 
 from scheduler.auth import TokenFileError, TokenRole, default_token_file, token_for
+from scheduler.connect import DEFAULT_URL
+from scheduler.protocol import MAX_NAME_LEN
 
 T = TypeVar("T")
 
@@ -76,39 +78,58 @@ def bus_url(ctx: click.Context | None, param: click.Parameter | None, value: str
     return value
 
 
-def client_options(command: F) -> F:
-    """Add ``--bus``, ``--token``, ``--token-file``, ``--cafile`` and ``--connect-timeout``
-    (parameters ``url``, ``token``, ``token_file``, ``cafile``, ``connect_timeout``) to a
-    command that talks to the bus as a client."""
+def _token(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """Click callback for ``--token``: at most what a ``register`` carries; empty is none."""
+    if value is not None and len(value) > MAX_NAME_LEN:
+        raise click.BadParameter(f"must be at most {MAX_NAME_LEN} characters long")
+    return value or None
+
+
+def connection_options(command: F) -> F:
+    """Add ``--bus``, ``--token``, ``--token-file`` and ``--cafile`` (parameters ``url``,
+    ``token``, ``token_file``, ``cafile``) to a command that talks to the bus: the one
+    definition every command shares."""
     command = auth_options(command)
     options = (
         click.option(
             "--bus",
             "url",
             envvar="SCHEDBUS_URL",
-            default="ws://localhost:8101",
+            default=DEFAULT_URL,
             show_default=True,
+            show_envvar=True,
+            metavar="URL",
             callback=bus_url,
-            help="Bus URL, ws:// or wss:// (env SCHEDBUS_URL).",
+            help="URL of the bus, ws:// or wss://. While it is unreachable, the command "
+            "retries with backoff (commands with --connect-timeout give up after it).",
         ),
         click.option(
             "--token",
             envvar="SCHEDBUS_TOKEN",
             default=None,
-            help="Bus token (env SCHEDBUS_TOKEN). Default: the token of this command's "
-            "role in --token-file.",
-        ),
-        click.option(
-            "--connect-timeout",
-            type=click.FloatRange(min=0),
-            default=10.0,
-            show_default=True,
-            help="How long to keep trying to reach the bus.",
+            show_envvar=True,
+            metavar="TOKEN",
+            callback=_token,
+            help="Token to register with. Default: the token of this command's role in "
+            "--token-file.",
         ),
     )
     for option in reversed(options):
         command = option(command)
     return command
+
+
+def client_options(command: F) -> F:
+    """:func:`connection_options` plus ``--connect-timeout`` (parameter
+    ``connect_timeout``), for a command that gives up if the bus cannot be reached."""
+    command = connection_options(command)
+    return click.option(
+        "--connect-timeout",
+        type=click.FloatRange(min=0),
+        default=10.0,
+        show_default=True,
+        help="How long to keep trying to reach the bus.",
+    )(command)
 
 
 def configure_logging(level: str | int) -> None:

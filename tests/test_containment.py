@@ -213,14 +213,28 @@ def test_has_children_and_reap_children(escapees: list[int]) -> None:
     child.returncode = -signal.SIGKILL  # reaped above: Popen must not wait for it again
 
 
-def test_tree_usage_sums_the_tree_and_knows_a_missing_root() -> None:
-    table = containment.proc_table()
+def test_tree_usage_sums_the_tree_and_knows_a_missing_root(
+    escapees: list[int], monkeypatch: pytest.MonkeyPatch
+) -> None:
     me = os.getpid()
+    assert containment.memory_of(me) > 0
+    assert containment.memory_of(-5) == 0
+    child = subprocess.Popen(["sleep", "600"])
+    escapees.append(child.pid)
+    table = containment.proc_table()
+    # Pss moves whenever any process sharing a page starts or ends: the sum is checked
+    # against fixed sizes, not against a second reading of the live one.
+    sizes = {me: 1000, child.pid: 200}
+    monkeypatch.setattr(containment, "memory_of", lambda pid: sizes.get(pid, 1))
+    members = [me, *containment.descendants(me, table)]
+    assert child.pid in members
     memory, cpu = containment.tree_usage(me, table) or (0, 0.0)
-    assert memory >= containment.memory_of(me) > 0
+    assert memory == sum(sizes.get(pid, 1) for pid in members)
+    assert cpu == pytest.approx(sum(table[pid].cpu_s for pid in members))
     assert cpu >= table[me].cpu_s > 0
     assert containment.tree_usage(-5, table) is None
-    assert containment.memory_of(-5) == 0
+    child.kill()
+    child.wait()
 
 
 def test_signal_tree_reaches_a_root_not_yet_leading_its_group(escapees: list[int]) -> None:

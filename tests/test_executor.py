@@ -283,11 +283,6 @@ async def test_a_tasks_declared_timeout_applies_unless_the_job_has_its_own(
     await executor.shutdown()
 
 
-def test_exit_text_covers_lost_status_and_unnamed_signals() -> None:
-    assert executor_module._exit_text(None) == "exit status lost"
-    assert executor_module._exit_text(-200) == "killed by signal 200"
-
-
 async def test_unknown_task_fails_at_once_without_a_process(
     make_executor: ExecutorFactory, reports: Reports
 ) -> None:

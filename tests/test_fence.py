@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from scheduler.policy.fence import LeaseView
 
 
@@ -55,3 +57,32 @@ def test_a_restart_promise_extends_the_lease_until_a_new_registration() -> None:
     view.granted(5.0, sent_at=170.0)
     assert view.keep_until is None
     assert view.expires_at() == 175.0
+
+
+def test_a_scheduler_cut_off_past_its_lease_must_stop_what_it_holds() -> None:
+    view = LeaseView(start_margin=0.1, stop_margin=0.2)
+    view.granted(1.0, sent_at=10.0)  # fenced at 10 + 1 - 0.2
+    assert view.fence_within(10.0, 5.0, holding=True) == pytest.approx(0.8)
+    assert view.fence_within(10.8, 5.0, holding=True) == 0.0
+    assert view.fence_within(10.8, 5.0, holding=False) is None  # nothing to stop
+    view.confirmed(10.5)  # a ponged heartbeat moves the fence
+    assert view.fence_within(11.0, 5.0, holding=True) == pytest.approx(0.3)
+
+
+def test_a_backoff_wait_is_cut_at_the_fence() -> None:
+    view = LeaseView(stop_margin=0.2)
+    assert view.fence_within(0.0, 5.0, holding=True) is None  # no lease: never fenced
+    view.granted(1.0, sent_at=0.0)
+    assert view.fence_within(0.3, 5.0, holding=True) == pytest.approx(0.5)
+    assert view.fence_within(0.3, 0.5, holding=True) is None  # the wait ends first
+    assert view.fence_within(2.0, 5.0, holding=True) == 0.0  # overdue: at once
+
+
+def test_a_restarting_bus_s_promise_keeps_jobs_past_the_lease() -> None:
+    view = LeaseView(stop_margin=0.2)
+    view.granted(0.5, sent_at=0.0)
+    view.promised(30.0)  # `restarting` with keep_s=30 received at 0
+    assert view.fence_within(2.0, 5.0, holding=True) is None  # 4 leases later
+    assert view.fence_within(2.0, 30.0, holding=True) == pytest.approx(27.8)
+    view.granted(0.5, sent_at=40.0)  # back: the promise is over
+    assert view.fence_within(40.3, 5.0, holding=True) == 0.0

@@ -1,4 +1,9 @@
-"""Reconnect delays: exponential backoff with full jitter, so clients do not stampede a bus."""
+"""Reconnect delays: exponential backoff with jitter (each delay drawn in [d/2, d]), so
+clients that lost the same bus do not all come back at once.
+
+Used by :class:`scheduler.connect.Connector` between tries to reach or register with the
+bus; reset once a registration succeeds.
+"""
 
 from __future__ import annotations
 
@@ -22,5 +27,6 @@ class Backoff:
         return self.rng.uniform(ceiling / 2, ceiling)
 
     def reset(self) -> None:
-        """Forget past failures (call after a successful connect)."""
+        """Forget past failures: call once the bus has accepted us (``registered``), not
+        when a socket opens, or a bus that closes on a bad token is retried at once."""
         self._attempt = 0

@@ -13,7 +13,9 @@ Two rules follow, both fed ``now``:
   for a while yet (``start_margin``): a scheduler that was frozen (SIGSTOP) or cut off
   past its lease must not start the stale assignments waiting in its queue.
 * :meth:`LeaseView.fence_in`: how long until running jobs must be stopped because the
-  bus may have given them to others (less ``stop_margin``, the time stopping takes).
+  bus may have given them to others (less ``stop_margin``, the time stopping takes);
+  :meth:`LeaseView.fence_within` applies it to a scheduler that holds jobs and waits to
+  reconnect: it stops them once cut off that long, even in the middle of a backoff delay.
 """
 
 from __future__ import annotations
@@ -77,3 +79,12 @@ class LeaseView:
             return None
         assert self.lease_s is not None
         return end - min(self.stop_margin, self.lease_s) - now
+
+    def fence_within(self, now: float, seconds: float, holding: bool) -> float | None:
+        """If a scheduler ``holding`` jobs must stop them within ``seconds`` of ``now``,
+        how long until then (0: at once); else None. A wait (a reconnect's backoff) is
+        cut there to fence. Changes nothing."""
+        fence = self.fence_in(now) if holding else None
+        if fence is None or fence >= seconds:
+            return None
+        return max(0.0, fence)

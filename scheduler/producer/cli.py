@@ -22,26 +22,22 @@ from pathlib import Path
 
 import click
 import msgspec
-from websockets.asyncio.client import connect
 
 from scheduler import protocol
-from scheduler.auth import tls_options
 from scheduler.cli_support import (
-    auth_options,
-    bus_url,
     configure_logging,
+    connection_options,
     pick_token,
     run_until_signalled,
     shorten,
 )
+from scheduler.connect import RegistrationRefused, open_connection
 from scheduler.producer.client import BusConnectionLost, ProducerClient, SubmitError
 from scheduler.producer.tracking import JobRecord, JobTracker
 from scheduler.producer.workload import JobMaker, Span, SpanType, periods
 from scheduler.protocol import Args, JobPayload, OnConflict
 
 log = logging.getLogger("scheduler.producer")
-
-DEFAULT_URL = "ws://localhost:8101"
 
 
 @dataclass(frozen=True)
@@ -65,7 +61,7 @@ class Plan:
 async def submit_v1(plan: Plan) -> int:
     """Speak the original protocol: register, then send jobs; never read a reply."""
     submitted = 0
-    async with connect(plan.url, compression=None, **tls_options(plan.url, plan.cafile)) as ws:
+    async with await open_connection(plan.url, plan.cafile) as ws:
         await ws.send(protocol.encode_v1_register("producer"))
         try:
             for index in _indices(plan.count):
@@ -276,15 +272,6 @@ def _indices(count: int | None) -> Iterator[int]:
     help="Standard deviation for -g, in seconds.",
 )
 @click.option(
-    "--bus",
-    "url",
-    envvar="SCHEDBUS_URL",
-    default=DEFAULT_URL,
-    show_default=True,
-    callback=bus_url,
-    help="Bus URL (env SCHEDBUS_URL).",
-)
-@click.option(
     "--count",
     type=click.IntRange(min=1),
     default=None,
@@ -326,9 +313,6 @@ def _indices(count: int | None) -> Iterator[int]:
 )
 @click.option("--v1", is_flag=True, help="Speak the original protocol: no ids, no replies.")
 @click.option("--name", default=None, help="Name to register under (v2).")
-@click.option(
-    "--token", envvar="SCHEDBUS_TOKEN", default=None, help="Bus token (env SCHEDBUS_TOKEN)."
-)
 @click.option(
     "--max-retries",
     type=click.IntRange(0, protocol.MAX_RETRIES),
@@ -372,7 +356,7 @@ def _indices(count: int | None) -> Iterator[int]:
 @click.option("--bulk", is_flag=True, help="Submit all --count jobs in one message.")
 @click.option("--seed", type=int, default=None, help="Random seed, for repeatable job sequences.")
 @click.option("-d", "--debug", is_flag=True, help="Debug logging.")
-@auth_options
+@connection_options
 def cli(
     period: float,
     gauss: bool,
@@ -439,7 +423,7 @@ def cli(
     )
     try:
         code = run_until_signalled(submit_v1(plan) if v1 else submit_v2(plan))
-    except (OSError, BusConnectionLost, SubmitError) as exc:
+    except (OSError, BusConnectionLost, SubmitError, RegistrationRefused) as exc:
         raise click.ClickException(f"{url}: {exc}") from None
     sys.exit(code or 0)
 

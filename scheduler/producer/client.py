@@ -6,11 +6,14 @@ rides out a bus restart.
         async for event in client.events():
             ...
 
-When the connection drops, the client reconnects with backoff and jitter, sends again
-every request not yet answered, and re-subscribes (``watch``) to every job it submitted
-that is not final yet, so no event about its jobs is missed for good. Jobs get
+The connection is :class:`scheduler.connect.Connector`'s: when it drops, the client
+reconnects with backoff and jitter, sends again every request not yet answered, and
+re-subscribes (``watch``) to every job it submitted that is not final yet, so no event
+about its jobs is missed for good. Jobs get
 client-chosen ids (unless the payload names one) submitted with ``on_conflict="ignore"``,
 so sending a submit again after a lost acknowledgement never creates a second job.
+A bus that refuses the registration itself raises
+:class:`~scheduler.connect.RegistrationRefused`; :class:`SubmitError` is a refused request.
 """
 
 from __future__ import annotations
@@ -20,18 +23,16 @@ import itertools
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any
 
 import msgspec
-from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, InvalidHandshake
+from websockets.asyncio.client import ClientConnection
+from websockets.exceptions import ConnectionClosed
 
 from scheduler import protocol
-from scheduler.auth import tls_options
-from scheduler.policy.backoff import Backoff
+from scheduler.connect import Connector, Registration, RegistrationRefused
 from scheduler.protocol import (
     FINAL_EVENTS,
     Accepted,
@@ -57,12 +58,14 @@ from scheduler.protocol import (
 
 log = logging.getLogger(__name__)
 
-Reply = Accepted | SubmittedMany | CancelReply | Watching | Vacuumed | StatsReply
+BusReply = Accepted | SubmittedMany | CancelReply | Watching | Vacuumed | StatsReply
+"""What the bus answers a producer's request with (an ``error`` fails the request)."""
 _Builder = Callable[[int], ClientMessage]
 
 
 class SubmitError(Exception):
-    """The bus refused a request; ``field`` names the part it blames."""
+    """The bus refused a request (a submit, cancel, watch...); ``field`` names the part it
+    blames. A refused registration is :class:`~scheduler.connect.RegistrationRefused`."""
 
     def __init__(self, error: Error) -> None:
         super().__init__(error.message)
@@ -76,7 +79,7 @@ class BusConnectionLost(Exception):
 @dataclass
 class _Request:
     message: ClientMessage
-    future: asyncio.Future[Reply]
+    future: asyncio.Future[BusReply]
 
 
 class ProducerClient:
@@ -99,7 +102,7 @@ class ProducerClient:
         self.url = url
         self.name = name
         self._token = token
-        self._tls = tls_options(url, cafile)
+        self._connector = Connector(url, cafile)
         self._connect_timeout = connect_timeout
         self._refs = itertools.count(1)
         self._requests: dict[int, _Request] = {}
@@ -126,7 +129,8 @@ class ProducerClient:
         """Start the connection and wait until it is registered; sets ``name``.
 
         Raises :class:`BusConnectionLost` if the bus cannot be reached within
-        ``connect_timeout`` seconds, :class:`SubmitError` if it refuses to register us.
+        ``connect_timeout`` seconds, :class:`~scheduler.connect.RegistrationRefused` if
+        it refuses to register us.
         """
         self._runner = asyncio.create_task(self._run(), name="producer-connection")
         waiter = asyncio.create_task(self._connected.wait())
@@ -150,7 +154,7 @@ class ProducerClient:
             self._runner.cancel()
             try:
                 await self._runner
-            except (asyncio.CancelledError, SubmitError):
+            except (asyncio.CancelledError, RegistrationRefused):
                 pass
         self._fail_requests("the client was closed")
         self._events.put_nowait(None)
@@ -228,7 +232,7 @@ class ProducerClient:
             return payload
         return msgspec.structs.replace(payload, job_id=uuid.uuid4().hex, on_conflict="ignore")
 
-    async def _request(self, build: _Builder) -> Reply:
+    async def _request(self, build: _Builder) -> BusReply:
         if self._closing:
             raise BusConnectionLost("the client was closed")
         ref = next(self._refs)
@@ -243,49 +247,30 @@ class ProducerClient:
 
     async def _run(self) -> None:
         try:
-            await self._connect_forever()
-        except SubmitError as exc:
+            await self._connector.run(self._register_message, self._serve)
+        except RegistrationRefused as exc:
             log.error("the bus %s refused this producer: %s", self.url, exc)
             self._fail_requests(f"the bus refused this producer: {exc}")
             self._events.put_nowait(None)
             raise
 
-    async def _connect_forever(self) -> None:
-        backoff = Backoff()
-        while True:
-            reason = "connection closed"
-            try:
-                async with connect(
-                    self.url,
-                    compression=None,
-                    max_size=protocol.MAX_FRAME_BYTES,
-                    open_timeout=10,
-                    **self._tls,
-                ) as ws:
-                    await self._register(ws)
-                    backoff.reset()
-                    await _closing_cleanly(ws, self._serve(ws))
-            except (OSError, ConnectionClosed, InvalidHandshake, TimeoutError) as exc:
-                reason = str(exc) or type(exc).__name__
+    def _register_message(self) -> Register:
+        return Register(type="producer", protocol=2, name=self.name, token=self._token)
+
+    async def _serve(self, registration: Registration) -> None:
+        """Take the name the bus gave us, then serve the connection until it ends."""
+        if self.name is not None and self.name != registration.registered.name:
+            log.debug("registered as %s", registration.registered.name)
+        self.name = registration.registered.name
+        for message in registration.early:
+            self._on_message(message)
+        try:
+            await self._resend_and_read(registration.ws)
+        finally:
             self._connected.clear()
             self._ws = None
-            delay = backoff.next_delay()
-            log.warning("bus %s unavailable (%s); retrying in %.1fs", self.url, reason, delay)
-            await asyncio.sleep(delay)
 
-    async def _register(self, ws: ClientConnection) -> None:
-        register = Register(type="producer", protocol=2, name=self.name, token=self._token)
-        await ws.send(protocol.encode(register))
-        reply = protocol.decode_bus(await ws.recv())
-        if isinstance(reply, Error):
-            raise SubmitError(reply)
-        if not isinstance(reply, protocol.Registered):
-            raise OSError(f"unexpected reply to register: {type(reply).__name__}")
-        if self.name is not None and self.name != reply.name:
-            log.debug("registered as %s", reply.name)
-        self.name = reply.name
-
-    async def _serve(self, ws: ClientConnection) -> None:
+    async def _resend_and_read(self, ws: ClientConnection) -> None:
         """Resend what is unanswered, re-subscribe, then read until the connection ends."""
         self._ws = ws
         # Set before resending, with no await in between: a request made from now on is
@@ -301,7 +286,7 @@ class ProducerClient:
         async for frame in ws:
             self._on_frame(frame)
 
-    def _after_rewatch(self, future: asyncio.Future[Reply]) -> None:
+    def _after_rewatch(self, future: asyncio.Future[BusReply]) -> None:
         if future.cancelled() or future.exception() is not None:
             return
         reply = future.result()
@@ -319,6 +304,9 @@ class ProducerClient:
         except protocol.ProtocolError as exc:
             log.warning("ignoring a frame from the bus that does not decode: %s", exc)
             return
+        self._on_message(message)
+
+    def _on_message(self, message: BusMessage) -> None:
         if isinstance(message, JobEvent):
             self._on_event(message)
         else:
@@ -338,7 +326,7 @@ class ProducerClient:
             return
         if isinstance(message, Error):
             request.future.set_exception(SubmitError(message))
-        elif isinstance(message, Reply):
+        elif isinstance(message, BusReply):
             request.future.set_result(message)
 
     def _fail_requests(self, reason: str) -> None:
@@ -346,16 +334,6 @@ class ProducerClient:
             if not request.future.done():
                 request.future.set_exception(BusConnectionLost(reason))
         self._requests.clear()
-
-
-async def _closing_cleanly(ws: ClientConnection, serving: Coroutine[Any, Any, None]) -> None:
-    """Await ``serving``; if that is cancelled (the client closes), close ``ws`` with code
-    1000 first: leaving ``async with connect()`` on an exception would close with 1011."""
-    try:
-        await serving
-    except asyncio.CancelledError:
-        await ws.close()
-        raise
 
 
 def _lost(job_id: str) -> JobEvent:

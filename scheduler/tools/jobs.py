@@ -23,6 +23,7 @@ from scheduler.cli_support import (
     run_until_signalled,
     shorten,
 )
+from scheduler.connect import RegistrationRefused
 from scheduler.producer.client import BusConnectionLost, ProducerClient, SubmitError
 
 T = TypeVar("T")
@@ -42,7 +43,7 @@ def _run(ctx: click.Context, action: Callable[[ProducerClient], Awaitable[T]]) -
 
     try:
         result = run_until_signalled(main())
-    except (OSError, BusConnectionLost, SubmitError) as exc:
+    except (OSError, BusConnectionLost, SubmitError, RegistrationRefused) as exc:
         raise click.ClickException(f"{ctx.obj['url']}: {exc}") from None
     if result is None:
         raise click.exceptions.Exit(130)

@@ -1,12 +1,12 @@
 """``python -m scheduler.monitor``: prints every job event on the bus, one line each.
 
 It registers with the v2 ``monitor`` role, which receives every event of every job,
-and reconnects with backoff if the bus goes away.
+and reconnects with backoff if the bus goes away (:class:`scheduler.connect.Connector`).
+A bus that refuses the registration (a bad token) ends it with exit code 1.
 """
 
 from __future__ import annotations
 
-import asyncio
 import datetime
 import json
 import logging
@@ -16,21 +16,17 @@ from pathlib import Path
 
 import click
 import msgspec
-from websockets.asyncio.client import connect
-from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
 from scheduler import protocol
-from scheduler.auth import tls_options
 from scheduler.cli_support import (
-    auth_options,
-    bus_url,
     configure_logging,
+    connection_options,
     pick_token,
     run_until_signalled,
     shorten,
 )
-from scheduler.policy.backoff import Backoff
-from scheduler.protocol import JobEvent, Register
+from scheduler.connect import Connector, Registration, RegistrationRefused
+from scheduler.protocol import BusMessage, JobEvent, Register
 
 log = logging.getLogger("scheduler.monitor")
 
@@ -63,32 +59,22 @@ def event_json(event: JobEvent) -> str:
 async def watch(
     url: str, name: str | None, token: str | None, as_json: bool, cafile: str | None = None
 ) -> None:
-    """Print events until cancelled, reconnecting with backoff when the bus is away."""
-    backoff = Backoff()
+    """Print events until cancelled, reconnecting with backoff when the bus is away.
+
+    Raises :class:`~scheduler.connect.RegistrationRefused` if the bus refuses this
+    monitor (a bad token, say): retrying would be refused again.
+    """
     render = event_json if as_json else format_event
-    tls = tls_options(url, cafile)
-    while True:
-        try:
-            async with connect(
-                url, compression=None, max_size=protocol.MAX_FRAME_BYTES, **tls
-            ) as ws:
-                await ws.send(
-                    protocol.encode(Register(type="monitor", protocol=2, name=name, token=token))
-                )
-                backoff.reset()
-                log.info("watching %s", url)
-                try:
-                    async for frame in ws:
-                        _show(frame, render)
-                except asyncio.CancelledError:
-                    # Close with 1000: leaving `async with connect()` on an exception
-                    # would close with 1011, which the bus logs as an internal error.
-                    await ws.close()
-                    raise
-        except (OSError, ConnectionClosed, InvalidHandshake, TimeoutError) as exc:
-            delay = backoff.next_delay()
-            log.warning("bus %s unavailable (%s); retrying in %.1fs", url, exc, delay)
-            await asyncio.sleep(delay)
+
+    async def serve(registration: Registration) -> None:
+        log.info("watching %s", url)
+        for message in registration.early:
+            _show_message(message, render)
+        async for frame in registration.ws:
+            _show(frame, render)
+
+    register = Register(type="monitor", protocol=2, name=name, token=token)
+    await Connector(url, cafile).run(lambda: register, serve)
 
 
 def _show(frame: str | bytes, render: Callable[[JobEvent], str]) -> None:
@@ -97,40 +83,38 @@ def _show(frame: str | bytes, render: Callable[[JobEvent], str]) -> None:
     except protocol.ProtocolError as exc:
         log.warning("ignoring a frame that does not decode: %s", exc)
         return
+    _show_message(message, render)
+
+
+def _show_message(message: BusMessage, render: Callable[[JobEvent], str]) -> None:
     if isinstance(message, JobEvent):
         sys.stdout.write(render(message) + "\n")
         sys.stdout.flush()
     elif isinstance(message, protocol.Error):
-        log.error("the bus refused this monitor: %s", message.message)
+        log.error("the bus refused a frame of this monitor: %s", message.message)
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option(
-    "--bus",
-    "url",
-    envvar="SCHEDBUS_URL",
-    default="ws://localhost:8101",
-    show_default=True,
-    callback=bus_url,
-    help="Bus URL (env SCHEDBUS_URL).",
-)
+@connection_options
 @click.option("--json", "as_json", is_flag=True, help="Print each event as a JSON object.")
 @click.option("--name", default=None, help="Name to register under.")
-@click.option(
-    "--token", envvar="SCHEDBUS_TOKEN", default=None, help="Bus token (env SCHEDBUS_TOKEN)."
-)
 @click.option("-d", "--debug", is_flag=True, help="Debug logging.")
-@auth_options
 def cli(
     url: str,
-    as_json: bool,
-    name: str | None,
     token: str | None,
-    debug: bool,
     token_file: Path | None,
     cafile: str | None,
+    as_json: bool,
+    name: str | None,
+    debug: bool,
 ) -> None:
-    """Print every job event on the bus, one line each, until interrupted."""
+    """Print every job event on the bus, one line each, until interrupted.
+
+    A bus that refuses this monitor (a bad token) ends it with exit code 1.
+    """
     configure_logging(logging.DEBUG if debug else logging.INFO)
     token = pick_token("monitor", token, token_file)
-    run_until_signalled(watch(url, name, token, as_json, cafile))
+    try:
+        run_until_signalled(watch(url, name, token, as_json, cafile))
+    except RegistrationRefused as exc:
+        raise click.ClickException(f"the bus {url} refused this monitor: {exc}") from None

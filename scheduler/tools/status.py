@@ -21,6 +21,7 @@ from scheduler.cli_support import (
     pick_token,
     run_until_signalled,
 )
+from scheduler.connect import RegistrationRefused
 from scheduler.producer.client import BusConnectionLost, ProducerClient, SubmitError
 from scheduler.protocol import BusStats, SchedulerStats, StatsReply
 
@@ -128,5 +129,5 @@ def cli(
     token = pick_token("monitor", token, token_file)
     try:
         run_until_signalled(show(url, token, connect_timeout, as_json, watch, cafile))
-    except (OSError, BusConnectionLost, SubmitError) as exc:
+    except (OSError, BusConnectionLost, SubmitError, RegistrationRefused) as exc:
         raise click.ClickException(f"{url}: {exc}") from None

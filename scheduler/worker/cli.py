@@ -25,22 +25,20 @@ from typing import Any, Final, TypeVar, overload
 import click
 
 from scheduler.cli_support import (
-    auth_options,
-    bus_url,
     configure_logging,
+    connection_options,
     pick_token,
     run_until_signalled,
 )
+from scheduler.connect import RegistrationRefused
 from scheduler.policy.limits import Limits, parse_size
 from scheduler.protocol import MAX_NAME_LEN, MAX_SIZE, MAX_TIMEOUT_S, Assignment, Report
 from scheduler.tasks import TaskLoadError, TaskRegistry, load_task_modules
 from scheduler.worker.cgroups import CgroupError, JobCgroups
-from scheduler.worker.client import RegistrationRefused, SchedulerClient, SchedulerConfig
+from scheduler.worker.client import SchedulerClient, SchedulerConfig
 from scheduler.worker.process import contain_orphans, kill_orphans
 
 log = logging.getLogger("scheduler.worker")
-
-DEFAULT_URL = "ws://localhost:8101"
 
 FC = TypeVar("FC", bound=Callable[..., Any])
 
@@ -188,30 +186,11 @@ _OPTIONS = (
     ),
     click.option("-d", "--debug", is_flag=True, help="Log debug detail (every frame and process)."),
     click.option(
-        "--bus",
-        envvar="SCHEDBUS_URL",
-        default=DEFAULT_URL,
-        show_default=True,
-        show_envvar=True,
-        metavar="URL",
-        callback=bus_url,
-        help="URL of the bus. While it is unreachable the scheduler retries with backoff; "
-        "running jobs go on meanwhile and their reports wait.",
-    ),
-    click.option(
         "--name",
         metavar="NAME",
         callback=_short_text,
         help="Name to register under. Default: HOST-PID. A scheduler that reconnects "
         "under its name keeps its jobs.",
-    ),
-    click.option(
-        "--token",
-        envvar="SCHEDBUS_TOKEN",
-        show_envvar=True,
-        metavar="TOKEN",
-        callback=_short_text,
-        help="Token to register with. Default: the scheduler token of --token-file.",
     ),
 )
 
@@ -230,12 +209,13 @@ def scheduler_options(
     """Add the options every scheduler command shares, as ``@scheduler_options`` or
     ``@scheduler_options(default_timeout=10.0)``: ``-s``, ``-t`` (default
     ``default_timeout``, None: no timeout), ``--memory-limit``, ``--cpu-limit``,
-    ``--cgroup``, ``-d``, ``--bus``, ``--name``, ``--token``, ``--token-file``, ``--cafile``
-    (passed to the command as ``size``, ``timeout``, ``memory_limit``, ``cpu_limit``,
-    ``cgroups``, ``debug``, ``bus``, ``name``, ``token``, ``token_file``, ``cafile``)."""
+    ``--cgroup``, ``-d``, ``--name``, and the shared ``--bus``, ``--token``, ``--token-file``,
+    ``--cafile`` (:func:`~scheduler.cli_support.connection_options`), passed to the command
+    as ``size``, ``timeout``, ``memory_limit``, ``cpu_limit``, ``cgroups``, ``debug``,
+    ``name``, ``url``, ``token``, ``token_file``, ``cafile``."""
 
     def add(command: FC) -> FC:
-        command = auth_options(command)
+        command = connection_options(command)
         size, *rest = _OPTIONS
         for option in reversed((size, _timeout_option(default_timeout), *rest)):
             command = option(command)
@@ -250,7 +230,7 @@ def run_scheduler(
     size: int,
     timeout: float | None,
     debug: bool,
-    bus: str,
+    url: str,
     name: str | None,
     token: str | None,
     log_jobs: bool = True,
@@ -278,7 +258,7 @@ def run_scheduler(
     logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
     log.info("serving tasks: %s", ", ".join(tasks.names))
     config = SchedulerConfig(
-        bus_url=bus,
+        bus_url=url,
         name=name,
         size=size,
         timeout=timeout,
@@ -300,7 +280,7 @@ def run_scheduler(
     try:
         run_until_signalled(serve())
     except RegistrationRefused as exc:
-        raise click.ClickException(f"the bus {bus} refused this scheduler: {exc}") from None
+        raise click.ClickException(f"the bus {url} refused this scheduler: {exc}") from None
 
 
 def _load_tasks(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> TaskRegistry:
@@ -337,21 +317,7 @@ def _load_tasks(ctx: click.Context, param: click.Parameter, value: tuple[str, ..
     "cost the scheduler 15-20% of its CPU.",
 )
 @scheduler_options
-def cli(
-    tasks: TaskRegistry,
-    log_jobs: bool,
-    size: int,
-    timeout: float | None,
-    memory_limit: int | None,
-    cpu_limit: float | None,
-    cgroups: JobCgroups | None,
-    debug: bool,
-    bus: str,
-    name: str | None,
-    token: str | None,
-    token_file: Path | None,
-    cafile: str | None,
-) -> None:
+def cli(tasks: TaskRegistry, log_jobs: bool, **options: Any) -> None:
     """Run your own tasks from the schedbus bus, SIZE jobs at a time.
 
     The scheduler registers the tasks the modules declare (plus the built-in sleep) and
@@ -364,18 +330,4 @@ def cli(
     reconnects and reclaims them; cut off for longer than the bus's lease, it stops them
     (the bus runs them elsewhere). SIGINT or SIGTERM stops every running job and exits 0.
     """
-    run_scheduler(
-        tasks,
-        size=size,
-        timeout=timeout,
-        debug=debug,
-        bus=bus,
-        name=name,
-        token=token,
-        log_jobs=log_jobs,
-        token_file=token_file,
-        cafile=cafile,
-        memory_limit=memory_limit,
-        cpu_limit=cpu_limit,
-        cgroups=cgroups,
-    )
+    run_scheduler(tasks, log_jobs=log_jobs, **options)

@@ -8,48 +8,21 @@ To run your own tasks, use ``python -m scheduler.worker`` (same options plus ``-
 
 from __future__ import annotations
 
-from pathlib import Path
+from typing import Any
 
 import click
 
 from scheduler.tasks import TaskRegistry
-from scheduler.worker.cgroups import JobCgroups
 from scheduler.worker.cli import run_scheduler, scheduler_options
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @scheduler_options(default_timeout=10.0)
-def cli(
-    size: int,
-    timeout: float | None,
-    memory_limit: int | None,
-    cpu_limit: float | None,
-    cgroups: JobCgroups | None,
-    debug: bool,
-    bus: str,
-    name: str | None,
-    token: str | None,
-    token_file: Path | None,
-    cafile: str | None,
-) -> None:
+def cli(**options: Any) -> None:
     """Run jobs from the schedbus bus: the built-in sleep task, SIZE at a time.
 
     Each job runs in its own process; one INFO line is logged per start, end, eviction
     and timeout. If the bus goes away, jobs keep running and the scheduler reconnects and
     reclaims them. SIGINT or SIGTERM stops every running job and exits 0.
     """
-    run_scheduler(
-        TaskRegistry(),
-        size=size,
-        timeout=timeout,
-        debug=debug,
-        bus=bus,
-        name=name,
-        token=token,
-        log_jobs=True,
-        token_file=token_file,
-        cafile=cafile,
-        memory_limit=memory_limit,
-        cpu_limit=cpu_limit,
-        cgroups=cgroups,
-    )
+    run_scheduler(TaskRegistry(), log_jobs=True, **options)

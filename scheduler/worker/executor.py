@@ -5,11 +5,9 @@ executor only starts and stops :class:`~scheduler.worker.process.JobProcess` es 
 ends into :class:`~scheduler.protocol.Report` s. Everything runs on the event loop's thread:
 no thread pool, so forking job processes stays safe.
 
-Every attempt gets exactly one closing report, sent once its processes are gone:
-``succeeded`` / ``failed`` / ``timed_out`` when it ended by itself, ``evicted`` or
-``cancelled`` when we stopped it for that reason, ``failed`` with the reason when it went
-past its memory or CPU limit, and nothing when the bus took it back
-(:meth:`Executor.drop`, a newer attempt) or the executor shut down.
+Every attempt gets exactly one closing report, sent once its processes are gone; which
+one is :func:`scheduler.policy.closing.closing_report`'s rule (nothing when the bus took it
+back, :meth:`Executor.drop`, or the executor shut down).
 
 While a running job has a limit, the executor samples the memory and CPU time of every
 limited job's process tree each :data:`LIMIT_SAMPLE_S` (one read of ``/proc``); the
@@ -21,17 +19,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import signal
 import time
 from collections import deque
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, Final, Literal
+from typing import Any, Final
 
+from scheduler.policy.closing import Ending, Why, closing_report
 from scheduler.policy.limits import NO_LIMITS, Limits, Usage, over_limits
 from scheduler.policy.runner import Decision, Evict, Job, Runner, Snapshot, Start, Stop
-from scheduler.protocol import Assignment, Held, Report, SchedulerReport
+from scheduler.protocol import Assignment, Held, Report
 from scheduler.tasks import TaskRegistry, UnknownTaskError, call_arguments, run_task
 from scheduler.worker import containment
 from scheduler.worker.cgroups import JobCgroups
@@ -44,9 +42,6 @@ EventSink = Callable[[Report, Assignment], None]
 """Receives each report with the assignment it is about."""
 ErrorSink = Callable[[BaseException], None]
 """Receives an exception that escaped a background task (such as a failing event sink)."""
-
-Why = Literal["evicted", "cancelled", "dropped", "shutdown", "limited"]
-"""Why we stop a job process; decides which report, if any, its end gets."""
 
 LIMIT_SAMPLE_S: Final = 0.2
 """Seconds between two samples of the limited jobs' process trees."""
@@ -400,7 +395,7 @@ class Executor:
             del self._jobs[job_id]
         record = run.pipe.collect()
         log.debug("%s attempt %d ended: %s", job_id, assignment.attempt, result)
-        report = _closing_report(run, result, record)
+        report = closing_report(job_id, assignment.attempt, _ending(run, result, record))
         if report is not None:
             self._on_event(report, assignment)
         self._carry_out(self._runner.exited(job_id, self._clock()))
@@ -419,79 +414,20 @@ class Executor:
         self._on_event(Report("failed", assignment.id, assignment.attempt, error=error), assignment)
 
 
-def _closing_report(run: _Run, result: ProcessResult, record: TaskRecord) -> Report | None:
-    """The report that closes ``run``'s attempt, or None when nobody may hear of it."""
-    if run.why == "dropped":
-        return None
-    # "stopped" means we stopped it: any other outcome is its own end (or its timeout),
-    # even if a stop raced it, so that end is what happened and is final.
-    if result.outcome != "stopped":
-        return _final_report(run, result, record)
-    a = run.assignment
-    if run.why == "evicted":
-        return Report(
-            "evicted",
-            a.id,
-            a.attempt,
-            evictions=run.evictions,
-            wall_s=result.wall_s,
-            cpu_s=result.cpu_s,
-            max_rss_kb=result.max_rss_kb,
-        )
-    if run.why == "cancelled":
-        return Report("cancelled", a.id, a.attempt, wall_s=result.wall_s, cpu_s=result.cpu_s)
-    if run.why == "limited":
-        return Report(
-            "failed",
-            a.id,
-            a.attempt,
-            exit_code=result.exit_code,
-            error=run.limit_error,
-            wall_s=result.wall_s,
-            cpu_s=result.cpu_s,
-            max_rss_kb=result.max_rss_kb,
-        )
-    return None
-
-
-def _final_report(run: _Run, result: ProcessResult, record: TaskRecord) -> Report:
-    """The ``succeeded`` / ``failed`` / ``timed_out`` report for a process that ended:
-    a timeout wins, then an exception the task raised, then the exit status."""
-    a = run.assignment
-    event: SchedulerReport
-    error: str | None = None
-    traceback: str | None = None
-    value: object = None
-    if result.outcome == "timed_out":
-        event, error = "timed_out", f"timed out after {run.deadline - run.started_at:g} s"
-    elif record.raised is not None:
-        event, error, traceback = "failed", record.raised.error, record.raised.traceback or None
-    elif result.exit_code == 0:
-        event, value = "succeeded", record.result
-    else:
-        event, error = "failed", _exit_text(result.exit_code)
-    return Report(
-        event,
-        a.id,
-        a.attempt,
+def _ending(run: _Run, result: ProcessResult, record: TaskRecord) -> Ending:
+    """What :func:`~scheduler.policy.closing.closing_report` needs to know of ``run``'s end."""
+    raised = record.raised
+    return Ending(
+        outcome=result.outcome,
         exit_code=result.exit_code,
-        error=error,
         wall_s=result.wall_s,
         cpu_s=result.cpu_s,
         max_rss_kb=result.max_rss_kb,
-        result=value,
-        traceback=traceback,
+        why=run.why,
+        evictions=run.evictions,
+        limit_error=run.limit_error,
+        timeout_s=run.deadline - run.started_at,
+        error=None if raised is None else raised.error,
+        traceback=None if raised is None else raised.traceback,
+        result=record.result,
     )
-
-
-def _exit_text(exit_code: int | None) -> str:
-    """``exit code 3``, ``killed by signal 9 (SIGKILL)``, or that the status was lost."""
-    if exit_code is None:
-        return "exit status lost"
-    if exit_code > 0:
-        return f"exit code {exit_code}"
-    try:
-        name = signal.Signals(-exit_code).name
-    except ValueError:
-        return f"killed by signal {-exit_code}"
-    return f"killed by signal {-exit_code} ({name})"

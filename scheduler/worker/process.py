@@ -31,8 +31,8 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
+from scheduler.policy.closing import Outcome
 from scheduler.worker import containment
 from scheduler.worker.cgroups import JobCgroups
 from scheduler.worker.child import RESET_SIGNALS, child_main, job_stdin, socket_fds
@@ -40,8 +40,6 @@ from scheduler.worker.child import RESET_SIGNALS, child_main, job_stdin, socket_
 __all__ = ["JobProcess", "Outcome", "ProcessResult", "contain_orphans", "kill_orphans"]
 
 log = logging.getLogger(__name__)
-
-Outcome = Literal["exited", "timed_out", "stopped"]
 
 _FORK = multiprocessing.get_context("fork")
 

@@ -1,0 +1,231 @@
+"""The one way a client reaches the bus: connect, register, serve, reconnect.
+
+Every v2 client (the producer library, the scheduler client, the monitor) goes through
+:class:`Connector`:
+
+1. open a WebSocket with the options every client uses (no compression, frames up to
+   :data:`~scheduler.protocol.MAX_FRAME_BYTES`, TLS from :func:`scheduler.auth.tls_options`);
+2. send the client's ``register`` and wait for ``registered``;
+3. only then forget past failures (reset the backoff): a bus that accepts the
+   connection but closes it on a bad token must not be retried at the shortest delay;
+4. hand the registered connection to the client until it ends, close it with code 1000
+   (also when the client is cancelled), wait the next backoff delay (with jitter, see
+   :mod:`scheduler.policy.backoff`) and start again.
+
+An ``error`` answering the ``register`` on its ``token``, ``type`` or ``name`` is a
+refusal that retrying cannot cure: :class:`RegistrationRefused`, raised out of the loop,
+whatever the client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Final
+
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidHandshake
+from websockets.uri import parse_uri
+
+from scheduler import protocol
+from scheduler.auth import tls_options
+from scheduler.policy.backoff import Backoff
+from scheduler.protocol import BusMessage, Error, Register, Registered
+
+log = logging.getLogger(__name__)
+
+DEFAULT_URL: Final = "ws://localhost:8101"
+"""The bus every command and client talks to unless told otherwise."""
+
+FATAL_FIELDS: Final = frozenset({"name", "token", "type"})
+"""Fields of a ``register`` whose refusal is final: the same frame would be refused again."""
+
+RETRYABLE: Final = (OSError, InvalidHandshake, TimeoutError, ConnectionClosed)
+"""Failures to reach or keep the bus that a later try may not meet."""
+
+
+class RegistrationRefused(Exception):
+    """The bus refused to register this client (a bad token, a role the token does not
+    grant, a scheduler name in use): retrying cannot help. ``field`` names the part."""
+
+    def __init__(self, error: Error) -> None:
+        """Carry the bus's ``error`` message and field."""
+        super().__init__(error.message)
+        self.field = error.field
+
+
+async def open_connection(
+    url: str, cafile: str | None = None, *, blocking_resolve: bool = False
+) -> ClientConnection:
+    """Open a WebSocket to the bus at ``url`` with the options every client uses.
+
+    With ``blocking_resolve`` the host name is resolved with a blocking call and each
+    address tried in turn, instead of in asyncio's resolver thread pool: for a process
+    that forks and must stay thread-free. Raises OSError, InvalidHandshake or TimeoutError.
+    """
+    tls = tls_options(url, cafile)
+    options = {"compression": None, "max_size": protocol.MAX_FRAME_BYTES, **tls}
+    if not blocking_resolve:
+        return await connect(url, **options)
+    uri = parse_uri(url)
+    if tls:
+        tls["server_hostname"] = uri.host
+        options.update(tls)
+    error: Exception = OSError(f"no address for {uri.host}")
+    for *_, address in socket.getaddrinfo(uri.host, uri.port, type=socket.SOCK_STREAM):
+        try:
+            return await connect(url, host=address[0], port=uri.port, **options)
+        except OSError as exc:
+            error = exc
+    raise error
+
+
+@dataclass(frozen=True, slots=True)
+class Registration:
+    """A connection the bus has registered: the socket, its ``registered`` reply, when
+    (client clock) the ``register`` it answers was sent, and the messages that came
+    before that reply, in order, for the client to handle first."""
+
+    ws: ClientConnection
+    registered: Registered
+    sent_at: float
+    early: tuple[BusMessage, ...] = ()
+
+
+async def register(
+    ws: ClientConnection, message: Register, clock: Callable[[], float] = time.monotonic
+) -> Registration:
+    """Send ``message`` and wait for ``registered``; other messages before it are kept
+    in :attr:`Registration.early` (errors are logged, bad frames skipped).
+
+    Raises :class:`RegistrationRefused` for an ``error`` on a field of
+    :data:`FATAL_FIELDS`, ConnectionClosed if the bus closes first.
+    """
+    sent_at = clock()
+    await ws.send(protocol.encode(message))
+    early: list[BusMessage] = []
+    while True:
+        try:
+            reply = protocol.decode_bus(await ws.recv())
+        except protocol.ProtocolError as exc:
+            log.warning("ignoring a bad frame from the bus: %s", exc.message)
+            continue
+        if isinstance(reply, Registered):
+            return Registration(ws, reply, sent_at, tuple(early))
+        if isinstance(reply, Error) and reply.field in FATAL_FIELDS:
+            raise RegistrationRefused(reply)
+        if isinstance(reply, Error):
+            log.warning("the bus refused a frame: %s", reply.message)
+        else:
+            early.append(reply)
+
+
+Serve = Callable[[Registration], Awaitable[None]]
+"""Uses one registered connection until it ends (or the client stops)."""
+Pause = Callable[[float], Awaitable[None]]
+"""Waits out a backoff delay."""
+
+
+@dataclass
+class Connector:
+    """The connect-register-reconnect loop of one client of the bus at ``url``.
+
+    ``blocking_resolve``: see :func:`open_connection`. ``clock`` stamps the ``register``
+    sends (:attr:`Registration.sent_at`).
+    """
+
+    url: str
+    cafile: str | None = None
+    blocking_resolve: bool = False
+    backoff: Backoff = field(default_factory=Backoff)
+    clock: Callable[[], float] = time.monotonic
+
+    async def connect(
+        self, message: Register, stop: asyncio.Event | None = None
+    ) -> Registration | None:
+        """One try: open a connection and register with ``message``; reset the backoff
+        once registered. Returns None, the socket closed, if ``stop`` is set first.
+
+        Raises :class:`RegistrationRefused`, or one of :data:`RETRYABLE` (the socket is
+        then closed).
+        """
+        ws = await open_connection(self.url, self.cafile, blocking_resolve=self.blocking_resolve)
+        registration: Registration | None = None
+        try:
+            registration = await _unless(stop, register(ws, message, self.clock))
+        finally:
+            if registration is None:
+                await ws.close()
+        if registration is not None:
+            self.backoff.reset()
+        return registration
+
+    async def run(
+        self,
+        message: Callable[[], Register],
+        serve: Serve,
+        *,
+        stop: asyncio.Event | None = None,
+        pause: Pause | None = None,
+        lost: Callable[[], str] = lambda: "",
+    ) -> None:
+        """Connect, register with ``message()``, ``serve`` the connection, and again after
+        a backoff delay, until ``stop`` is set (forever without one).
+
+        Each connection is closed with code 1000 once ``serve`` returns or raises (or is
+        cancelled). ``pause`` waits out a delay (default: until the delay passes or
+        ``stop`` is set); ``lost`` adds detail to the log line of a lost connection.
+        Raises :class:`RegistrationRefused`, which ends the loop.
+        """
+        wait = pause or (lambda delay: pause_unless(stop, delay))
+        while stop is None or not stop.is_set():
+            try:
+                registration = await self.connect(message(), stop)
+            except RETRYABLE as exc:
+                await wait(self._delay(f"cannot reach the bus at {self.url}: {exc}"))
+                continue
+            if registration is None:
+                return
+            try:
+                with contextlib.suppress(ConnectionClosed):
+                    await serve(registration)
+            finally:
+                await registration.ws.close()
+            if stop is None or not stop.is_set():
+                await wait(self._delay(f"lost the bus at {self.url}{lost()}"))
+
+    def _delay(self, why: str) -> float:
+        """The next backoff delay, logged with ``why``."""
+        delay = self.backoff.next_delay()
+        log.warning("%s; retrying in %.1f s", why, delay)
+        return delay
+
+
+async def pause_unless(stop: asyncio.Event | None, seconds: float) -> None:
+    """Wait ``seconds``, or less if ``stop`` is set (or is set meanwhile)."""
+    if stop is None:
+        await asyncio.sleep(seconds)
+        return
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), seconds)
+
+
+async def _unless(stop: asyncio.Event | None, work: Awaitable[Registration]) -> Registration | None:
+    """Await ``work``; cancel it and return None if ``stop`` is set first."""
+    if stop is None:
+        return await work
+    task = asyncio.ensure_future(work)
+    stopped = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait((task, stopped), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopped.cancel()
+        if not task.done():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+    return None if task.cancelled() else task.result()

@@ -19,7 +19,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from scheduler.auth import Token, TokenTable
 from scheduler.bus.journal import Journal, JournalError
 from scheduler.bus.server import BusConfig, BusServer
-from scheduler.policy.dispatch import Dispatcher
+from scheduler.policy.dispatch.dispatcher import Dispatcher
 
 Frame = dict[str, Any]
 V1_JOB = '{"cmd": "job_request", "payload": {"priority": 3, "runtime": 0.5}}'
@@ -919,7 +919,13 @@ async def test_an_idle_scheduler_steals_a_waiting_job_through_the_bus(bus: BusSe
         async with client(bus) as idle:
             await register(idle, "scheduler", name="idle", size=1)
             stop = await recv(busy)
-            assert stop == {"type": "stop", "id": ids[2], "attempt": 1, "reason": "stolen"}
+            assert stop == {
+                "type": "stop",
+                "id": ids[2],
+                "attempt": 1,
+                "reason": "stolen",
+                "kind": "steal",
+            }
             await report(busy, "revoked", ids[2], 1)
             job = (await recv(idle))["job"]
             assert (job["id"], job["attempt"], job["priority"]) == (ids[2], 2, 3)

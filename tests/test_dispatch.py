@@ -12,20 +12,20 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from msgspec.structs import replace
 
-from scheduler.policy.dispatch import (
-    MAX_CACHED_TASKS,
+from scheduler.policy.dispatch.config import DispatchConfig
+from scheduler.policy.dispatch.decisions import (
     Decision,
-    DispatchConfig,
-    Dispatcher,
     EmitEvent,
     Ignored,
     LeaseExpired,
-    Reply,
     Requeued,
     SendAssign,
+    SendReply,
     SendStop,
-    unserved_warning,
 )
+from scheduler.policy.dispatch.dispatcher import Dispatcher
+from scheduler.policy.dispatch.producers import unserved_warning
+from scheduler.policy.dispatch.registry import MAX_CACHED_TASKS
 from scheduler.policy.events import status_event
 from scheduler.policy.job import Job
 from scheduler.policy.retry import RetryBackoff
@@ -84,7 +84,7 @@ def emitted(decisions: Iterable[Decision]) -> list[EmitEvent]:
 
 def reply(decisions: Sequence[Decision]) -> Any:
     first = decisions[0]
-    assert isinstance(first, Reply)
+    assert isinstance(first, SendReply)
     return first.message
 
 
@@ -139,7 +139,7 @@ def test_submit_replies_accepted_then_assigns_and_emits_assigned() -> None:
     core = new_core()
     add(core, "a")
     decisions = submit(core, job(priority=3, runtime=0.5), ref=9)
-    assert [type(d) for d in decisions] == [Reply, EmitEvent, SendAssign, EmitEvent]
+    assert [type(d) for d in decisions] == [SendReply, EmitEvent, SendAssign, EmitEvent]
     assert reply(decisions) == Accepted("j0", 9)
     first, send, second = decisions[1:]
     assert isinstance(first, EmitEvent) and isinstance(second, EmitEvent)
@@ -452,7 +452,7 @@ def test_reattaching_within_the_lease_keeps_what_it_still_holds() -> None:
     # j2 was not listed: requeued at once, and (a being the only one) assigned again.
     assert stops(decisions) == [
         ("a", Stop("j9", 1, "the job is final or unknown")),
-        ("a", Stop("j3", 1, "cancelled")),
+        ("a", Stop("j3", 1, "cancelled", kind="cancel")),
     ]
     assert [(d.job_id, d.reason) for d in decisions if isinstance(d, Requeued)] == [
         ("j2", "not held after reconnecting")
@@ -694,7 +694,7 @@ def test_cancel_a_running_job_stops_it_and_its_confirmation_ends_it() -> None:
     report(core, "a", "j0", "started")
     decisions = core.cancel("j0", WALL)
     assert reply(decisions) == CancelReply("j0", "running", "stopping")
-    assert stops(decisions) == [("a", Stop("j0", 1, "cancelled"))]
+    assert stops(decisions) == [("a", Stop("j0", 1, "cancelled", kind="cancel"))]
     assert info(core, "j0").cancelling
     assert events(report(core, "a", "j0", "cancelled")) == ["cancelled"]
     assert core.job("j0") is None
@@ -984,7 +984,7 @@ class Life:
                 assert s.busy + s.pending == s.outstanding
                 assert s.incoming == thieves.get(name, 0)
         for scheduler, stop in stops(decisions):
-            if stop.reason == "stolen":
+            if stop.kind == "steal":
                 snapshot = info(self.core, stop.id)
                 assert (snapshot.holder, snapshot.attempt) == (scheduler, stop.attempt)
 
@@ -1029,7 +1029,7 @@ def test_a_sleep_job_needs_a_runtime_other_tasks_do_not() -> None:
     add(core, "a", tasks=["sleep", "render"])
     decisions = submit(core, JobPayload(priority=1), ref=3)
     assert decisions == [
-        Reply(
+        SendReply(
             Error(
                 "payload.runtime: required, > 0 for the sleep task",
                 field="payload.runtime",
@@ -1146,7 +1146,7 @@ def test_an_idle_scheduler_steals_the_most_urgent_waiting_job() -> None:
     core = new_core()
     queue_at_a(core)
     decisions = add(core, "b", size=1)
-    assert stops(decisions) == [("a", Stop("j2", 1, "stolen"))]
+    assert stops(decisions) == [("a", Stop("j2", 1, "stolen", kind="steal"))]
     assert info(core, "j2").thief == "b" and info(core, "j2").holder == "a"
     assert booked(core, "b") == (0, 0, 1, 0)  # its slot is kept for j2
     assert booked(core, "a") == (1, 2, 0, 1)  # j1 still waits there; j2 is no longer offered
@@ -1165,7 +1165,7 @@ def test_an_idle_scheduler_steals_the_most_urgent_waiting_job() -> None:
 def test_tail_stealing_takes_the_last_job_of_the_longest_queue() -> None:
     core = new_core(steal="tail")
     queue_at_a(core)
-    assert stops(add(core, "b", size=1)) == [("a", Stop("j1", 1, "stolen"))]
+    assert stops(add(core, "b", size=1)) == [("a", Stop("j1", 1, "stolen", kind="steal"))]
 
 
 def test_no_stealing_when_it_is_off() -> None:
@@ -1179,8 +1179,8 @@ def test_a_thief_with_two_free_slots_starts_two_steals_never_two_of_one_job() ->
     core = new_core()
     queue_at_a(core)
     assert stops(add(core, "b", size=2)) == [
-        ("a", Stop("j2", 1, "stolen")),
-        ("a", Stop("j1", 1, "stolen")),
+        ("a", Stop("j2", 1, "stolen", kind="steal")),
+        ("a", Stop("j1", 1, "stolen", kind="steal")),
     ]
     assert stops(add(core, "c", size=1)) == []  # nothing left that is not being stolen
     assert booked(core, "b") == (0, 0, 2, 0)
@@ -1194,7 +1194,7 @@ def test_a_steal_fails_when_the_victim_started_the_job_first() -> None:
     decisions = report(core, "a", "j2", "started")
     assert info(core, "j2").thief is None
     # The thief's slot is free again: it tries the next job.
-    assert stops(decisions) == [("a", Stop("j1", 1, "stolen"))]
+    assert stops(decisions) == [("a", Stop("j1", 1, "stolen", kind="steal"))]
     stats = stats_of(core)
     assert (stats.bus.stolen, stats.bus.steal_attempts) == (0, 2)
     (ignored,) = report(core, "b", "j2", "started", attempt=2)
@@ -1274,10 +1274,10 @@ def test_a_job_cancelled_during_a_steal_ends_cancelled_and_frees_the_thief() -> 
     core = new_core()
     queue_at_a(core)
     add(core, "b", size=1)
-    assert stops(core.cancel("j2", WALL)) == [("a", Stop("j2", 1, "cancelled"))]
+    assert stops(core.cancel("j2", WALL)) == [("a", Stop("j2", 1, "cancelled", kind="cancel"))]
     decisions = report(core, "a", "j2", "revoked")  # it had given it up already
     assert events(decisions) == ["cancelled"]
-    assert stops(decisions) == [("a", Stop("j1", 1, "stolen"))]
+    assert stops(decisions) == [("a", Stop("j1", 1, "stolen", kind="steal"))]
 
 
 def test_a_stolen_job_that_ends_at_its_victim_frees_the_thief() -> None:
@@ -1336,7 +1336,7 @@ def test_steals_take_the_most_urgent_aged_job() -> None:
     start(core, "a", "j0")
     submit(core, job(priority=6), now=0.0)
     submit(core, job(priority=3), now=50.0)
-    assert stops(add(core, "b", size=1, now=60.0)) == [("a", Stop("j1", 1, "stolen"))]
+    assert stops(add(core, "b", size=1, now=60.0)) == [("a", Stop("j1", 1, "stolen", kind="steal"))]
     (send,) = sends(report(core, "a", "j1", "revoked", now=61.0))
     assert send.assignment.priority == 0  # 6 levels aged, never below 0
 

@@ -14,14 +14,9 @@ from conftest import Commands, unit, wait_until
 from websockets.asyncio.client import connect
 
 from scheduler.bus.server import BusConfig, BusServer
-from scheduler.policy.dispatch import (
-    Decision,
-    DispatchConfig,
-    Dispatcher,
-    SendAssign,
-    SendStop,
-    StartOverdue,
-)
+from scheduler.policy.dispatch.config import DispatchConfig
+from scheduler.policy.dispatch.decisions import Decision, SendAssign, SendStop, StartOverdue
+from scheduler.policy.dispatch.dispatcher import Dispatcher
 from scheduler.policy.job import Job
 from scheduler.policy.start_deadline import StartWatch
 from scheduler.producer_client import ProducerClient

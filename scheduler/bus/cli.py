@@ -22,13 +22,19 @@ from scheduler.bus.outbox import DEFAULT_MAX_BACKLOG_BYTES, DEFAULT_MAX_TOTAL_BA
 from scheduler.bus.server import (
     DEFAULT_MAX_CONNECTIONS,
     DEFAULT_REGISTER_TIMEOUT_S,
-    DEFAULT_RESTART_GRACE_S,
     DEFAULT_RETENTION_S,
-    DEFAULT_START_DEADLINE_S,
     BusConfig,
     BusServer,
 )
 from scheduler.cli_support import LOG_LEVELS, configure_logging, run_until_signalled
+from scheduler.policy.dispatch.config import (
+    DEFAULT_LEASE_S,
+    DEFAULT_MAX_DELIVERIES,
+    DEFAULT_MAX_EVICTIONS,
+    DEFAULT_RESTART_GRACE_S,
+    DEFAULT_START_DEADLINE_S,
+    DEFAULT_STEAL,
+)
 from scheduler.policy.stealing import STEAL_STRATEGIES
 from scheduler.protocol import FINAL_EVENTS, MAX_TIMEOUT_S
 
@@ -171,7 +177,7 @@ def _retention(
 )
 @click.option(
     "--lease",
-    default=5.0,
+    default=DEFAULT_LEASE_S,
     show_default=True,
     type=click.FloatRange(min=0, min_open=True),
     help="Seconds a scheduler that fell silent or lost its connection keeps its jobs; "
@@ -179,14 +185,14 @@ def _retention(
 )
 @click.option(
     "--max-evictions",
-    default=3,
+    default=DEFAULT_MAX_EVICTIONS,
     show_default=True,
     type=click.IntRange(min=0),
     help="Evictions after which a job is no longer evictable (no starvation).",
 )
 @click.option(
     "--max-deliveries",
-    default=10,
+    default=DEFAULT_MAX_DELIVERIES,
     show_default=True,
     type=click.IntRange(min=1),
     help="Assignments (plus the job's own max_retries) after which a job is dead "
@@ -216,7 +222,7 @@ def _retention(
 )
 @click.option(
     "--steal",
-    default="urgent",
+    default=DEFAULT_STEAL,
     show_default=True,
     type=click.Choice(STEAL_STRATEGIES),
     help="Work stealing: a scheduler with a free slot and an empty local queue takes a job "

@@ -54,19 +54,27 @@ from scheduler.bus.outbox import (
     BacklogBudget,
     FrameOutbox,
 )
-from scheduler.policy.dispatch import (
-    Decision,
+from scheduler.policy.dispatch.config import (
+    DEFAULT_LEASE_S,
+    DEFAULT_MAX_DELIVERIES,
+    DEFAULT_MAX_EVICTIONS,
+    DEFAULT_RESTART_GRACE_S,
+    DEFAULT_START_DEADLINE_S,
+    DEFAULT_STEAL,
     DispatchConfig,
-    Dispatcher,
+)
+from scheduler.policy.dispatch.decisions import (
+    Decision,
     EmitEvent,
     Ignored,
     LeaseExpired,
-    Reply,
     Requeued,
     SendAssign,
+    SendReply,
     SendStop,
     StartOverdue,
 )
+from scheduler.policy.dispatch.dispatcher import Dispatcher
 from scheduler.policy.job import Job
 from scheduler.protocol import (
     FINAL_EVENTS,
@@ -112,10 +120,6 @@ DEFAULT_MAX_CONNECTIONS: Final = 1000
 
 DEFAULT_RETENTION_S: Final = 7 * 24 * 3600.0
 """How long a final job stays in the journal unless a retention says otherwise."""
-DEFAULT_RESTART_GRACE_S: Final = 60.0
-"""How long a bus shutting down promises its schedulers their running jobs."""
-DEFAULT_START_DEADLINE_S: Final = 30.0
-"""How long a scheduler with room may hold assigned jobs without starting any."""
 
 LOOPBACK_HOSTS: Final = frozenset({"localhost", "127.0.0.1", "[::1]"})
 """``Host`` header names always accepted."""
@@ -182,13 +186,13 @@ class BusConfig:
     insecure: bool = False
     allow_origins: tuple[str, ...] = ()
     db: str = ":memory:"
-    lease: float = 5.0
-    max_evictions: int = 3
-    max_deliveries: int = 10
+    lease: float = DEFAULT_LEASE_S
+    max_evictions: int = DEFAULT_MAX_EVICTIONS
+    max_deliveries: int = DEFAULT_MAX_DELIVERIES
     retention: Mapping[str, float] = field(default_factory=dict)
     retention_default: float = DEFAULT_RETENTION_S
     vacuum_every: float = 3600.0
-    steal: str = "urgent"
+    steal: str = DEFAULT_STEAL
     age_every: float | None = None
     restart_grace: float = DEFAULT_RESTART_GRACE_S
     """Seconds a bus shutting down (:meth:`BusServer.close`) promises its v2 schedulers
@@ -858,7 +862,7 @@ class BusServer:
             owner=client.grant.owner,
         )
         reply = decisions[0]
-        if isinstance(reply, Reply) and isinstance(reply.message, Accepted):
+        if isinstance(reply, SendReply) and isinstance(reply.message, Accepted):
             self._subscribe(client, reply.message.id)
         self._apply(decisions, client)
 
@@ -877,7 +881,7 @@ class BusServer:
             owner=client.grant.owner,
         )
         reply = decisions[0]
-        if isinstance(reply, Reply) and isinstance(reply.message, SubmittedMany):
+        if isinstance(reply, SendReply) and isinstance(reply.message, SubmittedMany):
             for result in reply.message.results:
                 if result.id is not None:
                     self._subscribe(client, result.id)
@@ -1065,12 +1069,12 @@ class BusServer:
             self._assign(decision)
         elif isinstance(decision, SendStop):
             self._stop(decision)
-        elif isinstance(decision, Reply):
+        elif isinstance(decision, SendReply):
             self._reply(decision, requester)
         else:
             self._note(decision)
 
-    def _reply(self, reply: Reply, requester: _Client | None) -> None:
+    def _reply(self, reply: SendReply, requester: _Client | None) -> None:
         """Answer a v2 requester; a v1 producer is never sent anything, so its refused
         job is logged."""
         if requester is None:

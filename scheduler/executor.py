@@ -32,7 +32,15 @@ from typing import Any, Final, Literal
 from scheduler import containment
 from scheduler.cgroups import JobCgroups
 from scheduler.policy.limits import NO_LIMITS, Limits, Usage, over_limits
-from scheduler.policy.runner import Decision, Evict, Job, Runner, Snapshot, Start, Stop
+from scheduler.policy.runner import (
+    Evict,
+    LocalJob,
+    Runner,
+    RunnerDecision,
+    Snapshot,
+    Start,
+    StopRun,
+)
 from scheduler.process import JobProcess, ProcessResult
 from scheduler.protocol import Assignment, Held, Report, SchedulerReport
 from scheduler.task_result import ResultPipe, TaskRecord
@@ -173,7 +181,7 @@ class Executor:
             )
             self._end(held, "dropped")
         self._jobs[job_id] = assignment
-        job = Job(job_id, assignment.priority, assignment.evictions, assignment.evictable)
+        job = LocalJob(job_id, assignment.priority, assignment.evictions, assignment.evictable)
         self._carry_out(self._runner.submit(job, self._clock()))
 
     def cancel(self, job_id: str, attempt: int) -> bool:
@@ -250,8 +258,8 @@ class Executor:
         if why == "cancelled" and not live:
             self._on_event(Report("cancelled", job_id, assignment.attempt), assignment)
 
-    def _carry_out(self, decisions: Sequence[Decision]) -> None:
-        pending: deque[Decision] = deque(decisions)
+    def _carry_out(self, decisions: Sequence[RunnerDecision]) -> None:
+        pending: deque[RunnerDecision] = deque(decisions)
         while pending:
             decision = pending.popleft()
             if isinstance(decision, Start):
@@ -328,7 +336,7 @@ class Executor:
         log.debug("evicting %s (eviction %d)", decision.job_id, decision.evictions)
         self._spawn(run.process.stop())
 
-    def _stop(self, decision: Stop) -> None:
+    def _stop(self, decision: StopRun) -> None:
         log.debug("stopping %s", decision.job_id)
         self._spawn(self._runs[decision.job_id].process.stop())
 

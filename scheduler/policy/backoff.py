@@ -1,4 +1,12 @@
-"""Reconnect delays: exponential backoff with full jitter, so clients do not stampede a bus."""
+"""Reconnect delays for clients of the bus. Pure (the caller sleeps).
+
+:class:`Backoff` hands out the delay before each new connection attempt: it doubles
+from ``base`` with every failed try up to ``cap``, and each delay is drawn uniformly
+from the upper half of that ceiling ([d/2, d], "equal jitter"), so that clients cut off
+together do not all come back at the same instant, yet none retries at once. A
+successful connection (for the clients: a registration) resets it. Retry delays of
+failed *jobs* are another matter: :mod:`scheduler.policy.retry`.
+"""
 
 from __future__ import annotations
 

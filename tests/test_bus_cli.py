@@ -22,6 +22,11 @@ from scheduler.bus import cli as bus_cli
 from scheduler.bus.cli import cli, default_db
 from scheduler.bus.journal import Journal
 from scheduler.bus.server import BusConfig
+from scheduler.policy.dispatch.config import (
+    DEFAULT_RESTART_GRACE_S,
+    DEFAULT_START_DEADLINE_S,
+    DispatchConfig,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -267,3 +272,14 @@ async def test_a_bad_option_in_a_real_process_is_one_usage_error(tmp_path: Path)
     code, stderr = await run_bus("--max-connections", "0", state=tmp_path)
     assert code == 2 and "Traceback" not in stderr
     assert stderr.splitlines()[-1].startswith("Error: Invalid value for '--max-connections'")
+
+
+def test_the_bus_s_defaults_are_the_dispatch_core_s() -> None:
+    """One source of truth: ``BusConfig`` and the command's options take every rule's
+    default from :mod:`scheduler.policy.dispatch.config`."""
+    assert BusConfig().rules() == DispatchConfig(start_deadline=DEFAULT_START_DEADLINE_S)
+    options = {p.name: p.default for p in cli.params}
+    bus = BusConfig()
+    for name in ("lease", "max_evictions", "max_deliveries", "steal", "start_deadline"):
+        assert options[name] == getattr(bus, name), name
+    assert options["restart_grace"] == bus.restart_grace == DEFAULT_RESTART_GRACE_S

@@ -27,14 +27,7 @@ from scheduler.bus.server import (
     BusServer,
 )
 from scheduler.cli_support import LOG_LEVELS, configure_logging, run_until_signalled
-from scheduler.policy.dispatch.config import (
-    DEFAULT_LEASE_S,
-    DEFAULT_MAX_DELIVERIES,
-    DEFAULT_MAX_EVICTIONS,
-    DEFAULT_RESTART_GRACE_S,
-    DEFAULT_START_DEADLINE_S,
-    DEFAULT_STEAL,
-)
+from scheduler.policy.dispatch import config as defaults
 from scheduler.policy.stealing import STEAL_STRATEGIES
 from scheduler.protocol import FINAL_EVENTS, MAX_TIMEOUT_S
 
@@ -177,7 +170,7 @@ def _retention(
 )
 @click.option(
     "--lease",
-    default=DEFAULT_LEASE_S,
+    default=defaults.DEFAULT_LEASE_S,
     show_default=True,
     type=click.FloatRange(min=0, min_open=True),
     help="Seconds a scheduler that fell silent or lost its connection keeps its jobs; "
@@ -185,14 +178,14 @@ def _retention(
 )
 @click.option(
     "--max-evictions",
-    default=DEFAULT_MAX_EVICTIONS,
+    default=defaults.DEFAULT_MAX_EVICTIONS,
     show_default=True,
     type=click.IntRange(min=0),
     help="Evictions after which a job is no longer evictable (no starvation).",
 )
 @click.option(
     "--max-deliveries",
-    default=DEFAULT_MAX_DELIVERIES,
+    default=defaults.DEFAULT_MAX_DELIVERIES,
     show_default=True,
     type=click.IntRange(min=1),
     help="Assignments (plus the job's own max_retries) after which a job is dead "
@@ -222,7 +215,7 @@ def _retention(
 )
 @click.option(
     "--steal",
-    default=DEFAULT_STEAL,
+    default=defaults.DEFAULT_STEAL,
     show_default=True,
     type=click.Choice(STEAL_STRATEGIES),
     help="Work stealing: a scheduler with a free slot and an empty local queue takes a job "
@@ -240,7 +233,7 @@ def _retention(
 )
 @click.option(
     "--restart-grace",
-    default=DEFAULT_RESTART_GRACE_S,
+    default=defaults.DEFAULT_RESTART_GRACE_S,
     show_default=True,
     type=click.FloatRange(0, MAX_TIMEOUT_S),
     help="On SIGINT/SIGTERM, tell the schedulers to keep running their jobs this many "
@@ -249,7 +242,7 @@ def _retention(
 )
 @click.option(
     "--start-deadline",
-    default=DEFAULT_START_DEADLINE_S,
+    default=defaults.DEFAULT_START_DEADLINE_S,
     show_default=True,
     type=click.FloatRange(0, MAX_TIMEOUT_S),
     help="Seconds a scheduler with free slots may hold assigned jobs without starting "

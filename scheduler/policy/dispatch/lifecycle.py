@@ -253,7 +253,7 @@ class Lifecycle:
     ) -> None:
         """End ``job`` in final ``state``: it leaves the core and its holder."""
         assert state in ("succeeded", "failed", "timed_out", "cancelled", "dead")
-        self.forget(job)
+        self.forget(job.id)
         job.state = state
         job.finished_at = wall
         if state == "succeeded":
@@ -262,16 +262,18 @@ class Lifecycle:
         self.touch(job, wall)
         self.emit(out, job_event(job, state, wall, job.holder, report, error=error))
 
-    def forget(self, job: Job) -> None:
-        """Take tracked ``job`` out of every structure of the core: its holder's books,
-        the backlog, the hold-backs, the cancels and the waiting times. Keeps
-        ``job.holder`` for the caller's event; the journal is the caller's business."""
+    def forget(self, job_id: str) -> Job:
+        """Take tracked job ``job_id`` out of every structure of the core: its holder's
+        books, the backlog, the hold-backs, the cancels and the waiting times; return
+        it. Keeps ``job.holder`` for the caller's event; the journal is the caller's
+        business."""
+        job = self.jobs.pop(job_id)
         if job.holder is not None:
             self.leave_holder(job)
-        del self.jobs[job.id]
-        self.since.pop(job.id, None)
-        self.cancelling.discard(job.id)
-        self.backlog.discard(job.id)
+        self.since.pop(job_id, None)
+        self.cancelling.discard(job_id)
+        self.backlog.discard(job_id)
+        return job
 
     def expire_v1(self, now: float) -> None:
         """Forget the jobs of v1 schedulers whose runtime has elapsed."""
@@ -280,7 +282,7 @@ class Lifecycle:
             job = self.jobs.get(job_id)
             if job is None or job.attempt != attempt or job.holder is None:
                 continue
-            self.forget(job)
+            self.forget(job_id)
             self._changed.pop(job_id, None)
             self._deleted.add(job_id)
 

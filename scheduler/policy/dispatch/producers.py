@@ -166,7 +166,7 @@ def _fresh_id(core: Lifecycle, new_id: Callable[[], str]) -> str:
 
 def _unhold(core: Lifecycle, old: Job, out: list[Decision]) -> None:
     """Take ``old`` out of the core before its replacement: its holder stops it."""
-    core.forget(old)
+    core.forget(old.id)
     if old.holder is not None:
         out.append(SendStop(old.holder, Stop(old.id, old.attempt, "replaced", kind="drop")))
 

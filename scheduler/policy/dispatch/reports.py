@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 from scheduler.policy.dispatch.decisions import Decision, Ignored, Requeued
 from scheduler.policy.dispatch.lifecycle import Lifecycle
 from scheduler.policy.dispatch.registry import Scheduler
@@ -27,21 +29,21 @@ def apply_report(
     if report.evictions is not None and report.event != "evicted":
         job.evictions = max(job.evictions, report.evictions)
     s.counters.reported(report.event)
-    decisions: list[Decision] = []
+    applying = _Applying(core, s, report, now, wall)
     if report.event == "started":
-        _started(core, job, s, report, now, wall, decisions)
+        applying.started(job)
     elif report.event == "evicted":
-        _evicted(core, job, report, now, wall, decisions)
+        applying.evicted(job)
     elif report.event in ("failed", "timed_out"):
-        _failed(core, job, report, now, wall, decisions)
+        applying.failed(job)
     elif report.event == "revoked":
-        _revoked(core, job, s, report, now, wall, decisions)
+        applying.revoked(job)
     else:
-        core.finish(job, report.event, wall, decisions, report)
+        core.finish(job, report.event, wall, applying.out, report)
     if unstalled:
-        core.dispatch_backlog(now, wall, decisions)
-    core.balance(now, decisions)
-    return decisions
+        core.dispatch_backlog(now, wall, applying.out)
+    core.balance(now, applying.out)
+    return applying.out
 
 
 def _fence(job: Job, scheduler: str, report: Report) -> str | None:
@@ -53,98 +55,90 @@ def _fence(job: Job, scheduler: str, report: Report) -> str | None:
     return None
 
 
-def _started(
-    core: Lifecycle,
-    job: Job,
-    s: Scheduler,
-    report: Report,
-    now: float,
-    wall: float,
-    out: list[Decision],
-) -> None:
-    """Held ``job`` started at ``s``: book its slot (once per attempt), record how long
-    it waited, and fail a steal of it that was under way."""
-    job.state = "running"
-    core.touch(job, wall)
-    if core.registry.start_watch is not None:
-        core.registry.start_watch.settled(s.name, job.id)
-    if core.start_seat(s, job.id):
-        core.counters.waited(job.priority, now - core.since.get(job.id, now))
-    core.steals.leave(job.id)
-    core.emit(out, job_event(job, "started", wall, s.name, report))
+@dataclass
+class _Applying:
+    """One report ``report`` from holder ``s`` at ``now``/``wall``, being applied to
+    its job; ``out`` collects the decisions."""
 
+    core: Lifecycle
+    s: Scheduler
+    report: Report
+    now: float
+    wall: float
+    out: list[Decision] = field(default_factory=list)
 
-def _evicted(
-    core: Lifecycle, job: Job, report: Report, now: float, wall: float, out: list[Decision]
-) -> None:
-    if job.id in core.cancelling:
-        core.finish(job, "cancelled", wall, out, report)
-        return
-    holder = job.holder
-    job.evictions = max(job.evictions + 1, report.evictions or 0)
-    core.requeue(job, wall, now)
-    core.emit(out, job_event(job, "evicted", wall, holder, report))
-    core.dispatch(job, now, wall, out)
+    def started(self, job: Job) -> None:
+        """Held ``job`` started: book its slot (once per attempt), record how long it
+        waited, and fail a steal of it that was under way."""
+        core = self.core
+        job.state = "running"
+        core.touch(job, self.wall)
+        if core.registry.start_watch is not None:
+            core.registry.start_watch.settled(self.s.name, job.id)
+        if core.start_seat(self.s, job.id):
+            core.counters.waited(job.priority, self.now - core.since.get(job.id, self.now))
+        core.steals.leave(job.id)
+        core.emit(self.out, job_event(job, "started", self.wall, self.s.name, self.report))
 
+    def evicted(self, job: Job) -> None:
+        """``job`` was evicted: requeued and dispatched again, evictions + 1."""
+        core, report = self.core, self.report
+        if job.id in core.cancelling:
+            core.finish(job, "cancelled", self.wall, self.out, report)
+            return
+        job.evictions = max(job.evictions + 1, report.evictions or 0)
+        core.requeue(job, self.wall, self.now)
+        core.emit(self.out, job_event(job, "evicted", self.wall, self.s.name, report))
+        core.dispatch(job, self.now, self.wall, self.out)
 
-def _revoked(
-    core: Lifecycle,
-    job: Job,
-    s: Scheduler,
-    report: Report,
-    now: float,
-    wall: float,
-    out: list[Decision],
-) -> None:
-    """``job`` left ``s``'s queue unstarted: give it to the thief a steal of it was
-    for; with none (gone, or never), queue it again."""
-    thief_name = core.steals.end(job.id)
-    core.requeue(job, wall, None)
-    if job.id in core.cancelling:
-        core.finish(job, "cancelled", wall, out, report)
-        return
-    thief = None if thief_name is None else core.registry[thief_name]
-    if thief is None or not thief.connected:
-        out.append(Requeued(job.id, s.name, job.attempt, "revoked, and no thief takes it"))
-        core.emit(out, job_event(job, "requeued", wall, s.name))
-        core.dispatch(job, now, wall, out)
-        return
-    core.counters.add("stolen")
-    s.counters.add("stolen_from")
-    thief.counters.add("stole")
-    priority = core.priority(job, now)
-    core.assign(job, thief, priority, now, wall, out, waiting=False, steal=True)
+    def revoked(self, job: Job) -> None:
+        """``job`` left the holder's queue unstarted: give it to the thief a steal of it
+        was for; with none (gone, or never), queue it again."""
+        core, wall = self.core, self.wall
+        thief_name = core.steals.end(job.id)
+        core.requeue(job, wall, None)
+        if job.id in core.cancelling:
+            core.finish(job, "cancelled", wall, self.out, self.report)
+            return
+        thief = None if thief_name is None else core.registry[thief_name]
+        if thief is None or not thief.connected:
+            why = "revoked, and no thief takes it"
+            self.out.append(Requeued(job.id, self.s.name, job.attempt, why))
+            core.emit(self.out, job_event(job, "requeued", wall, self.s.name))
+            core.dispatch(job, self.now, wall, self.out)
+            return
+        core.counters.add("stolen")
+        self.s.counters.add("stolen_from")
+        thief.counters.add("stole")
+        priority = core.priority(job, self.now)
+        core.assign(job, thief, priority, self.now, wall, self.out, waiting=False, steal=True)
 
+    def failed(self, job: Job) -> None:
+        """The attempt failed or timed out: retried while retries are left, else final."""
+        report = self.report
+        assert report.event in ("failed", "timed_out")
+        job.errors.append(_error_text(report))
+        job.traceback = report.traceback
+        retries = job.payload.max_retries
+        if job.id in self.core.cancelling or retries == 0:
+            self.core.finish(job, report.event, self.wall, self.out, report)
+        elif job.retries >= retries:
+            self.core.finish(job, "dead", self.wall, self.out, report)
+        else:
+            self._retry(job)
 
-def _failed(
-    core: Lifecycle, job: Job, report: Report, now: float, wall: float, out: list[Decision]
-) -> None:
-    assert report.event in ("failed", "timed_out")
-    job.errors.append(_error_text(report))
-    job.traceback = report.traceback
-    retries = job.payload.max_retries
-    if job.id in core.cancelling or retries == 0:
-        core.finish(job, report.event, wall, out, report)
-    elif job.retries >= retries:
-        core.finish(job, "dead", wall, out, report)
-    else:
-        _retry(core, job, report, now, wall, out)
-
-
-def _retry(
-    core: Lifecycle, job: Job, report: Report, now: float, wall: float, out: list[Decision]
-) -> None:
-    holder = job.holder
-    job.retries += 1
-    delay = core.config.backoff.delay(job.payload.retry_backoff, job.retries, core.rng)
-    job.not_before = wall + delay
-    core.requeue(job, wall, now + delay)
-    event = job_event(job, "retrying", wall, holder, report, retry_in_s=delay)
-    core.emit(out, event)
-    if delay > 0:
-        core.backlog.hold_back(job, now + delay)
-    else:
-        core.dispatch(job, now, wall, out)
+    def _retry(self, job: Job) -> None:
+        core, now, wall = self.core, self.now, self.wall
+        job.retries += 1
+        delay = core.config.backoff.delay(job.payload.retry_backoff, job.retries, core.rng)
+        job.not_before = wall + delay
+        core.requeue(job, wall, now + delay)
+        event = job_event(job, "retrying", wall, self.s.name, self.report, retry_in_s=delay)
+        core.emit(self.out, event)
+        if delay > 0:
+            core.backlog.hold_back(job, now + delay)
+        else:
+            core.dispatch(job, now, wall, self.out)
 
 
 def _error_text(report: Report) -> str:

@@ -136,22 +136,7 @@ class Dispatcher:
 
     def job(self, job_id: str) -> JobInfo | None:
         """Return a snapshot of job ``job_id``, or None once it is final or unknown."""
-        job = self._core.jobs.get(job_id)
-        if job is None:
-            return None
-        return JobInfo(
-            job.id,
-            job.state,
-            job.holder,
-            job.attempt,
-            job.deliveries,
-            job.evictions,
-            job.retries,
-            tuple(job.errors),
-            job.not_before,
-            job.id in self._core.cancelling,
-            self._core.steals.thief(job.id),
-        )
+        return self._core.info(job_id)
 
     def tracks(self, job_id: str) -> bool:
         """Whether job ``job_id`` is in the core (not final); else only the journal knows it."""
@@ -183,25 +168,7 @@ class Dispatcher:
 
     def scheduler(self, name: str) -> SchedulerInfo | None:
         """Return a snapshot of scheduler ``name``, or None if the core does not know it."""
-        s = self._core.registry.get(name)
-        if s is None:
-            return None
-        return SchedulerInfo(
-            s.name,
-            s.slots.size,
-            s.tasks,
-            s.reports,
-            s.connected,
-            len(s.held),
-            s.running,
-            s.queued,
-            s.last_heartbeat,
-            self._core.registry.leases.deadline(name),
-            s.slots.busy,
-            s.slots.pending,
-            s.slots.incoming,
-            self._core.steals.stealable.count(name),
-        )
+        return self._core.registry.info(name, self._core.steals.stealable.count(name))
 
     def load(self, name: str, now: float) -> float:
         """Return outstanding / size of scheduler ``name`` at ``now`` (forgets expired v1 jobs)."""

@@ -17,7 +17,13 @@ from collections.abc import Collection
 from scheduler.policy.aging import Aging
 from scheduler.policy.dispatch.backlog import Backlog
 from scheduler.policy.dispatch.config import DispatchConfig
-from scheduler.policy.dispatch.decisions import Decision, EmitEvent, Requeued, SendAssign
+from scheduler.policy.dispatch.decisions import (
+    Decision,
+    EmitEvent,
+    JobInfo,
+    Requeued,
+    SendAssign,
+)
 from scheduler.policy.dispatch.registry import Registry, Scheduler
 from scheduler.policy.dispatch.steals import Steals
 from scheduler.policy.events import job_event
@@ -76,6 +82,25 @@ class Lifecycle:
     def priority(self, job: Job, now: float) -> int:
         """``job``'s effective priority at ``now`` (aged while it waits)."""
         return self.aging.effective(job.priority, self.since.get(job.id, now), now)
+
+    def info(self, job_id: str) -> JobInfo | None:
+        """A snapshot of job ``job_id``, or None once it is final or unknown."""
+        job = self.jobs.get(job_id)
+        if job is None:
+            return None
+        return JobInfo(
+            job.id,
+            job.state,
+            job.holder,
+            job.attempt,
+            job.deliveries,
+            job.evictions,
+            job.retries,
+            tuple(job.errors),
+            job.not_before,
+            job.id in self.cancelling,
+            self.steals.thief(job.id),
+        )
 
     # --- dispatch ------------------------------------------------------------------------
 

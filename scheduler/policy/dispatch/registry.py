@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from scheduler.policy.dispatch.config import DEFAULT_TASKS, V1_SIZE, DispatchConfig
+from scheduler.policy.dispatch.decisions import SchedulerInfo
 from scheduler.policy.lease import Leases
 from scheduler.policy.placement import Seat, Slots
 from scheduler.policy.start_deadline import StartWatch
@@ -62,6 +63,29 @@ class Registry:
     def __iter__(self) -> Iterator[Scheduler]:
         """Every known scheduler, in the order they first registered."""
         return iter(self._schedulers.values())
+
+    def info(self, name: str, waiting: int) -> SchedulerInfo | None:
+        """A snapshot of scheduler ``name``, of whose jobs ``waiting`` may be stolen;
+        None if unknown."""
+        s = self._schedulers.get(name)
+        if s is None:
+            return None
+        return SchedulerInfo(
+            s.name,
+            s.slots.size,
+            s.tasks,
+            s.reports,
+            s.connected,
+            len(s.held),
+            s.running,
+            s.queued,
+            s.last_heartbeat,
+            self.leases.deadline(name),
+            s.slots.busy,
+            s.slots.pending,
+            s.slots.incoming,
+            waiting,
+        )
 
     def add(self, name: str, reports: bool, *, connected: bool = True) -> Scheduler:
         """Know scheduler ``name``, with the sizes and tasks of a v1 scheduler until it

@@ -688,6 +688,7 @@ async def test_a_silent_scheduler_loses_its_jobs_and_is_told_to_stop_them(
                         "id": job_id,
                         "attempt": 1,
                         "reason": "the job was reassigned to alive",
+                        "kind": "drop",
                     }
                     await report(back, "succeeded", job_id, 1)
                     await barrier(back)
@@ -745,6 +746,7 @@ async def test_cancel_a_queued_a_running_a_final_and_an_unknown_job() -> None:
                 "id": running,
                 "attempt": 1,
                 "reason": "cancelled",
+                "kind": "cancel",
             }
             await report(scheduler, "cancelled", running, 1)
             cancelled = await next_event(producer, "cancelled")

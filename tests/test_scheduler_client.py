@@ -358,7 +358,7 @@ async def test_stop_from_the_bus_drops_a_queued_attempt_and_purges_its_reports(
     await peer.assign("waiting", runtime=0.05, attempt=2)
     await peer.expect("report", event="started", id="first")
     await peer.stop("waiting", 1, "reassigned")  # stale: another attempt
-    await peer.stop("nobody", 1, "cancelled")
+    await peer.stop("nobody", 1, "cancelled", kind="cancel")
     await peer.stop("waiting", 2, "reassigned")
     await wait_until(lambda: client.executor.queued == 0, 5 * unit(), "the drop")
     assert "ignoring a stop of waiting attempt 1: not held here" in caplog.text

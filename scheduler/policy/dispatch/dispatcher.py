@@ -173,7 +173,7 @@ class Dispatcher:
     def load(self, name: str, now: float) -> float:
         """Return outstanding / size of scheduler ``name`` at ``now`` (forgets expired v1 jobs)."""
         self._core.expire_v1(now)
-        s = self._core.registry[name]
+        s = self._core.registry.by_name[name]
         return len(s.held) / s.slots.size
 
     def next_deadline(self) -> float | None:
@@ -279,7 +279,7 @@ class Dispatcher:
     def heartbeat(self, name: str, running: int, queued: int, now: float) -> None:
         """Record the load ``name`` reports at ``now`` and renew its lease; unknown names
         and v1 schedulers change nothing but their numbers."""
-        s = self._core.registry.get(name)
+        s = self._core.registry.by_name.get(name)
         if s is None:
             return
         s.running, s.queued, s.last_heartbeat = running, queued, now
@@ -366,5 +366,5 @@ class Dispatcher:
         sessions.expire_leases(core, now, wall, decisions)
         sessions.check_start_deadlines(core, now, wall, decisions)
         sessions.dispatch_due(core, now, wall, decisions)
-        core.balance(now, decisions)
+        core.steals.balance(now, decisions)
         return decisions

@@ -41,7 +41,7 @@ def _check_held(core: Lifecycle, job: Job, waits: bool) -> None:
     scheduler, and an attempt at a v1 scheduler expires."""
     where = f"{job.state} job {job.id} at {job.holder}"
     assert job.holder is not None
-    s = core.registry.get(job.holder)
+    s = core.registry.by_name.get(job.holder)
     assert s is not None and job.id in s.held, f"{where}: not in its holder's books"
     assert job.state in ("assigned", "running"), f"{where}: held in this state"
     started = core.seats[job.id].started is not None
@@ -67,4 +67,4 @@ def _check_schedulers(core: Lifecycle) -> None:
         assert s.slots.incoming == thieves.count(s.name), f"{s.name}: kept steal slots"
         held |= s.held
     assert held == core.seats.keys(), "seats differ from the held jobs"
-    assert {t for t in thieves if core.registry.get(t) is None} == set(), "a gone thief"
+    assert {t for t in thieves if core.registry.by_name.get(t) is None} == set(), "a gone thief"

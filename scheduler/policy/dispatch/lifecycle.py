@@ -45,9 +45,9 @@ class Lifecycle:
         self.counters = BusCounters()
         self.registry = Registry(config)
         self.backlog = Backlog()
-        strategy = steal_strategy(config.steal, self.aging)
-        self.steals = Steals(self.registry, strategy, self.counters)
         self.jobs: dict[str, Job] = {}
+        strategy = steal_strategy(config.steal, self.aging)
+        self.steals = Steals(self.registry, self.jobs, strategy, self.counters)
         # When each job began waiting (monotonic): submit, requeue or retry due; for aging.
         self.since: dict[str, float] = {}
         self.seats: dict[str, Seat] = {}
@@ -124,7 +124,7 @@ class Lifecycle:
         priority = self.priority(job, now)
         where = place(priority, candidates)
         assert where is not None
-        s = self.registry[where.scheduler]
+        s = self.registry.by_name[where.scheduler]
         if isinstance(where, EvictFor):
             s.slots.spare(where.victim, self.seats[where.victim].priority)
         self.assign(job, s, priority, now, wall, out, waiting=isinstance(where, Enqueue))
@@ -210,7 +210,7 @@ class Lifecycle:
         its place in the queue of stealable jobs, a steal of it under way. Keeps
         ``job.holder`` for the caller's event."""
         assert job.holder is not None
-        s = self.registry[job.holder]
+        s = self.registry.by_name[job.holder]
         s.held.discard(job.id)
         s.slots.release(job.id, self.seats.pop(job.id))
         if self.registry.start_watch is not None:
@@ -310,7 +310,3 @@ class Lifecycle:
             self.forget(job_id)
             self._changed.pop(job_id, None)
             self._deleted.add(job_id)
-
-    def balance(self, now: float, out: list[Decision]) -> None:
-        """Let every scheduler that may have room and an empty queue steal."""
-        self.steals.balance(self.jobs, now, out)

@@ -61,7 +61,7 @@ def submit(
             warning=result.warning,
         )
     if core.steals.unbalanced:  # only a replaced job frees a slot here
-        core.balance(submit.now, decisions)
+        core.steals.balance(submit.now, decisions)
     return [SendReply(reply), *decisions]
 
 
@@ -80,7 +80,7 @@ def submit_many(
         else:
             results.append(_submit_one(core, item, submit, f"jobs.{i}", decisions))
     if core.steals.unbalanced:  # only a replaced job frees a slot here
-        core.balance(submit.now, decisions)
+        core.steals.balance(submit.now, decisions)
     return [SendReply(SubmittedMany(results, ref)), *decisions]
 
 
@@ -107,7 +107,7 @@ def cancel(
         decisions: list[Decision] = []
         core.finish(job, "cancelled", wall, decisions)
         return [SendReply(CancelReply(job_id, "cancelled", "cancelled", ref)), *decisions]
-    if not core.registry[job.holder].reports:
+    if not core.registry.by_name[job.holder].reports:
         why = f"job {job_id} is held by v1 scheduler {job.holder}, which cannot be told"
         return [SendReply(CancelReply(job_id, job.state, f"{why} to stop; nothing was done", ref))]
     core.cancelling.add(job_id)
@@ -130,7 +130,7 @@ def _submit_one(
     if payload.job_id is not None:
         existing = core.jobs.get(payload.job_id) or submit.stored.get(payload.job_id)
     holder = None if existing is None or existing.holder is None else existing.holder
-    s = None if holder is None else core.registry.get(holder)
+    s = None if holder is None else core.registry.by_name.get(holder)
     stoppable = s is not None and s.reports
     resolution = resolve(existing, payload, submit.owner, stoppable=stoppable)
     if isinstance(resolution, Refuse):

@@ -43,7 +43,8 @@ class Registry:
 
     def __init__(self, config: DispatchConfig) -> None:
         """No scheduler yet; leases and the start deadline as ``config`` says."""
-        self._schedulers: dict[str, Scheduler] = {}
+        self.by_name: dict[str, Scheduler] = {}
+        """Every known scheduler by name, in the order they first registered."""
         self.leases = Leases(config.lease)
         deadline = config.start_deadline
         self.start_watch = None if deadline is None else StartWatch(deadline)
@@ -52,22 +53,14 @@ class Registry:
         self.task_priorities: dict[str, int] = {}
         """Task -> its default priority, as the latest scheduler declaring one registered it."""
 
-    def get(self, name: str) -> Scheduler | None:
-        """Scheduler ``name``, or None if unknown."""
-        return self._schedulers.get(name)
-
-    def __getitem__(self, name: str) -> Scheduler:
-        """Scheduler ``name``; KeyError if unknown."""
-        return self._schedulers[name]
-
     def __iter__(self) -> Iterator[Scheduler]:
         """Every known scheduler, in the order they first registered."""
-        return iter(self._schedulers.values())
+        return iter(self.by_name.values())
 
     def info(self, name: str, waiting: int) -> SchedulerInfo | None:
         """A snapshot of scheduler ``name``, of whose jobs ``waiting`` may be stolen;
         None if unknown."""
-        s = self._schedulers.get(name)
+        s = self.by_name.get(name)
         if s is None:
             return None
         return SchedulerInfo(
@@ -91,7 +84,7 @@ class Registry:
         """Know scheduler ``name``, with the sizes and tasks of a v1 scheduler until it
         says otherwise."""
         s = Scheduler(name, DEFAULT_TASKS, reports, Slots(name, V1_SIZE), connected)
-        self._schedulers[name] = s
+        self.by_name[name] = s
         return s
 
     def register(
@@ -103,7 +96,7 @@ class Registry:
         priorities: Mapping[str, int] | None,
     ) -> Scheduler:
         """Record a registration of ``name`` (known or new): connected, not stalled."""
-        s = self._schedulers.get(name) or self.add(name, reports)
+        s = self.by_name.get(name) or self.add(name, reports)
         s.slots.size = V1_SIZE if size is None else size
         s.tasks = DEFAULT_TASKS if tasks is None else frozenset(tasks)
         self.task_priorities.update(priorities or {})
@@ -119,11 +112,11 @@ class Registry:
         self.leases.drop(s.name)
         if self.start_watch is not None:
             self.start_watch.forget(s.name)
-        del self._schedulers[s.name]
+        del self.by_name[s.name]
 
     def renew(self, name: str, now: float) -> None:
         """A sign of life from ``name``: a v2 scheduler's lease runs from ``now``."""
-        s = self._schedulers.get(name)
+        s = self.by_name.get(name)
         if s is not None and s.reports:
             self.leases.renew(name, now)
 
@@ -139,7 +132,7 @@ class Registry:
                 self._serving.clear()
             found = [
                 s.slots
-                for s in self._schedulers.values()
+                for s in self.by_name.values()
                 if s.connected and not s.stalled and task in s.tasks
             ]
             self._serving[task] = found
@@ -147,7 +140,7 @@ class Registry:
 
     def robbable(self, name: str) -> bool:
         """Whether ``name`` may be stolen from now (connected, and it reports)."""
-        s = self._schedulers.get(name)
+        s = self.by_name.get(name)
         return s is not None and s.connected and s.reports
 
     def next_deadline(self) -> float | None:

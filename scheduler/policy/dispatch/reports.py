@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from scheduler.policy.dispatch.decisions import Decision, Ignored, Requeued
 from scheduler.policy.dispatch.lifecycle import Lifecycle
@@ -17,19 +17,21 @@ def apply_report(
     core: Lifecycle, name: str, report: Report, now: float, wall: float
 ) -> list[Decision]:
     """Apply ``report`` from scheduler ``name`` (see :meth:`Dispatcher.report`)."""
-    core.registry.renew(name, now)
+    s = core.registry.by_name.get(name)
+    if s is not None and s.reports:
+        core.registry.leases.renew(name, now)
     job = core.jobs.get(report.id)
     if job is None:
         return [Ignored(name, report.id, "unknown or final job")]
     reason = _fence(job, name, report)
     if reason is not None:
         return [Ignored(name, report.id, reason)]
-    s = core.registry[name]  # the holder of a tracked job is known
+    assert s is not None  # the holder of a tracked job is known
     unstalled = report.event != "revoked" and core.progressed(s, now)
     if report.evictions is not None and report.event != "evicted":
         job.evictions = max(job.evictions, report.evictions)
     s.counters.reported(report.event)
-    applying = _Applying(core, s, report, now, wall)
+    applying = _Applying(core, s, report, now, wall, [])
     if report.event == "started":
         applying.started(job)
     elif report.event == "evicted":
@@ -42,7 +44,7 @@ def apply_report(
         core.finish(job, report.event, wall, applying.out, report)
     if unstalled:
         core.dispatch_backlog(now, wall, applying.out)
-    core.balance(now, applying.out)
+    core.steals.balance(now, applying.out)
     return applying.out
 
 
@@ -55,7 +57,7 @@ def _fence(job: Job, scheduler: str, report: Report) -> str | None:
     return None
 
 
-@dataclass
+@dataclass(slots=True)
 class _Applying:
     """One report ``report`` from holder ``s`` at ``now``/``wall``, being applied to
     its job; ``out`` collects the decisions."""
@@ -65,7 +67,7 @@ class _Applying:
     report: Report
     now: float
     wall: float
-    out: list[Decision] = field(default_factory=list)
+    out: list[Decision]
 
     def started(self, job: Job) -> None:
         """Held ``job`` started: book its slot (once per attempt), record how long it
@@ -100,7 +102,7 @@ class _Applying:
         if job.id in core.cancelling:
             core.finish(job, "cancelled", wall, self.out, self.report)
             return
-        thief = None if thief_name is None else core.registry[thief_name]
+        thief = None if thief_name is None else core.registry.by_name[thief_name]
         if thief is None or not thief.connected:
             why = "revoked, and no thief takes it"
             self.out.append(Requeued(job.id, self.s.name, job.attempt, why))

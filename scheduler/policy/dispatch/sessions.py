@@ -45,13 +45,13 @@ def attach(
     core.take_back(s, lost, "not held after reconnecting", now, wall, decisions)
     core.dispatch_backlog(now, wall, decisions)
     core.steals.may_steal(name)
-    core.balance(now, decisions)
+    core.steals.balance(now, decisions)
     return decisions
 
 
 def detach(core: Lifecycle, name: str, *, clean: bool, now: float, wall: float) -> list[Decision]:
     """Scheduler ``name``'s connection closed (see :meth:`Dispatcher.detach`)."""
-    s = core.registry.get(name)
+    s = core.registry.by_name.get(name)
     if s is None:
         return []
     s.connected = False
@@ -61,7 +61,7 @@ def detach(core: Lifecycle, name: str, *, clean: bool, now: float, wall: float) 
         decisions = forget_scheduler(core, s, "released on disconnect", now, wall)
     else:
         core.steals.call_off_from(s.held)
-    core.balance(now, decisions)
+    core.steals.balance(now, decisions)
     return decisions
 
 
@@ -84,7 +84,7 @@ def forget_scheduler(
 def expire_leases(core: Lifecycle, now: float, wall: float, out: list[Decision]) -> None:
     """Forget every scheduler whose lease expired by ``now``; their jobs are requeued."""
     for name in core.registry.leases.expired(now):
-        s = core.registry[name]
+        s = core.registry.by_name[name]
         out.append(LeaseExpired(name, len(s.held), s.connected))
         out.extend(forget_scheduler(core, s, "lease expired", now, wall))
 
@@ -98,7 +98,7 @@ def check_start_deadlines(core: Lifecycle, now: float, wall: float, out: list[De
     if watch is None:
         return
     for name in watch.overdue(now):
-        s = core.registry[name]
+        s = core.registry.by_name[name]
         if not s.connected or s.slots.busy >= s.slots.size:
             watch.progressed(name, now)
             continue
@@ -148,7 +148,7 @@ def restore(
 
 def _restore_held(core: Lifecycle, job: Job, now: float) -> None:
     assert job.holder is not None
-    s = core.registry.get(job.holder)
+    s = core.registry.by_name.get(job.holder)
     if s is None:
         s = core.registry.add(job.holder, True, connected=False)
         core.registry.leases.renew(job.holder, now)

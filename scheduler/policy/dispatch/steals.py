@@ -25,10 +25,15 @@ class Steals:
     """The stealable jobs, the steals under way and the schedulers to balance."""
 
     def __init__(
-        self, registry: Registry, strategy: StealStrategy | None, counters: BusCounters
+        self,
+        registry: Registry,
+        jobs: Mapping[str, Job],
+        strategy: StealStrategy | None,
+        counters: BusCounters,
     ) -> None:
-        """No steal yet; ``strategy`` None: stealing is off."""
+        """No steal yet, among ``jobs`` (every tracked job); ``strategy`` None: off."""
         self._registry = registry
+        self._jobs = jobs
         self._strategy = strategy
         self._counters = counters
         self.stealable = WaitingJobs()
@@ -65,7 +70,7 @@ class Steals:
         may steal again. Returns the thief."""
         thief = self._thieves.pop(job_id, None)
         if thief is not None:
-            self._registry[thief].slots.incoming -= 1
+            self._registry.by_name[thief].slots.incoming -= 1
             self._unbalanced[thief] = None
         return thief
 
@@ -73,7 +78,8 @@ class Steals:
         """``job_id`` no longer waits in a local queue (it started or left its holder):
         it may not be stolen, and a steal of it under way ends."""
         self.stealable.discard(job_id)
-        self.end(job_id)
+        if job_id in self._thieves:
+            self.end(job_id)
 
     def call_off_from(self, victim: Collection[str]) -> None:
         """Forget the steals of the jobs in ``victim`` (the ids a scheduler that lost
@@ -88,7 +94,7 @@ class Steals:
         for job_id in [j for j, t in self._thieves.items() if t == thief]:
             del self._thieves[job_id]
 
-    def balance(self, jobs: Mapping[str, Job], now: float, out: list[Decision]) -> None:
+    def balance(self, now: float, out: list[Decision]) -> None:
         """Let every scheduler that may have a free slot and an empty queue steal."""
         if self._strategy is None:
             self._unbalanced.clear()
@@ -96,15 +102,14 @@ class Steals:
         while self._unbalanced:
             name = next(iter(self._unbalanced))
             del self._unbalanced[name]
-            s = self._registry.get(name)
+            s = self._registry.by_name.get(name)
             if s is not None and s.connected and s.reports and not s.stalled:
-                self._steal_for(s, self._strategy, jobs, now, out)
+                self._steal_for(s, self._strategy, now, out)
 
     def _steal_for(
         self,
         thief: Scheduler,
         strategy: StealStrategy,
-        jobs: Mapping[str, Job],
         now: float,
         out: list[Decision],
     ) -> None:
@@ -117,7 +122,7 @@ class Steals:
             )
             if steal is None:
                 return
-            job = jobs[steal.job_id]
+            job = self._jobs[steal.job_id]
             self.stealable.discard(job.id)
             self._thieves[job.id] = thief.name
             thief.slots.incoming += 1

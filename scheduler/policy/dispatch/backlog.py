@@ -5,6 +5,7 @@ v1 schedulers (which never report)."""
 from __future__ import annotations
 
 import heapq
+from collections.abc import Mapping
 
 from scheduler.policy.job import Job
 
@@ -16,11 +17,13 @@ class Backlog:
     heap and is skipped when met.
     """
 
-    def __init__(self) -> None:
-        """Nothing waits."""
+    def __init__(self, jobs: Mapping[str, Job]) -> None:
+        """Nothing waits among ``jobs`` (every tracked job)."""
+        self._jobs = jobs
+        # (priority, seq, id) of the jobs waiting for a scheduler. An entry stands while
+        # its job is tracked and queued under that seq: jobs leave the backlog by being
+        # taken all at once (take_all) or by leaving the core, which no entry outlives.
         self._heap: list[tuple[int, int, str]] = []
-        # Id -> seq of the jobs in the backlog: an entry of another seq is stale.
-        self._queued: dict[str, int] = {}
         # Jobs held back for a retry: id -> due (monotonic), and (due, seq, id) entries.
         self._due: dict[str, float] = {}
         self._waiting: list[tuple[float, int, str]] = []
@@ -31,18 +34,23 @@ class Backlog:
 
     def push(self, job: Job) -> None:
         """Queued ``job`` waits until a scheduler serving its task has room."""
-        self._queued[job.id] = job.seq
         heapq.heappush(self._heap, (job.priority, job.seq, job.id))
 
     def ids(self) -> list[str]:
         """The ids waiting for a scheduler, by base priority, then arrival."""
-        entries = sorted(e for e in self._heap if self._queued.get(e[2]) == e[1])
+        entries = sorted(e for e in self._heap if self._stands(e[1], e[2]))
         return [job_id for _, _, job_id in entries]
+
+    def _stands(self, seq: int, job_id: str) -> bool:
+        """Whether backlog entry (``seq``, ``job_id``) still stands: cancelled, replaced or
+        dispatched jobs leave stale entries behind."""
+        job = self._jobs.get(job_id)
+        return job is not None and job.seq == seq and job.state == "queued"
 
     def take_all(self) -> list[str]:
         """Return :meth:`ids` and empty the backlog (the caller dispatches them again)."""
         ids = self.ids()
-        self._heap, self._queued = [], {}
+        self._heap = []
         return ids
 
     # --- held back for a retry ---------------------------------------------------------
@@ -82,8 +90,8 @@ class Backlog:
     # --- all of it -----------------------------------------------------------------------
 
     def discard(self, job_id: str) -> None:
-        """``job_id`` waits neither for a scheduler nor for a retry any more."""
-        self._queued.pop(job_id, None)
+        """``job_id`` leaves the core: it is no longer held back (an entry of it in the
+        backlog no longer stands once it is not tracked)."""
         self._due.pop(job_id, None)
 
     def next_deadline(self) -> float | None:
@@ -99,7 +107,7 @@ class Backlog:
         while self._waiting and self._due.get(self._waiting[0][2]) != self._waiting[0][0]:
             heapq.heappop(self._waiting)
 
-    def members(self) -> tuple[dict[str, int], set[str]]:
-        """Id -> seq of the jobs waiting for a scheduler, and the ids held back (for
-        checking invariants)."""
-        return dict(self._queued), set(self._due)
+    def members(self) -> tuple[list[str], set[str]]:
+        """The ids of the standing backlog entries (one per job unless an invariant is
+        broken), and the ids held back; for checking invariants."""
+        return [e[2] for e in self._heap if self._stands(e[1], e[2])], set(self._due)

@@ -9,26 +9,26 @@ from scheduler.policy.job import Job
 
 def check_invariants(core: Lifecycle) -> None:
     """Assert every invariant of every tracked job and every known scheduler."""
-    queued, held_back = core.backlog.members()
-    assert queued.keys() <= core.jobs.keys(), "the backlog holds an untracked job"
+    waiting, held_back = core.backlog.members()
+    queued = set(waiting)
+    assert len(queued) == len(waiting), "a job waits twice in the backlog"
     assert held_back <= core.jobs.keys(), "a hold-back names an untracked job"
-    assert not queued.keys() & held_back, "a job both waits and is held back"
     assert core.since.keys() == core.jobs.keys(), "waiting times differ from the jobs"
     assert core.cancelling <= core.jobs.keys(), "a cancel names an untracked job"
     for job in core.jobs.values():
         if job.holder is None:
-            _check_queued(core, job, queued.get(job.id), job.id in held_back)
+            _check_queued(core, job, job.id in queued, job.id in held_back)
         else:
             _check_held(core, job, job.id in queued or job.id in held_back)
     _check_schedulers(core)
 
 
-def _check_queued(core: Lifecycle, job: Job, seq: int | None, held_back: bool) -> None:
+def _check_queued(core: Lifecycle, job: Job, waits: bool, held_back: bool) -> None:
     """A job without a holder is queued: it waits in the backlog (under its own seq)
     or is held back for a retry, and nothing else books it."""
     where = f"queued job {job.id}"
     assert job.state == "queued", f"{where} is {job.state}"
-    assert (seq == job.seq) != held_back, f"{where}: backlog seq {seq}, held back {held_back}"
+    assert waits != held_back, f"{where}: in the backlog {waits}, held back {held_back}"
     assert job.id not in core.seats, f"{where} has a seat"
     assert job.id not in core.steals.stealable, f"{where} may be stolen"
     assert core.steals.thief(job.id) is None, f"{where} is being stolen"

@@ -44,8 +44,8 @@ class Lifecycle:
         self.aging = Aging(config.age_every)
         self.counters = BusCounters()
         self.registry = Registry(config)
-        self.backlog = Backlog()
         self.jobs: dict[str, Job] = {}
+        self.backlog = Backlog(self.jobs)
         strategy = steal_strategy(config.steal, self.aging)
         self.steals = Steals(self.registry, self.jobs, strategy, self.counters)
         # When each job began waiting (monotonic): submit, requeue or retry due; for aging.

@@ -1,6 +1,7 @@
 """The WebSocket bus: connections, roles, the journal and fan-out around the pure core.
 
-Each connection's handler decodes a frame, feeds :class:`~scheduler.policy.dispatch.Dispatcher`
+Each connection's handler decodes a frame, feeds the pure core
+(:class:`~scheduler.policy.dispatch.dispatcher.Dispatcher`)
 and carries out the decisions it returns. Every job the core changes is queued in the
 :class:`~scheduler.bus.journal.Journal`, and every frame the bus sends waits in a
 :class:`~scheduler.bus.gate.FrameGate` until a group commit has made durable each change

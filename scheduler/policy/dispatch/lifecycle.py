@@ -24,7 +24,7 @@ from scheduler.policy.dispatch.decisions import (
     Requeued,
     SendAssign,
 )
-from scheduler.policy.dispatch.registry import Registry, Scheduler
+from scheduler.policy.dispatch.registry import KnownScheduler, Registry
 from scheduler.policy.dispatch.steals import Steals
 from scheduler.policy.events import job_event
 from scheduler.policy.job import Job
@@ -147,7 +147,7 @@ class Lifecycle:
     def assign(
         self,
         job: Job,
-        s: Scheduler,
+        s: KnownScheduler,
         priority: int,
         now: float,
         wall: float,
@@ -190,13 +190,13 @@ class Lifecycle:
 
     # --- holders -------------------------------------------------------------------------
 
-    def hold(self, s: Scheduler, job: Job, seat: Seat) -> None:
+    def hold(self, s: KnownScheduler, job: Job, seat: Seat) -> None:
         """Book ``job`` as held by ``s`` with ``seat``, not started."""
         s.held.add(job.id)
         self.seats[job.id] = seat
         s.slots.book()
 
-    def start_seat(self, s: Scheduler, job_id: str) -> bool:
+    def start_seat(self, s: KnownScheduler, job_id: str) -> bool:
         """Book held ``job_id`` as running at ``s``; False if it already was."""
         seat = self.seats[job_id]
         if seat.started is not None:
@@ -218,7 +218,7 @@ class Lifecycle:
         self.steals.leave(job.id)
         self.steals.may_steal(s.name)
 
-    def progressed(self, s: Scheduler, now: float) -> bool:
+    def progressed(self, s: KnownScheduler, now: float) -> bool:
         """``s`` showed it works at ``now`` (it started or ended an attempt, or registered):
         its start deadline runs from here, and it may get work again. Returns whether it
         was stalled (then the caller dispatches the backlog)."""
@@ -245,7 +245,7 @@ class Lifecycle:
 
     def take_back(
         self,
-        s: Scheduler,
+        s: KnownScheduler,
         jobs: Collection[Job],
         reason: str,
         now: float,

@@ -20,7 +20,7 @@ MAX_CACHED_TASKS: Final = 1024
 
 
 @dataclass(eq=False, slots=True)
-class Scheduler:
+class KnownScheduler:
     """One scheduler as the core books it: what it serves, its slots, the ids of the
     jobs it holds, and what it last said about its load."""
 
@@ -43,7 +43,7 @@ class Registry:
 
     def __init__(self, config: DispatchConfig) -> None:
         """No scheduler yet; leases and the start deadline as ``config`` says."""
-        self.by_name: dict[str, Scheduler] = {}
+        self.by_name: dict[str, KnownScheduler] = {}
         """Every known scheduler by name, in the order they first registered."""
         self.leases = Leases(config.lease)
         deadline = config.start_deadline
@@ -53,7 +53,7 @@ class Registry:
         self.task_priorities: dict[str, int] = {}
         """Task -> its default priority, as the latest scheduler declaring one registered it."""
 
-    def __iter__(self) -> Iterator[Scheduler]:
+    def __iter__(self) -> Iterator[KnownScheduler]:
         """Every known scheduler, in the order they first registered."""
         return iter(self.by_name.values())
 
@@ -80,10 +80,10 @@ class Registry:
             waiting,
         )
 
-    def add(self, name: str, reports: bool, *, connected: bool = True) -> Scheduler:
+    def add(self, name: str, reports: bool, *, connected: bool = True) -> KnownScheduler:
         """Know scheduler ``name``, with the sizes and tasks of a v1 scheduler until it
         says otherwise."""
-        s = Scheduler(name, DEFAULT_TASKS, reports, Slots(name, V1_SIZE), connected)
+        s = KnownScheduler(name, DEFAULT_TASKS, reports, Slots(name, V1_SIZE), connected)
         self.by_name[name] = s
         return s
 
@@ -94,7 +94,7 @@ class Registry:
         tasks: Iterable[str] | None,
         reports: bool,
         priorities: Mapping[str, int] | None,
-    ) -> Scheduler:
+    ) -> KnownScheduler:
         """Record a registration of ``name`` (known or new): connected, not stalled."""
         s = self.by_name.get(name) or self.add(name, reports)
         s.slots.size = V1_SIZE if size is None else size
@@ -104,7 +104,7 @@ class Registry:
         self.changed()
         return s
 
-    def remove(self, s: Scheduler) -> None:
+    def remove(self, s: KnownScheduler) -> None:
         """Forget ``s``, its lease and its start deadline (it holds nothing any more)."""
         assert not s.held
         s.connected = False
@@ -151,7 +151,7 @@ class Registry:
         ]
         return min((c for c in candidates if c is not None), default=None)
 
-    def stats(self, s: Scheduler, seats: Mapping[str, Seat], now: float) -> SchedulerStats:
+    def stats(self, s: KnownScheduler, seats: Mapping[str, Seat], now: float) -> SchedulerStats:
         """The ``stats`` entry of ``s`` at ``now``; ``seats`` books the attempts it holds."""
         running = [
             seat.priority for job_id in s.held if (seat := seats[job_id]).started is not None

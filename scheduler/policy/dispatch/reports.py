@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from scheduler.policy.dispatch.decisions import Decision, Ignored, Requeued
 from scheduler.policy.dispatch.lifecycle import Lifecycle
-from scheduler.policy.dispatch.registry import Scheduler
+from scheduler.policy.dispatch.registry import KnownScheduler
 from scheduler.policy.events import job_event
 from scheduler.policy.job import Job
 from scheduler.protocol import Report
@@ -63,7 +63,7 @@ class _Applying:
     its job; ``out`` collects the decisions."""
 
     core: Lifecycle
-    s: Scheduler
+    s: KnownScheduler
     report: Report
     now: float
     wall: float

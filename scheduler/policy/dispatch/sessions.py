@@ -8,7 +8,7 @@ from collections.abc import Iterable, Mapping, Sequence
 
 from scheduler.policy.dispatch.decisions import Decision, LeaseExpired, SendStop, StartOverdue
 from scheduler.policy.dispatch.lifecycle import Lifecycle
-from scheduler.policy.dispatch.registry import Scheduler
+from scheduler.policy.dispatch.registry import KnownScheduler
 from scheduler.policy.job import Job
 from scheduler.policy.placement import Seat
 from scheduler.policy.reconcile import reconcile
@@ -66,7 +66,7 @@ def detach(core: Lifecycle, name: str, *, clean: bool, now: float, wall: float) 
 
 
 def forget_scheduler(
-    core: Lifecycle, s: Scheduler, reason: str, now: float, wall: float
+    core: Lifecycle, s: KnownScheduler, reason: str, now: float, wall: float
 ) -> list[Decision]:
     """Forget ``s`` and requeue every job it held; steals for it are dropped (a job
     its victim gives up is then requeued)."""

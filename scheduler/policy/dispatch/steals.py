@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping
 
 from scheduler.policy.dispatch.decisions import Decision, SendStop
-from scheduler.policy.dispatch.registry import Registry, Scheduler
+from scheduler.policy.dispatch.registry import KnownScheduler, Registry
 from scheduler.policy.job import Job
 from scheduler.policy.stats import BusCounters
 from scheduler.policy.stealing import StealStrategy, Waiter, WaitingJobs
@@ -60,7 +60,7 @@ class Steals:
         """Whether a scheduler may steal at the next :meth:`balance`."""
         return bool(self._unbalanced)
 
-    def waits(self, s: Scheduler, job: Job, since: float) -> None:
+    def waits(self, s: KnownScheduler, job: Job, since: float) -> None:
         """Held ``job`` waits in ``s``'s local queue since ``since``: it may be stolen."""
         waiter = Waiter(job.id, job.priority, since, job.seq)
         self.stealable.add(s.name, job.payload.task, waiter)
@@ -108,7 +108,7 @@ class Steals:
 
     def _steal_for(
         self,
-        thief: Scheduler,
+        thief: KnownScheduler,
         strategy: StealStrategy,
         now: float,
         out: list[Decision],

@@ -354,19 +354,28 @@ class Assignment(msgspec.Struct, frozen=True, omit_defaults=True):
     evictable: bool = True
 
 
-class Stop(msgspec.Struct, frozen=True, tag_field="type", tag="stop"):
-    """The bus tells a scheduler to stop an attempt (cancelled, or no longer its own):
-    stop its process tree or drop it from the local queue. For a cancel the scheduler
-    answers with a ``cancelled`` report.
+StopKind = Literal["cancel", "steal", "drop"]
+"""What a :class:`Stop` asks of a scheduler (see there)."""
 
-    ``reason`` ``"stolen"`` is different: another scheduler wants the job. Drop it only
-    if it is still waiting in the local queue, and answer with a ``revoked`` report; if it
-    has started, keep it (the ``started`` report tells the bus the steal failed).
+
+class Stop(msgspec.Struct, frozen=True, tag_field="type", tag="stop"):
+    """The bus tells a scheduler to stop an attempt; ``kind`` says how to, ``reason``
+    says why in words (for logs; never branch on it).
+
+    ``cancel``: the job is cancelled: stop its process tree or drop it from the local
+    queue, and answer with a ``cancelled`` report. ``drop`` (the default, which is what a
+    stop meant before stops had a kind): the attempt is no longer this scheduler's:
+    stop or drop it and forget any report of it not yet sent. ``steal``: another
+    scheduler wants the job: drop it only if it still waits in the local queue, and
+    answer with a ``revoked`` report; if it has started, keep it (the ``started`` report
+    tells the bus the steal failed). Schedulers older than ``kind`` ignore it and read
+    ``reason`` (``cancelled``, ``stolen`` or other words).
     """
 
     id: str
     attempt: int
     reason: str
+    kind: StopKind = "drop"
 
 
 class Assign(msgspec.Struct, frozen=True, tag_field="type", tag="assign"):

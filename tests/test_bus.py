@@ -20,7 +20,7 @@ from scheduler.auth import Token, TokenTable
 from scheduler.bus.config import BusConfig, bus_rules
 from scheduler.bus.journal import Journal, JournalError
 from scheduler.bus.server import BusServer
-from scheduler.policy.dispatch import Dispatcher
+from scheduler.policy.dispatch.dispatcher import Dispatcher
 
 Frame = dict[str, Any]
 V1_JOB = '{"cmd": "job_request", "payload": {"priority": 3, "runtime": 0.5}}'
@@ -693,6 +693,7 @@ async def test_a_silent_scheduler_loses_its_jobs_and_is_told_to_stop_them(
                         "id": job_id,
                         "attempt": 1,
                         "reason": "the job was reassigned to alive",
+                        "kind": "drop",
                     }
                     await report(back, "succeeded", job_id, 1)
                     await barrier(back)
@@ -750,6 +751,7 @@ async def test_cancel_a_queued_a_running_a_final_and_an_unknown_job() -> None:
                 "id": running,
                 "attempt": 1,
                 "reason": "cancelled",
+                "kind": "cancel",
             }
             await report(scheduler, "cancelled", running, 1)
             cancelled = await next_event(producer, "cancelled")
@@ -924,7 +926,13 @@ async def test_an_idle_scheduler_steals_a_waiting_job_through_the_bus(bus: BusSe
         async with client(bus) as idle:
             await register(idle, "scheduler", name="idle", size=1)
             stop = await recv(busy)
-            assert stop == {"type": "stop", "id": ids[2], "attempt": 1, "reason": "stolen"}
+            assert stop == {
+                "type": "stop",
+                "id": ids[2],
+                "attempt": 1,
+                "reason": "stolen",
+                "kind": "steal",
+            }
             await report(busy, "revoked", ids[2], 1)
             job = (await recv(idle))["job"]
             assert (job["id"], job["attempt"], job["priority"]) == (ids[2], 2, 3)

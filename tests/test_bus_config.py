@@ -16,7 +16,7 @@ from scheduler.bus.config import (
     BusConfig,
     bus_rules,
 )
-from scheduler.policy.dispatch import (
+from scheduler.policy.dispatch.config import (
     DEFAULT_LEASE_S,
     DEFAULT_MAX_DELIVERIES,
     DEFAULT_MAX_EVICTIONS,

@@ -107,7 +107,7 @@ async def test_each_job_runs_in_its_own_cgroup_removed_when_it_ends(
         [cgroup] = job_cgroups(delegated)
         members = {int(pid) for pid in (cgroup / "cgroup.procs").read_text().split()}
         assert {job.pid, *pids} <= members
-        await peer.stop("hang", 1, "cancelled")
+        await peer.stop("hang", 1, "cancelled", kind="cancel")
         await peer.expect("report", event="cancelled", id="hang")
         await all_gone(pids)
         await wait_until(lambda: not job_cgroups(delegated), 5 * unit(), "the cgroup removed")

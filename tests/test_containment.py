@@ -126,7 +126,7 @@ async def test_nothing_outlives_a_cancel(
 ) -> None:
     async with worker(commands) as (peer, worker_pid):
         pids = await started_escape(peer, tmp_path, "hang", escapees)
-        await peer.stop("hang", 1, "cancelled")
+        await peer.stop("hang", 1, "cancelled", kind="cancel")
         await peer.expect("report", event="cancelled", id="hang")
         await all_gone(pids)
         await wait_until(

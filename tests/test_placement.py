@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from hypothesis import given
+from hypothesis import strategies as st
+
+from scheduler.policy.eviction import eviction_key
 from scheduler.policy.placement import Enqueue, EvictFor, FreeSlot, Seat, Slots, place
+from scheduler.policy.runner import Evict, LocalJob, Runner
 
 
 def running(s: Slots, *jobs: tuple[str, int], evictable: bool = True) -> dict[str, Seat]:
@@ -112,3 +117,24 @@ def test_a_queue_tie_goes_to_the_least_loaded_then_the_least_recently_picked() -
     small.book()
     big.book()
     assert place(5, [small, big]) == Enqueue("big")  # one waits at each; 4/3 < 2/1
+
+
+@given(st.lists(st.tuples(st.integers(0, 9), st.booleans()), min_size=1, max_size=6))
+def test_placement_predicts_the_victim_the_runner_evicts(jobs: list[tuple[int, bool]]) -> None:
+    """One eviction order (:func:`eviction_key`): for a full scheduler running ``jobs``
+    (priority, evictable) in start order, the job placement picks for an urgent job
+    is the one the scheduler's runner evicts for it."""
+    runner = Runner(len(jobs))
+    s = Slots("a", size=len(jobs))
+    for order, (priority, evictable) in enumerate(jobs):
+        runner.submit(LocalJob(f"r{order}", priority, evictable=evictable), now=0.0)
+        s.book()
+        s.start(f"r{order}", Seat(priority, evictable), order)
+    decisions = runner.submit(LocalJob("urgent", -1), now=1.0)
+    evicted = [d.job_id for d in decisions if isinstance(d, Evict)]
+    where = place(-1, [s])
+    assert evicted == ([where.victim] if isinstance(where, EvictFor) else [])
+
+
+def test_the_victim_is_the_greatest_eviction_key() -> None:
+    assert max([(3, 9), (8, 1), (8, 2)], key=lambda k: eviction_key(*k)) == (8, 2)

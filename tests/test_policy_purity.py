@@ -21,7 +21,9 @@ def imported_roots(source: str) -> set[str]:
     return roots
 
 
-@pytest.mark.parametrize("path", sorted(POLICY_DIR.glob("*.py")), ids=lambda p: p.name)
+@pytest.mark.parametrize(
+    "path", sorted(POLICY_DIR.rglob("*.py")), ids=lambda p: str(p.relative_to(POLICY_DIR))
+)
 def test_policy_module_imports_nothing_that_does_io(path: Path) -> None:
     assert imported_roots(path.read_text()) & FORBIDDEN == set()
 

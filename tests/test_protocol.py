@@ -1,5 +1,6 @@
 import json
 
+import msgspec
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -18,6 +19,7 @@ from scheduler.protocol import (
     Register,
     Registered,
     Report,
+    Stop,
     decode_bus,
     decode_client,
     decode_payload,
@@ -348,3 +350,43 @@ def test_payload_and_bus_decoders_refuse_deep_nesting() -> None:
         decode_payload(fill('{"runtime": 1, "args": @}', DEEP))
     with pytest.raises(ProtocolError, match="nesting"):
         decode_bus(fill('{"type": "event", "result": @}', DEEP))
+
+
+@pytest.mark.parametrize(
+    ("kind", "reason"), [("cancel", "cancelled"), ("steal", "stolen"), ("drop", "replaced")]
+)
+def test_stop_kinds_round_trip_with_their_reason(kind: protocol.StopKind, reason: str) -> None:
+    stop = Stop("j", 2, reason, kind=kind)
+    assert json.loads(encode(stop)) == {
+        "type": "stop",
+        "id": "j",
+        "attempt": 2,
+        "reason": reason,
+        "kind": kind,
+    }
+    assert decode_bus(encode(stop)) == stop
+
+
+def test_a_stop_without_a_kind_is_a_drop() -> None:
+    """The default keeps the wire format: a frame from before ``kind`` still decodes."""
+    stop = decode_bus('{"type": "stop", "id": "j", "attempt": 1, "reason": "lease lost"}')
+    assert stop == Stop("j", 1, "lease lost", kind="drop")
+
+
+def test_an_unknown_stop_kind_is_refused_naming_the_field() -> None:
+    with pytest.raises(ProtocolError, match="kind") as caught:
+        decode_bus('{"type": "stop", "id": "j", "attempt": 1, "reason": "x", "kind": "pause"}')
+    assert caught.value.field == "kind"
+
+
+class _OldStop(msgspec.Struct, frozen=True, tag_field="type", tag="stop"):
+    """A ``stop`` as schedulers from before ``kind`` decode it."""
+
+    id: str
+    attempt: int
+    reason: str
+
+
+def test_schedulers_from_before_the_kind_still_read_the_reason() -> None:
+    frame = encode(Stop("j", 1, "stolen", kind="steal"))
+    assert msgspec.json.decode(frame, type=_OldStop) == _OldStop("j", 1, "stolen")

@@ -6,7 +6,7 @@ from typing import Any, cast
 
 from scheduler.bus.connection import Connection
 from scheduler.bus.registry import Registry
-from scheduler.policy.dispatch import Dispatcher
+from scheduler.policy.dispatch.dispatcher import Dispatcher
 from scheduler.protocol import Role
 
 

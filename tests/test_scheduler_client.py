@@ -69,9 +69,10 @@ class Peer:
         """Assign a job; ``runtime`` defaults to 0.05 test units."""
         await self.send(assign_frame(job_id, attempt, **job))
 
-    async def stop(self, job_id: str, attempt: int, reason: str) -> None:
+    async def stop(self, job_id: str, attempt: int, reason: str, kind: str = "drop") -> None:
         """Tell the scheduler to stop an attempt."""
-        await self.send({"type": "stop", "id": job_id, "attempt": attempt, "reason": reason})
+        stop = {"type": "stop", "id": job_id, "attempt": attempt, "reason": reason, "kind": kind}
+        await self.send(stop)
 
     def reports(self, job_id: str) -> list[str]:
         """The events reported so far about ``job_id``."""
@@ -358,7 +359,7 @@ async def test_stop_from_the_bus_drops_a_queued_attempt_and_purges_its_reports(
     await peer.assign("waiting", runtime=0.05, attempt=2)
     await peer.expect("report", event="started", id="first")
     await peer.stop("waiting", 1, "reassigned")  # stale: another attempt
-    await peer.stop("nobody", 1, "cancelled")
+    await peer.stop("nobody", 1, "cancelled", kind="cancel")
     await peer.stop("waiting", 2, "reassigned")
     await wait_until(lambda: client.executor.queued == 0, 5 * unit(), "the drop")
     assert "ignoring a stop of waiting attempt 1: not held here" in caplog.text
@@ -376,19 +377,41 @@ async def test_cancel_stops_running_and_queued_jobs_and_reports_cancelled(
     await peer.assign("waiting", runtime=60)
     await peer.expect("report", event="started", id="running")
     pid = client.executor.pid_of("running")
-    await peer.stop("waiting", 1, "cancelled")
+    await peer.stop("waiting", 1, "cancelled", kind="cancel")
     assert await peer.expect("report", event="cancelled") == {
         "cmd": "report",
         "event": "cancelled",
         "id": "waiting",
         "attempt": 1,
     }
-    await peer.stop("running", 3, "cancelled")
+    await peer.stop("running", 3, "cancelled", kind="cancel")
     cancelled = await peer.expect("report", event="cancelled", id="running")
     assert cancelled["attempt"] == 3
     assert pid is not None and not psutil.pid_exists(pid)
     assert peer.reports("running") == ["started", "cancelled"]
     assert peer.reports("waiting") == ["cancelled"]
+
+
+async def test_the_kind_of_a_stop_decides_what_it_does_not_its_reason(
+    fake_bus: FakeBus, start_client: Starter
+) -> None:
+    """A ``steal`` gives a queued job up (``revoked``), a ``cancel`` ends one
+    (``cancelled``), whatever words ``reason`` has."""
+    client = start_client(fake_bus.url, size=1)
+    peer = await fake_bus.peer()
+    await peer.register()
+    await peer.assign("running", runtime=60)
+    await peer.assign("stolen", runtime=60)
+    await peer.assign("cancelled", runtime=60)
+    await peer.expect("report", event="started", id="running")
+    await peer.stop("stolen", 1, "cancelled", kind="steal")
+    await peer.expect("report", event="revoked", id="stolen")
+    await peer.stop("cancelled", 1, "stolen", kind="cancel")
+    await peer.expect("report", event="cancelled", id="cancelled")
+    await peer.stop("running", 1, "stolen", kind="steal")  # started: it stays
+    await peer.stop("running", 1, "the job was requeued")
+    await wait_until(lambda: client.executor.running == 0, 5 * unit(), "the drop")
+    assert peer.reports("running") == ["started"]
 
 
 async def test_bad_frames_from_the_bus_are_logged_not_fatal(

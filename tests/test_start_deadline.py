@@ -15,14 +15,9 @@ from websockets.asyncio.client import connect
 
 from scheduler.bus.config import BusConfig, bus_rules
 from scheduler.bus.server import BusServer
-from scheduler.policy.dispatch import (
-    Decision,
-    DispatchConfig,
-    Dispatcher,
-    SendAssign,
-    SendStop,
-    StartOverdue,
-)
+from scheduler.policy.dispatch.config import DispatchConfig
+from scheduler.policy.dispatch.decisions import Decision, SendAssign, SendStop, StartOverdue
+from scheduler.policy.dispatch.dispatcher import Dispatcher
 from scheduler.policy.job import Job
 from scheduler.policy.start_deadline import StartWatch
 from scheduler.producer.client import ProducerClient

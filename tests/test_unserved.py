@@ -13,7 +13,9 @@ from conftest import Commands, unit, wait_until
 from websockets.asyncio.client import ClientConnection, connect
 
 from scheduler.bus.server import BusServer
-from scheduler.policy.dispatch import Dispatcher, Reply, unserved_warning
+from scheduler.policy.dispatch.decisions import SendReply
+from scheduler.policy.dispatch.dispatcher import Dispatcher
+from scheduler.policy.dispatch.producers import unserved_warning
 from scheduler.protocol import Accepted, JobPayload, SubmittedMany
 
 WALL = 1_700_000_000.0
@@ -21,7 +23,7 @@ WARNING = 'no connected scheduler serves task "resize"; the job waits until one 
 
 
 def first_reply(decisions: list[Any]) -> Any:
-    assert isinstance(decisions[0], Reply)
+    assert isinstance(decisions[0], SendReply)
     return decisions[0].message
 
 

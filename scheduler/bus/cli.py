@@ -30,7 +30,7 @@ from scheduler.bus.journal import JournalError
 from scheduler.bus.outbox import DEFAULT_MAX_BACKLOG_BYTES, DEFAULT_MAX_TOTAL_BACKLOG_BYTES
 from scheduler.bus.server import BusServer
 from scheduler.cli_support import LOG_LEVELS, configure_logging, run_until_signalled
-from scheduler.policy.dispatch import (
+from scheduler.policy.dispatch.config import (
     DEFAULT_LEASE_S,
     DEFAULT_MAX_DELIVERIES,
     DEFAULT_MAX_EVICTIONS,

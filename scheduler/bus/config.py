@@ -16,7 +16,7 @@ from typing import Any, Final
 from scheduler.auth import TokenTable
 from scheduler.bus.outbox import DEFAULT_MAX_BACKLOG_BYTES, DEFAULT_MAX_TOTAL_BACKLOG_BYTES
 from scheduler.policy.access import is_loopback
-from scheduler.policy.dispatch import (
+from scheduler.policy.dispatch.config import (
     DEFAULT_RESTART_GRACE_S,
     DEFAULT_START_DEADLINE_S,
     DispatchConfig,

@@ -24,18 +24,18 @@ from scheduler.bus.fanout import Fanout
 from scheduler.bus.gate import FrameGate, Recipient, Refusal, journal_problem
 from scheduler.bus.journal import MEMORY, Journal, JournalError
 from scheduler.bus.registry import Registry
-from scheduler.policy.dispatch import (
+from scheduler.policy.dispatch.decisions import (
     Decision,
-    Dispatcher,
     EmitEvent,
     Ignored,
     LeaseExpired,
-    Reply,
     Requeued,
     SendAssign,
+    SendReply,
     SendStop,
     StartOverdue,
 )
+from scheduler.policy.dispatch.dispatcher import Dispatcher
 from scheduler.protocol import (
     Accepted,
     Assign,
@@ -198,12 +198,12 @@ class Hub:
             self._assign(decision)
         elif isinstance(decision, SendStop):
             self._stop(decision)
-        elif isinstance(decision, Reply):
+        elif isinstance(decision, SendReply):
             self._reply(decision, requester)
         else:
             self._note(decision)
 
-    def _reply(self, reply: Reply, requester: Connection | None) -> None:
+    def _reply(self, reply: SendReply, requester: Connection | None) -> None:
         """Answer a v2 requester; a v1 producer is never sent anything, so its refused
         job is logged."""
         if requester is None:

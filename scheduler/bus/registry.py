@@ -14,7 +14,7 @@ from scheduler.auth import new_secret, secret_hash, secret_matches
 from scheduler.bus.connection import Connection
 from scheduler.bus.gate import FrameGate
 from scheduler.bus.journal import Journal
-from scheduler.policy.dispatch import Dispatcher
+from scheduler.policy.dispatch.dispatcher import Dispatcher
 from scheduler.protocol import Role
 
 

@@ -20,7 +20,7 @@ from scheduler.bus.gate import journal_problem
 from scheduler.bus.hub import Hub
 from scheduler.bus.journal import JournalError
 from scheduler.policy.access import owner_filter
-from scheduler.policy.dispatch import Reply
+from scheduler.policy.dispatch.decisions import SendReply
 from scheduler.policy.job import Job
 from scheduler.protocol import (
     Accepted,
@@ -91,7 +91,7 @@ class Requests:
             owner=client.grant.owner,
         )
         reply = decisions[0]
-        if isinstance(reply, Reply) and isinstance(reply.message, Accepted):
+        if isinstance(reply, SendReply) and isinstance(reply.message, Accepted):
             hub.subscribe(client, reply.message.id)
         hub.apply(decisions, client)
 
@@ -111,7 +111,7 @@ class Requests:
             owner=client.grant.owner,
         )
         reply = decisions[0]
-        if isinstance(reply, Reply) and isinstance(reply.message, SubmittedMany):
+        if isinstance(reply, SendReply) and isinstance(reply.message, SubmittedMany):
             for result in reply.message.results:
                 if result.id is not None:
                     hub.subscribe(client, result.id)

@@ -17,7 +17,7 @@ from websockets.frames import CloseCode
 from scheduler.bus.connection import CLEAN_CLOSE, Connection
 from scheduler.bus.hub import Hub
 from scheduler.policy.access import authenticate
-from scheduler.policy.dispatch import Requeued, SendStop
+from scheduler.policy.dispatch.decisions import Requeued, SendStop
 from scheduler.protocol import ProtocolError, Register, Registered, Role
 
 # The bus's log lines keep the one logger name its users and tests filter on.

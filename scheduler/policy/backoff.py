@@ -1,8 +1,12 @@
-"""Reconnect delays: exponential backoff with jitter (each delay drawn in [d/2, d]), so
-clients that lost the same bus do not all come back at once.
+"""Reconnect delays for clients of the bus. Pure (the caller sleeps).
 
-Used by :class:`scheduler.connect.Connector` between tries to reach or register with the
-bus; reset once a registration succeeds.
+:class:`Backoff` hands out the delay before each new connection attempt: it doubles
+from ``base`` with every failed try up to ``cap``, and each delay is drawn uniformly
+from the upper half of that ceiling ([d/2, d], "equal jitter"), so that clients cut off
+together do not all come back at the same instant, yet none retries at once. Used by
+:class:`scheduler.connect.Connector` between tries to reach or register with the bus,
+and reset only once a registration succeeds. Retry delays of failed *jobs* are another
+matter: :mod:`scheduler.policy.retry`.
 """
 
 from __future__ import annotations

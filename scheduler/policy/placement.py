@@ -7,9 +7,9 @@ their way, or waiting in its local queue) and steals on their way to it (``incom
 Among the schedulers that may run a job (:func:`place`):
 
 a. one with a free slot, the least loaded first (ties to the one picked least recently);
-b. else, if the job is more urgent than the least urgent evictable running job of them
-   all (of equals, the most recently started, as a scheduler's runner chooses), the
-   scheduler running that job: its runner evicts it for this one;
+b. else, if the job is more urgent than the first evictable running job of them all in
+   the eviction order (:mod:`scheduler.policy.eviction`, the order a scheduler's runner
+   evicts by), the scheduler running that job: its runner evicts it for this one;
 c. else the one with the shortest local queue (ties to the least loaded, then to the
    one picked least recently); the job waits there.
 
@@ -21,6 +21,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+
+from scheduler.policy.eviction import eviction_key
 
 
 @dataclass(slots=True)
@@ -93,10 +95,11 @@ class Slots:
 
     def least_urgent(self) -> tuple[int, int, str] | None:
         """``(priority, start order, job id)`` of the evictable running job this
-        scheduler's runner would evict first, or None."""
+        scheduler's runner would evict first (the greatest :func:`eviction_key`), or None."""
         if not self._victims:
             return None
         priority = max(self._victims)
+        # Each priority's jobs are in start order, so the last has the greatest key.
         job_id, order = next(reversed(self._victims[priority].items()))
         return priority, order, job_id
 
@@ -150,7 +153,7 @@ def place(priority: int, candidates: Sequence[Slots]) -> Placement | None:
             if s._victims and max(s._victims) > priority:
                 least = s.least_urgent()
                 assert least is not None
-                if victim is None or least[:2] > victim[:2]:
+                if victim is None or eviction_key(*least[:2]) > eviction_key(*victim[:2]):
                     victim, victim_at = least, s.name
     if free is not None:
         return FreeSlot(free_at)

@@ -44,7 +44,7 @@ def reconcile(
         if reason is None:
             keep.append(entry)
         else:
-            stop.append(Stop(entry.id, entry.attempt, reason))
+            stop.append(Stop(entry.id, entry.attempt, reason, kind="drop"))
     kept = {entry.id for entry in keep}
     lost = [job_id for job_id in holding if job_id not in kept]
     return Reconciliation(keep, stop, lost)

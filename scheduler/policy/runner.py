@@ -1,7 +1,7 @@
 """Slot admission, the local priority queue and eviction for one scheduler. Pure: no I/O.
 
 A :class:`Runner` is fed events (a job arrived, a job's process exited, a job was removed)
-and answers with decisions (:class:`Start`, :class:`Evict`, :class:`Stop`) that the caller
+and answers with decisions (:class:`Start`, :class:`Evict`, :class:`StopRun`) that the caller
 carries out. An evicted job leaves the runner: the bus requeues it and may hand it to any
 scheduler (this one included, as a new attempt). The runner never starts a job while an
 earlier process of the same job is still being stopped: such a job is *parked* until
@@ -13,9 +13,11 @@ from __future__ import annotations
 import heapq
 from dataclasses import dataclass, field
 
+from scheduler.policy.eviction import eviction_key
+
 
 @dataclass(frozen=True, slots=True)
-class Job:
+class LocalJob:
     """A job as the runner sees it. ``priority`` 0 is the most urgent; a job that is not
     ``evictable`` keeps its slot until it ends."""
 
@@ -43,20 +45,20 @@ class Evict:
 
 
 @dataclass(frozen=True, slots=True)
-class Stop:
+class StopRun:
     """Stop ``job_id``'s process for good (removed). The caller reports :meth:`Runner.exited`."""
 
     job_id: str
 
 
-Decision = Start | Evict | Stop
+RunnerDecision = Start | Evict | StopRun
 
 
 @dataclass(frozen=True, slots=True)
 class RunningJob:
     """A job holding a slot, with the ``now`` it was started at."""
 
-    job: Job
+    job: LocalJob
     started_at: float
 
 
@@ -66,13 +68,13 @@ class Snapshot:
     would start, and ids whose process is still being stopped."""
 
     running: tuple[RunningJob, ...]
-    waiting: tuple[Job, ...]
+    waiting: tuple[LocalJob, ...]
     stopping: tuple[str, ...]
 
 
 @dataclass(slots=True)
 class _Entry:
-    job: Job
+    job: LocalJob
     arrival: int
     started: int = -1
     started_at: float = 0.0
@@ -112,7 +114,7 @@ class Runner:
         """Whether ``job_id`` is running or waiting (a removed, stopping job is not)."""
         return job_id in self._running or job_id in self._waiting or job_id in self._parked
 
-    def submit(self, job: Job, now: float) -> list[Decision]:
+    def submit(self, job: LocalJob, now: float) -> list[RunnerDecision]:
         """Take a new job: start it, start it in the place of an evicted job, or queue it.
 
         Adds the job to the running set or the queue; an evicted job moves from running to
@@ -151,12 +153,12 @@ class Runner:
                 self._enqueue(parked)
         return self._fill(now)
 
-    def remove(self, job_id: str, now: float) -> list[Decision]:
+    def remove(self, job_id: str, now: float) -> list[RunnerDecision]:
         """Forget ``job_id`` (cancelled, or no longer ours): drop it from the queue or from
         parking, or stop it if it runs.
 
         A running job moves to stopping and its slot goes to the next waiting job.
-        Returns ``[Stop, Start...]`` for a running job, else ``[]``.
+        Returns ``[StopRun, Start...]`` for a running job, else ``[]``.
         """
         if job_id in self._waiting:
             del self._waiting[job_id]
@@ -167,14 +169,14 @@ class Runner:
             return []
         del self._running[job_id]
         self._stopping.add(job_id)
-        return [Stop(job_id), *self._fill(now)]
+        return [StopRun(job_id), *self._fill(now)]
 
-    def clear(self) -> list[Stop]:
+    def clear(self) -> list[StopRun]:
         """Forget every job (shutdown): empty the queue, move every running job to stopping.
 
-        Returns a ``Stop`` per running job.
+        Returns a ``StopRun`` per running job.
         """
-        stops = [Stop(job_id) for job_id in self._running]
+        stops = [StopRun(job_id) for job_id in self._running]
         self._stopping.update(self._running)
         self._running.clear()
         self._waiting.clear()
@@ -204,9 +206,9 @@ class Runner:
         heapq.heappush(self._heap, entry.key())
 
     def _victim(self) -> _Entry | None:
-        """The least urgent evictable running job; of equals, the most recently started."""
+        """The evictable running job to evict first (:func:`eviction_key`)."""
         candidates = [e for e in self._running.values() if e.job.evictable]
-        return max(candidates, key=lambda e: (e.job.priority, e.started), default=None)
+        return max(candidates, key=lambda e: eviction_key(e.job.priority, e.started), default=None)
 
     def _evict(self, victim: _Entry) -> Evict:
         job_id = victim.job.id

@@ -11,7 +11,8 @@ serves. Priorities compared are effective ones (:class:`~scheduler.policy.aging.
 * :class:`Tail`: from the scheduler with the longest queue, its last job (the least
   urgent, and of those the latest to wait there), as classic work-stealing pools do.
 
-The bus brokers the steal (see :mod:`scheduler.policy.dispatch`); this module only chooses.
+The bus brokers the steal (see :mod:`scheduler.policy.dispatch.steals`); this module only
+chooses.
 """
 
 from __future__ import annotations

@@ -257,7 +257,7 @@ class SchedulerClient:
             len(held),
         )
         for attempt in held:
-            self._on_stop(Stop(attempt.id, attempt.attempt, "lease lost"))
+            self._on_stop(Stop(attempt.id, attempt.attempt, "lease lost", kind="drop"))
 
     def _register_message(self) -> Register:
         """The register frame: after a first registration, it lists every attempt held."""
@@ -299,10 +299,10 @@ class SchedulerClient:
 
     def _on_stop(self, stop: Stop) -> None:
         """Carry out the bus's ``Stop``; one for an attempt we do not hold is stale."""
-        if stop.reason == "stolen":
+        if stop.kind == "steal":
             self._on_stolen(stop)
             return
-        if stop.reason == "cancelled":
+        if stop.kind == "cancel":
             found = self.executor.cancel(stop.id, stop.attempt)
         else:
             found = self.executor.drop(stop.id, stop.attempt)

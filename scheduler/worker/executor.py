@@ -28,7 +28,15 @@ from typing import Any, Final
 
 from scheduler.policy.closing import Ending, Why, closing_report
 from scheduler.policy.limits import NO_LIMITS, Limits, Usage, over_limits
-from scheduler.policy.runner import Decision, Evict, Job, Runner, Snapshot, Start, Stop
+from scheduler.policy.runner import (
+    Evict,
+    LocalJob,
+    Runner,
+    RunnerDecision,
+    Snapshot,
+    Start,
+    StopRun,
+)
 from scheduler.protocol import Assignment, Held, Report
 from scheduler.tasks import TaskRegistry, UnknownTaskError, call_arguments, run_task
 from scheduler.worker import containment
@@ -168,7 +176,7 @@ class Executor:
             )
             self._end(held, "dropped")
         self._jobs[job_id] = assignment
-        job = Job(job_id, assignment.priority, assignment.evictions, assignment.evictable)
+        job = LocalJob(job_id, assignment.priority, assignment.evictions, assignment.evictable)
         self._carry_out(self._runner.submit(job, self._clock()))
 
     def cancel(self, job_id: str, attempt: int) -> bool:
@@ -245,8 +253,8 @@ class Executor:
         if why == "cancelled" and not live:
             self._on_event(Report("cancelled", job_id, assignment.attempt), assignment)
 
-    def _carry_out(self, decisions: Sequence[Decision]) -> None:
-        pending: deque[Decision] = deque(decisions)
+    def _carry_out(self, decisions: Sequence[RunnerDecision]) -> None:
+        pending: deque[RunnerDecision] = deque(decisions)
         while pending:
             decision = pending.popleft()
             if isinstance(decision, Start):
@@ -323,7 +331,7 @@ class Executor:
         log.debug("evicting %s (eviction %d)", decision.job_id, decision.evictions)
         self._spawn(run.process.stop())
 
-    def _stop(self, decision: Stop) -> None:
+    def _stop(self, decision: StopRun) -> None:
         log.debug("stopping %s", decision.job_id)
         self._spawn(self._runs[decision.job_id].process.stop())
 

@@ -1,0 +1,160 @@
+"""Schedulers coming and going: registration (with the attempts a returning scheduler
+still holds), disconnects, lease expiry, the start deadline, and a restart of the bus
+from its journal."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+
+from scheduler.policy.dispatch.decisions import Decision, LeaseExpired, SendStop, StartOverdue
+from scheduler.policy.dispatch.lifecycle import Lifecycle
+from scheduler.policy.dispatch.registry import KnownScheduler
+from scheduler.policy.job import Job
+from scheduler.policy.placement import Seat
+from scheduler.policy.reconcile import reconcile
+from scheduler.protocol import Held, Stop
+
+
+def attach(
+    core: Lifecycle,
+    name: str,
+    *,
+    size: int | None,
+    tasks: Iterable[str] | None,
+    reports: bool,
+    held: Sequence[Held],
+    priorities: Mapping[str, int] | None,
+    now: float,
+    wall: float,
+) -> list[Decision]:
+    """Register scheduler ``name`` (see :meth:`Dispatcher.attach`)."""
+    if size is not None and size < 1:
+        raise ValueError(f"size must be at least 1, not {size}")
+    s = core.registry.register(name, size, tasks, reports, priorities)
+    if reports:
+        core.registry.leases.renew(name, now)
+        core.progressed(s, now)
+    decisions: list[Decision] = []
+    outcome = reconcile(name, held, core.jobs, s.held)
+    decisions.extend(SendStop(name, stop) for stop in outcome.stop)
+    for entry in outcome.keep:
+        if entry.id in core.cancelling and not entry.done:
+            stop = Stop(entry.id, entry.attempt, "cancelled", kind="cancel")
+            decisions.append(SendStop(name, stop))
+    lost = [core.jobs[job_id] for job_id in outcome.lost]
+    core.take_back(s, lost, "not held after reconnecting", now, wall, decisions)
+    core.dispatch_backlog(now, wall, decisions)
+    core.steals.may_steal(name)
+    core.steals.balance(now, decisions)
+    return decisions
+
+
+def detach(core: Lifecycle, name: str, *, clean: bool, now: float, wall: float) -> list[Decision]:
+    """Scheduler ``name``'s connection closed (see :meth:`Dispatcher.detach`)."""
+    s = core.registry.by_name.get(name)
+    if s is None:
+        return []
+    s.connected = False
+    core.registry.changed()
+    decisions: list[Decision] = []
+    if clean or not s.reports or not s.held:
+        decisions = forget_scheduler(core, s, "released on disconnect", now, wall)
+    else:
+        core.steals.call_off_from(s.held)
+    core.steals.balance(now, decisions)
+    return decisions
+
+
+def forget_scheduler(
+    core: Lifecycle, s: KnownScheduler, reason: str, now: float, wall: float
+) -> list[Decision]:
+    """Forget ``s`` and requeue every job it held; steals for it are dropped (a job
+    its victim gives up is then requeued)."""
+    s.connected = False
+    core.registry.changed()
+    core.expire_v1(now)
+    core.steals.drop_for(s.name)
+    decisions: list[Decision] = []
+    lost = [core.jobs[job_id] for job_id in s.held]
+    core.take_back(s, lost, reason, now, wall, decisions)
+    core.registry.remove(s)
+    return decisions
+
+
+def expire_leases(core: Lifecycle, now: float, wall: float, out: list[Decision]) -> None:
+    """Forget every scheduler whose lease expired by ``now``; their jobs are requeued."""
+    for name in core.registry.leases.expired(now):
+        s = core.registry.by_name[name]
+        out.append(LeaseExpired(name, len(s.held), s.connected))
+        out.extend(forget_scheduler(core, s, "lease expired", now, wall))
+
+
+def check_start_deadlines(core: Lifecycle, now: float, wall: float, out: list[Decision]) -> None:
+    """Take back the unstarted attempts of every connected scheduler that had room
+    and started nothing within the start deadline; it gets no new work until it
+    starts something or registers again. One that is full or disconnected waits
+    legitimately (or for its lease): its deadline starts over."""
+    watch = core.registry.start_watch
+    if watch is None:
+        return
+    for name in watch.overdue(now):
+        s = core.registry.by_name[name]
+        if not s.connected or s.slots.busy >= s.slots.size:
+            watch.progressed(name, now)
+            continue
+        pending = [core.jobs[j] for j in s.held if core.seats[j].started is None]
+        s.stalled = True
+        core.registry.changed()
+        out.append(StartOverdue(name, len(pending)))
+        for job in sorted(pending, key=lambda job: (job.priority, job.seq)):
+            stop = Stop(job.id, job.attempt, "not started in time", kind="drop")
+            out.append(SendStop(name, stop))
+            core.counters.add("not_started")
+        reason = "not started within the start deadline"
+        core.take_back(s, pending, reason, now, wall, out)
+
+
+def dispatch_due(core: Lifecycle, now: float, wall: float, out: list[Decision]) -> None:
+    """Dispatch every job whose retry hold-back is over by ``now``."""
+    while (job_id := core.backlog.pop_due(now)) is not None:
+        core.dispatch(core.jobs[job_id], now, wall, out)
+
+
+def restore(
+    core: Lifecycle,
+    jobs: Iterable[Job],
+    next_seq: int,
+    now: float,
+    wall: float,
+    promised_until: float | None,
+) -> None:
+    """Take back the jobs a journal kept (see :meth:`Dispatcher.restore`)."""
+    core.seq = max(core.seq, next_seq)
+    kept_until = now if promised_until is None else now + (promised_until - wall)
+    for job in jobs:
+        core.jobs[job.id] = job
+        core.seq = max(core.seq, job.seq + 1)
+        core.since[job.id] = now - max(0.0, wall - job.updated_at)
+        if job.holder is not None and job.state in ("assigned", "running"):
+            _restore_held(core, job, now)
+            core.registry.leases.extend(job.holder, kept_until)
+        elif job.not_before is not None and job.not_before > wall:
+            job.state, job.holder = "queued", None
+            core.backlog.hold_back(job, now + (job.not_before - wall))
+        else:
+            job.state, job.holder = "queued", None
+            core.backlog.push(job)
+
+
+def _restore_held(core: Lifecycle, job: Job, now: float) -> None:
+    assert job.holder is not None
+    s = core.registry.by_name.get(job.holder)
+    if s is None:
+        s = core.registry.add(job.holder, True, connected=False)
+        core.registry.leases.renew(job.holder, now)
+    evictable = job.evictions < core.config.max_evictions
+    core.hold(s, job, Seat(job.priority, evictable))
+    if job.state == "running":
+        core.start_seat(s, job.id)
+    elif core.registry.start_watch is not None:
+        core.registry.start_watch.assigned(s.name, job.id, now)

@@ -22,7 +22,7 @@ from websockets.exceptions import ConnectionClosed
 from bench.stats import Json, rate
 from bench.system import client_token, cpu_seconds
 from bench.tracker import Tracker
-from scheduler import protocol
+from scheduler import codec, protocol
 from scheduler.producer.client import ProducerClient
 from scheduler.protocol import Assign, Heartbeat, JobPayload, Register, Registered, Report
 
@@ -37,8 +37,8 @@ async def _register(url: str, name: str, size: int) -> tuple[ClientConnection, f
         size=size,
         tasks=["sleep"],
     )
-    await ws.send(protocol.encode(register))
-    reply = protocol.decode_bus(await ws.recv())
+    await ws.send(codec.encode(register))
+    reply = codec.decode_bus(await ws.recv())
     if not isinstance(reply, Registered):
         raise RuntimeError(f"{name}: register refused: {reply!r}")
     lease = getattr(reply, "lease_s", None)
@@ -46,7 +46,7 @@ async def _register(url: str, name: str, size: int) -> tuple[ClientConnection, f
 
 
 async def _beat(ws: ClientConnection, every: float) -> None:
-    frame = protocol.encode(Heartbeat(running=0, queued=0))
+    frame = codec.encode(Heartbeat(running=0, queued=0))
     while True:
         await asyncio.sleep(every)
         await ws.send(frame)
@@ -58,15 +58,15 @@ async def _serve(
     beat = asyncio.create_task(_beat(ws, beat_every))
     try:
         async for frame in ws:
-            message = protocol.decode_bus(frame)
+            message = codec.decode_bus(frame)
             if not isinstance(message, Assign):
                 continue
             job = message.job
-            await ws.send(protocol.encode(Report("started", job.id, job.attempt)))
+            await ws.send(codec.encode(Report("started", job.id, job.attempt)))
             done = Report(
                 "succeeded", job.id, job.attempt, exit_code=0, wall_s=0.0, cpu_s=0.0, max_rss_kb=0
             )
-            await ws.send(protocol.encode(done))
+            await ws.send(codec.encode(done))
             counts[name] += 1
     except ConnectionClosed:
         pass

@@ -19,7 +19,7 @@ from websockets.exceptions import ConnectionClosed
 
 from bench.stats import Json, rate
 from bench.system import NOOP_RUNTIME, client_token
-from scheduler import protocol
+from scheduler import codec, protocol
 from scheduler.protocol import Error, JobPayload, JobRequest, Register, Registered
 
 BULK_BATCH = 1000
@@ -32,7 +32,7 @@ _EVENT = '{"type":"event"'
 def single_frames(count: int, start_ref: int = 0) -> list[str]:
     """``count`` encoded ``job_request`` frames for no-op jobs, refs from ``start_ref``."""
     payload = JobPayload(priority=5, runtime=NOOP_RUNTIME)
-    return [protocol.encode(JobRequest(payload=payload, ref=start_ref + i)) for i in range(count)]
+    return [codec.encode(JobRequest(payload=payload, ref=start_ref + i)) for i in range(count)]
 
 
 def bulk_frames(count: int, batch: int = BULK_BATCH) -> list[tuple[str, int]]:
@@ -41,7 +41,7 @@ def bulk_frames(count: int, batch: int = BULK_BATCH) -> list[tuple[str, int]]:
     frames: list[tuple[str, int]] = []
     for ref, first in enumerate(range(0, count, batch)):
         size = min(batch, count - first)
-        frames.append((protocol.encode(protocol.SubmitMany(jobs=[raw] * size, ref=ref)), size))
+        frames.append((codec.encode(protocol.SubmitMany(jobs=[raw] * size, ref=ref)), size))
     return frames
 
 
@@ -83,11 +83,11 @@ class LeanProducer:
         """Connect and register; raise RuntimeError if the bus says no."""
         ws = await connect(url, compression=None, max_size=protocol.MAX_FRAME_BYTES)
         await ws.send(
-            protocol.encode(
+            codec.encode(
                 Register(type="producer", protocol=2, name=name, token=client_token("producer"))
             )
         )
-        reply = protocol.decode_bus(await ws.recv())
+        reply = codec.decode_bus(await ws.recv())
         if not isinstance(reply, Registered):
             await ws.close()
             raise RuntimeError(f"register refused: {reply!r}")
@@ -107,7 +107,7 @@ class LeanProducer:
                 if frame.startswith(_ACCEPTED):
                     counter.add(1)
                 elif not frame.startswith(_EVENT):
-                    _count_other(protocol.decode_bus(frame), counter)
+                    _count_other(codec.decode_bus(frame), counter)
         except ConnectionClosed:
             pass
         finally:

@@ -32,7 +32,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
 from websockets.uri import parse_uri
 
-from scheduler import protocol
+from scheduler import codec, protocol
 from scheduler.auth import tls_options
 from scheduler.policy.backoff import Backoff
 from scheduler.protocol import BusMessage, Error, Register, Registered
@@ -107,12 +107,12 @@ async def register(
     :data:`FATAL_FIELDS`, ConnectionClosed if the bus closes first.
     """
     sent_at = clock()
-    await ws.send(protocol.encode(message))
+    await ws.send(codec.encode(message))
     early: list[BusMessage] = []
     while True:
         try:
-            reply = protocol.decode_bus(await ws.recv())
-        except protocol.ProtocolError as exc:
+            reply = codec.decode_bus(await ws.recv())
+        except codec.ProtocolError as exc:
             log.warning("ignoring a bad frame from the bus: %s", exc.message)
             continue
         if isinstance(reply, Registered):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from scheduler.auth import Token, TokenTable
+from scheduler.codec import ProtocolError
 from scheduler.policy.access import (
     Grant,
     authenticate,
@@ -17,7 +18,6 @@ from scheduler.protocol import (
     Cancel,
     GetStats,
     Heartbeat,
-    ProtocolError,
     Register,
     Report,
     SubmitMany,

@@ -15,7 +15,7 @@ if str(ROOT) not in sys.path:
 
 from bench import cluster, fanout, ingest, profile, stats, system  # noqa: E402
 from bench.run import FIGURES, build_report, selected  # noqa: E402
-from scheduler import protocol  # noqa: E402
+from scheduler import codec, protocol  # noqa: E402
 
 
 def test_percentile_interpolates_like_numpy() -> None:
@@ -76,7 +76,7 @@ def test_state_options_point_state_files_into_the_scratch_dir(tmp_path: Path) ->
 
 def test_ingest_frames_decode_as_submits() -> None:
     frames = ingest.single_frames(3, start_ref=7)
-    decoded = [protocol.decode_client(frame) for frame in frames]
+    decoded = [codec.decode_client(frame) for frame in frames]
     assert [m.ref for m in decoded if isinstance(m, protocol.JobRequest)] == [7, 8, 9]
     bulk = ingest.bulk_frames(2500, batch=1000)
     assert [size for _, size in bulk] == [1000, 1000, 500]

@@ -105,7 +105,7 @@ async def test_v1_producer_to_v1_scheduler_byte_for_byte(bus: BusServer) -> None
         await scheduler.send('{"cmd": "register", "type": "scheduler"}')
         await producer.send('{"cmd": "register", "type": "producer"}')
         await producer.send(V1_JOB)
-        # The original wire shape (protocol.encode_v1_payload): runtime first.
+        # The original wire shape (codec.encode_v1_payload): runtime first.
         assert await asyncio.wait_for(scheduler.recv(), timeout()) == (
             '{"runtime": 0.5, "priority": 3}'
         )

@@ -31,7 +31,8 @@ from websockets.exceptions import ConnectionClosed
 from scheduler.auth import TokenRole, TokenTable
 from scheduler.bus.config import BusConfig
 from scheduler.bus.server import BusServer
-from scheduler.protocol import MAX_FRAME_BYTES, ProtocolError, Register, decode_client, says_v2
+from scheduler.codec import ProtocolError, decode_client, says_v2
+from scheduler.protocol import MAX_FRAME_BYTES, Register
 
 FRAMES = 10_000
 CHUNK = 25

@@ -16,10 +16,7 @@ from dispatch_helpers import (
     submit,
 )
 
-from scheduler.protocol import (
-    Held,
-    Stop,
-)
+from scheduler.protocol import Held, Stop
 
 # --- capacity-aware placement ------------------------------------------------------------
 

@@ -23,6 +23,7 @@ from dispatch_helpers import (
 )
 from msgspec.structs import replace
 
+from scheduler.codec import ProtocolError
 from scheduler.policy.dispatch.config import DispatchConfig
 from scheduler.policy.dispatch.decisions import (
     Ignored,
@@ -35,7 +36,6 @@ from scheduler.protocol import (
     Error,
     JobEvent,
     JobPayload,
-    ProtocolError,
     SchedulerReport,
     Stop,
     SubmitResult,

@@ -24,11 +24,7 @@ from scheduler.policy.dispatch.decisions import (
     LeaseExpired,
     Requeued,
 )
-from scheduler.protocol import (
-    Held,
-    Report,
-    Stop,
-)
+from scheduler.protocol import Held, Report, Stop
 
 # --- leases ----------------------------------------------------------------------------
 

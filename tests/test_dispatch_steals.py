@@ -23,10 +23,7 @@ from scheduler.policy.dispatch.decisions import (
     Ignored,
     Requeued,
 )
-from scheduler.protocol import (
-    Held,
-    Stop,
-)
+from scheduler.protocol import Held, Stop
 
 # --- work stealing -------------------------------------------------------------------------
 

@@ -12,7 +12,7 @@ import pytest
 from conftest import Commands, family_of, unit, wait_until
 from websockets.asyncio.client import connect
 
-from scheduler import protocol
+from scheduler import codec, protocol
 from scheduler.bus.server import BusServer
 from scheduler.producer.client import ProducerClient
 from scheduler.protocol import JobEvent, JobPayload
@@ -130,12 +130,12 @@ async def test_garbage_frames_get_clear_errors_and_the_bus_still_runs_jobs(
 ) -> None:
     await start_scheduler(commands, bus, "-s", "2")
     async with connect(bus.url) as ws:
-        await ws.send(protocol.encode(protocol.Register(type="producer", protocol=2)))
-        assert isinstance(protocol.decode_bus(await ws.recv()), protocol.Registered)
+        await ws.send(codec.encode(protocol.Register(type="producer", protocol=2)))
+        assert isinstance(codec.decode_bus(await ws.recv()), protocol.Registered)
         errors = []
         for frame in GARBAGE:
             await ws.send(frame)
-            reply = protocol.decode_bus(await asyncio.wait_for(ws.recv(), 5 * unit()))
+            reply = codec.decode_bus(await asyncio.wait_for(ws.recv(), 5 * unit()))
             assert isinstance(reply, protocol.Error)
             errors.append(reply)
     assert errors[0].message.startswith("not valid JSON")
@@ -146,7 +146,7 @@ async def test_garbage_frames_get_clear_errors_and_the_bus_still_runs_jobs(
         "cmd",
     ]
     async with connect(bus.url, max_size=None) as big:
-        await big.send(protocol.encode_v1_register("producer"))
+        await big.send(codec.encode_v1_register("producer"))
         await big.send("x" * (2 * 1024 * 1024))
         await asyncio.wait_for(big.wait_closed(), 5 * unit())
         assert big.close_code == 1009

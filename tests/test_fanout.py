@@ -8,7 +8,8 @@ from typing import Any, cast
 from scheduler.bus.connection import Connection
 from scheduler.bus.fanout import Fanout
 from scheduler.bus.gate import FrameGate
-from scheduler.protocol import JobEvent, Role, decode_bus
+from scheduler.codec import decode_bus
+from scheduler.protocol import JobEvent, Role
 
 
 @dataclass

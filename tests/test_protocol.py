@@ -5,7 +5,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from scheduler import protocol
+from scheduler import codec, protocol
+from scheduler.codec import ProtocolError, decode_bus, decode_client, decode_payload, encode
 from scheduler.protocol import (
     Accepted,
     Assign,
@@ -15,15 +16,10 @@ from scheduler.protocol import (
     JobEvent,
     JobPayload,
     JobRequest,
-    ProtocolError,
     Register,
     Registered,
     Report,
     Stop,
-    decode_bus,
-    decode_client,
-    decode_payload,
-    encode,
 )
 
 
@@ -35,12 +31,12 @@ def test_v1_frames_decode_exactly_as_the_original_sent_them() -> None:
 
 def test_v1_encoders_produce_the_original_bytes() -> None:
     payload = JobPayload(priority=3, runtime=0.5)
-    assert protocol.encode_v1_payload(payload) == '{"runtime": 0.5, "priority": 3}'
-    assert protocol.encode_v1_payload(JobPayload(priority=0, runtime=7.0)) == (
+    assert codec.encode_v1_payload(payload) == '{"runtime": 0.5, "priority": 3}'
+    assert codec.encode_v1_payload(JobPayload(priority=0, runtime=7.0)) == (
         '{"runtime": 7, "priority": 0}'
     )
-    assert protocol.encode_v1_register("scheduler") == '{"cmd": "register", "type": "scheduler"}'
-    assert protocol.encode_v1_job_request(payload) == (
+    assert codec.encode_v1_register("scheduler") == '{"cmd": "register", "type": "scheduler"}'
+    assert codec.encode_v1_job_request(payload) == (
         '{"cmd": "job_request", "payload": {"runtime": 0.5, "priority": 3}}'
     )
 
@@ -145,10 +141,10 @@ def test_bad_frames_name_the_field_and_the_rule(frame: str, field: str | None, w
 
 
 def test_ref_of_recovers_the_ref_of_a_bad_frame() -> None:
-    assert protocol.ref_of('{"cmd": "job_request", "ref": "r9", "payload": {}}') == "r9"
-    assert protocol.ref_of('{"ref": true}') is None
-    assert protocol.ref_of("garbage") is None
-    assert protocol.ref_of("[1]") is None
+    assert codec.ref_of('{"cmd": "job_request", "ref": "r9", "payload": {}}') == "r9"
+    assert codec.ref_of('{"ref": true}') is None
+    assert codec.ref_of("garbage") is None
+    assert codec.ref_of("[1]") is None
 
 
 def test_payload_decoder_validates_the_bare_v1_payload() -> None:
@@ -160,7 +156,7 @@ def test_payload_decoder_validates_the_bare_v1_payload() -> None:
 def test_a_job_may_leave_its_priority_to_its_task_and_a_v1_frame_still_carries_one() -> None:
     request = decode_client('{"cmd": "job_request", "payload": {"task": "render"}}')
     assert isinstance(request, JobRequest) and request.payload.priority is None
-    assert json.loads(protocol.encode_v1_payload(JobPayload(runtime=2.0))) == {
+    assert json.loads(codec.encode_v1_payload(JobPayload(runtime=2.0))) == {
         "runtime": 2,
         "priority": protocol.DEFAULT_PRIORITY,
     }
@@ -313,8 +309,8 @@ def test_deep_nesting_anywhere_is_a_protocol_error(frame: str) -> None:
     with pytest.raises(ProtocolError) as caught:
         decode_client(frame)
     assert "nesting" in caught.value.message or "Expected" in caught.value.message
-    assert protocol.ref_of(frame) is None
-    assert protocol.says_v2(frame) is False
+    assert codec.ref_of(frame) is None
+    assert codec.says_v2(frame) is False
 
 
 @pytest.mark.parametrize(
@@ -340,9 +336,9 @@ def test_args_and_result_nest_at_most_max_nesting_levels(frame: str, field: str)
 
 def test_ref_of_and_says_v2_survive_deep_nesting_elsewhere() -> None:
     frame = fill('{"ref": 7, "protocol": 2, "x": @}', ("[" * 80 + "]" * 80))
-    assert (protocol.ref_of(frame), protocol.says_v2(frame)) == (7, True)
-    assert protocol.ref_of(fill('{"ref": @}', 2**60)) is None
-    assert protocol.says_v2('{"protocol": true}') is False
+    assert (codec.ref_of(frame), codec.says_v2(frame)) == (7, True)
+    assert codec.ref_of(fill('{"ref": @}', 2**60)) is None
+    assert codec.says_v2('{"protocol": true}') is False
 
 
 def test_payload_and_bus_decoders_refuse_deep_nesting() -> None:

@@ -22,7 +22,8 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosedError, InvalidURI
 from websockets.http11 import Request, Response
 
-from scheduler.protocol import MAX_FRAME_BYTES, Assignment, Held, Register, Report, encode
+from scheduler.codec import encode
+from scheduler.protocol import MAX_FRAME_BYTES, Assignment, Held, Register, Report
 from scheduler.tasks import TaskRegistry
 from scheduler.worker.client import SchedulerClient, SchedulerConfig
 from scheduler.worker.report_queue import ReportQueue, fit_register

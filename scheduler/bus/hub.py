@@ -24,6 +24,7 @@ from scheduler.bus.fanout import Fanout
 from scheduler.bus.gate import FrameGate, Recipient, Refusal, journal_problem
 from scheduler.bus.journal import MEMORY, Journal, JournalError
 from scheduler.bus.registry import Registry
+from scheduler.codec import encode, encode_v1_payload
 from scheduler.policy.dispatch.decisions import (
     Decision,
     EmitEvent,
@@ -36,16 +37,7 @@ from scheduler.policy.dispatch.decisions import (
     StartOverdue,
 )
 from scheduler.policy.dispatch.dispatcher import Dispatcher
-from scheduler.protocol import (
-    Accepted,
-    Assign,
-    BusMessage,
-    Error,
-    Restarting,
-    SubmittedMany,
-    encode,
-    encode_v1_payload,
-)
+from scheduler.protocol import Accepted, Assign, BusMessage, Error, Restarting, SubmittedMany
 
 # The bus's log lines keep the one logger name its users and tests filter on.
 logger = logging.getLogger("scheduler.bus.server")

@@ -19,6 +19,7 @@ from scheduler.bus.connection import Connection
 from scheduler.bus.gate import journal_problem
 from scheduler.bus.hub import Hub
 from scheduler.bus.journal import JournalError
+from scheduler.codec import ProtocolError, decode_payload
 from scheduler.policy.access import owner_filter
 from scheduler.policy.dispatch.decisions import SendReply
 from scheduler.policy.job import Job
@@ -31,7 +32,6 @@ from scheduler.protocol import (
     JobEvent,
     JobPayload,
     JobRequest,
-    ProtocolError,
     Report,
     SubmitMany,
     SubmittedMany,
@@ -39,7 +39,6 @@ from scheduler.protocol import (
     Vacuumed,
     Watch,
     Watching,
-    decode_payload,
 )
 
 # The bus's log lines keep the one logger name its users and tests filter on.

@@ -48,8 +48,9 @@ from scheduler.bus.journal import Journal
 from scheduler.bus.outbox import BacklogBudget, FrameOutbox
 from scheduler.bus.requests import Requests
 from scheduler.bus.sessions import Sessions
+from scheduler.codec import ProtocolError, decode_client
 from scheduler.policy.access import is_loopback, send_refusal
-from scheduler.protocol import MAX_FRAME_BYTES, ProtocolError, Register, decode_client
+from scheduler.protocol import MAX_FRAME_BYTES, Register
 
 logger = logging.getLogger(__name__)
 

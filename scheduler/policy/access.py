@@ -15,12 +15,12 @@ from typing import TYPE_CHECKING, Final
 
 import msgspec
 
+from scheduler.codec import ProtocolError
 from scheduler.protocol import (
     Cancel,
     GetStats,
     Heartbeat,
     JobRequest,
-    ProtocolError,
     Register,
     Report,
     Role,

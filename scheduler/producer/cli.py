@@ -23,7 +23,7 @@ from pathlib import Path
 import click
 import msgspec
 
-from scheduler import protocol
+from scheduler import codec, protocol
 from scheduler.cli_support import (
     configure_logging,
     connection_options,
@@ -62,12 +62,12 @@ async def submit_v1(plan: Plan) -> int:
     """Speak the original protocol: register, then send jobs; never read a reply."""
     submitted = 0
     async with await open_connection(plan.url, plan.cafile) as ws:
-        await ws.send(protocol.encode_v1_register("producer"))
+        await ws.send(codec.encode_v1_register("producer"))
         try:
             for index in _indices(plan.count):
                 if index:
                     await asyncio.sleep(next(plan.waits))
-                frame = protocol.encode_v1_job_request(plan.maker.next(index))
+                frame = codec.encode_v1_job_request(plan.maker.next(index))
                 await ws.send(frame)
                 submitted += 1
                 log.info("submitted %s", frame)

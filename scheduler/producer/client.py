@@ -31,7 +31,7 @@ import msgspec
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
-from scheduler import protocol
+from scheduler import codec
 from scheduler.connect import Connector, Registration, RegistrationRefused
 from scheduler.protocol import (
     FINAL_EVENTS,
@@ -240,7 +240,7 @@ class ProducerClient:
         self._requests[ref] = request
         if self._ws is not None and self._connected.is_set():
             try:
-                await self._ws.send(protocol.encode(request.message))
+                await self._ws.send(codec.encode(request.message))
             except ConnectionClosed:
                 pass  # sent again after the reconnect
         return await request.future
@@ -282,7 +282,7 @@ class ProducerClient:
             self._requests[ref] = _Request(watch, asyncio.get_running_loop().create_future())
             self._requests[ref].future.add_done_callback(self._after_rewatch)
         for request in list(self._requests.values()):
-            await ws.send(protocol.encode(request.message))
+            await ws.send(codec.encode(request.message))
         async for frame in ws:
             self._on_frame(frame)
 
@@ -300,8 +300,8 @@ class ProducerClient:
 
     def _on_frame(self, frame: str | bytes) -> None:
         try:
-            message = protocol.decode_bus(frame)
-        except protocol.ProtocolError as exc:
+            message = codec.decode_bus(frame)
+        except codec.ProtocolError as exc:
             log.warning("ignoring a frame from the bus that does not decode: %s", exc)
             return
         self._on_message(message)

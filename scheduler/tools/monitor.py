@@ -17,7 +17,7 @@ from pathlib import Path
 import click
 import msgspec
 
-from scheduler import protocol
+from scheduler import codec, protocol
 from scheduler.cli_support import (
     configure_logging,
     connection_options,
@@ -79,8 +79,8 @@ async def watch(
 
 def _show(frame: str | bytes, render: Callable[[JobEvent], str]) -> None:
     try:
-        message = protocol.decode_bus(frame)
-    except protocol.ProtocolError as exc:
+        message = codec.decode_bus(frame)
+    except codec.ProtocolError as exc:
         log.warning("ignoring a frame that does not decode: %s", exc)
         return
     _show_message(message, render)

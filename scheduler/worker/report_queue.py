@@ -13,7 +13,7 @@ from typing import Final
 
 import msgspec
 
-from scheduler import protocol
+from scheduler import codec, protocol
 from scheduler.protocol import Held, Register, Report
 
 log = logging.getLogger(__name__)
@@ -96,9 +96,9 @@ def fit_register(register: Register, max_bytes: int = protocol.MAX_FRAME_BYTES) 
     Entries are kept in order, so list running attempts first: one left out is presumed
     lost by the bus (and is stopped when it answers with a ``Stop`` or a new attempt).
     """
-    if not register.held or len(protocol.encode(register).encode()) <= max_bytes:
+    if not register.held or len(codec.encode(register).encode()) <= max_bytes:
         return register
-    empty = protocol.encode(msgspec.structs.replace(register, held=[]))
+    empty = codec.encode(msgspec.structs.replace(register, held=[]))
     budget = max_bytes - len(empty.encode()) + 1  # the first entry needs no comma
     kept: list[Held] = []
     for held in register.held:

@@ -18,7 +18,7 @@ from typing import Any, Final
 
 from websockets.exceptions import ConnectionClosed
 
-from scheduler import protocol
+from scheduler import codec
 from scheduler.connect import Registration
 from scheduler.policy.fence import LeaseView
 from scheduler.policy.heartbeat import HeartbeatSchedule
@@ -106,8 +106,8 @@ class Session:
         with contextlib.suppress(ConnectionClosed):
             async for frame in self.ws:
                 try:
-                    message = protocol.decode_bus(frame)
-                except protocol.ProtocolError as exc:
+                    message = codec.decode_bus(frame)
+                except codec.ProtocolError as exc:
                     log.warning("ignoring a bad frame from the bus: %s", exc.message)
                     continue
                 self.handle(message)
@@ -151,7 +151,7 @@ class Session:
         """Send the oldest report of the outbox; it stays first there if sending fails."""
         report = self.links.outbox.popleft()
         try:
-            await self.ws.send(protocol.encode(report))
+            await self.ws.send(codec.encode(report))
         except BaseException:
             # It may or may not have left: send it again (the bus ignores repeats).
             self.links.outbox.push_front(report)
@@ -168,7 +168,7 @@ class Session:
                 heartbeat = Heartbeat(running=executor.running, queued=executor.queued)
                 sent_at = clock()
                 schedule.sent(sent_at)
-                await self.ws.send(protocol.encode(heartbeat))
+                await self.ws.send(codec.encode(heartbeat))
                 pong = asyncio.ensure_future(await self.ws.ping())
                 pong.add_done_callback(partial(self._ponged, sent_at))
 

@@ -89,21 +89,14 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
+from scheduler.codec import ProtocolError
 from scheduler.policy.dispatch import invariants, producers, reports, sessions
 from scheduler.policy.dispatch.config import DispatchConfig
 from scheduler.policy.dispatch.decisions import Decision, JobInfo, SchedulerInfo
 from scheduler.policy.dispatch.lifecycle import Lifecycle
 from scheduler.policy.events import status_event
 from scheduler.policy.job import Job, not_yours
-from scheduler.protocol import (
-    Error,
-    Held,
-    JobEvent,
-    JobPayload,
-    ProtocolError,
-    Report,
-    StatsReply,
-)
+from scheduler.protocol import Error, Held, JobEvent, JobPayload, Report, StatsReply
 
 
 class Dispatcher:

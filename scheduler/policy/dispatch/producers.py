@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import msgspec
 
+from scheduler.codec import ProtocolError
 from scheduler.policy.conflict import KeepExisting, Refuse, Replace, resolve
 from scheduler.policy.dispatch.decisions import Decision, SendReply, SendStop
 from scheduler.policy.dispatch.lifecycle import Lifecycle
@@ -19,7 +20,6 @@ from scheduler.protocol import (
     CancelReply,
     Error,
     JobPayload,
-    ProtocolError,
     Stop,
     SubmitResult,
     SubmittedMany,

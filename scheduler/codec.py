@@ -1,0 +1,164 @@
+"""Encoding and decoding of the wire messages of :mod:`scheduler.protocol`, in one place.
+
+Decoding is validation: a frame that does not decode into one of the message structs
+raises :class:`ProtocolError` naming the field to blame and the rule it breaks, and no
+frame can raise anything else (not even one nested a thousand levels deep). The v1
+encoders write the original prototype's frames byte for byte.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Final, TypeVar
+
+import msgspec
+
+from scheduler.protocol import (
+    DEFAULT_PRIORITY,
+    MAX_NAME_LEN,
+    MAX_NESTING,
+    MAX_SAFE_INT,
+    BusMessage,
+    ClientMessage,
+    Error,
+    JobPayload,
+    Role,
+)
+
+
+class ProtocolError(ValueError):
+    """A frame that does not decode. ``field`` is the dotted path to blame, if any."""
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.field = field
+
+    def to_error(self, ref: int | str | None = None) -> Error:
+        """The ``error`` reply for this failure."""
+        return Error(message=self.message, field=self.field, ref=ref)
+
+
+_client_decoder: msgspec.json.Decoder[ClientMessage] = msgspec.json.Decoder(ClientMessage)
+_bus_decoder: msgspec.json.Decoder[BusMessage] = msgspec.json.Decoder(BusMessage)
+_payload_decoder = msgspec.json.Decoder(JobPayload)
+_encoder = msgspec.json.Encoder()
+_T = TypeVar("_T")
+_TOO_DEEP: Final = (
+    f"frame: nesting deeper than the decoder allows (args and result: {MAX_NESTING} levels)"
+)
+_NESTED = re.compile(r"^(?P<name>args|result): (?P<rule>nesting deeper .*)$")
+_PATH = re.compile(r" - at `\$\.?(?P<path>[^`]*)`$")
+
+
+def _field_of(message: str) -> tuple[str, str | None]:
+    """Split msgspec's ``... - at `$.payload.priority``` into text and ``payload.priority``."""
+    match = _PATH.search(message)
+    if match is None:
+        return message, None
+    # msgspec writes a dict's key as [...]: the dict itself is the field we can name.
+    path = match.group("path").replace("[...]", "").replace("[", ".").replace("]", "")
+    return message[: match.start()], path or None
+
+
+def _protocol_error(exc: msgspec.MsgspecError) -> ProtocolError:
+    if isinstance(exc, msgspec.ValidationError):
+        text, field = _field_of(str(exc))
+        nested = _NESTED.match(text)
+        if nested is not None:
+            name, text = nested.group("name", "rule")
+            field = name if field is None else f"{field}.{name}"
+        if field == "cmd" and text.startswith("Invalid value"):
+            text = f"unknown cmd: {text.removeprefix('Invalid value ')}"
+        return ProtocolError(f"{field or 'frame'}: {text}", field)
+    return ProtocolError(f"not valid JSON: {exc}")
+
+
+def _decode(decoder: msgspec.json.Decoder[_T], frame: str | bytes) -> _T:
+    try:
+        return decoder.decode(frame)
+    except msgspec.MsgspecError as exc:
+        raise _protocol_error(exc) from None
+    except RecursionError:
+        raise ProtocolError(_TOO_DEEP) from None
+
+
+def decode_client(frame: str | bytes) -> ClientMessage:
+    """Decode and validate a client frame; raise :class:`ProtocolError` naming the bad field."""
+    return _decode(_client_decoder, frame)
+
+
+def decode_bus(frame: str | bytes) -> BusMessage:
+    """Decode and validate a frame sent by the bus to a v2 client."""
+    return _decode(_bus_decoder, frame)
+
+
+def decode_payload(frame: str | bytes) -> JobPayload:
+    """Decode the bare v1 payload a v1 scheduler receives."""
+    return _decode(_payload_decoder, frame)
+
+
+class _Envelope(msgspec.Struct):
+    """What a frame that failed to decode may still tell: its ``ref`` and ``protocol``."""
+
+    ref: object = None
+    protocol: object = None
+
+
+_envelope_decoder = msgspec.json.Decoder(_Envelope)
+
+
+def _envelope(frame: str | bytes) -> _Envelope | None:
+    try:
+        return _envelope_decoder.decode(frame)
+    except (msgspec.MsgspecError, RecursionError):
+        return None
+
+
+def ref_of(frame: str | bytes) -> int | str | None:
+    """Best-effort ``ref`` of a frame that failed to decode, so the error can name it
+    (None unless it is a string or an integer a :data:`Ref` may be)."""
+    envelope = _envelope(frame)
+    ref = None if envelope is None else envelope.ref
+    if isinstance(ref, str) and len(ref) <= MAX_NAME_LEN:
+        return ref
+    if isinstance(ref, int) and not isinstance(ref, bool) and abs(ref) <= MAX_SAFE_INT:
+        return ref
+    return None
+
+
+def says_v2(frame: str | bytes | None) -> bool:
+    """Whether a frame that failed to decode still announces ``"protocol": 2``."""
+    envelope = None if frame is None else _envelope(frame)
+    protocol = None if envelope is None else envelope.protocol
+    return isinstance(protocol, int) and not isinstance(protocol, bool) and protocol == 2
+
+
+def encode(message: ClientMessage | BusMessage) -> str:
+    """Encode any message as a JSON text frame."""
+    return _encoder.encode(message).decode()
+
+
+def _v1_payload_body(payload: JobPayload) -> dict[str, float | int]:
+    # The original producer sent integer runtimes, runtime first; keep that shape on the wire.
+    runtime = payload.runtime if payload.runtime is not None else 0
+    return {
+        "runtime": int(runtime) if float(runtime).is_integer() else runtime,
+        "priority": DEFAULT_PRIORITY if payload.priority is None else payload.priority,
+    }
+
+
+def encode_v1_payload(payload: JobPayload) -> str:
+    """The bare payload a v1 scheduler receives, formatted as the original bus sent it."""
+    return json.dumps(_v1_payload_body(payload))
+
+
+def encode_v1_register(role: Role) -> str:
+    """The original ``register`` frame."""
+    return json.dumps({"cmd": "register", "type": role})
+
+
+def encode_v1_job_request(payload: JobPayload) -> str:
+    """The original ``job_request`` frame."""
+    return json.dumps({"cmd": "job_request", "payload": _v1_payload_body(payload)})

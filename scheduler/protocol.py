@@ -527,6 +527,10 @@ class BusStats(msgspec.Struct, frozen=True):
     steal_attempts: int = 0
     not_started: int = 0
     """Attempts taken back from schedulers that started nothing within the start deadline."""
+    expired: int = 0
+    """Delayed jobs that missed their misfire grace."""
+    scheduled: int = 0
+    """Delayed jobs waiting for their time (not counted in ``queued``)."""
     queued: int = 0
     running: int = 0
     unserved: dict[str, int] = {}

@@ -25,6 +25,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from types import TracebackType
 
 import msgspec
@@ -159,8 +160,25 @@ class ProducerClient:
         self._fail_requests("the client was closed")
         self._events.put_nowait(None)
 
-    async def submit(self, payload: JobPayload) -> str:
-        """Submit one job; return its id once the bus has journaled it."""
+    async def submit(
+        self,
+        payload: JobPayload,
+        *,
+        delay: float | None = None,
+        run_at: float | datetime | None = None,
+    ) -> str:
+        """Submit one job; return its id once the bus has journaled it.
+
+        ``delay`` (seconds) or ``run_at`` (epoch seconds, or a datetime with a zone) make
+        it a delayed job, as the payload's fields of those names do. Raises ValueError
+        for a naive datetime.
+        """
+        if isinstance(run_at, datetime):
+            if run_at.tzinfo is None or run_at.utcoffset() is None:
+                raise ValueError("run_at: a datetime must carry a zone (tzinfo)")
+            run_at = run_at.timestamp()
+        if delay is not None or run_at is not None:
+            payload = msgspec.structs.replace(payload, delay=delay, run_at=run_at)
         return (await self.submit_accepted(payload)).id
 
     async def submit_accepted(self, payload: JobPayload) -> Accepted:

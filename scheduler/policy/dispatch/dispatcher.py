@@ -92,6 +92,8 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
+import msgspec
+
 from scheduler.codec import ProtocolError
 from scheduler.policy.dispatch import delayed, invariants, producers, reports, sessions
 from scheduler.policy.dispatch.config import DispatchConfig
@@ -197,7 +199,10 @@ class Dispatcher:
         unserved: dict[str, int] = {}
         for job in core.backlog_jobs(None):
             unserved[job.payload.task] = unserved.get(job.payload.task, 0) + 1
-        bus = core.counters.snapshot(uptime_s, len(core.jobs) - running, running, unserved)
+        scheduled = len(core.timers.members()[0])
+        waiting = len(core.jobs) - running - scheduled
+        bus = core.counters.snapshot(uptime_s, waiting, running, unserved)
+        bus = msgspec.structs.replace(bus, scheduled=scheduled)
         schedulers = [core.registry.stats(s, core.seats, now) for s in core.registry]
         return StatsReply(bus, schedulers, ref)
 

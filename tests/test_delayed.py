@@ -29,6 +29,11 @@ async def gather(client: ProducerClient, seen: dict[str, list[JobEvent]]) -> Non
         seen.setdefault(event.id, []).append(event)
 
 
+def finals(seen: dict[str, list[JobEvent]]) -> dict[str, JobEvent]:
+    """The final event of every job that has one."""
+    return {e.id: e for events in seen.values() for e in events if e.event in FINAL_EVENTS}
+
+
 def kinds(seen: dict[str, list[JobEvent]], job_id: str) -> list[str]:
     return [e.event for e in seen.get(job_id, [])]
 
@@ -108,10 +113,9 @@ async def test_a_grace_that_passed_while_the_bus_was_killed_expires_the_job(
         watching = await client.watch([i for i in ids if i is not None])
         for event in watching.jobs:
             seen.setdefault(event.id, []).append(event)
-        finals = lambda: {e.id: e for v in seen.values() for e in v if e.event in FINAL_EVENTS}  # noqa: E731
-        await wait_until(lambda: len(finals()) == 2, 30 * unit(), "both jobs end")
+        await wait_until(lambda: len(finals(seen)) == 2, 30 * unit(), "both jobs end")
         following.cancel()
-    ended = finals()
+    ended = finals(seen)
     assert ended[ids[0] or ""].event == "expired"
     assert "misfire grace" in " ".join(ended[ids[0] or ""].errors or [])
     assert ended[ids[1] or ""].event == "succeeded"

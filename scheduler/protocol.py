@@ -302,8 +302,26 @@ class Heartbeat(msgspec.Struct, frozen=True, tag_field="cmd", tag="heartbeat"):
     queued: Count = 0
 
 
+class ListJobs(msgspec.Struct, frozen=True, tag_field="cmd", tag="list_jobs", omit_defaults=True):
+    """List the jobs the bus tracks (not final), in arrival order, optionally only those in
+    ``states``; at most ``limit`` (a producer token sees only its own jobs)."""
+
+    states: Annotated[list[JobState], msgspec.Meta(max_length=20)] | None = None
+    limit: Annotated[int, msgspec.Meta(ge=1, le=MAX_BULK)] = 1000
+    ref: Ref = None
+
+
 ClientMessage = (
-    Register | JobRequest | SubmitMany | Cancel | Watch | Vacuum | GetStats | Report | Heartbeat
+    Register
+    | JobRequest
+    | SubmitMany
+    | Cancel
+    | Watch
+    | Vacuum
+    | GetStats
+    | Report
+    | Heartbeat
+    | ListJobs
 )
 
 # --- bus -> client -------------------------------------------------------------------
@@ -456,6 +474,8 @@ class JobEvent(msgspec.Struct, frozen=True, tag_field="type", tag="event", omit_
     retry_in_s: float | None = None
     result: object | None = None
     traceback: str | None = None
+    run_at: float | None = None
+    """When a ``scheduled`` job is due (epoch seconds)."""
 
 
 class Watching(msgspec.Struct, frozen=True, tag_field="type", tag="watching", omit_defaults=True):
@@ -464,6 +484,15 @@ class Watching(msgspec.Struct, frozen=True, tag_field="type", tag="watching", om
 
     jobs: list[JobEvent]
     unknown: list[str] = []
+    ref: Ref = None
+
+
+class JobList(msgspec.Struct, frozen=True, tag_field="type", tag="jobs", omit_defaults=True):
+    """The answer to :class:`ListJobs`: the latest event of each job listed; ``more``
+    when ``limit`` cut the list short."""
+
+    jobs: list[JobEvent]
+    more: bool = False
     ref: Ref = None
 
 
@@ -559,6 +588,7 @@ BusMessage = (
     | Stop
     | JobEvent
     | Restarting
+    | JobList
 )
 
 

@@ -48,6 +48,10 @@ async def test_a_scheduled_job_is_shown_counted_and_cancelled(bus: BusServer) ->
         watching = await client.watch([job_id])
         assert [(e.id, e.state) for e in watching.jobs] == [(job_id, "scheduled")]
         assert (await client.stats()).bus.scheduled == 1
+        listed = await client.list_jobs(["scheduled"])
+        assert [(e.id, e.event) for e in listed.jobs] == [(job_id, "scheduled")]
+        assert listed.jobs[0].run_at is not None and listed.jobs[0].run_at > time.time()
+        assert (await client.list_jobs(["queued"])).jobs == []
         reply = await client.cancel(job_id)
         assert reply.state == "cancelled"
         await wait_until(lambda: "cancelled" in kinds(seen, job_id), 5 * unit(), "cancelled")
@@ -155,3 +159,31 @@ def test_bad_timing_options_get_clear_errors(args: list[str], words: str) -> Non
     result = CliRunner().invoke(producer_cli, args)
     assert result.exit_code == 2
     assert words in result.output
+
+
+async def test_jobs_list_show_and_status_tell_a_scheduled_job(
+    commands: Commands, tmp_path: Path
+) -> None:
+    bus = BusProcess(commands, tmp_path / "bus.db")
+    await bus.start()
+    async with ProducerClient(bus.url, token=bus.token("producer")) as client:
+        later = await client.submit(JobPayload(runtime=0.1), run_at=4102444800.0)  # 2100
+        await client.submit(JobPayload(runtime=0.1, task="nobody"))
+    code, out = await commands.run(
+        "scheduler.jobs", "--bus", bus.url, "list", "--state", "scheduled", timeout=20 * unit()
+    )
+    assert code == 0
+    assert out.splitlines() == [
+        f"{later} scheduled priority=5 attempt=0 evictions=0 scheduler=- "
+        "run_at=2100-01-01T00:00:00.000+00:00"
+    ]
+    code, out = await commands.run("scheduler.jobs", "--bus", bus.url, "list", timeout=20 * unit())
+    assert [line.split()[1] for line in out.splitlines()] == ["scheduled", "queued"]
+    code, out = await commands.run(
+        "scheduler.jobs", "--bus", bus.url, "show", later, timeout=20 * unit()
+    )
+    assert f"{later} scheduled" in out
+    code, out = await commands.run("scheduler.status", "--bus", bus.url, timeout=20 * unit())
+    assert code == 0
+    rows = [line.replace("│", " ").split() for line in out.splitlines()]
+    assert ["scheduled", "1"] in rows, out

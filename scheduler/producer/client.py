@@ -44,8 +44,11 @@ from scheduler.protocol import (
     Error,
     GetStats,
     JobEvent,
+    JobList,
     JobPayload,
     JobRequest,
+    JobState,
+    ListJobs,
     Register,
     StatsReply,
     SubmitMany,
@@ -59,7 +62,7 @@ from scheduler.protocol import (
 
 log = logging.getLogger(__name__)
 
-BusReply = Accepted | SubmittedMany | CancelReply | Watching | Vacuumed | StatsReply
+BusReply = Accepted | SubmittedMany | CancelReply | Watching | Vacuumed | StatsReply | JobList
 """What the bus answers a producer's request with (an ``error`` fails the request)."""
 _Builder = Callable[[int], ClientMessage]
 
@@ -228,6 +231,15 @@ class ProducerClient:
         """The bus's and every scheduler's figures now."""
         reply = await self._request(lambda ref: GetStats(ref=ref))
         assert isinstance(reply, StatsReply)
+        return reply
+
+    async def list_jobs(
+        self, states: Sequence[JobState] | None = None, limit: int = 1000
+    ) -> JobList:
+        """The status of the jobs the bus tracks (not final), in ``states`` if given."""
+        states_list = None if states is None else list(states)
+        reply = await self._request(lambda ref: ListJobs(states=states_list, limit=limit, ref=ref))
+        assert isinstance(reply, JobList)
         return reply
 
     async def events(self) -> AsyncIterator[JobEvent]:

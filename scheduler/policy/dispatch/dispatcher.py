@@ -159,6 +159,20 @@ class Dispatcher:
             return Error(f"ids: {refusal}", field="ids")
         return status_event(job, wall)
 
+    def listed(
+        self, states: Iterable[str] | None, limit: int, wall: float, *, by: str | None = None
+    ) -> tuple[list[JobEvent], bool]:
+        """The status (as :meth:`status`) of the tracked jobs in ``states`` (None: all)
+        owned by ``by`` (None: anyone's), in arrival order, at most ``limit``; and whether
+        more were left out."""
+        wanted = None if states is None else set(states)
+        jobs = sorted(
+            (job for job in self._core.jobs.values() if wanted is None or job.state in wanted),
+            key=lambda job: job.seq,
+        )
+        mine = [job for job in jobs if not_yours(job, by, "list") is None]
+        return [status_event(job, wall) for job in mine[:limit]], len(mine) > limit
+
     def backlog(self, now: float | None = None) -> list[str]:
         """Return the ids of jobs waiting for a scheduler, in the order they will go out
         (with aging, by their effective priority at ``now``)."""

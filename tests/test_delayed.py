@@ -144,6 +144,20 @@ async def test_producer_scatters_its_jobs_over_the_window(
     assert time.time() - before >= window * 7 / 8 - 0.01  # the last one waited its slice
 
 
+async def test_the_bus_misfire_grace_expires_a_job_nobody_serves(
+    commands: Commands, tmp_path: Path
+) -> None:
+    bus = BusProcess(commands, tmp_path / "bus.db", "--misfire-grace", str(0.2 * unit()))
+    await bus.start()
+    seen: dict[str, list[JobEvent]] = {}
+    async with ProducerClient(bus.url, token=bus.token("producer")) as client:
+        following = asyncio.create_task(gather(client, seen))
+        job_id = await client.submit(JobPayload(task="nobody"), delay=0.2 * unit())
+        await wait_until(lambda: job_id in finals(seen), 10 * unit(), "the job ends")
+        following.cancel()
+    assert kinds(seen, job_id) == ["accepted", "scheduled", "queued", "expired"]
+
+
 @pytest.mark.parametrize(
     ("args", "words"),
     [

@@ -134,10 +134,11 @@ def test_restored_due_jobs_queue_in_their_time_order() -> None:
     core = new_core()
     jobs = [scheduled("second", 0, run_at=WALL + 2), scheduled("first", 1, run_at=WALL + 1)]
     core.restore(jobs, 2, 0.0, WALL + 10)
-    at(core, 0.0)
-    assert core.backlog() == ["second", "first"]  # queued in time order, then by arrival
     decisions = core.tick(0.0, WALL + 10)
-    assert decisions == []
+    queued = [e.event.id for e in decisions if hasattr(e, "event") and e.event.event == "queued"]
+    assert queued == ["first", "second"]  # released in their time order
+    assert core.backlog() == ["second", "first"]  # then they wait by priority and arrival
+    assert core.tick(0.0, WALL + 10) == []
 
 
 def test_a_restored_queued_delayed_job_keeps_its_misfire_deadline() -> None:

@@ -211,3 +211,23 @@ async def timeouts(url: str, jobs: int, timeout: float) -> Json:
         "timeout_final_after_deadline_ms": summary(after_deadline),
         "outcomes": outcomes,
     }
+
+
+async def delayed_lateness(url: str, jobs: int, lead: float = 0.05, warmup: int = 5) -> Json:
+    """Submit one delayed no-op job at a time, due ``lead`` seconds after the submit is
+    sent, to an idle scheduler; lateness = the bus's ``time.time()`` stamp on its
+    ``started`` event minus its ``run_at`` (same machine, same clock). Negative would
+    mean early (the bus never releases a job before its time)."""
+    lateness: list[float] = []
+    async with (
+        ProducerClient(url, name="bench-delayed", token=client_token("producer")) as client,
+        Tracker(client) as tracker,
+    ):
+        for i in range(warmup + jobs):
+            run_at = time.time() + lead
+            job_id = await client.submit(NOOP, run_at=run_at)
+            await tracker.wait_final(job_id, 30.0)
+            started = tracker.first.get((job_id, "started"))
+            if i >= warmup and started is not None:
+                lateness.append((started.event.time - run_at) * 1000)
+    return {"delayed_start_lateness_ms": summary(lateness)}

@@ -43,6 +43,7 @@ FIGURES = (
     "fanout",
     "cluster",
     "peers",
+    "delayed",
 )
 """Names accepted by ``--only`` (``e2e`` includes the raw fork loop it is compared with,
 ``cluster`` both figures of three schedulers on one bus)."""
@@ -65,6 +66,9 @@ HOW: dict[str, str] = {
     "finished; ours_ratio = our e2e_jobs_per_s / theirs.",
     "submit_to_accepted_ms": "One job at a time on an idle scheduler: the producer's "
     "time.time() before sending the submit -> the accepted reply received.",
+    "delayed_start_lateness_ms": "One delayed no-op job at a time (run_at = the producer's "
+    "time.time() + 50 ms at the submit) on an idle `test_scheduler -s 5`: the bus's time.time() "
+    "on the job's started event minus its run_at; after 5 warm-up jobs.",
     "submit_to_start_ms": "One job at a time on an idle scheduler: the producer's time.time() "
     "before sending the submit -> the bus's time.time() stamp on the started event (stamped "
     "when the scheduler's report arrives, sent right after fork() returns); same machine, "
@@ -269,6 +273,11 @@ class Bench:
         async with self.system("latency") as (bus, _):
             self.results.update(await ours.latency(bus.url, self.plan.latency_jobs))
 
+    async def delayed(self) -> None:
+        """Delayed jobs: how late an idle system starts a job after its ``run_at``."""
+        async with self.system("delayed") as (bus, _):
+            self.results.update(await ours.delayed_lateness(bus.url, self.plan.latency_jobs))
+
     async def eviction(self) -> None:
         """Figure 4: urgent arrivals on a full scheduler."""
         # Eviction latency, not the caps on evictions and deliveries per job: lift them
@@ -472,6 +481,7 @@ async def run(
             "fanout": (("fanout",), bench.fanout),
             "cluster": (("cluster_makespan", "cluster_eviction_ms"), bench.cluster),
             "peers": (("peers",), bench.peers),
+            "delayed": (("delayed_start_lateness_ms",), bench.delayed),
         }
         for name in figures:
             keys, step = steps[name]

@@ -48,7 +48,10 @@ _T = TypeVar("_T")
 _TOO_DEEP: Final = (
     f"frame: nesting deeper than the decoder allows (args and result: {MAX_NESTING} levels)"
 )
-_NESTED = re.compile(r"^(?P<name>args|result): (?P<rule>nesting deeper .*)$")
+_NESTED = re.compile(
+    r"^(?P<name>args|result): (?P<rule>nesting deeper .*)$"
+    r"|^(?P<time>run_at|delay): (?P<why>.*)$"
+)
 _PATH = re.compile(r" - at `\$\.?(?P<path>[^`]*)`$")
 
 
@@ -68,6 +71,8 @@ def _protocol_error(exc: msgspec.MsgspecError) -> ProtocolError:
         nested = _NESTED.match(text)
         if nested is not None:
             name, text = nested.group("name", "rule")
+            if name is None:
+                name, text = nested.group("time", "why")
             field = name if field is None else f"{field}.{name}"
         if field == "cmd" and text.startswith("Invalid value"):
             text = f"unknown cmd: {text.removeprefix('Invalid value ')}"

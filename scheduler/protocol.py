@@ -13,6 +13,7 @@ Client to bus messages are tagged by ``cmd``; bus to client messages by ``type``
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Annotated, Final, Literal
 
 import msgspec
@@ -62,6 +63,19 @@ Seconds = Annotated[float, msgspec.Meta(ge=0)]
 """A finite duration (msgspec refuses a number out of float range: no inf, no NaN)."""
 Args = dict[str, object] | list[object]
 
+MAX_DELAY_S: Final = 366 * 24 * 3600.0
+"""Longest ``delay`` and ``misfire_grace``; a ``run_at`` is at most this far from now."""
+MAX_EPOCH_S: Final = 253402300799.0
+"""9999-12-31T23:59:59Z: the latest ``run_at`` a payload may name."""
+MAX_TIME_TEXT: Final = 64
+RunAt = (
+    Annotated[float, msgspec.Meta(ge=0, le=MAX_EPOCH_S)]
+    | Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_TIME_TEXT)]
+)
+"""An absolute time: epoch seconds, or ISO 8601 text with a zone."""
+Delay = Annotated[float, msgspec.Meta(gt=0, le=MAX_DELAY_S)]
+Grace = Annotated[float, msgspec.Meta(ge=0, le=MAX_DELAY_S)]
+
 Role = Literal["producer", "scheduler", "monitor"]
 
 EventKind = Literal[
@@ -76,6 +90,10 @@ EventKind = Literal[
     "retrying",
     "cancelled",
     "dead",
+    # delayed jobs (issue 11 item 1)
+    "scheduled",
+    "queued",
+    "expired",
 ]
 """What happened to a job.
 
@@ -83,10 +101,12 @@ EventKind = Literal[
 ``requeued``: its scheduler was lost (lease expired); it is queued again.
 ``retrying``: an attempt failed or timed out and the job will run again after a backoff.
 ``dead``: it may not run again: retries exhausted, or delivered too many times.
+``scheduled``: accepted to run later (``run_at``/``delay``); ``queued``: its time came.
+``expired``: it was not handed to a scheduler within its ``misfire_grace`` of its time.
 """
 
 FINAL_EVENTS: Final[frozenset[str]] = frozenset(
-    {"succeeded", "failed", "timed_out", "cancelled", "dead"}
+    {"succeeded", "failed", "timed_out", "cancelled", "dead", "expired"}
 )
 """Events after which a job never runs again."""
 
@@ -98,6 +118,7 @@ SchedulerReport = Literal[
 ``stolen`` stop: the attempt left the local queue without starting."""
 
 JobState = Literal[
+    "scheduled",
     "queued",
     "assigned",
     "running",
@@ -106,6 +127,7 @@ JobState = Literal[
     "timed_out",
     "cancelled",
     "dead",
+    "expired",
 ]
 
 
@@ -138,10 +160,33 @@ class JobPayload(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_d
     on_conflict: OnConflict = "raise"
     max_retries: Annotated[int, msgspec.Meta(ge=0, le=MAX_RETRIES)] = 0
     retry_backoff: Annotated[float, msgspec.Meta(ge=0, le=MAX_BACKOFF_S)] = 1.0
+    # delayed jobs (issue 11 item 1): see :mod:`scheduler.policy.dispatch.timers`
+    run_at: RunAt | None = None
+    delay: Delay | None = None
+    misfire_grace: Grace | None = None
 
     def __post_init__(self) -> None:
-        """Refuse ``args`` nested deeper than :data:`MAX_NESTING`."""
+        """Refuse ``args`` nested deeper than :data:`MAX_NESTING`, a naive or unreadable
+        ``run_at`` text, and ``run_at`` with ``delay``."""
         _check_nesting("args", self.args)
+        if self.run_at is not None and self.delay is not None:
+            raise ValueError("delay: give run_at or delay, not both")
+        if isinstance(self.run_at, str):
+            parse_run_at(self.run_at)
+
+
+def parse_run_at(text: str) -> float:
+    """Epoch seconds of ISO 8601 ``text``; raise ValueError naming ``run_at`` if it has
+    no zone (a naive time means a different instant on every machine) or is not ISO 8601."""
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        raise ValueError(f"run_at: not an ISO 8601 time: {text!r}") from None
+    if when.tzinfo is None or when.utcoffset() is None:
+        raise ValueError(
+            f"run_at: {text!r} has no zone; an ISO 8601 time must carry one (Z or +HH:MM)"
+        )
+    return when.timestamp()
 
 
 # --- client -> bus -------------------------------------------------------------------
@@ -257,8 +302,26 @@ class Heartbeat(msgspec.Struct, frozen=True, tag_field="cmd", tag="heartbeat"):
     queued: Count = 0
 
 
+class ListJobs(msgspec.Struct, frozen=True, tag_field="cmd", tag="list_jobs", omit_defaults=True):
+    """List the jobs the bus tracks (not final), in arrival order, optionally only those in
+    ``states``; at most ``limit`` (a producer token sees only its own jobs)."""
+
+    states: Annotated[list[JobState], msgspec.Meta(max_length=20)] | None = None
+    limit: Annotated[int, msgspec.Meta(ge=1, le=MAX_BULK)] = 1000
+    ref: Ref = None
+
+
 ClientMessage = (
-    Register | JobRequest | SubmitMany | Cancel | Watch | Vacuum | GetStats | Report | Heartbeat
+    Register
+    | JobRequest
+    | SubmitMany
+    | Cancel
+    | Watch
+    | Vacuum
+    | GetStats
+    | Report
+    | Heartbeat
+    | ListJobs
 )
 
 # --- bus -> client -------------------------------------------------------------------
@@ -411,6 +474,8 @@ class JobEvent(msgspec.Struct, frozen=True, tag_field="type", tag="event", omit_
     retry_in_s: float | None = None
     result: object | None = None
     traceback: str | None = None
+    run_at: float | None = None
+    """When a ``scheduled`` job is due (epoch seconds)."""
 
 
 class Watching(msgspec.Struct, frozen=True, tag_field="type", tag="watching", omit_defaults=True):
@@ -419,6 +484,15 @@ class Watching(msgspec.Struct, frozen=True, tag_field="type", tag="watching", om
 
     jobs: list[JobEvent]
     unknown: list[str] = []
+    ref: Ref = None
+
+
+class JobList(msgspec.Struct, frozen=True, tag_field="type", tag="jobs", omit_defaults=True):
+    """The answer to :class:`ListJobs`: the latest event of each job listed; ``more``
+    when ``limit`` cut the list short."""
+
+    jobs: list[JobEvent]
+    more: bool = False
     ref: Ref = None
 
 
@@ -482,6 +556,10 @@ class BusStats(msgspec.Struct, frozen=True):
     steal_attempts: int = 0
     not_started: int = 0
     """Attempts taken back from schedulers that started nothing within the start deadline."""
+    expired: int = 0
+    """Delayed jobs that missed their misfire grace."""
+    scheduled: int = 0
+    """Delayed jobs waiting for their time (not counted in ``queued``)."""
     queued: int = 0
     running: int = 0
     unserved: dict[str, int] = {}
@@ -510,6 +588,7 @@ BusMessage = (
     | Stop
     | JobEvent
     | Restarting
+    | JobList
 )
 
 

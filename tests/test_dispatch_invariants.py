@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
 from scheduler.policy.dispatch.config import DispatchConfig
-from scheduler.policy.dispatch.decisions import Decision, SendAssign, SendStop
+from scheduler.policy.dispatch.decisions import Decision, EmitEvent, SendAssign, SendStop
 from scheduler.policy.dispatch.dispatcher import Dispatcher
 from scheduler.policy.job import Job
 from scheduler.policy.retry import RetryBackoff
@@ -38,6 +38,8 @@ payloads = st.builds(
     retry_backoff=st.sampled_from([0.0, 0.5]),
     job_id=st.none() | st.sampled_from(IDS),
     on_conflict=st.sampled_from(["raise", "ignore", "replace"]),
+    delay=st.none() | st.floats(0.5, 6.0),
+    misfire_grace=st.none() | st.floats(0.0, 3.0),
 )
 
 
@@ -59,6 +61,7 @@ class DispatchMachine(RuleBasedStateMachine):
         max_evictions=st.integers(0, 2),
         max_deliveries=st.integers(1, 4),
         seed=st.integers(0, 2**16),
+        misfire_grace=st.none() | st.floats(0.0, 3.0),
     )
     def configure(
         self,
@@ -68,6 +71,7 @@ class DispatchMachine(RuleBasedStateMachine):
         max_evictions: int,
         max_deliveries: int,
         seed: int,
+        misfire_grace: float | None,
     ) -> None:
         config = DispatchConfig(
             lease=3.0,
@@ -77,13 +81,17 @@ class DispatchMachine(RuleBasedStateMachine):
             steal=steal,
             age_every=age_every,
             start_deadline=start_deadline,
+            misfire_grace=misfire_grace,
         )
         counter = itertools.count()
         self.core = Dispatcher(config, random.Random(seed), new_id=lambda: f"j{next(counter)}")
 
     def _apply(self, decisions: list[Decision]) -> None:
         for d in decisions:
-            if isinstance(d, SendAssign) and d.assignment.id not in self.ids:
+            if isinstance(d, EmitEvent) and d.event.event == "accepted":
+                if d.event.id not in self.ids:
+                    self.ids.append(d.event.id)
+            elif isinstance(d, SendAssign) and d.assignment.id not in self.ids:
                 self.ids.append(d.assignment.id)
             elif isinstance(d, SendStop) and d.stop.kind == "steal":
                 self.steals.append((d.scheduler, d.stop.id, d.stop.attempt))
@@ -211,8 +219,9 @@ def test_restored_jobs_keep_the_invariants() -> None:
         Job("got", payload, 1, WALL, state="assigned", attempt=1, holder="a"),
         Job("wait", payload, 2, WALL, state="queued", not_before=WALL + 5),
         Job("new", payload, 3, WALL),
+        Job("later", JobPayload(runtime=1.0, delay=3.0), 4, WALL, state="scheduled"),
     ]
-    core.restore(jobs, 4, 0.0, WALL)
+    core.restore(jobs, 5, 0.0, WALL)
     core.check_invariants()
     assert core.backlog() == ["new"]
     core.attach("a", size=2, tasks=None, reports=True, held=[Held("run", 1)], now=1.0, wall=WALL)

@@ -40,7 +40,7 @@ from scheduler.policy.dispatch.config import (
     DispatchConfig,
 )
 from scheduler.policy.stealing import STEAL_STRATEGIES
-from scheduler.protocol import FINAL_EVENTS, MAX_TIMEOUT_S
+from scheduler.protocol import FINAL_EVENTS, MAX_DELAY_S, MAX_TIMEOUT_S
 
 log = logging.getLogger(__name__)
 
@@ -261,6 +261,15 @@ def _retention(
     "one or registers again. 0: no deadline.",
 )
 @click.option(
+    "--misfire-grace",
+    default=None,
+    metavar="SECONDS",
+    type=click.FloatRange(0, MAX_DELAY_S),
+    help="Seconds past its time a delayed job (run_at/delay) that gives no misfire_grace "
+    "of its own may still start; later (the bus was down, or no scheduler served its "
+    "task) it ends 'expired' instead. Default: none, it runs however late.",
+)
+@click.option(
     "--max-backlog-bytes",
     default=DEFAULT_MAX_BACKLOG_BYTES,
     show_default=True,
@@ -318,6 +327,7 @@ def cli(
     age_every: float | None,
     restart_grace: float,
     start_deadline: float,
+    misfire_grace: float | None,
     max_backlog_bytes: int,
     max_total_backlog_bytes: int,
     register_timeout: float,
@@ -352,6 +362,7 @@ def cli(
                 steal=steal,
                 age_every=age_every,
                 start_deadline=start_deadline or None,
+                misfire_grace=misfire_grace,
             ),
             retention=retention,
             retention_default=retention_default,

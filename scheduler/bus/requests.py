@@ -30,8 +30,10 @@ from scheduler.protocol import (
     GetStats,
     Heartbeat,
     JobEvent,
+    JobList,
     JobPayload,
     JobRequest,
+    ListJobs,
     Report,
     SubmitMany,
     SubmittedMany,
@@ -58,6 +60,7 @@ class Requests:
             Watch: self._watch,
             Vacuum: self._vacuum,
             GetStats: self._stats,
+            ListJobs: self._list_jobs,
             Report: self._report,
             Heartbeat: self._heartbeat,
         }
@@ -173,6 +176,12 @@ class Requests:
         """Reply with the core's snapshot of the bus and every scheduler."""
         now = self._hub.clock()
         client.send(self._core.stats(now, now - self._hub.started_at, ref=request.ref))
+
+    def _list_jobs(self, client: Connection, request: ListJobs) -> None:
+        """Reply with the status of the tracked jobs ``client`` may see, by state."""
+        by = owner_filter(client.grant)
+        jobs, more = self._core.listed(request.states, request.limit, self._hub.wall(), by=by)
+        client.send(JobList(jobs=jobs, more=more, ref=request.ref))
 
     def _report(self, client: Connection, report: Report) -> None:
         hub = self._hub

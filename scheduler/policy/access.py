@@ -21,6 +21,7 @@ from scheduler.protocol import (
     GetStats,
     Heartbeat,
     JobRequest,
+    ListJobs,
     Register,
     Report,
     Role,
@@ -39,12 +40,13 @@ ROLES_FOR: Final[dict[type, tuple[Role, ...]]] = {
     Watch: ("producer", "monitor"),
     Vacuum: ("producer", "monitor"),
     GetStats: ("producer", "monitor"),
+    ListJobs: ("producer", "monitor"),
     Report: ("scheduler",),
     Heartbeat: ("scheduler",),
 }
 """Which client type may send each command (``register`` is for anyone not registered)."""
 
-V2_ONLY: Final = frozenset({SubmitMany, Cancel, Watch, Vacuum, GetStats})
+V2_ONLY: Final = frozenset({SubmitMany, Cancel, Watch, Vacuum, GetStats, ListJobs})
 """The commands a client registered with protocol 1 may not send."""
 
 RIGHTS_FOR: Final[dict[type, tuple[TokenRole, ...]]] = {
@@ -54,6 +56,7 @@ RIGHTS_FOR: Final[dict[type, tuple[TokenRole, ...]]] = {
     Watch: ("producer", "monitor", "admin"),
     Vacuum: ("admin",),
     GetStats: ("producer", "monitor", "admin"),
+    ListJobs: ("producer", "monitor", "admin"),
     Report: ("scheduler", "admin"),
     Heartbeat: ("scheduler", "admin"),
 }

@@ -5,7 +5,7 @@ Ownership comes first. A submit from the job's owner with the same payload is a 
 ``on_conflict`` says. A submit from anyone else is refused, without a word about the
 other owner's job, and ``ignore`` or ``replace`` never act on it. Otherwise ``raise``
 refuses it, ``ignore`` answers with the existing job, ``replace`` replaces the
-existing job if it has not started running: a queued job (waiting for a retry
+existing job if it has not started running: a scheduled or queued job (waiting for a retry
 included) at once, an assigned one once its holder is told to stop that attempt.
 """
 
@@ -66,7 +66,7 @@ def resolve(
         return KeepExisting()
     if on_conflict == "raise":
         return Refuse(f"job {existing.id} already exists (state {existing.state})")
-    if existing.state == "queued":
+    if existing.state in ("queued", "scheduled"):
         return Replace(stop_holder=False)
     if existing.state == "assigned" and stoppable:
         return Replace(stop_holder=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Final
 
+from scheduler.policy.dispatch.timers import due_of
 from scheduler.policy.job import Job
 from scheduler.protocol import FINAL_EVENTS, EventKind, JobEvent, Report
 
@@ -17,6 +18,8 @@ _KIND_OF_STATE: Final[dict[str, EventKind]] = {
     "timed_out": "timed_out",
     "cancelled": "cancelled",
     "dead": "dead",
+    "scheduled": "scheduled",
+    "expired": "expired",
 }
 
 
@@ -59,6 +62,7 @@ def job_event(
         retry_in_s=retry_in_s,
         result=job.result if closing else None,
         traceback=job.traceback if closing else None,
+        run_at=due_of(job) if job.state == "scheduled" else None,
     )
 
 

@@ -19,6 +19,7 @@ from scheduler.protocol import BusStats, SchedulerStats
 BUS_COUNTERS: Final = (
     "submitted", "started", "succeeded", "failed", "timed_out", "evicted", "requeued",
     "retried", "cancelled", "dead", "stolen", "steal_attempts", "not_started",
+    "expired",
 )  # fmt: skip
 """What :class:`BusCounters` counts, as :class:`~scheduler.protocol.BusStats` names it."""
 
@@ -26,7 +27,7 @@ _COUNTER_OF_EVENT: Final[Mapping[str, str]] = {
     "accepted": "submitted",
     "retrying": "retried",
     **{kind: kind for kind in ("started", "succeeded", "failed", "timed_out", "evicted")},
-    **{kind: kind for kind in ("requeued", "cancelled", "dead")},
+    **{kind: kind for kind in ("requeued", "cancelled", "dead", "expired")},
 }
 
 SCHEDULER_COUNTERS: Final = (

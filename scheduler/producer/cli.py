@@ -32,6 +32,7 @@ from scheduler.cli_support import (
     shorten,
 )
 from scheduler.connect import RegistrationRefused, open_connection
+from scheduler.producer.agenda import Agenda
 from scheduler.producer.client import BusConnectionLost, ProducerClient, SubmitError
 from scheduler.producer.tracking import JobRecord, JobTracker
 from scheduler.producer.workload import JobMaker, Span, SpanType, periods
@@ -56,6 +57,9 @@ class Plan:
     cafile: str | None = None
     remind_every: float = 10.0
     """With ``wait``: seconds between reminders of jobs waiting for an unserved task."""
+    scatter: float | None = None
+    """Seconds over which the jobs are spread as one batch (see :mod:`.agenda`)."""
+    jitter: float = 0.0
 
 
 async def submit_v1(plan: Plan) -> int:
@@ -88,7 +92,9 @@ async def submit_v2(plan: Plan) -> int:
         watching = asyncio.create_task(follower.follow(client)) if plan.wait else None
         reminding = asyncio.create_task(follower.remind(plan.remind_every)) if plan.wait else None
         try:
-            if plan.bulk:
+            if plan.scatter is not None:
+                await _submit_scattered(client, plan, follower)
+            elif plan.bulk:
                 await _submit_bulk(client, plan, follower)
             else:
                 await _submit_one_by_one(client, plan, follower)
@@ -135,6 +141,20 @@ async def _submit_bulk(client: ProducerClient, plan: Plan, follower: JobFollower
         else:
             follower.expect(result.id, payloads[index].task, result.warning)
     log.info("submitted %d jobs in one message", sum(r.id is not None for r in results))
+
+
+async def _submit_scattered(client: ProducerClient, plan: Plan, follower: JobFollower) -> None:
+    assert plan.count is not None and plan.scatter is not None
+    agenda = Agenda([plan.maker.next(i) for i in range(plan.count)])
+    payloads = agenda.planned(over=plan.scatter, jitter=plan.jitter, rng=plan.maker.rng)
+    results = await client.submit_many(payloads)
+    for index, result in enumerate(results):
+        if result.id is None:
+            log.error("job %d refused: %s", index, result.error)
+        else:
+            follower.expect(result.id, payloads[index].task, result.warning)
+    accepted = sum(r.id is not None for r in results)
+    log.info("scattered %d jobs over %g s in one message", accepted, plan.scatter)
 
 
 class JobFollower:
@@ -354,6 +374,43 @@ def _indices(count: int | None) -> Iterator[int]:
     "(positional). Without it the task is called with the job's runtime.",
 )
 @click.option("--bulk", is_flag=True, help="Submit all --count jobs in one message.")
+@click.option(
+    "--delay",
+    type=click.FloatRange(0, protocol.MAX_DELAY_S, min_open=True),
+    default=None,
+    metavar="SECONDS",
+    help="Run each job this many seconds after it is accepted (it is 'scheduled' till then).",
+)
+@click.option(
+    "--at",
+    "run_at",
+    default=None,
+    metavar="ISO",
+    help="Run each job at this time: ISO 8601 with a zone, e.g. 2030-01-01T09:00:00+01:00.",
+)
+@click.option(
+    "--misfire-grace",
+    type=click.FloatRange(0, protocol.MAX_DELAY_S),
+    default=None,
+    metavar="SECONDS",
+    help="A delayed job not started within this many seconds of its time ends 'expired' "
+    "(default: the bus's --misfire-grace).",
+)
+@click.option(
+    "--scatter",
+    type=click.FloatRange(0, protocol.MAX_DELAY_S, min_open=True),
+    default=None,
+    metavar="SECONDS",
+    help="Spread the --count jobs evenly over the next SECONDS (one in the middle of each "
+    "equal slice), submitted at once as delayed jobs.",
+)
+@click.option(
+    "--jitter",
+    type=click.FloatRange(min=0),
+    default=0.0,
+    metavar="SECONDS",
+    help="With --scatter: move each job's time by up to this much either way, at random.",
+)
 @click.option("--seed", type=int, default=None, help="Random seed, for repeatable job sequences.")
 @click.option("-d", "--debug", is_flag=True, help="Debug logging.")
 @connection_options
@@ -379,6 +436,11 @@ def cli(
     task: str,
     args_json: str | None,
     bulk: bool,
+    delay: float | None,
+    run_at: str | None,
+    misfire_grace: float | None,
+    scatter: float | None,
+    jitter: float,
     seed: int | None,
     debug: bool,
     token_file: Path | None,
@@ -394,6 +456,7 @@ def cli(
         raise click.UsageError("--v1 jobs are sleep jobs: no --task or --args")
     if bulk and (count is None or v1):
         raise click.UsageError("--bulk needs --count and the v2 protocol")
+    _check_timing(delay, run_at, misfire_grace, scatter, jitter, count, v1)
     configure_logging(logging.DEBUG if debug else logging.INFO)
     rng = random.Random(seed)
     maker = JobMaker(
@@ -407,6 +470,9 @@ def cli(
         on_conflict,
         task,
         args,
+        delay,
+        run_at,
+        misfire_grace,
     )
     plan = Plan(
         url=url,
@@ -420,6 +486,8 @@ def cli(
         bulk=bulk,
         cafile=cafile,
         remind_every=remind_every,
+        scatter=scatter,
+        jitter=jitter,
     )
     try:
         code = run_until_signalled(submit_v1(plan) if v1 else submit_v2(plan))
@@ -461,3 +529,31 @@ def _check_options(
         raise click.UsageError("--json needs --wait")
     if v1 and wait:
         raise click.UsageError("--v1 producers never read replies, so they cannot --wait")
+
+
+def _check_timing(
+    delay: float | None,
+    run_at: str | None,
+    misfire_grace: float | None,
+    scatter: float | None,
+    jitter: float,
+    count: int | None,
+    v1: bool,
+) -> None:
+    """Refuse timing options that do not go together, naming them."""
+    options = (("--delay", delay), ("--at", run_at), ("--scatter", scatter))
+    given = [name for name, value in options if value is not None]
+    if len(given) > 1:
+        raise click.UsageError(f"{' and '.join(given)} do not go together: give one")
+    if run_at is not None:
+        try:
+            protocol.parse_run_at(run_at)
+        except ValueError as exc:
+            why = str(exc).removeprefix("run_at: ")
+            raise click.BadParameter(why, param_hint="--at") from None
+    if v1 and (given or misfire_grace is not None):
+        raise click.UsageError("--v1 jobs run now: no --delay, --at, --scatter or --misfire-grace")
+    if scatter is not None and count is None:
+        raise click.UsageError("--scatter needs --count: it spreads a known number of jobs")
+    if jitter and scatter is None:
+        raise click.UsageError("--jitter needs --scatter")

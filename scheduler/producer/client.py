@@ -25,6 +25,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from types import TracebackType
 
 import msgspec
@@ -43,8 +44,11 @@ from scheduler.protocol import (
     Error,
     GetStats,
     JobEvent,
+    JobList,
     JobPayload,
     JobRequest,
+    JobState,
+    ListJobs,
     Register,
     StatsReply,
     SubmitMany,
@@ -58,7 +62,7 @@ from scheduler.protocol import (
 
 log = logging.getLogger(__name__)
 
-BusReply = Accepted | SubmittedMany | CancelReply | Watching | Vacuumed | StatsReply
+BusReply = Accepted | SubmittedMany | CancelReply | Watching | Vacuumed | StatsReply | JobList
 """What the bus answers a producer's request with (an ``error`` fails the request)."""
 _Builder = Callable[[int], ClientMessage]
 
@@ -159,8 +163,25 @@ class ProducerClient:
         self._fail_requests("the client was closed")
         self._events.put_nowait(None)
 
-    async def submit(self, payload: JobPayload) -> str:
-        """Submit one job; return its id once the bus has journaled it."""
+    async def submit(
+        self,
+        payload: JobPayload,
+        *,
+        delay: float | None = None,
+        run_at: float | datetime | None = None,
+    ) -> str:
+        """Submit one job; return its id once the bus has journaled it.
+
+        ``delay`` (seconds) or ``run_at`` (epoch seconds, or a datetime with a zone) make
+        it a delayed job, as the payload's fields of those names do. Raises ValueError
+        for a naive datetime.
+        """
+        if isinstance(run_at, datetime):
+            if run_at.tzinfo is None or run_at.utcoffset() is None:
+                raise ValueError("run_at: a datetime must carry a zone (tzinfo)")
+            run_at = run_at.timestamp()
+        if delay is not None or run_at is not None:
+            payload = msgspec.structs.replace(payload, delay=delay, run_at=run_at)
         return (await self.submit_accepted(payload)).id
 
     async def submit_accepted(self, payload: JobPayload) -> Accepted:
@@ -210,6 +231,15 @@ class ProducerClient:
         """The bus's and every scheduler's figures now."""
         reply = await self._request(lambda ref: GetStats(ref=ref))
         assert isinstance(reply, StatsReply)
+        return reply
+
+    async def list_jobs(
+        self, states: Sequence[JobState] | None = None, limit: int = 1000
+    ) -> JobList:
+        """The status of the jobs the bus tracks (not final), in ``states`` if given."""
+        states_list = None if states is None else list(states)
+        reply = await self._request(lambda ref: ListJobs(states=states_list, limit=limit, ref=ref))
+        assert isinstance(reply, JobList)
         return reply
 
     async def events(self) -> AsyncIterator[JobEvent]:

@@ -76,6 +76,10 @@ class JobMaker:
     on_conflict: OnConflict = "raise"
     task: str = "sleep"
     args: Args | None = None
+    # delayed jobs (issue 11 item 1)
+    delay: float | None = None
+    run_at: str | None = None
+    misfire_grace: float | None = None
 
     def next(self, index: int) -> JobPayload:
         """A new random payload; the ``index``-th job is ``{id_prefix}-{index}`` if set."""
@@ -89,6 +93,9 @@ class JobMaker:
             retry_backoff=self.retry_backoff,
             job_id=None if self.id_prefix is None else f"{self.id_prefix}-{index}",
             on_conflict=self.on_conflict,
+            delay=self.delay,
+            run_at=self.run_at,
+            misfire_grace=self.misfire_grace,
         )
 
 

@@ -1,6 +1,7 @@
 """``python -m scheduler.jobs``: look at, cancel and clean up jobs on a bus.
 
 python -m scheduler.jobs show ID [ID ...]      # current state of jobs, final ones too
+python -m scheduler.jobs list [--state S ...]  # the jobs not final yet, by state
 python -m scheduler.jobs cancel ID [ID ...]    # cancel: queued at once, running once stopped
 python -m scheduler.jobs vacuum                # delete final jobs past their retention now
 """
@@ -10,8 +11,9 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import TypeVar
+from typing import Final, TypeVar, cast, get_args
 
 import click
 import msgspec
@@ -25,6 +27,7 @@ from scheduler.cli_support import (
 )
 from scheduler.connect import RegistrationRefused
 from scheduler.producer.client import BusConnectionLost, ProducerClient, SubmitError
+from scheduler.protocol import FINAL_EVENTS, MAX_BULK, JobEvent, JobState
 
 T = TypeVar("T")
 
@@ -81,20 +84,54 @@ def cli(
 def show(ctx: click.Context, ids: tuple[str, ...], as_json: bool) -> None:
     """Print the current state of jobs by id (final ones too, until vacuumed)."""
     watching = _run(ctx, lambda client: client.watch(list(ids)))
-    for event in watching.jobs:
-        if as_json:
-            click.echo(json.dumps(msgspec.structs.asdict(event)))
-        else:
-            errors = f" errors={event.errors}" if event.errors else ""
-            result = "" if event.result is None else f" result={shorten(json.dumps(event.result))}"
-            click.echo(
-                f"{event.id} {event.state} priority={event.priority} attempt={event.attempt} "
-                f"evictions={event.evictions} scheduler={event.scheduler or '-'}{errors}{result}"
-            )
+    _print_jobs(watching.jobs, as_json)
     for job_id in watching.unknown:
         click.echo(f"{job_id} unknown to the bus", err=True)
     if watching.unknown:
         raise click.exceptions.Exit(1)
+
+
+def _print_jobs(jobs: list[JobEvent], as_json: bool) -> None:
+    """One line (or JSON object) per job."""
+    for event in jobs:
+        if as_json:
+            click.echo(json.dumps(msgspec.structs.asdict(event)))
+            continue
+        errors = f" errors={event.errors}" if event.errors else ""
+        result = "" if event.result is None else f" result={shorten(json.dumps(event.result))}"
+        due = "" if event.run_at is None else f" run_at={_iso(event.run_at)}"
+        click.echo(
+            f"{event.id} {event.state} priority={event.priority} attempt={event.attempt} "
+            f"evictions={event.evictions} scheduler={event.scheduler or '-'}{due}{errors}{result}"
+        )
+
+
+def _iso(epoch: float) -> str:
+    """``epoch`` as ISO 8601 in UTC, to the millisecond."""
+    return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="milliseconds")
+
+
+LIVE_STATES: Final = tuple(s for s in get_args(JobState) if s not in FINAL_EVENTS)
+
+
+@cli.command("list")
+@click.option(
+    "--state",
+    "states",
+    multiple=True,
+    type=click.Choice(LIVE_STATES),
+    help="Only jobs in this state (repeat for several). Default: every state.",
+)
+@click.option("--limit", type=click.IntRange(1, MAX_BULK), default=1000, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per job.")
+@click.pass_context
+def list_jobs(ctx: click.Context, states: tuple[str, ...], limit: int, as_json: bool) -> None:
+    """List the jobs the bus tracks (not final yet), in arrival order."""
+    wanted = [cast(JobState, s) for s in states] or None
+    listing = _run(ctx, lambda client: client.list_jobs(wanted, limit))
+    _print_jobs(listing.jobs, as_json)
+    if listing.more:
+        click.echo(f"(more than {limit} jobs; raise --limit)", err=True)
 
 
 @cli.command()

@@ -28,7 +28,7 @@ from scheduler.protocol import BusStats, SchedulerStats, StatsReply
 BUS_COUNTERS = (
     "submitted", "started", "succeeded", "failed", "timed_out", "evicted", "requeued",
     "retried", "cancelled", "dead", "stolen", "steal_attempts", "not_started", "queued",
-    "running",
+    "running", "scheduled", "expired",
 )  # fmt: skip
 
 

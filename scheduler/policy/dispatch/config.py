@@ -48,7 +48,9 @@ class DispatchConfig:
     strategy (``urgent``, ``tail`` or ``off``); ``age_every`` seconds of waiting that
     make a job one level more urgent (None: no aging); ``start_deadline`` seconds a
     scheduler with room may hold assigned attempts without starting any before it loses
-    them (None: no deadline)."""
+    them (None: no deadline); ``misfire_grace`` seconds past its time after which a
+    delayed job that gives no grace of its own expires instead of running (None: it
+    runs however late)."""
 
     lease: float = DEFAULT_LEASE_S
     max_evictions: int = DEFAULT_MAX_EVICTIONS
@@ -57,6 +59,7 @@ class DispatchConfig:
     steal: str = DEFAULT_STEAL
     age_every: float | None = None
     start_deadline: float | None = None
+    misfire_grace: float | None = None
 
     def __post_init__(self) -> None:
         """Refuse numbers the rules cannot work with, naming the field."""
@@ -73,3 +76,5 @@ class DispatchConfig:
         Aging(self.age_every)
         if self.start_deadline is not None:
             StartWatch(self.start_deadline)
+        if self.misfire_grace is not None and not self.misfire_grace >= 0:
+            raise ValueError(f"misfire_grace must be >= 0 s, not {self.misfire_grace}")

@@ -25,13 +25,16 @@ assigned    ``s``    ``s.held``; a seat not started; if it waits in ``s``'s loca
                      queue (v2 only) stealable XOR being stolen (a slot kept at
                      its thief); at a v1 ``s``, an expiry entry for its attempt
 running     ``s``    ``s.held``; a started seat; neither stealable nor stolen
+scheduled   None     a due time in ``timers`` only (not in the backlog, no hold-back,
+                     no seat, not stealable, not being cancelled); ``delayed``
 final       —        nowhere (only in the journal changes)
 =========== ======== ============================================================
 
 Every tracked job has a waiting time (``since``); ``cancelling`` holds only held
 jobs; seats are exactly the held jobs; each scheduler's slots count its started
 and unstarted seats (``busy``, ``pending``) and the steals under way for it
-(``incoming``). Transitions: ``submit`` -> queued -> ``assign`` -> assigned ->
+(``incoming``). A misfire deadline (``timers``) names only tracked jobs. Transitions: ``submit`` ->
+(scheduled -> due ->) queued -> ``assign`` -> assigned ->
 ``started`` -> running; a held job goes back to queued only through
 :meth:`.lifecycle.Lifecycle.requeue` (lost holder, eviction, retry, revoke) and
 leaves the core only through :meth:`.lifecycle.Lifecycle.forget` (final, replaced,
@@ -89,8 +92,10 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
+import msgspec
+
 from scheduler.codec import ProtocolError
-from scheduler.policy.dispatch import invariants, producers, reports, sessions
+from scheduler.policy.dispatch import delayed, invariants, producers, reports, sessions
 from scheduler.policy.dispatch.config import DispatchConfig
 from scheduler.policy.dispatch.decisions import Decision, JobInfo, SchedulerInfo
 from scheduler.policy.dispatch.lifecycle import Lifecycle
@@ -154,6 +159,20 @@ class Dispatcher:
             return Error(f"ids: {refusal}", field="ids")
         return status_event(job, wall)
 
+    def listed(
+        self, states: Iterable[str] | None, limit: int, wall: float, *, by: str | None = None
+    ) -> tuple[list[JobEvent], bool]:
+        """The status (as :meth:`status`) of the tracked jobs in ``states`` (None: all)
+        owned by ``by`` (None: anyone's), in arrival order, at most ``limit``; and whether
+        more were left out."""
+        wanted = None if states is None else set(states)
+        jobs = sorted(
+            (job for job in self._core.jobs.values() if wanted is None or job.state in wanted),
+            key=lambda job: job.seq,
+        )
+        mine = [job for job in jobs if not_yours(job, by, "list") is None]
+        return [status_event(job, wall) for job in mine[:limit]], len(mine) > limit
+
     def backlog(self, now: float | None = None) -> list[str]:
         """Return the ids of jobs waiting for a scheduler, in the order they will go out
         (with aging, by their effective priority at ``now``)."""
@@ -171,7 +190,12 @@ class Dispatcher:
 
     def next_deadline(self) -> float | None:
         """The earliest ``now`` at which :meth:`tick` has something to do, or None."""
-        candidates = [self._core.registry.next_deadline(), self._core.backlog.next_deadline()]
+        core = self._core
+        candidates = [
+            core.registry.next_deadline(),
+            core.backlog.next_deadline(),
+            core.timers.next_deadline(),
+        ]
         return min((c for c in candidates if c is not None), default=None)
 
     def take_changes(self) -> tuple[list[Job], list[str]]:
@@ -189,7 +213,10 @@ class Dispatcher:
         unserved: dict[str, int] = {}
         for job in core.backlog_jobs(None):
             unserved[job.payload.task] = unserved.get(job.payload.task, 0) + 1
-        bus = core.counters.snapshot(uptime_s, len(core.jobs) - running, running, unserved)
+        scheduled = len(core.timers.members()[0])
+        waiting = len(core.jobs) - running - scheduled
+        bus = core.counters.snapshot(uptime_s, waiting, running, unserved)
+        bus = msgspec.structs.replace(bus, scheduled=scheduled)
         schedulers = [core.registry.stats(s, core.seats, now) for s in core.registry]
         return StatsReply(bus, schedulers, ref)
 
@@ -351,13 +378,16 @@ class Dispatcher:
     def tick(self, now: float, wall: float) -> list[Decision]:
         """Act on every deadline up to ``now``: forget v1 jobs whose runtime elapsed,
         forget schedulers whose lease expired (their jobs requeued, cancelling ones
-        cancelled), take back attempts not started in time, and dispatch jobs whose
-        retry delay is over; then a scheduler left with a free slot steals."""
+        cancelled), take back attempts not started in time, dispatch jobs whose
+        retry delay is over, queue scheduled jobs whose time came and expire those past
+        their misfire grace (:mod:`.delayed`); then a scheduler left with a free slot steals."""
         core = self._core
         core.expire_v1(now)
         decisions: list[Decision] = []
         sessions.expire_leases(core, now, wall, decisions)
         sessions.check_start_deadlines(core, now, wall, decisions)
         sessions.dispatch_due(core, now, wall, decisions)
+        delayed.release_due(core, now, wall, decisions)
+        delayed.expire_misfires(core, now, wall, decisions)
         core.steals.balance(now, decisions)
         return decisions

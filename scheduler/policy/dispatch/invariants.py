@@ -15,8 +15,13 @@ def check_invariants(core: Lifecycle) -> None:
     assert held_back <= core.jobs.keys(), "a hold-back names an untracked job"
     assert core.since.keys() == core.jobs.keys(), "waiting times differ from the jobs"
     assert core.cancelling <= core.jobs.keys(), "a cancel names an untracked job"
+    timed, misfire = core.timers.members()
+    assert misfire <= core.jobs.keys(), "a misfire deadline names an untracked job"
     for job in core.jobs.values():
-        if job.holder is None:
+        assert (job.id in timed) == (job.state == "scheduled"), f"job {job.id}: timed"
+        if job.state == "scheduled":
+            _check_scheduled(core, job, job.id in queued, job.id in held_back)
+        elif job.holder is None:
             _check_queued(core, job, job.id in queued, job.id in held_back)
         else:
             _check_held(core, job, job.id in queued or job.id in held_back)
@@ -32,6 +37,14 @@ def _check_queued(core: Lifecycle, job: Job, waits: bool, held_back: bool) -> No
     assert job.id not in core.seats, f"{where} has a seat"
     assert job.id not in core.steals.stealable, f"{where} may be stolen"
     assert core.steals.thief(job.id) is None, f"{where} is being stolen"
+    assert job.id not in core.cancelling, f"{where} is being cancelled"
+
+
+def _check_scheduled(core: Lifecycle, job: Job, waits: bool, held_back: bool) -> None:
+    """A scheduled job waits for its time only: no holder, backlog, hold-back or seat."""
+    where = f"scheduled job {job.id}"
+    assert job.holder is None and not waits and not held_back, f"{where} is booked"
+    assert job.id not in core.seats, f"{where} has a seat"
     assert job.id not in core.cancelling, f"{where} is being cancelled"
 
 

@@ -1,7 +1,8 @@
 """The job state machine of the dispatch core: every job it tracks, and the one place
 each transition is written (assign, start a seat, requeue, finish, forget).
 
-A tracked job is ``queued`` (no holder; it waits in the backlog for a scheduler or is
+A tracked job is ``scheduled`` (a delayed job before its time, see :mod:`.delayed`),
+``queued`` (no holder; it waits in the backlog for a scheduler or is
 held back for a retry), ``assigned`` (held by a scheduler, not started) or ``running``
 (held, started). A final job leaves the core (:meth:`Lifecycle.forget`); so does a job
 handed to a v1 scheduler once its runtime has elapsed. The invariants each state keeps
@@ -26,6 +27,7 @@ from scheduler.policy.dispatch.decisions import (
 )
 from scheduler.policy.dispatch.registry import KnownScheduler, Registry
 from scheduler.policy.dispatch.steals import Steals
+from scheduler.policy.dispatch.timers import Timers
 from scheduler.policy.events import job_event
 from scheduler.policy.job import Job
 from scheduler.policy.placement import Enqueue, EvictFor, Seat, Slots, place
@@ -46,6 +48,7 @@ class Lifecycle:
         self.registry = Registry(config)
         self.jobs: dict[str, Job] = {}
         self.backlog = Backlog(self.jobs)
+        self.timers = Timers(self.jobs)
         strategy = steal_strategy(config.steal, self.aging)
         self.steals = Steals(self.registry, self.jobs, strategy, self.counters)
         # When each job began waiting (monotonic): submit, requeue or retry due; for aging.
@@ -277,7 +280,7 @@ class Lifecycle:
         error: str | None = None,
     ) -> None:
         """End ``job`` in final ``state``: it leaves the core and its holder."""
-        assert state in ("succeeded", "failed", "timed_out", "cancelled", "dead")
+        assert state in ("succeeded", "failed", "timed_out", "cancelled", "dead", "expired")
         self.forget(job.id)
         job.state = state
         job.finished_at = wall
@@ -298,6 +301,7 @@ class Lifecycle:
         self.since.pop(job_id, None)
         self.cancelling.discard(job_id)
         self.backlog.discard(job_id)
+        self.timers.discard(job_id)
         return job
 
     def expire_v1(self, now: float) -> None:

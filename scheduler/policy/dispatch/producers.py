@@ -10,6 +10,7 @@ import msgspec
 
 from scheduler.codec import ProtocolError
 from scheduler.policy.conflict import KeepExisting, Refuse, Replace, resolve
+from scheduler.policy.dispatch import delayed
 from scheduler.policy.dispatch.decisions import Decision, SendReply, SendStop
 from scheduler.policy.dispatch.lifecycle import Lifecycle
 from scheduler.policy.events import job_event
@@ -153,7 +154,7 @@ def _submit_one(
     core.accepted += 1
     core.touch(job, wall)
     core.emit(out, job_event(job, "accepted", wall, None))
-    core.dispatch(job, now, wall, out)
+    delayed.accept(core, job, now, wall, out)
     warning = None if core.eligible(payload.task, now) else unserved_warning(payload.task)
     return SubmitResult(id=job_id, replaced=isinstance(resolution, Replace), warning=warning)
 

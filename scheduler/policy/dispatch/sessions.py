@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 
+from scheduler.policy.dispatch import delayed
 from scheduler.policy.dispatch.decisions import Decision, LeaseExpired, SendStop, StartOverdue
 from scheduler.policy.dispatch.lifecycle import Lifecycle
 from scheduler.policy.dispatch.registry import KnownScheduler
@@ -138,6 +139,8 @@ def restore(
         if job.holder is not None and job.state in ("assigned", "running"):
             _restore_held(core, job, now)
             core.registry.leases.extend(job.holder, kept_until)
+        elif delayed.restore(core, job, now, wall):
+            continue
         elif job.not_before is not None and job.not_before > wall:
             job.state, job.holder = "queued", None
             core.backlog.hold_back(job, now + (job.not_before - wall))

@@ -76,6 +76,9 @@ EventKind = Literal[
     "retrying",
     "cancelled",
     "dead",
+    # dependencies (scheduler.policy.dispatch.dependencies)
+    "blocked",
+    "skipped",
 ]
 """What happened to a job.
 
@@ -83,10 +86,12 @@ EventKind = Literal[
 ``requeued``: its scheduler was lost (lease expired); it is queued again.
 ``retrying``: an attempt failed or timed out and the job will run again after a backoff.
 ``dead``: it may not run again: retries exhausted, or delivered too many times.
+``blocked``: it waits for its dependencies (``depends_on``) to succeed.
+``skipped``: a dependency ended without succeeding, so it never runs (the error names it).
 """
 
 FINAL_EVENTS: Final[frozenset[str]] = frozenset(
-    {"succeeded", "failed", "timed_out", "cancelled", "dead"}
+    {"succeeded", "failed", "timed_out", "cancelled", "dead", "skipped"}
 )
 """Events after which a job never runs again."""
 
@@ -106,8 +111,18 @@ JobState = Literal[
     "timed_out",
     "cancelled",
     "dead",
+    # dependencies
+    "blocked",
+    "skipped",
 ]
 
+
+OnDependencyFailure = Literal["skip", "run"]
+"""What a job does when one of its dependencies ends without succeeding: end
+``skipped`` (the default) or run anyway."""
+
+MAX_DEPENDS: Final = 1000
+"""The most dependencies one job may name."""
 
 OnConflict = Literal["raise", "ignore", "replace"]
 """What a submit whose ``job_id`` exists does: refuse (``raise``), return the existing
@@ -127,6 +142,12 @@ class JobPayload(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_d
     ``job_id`` lets the client choose the id (idempotent submits, see ``on_conflict``).
     A failed or timed-out attempt is retried up to ``max_retries`` times, the n-th retry
     after about ``retry_backoff * 2**(n-1)`` seconds (with jitter).
+
+    ``depends_on`` lists job ids (or client ids of the same batch) that must succeed
+    before the job is queued; it is ``blocked`` until then. If one ends otherwise the
+    job ends ``skipped``, unless ``on_dependency_failure`` is ``"run"``.
+    ``pass_results``: the task gets a ``results`` keyword argument,
+    ``{dependency id: result}``.
     """
 
     priority: Priority | None = None
@@ -138,6 +159,10 @@ class JobPayload(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_d
     on_conflict: OnConflict = "raise"
     max_retries: Annotated[int, msgspec.Meta(ge=0, le=MAX_RETRIES)] = 0
     retry_backoff: Annotated[float, msgspec.Meta(ge=0, le=MAX_BACKOFF_S)] = 1.0
+    # dependencies (scheduler.policy.dispatch.dependencies)
+    depends_on: Annotated[list[JobId], msgspec.Meta(max_length=MAX_DEPENDS)] | None = None
+    on_dependency_failure: OnDependencyFailure = "skip"
+    pass_results: bool = False
 
     def __post_init__(self) -> None:
         """Refuse ``args`` nested deeper than :data:`MAX_NESTING`."""
@@ -350,6 +375,9 @@ class Assignment(msgspec.Struct, frozen=True, omit_defaults=True):
     timeout: Timeout | None = None
     evictions: Count = 0
     evictable: bool = True
+    results: dict[str, object] | None = None
+    """The results of the job's dependencies, by id, when it asked for them
+    (``pass_results``); the task gets them as its ``results`` keyword argument."""
 
 
 StopKind = Literal["cancel", "steal", "drop"]

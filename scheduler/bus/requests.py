@@ -85,7 +85,7 @@ class Requests:
             request.payload,
             hub.clock(),
             hub.wall(),
-            stored=self._stored([request.payload.job_id]),
+            stored=self._stored([request.payload.job_id, *(request.payload.depends_on or ())]),
             ref=request.ref,
             owner=client.grant.owner,
         )
@@ -100,7 +100,12 @@ class Requests:
             return
         hub = self._hub
         payloads = [_decode_job(raw) for raw in request.jobs]
-        stored = self._stored(p.job_id for p in payloads if isinstance(p, JobPayload))
+        stored = self._stored(
+            i
+            for p in payloads
+            if isinstance(p, JobPayload)
+            for i in [p.job_id, *(p.depends_on or ())]
+        )
         decisions = self._core.submit_many(
             payloads,
             hub.clock(),

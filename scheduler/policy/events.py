@@ -17,6 +17,8 @@ _KIND_OF_STATE: Final[dict[str, EventKind]] = {
     "timed_out": "timed_out",
     "cancelled": "cancelled",
     "dead": "dead",
+    "blocked": "blocked",
+    "skipped": "skipped",
 }
 
 

@@ -211,6 +211,7 @@ class Dispatcher:
         wall: float,
         *,
         promised_until: float | None = None,
+        stored: Mapping[str, Job] | None = None,
     ) -> None:
         """Take back the non-final ``jobs`` a journal kept, before any other input.
 
@@ -219,10 +220,16 @@ class Dispatcher:
         ``promised_until`` (epoch seconds) if that is later: the bus that shut down for a
         restart promised its schedulers their jobs until then. Other jobs are queued
         (held back until ``not_before`` if that is after ``wall``). New jobs continue
-        from ``next_seq``. A job counts as waiting since its last change. Changes nothing
-        in the journal.
+        from ``next_seq``. A job counts as waiting since its last change.
+
+        A ``blocked`` job waits again for its dependencies still among ``jobs``;
+        ``stored`` holds the final journal records of the others (see
+        :func:`.dependencies.restore_ids`): one that succeeded is met (its result kept
+        for ``pass_results``), one that failed or is missing skips the job (unless it
+        runs anyway). Those skips are the only changes handed to the journal.
         """
         sessions.restore(self._core, jobs, next_seq, now, wall, promised_until)
+        sessions.restore_dependencies(self._core, stored or {}, now, wall)
 
     def attach(
         self,
@@ -327,7 +334,9 @@ class Dispatcher:
         A held job being cancelled ends ``cancelled`` unless it finished first. Then a
         scheduler left with a free slot steals.
         """
-        return reports.apply_report(self._core, name, report, now, wall)
+        decisions = reports.apply_report(self._core, name, report, now, wall)
+        sessions.dispatch_due(self._core, now, wall, decisions)  # jobs it released
+        return decisions
 
     def cancel(
         self,

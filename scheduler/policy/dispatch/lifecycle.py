@@ -24,6 +24,7 @@ from scheduler.policy.dispatch.decisions import (
     Requeued,
     SendAssign,
 )
+from scheduler.policy.dispatch.dependencies import Dependencies, Plan, effect, skip_reason
 from scheduler.policy.dispatch.registry import KnownScheduler, Registry
 from scheduler.policy.dispatch.steals import Steals
 from scheduler.policy.events import job_event
@@ -52,6 +53,7 @@ class Lifecycle:
         self.since: dict[str, float] = {}
         self.seats: dict[str, Seat] = {}
         self.cancelling: set[str] = set()
+        self.deps = Dependencies()
         self._changed: dict[str, Job] = {}
         self._deleted: set[str] = set()
         self.seq = 0
@@ -184,6 +186,7 @@ class Lifecycle:
             timeout=p.timeout,
             evictions=job.evictions,
             evictable=evictable,
+            results=dict(self.deps.results.get(job.id, {})) if p.pass_results else None,
         )
         out.append(SendAssign(s.name, assignment, p))
         self.emit(out, job_event(job, "assigned", wall, s.name))
@@ -277,7 +280,19 @@ class Lifecycle:
         error: str | None = None,
     ) -> None:
         """End ``job`` in final ``state``: it leaves the core and its holder."""
-        assert state in ("succeeded", "failed", "timed_out", "cancelled", "dead")
+        self._end(job, state, wall, out, report, error)
+        self._settle(job, wall, out)
+
+    def _end(
+        self,
+        job: Job,
+        state: EventKind,
+        wall: float,
+        out: list[Decision],
+        report: Report | None,
+        error: str | None,
+    ) -> None:
+        assert state in ("succeeded", "failed", "timed_out", "cancelled", "dead", "skipped")
         self.forget(job.id)
         job.state = state
         job.finished_at = wall
@@ -286,6 +301,54 @@ class Lifecycle:
         self.finished += 1
         self.touch(job, wall)
         self.emit(out, job_event(job, state, wall, job.holder, report, error=error))
+
+    # --- dependencies ----------------------------------------------------------------
+
+    def enter(self, job: Job, plan: Plan, now: float, wall: float, out: list[Decision]) -> None:
+        """New (or restored) ``job`` with dependencies starts as ``plan`` says: skipped
+        if one already failed (unless it runs anyway), ``blocked`` while some are
+        pending, else dispatched."""
+        if job.payload.pass_results:
+            self.deps.keep_results(job.id, plan.results)
+        if plan.failed is not None and job.payload.on_dependency_failure == "skip":
+            self.finish(job, "skipped", wall, out, error=skip_reason(*plan.failed))
+        elif plan.pending:
+            job.state = "blocked"
+            self.deps.block(job.id, plan.pending)
+            self.touch(job, wall)
+            self.emit(out, job_event(job, "blocked", wall, None))
+        else:
+            self.dispatch(job, now, wall, out)
+
+    def enter_restored(self, job: Job, plan: Plan, wall: float, out: list[Decision]) -> None:
+        """Restored blocked ``job``, already booked for ``plan.pending``: skipped if a
+        dependency failed while the bus was down (unless it runs anyway), released if
+        none is pending any more, else it keeps waiting."""
+        if plan.failed is not None and job.payload.on_dependency_failure == "skip":
+            self.finish(job, "skipped", wall, out, error=skip_reason(*plan.failed))
+        elif job.id not in self.deps.waiting:
+            job.state = "queued"
+            self.touch(job, wall)
+            self.backlog.hold_back(job, float("-inf"))
+
+    def _settle(self, ended: Job, wall: float, out: list[Decision]) -> None:
+        """``ended`` is final: each job waiting for it is skipped (and so on down the
+        line), released (held back until the next tick, which dispatches it) or waits on."""
+        todo = [ended]
+        while todo:
+            dep = todo.pop()
+            for job_id, still_waiting in self.deps.settle(dep.id):
+                job = self.jobs[job_id]
+                if dep.state == "succeeded" and job.payload.pass_results:
+                    self.deps.keep_results(job_id, {dep.id: dep.result})
+                what = effect(job.payload, dep.state, still_waiting)
+                if what == "skip":
+                    self._end(job, "skipped", wall, out, None, skip_reason(dep.id, dep.state))
+                    todo.append(job)
+                elif what == "release":
+                    job.state = "queued"
+                    self.touch(job, wall)
+                    self.backlog.hold_back(job, float("-inf"))
 
     def forget(self, job_id: str) -> Job:
         """Take tracked job ``job_id`` out of every structure of the core: its holder's
@@ -296,6 +359,7 @@ class Lifecycle:
         if job.holder is not None:
             self.leave_holder(job)
         self.since.pop(job_id, None)
+        self.deps.forget(job_id)
         self.cancelling.discard(job_id)
         self.backlog.discard(job_id)
         return job

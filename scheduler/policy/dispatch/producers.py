@@ -4,13 +4,19 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import msgspec
 
 from scheduler.codec import ProtocolError
 from scheduler.policy.conflict import KeepExisting, Refuse, Replace, resolve
 from scheduler.policy.dispatch.decisions import Decision, SendReply, SendStop
+from scheduler.policy.dispatch.dependencies import (
+    Plan,
+    Refusal,
+    batch_order,
+    check_depends_on,
+)
 from scheduler.policy.dispatch.lifecycle import Lifecycle
 from scheduler.policy.events import job_event
 from scheduler.policy.job import Job, not_yours
@@ -36,6 +42,9 @@ class Submit:
     now: float
     wall: float
     new_id: Callable[[], str]
+    ended: dict[str, Job] = field(default_factory=dict)
+    """Jobs of this request that ended at once (skipped), for later jobs of the batch
+    that depend on them."""
 
 
 def unserved_warning(task: str) -> str:
@@ -73,15 +82,20 @@ def submit_many(
 ) -> list[Decision]:
     """Accept a batch (see :meth:`Dispatcher.submit_many`)."""
     decisions: list[Decision] = []
-    results: list[SubmitResult] = []
-    for i, item in enumerate(payloads):
+    results: dict[int, SubmitResult] = {}
+    order, cyclic = batch_order(payloads)
+    for i, message in cyclic.items():
+        results[i] = SubmitResult(error=message, field=f"jobs.{i}.depends_on")
+    for i in order:
+        item = payloads[i]
         if isinstance(item, ProtocolError):
-            results.append(_bad_job(i, item))
+            results[i] = _bad_job(i, item)
         else:
-            results.append(_submit_one(core, item, submit, f"jobs.{i}", decisions))
+            results[i] = _submit_one(core, item, submit, f"jobs.{i}", decisions)
     if core.steals.unbalanced:  # only a replaced job frees a slot here
         core.steals.balance(submit.now, decisions)
-    return [SendReply(SubmittedMany(results, ref)), *decisions]
+    in_order = [results[i] for i in range(len(payloads))]
+    return [SendReply(SubmittedMany(in_order, ref)), *decisions]
 
 
 def cancel(
@@ -139,6 +153,9 @@ def _submit_one(
     if isinstance(resolution, KeepExisting):
         assert existing is not None
         return SubmitResult(id=existing.id, existing=True)
+    plan = _dependency_plan(core, payload, submit, prefix)
+    if isinstance(plan, SubmitResult):
+        return plan
     job_id = payload.job_id or _fresh_id(core, submit.new_id)
     attempt = 0
     if isinstance(resolution, Replace):
@@ -153,9 +170,33 @@ def _submit_one(
     core.accepted += 1
     core.touch(job, wall)
     core.emit(out, job_event(job, "accepted", wall, None))
-    core.dispatch(job, now, wall, out)
+    if plan is None:
+        core.dispatch(job, now, wall, out)
+    else:
+        core.enter(job, plan, now, wall, out)
+        if job.final:
+            submit.ended[job.id] = job
     warning = None if core.eligible(payload.task, now) else unserved_warning(payload.task)
     return SubmitResult(id=job_id, replaced=isinstance(resolution, Replace), warning=warning)
+
+
+def _dependency_plan(
+    core: Lifecycle, payload: JobPayload, submit: Submit, prefix: str
+) -> Plan | SubmitResult | None:
+    """How a job with ``depends_on`` starts (None: it has none), or its refusal."""
+    if not payload.depends_on:
+        return None
+    plan = check_depends_on(
+        payload,
+        prefix,
+        lambda job_id: (
+            core.jobs.get(job_id) or submit.stored.get(job_id) or submit.ended.get(job_id)
+        ),
+        submit.owner,
+    )
+    if isinstance(plan, Refusal):
+        return SubmitResult(error=plan.message, field=plan.field)
+    return plan
 
 
 def _fresh_id(core: Lifecycle, new_id: Callable[[], str]) -> str:

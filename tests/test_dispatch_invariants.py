@@ -38,6 +38,9 @@ payloads = st.builds(
     retry_backoff=st.sampled_from([0.0, 0.5]),
     job_id=st.none() | st.sampled_from(IDS),
     on_conflict=st.sampled_from(["raise", "ignore", "replace"]),
+    depends_on=st.none() | st.lists(st.sampled_from(IDS), max_size=2),
+    on_dependency_failure=st.sampled_from(["skip", "run"]),
+    pass_results=st.booleans(),
 )
 
 
@@ -103,6 +106,23 @@ class DispatchMachine(RuleBasedStateMachine):
     def submit(self, payload: JobPayload, owner: str | None) -> None:
         decisions = self.core.submit(payload, self.now, WALL + self.now, owner=owner)
         self._apply(decisions)
+
+    @rule(
+        index=st.integers(0, 100),
+        failure=st.sampled_from(["skip", "run"]),
+        job_id=st.none() | st.sampled_from(IDS),
+    )
+    def submit_after(self, index: int, failure: str, job_id: str | None) -> None:
+        """A job depending on one the machine has seen assigned (or a chosen id)."""
+        dep = self._pick(index) or "x"
+        payload = JobPayload(
+            runtime=1.0,
+            job_id=job_id,
+            depends_on=[dep],
+            on_dependency_failure=failure,  # type: ignore[arg-type]
+            pass_results=True,
+        )
+        self._apply(self.core.submit(payload, self.now, WALL + self.now))
 
     @rule(batch=st.lists(payloads, max_size=3))
     def submit_many(self, batch: list[JobPayload]) -> None:
@@ -215,6 +235,9 @@ def test_restored_jobs_keep_the_invariants() -> None:
     core.restore(jobs, 4, 0.0, WALL)
     core.check_invariants()
     assert core.backlog() == ["new"]
+    blocked = Job("blocked", JobPayload(runtime=1.0, depends_on=["new"]), 4, WALL, state="blocked")
+    core.restore([blocked], 5, 0.0, WALL)
+    core.check_invariants()
     core.attach("a", size=2, tasks=None, reports=True, held=[Held("run", 1)], now=1.0, wall=WALL)
     core.check_invariants()
     core.tick(6.0, WALL + 6)

@@ -353,6 +353,18 @@ def _indices(count: int | None) -> Iterator[int]:
     help="The task's arguments for every job: a JSON object (keyword arguments) or array "
     "(positional). Without it the task is called with the job's runtime.",
 )
+@click.option(
+    "--after",
+    "after",
+    multiple=True,
+    metavar="ID",
+    help="Every job waits until job ID succeeded (repeatable); if ID fails it is skipped.",
+)
+@click.option(
+    "--pass-results",
+    is_flag=True,
+    help="With --after, the task gets results={id: result} of the jobs it waited for.",
+)
 @click.option("--bulk", is_flag=True, help="Submit all --count jobs in one message.")
 @click.option("--seed", type=int, default=None, help="Random seed, for repeatable job sequences.")
 @click.option("-d", "--debug", is_flag=True, help="Debug logging.")
@@ -378,6 +390,8 @@ def cli(
     on_conflict: OnConflict,
     task: str,
     args_json: str | None,
+    after: tuple[str, ...],
+    pass_results: bool,
     bulk: bool,
     seed: int | None,
     debug: bool,
@@ -392,6 +406,10 @@ def cli(
     args = _parse_args(args_json)
     if v1 and (task != "sleep" or args is not None):
         raise click.UsageError("--v1 jobs are sleep jobs: no --task or --args")
+    if v1 and after:
+        raise click.UsageError("--v1 jobs cannot wait for others: no --after")
+    if pass_results and not after:
+        raise click.UsageError("--pass-results needs --after")
     if bulk and (count is None or v1):
         raise click.UsageError("--bulk needs --count and the v2 protocol")
     configure_logging(logging.DEBUG if debug else logging.INFO)
@@ -407,6 +425,8 @@ def cli(
         on_conflict,
         task,
         args,
+        after,
+        pass_results,
     )
     plan = Plan(
         url=url,

@@ -76,6 +76,9 @@ class JobMaker:
     on_conflict: OnConflict = "raise"
     task: str = "sleep"
     args: Args | None = None
+    depends_on: tuple[str, ...] = ()
+    """Ids every job waits for (``--after``): it runs once all of them succeeded."""
+    pass_results: bool = False
 
     def next(self, index: int) -> JobPayload:
         """A new random payload; the ``index``-th job is ``{id_prefix}-{index}`` if set."""
@@ -89,6 +92,8 @@ class JobMaker:
             retry_backoff=self.retry_backoff,
             job_id=None if self.id_prefix is None else f"{self.id_prefix}-{index}",
             on_conflict=self.on_conflict,
+            depends_on=list(self.depends_on) or None,
+            pass_results=self.pass_results,
         )
 
 

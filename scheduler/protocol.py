@@ -148,6 +148,10 @@ class JobPayload(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_d
     job ends ``skipped``, unless ``on_dependency_failure`` is ``"run"``.
     ``pass_results``: the task gets a ``results`` keyword argument,
     ``{dependency id: result}``.
+
+    ``broadcast``: run once on every v2 scheduler serving ``task`` at submit; each run
+    is a job ``ID/scheduler`` whose ``pin`` names the only scheduler it may run on (the
+    bus sets ``pin``; a producer may not).
     """
 
     priority: Priority | None = None
@@ -163,6 +167,9 @@ class JobPayload(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_d
     depends_on: Annotated[list[JobId], msgspec.Meta(max_length=MAX_DEPENDS)] | None = None
     on_dependency_failure: OnDependencyFailure = "skip"
     pass_results: bool = False
+    # broadcast (scheduler.policy.dispatch.broadcast)
+    broadcast: bool = False
+    pin: Name | None = None
 
     def __post_init__(self) -> None:
         """Refuse ``args`` nested deeper than :data:`MAX_NESTING`."""
@@ -319,6 +326,8 @@ class Accepted(msgspec.Struct, frozen=True, tag_field="type", tag="accepted", om
     existing: bool = False
     replaced: bool = False
     warning: str | None = None
+    runs: list[str] | None = None
+    """A broadcast's runs (``ID/scheduler``), each with its own events."""
 
 
 class SubmitResult(msgspec.Struct, frozen=True, omit_defaults=True):
@@ -331,6 +340,7 @@ class SubmitResult(msgspec.Struct, frozen=True, omit_defaults=True):
     existing: bool = False
     replaced: bool = False
     warning: str | None = None
+    runs: list[str] | None = None
 
 
 class SubmittedMany(

@@ -124,6 +124,12 @@ class DispatchMachine(RuleBasedStateMachine):
         )
         self._apply(self.core.submit(payload, self.now, WALL + self.now))
 
+    @rule(task=st.sampled_from(TASKS))
+    def submit_broadcast(self, task: str) -> None:
+        """A broadcast: a pinned run on every v2 scheduler serving ``task`` (or refused)."""
+        payload = JobPayload(runtime=1.0, task=task, broadcast=True)
+        self._apply(self.core.submit(payload, self.now, WALL + self.now))
+
     @rule(batch=st.lists(payloads, max_size=3))
     def submit_many(self, batch: list[JobPayload]) -> None:
         self._apply(self.core.submit_many(batch, self.now, WALL + self.now))

@@ -91,7 +91,8 @@ class Requests:
         )
         reply = decisions[0]
         if isinstance(reply, SendReply) and isinstance(reply.message, Accepted):
-            hub.subscribe(client, reply.message.id)
+            for job_id in [reply.message.id, *(reply.message.runs or ())]:
+                hub.subscribe(client, job_id)
         hub.apply(decisions, client)
 
     def _submit_many(self, client: Connection, request: SubmitMany) -> None:
@@ -117,8 +118,8 @@ class Requests:
         reply = decisions[0]
         if isinstance(reply, SendReply) and isinstance(reply.message, SubmittedMany):
             for result in reply.message.results:
-                if result.id is not None:
-                    hub.subscribe(client, result.id)
+                for job_id in [result.id, *(result.runs or ())] if result.id else ():
+                    hub.subscribe(client, job_id)
         hub.apply(decisions, client)
 
     def _journal_refuses(self, client: Connection, ref: str | int | None) -> bool:

@@ -24,8 +24,9 @@ from typing import Literal
 from scheduler.policy.job import Job, not_yours
 from scheduler.protocol import JobPayload
 
-Effect = Literal["wait", "release", "skip"]
-"""What a dependency's end does to a job that waited for it."""
+Effect = Literal["wait", "release", "skip", "gather"]
+"""What a dependency's end does to a job that waited for it (``gather``: the last run
+of a broadcast ended, see :mod:`.broadcast`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,7 +106,10 @@ def restore_ids(jobs: Iterable[Job]) -> set[str]:
 def effect(payload: JobPayload, dependency_state: str, still_waiting: bool) -> Effect:
     """What a dependency ending in ``dependency_state`` does to the job of ``payload``
     that waited for it, ``still_waiting`` for others: skip it (a failed dependency,
-    unless ``on_dependency_failure`` is ``run``), release it (the last one), or wait."""
+    unless ``on_dependency_failure`` is ``run``), release it (the last one), or wait.
+    A broadcast parent waits for all its runs whatever they do, then gathers them."""
+    if payload.broadcast:
+        return "wait" if still_waiting else "gather"
     if dependency_state != "succeeded" and payload.on_dependency_failure == "skip":
         return "skip"
     return "wait" if still_waiting else "release"
@@ -190,6 +194,8 @@ class Dependencies:
         self.waiting: dict[str, set[str]] = {}
         self.dependents: dict[str, set[str]] = {}
         self.results: dict[str, dict[str, object]] = {}
+        self.outcomes: dict[str, dict[str, str]] = {}
+        """The states of a broadcast parent's runs that ended, by run id."""
 
     def block(self, job_id: str, pending: Iterable[str]) -> None:
         """Book ``job_id`` as waiting for each id of ``pending`` (not empty)."""
@@ -223,3 +229,4 @@ class Dependencies:
             if not waiters:
                 del self.dependents[dep_id]
         self.results.pop(job_id, None)
+        self.outcomes.pop(job_id, None)

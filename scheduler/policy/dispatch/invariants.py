@@ -33,6 +33,7 @@ def _check_dependencies(core: Lifecycle) -> None:
     blocked = {job.id for job in core.jobs.values() if job.state == "blocked"}
     assert deps.waiting.keys() == blocked, "waiting for dependencies differs from blocked"
     assert deps.results.keys() <= core.jobs.keys(), "results kept for an untracked job"
+    assert deps.outcomes.keys() <= blocked, "run outcomes kept for a job not blocked"
     reverse: dict[str, set[str]] = {}
     for job_id, waits in deps.waiting.items():
         assert waits, f"blocked job {job_id} waits for nothing"
@@ -79,6 +80,8 @@ def _check_held(core: Lifecycle, job: Job, waits: bool) -> None:
     stolen = job.id in core.steals.stealable or core.steals.thief(job.id) is not None
     assert not stolen or (s.reports and job.state == "assigned"), f"{where}: stealable"
     assert job.id not in core.steals.stealable or core.steals.thief(job.id) is None, where
+    pin = job.payload.pin
+    assert pin is None or (job.holder == pin and not stolen), f"{where}: pinned to {pin}"
     v1 = (job.id, job.attempt) in core.backlog.v1_attempts()
     assert s.reports or v1, f"{where}: a v1 attempt that never expires"
 

@@ -16,6 +16,7 @@ from collections.abc import Collection
 
 from scheduler.policy.aging import Aging
 from scheduler.policy.dispatch.backlog import Backlog
+from scheduler.policy.dispatch.broadcast import gone_error, parent_outcome, run_id, run_payload
 from scheduler.policy.dispatch.config import DispatchConfig
 from scheduler.policy.dispatch.decisions import (
     Decision,
@@ -120,6 +121,8 @@ class Lifecycle:
             self.finish(job, "dead", wall, out, error=error)
             return
         candidates = self.eligible(job.payload.task, now)
+        if job.payload.pin is not None:
+            candidates = [c for c in candidates if c.name == job.payload.pin]
         if not candidates:
             self.backlog.push(job)
             return
@@ -171,7 +174,7 @@ class Lifecycle:
             self.registry.start_watch.assigned(s.name, job.id, now)
         if not s.reports:
             self.backlog.expire_v1(now + (job.payload.runtime or 0.0), job)
-        elif waiting:
+        elif waiting and job.payload.pin is None:  # a pinned run is never stolen
             self.steals.waits(s, job, self.since.get(job.id, now))
         s.slots.last_pick = self._picks
         self._picks += 1
@@ -296,8 +299,9 @@ class Lifecycle:
         self.forget(job.id)
         job.state = state
         job.finished_at = wall
-        if state == "succeeded":
-            job.result, job.traceback = None if report is None else report.result, None
+        if state == "succeeded":  # a broadcast parent keeps the result it gathered
+            job.result = job.result if report is None else report.result
+            job.traceback = None
         self.finished += 1
         self.touch(job, wall)
         self.emit(out, job_event(job, state, wall, job.holder, report, error=error))
@@ -339,16 +343,66 @@ class Lifecycle:
             dep = todo.pop()
             for job_id, still_waiting in self.deps.settle(dep.id):
                 job = self.jobs[job_id]
-                if dep.state == "succeeded" and job.payload.pass_results:
+                if dep.state == "succeeded" and (job.payload.pass_results or job.payload.broadcast):
                     self.deps.keep_results(job_id, {dep.id: dep.result})
+                if job.payload.broadcast:
+                    self.deps.outcomes.setdefault(job_id, {})[dep.id] = dep.state
                 what = effect(job.payload, dep.state, still_waiting)
-                if what == "skip":
+                if what == "gather":
+                    self._gather(job, wall, out)
+                    todo.append(job)
+                elif what == "skip":
                     self._end(job, "skipped", wall, out, None, skip_reason(dep.id, dep.state))
                     todo.append(job)
                 elif what == "release":
                     job.state = "queued"
                     self.touch(job, wall)
                     self.backlog.hold_back(job, float("-inf"))
+
+    # --- broadcast ---------------------------------------------------------------------
+
+    def broadcast(
+        self, parent: Job, schedulers: list[str], now: float, wall: float, out: list[Decision]
+    ) -> list[str]:
+        """Make new ``parent``'s run on each of ``schedulers`` (accepted, pinned,
+        dispatched) and block the parent on them; return the runs' ids."""
+        runs = [
+            Job(
+                run_id(parent.id, name),
+                run_payload(parent.payload, parent.id, name),
+                parent.seq,
+                wall,
+                owner=parent.owner,
+            )
+            for name in schedulers
+        ]
+        for run in runs:
+            run.seq, self.seq = self.seq, self.seq + 1
+            self.jobs[run.id] = run
+            self.since[run.id] = now
+            self.accepted += 1
+            self.touch(run, wall)
+            self.emit(out, job_event(run, "accepted", wall, None))
+        self.enter(parent, Plan(tuple(run.id for run in runs)), now, wall, out)
+        for run in runs:
+            self.dispatch(run, now, wall, out)
+        return [run.id for run in runs]
+
+    def _gather(self, parent: Job, wall: float, out: list[Decision]) -> None:
+        """Every run of broadcast ``parent`` ended: it ends as they did."""
+        state, error = parent_outcome(self.deps.outcomes.get(parent.id, {}))
+        parent.result = self.deps.results.get(parent.id, {}) if state == "succeeded" else None
+        self._end(parent, state, wall, out, None, error)
+
+    def end_pinned(self, scheduler: str, wall: float, out: list[Decision]) -> None:
+        """The core forgot ``scheduler``: the runs pinned to it that still wait end ``dead``."""
+        stranded = [
+            job
+            for job in self.jobs.values()
+            if job.payload.pin == scheduler and job.holder is None and job.state == "queued"
+        ]
+        for job in stranded:
+            self.finish(job, "dead", wall, out, error=gone_error(scheduler))
 
     def forget(self, job_id: str) -> Job:
         """Take tracked job ``job_id`` out of every structure of the core: its holder's

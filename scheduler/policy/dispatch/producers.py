@@ -9,7 +9,8 @@ from dataclasses import dataclass, field
 import msgspec
 
 from scheduler.codec import ProtocolError
-from scheduler.policy.conflict import KeepExisting, Refuse, Replace, resolve
+from scheduler.policy.conflict import Create, KeepExisting, Refuse, Replace, resolve
+from scheduler.policy.dispatch import broadcast
 from scheduler.policy.dispatch.decisions import Decision, SendReply, SendStop
 from scheduler.policy.dispatch.dependencies import (
     Plan,
@@ -68,6 +69,7 @@ def submit(
             existing=result.existing,
             replaced=result.replaced,
             warning=result.warning,
+            runs=result.runs,
         )
     if core.steals.unbalanced:  # only a replaced job frees a slot here
         core.steals.balance(submit.now, decisions)
@@ -156,6 +158,23 @@ def _submit_one(
     plan = _dependency_plan(core, payload, submit, prefix)
     if isinstance(plan, SubmitResult):
         return plan
+    refused = _broadcast_refusal(core, payload, existing, prefix)
+    if refused is not None:
+        return refused
+    return _create(core, payload, submit, existing, resolution, plan, out)
+
+
+def _create(
+    core: Lifecycle,
+    payload: JobPayload,
+    submit: Submit,
+    existing: Job | None,
+    resolution: Create | Replace,
+    plan: Plan | None,
+    out: list[Decision],
+) -> SubmitResult:
+    """Accept checked ``payload`` as a new job (replacing ``existing`` if so resolved)
+    and start it: dispatched, blocked on its dependencies, or broadcast."""
     job_id = payload.job_id or _fresh_id(core, submit.new_id)
     attempt = 0
     if isinstance(resolution, Replace):
@@ -170,6 +189,9 @@ def _submit_one(
     core.accepted += 1
     core.touch(job, wall)
     core.emit(out, job_event(job, "accepted", wall, None))
+    if payload.broadcast:
+        runs = core.broadcast(job, _targets(core, payload.task), now, wall, out)
+        return SubmitResult(id=job_id, runs=runs)
     if plan is None:
         core.dispatch(job, now, wall, out)
     else:
@@ -197,6 +219,27 @@ def _dependency_plan(
     if isinstance(plan, Refusal):
         return SubmitResult(error=plan.message, field=plan.field)
     return plan
+
+
+def _targets(core: Lifecycle, task: str) -> list[str]:
+    """The schedulers a broadcast of ``task`` runs on now."""
+    known = ((s.name, s.connected, s.reports, s.tasks) for s in core.registry)
+    return broadcast.targets(known, task)
+
+
+def _broadcast_refusal(
+    core: Lifecycle, payload: JobPayload, existing: Job | None, prefix: str
+) -> SubmitResult | None:
+    """The refusal of a bad ``broadcast`` or ``pin``, or of replacing a broadcast."""
+    if existing is not None and (existing.payload.broadcast or payload.broadcast):
+        where = f"{prefix}.job_id"
+        why = f"job {existing.id} exists; a broadcast cannot replace or be replaced"
+        return SubmitResult(error=f"{where}: {why}", field=where)
+    serving = _targets(core, payload.task) if payload.broadcast else []
+    refusal = broadcast.check(payload, prefix, serving)
+    if refusal is None:
+        return None
+    return SubmitResult(error=refusal.message, field=refusal.field)
 
 
 def _fresh_id(core: Lifecycle, new_id: Callable[[], str]) -> str:

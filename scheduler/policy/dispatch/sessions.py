@@ -79,6 +79,7 @@ def forget_scheduler(
     lost = [core.jobs[job_id] for job_id in s.held]
     core.take_back(s, lost, reason, now, wall, decisions)
     core.registry.remove(s)
+    core.end_pinned(s.name, wall, decisions)
     return decisions
 
 

@@ -256,3 +256,18 @@ def test_the_first_of_several_failed_dependencies_is_named() -> None:
 def test_a_batch_job_waits_for_two_of_the_batch() -> None:
     items = [job(job_id="a"), job(job_id="b"), after("a", "b", job_id="c")]
     assert batch_order(items) == ([0, 1, 2], {})
+
+
+def test_a_dependency_handed_to_a_v1_scheduler_settles_its_dependents() -> None:
+    core = new_core()
+    add(core, "old", reports=False)
+    a = submit_id(core, job(runtime=1.0))
+    b = submit_id(core, after(a))
+    c = submit_id(core, after(a, on_dependency_failure="run"))
+    core.tick(2.0, WALL)
+    assert core.job(b) is None
+    assert state_of(core, c) == "assigned"
+    ended = finished(core)
+    assert ended[b].state == "skipped"
+    assert skip_reason(a, "assigned").endswith("reports no outcome")
+    core.check_invariants()

@@ -117,6 +117,8 @@ def effect(payload: JobPayload, dependency_state: str, still_waiting: bool) -> E
 
 def skip_reason(dep_id: str, dependency_state: str) -> str:
     """The error of a job skipped because dependency ``dep_id`` ended ``dependency_state``."""
+    if dependency_state == "assigned":
+        return f"dependency {dep_id} went to a v1 scheduler, which reports no outcome"
     if dependency_state.startswith("missing"):
         return f"dependency {dep_id} is {dependency_state}"
     return f"dependency {dep_id} ended {dependency_state}"

@@ -428,3 +428,6 @@ class Lifecycle:
             self.forget(job_id)
             self._changed.pop(job_id, None)
             self._deleted.add(job_id)
+            # Its outcome is unknown: jobs waiting for it are settled as after a failure,
+            # stamped when the bus takes it to have ended.
+            self._settle(job, job.updated_at + (job.payload.runtime or 0.0), [])

@@ -112,6 +112,7 @@ async def _submit_one_by_one(client: ProducerClient, plan: Plan, follower: JobFo
         accepted = await client.submit_accepted(payload)
         job_id = accepted.id
         follower.expect(job_id, payload.task, accepted.warning)
+        follower.expect_runs(job_id, payload.task, accepted.runs)
         log.info("submitted %s %s", job_id[:8], _job_text(payload))
 
 
@@ -134,6 +135,7 @@ async def _submit_bulk(client: ProducerClient, plan: Plan, follower: JobFollower
             log.error("job %d refused: %s", index, result.error)
         else:
             follower.expect(result.id, payloads[index].task, result.warning)
+            follower.expect_runs(result.id, payloads[index].task, result.runs)
     log.info("submitted %d jobs in one message", sum(r.id is not None for r in results))
 
 
@@ -160,6 +162,14 @@ class JobFollower:
         if warning is not None and task not in self.unserved:
             self.unserved.add(task)
             log.warning("%s", warning)
+
+    def expect_runs(self, job_id: str, task: str, runs: list[str] | None) -> None:
+        """Count the runs of broadcast ``job_id`` among the jobs to wait for (each is
+        reported on its own, then the broadcast itself)."""
+        for run in runs or ():
+            self.expect(run, task)
+        if runs:
+            log.info("broadcast %s: %d runs (%s)", job_id[:8], len(runs), ", ".join(runs))
 
     def waiting_unserved(self) -> Counter[str]:
         """How many expected jobs still wait (queued) for each task the bus warned about."""
@@ -365,6 +375,11 @@ def _indices(count: int | None) -> Iterator[int]:
     is_flag=True,
     help="With --after, the task gets results={id: result} of the jobs it waited for.",
 )
+@click.option(
+    "--broadcast",
+    is_flag=True,
+    help="Run every job once on each scheduler serving its task now (refused if none does).",
+)
 @click.option("--bulk", is_flag=True, help="Submit all --count jobs in one message.")
 @click.option("--seed", type=int, default=None, help="Random seed, for repeatable job sequences.")
 @click.option("-d", "--debug", is_flag=True, help="Debug logging.")
@@ -392,6 +407,7 @@ def cli(
     args_json: str | None,
     after: tuple[str, ...],
     pass_results: bool,
+    broadcast: bool,
     bulk: bool,
     seed: int | None,
     debug: bool,
@@ -406,8 +422,8 @@ def cli(
     args = _parse_args(args_json)
     if v1 and (task != "sleep" or args is not None):
         raise click.UsageError("--v1 jobs are sleep jobs: no --task or --args")
-    if v1 and after:
-        raise click.UsageError("--v1 jobs cannot wait for others: no --after")
+    if v1 and (after or broadcast):
+        raise click.UsageError("--v1 jobs are plain jobs: no --after or --broadcast")
     if pass_results and not after:
         raise click.UsageError("--pass-results needs --after")
     if bulk and (count is None or v1):
@@ -427,6 +443,7 @@ def cli(
         args,
         after,
         pass_results,
+        broadcast,
     )
     plan = Plan(
         url=url,

@@ -79,6 +79,8 @@ class JobMaker:
     depends_on: tuple[str, ...] = ()
     """Ids every job waits for (``--after``): it runs once all of them succeeded."""
     pass_results: bool = False
+    broadcast: bool = False
+    """Every job runs once on each scheduler serving its task (``--broadcast``)."""
 
     def next(self, index: int) -> JobPayload:
         """A new random payload; the ``index``-th job is ``{id_prefix}-{index}`` if set."""
@@ -94,6 +96,7 @@ class JobMaker:
             on_conflict=self.on_conflict,
             depends_on=list(self.depends_on) or None,
             pass_results=self.pass_results,
+            broadcast=self.broadcast,
         )
 
 

@@ -5,10 +5,11 @@ skips its dependents (down the line); ``producer --after`` waits for a job."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
-from conftest import Commands, unit
-from test_user_tasks import final_events, start_worker
+from conftest import BusProcess, Commands, unit
+from test_user_tasks import SAMPLE_TASKS, final_events, start_worker
 
 from scheduler.bus.server import BusServer
 from scheduler.producer.client import ProducerClient
@@ -95,3 +96,24 @@ async def test_an_unknown_dependency_is_refused_naming_it(bus: BusServer) -> Non
         results = await client.submit_many([JobPayload(task="gather", depends_on=["x", "nope"])])
     assert results[0].field == "jobs.0.depends_on[0]"
     assert results[0].error == "jobs.0.depends_on[0]: no job x"
+
+
+async def test_blocked_jobs_survive_a_bus_kill_and_run_after_restart(
+    commands: Commands, tmp_path: Path
+) -> None:
+    bus = BusProcess(commands, tmp_path / "bus.db")
+    await bus.start()
+    flow = chain(gather("a"), gather("b"), pass_results=True)
+    doomed = chain(JobPayload(task="explode", args={"message": "no"}, job_id="x"), gather("y"))
+    async with ProducerClient(bus.url, token=bus.token("producer")) as client:
+        results = await client.submit_many([*flow.jobs, *doomed.jobs])
+        assert [r.id for r in results] == ["a", "b", "x", "y"]
+    await bus.kill()
+    await bus.start()
+    await commands.start("scheduler.worker", "--bus", bus.url, "--tasks", SAMPLE_TASKS)
+    async with ProducerClient(bus.url, token=bus.token("producer")) as client:
+        watching = await client.watch(["a", "b", "x", "y"])
+        assert {e.id: e.state for e in watching.jobs}["b"] in ("blocked", "queued", "assigned")
+        finals = await final_events(client, ["a", "b", "x", "y"])
+    assert finals["b"].result == {"tag": "b", "results": {"a": {"tag": "a", "results": {}}}}
+    assert (finals["x"].event, finals["y"].event) == ("failed", "skipped")

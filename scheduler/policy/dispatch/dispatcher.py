@@ -25,8 +25,15 @@ assigned    ``s``    ``s.held``; a seat not started; if it waits in ``s``'s loca
                      queue (v2 only) stealable XOR being stolen (a slot kept at
                      its thief); at a v1 ``s``, an expiry entry for its attempt
 running     ``s``    ``s.held``; a started seat; neither stealable nor stolen
+blocked     None     ``deps.waiting`` (a non-empty set of tracked job ids), and
+                     nowhere else: not in the backlog, no seat, no steal, no cancel
 final       —        nowhere (only in the journal changes)
 =========== ======== ============================================================
+
+Dependencies (:mod:`.dependencies`): ``deps.dependents`` is the exact reverse of
+``deps.waiting``; results and broadcast outcomes are kept only for tracked jobs
+(outcomes only while blocked). A pinned job (a broadcast run, :mod:`.broadcast`) is
+held only by its pin and is never stealable nor stolen.
 
 Every tracked job has a waiting time (``since``); ``cancelling`` holds only held
 jobs; seats are exactly the held jobs; each scheduler's slots count its started
@@ -80,6 +87,15 @@ Rules:
   returning scheduler no longer holds) are of kind ``drop``.
 * v1 schedulers never report and cannot be told to stop: a job handed to one counts as
   outstanding until ``now >= handed_at + runtime`` and is then forgotten (deleted).
+* Dependencies (``depends_on``): a job is ``blocked`` until every dependency
+  ``succeeded`` (then queued: held back until the next tick, which the report that
+  released it runs at once); a dependency that ends otherwise ends it ``skipped``
+  (cascading) unless ``on_dependency_failure`` is ``run``. Unknown ids, another
+  submitter's jobs and, in a batch, cycles are refused naming the field.
+* Broadcast (``broadcast: true``): one run ``ID/scheduler`` per connected v2 scheduler
+  serving the task at submit, pinned there; the parent is ``blocked`` until every run
+  ends, then ``succeeded`` (all did) or ``failed`` naming the others. A run still
+  waiting when the core forgets its scheduler ends ``dead``.
 * Final jobs leave the core; the bus answers about them from its journal.
 * Counters and snapshots for ``stats`` (:mod:`scheduler.policy.stats`).
 """

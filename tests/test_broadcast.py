@@ -8,7 +8,9 @@ from dispatch_helpers import (
     WALL,
     add,
     assigns,
+    emitted,
     events,
+    info,
     job,
     new_core,
     reply,
@@ -30,7 +32,7 @@ def test_a_broadcast_runs_once_on_each_serving_scheduler() -> None:
     accepted = reply(out)
     assert isinstance(accepted, Accepted) and accepted.runs == ["p/a", "p/b"]
     assert sorted(assigns(out)) == [("a", "p/a"), ("b", "p/b")]
-    assert core.job("p").state == "blocked"
+    assert info(core, "p").state == "blocked"
     core.check_invariants()
     report(core, "a", "p/a", "succeeded", result=1)
     assert core.job("p") is not None
@@ -49,7 +51,7 @@ def test_a_failed_run_fails_the_parent_naming_it() -> None:
     submit(core, job(job_id="p", broadcast=True))
     report(core, "a", "p/a", "failed", error="x")
     out = report(core, "b", "p/b", "succeeded")
-    parent = [d.event for d in out if getattr(d, "event", None) and d.event.id == "p"]  # type: ignore[attr-defined]
+    parent = [d.event for d in emitted(out) if d.event.id == "p"]
     assert parent[0].event == "failed"
     assert parent[0].error == "1 of 2 runs did not succeed: p/a failed"
 
@@ -63,7 +65,7 @@ def test_a_pinned_run_waits_for_its_scheduler_and_is_never_stolen() -> None:
     out = submit(core, job(job_id="p", priority=9, broadcast=True))
     assert ("a", "p/a") in assigns(out)  # waits in a's local queue
     report(core, "b", "p/b", "succeeded")  # b is idle now: it may not steal p/a
-    assert core.job("p/a").holder == "a" and core.job("p/a").thief is None
+    assert info(core, "p/a").holder == "a" and info(core, "p/a").thief is None
     core.check_invariants()
 
 
@@ -99,3 +101,34 @@ def test_broadcast_refusals_name_the_field() -> None:
 def test_pure_rules() -> None:
     assert targets([("b", True, True, ["t"]), ("a", True, True, ["t"])], "t") == ["a", "b"]
     assert parent_outcome({"p/a": "succeeded"}) == ("succeeded", None)
+
+
+def test_cancelling_a_broadcast_cancels_its_runs() -> None:
+    core = new_core()
+    add(core, "a", size=1)
+    add(core, "b", size=1)
+    submit(core, job(job_id="busy", priority=0))
+    report(core, "a", "busy", "started")
+    submit(core, job(job_id="p", priority=9, broadcast=True))
+    report(core, "b", "p/b", "started")
+    out = core.cancel("p", WALL)
+    answer = reply(out)
+    assert (answer.state, answer.message) == ("blocked", "stopping its runs")
+    assert core.job("p/a") is not None  # waits at a: stopped through its holder
+    report(core, "a", "p/a", "cancelled")
+    final = report(core, "b", "p/b", "cancelled")
+    assert events(final) == ["cancelled", "cancelled"]
+    core.check_invariants()
+
+
+def test_cancelling_a_broadcast_whose_runs_all_wait_ends_it_at_once() -> None:
+    core = new_core(start_deadline=1.0)
+    add(core, "a", size=1)
+    submit(core, job(job_id="p", broadcast=True))
+    core.tick(2.0, WALL)  # a started nothing in time: p/a waits in the backlog for it
+    assert info(core, "p/a").state == "queued" and core.backlog() == ["p/a"]
+    out = core.cancel("p", WALL)
+    assert (reply(out).state, reply(out).message) == ("cancelled", "cancelled")
+    assert events(out) == ["cancelled", "cancelled"]
+    assert core.job("p") is None
+    core.check_invariants()

@@ -5,7 +5,8 @@ serving its task (:func:`targets`), with id ``ID/scheduler`` (:func:`run_id`) an
 payload pinned there (:func:`run_payload`). The parent is ``blocked`` on its runs (the
 bookkeeping of :mod:`.dependencies`) and ends when the last one does
 (:func:`parent_outcome`): ``succeeded`` if every run succeeded (its result maps each run
-to its result), else ``failed`` naming the runs that did not. A pinned run is placed
+to its result), else ``failed`` naming the runs that did not (``cancelled`` if they were
+all cancelled: cancelling the parent cancels its runs). A pinned run is placed
 only on its scheduler and never stolen; if the bus forgets that scheduler (its lease
 expired, or it closed cleanly) a run still waiting ends ``dead`` (:func:`gone_error`).
 
@@ -67,11 +68,14 @@ def run_payload(payload: JobPayload, parent: str, scheduler: str) -> JobPayload:
 
 def parent_outcome(states: Mapping[str, str]) -> tuple[EventKind, str | None]:
     """The final state of a broadcast whose runs ended in ``states`` (run id: state),
-    and the error naming the runs that did not succeed."""
-    bad = [f"{run} {state}" for run, state in sorted(states.items()) if state != "succeeded"]
+    and the error naming the runs that did not succeed: ``cancelled`` if every one of
+    those was cancelled (a cancelled broadcast), else ``failed``."""
+    bad = {run: state for run, state in sorted(states.items()) if state != "succeeded"}
     if not bad:
         return "succeeded", None
-    return "failed", f"{len(bad)} of {len(states)} runs did not succeed: {', '.join(bad)}"
+    named = ", ".join(f"{run} {state}" for run, state in bad.items())
+    error = f"{len(bad)} of {len(states)} runs did not succeed: {named}"
+    return ("cancelled" if set(bad.values()) == {"cancelled"} else "failed"), error
 
 
 def gone_error(scheduler: str) -> str:

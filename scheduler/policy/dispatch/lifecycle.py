@@ -3,10 +3,11 @@ each transition is written (assign, start a seat, requeue, finish, forget).
 
 A tracked job is ``blocked`` (waiting for its dependencies or, for a broadcast, its
 runs: :mod:`.dependencies`), ``queued`` (no holder; it waits in the backlog for a
-scheduler or is held back for a retry), ``assigned`` (held by a scheduler, not started) or ``running``
-(held, started). A final job leaves the core (:meth:`Lifecycle.forget`); so does a job
-handed to a v1 scheduler once its runtime has elapsed. The invariants each state keeps
-are listed in :mod:`scheduler.policy.dispatch.dispatcher` and checked by
+scheduler or is held back for a retry), ``assigned`` (held by a scheduler, not started)
+or ``running`` (held, started). A final job leaves the core
+(:meth:`Lifecycle.forget`); so does a job handed to a v1 scheduler once its runtime has
+elapsed. The invariants each state keeps are listed in
+:mod:`scheduler.policy.dispatch.dispatcher` and checked by
 :mod:`scheduler.policy.dispatch.invariants`.
 """
 

@@ -119,6 +119,8 @@ def cancel(
             return [SendReply(Error(f"id: no job {job_id}", field="id", ref=ref))]
         done = f"job {job_id} is already {stored.state}; nothing was done"
         return [SendReply(CancelReply(job_id, stored.state, done, ref))]
+    if job.payload.broadcast and job.state == "blocked":
+        return _cancel_runs(core, job, wall, ref, by)
     if job.holder is None:
         decisions: list[Decision] = []
         core.finish(job, "cancelled", wall, decisions)
@@ -131,6 +133,19 @@ def cancel(
         SendReply(CancelReply(job_id, "running", "stopping", ref)),
         SendStop(job.holder, Stop(job_id, job.attempt, "cancelled", kind="cancel")),
     ]
+
+
+def _cancel_runs(
+    core: Lifecycle, parent: Job, wall: float, ref: str | int | None, by: str | None
+) -> list[Decision]:
+    """Cancel every run of broadcast ``parent`` still going; the parent ends (cancelled
+    if no run had failed) when the last one does."""
+    decisions: list[Decision] = []
+    for run in sorted(core.deps.waiting.get(parent.id, ())):
+        decisions.extend(cancel(core, run, wall, None, None, by)[1:])
+    message = "cancelled" if parent.id not in core.jobs else "stopping its runs"
+    state = "cancelled" if parent.final and parent.state == "cancelled" else parent.state
+    return [SendReply(CancelReply(parent.id, state, message, ref)), *decisions]
 
 
 def _submit_one(

@@ -96,6 +96,9 @@ def test_broadcast_refusals_name_the_field() -> None:
     assert out.field == "payload.broadcast"
     out = reply(submit(core, job(job_id="x", broadcast=True, on_conflict="replace")))
     assert out.field == "payload.job_id"
+    submit(core, job(job_id="q/a"))
+    out = reply(submit(core, job(job_id="q", broadcast=True)))
+    assert out.field == "payload.job_id" and "q/a is taken" in out.message
 
 
 def test_pure_rules() -> None:

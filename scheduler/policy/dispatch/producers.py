@@ -251,6 +251,11 @@ def _broadcast_refusal(
         why = f"job {existing.id} exists; a broadcast cannot replace or be replaced"
         return SubmitResult(error=f"{where}: {why}", field=where)
     serving = _targets(core, payload.task) if payload.broadcast else []
+    taken = [r for n in serving if (r := broadcast.run_id(payload.job_id or "", n)) in core.jobs]
+    if taken:
+        where = f"{prefix}.job_id"
+        why = f"the id of its run {taken[0]} is taken by another job; choose another id"
+        return SubmitResult(error=f"{where}: {why}", field=where)
     refusal = broadcast.check(payload, prefix, serving)
     if refusal is None:
         return None

@@ -94,6 +94,9 @@ EventKind = Literal[
     "scheduled",
     "queued",
     "expired",
+    # dependencies (scheduler.policy.dispatch.dependencies)
+    "blocked",
+    "skipped",
 ]
 """What happened to a job.
 
@@ -103,10 +106,12 @@ EventKind = Literal[
 ``dead``: it may not run again: retries exhausted, or delivered too many times.
 ``scheduled``: accepted to run later (``run_at``/``delay``); ``queued``: its time came.
 ``expired``: it was not handed to a scheduler within its ``misfire_grace`` of its time.
+``blocked``: it waits for its dependencies (``depends_on``) to succeed.
+``skipped``: a dependency ended without succeeding, so it never runs (the error names it).
 """
 
 FINAL_EVENTS: Final[frozenset[str]] = frozenset(
-    {"succeeded", "failed", "timed_out", "cancelled", "dead", "expired"}
+    {"succeeded", "failed", "timed_out", "cancelled", "dead", "expired", "skipped"}
 )
 """Events after which a job never runs again."""
 
@@ -128,8 +133,18 @@ JobState = Literal[
     "cancelled",
     "dead",
     "expired",
+    # dependencies
+    "blocked",
+    "skipped",
 ]
 
+
+OnDependencyFailure = Literal["skip", "run"]
+"""What a job does when one of its dependencies ends without succeeding: end
+``skipped`` (the default) or run anyway."""
+
+MAX_DEPENDS: Final = 1000
+"""The most dependencies one job may name."""
 
 OnConflict = Literal["raise", "ignore", "replace"]
 """What a submit whose ``job_id`` exists does: refuse (``raise``), return the existing
@@ -149,6 +164,16 @@ class JobPayload(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_d
     ``job_id`` lets the client choose the id (idempotent submits, see ``on_conflict``).
     A failed or timed-out attempt is retried up to ``max_retries`` times, the n-th retry
     after about ``retry_backoff * 2**(n-1)`` seconds (with jitter).
+
+    ``depends_on`` lists job ids (or client ids of the same batch) that must succeed
+    before the job is queued; it is ``blocked`` until then. If one ends otherwise the
+    job ends ``skipped``, unless ``on_dependency_failure`` is ``"run"``.
+    ``pass_results``: the task gets a ``results`` keyword argument,
+    ``{dependency id: result}``.
+
+    ``broadcast``: run once on every v2 scheduler serving ``task`` at submit; each run
+    is a job ``ID/scheduler`` whose ``pin`` names the only scheduler it may run on (the
+    bus sets ``pin``; a producer may not).
     """
 
     priority: Priority | None = None
@@ -164,13 +189,24 @@ class JobPayload(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_d
     run_at: RunAt | None = None
     delay: Delay | None = None
     misfire_grace: Grace | None = None
+    # dependencies (scheduler.policy.dispatch.dependencies)
+    depends_on: Annotated[list[JobId], msgspec.Meta(max_length=MAX_DEPENDS)] | None = None
+    on_dependency_failure: OnDependencyFailure = "skip"
+    pass_results: bool = False
+    # broadcast (scheduler.policy.dispatch.broadcast)
+    broadcast: bool = False
+    pin: Name | None = None
 
     def __post_init__(self) -> None:
         """Refuse ``args`` nested deeper than :data:`MAX_NESTING`, a naive or unreadable
-        ``run_at`` text, and ``run_at`` with ``delay``."""
+        ``run_at`` text, ``run_at`` with ``delay``, and a time with ``depends_on`` (a
+        blocked job runs when its dependencies let it, not at a time)."""
         _check_nesting("args", self.args)
         if self.run_at is not None and self.delay is not None:
             raise ValueError("delay: give run_at or delay, not both")
+        if self.depends_on and (self.run_at is not None or self.delay is not None):
+            field = "run_at" if self.run_at is not None else "delay"
+            raise ValueError(f"{field}: a job with depends_on runs when its dependencies allow")
         if isinstance(self.run_at, str):
             parse_run_at(self.run_at)
 
@@ -357,6 +393,8 @@ class Accepted(msgspec.Struct, frozen=True, tag_field="type", tag="accepted", om
     existing: bool = False
     replaced: bool = False
     warning: str | None = None
+    runs: list[str] | None = None
+    """A broadcast's runs (``ID/scheduler``), each with its own events."""
 
 
 class SubmitResult(msgspec.Struct, frozen=True, omit_defaults=True):
@@ -369,6 +407,7 @@ class SubmitResult(msgspec.Struct, frozen=True, omit_defaults=True):
     existing: bool = False
     replaced: bool = False
     warning: str | None = None
+    runs: list[str] | None = None
 
 
 class SubmittedMany(
@@ -413,6 +452,9 @@ class Assignment(msgspec.Struct, frozen=True, omit_defaults=True):
     timeout: Timeout | None = None
     evictions: Count = 0
     evictable: bool = True
+    results: dict[str, object] | None = None
+    """The results of the job's dependencies, by id, when it asked for them
+    (``pass_results``); the task gets them as its ``results`` keyword argument."""
 
 
 StopKind = Literal["cancel", "steal", "drop"]

@@ -335,15 +335,17 @@ def _import_file(path: Path) -> ModuleType:
 
 
 def call_arguments(
-    args: Args | None, runtime: float | None
+    args: Args | None, runtime: float | None, results: dict[str, object] | None = None
 ) -> tuple[tuple[object, ...], dict[str, object]]:
     """The positional and keyword arguments a job's task is called with (see the module
-    docstring): ``args`` as keywords or positions, else ``(runtime,)``, else nothing."""
+    docstring): ``args`` as keywords or positions, else ``(runtime,)``, else nothing;
+    plus ``results=`` (the dependencies' results) when the job asked for them."""
+    extra: dict[str, object] = {} if results is None else {"results": results}
     if isinstance(args, dict):
-        return (), args
+        return (), {**args, **extra}
     if args is not None:
-        return tuple(args), {}
-    return ((runtime,) if runtime is not None else ()), {}
+        return tuple(args), extra
+    return ((runtime,) if runtime is not None else ()), extra
 
 
 def run_task(

@@ -149,3 +149,9 @@ def spin(seconds: float) -> None:
     if child == 0:
         os._exit(0)
     os.waitpid(child, 0)
+
+
+@task
+def gather(tag: str, results: dict[str, object] | None = None) -> dict[str, object]:
+    """Return ``tag`` with the results of the jobs it waited for (``pass_results``)."""
+    return {"tag": tag, "results": results or {}}

@@ -29,17 +29,29 @@ IDS = ("x", "y")
 """Ids producers choose (with a conflict rule); others get fresh ids."""
 
 tasks = st.sets(st.sampled_from(TASKS), min_size=1).map(sorted)
-payloads = st.builds(
-    JobPayload,
-    priority=st.none() | st.integers(0, 9),
-    runtime=st.floats(0.5, 4.0),
-    task=st.sampled_from(TASKS),
-    max_retries=st.integers(0, 2),
-    retry_backoff=st.sampled_from([0.0, 0.5]),
-    job_id=st.none() | st.sampled_from(IDS),
-    on_conflict=st.sampled_from(["raise", "ignore", "replace"]),
-    delay=st.none() | st.floats(0.5, 6.0),
-    misfire_grace=st.none() | st.floats(0.0, 3.0),
+# A job waits for a time or for its dependencies, never both (the wire refuses that).
+timings = st.one_of(
+    st.fixed_dictionaries({"delay": st.none() | st.floats(0.5, 6.0), "depends_on": st.none()}),
+    st.fixed_dictionaries(
+        {"delay": st.none(), "depends_on": st.none() | st.lists(st.sampled_from(IDS), max_size=2)}
+    ),
+)
+payloads = timings.flatmap(
+    lambda timing: st.builds(
+        JobPayload,
+        priority=st.none() | st.integers(0, 9),
+        runtime=st.floats(0.5, 4.0),
+        task=st.sampled_from(TASKS),
+        max_retries=st.integers(0, 2),
+        retry_backoff=st.sampled_from([0.0, 0.5]),
+        job_id=st.none() | st.sampled_from(IDS),
+        on_conflict=st.sampled_from(["raise", "ignore", "replace"]),
+        delay=st.just(timing["delay"]),
+        misfire_grace=st.none() | st.floats(0.0, 3.0),
+        depends_on=st.just(timing["depends_on"]),
+        on_dependency_failure=st.sampled_from(["skip", "run"]),
+        pass_results=st.booleans(),
+    )
 )
 
 
@@ -111,6 +123,29 @@ class DispatchMachine(RuleBasedStateMachine):
     def submit(self, payload: JobPayload, owner: str | None) -> None:
         decisions = self.core.submit(payload, self.now, WALL + self.now, owner=owner)
         self._apply(decisions)
+
+    @rule(
+        index=st.integers(0, 100),
+        failure=st.sampled_from(["skip", "run"]),
+        job_id=st.none() | st.sampled_from(IDS),
+    )
+    def submit_after(self, index: int, failure: str, job_id: str | None) -> None:
+        """A job depending on one the machine has seen assigned (or a chosen id)."""
+        dep = self._pick(index) or "x"
+        payload = JobPayload(
+            runtime=1.0,
+            job_id=job_id,
+            depends_on=[dep],
+            on_dependency_failure=failure,  # type: ignore[arg-type]
+            pass_results=True,
+        )
+        self._apply(self.core.submit(payload, self.now, WALL + self.now))
+
+    @rule(task=st.sampled_from(TASKS))
+    def submit_broadcast(self, task: str) -> None:
+        """A broadcast: a pinned run on every v2 scheduler serving ``task`` (or refused)."""
+        payload = JobPayload(runtime=1.0, task=task, broadcast=True)
+        self._apply(self.core.submit(payload, self.now, WALL + self.now))
 
     @rule(batch=st.lists(payloads, max_size=3))
     def submit_many(self, batch: list[JobPayload]) -> None:
@@ -224,6 +259,9 @@ def test_restored_jobs_keep_the_invariants() -> None:
     core.restore(jobs, 5, 0.0, WALL)
     core.check_invariants()
     assert core.backlog() == ["new"]
+    blocked = Job("blocked", JobPayload(runtime=1.0, depends_on=["new"]), 4, WALL, state="blocked")
+    core.restore([blocked], 5, 0.0, WALL)
+    core.check_invariants()
     core.attach("a", size=2, tasks=None, reports=True, held=[Held("run", 1)], now=1.0, wall=WALL)
     core.check_invariants()
     core.tick(6.0, WALL + 6)

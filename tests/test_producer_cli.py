@@ -97,6 +97,9 @@ def test_gaussian_periods_never_drop_below_5_ms() -> None:
         (["--args", "null"], "Invalid value for --args: must be a JSON object or array"),
         (["--v1", "--task", "x"], "--v1 jobs are sleep jobs: no --task or --args"),
         (["--v1", "--args", "[1]"], "--v1 jobs are sleep jobs: no --task or --args"),
+        (["--v1", "--after", "a"], "--v1 jobs are plain jobs: no --after or --broadcast"),
+        (["--v1", "--broadcast"], "--v1 jobs are plain jobs: no --after or --broadcast"),
+        (["--pass-results"], "--pass-results needs --after"),
     ],
 )
 def test_bad_options_get_clear_errors(args: list[str], words: str) -> None:

@@ -386,3 +386,14 @@ class _OldStop(msgspec.Struct, frozen=True, tag_field="type", tag="stop"):
 def test_schedulers_from_before_the_kind_still_read_the_reason() -> None:
     frame = encode(Stop("j", 1, "stolen", kind="steal"))
     assert msgspec.json.decode(frame, type=_OldStop) == _OldStop("j", 1, "stolen")
+
+
+@pytest.mark.parametrize("timing", ['"delay": 5', '"run_at": 1900000000'])
+def test_a_job_with_dependencies_takes_no_time(timing: str) -> None:
+    payload = '{"runtime": 1, "depends_on": ["a"], ' + timing + "}"
+    frame = '{"cmd": "job_request", "payload": ' + payload + "}"
+    field = timing.split('"')[1]
+    with pytest.raises(ProtocolError) as caught:
+        decode_client(frame)
+    assert caught.value.field == f"payload.{field}"
+    assert "depends_on runs when its dependencies allow" in caught.value.message

@@ -36,6 +36,7 @@ from scheduler.policy.dispatch.decisions import (
     SendStop,
     StartOverdue,
 )
+from scheduler.policy.dispatch.dependencies import restore_ids
 from scheduler.policy.dispatch.dispatcher import Dispatcher
 from scheduler.protocol import Accepted, Assign, BusMessage, Error, Restarting, SubmittedMany
 
@@ -101,7 +102,10 @@ class Hub:
         jobs = journal.load()
         promised = journal.restart_promise()
         wall = self.wall()
-        self.core.restore(jobs, journal.next_seq(), self.clock(), wall, promised_until=promised)
+        stored = {i: job for i in restore_ids(jobs) if (job := journal.get(i)) is not None}
+        self.core.restore(
+            jobs, journal.next_seq(), self.clock(), wall, promised_until=promised, stored=stored
+        )
         self.registry.restore_secrets(journal)
         held = [job for job in jobs if job.holder is not None]
         self._started_at = self.clock()

@@ -88,13 +88,14 @@ class Requests:
             request.payload,
             hub.clock(),
             hub.wall(),
-            stored=self._stored([request.payload.job_id]),
+            stored=self._stored([request.payload.job_id, *(request.payload.depends_on or ())]),
             ref=request.ref,
             owner=client.grant.owner,
         )
         reply = decisions[0]
         if isinstance(reply, SendReply) and isinstance(reply.message, Accepted):
-            hub.subscribe(client, reply.message.id)
+            for job_id in [reply.message.id, *(reply.message.runs or ())]:
+                hub.subscribe(client, job_id)
         hub.apply(decisions, client)
 
     def _submit_many(self, client: Connection, request: SubmitMany) -> None:
@@ -103,7 +104,12 @@ class Requests:
             return
         hub = self._hub
         payloads = [_decode_job(raw) for raw in request.jobs]
-        stored = self._stored(p.job_id for p in payloads if isinstance(p, JobPayload))
+        stored = self._stored(
+            i
+            for p in payloads
+            if isinstance(p, JobPayload)
+            for i in [p.job_id, *(p.depends_on or ())]
+        )
         decisions = self._core.submit_many(
             payloads,
             hub.clock(),
@@ -115,8 +121,8 @@ class Requests:
         reply = decisions[0]
         if isinstance(reply, SendReply) and isinstance(reply.message, SubmittedMany):
             for result in reply.message.results:
-                if result.id is not None:
-                    hub.subscribe(client, result.id)
+                for job_id in [result.id, *(result.runs or ())] if result.id else ():
+                    hub.subscribe(client, job_id)
         hub.apply(decisions, client)
 
     def _journal_refuses(self, client: Connection, ref: str | int | None) -> bool:

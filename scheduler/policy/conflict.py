@@ -66,7 +66,7 @@ def resolve(
         return KeepExisting()
     if on_conflict == "raise":
         return Refuse(f"job {existing.id} already exists (state {existing.state})")
-    if existing.state in ("queued", "scheduled"):
+    if existing.state in ("queued", "scheduled", "blocked"):
         return Replace(stop_holder=False)
     if existing.state == "assigned" and stoppable:
         return Replace(stop_holder=True)

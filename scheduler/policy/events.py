@@ -20,6 +20,8 @@ _KIND_OF_STATE: Final[dict[str, EventKind]] = {
     "dead": "dead",
     "scheduled": "scheduled",
     "expired": "expired",
+    "blocked": "blocked",
+    "skipped": "skipped",
 }
 
 

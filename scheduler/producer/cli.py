@@ -118,6 +118,7 @@ async def _submit_one_by_one(client: ProducerClient, plan: Plan, follower: JobFo
         accepted = await client.submit_accepted(payload)
         job_id = accepted.id
         follower.expect(job_id, payload.task, accepted.warning)
+        follower.expect_runs(job_id, payload.task, accepted.runs)
         log.info("submitted %s %s", job_id[:8], _job_text(payload))
 
 
@@ -140,6 +141,7 @@ async def _submit_bulk(client: ProducerClient, plan: Plan, follower: JobFollower
             log.error("job %d refused: %s", index, result.error)
         else:
             follower.expect(result.id, payloads[index].task, result.warning)
+            follower.expect_runs(result.id, payloads[index].task, result.runs)
     log.info("submitted %d jobs in one message", sum(r.id is not None for r in results))
 
 
@@ -180,6 +182,14 @@ class JobFollower:
         if warning is not None and task not in self.unserved:
             self.unserved.add(task)
             log.warning("%s", warning)
+
+    def expect_runs(self, job_id: str, task: str, runs: list[str] | None) -> None:
+        """Count the runs of broadcast ``job_id`` among the jobs to wait for (each is
+        reported on its own, then the broadcast itself)."""
+        for run in runs or ():
+            self.expect(run, task)
+        if runs:
+            log.info("broadcast %s: %d runs (%s)", job_id[:8], len(runs), ", ".join(runs))
 
     def waiting_unserved(self) -> Counter[str]:
         """How many expected jobs still wait (queued) for each task the bus warned about."""
@@ -373,6 +383,23 @@ def _indices(count: int | None) -> Iterator[int]:
     help="The task's arguments for every job: a JSON object (keyword arguments) or array "
     "(positional). Without it the task is called with the job's runtime.",
 )
+@click.option(
+    "--after",
+    "after",
+    multiple=True,
+    metavar="ID",
+    help="Every job waits until job ID succeeded (repeatable); if ID fails it is skipped.",
+)
+@click.option(
+    "--pass-results",
+    is_flag=True,
+    help="With --after, the task gets results={id: result} of the jobs it waited for.",
+)
+@click.option(
+    "--broadcast",
+    is_flag=True,
+    help="Run every job once on each scheduler serving its task now (refused if none does).",
+)
 @click.option("--bulk", is_flag=True, help="Submit all --count jobs in one message.")
 @click.option(
     "--delay",
@@ -435,6 +462,9 @@ def cli(
     on_conflict: OnConflict,
     task: str,
     args_json: str | None,
+    after: tuple[str, ...],
+    pass_results: bool,
+    broadcast: bool,
     bulk: bool,
     delay: float | None,
     run_at: str | None,
@@ -454,6 +484,10 @@ def cli(
     args = _parse_args(args_json)
     if v1 and (task != "sleep" or args is not None):
         raise click.UsageError("--v1 jobs are sleep jobs: no --task or --args")
+    if v1 and (after or broadcast):
+        raise click.UsageError("--v1 jobs are plain jobs: no --after or --broadcast")
+    if pass_results and not after:
+        raise click.UsageError("--pass-results needs --after")
     if bulk and (count is None or v1):
         raise click.UsageError("--bulk needs --count and the v2 protocol")
     _check_timing(delay, run_at, misfire_grace, scatter, jitter, count, v1)
@@ -473,6 +507,9 @@ def cli(
         delay,
         run_at,
         misfire_grace,
+        after,
+        pass_results,
+        broadcast,
     )
     plan = Plan(
         url=url,

@@ -80,6 +80,11 @@ class JobMaker:
     delay: float | None = None
     run_at: str | None = None
     misfire_grace: float | None = None
+    depends_on: tuple[str, ...] = ()
+    """Ids every job waits for (``--after``): it runs once all of them succeeded."""
+    pass_results: bool = False
+    broadcast: bool = False
+    """Every job runs once on each scheduler serving its task (``--broadcast``)."""
 
     def next(self, index: int) -> JobPayload:
         """A new random payload; the ``index``-th job is ``{id_prefix}-{index}`` if set."""
@@ -96,6 +101,9 @@ class JobMaker:
             delay=self.delay,
             run_at=self.run_at,
             misfire_grace=self.misfire_grace,
+            depends_on=list(self.depends_on) or None,
+            pass_results=self.pass_results,
+            broadcast=self.broadcast,
         )
 
 

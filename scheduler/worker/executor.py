@@ -270,7 +270,7 @@ class Executor:
         if not self._may_start():
             return self._give_back(assignment)
         spec = self._tasks.spec(assignment.task)
-        args, kwargs = call_arguments(assignment.args, assignment.runtime)
+        args, kwargs = call_arguments(assignment.args, assignment.runtime, assignment.results)
         try:
             pipe = ResultPipe()
         except OSError as exc:

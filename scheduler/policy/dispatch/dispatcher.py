@@ -27,8 +27,15 @@ assigned    ``s``    ``s.held``; a seat not started; if it waits in ``s``'s loca
 running     ``s``    ``s.held``; a started seat; neither stealable nor stolen
 scheduled   None     a due time in ``timers`` only (not in the backlog, no hold-back,
                      no seat, not stealable, not being cancelled); ``delayed``
+blocked     None     ``deps.waiting`` (a non-empty set of tracked job ids), and
+                     nowhere else: not in the backlog, no seat, no steal, no cancel
 final       —        nowhere (only in the journal changes)
 =========== ======== ============================================================
+
+Dependencies (:mod:`.dependencies`): ``deps.dependents`` is the exact reverse of
+``deps.waiting``; results and broadcast outcomes are kept only for tracked jobs
+(outcomes only while blocked). A pinned job (a broadcast run, :mod:`.broadcast`) is
+held only by its pin and is never stealable nor stolen.
 
 Every tracked job has a waiting time (``since``); ``cancelling`` holds only held
 jobs; seats are exactly the held jobs; each scheduler's slots count its started
@@ -83,6 +90,15 @@ Rules:
   returning scheduler no longer holds) are of kind ``drop``.
 * v1 schedulers never report and cannot be told to stop: a job handed to one counts as
   outstanding until ``now >= handed_at + runtime`` and is then forgotten (deleted).
+* Dependencies (``depends_on``): a job is ``blocked`` until every dependency
+  ``succeeded`` (then queued: held back until the next tick, which the report that
+  released it runs at once); a dependency that ends otherwise ends it ``skipped``
+  (cascading) unless ``on_dependency_failure`` is ``run``. Unknown ids, another
+  submitter's jobs and, in a batch, cycles are refused naming the field.
+* Broadcast (``broadcast: true``): one run ``ID/scheduler`` per connected v2 scheduler
+  serving the task at submit, pinned there; the parent is ``blocked`` until every run
+  ends, then ``succeeded`` (all did) or ``failed`` naming the others. A run still
+  waiting when the core forgets its scheduler ends ``dead``.
 * Final jobs leave the core; the bus answers about them from its journal.
 * Counters and snapshots for ``stats`` (:mod:`scheduler.policy.stats`).
 """
@@ -238,6 +254,7 @@ class Dispatcher:
         wall: float,
         *,
         promised_until: float | None = None,
+        stored: Mapping[str, Job] | None = None,
     ) -> None:
         """Take back the non-final ``jobs`` a journal kept, before any other input.
 
@@ -246,10 +263,16 @@ class Dispatcher:
         ``promised_until`` (epoch seconds) if that is later: the bus that shut down for a
         restart promised its schedulers their jobs until then. Other jobs are queued
         (held back until ``not_before`` if that is after ``wall``). New jobs continue
-        from ``next_seq``. A job counts as waiting since its last change. Changes nothing
-        in the journal.
+        from ``next_seq``. A job counts as waiting since its last change.
+
+        A ``blocked`` job waits again for its dependencies still among ``jobs``;
+        ``stored`` holds the final journal records of the others (see
+        :func:`.dependencies.restore_ids`): one that succeeded is met (its result kept
+        for ``pass_results``), one that failed or is missing skips the job (unless it
+        runs anyway). Those skips are the only changes handed to the journal.
         """
         sessions.restore(self._core, jobs, next_seq, now, wall, promised_until)
+        sessions.restore_dependencies(self._core, stored or {}, now, wall)
 
     def attach(
         self,
@@ -354,7 +377,9 @@ class Dispatcher:
         A held job being cancelled ends ``cancelled`` unless it finished first. Then a
         scheduler left with a free slot steals.
         """
-        return reports.apply_report(self._core, name, report, now, wall)
+        decisions = reports.apply_report(self._core, name, report, now, wall)
+        sessions.dispatch_due(self._core, now, wall, decisions)  # jobs it released
+        return decisions
 
     def cancel(
         self,
@@ -386,8 +411,8 @@ class Dispatcher:
         decisions: list[Decision] = []
         sessions.expire_leases(core, now, wall, decisions)
         sessions.check_start_deadlines(core, now, wall, decisions)
-        sessions.dispatch_due(core, now, wall, decisions)
         delayed.release_due(core, now, wall, decisions)
         delayed.expire_misfires(core, now, wall, decisions)
+        sessions.dispatch_due(core, now, wall, decisions)  # after what may release jobs
         core.steals.balance(now, decisions)
         return decisions

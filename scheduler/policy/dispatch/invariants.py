@@ -17,15 +17,45 @@ def check_invariants(core: Lifecycle) -> None:
     assert core.cancelling <= core.jobs.keys(), "a cancel names an untracked job"
     timed, misfire = core.timers.members()
     assert misfire <= core.jobs.keys(), "a misfire deadline names an untracked job"
+    _check_dependencies(core)
     for job in core.jobs.values():
         assert (job.id in timed) == (job.state == "scheduled"), f"job {job.id}: timed"
         if job.state == "scheduled":
             _check_scheduled(core, job, job.id in queued, job.id in held_back)
+        elif job.state == "blocked":
+            _check_blocked(core, job, job.id in queued or job.id in held_back)
         elif job.holder is None:
             _check_queued(core, job, job.id in queued, job.id in held_back)
         else:
             _check_held(core, job, job.id in queued or job.id in held_back)
     _check_schedulers(core)
+
+
+def _check_dependencies(core: Lifecycle) -> None:
+    """A job waits for dependencies exactly while it is blocked, only for tracked jobs,
+    and the index of dependents is the exact reverse."""
+    deps = core.deps
+    blocked = {job.id for job in core.jobs.values() if job.state == "blocked"}
+    assert deps.waiting.keys() == blocked, "waiting for dependencies differs from blocked"
+    assert deps.results.keys() <= core.jobs.keys(), "results kept for an untracked job"
+    assert deps.outcomes.keys() <= blocked, "run outcomes kept for a job not blocked"
+    reverse: dict[str, set[str]] = {}
+    for job_id, waits in deps.waiting.items():
+        assert waits, f"blocked job {job_id} waits for nothing"
+        assert waits <= core.jobs.keys(), f"blocked job {job_id} waits for an untracked job"
+        for dep_id in waits:
+            reverse.setdefault(dep_id, set()).add(job_id)
+    assert reverse == deps.dependents, "dependents are not the reverse of waiting"
+
+
+def _check_blocked(core: Lifecycle, job: Job, booked: bool) -> None:
+    """A blocked job has no holder, no seat, no place in the backlog, no steal or cancel."""
+    where = f"blocked job {job.id}"
+    assert job.holder is None, f"{where} is held by {job.holder}"
+    assert not booked, f"{where} is in the backlog"
+    assert job.id not in core.seats, f"{where} has a seat"
+    assert job.id not in core.steals.stealable, f"{where} may be stolen"
+    assert job.id not in core.cancelling, f"{where} is being cancelled"
 
 
 def _check_queued(core: Lifecycle, job: Job, waits: bool, held_back: bool) -> None:
@@ -63,6 +93,8 @@ def _check_held(core: Lifecycle, job: Job, waits: bool) -> None:
     stolen = job.id in core.steals.stealable or core.steals.thief(job.id) is not None
     assert not stolen or (s.reports and job.state == "assigned"), f"{where}: stealable"
     assert job.id not in core.steals.stealable or core.steals.thief(job.id) is None, where
+    pin = job.payload.pin
+    assert pin is None or (job.holder == pin and not stolen), f"{where}: pinned to {pin}"
     v1 = (job.id, job.attempt) in core.backlog.v1_attempts()
     assert s.reports or v1, f"{where}: a v1 attempt that never expires"
 

@@ -7,6 +7,13 @@ held back for a retry), ``assigned`` (held by a scheduler, not started) or ``run
 (held, started). A final job leaves the core (:meth:`Lifecycle.forget`); so does a job
 handed to a v1 scheduler once its runtime has elapsed. The invariants each state keeps
 are listed in :mod:`scheduler.policy.dispatch.dispatcher` and checked by
+A tracked job is ``blocked`` (waiting for its dependencies or, for a broadcast, its
+runs: :mod:`.dependencies`), ``queued`` (no holder; it waits in the backlog for a
+scheduler or is held back for a retry), ``assigned`` (held by a scheduler, not started)
+or ``running`` (held, started). A final job leaves the core
+(:meth:`Lifecycle.forget`); so does a job handed to a v1 scheduler once its runtime has
+elapsed. The invariants each state keeps are listed in
+:mod:`scheduler.policy.dispatch.dispatcher` and checked by
 :mod:`scheduler.policy.dispatch.invariants`.
 """
 
@@ -17,6 +24,7 @@ from collections.abc import Collection
 
 from scheduler.policy.aging import Aging
 from scheduler.policy.dispatch.backlog import Backlog
+from scheduler.policy.dispatch.broadcast import gone_error, parent_outcome, run_id, run_payload
 from scheduler.policy.dispatch.config import DispatchConfig
 from scheduler.policy.dispatch.decisions import (
     Decision,
@@ -25,6 +33,7 @@ from scheduler.policy.dispatch.decisions import (
     Requeued,
     SendAssign,
 )
+from scheduler.policy.dispatch.dependencies import Dependencies, Plan, effect, skip_reason
 from scheduler.policy.dispatch.registry import KnownScheduler, Registry
 from scheduler.policy.dispatch.steals import Steals
 from scheduler.policy.dispatch.timers import Timers
@@ -55,6 +64,7 @@ class Lifecycle:
         self.since: dict[str, float] = {}
         self.seats: dict[str, Seat] = {}
         self.cancelling: set[str] = set()
+        self.deps = Dependencies()
         self._changed: dict[str, Job] = {}
         self._deleted: set[str] = set()
         self.seq = 0
@@ -121,6 +131,8 @@ class Lifecycle:
             self.finish(job, "dead", wall, out, error=error)
             return
         candidates = self.eligible(job.payload.task, now)
+        if job.payload.pin is not None:
+            candidates = [c for c in candidates if c.name == job.payload.pin]
         if not candidates:
             self.backlog.push(job)
             return
@@ -172,7 +184,7 @@ class Lifecycle:
             self.registry.start_watch.assigned(s.name, job.id, now)
         if not s.reports:
             self.backlog.expire_v1(now + (job.payload.runtime or 0.0), job)
-        elif waiting:
+        elif waiting and job.payload.pin is None:  # a pinned run is never stolen
             self.steals.waits(s, job, self.since.get(job.id, now))
         s.slots.last_pick = self._picks
         self._picks += 1
@@ -187,6 +199,7 @@ class Lifecycle:
             timeout=p.timeout,
             evictions=job.evictions,
             evictable=evictable,
+            results=dict(self.deps.results.get(job.id, {})) if p.pass_results else None,
         )
         out.append(SendAssign(s.name, assignment, p))
         self.emit(out, job_event(job, "assigned", wall, s.name))
@@ -280,15 +293,134 @@ class Lifecycle:
         error: str | None = None,
     ) -> None:
         """End ``job`` in final ``state``: it leaves the core and its holder."""
-        assert state in ("succeeded", "failed", "timed_out", "cancelled", "dead", "expired")
+        self._end(job, state, wall, out, report, error)
+        self._settle(job, wall, out)
+
+    def _end(
+        self,
+        job: Job,
+        state: EventKind,
+        wall: float,
+        out: list[Decision],
+        report: Report | None,
+        error: str | None,
+    ) -> None:
+        assert state in (
+            "succeeded",
+            "failed",
+            "timed_out",
+            "cancelled",
+            "dead",
+            "expired",
+            "skipped",
+        )
         self.forget(job.id)
         job.state = state
         job.finished_at = wall
-        if state == "succeeded":
-            job.result, job.traceback = None if report is None else report.result, None
+        if state == "succeeded":  # a broadcast parent keeps the result it gathered
+            job.result = job.result if report is None else report.result
+            job.traceback = None
         self.finished += 1
         self.touch(job, wall)
         self.emit(out, job_event(job, state, wall, job.holder, report, error=error))
+
+    # --- dependencies ----------------------------------------------------------------
+
+    def enter(self, job: Job, plan: Plan, now: float, wall: float, out: list[Decision]) -> None:
+        """New (or restored) ``job`` with dependencies starts as ``plan`` says: skipped
+        if one already failed (unless it runs anyway), ``blocked`` while some are
+        pending, else dispatched."""
+        if job.payload.pass_results:
+            self.deps.keep_results(job.id, plan.results)
+        if plan.failed is not None and job.payload.on_dependency_failure == "skip":
+            self.finish(job, "skipped", wall, out, error=skip_reason(*plan.failed))
+        elif plan.pending:
+            job.state = "blocked"
+            self.deps.block(job.id, plan.pending)
+            self.touch(job, wall)
+            self.emit(out, job_event(job, "blocked", wall, None))
+        else:
+            self.dispatch(job, now, wall, out)
+
+    def enter_restored(self, job: Job, plan: Plan, wall: float, out: list[Decision]) -> None:
+        """Restored blocked ``job``, already booked for ``plan.pending``: skipped if a
+        dependency failed while the bus was down (unless it runs anyway), released if
+        none is pending any more, else it keeps waiting."""
+        if plan.failed is not None and job.payload.on_dependency_failure == "skip":
+            self.finish(job, "skipped", wall, out, error=skip_reason(*plan.failed))
+        elif job.id not in self.deps.waiting:
+            job.state = "queued"
+            self.touch(job, wall)
+            self.backlog.hold_back(job, float("-inf"))
+
+    def _settle(self, ended: Job, wall: float, out: list[Decision]) -> None:
+        """``ended`` is final: each job waiting for it is skipped (and so on down the
+        line), released (held back until the next tick, which dispatches it) or waits on."""
+        todo = [ended]
+        while todo:
+            dep = todo.pop()
+            for job_id, still_waiting in self.deps.settle(dep.id):
+                job = self.jobs[job_id]
+                if dep.state == "succeeded" and (job.payload.pass_results or job.payload.broadcast):
+                    self.deps.keep_results(job_id, {dep.id: dep.result})
+                if job.payload.broadcast:
+                    self.deps.outcomes.setdefault(job_id, {})[dep.id] = dep.state
+                what = effect(job.payload, dep.state, still_waiting)
+                if what == "gather":
+                    self._gather(job, wall, out)
+                    todo.append(job)
+                elif what == "skip":
+                    self._end(job, "skipped", wall, out, None, skip_reason(dep.id, dep.state))
+                    todo.append(job)
+                elif what == "release":
+                    job.state = "queued"
+                    self.touch(job, wall)
+                    self.backlog.hold_back(job, float("-inf"))
+
+    # --- broadcast ---------------------------------------------------------------------
+
+    def broadcast(
+        self, parent: Job, schedulers: list[str], now: float, wall: float, out: list[Decision]
+    ) -> list[str]:
+        """Make new ``parent``'s run on each of ``schedulers`` (accepted, pinned,
+        dispatched) and block the parent on them; return the runs' ids."""
+        runs = [
+            Job(
+                run_id(parent.id, name),
+                run_payload(parent.payload, parent.id, name),
+                parent.seq,
+                wall,
+                owner=parent.owner,
+            )
+            for name in schedulers
+        ]
+        for run in runs:
+            run.seq, self.seq = self.seq, self.seq + 1
+            self.jobs[run.id] = run
+            self.since[run.id] = now
+            self.accepted += 1
+            self.touch(run, wall)
+            self.emit(out, job_event(run, "accepted", wall, None))
+        self.enter(parent, Plan(tuple(run.id for run in runs)), now, wall, out)
+        for run in runs:
+            self.dispatch(run, now, wall, out)
+        return [run.id for run in runs]
+
+    def _gather(self, parent: Job, wall: float, out: list[Decision]) -> None:
+        """Every run of broadcast ``parent`` ended: it ends as they did."""
+        state, error = parent_outcome(self.deps.outcomes.get(parent.id, {}))
+        parent.result = self.deps.results.get(parent.id, {}) if state == "succeeded" else None
+        self._end(parent, state, wall, out, None, error)
+
+    def end_pinned(self, scheduler: str, wall: float, out: list[Decision]) -> None:
+        """The core forgot ``scheduler``: the runs pinned to it that still wait end ``dead``."""
+        stranded = [
+            job
+            for job in self.jobs.values()
+            if job.payload.pin == scheduler and job.holder is None and job.state == "queued"
+        ]
+        for job in stranded:
+            self.finish(job, "dead", wall, out, error=gone_error(scheduler))
 
     def forget(self, job_id: str) -> Job:
         """Take tracked job ``job_id`` out of every structure of the core: its holder's
@@ -299,6 +431,7 @@ class Lifecycle:
         if job.holder is not None:
             self.leave_holder(job)
         self.since.pop(job_id, None)
+        self.deps.forget(job_id)
         self.cancelling.discard(job_id)
         self.backlog.discard(job_id)
         self.timers.discard(job_id)
@@ -314,3 +447,6 @@ class Lifecycle:
             self.forget(job_id)
             self._changed.pop(job_id, None)
             self._deleted.add(job_id)
+            # Its outcome is unknown: jobs waiting for it are settled as after a failure,
+            # stamped when the bus takes it to have ended.
+            self._settle(job, job.updated_at + (job.payload.runtime or 0.0), [])

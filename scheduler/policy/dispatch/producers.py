@@ -4,14 +4,20 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import msgspec
 
 from scheduler.codec import ProtocolError
-from scheduler.policy.conflict import KeepExisting, Refuse, Replace, resolve
-from scheduler.policy.dispatch import delayed
+from scheduler.policy.conflict import Create, KeepExisting, Refuse, Replace, resolve
+from scheduler.policy.dispatch import broadcast, delayed
 from scheduler.policy.dispatch.decisions import Decision, SendReply, SendStop
+from scheduler.policy.dispatch.dependencies import (
+    Plan,
+    Refusal,
+    batch_order,
+    check_depends_on,
+)
 from scheduler.policy.dispatch.lifecycle import Lifecycle
 from scheduler.policy.events import job_event
 from scheduler.policy.job import Job, not_yours
@@ -37,6 +43,9 @@ class Submit:
     now: float
     wall: float
     new_id: Callable[[], str]
+    ended: dict[str, Job] = field(default_factory=dict)
+    """Jobs of this request that ended at once (skipped), for later jobs of the batch
+    that depend on them."""
 
 
 def unserved_warning(task: str) -> str:
@@ -60,6 +69,7 @@ def submit(
             existing=result.existing,
             replaced=result.replaced,
             warning=result.warning,
+            runs=result.runs,
         )
     if core.steals.unbalanced:  # only a replaced job frees a slot here
         core.steals.balance(submit.now, decisions)
@@ -74,15 +84,20 @@ def submit_many(
 ) -> list[Decision]:
     """Accept a batch (see :meth:`Dispatcher.submit_many`)."""
     decisions: list[Decision] = []
-    results: list[SubmitResult] = []
-    for i, item in enumerate(payloads):
+    results: dict[int, SubmitResult] = {}
+    order, cyclic = batch_order(payloads)
+    for i, message in cyclic.items():
+        results[i] = SubmitResult(error=message, field=f"jobs.{i}.depends_on")
+    for i in order:
+        item = payloads[i]
         if isinstance(item, ProtocolError):
-            results.append(_bad_job(i, item))
+            results[i] = _bad_job(i, item)
         else:
-            results.append(_submit_one(core, item, submit, f"jobs.{i}", decisions))
+            results[i] = _submit_one(core, item, submit, f"jobs.{i}", decisions)
     if core.steals.unbalanced:  # only a replaced job frees a slot here
         core.steals.balance(submit.now, decisions)
-    return [SendReply(SubmittedMany(results, ref)), *decisions]
+    in_order = [results[i] for i in range(len(payloads))]
+    return [SendReply(SubmittedMany(in_order, ref)), *decisions]
 
 
 def cancel(
@@ -104,6 +119,8 @@ def cancel(
             return [SendReply(Error(f"id: no job {job_id}", field="id", ref=ref))]
         done = f"job {job_id} is already {stored.state}; nothing was done"
         return [SendReply(CancelReply(job_id, stored.state, done, ref))]
+    if job.payload.broadcast and job.state == "blocked":
+        return _cancel_runs(core, job, wall, ref, by)
     if job.holder is None:
         decisions: list[Decision] = []
         core.finish(job, "cancelled", wall, decisions)
@@ -116,6 +133,19 @@ def cancel(
         SendReply(CancelReply(job_id, "running", "stopping", ref)),
         SendStop(job.holder, Stop(job_id, job.attempt, "cancelled", kind="cancel")),
     ]
+
+
+def _cancel_runs(
+    core: Lifecycle, parent: Job, wall: float, ref: str | int | None, by: str | None
+) -> list[Decision]:
+    """Cancel every run of broadcast ``parent`` still going; the parent ends (cancelled
+    if no run had failed) when the last one does."""
+    decisions: list[Decision] = []
+    for run in sorted(core.deps.waiting.get(parent.id, ())):
+        decisions.extend(cancel(core, run, wall, None, None, by)[1:])
+    message = "cancelled" if parent.id not in core.jobs else "stopping its runs"
+    state = "cancelled" if parent.final and parent.state == "cancelled" else parent.state
+    return [SendReply(CancelReply(parent.id, state, message, ref)), *decisions]
 
 
 def _submit_one(
@@ -140,6 +170,26 @@ def _submit_one(
     if isinstance(resolution, KeepExisting):
         assert existing is not None
         return SubmitResult(id=existing.id, existing=True)
+    plan = _dependency_plan(core, payload, submit, prefix)
+    if isinstance(plan, SubmitResult):
+        return plan
+    refused = _broadcast_refusal(core, payload, existing, prefix)
+    if refused is not None:
+        return refused
+    return _create(core, payload, submit, existing, resolution, plan, out)
+
+
+def _create(
+    core: Lifecycle,
+    payload: JobPayload,
+    submit: Submit,
+    existing: Job | None,
+    resolution: Create | Replace,
+    plan: Plan | None,
+    out: list[Decision],
+) -> SubmitResult:
+    """Accept checked ``payload`` as a new job (replacing ``existing`` if so resolved)
+    and start it: dispatched, blocked on its dependencies, or broadcast."""
     job_id = payload.job_id or _fresh_id(core, submit.new_id)
     attempt = 0
     if isinstance(resolution, Replace):
@@ -154,9 +204,62 @@ def _submit_one(
     core.accepted += 1
     core.touch(job, wall)
     core.emit(out, job_event(job, "accepted", wall, None))
-    delayed.accept(core, job, now, wall, out)
+    if payload.broadcast:
+        runs = core.broadcast(job, _targets(core, payload.task), now, wall, out)
+        return SubmitResult(id=job_id, runs=runs)
+    if plan is None:
+        delayed.accept(core, job, now, wall, out)
+    else:
+        core.enter(job, plan, now, wall, out)
+        if job.final:
+            submit.ended[job.id] = job
     warning = None if core.eligible(payload.task, now) else unserved_warning(payload.task)
     return SubmitResult(id=job_id, replaced=isinstance(resolution, Replace), warning=warning)
+
+
+def _dependency_plan(
+    core: Lifecycle, payload: JobPayload, submit: Submit, prefix: str
+) -> Plan | SubmitResult | None:
+    """How a job with ``depends_on`` starts (None: it has none), or its refusal."""
+    if not payload.depends_on:
+        return None
+    plan = check_depends_on(
+        payload,
+        prefix,
+        lambda job_id: (
+            core.jobs.get(job_id) or submit.stored.get(job_id) or submit.ended.get(job_id)
+        ),
+        submit.owner,
+    )
+    if isinstance(plan, Refusal):
+        return SubmitResult(error=plan.message, field=plan.field)
+    return plan
+
+
+def _targets(core: Lifecycle, task: str) -> list[str]:
+    """The schedulers a broadcast of ``task`` runs on now."""
+    known = ((s.name, s.connected, s.reports, s.tasks) for s in core.registry)
+    return broadcast.targets(known, task)
+
+
+def _broadcast_refusal(
+    core: Lifecycle, payload: JobPayload, existing: Job | None, prefix: str
+) -> SubmitResult | None:
+    """The refusal of a bad ``broadcast`` or ``pin``, or of replacing a broadcast."""
+    if existing is not None and (existing.payload.broadcast or payload.broadcast):
+        where = f"{prefix}.job_id"
+        why = f"job {existing.id} exists; a broadcast cannot replace or be replaced"
+        return SubmitResult(error=f"{where}: {why}", field=where)
+    serving = _targets(core, payload.task) if payload.broadcast else []
+    taken = [r for n in serving if (r := broadcast.run_id(payload.job_id or "", n)) in core.jobs]
+    if taken:
+        where = f"{prefix}.job_id"
+        why = f"the id of its run {taken[0]} is taken by another job; choose another id"
+        return SubmitResult(error=f"{where}: {why}", field=where)
+    refusal = broadcast.check(payload, prefix, serving)
+    if refusal is None:
+        return None
+    return SubmitResult(error=refusal.message, field=refusal.field)
 
 
 def _fresh_id(core: Lifecycle, new_id: Callable[[], str]) -> str:

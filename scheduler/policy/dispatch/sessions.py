@@ -8,6 +8,7 @@ from collections.abc import Iterable, Mapping, Sequence
 
 from scheduler.policy.dispatch import delayed
 from scheduler.policy.dispatch.decisions import Decision, LeaseExpired, SendStop, StartOverdue
+from scheduler.policy.dispatch.dependencies import Plan, restore_plan
 from scheduler.policy.dispatch.lifecycle import Lifecycle
 from scheduler.policy.dispatch.registry import KnownScheduler
 from scheduler.policy.job import Job
@@ -79,6 +80,7 @@ def forget_scheduler(
     lost = [core.jobs[job_id] for job_id in s.held]
     core.take_back(s, lost, reason, now, wall, decisions)
     core.registry.remove(s)
+    core.end_pinned(s.name, wall, decisions)
     return decisions
 
 
@@ -136,7 +138,9 @@ def restore(
         core.jobs[job.id] = job
         core.seq = max(core.seq, job.seq + 1)
         core.since[job.id] = now - max(0.0, wall - job.updated_at)
-        if job.holder is not None and job.state in ("assigned", "running"):
+        if job.state == "blocked":
+            job.holder = None  # booked by restore_dependencies
+        elif job.holder is not None and job.state in ("assigned", "running"):
             _restore_held(core, job, now)
             core.registry.leases.extend(job.holder, kept_until)
         elif delayed.restore(core, job, now, wall):
@@ -147,6 +151,29 @@ def restore(
         else:
             job.state, job.holder = "queued", None
             core.backlog.push(job)
+
+
+def restore_dependencies(
+    core: Lifecycle, stored: Mapping[str, Job], now: float, wall: float
+) -> None:
+    """Book the restored ``blocked`` jobs again, then skip or release those whose
+    dependencies ended while the bus was down (``stored``: their journal records), and
+    give the results back to restored jobs that asked for them."""
+    out: list[Decision] = []  # nobody is connected yet: the events reach no one
+    plans: list[tuple[Job, Plan]] = []
+    for job in list(core.jobs.values()):
+        if not job.payload.depends_on:
+            continue
+        plan = restore_plan(job.payload, lambda i: core.jobs.get(i) or stored.get(i))
+        if job.payload.pass_results:
+            core.deps.keep_results(job.id, plan.results)
+        if job.state == "blocked":
+            if plan.pending:
+                core.deps.block(job.id, plan.pending)
+            plans.append((job, plan))
+    for job, plan in plans:
+        if job.id in core.jobs:
+            core.enter_restored(job, plan, wall, out)
 
 
 def _restore_held(core: Lifecycle, job: Job, now: float) -> None:

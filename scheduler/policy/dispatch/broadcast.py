@@ -1,0 +1,83 @@
+"""Broadcast jobs: one run per scheduler serving the task at submit, each pinned to it.
+
+A ``broadcast: true`` submit makes a parent job and one run per connected v2 scheduler
+serving its task (:func:`targets`), with id ``ID/scheduler`` (:func:`run_id`) and a
+payload pinned there (:func:`run_payload`). The parent is ``blocked`` on its runs (the
+bookkeeping of :mod:`.dependencies`) and ends when the last one does
+(:func:`parent_outcome`): ``succeeded`` if every run succeeded (its result maps each run
+to its result), else ``failed`` naming the runs that did not (``cancelled`` if they were
+all cancelled: cancelling the parent cancels its runs). A pinned run is placed
+only on its scheduler and never stolen; if the bus forgets that scheduler (its lease
+expired, or it closed cleanly) a run still waiting ends ``dead`` (:func:`gone_error`).
+
+Pure: no clock needed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+import msgspec
+
+from scheduler.policy.dispatch.dependencies import Refusal
+from scheduler.protocol import EventKind, JobPayload
+
+
+def run_id(parent: str, scheduler: str) -> str:
+    """The id of ``parent``'s run on ``scheduler``."""
+    return f"{parent}/{scheduler}"
+
+
+def check(payload: JobPayload, prefix: str, serving: list[str]) -> Refusal | None:
+    """Why a submit's ``broadcast``/``pin`` is refused (naming the field), given the v2
+    schedulers ``serving`` its task now; None if it is accepted."""
+    if payload.pin is not None:
+        where = f"{prefix}.pin"
+        return Refusal(f"{where}: set by the bus for the runs of a broadcast", where)
+    if not payload.broadcast:
+        return None
+    where = f"{prefix}.broadcast"
+    if payload.depends_on:
+        return Refusal(f"{where}: a broadcast cannot have depends_on", where)
+    if not serving:
+        return Refusal(
+            f'{where}: no connected scheduler serves task "{payload.task}"; a broadcast runs'
+            " on the schedulers serving its task when it is submitted",
+            where,
+        )
+    return None
+
+
+def targets(schedulers: Iterable[tuple[str, bool, bool, Iterable[str]]], task: str) -> list[str]:
+    """The names, sorted, of the schedulers a broadcast of ``task`` runs on, from
+    ``(name, connected, reports, tasks)``: connected v2 ones serving it (a v1 scheduler
+    never reports, so its run could never end)."""
+    return sorted(
+        name
+        for name, connected, reports, tasks in schedulers
+        if connected and reports and task in tasks
+    )
+
+
+def run_payload(payload: JobPayload, parent: str, scheduler: str) -> JobPayload:
+    """The payload of ``parent``'s run on ``scheduler``: the same job, pinned there."""
+    return msgspec.structs.replace(
+        payload, broadcast=False, pin=scheduler, job_id=run_id(parent, scheduler)
+    )
+
+
+def parent_outcome(states: Mapping[str, str]) -> tuple[EventKind, str | None]:
+    """The final state of a broadcast whose runs ended in ``states`` (run id: state),
+    and the error naming the runs that did not succeed: ``cancelled`` if every one of
+    those was cancelled (a cancelled broadcast), else ``failed``."""
+    bad = {run: state for run, state in sorted(states.items()) if state != "succeeded"}
+    if not bad:
+        return "succeeded", None
+    named = ", ".join(f"{run} {state}" for run, state in bad.items())
+    error = f"{len(bad)} of {len(states)} runs did not succeed: {named}"
+    return ("cancelled" if set(bad.values()) == {"cancelled"} else "failed"), error
+
+
+def gone_error(scheduler: str) -> str:
+    """The error of a pinned run whose scheduler the bus forgot."""
+    return f"its scheduler {scheduler} is gone (lease expired or closed); a broadcast run is pinned"

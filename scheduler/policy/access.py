@@ -24,6 +24,9 @@ from scheduler.protocol import (
     Register,
     Report,
     Role,
+    ScheduleAdd,
+    ScheduleChange,
+    ScheduleQuery,
     SubmitMany,
     Vacuum,
     Watch,
@@ -41,10 +44,15 @@ ROLES_FOR: Final[dict[type, tuple[Role, ...]]] = {
     GetStats: ("producer", "monitor"),
     Report: ("scheduler",),
     Heartbeat: ("scheduler",),
+    ScheduleAdd: ("producer", "monitor"),
+    ScheduleChange: ("producer", "monitor"),
+    ScheduleQuery: ("producer", "monitor"),
 }
 """Which client type may send each command (``register`` is for anyone not registered)."""
 
-V2_ONLY: Final = frozenset({SubmitMany, Cancel, Watch, Vacuum, GetStats})
+V2_ONLY: Final = frozenset(
+    {SubmitMany, Cancel, Watch, Vacuum, GetStats, ScheduleAdd, ScheduleChange, ScheduleQuery}
+)
 """The commands a client registered with protocol 1 may not send."""
 
 RIGHTS_FOR: Final[dict[type, tuple[TokenRole, ...]]] = {
@@ -56,6 +64,9 @@ RIGHTS_FOR: Final[dict[type, tuple[TokenRole, ...]]] = {
     GetStats: ("producer", "monitor", "admin"),
     Report: ("scheduler", "admin"),
     Heartbeat: ("scheduler", "admin"),
+    ScheduleAdd: ("admin",),
+    ScheduleChange: ("admin",),
+    ScheduleQuery: ("monitor", "admin"),
 }
 """Which token role may send each command (on a bus with tokens). A producer's cancel and
 watch are further limited to its own jobs."""

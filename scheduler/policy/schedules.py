@@ -47,6 +47,11 @@ class Fire:
     payload: JobPayload
     manual: bool = False
 
+    @property
+    def job_id(self) -> str:
+        """The firing's job id (:func:`firing_id`)."""
+        return firing_id(self.name, self.scheduled)
+
 
 @dataclass(frozen=True, slots=True)
 class Skip:

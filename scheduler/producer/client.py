@@ -46,6 +46,13 @@ from scheduler.protocol import (
     JobPayload,
     JobRequest,
     Register,
+    ScheduleAction,
+    ScheduleAdd,
+    ScheduleChange,
+    ScheduleQuery,
+    ScheduleQueryKind,
+    Schedules,
+    ScheduleSpec,
     StatsReply,
     SubmitMany,
     SubmitResult,
@@ -58,7 +65,7 @@ from scheduler.protocol import (
 
 log = logging.getLogger(__name__)
 
-BusReply = Accepted | SubmittedMany | CancelReply | Watching | Vacuumed | StatsReply
+BusReply = Accepted | SubmittedMany | CancelReply | Watching | Vacuumed | StatsReply | Schedules
 """What the bus answers a producer's request with (an ``error`` fails the request)."""
 _Builder = Callable[[int], ClientMessage]
 
@@ -210,6 +217,27 @@ class ProducerClient:
         """The bus's and every scheduler's figures now."""
         reply = await self._request(lambda ref: GetStats(ref=ref))
         assert isinstance(reply, StatsReply)
+        return reply
+
+    async def schedule_add(self, spec: ScheduleSpec) -> Schedules:
+        """Add the schedule ``spec`` or replace the one of its name (an admin's request)."""
+        return await self._schedules(lambda ref: ScheduleAdd(schedule=spec, ref=ref))
+
+    async def schedule_change(self, action: ScheduleAction, name: str) -> Schedules:
+        """Pause, resume, remove or trigger schedule ``name`` (an admin's request)."""
+        return await self._schedules(lambda ref: ScheduleChange(action=action, name=name, ref=ref))
+
+    async def schedule_query(
+        self, query: ScheduleQueryKind = "list", name: str | None = None, count: int = 5
+    ) -> Schedules:
+        """Every schedule, one (``show``), or one's next ``count`` fire times (``next``)."""
+        return await self._schedules(
+            lambda ref: ScheduleQuery(query=query, name=name, count=count, ref=ref)
+        )
+
+    async def _schedules(self, build: _Builder) -> Schedules:
+        reply = await self._request(build)
+        assert isinstance(reply, Schedules)
         return reply
 
     async def events(self) -> AsyncIterator[JobEvent]:

@@ -121,7 +121,9 @@ def cli(
     help="After downtime run one late firing, not each missed one.",
 )
 @click.pass_context
-def add(ctx: click.Context, name: str, task_name: str, args_json: str | None, **rest: Any) -> None:
+def add(
+    ctx: click.Context, /, name: str, task_name: str, args_json: str | None, **rest: Any
+) -> None:
     """Add schedule NAME, or replace the one of that name."""
     fields: dict[str, Any] = {"name": name, "task": task_name} | {
         key: value for key, value in rest.items() if value is not None

@@ -96,6 +96,8 @@ GOALS: tuple[Goal, ...] = (
     Goal("ingest_jobs_per_s", ">=", 15_000.0, "ingest >= 15,000 jobs/s"),
     Goal("cluster_makespan.ratio", "<=", 1.1, "cluster makespan <= 1.1x ideal"),
     Goal("cluster_eviction_ms.p50", "<=", 10.0, "cluster eviction p50 <= 10 ms"),
+    Goal("periodic_fire_lateness_ms.p50", "<=", 5.0, "periodic lateness p50 <= 5 ms"),
+    Goal("periodic_fire_lateness_ms.p99", "<=", 20.0, "periodic lateness p99 <= 20 ms"),
 )
 
 
@@ -216,6 +218,7 @@ FIGURE_KEYS: tuple[str, ...] = (
     "fanout",
     "cluster_makespan",
     "cluster_eviction_ms",
+    "periodic_fire_lateness_ms",
 )
 """The figures, in the order they are printed."""
 

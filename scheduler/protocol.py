@@ -164,7 +164,8 @@ class ScheduleSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit
     """A periodic job: fire every ``every`` seconds (aligned on multiples of ``every``
     since the epoch) or at the times of the ``cron`` expression in time zone ``tz``; each
     firing submits ``task`` with ``args``, ``priority`` and ``timeout`` as a job whose id
-    is ``NAME@<scheduled time, ISO 8601 UTC>``.
+    is ``NAME@<scheduled time, ISO 8601 UTC>`` (``runtime`` as in :class:`JobPayload`:
+    the built-in ``sleep`` task needs it).
 
     ``misfire_grace``: a firing later than this (the bus was down) is not run (None: any
     lateness). ``jitter``: each firing is delayed by a random 0..``jitter`` seconds.
@@ -180,6 +181,7 @@ class ScheduleSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit
     cron: Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_NAME_LEN)] | None = None
     tz: Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_NAME_LEN)] = "UTC"
     args: Args | None = None
+    runtime: Runtime | None = None
     priority: Priority | None = None
     timeout: Timeout | None = None
     misfire_grace: Annotated[float, msgspec.Meta(ge=0, le=MAX_TIMEOUT_S)] | None = None

@@ -162,6 +162,7 @@ def firing_payload(spec: ScheduleSpec, scheduled: float) -> JobPayload:
     return JobPayload(
         task=spec.task,
         args=spec.args,
+        runtime=spec.runtime,
         priority=spec.priority,
         timeout=spec.timeout,
         job_id=firing_id(spec.name, scheduled),

@@ -107,6 +107,7 @@ def cli(
 @click.option("--cron", default=None, help="Fire at the times of this cron expression.")
 @click.option("--tz", default="UTC", show_default=True, help="The cron expression's time zone.")
 @click.option("--args", "args_json", default=None, help="The task's arguments, as JSON.")
+@click.option("--runtime", type=float, default=None, help="Runtime (the sleep task needs it).")
 @click.option("--priority", type=int, default=None, help="Priority of each firing's job.")
 @click.option("--timeout", type=float, default=None, help="Timeout of each firing's job (s).")
 @click.option(

@@ -149,11 +149,17 @@ async def test_schedules_survive_a_restart_and_an_invalid_declaration_is_logged(
         async with client(bus) as worker:
             bad = {"name": "bad", "task": "noop", "every": 1, "tz": "Nowhere/Land"}
             daily = {"name": "daily", "task": "noop", "cron": "0 4 * * *"}
-            await registered(worker, "scheduler", name="w", tasks=["noop"], schedules=[bad, daily])
+            alien = {"name": "alien", "task": "other", "every": 1}
+            await registered(
+                worker, "scheduler", name="w", tasks=["noop"], schedules=[bad, daily, alien]
+            )
             async with client(bus) as admin:
                 await register(admin, "producer")
                 await command(admin, "schedule_change", action="pause", name="daily")
     assert "w: schedule bad refused: tz: unknown time zone 'Nowhere/Land'" in caplog.text
+    assert "w: schedule alien refused: task: 'other' is not a task this scheduler serves" in (
+        caplog.text
+    )
     async with BusServer(config) as bus, client(bus) as admin:
         await register(admin, "producer")
         (daily_info,) = (await command(admin, "schedule_query"))["schedules"]

@@ -72,13 +72,16 @@ class BusSchedules:
             self._timer.cancel()
             self._timer = None
 
-    def declare(self, client: Connection, specs: list[ScheduleSpec]) -> None:
+    def declare(self, client: Connection, specs: list[ScheduleSpec], tasks: list[str]) -> None:
         """Add or update the schedules a scheduler's tasks declare (by name: the same
-        schedule from many schedulers is one); an invalid one is logged and left out."""
+        schedule from many schedulers is one); an invalid one, or one of a task the
+        scheduler does not serve (``tasks``), is logged and left out."""
         wall = self._hub.wall()
         changed = []
         for spec in specs:
             problem = spec_problem(spec)
+            if problem is None and spec.task not in tasks:
+                problem = "task", f"task: {spec.task!r} is not a task this scheduler serves"
             if problem is not None:
                 logger.warning("%s: schedule %s refused: %s", client.name, spec.name, problem[1])
             elif self.book.upsert(spec, wall):

@@ -305,7 +305,7 @@ class BusServer:
         if isinstance(message, Register):
             self._sessions.register(client, message, frame)
             if client.role == "scheduler" and message.schedules:
-                self._schedules.declare(client, message.schedules)
+                self._schedules.declare(client, message.schedules, message.tasks or [])
             return
         refusal = send_refusal(client.role, client.protocol, client.grant.rights, message)
         if refusal is not None:

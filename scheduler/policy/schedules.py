@@ -119,7 +119,7 @@ def spec_problem(spec: ScheduleSpec) -> tuple[str, str] | None:
         return "tz", f"tz: unknown time zone {spec.tz!r} (an IANA name such as Europe/Berlin)"
     if spec.cron is not None:
         try:
-            croniter(spec.cron, datetime.now(zone)).get_next(float)
+            croniter(spec.cron, datetime(2000, 1, 1, tzinfo=zone)).get_next(float)
         except (CroniterBadCronError, CroniterBadDateError, ValueError, KeyError) as exc:
             return "cron", f"cron: not a valid cron expression {spec.cron!r}: {exc}"
     return None

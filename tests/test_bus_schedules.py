@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import sqlite3
 from datetime import datetime
 from itertools import pairwise
 from pathlib import Path
@@ -164,3 +165,41 @@ async def test_schedules_survive_a_restart_and_an_invalid_declaration_is_logged(
         await register(admin, "producer")
         (daily_info,) = (await command(admin, "schedule_query"))["schedules"]
         assert daily_info["spec"]["name"] == "daily" and daily_info["paused"] is True
+
+
+async def test_after_downtime_one_late_firing_runs_and_a_re_fire_finds_its_job(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """On a virtual wall clock and a real journal: the bus is down for 4 periods, comes
+    back and runs one firing (the rest logged as coalesced); firing that time again (its
+    schedule row as it was before) finds the job instead of making a second one."""
+    caplog.set_level(logging.INFO, "scheduler.bus.server")
+    db = tmp_path / "journal.db"
+    t0 = 1_800_000_000.0
+    now = [t0]
+    config = BusConfig(port=0, db=str(db))
+
+    def bus() -> BusServer:
+        return BusServer(config, wall_clock=lambda: now[0])
+
+    async with bus() as first, client(first) as admin:
+        await register(admin, "producer")
+        await command(admin, "schedule_add", schedule=tick(10.0))
+    now[0] = t0 + 45
+    async with bus():
+        pass  # opening it catches up
+    late = "tick@2027-01-15T08:00:40Z"
+    assert "tick: 3 firings from 2027-01-15T08:00:10Z to 2027-01-15T08:00:30Z not run" in (
+        caplog.text
+    )
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT id FROM jobs").fetchall() == [(late,)]
+        conn.execute("UPDATE schedules SET next_fire = ?, due = ?", (t0 + 40, t0 + 40))
+    conn.close()
+    caplog.clear()
+    async with bus():
+        pass  # opening it fires 08:00:40 again
+    assert "bus closed: 0 jobs accepted" in caplog.text, "the re-fire found the existing job"
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT id FROM jobs").fetchall() == [(late,)]
+    conn.close()

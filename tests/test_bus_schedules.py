@@ -200,6 +200,7 @@ async def test_after_downtime_one_late_firing_runs_and_a_re_fire_finds_its_job(
     async with bus():
         pass  # opening it fires 08:00:40 again
     assert "bus closed: 0 jobs accepted" in caplog.text, "the re-fire found the existing job"
+    assert "refused" not in caplog.text
     with sqlite3.connect(db) as conn:
         assert conn.execute("SELECT id FROM jobs").fetchall() == [(late,)]
     conn.close()

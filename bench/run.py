@@ -29,6 +29,7 @@ import psutil
 from bench import cluster, fanout, ingest, ours
 from bench import profile as pyspy
 from bench.peers import harness
+from bench.periodic import periodic_lateness
 from bench.procs import Proc, Procs, wait_for_log
 from bench.stats import Json, check_goals, median, render_table, table_rows
 from bench.system import PYTHON, Bus, start_bus, start_scheduler
@@ -44,11 +45,16 @@ FIGURES = (
     "cluster",
     "peers",
     "delayed",
+    "periodic",
 )
 """Names accepted by ``--only`` (``e2e`` includes the raw fork loop it is compared with,
 ``cluster`` both figures of three schedulers on one bus)."""
 
 HOW: dict[str, str] = {
+    "periodic_fire_lateness_ms": "An every=0.5 s schedule of no-op sleep jobs (priority 0) on "
+    "an idle bus with one `test_scheduler -s 5`: per firing, the bus's time.time() stamp on "
+    "its started event minus its scheduled time (from its job id NAME@<time>); 60 firings "
+    "(--quick: 20).",
     "e2e_jobs_per_s": "N no-op jobs (sleep task, runtime 1e-6 s) submitted pipelined by one "
     "ProducerClient (all submits sent before awaiting the replies) to a bus process with one "
     "`test_scheduler -s 5` process; first submit to last final event received; median of "
@@ -133,6 +139,7 @@ class Plan:
     cluster_schedulers: int = 3
     cluster_size: int = 2
     cluster_seed: int = 9
+    periodic_firings: int = 60
 
 
 FULL = Plan(False, 2000, 3, 500, 50, 50, 20_000, 100_000, 5000, 2000)
@@ -150,6 +157,7 @@ QUICK = Plan(
     cluster_jobs=60,
     cluster_runtime_s=(0.1, 0.5),
     cluster_evictions=20,
+    periodic_firings=20,
 )
 
 
@@ -277,6 +285,11 @@ class Bench:
         """Delayed jobs: how late an idle system starts a job after its ``run_at``."""
         async with self.system("delayed") as (bus, _):
             self.results.update(await ours.delayed_lateness(bus.url, self.plan.latency_jobs))
+
+    async def periodic(self) -> None:
+        """Figure: how late an every=0.5 schedule's firings start."""
+        async with self.system("periodic") as (bus, _):
+            self.results.update(await periodic_lateness(bus.url, self.plan.periodic_firings))
 
     async def eviction(self) -> None:
         """Figure 4: urgent arrivals on a full scheduler."""
@@ -482,6 +495,7 @@ async def run(
             "cluster": (("cluster_makespan", "cluster_eviction_ms"), bench.cluster),
             "peers": (("peers",), bench.peers),
             "delayed": (("delayed_start_lateness_ms",), bench.delayed),
+            "periodic": (("periodic_fire_lateness_ms",), bench.periodic),
         }
         for name in figures:
             keys, step = steps[name]

@@ -98,6 +98,8 @@ GOALS: tuple[Goal, ...] = (
     Goal("cluster_eviction_ms.p50", "<=", 10.0, "cluster eviction p50 <= 10 ms"),
     Goal("delayed_start_lateness_ms.p50", "<=", 5.0, "delayed start lateness p50 <= 5 ms"),
     Goal("delayed_start_lateness_ms.p99", "<=", 20.0, "delayed start lateness p99 <= 20 ms"),
+    Goal("periodic_fire_lateness_ms.p50", "<=", 5.0, "periodic lateness p50 <= 5 ms"),
+    Goal("periodic_fire_lateness_ms.p99", "<=", 20.0, "periodic lateness p99 <= 20 ms"),
 )
 
 
@@ -219,6 +221,7 @@ FIGURE_KEYS: tuple[str, ...] = (
     "cluster_makespan",
     "cluster_eviction_ms",
     "delayed_start_lateness_ms",
+    "periodic_fire_lateness_ms",
 )
 """The figures, in the order they are printed."""
 

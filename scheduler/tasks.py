@@ -58,8 +58,18 @@ from pathlib import Path
 from types import ModuleType
 from typing import Final, TypeVar, overload
 
+import msgspec
+
 from scheduler.policy.limits import NO_LIMITS, Limits, parse_size
-from scheduler.protocol import MAX_NAME_LEN, MAX_TIMEOUT_S, PRIORITY_MAX, PRIORITY_MIN, Args
+from scheduler.policy.schedules import spec_problem
+from scheduler.protocol import (
+    MAX_NAME_LEN,
+    MAX_TIMEOUT_S,
+    PRIORITY_MAX,
+    PRIORITY_MIN,
+    Args,
+    ScheduleSpec,
+)
 from scheduler.worker.task_result import send_exception, send_result
 
 Task = Callable[..., object]
@@ -93,6 +103,8 @@ class TaskSpec:
     priority: int | None = None
     timeout: float | None = None
     limits: Limits = NO_LIMITS
+    schedule: ScheduleSpec | None = None
+    """The periodic job the task declares (``@task(every=...)`` or ``cron=``), if any."""
 
     def __post_init__(self) -> None:
         if not 1 <= len(self.name) <= MAX_NAME_LEN:
@@ -131,15 +143,17 @@ class TaskRegistry:
         priority: int | None = None,
         timeout: float | None = None,
         limits: Limits = NO_LIMITS,
+        schedule: ScheduleSpec | None = None,
     ) -> Task:
-        """Add ``task`` under ``name`` with its defaults and limits, and return it.
+        """Add ``task`` under ``name`` with its defaults, limits and ``schedule``, and
+        return it.
 
         Raises ``ValueError`` for an empty or too long name, a bad default, a name already
         taken by another function, or a function that is not reachable as a module
         attribute (a lambda, a nested or re-wrapped function): only those could run under
         any start method.
         """
-        spec = TaskSpec(name, task, priority, timeout, limits)
+        spec = TaskSpec(name, task, priority, timeout, limits, schedule)
         if self._specs.get(name, spec).function is not task:
             raise ValueError(f"task {name!r} is already registered")
         module = sys.modules.get(getattr(task, "__module__", ""))
@@ -173,6 +187,10 @@ class TaskRegistry:
             name: spec.priority for name, spec in self._specs.items() if spec.priority is not None
         }
 
+    def schedules(self) -> list[ScheduleSpec]:
+        """The schedules the registered tasks declare (what a scheduler sends the bus)."""
+        return [spec.schedule for _, spec in sorted(self._specs.items()) if spec.schedule]
+
     def __contains__(self, name: object) -> bool:
         """Whether a task is registered under ``name``."""
         return name in self._specs
@@ -197,6 +215,10 @@ def task(
     timeout: float | None = None,
     memory: str | int | None = None,
     cpu: float | None = None,
+    every: float | None = None,
+    cron: str | None = None,
+    tz: str = "UTC",
+    **schedule: object,
 ) -> Callable[[F], F]: ...
 
 
@@ -209,6 +231,10 @@ def task(
     timeout: float | None = None,
     memory: str | int | None = None,
     cpu: float | None = None,
+    every: float | None = None,
+    cron: str | None = None,
+    tz: str = "UTC",
+    **schedule: object,
 ) -> F | Callable[[F], F]:
     """Declare a module-level function as a task, as ``@task`` or ``@task(name=...)``.
 
@@ -218,6 +244,13 @@ def task(
     jobs' process trees, and returns the function unchanged. Raises ``ValueError`` for a
     nested function, a bad name, default or limit, or a name the same module already gave
     another function.
+
+    ``every`` (seconds) or ``cron`` (an expression, in time zone ``tz``) makes it periodic:
+    a schedule named after the task, which every scheduler serving the task declares to
+    the bus when it registers (the bus keeps one per name). The other keywords
+    (``args``, ``misfire_grace``, ``jitter``, ``max_instances``, ``coalesce``) are the
+    schedule's, as :class:`~scheduler.protocol.ScheduleSpec` describes them; a bad one
+    raises ``ValueError`` naming the field.
     """
 
     def declare(function: F) -> F:
@@ -225,7 +258,11 @@ def task(
         if "<locals>" in qualname or "<lambda>" in qualname:
             raise ValueError(f"@task needs a module-level function, not {qualname!r}")
         limits = _limits(name or qualname, memory, cpu)
-        spec = TaskSpec(name or qualname, function, priority, timeout, limits)
+        periodic = None
+        if every is not None or cron is not None or schedule:
+            fields = {"every": every, "cron": cron, "tz": tz, **schedule}
+            periodic = _schedule(name or qualname, priority, timeout, fields)
+        spec = TaskSpec(name or qualname, function, priority, timeout, limits, periodic)
         declared = _declared.setdefault(function.__module__, {})
         old = declared.get(spec.name)
         if old is not None and getattr(old.function, "__qualname__", "") != qualname:
@@ -235,6 +272,24 @@ def task(
         return function
 
     return declare if function is None else declare(function)
+
+
+def _schedule(
+    name: str, priority: int | None, timeout: float | None, fields: dict[str, object]
+) -> ScheduleSpec:
+    """The schedule ``@task`` declared for task ``name``; ``ValueError`` naming the field."""
+    given = {key: value for key, value in fields.items() if value is not None}
+    try:
+        spec = msgspec.convert(
+            {"name": name, "task": name, "priority": priority, "timeout": timeout} | given,
+            ScheduleSpec,
+        )
+    except msgspec.ValidationError as exc:
+        raise ValueError(f"task {name!r}: schedule: {exc}") from None
+    problem = spec_problem(spec)
+    if problem is not None:
+        raise ValueError(f"task {name!r}: {problem[1]}")
+    return spec
 
 
 def _limits(name: str, memory: str | int | None, cpu: float | None) -> Limits:
@@ -268,6 +323,7 @@ def load_task_modules(modules: Iterable[str]) -> TaskRegistry:
                     priority=spec.priority,
                     timeout=spec.timeout,
                     limits=spec.limits,
+                    schedule=spec.schedule,
                 )
             except ValueError as exc:
                 raise TaskLoadError(f"task module {entry!r}: {exc}") from None

@@ -22,6 +22,7 @@ def test_every_command_has_a_console_script() -> None:
         "schedbus-monitor",
         "schedbus-worker",
         "schedbus-jobs",
+        "schedbus-schedules",
         "schedbus-status",
     }
 

@@ -163,7 +163,7 @@ async def test_a_version_1_journal_is_upgraded_in_place(path: Path) -> None:
         queued.state, queued.result = "succeeded", [1, 2]
         journal.save([queued])
         await journal.flush()
-    assert schema_version(path) == SCHEMA_VERSION == 3
+    assert schema_version(path) == SCHEMA_VERSION == 4
 
     with closing(Journal.open(path)) as again:
         stored = again.get("job-3")
@@ -184,7 +184,7 @@ async def test_a_version_2_journal_gets_owners_and_scheduler_secrets(path: Path)
         journal.save([queued])
         journal.save_secret("worker-1", "ab" * 32)
         await journal.flush()
-    assert schema_version(path) == 3
+    assert schema_version(path) == 4
     with closing(Journal.open(path)) as again:
         stored = again.get("job-3")
         assert stored is not None and stored.owner == "alice"
@@ -204,18 +204,18 @@ async def test_scheduler_secrets_are_queued_then_committed(path: Path) -> None:
         assert again.scheduler_secrets() == {"a": "3" * 64}
 
 
-def test_a_version_4_journal_is_refused_naming_the_file_and_the_version(path: Path) -> None:
+def test_a_version_5_journal_is_refused_naming_the_file_and_the_version(path: Path) -> None:
     Journal.open(path).close()
     with closing(sqlite3.connect(path)) as conn, conn:
-        conn.execute("UPDATE meta SET value = 4 WHERE key = 'schema_version'")
+        conn.execute("UPDATE meta SET value = 5 WHERE key = 'schema_version'")
     with pytest.raises(
         JournalError,
         match=re.escape(
-            f"journal {path} has schema version 4; this schedbus reads versions 1 to 3"
+            f"journal {path} has schema version 5; this schedbus reads versions 1 to 4"
         ),
     ):
         Journal.open(path)
-    assert schema_version(path) == 4, "a refused journal is left alone"
+    assert schema_version(path) == 5, "a refused journal is left alone"
 
 
 async def test_load_returns_live_jobs_in_seq_order(journal: Journal) -> None:

@@ -397,3 +397,69 @@ def test_a_job_with_dependencies_takes_no_time(timing: str) -> None:
         decode_client(frame)
     assert caught.value.field == f"payload.{field}"
     assert "depends_on runs when its dependencies allow" in caught.value.message
+
+
+SPEC = protocol.ScheduleSpec(name="nightly", task="report", cron="0 3 * * *", tz="Europe/Berlin")
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        protocol.ScheduleAdd(schedule=SPEC, ref=1),
+        protocol.ScheduleChange(action="trigger", name="nightly", ref="r"),
+        protocol.ScheduleQuery(query="next", name="nightly", count=3),
+        Register(type="scheduler", protocol=2, name="s1", tasks=["report"], schedules=[SPEC]),
+    ],
+)
+def test_schedule_commands_round_trip(message: protocol.ClientMessage) -> None:
+    assert decode_client(encode(message)) == message
+
+
+def test_the_schedules_reply_round_trips() -> None:
+    info = protocol.ScheduleInfo(spec=SPEC, paused=True, last_job="nightly@x", last_fire=2.0)
+    reply = protocol.Schedules(schedules=[info], times=[1.0, 2.0], message="ok", ref=4)
+    assert decode_bus(encode(reply)) == reply
+
+
+@pytest.mark.parametrize(
+    ("schedule", "field", "words"),
+    [
+        ({"name": "a@b", "task": "t", "every": 1}, "schedule.name", "regex"),
+        ({"name": "a b", "task": "t", "every": 1}, "schedule.name", "regex"),
+        ({"name": "a", "task": "t", "every": 0}, "schedule.every", "> 0"),
+        ({"name": "a", "task": "t", "every": 1, "jitter": -1}, "schedule.jitter", ">= 0"),
+        ({"name": "a", "task": "t", "every": 1, "max_instances": 0}, "schedule.max_instances", ""),
+        ({"name": "a", "task": "t", "every": 1, "when": 3}, "schedule", "`when`"),
+        ({"name": "x" * 151, "task": "t", "every": 1}, "schedule.name", "length"),
+    ],
+)
+def test_bad_schedules_name_the_field(schedule: dict[str, object], field: str, words: str) -> None:
+    with pytest.raises(ProtocolError) as caught:
+        decode_client(json.dumps({"cmd": "schedule_add", "schedule": schedule}))
+    assert caught.value.field == field
+    assert words in caught.value.message
+
+
+@given(
+    st.fixed_dictionaries(
+        {"cmd": st.sampled_from(["schedule_add", "schedule_change", "schedule_query"])},
+        optional={
+            "schedule": st.fixed_dictionaries(
+                {"name": json_values, "task": json_values},
+                optional={"every": json_values, "cron": json_values, "tz": json_values},
+            ),
+            "action": json_values,
+            "query": json_values,
+            "name": json_values,
+            "count": json_values,
+        },
+    )
+)
+def test_schedule_garbage_decodes_valid_or_names_a_field(frame: dict[str, object]) -> None:
+    try:
+        message = decode_client(json.dumps(frame))
+    except ProtocolError as exc:
+        assert exc.message
+        return
+    if isinstance(message, protocol.ScheduleQuery):
+        assert 1 <= message.count <= protocol.MAX_FIRE_COUNT

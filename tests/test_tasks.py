@@ -345,3 +345,41 @@ def test_the_registry_lists_the_default_priorities_declared() -> None:
     registry.register("double", double, priority=2, timeout=5)
     assert registry.priorities() == {"double": 2}
     assert registry.spec("double").timeout == 5 and registry.spec("sleep").timeout is None
+
+
+def test_task_decorator_declares_a_schedule_named_after_the_task(tmp_path: Path) -> None:
+    module = write(
+        tmp_path / "path_tasks_periodic.py",
+        """
+        from scheduler.tasks import task
+
+        @task(every=30, priority=2, jitter=1.5, max_instances=2)
+        def poll() -> None:
+            pass
+
+        @task(name="nightly", cron="0 3 * * *", tz="Europe/Berlin", coalesce=False)
+        def night() -> None:
+            pass
+
+        @task
+        def plain() -> None:
+            pass
+        """,
+    )
+    registry = load_task_modules([module])
+    nightly, poll = registry.schedules()
+    assert (poll.name, poll.task, poll.every, poll.priority) == ("poll", "poll", 30, 2)
+    assert (poll.jitter, poll.max_instances, poll.coalesce) == (1.5, 2, True)
+    assert (nightly.cron, nightly.tz, nightly.coalesce) == ("0 3 * * *", "Europe/Berlin", False)
+    assert registry.spec("plain").schedule is None
+
+
+def test_a_bad_schedule_is_refused_naming_the_task_and_the_field() -> None:
+    with pytest.raises(ValueError, match="task 'double': every: give exactly one"):
+        task(every=5, cron="* * * * *")(double)
+    with pytest.raises(ValueError, match="task 'double': cron: not a valid"):
+        task(cron="nope")(double)
+    with pytest.raises(ValueError, match=r"task 'double': schedule: .*\$\.every"):
+        task(every=-1)(double)
+    with pytest.raises(ValueError, match=r"task 'double': schedule: .*max_instances"):
+        task(every=1, max_instances=0)(double)

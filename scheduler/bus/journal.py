@@ -26,6 +26,7 @@ from scheduler.bus.journal_lock import take_lock
 from scheduler.bus.journal_schema import (
     COUNTS,
     DELETE,
+    DELETE_SCHEDULE,
     FORGET_PROMISE,
     FORGET_SECRET,
     GET,
@@ -34,21 +35,27 @@ from scheduler.bus.journal_schema import (
     LOAD,
     PROMISE,
     RAISE_HIGH_SEQ,
+    SAVE_SCHEDULE,
     SAVE_SECRET,
+    SCHEDULES,
     SECRETS,
     UPSERT,
     VACUUM,
     Row,
+    ScheduleRow,
     connect,
     is_full,
     job_of,
     prepared,
     row_of,
+    schedule_of,
+    schedule_row,
 )
 from scheduler.bus.journal_schema import MEMORY as MEMORY
 from scheduler.bus.journal_schema import SCHEMA_VERSION as SCHEMA_VERSION
 from scheduler.bus.journal_schema import JournalError as JournalError
 from scheduler.policy.job import Job
+from scheduler.policy.schedules import ScheduleState
 from scheduler.protocol import FINAL_EVENTS
 
 
@@ -76,6 +83,7 @@ class Journal:
         self._high_seq = high_seq
         self._pending: dict[str, Row | None] = {}
         self._pending_secrets: dict[str, str | None] = {}
+        self._pending_schedules: dict[str, ScheduleRow | None] = {}
         self._batch: asyncio.Future[None] | None = None
         self._handle: asyncio.Handle | None = None
         self._commits = 0
@@ -187,6 +195,26 @@ class Journal:
         self._check_open()
         self._pending_secrets.update(dict.fromkeys(names))
 
+    def schedules(self) -> list[ScheduleState]:
+        """Every saved schedule, queued writes included."""
+        with self._failing("read schedules"):
+            rows: dict[str, Sequence[Any]] = {
+                row[0]: row for row in self._conn.execute(SCHEDULES).fetchall()
+            }
+            for name, pending in self._pending_schedules.items():
+                if pending is None:
+                    rows.pop(name, None)
+                else:
+                    rows[name] = pending
+            return [schedule_of(rows[name]) for name in sorted(rows)]
+
+    def save_schedules(self, states: Iterable[ScheduleState], removed: Iterable[str]) -> None:
+        """Queue saving each schedule's current state and deleting the ``removed`` names."""
+        self._check_open()
+        for state in states:
+            self._pending_schedules[state.spec.name] = schedule_row(state)
+        self._pending_schedules.update(dict.fromkeys(removed))
+
     async def flush(self) -> None:
         """Return once every write queued before the call is committed and fsync'd.
 
@@ -197,7 +225,7 @@ class Journal:
         """
         self._check_open()
         if self._batch is None:
-            if not self._pending and not self._pending_secrets:
+            if not self._pending and not self._pending_secrets and not self._pending_schedules:
                 return
             loop = asyncio.get_running_loop()
             self._batch = loop.create_future()
@@ -268,12 +296,16 @@ class Journal:
         batch, self._batch = self._batch, None
         pending, self._pending = self._pending, {}
         secrets, self._pending_secrets = self._pending_secrets, {}
-        error = self._write(pending, secrets) if pending or secrets else None
+        schedules, self._pending_schedules = self._pending_schedules, {}
+        error = (
+            self._write(pending, secrets, schedules) if pending or secrets or schedules else None
+        )
         if error is not None:
             # Kept for the next commit, under whatever was queued since: what the bus
             # holds in memory reaches the disk once a commit succeeds.
             self._pending = pending | self._pending
             self._pending_secrets = secrets | self._pending_secrets
+            self._pending_schedules = schedules | self._pending_schedules
         self.failure = error
         if batch is not None and not batch.done():
             if error is None:
@@ -283,7 +315,10 @@ class Journal:
         return error
 
     def _write(
-        self, pending: Mapping[str, Row | None], secrets: Mapping[str, str | None]
+        self,
+        pending: Mapping[str, Row | None],
+        secrets: Mapping[str, str | None],
+        schedules: Mapping[str, ScheduleRow | None],
     ) -> JournalError | None:
         upserts = [row for row in pending.values() if row is not None]
         deletes = [(job_id,) for job_id, row in pending.items() if row is None]
@@ -292,6 +327,7 @@ class Journal:
                 self._conn.executemany(UPSERT, upserts)
                 self._conn.executemany(DELETE, deletes)
                 self._write_secrets(secrets)
+                self._write_schedules(schedules)
                 if upserts:
                     self._conn.execute(RAISE_HIGH_SEQ, (max(row[1] for row in upserts),))
         # Binding a value SQLite cannot store raises outside sqlite3.Error (OverflowError
@@ -307,6 +343,12 @@ class Journal:
         forgotten = [(name,) for name, h in secrets.items() if h is None]
         self._conn.executemany(SAVE_SECRET, saved)
         self._conn.executemany(FORGET_SECRET, forgotten)
+
+    def _write_schedules(self, schedules: Mapping[str, ScheduleRow | None]) -> None:
+        saved = [row for row in schedules.values() if row is not None]
+        deleted = [(name,) for name, row in schedules.items() if row is None]
+        self._conn.executemany(SAVE_SCHEDULE, saved)
+        self._conn.executemany(DELETE_SCHEDULE, deleted)
 
     @contextmanager
     def _transaction(self) -> Iterator[None]:

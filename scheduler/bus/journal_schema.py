@@ -10,6 +10,8 @@ Schema (version :data:`SCHEMA_VERSION`)::
          finished_at, result JSON, traceback, owner)
     INDEX jobs_state_finished ON jobs(state, finished_at)    load and vacuum
     schedulers(name TEXT PRIMARY KEY, secret_hash TEXT)      who may reattach under a name
+    schedules(name TEXT PRIMARY KEY, spec JSON, paused, next_fire, due, last_fire,
+              last_job, last_outcome, instances JSON list)   periodic jobs (version 4)
 
 :func:`prepared` checks a database, creates or upgrades the schema and sets up
 durability; :func:`row_of` and :func:`job_of` turn a job into a row and back.
@@ -24,12 +26,13 @@ from typing import Any, Final, cast, get_args
 import msgspec
 
 from scheduler.policy.job import Job
-from scheduler.protocol import FINAL_EVENTS, JobPayload, JobState
+from scheduler.policy.schedules import ScheduleState
+from scheduler.protocol import FINAL_EVENTS, JobPayload, JobState, ScheduleSpec
 
-SCHEMA_VERSION: Final = 3
-"""The schema this code writes. A version 1 journal (no ``result`` and ``traceback``) or
-version 2 journal (no ``owner``, no ``schedulers``) is upgraded when opened; a journal with
-a newer version is refused."""
+SCHEMA_VERSION: Final = 4
+"""The schema this code writes. A version 1 journal (no ``result`` and ``traceback``),
+version 2 journal (no ``owner``, no ``schedulers``) or version 3 journal (no
+``schedules``) is upgraded when opened; a journal with a newer version is refused."""
 
 MEMORY: Final = ":memory:"
 """The path of a journal kept in memory: nothing survives :meth:`Journal.close`."""
@@ -91,6 +94,17 @@ _SCHEMA: Final = (
         name TEXT PRIMARY KEY,
         secret_hash TEXT NOT NULL
     ) WITHOUT ROWID""",
+    """CREATE TABLE IF NOT EXISTS schedules (
+        name TEXT PRIMARY KEY,
+        spec TEXT NOT NULL,
+        paused INTEGER NOT NULL,
+        next_fire REAL,
+        due REAL,
+        last_fire REAL,
+        last_job TEXT,
+        last_outcome TEXT,
+        instances TEXT NOT NULL
+    ) WITHOUT ROWID""",
     f"INSERT OR IGNORE INTO meta VALUES ('schema_version', {SCHEMA_VERSION}), ('high_seq', -1)",
 )
 UPGRADES: Final[dict[int, tuple[str, ...]]] = {
@@ -104,6 +118,7 @@ UPGRADES: Final[dict[int, tuple[str, ...]]] = {
         "ALTER TABLE jobs ADD COLUMN owner TEXT",
         f"UPDATE meta SET value = {SCHEMA_VERSION} WHERE key = 'schema_version'",
     ),
+    3: (f"UPDATE meta SET value = {SCHEMA_VERSION} WHERE key = 'schema_version'",),
 }
 """The statements that bring a journal of an older schema version up to this one."""
 SELECT: Final = f"SELECT {', '.join(_COLUMNS)} FROM jobs"
@@ -127,6 +142,12 @@ FORGET_SECRET: Final = "DELETE FROM schedulers WHERE name = ?"
 PROMISE: Final = "INSERT OR REPLACE INTO meta VALUES ('restart_deadline_ms', ?)"
 FORGET_PROMISE: Final = "DELETE FROM meta WHERE key = 'restart_deadline_ms'"
 GET_PROMISE: Final = "SELECT value FROM meta WHERE key = 'restart_deadline_ms'"
+SCHEDULES: Final = (
+    "SELECT name, spec, paused, next_fire, due, last_fire, last_job, last_outcome, instances"
+    " FROM schedules"
+)
+SAVE_SCHEDULE: Final = "INSERT OR REPLACE INTO schedules VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+DELETE_SCHEDULE: Final = "DELETE FROM schedules WHERE name = ?"
 
 Row = tuple[
     str,
@@ -227,6 +248,49 @@ def job_of(row: Sequence[Any]) -> Job:
         result=result,
         traceback=row[15],
         owner=row[16],
+    )
+
+
+ScheduleRow = tuple[
+    str, str, int, float | None, float | None, float | None, str | None, str | None, str
+]
+"""One schedule as bound to ``SAVE_SCHEDULE``."""
+
+_spec_decoder = msgspec.json.Decoder(ScheduleSpec)
+
+
+def schedule_row(state: ScheduleState) -> ScheduleRow:
+    """``state`` as bound to ``SAVE_SCHEDULE``."""
+    return (
+        state.spec.name,
+        _encoder.encode(state.spec).decode(),
+        int(state.paused),
+        state.next_fire,
+        state.due,
+        state.last_fire,
+        state.last_job,
+        state.last_outcome,
+        _encoder.encode(state.instances).decode(),
+    )
+
+
+def schedule_of(row: Sequence[Any]) -> ScheduleState:
+    """The schedule a row of the schedules table holds; raise msgspec.DecodeError naming it
+    if it cannot be read."""
+    try:
+        spec = _spec_decoder.decode(row[1])
+        instances = _errors_decoder.decode(row[8])
+    except msgspec.DecodeError as exc:
+        raise msgspec.DecodeError(f"schedule {row[0]!r} cannot be read: {exc}") from exc
+    return ScheduleState(
+        spec=spec,
+        paused=bool(row[2]),
+        next_fire=row[3],
+        due=row[4],
+        last_fire=row[5],
+        last_job=row[6],
+        last_outcome=row[7],
+        instances=instances,
     )
 
 

@@ -47,6 +47,7 @@ from scheduler.bus.hub import FLUSH_TIMEOUT_S, Hub
 from scheduler.bus.journal import Journal
 from scheduler.bus.outbox import BacklogBudget, FrameOutbox
 from scheduler.bus.requests import Requests
+from scheduler.bus.schedules import BusSchedules
 from scheduler.bus.sessions import Sessions
 from scheduler.codec import ProtocolError, decode_client
 from scheduler.policy.access import is_loopback, send_refusal
@@ -79,6 +80,8 @@ class BusServer:
         self._core = self._hub.core
         self._sessions = Sessions(self._hub)
         self._requests = Requests(self._hub)
+        self._schedules = BusSchedules(self._hub, rng)
+        self._requests.handlers.update(self._schedules.handlers)
         self._budget = BacklogBudget(config.max_total_backlog_bytes)
         self._guard = HandshakeGuard(config.host, config.allow_origins, config.max_connections)
         self._server: Server | None = None
@@ -98,8 +101,10 @@ class BusServer:
         try:
             tls = self.config.ssl_context()
             restored = self._hub.open()
+            self._schedules.open()
             self._server = await self._listen(tls)
         except BaseException:
+            self._schedules.stop()
             self._hub.stop()
             self._hub.close_journal()
             raise
@@ -182,6 +187,7 @@ class BusServer:
         server, self._server = self._server, None
         hub = self._hub
         self._sessions.closing()
+        self._schedules.stop()
         hub.stop()
         if hub.journal.failure is None:
             await hub.promise_restart()
@@ -298,6 +304,8 @@ class BusServer:
             return
         if isinstance(message, Register):
             self._sessions.register(client, message, frame)
+            if client.role == "scheduler" and message.schedules:
+                self._schedules.declare(client, message.schedules, message.tasks or [])
             return
         refusal = send_refusal(client.role, client.protocol, client.grant.rights, message)
         if refusal is not None:

@@ -25,6 +25,9 @@ from scheduler.protocol import (
     Register,
     Report,
     Role,
+    ScheduleAdd,
+    ScheduleChange,
+    ScheduleQuery,
     SubmitMany,
     Vacuum,
     Watch,
@@ -43,10 +46,25 @@ ROLES_FOR: Final[dict[type, tuple[Role, ...]]] = {
     ListJobs: ("producer", "monitor"),
     Report: ("scheduler",),
     Heartbeat: ("scheduler",),
+    ScheduleAdd: ("producer", "monitor"),
+    ScheduleChange: ("producer", "monitor"),
+    ScheduleQuery: ("producer", "monitor"),
 }
 """Which client type may send each command (``register`` is for anyone not registered)."""
 
-V2_ONLY: Final = frozenset({SubmitMany, Cancel, Watch, Vacuum, GetStats, ListJobs})
+V2_ONLY: Final = frozenset(
+    {
+        SubmitMany,
+        Cancel,
+        Watch,
+        Vacuum,
+        GetStats,
+        ListJobs,
+        ScheduleAdd,
+        ScheduleChange,
+        ScheduleQuery,
+    }
+)
 """The commands a client registered with protocol 1 may not send."""
 
 RIGHTS_FOR: Final[dict[type, tuple[TokenRole, ...]]] = {
@@ -59,6 +77,9 @@ RIGHTS_FOR: Final[dict[type, tuple[TokenRole, ...]]] = {
     ListJobs: ("producer", "monitor", "admin"),
     Report: ("scheduler", "admin"),
     Heartbeat: ("scheduler", "admin"),
+    ScheduleAdd: ("admin",),
+    ScheduleChange: ("admin",),
+    ScheduleQuery: ("monitor", "admin"),
 }
 """Which token role may send each command (on a bus with tokens). A producer's cancel and
 watch are further limited to its own jobs."""

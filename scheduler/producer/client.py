@@ -50,6 +50,13 @@ from scheduler.protocol import (
     JobState,
     ListJobs,
     Register,
+    ScheduleAction,
+    ScheduleAdd,
+    ScheduleChange,
+    ScheduleQuery,
+    ScheduleQueryKind,
+    Schedules,
+    ScheduleSpec,
     StatsReply,
     SubmitMany,
     SubmitResult,
@@ -62,7 +69,9 @@ from scheduler.protocol import (
 
 log = logging.getLogger(__name__)
 
-BusReply = Accepted | SubmittedMany | CancelReply | Watching | Vacuumed | StatsReply | JobList
+BusReply = (
+    Accepted | SubmittedMany | CancelReply | Watching | Vacuumed | StatsReply | JobList | Schedules
+)
 """What the bus answers a producer's request with (an ``error`` fails the request)."""
 _Builder = Callable[[int], ClientMessage]
 
@@ -240,6 +249,27 @@ class ProducerClient:
         states_list = None if states is None else list(states)
         reply = await self._request(lambda ref: ListJobs(states=states_list, limit=limit, ref=ref))
         assert isinstance(reply, JobList)
+        return reply
+
+    async def schedule_add(self, spec: ScheduleSpec) -> Schedules:
+        """Add the schedule ``spec`` or replace the one of its name (an admin's request)."""
+        return await self._schedules(lambda ref: ScheduleAdd(schedule=spec, ref=ref))
+
+    async def schedule_change(self, action: ScheduleAction, name: str) -> Schedules:
+        """Pause, resume, remove or trigger schedule ``name`` (an admin's request)."""
+        return await self._schedules(lambda ref: ScheduleChange(action=action, name=name, ref=ref))
+
+    async def schedule_query(
+        self, query: ScheduleQueryKind = "list", name: str | None = None, count: int = 5
+    ) -> Schedules:
+        """Every schedule, one (``show``), or one's next ``count`` fire times (``next``)."""
+        return await self._schedules(
+            lambda ref: ScheduleQuery(query=query, name=name, count=count, ref=ref)
+        )
+
+    async def _schedules(self, build: _Builder) -> Schedules:
+        reply = await self._request(build)
+        assert isinstance(reply, Schedules)
         return reply
 
     async def events(self) -> AsyncIterator[JobEvent]:

@@ -22,8 +22,9 @@ from scheduler.cli_support import (
     run_until_signalled,
 )
 from scheduler.connect import RegistrationRefused
+from scheduler.policy.schedules import iso_utc
 from scheduler.producer.client import BusConnectionLost, ProducerClient, SubmitError
-from scheduler.protocol import BusStats, SchedulerStats, StatsReply
+from scheduler.protocol import BusStats, SchedulerStats, Schedules, StatsReply
 
 BUS_COUNTERS = (
     "submitted", "started", "succeeded", "failed", "timed_out", "evicted", "requeued",
@@ -73,9 +74,35 @@ def waits_table(stats: BusStats) -> Table:
     return table
 
 
-def render(reply: StatsReply) -> Group:
-    """Every table of a snapshot."""
-    return Group(bus_table(reply.bus), schedulers_table(reply.schedulers), waits_table(reply.bus))
+def schedules_table(schedules: Schedules) -> Table:
+    """One row per periodic schedule: its timing, next fire time and latest outcome."""
+    table = Table(title=f"{len(schedules.schedules)} schedules")
+    for column in ("name", "when", "task", "next", "last firing", "outcome"):
+        table.add_column(column)
+    for info in schedules.schedules:
+        spec = info.spec
+        when = f"every {spec.every:g} s" if spec.every is not None else f"{spec.cron} ({spec.tz})"
+        table.add_row(
+            spec.name,
+            when,
+            spec.task,
+            "paused" if info.paused else _iso(info.next_fire),
+            _iso(info.last_fire),
+            info.last_outcome or "-",
+        )
+    return table
+
+
+def _iso(moment: float | None) -> str:
+    return "-" if moment is None else iso_utc(round(moment, 3))
+
+
+def render(reply: StatsReply, schedules: Schedules | None = None) -> Group:
+    """Every table of a snapshot (with the schedules, if given)."""
+    tables = [bus_table(reply.bus), schedulers_table(reply.schedulers), waits_table(reply.bus)]
+    if schedules is not None:
+        tables.append(schedules_table(schedules))
+    return Group(*tables)
 
 
 async def show(
@@ -91,17 +118,22 @@ async def show(
         url, token=token, connect_timeout=connect_timeout, cafile=cafile
     ) as client:
         reply = await client.stats()
+        schedules = await client.schedule_query("list")
         if as_json:
-            click.echo(msgspec.json.encode(reply).decode())
+            snapshot = msgspec.to_builtins(reply) | {
+                "schedules": msgspec.to_builtins(schedules.schedules)
+            }
+            click.echo(msgspec.json.encode(snapshot).decode())
             return
         console = Console()
         if watch is None:
-            console.print(render(reply))
+            console.print(render(reply, schedules))
             return
-        with Live(render(reply), console=console, auto_refresh=False) as live:
+        with Live(render(reply, schedules), console=console, auto_refresh=False) as live:
             while True:
                 await asyncio.sleep(watch)
-                live.update(render(await client.stats()), refresh=True)
+                fresh = await client.stats(), await client.schedule_query("list")
+                live.update(render(*fresh), refresh=True)
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -122,7 +154,8 @@ def cli(
     as_json: bool,
     watch: float | None,
 ) -> None:
-    """Print the bus's and every scheduler's figures (with the monitor token)."""
+    """Print the bus's and every scheduler's figures and the periodic schedules (with the
+    monitor token)."""
     configure_logging(logging.WARNING)
     if as_json and watch is not None:
         raise click.UsageError("--json prints one snapshot; it does not go with --watch")

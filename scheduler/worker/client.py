@@ -275,6 +275,7 @@ class SchedulerClient:
             priorities=self.tasks.priorities() or None,
             held=held,
             secret=self._secret,
+            schedules=self.tasks.schedules() or None,
         )
         return fit_register(register)
 

@@ -35,9 +35,13 @@ def single_frames(count: int, start_ref: int = 0) -> list[str]:
     return [codec.encode(JobRequest(payload=payload, ref=start_ref + i)) for i in range(count)]
 
 
-def bulk_frames(count: int, batch: int = BULK_BATCH) -> list[tuple[str, int]]:
-    """``submit_many`` frames carrying ``count`` no-op jobs, ``batch`` a frame, with sizes."""
-    raw = msgspec.Raw(msgspec.json.encode(JobPayload(priority=5, runtime=NOOP_RUNTIME)))
+def bulk_frames(
+    count: int, batch: int = BULK_BATCH, delay: float | None = None
+) -> list[tuple[str, int]]:
+    """``submit_many`` frames carrying ``count`` no-op jobs (each ``delay`` seconds later,
+    if given), ``batch`` a frame, with sizes."""
+    payload = JobPayload(priority=5, runtime=NOOP_RUNTIME, delay=delay)
+    raw = msgspec.Raw(msgspec.json.encode(payload))
     frames: list[tuple[str, int]] = []
     for ref, first in enumerate(range(0, count, batch)):
         size = min(batch, count - first)
@@ -188,4 +192,28 @@ async def memory(url: str, bus: psutil.Process, jobs: int, bulk: bool) -> Json:
         "rss_queued_mb": round(full / 2**20, 1),
         "jobs": jobs,
         "submitted_with": "submit_many" if bulk else "pipelined single submits",
+    }
+
+
+SCHEDULED_DELAY_S = 3600.0
+"""How far ahead the jobs of :func:`scheduled_memory` are scheduled: past the run."""
+
+
+async def scheduled_memory(url: str, bus: psutil.Process, jobs: int) -> Json:
+    """Bus RSS with 0 and ``jobs`` jobs scheduled an hour ahead (``submit_many``)."""
+    producer = await LeanProducer.open(url, "bench-scheduled")
+    try:
+        await asyncio.sleep(0.3)
+        empty = bus.memory_info().rss
+        frames = [f for f, _ in bulk_frames(jobs, delay=SCHEDULED_DELAY_S)]
+        await producer.send_all(frames, jobs, 300.0)
+        await asyncio.sleep(0.5)
+        full = bus.memory_info().rss
+    finally:
+        await producer.close()
+    return {
+        "jobs": jobs,
+        "rss_empty_mb": round(empty / 2**20, 1),
+        "rss_scheduled_mb": round(full / 2**20, 1),
+        "bytes_per_job": round((full - empty) / jobs, 1),
     }

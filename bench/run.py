@@ -46,11 +46,17 @@ FIGURES = (
     "peers",
     "delayed",
     "periodic",
+    "scheduled",
 )
 """Names accepted by ``--only`` (``e2e`` includes the raw fork loop it is compared with,
 ``cluster`` both figures of three schedulers on one bus)."""
 
 HOW: dict[str, str] = {
+    "bus_scheduled_jobs": "A bus with a journal file and no scheduler: its RSS with a producer "
+    "connected, then with N no-op jobs scheduled an hour ahead (submit_many of delayed jobs), "
+    "all accepted; then the bus is stopped (SIGTERM) and started again on the same journal: "
+    "the seconds from its start to 'bus listening' (it restores every scheduled job and "
+    "sets their timers) and its RSS then. N is the memory figure's job count.",
     "periodic_fire_lateness_ms": "An every=0.5 s schedule of no-op sleep jobs (priority 0) on "
     "an idle bus with one `test_scheduler -s 5`: per firing, the bus's time.time() stamp on "
     "its started event minus its scheduled time (from its job id NAME@<time>); 60 firings "
@@ -331,6 +337,20 @@ class Bench:
         self.results["bus_bytes_per_queued_job"] = found.pop("bytes_per_job")
         self.results["bus_memory"] = found
 
+    async def scheduled(self) -> None:
+        """Bus RSS with many jobs scheduled ahead, and how long a restart with them takes."""
+        async with self.system("scheduled", scheduler=False) as (bus, _):
+            found = await ingest.scheduled_memory(bus.url, bus.ps, self.plan.memory_jobs)
+        started = time.perf_counter()
+        work = self.workdir / "scheduled"
+        again = await start_bus(self.procs, work, "scheduled-bus")
+        try:
+            found["restart_s"] = round(time.perf_counter() - started, 2)
+            found["rss_after_restart_mb"] = round(again.ps.memory_info().rss / 2**20, 1)
+        finally:
+            self.procs.stop(again.proc)
+        self.results["bus_scheduled_jobs"] = found
+
     async def fanout(self) -> None:
         """Figure 8: one bus, many instant schedulers."""
         count = self.plan.fanout_schedulers
@@ -496,6 +516,7 @@ async def run(
             "peers": (("peers",), bench.peers),
             "delayed": (("delayed_start_lateness_ms",), bench.delayed),
             "periodic": (("periodic_fire_lateness_ms",), bench.periodic),
+            "scheduled": (("bus_scheduled_jobs",), bench.scheduled),
         }
         for name in figures:
             keys, step = steps[name]

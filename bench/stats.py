@@ -222,6 +222,7 @@ FIGURE_KEYS: tuple[str, ...] = (
     "cluster_eviction_ms",
     "delayed_start_lateness_ms",
     "periodic_fire_lateness_ms",
+    "bus_scheduled_jobs",
 )
 """The figures, in the order they are printed."""
 

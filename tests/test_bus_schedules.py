@@ -141,6 +141,56 @@ async def test_a_firing_while_the_previous_runs_is_skipped_with_a_log_line(
     assert "(max_instances 1)" in caplog.text
 
 
+async def test_a_skipped_firing_is_a_skipped_event_to_every_monitor() -> None:
+    every = 0.2 * unit()
+    async with BusServer(BusConfig(port=0)) as bus:
+        async with client(bus) as eyes, client(bus) as worker:
+            await register(eyes, "monitor")
+            schedule = tick(every, priority=7)
+            await registered(worker, "scheduler", name="w", tasks=["noop"], schedules=[schedule])
+            job = (await recv(worker))["job"]
+            await report(worker, "started", job["id"], job["attempt"])  # and never finishes
+            first = fired_at(job["id"])
+            skipped: dict[str, Any] | None = None
+            async with asyncio.timeout(10 * every + 5 * unit()):
+                while skipped is None:
+                    event = await recv(eyes)
+                    if event["event"] == "skipped" and "max_instances" in event["error"]:
+                        skipped = event
+        assert skipped is not None
+        when = fired_at(skipped["id"])
+        assert when > first and abs((when - first) / every - round((when - first) / every)) < 1e-3
+        _, _, iso = skipped["id"].partition("@")
+        assert skipped["error"] == (
+            f"schedule tick: firing at {iso} skipped: 1 earlier firings still running"
+            " (max_instances 1)"
+        )
+        assert (skipped["state"], skipped["priority"], skipped["task"]) == ("skipped", 7, "noop")
+        assert bus._hub.journal.get(skipped["id"]) is None, "a skipped firing is no job"
+
+
+async def test_coalesced_firings_are_one_skipped_event_to_every_monitor() -> None:
+    """On a virtual wall clock: 4 fire times fall due at once; the latest runs and the 3
+    before it reach a monitor as one ``skipped`` event with the first one's id."""
+    t0 = 1_800_000_000.0
+    now = [t0]
+    async with BusServer(BusConfig(port=0), wall_clock=lambda: now[0]) as bus:
+        async with client(bus) as admin, client(bus) as eyes:
+            await register(admin, "producer")
+            await register(eyes, "monitor")
+            await command(admin, "schedule_add", schedule=tick(10.0))
+            now[0] = t0 + 45
+            await command(admin, "schedule_query", query="list")  # re-arms: due at once
+            events = [await recv(eyes), await recv(eyes)]
+    skipped = next(e for e in events if e["event"] == "skipped")
+    assert skipped["id"] == "tick@2027-01-15T08:00:10Z" and skipped["state"] == "skipped"
+    assert skipped["error"] == (
+        "schedule tick: 3 firings from 2027-01-15T08:00:10Z to 2027-01-15T08:00:30Z not run"
+        " (coalesced: only the latest runs)"
+    )
+    assert any(e["id"] == "tick@2027-01-15T08:00:40Z" for e in events if e is not skipped)
+
+
 async def test_schedules_survive_a_restart_and_an_invalid_declaration_is_logged(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

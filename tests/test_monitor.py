@@ -39,3 +39,19 @@ def test_a_result_is_shown_shortened_and_whole_in_json() -> None:
     line = format_event(done)
     assert 'result={"rows": [0, 1, 2' in line and line.endswith("...")
     assert json.loads(event_json(done))["result"] == result
+
+
+def test_a_skipped_firing_prints_like_any_event() -> None:
+    why = "schedule tick: firing at 2027-01-15T08:00:00Z skipped: 1 earlier firings still running"
+    skipped = JobEvent(
+        event="skipped",
+        id="tick@2027-01-15T08:00:00Z",
+        priority=5,
+        state="skipped",
+        time=1_800_000_000.0,
+        task="noop",
+        error=why + " (max_instances 1)",
+    )
+    line = format_event(skipped)
+    assert "skipped" in line and "p=5" in line and "(max_instances 1)" in line
+    assert json.loads(event_json(skipped))["id"] == "tick@2027-01-15T08:00:00Z"

@@ -2,7 +2,9 @@
 
 A v2 producer watches the jobs it submits or asks to watch while they may have more
 events; a v2 monitor receives every event. :meth:`Fanout.publish` encodes an event once
-and hands it to each recipient's gate, never waiting for any of them.
+and hands it to each recipient's gate, never waiting for any of them;
+:meth:`Fanout.publish_to_monitors` does so for an event that is about no job (a
+schedule's skipped firing).
 """
 
 from __future__ import annotations
@@ -82,11 +84,24 @@ class Fanout:
             gate.send(monitor, frame)
         if event.event in FINAL_EVENTS:
             self.forget_job(event.id)
-        logger.debug(
-            "job %.8s: %s p%d %s attempt %d",
-            event.id,
-            event.event,
-            event.priority,
-            event.scheduler or "-",
-            event.attempt,
-        )
+        _log_published(event)
+
+    def publish_to_monitors(self, event: JobEvent, gate: FrameGate) -> None:
+        """Send an event that is about no job (a schedule's skipped firing: no producer
+        watches it) to every monitor only, encoded once, never waiting for any of them."""
+        if self._monitors:
+            frame = encode(event).encode()
+            for monitor in self._monitors:
+                gate.send(monitor, frame)
+        _log_published(event)
+
+
+def _log_published(event: JobEvent) -> None:
+    logger.debug(
+        "job %.8s: %s p%d %s attempt %d",
+        event.id,
+        event.event,
+        event.priority,
+        event.scheduler or "-",
+        event.attempt,
+    )

@@ -6,6 +6,8 @@ takes its schedules back from the journal when the bus starts, and sets one loop
 core's submit path with its deterministic job id (``NAME@<time>``, ``on_conflict``
 ``ignore``), so firing a time again finds the existing job. Every change to a schedule is
 journaled in the same group commit as the jobs it submitted, and replies wait for it.
+A firing that does not run (skipped for ``max_instances``, or missed) is logged and sent
+to every monitor as a ``skipped`` event with the id it would have had; it is no job.
 """
 
 from __future__ import annotations
@@ -26,11 +28,13 @@ from scheduler.policy.schedules import (
     ScheduleBook,
     Skip,
     fire_times,
+    firing_id,
     iso_utc,
     spec_problem,
 )
 from scheduler.protocol import (
     Error,
+    JobEvent,
     ScheduleAdd,
     ScheduleChange,
     ScheduleQuery,
@@ -171,16 +175,41 @@ class BusSchedules:
             if isinstance(firing, Fire):
                 self._submit(firing)
             elif isinstance(firing, Skip):
-                logger.warning(
-                    "schedule %s: firing at %s skipped: %d earlier firings still running"
-                    " (max_instances %d)",
-                    firing.name,
-                    iso_utc(firing.scheduled),
-                    len(firing.running),
-                    firing.max_instances,
+                why = (
+                    f"schedule {firing.name}: firing at {iso_utc(firing.scheduled)} skipped:"
+                    f" {len(firing.running)} earlier firings still running"
+                    f" (max_instances {firing.max_instances})"
                 )
+                logger.warning("%s", why)
+                self._announce(firing.name, firing.scheduled, why)
             else:
-                _log_missed(firing)
+                why = _missed_text(firing)
+                logger.warning("%s", why)
+                self._announce(firing.name, firing.first, why)
+
+    def _announce(self, name: str, scheduled: float, why: str) -> None:
+        """Tell every monitor that ``name``'s firing at ``scheduled`` does not run: a
+        ``skipped`` event with the job id the firing would have had and ``why``. It is
+        no job: nothing is journaled for it and no producer watches it."""
+        hub = self._hub
+        state = self.book.get(name)
+        if state is None:
+            return
+        spec = state.spec
+        priority = spec.priority
+        if priority is None:
+            priority = hub.core.task_priority(spec.task)
+        event = JobEvent(
+            event="skipped",
+            id=firing_id(name, scheduled),
+            priority=priority,
+            state="skipped",
+            time=hub.wall(),
+            runtime=spec.runtime,
+            task=spec.task,
+            error=why,
+        )
+        hub.fanout.publish_to_monitors(event, hub.gate)
 
     def _submit(self, fire: Fire) -> None:
         hub = self._hub
@@ -240,17 +269,14 @@ def _said(firing: Fire | Skip) -> str:
     )
 
 
-def _log_missed(missed: Missed) -> None:
+def _missed_text(missed: Missed) -> str:
+    """The log line (and skipped event's error) of ``missed``."""
     why = {
         "late": "past their misfire grace",
         "coalesced": "coalesced: only the latest runs",
         "backlog": "too many to catch up one by one",
     }[missed.why]
-    logger.warning(
-        "schedule %s: %d firings from %s to %s not run (%s)",
-        missed.name,
-        missed.count,
-        iso_utc(missed.first),
-        iso_utc(missed.last),
-        why,
+    return (
+        f"schedule {missed.name}: {missed.count} firings from {iso_utc(missed.first)}"
+        f" to {iso_utc(missed.last)} not run ({why})"
     )

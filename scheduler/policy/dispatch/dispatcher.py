@@ -117,7 +117,15 @@ from scheduler.policy.dispatch.decisions import Decision, JobInfo, SchedulerInfo
 from scheduler.policy.dispatch.lifecycle import Lifecycle
 from scheduler.policy.events import status_event
 from scheduler.policy.job import Job, not_yours
-from scheduler.protocol import Error, Held, JobEvent, JobPayload, Report, StatsReply
+from scheduler.protocol import (
+    DEFAULT_PRIORITY,
+    Error,
+    Held,
+    JobEvent,
+    JobPayload,
+    Report,
+    StatsReply,
+)
 
 
 class Dispatcher:
@@ -193,6 +201,11 @@ class Dispatcher:
         """Return the ids of jobs waiting for a scheduler, in the order they will go out
         (with aging, by their effective priority at ``now``)."""
         return [job.id for job in self._core.backlog_jobs(now)]
+
+    def task_priority(self, task: str) -> int:
+        """Return the priority a job of ``task`` that gives none gets: the task's declared
+        default, else :data:`~scheduler.protocol.DEFAULT_PRIORITY`."""
+        return self._core.registry.task_priorities.get(task, DEFAULT_PRIORITY)
 
     def scheduler(self, name: str) -> SchedulerInfo | None:
         """Return a snapshot of scheduler ``name``, or None if the core does not know it."""

@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Final, TypeVar, cast, get_args
+from typing import Final, cast, get_args
 
 import click
 import msgspec
@@ -21,36 +20,11 @@ import msgspec
 from scheduler.cli_support import (
     client_options,
     configure_logging,
-    pick_token,
-    run_until_signalled,
     shorten,
 )
-from scheduler.connect import RegistrationRefused
-from scheduler.producer.client import BusConnectionLost, ProducerClient, SubmitError
+from scheduler.producer.client import ProducerClient, SubmitError
 from scheduler.protocol import FINAL_EVENTS, MAX_BULK, JobEvent, JobState
-
-T = TypeVar("T")
-
-
-def _run(ctx: click.Context, action: Callable[[ProducerClient], Awaitable[T]]) -> T:
-    """Connect with the group's options, run ``action``, turn failures into clear errors."""
-
-    async def main() -> T:
-        async with ProducerClient(
-            ctx.obj["url"],
-            token=ctx.obj["token"],
-            connect_timeout=ctx.obj["connect_timeout"],
-            cafile=ctx.obj["cafile"],
-        ) as client:
-            return await action(client)
-
-    try:
-        result = run_until_signalled(main())
-    except (OSError, BusConnectionLost, SubmitError, RegistrationRefused) as exc:
-        raise click.ClickException(f"{ctx.obj['url']}: {exc}") from None
-    if result is None:
-        raise click.exceptions.Exit(130)
-    return result
+from scheduler.tools.operator import call_bus, keep_connection
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -69,12 +43,7 @@ def cli(
     """Look at, cancel and clean up jobs on a schedbus bus (an operator's tool: it uses
     the admin token, which may cancel any job and vacuum)."""
     configure_logging(logging.DEBUG if debug else logging.WARNING)
-    ctx.obj = {
-        "url": url,
-        "token": pick_token("admin", token, token_file),
-        "cafile": cafile,
-        "connect_timeout": connect_timeout,
-    }
+    keep_connection(ctx, url, token, token_file, cafile, connect_timeout)
 
 
 @cli.command()
@@ -83,7 +52,7 @@ def cli(
 @click.pass_context
 def show(ctx: click.Context, ids: tuple[str, ...], as_json: bool) -> None:
     """Print the current state of jobs by id (final ones too, until vacuumed)."""
-    watching = _run(ctx, lambda client: client.watch(list(ids)))
+    watching = call_bus(ctx, lambda client: client.watch(list(ids)))
     _print_jobs(watching.jobs, as_json)
     for job_id in watching.unknown:
         click.echo(f"{job_id} unknown to the bus", err=True)
@@ -128,7 +97,7 @@ LIVE_STATES: Final = tuple(s for s in get_args(JobState) if s not in FINAL_EVENT
 def list_jobs(ctx: click.Context, states: tuple[str, ...], limit: int, as_json: bool) -> None:
     """List the jobs the bus tracks (not final yet), in arrival order."""
     wanted = [cast(JobState, s) for s in states] or None
-    listing = _run(ctx, lambda client: client.list_jobs(wanted, limit))
+    listing = call_bus(ctx, lambda client: client.list_jobs(wanted, limit))
     _print_jobs(listing.jobs, as_json)
     if listing.more:
         click.echo(f"(more than {limit} jobs; raise --limit)", err=True)
@@ -150,7 +119,7 @@ def cancel(ctx: click.Context, ids: tuple[str, ...]) -> None:
                 lines.append(f"{job_id} not cancelled: {exc}")
         return lines
 
-    for line in _run(ctx, cancel_all):
+    for line in call_bus(ctx, cancel_all):
         click.echo(line)
 
 
@@ -164,7 +133,7 @@ def cancel(ctx: click.Context, ids: tuple[str, ...]) -> None:
 @click.pass_context
 def vacuum(ctx: click.Context, older_than: float | None) -> None:
     """Delete final jobs past their retention now; print how many, by state."""
-    deleted = _run(ctx, lambda client: client.vacuum(older_than))
+    deleted = call_bus(ctx, lambda client: client.vacuum(older_than))
     total = sum(deleted.values())
     parts = ", ".join(f"{n} {state}" for state, n in sorted(deleted.items()))
     click.echo(f"deleted {total} final jobs" + (f": {parts}" if parts else ""))

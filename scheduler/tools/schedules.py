@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,13 +20,10 @@ import msgspec
 from scheduler.cli_support import (
     client_options,
     configure_logging,
-    pick_token,
-    run_until_signalled,
 )
-from scheduler.connect import RegistrationRefused
 from scheduler.policy.schedules import iso_utc
-from scheduler.producer.client import BusConnectionLost, ProducerClient, SubmitError
 from scheduler.protocol import ScheduleAction, ScheduleInfo, Schedules, ScheduleSpec
+from scheduler.tools.operator import call_bus, keep_connection
 
 
 def describe(info: ScheduleInfo) -> str:
@@ -55,27 +51,6 @@ def _print(reply: Schedules, as_json: bool) -> None:
             click.echo(describe(info))
 
 
-def _do(ctx: click.Context, action: Callable[[ProducerClient], Awaitable[Schedules]]) -> Schedules:
-    """Connect with the group's options, run ``action``; failures become clear errors."""
-
-    async def main() -> Schedules:
-        async with ProducerClient(
-            ctx.obj["url"],
-            token=ctx.obj["token"],
-            connect_timeout=ctx.obj["connect_timeout"],
-            cafile=ctx.obj["cafile"],
-        ) as client:
-            return await action(client)
-
-    try:
-        result = run_until_signalled(main())
-    except (OSError, BusConnectionLost, SubmitError, RegistrationRefused) as exc:
-        raise click.ClickException(f"{ctx.obj['url']}: {exc}") from None
-    if result is None:
-        raise click.exceptions.Exit(130)
-    return result
-
-
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @client_options
 @click.option("-d", "--debug", is_flag=True, help="Debug logging.")
@@ -92,12 +67,7 @@ def cli(
     """Add, look at and control the periodic jobs of a schedbus bus (an operator's tool:
     it uses the admin token; a monitor token may list, show and next)."""
     configure_logging(logging.DEBUG if debug else logging.WARNING)
-    ctx.obj = {
-        "url": url,
-        "token": pick_token("admin", token, token_file),
-        "cafile": cafile,
-        "connect_timeout": connect_timeout,
-    }
+    keep_connection(ctx, url, token, token_file, cafile, connect_timeout)
 
 
 @cli.command()
@@ -138,7 +108,7 @@ def add(
         spec = msgspec.convert(fields, ScheduleSpec)
     except msgspec.ValidationError as exc:
         raise click.ClickException(f"schedule: {exc}") from None
-    _print(_do(ctx, lambda client: client.schedule_add(spec)), False)
+    _print(call_bus(ctx, lambda client: client.schedule_add(spec)), False)
 
 
 @cli.command(name="list")
@@ -146,7 +116,7 @@ def add(
 @click.pass_context
 def list_(ctx: click.Context, as_json: bool) -> None:
     """Print every schedule with its next fire time and latest firing."""
-    reply = _do(ctx, lambda client: client.schedule_query("list"))
+    reply = call_bus(ctx, lambda client: client.schedule_query("list"))
     if not reply.schedules and not as_json:
         click.echo("no schedules")
     _print(reply, as_json)
@@ -158,7 +128,7 @@ def list_(ctx: click.Context, as_json: bool) -> None:
 @click.pass_context
 def show(ctx: click.Context, name: str, as_json: bool) -> None:
     """Print schedule NAME."""
-    _print(_do(ctx, lambda client: client.schedule_query("show", name)), as_json)
+    _print(call_bus(ctx, lambda client: client.schedule_query("show", name)), as_json)
 
 
 @cli.command(name="next")
@@ -167,7 +137,7 @@ def show(ctx: click.Context, name: str, as_json: bool) -> None:
 @click.pass_context
 def next_(ctx: click.Context, name: str, count: int) -> None:
     """Print the next fire times of NAME (ISO 8601 UTC) without running anything."""
-    reply = _do(ctx, lambda client: client.schedule_query("next", name, count))
+    reply = call_bus(ctx, lambda client: client.schedule_query("next", name, count))
     for moment in reply.times:
         click.echo(iso_utc(moment))
 
@@ -177,7 +147,7 @@ def _change(action: ScheduleAction, help_text: str) -> None:
     @click.argument("name")
     @click.pass_context
     def change(ctx: click.Context, name: str) -> None:
-        _print(_do(ctx, lambda client: client.schedule_change(action, name)), False)
+        _print(call_bus(ctx, lambda client: client.schedule_change(action, name)), False)
 
 
 _change("pause", "Stop NAME firing until resumed.")

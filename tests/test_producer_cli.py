@@ -7,8 +7,9 @@ from click.testing import CliRunner
 from conftest import BusProcess, Commands, unit, wait_until
 
 from scheduler.bus.server import BusServer
-from scheduler.producer.cli import _job_text, _outcome_text, _parse_args, cli
+from scheduler.producer.cli import _job_text, _parse_args, cli
 from scheduler.producer.client import ProducerClient
+from scheduler.producer.follower import _outcome_text
 from scheduler.producer.tracking import JobRecord
 from scheduler.producer.workload import JobMaker, Span, parse_span, periods
 from scheduler.protocol import JobPayload

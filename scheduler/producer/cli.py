@@ -10,12 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import json
 import logging
 import random
-import statistics
 import sys
-from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,12 +26,11 @@ from scheduler.cli_support import (
     connection_options,
     pick_token,
     run_until_signalled,
-    shorten,
 )
 from scheduler.connect import RegistrationRefused, open_connection
 from scheduler.producer.agenda import Agenda
 from scheduler.producer.client import BusConnectionLost, ProducerClient, SubmitError
-from scheduler.producer.tracking import JobRecord, JobTracker
+from scheduler.producer.follower import JobFollower, print_summary
 from scheduler.producer.workload import JobMaker, Span, SpanType, periods
 from scheduler.protocol import Args, JobPayload, OnConflict
 
@@ -157,118 +153,6 @@ async def _submit_scattered(client: ProducerClient, plan: Plan, follower: JobFol
             follower.expect(result.id, payloads[index].task, result.warning)
     accepted = sum(r.id is not None for r in results)
     log.info("scattered %d jobs over %g s in one message", accepted, plan.scatter)
-
-
-class JobFollower:
-    """Consumes a producer's events until every job it submitted is final."""
-
-    def __init__(self, as_json: bool) -> None:
-        self.tracker = JobTracker()
-        self.as_json = as_json
-        self.expected: set[str] = set()
-        self.finished: dict[str, JobRecord] = {}
-        self.tasks: dict[str, str] = {}
-        """The task of each expected job."""
-        self.unserved: set[str] = set()
-        """Tasks the bus warned that no connected scheduler serves."""
-        self._submitting = True
-        self._complete = asyncio.Event()
-
-    def expect(self, job_id: str, task: str = "sleep", warning: str | None = None) -> None:
-        """Count ``job_id`` (a job of ``task``) among the jobs to wait for; log the bus's
-        ``warning`` about its submit, once per task."""
-        self.expected.add(job_id)
-        self.tasks[job_id] = task
-        if warning is not None and task not in self.unserved:
-            self.unserved.add(task)
-            log.warning("%s", warning)
-
-    def expect_runs(self, job_id: str, task: str, runs: list[str] | None) -> None:
-        """Count the runs of broadcast ``job_id`` among the jobs to wait for (each is
-        reported on its own, then the broadcast itself)."""
-        for run in runs or ():
-            self.expect(run, task)
-        if runs:
-            log.info("broadcast %s: %d runs (%s)", job_id[:8], len(runs), ", ".join(runs))
-
-    def waiting_unserved(self) -> Counter[str]:
-        """How many expected jobs still wait (queued) for each task the bus warned about."""
-        waiting: Counter[str] = Counter()
-        for job_id, task in self.tasks.items():
-            if task not in self.unserved or job_id in self.finished:
-                continue
-            record = self.tracker.records.get(job_id)
-            if record is None or record.state == "queued":
-                waiting[task] += 1
-        return waiting
-
-    async def remind(self, every: float) -> None:
-        """Every ``every`` seconds, log which jobs wait for a task nobody serves."""
-        while True:
-            await asyncio.sleep(every)
-            for task, count in sorted(self.waiting_unserved().items()):
-                log.warning(
-                    '%d job%s wait%s for task "%s", which no connected scheduler serves',
-                    count,
-                    "" if count == 1 else "s",
-                    "s" if count == 1 else "",
-                    task,
-                )
-
-    def all_submitted(self) -> None:
-        """No more jobs will be expected; finish once the expected ones are final."""
-        self._submitting = False
-        self._check()
-
-    async def follow(self, client: ProducerClient) -> None:
-        """Apply events until every expected job is final."""
-        async for event in client.events():
-            record = self.tracker.apply(event)
-            if record.final and record.id not in self.finished:
-                self.finished[record.id] = record
-                self._report(record)
-                self._check()
-            if self._complete.is_set():
-                return
-
-    def _check(self) -> None:
-        if not self._submitting and self.expected <= self.finished.keys():
-            self._complete.set()
-
-    def _report(self, record: JobRecord) -> None:
-        if self.as_json:
-            sys.stdout.write(json.dumps(record.as_dict()) + "\n")
-            sys.stdout.flush()
-        log.info(
-            "%s %s on %s after %.2fs waiting, %.2fs running, %d evictions%s",
-            record.id[:8],
-            record.state,
-            record.scheduler,
-            record.wait_s,
-            record.run_s,
-            record.evictions,
-            _outcome_text(record),
-        )
-
-
-def _outcome_text(record: JobRecord) -> str:
-    """``: error`` or `` -> result`` (its JSON, shortened) for a log line."""
-    if record.error:
-        return f": {record.error}"
-    return "" if record.result is None else f" -> {shorten(json.dumps(record.result))}"
-
-
-def print_summary(records: list[JobRecord]) -> None:
-    """Write one summary line about the finished jobs to stderr."""
-    states = Counter(record.state for record in records)
-    waits = [record.wait_s for record in records] or [0.0]
-    parts = ", ".join(f"{n} {state}" for state, n in sorted(states.items()))
-    click.echo(
-        f"{len(records)} jobs final: {parts or 'none'}; "
-        f"{sum(record.evictions for record in records)} evictions; "
-        f"wait median {statistics.median(waits):.2f}s, max {max(waits):.2f}s",
-        err=True,
-    )
 
 
 def _indices(count: int | None) -> Iterator[int]:

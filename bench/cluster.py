@@ -22,7 +22,8 @@ from bench.stats import Json, summary
 from bench.system import NOOP_RUNTIME, client_token
 from bench.tracker import Tracker
 from scheduler.producer.client import ProducerClient
-from scheduler.protocol import JobPayload, StatsReply
+from scheduler.protocol import JobPayload
+from scheduler.protocol_stats import StatsReply
 
 BURST_PRIORITY = 5
 """Every job of the burst has this priority: none evicts another, every move is a steal."""

@@ -22,13 +22,13 @@ from websockets.exceptions import ConnectionClosed
 from bench.stats import Json, rate
 from bench.system import client_token, cpu_seconds
 from bench.tracker import Tracker
-from scheduler import codec, protocol
+from scheduler import codec, protocol_types
 from scheduler.producer.client import ProducerClient
 from scheduler.protocol import Assign, Heartbeat, JobPayload, Register, Registered, Report
 
 
 async def _register(url: str, name: str, size: int) -> tuple[ClientConnection, float]:
-    ws = await connect(url, compression=None, max_size=protocol.MAX_FRAME_BYTES)
+    ws = await connect(url, compression=None, max_size=protocol_types.MAX_FRAME_BYTES)
     register = Register(
         type="scheduler",
         protocol=2,

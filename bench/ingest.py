@@ -19,7 +19,7 @@ from websockets.exceptions import ConnectionClosed
 
 from bench.stats import Json, rate
 from bench.system import NOOP_RUNTIME, client_token
-from scheduler import codec, protocol
+from scheduler import codec, protocol, protocol_types
 from scheduler.protocol import Error, JobPayload, JobRequest, Register, Registered
 
 BULK_BATCH = 1000
@@ -85,7 +85,7 @@ class LeanProducer:
     @classmethod
     async def open(cls, url: str, name: str) -> LeanProducer:
         """Connect and register; raise RuntimeError if the bus says no."""
-        ws = await connect(url, compression=None, max_size=protocol.MAX_FRAME_BYTES)
+        ws = await connect(url, compression=None, max_size=protocol_types.MAX_FRAME_BYTES)
         await ws.send(
             codec.encode(
                 Register(type="producer", protocol=2, name=name, token=client_token("producer"))

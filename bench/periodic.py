@@ -17,7 +17,7 @@ from websockets.asyncio.client import connect
 from bench.stats import Json, summary
 from bench.system import client_token
 from scheduler.producer.client import ProducerClient
-from scheduler.protocol import ScheduleSpec
+from scheduler.protocol_schedules import ScheduleSpec
 
 NAME = "bench-periodic"
 

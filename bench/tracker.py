@@ -9,7 +9,8 @@ from dataclasses import dataclass
 from types import TracebackType
 
 from scheduler.producer.client import ProducerClient
-from scheduler.protocol import FINAL_EVENTS, JobEvent
+from scheduler.protocol import JobEvent
+from scheduler.protocol_types import FINAL_EVENTS
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,7 +16,7 @@ from websockets.uri import parse_uri
 
 from scheduler.auth import TokenFileError, TokenRole, default_token_file, token_for
 from scheduler.connect import DEFAULT_URL
-from scheduler.protocol import MAX_NAME_LEN
+from scheduler.protocol_types import MAX_NAME_LEN
 
 T = TypeVar("T")
 

@@ -14,17 +14,8 @@ from typing import Final, TypeVar
 
 import msgspec
 
-from scheduler.protocol import (
-    DEFAULT_PRIORITY,
-    MAX_NAME_LEN,
-    MAX_NESTING,
-    MAX_SAFE_INT,
-    BusMessage,
-    ClientMessage,
-    Error,
-    JobPayload,
-    Role,
-)
+from scheduler.protocol import BusMessage, ClientMessage, Error, JobPayload
+from scheduler.protocol_types import DEFAULT_PRIORITY, MAX_NAME_LEN, MAX_NESTING, MAX_SAFE_INT, Role
 
 
 class ProtocolError(ValueError):

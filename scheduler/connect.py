@@ -4,7 +4,7 @@ Every v2 client (the producer library, the scheduler client, the monitor) goes t
 :class:`Connector`:
 
 1. open a WebSocket with the options every client uses (no compression, frames up to
-   :data:`~scheduler.protocol.MAX_FRAME_BYTES`, TLS from :func:`scheduler.auth.tls_options`);
+   :data:`~scheduler.protocol_types.MAX_FRAME_BYTES`, TLS from :func:`scheduler.auth.tls_options`);
 2. send the client's ``register`` and wait for ``registered``;
 3. only then forget past failures (reset the backoff): a bus that accepts the
    connection but closes it on a bad token must not be retried at the shortest delay;
@@ -32,7 +32,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
 from websockets.uri import parse_uri
 
-from scheduler import codec, protocol
+from scheduler import codec, protocol_types
 from scheduler.auth import tls_options
 from scheduler.policy.backoff import Backoff
 from scheduler.protocol import BusMessage, Error, Register, Registered
@@ -69,7 +69,7 @@ async def open_connection(
     that forks and must stay thread-free. Raises OSError, InvalidHandshake or TimeoutError.
     """
     tls = tls_options(url, cafile)
-    options = {"compression": None, "max_size": protocol.MAX_FRAME_BYTES, **tls}
+    options = {"compression": None, "max_size": protocol_types.MAX_FRAME_BYTES, **tls}
     if not blocking_resolve:
         return await connect(url, **options)
     uri = parse_uri(url)

@@ -13,142 +13,52 @@ Client to bus messages are tagged by ``cmd``; bus to client messages by ``type``
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Annotated, Final, Literal
+from typing import Annotated, Literal
 
 import msgspec
 
-MAX_FRAME_BYTES: Final = 1024 * 1024
-"""Frames larger than this are refused by the WebSocket layer (``max_size``)."""
-
-MAX_RUNTIME_S: Final = 365 * 24 * 3600.0
-MAX_TIMEOUT_S: Final = 365 * 24 * 3600.0
-MAX_NAME_LEN: Final = 200
-MAX_TASKS: Final = 1000
-MAX_SIZE: Final = 4096
-MAX_RETRIES: Final = 100
-MAX_RESULT_BYTES: Final = 64 * 1024
-"""A task's JSON result larger than this is refused (the job fails saying so)."""
-MAX_BACKOFF_S: Final = 24 * 3600.0
-MAX_BULK: Final = 100_000
-MAX_COUNT: Final = 2**31 - 1
-"""Most attempts, evictions or jobs a counter on the wire may say (far past any real one)."""
-MAX_SAFE_INT: Final = 2**53 - 1
-"""Largest integer every JSON reader keeps exact; bounds ``ref`` and sizes in KB."""
-MAX_INT64: Final = 2**63 - 1
-"""Largest integer the journal (SQLite INTEGER, signed 64-bit) stores."""
-MAX_NESTING: Final = 64
-"""Deepest nesting of arrays and objects in a task's ``args`` or ``result``."""
-PRIORITY_MIN: Final = 0
-PRIORITY_MAX: Final = 10
-DEFAULT_PRIORITY: Final = 5
-"""The priority of a job that gives none and whose task declares none."""
-
-Priority = Annotated[int, msgspec.Meta(ge=PRIORITY_MIN, le=PRIORITY_MAX)]
-"""0 is the most urgent, 10 the least."""
-Runtime = Annotated[float, msgspec.Meta(gt=0, le=MAX_RUNTIME_S)]
-Timeout = Annotated[float, msgspec.Meta(gt=0, le=MAX_TIMEOUT_S)]
-Name = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_NAME_LEN)]
-Ref = (
-    Annotated[str, msgspec.Meta(max_length=MAX_NAME_LEN)]
-    | Annotated[int, msgspec.Meta(ge=-MAX_SAFE_INT, le=MAX_SAFE_INT)]
-    | None
+from scheduler.protocol_schedules import (
+    MAX_SCHEDULES,
+    ScheduleAdd,
+    ScheduleChange,
+    ScheduleQuery,
+    Schedules,
+    ScheduleSpec,
 )
-JobId = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_NAME_LEN)]
-Attempt = Annotated[int, msgspec.Meta(ge=1, le=MAX_COUNT)]
-Count = Annotated[int, msgspec.Meta(ge=0, le=MAX_COUNT)]
-"""A count of attempts, evictions or jobs."""
-ExitCode = Annotated[int, msgspec.Meta(ge=-MAX_COUNT - 1, le=MAX_COUNT)]
-Seconds = Annotated[float, msgspec.Meta(ge=0)]
-"""A finite duration (msgspec refuses a number out of float range: no inf, no NaN)."""
-Args = dict[str, object] | list[object]
-
-MAX_DELAY_S: Final = 366 * 24 * 3600.0
-"""Longest ``delay`` and ``misfire_grace``; a ``run_at`` is at most this far from now."""
-MAX_EPOCH_S: Final = 253402300799.0
-"""9999-12-31T23:59:59Z: the latest ``run_at`` a payload may name."""
-MAX_TIME_TEXT: Final = 64
-RunAt = (
-    Annotated[float, msgspec.Meta(ge=0, le=MAX_EPOCH_S)]
-    | Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_TIME_TEXT)]
+from scheduler.protocol_stats import StatsReply
+from scheduler.protocol_types import (
+    MAX_BACKOFF_S,
+    MAX_BULK,
+    MAX_DEPENDS,
+    MAX_NAME_LEN,
+    MAX_RETRIES,
+    MAX_SAFE_INT,
+    MAX_SIZE,
+    MAX_TASKS,
+    MAX_TIMEOUT_S,
+    Args,
+    Attempt,
+    Count,
+    Delay,
+    EventKind,
+    ExitCode,
+    Grace,
+    JobId,
+    JobState,
+    Name,
+    OnConflict,
+    OnDependencyFailure,
+    Priority,
+    Ref,
+    Role,
+    RunAt,
+    Runtime,
+    SchedulerReport,
+    Seconds,
+    Timeout,
+    check_nesting,
+    parse_run_at,
 )
-"""An absolute time: epoch seconds, or ISO 8601 text with a zone."""
-Delay = Annotated[float, msgspec.Meta(gt=0, le=MAX_DELAY_S)]
-Grace = Annotated[float, msgspec.Meta(ge=0, le=MAX_DELAY_S)]
-
-Role = Literal["producer", "scheduler", "monitor"]
-
-EventKind = Literal[
-    "accepted",
-    "assigned",
-    "started",
-    "succeeded",
-    "failed",
-    "timed_out",
-    "evicted",
-    "requeued",
-    "retrying",
-    "cancelled",
-    "dead",
-    # delayed jobs (issue 11 item 1)
-    "scheduled",
-    "queued",
-    "expired",
-    # dependencies (scheduler.policy.dispatch.dependencies)
-    "blocked",
-    "skipped",
-]
-"""What happened to a job.
-
-``evicted``: a more urgent job took its slot; it is queued again (not a failure).
-``requeued``: its scheduler was lost (lease expired); it is queued again.
-``retrying``: an attempt failed or timed out and the job will run again after a backoff.
-``dead``: it may not run again: retries exhausted, or delivered too many times.
-``scheduled``: accepted to run later (``run_at``/``delay``); ``queued``: its time came.
-``expired``: it was not handed to a scheduler within its ``misfire_grace`` of its time.
-``blocked``: it waits for its dependencies (``depends_on``) to succeed.
-``skipped``: a dependency ended without succeeding, so it never runs (the error names it).
-"""
-
-FINAL_EVENTS: Final[frozenset[str]] = frozenset(
-    {"succeeded", "failed", "timed_out", "cancelled", "dead", "expired", "skipped"}
-)
-"""Events after which a job never runs again."""
-
-SchedulerReport = Literal[
-    "started", "succeeded", "failed", "timed_out", "evicted", "cancelled", "revoked"
-]
-"""The events a scheduler may report about an attempt it holds. ``cancelled`` confirms a
-:class:`Stop` sent for a cancel: the attempt's processes are gone. ``revoked`` confirms a
-``stolen`` stop: the attempt left the local queue without starting."""
-
-JobState = Literal[
-    "scheduled",
-    "queued",
-    "assigned",
-    "running",
-    "succeeded",
-    "failed",
-    "timed_out",
-    "cancelled",
-    "dead",
-    "expired",
-    # dependencies
-    "blocked",
-    "skipped",
-]
-
-
-OnDependencyFailure = Literal["skip", "run"]
-"""What a job does when one of its dependencies ends without succeeding: end
-``skipped`` (the default) or run anyway."""
-
-MAX_DEPENDS: Final = 1000
-"""The most dependencies one job may name."""
-
-OnConflict = Literal["raise", "ignore", "replace"]
-"""What a submit whose ``job_id`` exists does: refuse (``raise``), return the existing
-job (``ignore``), or replace it if it has not started running (``replace``)."""
 
 
 class JobPayload(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True):
@@ -201,7 +111,7 @@ class JobPayload(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_d
         """Refuse ``args`` nested deeper than :data:`MAX_NESTING`, a naive or unreadable
         ``run_at`` text, ``run_at`` with ``delay``, and a time with ``depends_on`` (a
         blocked job runs when its dependencies let it, not at a time)."""
-        _check_nesting("args", self.args)
+        check_nesting("args", self.args)
         if self.run_at is not None and self.delay is not None:
             raise ValueError("delay: give run_at or delay, not both")
         if self.depends_on and (self.run_at is not None or self.delay is not None):
@@ -209,131 +119,6 @@ class JobPayload(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_d
             raise ValueError(f"{field}: a job with depends_on runs when its dependencies allow")
         if isinstance(self.run_at, str):
             parse_run_at(self.run_at)
-
-
-def parse_run_at(text: str) -> float:
-    """Epoch seconds of ISO 8601 ``text``; raise ValueError naming ``run_at`` if it has
-    no zone (a naive time means a different instant on every machine) or is not ISO 8601."""
-    try:
-        when = datetime.fromisoformat(text)
-    except ValueError:
-        raise ValueError(f"run_at: not an ISO 8601 time: {text!r}") from None
-    if when.tzinfo is None or when.utcoffset() is None:
-        raise ValueError(
-            f"run_at: {text!r} has no zone; an ISO 8601 time must carry one (Z or +HH:MM)"
-        )
-    return when.timestamp()
-
-
-# --- periodic schedules --------------------------------------------------------------
-
-MAX_SCHEDULE_NAME_LEN: Final = 150
-"""A schedule's name leaves room in :data:`JobId` for ``@`` and the firing's time."""
-MAX_SCHEDULES: Final = 1000
-"""Most schedules one ``register`` may declare."""
-MAX_FIRE_COUNT: Final = 1000
-"""Most fire times one ``next`` query may ask for."""
-
-ScheduleName = Annotated[
-    str, msgspec.Meta(min_length=1, max_length=MAX_SCHEDULE_NAME_LEN, pattern=r"^[^@\s]+$")
-]
-"""A schedule's unique name: no ``@`` (it separates the name in a firing's job id) and
-no white space."""
-
-
-class ScheduleSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True):
-    """A periodic job: fire every ``every`` seconds (aligned on multiples of ``every``
-    since the epoch) or at the times of the ``cron`` expression in time zone ``tz``; each
-    firing submits ``task`` with ``args``, ``priority`` and ``timeout`` as a job whose id
-    is ``NAME@<scheduled time, ISO 8601 UTC>`` (``runtime`` as in :class:`JobPayload`:
-    the built-in ``sleep`` task needs it).
-
-    ``misfire_grace``: a firing later than this (the bus was down) is not run (None: any
-    lateness). ``jitter``: each firing is delayed by a random 0..``jitter`` seconds.
-    ``max_instances``: a firing while that many earlier firings are not final is skipped.
-    ``coalesce``: after downtime only the latest missed firing runs, not each of them.
-    Which of ``every`` and ``cron`` is given, and whether ``cron`` and ``tz`` are valid,
-    is checked by :func:`scheduler.policy.schedules.spec_problem`.
-    """
-
-    name: ScheduleName
-    task: Name
-    every: Annotated[float, msgspec.Meta(gt=0, le=MAX_TIMEOUT_S)] | None = None
-    cron: Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_NAME_LEN)] | None = None
-    tz: Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_NAME_LEN)] = "UTC"
-    args: Args | None = None
-    runtime: Runtime | None = None
-    priority: Priority | None = None
-    timeout: Timeout | None = None
-    misfire_grace: Annotated[float, msgspec.Meta(ge=0, le=MAX_TIMEOUT_S)] | None = None
-    jitter: Annotated[float, msgspec.Meta(ge=0, le=MAX_TIMEOUT_S)] = 0.0
-    max_instances: Annotated[int, msgspec.Meta(ge=1, le=MAX_SIZE)] = 1
-    coalesce: bool = True
-
-    def __post_init__(self) -> None:
-        """Refuse ``args`` nested deeper than :data:`MAX_NESTING`."""
-        _check_nesting("args", self.args)
-
-
-class ScheduleAdd(
-    msgspec.Struct, frozen=True, tag_field="cmd", tag="schedule_add", omit_defaults=True
-):
-    """Add a schedule, or replace the one of the same name (an admin's command)."""
-
-    schedule: ScheduleSpec
-    ref: Ref = None
-
-
-ScheduleAction = Literal["pause", "resume", "remove", "trigger"]
-"""What :class:`ScheduleChange` does to a schedule; ``trigger`` fires it now, once."""
-
-
-class ScheduleChange(
-    msgspec.Struct, frozen=True, tag_field="cmd", tag="schedule_change", omit_defaults=True
-):
-    """Pause, resume, remove or trigger the schedule ``name`` (an admin's command)."""
-
-    action: ScheduleAction
-    name: ScheduleName
-    ref: Ref = None
-
-
-ScheduleQueryKind = Literal["list", "show", "next"]
-"""What :class:`ScheduleQuery` asks: every schedule, one, or one's next ``count`` times."""
-
-
-class ScheduleQuery(
-    msgspec.Struct, frozen=True, tag_field="cmd", tag="schedule_query", omit_defaults=True
-):
-    """Read schedules (a monitor's or an admin's command); ``name`` for ``show`` and ``next``."""
-
-    query: ScheduleQueryKind = "list"
-    name: ScheduleName | None = None
-    count: Annotated[int, msgspec.Meta(ge=1, le=MAX_FIRE_COUNT)] = 5
-    ref: Ref = None
-
-
-class ScheduleInfo(msgspec.Struct, frozen=True, omit_defaults=True):
-    """One schedule as the bus keeps it: its spec, whether it is paused, its next fire
-    time (epoch seconds), and its latest firing's job id, time and outcome (the job's
-    state, or why the firing was skipped)."""
-
-    spec: ScheduleSpec
-    paused: bool = False
-    next_fire: float | None = None
-    last_fire: float | None = None
-    last_job: str | None = None
-    last_outcome: str | None = None
-
-
-class Schedules(msgspec.Struct, frozen=True, tag_field="type", tag="schedules", omit_defaults=True):
-    """The answer to every schedule command: the schedules concerned, the fire times a
-    ``next`` query asked for (epoch seconds), and what was done, in words."""
-
-    schedules: list[ScheduleInfo] = []
-    times: list[float] = []
-    message: str | None = None
-    ref: Ref = None
 
 
 # --- client -> bus -------------------------------------------------------------------
@@ -404,7 +189,7 @@ class Report(msgspec.Struct, frozen=True, tag_field="cmd", tag="report", omit_de
 
     def __post_init__(self) -> None:
         """Refuse a ``result`` nested deeper than :data:`MAX_NESTING`."""
-        _check_nesting("result", self.result)
+        check_nesting("result", self.result)
 
 
 class SubmitMany(
@@ -662,78 +447,6 @@ class Vacuumed(msgspec.Struct, frozen=True, tag_field="type", tag="vacuumed", om
     ref: Ref = None
 
 
-class Percentiles(msgspec.Struct, frozen=True):
-    """A distribution of durations in seconds over ``count`` samples."""
-
-    count: int
-    p50: float
-    p90: float
-    p99: float
-    max: float
-
-
-class SchedulerStats(msgspec.Struct, frozen=True):
-    """A snapshot of one scheduler as the bus sees it.
-
-    ``running_priorities`` lists the priority of each job it runs; ``stole`` counts jobs
-    it took from others, ``stolen_from`` jobs others took from its queue.
-    """
-
-    name: str
-    protocol: int
-    size: int
-    busy: int
-    queued: int
-    tasks: list[str]
-    running_priorities: list[int]
-    started: int = 0
-    succeeded: int = 0
-    failed: int = 0
-    timed_out: int = 0
-    evicted: int = 0
-    stole: int = 0
-    stolen_from: int = 0
-    heartbeat_age_s: float | None = None
-
-
-class BusStats(msgspec.Struct, frozen=True):
-    """A snapshot of the bus: counts since it started, what waits now, and how long jobs
-    waited from submit to start, per priority (``wait_s`` keyed by priority)."""
-
-    uptime_s: float
-    submitted: int = 0
-    started: int = 0
-    succeeded: int = 0
-    failed: int = 0
-    timed_out: int = 0
-    evicted: int = 0
-    requeued: int = 0
-    retried: int = 0
-    cancelled: int = 0
-    dead: int = 0
-    stolen: int = 0
-    steal_attempts: int = 0
-    not_started: int = 0
-    """Attempts taken back from schedulers that started nothing within the start deadline."""
-    expired: int = 0
-    """Delayed jobs that missed their misfire grace."""
-    scheduled: int = 0
-    """Delayed jobs waiting for their time (not counted in ``queued``)."""
-    queued: int = 0
-    running: int = 0
-    unserved: dict[str, int] = {}
-    wait_s: dict[str, Percentiles] = {}
-
-
-class StatsReply(msgspec.Struct, frozen=True, tag_field="type", tag="stats", omit_defaults=True):
-    """The answer to :class:`GetStats`. ``unserved`` in ``bus`` counts waiting jobs by a
-    task no connected scheduler serves (they wait for one that does)."""
-
-    bus: BusStats
-    schedulers: list[SchedulerStats]
-    ref: Ref = None
-
-
 BusMessage = (
     Registered
     | Accepted
@@ -750,19 +463,3 @@ BusMessage = (
     | JobList
     | Schedules
 )
-
-
-def _check_nesting(name: str, value: object) -> None:
-    """Raise ValueError if ``value`` nests arrays and objects deeper than :data:`MAX_NESTING`."""
-    level: list[object] = [value]
-    for _ in range(MAX_NESTING):
-        level = [
-            item
-            for container in level
-            if isinstance(container, list | dict)
-            for item in (container.values() if isinstance(container, dict) else container)
-        ]
-        if not level:
-            return
-    if any(isinstance(item, list | dict) for item in level):
-        raise ValueError(f"{name}: nesting deeper than {MAX_NESTING} levels")

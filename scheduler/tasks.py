@@ -62,14 +62,8 @@ import msgspec
 
 from scheduler.policy.limits import NO_LIMITS, Limits, parse_size
 from scheduler.policy.schedules import spec_problem
-from scheduler.protocol import (
-    MAX_NAME_LEN,
-    MAX_TIMEOUT_S,
-    PRIORITY_MAX,
-    PRIORITY_MIN,
-    Args,
-    ScheduleSpec,
-)
+from scheduler.protocol_schedules import ScheduleSpec
+from scheduler.protocol_types import MAX_NAME_LEN, MAX_TIMEOUT_S, PRIORITY_MAX, PRIORITY_MIN, Args
 from scheduler.worker.task_result import send_exception, send_result
 
 Task = Callable[..., object]
@@ -249,7 +243,7 @@ def task(
     a schedule named after the task, which every scheduler serving the task declares to
     the bus when it registers (the bus keeps one per name). The other keywords
     (``args``, ``misfire_grace``, ``jitter``, ``max_instances``, ``coalesce``) are the
-    schedule's, as :class:`~scheduler.protocol.ScheduleSpec` describes them; a bad one
+    schedule's, as :class:`~scheduler.protocol_schedules.ScheduleSpec` describes them; a bad one
     raises ``ValueError`` naming the field.
     """
 

@@ -19,7 +19,8 @@ from scheduler.policy.dispatch.decisions import (
 from scheduler.policy.dispatch.dispatcher import Dispatcher
 from scheduler.policy.dispatch.producers import unserved_warning
 from scheduler.policy.job import Job
-from scheduler.protocol import Accepted, Held, JobPayload, Report, SchedulerReport, Stop
+from scheduler.protocol import Accepted, Held, JobPayload, Report, Stop
+from scheduler.protocol_types import SchedulerReport
 
 WALL = 1_700_000_000.0
 LEASE = 5.0

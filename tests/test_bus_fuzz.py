@@ -32,7 +32,8 @@ from scheduler.auth import TokenRole, TokenTable
 from scheduler.bus.config import BusConfig
 from scheduler.bus.server import BusServer
 from scheduler.codec import ProtocolError, decode_client, says_v2
-from scheduler.protocol import MAX_FRAME_BYTES, Register
+from scheduler.protocol import Register
+from scheduler.protocol_types import MAX_FRAME_BYTES
 
 FRAMES = 10_000
 CHUNK = 25

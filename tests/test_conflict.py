@@ -6,7 +6,8 @@ import pytest
 
 from scheduler.policy.conflict import Create, KeepExisting, Refuse, Replace, resolve
 from scheduler.policy.job import Job
-from scheduler.protocol import JobPayload, JobState, OnConflict
+from scheduler.protocol import JobPayload
+from scheduler.protocol_types import JobState, OnConflict
 
 OLD = JobPayload(priority=1, runtime=1.0, job_id="nightly")
 

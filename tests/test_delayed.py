@@ -18,7 +18,8 @@ from test_bus import client, recv, register, submit
 from scheduler.bus.server import BusServer
 from scheduler.producer.cli import cli as producer_cli
 from scheduler.producer.client import ProducerClient
-from scheduler.protocol import FINAL_EVENTS, JobEvent, JobPayload
+from scheduler.protocol import JobEvent, JobPayload
+from scheduler.protocol_types import FINAL_EVENTS
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -37,15 +37,8 @@ from scheduler.policy.dispatch.decisions import (
 )
 from scheduler.policy.dispatch.registry import MAX_CACHED_TASKS
 from scheduler.policy.job import Job
-from scheduler.protocol import (
-    DEFAULT_PRIORITY,
-    Accepted,
-    Held,
-    JobPayload,
-    SchedulerReport,
-    Stop,
-    SubmitResult,
-)
+from scheduler.protocol import Accepted, Held, JobPayload, Stop, SubmitResult
+from scheduler.protocol_types import DEFAULT_PRIORITY, SchedulerReport
 
 # --- dispatch --------------------------------------------------------------------------
 

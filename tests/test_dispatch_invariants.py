@@ -19,7 +19,8 @@ from scheduler.policy.dispatch.decisions import Decision, EmitEvent, SendAssign,
 from scheduler.policy.dispatch.dispatcher import Dispatcher
 from scheduler.policy.job import Job
 from scheduler.policy.retry import RetryBackoff
-from scheduler.protocol import Held, JobPayload, Report, SchedulerReport
+from scheduler.protocol import Held, JobPayload, Report
+from scheduler.protocol_types import SchedulerReport
 
 WALL = 1_700_000_000.0
 NAMES = ("a", "b", "c", "old")

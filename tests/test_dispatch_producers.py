@@ -36,11 +36,11 @@ from scheduler.protocol import (
     Error,
     JobEvent,
     JobPayload,
-    SchedulerReport,
     Stop,
     SubmitResult,
     SubmittedMany,
 )
+from scheduler.protocol_types import SchedulerReport
 
 # --- cancel ----------------------------------------------------------------------------
 

@@ -30,7 +30,8 @@ from scheduler.policy.dispatch.decisions import (
 from scheduler.policy.dispatch.dispatcher import Dispatcher
 from scheduler.policy.events import status_event
 from scheduler.policy.retry import RetryBackoff
-from scheduler.protocol import Accepted, CancelReply, Report, SchedulerReport
+from scheduler.protocol import Accepted, CancelReply, Report
+from scheduler.protocol_types import SchedulerReport
 
 # --- reports and fencing ---------------------------------------------------------------
 

@@ -17,7 +17,7 @@ import psutil
 import pytest
 from conftest import ROOT, BusProcess, Commands, family_of, unit, wait_until
 
-from scheduler import protocol
+from scheduler import protocol_types
 from scheduler.bus.config import BusConfig, bus_rules
 from scheduler.bus.server import BusServer
 from scheduler.producer.client import ProducerClient, SubmitError
@@ -85,7 +85,7 @@ async def collect_finals(
 ) -> None:
     """Gather final events (every one, duplicates included) until ``want`` jobs are final."""
     async for event in client.events():
-        if event.event in protocol.FINAL_EVENTS:
+        if event.event in protocol_types.FINAL_EVENTS:
             finals[event.id].append(event)
             if len(finals) >= want:
                 return

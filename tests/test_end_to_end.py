@@ -12,7 +12,7 @@ import pytest
 from conftest import Commands, family_of, unit, wait_until
 from websockets.asyncio.client import connect
 
-from scheduler import codec, protocol
+from scheduler import codec, protocol, protocol_types
 from scheduler.bus.server import BusServer
 from scheduler.producer.client import ProducerClient
 from scheduler.protocol import JobEvent, JobPayload
@@ -160,7 +160,7 @@ async def next_final(client: ProducerClient, job_id: str) -> JobEvent:
     """The final event of ``job_id``."""
     async with asyncio.timeout(20 * unit()):
         async for event in client.events():
-            if event.id == job_id and event.event in protocol.FINAL_EVENTS:
+            if event.id == job_id and event.event in protocol_types.FINAL_EVENTS:
                 return event
     raise AssertionError(f"no final event for {job_id}")
 

@@ -8,7 +8,8 @@ import pytest
 
 from scheduler.policy.events import job_event, status_event
 from scheduler.policy.job import Job
-from scheduler.protocol import EventKind, JobPayload, JobState, Report
+from scheduler.protocol import JobPayload, Report
+from scheduler.protocol_types import EventKind, JobState
 
 WALL = 1_700_000_000.0
 

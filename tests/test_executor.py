@@ -17,7 +17,8 @@ import pytest
 import sample_tasks
 from conftest import unit, wait_until
 
-from scheduler.protocol import MAX_RESULT_BYTES, Assignment, Held, Report
+from scheduler.protocol import Assignment, Held, Report
+from scheduler.protocol_types import MAX_RESULT_BYTES
 from scheduler.tasks import Task, TaskRegistry
 from scheduler.worker import executor as executor_module
 from scheduler.worker.executor import Executor

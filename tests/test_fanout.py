@@ -9,7 +9,8 @@ from scheduler.bus.connection import Connection
 from scheduler.bus.fanout import Fanout
 from scheduler.bus.gate import FrameGate
 from scheduler.codec import decode_bus
-from scheduler.protocol import JobEvent, Role
+from scheduler.protocol import JobEvent
+from scheduler.protocol_types import Role
 
 
 @dataclass

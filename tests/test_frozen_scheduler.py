@@ -15,7 +15,8 @@ from conftest import ROOT, Commands, unit, wait_until
 from scheduler.bus.config import BusConfig, bus_rules
 from scheduler.bus.server import BusServer
 from scheduler.producer.client import ProducerClient
-from scheduler.protocol import FINAL_EVENTS, Assignment, JobEvent, JobPayload, Report
+from scheduler.protocol import Assignment, JobEvent, JobPayload, Report
+from scheduler.protocol_types import FINAL_EVENTS
 from scheduler.tasks import TaskRegistry
 from scheduler.worker.executor import Executor
 

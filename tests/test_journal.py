@@ -19,7 +19,8 @@ from conftest import ROOT, unit
 from scheduler.bus.journal import MEMORY, SCHEMA_VERSION, Journal, JournalError
 from scheduler.bus.journal_schema import UPGRADES
 from scheduler.policy.job import Job
-from scheduler.protocol import JobPayload, JobState
+from scheduler.protocol import JobPayload
+from scheduler.protocol_types import JobState
 
 
 def make_job(n: int, state: JobState = "queued", **fields: Any) -> Job:

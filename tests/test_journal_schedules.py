@@ -10,7 +10,7 @@ import pytest
 
 from scheduler.bus.journal import SCHEMA_VERSION, Journal, JournalError
 from scheduler.policy.schedules import ScheduleState
-from scheduler.protocol import ScheduleSpec
+from scheduler.protocol_schedules import ScheduleSpec
 
 
 @pytest.fixture

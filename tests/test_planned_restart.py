@@ -14,7 +14,8 @@ from conftest import BusProcess, Commands, unit, wait_until
 
 from scheduler.bus.journal import Journal
 from scheduler.producer.client import ProducerClient
-from scheduler.protocol import FINAL_EVENTS, JobEvent, JobPayload
+from scheduler.protocol import JobEvent, JobPayload
+from scheduler.protocol_types import FINAL_EVENTS
 
 
 async def test_a_planned_restart_longer_than_the_lease_leaves_running_jobs_alone(

@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from scheduler import codec, protocol
+from scheduler import codec, protocol, protocol_schedules, protocol_types
 from scheduler.codec import ProtocolError, decode_bus, decode_client, decode_payload, encode
 from scheduler.protocol import (
     Accepted,
@@ -158,7 +158,7 @@ def test_a_job_may_leave_its_priority_to_its_task_and_a_v1_frame_still_carries_o
     assert isinstance(request, JobRequest) and request.payload.priority is None
     assert json.loads(codec.encode_v1_payload(JobPayload(runtime=2.0))) == {
         "runtime": 2,
-        "priority": protocol.DEFAULT_PRIORITY,
+        "priority": protocol_types.DEFAULT_PRIORITY,
     }
     register = '{"cmd": "register", "type": "scheduler", "protocol": 2, "priorities": {"a": 3}}'
     assert decode_client(register) == Register(type="scheduler", protocol=2, priorities={"a": 3})
@@ -211,7 +211,7 @@ def test_structured_garbage_decodes_valid_or_names_a_field(frame: dict[str, obje
         priority = message.payload.priority
         assert priority is None or 0 <= priority <= 10
         runtime = message.payload.runtime
-        assert runtime is None or 0 < runtime <= protocol.MAX_RUNTIME_S
+        assert runtime is None or 0 < runtime <= protocol_types.MAX_RUNTIME_S
 
 
 @given(st.text(max_size=200) | st.binary(max_size=200))
@@ -321,7 +321,7 @@ def test_deep_nesting_anywhere_is_a_protocol_error(frame: str) -> None:
     ],
 )
 def test_args_and_result_nest_at_most_max_nesting_levels(frame: str, field: str) -> None:
-    depth = protocol.MAX_NESTING
+    depth = protocol_types.MAX_NESTING
     decode_client(fill(frame, "[" * depth + "]" * depth))
     with pytest.raises(ProtocolError) as caught:
         decode_client(fill(frame, "[" * (depth + 1) + "]" * (depth + 1)))
@@ -399,15 +399,17 @@ def test_a_job_with_dependencies_takes_no_time(timing: str) -> None:
     assert "depends_on runs when its dependencies allow" in caught.value.message
 
 
-SPEC = protocol.ScheduleSpec(name="nightly", task="report", cron="0 3 * * *", tz="Europe/Berlin")
+SPEC = protocol_schedules.ScheduleSpec(
+    name="nightly", task="report", cron="0 3 * * *", tz="Europe/Berlin"
+)
 
 
 @pytest.mark.parametrize(
     "message",
     [
-        protocol.ScheduleAdd(schedule=SPEC, ref=1),
-        protocol.ScheduleChange(action="trigger", name="nightly", ref="r"),
-        protocol.ScheduleQuery(query="next", name="nightly", count=3),
+        protocol_schedules.ScheduleAdd(schedule=SPEC, ref=1),
+        protocol_schedules.ScheduleChange(action="trigger", name="nightly", ref="r"),
+        protocol_schedules.ScheduleQuery(query="next", name="nightly", count=3),
         Register(type="scheduler", protocol=2, name="s1", tasks=["report"], schedules=[SPEC]),
     ],
 )
@@ -416,8 +418,10 @@ def test_schedule_commands_round_trip(message: protocol.ClientMessage) -> None:
 
 
 def test_the_schedules_reply_round_trips() -> None:
-    info = protocol.ScheduleInfo(spec=SPEC, paused=True, last_job="nightly@x", last_fire=2.0)
-    reply = protocol.Schedules(schedules=[info], times=[1.0, 2.0], message="ok", ref=4)
+    info = protocol_schedules.ScheduleInfo(
+        spec=SPEC, paused=True, last_job="nightly@x", last_fire=2.0
+    )
+    reply = protocol_schedules.Schedules(schedules=[info], times=[1.0, 2.0], message="ok", ref=4)
     assert decode_bus(encode(reply)) == reply
 
 
@@ -461,5 +465,5 @@ def test_schedule_garbage_decodes_valid_or_names_a_field(frame: dict[str, object
     except ProtocolError as exc:
         assert exc.message
         return
-    if isinstance(message, protocol.ScheduleQuery):
-        assert 1 <= message.count <= protocol.MAX_FIRE_COUNT
+    if isinstance(message, protocol_schedules.ScheduleQuery):
+        assert 1 <= message.count <= protocol_schedules.MAX_FIRE_COUNT

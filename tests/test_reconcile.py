@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from scheduler.policy.job import Job
 from scheduler.policy.reconcile import reconcile
-from scheduler.protocol import Held, JobPayload, JobState, Stop
+from scheduler.protocol import Held, JobPayload, Stop
+from scheduler.protocol_types import JobState
 
 
 def job(job_id: str, holder: str | None, attempt: int) -> Job:

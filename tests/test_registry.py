@@ -7,7 +7,7 @@ from typing import Any, cast
 from scheduler.bus.connection import Connection
 from scheduler.bus.registry import Registry
 from scheduler.policy.dispatch.dispatcher import Dispatcher
-from scheduler.protocol import Role
+from scheduler.protocol_types import Role
 
 
 def connection(name: str, role: Role) -> Connection:

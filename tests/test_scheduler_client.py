@@ -23,7 +23,8 @@ from websockets.exceptions import ConnectionClosedError, InvalidURI
 from websockets.http11 import Request, Response
 
 from scheduler.codec import encode
-from scheduler.protocol import MAX_FRAME_BYTES, Assignment, Held, Register, Report
+from scheduler.protocol import Assignment, Held, Register, Report
+from scheduler.protocol_types import MAX_FRAME_BYTES
 from scheduler.tasks import TaskRegistry
 from scheduler.worker.client import SchedulerClient, SchedulerConfig
 from scheduler.worker.report_queue import ReportQueue, fit_register

@@ -26,7 +26,7 @@ from scheduler.policy.schedules import (
     firing_id,
     spec_problem,
 )
-from scheduler.protocol import ScheduleSpec
+from scheduler.protocol_schedules import ScheduleSpec
 
 T0 = 1_800_000_000.0  # a multiple of 1, 2, 5 and 10: interval grids line up with it
 

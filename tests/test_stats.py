@@ -6,7 +6,7 @@ import msgspec
 import pytest
 
 from scheduler.policy.stats import BUS_COUNTERS, BusCounters, SchedulerCounters
-from scheduler.protocol import BusStats, Percentiles, SchedulerStats
+from scheduler.protocol_stats import BusStats, Percentiles, SchedulerStats
 
 
 def test_job_events_count_under_their_bus_names() -> None:

@@ -1,7 +1,7 @@
 from click.testing import CliRunner
 from rich.console import Console
 
-from scheduler.protocol import BusStats, Percentiles, SchedulerStats, StatsReply
+from scheduler.protocol_stats import BusStats, Percentiles, SchedulerStats, StatsReply
 from scheduler.tools.status import cli, render
 
 REPLY = StatsReply(

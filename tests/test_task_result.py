@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from scheduler.protocol import MAX_RESULT_BYTES
+from scheduler.protocol_types import MAX_RESULT_BYTES
 from scheduler.tasks import run_task
 from scheduler.worker.process import JobProcess
 from scheduler.worker.task_result import (

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from scheduler import tasks
-from scheduler.protocol import MAX_NAME_LEN, MAX_RESULT_BYTES, Args
+from scheduler.protocol_types import MAX_NAME_LEN, MAX_RESULT_BYTES, Args
 from scheduler.tasks import (
     ATTEMPT_ENV,
     JOB_ID_ENV,

@@ -1,5 +1,6 @@
 from scheduler.producer.tracking import JobTracker
-from scheduler.protocol import EventKind, JobEvent, JobState
+from scheduler.protocol import JobEvent
+from scheduler.protocol_types import EventKind, JobState
 
 
 def event(kind: EventKind, state: JobState, time: float, **extra: object) -> JobEvent:

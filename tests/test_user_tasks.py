@@ -13,7 +13,8 @@ from conftest import ROOT, Commands, unit, wait_until
 
 from scheduler.bus.server import BusServer
 from scheduler.producer.client import ProducerClient
-from scheduler.protocol import FINAL_EVENTS, JobEvent, JobPayload
+from scheduler.protocol import JobEvent, JobPayload
+from scheduler.protocol_types import FINAL_EVENTS
 
 pytestmark = pytest.mark.timeout(90)
 

@@ -1,5 +1,5 @@
 from scheduler.policy.waits import WaitTimes, percentiles
-from scheduler.protocol import Percentiles
+from scheduler.protocol_stats import Percentiles
 
 
 def test_percentiles_use_the_nearest_rank() -> None:

@@ -40,7 +40,7 @@ from scheduler.policy.dispatch.config import (
     DispatchConfig,
 )
 from scheduler.policy.stealing import STEAL_STRATEGIES
-from scheduler.protocol import FINAL_EVENTS, MAX_DELAY_S, MAX_TIMEOUT_S
+from scheduler.protocol_types import FINAL_EVENTS, MAX_DELAY_S, MAX_TIMEOUT_S
 
 log = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ from scheduler.policy.dispatch.config import (
     DEFAULT_START_DEADLINE_S,
     DispatchConfig,
 )
-from scheduler.protocol import FINAL_EVENTS, MAX_TIMEOUT_S
+from scheduler.protocol_types import FINAL_EVENTS, MAX_TIMEOUT_S
 
 DEFAULT_HOST: Final = "127.0.0.1"
 """The address the bus listens on unless told otherwise: loopback only."""

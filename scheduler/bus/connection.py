@@ -14,7 +14,8 @@ from scheduler.bus.gate import FrameGate, Refusal
 from scheduler.bus.outbox import FrameOutbox
 from scheduler.codec import ProtocolError, encode, ref_of, says_v2
 from scheduler.policy.access import Grant
-from scheduler.protocol import BusMessage, Role
+from scheduler.protocol import BusMessage
+from scheduler.protocol_types import Role
 
 # The bus's log lines keep the one logger name its users and tests filter on.
 logger = logging.getLogger("scheduler.bus.server")

@@ -14,7 +14,8 @@ import logging
 from scheduler.bus.connection import Connection
 from scheduler.bus.gate import FrameGate
 from scheduler.codec import encode
-from scheduler.protocol import FINAL_EVENTS, JobEvent
+from scheduler.protocol import JobEvent
+from scheduler.protocol_types import FINAL_EVENTS
 
 # The bus's log lines keep the one logger name its users and tests filter on.
 logger = logging.getLogger("scheduler.bus.server")

@@ -56,7 +56,7 @@ from scheduler.bus.journal_schema import SCHEMA_VERSION as SCHEMA_VERSION
 from scheduler.bus.journal_schema import JournalError as JournalError
 from scheduler.policy.job import Job
 from scheduler.policy.schedules import ScheduleState
-from scheduler.protocol import FINAL_EVENTS
+from scheduler.protocol_types import FINAL_EVENTS
 
 
 class Journal:

@@ -27,7 +27,9 @@ import msgspec
 
 from scheduler.policy.job import Job
 from scheduler.policy.schedules import ScheduleState
-from scheduler.protocol import FINAL_EVENTS, JobPayload, JobState, ScheduleSpec
+from scheduler.protocol import JobPayload
+from scheduler.protocol_schedules import ScheduleSpec
+from scheduler.protocol_types import FINAL_EVENTS, JobState
 
 SCHEMA_VERSION: Final = 4
 """The schema this code writes. A version 1 journal (no ``result`` and ``traceback``),

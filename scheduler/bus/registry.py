@@ -15,7 +15,7 @@ from scheduler.bus.connection import Connection
 from scheduler.bus.gate import FrameGate
 from scheduler.bus.journal import Journal
 from scheduler.policy.dispatch.dispatcher import Dispatcher
-from scheduler.protocol import Role
+from scheduler.protocol_types import Role
 
 
 class Registry:

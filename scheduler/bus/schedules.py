@@ -32,9 +32,8 @@ from scheduler.policy.schedules import (
     iso_utc,
     spec_problem,
 )
-from scheduler.protocol import (
-    Error,
-    JobEvent,
+from scheduler.protocol import Error, JobEvent
+from scheduler.protocol_schedules import (
     ScheduleAdd,
     ScheduleChange,
     ScheduleQuery,

@@ -51,7 +51,8 @@ from scheduler.bus.schedules import BusSchedules
 from scheduler.bus.sessions import Sessions
 from scheduler.codec import ProtocolError, decode_client
 from scheduler.policy.access import is_loopback, send_refusal
-from scheduler.protocol import MAX_FRAME_BYTES, Register
+from scheduler.protocol import Register
+from scheduler.protocol_types import MAX_FRAME_BYTES
 
 logger = logging.getLogger(__name__)
 

@@ -19,7 +19,8 @@ from scheduler.bus.hub import Hub
 from scheduler.codec import ProtocolError
 from scheduler.policy.access import authenticate
 from scheduler.policy.dispatch.decisions import Requeued, SendStop
-from scheduler.protocol import Register, Registered, Role
+from scheduler.protocol import Register, Registered
+from scheduler.protocol_types import Role
 
 # The bus's log lines keep the one logger name its users and tests filter on.
 logger = logging.getLogger("scheduler.bus.server")

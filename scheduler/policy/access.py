@@ -24,14 +24,12 @@ from scheduler.protocol import (
     ListJobs,
     Register,
     Report,
-    Role,
-    ScheduleAdd,
-    ScheduleChange,
-    ScheduleQuery,
     SubmitMany,
     Vacuum,
     Watch,
 )
+from scheduler.protocol_schedules import ScheduleAdd, ScheduleChange, ScheduleQuery
+from scheduler.protocol_types import Role
 
 if TYPE_CHECKING:  # the token file's module does I/O; the rules need only its types
     from scheduler.auth import TokenRole, TokenTable

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from scheduler.protocol import PRIORITY_MIN
+from scheduler.protocol_types import PRIORITY_MIN
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,7 +13,8 @@ import signal
 from dataclasses import dataclass
 from typing import Literal
 
-from scheduler.protocol import Report, SchedulerReport
+from scheduler.protocol import Report
+from scheduler.protocol_types import SchedulerReport
 
 Outcome = Literal["exited", "timed_out", "stopped"]
 """How a job process ended: by itself, past its deadline, or stopped by the scheduler."""

@@ -6,7 +6,8 @@ from typing import Final
 
 from scheduler.policy.dispatch.timers import due_of
 from scheduler.policy.job import Job
-from scheduler.protocol import FINAL_EVENTS, EventKind, JobEvent, Report
+from scheduler.protocol import JobEvent, Report
+from scheduler.protocol_types import FINAL_EVENTS, EventKind
 
 _FAILED_STATES: Final = frozenset({"failed", "timed_out", "dead"})
 

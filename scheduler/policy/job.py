@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from scheduler.protocol import DEFAULT_PRIORITY, FINAL_EVENTS, JobPayload, JobState
+from scheduler.protocol import JobPayload
+from scheduler.protocol_types import DEFAULT_PRIORITY, FINAL_EVENTS, JobState
 
 
 @dataclass(slots=True)
@@ -43,7 +44,7 @@ class Job:
     @property
     def priority(self) -> int:
         """The job's priority: its payload's (the bus fills in a default at submit), else
-        :data:`~scheduler.protocol.DEFAULT_PRIORITY`."""
+        :data:`~scheduler.protocol_types.DEFAULT_PRIORITY`."""
         return DEFAULT_PRIORITY if self.payload.priority is None else self.payload.priority
 
     @property

@@ -10,7 +10,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from scheduler.protocol import MAX_BACKOFF_S
+from scheduler.protocol_types import MAX_BACKOFF_S
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,9 @@
 """Periodic jobs: when each schedule fires, which firings run, are skipped or missed. No I/O.
 
-A :class:`ScheduleBook` holds the bus's schedules (:class:`~scheduler.protocol.ScheduleSpec`)
-and, for each, its next fire time and its latest firing. :meth:`ScheduleBook.tick` takes
-the wall time (epoch seconds) and hands back what is due:
+A :class:`ScheduleBook` holds the bus's schedules
+(:class:`~scheduler.protocol_schedules.ScheduleSpec`) and, for each, its next fire time
+and its latest firing. :meth:`ScheduleBook.tick` takes the wall time (epoch seconds) and
+hands back what is due:
 
 * :class:`Fire`: submit this firing as a job whose id is ``NAME@<scheduled time>``
   (:func:`firing_id`), so firing the same time again (a restart, a concurrent trigger)
@@ -31,7 +32,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from croniter import CroniterBadCronError, CroniterBadDateError, croniter
 
-from scheduler.protocol import JobPayload, ScheduleInfo, ScheduleSpec
+from scheduler.protocol import JobPayload
+from scheduler.protocol_schedules import ScheduleInfo, ScheduleSpec
 
 MAX_BACKLOG: Final = 1000
 """Most missed fire times one tick looks at one by one; past it they are counted in bulk."""

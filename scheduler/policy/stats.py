@@ -4,8 +4,8 @@
 submitted, ``retrying`` as retried), steals and steal attempts, and the wait before
 each start per base priority (:class:`~scheduler.policy.waits.WaitTimes`).
 :class:`SchedulerCounters` counts what one scheduler reported and what it stole or had
-stolen. Snapshots are the protocol's frozen :class:`~scheduler.protocol.BusStats` and
-:class:`~scheduler.protocol.SchedulerStats`.
+stolen. Snapshots are the protocol's frozen :class:`~scheduler.protocol_stats.BusStats` and
+:class:`~scheduler.protocol_stats.SchedulerStats`.
 """
 
 from __future__ import annotations
@@ -14,14 +14,14 @@ from collections.abc import Mapping, Sequence
 from typing import Final
 
 from scheduler.policy.waits import WaitTimes
-from scheduler.protocol import BusStats, SchedulerStats
+from scheduler.protocol_stats import BusStats, SchedulerStats
 
 BUS_COUNTERS: Final = (
     "submitted", "started", "succeeded", "failed", "timed_out", "evicted", "requeued",
     "retried", "cancelled", "dead", "stolen", "steal_attempts", "not_started",
     "expired",
 )  # fmt: skip
-"""What :class:`BusCounters` counts, as :class:`~scheduler.protocol.BusStats` names it."""
+"""What :class:`BusCounters` counts, as :class:`~scheduler.protocol_stats.BusStats` names it."""
 
 _COUNTER_OF_EVENT: Final[Mapping[str, str]] = {
     "accepted": "submitted",
@@ -33,7 +33,7 @@ _COUNTER_OF_EVENT: Final[Mapping[str, str]] = {
 SCHEDULER_COUNTERS: Final = (
     "started", "succeeded", "failed", "timed_out", "evicted", "stole", "stolen_from",
 )  # fmt: skip
-"""What :class:`SchedulerCounters` counts, as :class:`~scheduler.protocol.SchedulerStats`
+"""What :class:`SchedulerCounters` counts, as :class:`~scheduler.protocol_stats.SchedulerStats`
 names it."""
 
 _REPORTED: Final = frozenset(SCHEDULER_COUNTERS[:5])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import deque
 
-from scheduler.protocol import Percentiles
+from scheduler.protocol_stats import Percentiles
 
 
 class WaitTimes:

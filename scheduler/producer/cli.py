@@ -20,7 +20,7 @@ from pathlib import Path
 import click
 import msgspec
 
-from scheduler import codec, protocol
+from scheduler import codec, protocol_types
 from scheduler.cli_support import (
     configure_logging,
     connection_options,
@@ -32,7 +32,8 @@ from scheduler.producer.agenda import Agenda
 from scheduler.producer.client import BusConnectionLost, ProducerClient, SubmitError
 from scheduler.producer.follower import JobFollower, print_summary
 from scheduler.producer.workload import JobMaker, Span, SpanType, periods
-from scheduler.protocol import Args, JobPayload, OnConflict
+from scheduler.protocol import JobPayload
+from scheduler.protocol_types import Args, OnConflict
 
 log = logging.getLogger("scheduler.producer")
 
@@ -229,14 +230,14 @@ def _indices(count: int | None) -> Iterator[int]:
 @click.option("--name", default=None, help="Name to register under (v2).")
 @click.option(
     "--max-retries",
-    type=click.IntRange(0, protocol.MAX_RETRIES),
+    type=click.IntRange(0, protocol_types.MAX_RETRIES),
     default=0,
     show_default=True,
     help="Retry a failed or timed-out job up to N times; after the last it is dead.",
 )
 @click.option(
     "--retry-backoff",
-    type=click.FloatRange(0, protocol.MAX_BACKOFF_S),
+    type=click.FloatRange(0, protocol_types.MAX_BACKOFF_S),
     default=1.0,
     show_default=True,
     help="Seconds before the first retry; doubles for each next one (with jitter).",
@@ -287,7 +288,7 @@ def _indices(count: int | None) -> Iterator[int]:
 @click.option("--bulk", is_flag=True, help="Submit all --count jobs in one message.")
 @click.option(
     "--delay",
-    type=click.FloatRange(0, protocol.MAX_DELAY_S, min_open=True),
+    type=click.FloatRange(0, protocol_types.MAX_DELAY_S, min_open=True),
     default=None,
     metavar="SECONDS",
     help="Run each job this many seconds after it is accepted (it is 'scheduled' till then).",
@@ -301,7 +302,7 @@ def _indices(count: int | None) -> Iterator[int]:
 )
 @click.option(
     "--misfire-grace",
-    type=click.FloatRange(0, protocol.MAX_DELAY_S),
+    type=click.FloatRange(0, protocol_types.MAX_DELAY_S),
     default=None,
     metavar="SECONDS",
     help="A delayed job not started within this many seconds of its time ends 'expired' "
@@ -309,7 +310,7 @@ def _indices(count: int | None) -> Iterator[int]:
 )
 @click.option(
     "--scatter",
-    type=click.FloatRange(0, protocol.MAX_DELAY_S, min_open=True),
+    type=click.FloatRange(0, protocol_types.MAX_DELAY_S, min_open=True),
     default=None,
     metavar="SECONDS",
     help="Spread the --count jobs evenly over the next SECONDS (one in the middle of each "
@@ -468,7 +469,7 @@ def _check_timing(
         raise click.UsageError(f"{' and '.join(given)} do not go together: give one")
     if run_at is not None:
         try:
-            protocol.parse_run_at(run_at)
+            protocol_types.parse_run_at(run_at)
         except ValueError as exc:
             why = str(exc).removeprefix("run_at: ")
             raise click.BadParameter(why, param_hint="--at") from None

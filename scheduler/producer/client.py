@@ -35,7 +35,6 @@ from websockets.exceptions import ConnectionClosed
 from scheduler import codec
 from scheduler.connect import Connector, Registration, RegistrationRefused
 from scheduler.protocol import (
-    FINAL_EVENTS,
     Accepted,
     BusMessage,
     Cancel,
@@ -47,17 +46,8 @@ from scheduler.protocol import (
     JobList,
     JobPayload,
     JobRequest,
-    JobState,
     ListJobs,
     Register,
-    ScheduleAction,
-    ScheduleAdd,
-    ScheduleChange,
-    ScheduleQuery,
-    ScheduleQueryKind,
-    Schedules,
-    ScheduleSpec,
-    StatsReply,
     SubmitMany,
     SubmitResult,
     SubmittedMany,
@@ -66,6 +56,17 @@ from scheduler.protocol import (
     Watch,
     Watching,
 )
+from scheduler.protocol_schedules import (
+    ScheduleAction,
+    ScheduleAdd,
+    ScheduleChange,
+    ScheduleQuery,
+    ScheduleQueryKind,
+    Schedules,
+    ScheduleSpec,
+)
+from scheduler.protocol_stats import StatsReply
+from scheduler.protocol_types import FINAL_EVENTS, JobState
 
 log = logging.getLogger(__name__)
 

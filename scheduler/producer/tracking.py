@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from scheduler.protocol import FINAL_EVENTS, JobEvent
+from scheduler.protocol import JobEvent
+from scheduler.protocol_types import FINAL_EVENTS
 
 
 @dataclass

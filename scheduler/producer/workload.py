@@ -9,7 +9,8 @@ from dataclasses import dataclass
 
 import click
 
-from scheduler.protocol import Args, JobPayload, OnConflict
+from scheduler.protocol import JobPayload
+from scheduler.protocol_types import Args, OnConflict
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,8 @@ from scheduler.cli_support import (
     shorten,
 )
 from scheduler.producer.client import ProducerClient, SubmitError
-from scheduler.protocol import FINAL_EVENTS, MAX_BULK, JobEvent, JobState
+from scheduler.protocol import JobEvent
+from scheduler.protocol_types import FINAL_EVENTS, MAX_BULK, JobState
 from scheduler.tools.operator import call_bus, keep_connection
 
 

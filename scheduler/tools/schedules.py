@@ -22,7 +22,7 @@ from scheduler.cli_support import (
     configure_logging,
 )
 from scheduler.policy.schedules import iso_utc
-from scheduler.protocol import ScheduleAction, ScheduleInfo, Schedules, ScheduleSpec
+from scheduler.protocol_schedules import ScheduleAction, ScheduleInfo, Schedules, ScheduleSpec
 from scheduler.tools.operator import call_bus, keep_connection
 
 

@@ -24,7 +24,8 @@ from scheduler.cli_support import (
 from scheduler.connect import RegistrationRefused
 from scheduler.policy.schedules import iso_utc
 from scheduler.producer.client import BusConnectionLost, ProducerClient, SubmitError
-from scheduler.protocol import BusStats, SchedulerStats, Schedules, StatsReply
+from scheduler.protocol_schedules import Schedules
+from scheduler.protocol_stats import BusStats, SchedulerStats, StatsReply
 
 BUS_COUNTERS = (
     "submitted", "started", "succeeded", "failed", "timed_out", "evicted", "requeued",

@@ -32,7 +32,8 @@ from scheduler.cli_support import (
 )
 from scheduler.connect import RegistrationRefused
 from scheduler.policy.limits import Limits, parse_size
-from scheduler.protocol import MAX_NAME_LEN, MAX_SIZE, MAX_TIMEOUT_S, Assignment, Report
+from scheduler.protocol import Assignment, Report
+from scheduler.protocol_types import MAX_NAME_LEN, MAX_SIZE, MAX_TIMEOUT_S
 from scheduler.tasks import TaskLoadError, TaskRegistry, load_task_modules
 from scheduler.worker.cgroups import CgroupError, JobCgroups
 from scheduler.worker.client import SchedulerClient, SchedulerConfig

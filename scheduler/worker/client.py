@@ -33,7 +33,7 @@ from dataclasses import dataclass
 
 from websockets.uri import parse_uri
 
-from scheduler import protocol
+from scheduler import protocol_types
 from scheduler.connect import (
     DEFAULT_URL,
     Connector,
@@ -97,8 +97,8 @@ class SchedulerConfig:
 
     def __post_init__(self) -> None:
         """Refuse values the bus or the executor would refuse later, naming the field."""
-        if not 1 <= self.size <= protocol.MAX_SIZE:
-            raise ValueError(f"size must be 1 to {protocol.MAX_SIZE}, not {self.size}")
+        if not 1 <= self.size <= protocol_types.MAX_SIZE:
+            raise ValueError(f"size must be 1 to {protocol_types.MAX_SIZE}, not {self.size}")
         if self.timeout is not None and not self.timeout > 0:
             raise ValueError(f"timeout must be > 0, not {self.timeout}")
         if not self.heartbeat_s > 0:

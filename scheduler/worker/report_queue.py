@@ -13,7 +13,7 @@ from typing import Final
 
 import msgspec
 
-from scheduler import codec, protocol
+from scheduler import codec, protocol_types
 from scheduler.protocol import Held, Register, Report
 
 log = logging.getLogger(__name__)
@@ -90,7 +90,7 @@ class ReportQueue:
         return iter(self._reports)
 
 
-def fit_register(register: Register, max_bytes: int = protocol.MAX_FRAME_BYTES) -> Register:
+def fit_register(register: Register, max_bytes: int = protocol_types.MAX_FRAME_BYTES) -> Register:
     """``register`` with ``held`` cut short, if needed, so that the frame fits ``max_bytes``.
 
     Entries are kept in order, so list running attempts first: one left out is presumed

@@ -20,7 +20,7 @@ from typing import Final
 
 import msgspec
 
-from scheduler.protocol import MAX_RESULT_BYTES
+from scheduler.protocol_types import MAX_RESULT_BYTES
 
 MAX_MESSAGE_BYTES: Final = 4 * 1024
 """An exception's message is cut to this many bytes of UTF-8."""
@@ -114,7 +114,7 @@ def send_result(fd: int, value: object) -> bool:
 
     Nothing is written for None. Returns False, having written an exception record
     instead, if ``value`` is not JSON-encodable, its JSON is larger than
-    :data:`~scheduler.protocol.MAX_RESULT_BYTES`, or it does not fit the pipe; the job
+    :data:`~scheduler.protocol_types.MAX_RESULT_BYTES`, or it does not fit the pipe; the job
     then fails saying so.
     """
     if value is None:

@@ -20,7 +20,8 @@ from collections.abc import Iterable, Mapping
 import msgspec
 
 from scheduler.policy.dispatch.dependencies import Refusal
-from scheduler.protocol import EventKind, JobPayload
+from scheduler.protocol import JobPayload
+from scheduler.protocol_types import EventKind
 
 
 def run_id(parent: str, scheduler: str) -> str:

@@ -12,10 +12,10 @@ from scheduler.protocol import (
     Error,
     JobEvent,
     JobPayload,
-    JobState,
     Stop,
     SubmittedMany,
 )
+from scheduler.protocol_types import JobState
 
 
 @dataclass(frozen=True, slots=True)

@@ -117,15 +117,9 @@ from scheduler.policy.dispatch.decisions import Decision, JobInfo, SchedulerInfo
 from scheduler.policy.dispatch.lifecycle import Lifecycle
 from scheduler.policy.events import status_event
 from scheduler.policy.job import Job, not_yours
-from scheduler.protocol import (
-    DEFAULT_PRIORITY,
-    Error,
-    Held,
-    JobEvent,
-    JobPayload,
-    Report,
-    StatsReply,
-)
+from scheduler.protocol import Error, Held, JobEvent, JobPayload, Report
+from scheduler.protocol_stats import StatsReply
+from scheduler.protocol_types import DEFAULT_PRIORITY
 
 
 class Dispatcher:
@@ -204,7 +198,7 @@ class Dispatcher:
 
     def task_priority(self, task: str) -> int:
         """Return the priority a job of ``task`` that gives none gets: the task's declared
-        default, else :data:`~scheduler.protocol.DEFAULT_PRIORITY`."""
+        default, else :data:`~scheduler.protocol_types.DEFAULT_PRIORITY`."""
         return self._core.registry.task_priorities.get(task, DEFAULT_PRIORITY)
 
     def scheduler(self, name: str) -> SchedulerInfo | None:

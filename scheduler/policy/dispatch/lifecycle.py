@@ -42,7 +42,8 @@ from scheduler.policy.job import Job
 from scheduler.policy.placement import Enqueue, EvictFor, Seat, Slots, place
 from scheduler.policy.stats import BusCounters
 from scheduler.policy.stealing import steal_strategy
-from scheduler.protocol import Assignment, EventKind, JobEvent, Report
+from scheduler.protocol import Assignment, JobEvent, Report
+from scheduler.protocol_types import EventKind
 
 
 class Lifecycle:

@@ -22,7 +22,6 @@ from scheduler.policy.dispatch.lifecycle import Lifecycle
 from scheduler.policy.events import job_event
 from scheduler.policy.job import Job, not_yours
 from scheduler.protocol import (
-    DEFAULT_PRIORITY,
     Accepted,
     CancelReply,
     Error,
@@ -31,6 +30,7 @@ from scheduler.protocol import (
     SubmitResult,
     SubmittedMany,
 )
+from scheduler.protocol_types import DEFAULT_PRIORITY
 
 
 @dataclass(frozen=True, slots=True)

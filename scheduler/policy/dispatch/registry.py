@@ -13,7 +13,7 @@ from scheduler.policy.lease import Leases
 from scheduler.policy.placement import Seat, Slots
 from scheduler.policy.start_deadline import StartWatch
 from scheduler.policy.stats import SchedulerCounters
-from scheduler.protocol import SchedulerStats
+from scheduler.protocol_stats import SchedulerStats
 
 MAX_CACHED_TASKS: Final = 1024
 """Task names whose schedulers the core remembers between changes of the schedulers."""

@@ -11,7 +11,7 @@ import heapq
 from collections.abc import Mapping
 
 from scheduler.policy.job import Job
-from scheduler.protocol import parse_run_at
+from scheduler.protocol_types import parse_run_at
 
 
 def due_of(job: Job) -> float | None:

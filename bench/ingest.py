@@ -174,18 +174,26 @@ async def ingest(url: str, jobs: int, bulk: bool) -> Json:
         await producer.close()
 
 
-async def memory(url: str, bus: psutil.Process, jobs: int, bulk: bool) -> Json:
-    """Bus RSS with 0 and ``jobs`` queued jobs (no scheduler), and the bytes per job."""
-    producer = await LeanProducer.open(url, "bench-memory")
+async def _rss_around(
+    url: str, bus: psutil.Process, name: str, frames: list[str], jobs: int
+) -> tuple[int, int]:
+    """The bus's RSS with a producer connected, then once the ``jobs`` of ``frames`` are
+    all accepted."""
+    producer = await LeanProducer.open(url, name)
     try:
         await asyncio.sleep(0.3)
         empty = bus.memory_info().rss
-        frames = [f for f, _ in bulk_frames(jobs)] if bulk else single_frames(jobs)
         await producer.send_all(frames, jobs, 300.0)
         await asyncio.sleep(0.5)
-        full = bus.memory_info().rss
+        return empty, bus.memory_info().rss
     finally:
         await producer.close()
+
+
+async def memory(url: str, bus: psutil.Process, jobs: int, bulk: bool) -> Json:
+    """Bus RSS with 0 and ``jobs`` queued jobs (no scheduler), and the bytes per job."""
+    frames = [f for f, _ in bulk_frames(jobs)] if bulk else single_frames(jobs)
+    empty, full = await _rss_around(url, bus, "bench-memory", frames, jobs)
     return {
         "bytes_per_job": round((full - empty) / jobs, 1),
         "rss_empty_mb": round(empty / 2**20, 1),
@@ -201,16 +209,8 @@ SCHEDULED_DELAY_S = 3600.0
 
 async def scheduled_memory(url: str, bus: psutil.Process, jobs: int) -> Json:
     """Bus RSS with 0 and ``jobs`` jobs scheduled an hour ahead (``submit_many``)."""
-    producer = await LeanProducer.open(url, "bench-scheduled")
-    try:
-        await asyncio.sleep(0.3)
-        empty = bus.memory_info().rss
-        frames = [f for f, _ in bulk_frames(jobs, delay=SCHEDULED_DELAY_S)]
-        await producer.send_all(frames, jobs, 300.0)
-        await asyncio.sleep(0.5)
-        full = bus.memory_info().rss
-    finally:
-        await producer.close()
+    frames = [f for f, _ in bulk_frames(jobs, delay=SCHEDULED_DELAY_S)]
+    empty, full = await _rss_around(url, bus, "bench-scheduled", frames, jobs)
     return {
         "jobs": jobs,
         "rss_empty_mb": round(empty / 2**20, 1),

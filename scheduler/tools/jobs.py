@@ -9,42 +9,25 @@ python -m scheduler.jobs vacuum                # delete final jobs past their re
 from __future__ import annotations
 
 import json
-import logging
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Final, cast, get_args
 
 import click
 import msgspec
 
 from scheduler.cli_support import (
-    client_options,
-    configure_logging,
     shorten,
 )
 from scheduler.producer.client import ProducerClient, SubmitError
 from scheduler.protocol import JobEvent
 from scheduler.protocol_types import FINAL_EVENTS, MAX_BULK, JobState
-from scheduler.tools.operator import call_bus, keep_connection
+from scheduler.tools.operator import call_bus, operator_group
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@client_options
-@click.option("-d", "--debug", is_flag=True, help="Debug logging.")
-@click.pass_context
-def cli(
-    ctx: click.Context,
-    url: str,
-    token: str | None,
-    token_file: Path | None,
-    cafile: str | None,
-    connect_timeout: float,
-    debug: bool,
-) -> None:
+@operator_group
+def cli() -> None:
     """Look at, cancel and clean up jobs on a schedbus bus (an operator's tool: it uses
     the admin token, which may cancel any job and vacuum)."""
-    configure_logging(logging.DEBUG if debug else logging.WARNING)
-    keep_connection(ctx, url, token, token_file, cafile, connect_timeout)
 
 
 @cli.command()

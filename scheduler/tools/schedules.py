@@ -10,20 +10,14 @@ python -m scheduler.schedules next NAME --count 5   # a dry run: the next fire t
 from __future__ import annotations
 
 import json
-import logging
-from pathlib import Path
 from typing import Any
 
 import click
 import msgspec
 
-from scheduler.cli_support import (
-    client_options,
-    configure_logging,
-)
 from scheduler.policy.schedules import iso_utc
 from scheduler.protocol_schedules import ScheduleAction, ScheduleInfo, Schedules, ScheduleSpec
-from scheduler.tools.operator import call_bus, keep_connection
+from scheduler.tools.operator import call_bus, operator_group
 
 
 def describe(info: ScheduleInfo) -> str:
@@ -51,23 +45,10 @@ def _print(reply: Schedules, as_json: bool) -> None:
             click.echo(describe(info))
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@client_options
-@click.option("-d", "--debug", is_flag=True, help="Debug logging.")
-@click.pass_context
-def cli(
-    ctx: click.Context,
-    url: str,
-    token: str | None,
-    token_file: Path | None,
-    cafile: str | None,
-    connect_timeout: float,
-    debug: bool,
-) -> None:
+@operator_group
+def cli() -> None:
     """Add, look at and control the periodic jobs of a schedbus bus (an operator's tool:
     it uses the admin token; a monitor token may list, show and next)."""
-    configure_logging(logging.DEBUG if debug else logging.WARNING)
-    keep_connection(ctx, url, token, token_file, cafile, connect_timeout)
 
 
 @cli.command()

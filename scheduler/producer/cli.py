@@ -3,7 +3,9 @@ or jobs of any ``--task`` with the same ``--args``.
 
 By default it submits one job every ``--period`` seconds forever. ``--count`` stops after
 N jobs; ``--wait`` then waits until every job it submitted is final and prints a summary
-(``--json``: one JSON object per job on stdout as it becomes final).
+(``--json``: one JSON object per job on stdout as it becomes final). On a terminal,
+``--wait`` draws a progress bar (:mod:`.progress_view`); otherwise one log line per job.
+With ``--wait`` the exit status says whether every job succeeded (:mod:`.tally`).
 """
 
 from __future__ import annotations
@@ -14,11 +16,13 @@ import logging
 import random
 import sys
 from collections.abc import Iterator
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
 import click
 import msgspec
+from rich.console import Console
 
 from scheduler import codec, protocol_types
 from scheduler.cli_support import (
@@ -30,7 +34,9 @@ from scheduler.cli_support import (
 from scheduler.connect import RegistrationRefused, open_connection
 from scheduler.producer.agenda import Agenda
 from scheduler.producer.client import BusConnectionLost, ProducerClient, SubmitError
-from scheduler.producer.follower import JobFollower, print_summary
+from scheduler.producer.follower import FollowView, JobFollower, PlainView, print_summary
+from scheduler.producer.progress_view import ProgressView
+from scheduler.producer.tally import EXIT_NOT_ALL_SUCCEEDED
 from scheduler.producer.workload import JobMaker, Span, SpanType, periods
 from scheduler.protocol import JobPayload
 from scheduler.protocol_types import Args, OnConflict
@@ -57,6 +63,13 @@ class Plan:
     scatter: float | None = None
     """Seconds over which the jobs are spread as one batch (see :mod:`.agenda`)."""
     jitter: float = 0.0
+    progress_bar: bool = False
+    """With ``wait``: draw a progress bar instead of one log line per job (a terminal)."""
+
+    @property
+    def job_log_level(self) -> int:
+        """The level of the one-line-per-submit log records: hidden under a progress bar."""
+        return logging.DEBUG if self.progress_bar else logging.INFO
 
 
 async def submit_v1(plan: Plan) -> int:
@@ -85,26 +98,42 @@ async def submit_v2(plan: Plan) -> int:
         plan.url, name=plan.name, token=plan.token, cafile=plan.cafile
     ) as client:
         log.info("connected to %s as %s", plan.url, client.name)
-        follower = JobFollower(plan.as_json)
-        watching = asyncio.create_task(follower.follow(client)) if plan.wait else None
-        reminding = asyncio.create_task(follower.remind(plan.remind_every)) if plan.wait else None
-        try:
-            if plan.scatter is not None:
-                await _submit_scattered(client, plan, follower)
-            elif plan.bulk:
-                await _submit_bulk(client, plan, follower)
-            else:
-                await _submit_one_by_one(client, plan, follower)
-            if watching is None:
-                return 0
-            follower.all_submitted()
-            await watching
-        finally:
-            for task in (watching, reminding):
-                if task is not None and not task.done():
-                    task.cancel()
-    print_summary(list(follower.finished.values()))
-    return 0
+        with _follow_view(plan) as view:
+            follower = JobFollower(view, planned=plan.count or 0)
+            done = await _submit_and_follow(client, plan, follower)
+    if not done:
+        return 0
+    print_summary(list(follower.finished.values()), follower.tally.refused)
+    return follower.tally.exit_code()
+
+
+def _follow_view(plan: Plan) -> AbstractContextManager[FollowView]:
+    if plan.progress_bar:
+        return ProgressView(Console())
+    return nullcontext(PlainView(plan.as_json))
+
+
+async def _submit_and_follow(client: ProducerClient, plan: Plan, follower: JobFollower) -> bool:
+    """Submit the plan's jobs; with ``plan.wait``, follow them until all are final and
+    return True (False without ``wait``)."""
+    watching = asyncio.create_task(follower.follow(client)) if plan.wait else None
+    reminding = asyncio.create_task(follower.remind(plan.remind_every)) if plan.wait else None
+    try:
+        if plan.scatter is not None:
+            await _submit_scattered(client, plan, follower)
+        elif plan.bulk:
+            await _submit_bulk(client, plan, follower)
+        else:
+            await _submit_one_by_one(client, plan, follower)
+        if watching is None:
+            return False
+        follower.all_submitted()
+        await watching
+        return True
+    finally:
+        for task in (watching, reminding):
+            if task is not None and not task.done():
+                task.cancel()
 
 
 async def _submit_one_by_one(client: ProducerClient, plan: Plan, follower: JobFollower) -> None:
@@ -116,7 +145,7 @@ async def _submit_one_by_one(client: ProducerClient, plan: Plan, follower: JobFo
         job_id = accepted.id
         follower.expect(job_id, payload.task, accepted.warning)
         follower.expect_runs(job_id, payload.task, accepted.runs)
-        log.info("submitted %s %s", job_id[:8], _job_text(payload))
+        log.log(plan.job_log_level, "submitted %s %s", job_id[:8], _job_text(payload))
 
 
 def _job_text(payload: JobPayload) -> str:
@@ -136,6 +165,7 @@ async def _submit_bulk(client: ProducerClient, plan: Plan, follower: JobFollower
     for index, result in enumerate(results):
         if result.id is None:
             log.error("job %d refused: %s", index, result.error)
+            follower.refuse()
         else:
             follower.expect(result.id, payloads[index].task, result.warning)
             follower.expect_runs(result.id, payloads[index].task, result.runs)
@@ -150,6 +180,7 @@ async def _submit_scattered(client: ProducerClient, plan: Plan, follower: JobFol
     for index, result in enumerate(results):
         if result.id is None:
             log.error("job %d refused: %s", index, result.error)
+            follower.refuse()
         else:
             follower.expect(result.id, payloads[index].task, result.warning)
     accepted = sum(r.id is not None for r in results)
@@ -162,7 +193,11 @@ def _indices(count: int | None) -> Iterator[int]:
 
 @click.command(
     context_settings={"help_option_names": ["-h", "--help"]},
-    epilog="By default (no -g) jobs are submitted periodically, forever.",
+    epilog="By default (no -g) jobs are submitted periodically, forever.\n\n"
+    f"Exit status: 0 when done (with --wait: every job succeeded); 1 on an error (the bus "
+    f"unreachable, a submit refused); 2 on bad usage; {EXIT_NOT_ALL_SUCCEEDED} with --wait "
+    "when any job ended failed, dead, timed_out, cancelled, expired or skipped, or a --bulk "
+    "or --scatter submit refused some jobs.",
 )
 @click.option(
     "-p",
@@ -212,7 +247,13 @@ def _indices(count: int | None) -> Iterator[int]:
     default=None,
     help="Per-job timeout in seconds (default: the scheduler's -t).",
 )
-@click.option("--wait", is_flag=True, help="After submitting, wait until every job is final.")
+@click.option(
+    "--wait",
+    is_flag=True,
+    help="After submitting, wait until every job is final, then print how many ended in "
+    "each state. On a terminal a progress bar shows them (done, failed, running, rate, "
+    "ETA); otherwise, one log line per job.",
+)
 @click.option(
     "--remind-every",
     type=click.FloatRange(min=0, min_open=True),
@@ -224,7 +265,7 @@ def _indices(count: int | None) -> Iterator[int]:
     "--json",
     "as_json",
     is_flag=True,
-    help="With --wait: one JSON object per job on stdout as it becomes final.",
+    help="With --wait: one JSON object per job on stdout as it becomes final (no progress bar).",
 )
 @click.option("--v1", is_flag=True, help="Speak the original protocol: no ids, no replies.")
 @click.option("--name", default=None, help="Name to register under (v2).")
@@ -410,6 +451,7 @@ def cli(
         remind_every=remind_every,
         scatter=scatter,
         jitter=jitter,
+        progress_bar=wait and not as_json and sys.stdout.isatty(),
     )
     try:
         code = run_until_signalled(submit_v1(plan) if v1 else submit_v2(plan))

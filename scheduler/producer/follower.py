@@ -1,6 +1,7 @@
 """Following the jobs a producer command submitted: their events until each is final,
-one line (or one JSON object) per finished job, reminders about jobs whose task nobody
-serves, and the closing summary."""
+shown through a :class:`FollowView` (one line or one JSON object per finished job here; a
+progress bar in :mod:`.progress_view`), reminders about jobs whose task nobody serves, and
+the closing summary."""
 
 from __future__ import annotations
 
@@ -10,22 +11,62 @@ import logging
 import statistics
 import sys
 from collections import Counter
+from typing import Protocol
 
 import click
 
 from scheduler.cli_support import shorten
 from scheduler.producer.client import ProducerClient
+from scheduler.producer.tally import Tally
 from scheduler.producer.tracking import JobRecord, JobTracker
 
 log = logging.getLogger("scheduler.producer")
 
 
+class FollowView(Protocol):
+    """How a producer command shows the jobs it follows."""
+
+    def job_final(self, record: JobRecord) -> None:
+        """``record``'s job has just reached its final state."""
+
+    def update(self, tally: Tally) -> None:
+        """The counts in ``tally`` changed."""
+
+
+class PlainView:
+    """One log line per finished job (stderr) and, with ``as_json``, one JSON object per
+    finished job on stdout: the output scripts and pipes read."""
+
+    def __init__(self, as_json: bool) -> None:
+        self.as_json = as_json
+
+    def job_final(self, record: JobRecord) -> None:
+        """Write the JSON line (with ``as_json``) and log the outcome."""
+        if self.as_json:
+            sys.stdout.write(json.dumps(record.as_dict()) + "\n")
+            sys.stdout.flush()
+        log.info(
+            "%s %s on %s after %.2fs waiting, %.2fs running, %d evictions%s",
+            record.id[:8],
+            record.state,
+            record.scheduler,
+            record.wait_s,
+            record.run_s,
+            record.evictions,
+            _outcome_text(record),
+        )
+
+    def update(self, tally: Tally) -> None:
+        """Nothing: plain output is one line per finished job."""
+
+
 class JobFollower:
     """Consumes a producer's events until every job it submitted is final."""
 
-    def __init__(self, as_json: bool) -> None:
+    def __init__(self, view: FollowView, planned: int = 0) -> None:
         self.tracker = JobTracker()
-        self.as_json = as_json
+        self.view = view
+        self.tally = Tally(planned=planned)
         self.expected: set[str] = set()
         self.finished: dict[str, JobRecord] = {}
         self.tasks: dict[str, str] = {}
@@ -40,6 +81,8 @@ class JobFollower:
         ``warning`` about its submit, once per task."""
         self.expected.add(job_id)
         self.tasks[job_id] = task
+        self.tally.expect(job_id)
+        self.view.update(self.tally)
         if warning is not None and task not in self.unserved:
             self.unserved.add(task)
             log.warning("%s", warning)
@@ -51,6 +94,11 @@ class JobFollower:
             self.expect(run, task)
         if runs:
             log.info("broadcast %s: %d runs (%s)", job_id[:8], len(runs), ", ".join(runs))
+
+    def refuse(self) -> None:
+        """Count one job of the plan that the bus refused (it is not waited for)."""
+        self.tally.refused += 1
+        self.view.update(self.tally)
 
     def waiting_unserved(self) -> Counter[str]:
         """How many expected jobs still wait (queued) for each task the bus warned about."""
@@ -85,31 +133,18 @@ class JobFollower:
         """Apply events until every expected job is final."""
         async for event in client.events():
             record = self.tracker.apply(event)
+            self.tally.set_state(record.id, record.state)
             if record.final and record.id not in self.finished:
                 self.finished[record.id] = record
-                self._report(record)
+                self.view.job_final(record)
                 self._check()
+            self.view.update(self.tally)
             if self._complete.is_set():
                 return
 
     def _check(self) -> None:
         if not self._submitting and self.expected <= self.finished.keys():
             self._complete.set()
-
-    def _report(self, record: JobRecord) -> None:
-        if self.as_json:
-            sys.stdout.write(json.dumps(record.as_dict()) + "\n")
-            sys.stdout.flush()
-        log.info(
-            "%s %s on %s after %.2fs waiting, %.2fs running, %d evictions%s",
-            record.id[:8],
-            record.state,
-            record.scheduler,
-            record.wait_s,
-            record.run_s,
-            record.evictions,
-            _outcome_text(record),
-        )
 
 
 def _outcome_text(record: JobRecord) -> str:
@@ -119,14 +154,20 @@ def _outcome_text(record: JobRecord) -> str:
     return "" if record.result is None else f" -> {shorten(json.dumps(record.result))}"
 
 
-def print_summary(records: list[JobRecord]) -> None:
-    """Write one summary line about the finished jobs to stderr."""
+def summary_text(records: list[JobRecord], refused: int = 0) -> str:
+    """One line about the finished jobs: how many ended in each state, evictions, waits,
+    and (if any) how many the bus refused."""
     states = Counter(record.state for record in records)
     waits = [record.wait_s for record in records] or [0.0]
     parts = ", ".join(f"{n} {state}" for state, n in sorted(states.items()))
-    click.echo(
+    text = (
         f"{len(records)} jobs final: {parts or 'none'}; "
         f"{sum(record.evictions for record in records)} evictions; "
-        f"wait median {statistics.median(waits):.2f}s, max {max(waits):.2f}s",
-        err=True,
+        f"wait median {statistics.median(waits):.2f}s, max {max(waits):.2f}s"
     )
+    return text + (f"; {refused} refused" if refused else "")
+
+
+def print_summary(records: list[JobRecord], refused: int = 0) -> None:
+    """Write :func:`summary_text` to stderr."""
+    click.echo(summary_text(records, refused), err=True)

@@ -4,19 +4,13 @@ exit status that says whether every job succeeded."""
 from __future__ import annotations
 
 import asyncio
-import fcntl
 import io
 import logging
-import os
-import pty
-import re
-import struct
-import sys
-import termios
 
 import pytest
-from conftest import ROOT, Commands, unit, wait_until
+from conftest import Commands, unit, wait_until
 from rich.console import Console
+from terminal import Terminal
 
 from scheduler.bus.server import BusServer
 from scheduler.producer.follower import summary_text
@@ -158,54 +152,18 @@ async def test_jobs_that_fail_make_a_non_zero_exit_with_plain_lines_off_a_termin
     assert "━" not in stderr
 
 
-async def _run_in_terminal(
-    commands: Commands, *args: str, columns: int, timeout: float
-) -> tuple[int, str]:
-    """Run ``python -m ARGS`` with stdout and stderr on a pseudo-terminal of ``columns``
-    columns; return its exit code and what it drew."""
-    controller, terminal = pty.openpty()
-    fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 24, columns, 0, 0))
-    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES", "NO_COLOR")}
-    env |= {"XDG_STATE_HOME": str(commands.state), "TERM": "xterm-256color"}
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", *args, cwd=ROOT, stdin=asyncio.subprocess.DEVNULL,
-        stdout=terminal, stderr=terminal, env=env,
-    )  # fmt: skip
-    commands.started.append(proc)
-    os.close(terminal)
-    try:
-        drawn = await asyncio.wait_for(asyncio.to_thread(_read_all, controller), timeout)
-        code = await asyncio.wait_for(proc.wait(), timeout)
-    finally:
-        os.close(controller)
-    return code, drawn
-
-
-def _read_all(fd: int) -> str:
-    chunks = []
-    while True:
-        try:
-            chunk = os.read(fd, 65536)
-        except OSError:  # EIO: the last holder of the terminal side closed it
-            break
-        if not chunk:
-            break
-        chunks.append(chunk)
-    return ANSI_CODE.sub("", b"".join(chunks).decode(errors="replace"))
-
-
-ANSI_CODE = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
-"""A terminal control sequence (colour, cursor): what is drawn is compared without them."""
-
-
 async def test_on_a_terminal_a_progress_bar_shows_the_jobs_and_the_exit_is_non_zero(
     bus: BusServer, commands: Commands
 ) -> None:
     await _start_worker(bus, commands)
-    code, drawn = await _run_in_terminal(
-        commands, "scheduler.producer", "--bus", bus.url, *EXPLODE, columns=80,
-        timeout=30 * unit(),
-    )  # fmt: skip
+    terminal = Terminal(columns=80)
+    try:
+        proc = await terminal.start(commands, "scheduler.producer", "--bus", bus.url, *EXPLODE)
+        code = await asyncio.wait_for(proc.wait(), 30 * unit())
+        await asyncio.wait_for(terminal.closed.wait(), 10 * unit())
+        drawn = terminal.text()
+    finally:
+        terminal.close()
     assert code == EXIT_NOT_ALL_SUCCEEDED, drawn
     assert "━" in drawn and "2/2" in drawn
     assert "0 succeeded · 2 failed · 0 running · 0 waiting" in drawn

@@ -35,6 +35,7 @@ from scheduler.connect import RegistrationRefused, open_connection
 from scheduler.producer.agenda import Agenda
 from scheduler.producer.client import BusConnectionLost, ProducerClient, SubmitError
 from scheduler.producer.follower import FollowView, JobFollower, PlainView, print_summary
+from scheduler.producer.options import check_options, check_timing
 from scheduler.producer.progress_view import ProgressView
 from scheduler.producer.tally import EXIT_NOT_ALL_SUCCEEDED
 from scheduler.producer.workload import JobMaker, Span, SpanType, periods
@@ -406,7 +407,7 @@ def cli(
     if task == "sleep" or v1:
         runtime = runtime or Span(3, 15)
         priority = priority or Span(0, 10)
-    _check_options(runtime, priority, count, wait, as_json, v1)
+    check_options(runtime, priority, count, wait, as_json, v1)
     args = _parse_args(args_json)
     if v1 and (task != "sleep" or args is not None):
         raise click.UsageError("--v1 jobs are sleep jobs: no --task or --args")
@@ -416,7 +417,7 @@ def cli(
         raise click.UsageError("--pass-results needs --after")
     if bulk and (count is None or v1):
         raise click.UsageError("--bulk needs --count and the v2 protocol")
-    _check_timing(delay, run_at, misfire_grace, scatter, jitter, count, v1)
+    check_timing(delay, run_at, misfire_grace, scatter, jitter, count, v1)
     configure_logging(logging.DEBUG if debug else logging.INFO)
     rng = random.Random(seed)
     maker = JobMaker(
@@ -471,53 +472,3 @@ def _parse_args(text: str | None) -> Args | None:
         raise click.BadParameter(
             f"must be a JSON object or array: {exc}", param_hint="--args"
         ) from None
-
-
-def _check_options(
-    runtime: Span | None,
-    priority: Span | None,
-    count: int | None,
-    wait: bool,
-    as_json: bool,
-    v1: bool,
-) -> None:
-    if runtime is not None and runtime.low <= 0:
-        raise click.BadParameter("runtimes must be > 0", param_hint="--runtime")
-    if priority is not None and (priority.low < 0 or priority.high > 10 or not priority.integral):
-        raise click.BadParameter(
-            "priorities are whole numbers within 0-10", param_hint="--priority"
-        )
-    if wait and count is None:
-        raise click.UsageError("--wait needs --count: it waits for a known number of jobs")
-    if as_json and not wait:
-        raise click.UsageError("--json needs --wait")
-    if v1 and wait:
-        raise click.UsageError("--v1 producers never read replies, so they cannot --wait")
-
-
-def _check_timing(
-    delay: float | None,
-    run_at: str | None,
-    misfire_grace: float | None,
-    scatter: float | None,
-    jitter: float,
-    count: int | None,
-    v1: bool,
-) -> None:
-    """Refuse timing options that do not go together, naming them."""
-    options = (("--delay", delay), ("--at", run_at), ("--scatter", scatter))
-    given = [name for name, value in options if value is not None]
-    if len(given) > 1:
-        raise click.UsageError(f"{' and '.join(given)} do not go together: give one")
-    if run_at is not None:
-        try:
-            protocol_types.parse_run_at(run_at)
-        except ValueError as exc:
-            why = str(exc).removeprefix("run_at: ")
-            raise click.BadParameter(why, param_hint="--at") from None
-    if v1 and (given or misfire_grace is not None):
-        raise click.UsageError("--v1 jobs run now: no --delay, --at, --scatter or --misfire-grace")
-    if scatter is not None and count is None:
-        raise click.UsageError("--scatter needs --count: it spreads a known number of jobs")
-    if jitter and scatter is None:
-        raise click.UsageError("--jitter needs --scatter")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 from pathlib import Path
 
@@ -200,5 +201,4 @@ async def test_jobs_list_show_and_status_tell_a_scheduled_job(
     assert f"{later} scheduled" in out
     code, out = await commands.run("scheduler.status", "--bus", bus.url, timeout=20 * unit())
     assert code == 0
-    rows = [line.replace("│", " ").split() for line in out.splitlines()]
-    assert ["scheduled", "1"] in rows, out
+    assert re.search(r"│ scheduled +│ +1 │", out), out  # one figure/value pair of the bus's

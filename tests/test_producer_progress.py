@@ -170,3 +170,17 @@ async def test_on_a_terminal_a_progress_bar_shows_the_jobs_and_the_exit_is_non_z
     assert drawn.count("explode on w1: sample_tasks.TaskFailure:") == 2
     assert "2 jobs final: 2 failed" in drawn
     assert "submitted " not in drawn  # one line per submit would scroll the bar away
+
+
+async def test_a_batch_the_bus_refused_entirely_ends_at_once_with_a_non_zero_exit(
+    bus: BusServer, commands: Commands
+) -> None:
+    batch = ("scheduler.producer", "--bus", bus.url, "--count", "2", "--bulk", "--runtime",
+             "0.1-0.9", "--id-prefix", "batch")  # fmt: skip
+    code, _ = await commands.run(*batch, "--seed", "1", timeout=30 * unit())
+    assert code == 0  # accepted; no scheduler runs them, and this run does not wait
+    code, _ = await commands.run(*batch, "--seed", "2", "--wait", timeout=30 * unit())
+    stderr = commands.log_of(commands.started[-1])
+    assert code == EXIT_NOT_ALL_SUCCEEDED, stderr
+    assert "job 0 refused" in stderr and "job 1 refused" in stderr
+    assert "0 jobs final: none; 0 evictions; wait median 0.00s, max 0.00s; 2 refused" in stderr

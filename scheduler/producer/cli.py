@@ -129,7 +129,8 @@ async def _submit_and_follow(client: ProducerClient, plan: Plan, follower: JobFo
         if watching is None:
             return False
         follower.all_submitted()
-        await watching
+        if not follower.complete:  # else no event is coming to end the watch
+            await watching
         return True
     finally:
         for task in (watching, reminding):

@@ -129,6 +129,12 @@ class JobFollower:
         self._submitting = False
         self._check()
 
+    @property
+    def complete(self) -> bool:
+        """True once every job is submitted and every expected one is final (at once if
+        none is expected, or if they all ended before the last submit returned)."""
+        return self._complete.is_set()
+
     async def follow(self, client: ProducerClient) -> None:
         """Apply events until every expected job is final."""
         async for event in client.events():

@@ -165,4 +165,5 @@ async def test_status_watch_on_a_real_terminal_fits_it(bus: BusServer, commands:
     assert re.search(r"│ w1 +│ +0/\d+ │ +0 │", drawn), drawn
     for task in ("double", "explode", "job-probe"):  # the tasks w1 serves, whole
         assert re.search(rf"\b{task}\b", drawn), task
-    assert drawn.count("…") == drawn.count("more lines hidden")  # only the notice
+    drawn = drawn[: drawn.rindex("more lines hidden")]  # the last frame may be half drawn
+    assert "…" not in re.sub(r"… \d+ (more lines hidden)?", "", drawn)  # only in the notice

@@ -34,7 +34,16 @@ class ProtocolError(ValueError):
 _client_decoder: msgspec.json.Decoder[ClientMessage] = msgspec.json.Decoder(ClientMessage)
 _bus_decoder: msgspec.json.Decoder[BusMessage] = msgspec.json.Decoder(BusMessage)
 _payload_decoder = msgspec.json.Decoder(JobPayload)
-_encoder = msgspec.json.Encoder()
+
+
+def _plain_str(value: object) -> object:
+    """Encode a ``str`` subclass (a job handle is one) as the string it is."""
+    if isinstance(value, str):
+        return str(value)
+    raise NotImplementedError(f"cannot encode {type(value).__name__} as JSON")
+
+
+_encoder = msgspec.json.Encoder(enc_hook=_plain_str)
 _T = TypeVar("_T")
 _TOO_DEEP: Final = (
     f"frame: nesting deeper than the decoder allows (args and result: {MAX_NESTING} levels)"

@@ -250,7 +250,10 @@ class ProducerClient:
     async def submit_many(self, payloads: Sequence[JobPayload]) -> list[SubmitResult]:
         """Submit many jobs in one message (one journal transaction); one result per job.
         Jobs that existed already are caught up with as in :meth:`submit`."""
-        raws = [msgspec.Raw(msgspec.json.encode(self._with_id(p))) for p in payloads]
+        raws = [
+            msgspec.Raw(msgspec.json.encode(self._with_id(p), enc_hook=codec.plain_str))
+            for p in payloads
+        ]
         reply = await self._request(lambda ref: SubmitMany(jobs=raws, ref=ref))
         assert isinstance(reply, SubmittedMany)
         self._unfinished.update(result.id for result in reply.results if result.id is not None)

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import atexit
-import os
 import threading
 from collections.abc import Callable, Coroutine, Sequence
 from concurrent.futures import Future
@@ -32,11 +31,10 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
 
-from scheduler.auth import token_for
-from scheduler.connect import DEFAULT_URL
 from scheduler.producer.client import ProducerClient
 from scheduler.producer.errors import BusConnectionLost
 from scheduler.producer.handle import Job
+from scheduler.producer.settings import client_settings
 from scheduler.protocol import CancelReply, JobEvent, JobList, JobPayload, SubmitResult, Watching
 from scheduler.protocol_stats import StatsReply
 from scheduler.protocol_types import JobState
@@ -123,9 +121,10 @@ class SyncClient:
         name: str | None = None,
         connect_timeout: float = 30.0,
     ) -> None:
-        self.url = url or os.environ.get("SCHEDBUS_URL") or DEFAULT_URL
-        self._token = token or os.environ.get("SCHEDBUS_TOKEN") or _file_token(token_file)
-        self._cafile = cafile or os.environ.get("SCHEDBUS_CAFILE")
+        settings = client_settings(url, token, token_file, cafile)
+        self.url = settings.url
+        self._token = settings.token
+        self._cafile = settings.cafile
         self._name = name
         self._connect_timeout = connect_timeout
         self._lock = threading.Lock()
@@ -284,13 +283,6 @@ def _stop(loop: asyncio.AbstractEventLoop, thread: threading.Thread) -> None:
     loop.call_soon_threadsafe(loop.stop)
     thread.join()
     loop.close()
-
-
-def _file_token(token_file: Path | None) -> str | None:
-    """The producer's token in ``token_file``, ``SCHEDBUS_TOKEN_FILE`` or the bus's
-    default token file; None if there is no such file."""
-    path = token_file or os.environ.get("SCHEDBUS_TOKEN_FILE")
-    return token_for("producer", None if path is None else Path(path))
 
 
 _default: SyncClient | None = None

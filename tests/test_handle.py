@@ -8,10 +8,11 @@ from __future__ import annotations
 import asyncio
 import copy
 import pickle
+from pathlib import Path
 
 import pytest
-from conftest import Commands, unit
-from test_user_tasks import start_worker
+from conftest import BusProcess, Commands, unit
+from test_user_tasks import SAMPLE_TASKS, start_worker
 
 from scheduler.bus.server import BusServer
 from scheduler.producer.client import BusConnectionLost, ProducerClient
@@ -187,3 +188,45 @@ async def test_a_closed_client_fails_its_waiters(bus: BusServer) -> None:
         await waiter
     with pytest.raises(BusConnectionLost):
         await job.info()
+
+
+async def test_handles_wait_across_a_bus_restart(commands: Commands, tmp_path: Path) -> None:
+    """The client re-watches its jobs after a reconnect, so a handle still hears the end;
+    so does a handle taken on another client's job."""
+    bus = BusProcess(commands, tmp_path / "bus.db")
+    await bus.start()
+    token = bus.token("producer")
+    async with (
+        ProducerClient(bus.url, token=token) as client,
+        ProducerClient(bus.url, token=token) as other,
+    ):
+        job = await client.submit(JobPayload(task="add", args=[20, 22]))
+        elsewhere = await other.job(job.id)
+        await bus.kill()
+        await bus.start()
+        await commands.start("scheduler.worker", "--bus", bus.url, "--tasks", SAMPLE_TASKS)
+        async with asyncio.timeout(60 * unit()):
+            assert await job.result() == 42
+            assert await elsewhere.result() == 42
+
+
+async def test_two_events_iterators_each_see_every_event(
+    bus: BusServer, commands: Commands
+) -> None:
+    """Before, the client had one queue: two iterators took turns at its events."""
+    await start_worker(commands, bus)
+    async with ProducerClient(bus.url) as client:
+
+        async def stream() -> list[str]:
+            kinds: list[str] = []
+            async for seen in client.events():
+                kinds.append(seen.event)
+                if seen.event == "succeeded":
+                    return kinds
+            raise AssertionError("the events ended")
+
+        streams = [asyncio.create_task(stream()) for _ in range(2)]
+        await asyncio.sleep(0)
+        await client.submit(JobPayload(task="add", args=[1, 2]))
+        seen = await asyncio.wait_for(asyncio.gather(*streams), 30 * unit())
+    assert seen == [["accepted", "assigned", "started", "succeeded"]] * 2

@@ -29,8 +29,6 @@ import itertools
 import logging
 import time
 import uuid
-import weakref
-from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -44,6 +42,7 @@ from scheduler import codec
 from scheduler.connect import Connector, Registration, RegistrationRefused
 from scheduler.producer.errors import BusConnectionLost, SubmitError
 from scheduler.producer.handle import Job, JobWatch, UnknownJob
+from scheduler.producer.waiters import EventWaiters
 from scheduler.protocol import (
     Accepted,
     BusMessage,
@@ -122,9 +121,7 @@ class ProducerClient:
         self._refs = itertools.count(1)
         self._requests: dict[int, _Request] = {}
         self._unfinished: set[str] = set()
-        self._streams: set[asyncio.Queue[JobEvent | None]] = set()
-        self._backlog: deque[JobEvent] = deque(maxlen=backlog)
-        self._watches: weakref.WeakValueDictionary[str, JobWatch] = weakref.WeakValueDictionary()
+        self._waiters = EventWaiters(backlog)
         self._ws: ClientConnection | None = None
         self._runner: asyncio.Task[None] | None = None
         self._connected = asyncio.Event()
@@ -175,7 +172,7 @@ class ProducerClient:
             except (asyncio.CancelledError, RegistrationRefused):
                 pass
         self._fail_requests("the client was closed")
-        self._end_waiters("the client was closed")
+        self._waiters.end("the client was closed")
 
     async def submit(
         self,
@@ -215,7 +212,7 @@ class ProducerClient:
         of the job can come before it."""
         payload = self._with_id(payload)
         assert payload.job_id is not None
-        watch = self._watch_of(payload.job_id)
+        watch = self._waiters.watch_of(payload.job_id)
         reply = await self._request(lambda ref: JobRequest(payload=payload, ref=ref))
         assert isinstance(reply, Accepted)
         self._unfinished.add(reply.id)
@@ -228,7 +225,7 @@ class ProducerClient:
         watches it from now on (again after a reconnect), and the handle starts from its
         current state. Raises :class:`~scheduler.producer.handle.UnknownJob` if the bus
         does not know it, :class:`SubmitError` if this client may not watch it."""
-        watch = self._watch_of(job_id)
+        watch = self._waiters.watch_of(job_id)
         watch.add(await self.job_status(job_id), snapshot=True)
         return Job(watch, self)
 
@@ -239,13 +236,6 @@ class ProducerClient:
         if not reply.jobs:
             raise UnknownJob(f"the bus does not know job {job_id} (never submitted, or vacuumed)")
         return reply.jobs[0]
-
-    def _watch_of(self, job_id: str) -> JobWatch:
-        """The watch every handle on ``job_id`` shares; made if no handle holds one."""
-        watch = self._watches.get(job_id)
-        if watch is None:
-            watch = self._watches[job_id] = JobWatch(job_id)
-        return watch
 
     async def submit_many(self, payloads: Sequence[JobPayload]) -> list[SubmitResult]:
         """Submit many jobs in one message (one journal transaction); one result per job.
@@ -322,30 +312,8 @@ class ProducerClient:
         The first to start while none is open first gets the events that came while none
         was (see ``backlog``); events it had not yet yielded when it ends go back there.
         """
-        queue: asyncio.Queue[JobEvent | None] = asyncio.Queue()
-        if not self._streams:
-            for kept in self._backlog:
-                queue.put_nowait(kept)
-            self._backlog.clear()
-        if self._closing:
-            queue.put_nowait(None)
-        self._streams.add(queue)
-        try:
-            while (event := await queue.get()) is not None:
-                yield event
-        finally:
-            self._streams.discard(queue)
-            if not self._streams:
-                self._put_back(queue)
-
-    def _put_back(self, queue: asyncio.Queue[JobEvent | None]) -> None:
-        """Return the events an ended iterator had not yielded to the backlog, first."""
-        unread: list[JobEvent] = []
-        while not queue.empty():
-            event = queue.get_nowait()
-            if event is not None:
-                unread.append(event)
-        self._backlog.extendleft(reversed(unread))
+        async for event in self._waiters.stream():
+            yield event
 
     async def _catch_up(self, job_ids: list[str]) -> None:
         """Put the current state of ``job_ids`` in the events: a job that was final before
@@ -381,7 +349,7 @@ class ProducerClient:
         except RegistrationRefused as exc:
             log.error("the bus %s refused this producer: %s", self.url, exc)
             self._fail_requests(f"the bus refused this producer: {exc}")
-            self._end_waiters(f"the bus refused this producer: {exc}")
+            self._waiters.end(f"the bus refused this producer: {exc}")
             raise
 
     def _register_message(self) -> Register:
@@ -446,20 +414,7 @@ class ProducerClient:
         a ``snapshot`` is a state from a watch reply."""
         if event.event in FINAL_EVENTS:
             self._unfinished.discard(event.id)
-        for queue in self._streams:
-            queue.put_nowait(event)
-        if not self._streams:
-            self._backlog.append(event)
-        watch = self._watches.get(event.id)
-        if watch is not None:
-            watch.add(event, snapshot=snapshot)
-
-    def _end_waiters(self, reason: str) -> None:
-        """End every events() iterator, and wake every job waiter to fail with ``reason``."""
-        for queue in self._streams:
-            queue.put_nowait(None)
-        for watch in list(self._watches.values()):
-            watch.close(reason)
+        self._waiters.deliver(event, snapshot=snapshot)
 
     def _on_reply(self, message: BusMessage) -> None:
         ref = getattr(message, "ref", None)

@@ -34,7 +34,17 @@ class ProtocolError(ValueError):
 _client_decoder: msgspec.json.Decoder[ClientMessage] = msgspec.json.Decoder(ClientMessage)
 _bus_decoder: msgspec.json.Decoder[BusMessage] = msgspec.json.Decoder(BusMessage)
 _payload_decoder = msgspec.json.Decoder(JobPayload)
-_encoder = msgspec.json.Encoder()
+
+
+def plain_str(value: object) -> object:
+    """An encoder's ``enc_hook``: a ``str`` subclass (a job handle is one) is encoded as
+    the string it is; anything else is refused."""
+    if isinstance(value, str):
+        return str(value)
+    raise TypeError(f"cannot encode {type(value).__name__} as JSON")
+
+
+_encoder = msgspec.json.Encoder(enc_hook=plain_str)
 _T = TypeVar("_T")
 _TOO_DEEP: Final = (
     f"frame: nesting deeper than the decoder allows (args and result: {MAX_NESTING} levels)"

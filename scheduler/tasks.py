@@ -35,6 +35,13 @@ every descendant; past either, the job is stopped and reported ``failed`` with t
 (``memory limit 512 MB exceeded: 530 MB``). Each is the task's, else the scheduler's
 (``--memory-limit``, ``--cpu-limit``), else none.
 
+A producer submits a task's job from the function itself: ``resize.submit("a.png", 640,
+priority=1)`` (blocking, through :class:`~scheduler.producer.sync.SyncClient`) or
+``await resize.submit_async(...)``; both bind the arguments against the function's
+signature first and raise ``TypeError`` naming a missing or unexpected one before anything
+is sent (see :mod:`scheduler.producer.typed`). The producer library is imported only then:
+importing this module never loads the network stack.
+
 In the job process the task can tell which job it runs: the environment variables
 ``SCHEDBUS_JOB_ID`` (the job's id) and ``SCHEDBUS_ATTEMPT`` (the attempt number, counting
 from 1; a job that is evicted, retried or reassigned runs again under a higher one) are
@@ -56,7 +63,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Final, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Final, ParamSpec, Protocol, TypeVar, cast, overload
 
 import msgspec
 
@@ -66,8 +73,13 @@ from scheduler.protocol_schedules import ScheduleSpec
 from scheduler.protocol_types import MAX_NAME_LEN, MAX_TIMEOUT_S, PRIORITY_MAX, PRIORITY_MIN, Args
 from scheduler.worker.task_result import send_exception, send_result
 
+if TYPE_CHECKING:
+    from scheduler.producer.handle import Job
+    from scheduler.producer.sync import SyncJob
+
 Task = Callable[..., object]
-F = TypeVar("F", bound=Task)
+P = ParamSpec("P")
+R_co = TypeVar("R_co", covariant=True)
 
 JOB_ID_ENV: Final = "SCHEDBUS_JOB_ID"
 """Environment variable holding the job's id in its process."""
@@ -197,8 +209,43 @@ Kept per module so that two task modules may use the same name as long as no sch
 loads both; :func:`load_task_modules` builds a scheduler's registry from it."""
 
 
+class TaskFunction(Protocol[P, R_co]):
+    """What :func:`task` returns: the function itself, called as before, which also
+    submits its own jobs (see :mod:`scheduler.producer.typed` for the keywords)."""
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R_co:
+        """Call the function here, in this process."""
+        ...
+
+    def submit(self, *args: Any, **kwargs: Any) -> SyncJob:
+        """Submit a job of this task with these arguments; return its handle."""
+        ...
+
+    async def submit_async(self, *args: Any, **kwargs: Any) -> Job:
+        """Submit a job of this task with these arguments; return its handle."""
+        ...
+
+
+def _submitters(name: str, function: Task) -> dict[str, object]:
+    """The ``submit`` and ``submit_async`` methods :func:`task` gives a function."""
+
+    def submit(*args: Any, **kwargs: Any) -> SyncJob:
+        from scheduler.producer import typed  # the network stack, loaded only when used
+
+        return typed.submit(name, function, args, kwargs)
+
+    async def submit_async(*args: Any, **kwargs: Any) -> Job:
+        from scheduler.producer import typed
+
+        return await typed.submit_async(name, function, args, kwargs)
+
+    submit.__doc__ = f"Submit a job of task {name!r}; return its handle (a SyncJob)."
+    submit_async.__doc__ = f"Submit a job of task {name!r}; return its handle (a Job)."
+    return {"submit": submit, "submit_async": submit_async}
+
+
 @overload
-def task(function: F, /) -> F: ...
+def task(function: Callable[P, R_co], /) -> TaskFunction[P, R_co]: ...
 
 
 @overload
@@ -213,11 +260,11 @@ def task(
     cron: str | None = None,
     tz: str = "UTC",
     **schedule: object,
-) -> Callable[[F], F]: ...
+) -> Callable[[Callable[P, R_co]], TaskFunction[P, R_co]]: ...
 
 
 def task(
-    function: F | None = None,
+    function: Callable[P, R_co] | None = None,
     /,
     *,
     name: str | None = None,
@@ -229,13 +276,14 @@ def task(
     cron: str | None = None,
     tz: str = "UTC",
     **schedule: object,
-) -> F | Callable[[F], F]:
+) -> TaskFunction[P, R_co] | Callable[[Callable[P, R_co]], TaskFunction[P, R_co]]:
     """Declare a module-level function as a task, as ``@task`` or ``@task(name=...)``.
 
     Records it in the default registry under ``name`` (default: the function's name) for
     :func:`load_task_modules`, with its default ``priority`` and ``timeout`` and the
     ``memory`` (bytes, or a size such as ``"512M"``) and ``cpu`` (seconds) limits of its
-    jobs' process trees, and returns the function unchanged. Raises ``ValueError`` for a
+    jobs' process trees, and returns the function itself, given ``submit`` and
+    ``submit_async`` methods (:class:`TaskFunction`). Raises ``ValueError`` for a
     nested function, a bad name, default or limit, or a name the same module already gave
     another function.
 
@@ -247,7 +295,7 @@ def task(
     raises ``ValueError`` naming the field.
     """
 
-    def declare(function: F) -> F:
+    def declare(function: Callable[P, R_co]) -> TaskFunction[P, R_co]:
         qualname: str = getattr(function, "__qualname__", "")
         if "<locals>" in qualname or "<lambda>" in qualname:
             raise ValueError(f"@task needs a module-level function, not {qualname!r}")
@@ -263,7 +311,8 @@ def task(
             raise ValueError(f"task {spec.name!r} is already declared in {function.__module__}")
         # Re-executing a module (reload) declares its tasks again: the newest wins.
         declared[spec.name] = spec
-        return function
+        vars(function).update(_submitters(spec.name, function))
+        return cast(TaskFunction[P, R_co], function)
 
     return declare if function is None else declare(function)
 

@@ -9,6 +9,7 @@ import os
 import random
 import signal
 from collections import defaultdict
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -223,7 +224,9 @@ async def test_a_frozen_scheduler_loses_its_jobs_and_its_stale_attempts_are_stop
             assert {event.scheduler for event in cancelled} <= {"thawed", None}
 
 
-async def wait_for_events(client: ProducerClient, ids: list[str], kind: str) -> list[JobEvent]:
+async def wait_for_events(
+    client: ProducerClient, ids: Collection[str], kind: str
+) -> list[JobEvent]:
     """The next ``kind`` event of every job in ``ids``."""
     seen: dict[str, JobEvent] = {}
     async with asyncio.timeout(30 * unit()):

@@ -8,6 +8,7 @@ import asyncio
 import os
 import signal
 from collections import defaultdict
+from collections.abc import Collection
 from pathlib import Path
 
 from conftest import ROOT, Commands, unit, wait_until
@@ -90,7 +91,7 @@ async def test_a_thawed_scheduler_starts_no_stale_queued_attempt(
                 for r in runtimes
             ]
 
-            def seen(kind: str, job_ids: list[str]) -> bool:
+            def seen(kind: str, job_ids: Collection[str]) -> bool:
                 return set(job_ids) <= {e.id for e in events if e.event == kind}
 
             await wait_until(lambda: seen("started", ids[:1]), 20 * unit(), "the first starts")

@@ -2,8 +2,9 @@
 rides out a bus restart.
 
     async with ProducerClient("ws://localhost:8101") as client:
-        job_id = await client.submit(JobPayload(priority=0, runtime=1.5))
-        async for event in client.events():
+        job = await client.submit(JobPayload(task="add", args=[2, 3]))
+        print(await job.result(timeout=60))     # see scheduler.producer.handle
+        async for event in client.events():     # every event of this client's jobs
             ...
 
 The connection is :class:`scheduler.connect.Connector`'s: when it drops, the client
@@ -14,6 +15,11 @@ client-chosen ids (unless the payload names one) submitted with ``on_conflict="i
 so sending a submit again after a lost acknowledgement never creates a second job.
 A bus that refuses the registration itself raises
 :class:`~scheduler.connect.RegistrationRefused`; :class:`SubmitError` is a refused request.
+
+Events go to every waiter on its own: each :meth:`ProducerClient.events` iterator has its
+own queue, and the handles on a job share the job's :class:`~scheduler.producer.handle.
+JobWatch`. Events that come while no :meth:`~ProducerClient.events` iterator is open wait
+(the newest ``backlog`` of them) for the next one.
 """
 
 from __future__ import annotations
@@ -34,6 +40,9 @@ from websockets.exceptions import ConnectionClosed
 
 from scheduler import codec
 from scheduler.connect import Connector, Registration, RegistrationRefused
+from scheduler.producer.errors import BusConnectionLost, SubmitError
+from scheduler.producer.handle import Job, JobWatch, UnknownJob
+from scheduler.producer.waiters import EventWaiters
 from scheduler.protocol import (
     Accepted,
     BusMessage,
@@ -68,6 +77,8 @@ from scheduler.protocol_schedules import (
 from scheduler.protocol_stats import StatsReply
 from scheduler.protocol_types import FINAL_EVENTS, JobState
 
+__all__ = ["BusConnectionLost", "BusReply", "ProducerClient", "SubmitError"]
+
 log = logging.getLogger(__name__)
 
 BusReply = (
@@ -75,19 +86,6 @@ BusReply = (
 )
 """What the bus answers a producer's request with (an ``error`` fails the request)."""
 _Builder = Callable[[int], ClientMessage]
-
-
-class SubmitError(Exception):
-    """The bus refused a request (a submit, cancel, watch...); ``field`` names the part it
-    blames. A refused registration is :class:`~scheduler.connect.RegistrationRefused`."""
-
-    def __init__(self, error: Error) -> None:
-        super().__init__(error.message)
-        self.field = error.field
-
-
-class BusConnectionLost(Exception):
-    """The client was closed, or could not reach the bus in time."""
 
 
 @dataclass
@@ -101,7 +99,8 @@ class ProducerClient:
 
     ``connect_timeout`` bounds how long :meth:`connect` keeps trying to reach the bus;
     after the first connection the client keeps trying until :meth:`close`. A ``wss://``
-    bus is verified against ``cafile`` (None: the system's CAs).
+    bus is verified against ``cafile`` (None: the system's CAs). ``backlog`` bounds the
+    events kept while no :meth:`events` iterator is open (the oldest go first).
     """
 
     def __init__(
@@ -112,6 +111,7 @@ class ProducerClient:
         token: str | None = None,
         connect_timeout: float = 30.0,
         cafile: str | None = None,
+        backlog: int = 10_000,
     ) -> None:
         self.url = url
         self.name = name
@@ -121,7 +121,7 @@ class ProducerClient:
         self._refs = itertools.count(1)
         self._requests: dict[int, _Request] = {}
         self._unfinished: set[str] = set()
-        self._events: asyncio.Queue[JobEvent | None] = asyncio.Queue()
+        self._waiters = EventWaiters(backlog)
         self._ws: ClientConnection | None = None
         self._runner: asyncio.Task[None] | None = None
         self._connected = asyncio.Event()
@@ -162,7 +162,8 @@ class ProducerClient:
             raise BusConnectionLost(f"could not reach {self.url} in {self._connect_timeout:g} s")
 
     async def close(self) -> None:
-        """Close for good: pending requests fail with :class:`BusConnectionLost`."""
+        """Close for good: pending requests, and waiters on jobs that are not final, fail
+        with :class:`BusConnectionLost`; :meth:`events` iterators end."""
         self._closing = True
         if self._runner is not None:
             self._runner.cancel()
@@ -171,7 +172,7 @@ class ProducerClient:
             except (asyncio.CancelledError, RegistrationRefused):
                 pass
         self._fail_requests("the client was closed")
-        self._events.put_nowait(None)
+        self._waiters.end("the client was closed")
 
     async def submit(
         self,
@@ -179,8 +180,9 @@ class ProducerClient:
         *,
         delay: float | None = None,
         run_at: float | datetime | None = None,
-    ) -> str:
-        """Submit one job; return its id once the bus has journaled it.
+    ) -> Job:
+        """Submit one job; return a handle on it (a :class:`~scheduler.producer.handle.Job`,
+        which is also its id) once the bus has journaled it.
 
         ``delay`` (seconds) or ``run_at`` (epoch seconds, or a datetime with a zone) make
         it a delayed job, as the payload's fields of those names do. Raises ValueError
@@ -192,7 +194,8 @@ class ProducerClient:
             run_at = run_at.timestamp()
         if delay is not None or run_at is not None:
             payload = msgspec.structs.replace(payload, delay=delay, run_at=run_at)
-        return (await self.submit_accepted(payload)).id
+        _, watch = await self._submit_watched(payload)
+        return Job(watch, self)
 
     async def submit_accepted(self, payload: JobPayload) -> Accepted:
         """Submit one job; return the bus's whole reply once it has journaled it (its id,
@@ -201,17 +204,46 @@ class ProducerClient:
         A job that existed already (a re-send of this submission, or ``ignore``) may be
         further along, even final: its current state is then put in :meth:`events`.
         """
-        reply = await self._request(lambda ref: JobRequest(payload=self._with_id(payload), ref=ref))
+        reply, _ = await self._submit_watched(payload)
+        return reply
+
+    async def _submit_watched(self, payload: JobPayload) -> tuple[Accepted, JobWatch]:
+        """Submit one job; its watch exists before the request goes out, so that no event
+        of the job can come before it."""
+        payload = self._with_id(payload)
+        assert payload.job_id is not None
+        watch = self._waiters.watch_of(payload.job_id)
+        reply = await self._request(lambda ref: JobRequest(payload=payload, ref=ref))
         assert isinstance(reply, Accepted)
         self._unfinished.add(reply.id)
         if reply.existing:
             await self._catch_up([reply.id])
-        return reply
+        return reply, watch
+
+    async def job(self, job_id: str) -> Job:
+        """A handle on job ``job_id``, submitted by this client or elsewhere: the client
+        watches it from now on (again after a reconnect), and the handle starts from its
+        current state. Raises :class:`~scheduler.producer.handle.UnknownJob` if the bus
+        does not know it, :class:`SubmitError` if this client may not watch it."""
+        watch = self._waiters.watch_of(job_id)
+        watch.add(await self.job_status(job_id), snapshot=True)
+        return Job(watch, self)
+
+    async def job_status(self, job_id: str) -> JobEvent:
+        """Job ``job_id``'s current state, asked of the bus now (watching it from now on).
+        Raises :class:`~scheduler.producer.handle.UnknownJob` if the bus does not know it."""
+        reply = await self.watch([job_id])
+        if not reply.jobs:
+            raise UnknownJob(f"the bus does not know job {job_id} (never submitted, or vacuumed)")
+        return reply.jobs[0]
 
     async def submit_many(self, payloads: Sequence[JobPayload]) -> list[SubmitResult]:
         """Submit many jobs in one message (one journal transaction); one result per job.
         Jobs that existed already are caught up with as in :meth:`submit`."""
-        raws = [msgspec.Raw(msgspec.json.encode(self._with_id(p))) for p in payloads]
+        raws = [
+            msgspec.Raw(msgspec.json.encode(self._with_id(p), enc_hook=codec.plain_str))
+            for p in payloads
+        ]
         reply = await self._request(lambda ref: SubmitMany(jobs=raws, ref=ref))
         assert isinstance(reply, SubmittedMany)
         self._unfinished.update(result.id for result in reply.results if result.id is not None)
@@ -274,8 +306,13 @@ class ProducerClient:
         return reply
 
     async def events(self) -> AsyncIterator[JobEvent]:
-        """Yield every event about this client's jobs, across reconnects, until closed."""
-        while (event := await self._events.get()) is not None:
+        """Yield every event about this client's jobs, across reconnects, until closed.
+
+        Each iterator has its own queue: several see every event from when they start.
+        The first to start while none is open first gets the events that came while none
+        was (see ``backlog``); events it had not yet yielded when it ends go back there.
+        """
+        async for event in self._waiters.stream():
             yield event
 
     async def _catch_up(self, job_ids: list[str]) -> None:
@@ -285,7 +322,7 @@ class ProducerClient:
             reply = await self._request(lambda ref: Watch(ids=job_ids, ref=ref))
             assert isinstance(reply, Watching)
             for event in reply.jobs:
-                self._on_event(event)
+                self._on_event(event, snapshot=True)
 
     @staticmethod
     def _with_id(payload: JobPayload) -> JobPayload:
@@ -312,7 +349,7 @@ class ProducerClient:
         except RegistrationRefused as exc:
             log.error("the bus %s refused this producer: %s", self.url, exc)
             self._fail_requests(f"the bus refused this producer: {exc}")
-            self._events.put_nowait(None)
+            self._waiters.end(f"the bus refused this producer: {exc}")
             raise
 
     def _register_message(self) -> Register:
@@ -353,11 +390,10 @@ class ProducerClient:
         reply = future.result()
         assert isinstance(reply, Watching)
         for event in reply.jobs:
-            self._on_event(event)
+            self._on_event(event, snapshot=True)
         for job_id in reply.unknown:
             log.error("the bus no longer knows job %s (was its journal lost?)", job_id)
-            self._unfinished.discard(job_id)
-            self._events.put_nowait(_lost(job_id))
+            self._on_event(_lost(job_id))
 
     def _on_frame(self, frame: str | bytes) -> None:
         try:
@@ -373,10 +409,12 @@ class ProducerClient:
         else:
             self._on_reply(message)
 
-    def _on_event(self, event: JobEvent) -> None:
+    def _on_event(self, event: JobEvent, *, snapshot: bool = False) -> None:
+        """Give ``event`` to every events() iterator (or the backlog) and the job's watch;
+        a ``snapshot`` is a state from a watch reply."""
         if event.event in FINAL_EVENTS:
             self._unfinished.discard(event.id)
-        self._events.put_nowait(event)
+        self._waiters.deliver(event, snapshot=snapshot)
 
     def _on_reply(self, message: BusMessage) -> None:
         ref = getattr(message, "ref", None)

@@ -38,7 +38,7 @@ from scheduler.auth import TokenTable
 from scheduler.bus.hub import Hub
 from scheduler.policy.access import Grant, owner_filter
 from scheduler.protocol import Error, JobList, ListJobs
-from scheduler.protocol_types import MAX_BULK, JobState
+from scheduler.protocol_types import MAX_BULK, MAX_NAME_LEN, JobState
 
 STATIC_PACKAGE: Final = "scheduler.dashboard"
 """The package whose ``static`` directory holds the dashboard's files."""
@@ -156,8 +156,8 @@ def single(query: Mapping[str, list[str]], name: str) -> str | None:
 
 
 def list_request(query: Mapping[str, list[str]]) -> ListJobs:
-    """The ``list_jobs`` request ``/api/jobs?state=&task=&limit=`` asks for, newest first
-    and final jobs included; BadQuery naming the parameter at fault."""
+    """The ``list_jobs`` request ``/api/jobs?state=&task=&limit=&prefix=`` asks for,
+    newest first and final jobs included; BadQuery naming the parameter at fault."""
     unknown = set(query) - {"state", "task", "limit", "prefix"}
     if unknown:
         raise BadQuery(sorted(unknown)[0], "unknown; expected state, task, limit or prefix")
@@ -175,12 +175,16 @@ def list_request(query: Mapping[str, list[str]]) -> ListJobs:
     for name in ("task", "prefix"):
         value = single(query, name)
         if value is not None:
-            wanted[name] = value
-    try:
-        return msgspec.convert(wanted, ListJobs)
-    except msgspec.ValidationError as exc:
-        name = str(exc).rpartition("$.")[2].rstrip("`").partition("[")[0]
-        raise BadQuery("state" if name == "states" else name, str(exc)) from None
+            wanted[name] = name_value(name, value)
+    return msgspec.convert(wanted, ListJobs)
+
+
+def name_value(parameter: str, value: str) -> str:
+    """``value`` if it is a valid name or id (1 to :data:`MAX_NAME_LEN` characters), else
+    BadQuery naming ``parameter``."""
+    if not 1 <= len(value) <= MAX_NAME_LEN:
+        raise BadQuery(parameter, f"must be 1 to {MAX_NAME_LEN} characters long")
+    return value
 
 
 class HttpRoutes:

@@ -221,6 +221,14 @@
     return body;
   }
 
+  async function fetchJob(id) {
+    try {
+      return await api(`/api/jobs/${id}`);
+    } catch (error) {
+      return null;
+    }
+  }
+
   async function loadFailed() {
     for (const wanted of ["failed", "dead", "timed_out"]) {
       try {
@@ -421,14 +429,17 @@
   }
 
   async function search(query) {
-    const prefix = query.trim().toLowerCase();
-    if (!prefix) return;
-    if (!/^[0-9a-f]{1,32}$/.test(prefix)) return showFound(prefix, [], "job ids are hexadecimal (0-9, a-f)");
+    const prefix = query.trim();
+    if (!prefix) return undefined;
     const found = known(prefix);
     try {
-      const listed = await api(`/api/jobs?prefix=${prefix}&limit=20`);
+      const wanted = encodeURIComponent(prefix);
+      const listed = await api(`/api/jobs?prefix=${wanted}&limit=20`);
       for (const job of listed.jobs) if (job.id.startsWith(prefix)) found.set(job.id, job);
-      if (prefix.length === 32) found.set(prefix, await api(`/api/jobs/${prefix}`));
+      if (!found.has(prefix)) {
+        const exact = await fetchJob(wanted);
+        if (exact) found.set(exact.id, exact);
+      }
     } catch (error) {
       if (!found.size) return showFound(prefix, [], error.message);
     }

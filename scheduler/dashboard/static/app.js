@@ -26,6 +26,7 @@
     held: new Map(),
     recent: [],
     failed: new Map(),
+    opened: new Set(),
     stats: null,
     last: null,
     series: [[], [], [], [], []],
@@ -52,6 +53,8 @@
     return el;
   }
 
+  // The bus leaves out fields at their default (omit_defaults): put them back.
+  const norm = (job) => ({ task: "sleep", attempt: 0, evictions: 0, ...job });
   const short = (id) => (id || "").slice(0, 8);
   const clock = (epoch) => (epoch ? new Date(epoch * 1000).toLocaleTimeString([], { hour12: false }) : "");
   const seconds = (s) => (s === null || s === undefined ? "–" : s < 1 ? `${Math.round(s * 1000)} ms` : s < 120 ? `${s.toFixed(1)} s` : `${Math.round(s / 60)} min`);
@@ -138,7 +141,7 @@
     }
     switch (message.type) {
       case "registered": return registered();
-      case "event": return onEvent(message);
+      case "event": return onEvent(norm(message));
       case "error": return onError(message);
       default: return undefined;
     }
@@ -152,7 +155,7 @@
     setConn("live");
     state.held.clear();
     send({ cmd: "list_jobs", states: ["assigned", "running"], limit: 1000 }, (reply) => {
-      for (const job of reply.jobs || []) state.held.set(job.id, job);
+      for (const job of reply.jobs || []) state.held.set(job.id, norm(job));
       redraw();
     });
     askStats();
@@ -233,7 +236,7 @@
     for (const wanted of ["failed", "dead", "timed_out"]) {
       try {
         const listed = await api(`/api/jobs?state=${wanted}&limit=50`);
-        for (const job of listed.jobs) if (!state.failed.has(job.id)) state.failed.set(job.id, job);
+        for (const job of listed.jobs) if (!state.failed.has(job.id)) state.failed.set(job.id, norm(job));
       } catch (error) {
         return;
       }
@@ -331,7 +334,18 @@
     h("td", { text: e.event }),
     h("td", { text: e.task }),
     h("td", { class: "num", text: e.priority }),
+    h("td", { class: "num", text: e.attempt }),
     h("td", { text: e.scheduler || "" }))));
+  }
+
+  function traceback(job) {
+    const details = h("details", { open: state.opened.has(job.id) },
+      h("summary", { text: "traceback" }), h("pre", { class: "tb", text: job.traceback }));
+    details.addEventListener("toggle", () => {
+      if (details.open) state.opened.add(job.id);
+      else state.opened.delete(job.id);
+    });
+    return details;
   }
 
   function drawFailed() {
@@ -345,7 +359,7 @@
         h("span", { class: "spacer" }),
         h("button", { class: "quiet small", type: "button", onclick: () => retry(job.id), style: { color: "var(--accent)" } }, "Retry")),
       job.error ? h("div", { class: "err", text: job.error }) : null,
-      job.traceback ? h("details", {}, h("summary", { text: "traceback" }), h("pre", { class: "tb", text: job.traceback })) : null)));
+      job.traceback ? traceback(job) : null)));
     return undefined;
   }
 
@@ -435,10 +449,10 @@
     try {
       const wanted = encodeURIComponent(prefix);
       const listed = await api(`/api/jobs?prefix=${wanted}&limit=20`);
-      for (const job of listed.jobs) if (job.id.startsWith(prefix)) found.set(job.id, job);
+      for (const job of listed.jobs) if (job.id.startsWith(prefix)) found.set(job.id, norm(job));
       if (!found.has(prefix)) {
         const exact = await fetchJob(wanted);
-        if (exact) found.set(exact.id, exact);
+        if (exact) found.set(exact.id, norm(exact));
       }
     } catch (error) {
       if (!found.size) return showFound(prefix, [], error.message);

@@ -294,7 +294,7 @@
       style: { background: priorityColour(p) } },
     h("div", { class: "id", text: `${short(job.id)} · p${p}` }),
     h("div", { class: "task", text: job.task }),
-    job.message ? h("div", { class: "msg", text: job.message }) : h("div", { class: "msg", text: job.state === "assigned" ? "starting…" : clock(job.time) }),
+    job.message ? h("div", { class: "msg", text: job.message }) : h("div", { class: "msg", text: job.state === "assigned" ? "starting…" : `since ${clock(job.time)}` }),
     h("button", { class: "x", type: "button", title: "Cancel this job", "aria-label": `cancel ${short(job.id)}`, onclick: () => cancel(job.id) }, "×"));
     if (typeof job.progress === "number") {
       block.append(h("div", { class: "bar", style: { width: `${Math.round(job.progress * 100)}%` } }));

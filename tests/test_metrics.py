@@ -3,9 +3,11 @@ scrape time, and the core's tally they come from."""
 
 from __future__ import annotations
 
+import pytest
 from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
+from scheduler.bus import metrics as metrics_module
 from scheduler.bus.metrics import BusMetrics, LiveFigures
 from scheduler.policy.dispatch.dispatcher import Dispatcher
 from scheduler.protocol import JobEvent, JobPayload
@@ -19,7 +21,7 @@ def event(kind: EventKind, state: JobState, priority: int = 2, **fields: object)
 
 
 def metrics(figures: LiveFigures | None = None) -> BusMetrics:
-    return BusMetrics(lambda: figures or LiveFigures({}, 0, 0))
+    return BusMetrics(lambda: figures or LiveFigures({}, 0, 0), lambda job_id: True)
 
 
 def value(m: BusMetrics, name: str, **labels: str) -> float | None:
@@ -62,6 +64,26 @@ def test_an_attempt_that_ran_observes_its_run_time_and_a_final_event_forgets_the
     m.event(event("failed", "failed", priority=7), now=4.0)  # no wall_s: not observed
     assert value(m, "schedbus_job_run_seconds_count", priority="7") == 1
     assert value(m, "schedbus_job_run_seconds_sum", priority="7") == 0.75
+
+
+def test_queue_times_of_jobs_gone_without_a_final_event_are_forgotten() -> None:
+    tracked = {"a" * 32}
+    m = BusMetrics(lambda: LiveFigures({}, 0, 0), tracked.__contains__)
+    m.event(event("accepted", "queued"), now=0.0)
+    m.event(JobEvent("accepted", "b" * 32, 1, "queued", 0.0), now=0.0)
+    assert m.waiting == 2
+    m.exposition()
+    assert m.waiting == 1
+
+
+def test_queue_times_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(metrics_module, "MAX_WAITING", 2)
+    m = metrics()
+    for n in range(3):
+        m.event(JobEvent("accepted", f"{n:032x}", 1, "queued", 0.0), now=float(n))
+    assert m.waiting == 2
+    m.event(JobEvent("started", f"{0:032x}", 1, "running", 0.0), now=5.0)
+    assert value(m, "schedbus_job_wait_seconds_count", priority="1") is None
 
 
 def test_journal_commits_are_observed() -> None:

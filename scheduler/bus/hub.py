@@ -76,7 +76,7 @@ class Hub:
         self._timer_at = 0.0
         self._background: set[asyncio.Task[Any]] = set()
         self._started_at = clock()
-        self.metrics = BusMetrics(self.live_figures)
+        self.metrics = BusMetrics(self.live_figures, self.core.tracks)
         """The bus's Prometheus metrics, fed by :meth:`apply` and the journal's commits."""
 
     def live_figures(self) -> LiveFigures:

@@ -35,6 +35,10 @@ COMMIT_BUCKETS: Final = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0
 RUN_ENDINGS: Final = frozenset({"succeeded", "failed", "timed_out", "retrying", "dead"})
 """Events that end an attempt that ran, and carry its ``wall_s``."""
 
+MAX_WAITING: Final = 200_000
+"""Queued jobs whose queue time is kept for their wait sample; past it the oldest entry
+goes (that job then gets no wait sample), so memory stays bounded."""
+
 METRIC_NAMES: Final = (
     "schedbus_jobs",
     "schedbus_job_events_total",
@@ -86,8 +90,10 @@ class _LiveCollector(Collector):
 class BusMetrics:
     """One bus's metrics and the registry that exposes them."""
 
-    def __init__(self, figures: Callable[[], LiveFigures]) -> None:
-        """Create every metric in a new registry; ``figures`` is called at each scrape."""
+    def __init__(self, figures: Callable[[], LiveFigures], tracks: Callable[[str], bool]) -> None:
+        """Create every metric in a new registry; ``figures`` is called at each scrape, and
+        ``tracks`` (whether the bus still tracks a job id) forgets at each scrape the queue
+        times of jobs that left without a final event (a v1 scheduler's)."""
         self.registry = CollectorRegistry()
         self._events = Counter(
             "schedbus_job_events", "Job events published, by event and task.",
@@ -111,6 +117,7 @@ class BusMetrics:
         )  # fmt: skip
         self.registry.register(_LiveCollector(figures))
         self._queued_at: dict[str, float] = {}
+        self._tracks = tracks
 
     def event(self, event: JobEvent, now: float) -> None:
         """Count ``event`` (published at monotonic ``now``): by event and task; a job
@@ -119,6 +126,8 @@ class BusMetrics:
         self._events.labels(event.event, event.task).inc()
         if event.state == "queued":
             self._queued_at[event.id] = now
+            if len(self._queued_at) > MAX_WAITING:
+                del self._queued_at[next(iter(self._queued_at))]
         elif event.event == "started":
             since = self._queued_at.pop(event.id, None)
             if since is not None:
@@ -135,5 +144,13 @@ class BusMetrics:
         self._commits.observe(seconds)
 
     def exposition(self) -> bytes:
-        """Every metric in Prometheus' text exposition format."""
+        """Every metric in Prometheus' text exposition format (first forgetting the queue
+        times of jobs the bus no longer tracks)."""
+        for job_id in [i for i in self._queued_at if not self._tracks(i)]:
+            del self._queued_at[job_id]
         return generate_latest(self.registry)
+
+    @property
+    def waiting(self) -> int:
+        """How many queue times are kept (jobs queued and not yet started)."""
+        return len(self._queued_at)

@@ -9,6 +9,7 @@
   const STATS_EVERY_MS = 2000;
   const CHART_POINTS = 150;
   const RECENT = 100;
+  const RATE_WINDOW = 5;
   const HELD = new Set(["assigned", "running"]);
   const BAD = new Set(["failed", "dead", "timed_out"]);
   const FINAL = new Set(["succeeded", "failed", "timed_out", "cancelled", "dead", "expired", "skipped"]);
@@ -28,7 +29,7 @@
     failed: new Map(),
     opened: new Set(),
     stats: null,
-    last: null,
+    totals: null,
     series: [[], [], [], [], []],
     charts: {},
     drawQueued: false,
@@ -365,19 +366,24 @@
 
   // --- charts ------------------------------------------------------------------------
 
+  // Rates are taken over the last RATE_WINDOW stats replies (about 10 s), so one job
+  // ending does not draw a spike; a bus restart (uptime going back) starts over.
   function addPoint(bus) {
     const now = Date.now() / 1000;
     const done = bus.succeeded || 0;
     const bad = (bus.failed || 0) + (bus.timed_out || 0) + (bus.dead || 0);
-    const last = state.last;
-    state.last = { now, done, bad, uptime: bus.uptime_s };
-    if (!last || bus.uptime_s < last.uptime) return;
-    const dt = Math.max(now - last.now, 0.001);
+    const totals = state.totals || (state.totals = []);
+    if (totals.length && bus.uptime_s < totals[totals.length - 1].uptime) totals.length = 0;
+    totals.push({ now, done, bad, uptime: bus.uptime_s });
+    if (totals.length > RATE_WINDOW + 1) totals.shift();
+    if (totals.length < 2) return;
+    const first = totals[0];
+    const dt = Math.max(now - first.now, 0.001);
     const waits = Object.values(bus.wait_s || {});
     const count = waits.reduce((n, w) => n + w.count, 0);
     const p50 = count ? waits.reduce((n, w) => n + w.p50 * w.count, 0) / count : null;
     const p90 = waits.length ? Math.max(...waits.map((w) => w.p90)) : null;
-    const point = [now, (done - last.done) / dt, (bad - last.bad) / dt, p50, p90];
+    const point = [now, (done - first.done) / dt, (bad - first.bad) / dt, p50, p90];
     point.forEach((v, i) => { state.series[i].push(v); if (state.series[i].length > CHART_POINTS) state.series[i].shift(); });
     drawCharts();
   }

@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from contextlib import closing
 from pathlib import Path
 
 import pytest
-from conftest import BusProcess, Commands, unit
+from conftest import BusProcess, Commands, unit, wait_until
 from dashboard_helpers import WireProducer, get
 from prometheus_client.parser import text_string_to_metric_families
+from test_bus import bus_with, client, register, request
+from test_bus_journal_failure import POISON, poison_trigger
 from websockets.asyncio.client import connect
 from websockets.datastructures import Headers
 from websockets.http11 import Request
@@ -238,3 +241,22 @@ def test_a_query_becomes_the_list_jobs_request() -> None:
     with pytest.raises(BadQuery) as refused:
         list_request({"prefix": [""]})
     assert refused.value.parameter == "prefix"
+
+
+async def test_healthz_is_503_while_the_journal_cannot_commit(tmp_path: Path) -> None:
+    db = tmp_path / "bus.db"
+    async with bus_with(db=str(db)) as bus:
+        url = f"http://127.0.0.1:{bus.port}/healthz"
+        async with client(bus) as producer:
+            await register(producer, "producer")
+            with closing(poison_trigger(db)) as trigger:
+                frame = {"cmd": "job_request", "ref": 1, "payload": POISON}
+                assert (await request(producer, frame))["type"] == "error"
+                failing = await get(url)
+                assert failing.status == 503
+                body = failing.json()
+                assert body["ok"] is False and body["journal"]["ok"] is False
+                assert "poison refused by the test" in body["journal"]["error"]
+                trigger.execute("DROP TRIGGER poison")
+        await wait_until(lambda: bus.journal.failure is None, 5 * unit(), "journal recovered")
+        assert (await get(url)).status == 200

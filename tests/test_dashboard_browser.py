@@ -146,3 +146,27 @@ async def test_the_dashboard_shows_jobs_live_and_cancels_one(
     await bus.start()
     await expect(page.locator("#conn")).to_have_attribute("data-state", "live", timeout=timeout)
     assert errors == []
+
+
+async def test_without_a_token_the_page_asks_for_one(
+    browser: Browser, commands: Commands, tmp_path: Path
+) -> None:
+    bus = BusProcess(commands, tmp_path / "bus.db")
+    await bus.start()
+    page = await browser.new_page()
+    await page.goto(f"http://127.0.0.1:{bus.port}/")
+    timeout = 20_000 * unit()
+    conn = page.locator("#conn")
+    await expect(conn).to_have_attribute("data-state", "refused", timeout=timeout)
+    await expect(page.locator("#signin")).to_be_visible()
+    await expect(page.locator("#signin-error")).to_contain_text("token required")
+    await page.fill("#signin-token", "not-a-token")
+    await page.press("#signin-token", "Enter")
+    await expect(page.locator("#signin-error")).to_contain_text("invalid token", timeout=timeout)
+    await page.fill("#signin-token", bus.token("monitor"))
+    await page.press("#signin-token", "Enter")
+    await expect(conn).to_have_attribute("data-state", "live", timeout=timeout)
+    await expect(page.locator("#signin")).to_be_hidden()
+    await page.click("#sign-out")
+    await expect(page.locator("#signin")).to_be_visible()
+    assert await page.evaluate("sessionStorage.getItem('schedbus.token')") is None

@@ -24,6 +24,7 @@ def test_every_command_has_a_console_script() -> None:
         "schedbus-jobs",
         "schedbus-schedules",
         "schedbus-status",
+        "schedbus-dashboard",
     }
 
 

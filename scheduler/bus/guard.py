@@ -66,12 +66,21 @@ def header_refusal(
 ) -> str | None:
     """Which header refuses a handshake with these ``Host`` and ``Origin`` headers
     (``"Host"`` unless exactly one names an allowed host, ``"Origin"`` if any origin is
-    not in ``allow_origins``), or None if none does."""
+    neither in ``allow_origins`` nor the bus's own, :func:`same_origins`), or None if
+    none does."""
     if len(hosts) != 1 or not host_allowed(host_name(hosts[0]), allowed):
         return "Host"
-    if any(origin not in allow_origins for origin in origins):
+    same = same_origins(hosts[0])
+    if any(origin not in allow_origins and origin.lower() not in same for origin in origins):
         return "Origin"
     return None
+
+
+def same_origins(host: str) -> frozenset[str]:
+    """The ``Origin`` s of pages the bus itself serves under ``Host`` header ``host``
+    (its dashboard, over http or https): always allowed, as the Host check passed."""
+    host = host.strip().lower()
+    return frozenset({f"http://{host}", f"https://{host}"})
 
 
 def peer_of(ws: ServerConnection) -> str:

@@ -23,6 +23,7 @@ from scheduler.bus.connection import Connection
 from scheduler.bus.fanout import Fanout
 from scheduler.bus.gate import FrameGate, Recipient, Refusal, journal_problem
 from scheduler.bus.journal import MEMORY, Journal, JournalError
+from scheduler.bus.metrics import BusMetrics, LiveFigures
 from scheduler.bus.registry import Registry
 from scheduler.codec import encode, encode_v1_payload
 from scheduler.policy.dispatch.decisions import (
@@ -75,6 +76,14 @@ class Hub:
         self._timer_at = 0.0
         self._background: set[asyncio.Task[Any]] = set()
         self._started_at = clock()
+        self.metrics = BusMetrics(self.live_figures, self.core.tracks)
+        """The bus's Prometheus metrics, fed by :meth:`apply` and the journal's commits."""
+
+    def live_figures(self) -> LiveFigures:
+        """What the metrics read at scrape time: jobs by state and task, schedulers
+        connected, steals."""
+        schedulers = sum(1 for c in self.registry if c.role == "scheduler")
+        return LiveFigures(self.core.tally(), schedulers, self.core.steals)
 
     @property
     def started_at(self) -> float:
@@ -98,6 +107,7 @@ class Hub:
     def open(self) -> tuple[object, ...]:
         """Open the journal and take back its jobs; return the log line that says so."""
         journal = self._journal = Journal.open(self.config.db)
+        journal.on_commit = self.metrics.journal_committed
         self._gate = FrameGate(journal, self._refused)
         jobs = journal.load()
         promised = journal.restart_promise()
@@ -190,6 +200,7 @@ class Hub:
     def _carry_out(self, decision: Decision, requester: Connection | None) -> None:
         if isinstance(decision, EmitEvent):
             self.fanout.publish(decision.event, requester, self.gate)
+            self.metrics.event(decision.event, self.clock())
         elif isinstance(decision, SendAssign):
             self._assign(decision)
         elif isinstance(decision, SendStop):

@@ -14,7 +14,8 @@ from __future__ import annotations
 import asyncio
 import os
 import sqlite3
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Final
@@ -88,6 +89,8 @@ class Journal:
         self._handle: asyncio.Handle | None = None
         self._commits = 0
         self._closed = False
+        self.on_commit: Callable[[float], None] | None = None
+        """Called with the seconds each committed write transaction took (metrics)."""
 
     @classmethod
     def open(cls, path: str | os.PathLike[str]) -> Journal:
@@ -352,6 +355,7 @@ class Journal:
 
     @contextmanager
     def _transaction(self) -> Iterator[None]:
+        began = time.perf_counter()
         self._conn.execute("BEGIN IMMEDIATE")
         try:
             yield
@@ -361,6 +365,8 @@ class Journal:
                 self._conn.execute("ROLLBACK")
             raise
         self._commits += 1
+        if self.on_commit is not None:
+            self.on_commit(time.perf_counter() - began)
 
     @contextmanager
     def _failing(self, what: str) -> Iterator[None]:

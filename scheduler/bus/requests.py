@@ -20,7 +20,7 @@ from scheduler.bus.gate import journal_problem
 from scheduler.bus.hub import Hub
 from scheduler.bus.journal import JournalError
 from scheduler.codec import ProtocolError, decode_payload
-from scheduler.policy.access import owner_filter
+from scheduler.policy.access import Grant, owner_filter
 from scheduler.policy.dispatch.decisions import SendReply
 from scheduler.policy.job import Job
 from scheduler.protocol import (
@@ -185,9 +185,14 @@ class Requests:
 
     def _list_jobs(self, client: Connection, request: ListJobs) -> None:
         """Reply with the status of the tracked jobs ``client`` may see, by state."""
-        by = owner_filter(client.grant)
+        client.send(self.job_list(request, client.grant))
+
+    def job_list(self, request: ListJobs, grant: Grant) -> JobList:
+        """The answer to ``request`` from a client with ``grant`` (the ``list_jobs``
+        command's, and the dashboard's ``/api/jobs``)."""
+        by = owner_filter(grant)
         jobs, more = self._core.listed(request.states, request.limit, self._hub.wall(), by=by)
-        client.send(JobList(jobs=jobs, more=more, ref=request.ref))
+        return JobList(jobs=jobs, more=more, ref=request.ref)
 
     def _report(self, client: Connection, report: Report) -> None:
         hub = self._hub

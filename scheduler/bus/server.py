@@ -39,10 +39,12 @@ from typing import Final
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosedError
 from websockets.frames import CloseCode
+from websockets.http11 import Request, Response
 
 from scheduler.bus.config import BusConfig as BusConfig
 from scheduler.bus.connection import Connection, log_closed
 from scheduler.bus.guard import HandshakeGuard, bracketed, peer_of
+from scheduler.bus.http import HttpRoutes, is_websocket
 from scheduler.bus.hub import FLUSH_TIMEOUT_S, Hub
 from scheduler.bus.journal import Journal
 from scheduler.bus.outbox import BacklogBudget, FrameOutbox
@@ -85,6 +87,7 @@ class BusServer:
         self._requests.handlers.update(self._schedules.handlers)
         self._budget = BacklogBudget(config.max_total_backlog_bytes)
         self._guard = HandshakeGuard(config.host, config.allow_origins, config.max_connections)
+        self._http = HttpRoutes(self._hub, self._requests.job_list, config.tokens)
         self._server: Server | None = None
         self._port: int | None = None
 
@@ -119,6 +122,7 @@ class BusServer:
             rules.steal,
             "off" if rules.age_every is None else f"every {rules.age_every:g} s",
         )
+        logger.info("dashboard: %s/", self.http_url)
 
     async def _listen(self, tls: ssl.SSLContext | None) -> Server:
         """Bind and accept (over TLS with ``tls``); an address that cannot be bound raises
@@ -131,7 +135,7 @@ class BusServer:
                 port,
                 compression=None,
                 max_size=MAX_FRAME_BYTES,
-                process_request=self._guard.check,
+                process_request=self._process_request,
                 ssl=tls,
             )
         except OSError as exc:
@@ -156,6 +160,19 @@ class BusServer:
             host = "127.0.0.1"
         scheme = "ws" if self.config.certfile is None else "wss"
         return f"{scheme}://{bracketed(host)}:{self.port}"
+
+    @property
+    def http_url(self) -> str:
+        """The URL of the bus's dashboard and HTTP API, such as ``http://127.0.0.1:8101``."""
+        return "http" + self.url.removeprefix("ws")
+
+    def _process_request(self, ws: ServerConnection, request: Request) -> Response | None:
+        """The handshake hook: the guard's refusal, else None for a WebSocket upgrade (the
+        handshake goes on) or the HTTP route's response to a plain request."""
+        refused = self._guard.check(ws, request)
+        if refused is not None or is_websocket(request):
+            return refused
+        return self._http.respond(request)
 
     async def serve_forever(self) -> None:
         """Serve until :meth:`close` is called or this coroutine is cancelled (which

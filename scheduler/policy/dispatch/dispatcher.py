@@ -247,6 +247,19 @@ class Dispatcher:
         """Return how many jobs the core tracks (not final)."""
         return len(self._core.jobs)
 
+    @property
+    def steals(self) -> int:
+        """How many jobs were stolen from one scheduler's queue by another so far."""
+        return self._core.counters.counts["stolen"]
+
+    def tally(self) -> dict[tuple[str, str], int]:
+        """Return how many tracked jobs (not final) there are of each (state, task)."""
+        counts: dict[tuple[str, str], int] = {}
+        for job in self._core.jobs.values():
+            key = (job.state, job.payload.task)
+            counts[key] = counts.get(key, 0) + 1
+        return counts
+
     def check_invariants(self) -> None:
         """Assert the per-job invariants of this module's table (for tests)."""
         invariants.check_invariants(self._core)

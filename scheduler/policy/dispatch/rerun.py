@@ -2,7 +2,8 @@
 again.
 
 A retried job keeps its id, task, args, priority and owner; it goes back to ``queued``
-(a ``retried`` event), is dispatched, and its next assignment is its next attempt. What
+(a ``retried`` event) as the latest arrival, is dispatched, and its next assignment is
+its next attempt. What
 limits one run starts over: its deliveries and its automatic retries
 (``max_retries``). Its history stays: the errors of earlier attempts, its evictions.
 A delayed job runs now (its ``run_at``/``delay`` are dropped, so it cannot expire
@@ -94,6 +95,9 @@ def _run_again(
     job.state, job.holder, job.not_before = "queued", None, None
     job.finished_at, job.result = None, None
     job.deliveries = job.retries = 0
+    # A new place in arrival order: an entry the job left in the backlog (it never
+    # outlives a job, which a retried job does) stands only under its old seq.
+    job.seq, core.seq = core.seq, core.seq + 1
     core.jobs[job.id] = job
     core.since[job.id] = now
     if p.pass_results:

@@ -4,14 +4,27 @@ is refused with the reason, and the rest of the request still goes through."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
-from dispatch_helpers import WALL, add, assigns, emitted, events, job, new_core, reply, report
+from dispatch_helpers import (
+    WALL,
+    add,
+    assigns,
+    emitted,
+    events,
+    job,
+    new_core,
+    reply,
+    report,
+    sends,
+)
 
 from scheduler.policy.dispatch.dispatcher import Dispatcher
 from scheduler.policy.dispatch.rerun import RETRYABLE, retry_refusal
 from scheduler.policy.job import Job
 from scheduler.protocol import Retried
-from scheduler.protocol_types import FINAL_EVENTS
+from scheduler.protocol_types import FINAL_EVENTS, JobState
 
 
 def ended(core: Dispatcher) -> dict[str, Job]:
@@ -20,7 +33,7 @@ def ended(core: Dispatcher) -> dict[str, Job]:
     return {j.id: j for j in changed if j.final}
 
 
-def failed_job(core: Dispatcher, job_id: str = "f", **payload: object) -> dict[str, Job]:
+def failed_job(core: Dispatcher, job_id: str = "f", **payload: Any) -> dict[str, Job]:
     """Submit ``job_id``, run it at ``a`` and fail it; return the journal's records."""
     core.submit(job(job_id=job_id, **payload), 0.0, WALL)
     report(core, "a", job_id, "started")
@@ -125,8 +138,7 @@ def test_a_skipped_job_runs_with_the_results_of_the_dependencies_that_succeeded(
     stored = ended(core)
     assert stored["after"].state == "skipped"
     out = core.retry(["after"], 1.0, WALL, stored=stored)
-    sent = [d for d in out if hasattr(d, "assignment")]
-    assert [d.assignment.results for d in sent] == [{"good": 41}]  # type: ignore[attr-defined]
+    assert [d.assignment.results for d in sends(out)] == [{"good": 41}]
     core.check_invariants()
 
 
@@ -143,7 +155,7 @@ def test_broadcast_jobs_and_their_runs_are_refused() -> None:
 
 
 @pytest.mark.parametrize("state", sorted(FINAL_EVENTS))
-def test_every_final_state_but_succeeded_may_be_retried(state: str) -> None:
-    record = Job("x", job(), 0, WALL, state=state)  # type: ignore[arg-type]
+def test_every_final_state_but_succeeded_may_be_retried(state: JobState) -> None:
+    record = Job("x", job(), 0, WALL, state=state)
     refusal = retry_refusal("x", record, None)
     assert (refusal is None) == (state in RETRYABLE) == (state != "succeeded")

@@ -25,6 +25,7 @@ from scheduler.bus.gate import FrameGate, Recipient, Refusal, journal_problem
 from scheduler.bus.journal import MEMORY, Journal, JournalError
 from scheduler.bus.registry import Registry
 from scheduler.codec import encode, encode_v1_payload
+from scheduler.ids import short_id
 from scheduler.policy.dispatch.decisions import (
     Decision,
     EmitEvent,
@@ -214,17 +215,17 @@ class Hub:
         closes it."""
         if isinstance(decision, Requeued):
             logger.debug(
-                "job %.8s: taken back from %s after attempt %d: %s",
-                decision.job_id,
+                "job %s: taken back from %s after attempt %d: %s",
+                short_id(decision.job_id),
                 decision.scheduler,
                 decision.attempt,
                 decision.reason,
             )
         elif isinstance(decision, Ignored):
             logger.warning(
-                "%s: ignored report about job %.8s: %s",
+                "%s: ignored report about job %s: %s",
                 decision.scheduler,
-                decision.job_id,
+                short_id(decision.job_id),
                 decision.reason,
             )
         elif isinstance(decision, StartOverdue):
@@ -254,9 +255,9 @@ class Hub:
         stop = decision.stop
         scheduler = self.registry.get(decision.scheduler)
         logger.debug(
-            "%s: stop job %.8s attempt %d: %s",
+            "%s: stop job %s attempt %d: %s",
             decision.scheduler,
-            stop.id,
+            short_id(stop.id),
             stop.attempt,
             stop.reason,
         )

@@ -14,6 +14,7 @@ from collections import Counter
 import click
 
 from scheduler.cli_support import shorten
+from scheduler.ids import short_id
 from scheduler.producer.client import ProducerClient
 from scheduler.producer.tracking import JobRecord, JobTracker
 
@@ -50,7 +51,7 @@ class JobFollower:
         for run in runs or ():
             self.expect(run, task)
         if runs:
-            log.info("broadcast %s: %d runs (%s)", job_id[:8], len(runs), ", ".join(runs))
+            log.info("broadcast %s: %d runs (%s)", short_id(job_id), len(runs), ", ".join(runs))
 
     def waiting_unserved(self) -> Counter[str]:
         """How many expected jobs still wait (queued) for each task the bus warned about."""
@@ -102,7 +103,7 @@ class JobFollower:
             sys.stdout.flush()
         log.info(
             "%s %s on %s after %.2fs waiting, %.2fs running, %d evictions%s",
-            record.id[:8],
+            short_id(record.id),
             record.state,
             record.scheduler,
             record.wait_s,

@@ -52,10 +52,10 @@ def _when(epoch: float | None, now: datetime) -> str:
 _COLUMNS: Final = ("ID", "STATE", "TASK", "PRI", "ATT", "SUBMITTED", "SCHEDULER", "NOTE")
 _RIGHT: Final = frozenset({"PRI", "ATT"})
 _CAPS: Final = {"TASK": 24, "SCHEDULER": 20}
-_DROPPED_FIRST: Final = ("SCHEDULER", "ATT", "NOTE", "PRI", "SUBMITTED", "TASK")
+_DROPPED_FIRST: Final = ("SCHEDULER", "PRI", "ATT", "NOTE", "SUBMITTED", "TASK")
 """The columns a narrow terminal loses, in order."""
 _GAP: Final = 2
-_MIN_NOTE: Final = 16
+_MIN_NOTE: Final = 12
 
 
 def jobs_table(jobs: list[JobEvent], console: Console) -> None:

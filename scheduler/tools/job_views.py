@@ -149,14 +149,17 @@ def job_text(event: JobEvent) -> str:
 
 
 def _fields(event: JobEvent) -> list[tuple[str, object]]:
-    """The one-line facts about a job, by name; those it does not have left out."""
+    """The one-line facts about a job, by name; those it does not have left out. A
+    running job's status is as of its start, so that is when it started (the journal
+    keeps no start time for a job that has ended)."""
     state = event.state if event.event == event.state else f"{event.state} ({event.event})"
-    fields: list[tuple[str, object]] = [
+    fields: list[tuple[str, object | None]] = [
         ("state", state),
         ("task", event.task),
         ("args", "-" if event.args is None else json.dumps(event.args)),
         ("priority", event.priority),
         ("submitted", local_time(event.submitted_at)),
+        ("started", local_time(event.time) if event.state == "running" else None),
         ("finished", local_time(event.finished_at)),
         ("attempts", event.attempt),
         ("evictions", event.evictions),
@@ -169,7 +172,7 @@ def _fields(event: JobEvent) -> list[tuple[str, object]]:
         ("result", None if event.result is None else shorten(json.dumps(event.result))),
         ("error", event.error or None),
     ]
-    return fields + [(name, value) for name, value in optional if value is not None]
+    return [(name, value) for name, value in fields + optional if value is not None]
 
 
 def echo_jobs(jobs: list[JobEvent], as_json: bool) -> None:

@@ -1,6 +1,5 @@
-"""Tasks that know their attempt: ``recorded_sleep`` records each attempt's start and end
-in a shared file, for tests that check which attempts of a job ran and whether two ever
-overlapped; ``flaky`` fails its first attempts (for retries).
+"""A task that records each attempt's start and end in a shared file, for tests that check
+which attempts of a job ran and whether two ever overlapped.
 
 Serve it with ``python -m scheduler.worker --tasks tests/attempt_log_tasks.py`` and set
 ``SCHEDBUS_ATTEMPT_LOG`` to the file. Each line is ``start|end JOB_ID ATTEMPT TIME PID``
@@ -37,12 +36,3 @@ def recorded_sleep(runtime: float) -> None:
     _record("start")
     time.sleep(runtime)
     _record("end")
-
-
-@task(name="flaky")
-def flaky(value: int, failures: int = 1) -> int:
-    """Raise on the first ``failures`` attempts of the job, then return ``value``."""
-    attempt = int(os.environ[ATTEMPT_ENV])
-    if attempt <= failures:
-        raise RuntimeError(f"attempt {attempt} fails on purpose")
-    return value

@@ -33,7 +33,7 @@ async def test_show_cancel_and_vacuum_a_queued_job(bus: BusServer, commands: Com
     assert code == 1
 
 
-TASKS = str(ROOT / "tests" / "attempt_log_tasks.py")
+TASKS = str(ROOT / "tests" / "flaky_tasks.py")
 
 
 async def finals_of(client: ProducerClient, ids: set[str]) -> dict[str, JobEvent]:

@@ -23,7 +23,7 @@ from rich.console import Console
 
 from scheduler.policy.dispatch.rerun import RETRYABLE
 from scheduler.producer.client import ProducerClient, SubmitError
-from scheduler.protocol import JobEvent, Retried
+from scheduler.protocol import Retried, Watching
 from scheduler.protocol_types import MAX_BULK, JobState
 from scheduler.tools.job_ids import resolve_ids
 from scheduler.tools.job_views import echo_jobs, event_json, jobs_table
@@ -133,11 +133,15 @@ def show(ctx: click.Context, ids: tuple[str, ...], as_json: bool) -> None:
     """Print all the bus knows of jobs: task, args, priority, times, attempts,
     scheduler, exit code, result or error and traceback (final jobs too, until vacuumed)."""
 
-    async def look(client: ProducerClient) -> list[JobEvent]:
-        watching = await client.watch(await resolve_ids(client, ids))
-        return watching.jobs
+    async def look(client: ProducerClient) -> Watching:
+        return await client.watch(await resolve_ids(client, ids))
 
-    echo_jobs(call_bus(ctx, look), as_json)
+    watching = call_bus(ctx, look)
+    echo_jobs(watching.jobs, as_json)
+    for job_id in watching.unknown:  # vacuumed since its id was looked up
+        click.echo(f"{job_id} unknown to the bus", err=True)
+    if watching.unknown:
+        raise click.exceptions.Exit(1)
 
 
 @cli.command(short_help="Run failed, dead, cancelled... jobs again.")

@@ -4,10 +4,14 @@ final jobs newest first with filters."""
 
 from __future__ import annotations
 
+import sqlite3
 import time
+from contextlib import closing
+from pathlib import Path
 
+import pytest
 from test_auth import secured
-from test_bus import client, next_event, register, request, submit
+from test_bus import bus_with, client, next_event, register, request, submit
 
 from scheduler.bus.server import BusServer
 from scheduler.producer.client import ProducerClient
@@ -72,3 +76,24 @@ async def test_list_jobs_adds_final_jobs_newest_first_and_filters(bus: BusServer
         assert await ids(since=time.time() + 60) == []
         page = await client.list_jobs(limit=1, final=True, newest_first=True)
         assert ([e.id for e in page.jobs], page.more) == (["a-2"], True)
+
+
+async def test_a_journal_that_cannot_be_read_fails_the_listing_not_the_bus(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    db = tmp_path / "bus.db"
+    async with bus_with(db=str(db)) as bus, client(bus) as producer:
+        await register(producer, "producer")
+        await submit(producer, task="unserved")
+        with closing(sqlite3.connect(db, isolation_level=None)) as other:
+            other.execute("ALTER TABLE jobs RENAME TO hidden")
+            failed = await request(producer, {"cmd": "list_jobs", "final": True, "ref": 1})
+            assert failed["type"] == "error" and failed["ref"] == 1
+            assert failed["message"].startswith("listing jobs failed: journal ")
+            assert "no such table: jobs" in failed["message"]
+            live = await request(producer, {"cmd": "list_jobs", "ref": 2})
+            assert [e["state"] for e in live["jobs"]] == ["queued"]
+            other.execute("ALTER TABLE hidden RENAME TO jobs")
+        listed = await request(producer, {"cmd": "list_jobs", "final": True, "ref": 3})
+        assert [e["state"] for e in listed["jobs"]] == ["queued"]
+    assert "listing jobs failed" in caplog.text

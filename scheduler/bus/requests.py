@@ -20,7 +20,7 @@ from scheduler.bus.gate import journal_problem
 from scheduler.bus.hub import Hub
 from scheduler.bus.journal import JournalError
 from scheduler.codec import ProtocolError, decode_payload
-from scheduler.policy.access import owner_filter
+from scheduler.policy.access import Grant, owner_filter
 from scheduler.policy.dispatch.decisions import SendReply
 from scheduler.policy.job import Job
 from scheduler.policy.listing import JobQuery
@@ -189,26 +189,30 @@ class Requests:
         client.send(self._core.stats(now, now - self._hub.started_at, ref=request.ref))
 
     def _list_jobs(self, client: Connection, request: ListJobs) -> None:
-        """Reply with the status of the jobs ``client`` may see that ``request`` wants:
-        the tracked ones, and the journal's final ones if it asks for them."""
-        query = JobQuery.of(request, owner_filter(client.grant))
-        final = query.within(FINAL_EVENTS) if request.final else None
+        """Reply with the status of the jobs ``client`` may see that ``request`` wants."""
         try:
-            stored = (
-                []
-                if final is None
-                else self._hub.journal.find(
-                    final, request.limit + 1, newest_first=request.newest_first
-                )
-            )
+            client.send(self.job_list(request, client.grant))
         except JournalError as exc:
             logger.error("listing jobs failed: %s", exc)
             client.send(Error(message=f"listing jobs failed: {exc}", ref=request.ref))
-            return
-        jobs, more = self._core.listed(
-            query, request.limit, self._hub.wall(), stored=stored, newest_first=request.newest_first
+
+    def job_list(self, request: ListJobs, grant: Grant) -> JobList:
+        """The answer to ``request`` from a client with ``grant`` (the ``list_jobs``
+        command's, and the dashboard's ``/api/jobs``): the tracked jobs it may see that
+        the request wants, and the journal's final ones if it asks for them. Raise
+        :class:`JournalError` if the journal cannot be read."""
+        query = JobQuery.of(request, owner_filter(grant))
+        final = query.within(FINAL_EVENTS) if request.final else None
+        newest_first = request.newest_first
+        stored = (
+            []
+            if final is None
+            else self._hub.journal.find(final, request.limit + 1, newest_first=newest_first)
         )
-        client.send(JobList(jobs=jobs, more=more, ref=request.ref))
+        jobs, more = self._core.listed(
+            query, request.limit, self._hub.wall(), stored=stored, newest_first=newest_first
+        )
+        return JobList(jobs=jobs, more=more, ref=request.ref)
 
     def _retry(self, client: Connection, request: Retry) -> None:
         """Run final jobs again; the reply lists those retried and why others were not."""

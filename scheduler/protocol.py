@@ -239,11 +239,12 @@ class Heartbeat(msgspec.Struct, frozen=True, tag_field="cmd", tag="heartbeat"):
 
 
 class ListJobs(msgspec.Struct, frozen=True, tag_field="cmd", tag="list_jobs", omit_defaults=True):
-    """List the jobs the bus tracks (not final), in arrival order, optionally only those in
-    ``states``; at most ``limit`` (a producer token sees only its own jobs).
+    """List the jobs the bus tracks (not final), in the order they were submitted,
+    optionally only those in ``states``; at most ``limit`` (a producer token sees only
+    its own jobs).
 
     ``final``: the final jobs the journal keeps are listed too. ``newest_first``: the
-    newest arrival first. ``task``, ``since`` (epoch seconds: submitted at or after) and
+    latest submitted first. ``task``, ``since`` (epoch seconds: submitted at or after) and
     ``prefix`` (the id starts with it) narrow the list further.
     """
 

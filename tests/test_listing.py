@@ -83,3 +83,12 @@ async def test_find_reads_one_page_of_the_journal_with_its_queued_writes() -> No
         assert journal.find(mine, 10) == []
     finally:
         journal.close()
+
+
+def test_a_retried_job_keeps_its_place_by_submit_time_not_its_new_seq() -> None:
+    retried = record("r", 9, "queued")
+    retried.submitted_at = 1000.5
+    jobs, _ = pick(
+        [retried], [record("s3", 3), record("s0", 0)], lambda _: False, 5, newest_first=True
+    )
+    assert [j.id for j in jobs] == ["s3", "r", "s0"]

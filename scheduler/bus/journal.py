@@ -56,7 +56,7 @@ from scheduler.bus.journal_schema import MEMORY as MEMORY
 from scheduler.bus.journal_schema import SCHEMA_VERSION as SCHEMA_VERSION
 from scheduler.bus.journal_schema import JournalError as JournalError
 from scheduler.policy.job import Job
-from scheduler.policy.listing import JobQuery
+from scheduler.policy.listing import JobQuery, submit_order
 from scheduler.policy.schedules import ScheduleState
 from scheduler.protocol_types import FINAL_EVENTS
 
@@ -155,7 +155,8 @@ class Journal:
 
     def find(self, query: JobQuery, limit: int, *, newest_first: bool = False) -> list[Job]:
         """Fresh copies of the first ``limit`` jobs ``query`` wants, as last saved (queued
-        writes included), in ``seq`` order or ``newest_first``. One indexed query: the
+        writes included), in submit order or ``newest_first`` (see
+        :func:`~scheduler.policy.listing.submit_order`). One indexed query: the
         queued writes can only take rows out of its page, so it reads that many more."""
         statement, params = find_statement(query, limit + len(self._pending), newest_first)
         with self._failing("find"):
@@ -165,7 +166,7 @@ class Journal:
             jobs = [job_of(row) for job_id, row in rows.items() if job_id not in self._pending]
             pending = (job_of(row) for row in self._pending.values() if row is not None)
         jobs.extend(job for job in pending if query.matches(job))
-        jobs.sort(key=lambda job: job.seq, reverse=newest_first)
+        jobs.sort(key=submit_order, reverse=newest_first)
         return jobs[:limit]
 
     def save(self, jobs: Iterable[Job]) -> None:

@@ -9,7 +9,7 @@ Schema (version :data:`SCHEMA_VERSION`)::
          deliveries, evictions, retries, errors JSON list, not_before, updated_at,
          finished_at, result JSON, traceback, owner)
     INDEX jobs_state_finished ON jobs(state, finished_at)    load and vacuum
-    INDEX jobs_seq ON jobs(seq)                              listing, newest first
+    INDEX jobs_submitted ON jobs(submitted_at, seq)          listing (newest first), since
     schedulers(name TEXT PRIMARY KEY, secret_hash TEXT)      who may reattach under a name
     schedules(name TEXT PRIMARY KEY, spec JSON, paused, next_fire, due, last_fire,
               last_job, last_outcome, instances JSON list)   periodic jobs (version 4)
@@ -94,7 +94,7 @@ _SCHEMA: Final = (
         owner TEXT
     )""",
     "CREATE INDEX IF NOT EXISTS jobs_state_finished ON jobs (state, finished_at)",
-    "CREATE INDEX IF NOT EXISTS jobs_seq ON jobs (seq)",
+    "CREATE INDEX IF NOT EXISTS jobs_submitted ON jobs (submitted_at, seq)",
     """CREATE TABLE IF NOT EXISTS schedulers (
         name TEXT PRIMARY KEY,
         secret_hash TEXT NOT NULL
@@ -194,7 +194,7 @@ class JournalError(Exception):
 
 
 def find_statement(query: JobQuery, limit: int, newest_first: bool) -> tuple[str, list[object]]:
-    """The SELECT of the first ``limit`` jobs ``query`` wants, in ``seq`` order (or newest
+    """The SELECT of the first ``limit`` jobs ``query`` wants, in submit order (or newest
     first), and its parameters. The id prefix is a range of the primary key."""
     where: list[str] = []
     params: list[object] = []
@@ -220,7 +220,10 @@ def find_statement(query: JobQuery, limit: int, newest_first: bool) -> tuple[str
         params.append(query.owner)
     condition = f" WHERE {' AND '.join(where)}" if where else ""
     order = "DESC" if newest_first else "ASC"
-    return f"{SELECT}{condition} ORDER BY seq {order} LIMIT ?", [*params, limit]
+    return (
+        f"{SELECT}{condition} ORDER BY submitted_at {order}, seq {order} LIMIT ?",
+        [*params, limit],
+    )
 
 
 def _after_prefix(prefix: str) -> str | None:

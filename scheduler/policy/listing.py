@@ -51,6 +51,12 @@ class JobQuery:
         return JobQuery(wanted, self.task, self.since, self.prefix, self.owner)
 
 
+def submit_order(job: Job) -> tuple[float, int]:
+    """The key that orders jobs as they were submitted: their submit time, then their
+    place in arrival order (a retried job keeps its submit time, not its place)."""
+    return job.submitted_at, job.seq
+
+
 def pick(
     live: Iterable[Job],
     stored: Iterable[Job],
@@ -60,8 +66,9 @@ def pick(
     newest_first: bool,
 ) -> tuple[list[Job], bool]:
     """One page of jobs: ``live`` ones (tracked by the core) and ``stored`` final ones
-    (a journal record of a job ``tracked`` again, say retried, is left out), in arrival
-    order or newest first, at most ``limit``; and whether more were left out."""
+    (a journal record of a job ``tracked`` again, say retried, is left out), in the
+    order they were submitted (:func:`submit_order`) or newest first, at most
+    ``limit``; and whether more were left out."""
     merged = [*live, *(job for job in stored if not tracked(job.id))]
-    merged.sort(key=lambda job: job.seq, reverse=newest_first)
+    merged.sort(key=submit_order, reverse=newest_first)
     return merged[:limit], len(merged) > limit

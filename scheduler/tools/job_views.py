@@ -56,6 +56,7 @@ _DROPPED_FIRST: Final = ("SCHEDULER", "PRI", "ATT", "NOTE", "SUBMITTED", "TASK")
 """The columns a narrow terminal loses, in order."""
 _GAP: Final = 2
 _MIN_NOTE: Final = 12
+_WANT_NOTE: Final = 32
 
 
 def jobs_table(jobs: list[JobEvent], console: Console) -> None:
@@ -85,22 +86,39 @@ def jobs_table(jobs: list[JobEvent], console: Console) -> None:
 
 
 def _fit(widths: dict[str, int], width: int) -> list[str]:
-    """The columns that fit in ``width``, the least needed left out first; the note
-    counts as :data:`_MIN_NOTE` wide while they are chosen, then takes the room left
-    (up to its own width)."""
-    has_note = widths["NOTE"] > len("NOTE")
-    need = dict(widths, NOTE=min(widths["NOTE"], _MIN_NOTE))
-    kept = [name for name in _COLUMNS if name != "NOTE" or has_note]
-    dropping = [name for name in _DROPPED_FIRST if name in kept]
-
-    def total() -> int:
-        return sum(need[name] for name in kept) + _GAP * (len(kept) - 1)
-
-    while total() > width and dropping:
-        kept.remove(dropping.pop(0))
+    """The columns that fit in ``width``. First the note is given up to
+    :data:`_WANT_NOTE` characters, leaving out the scheduler, priority and attempt
+    columns if it must; where even that does not fit, the note counts as
+    :data:`_MIN_NOTE` wide and goes in its turn. The note then takes the room left (up
+    to its own width)."""
+    kept: list[str] = []
+    for note, dropping in (
+        (min(widths["NOTE"], _WANT_NOTE), _DROPPED_FIRST[:3]),
+        (min(widths["NOTE"], _MIN_NOTE), _DROPPED_FIRST),
+    ):
+        need = dict(widths, NOTE=note)
+        kept, spare = _keep(need, width, dropping, has_note=widths["NOTE"] > len("NOTE"))
+        if spare >= 0:
+            break
     if "NOTE" in kept:
-        widths["NOTE"] = min(widths["NOTE"], need["NOTE"] + max(0, width - total()))
+        widths["NOTE"] = min(widths["NOTE"], need["NOTE"] + max(0, spare))
     return kept
+
+
+def _keep(
+    need: dict[str, int], width: int, dropping: tuple[str, ...], *, has_note: bool
+) -> tuple[list[str], int]:
+    """The columns kept when those in ``dropping`` are left out in turn until the rest
+    fit in ``width``, and the room to spare (negative: they still do not fit)."""
+    kept = [name for name in _COLUMNS if name != "NOTE" or has_note]
+    left = [name for name in dropping if name in kept]
+
+    def spare() -> int:
+        return width - sum(need[name] for name in kept) - _GAP * (len(kept) - 1)
+
+    while spare() < 0 and left:
+        kept.remove(left.pop(0))
+    return kept, spare()
 
 
 def _row(event: JobEvent, now: datetime) -> tuple[str, ...]:

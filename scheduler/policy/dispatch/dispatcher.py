@@ -192,8 +192,8 @@ class Dispatcher:
     ) -> tuple[list[JobEvent], bool]:
         """The status (as :meth:`status`) of the tracked jobs ``query`` wants and of the
         ``stored`` final journal records it wants (those the core tracks again left
-        out), in arrival order or ``newest_first``, at most ``limit``; and whether more
-        were left out. Changes nothing."""
+        out), in the order they were submitted or ``newest_first``, at most ``limit``;
+        and whether more were left out. Changes nothing."""
         live = (job for job in self._core.jobs.values() if query.matches(job))
         wanted = (job for job in stored if query.matches(job))
         jobs, more = listing.pick(live, wanted, self.tracks, limit, newest_first=newest_first)

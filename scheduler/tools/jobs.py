@@ -80,18 +80,21 @@ def cli() -> None:
     "states",
     multiple=True,
     type=click.Choice(STATES),
-    help="Only jobs in this state (repeat for several). Default: every state.",
+    metavar="STATE",
+    help=f"Only jobs in this state (repeat for several): {', '.join(STATES)}. Default: all.",
 )
 @click.option("--task", default=None, metavar="NAME", help="Only jobs of this task.")
 @click.option(
     "--since",
     type=Since(),
     default=None,
-    help="Only jobs submitted since WHEN: an age (10m, 2h, 1d) or an ISO 8601 time.",
+    help="Only jobs submitted since WHEN: an age (90s, 10m, 2h, 1d, 1w) or an ISO 8601 "
+    "time (local unless it names a zone).",
 )
 @click.option(
     "--limit",
     type=click.IntRange(1, MAX_BULK),
+    metavar="N",
     default=50,
     show_default=True,
     help="At most this many jobs (the newest).",
@@ -131,7 +134,10 @@ def list_jobs(
 @click.pass_context
 def show(ctx: click.Context, ids: tuple[str, ...], as_json: bool) -> None:
     """Print all the bus knows of jobs: task, args, priority, times, attempts,
-    scheduler, exit code, result or error and traceback (final jobs too, until vacuumed)."""
+    scheduler, result or error and traceback (final jobs too, until vacuumed).
+
+    Each ID may be a unique prefix of a job id (at least 4 characters).
+    """
 
     async def look(client: ProducerClient) -> Watching:
         return await client.watch(await resolve_ids(client, ids))
@@ -151,7 +157,9 @@ def show(ctx: click.Context, ids: tuple[str, ...], as_json: bool) -> None:
     "states",
     multiple=True,
     type=click.Choice(RETRYABLE_STATES),
-    help="Retry every job in this state (repeat for several) instead of naming ids.",
+    metavar="STATE",
+    help="Retry every job in this state (repeat for several) instead of naming IDs: "
+    f"{', '.join(RETRYABLE_STATES)}.",
 )
 @click.option("--task", default=None, metavar="NAME", help="With --state: only jobs of this task.")
 @click.pass_context
@@ -161,8 +169,9 @@ def retry(
     """Run jobs that ended without succeeding again: same id, task, args and priority,
     next attempt. Give their IDs, or --state (with --task) to retry every such job.
 
-    A job that succeeded, or that has not ended, is not retried; the command then says
-    why and exits 1.
+    Each ID may be a unique prefix of a job id (at least 4 characters). A job that
+    succeeded, or that has not ended, is not retried; the command then says why and
+    exits 1.
     """
     if bool(ids) == bool(states):
         raise click.UsageError("give job IDs or --state, not both nor neither")
@@ -207,7 +216,10 @@ def _report_retries(replies: list[Retried]) -> None:
 @click.argument("ids", nargs=-1, required=True, metavar="ID...")
 @click.pass_context
 def cancel(ctx: click.Context, ids: tuple[str, ...]) -> None:
-    """Cancel jobs: a queued job at once, a running one once its processes are stopped."""
+    """Cancel jobs: a queued job at once, a running one once its processes are stopped.
+
+    Each ID may be a unique prefix of a job id (at least 4 characters).
+    """
 
     async def cancel_all(client: ProducerClient) -> list[str]:
         lines = []

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from scheduler.bus.journal import MEMORY, Journal
-from scheduler.bus.journal_schema import _after_prefix
+from scheduler.bus.journal_schema import _after_prefix, find_statement
 from scheduler.policy.job import Job
 from scheduler.policy.listing import JobQuery, pick
 from scheduler.protocol import JobPayload, ListJobs
@@ -92,3 +92,27 @@ def test_a_retried_job_keeps_its_place_by_submit_time_not_its_new_seq() -> None:
         [retried], [record("s3", 3), record("s0", 0)], lambda _: False, 5, newest_first=True
     )
     assert [j.id for j in jobs] == ["s3", "r", "s0"]
+
+
+@pytest.mark.parametrize(
+    ("query", "index"),
+    [
+        (JobQuery(states=frozenset(FINAL_EVENTS), prefix="ab12"), "sqlite_autoindex_jobs_1"),
+        (JobQuery(states=frozenset(FINAL_EVENTS)), "jobs_submitted"),
+        (JobQuery(states=frozenset({"failed"}), task="add"), "jobs_submitted"),
+        (JobQuery(since=5.0), "jobs_submitted"),
+    ],
+)
+def test_the_journal_reads_a_page_through_an_index_without_sorting_every_job(
+    query: JobQuery, index: str
+) -> None:
+    journal = Journal.open(MEMORY)
+    try:
+        statement, params = find_statement(query, 51, newest_first=True)
+        plan = " ".join(
+            row[3] for row in journal._conn.execute(f"EXPLAIN QUERY PLAN {statement}", params)
+        )
+        assert f"USING INDEX {index}" in plan, plan
+        assert "jobs_state_finished" not in plan
+    finally:
+        journal.close()

@@ -200,7 +200,9 @@ def find_statement(query: JobQuery, limit: int, newest_first: bool) -> tuple[str
     params: list[object] = []
     if query.states is not None:
         states = sorted(query.states)
-        where.append(f"state IN ({', '.join('?' * len(states))})")
+        # The unary + keeps SQLite from reading by state: the page comes in submit order
+        # (or an id range), and a state index would sort every final job first.
+        where.append(f"+state IN ({', '.join('?' * len(states))})")
         params.extend(states)
     if query.task is not None:
         where.append(f"{_TASK} = ?")

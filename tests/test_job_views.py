@@ -90,6 +90,8 @@ def test_since_takes_an_age_or_an_iso_time_and_refuses_anything_else() -> None:
     assert Since().convert("10m", None, None) == pytest.approx(time.time() - 600, abs=5)
     assert Since().convert("1d", None, None) == pytest.approx(time.time() - 86400, abs=5)
     assert Since().convert("2026-01-31T08:00:00+00:00", None, None) == 1769846400.0
+    assert Since().convert("0001-01-01T00:00:00+00:00", None, None) == 0.0
+    assert Since().convert("99999999999d", None, None) == 0.0
     with pytest.raises(click.BadParameter):
         Since().convert("yesterday", None, None)
     result = CliRunner().invoke(cli, ["list", "--since", "3 fortnights"])

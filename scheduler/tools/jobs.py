@@ -24,7 +24,7 @@ from rich.console import Console
 from scheduler.policy.dispatch.rerun import RETRYABLE
 from scheduler.producer.client import ProducerClient, SubmitError
 from scheduler.protocol import Retried, Watching
-from scheduler.protocol_types import MAX_BULK, JobState
+from scheduler.protocol_types import MAX_BULK, MAX_EPOCH_S, JobState
 from scheduler.tools.job_ids import resolve_ids
 from scheduler.tools.job_views import echo_jobs, event_json, jobs_table
 from scheduler.tools.operator import call_bus, operator_group
@@ -51,11 +51,13 @@ class Since(click.ParamType[float]):
             return value
         text = str(value).strip()
         age = _AGO.fullmatch(text)
-        if age is not None:
-            return max(0.0, time.time() - float(age.group("n")) * _UNITS[age.group("unit")])
         try:
-            return datetime.fromisoformat(text).timestamp()
-        except ValueError:
+            if age is not None:
+                when = time.time() - float(age.group("n")) * _UNITS[age.group("unit")]
+            else:
+                when = datetime.fromisoformat(text).timestamp()
+            return min(max(0.0, when), MAX_EPOCH_S)
+        except (ValueError, OverflowError, OSError):
             self.fail(
                 f"{text!r} is neither an age such as 10m, 2h or 1d nor an ISO 8601 time"
                 " such as 2026-01-31T08:00",

@@ -1,11 +1,11 @@
 """The ``retry`` command in the dispatch core: a final job that did not succeed runs
 again.
 
-A retried job keeps its id, task, args, priority and owner; it goes back to ``queued``
-(a ``retried`` event) as the latest arrival, is dispatched, and its next assignment is
-its next attempt. What
-limits one run starts over: its deliveries and its automatic retries
-(``max_retries``). Its history stays: the errors of earlier attempts, its evictions.
+A retried job keeps its id, task, args, priority, owner and submit time; it goes back
+to ``queued`` (a ``retried`` event) as the latest arrival, is dispatched, and its next
+assignment is its next attempt. What limits one run starts over: its deliveries and its
+automatic retries (``max_retries``). Its history stays: the errors of earlier attempts,
+its evictions.
 A delayed job runs now (its ``run_at``/``delay`` are dropped, so it cannot expire
 again); a job with dependencies does not wait for them again, and one that asked for
 their results gets those of the dependencies that succeeded.

@@ -30,6 +30,7 @@ from scheduler.protocol_types import (
     MAX_BACKOFF_S,
     MAX_BULK,
     MAX_DEPENDS,
+    MAX_EPOCH_S,
     MAX_NAME_LEN,
     MAX_RETRIES,
     MAX_SAFE_INT,
@@ -238,11 +239,31 @@ class Heartbeat(msgspec.Struct, frozen=True, tag_field="cmd", tag="heartbeat"):
 
 
 class ListJobs(msgspec.Struct, frozen=True, tag_field="cmd", tag="list_jobs", omit_defaults=True):
-    """List the jobs the bus tracks (not final), in arrival order, optionally only those in
-    ``states``; at most ``limit`` (a producer token sees only its own jobs)."""
+    """List the jobs the bus tracks (not final), in the order they were submitted,
+    optionally only those in ``states``; at most ``limit`` (a producer token sees only
+    its own jobs).
+
+    ``final``: the final jobs the journal keeps are listed too. ``newest_first``: the
+    latest submitted first. ``task``, ``since`` (epoch seconds: submitted at or after) and
+    ``prefix`` (the id starts with it) narrow the list further.
+    """
 
     states: Annotated[list[JobState], msgspec.Meta(max_length=20)] | None = None
     limit: Annotated[int, msgspec.Meta(ge=1, le=MAX_BULK)] = 1000
+    ref: Ref = None
+    task: Name | None = None
+    since: Annotated[float, msgspec.Meta(ge=0, le=MAX_EPOCH_S)] | None = None
+    prefix: JobId | None = None
+    final: bool = False
+    newest_first: bool = False
+
+
+class Retry(msgspec.Struct, frozen=True, tag_field="cmd", tag="retry", omit_defaults=True):
+    """Run final jobs again (see :mod:`scheduler.policy.dispatch.rerun`): each keeps its
+    id, task, args and priority and gets the next attempt. An admin may retry any job, a
+    producer only its own."""
+
+    ids: Annotated[list[JobId], msgspec.Meta(min_length=1, max_length=MAX_BULK)]
     ref: Ref = None
 
 
@@ -257,6 +278,7 @@ ClientMessage = (
     | Report
     | Heartbeat
     | ListJobs
+    | Retry
     | ScheduleAdd
     | ScheduleChange
     | ScheduleQuery
@@ -420,6 +442,12 @@ class JobEvent(msgspec.Struct, frozen=True, tag_field="type", tag="event", omit_
     traceback: str | None = None
     run_at: float | None = None
     """When a ``scheduled`` job is due (epoch seconds)."""
+    # The job as a whole, on the status a watch or list reply gives (not on live events).
+    args: Args | None = None
+    submitted_at: float | None = None
+    """When the bus accepted the job (epoch seconds)."""
+    finished_at: float | None = None
+    """When the job reached its final state (epoch seconds)."""
 
 
 class Watching(msgspec.Struct, frozen=True, tag_field="type", tag="watching", omit_defaults=True):
@@ -437,6 +465,15 @@ class JobList(msgspec.Struct, frozen=True, tag_field="type", tag="jobs", omit_de
 
     jobs: list[JobEvent]
     more: bool = False
+    ref: Ref = None
+
+
+class Retried(msgspec.Struct, frozen=True, tag_field="type", tag="retried"):
+    """The answer to :class:`Retry`: the ``retried`` event of each job that runs again,
+    and why each other id was refused, by id."""
+
+    jobs: list[JobEvent]
+    errors: dict[str, str] = {}
     ref: Ref = None
 
 
@@ -461,5 +498,6 @@ BusMessage = (
     | JobEvent
     | Restarting
     | JobList
+    | Retried
     | Schedules
 )

@@ -88,6 +88,8 @@ EventKind = Literal[
     # dependencies (scheduler.policy.dispatch.dependencies)
     "blocked",
     "skipped",
+    # the retry command (scheduler.policy.dispatch.rerun)
+    "retried",
 ]
 """What happened to a job.
 
@@ -99,6 +101,7 @@ EventKind = Literal[
 ``expired``: it was not handed to a scheduler within its ``misfire_grace`` of its time.
 ``blocked``: it waits for its dependencies (``depends_on``) to succeed.
 ``skipped``: a dependency ended without succeeding, so it never runs (the error names it).
+``retried``: a final job was asked to run again (``retry``); it is queued for its next attempt.
 """
 
 FINAL_EVENTS: Final[frozenset[str]] = frozenset(

@@ -5,6 +5,7 @@ page's static files, and the refusals (401, 403, 404, 405, 400 naming the parame
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from collections.abc import AsyncIterator
 from contextlib import closing
 from pathlib import Path
@@ -22,7 +23,6 @@ from websockets.http11 import Request
 from scheduler.bus.guard import header_refusal
 from scheduler.bus.http import BadQuery, is_websocket, list_request
 from scheduler.bus.metrics import METRIC_NAMES
-from scheduler.protocol import ListJobs
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -141,10 +141,6 @@ async def test_the_api_lists_jobs_and_shows_one(
     assert missing.status == 404 and missing.json() == {"error": "no job " + "f" * 32}
 
 
-@pytest.mark.skipif(
-    "task" not in ListJobs.__struct_fields__,
-    reason="list_jobs filters by task once the jobcmds branch (ListJobs.task) is merged",
-)
 async def test_the_api_filters_jobs_by_task(bus_process: BusProcess) -> None:
     monitor = bus_process.token("monitor")
     admin = await WireProducer.open(bus_process.url, bus_process.token("admin"))
@@ -259,4 +255,17 @@ async def test_healthz_is_503_while_the_journal_cannot_commit(tmp_path: Path) ->
                 assert "poison refused by the test" in body["journal"]["error"]
                 trigger.execute("DROP TRIGGER poison")
         await wait_until(lambda: bus.journal.failure is None, 5 * unit(), "journal recovered")
+        assert (await get(url)).status == 200
+
+
+async def test_the_api_is_503_while_the_journal_cannot_be_read(tmp_path: Path) -> None:
+    db = tmp_path / "bus.db"
+    async with bus_with(db=str(db)) as bus:
+        url = f"http://127.0.0.1:{bus.port}/api/jobs"
+        with closing(sqlite3.connect(db, isolation_level=None)) as other:
+            other.execute("ALTER TABLE jobs RENAME TO hidden")
+            failing = await get(url)
+            assert failing.status == 503
+            assert "no such table: jobs" in failing.json()["error"]
+            other.execute("ALTER TABLE hidden RENAME TO jobs")
         assert (await get(url)).status == 200

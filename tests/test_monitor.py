@@ -55,3 +55,14 @@ def test_a_skipped_firing_prints_like_any_event() -> None:
     line = format_event(skipped)
     assert "skipped" in line and "p=5" in line and "(max_instances 1)" in line
     assert json.loads(event_json(skipped))["id"] == "tick@2027-01-15T08:00:00Z"
+
+
+def test_a_line_names_the_job_as_jobs_commands_accept_it() -> None:
+    generated = "0123456789abcdef0123456789abcdef"
+    for job_id, shown in [
+        (generated, "0123456789ab"),
+        (f"{generated}/vm-1", f"{generated}/vm-1"),
+        ("nightly-report", "nightly-report"),
+    ]:
+        line = format_event(msgspec.structs.replace(EVENT, id=job_id))
+        assert line.split()[2] == shown

@@ -13,6 +13,7 @@ from pathlib import Path
 from conftest import BusProcess, Commands, unit, wait_until
 
 from scheduler.bus.journal import Journal
+from scheduler.ids import short_id
 from scheduler.producer.client import ProducerClient
 from scheduler.protocol import JobEvent, JobPayload
 from scheduler.protocol_types import FINAL_EVENTS
@@ -69,5 +70,5 @@ async def test_a_planned_restart_longer_than_the_lease_leaves_running_jobs_alone
     assert [(e.event, e.attempt) for e in finals] == [("succeeded", 1)] * 2
     log = commands.log_of(scheduler)
     for job_id in ids:
-        assert len(re.findall(rf"job {job_id[:8]} \S+ started", log)) == 1, log
+        assert len(re.findall(rf"job {short_id(job_id)} \S+ started", log)) == 1, log
     assert "longer than the lease" not in log

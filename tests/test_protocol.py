@@ -16,9 +16,12 @@ from scheduler.protocol import (
     JobEvent,
     JobPayload,
     JobRequest,
+    ListJobs,
     Register,
     Registered,
     Report,
+    Retried,
+    Retry,
     Stop,
 )
 
@@ -48,6 +51,8 @@ def test_v1_encoders_produce_the_original_bytes() -> None:
         JobRequest(payload=JobPayload(priority=0, runtime=1.5, timeout=3.0), ref=7),
         Report(event="succeeded", id="abc", attempt=2, exit_code=0, wall_s=0.1),
         Heartbeat(running=2, queued=5),
+        Retry(ids=["abc", "abd"], ref=4),
+        ListJobs(states=["failed"], task="add", since=1.5, prefix="ab", final=True),
     ],
 )
 def test_client_messages_round_trip(message: protocol.ClientMessage) -> None:
@@ -62,10 +67,26 @@ def test_client_messages_round_trip(message: protocol.ClientMessage) -> None:
         Error(message="bad", field="payload.priority", ref=3),
         Assign(job=Assignment(id="abc", attempt=1, priority=2, runtime=0.5, evictions=1)),
         JobEvent(event="started", id="abc", priority=2, state="running", time=1.0, runtime=0.5),
+        Retried(
+            jobs=[JobEvent(event="retried", id="abc", priority=2, state="queued", time=1.0)],
+            errors={"abd": "job abd succeeded"},
+            ref=4,
+        ),
     ],
 )
 def test_bus_messages_round_trip(message: protocol.BusMessage) -> None:
     assert decode_bus(encode(message)) == message
+
+
+def test_a_retried_reply_always_says_its_errors_and_a_retry_needs_ids() -> None:
+    empty = json.loads(encode(Retried(jobs=[])))
+    assert empty == {"type": "retried", "jobs": [], "errors": {}, "ref": None}
+    with pytest.raises(ProtocolError) as refused:
+        decode_client('{"cmd": "retry", "ids": []}')
+    assert refused.value.field == "ids"
+    with pytest.raises(ProtocolError) as refused:
+        decode_client('{"cmd": "list_jobs", "since": -1}')
+    assert refused.value.field == "since"
 
 
 def test_defaults_are_left_out_of_the_payload() -> None:

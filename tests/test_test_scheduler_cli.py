@@ -64,4 +64,4 @@ async def test_runs_a_job_and_exits_0_on_sigterm_leaving_no_child(commands: Comm
     await wait_until(lambda: not job.is_running(), 5 * unit(), "the job process to be gone")
     log = commands.log_of(proc)
     assert "registered with" in log
-    assert "job quick012 p4 started" in log and "job quick012 p4 succeeded in" in log
+    assert "job quick0123 p4 started" in log and "job quick0123 p4 succeeded in" in log

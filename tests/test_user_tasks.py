@@ -105,7 +105,7 @@ async def test_a_raising_task_fails_with_its_exception_and_traceback_kept_by_the
     code, stdout = await commands.run(
         "scheduler.jobs", "--bus", bus.url, "show", fine, timeout=20 * unit()
     )
-    assert code == 0 and 'result={"items": [1, "two"], "options": {}}' in stdout
+    assert code == 0 and '\n  result     {"items": [1, "two"], "options": {}}\n' in stdout
 
 
 async def test_grandchildren_of_a_task_end_with_it_and_its_result_arrives(

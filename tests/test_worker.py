@@ -64,7 +64,7 @@ def test_bad_task_modules_and_options_are_refused_clearly(args: list[str], compl
 
 def test_each_job_step_is_one_log_line(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, "scheduler.worker")
-    job = Assignment(id="0123456789abcdef", attempt=1, priority=3, runtime=1.5)
+    job = Assignment(id="0123456789abcdef" * 2, attempt=1, priority=3, runtime=1.5)
     steps = [
         Report("started", job.id, 1),
         Report("evicted", job.id, 1, evictions=2, wall_s=0.25),
@@ -78,14 +78,14 @@ def test_each_job_step_is_one_log_line(caplog: pytest.LogCaptureFixture) -> None
         worker.log_report(report, job)
     worker.log_report(Report("started", job.id, 2), msgspec.structs.replace(job, runtime=None))
     assert caplog.messages == [
-        "job 01234567 p3 started (task sleep, runtime 1.5 s, attempt 1)",
-        "job 01234567 p3 evicted after 0.25 s, back to the bus (eviction 2)",
-        "job 01234567 p3 succeeded in 1.50 s (cpu 0.01 s, rss 2.0 MB)",
-        "job 01234567 p3 timed out after 10.00 s",
-        "job 01234567 p3 failed after 0.50 s: exit code 1",
-        "job 01234567 p3 cancelled after 0.75 s",
-        "job 01234567 p3 left for another scheduler before it started",
-        "job 01234567 p3 started (task sleep, attempt 2)",
+        "job 0123456789ab p3 started (task sleep, runtime 1.5 s, attempt 1)",
+        "job 0123456789ab p3 evicted after 0.25 s, back to the bus (eviction 2)",
+        "job 0123456789ab p3 succeeded in 1.50 s (cpu 0.01 s, rss 2.0 MB)",
+        "job 0123456789ab p3 timed out after 10.00 s",
+        "job 0123456789ab p3 failed after 0.50 s: exit code 1",
+        "job 0123456789ab p3 cancelled after 0.75 s",
+        "job 0123456789ab p3 left for another scheduler before it started",
+        "job 0123456789ab p3 started (task sleep, attempt 2)",
     ]
 
 
@@ -93,12 +93,12 @@ def test_a_job_failed_by_an_exception_is_logged_with_its_traceback(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.INFO, "scheduler.worker")
-    job = Assignment(id="0123456789abcdef", attempt=1, priority=3, task="explode")
+    job = Assignment(id="0123456789abcdef" * 2, attempt=1, priority=3, task="explode")
     trace = 'Traceback (most recent call last):\n  File "x.py", line 1\nValueError: bad\n'
     report = Report("failed", job.id, 1, exit_code=1, error="ValueError: bad", traceback=trace)
     worker.log_unusual_report(report, job)
     assert caplog.messages == [
-        f"job 01234567 p3 failed after 0.00 s: ValueError: bad\n{trace}"[:-1]
+        f"job 0123456789ab p3 failed after 0.00 s: ValueError: bad\n{trace}"[:-1]
     ]
 
 

@@ -14,6 +14,7 @@ import logging
 from scheduler.bus.connection import Connection
 from scheduler.bus.gate import FrameGate
 from scheduler.codec import encode
+from scheduler.ids import short_id
 from scheduler.protocol import JobEvent
 from scheduler.protocol_types import FINAL_EVENTS
 
@@ -98,9 +99,11 @@ class Fanout:
 
 
 def _log_published(event: JobEvent) -> None:
+    if not logger.isEnabledFor(logging.DEBUG):
+        return
     logger.debug(
-        "job %.8s: %s p%d %s attempt %d",
-        event.id,
+        "job %s: %s p%d %s attempt %d",
+        short_id(event.id),
         event.event,
         event.priority,
         event.scheduler or "-",

@@ -36,6 +36,7 @@ from websockets.http11 import Request, Response
 
 from scheduler.auth import TokenTable
 from scheduler.bus.hub import Hub
+from scheduler.bus.journal import JournalError
 from scheduler.policy.access import Grant, owner_filter
 from scheduler.protocol import Error, JobList, ListJobs
 from scheduler.protocol_types import MAX_BULK, MAX_NAME_LEN, JobState
@@ -225,6 +226,8 @@ class HttpRoutes:
             return self._job(reader, query, job_id or "")
         except BadQuery as exc:
             return error(HTTPStatus.BAD_REQUEST, str(exc), parameter=exc.parameter)
+        except JournalError as exc:
+            return error(HTTPStatus.SERVICE_UNAVAILABLE, f"the journal cannot be read: {exc}")
 
     def _static_file(self, path: str) -> Response | None:
         """The page or one of its files; None if ``path`` names neither."""

@@ -26,6 +26,7 @@ from scheduler.bus.journal import MEMORY, Journal, JournalError
 from scheduler.bus.metrics import BusMetrics, LiveFigures
 from scheduler.bus.registry import Registry
 from scheduler.codec import encode, encode_v1_payload
+from scheduler.ids import short_id
 from scheduler.policy.dispatch.decisions import (
     Decision,
     EmitEvent,
@@ -225,17 +226,17 @@ class Hub:
         closes it."""
         if isinstance(decision, Requeued):
             logger.debug(
-                "job %.8s: taken back from %s after attempt %d: %s",
-                decision.job_id,
+                "job %s: taken back from %s after attempt %d: %s",
+                short_id(decision.job_id),
                 decision.scheduler,
                 decision.attempt,
                 decision.reason,
             )
         elif isinstance(decision, Ignored):
             logger.warning(
-                "%s: ignored report about job %.8s: %s",
+                "%s: ignored report about job %s: %s",
                 decision.scheduler,
-                decision.job_id,
+                short_id(decision.job_id),
                 decision.reason,
             )
         elif isinstance(decision, StartOverdue):
@@ -265,9 +266,9 @@ class Hub:
         stop = decision.stop
         scheduler = self.registry.get(decision.scheduler)
         logger.debug(
-            "%s: stop job %.8s attempt %d: %s",
+            "%s: stop job %s attempt %d: %s",
             decision.scheduler,
-            stop.id,
+            short_id(stop.id),
             stop.attempt,
             stop.reason,
         )

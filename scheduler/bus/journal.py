@@ -45,6 +45,7 @@ from scheduler.bus.journal_schema import (
     Row,
     ScheduleRow,
     connect,
+    find_statement,
     is_full,
     job_of,
     prepared,
@@ -56,6 +57,7 @@ from scheduler.bus.journal_schema import MEMORY as MEMORY
 from scheduler.bus.journal_schema import SCHEMA_VERSION as SCHEMA_VERSION
 from scheduler.bus.journal_schema import JournalError as JournalError
 from scheduler.policy.job import Job
+from scheduler.policy.listing import JobQuery, submit_order
 from scheduler.policy.schedules import ScheduleState
 from scheduler.protocol_types import FINAL_EVENTS
 
@@ -153,6 +155,22 @@ class Journal:
         with self._failing("get"):
             row = self._conn.execute(GET, (job_id,)).fetchone()
             return None if row is None else job_of(row)
+
+    def find(self, query: JobQuery, limit: int, *, newest_first: bool = False) -> list[Job]:
+        """Fresh copies of the first ``limit`` jobs ``query`` wants, as last saved (queued
+        writes included), in submit order or ``newest_first`` (see
+        :func:`~scheduler.policy.listing.submit_order`). One indexed query: the
+        queued writes can only take rows out of its page, so it reads that many more."""
+        statement, params = find_statement(query, limit + len(self._pending), newest_first)
+        with self._failing("find"):
+            rows: dict[str, Sequence[Any]] = {
+                row[0]: row for row in self._conn.execute(statement, params)
+            }
+            jobs = [job_of(row) for job_id, row in rows.items() if job_id not in self._pending]
+            pending = (job_of(row) for row in self._pending.values() if row is not None)
+        jobs.extend(job for job in pending if query.matches(job))
+        jobs.sort(key=submit_order, reverse=newest_first)
+        return jobs[:limit]
 
     def save(self, jobs: Iterable[Job]) -> None:
         """Queue an upsert of each job's current state, copied now (later changes to the

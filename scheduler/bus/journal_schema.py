@@ -9,6 +9,7 @@ Schema (version :data:`SCHEMA_VERSION`)::
          deliveries, evictions, retries, errors JSON list, not_before, updated_at,
          finished_at, result JSON, traceback, owner)
     INDEX jobs_state_finished ON jobs(state, finished_at)    load and vacuum
+    INDEX jobs_submitted ON jobs(submitted_at, seq)          listing (newest first), since
     schedulers(name TEXT PRIMARY KEY, secret_hash TEXT)      who may reattach under a name
     schedules(name TEXT PRIMARY KEY, spec JSON, paused, next_fire, due, last_fire,
               last_job, last_outcome, instances JSON list)   periodic jobs (version 4)
@@ -26,6 +27,7 @@ from typing import Any, Final, cast, get_args
 import msgspec
 
 from scheduler.policy.job import Job
+from scheduler.policy.listing import JobQuery
 from scheduler.policy.schedules import ScheduleState
 from scheduler.protocol import JobPayload
 from scheduler.protocol_schedules import ScheduleSpec
@@ -92,6 +94,7 @@ _SCHEMA: Final = (
         owner TEXT
     )""",
     "CREATE INDEX IF NOT EXISTS jobs_state_finished ON jobs (state, finished_at)",
+    "CREATE INDEX IF NOT EXISTS jobs_submitted ON jobs (submitted_at, seq)",
     """CREATE TABLE IF NOT EXISTS schedulers (
         name TEXT PRIMARY KEY,
         secret_hash TEXT NOT NULL
@@ -131,6 +134,8 @@ UPSERT: Final = (
     f" ON CONFLICT (id) DO UPDATE SET {', '.join(f'{c} = excluded.{c}' for c in _COLUMNS[1:])}"
 )
 DELETE: Final = "DELETE FROM jobs WHERE id = ?"
+_TASK: Final = "coalesce(json_extract(payload, '$.task'), 'sleep')"
+"""A job's task in SQL: a payload leaves out the default, ``sleep``."""
 VACUUM: Final = "DELETE FROM jobs WHERE state = ? AND finished_at < ?"
 COUNTS: Final = "SELECT state, count(*) FROM jobs GROUP BY state"
 _META: Final = "SELECT value FROM meta WHERE key = ?"
@@ -186,6 +191,54 @@ class JournalError(Exception):
     def __init__(self, message: str, *, full: bool = False) -> None:
         super().__init__(message)
         self.full = full
+
+
+def find_statement(query: JobQuery, limit: int, newest_first: bool) -> tuple[str, list[object]]:
+    """The SELECT of the first ``limit`` jobs ``query`` wants, in submit order (or newest
+    first), and its parameters. The id prefix is a range of the primary key."""
+    where: list[str] = []
+    params: list[object] = []
+    if query.states is not None:
+        states = sorted(query.states)
+        # The unary + keeps SQLite from reading by state: the page comes in submit order
+        # (or an id range), and a state index would sort every final job first.
+        where.append(f"+state IN ({', '.join('?' * len(states))})")
+        params.extend(states)
+    if query.task is not None:
+        where.append(f"{_TASK} = ?")
+        params.append(query.task)
+    if query.since is not None:
+        where.append("submitted_at >= ?")
+        params.append(query.since)
+    if query.prefix is not None:
+        where.append("id >= ?")
+        params.append(query.prefix)
+        upper = _after_prefix(query.prefix)
+        if upper is not None:
+            where.append("id < ?")
+            params.append(upper)
+    if query.owner is not None:
+        where.append("owner = ?")
+        params.append(query.owner)
+    condition = f" WHERE {' AND '.join(where)}" if where else ""
+    order = "DESC" if newest_first else "ASC"
+    return (
+        f"{SELECT}{condition} ORDER BY submitted_at {order}, seq {order} LIMIT ?",
+        [*params, limit],
+    )
+
+
+def _after_prefix(prefix: str) -> str | None:
+    """The least text greater than every text that starts with ``prefix`` (SQLite's
+    BINARY order of UTF-8 is code point order), or None if there is none."""
+    while prefix and prefix[-1] == chr(0x10FFFF):
+        prefix = prefix[:-1]
+    if not prefix:
+        return None
+    last = ord(prefix[-1]) + 1
+    if 0xD800 <= last <= 0xDFFF:  # surrogates cannot be stored: skip past them
+        last = 0xE000
+    return prefix[:-1] + chr(last)
 
 
 _INT64: Final = range(-(2**63), 2**63)

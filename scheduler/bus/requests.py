@@ -23,6 +23,7 @@ from scheduler.codec import ProtocolError, decode_payload
 from scheduler.policy.access import Grant, owner_filter
 from scheduler.policy.dispatch.decisions import SendReply
 from scheduler.policy.job import Job
+from scheduler.policy.listing import JobQuery
 from scheduler.protocol import (
     Accepted,
     Cancel,
@@ -35,6 +36,8 @@ from scheduler.protocol import (
     JobRequest,
     ListJobs,
     Report,
+    Retried,
+    Retry,
     SubmitMany,
     SubmittedMany,
     Vacuum,
@@ -42,6 +45,7 @@ from scheduler.protocol import (
     Watch,
     Watching,
 )
+from scheduler.protocol_types import FINAL_EVENTS
 
 # The bus's log lines keep the one logger name its users and tests filter on.
 logger = logging.getLogger("scheduler.bus.server")
@@ -61,6 +65,7 @@ class Requests:
             Vacuum: self._vacuum,
             GetStats: self._stats,
             ListJobs: self._list_jobs,
+            Retry: self._retry,
             Report: self._report,
             Heartbeat: self._heartbeat,
         }
@@ -184,15 +189,49 @@ class Requests:
         client.send(self._core.stats(now, now - self._hub.started_at, ref=request.ref))
 
     def _list_jobs(self, client: Connection, request: ListJobs) -> None:
-        """Reply with the status of the tracked jobs ``client`` may see, by state."""
-        client.send(self.job_list(request, client.grant))
+        """Reply with the status of the jobs ``client`` may see that ``request`` wants."""
+        try:
+            client.send(self.job_list(request, client.grant))
+        except JournalError as exc:
+            logger.error("listing jobs failed: %s", exc)
+            client.send(Error(message=f"listing jobs failed: {exc}", ref=request.ref))
 
     def job_list(self, request: ListJobs, grant: Grant) -> JobList:
         """The answer to ``request`` from a client with ``grant`` (the ``list_jobs``
-        command's, and the dashboard's ``/api/jobs``)."""
-        by = owner_filter(grant)
-        jobs, more = self._core.listed(request.states, request.limit, self._hub.wall(), by=by)
+        command's, and the dashboard's ``/api/jobs``): the tracked jobs it may see that
+        the request wants, and the journal's final ones if it asks for them. Raise
+        :class:`JournalError` if the journal cannot be read."""
+        query = JobQuery.of(request, owner_filter(grant))
+        final = query.within(FINAL_EVENTS) if request.final else None
+        newest_first = request.newest_first
+        stored = (
+            []
+            if final is None
+            else self._hub.journal.find(final, request.limit + 1, newest_first=newest_first)
+        )
+        jobs, more = self._core.listed(
+            query, request.limit, self._hub.wall(), stored=stored, newest_first=newest_first
+        )
         return JobList(jobs=jobs, more=more, ref=request.ref)
+
+    def _retry(self, client: Connection, request: Retry) -> None:
+        """Run final jobs again; the reply lists those retried and why others were not."""
+        hub = self._hub
+        stored = self._stored(request.ids)
+        stored |= self._stored(d for job in stored.values() for d in job.payload.depends_on or ())
+        decisions = self._core.retry(
+            request.ids,
+            hub.clock(),
+            hub.wall(),
+            stored=stored,
+            ref=request.ref,
+            by=owner_filter(client.grant),
+        )
+        reply = decisions[0]
+        if isinstance(reply, SendReply) and isinstance(reply.message, Retried):
+            for event in reply.message.jobs:
+                hub.subscribe(client, event.id)
+        hub.apply(decisions, client)
 
     def _report(self, client: Connection, report: Report) -> None:
         hub = self._hub

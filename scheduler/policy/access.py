@@ -24,6 +24,7 @@ from scheduler.protocol import (
     ListJobs,
     Register,
     Report,
+    Retry,
     SubmitMany,
     Vacuum,
     Watch,
@@ -42,6 +43,7 @@ ROLES_FOR: Final[dict[type, tuple[Role, ...]]] = {
     Vacuum: ("producer", "monitor"),
     GetStats: ("producer", "monitor"),
     ListJobs: ("producer", "monitor"),
+    Retry: ("producer", "monitor"),
     Report: ("scheduler",),
     Heartbeat: ("scheduler",),
     ScheduleAdd: ("producer", "monitor"),
@@ -58,6 +60,7 @@ V2_ONLY: Final = frozenset(
         Vacuum,
         GetStats,
         ListJobs,
+        Retry,
         ScheduleAdd,
         ScheduleChange,
         ScheduleQuery,
@@ -73,14 +76,15 @@ RIGHTS_FOR: Final[dict[type, tuple[TokenRole, ...]]] = {
     Vacuum: ("admin",),
     GetStats: ("producer", "monitor", "admin"),
     ListJobs: ("producer", "monitor", "admin"),
+    Retry: ("producer", "admin"),
     Report: ("scheduler", "admin"),
     Heartbeat: ("scheduler", "admin"),
     ScheduleAdd: ("admin",),
     ScheduleChange: ("admin",),
     ScheduleQuery: ("monitor", "admin"),
 }
-"""Which token role may send each command (on a bus with tokens). A producer's cancel and
-watch are further limited to its own jobs."""
+"""Which token role may send each command (on a bus with tokens). A producer's cancel,
+retry, watch and list are further limited to its own jobs."""
 
 TYPES_FOR_TOKEN: Final[dict[TokenRole, tuple[Role, ...]]] = {
     "producer": ("producer",),
@@ -188,8 +192,8 @@ def rights_refusal(rights: TokenRole | None, message: object) -> str | None:
 
 
 def owner_filter(grant: Grant) -> str | None:
-    """Whose jobs a client may cancel and watch: a producer token's only its own (its
-    owner name); None: any job."""
+    """Whose jobs a client may cancel, retry, watch and list: a producer token's only its
+    own (its owner name); None: any job."""
     return grant.owner if grant.rights == "producer" else None
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Final
 
+import msgspec
+
 from scheduler.policy.dispatch.timers import due_of
 from scheduler.policy.job import Job
 from scheduler.protocol import JobEvent, Report
@@ -74,7 +76,8 @@ def status_event(job: Job, wall: float) -> JobEvent:
 
     A queued job reads ``retrying`` while held back for a retry (with the seconds left),
     ``requeued`` once it has been assigned before, else ``accepted``. The event's time is
-    when the job last changed.
+    when the job last changed; it also carries the job's args and when it was submitted
+    and finished.
     """
     retry_in_s: float | None = None
     if job.state != "queued":
@@ -86,4 +89,7 @@ def status_event(job: Job, wall: float) -> JobEvent:
     else:
         kind = "accepted"
     error = job.errors[-1] if job.state in _FAILED_STATES and job.errors else None
-    return job_event(job, kind, job.updated_at, job.holder, error=error, retry_in_s=retry_in_s)
+    event = job_event(job, kind, job.updated_at, job.holder, error=error, retry_in_s=retry_in_s)
+    return msgspec.structs.replace(
+        event, args=job.payload.args, submitted_at=job.submitted_at, finished_at=job.finished_at
+    )

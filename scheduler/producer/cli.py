@@ -32,6 +32,7 @@ from scheduler.cli_support import (
     run_until_signalled,
 )
 from scheduler.connect import RegistrationRefused, open_connection
+from scheduler.ids import short_id
 from scheduler.producer.agenda import Agenda
 from scheduler.producer.client import BusConnectionLost, ProducerClient, SubmitError
 from scheduler.producer.follower import FollowView, JobFollower, PlainView, print_summary
@@ -147,7 +148,7 @@ async def _submit_one_by_one(client: ProducerClient, plan: Plan, follower: JobFo
         job_id = accepted.id
         follower.expect(job_id, payload.task, accepted.warning)
         follower.expect_runs(job_id, payload.task, accepted.runs)
-        log.log(plan.job_log_level, "submitted %s %s", job_id[:8], _job_text(payload))
+        log.log(plan.job_log_level, "submitted %s %s", short_id(job_id), _job_text(payload))
 
 
 def _job_text(payload: JobPayload) -> str:

@@ -57,6 +57,8 @@ from scheduler.protocol import (
     JobRequest,
     ListJobs,
     Register,
+    Retried,
+    Retry,
     SubmitMany,
     SubmitResult,
     SubmittedMany,
@@ -82,7 +84,15 @@ __all__ = ["BusConnectionLost", "BusReply", "ProducerClient", "SubmitError"]
 log = logging.getLogger(__name__)
 
 BusReply = (
-    Accepted | SubmittedMany | CancelReply | Watching | Vacuumed | StatsReply | JobList | Schedules
+    Accepted
+    | SubmittedMany
+    | CancelReply
+    | Watching
+    | Vacuumed
+    | StatsReply
+    | JobList
+    | Schedules
+    | Retried
 )
 """What the bus answers a producer's request with (an ``error`` fails the request)."""
 _Builder = Callable[[int], ClientMessage]
@@ -276,12 +286,39 @@ class ProducerClient:
         return reply
 
     async def list_jobs(
-        self, states: Sequence[JobState] | None = None, limit: int = 1000
+        self,
+        states: Sequence[JobState] | None = None,
+        limit: int = 1000,
+        *,
+        final: bool = False,
+        newest_first: bool = False,
+        task: str | None = None,
+        since: float | None = None,
+        prefix: str | None = None,
     ) -> JobList:
-        """The status of the jobs the bus tracks (not final), in ``states`` if given."""
-        states_list = None if states is None else list(states)
-        reply = await self._request(lambda ref: ListJobs(states=states_list, limit=limit, ref=ref))
+        """The status of the jobs the bus tracks (not final), in ``states`` if given;
+        ``final`` adds the final jobs its journal keeps; the other arguments are the
+        fields of :class:`ListJobs` of the same names."""
+        request = ListJobs(
+            states=None if states is None else list(states),
+            limit=limit,
+            task=task,
+            since=since,
+            prefix=prefix,
+            final=final,
+            newest_first=newest_first,
+        )
+        reply = await self._request(lambda ref: msgspec.structs.replace(request, ref=ref))
         assert isinstance(reply, JobList)
+        return reply
+
+    async def retry(self, job_ids: Sequence[str]) -> Retried:
+        """Run final jobs again (full ids); the reply holds the ``retried`` event of each
+        job that runs again and why each other id was refused. This client then hears
+        the events of the retried jobs."""
+        reply = await self._request(lambda ref: Retry(ids=list(job_ids), ref=ref))
+        assert isinstance(reply, Retried)
+        self._unfinished.update(event.id for event in reply.jobs)
         return reply
 
     async def schedule_add(self, spec: ScheduleSpec) -> Schedules:

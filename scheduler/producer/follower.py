@@ -16,6 +16,7 @@ from typing import Protocol
 import click
 
 from scheduler.cli_support import shorten
+from scheduler.ids import short_id
 from scheduler.producer.client import ProducerClient
 from scheduler.producer.tally import Tally
 from scheduler.producer.tracking import JobRecord, JobTracker
@@ -47,7 +48,7 @@ class PlainView:
             sys.stdout.flush()
         log.info(
             "%s %s on %s after %.2fs waiting, %.2fs running, %d evictions%s",
-            record.id[:8],
+            short_id(record.id),
             record.state,
             record.scheduler,
             record.wait_s,
@@ -93,7 +94,7 @@ class JobFollower:
         for run in runs or ():
             self.expect(run, task)
         if runs:
-            log.info("broadcast %s: %d runs (%s)", job_id[:8], len(runs), ", ".join(runs))
+            log.info("broadcast %s: %d runs (%s)", short_id(job_id), len(runs), ", ".join(runs))
 
     def refuse(self) -> None:
         """Count one job of the plan that the bus refused (it is not waited for)."""

@@ -26,6 +26,7 @@ from scheduler.cli_support import (
     shorten,
 )
 from scheduler.connect import Connector, Registration, RegistrationRefused
+from scheduler.ids import short_id
 from scheduler.protocol import BusMessage, JobEvent, Register
 
 log = logging.getLogger("scheduler.monitor")
@@ -35,7 +36,7 @@ def format_event(event: JobEvent) -> str:
     """One human-readable line for an event."""
     stamp = datetime.datetime.fromtimestamp(event.time).strftime("%H:%M:%S.%f")[:-3]
     line = (
-        f"{stamp} {event.event:<9} {event.id[:8]} p={event.priority:<2} "
+        f"{stamp} {event.event:<9} {short_id(event.id)} p={event.priority:<2} "
         f"state={event.state:<9} on={event.scheduler or '-'} attempt={event.attempt}"
     )
     if event.evictions:

@@ -31,6 +31,7 @@ from scheduler.cli_support import (
     run_until_signalled,
 )
 from scheduler.connect import RegistrationRefused
+from scheduler.ids import short_id
 from scheduler.policy.limits import Limits, parse_size
 from scheduler.protocol import Assignment, Report
 from scheduler.protocol_types import MAX_NAME_LEN, MAX_SIZE, MAX_TIMEOUT_S
@@ -49,18 +50,19 @@ _ENDED_AFTER: Final[dict[str, str]] = {"cancelled": "cancelled", "timed_out": "t
 
 
 def log_report(report: Report, assignment: Assignment) -> None:
-    """Log one line for a job step: the id's first 8 characters, priority and timings.
+    """Log one line for a job step: its id as :func:`~scheduler.ids.short_id` shows it
+    (which ``jobs`` commands accept), priority and timings.
 
     The lines are INFO; nothing is formatted unless the logger lets INFO through.
     """
     if not log.isEnabledFor(logging.INFO):
         return
-    event, job_id, priority = report.event, report.id, assignment.priority
+    event, job_id, priority = report.event, short_id(report.id), assignment.priority
     wall = report.wall_s or 0.0
     if event == "started":
         runtime = "" if assignment.runtime is None else f", runtime {assignment.runtime:g} s"
         log.info(
-            "job %.8s p%d started (task %s%s, attempt %d)",
+            "job %s p%d started (task %s%s, attempt %d)",
             job_id,
             priority,
             assignment.task,
@@ -70,7 +72,7 @@ def log_report(report: Report, assignment: Assignment) -> None:
     elif event == "succeeded":
         cpu, rss_mb = report.cpu_s or 0.0, (report.max_rss_kb or 0) / 1024
         log.info(
-            "job %.8s p%d succeeded in %.2f s (cpu %.2f s, rss %.1f MB)",
+            "job %s p%d succeeded in %.2f s (cpu %.2f s, rss %.1f MB)",
             job_id,
             priority,
             wall,
@@ -79,21 +81,21 @@ def log_report(report: Report, assignment: Assignment) -> None:
         )
     elif event == "evicted":
         log.info(
-            "job %.8s p%d evicted after %.2f s, back to the bus (eviction %d)",
+            "job %s p%d evicted after %.2f s, back to the bus (eviction %d)",
             job_id,
             priority,
             wall,
             report.evictions,
         )
     elif event == "revoked":
-        log.info("job %.8s p%d left for another scheduler before it started", job_id, priority)
+        log.info("job %s p%d left for another scheduler before it started", job_id, priority)
     elif event in _ENDED_AFTER:
-        log.info("job %.8s p%d %s after %.2f s", job_id, priority, _ENDED_AFTER[event], wall)
+        log.info("job %s p%d %s after %.2f s", job_id, priority, _ENDED_AFTER[event], wall)
     else:
         # The traceback on the lines below, as logging prints an exception's.
         trace = f"\n{report.traceback.rstrip()}" if report.traceback else ""
         log.info(
-            "job %.8s p%d failed after %.2f s: %s%s", job_id, priority, wall, report.error, trace
+            "job %s p%d failed after %.2f s: %s%s", job_id, priority, wall, report.error, trace
         )
 
 

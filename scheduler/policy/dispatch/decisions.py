@@ -12,6 +12,7 @@ from scheduler.protocol import (
     Error,
     JobEvent,
     JobPayload,
+    Retried,
     Stop,
     SubmittedMany,
 )
@@ -46,7 +47,7 @@ class EmitEvent:
 class SendReply:
     """Answer the request being handled with ``message``."""
 
-    message: Accepted | Error | SubmittedMany | CancelReply
+    message: Accepted | Error | SubmittedMany | CancelReply | Retried
 
 
 @dataclass(frozen=True, slots=True)

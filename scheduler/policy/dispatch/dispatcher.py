@@ -10,8 +10,8 @@ The package, in parts: :mod:`.config` (the rules' numbers and every default),
 :mod:`.decisions`, :mod:`.registry` (schedulers, leases, start deadlines),
 :mod:`.backlog` (waiting jobs, retry hold-backs, v1 expiry), :mod:`.steals`,
 :mod:`.lifecycle` (the job state machine: one ``requeue``, one ``forget``),
-:mod:`.reports`, :mod:`.producers` (submit, cancel), :mod:`.sessions` (schedulers
-come and go, restart), :mod:`.invariants`, and this facade.
+:mod:`.reports`, :mod:`.producers` (submit, cancel), :mod:`.rerun` (retry),
+:mod:`.sessions` (schedulers come and go, restart), :mod:`.invariants`, and this facade.
 
 Per-job invariants (checked by :meth:`Dispatcher.check_invariants` after every input
 in the state-machine test). A job the core tracks is in exactly one state:
@@ -99,7 +99,9 @@ Rules:
   serving the task at submit, pinned there; the parent is ``blocked`` until every run
   ends, then ``succeeded`` (all did) or ``failed`` naming the others. A run still
   waiting when the core forgets its scheduler ends ``dead``.
-* Final jobs leave the core; the bus answers about them from its journal.
+* Final jobs leave the core; the bus answers about them from its journal. A final job
+  that did not succeed may be retried (:mod:`.rerun`): it is tracked again, ``queued``
+  for its next attempt, with its deliveries and retries starting over.
 * Counters and snapshots for ``stats`` (:mod:`scheduler.policy.stats`).
 """
 
@@ -111,12 +113,14 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 import msgspec
 
 from scheduler.codec import ProtocolError
-from scheduler.policy.dispatch import delayed, invariants, producers, reports, sessions
+from scheduler.policy import listing
+from scheduler.policy.dispatch import delayed, invariants, producers, reports, rerun, sessions
 from scheduler.policy.dispatch.config import DispatchConfig
 from scheduler.policy.dispatch.decisions import Decision, JobInfo, SchedulerInfo
 from scheduler.policy.dispatch.lifecycle import Lifecycle
 from scheduler.policy.events import status_event
 from scheduler.policy.job import Job, not_yours
+from scheduler.policy.listing import JobQuery
 from scheduler.protocol import Error, Held, JobEvent, JobPayload, Report
 from scheduler.protocol_stats import StatsReply
 from scheduler.protocol_types import DEFAULT_PRIORITY
@@ -178,18 +182,22 @@ class Dispatcher:
         return status_event(job, wall)
 
     def listed(
-        self, states: Iterable[str] | None, limit: int, wall: float, *, by: str | None = None
+        self,
+        query: JobQuery,
+        limit: int,
+        wall: float,
+        *,
+        stored: Sequence[Job] = (),
+        newest_first: bool = False,
     ) -> tuple[list[JobEvent], bool]:
-        """The status (as :meth:`status`) of the tracked jobs in ``states`` (None: all)
-        owned by ``by`` (None: anyone's), in arrival order, at most ``limit``; and whether
-        more were left out."""
-        wanted = None if states is None else set(states)
-        jobs = sorted(
-            (job for job in self._core.jobs.values() if wanted is None or job.state in wanted),
-            key=lambda job: job.seq,
-        )
-        mine = [job for job in jobs if not_yours(job, by, "list") is None]
-        return [status_event(job, wall) for job in mine[:limit]], len(mine) > limit
+        """The status (as :meth:`status`) of the tracked jobs ``query`` wants and of the
+        ``stored`` final journal records it wants (those the core tracks again left
+        out), in the order they were submitted or ``newest_first``, at most ``limit``;
+        and whether more were left out. Changes nothing."""
+        live = (job for job in self._core.jobs.values() if query.matches(job))
+        wanted = (job for job in stored if query.matches(job))
+        jobs, more = listing.pick(live, wanted, self.tracks, limit, newest_first=newest_first)
+        return [status_event(job, wall) for job in jobs], more
 
     def backlog(self, now: float | None = None) -> list[str]:
         """Return the ids of jobs waiting for a scheduler, in the order they will go out
@@ -419,6 +427,26 @@ class Dispatcher:
         says so. Unknown, or not owned by ``by``: an :class:`Error` naming ``id``.
         """
         return producers.cancel(self._core, job_id, wall, stored, ref, by)
+
+    def retry(
+        self,
+        job_ids: Sequence[str],
+        now: float,
+        wall: float,
+        *,
+        stored: Mapping[str, Job] | None = None,
+        ref: str | int | None = None,
+        by: str | None = None,
+    ) -> list[Decision]:
+        """Run final jobs again for ``by`` (None: anyone may), as :mod:`.rerun` says;
+        return a :class:`.SendReply` with :class:`Retried` first (the ``retried`` event of
+        each, the refusal of every other id), then the events and assignments.
+
+        ``stored`` maps the ids the core does not track (the jobs, and the dependencies of
+        those that asked for their results) to their journal records; a retried one is
+        tracked again, ``queued`` and dispatched.
+        """
+        return rerun.retry(self._core, job_ids, stored or {}, now, wall, by, ref)
 
     def tick(self, now: float, wall: float) -> list[Decision]:
         """Act on every deadline up to ``now``: forget v1 jobs whose runtime elapsed,

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Final
 
+import msgspec
+
 from scheduler.policy.dispatch.timers import due_of
 from scheduler.policy.job import Job
 from scheduler.protocol import JobEvent, Report
@@ -66,6 +68,7 @@ def job_event(
         result=job.result if closing else None,
         traceback=job.traceback if closing else None,
         run_at=due_of(job) if job.state == "scheduled" else None,
+        output=job.output if kind in FINAL_EVENTS else None,
     )
 
 
@@ -74,7 +77,8 @@ def status_event(job: Job, wall: float) -> JobEvent:
 
     A queued job reads ``retrying`` while held back for a retry (with the seconds left),
     ``requeued`` once it has been assigned before, else ``accepted``. The event's time is
-    when the job last changed.
+    when the job last changed. A running job's status carries its latest progress and
+    message and the latest of its output.
     """
     retry_in_s: float | None = None
     if job.state != "queued":
@@ -86,4 +90,9 @@ def status_event(job: Job, wall: float) -> JobEvent:
     else:
         kind = "accepted"
     error = job.errors[-1] if job.state in _FAILED_STATES and job.errors else None
-    return job_event(job, kind, job.updated_at, job.holder, error=error, retry_in_s=retry_in_s)
+    event = job_event(job, kind, job.updated_at, job.holder, error=error, retry_in_s=retry_in_s)
+    if job.state != "running":
+        return event
+    return msgspec.structs.replace(
+        event, progress=job.progress, message=job.message, output=job.output
+    )

@@ -129,8 +129,9 @@ SchedulerReport = Literal[
 ``output`` come while the attempt runs (rate-limited by the scheduler) and change nothing
 but what the bus shows of it."""
 
-TRANSIENT_REPORTS: Final[frozenset[str]] = frozenset({"progress", "output"})
-"""Reports about a running attempt that change nothing the journal keeps."""
+TRANSIENT_EVENTS: Final[frozenset[str]] = frozenset({"progress", "output"})
+"""Reports (and the events they become) about a running attempt that change nothing
+the journal keeps."""
 
 MAX_PROGRESS_MESSAGE_BYTES: Final = 1024
 """Longest progress message, in bytes of UTF-8."""

@@ -21,6 +21,7 @@ from scheduler.cli_support import (
 from scheduler.producer.client import ProducerClient, SubmitError
 from scheduler.protocol import JobEvent
 from scheduler.protocol_types import FINAL_EVENTS, MAX_BULK, JobState
+from scheduler.tools import job_logs
 from scheduler.tools.operator import call_bus, operator_group
 
 
@@ -56,6 +57,7 @@ def _print_jobs(jobs: list[JobEvent], as_json: bool) -> None:
         click.echo(
             f"{event.id} {event.state} priority={event.priority} attempt={event.attempt} "
             f"evictions={event.evictions} scheduler={event.scheduler or '-'}{due}{errors}{result}"
+            + job_logs.progress_text(event)
         )
 
 
@@ -121,3 +123,6 @@ def vacuum(ctx: click.Context, older_than: float | None) -> None:
     total = sum(deleted.values())
     parts = ", ".join(f"{n} {state}" for state, n in sorted(deleted.items()))
     click.echo(f"deleted {total} final jobs" + (f": {parts}" if parts else ""))
+
+
+cli.add_command(job_logs.logs)

@@ -14,7 +14,7 @@ from scheduler.policy.dispatch.registry import KnownScheduler
 from scheduler.policy.events import job_event
 from scheduler.policy.job import Job
 from scheduler.protocol import Report
-from scheduler.protocol_types import MAX_OUTPUT_BYTES, TRANSIENT_REPORTS
+from scheduler.protocol_types import MAX_OUTPUT_BYTES, TRANSIENT_EVENTS
 
 
 def apply_report(
@@ -30,7 +30,7 @@ def apply_report(
         return [Ignored(name, report.id, reason)]
     assert job is not None
     assert s is not None  # the holder of a tracked job is known
-    if report.event in TRANSIENT_REPORTS:
+    if report.event in TRANSIENT_EVENTS:
         return _transient(core, job, s, report, wall)
     unstalled = report.event != "revoked" and core.progressed(s, now)
     if report.evictions is not None and report.event != "evicted":

@@ -196,11 +196,8 @@ class Report(msgspec.Struct, frozen=True, tag_field="cmd", tag="report", omit_de
     output: OutputText | None = None
 
     def __post_init__(self) -> None:
-        """Refuse a ``result`` nested deeper than :data:`MAX_NESTING`, and a ``progress``
-        report without ``progress``."""
+        """Refuse a ``result`` nested deeper than :data:`MAX_NESTING`."""
         check_nesting("result", self.result)
-        if self.event == "progress" and self.progress is None:
-            raise ValueError("progress: a progress report needs it")
 
 
 class SubmitMany(

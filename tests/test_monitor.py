@@ -55,3 +55,14 @@ def test_a_skipped_firing_prints_like_any_event() -> None:
     line = format_event(skipped)
     assert "skipped" in line and "p=5" in line and "(max_instances 1)" in line
     assert json.loads(event_json(skipped))["id"] == "tick@2027-01-15T08:00:00Z"
+
+
+def test_progress_reads_as_a_percentage_and_output_line_by_line() -> None:
+    running = msgspec.structs.replace(EVENT, state="running", error=None, wall_s=None)
+    progress = msgspec.structs.replace(
+        running, event="progress", progress=0.4, message="copying files"
+    )
+    assert format_event(progress).endswith("progress  01234567  40% copying files")
+    output = msgspec.structs.replace(running, event="output", output="one\ntwo\n")
+    first, second = format_event(output).splitlines()
+    assert first.endswith("output    01234567 | one") and second.endswith("| two")

@@ -12,15 +12,16 @@ from scheduler.tasks import progress, task
 
 
 @task
-def chatty(marker: str) -> str:
+def chatty(marker: str) -> dict[str, bool]:
     """Write ``marker`` lines through print (stdout and stderr), a raw write to
-    descriptor 1 (as C code would) and a subprocess; return ``done``."""
+    descriptor 1 (as C code would) and a subprocess; return whether ``sys.stdout`` is
+    line-buffered (so that print() lines reach the log as they are written)."""
     print(f"{marker} print stdout")
     print(f"{marker} print stderr", file=sys.stderr)
     sys.stdout.flush()
     os.write(1, f"{marker} raw fd 1\n".encode())
     subprocess.run(["echo", f"{marker} subprocess"], check=True)
-    return "done"
+    return {"line_buffered": sys.stdout.line_buffering}
 
 
 @task
@@ -36,7 +37,7 @@ def stepper(steps: int, go_file: str) -> None:
     """Report progress at each of ``steps`` steps, printing a line at each; between the
     first step and the rest, wait until ``go_file`` exists (the test says when)."""
     for step in range(1, steps + 1):
-        print(f"step {step}", flush=True)
+        print(f"step {step}")  # no flush: the worker makes job stdout line-buffered
         progress(step / steps, f"step {step} of {steps}")
         while step == 1 and not Path(go_file).exists():
             time.sleep(0.01)

@@ -71,7 +71,7 @@ async def test_output_goes_to_the_log_file_and_its_tail_with_the_final_event(
         job_id = await client.submit(JobPayload(task="chatty", args={"marker": "@@mark"}))
         events = await events_until_final(client, job_id)
     final = events[-1]
-    assert (final.event, final.result) == ("succeeded", "done")
+    assert (final.event, final.result) == ("succeeded", {"line_buffered": True})
     lines = ["print stdout", "print stderr", "raw fd 1", "subprocess"]
     assert final.output is not None
     assert sorted(final.output.splitlines()) == sorted(f"@@mark {line}" for line in lines)

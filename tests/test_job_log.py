@@ -85,3 +85,13 @@ def test_job_logs_make_their_directory_and_prune_as_they_open(tmp_path: Path) ->
     first.close()
     with pytest.raises(ValueError, match="keep_logs must be >= 1, not 0"):
         JobLogs(tmp_path, "x", keep=0)
+
+
+def test_job_logs_prune_what_earlier_runs_left(tmp_path: Path) -> None:
+    old = tmp_path / "host-1" / "j.1.log"
+    old.parent.mkdir()
+    old.write_text("an earlier run's job")
+    os.utime(old, (1000, 1000))
+    JobLogs(tmp_path, "host-2", keep=1).open("k", 1).close()
+    assert not old.parent.exists()
+    assert (tmp_path / "host-2" / "k.1.log").exists()

@@ -106,10 +106,11 @@ class JobLogs:
         self._opened = 0
 
     def open(self, job_id: str, attempt: int) -> JobLog:
-        """Create the log file of ``attempt`` of ``job_id`` (and its directory); prune the
-        root every :data:`PRUNE_EVERY` files. ``OSError`` if it cannot be created."""
+        """Create the log file of ``attempt`` of ``job_id`` (and its directory); before
+        the first and every :data:`PRUNE_EVERY` th, prune the root to ``keep`` files with
+        this one. ``OSError`` if it cannot be created."""
         if self._opened % PRUNE_EVERY == 0:
-            prune_logs(self.root, self.keep)
+            prune_logs(self.root, self.keep - 1)  # room for the file made next
         self._opened += 1
         path = self.dir / log_name(job_id, attempt)
         try:

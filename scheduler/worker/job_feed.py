@@ -82,13 +82,15 @@ class JobFeed:
 
     def open(self, job_id: str, attempt: int) -> JobChannels:
         """Make the channels of ``attempt`` of ``job_id``, before its fork; ``OSError``
-        if a pipe or the log file cannot be made (nothing is left open then)."""
+        if the pipe cannot be made. A log file that cannot be made (a full disk, say) is
+        logged and left out: the job then writes to the scheduler's stdout and stderr."""
         pipe = ProgressPipe()
-        try:
-            job_log = None if self.logs is None else self.logs.open(job_id, attempt)
-        except OSError:
-            pipe.close()
-            raise
+        job_log = None
+        if self.logs is not None:
+            try:
+                job_log = self.logs.open(job_id, attempt)
+            except OSError as exc:
+                log.warning("job %s writes to this terminal: no log file: %s", job_id, exc)
         return JobChannels(pipe, job_log)
 
     def started(self, assignment: Assignment, channels: JobChannels) -> None:
@@ -103,7 +105,7 @@ class JobFeed:
     def ended(self, job_id: str, report: bool) -> str | None:
         """``job_id``'s process is reaped: stop watching it, send (if ``report``) its
         latest progress not yet sent and its last output, close its channels, and return
-        the tail of its log (None without a log file)."""
+        the tail of its log (None without a log file or ``report``)."""
         live = self._live.pop(job_id, None)
         if live is None:
             return None
@@ -115,9 +117,8 @@ class JobFeed:
         try:
             if report and latest is not None:
                 self._emit_progress(live.assignment, latest)
-            if channels.log is not None:
-                if report:
-                    self._emit_output(live)
+            if report and channels.log is not None:
+                self._emit_output(live)
                 tail = channels.log.tail()
         except OSError as exc:
             log.warning("cannot read the log of %s: %s", job_id, exc)

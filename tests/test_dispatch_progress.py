@@ -100,3 +100,13 @@ def test_keep_tail_cuts_by_bytes_and_drops_a_cut_character() -> None:
     assert keep_tail("abcdef", 3) == "def"
     assert keep_tail("aé", 1) == ""
     assert keep_tail("éa", 2) == "a"
+
+
+def test_a_retrying_event_carries_the_failed_attempts_tail() -> None:
+    core = new_core()
+    add(core, "a")
+    submit(core, job(max_retries=1, retry_backoff=0))
+    report(core, "a", "j0", "started")
+    decisions = report(core, "a", "j0", "failed", error="boom", output="last words\n")
+    retrying = [e.event for e in emitted(decisions) if e.event.event == "retrying"]
+    assert [(e.event, e.output) for e in retrying] == [("retrying", "last words\n")]

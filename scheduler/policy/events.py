@@ -41,8 +41,8 @@ def job_event(
     """The event ``kind`` about ``job`` as it stands, stamped ``time``.
 
     ``report`` adds its measurements; ``error`` overrides the report's error. Final and
-    ``retrying`` events list the errors of every failed attempt and carry the job's result
-    and latest traceback.
+    ``retrying`` events list the errors of every failed attempt and carry the job's result,
+    its latest traceback and the tail of its latest attempt's output.
     """
     p = job.payload
     closing = kind in FINAL_EVENTS or kind == "retrying"
@@ -68,7 +68,7 @@ def job_event(
         result=job.result if closing else None,
         traceback=job.traceback if closing else None,
         run_at=due_of(job) if job.state == "scheduled" else None,
-        output=job.output if kind in FINAL_EVENTS else None,
+        output=job.output if closing else None,
     )
 
 

@@ -156,6 +156,7 @@ class _Applying:
         assert report.event in ("failed", "timed_out")
         job.errors.append(_error_text(report))
         job.traceback = report.traceback
+        job.output = report.output if report.output is not None else job.output
         retries = job.payload.max_retries
         if job.id in self.core.cancelling or retries == 0:
             self.core.finish(job, report.event, self.wall, self.out, report)

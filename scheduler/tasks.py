@@ -414,13 +414,14 @@ def run_task(
     attempt: int,
     result_fd: int,
     progress_fd: int = -1,
-    log_fd: int = -1,
+    log_path: str | None = None,
 ) -> None:
     """The job process's entry point: send :func:`progress` to ``progress_fd``, point
-    stdout and stderr at ``log_fd`` (when not -1), publish the job's id and attempt in
-    the environment (see the module docstring), call ``task(*args, **kwargs)`` and write
-    its result or exception to ``result_fd``; exit with status 1 if it raised."""
-    enter_job(progress_fd, log_fd)
+    stdout and stderr at a new log file at ``log_path`` (if given), publish the job's id
+    and attempt in the environment (see the module docstring), call
+    ``task(*args, **kwargs)`` and write its result or exception to ``result_fd``; exit
+    with status 1 if it raised."""
+    enter_job(progress_fd, log_path)
     os.environ[JOB_ID_ENV] = job_id
     os.environ[ATTEMPT_ENV] = str(attempt)
     try:

@@ -20,6 +20,6 @@ def test_a_log_file_that_cannot_be_made_is_left_out(
     feed = JobFeed(JobLogs(root, "w"), lambda report, job: None, clock=lambda: 0.0)
     with caplog.at_level(logging.WARNING):
         channels = feed.open("j1", 1)
-    assert channels.log is None and channels.log_fd == -1
+    assert channels.log is None and channels.log_path is None
     assert "job j1 writes to this terminal: no log file" in caplog.text
     channels.close()

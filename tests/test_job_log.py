@@ -8,19 +8,26 @@ from pathlib import Path
 
 import pytest
 
-from scheduler.worker.job_output import JobLog, JobLogs, log_name, prune_logs
+from scheduler.worker.job_output import JobLog, JobLogs, create_log, log_name, prune_logs
 
 
-def write(log: JobLog, data: bytes) -> None:
-    os.write(log.fd, data)
+def made(path: Path) -> tuple[JobLog, int]:
+    """The scheduler's view of a log at ``path``, and the job's descriptor of it."""
+    return JobLog(path), create_log(str(path))
+
+
+def write(fd: int, data: bytes) -> None:
+    os.write(fd, data)
 
 
 def test_new_output_comes_once_and_a_cut_character_waits(tmp_path: Path) -> None:
     log = JobLog(tmp_path / "j.1.log")
+    assert log.new_output() is None and log.tail() == "", "the job has made no file yet"
+    fd = create_log(str(log.path))
     assert log.new_output() is None
-    write(log, b"hello\n\xc3")
+    write(fd, b"hello\n\xc3")
     assert log.new_output() == "hello\n"
-    write(log, b"\xa9!\n")
+    write(fd, b"\xa9!\n")
     assert log.new_output() == "é!\n"
     assert log.new_output() is None
     log.close()
@@ -28,8 +35,8 @@ def test_new_output_comes_once_and_a_cut_character_waits(tmp_path: Path) -> None
 
 
 def test_output_past_the_limit_keeps_its_newest_part_marked(tmp_path: Path) -> None:
-    log = JobLog(tmp_path / "j.1.log")
-    write(log, b"a" * 1000 + b"b" * 100)
+    log, fd = made(tmp_path / "j.1.log")
+    write(fd, b"a" * 1000 + b"b" * 100)
     chunk = log.new_output(limit=200)
     assert chunk is not None and len(chunk.encode()) <= 200
     marker, rest = chunk.split("\n", 1)
@@ -39,22 +46,26 @@ def test_output_past_the_limit_keeps_its_newest_part_marked(tmp_path: Path) -> N
 
 
 def test_the_tail_is_the_last_bytes_without_a_cut_character(tmp_path: Path) -> None:
-    log = JobLog(tmp_path / "j.1.log")
-    write(log, "xé".encode() + b"end\n")
+    log, fd = made(tmp_path / "j.1.log")
+    write(fd, "xé".encode() + b"end\n")
     assert log.tail(limit=4) == "end\n"
     assert log.tail(limit=5) == "end\n", "the é was cut: dropped"
     assert log.tail(limit=100) == "xéend\n"
 
 
-def test_opening_empties_the_file(tmp_path: Path) -> None:
+def test_the_job_makes_its_file_for_its_owner_only(tmp_path: Path) -> None:
     path = tmp_path / "j.1.log"
-    path.write_text("old")
-    log = JobLog(path)
-    assert log.tail() == ""
-    log.close()
-    fresh = JobLog(tmp_path / "k.1.log")
-    assert oct(fresh.path.stat().st_mode & 0o777) == "0o600", "only its owner reads it"
-    fresh.close()
+    os.close(create_log(str(path)))
+    assert oct(path.stat().st_mode & 0o777) == "0o600"
+
+
+def test_a_file_an_earlier_job_of_that_id_left_is_not_read(tmp_path: Path) -> None:
+    logs = JobLogs(tmp_path, "w")
+    stale = tmp_path / "w" / "j.1.log"
+    stale.parent.mkdir()
+    stale.write_text("an earlier job's output")
+    log = logs.open("j", 1)
+    assert log.tail() == "" and not stale.exists()
 
 
 def test_names_are_safe_file_names() -> None:
@@ -82,7 +93,7 @@ def test_job_logs_make_their_directory_and_prune_as_they_open(tmp_path: Path) ->
     logs = JobLogs(tmp_path, "host/1", keep=1)
     first = logs.open("j", 1)
     assert first.path == tmp_path / "host%2F1" / "j.1.log"
-    first.close()
+    assert first.path.parent.is_dir()
     with pytest.raises(ValueError, match="keep_logs must be >= 1, not 0"):
         JobLogs(tmp_path, "x", keep=0)
 
@@ -92,6 +103,6 @@ def test_job_logs_prune_what_earlier_runs_left(tmp_path: Path) -> None:
     old.parent.mkdir()
     old.write_text("an earlier run's job")
     os.utime(old, (1000, 1000))
-    JobLogs(tmp_path, "host-2", keep=1).open("k", 1).close()
+    JobLogs(tmp_path, "host-2", keep=1).open("k", 1)
     assert not old.parent.exists()
-    assert (tmp_path / "host-2" / "k.1.log").exists()
+    assert (tmp_path / "host-2").is_dir()

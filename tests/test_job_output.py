@@ -9,7 +9,6 @@ always before the final event."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -38,18 +37,23 @@ class Worker:
         return self.stdout.read_text() + self.stderr.read_text()
 
 
-@pytest.fixture
-async def worker(bus: BusServer, commands: Commands, tmp_path: Path) -> AsyncIterator[Worker]:
+async def start_worker(bus: BusServer, commands: Commands, tmp_path: Path, *options: str) -> Worker:
+    """A worker serving the output tasks with ``options``, once registered."""
     logs, stdout = tmp_path / "job-logs", tmp_path / "worker-stdout"
     with stdout.open("w") as out:
         proc = await commands.start(
             "scheduler.worker",
             *("--bus", bus.url, "--name", "w", "--tasks", OUTPUT_TASKS, "-s", "2"),
-            *("--log-dir", str(logs)),
+            *("--log-dir", str(logs), *options),
             stdout=out.fileno(),
         )
     await wait_until(lambda: "w" in bus.scheduler_names(), 20 * unit(), "the worker registers")
-    yield Worker(logs, stdout, commands.log_paths[proc.pid])
+    return Worker(logs, stdout, commands.log_paths[proc.pid])
+
+
+@pytest.fixture
+async def worker(bus: BusServer, commands: Commands, tmp_path: Path) -> Worker:
+    return await start_worker(bus, commands, tmp_path)
 
 
 async def events_until_final(client: ProducerClient, job_id: str) -> list[JobEvent]:
@@ -157,3 +161,18 @@ async def test_a_bad_progress_call_fails_the_job_naming_the_argument(
         events = await events_until_final(client, job_id)
     assert events[-1].event == "failed"
     assert events[-1].error == "ValueError: progress: fraction must be from 0.0 to 1.0, not 1.5"
+
+
+async def test_without_job_logs_output_stays_on_the_workers_terminal(
+    bus: BusServer, commands: Commands, tmp_path: Path
+) -> None:
+    worker = await start_worker(bus, commands, tmp_path, "--no-job-logs")
+    async with ProducerClient(bus.url) as client:
+        job_id = await client.submit(JobPayload(task="chatty", args={"marker": "@@here"}))
+        events = await events_until_final(client, job_id)
+    assert events[-1].event == "succeeded" and events[-1].output is None
+    assert not [e for e in events if e.event == "output"]
+    await wait_until(
+        lambda: worker.terminal().count("@@here") == 4, 10 * unit(), "the output on the terminal"
+    )
+    assert not worker.logs.exists()

@@ -17,11 +17,11 @@ from scheduler.worker.job_progress import ProgressPipe
 @pytest.fixture
 def pipe() -> Iterator[ProgressPipe]:
     made = ProgressPipe()
-    job_progress.enter_job(made.write_fd, -1)
+    job_progress.enter_job(made.write_fd, None)
     try:
         yield made
     finally:
-        job_progress.enter_job(-1, -1)
+        job_progress.enter_job(-1, None)
         made.close()
 
 

@@ -206,6 +206,13 @@ _OPTIONS = (
         "<attempt>.log (not this terminal). Default: $XDG_STATE_HOME/schedbus/logs.",
     ),
     click.option(
+        "--no-job-logs",
+        is_flag=True,
+        help="Leave each job's stdout and stderr on this terminal, with no output events "
+        "and no output tail (a log file per job costs about 1 ms of CPU per job on a "
+        "small VM, mostly in the job process, which creates it).",
+    ),
+    click.option(
         "--keep-logs",
         type=click.IntRange(1),
         default=DEFAULT_KEEP_LOGS,
@@ -231,11 +238,13 @@ def scheduler_options(
     """Add the options every scheduler command shares, as ``@scheduler_options`` or
     ``@scheduler_options(default_timeout=10.0)``: ``-s``, ``-t`` (default
     ``default_timeout``, None: no timeout), ``--memory-limit``, ``--cpu-limit``,
-    ``--cgroup``, ``-d``, ``--name``, ``--log-dir``, ``--keep-logs``, and the shared
+    ``--cgroup``, ``-d``, ``--name``, ``--log-dir``, ``--no-job-logs``, ``--keep-logs``,
+    and the shared
     ``--bus``, ``--token``, ``--token-file``, ``--cafile``
     (:func:`~scheduler.cli_support.connection_options`), passed to the command
     as ``size``, ``timeout``, ``memory_limit``, ``cpu_limit``, ``cgroups``, ``debug``,
-    ``name``, ``log_dir``, ``keep_logs``, ``url``, ``token``, ``token_file``, ``cafile``."""
+    ``name``, ``log_dir``, ``no_job_logs``, ``keep_logs``, ``url``, ``token``,
+    ``token_file``, ``cafile``."""
 
     def add(command: FC) -> FC:
         command = connection_options(command)
@@ -264,11 +273,13 @@ def run_scheduler(
     cgroups: JobCgroups | None = None,
     log_dir: Path | None = None,
     keep_logs: int = DEFAULT_KEEP_LOGS,
+    no_job_logs: bool = False,
 ) -> None:
     """Serve the bus with ``tasks`` until SIGINT or SIGTERM.
 
     Each job's stdout and stderr go to a file under ``log_dir`` (default
-    ``$XDG_STATE_HOME/schedbus/logs``), the newest ``keep_logs`` of them kept.
+    ``$XDG_STATE_HOME/schedbus/logs``), the newest ``keep_logs`` of them kept, unless
+    ``no_job_logs`` (then they stay this process's).
 
     With ``log_jobs`` (or ``debug``) one INFO line is logged per job step
     (:func:`log_report`), else only for unusual ones (:func:`log_unusual_report`).
@@ -298,7 +309,7 @@ def run_scheduler(
         cafile=cafile,
         limits=Limits(memory_limit, cpu_limit),
         cgroups=cgroups,
-        log_dir=log_dir or state_dir() / "logs",
+        log_dir=None if no_job_logs else log_dir or state_dir() / "logs",
         keep_logs=keep_logs,
     )
     on_report = log_report if log_jobs or debug else log_unusual_report

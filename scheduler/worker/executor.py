@@ -296,7 +296,7 @@ class Executor:
             {
                 "result_fd": pipe.write_fd,
                 "progress_fd": channels.progress.write_fd,
-                "log_fd": channels.log_fd,
+                "log_path": channels.log_path,
             },
             name=f"job-{job_id}",
             grace=self._grace,

@@ -49,9 +49,9 @@ class JobChannels:
     log: JobLog | None
 
     @property
-    def log_fd(self) -> int:
-        """The descriptor the job points its stdout and stderr at (-1: none)."""
-        return -1 if self.log is None else self.log.fd
+    def log_path(self) -> str | None:
+        """Where the job creates the log file it points its stdout and stderr at."""
+        return None if self.log is None else str(self.log.path)
 
     def close(self) -> None:
         """Close every descriptor the scheduler holds (idempotent)."""
@@ -82,8 +82,9 @@ class JobFeed:
 
     def open(self, job_id: str, attempt: int) -> JobChannels:
         """Make the channels of ``attempt`` of ``job_id``, before its fork; ``OSError``
-        if the pipe cannot be made. A log file that cannot be made (a full disk, say) is
-        logged and left out: the job then writes to the scheduler's stdout and stderr."""
+        if the pipe cannot be made. A log directory that cannot be made is logged and left
+        out: the job then writes to the scheduler's stdout and stderr (as it does if it
+        cannot create its log file)."""
         pipe = ProgressPipe()
         job_log = None
         if self.logs is not None:

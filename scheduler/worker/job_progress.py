@@ -22,6 +22,7 @@ from typing import Final
 import msgspec
 
 from scheduler.protocol_types import MAX_PROGRESS_MESSAGE_BYTES
+from scheduler.worker.job_output import create_log
 
 __all__ = ["ProgressPipe", "enter_job", "progress"]
 
@@ -70,17 +71,22 @@ def progress(fraction: float, message: str = "") -> None:
         view = view[os.write(_channel, view) :]
 
 
-def enter_job(progress_fd: int, log_fd: int) -> None:
+def enter_job(progress_fd: int, log_path: str | None) -> None:
     """In a freshly started job process: send :func:`progress` to ``progress_fd`` (-1:
-    nowhere), and point descriptors 1 and 2 at ``log_fd`` (the job's log file; -1: keep
-    the scheduler's), closing it."""
+    nowhere), and point descriptors 1 and 2 at a new log file at ``log_path`` (None: keep
+    the scheduler's). A log file that cannot be made leaves them, saying so there."""
     global _channel
     _channel = progress_fd
-    if log_fd >= 0:
-        os.dup2(log_fd, 1)
-        os.dup2(log_fd, 2)
-        if log_fd > 2:
-            os.close(log_fd)
+    if log_path is None:
+        return
+    try:
+        fd = create_log(log_path)
+    except OSError as exc:
+        os.write(2, f"schedbus: no log file for this job, output stays here: {exc}\n".encode())
+        return
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
 
 
 class ProgressPipe:

@@ -21,7 +21,7 @@ def chatty(marker: str) -> dict[str, bool]:
     sys.stdout.flush()
     os.write(1, f"{marker} raw fd 1\n".encode())
     subprocess.run(["echo", f"{marker} subprocess"], check=True)
-    return {"line_buffered": sys.stdout.line_buffering}
+    return {"line_buffered": bool(sys.stdout.line_buffering)}
 
 
 @task

@@ -425,7 +425,7 @@ class Executor:
         record = run.pipe.collect()
         log.debug("%s attempt %d ended: %s", job_id, assignment.attempt, result)
         report = closing_report(job_id, assignment.attempt, _ending(run, result, record))
-        tail = self._feed.ended(job_id, report is not None)
+        tail = self._feed.ended(assignment, report is not None)
         if report is not None:
             if tail:
                 report = msgspec.structs.replace(report, output=tail)

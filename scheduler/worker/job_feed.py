@@ -37,6 +37,8 @@ PROGRESS_INTERVAL_S: Final = 0.5
 OUTPUT_INTERVAL_S: Final = 0.5
 """Time between two looks at the running jobs' log files (and their output reports)."""
 
+_Key = tuple[str, int]
+"""A job id and attempt."""
 Emit = Callable[[Report, Assignment], None]
 """Receives each progress or output report with the assignment it is about."""
 
@@ -75,8 +77,12 @@ class JobFeed:
         self.logs = logs
         self._emit = emit
         self._clock = clock
-        self._throttle: ReportThrottle[str, tuple[float, str]] = ReportThrottle(PROGRESS_INTERVAL_S)
-        self._live: dict[str, _Live] = {}
+        self._throttle: ReportThrottle[_Key, tuple[float, str]] = ReportThrottle(
+            PROGRESS_INTERVAL_S
+        )
+        self._live: dict[_Key, _Live] = {}
+        """The running attempts, by job id and attempt (a newer attempt may start while
+        an older one's process is still being stopped)."""
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = 0.0
 
@@ -97,22 +103,24 @@ class JobFeed:
     def started(self, assignment: Assignment, channels: JobChannels) -> None:
         """The job process of ``assignment`` was forked with ``channels``: watch them."""
         channels.progress.forked()
-        self._live[assignment.id] = _Live(assignment, channels)
+        key = (assignment.id, assignment.attempt)
+        self._live[key] = _Live(assignment, channels)
         loop = asyncio.get_running_loop()
-        loop.add_reader(channels.progress.read_fd, self._readable, assignment.id)
+        loop.add_reader(channels.progress.read_fd, self._readable, key)
         if channels.log is not None:
             self._arm(self._clock() + OUTPUT_INTERVAL_S)
 
-    def ended(self, job_id: str, report: bool) -> str | None:
-        """``job_id``'s process is reaped: stop watching it, send (if ``report``) its
-        latest progress not yet sent and its last output, close its channels, and return
-        the tail of its log (None without a log file or ``report``)."""
-        live = self._live.pop(job_id, None)
+    def ended(self, assignment: Assignment, report: bool) -> str | None:
+        """The process of ``assignment`` is reaped: stop watching it, send (if ``report``)
+        its latest progress not yet sent and its last output, close its channels, and
+        return the tail of its log (None without a log file or ``report``)."""
+        key = (assignment.id, assignment.attempt)
+        live = self._live.pop(key, None)
         if live is None:
             return None
         channels = live.channels
         asyncio.get_running_loop().remove_reader(channels.progress.read_fd)
-        held = self._throttle.flush(job_id)
+        held = self._throttle.flush(key)
         latest = channels.progress.read() or held
         tail = None
         try:
@@ -122,7 +130,7 @@ class JobFeed:
                 self._emit_output(live)
                 tail = channels.log.tail()
         except OSError as exc:
-            log.warning("cannot read the log of %s: %s", job_id, exc)
+            log.warning("cannot read the log of %s: %s", assignment.id, exc)
         finally:
             channels.close()
         return tail
@@ -133,9 +141,9 @@ class JobFeed:
             self._timer.cancel()
             self._timer = None
 
-    def _readable(self, job_id: str) -> None:
-        """Progress lines arrived from ``job_id``: report the latest now, or hold it."""
-        live = self._live[job_id]
+    def _readable(self, key: _Key) -> None:
+        """Progress lines arrived from attempt ``key``: report the latest now, or hold it."""
+        live = self._live[key]
         pipe = live.channels.progress
         latest = pipe.read()
         if pipe.eof:  # the job closed it: it would read as ready for ever
@@ -143,7 +151,7 @@ class JobFeed:
         if latest is None:
             return
         now = self._clock()
-        sendable = self._throttle.offer(job_id, latest, now)
+        sendable = self._throttle.offer(key, latest, now)
         if sendable is not None:
             self._emit_progress(live.assignment, sendable)
         else:
@@ -166,8 +174,8 @@ class JobFeed:
         later while anything is held or a job with a log runs."""
         self._timer = None
         now = self._clock()
-        for job_id, value in self._throttle.take_due(now):
-            live = self._live.get(job_id)
+        for key, value in self._throttle.take_due(now):
+            live = self._live.get(key)
             if live is not None:
                 self._emit_progress(live.assignment, value)
         logged = [live for live in self._live.values() if live.channels.log is not None]

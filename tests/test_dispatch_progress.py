@@ -10,6 +10,7 @@ from scheduler.policy.dispatch.dispatcher import Dispatcher
 from scheduler.policy.dispatch.reports import keep_tail
 from scheduler.protocol import JobEvent
 from scheduler.protocol_types import MAX_OUTPUT_BYTES
+from scheduler.tools.job_logs import progress_text
 
 
 def running_core() -> Dispatcher:
@@ -110,3 +111,10 @@ def test_a_retrying_event_carries_the_failed_attempts_tail() -> None:
     decisions = report(core, "a", "j0", "failed", error="boom", output="last words\n")
     retrying = [e.event for e in emitted(decisions) if e.event.event == "retrying"]
     assert [(e.event, e.output) for e in retrying] == [("retrying", "last words\n")]
+
+
+def test_jobs_show_prints_a_running_jobs_progress() -> None:
+    core = running_core()
+    assert progress_text(status(core)) == ""
+    report(core, "a", "j0", "progress", progress=0.4, message='copying "a"')
+    assert progress_text(status(core)) == ' progress=40% "copying \\"a\\""'

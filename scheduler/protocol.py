@@ -43,13 +43,16 @@ from scheduler.protocol_types import (
     Delay,
     EventKind,
     ExitCode,
+    Fraction,
     Grace,
     JobId,
     JobState,
     Name,
     OnConflict,
     OnDependencyFailure,
+    OutputText,
     Priority,
+    ProgressMessage,
     Ref,
     Role,
     RunAt,
@@ -173,7 +176,9 @@ class Report(msgspec.Struct, frozen=True, tag_field="cmd", tag="report", omit_de
     """A v2 scheduler tells the bus what happened to an attempt it holds.
 
     ``succeeded`` may carry the task's JSON ``result``; ``failed`` by an exception carries
-    ``error`` (``Type: message``) and its ``traceback``.
+    ``error`` (``Type: message``) and its ``traceback``. ``progress`` carries ``progress``
+    and ``message``; ``output`` carries the new ``output``; a closing report carries the
+    last of the attempt's ``output`` (its tail).
     """
 
     event: SchedulerReport
@@ -187,6 +192,9 @@ class Report(msgspec.Struct, frozen=True, tag_field="cmd", tag="report", omit_de
     max_rss_kb: Annotated[int, msgspec.Meta(ge=0, le=MAX_SAFE_INT)] | None = None
     result: object | None = None
     traceback: Annotated[str, msgspec.Meta(max_length=64 * 1024)] | None = None
+    progress: Fraction | None = None
+    message: ProgressMessage | None = None
+    output: OutputText | None = None
 
     def __post_init__(self) -> None:
         """Refuse a ``result`` nested deeper than :data:`MAX_NESTING`."""
@@ -448,6 +456,14 @@ class JobEvent(msgspec.Struct, frozen=True, tag_field="type", tag="event", omit_
     """When the bus accepted the job (epoch seconds)."""
     finished_at: float | None = None
     """When the job reached its final state (epoch seconds)."""
+    progress: float | None = None
+    """How far the running job is (0.0 to 1.0): on ``progress`` events, and on the status
+    of a running job that reported some."""
+    message: str | None = None
+    """The message of the latest progress report (at most 1 KiB)."""
+    output: str | None = None
+    """On an ``output`` event the new text the job wrote; on a final event the last
+    (at most 4 KiB) of the attempt's stdout and stderr."""
 
 
 class Watching(msgspec.Struct, frozen=True, tag_field="type", tag="watching", omit_defaults=True):

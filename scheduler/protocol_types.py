@@ -90,6 +90,9 @@ EventKind = Literal[
     "skipped",
     # the retry command (scheduler.policy.dispatch.rerun)
     "retried",
+    # progress and output from inside a running job (not journaled)
+    "progress",
+    "output",
 ]
 """What happened to a job.
 
@@ -102,6 +105,9 @@ EventKind = Literal[
 ``blocked``: it waits for its dependencies (``depends_on``) to succeed.
 ``skipped``: a dependency ended without succeeding, so it never runs (the error names it).
 ``retried``: a final job was asked to run again (``retry``); it is queued for its next attempt.
+``progress``: the running task reported how far it is (``progress``, ``message``).
+``output``: the running task wrote to its stdout or stderr (``output``: the new text).
+Neither changes the job's state, and neither is journaled.
 """
 
 FINAL_EVENTS: Final[frozenset[str]] = frozenset(
@@ -110,11 +116,37 @@ FINAL_EVENTS: Final[frozenset[str]] = frozenset(
 """Events after which a job never runs again."""
 
 SchedulerReport = Literal[
-    "started", "succeeded", "failed", "timed_out", "evicted", "cancelled", "revoked"
+    "started",
+    "succeeded",
+    "failed",
+    "timed_out",
+    "evicted",
+    "cancelled",
+    "revoked",
+    "progress",
+    "output",
 ]
 """The events a scheduler may report about an attempt it holds. ``cancelled`` confirms a
 :class:`Stop` sent for a cancel: the attempt's processes are gone. ``revoked`` confirms a
-``stolen`` stop: the attempt left the local queue without starting."""
+``stolen`` stop: the attempt left the local queue without starting. ``progress`` and
+``output`` come while the attempt runs (rate-limited by the scheduler) and change nothing
+but what the bus shows of it."""
+
+TRANSIENT_EVENTS: Final[frozenset[str]] = frozenset({"progress", "output"})
+"""Reports (and the events they become) about a running attempt that change nothing
+the journal keeps."""
+
+MAX_PROGRESS_MESSAGE_BYTES: Final = 1024
+"""Longest progress message, in bytes of UTF-8."""
+MAX_OUTPUT_BYTES: Final = 4096
+"""Most output one ``output`` report or event carries, and the tail kept with a final
+event, in bytes of UTF-8."""
+Fraction = Annotated[float, msgspec.Meta(ge=0.0, le=1.0)]
+"""How far a job is, from 0.0 to 1.0."""
+ProgressMessage = Annotated[str, msgspec.Meta(max_length=MAX_PROGRESS_MESSAGE_BYTES)]
+"""A progress message (msgspec counts characters: the bytes bound is the sender's)."""
+OutputText = Annotated[str, msgspec.Meta(max_length=MAX_OUTPUT_BYTES)]
+"""A job's output text, at most :data:`MAX_OUTPUT_BYTES` characters."""
 
 JobState = Literal[
     "scheduled",

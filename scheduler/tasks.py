@@ -49,6 +49,12 @@ set before the task is called. Processes it starts belong to the job, even those
 start a new session or daemonize: they are killed when it ends, fails, times out, is
 evicted, cancelled or stopped at a limit. A task must not count on a process it started
 outliving it.
+
+A task may report how far it is with :func:`progress` (``progress(0.4, "copying")``);
+each becomes a ``progress`` event (at most two a second per job, the last one always).
+What it writes to stdout and stderr goes to the job's log file on its scheduler
+(``python -m scheduler.worker --log-dir``), is sent along as ``output`` events while it
+runs, and its last 4 KiB come with the job's final event.
 """
 
 from __future__ import annotations
@@ -71,6 +77,8 @@ from scheduler.policy.limits import NO_LIMITS, Limits, parse_size
 from scheduler.policy.schedules import spec_problem
 from scheduler.protocol_schedules import ScheduleSpec
 from scheduler.protocol_types import MAX_NAME_LEN, MAX_TIMEOUT_S, PRIORITY_MAX, PRIORITY_MIN, Args
+from scheduler.worker.job_progress import enter_job
+from scheduler.worker.job_progress import progress as progress  # public: tasks call it
 from scheduler.worker.task_result import send_exception, send_result
 
 if TYPE_CHECKING:
@@ -454,10 +462,15 @@ def run_task(
     job_id: str,
     attempt: int,
     result_fd: int,
+    progress_fd: int = -1,
+    log_path: str | None = None,
 ) -> None:
-    """The job process's entry point: publish the job's id and attempt in the environment
-    (see the module docstring), call ``task(*args, **kwargs)`` and write its result or
-    exception to ``result_fd``; exit with status 1 if it raised."""
+    """The job process's entry point: send :func:`progress` to ``progress_fd``, point
+    stdout and stderr at a new log file at ``log_path`` (if given), publish the job's id
+    and attempt in the environment (see the module docstring), call
+    ``task(*args, **kwargs)`` and write its result or exception to ``result_fd``; exit
+    with status 1 if it raised."""
+    enter_job(progress_fd, log_path)
     os.environ[JOB_ID_ENV] = job_id
     os.environ[ATTEMPT_ENV] = str(attempt)
     try:

@@ -164,7 +164,7 @@ async def test_a_version_1_journal_is_upgraded_in_place(path: Path) -> None:
         queued.state, queued.result = "succeeded", [1, 2]
         journal.save([queued])
         await journal.flush()
-    assert schema_version(path) == SCHEMA_VERSION == 4
+    assert schema_version(path) == SCHEMA_VERSION == 5
 
     with closing(Journal.open(path)) as again:
         stored = again.get("job-3")
@@ -175,7 +175,7 @@ async def test_a_version_2_journal_gets_owners_and_scheduler_secrets(path: Path)
     write_v1_journal(path)
     with closing(sqlite3.connect(path)) as conn, conn:
         for statement in UPGRADES[1]:
-            if "owner" not in statement and "schema_version" not in statement:
+            if not any(word in statement for word in ("owner", "output", "schema_version")):
                 conn.execute(statement)
         conn.execute("UPDATE meta SET value = 2 WHERE key = 'schema_version'")
     with closing(Journal.open(path)) as journal:
@@ -185,7 +185,7 @@ async def test_a_version_2_journal_gets_owners_and_scheduler_secrets(path: Path)
         journal.save([queued])
         journal.save_secret("worker-1", "ab" * 32)
         await journal.flush()
-    assert schema_version(path) == 4
+    assert schema_version(path) == 5
     with closing(Journal.open(path)) as again:
         stored = again.get("job-3")
         assert stored is not None and stored.owner == "alice"
@@ -205,18 +205,36 @@ async def test_scheduler_secrets_are_queued_then_committed(path: Path) -> None:
         assert again.scheduler_secrets() == {"a": "3" * 64}
 
 
-def test_a_version_5_journal_is_refused_naming_the_file_and_the_version(path: Path) -> None:
+def test_a_version_6_journal_is_refused_naming_the_file_and_the_version(path: Path) -> None:
     Journal.open(path).close()
     with closing(sqlite3.connect(path)) as conn, conn:
-        conn.execute("UPDATE meta SET value = 5 WHERE key = 'schema_version'")
+        conn.execute("UPDATE meta SET value = 6 WHERE key = 'schema_version'")
     with pytest.raises(
         JournalError,
         match=re.escape(
-            f"journal {path} has schema version 5; this schedbus reads versions 1 to 4"
+            f"journal {path} has schema version 6; this schedbus reads versions 1 to 5"
         ),
     ):
         Journal.open(path)
-    assert schema_version(path) == 5, "a refused journal is left alone"
+    assert schema_version(path) == 6, "a refused journal is left alone"
+
+
+async def test_a_version_4_journal_gets_the_output_column(path: Path) -> None:
+    Journal.open(path).close()
+    with closing(sqlite3.connect(path)) as conn, conn:
+        conn.execute("ALTER TABLE jobs DROP COLUMN output")
+        conn.execute("UPDATE meta SET value = 4 WHERE key = 'schema_version'")
+    with closing(Journal.open(path)) as journal:
+        journal.save([make_job(1, "failed", finished_at=1.0)])
+        done = journal.get("job-1")
+        assert done is not None
+        done.output = "the last lines\n"
+        journal.save([done])
+        await journal.flush()
+    assert schema_version(path) == 5
+    with closing(Journal.open(path)) as again:
+        stored = again.get("job-1")
+        assert stored is not None and stored.output == "the last lines\n"
 
 
 async def test_load_returns_live_jobs_in_seq_order(journal: Journal) -> None:

@@ -44,6 +44,7 @@ async def test_a_version_3_journal_gets_a_schedules_table(path: Path) -> None:
         await journal.flush()
     with closing(sqlite3.connect(path)) as conn, conn:
         conn.execute("DROP TABLE schedules")
+        conn.execute("ALTER TABLE jobs DROP COLUMN output")
         conn.execute("UPDATE meta SET value = 3 WHERE key = 'schema_version'")
     with closing(Journal.open(path)) as journal:
         assert journal.schedules() == []
@@ -51,7 +52,7 @@ async def test_a_version_3_journal_gets_a_schedules_table(path: Path) -> None:
         await journal.flush()
     with closing(sqlite3.connect(path)) as conn:
         (version,) = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-    assert version == SCHEMA_VERSION == 4
+    assert version == SCHEMA_VERSION == 5
 
 
 async def test_an_unreadable_schedule_row_is_an_error_naming_it(path: Path) -> None:

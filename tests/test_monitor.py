@@ -66,3 +66,14 @@ def test_a_line_names_the_job_as_jobs_commands_accept_it() -> None:
     ]:
         line = format_event(msgspec.structs.replace(EVENT, id=job_id))
         assert line.split()[2] == shown
+
+
+def test_progress_reads_as_a_percentage_and_output_line_by_line() -> None:
+    running = msgspec.structs.replace(EVENT, state="running", error=None, wall_s=None)
+    progress = msgspec.structs.replace(
+        running, event="progress", progress=0.4, message="copying files"
+    )
+    assert format_event(progress).endswith("progress  01234567  40% copying files")
+    output = msgspec.structs.replace(running, event="output", output="one\ntwo\n")
+    first, second = format_event(output).splitlines()
+    assert first.endswith("output    01234567 | one") and second.endswith("| two")

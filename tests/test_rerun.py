@@ -159,3 +159,16 @@ def test_every_final_state_but_succeeded_may_be_retried(state: JobState) -> None
     record = Job("x", job(), 0, WALL, state=state)
     refusal = retry_refusal("x", record, None)
     assert (refusal is None) == (state in RETRYABLE) == (state != "succeeded")
+
+
+def test_a_retried_job_leaves_its_last_attempts_output_behind() -> None:
+    core = new_core()
+    add(core, "a")
+    core.submit(job(job_id="f"), 0.0, WALL)
+    report(core, "a", "f", "started")
+    report(core, "a", "f", "failed", error="ValueError: boom", output="attempt 1 said this\n")
+    stored = ended(core)
+    assert stored["f"].output == "attempt 1 said this\n"
+    core.retry(["f"], 1.0, WALL + 1, stored=stored)
+    changed, _ = core.take_changes()
+    assert [(j.id, j.output, j.progress, j.message) for j in changed] == [("f", None, None, None)]

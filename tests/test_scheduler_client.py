@@ -659,3 +659,12 @@ async def test_a_restarting_bus_s_promise_reaches_the_lease_view(
     await peer.send({"type": "restarting", "keep_s": 30 * unit()})
     await wait_until(lambda: client.lease.keep_until is not None, 5 * unit(), "the promise")
     assert client.lease.fence_within(time.monotonic() + 4 * lease, lease, holding=True) is None
+
+
+async def test_progress_and_output_are_dropped_while_the_bus_is_away() -> None:
+    client = SchedulerClient(SchedulerConfig(bus_url="ws://127.0.0.1:9"))
+    job = Assignment(id="j1", attempt=1, priority=5)
+    client._on_event(Report("progress", "j1", 1, progress=0.5), job)
+    client._on_event(Report("output", "j1", 1, output="x"), job)
+    client._on_event(Report("succeeded", "j1", 1, output="x"), job)
+    assert [r.event for r in client.outbox] == ["succeeded"], "the end waits for the bus"

@@ -104,3 +104,13 @@ def test_a_later_failure_without_an_exception_drops_the_old_traceback() -> None:
     tracker.apply(event("retrying", "queued", 1.0, error="ValueError: bad", traceback=tb))
     record = tracker.apply(event("dead", "dead", 2.0, error="timed out after 1 s"))
     assert (record.error, record.traceback) == ("timed out after 1 s", None)
+
+
+def test_progress_and_output_events_leave_the_record_alone() -> None:
+    tracker = JobTracker()
+    tracker.apply(event("accepted", "queued", 100.0))
+    tracker.apply(event("started", "running", 101.0, scheduler="s1", attempt=1))
+    tracker.apply(event("progress", "running", 102.0, scheduler="s1", progress=0.5))
+    tracker.apply(event("output", "running", 103.0, scheduler="s1", output="hi\n"))
+    record = tracker.apply(event("succeeded", "succeeded", 105.0, scheduler="s1"))
+    assert (record.run_s, record.wait_s) == (4.0, 1.0)

@@ -7,12 +7,14 @@ Schema (version :data:`SCHEMA_VERSION`)::
         bus that shut down promised its schedulers their jobs)
     jobs(id TEXT PRIMARY KEY, seq, payload JSON, submitted_at, state, attempt, holder,
          deliveries, evictions, retries, errors JSON list, not_before, updated_at,
-         finished_at, result JSON, traceback, owner)
+         finished_at, result JSON, traceback, owner, output)
     INDEX jobs_state_finished ON jobs(state, finished_at)    load and vacuum
     INDEX jobs_submitted ON jobs(submitted_at, seq)          listing (newest first), since
     schedulers(name TEXT PRIMARY KEY, secret_hash TEXT)      who may reattach under a name
     schedules(name TEXT PRIMARY KEY, spec JSON, paused, next_fire, due, last_fire,
               last_job, last_outcome, instances JSON list)   periodic jobs (version 4)
+
+``jobs.output`` (version 5) is the tail of a final job's stdout and stderr.
 
 :func:`prepared` checks a database, creates or upgrades the schema and sets up
 durability; :func:`row_of` and :func:`job_of` turn a job into a row and back.
@@ -33,10 +35,11 @@ from scheduler.protocol import JobPayload
 from scheduler.protocol_schedules import ScheduleSpec
 from scheduler.protocol_types import FINAL_EVENTS, JobState
 
-SCHEMA_VERSION: Final = 4
+SCHEMA_VERSION: Final = 5
 """The schema this code writes. A version 1 journal (no ``result`` and ``traceback``),
-version 2 journal (no ``owner``, no ``schedulers``) or version 3 journal (no
-``schedules``) is upgraded when opened; a journal with a newer version is refused."""
+version 2 journal (no ``owner``, no ``schedulers``), version 3 journal (no
+``schedules``) or version 4 journal (no ``output``) is upgraded when opened; a journal
+with a newer version is refused."""
 
 MEMORY: Final = ":memory:"
 """The path of a journal kept in memory: nothing survives :meth:`Journal.close`."""
@@ -71,6 +74,7 @@ _COLUMNS: Final = (
     "result",
     "traceback",
     "owner",
+    "output",
 )
 _SCHEMA: Final = (
     "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID",
@@ -91,7 +95,8 @@ _SCHEMA: Final = (
         finished_at REAL,
         result TEXT,
         traceback TEXT,
-        owner TEXT
+        owner TEXT,
+        output TEXT
     )""",
     "CREATE INDEX IF NOT EXISTS jobs_state_finished ON jobs (state, finished_at)",
     "CREATE INDEX IF NOT EXISTS jobs_submitted ON jobs (submitted_at, seq)",
@@ -112,18 +117,19 @@ _SCHEMA: Final = (
     ) WITHOUT ROWID""",
     f"INSERT OR IGNORE INTO meta VALUES ('schema_version', {SCHEMA_VERSION}), ('high_seq', -1)",
 )
+_ADD_OUTPUT: Final = "ALTER TABLE jobs ADD COLUMN output TEXT"
+_SET_VERSION: Final = f"UPDATE meta SET value = {SCHEMA_VERSION} WHERE key = 'schema_version'"
 UPGRADES: Final[dict[int, tuple[str, ...]]] = {
     1: (
         "ALTER TABLE jobs ADD COLUMN result TEXT",
         "ALTER TABLE jobs ADD COLUMN traceback TEXT",
         "ALTER TABLE jobs ADD COLUMN owner TEXT",
-        f"UPDATE meta SET value = {SCHEMA_VERSION} WHERE key = 'schema_version'",
+        _ADD_OUTPUT,
+        _SET_VERSION,
     ),
-    2: (
-        "ALTER TABLE jobs ADD COLUMN owner TEXT",
-        f"UPDATE meta SET value = {SCHEMA_VERSION} WHERE key = 'schema_version'",
-    ),
-    3: (f"UPDATE meta SET value = {SCHEMA_VERSION} WHERE key = 'schema_version'",),
+    2: ("ALTER TABLE jobs ADD COLUMN owner TEXT", _ADD_OUTPUT, _SET_VERSION),
+    3: (_ADD_OUTPUT, _SET_VERSION),
+    4: (_ADD_OUTPUT, _SET_VERSION),
 }
 """The statements that bring a journal of an older schema version up to this one."""
 SELECT: Final = f"SELECT {', '.join(_COLUMNS)} FROM jobs"
@@ -171,6 +177,7 @@ Row = tuple[
     float | None,
     float,
     float | None,
+    str | None,
     str | None,
     str | None,
     str | None,
@@ -273,6 +280,7 @@ def _encode_row(job: Job) -> Row:
         None if job.result is None else _encoder.encode(job.result).decode(),
         job.traceback,
         job.owner,
+        job.output if job.final else None,
     )
 
 
@@ -303,6 +311,7 @@ def job_of(row: Sequence[Any]) -> Job:
         result=result,
         traceback=row[15],
         owner=row[16],
+        output=row[17],
     )
 
 

@@ -41,8 +41,8 @@ def job_event(
     """The event ``kind`` about ``job`` as it stands, stamped ``time``.
 
     ``report`` adds its measurements; ``error`` overrides the report's error. Final and
-    ``retrying`` events list the errors of every failed attempt and carry the job's result
-    and latest traceback.
+    ``retrying`` events list the errors of every failed attempt and carry the job's result,
+    its latest traceback and the tail of its latest attempt's output.
     """
     p = job.payload
     closing = kind in FINAL_EVENTS or kind == "retrying"
@@ -68,6 +68,7 @@ def job_event(
         result=job.result if closing else None,
         traceback=job.traceback if closing else None,
         run_at=due_of(job) if job.state == "scheduled" else None,
+        output=job.output if closing else None,
     )
 
 
@@ -77,7 +78,8 @@ def status_event(job: Job, wall: float) -> JobEvent:
     A queued job reads ``retrying`` while held back for a retry (with the seconds left),
     ``requeued`` once it has been assigned before, else ``accepted``. The event's time is
     when the job last changed; it also carries the job's args and when it was submitted
-    and finished.
+    and finished. A running job's status carries its latest progress and message and the
+    latest of its output.
     """
     retry_in_s: float | None = None
     if job.state != "queued":
@@ -90,6 +92,11 @@ def status_event(job: Job, wall: float) -> JobEvent:
         kind = "accepted"
     error = job.errors[-1] if job.state in _FAILED_STATES and job.errors else None
     event = job_event(job, kind, job.updated_at, job.holder, error=error, retry_in_s=retry_in_s)
-    return msgspec.structs.replace(
+    event = msgspec.structs.replace(
         event, args=job.payload.args, submitted_at=job.submitted_at, finished_at=job.finished_at
+    )
+    if job.state != "running":
+        return event
+    return msgspec.structs.replace(
+        event, progress=job.progress, message=job.message, output=job.output
     )

@@ -21,6 +21,10 @@ class Job:
     traceback of the latest failed attempt if an exception failed it. ``owner`` names
     the token that submitted it (None: submitted to a bus without tokens, or before
     owners were recorded); a producer may cancel and watch only the jobs it owns.
+    ``progress`` and ``message`` are the latest progress the running attempt reported
+    (in memory only); ``output`` is the latest (at most 4 KiB) of the attempt's output:
+    gathered from its ``output`` reports while it runs (in memory only), then the tail its
+    closing report carried (journaled with the final state).
     """
 
     id: str
@@ -40,6 +44,9 @@ class Job:
     result: object = None
     traceback: str | None = None
     owner: str | None = None
+    progress: float | None = None
+    message: str | None = None
+    output: str | None = None
 
     @property
     def priority(self) -> int:

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from scheduler.protocol import JobEvent
-from scheduler.protocol_types import FINAL_EVENTS
+from scheduler.protocol_types import FINAL_EVENTS, TRANSIENT_EVENTS
 
 
 @dataclass
@@ -75,11 +75,14 @@ class JobTracker:
         self.records: dict[str, JobRecord] = {}
 
     def apply(self, event: JobEvent) -> JobRecord:
-        """Fold ``event`` into its job's record and return the record."""
+        """Fold ``event`` into its job's record and return the record (a ``progress`` or
+        ``output`` event changes nothing of it)."""
         record = self.records.get(event.id)
         if record is None:
             record = JobRecord(event.id, event.priority, event.runtime, event.task)
             self.records[event.id] = record
+        if event.event in TRANSIENT_EVENTS:
+            return record
         if record.first_seen is None or event.event == "accepted":
             record.first_seen = event.time
         self._stop_clock(record, event.time)

@@ -186,11 +186,20 @@ def _fields(event: JobEvent) -> list[tuple[str, object]]:
     optional: list[tuple[str, object | None]] = [
         ("run at", None if event.run_at is None else local_time(event.run_at)),
         ("retry in", None if event.retry_in_s is None else f"{event.retry_in_s:.1f} s"),
+        ("progress", progress_text(event) or None),
         ("exit code", event.exit_code),
         ("result", None if event.result is None else shorten(json.dumps(event.result))),
         ("error", event.error or None),
     ]
     return [(name, value) for name, value in fields + optional if value is not None]
+
+
+def progress_text(event: JobEvent) -> str:
+    """``40% "message"`` for a job status that carries progress, else ``""``."""
+    if event.progress is None:
+        return ""
+    message = f" {json.dumps(event.message)}" if event.message else ""
+    return f"{round(100 * event.progress)}%{message}"
 
 
 def echo_jobs(jobs: list[JobEvent], as_json: bool) -> None:

@@ -25,6 +25,7 @@ from scheduler.policy.dispatch.rerun import RETRYABLE
 from scheduler.producer.client import ProducerClient, SubmitError
 from scheduler.protocol import Retried, Watching
 from scheduler.protocol_types import MAX_BULK, MAX_EPOCH_S, JobState
+from scheduler.tools import job_logs
 from scheduler.tools.job_ids import resolve_ids
 from scheduler.tools.job_views import echo_jobs, event_json, jobs_table
 from scheduler.tools.operator import call_bus, operator_group
@@ -251,3 +252,6 @@ def vacuum(ctx: click.Context, older_than: float | None) -> None:
     total = sum(deleted.values())
     parts = ", ".join(f"{n} {state}" for state, n in sorted(deleted.items()))
     click.echo(f"deleted {total} final jobs" + (f": {parts}" if parts else ""))
+
+
+cli.add_command(job_logs.logs)

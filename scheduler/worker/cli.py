@@ -15,6 +15,7 @@ right after each fork are copied first).
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import sys
@@ -24,6 +25,7 @@ from typing import Any, Final, TypeVar, overload
 
 import click
 
+from scheduler.auth import state_dir
 from scheduler.cli_support import (
     configure_logging,
     connection_options,
@@ -34,10 +36,11 @@ from scheduler.connect import RegistrationRefused
 from scheduler.ids import short_id
 from scheduler.policy.limits import Limits, parse_size
 from scheduler.protocol import Assignment, Report
-from scheduler.protocol_types import MAX_NAME_LEN, MAX_SIZE, MAX_TIMEOUT_S
+from scheduler.protocol_types import MAX_NAME_LEN, MAX_SIZE, MAX_TIMEOUT_S, TRANSIENT_EVENTS
 from scheduler.tasks import TaskLoadError, TaskRegistry, load_task_modules
 from scheduler.worker.cgroups import CgroupError, JobCgroups
 from scheduler.worker.client import SchedulerClient, SchedulerConfig
+from scheduler.worker.job_output import DEFAULT_KEEP_LOGS
 from scheduler.worker.process import contain_orphans, kill_orphans
 
 log = logging.getLogger("scheduler.worker")
@@ -51,11 +54,12 @@ _ENDED_AFTER: Final[dict[str, str]] = {"cancelled": "cancelled", "timed_out": "t
 
 def log_report(report: Report, assignment: Assignment) -> None:
     """Log one line for a job step: its id as :func:`~scheduler.ids.short_id` shows it
-    (which ``jobs`` commands accept), priority and timings.
+    (which ``jobs`` commands accept), priority and timings (progress and output are no
+    steps: not logged).
 
     The lines are INFO; nothing is formatted unless the logger lets INFO through.
     """
-    if not log.isEnabledFor(logging.INFO):
+    if report.event in TRANSIENT_EVENTS or not log.isEnabledFor(logging.INFO):
         return
     event, job_id, priority = report.event, short_id(report.id), assignment.priority
     wall = report.wall_s or 0.0
@@ -195,6 +199,30 @@ _OPTIONS = (
         help="Name to register under. Default: HOST-PID. A scheduler that reconnects "
         "under its name keeps its jobs.",
     ),
+    click.option(
+        "--log-dir",
+        type=click.Path(file_okay=False, path_type=Path),
+        default=None,
+        metavar="DIR",
+        help="Where each job's stdout and stderr go: DIR/<scheduler name>/<job id>."
+        "<attempt>.log (not this terminal). Default: $XDG_STATE_HOME/schedbus/logs.",
+    ),
+    click.option(
+        "--no-job-logs",
+        is_flag=True,
+        help="Leave each job's stdout and stderr on this terminal, with no output events "
+        "and no output tail (a log file per job costs about 1 ms of CPU per job on a "
+        "small VM, mostly in the job process, which creates it).",
+    ),
+    click.option(
+        "--keep-logs",
+        type=click.IntRange(1),
+        default=DEFAULT_KEEP_LOGS,
+        show_default=True,
+        metavar="N",
+        help="How many job log files to keep under the log directory (every scheduler's "
+        "there); older ones are deleted as new jobs start.",
+    ),
 )
 
 
@@ -212,10 +240,13 @@ def scheduler_options(
     """Add the options every scheduler command shares, as ``@scheduler_options`` or
     ``@scheduler_options(default_timeout=10.0)``: ``-s``, ``-t`` (default
     ``default_timeout``, None: no timeout), ``--memory-limit``, ``--cpu-limit``,
-    ``--cgroup``, ``-d``, ``--name``, and the shared ``--bus``, ``--token``, ``--token-file``,
-    ``--cafile`` (:func:`~scheduler.cli_support.connection_options`), passed to the command
+    ``--cgroup``, ``-d``, ``--name``, ``--log-dir``, ``--no-job-logs``, ``--keep-logs``,
+    and the shared
+    ``--bus``, ``--token``, ``--token-file``, ``--cafile``
+    (:func:`~scheduler.cli_support.connection_options`), passed to the command
     as ``size``, ``timeout``, ``memory_limit``, ``cpu_limit``, ``cgroups``, ``debug``,
-    ``name``, ``url``, ``token``, ``token_file``, ``cafile``."""
+    ``name``, ``log_dir``, ``no_job_logs``, ``keep_logs``, ``url``, ``token``,
+    ``token_file``, ``cafile``."""
 
     def add(command: FC) -> FC:
         command = connection_options(command)
@@ -242,8 +273,15 @@ def run_scheduler(
     memory_limit: int | None = None,
     cpu_limit: float | None = None,
     cgroups: JobCgroups | None = None,
+    log_dir: Path | None = None,
+    keep_logs: int = DEFAULT_KEEP_LOGS,
+    no_job_logs: bool = False,
 ) -> None:
     """Serve the bus with ``tasks`` until SIGINT or SIGTERM.
+
+    Each job's stdout and stderr go to a file under ``log_dir`` (default
+    ``$XDG_STATE_HOME/schedbus/logs``), the newest ``keep_logs`` of them kept, unless
+    ``no_job_logs`` (then they stay this process's).
 
     With ``log_jobs`` (or ``debug``) one INFO line is logged per job step
     (:func:`log_report`), else only for unusual ones (:func:`log_unusual_report`).
@@ -259,6 +297,10 @@ def run_scheduler(
     # look them up (logging's documented switches; a third of the cost of a job line).
     logging._srcfile = None
     logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
+    # Job processes inherit this sys.stdout: line-buffered, a task's print() reaches its
+    # log file (and its output events) line by line, not at exit, at no cost per fork.
+    if isinstance(sys.stdout, io.TextIOWrapper):
+        sys.stdout.reconfigure(line_buffering=True)
     log.info("serving tasks: %s", ", ".join(tasks.names))
     config = SchedulerConfig(
         bus_url=url,
@@ -269,6 +311,8 @@ def run_scheduler(
         cafile=cafile,
         limits=Limits(memory_limit, cpu_limit),
         cgroups=cgroups,
+        log_dir=None if no_job_logs else log_dir or state_dir() / "logs",
+        keep_logs=keep_logs,
     )
     on_report = log_report if log_jobs or debug else log_unusual_report
 

@@ -30,6 +30,7 @@ import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from websockets.uri import parse_uri
 
@@ -45,9 +46,11 @@ from scheduler.policy.fence import LeaseView
 from scheduler.policy.heartbeat import HeartbeatSchedule
 from scheduler.policy.limits import NO_LIMITS, Limits
 from scheduler.protocol import Assignment, Held, Register, Report, Stop
+from scheduler.protocol_types import TRANSIENT_EVENTS
 from scheduler.tasks import TaskRegistry
 from scheduler.worker.cgroups import JobCgroups
 from scheduler.worker.executor import Executor
+from scheduler.worker.job_output import DEFAULT_KEEP_LOGS, JobLogs
 from scheduler.worker.report_queue import DEFAULT_OUTBOX_LIMIT, ReportQueue, fit_register
 from scheduler.worker.session import Session, SessionLinks
 
@@ -79,7 +82,10 @@ class SchedulerConfig:
     job's process tree unless its task sets its own; ``cgroups`` to run each job in a
     cgroup of its own (None: none); ``grace`` seconds a stopped job may react
     to SIGTERM before SIGKILL; ``heartbeat_s`` between heartbeats; ``outbox_limit``
-    reports kept while the bus is away (beyond it the oldest are dropped).
+    reports kept while the bus is away (beyond it the oldest are dropped); ``log_dir``
+    the root of the job log files (``log_dir/<name>/<job id>.<attempt>.log``; None: jobs
+    write to this process's stdout and stderr and no output is reported), of which the
+    newest ``keep_logs`` are kept.
     """
 
     bus_url: str = DEFAULT_URL
@@ -94,6 +100,8 @@ class SchedulerConfig:
     """CA certificates to verify a ``wss://`` bus with (None: the system's)."""
     limits: Limits = NO_LIMITS
     cgroups: JobCgroups | None = None
+    log_dir: Path | None = None
+    keep_logs: int = DEFAULT_KEEP_LOGS
 
     def __post_init__(self) -> None:
         """Refuse values the bus or the executor would refuse later, naming the field."""
@@ -107,6 +115,8 @@ class SchedulerConfig:
             raise ValueError(f"grace must be >= 0, not {self.grace}")
         if self.outbox_limit < 1:
             raise ValueError(f"outbox_limit must be >= 1, not {self.outbox_limit}")
+        if self.keep_logs < 1:
+            raise ValueError(f"keep_logs must be >= 1, not {self.keep_logs}")
 
 
 class SchedulerClient:
@@ -147,6 +157,9 @@ class SchedulerClient:
         self._error: Exception | None = None
         self._secret: str | None = None
         """What proves to the bus that we hold our name; kept in memory only."""
+        self._connected = False
+        """Whether a registered connection is being served (transient reports wait for
+        nobody: they are dropped while the bus is away)."""
 
     @property
     def executor(self) -> Executor:
@@ -177,6 +190,9 @@ class SchedulerClient:
             may_start=self._may_start,
             limits=config.limits,
             cgroups=config.cgroups,
+            logs=None
+            if config.log_dir is None
+            else JobLogs(config.log_dir, self._wanted_name, config.keep_logs),
         )
         try:
             await self._connector.run(
@@ -215,9 +231,11 @@ class SchedulerClient:
             self._fail,
         )
         session = Session(registration, links, self._registered(registration))
+        self._connected = True
         try:
             await session.serve(self._stopping)
         finally:
+            self._connected = False
             task = asyncio.current_task()
             if self._stopping.is_set() or (task is not None and task.cancelling()):
                 await self.executor.shutdown()
@@ -324,12 +342,15 @@ class SchedulerClient:
         self._on_event(Report("revoked", stop.id, stop.attempt), dropped)
 
     def _on_event(self, report: Report, assignment: Assignment) -> None:
-        """Queue ``report`` for the bus, then show it to the client's observer.
+        """Queue ``report`` for the bus, then show it to the client's observer; a
+        progress or output report is dropped instead while the bus is away.
 
         The observer sees it in the next loop iteration, after the writer has sent it (if
         connected): a log line written first would hold the report up, all the more right
         after a fork, when each page the observer touches is copied first.
         """
+        if report.event in TRANSIENT_EVENTS and not self._connected:
+            return  # progress or output: stale by the time the bus is back
         self.outbox.append(report)
         self._outbox_ready.set()
         if self._on_report is not None:

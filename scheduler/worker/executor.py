@@ -26,6 +26,8 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any, Final
 
+import msgspec
+
 from scheduler.policy.closing import Ending, Why, closing_report
 from scheduler.policy.limits import NO_LIMITS, Limits, Usage, over_limits
 from scheduler.policy.runner import (
@@ -41,6 +43,8 @@ from scheduler.protocol import Assignment, Held, Report
 from scheduler.tasks import TaskRegistry, UnknownTaskError, call_arguments, run_task
 from scheduler.worker import containment
 from scheduler.worker.cgroups import JobCgroups
+from scheduler.worker.job_feed import JobChannels, JobFeed
+from scheduler.worker.job_output import JobLogs
 from scheduler.worker.process import JobProcess, ProcessResult
 from scheduler.worker.task_result import ResultPipe, TaskRecord
 
@@ -62,6 +66,7 @@ class _Run:
     assignment: Assignment
     process: JobProcess
     pipe: ResultPipe
+    channels: JobChannels
     started_at: float
     deadline: float
     limits: Limits = NO_LIMITS
@@ -84,7 +89,9 @@ class Executor:
     (by default they are logged). A job without a timeout gets its task's default, else
     ``default_timeout`` (None: it runs until it ends). A job's process tree is held to its
     task's limits, each unset one taken from ``limits``. With ``cgroups`` each job also
-    runs in a cgroup of its own there, killed whole when the job ends.
+    runs in a cgroup of its own there, killed whole when the job ends. With ``logs`` each
+    job's stdout and stderr go to a log file of its own there (see
+    :class:`~scheduler.worker.job_feed.JobFeed`), else they stay the scheduler's.
     """
 
     def __init__(
@@ -99,6 +106,7 @@ class Executor:
         may_start: Callable[[], bool] = lambda: True,
         limits: Limits = NO_LIMITS,
         cgroups: JobCgroups | None = None,
+        logs: JobLogs | None = None,
     ) -> None:
         """Set up an idle executor; nothing runs until :meth:`submit`.
 
@@ -115,6 +123,7 @@ class Executor:
         self._clock = clock
         self._limits = limits
         self._cgroups = cgroups
+        self._feed = JobFeed(logs, on_event, clock)
         self._limit_timer: asyncio.TimerHandle | None = None
         self._jobs: dict[str, Assignment] = {}
         """The attempts we hold: queued, parked, running, or stopping with a report due."""
@@ -228,6 +237,7 @@ class Executor:
         if self._limit_timer is not None:
             self._limit_timer.cancel()
             self._limit_timer = None
+        self._feed.shutdown()
         stops = [run.process.stop() for run in self._runs.values()]
         # Each process's end callback (registered when it started) runs before the stop
         # that reaped it is seen done: nothing runs on, and nothing reports, after this.
@@ -275,10 +285,19 @@ class Executor:
             pipe = ResultPipe()
         except OSError as exc:
             return self._not_started(assignment, exc)
+        try:
+            channels = self._feed.open(job_id, assignment.attempt)
+        except OSError as exc:
+            pipe.close()
+            return self._not_started(assignment, exc)
         process = JobProcess(
             run_task,
             (spec.function, args, kwargs, job_id, assignment.attempt),
-            {"result_fd": pipe.write_fd},
+            {
+                "result_fd": pipe.write_fd,
+                "progress_fd": channels.progress.write_fd,
+                "log_path": channels.log_path,
+            },
             name=f"job-{job_id}",
             grace=self._grace,
             cgroups=self._cgroups,
@@ -287,13 +306,15 @@ class Executor:
             process.start()
         except OSError as exc:
             pipe.close()
+            channels.close()
             return self._not_started(assignment, exc)
         pipe.forked()
+        self._feed.started(assignment, channels)
         started_at = self._clock()
         timeout = assignment.timeout or spec.timeout or self._default_timeout
         deadline = math.inf if timeout is None else started_at + timeout
         limits = spec.limits.over(self._limits)
-        run = _Run(assignment, process, pipe, started_at, deadline, limits)
+        run = _Run(assignment, process, pipe, channels, started_at, deadline, limits)
         self._runs[job_id] = run
         if limits.any:
             self._watch_limits()
@@ -404,7 +425,10 @@ class Executor:
         record = run.pipe.collect()
         log.debug("%s attempt %d ended: %s", job_id, assignment.attempt, result)
         report = closing_report(job_id, assignment.attempt, _ending(run, result, record))
+        tail = self._feed.ended(assignment, report is not None)
         if report is not None:
+            if tail:
+                report = msgspec.structs.replace(report, output=tail)
             self._on_event(report, assignment)
         self._carry_out(self._runner.exited(job_id, self._clock()))
 

@@ -321,6 +321,8 @@ class Lifecycle:
         if state == "succeeded":  # a broadcast parent keeps the result it gathered
             job.result = job.result if report is None else report.result
             job.traceback = None
+        if report is not None and report.output is not None:
+            job.output = report.output
         self.finished += 1
         self.touch(job, wall)
         self.emit(out, job_event(job, state, wall, job.holder, report, error=error))

@@ -1,9 +1,12 @@
 """What a scheduler's report about an attempt does to its job: ``started``, ``evicted``,
-``failed``/``timed_out`` (retried or final), ``revoked`` (a steal) or final."""
+``failed``/``timed_out`` (retried or final), ``revoked`` (a steal) or final; ``progress``
+and ``output`` (transient: shown, not journaled)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+import msgspec
 
 from scheduler.policy.dispatch.decisions import Decision, Ignored, Requeued
 from scheduler.policy.dispatch.lifecycle import Lifecycle
@@ -11,6 +14,7 @@ from scheduler.policy.dispatch.registry import KnownScheduler
 from scheduler.policy.events import job_event
 from scheduler.policy.job import Job
 from scheduler.protocol import Report
+from scheduler.protocol_types import MAX_OUTPUT_BYTES, TRANSIENT_EVENTS
 
 
 def apply_report(
@@ -21,12 +25,13 @@ def apply_report(
     if s is not None and s.reports:
         core.registry.leases.renew(name, now)
     job = core.jobs.get(report.id)
-    if job is None:
-        return [Ignored(name, report.id, "unknown or final job")]
-    reason = _fence(job, name, report)
+    reason = "unknown or final job" if job is None else _fence(job, name, report)
     if reason is not None:
         return [Ignored(name, report.id, reason)]
+    assert job is not None
     assert s is not None  # the holder of a tracked job is known
+    if report.event in TRANSIENT_EVENTS:
+        return _transient(core, job, s, report, wall)
     unstalled = report.event != "revoked" and core.progressed(s, now)
     if report.evictions is not None and report.event != "evicted":
         job.evictions = max(job.evictions, report.evictions)
@@ -46,6 +51,35 @@ def apply_report(
         core.dispatch_backlog(now, wall, applying.out)
     core.steals.balance(now, applying.out)
     return applying.out
+
+
+def _transient(
+    core: Lifecycle, job: Job, s: KnownScheduler, report: Report, wall: float
+) -> list[Decision]:
+    """Show a ``progress`` or ``output`` report of running ``job``: kept on the job in
+    memory (not journaled: the job is not touched) and published as an event."""
+    if job.state != "running":
+        return [Ignored(s.name, report.id, f"{report.event} of a job that is {job.state}")]
+    out: list[Decision] = []
+    if report.event == "progress":
+        job.progress, job.message = report.progress, report.message
+        event = job_event(job, "progress", wall, s.name)
+        event = msgspec.structs.replace(event, progress=job.progress, message=job.message)
+    else:
+        job.output = keep_tail((job.output or "") + (report.output or ""), MAX_OUTPUT_BYTES)
+        event = msgspec.structs.replace(
+            job_event(job, "output", wall, s.name), output=report.output or ""
+        )
+    core.emit(out, event)
+    return out
+
+
+def keep_tail(text: str, limit: int) -> str:
+    """The end of ``text`` that fits in ``limit`` bytes of UTF-8 (all of it if it fits)."""
+    data = text.encode()
+    if len(data) <= limit:
+        return text
+    return data[-limit:].decode(errors="ignore")
 
 
 def _fence(job: Job, scheduler: str, report: Report) -> str | None:
@@ -74,6 +108,7 @@ class _Applying:
         waited, and fail a steal of it that was under way."""
         core = self.core
         job.state = "running"
+        job.progress = job.message = job.output = None
         core.touch(job, self.wall)
         if core.registry.start_watch is not None:
             core.registry.start_watch.settled(self.s.name, job.id)
@@ -121,6 +156,7 @@ class _Applying:
         assert report.event in ("failed", "timed_out")
         job.errors.append(_error_text(report))
         job.traceback = report.traceback
+        job.output = report.output if report.output is not None else job.output
         retries = job.payload.max_retries
         if job.id in self.core.cancelling or retries == 0:
             self.core.finish(job, report.event, self.wall, self.out, report)

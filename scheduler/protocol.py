@@ -455,6 +455,8 @@ class JobEvent(msgspec.Struct, frozen=True, tag_field="type", tag="event", omit_
     submitted_at: float | None = None
     """When the bus accepted the job (epoch seconds)."""
     finished_at: float | None = None
+    started_at: float | None = None
+    """When the latest attempt started (epoch seconds)."""
     """When the job reached its final state (epoch seconds)."""
     progress: float | None = None
     """How far the running job is (0.0 to 1.0): on ``progress`` events, and on the status

@@ -81,6 +81,8 @@ async def test_list_show_and_retry_a_failed_job_journaled_across_a_bus_restart(
     facts = ("state      failed", "task       flaky", 'args       {"value": 7}', "attempts   1")
     for line in facts:
         assert f"\n  {line}\n" in out, out
+    assert "\n  started    " in out and "\n  finished   " in out, out
+    assert "\n  exit code  1\n" in out, out
     assert "  traceback:\n    Traceback (most recent call last):" in out
     assert out.rstrip().endswith("RuntimeError: attempt 1 fails on purpose")
 

@@ -175,7 +175,10 @@ async def test_a_version_2_journal_gets_owners_and_scheduler_secrets(path: Path)
     write_v1_journal(path)
     with closing(sqlite3.connect(path)) as conn, conn:
         for statement in UPGRADES[1]:
-            if not any(word in statement for word in ("owner", "output", "schema_version")):
+            if not any(
+                word in statement
+                for word in ("owner", "output", "started_at", "exit_code", "schema_version")
+            ):
                 conn.execute(statement)
         conn.execute("UPDATE meta SET value = 2 WHERE key = 'schema_version'")
     with closing(Journal.open(path)) as journal:
@@ -219,22 +222,26 @@ def test_a_version_6_journal_is_refused_naming_the_file_and_the_version(path: Pa
     assert schema_version(path) == 6, "a refused journal is left alone"
 
 
-async def test_a_version_4_journal_gets_the_output_column(path: Path) -> None:
+async def test_a_version_4_journal_gets_the_output_start_and_exit_code_columns(
+    path: Path,
+) -> None:
     Journal.open(path).close()
     with closing(sqlite3.connect(path)) as conn, conn:
-        conn.execute("ALTER TABLE jobs DROP COLUMN output")
+        for column in ("output", "started_at", "exit_code"):
+            conn.execute(f"ALTER TABLE jobs DROP COLUMN {column}")
         conn.execute("UPDATE meta SET value = 4 WHERE key = 'schema_version'")
     with closing(Journal.open(path)) as journal:
         journal.save([make_job(1, "failed", finished_at=1.0)])
         done = journal.get("job-1")
         assert done is not None
-        done.output = "the last lines\n"
+        done.output, done.started_at, done.exit_code = "the last lines\n", 0.5, 3
         journal.save([done])
         await journal.flush()
     assert schema_version(path) == 5
     with closing(Journal.open(path)) as again:
         stored = again.get("job-1")
-        assert stored is not None and stored.output == "the last lines\n"
+        assert stored is not None
+        assert (stored.output, stored.started_at, stored.exit_code) == ("the last lines\n", 0.5, 3)
 
 
 async def test_load_returns_live_jobs_in_seq_order(journal: Journal) -> None:

@@ -44,7 +44,8 @@ async def test_a_version_3_journal_gets_a_schedules_table(path: Path) -> None:
         await journal.flush()
     with closing(sqlite3.connect(path)) as conn, conn:
         conn.execute("DROP TABLE schedules")
-        conn.execute("ALTER TABLE jobs DROP COLUMN output")
+        for column in ("output", "started_at", "exit_code"):
+            conn.execute(f"ALTER TABLE jobs DROP COLUMN {column}")
         conn.execute("UPDATE meta SET value = 3 WHERE key = 'schema_version'")
     with closing(Journal.open(path)) as journal:
         assert journal.schedules() == []

@@ -161,14 +161,17 @@ def test_every_final_state_but_succeeded_may_be_retried(state: JobState) -> None
     assert (refusal is None) == (state in RETRYABLE) == (state != "succeeded")
 
 
-def test_a_retried_job_leaves_its_last_attempts_output_behind() -> None:
+def test_a_retried_job_leaves_its_last_attempts_output_start_and_exit_behind() -> None:
     core = new_core()
     add(core, "a")
     core.submit(job(job_id="f"), 0.0, WALL)
     report(core, "a", "f", "started")
-    report(core, "a", "f", "failed", error="ValueError: boom", output="attempt 1 said this\n")
+    report(core, "a", "f", "failed", error="boom", output="attempt 1 said this\n", exit_code=1)
     stored = ended(core)
-    assert stored["f"].output == "attempt 1 said this\n"
+    assert (stored["f"].output, stored["f"].exit_code) == ("attempt 1 said this\n", 1)
+    assert stored["f"].started_at is not None
     core.retry(["f"], 1.0, WALL + 1, stored=stored)
     changed, _ = core.take_changes()
-    assert [(j.id, j.output, j.progress, j.message) for j in changed] == [("f", None, None, None)]
+    assert [(j.id, j.output, j.progress, j.started_at, j.exit_code) for j in changed] == [
+        ("f", None, None, None, None)
+    ]

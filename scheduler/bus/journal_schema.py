@@ -7,14 +7,16 @@ Schema (version :data:`SCHEMA_VERSION`)::
         bus that shut down promised its schedulers their jobs)
     jobs(id TEXT PRIMARY KEY, seq, payload JSON, submitted_at, state, attempt, holder,
          deliveries, evictions, retries, errors JSON list, not_before, updated_at,
-         finished_at, result JSON, traceback, owner, output)
+         finished_at, result JSON, traceback, owner, output, started_at, exit_code)
     INDEX jobs_state_finished ON jobs(state, finished_at)    load and vacuum
     INDEX jobs_submitted ON jobs(submitted_at, seq)          listing (newest first), since
     schedulers(name TEXT PRIMARY KEY, secret_hash TEXT)      who may reattach under a name
     schedules(name TEXT PRIMARY KEY, spec JSON, paused, next_fire, due, last_fire,
               last_job, last_outcome, instances JSON list)   periodic jobs (version 4)
 
-``jobs.output`` (version 5) is the tail of a final job's stdout and stderr.
+``jobs.output`` (version 5) is the tail of a final job's stdout and stderr;
+``jobs.started_at`` (version 5) when its latest attempt started, ``jobs.exit_code`` how
+the attempt that ended it exited.
 
 :func:`prepared` checks a database, creates or upgrades the schema and sets up
 durability; :func:`row_of` and :func:`job_of` turn a job into a row and back.
@@ -38,8 +40,8 @@ from scheduler.protocol_types import FINAL_EVENTS, JobState
 SCHEMA_VERSION: Final = 5
 """The schema this code writes. A version 1 journal (no ``result`` and ``traceback``),
 version 2 journal (no ``owner``, no ``schedulers``), version 3 journal (no
-``schedules``) or version 4 journal (no ``output``) is upgraded when opened; a journal
-with a newer version is refused."""
+``schedules``) or version 4 journal (no ``output``, ``started_at``, ``exit_code``) is
+upgraded when opened; a journal with a newer version is refused."""
 
 MEMORY: Final = ":memory:"
 """The path of a journal kept in memory: nothing survives :meth:`Journal.close`."""
@@ -75,6 +77,8 @@ _COLUMNS: Final = (
     "traceback",
     "owner",
     "output",
+    "started_at",
+    "exit_code",
 )
 _SCHEMA: Final = (
     "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID",
@@ -96,7 +100,9 @@ _SCHEMA: Final = (
         result TEXT,
         traceback TEXT,
         owner TEXT,
-        output TEXT
+        output TEXT,
+        started_at REAL,
+        exit_code INTEGER
     )""",
     "CREATE INDEX IF NOT EXISTS jobs_state_finished ON jobs (state, finished_at)",
     "CREATE INDEX IF NOT EXISTS jobs_submitted ON jobs (submitted_at, seq)",
@@ -117,19 +123,23 @@ _SCHEMA: Final = (
     ) WITHOUT ROWID""",
     f"INSERT OR IGNORE INTO meta VALUES ('schema_version', {SCHEMA_VERSION}), ('high_seq', -1)",
 )
-_ADD_OUTPUT: Final = "ALTER TABLE jobs ADD COLUMN output TEXT"
+_ADD_V5: Final = (
+    "ALTER TABLE jobs ADD COLUMN output TEXT",
+    "ALTER TABLE jobs ADD COLUMN started_at REAL",
+    "ALTER TABLE jobs ADD COLUMN exit_code INTEGER",
+)
 _SET_VERSION: Final = f"UPDATE meta SET value = {SCHEMA_VERSION} WHERE key = 'schema_version'"
 UPGRADES: Final[dict[int, tuple[str, ...]]] = {
     1: (
         "ALTER TABLE jobs ADD COLUMN result TEXT",
         "ALTER TABLE jobs ADD COLUMN traceback TEXT",
         "ALTER TABLE jobs ADD COLUMN owner TEXT",
-        _ADD_OUTPUT,
+        *_ADD_V5,
         _SET_VERSION,
     ),
-    2: ("ALTER TABLE jobs ADD COLUMN owner TEXT", _ADD_OUTPUT, _SET_VERSION),
-    3: (_ADD_OUTPUT, _SET_VERSION),
-    4: (_ADD_OUTPUT, _SET_VERSION),
+    2: ("ALTER TABLE jobs ADD COLUMN owner TEXT", *_ADD_V5, _SET_VERSION),
+    3: (*_ADD_V5, _SET_VERSION),
+    4: (*_ADD_V5, _SET_VERSION),
 }
 """The statements that bring a journal of an older schema version up to this one."""
 SELECT: Final = f"SELECT {', '.join(_COLUMNS)} FROM jobs"
@@ -181,6 +191,8 @@ Row = tuple[
     str | None,
     str | None,
     str | None,
+    float | None,
+    int | None,
 ]
 """One job as bound to ``UPSERT``, in ``_COLUMNS`` order."""
 
@@ -281,6 +293,8 @@ def _encode_row(job: Job) -> Row:
         job.traceback,
         job.owner,
         job.output if job.final else None,
+        job.started_at,
+        job.exit_code,
     )
 
 
@@ -312,6 +326,8 @@ def job_of(row: Sequence[Any]) -> Job:
         traceback=row[15],
         owner=row[16],
         output=row[17],
+        started_at=row[18],
+        exit_code=row[19],
     )
 
 

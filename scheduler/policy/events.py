@@ -77,9 +77,10 @@ def status_event(job: Job, wall: float) -> JobEvent:
 
     A queued job reads ``retrying`` while held back for a retry (with the seconds left),
     ``requeued`` once it has been assigned before, else ``accepted``. The event's time is
-    when the job last changed; it also carries the job's args and when it was submitted
-    and finished. A running job's status carries its latest progress and message and the
-    latest of its output.
+    when the job last changed; it also carries the job's args, when it was submitted, when
+    its latest attempt started and when it finished (with the exit code of a final job).
+    A running job's status carries its latest progress and message and the latest of its
+    output.
     """
     retry_in_s: float | None = None
     if job.state != "queued":
@@ -93,7 +94,12 @@ def status_event(job: Job, wall: float) -> JobEvent:
     error = job.errors[-1] if job.state in _FAILED_STATES and job.errors else None
     event = job_event(job, kind, job.updated_at, job.holder, error=error, retry_in_s=retry_in_s)
     event = msgspec.structs.replace(
-        event, args=job.payload.args, submitted_at=job.submitted_at, finished_at=job.finished_at
+        event,
+        args=job.payload.args,
+        submitted_at=job.submitted_at,
+        started_at=job.started_at,
+        finished_at=job.finished_at,
+        exit_code=job.exit_code if job.final else None,
     )
     if job.state != "running":
         return event

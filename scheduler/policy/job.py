@@ -24,7 +24,8 @@ class Job:
     ``progress`` and ``message`` are the latest progress the running attempt reported
     (in memory only); ``output`` is the latest (at most 4 KiB) of the attempt's output:
     gathered from its ``output`` reports while it runs (in memory only), then the tail its
-    closing report carried (journaled with the final state).
+    closing report carried (journaled with the final state). ``started_at`` is when the
+    latest attempt started; ``exit_code`` how the attempt that ended the job exited.
     """
 
     id: str
@@ -47,6 +48,8 @@ class Job:
     progress: float | None = None
     message: str | None = None
     output: str | None = None
+    started_at: float | None = None
+    exit_code: int | None = None
 
     @property
     def priority(self) -> int:

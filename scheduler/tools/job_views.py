@@ -167,9 +167,8 @@ def job_text(event: JobEvent) -> str:
 
 
 def _fields(event: JobEvent) -> list[tuple[str, object]]:
-    """The one-line facts about a job, by name; those it does not have left out. A
-    running job's status is as of its start, so that is when it started (the journal
-    keeps no start time for a job that has ended)."""
+    """The one-line facts about a job, by name; those it does not have left out. The
+    start is the latest attempt's, shown while it runs and once the job has ended."""
     state = event.state if event.event == event.state else f"{event.state} ({event.event})"
     fields: list[tuple[str, object | None]] = [
         ("state", state),
@@ -177,7 +176,7 @@ def _fields(event: JobEvent) -> list[tuple[str, object]]:
         ("args", "-" if event.args is None else json.dumps(event.args)),
         ("priority", event.priority),
         ("submitted", local_time(event.submitted_at)),
-        ("started", local_time(event.time) if event.state == "running" else None),
+        ("started", local_time(event.started_at) if _ran(event) else None),
         ("finished", local_time(event.finished_at)),
         ("attempts", event.attempt),
         ("evictions", event.evictions),
@@ -200,6 +199,13 @@ def progress_text(event: JobEvent) -> str:
         return ""
     message = f" {json.dumps(event.message)}" if event.message else ""
     return f"{round(100 * event.progress)}%{message}"
+
+
+def _ran(event: JobEvent) -> bool:
+    """Whether ``event``'s start time belongs to its current state (running or ended)."""
+    return event.started_at is not None and (
+        event.state == "running" or event.finished_at is not None
+    )
 
 
 def echo_jobs(jobs: list[JobEvent], as_json: bool) -> None:

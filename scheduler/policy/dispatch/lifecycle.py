@@ -323,6 +323,7 @@ class Lifecycle:
             job.traceback = None
         if report is not None and report.output is not None:
             job.output = report.output
+        job.exit_code = None if report is None else report.exit_code
         self.finished += 1
         self.touch(job, wall)
         self.emit(out, job_event(job, state, wall, job.holder, report, error=error))

@@ -109,6 +109,7 @@ class _Applying:
         core = self.core
         job.state = "running"
         job.progress = job.message = job.output = None
+        job.started_at = self.wall
         core.touch(job, self.wall)
         if core.registry.start_watch is not None:
             core.registry.start_watch.settled(self.s.name, job.id)

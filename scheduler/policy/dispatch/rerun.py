@@ -95,6 +95,7 @@ def _run_again(
     job.state, job.holder, job.not_before = "queued", None, None
     job.finished_at, job.result = None, None
     job.progress = job.message = job.output = None
+    job.started_at = job.exit_code = None
     job.deliveries = job.retries = 0
     # A new place in arrival order: an entry the job left in the backlog (it never
     # outlives a job, which a retried job does) stands only under its old seq.

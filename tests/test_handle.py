@@ -121,6 +121,21 @@ async def test_result_of_a_task_and_of_a_failed_task_with_its_traceback(
     assert failed.traceback is not None and "raise TaskFailure(message)" in failed.traceback
 
 
+async def test_after_a_retry_a_handle_waits_for_the_jobs_new_end(
+    bus: BusServer, commands: Commands
+) -> None:
+    await start_worker(commands, bus)
+    async with ProducerClient(bus.url) as client:
+        job = await client.submit(JobPayload(task="explode", args=["disk full"]))
+        assert (await job.wait(timeout=30 * unit())).attempt == 1
+        assert job.done
+        reply = await client.retry([job.id])
+        assert [e.event for e in reply.jobs] == ["retried"]
+        assert not job.done  # at once: not only once the live event has come
+        again = await job.wait(timeout=30 * unit())
+    assert (again.event, again.attempt) == ("failed", 2)
+
+
 async def test_waiting_past_the_timeout_raises_timeout_error_and_the_job_goes_on(
     bus: BusServer, commands: Commands
 ) -> None:

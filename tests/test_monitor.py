@@ -73,7 +73,7 @@ def test_progress_reads_as_a_percentage_and_output_line_by_line() -> None:
     progress = msgspec.structs.replace(
         running, event="progress", progress=0.4, message="copying files"
     )
-    assert format_event(progress).endswith("progress  01234567  40% copying files")
+    assert format_event(progress).endswith("progress  0123456789abcdef  40% copying files")
     output = msgspec.structs.replace(running, event="output", output="one\ntwo\n")
     first, second = format_event(output).splitlines()
-    assert first.endswith("output    01234567 | one") and second.endswith("| two")
+    assert first.endswith("output    0123456789abcdef | one") and second.endswith("| two")

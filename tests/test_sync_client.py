@@ -54,7 +54,7 @@ async def test_eight_threads_submit_at_once_and_each_gets_its_result(
     assert not any(t.name.startswith("schedbus-client") for t in threading.enumerate())
 
 
-async def test_the_sync_handle_result_failure_timeout_cancel_and_a_job_by_id(
+async def test_the_sync_handle_result_failure_timeout_cancel_retry_and_a_job_by_id(
     bus: BusServer, commands: Commands
 ) -> None:
     await start_worker(commands, bus)
@@ -75,6 +75,10 @@ async def test_the_sync_handle_result_failure_timeout_cancel_and_a_job_by_id(
             assert slow.cancel().id == slow.id
             assert elsewhere.wait(timeout=10 * unit()).event == "cancelled"
             assert client.list_jobs(["running"]).jobs == []
+            listed = client.list_jobs(["failed"], final=True, task="explode")
+            assert [e.id for e in listed.jobs] == [bad.id]
+            assert [e.event for e in client.retry([bad.id]).jobs] == ["retried"]
+            assert bad.wait(timeout=30 * unit()).attempt == 2
         with pytest.raises(BusConnectionLost, match="closed"):
             client.submit(JobPayload(task="add", args=[1, 2]))
 

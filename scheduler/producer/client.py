@@ -315,10 +315,12 @@ class ProducerClient:
     async def retry(self, job_ids: Sequence[str]) -> Retried:
         """Run final jobs again (full ids); the reply holds the ``retried`` event of each
         job that runs again and why each other id was refused. This client then hears
-        the events of the retried jobs."""
+        the events of the retried jobs, and its handles on them wait for their new end."""
         reply = await self._request(lambda ref: Retry(ids=list(job_ids), ref=ref))
         assert isinstance(reply, Retried)
-        self._unfinished.update(event.id for event in reply.jobs)
+        for event in reply.jobs:
+            self._unfinished.add(event.id)
+            self._waiters.note(event)
         return reply
 
     async def schedule_add(self, spec: ScheduleSpec) -> Schedules:

@@ -35,7 +35,15 @@ from scheduler.producer.client import ProducerClient
 from scheduler.producer.errors import BusConnectionLost
 from scheduler.producer.handle import Job
 from scheduler.producer.settings import client_settings
-from scheduler.protocol import CancelReply, JobEvent, JobList, JobPayload, SubmitResult, Watching
+from scheduler.protocol import (
+    CancelReply,
+    JobEvent,
+    JobList,
+    JobPayload,
+    Retried,
+    SubmitResult,
+    Watching,
+)
 from scheduler.protocol_stats import StatsReply
 from scheduler.protocol_types import JobState
 
@@ -226,9 +234,34 @@ class SyncClient:
         """Subscribe to ``job_ids``; the reply holds their current state."""
         return self._call(lambda: self._connected().watch(job_ids))
 
-    def list_jobs(self, states: Sequence[JobState] | None = None, limit: int = 1000) -> JobList:
-        """The status of the jobs the bus tracks (not final), in ``states`` if given."""
-        return self._call(lambda: self._connected().list_jobs(states, limit))
+    def retry(self, job_ids: Sequence[str]) -> Retried:
+        """Run final jobs again (full ids): see :meth:`ProducerClient.retry`."""
+        return self._call(lambda: self._connected().retry(job_ids))
+
+    def list_jobs(
+        self,
+        states: Sequence[JobState] | None = None,
+        limit: int = 1000,
+        *,
+        final: bool = False,
+        newest_first: bool = False,
+        task: str | None = None,
+        since: float | None = None,
+        prefix: str | None = None,
+    ) -> JobList:
+        """The status of the jobs the bus tracks (not final), in ``states`` if given:
+        the arguments are :meth:`ProducerClient.list_jobs`'s."""
+        return self._call(
+            lambda: self._connected().list_jobs(
+                states,
+                limit,
+                final=final,
+                newest_first=newest_first,
+                task=task,
+                since=since,
+                prefix=prefix,
+            )
+        )
 
     def stats(self) -> StatsReply:
         """The bus's and every scheduler's figures now."""

@@ -42,6 +42,13 @@ class EventWaiters:
         if watch is not None:
             watch.add(event, snapshot=snapshot)
 
+    def note(self, event: JobEvent) -> None:
+        """Give ``event``, a job's state from a reply, to the job's watch only: the same
+        event then coming live is not repeated, and iterators get it only then."""
+        watch = self._watches.get(event.id)
+        if watch is not None:
+            watch.add(event, snapshot=True)
+
     def end(self, reason: str) -> None:
         """No more events: iterators end, and waiters on jobs not final fail with
         ``reason``."""

@@ -14,6 +14,7 @@ import sys
 
 import click
 
+from scheduler.ids import short_id
 from scheduler.producer.client import ProducerClient
 from scheduler.protocol import JobEvent
 from scheduler.protocol_types import FINAL_EVENTS
@@ -73,4 +74,4 @@ def _write(text: str | None) -> None:
 
 
 def _note(event: JobEvent, what: str) -> None:
-    click.echo(f"--- {event.id[:8]} {what}", err=True)
+    click.echo(f"--- {short_id(event.id)} {what}", err=True)

@@ -56,7 +56,7 @@ def format_event(event: JobEvent) -> str:
 def format_transient(stamp: str, event: JobEvent) -> str:
     """``progress 40% message`` for a progress event; each line of an output event's
     text after ``output ID |``."""
-    head = f"{stamp} {event.event:<9} {event.id[:8]}"
+    head = f"{stamp} {event.event:<9} {short_id(event.id)}"
     if event.event == "progress":
         percent = round(100 * (event.progress or 0.0))
         return f"{head} {percent:>3}% {shorten(event.message or '')}".rstrip()

@@ -8,6 +8,7 @@ test_containment.py."""
 from __future__ import annotations
 
 import ctypes
+import faulthandler
 import os
 import time
 from collections.abc import AsyncIterator, Callable
@@ -21,7 +22,7 @@ from test_job_output import events_until_final, start_worker
 from test_worker import _configs
 
 from scheduler.bus.server import BusServer
-from scheduler.policy.warm import WarmLimits
+from scheduler.policy.warm import WarmLimits, recycle
 from scheduler.producer.client import ProducerClient
 from scheduler.protocol import JobPayload
 from scheduler.tasks import Task, TaskRegistry, progress
@@ -68,6 +69,7 @@ def crash(how: str) -> None:
     """Kill the process the job runs in: ``exit`` (``os._exit(7)``) or ``segfault``."""
     if how == "exit":
         os._exit(7)
+    faulthandler.disable()  # pytest's: its dump of every thread would only be noise here
     ctypes.string_at(0)
 
 
@@ -247,6 +249,13 @@ async def test_shutdown_stops_the_idle_slot_processes(
     assert len(children()) == 1
     await executor.shutdown()
     assert children() == []
+
+
+def test_a_slot_is_recycled_after_its_jobs_or_past_its_memory() -> None:
+    assert not recycle(WarmLimits(3), 2, 10**12)
+    assert recycle(WarmLimits(3), 3, 0)
+    assert not recycle(WarmLimits(3, max_rss=100), 1, 100)
+    assert recycle(WarmLimits(3, max_rss=100), 1, 101)
 
 
 def test_warm_limits_name_the_field_they_refuse() -> None:

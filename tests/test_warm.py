@@ -22,6 +22,7 @@ from test_job_output import events_until_final, start_worker
 from test_worker import _configs
 
 from scheduler.bus.server import BusServer
+from scheduler.policy.limits import NO_LIMITS, Limits
 from scheduler.policy.warm import WarmLimits, recycle
 from scheduler.producer.client import ProducerClient
 from scheduler.protocol import JobPayload
@@ -102,9 +103,17 @@ async def make_warm(reports: Reports) -> AsyncIterator[WarmFactory]:
     """Builds warm executors of one slot reporting to ``reports``; all shut down at the end."""
     made: list[Executor] = []
 
-    def make(limits: WarmLimits, logs: JobLogs | None = None) -> Executor:
+    def make(
+        limits: WarmLimits, logs: JobLogs | None = None, job_limits: Limits = NO_LIMITS
+    ) -> Executor:
         executor = Executor(
-            1, 10 * unit(), TaskRegistry(TASKS), reports, launcher=WarmPool(limits), logs=logs
+            1,
+            10 * unit(),
+            TaskRegistry(TASKS),
+            reports,
+            launcher=WarmPool(limits),
+            logs=logs,
+            limits=job_limits,
         )
         made.append(executor)
         return executor
@@ -167,6 +176,18 @@ async def test_cpu_and_peak_memory_are_each_jobs_own(
     assert light.cpu_s is not None and light.cpu_s < 0.1
     assert heavy.max_rss_kb is not None and light.max_rss_kb is not None
     assert heavy.max_rss_kb - light.max_rss_kb >= 48 * 1024
+
+
+async def test_a_cpu_limit_counts_only_the_jobs_own_cpu_in_a_shared_slot(
+    make_warm: WarmFactory, reports: Reports
+) -> None:
+    executor = make_warm(WarmLimits(10), job_limits=Limits(cpu=0.5))
+    for n in range(3):
+        executor.submit(job(f"c{n}", task="burn", args=[0, 0.3]))
+        await reports.expect("succeeded", f"c{n}", timeout=10)
+    executor.submit(job("over", task="burn", args=[0, 5]))
+    failed = await reports.expect("failed", "over", timeout=20)
+    assert failed.error is not None and failed.error.startswith("cpu limit 0.5 s exceeded")
 
 
 @pytest.mark.parametrize(("how", "exit_code"), [("exit", 7), ("segfault", -11)])

@@ -402,9 +402,11 @@ class Executor:
         table = containment.proc_table()
         samples: dict[str, Usage] = {}
         for job_id in limited:
-            usage = containment.tree_usage(self._runs[job_id].process.pid, table)
+            process = self._runs[job_id].process
+            usage = containment.tree_usage(process.pid, table)
             if usage is not None:
-                samples[job_id] = Usage(*usage)
+                rss, cpu_s = usage
+                samples[job_id] = Usage(rss, cpu_s - process.cpu_base)
         for job_id, reason in over_limits(limited, samples).items():
             self._stop_over_limit(self._runs[job_id], reason)
         self._watch_limits()

@@ -30,6 +30,12 @@ class JobHandle(Protocol):
         """The job's result once it ended, else None."""
         ...
 
+    @property
+    def cpu_base(self) -> float:
+        """CPU seconds the process running the job had used before it (as ``/proc``
+        counts them): what a CPU limit does not count."""
+        ...
+
     def start(self) -> None:
         """Start the job on the running event loop; ``OSError`` if it cannot."""
         ...

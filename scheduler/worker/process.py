@@ -235,6 +235,11 @@ class JobProcess:
         return self._pid
 
     @property
+    def cpu_base(self) -> float:
+        """CPU seconds its process had used before the job: none, it was forked for it."""
+        return 0.0
+
+    @property
     def done(self) -> bool:
         """True once the job process has been reaped."""
         return self._future is not None and self._future.done()

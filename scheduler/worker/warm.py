@@ -264,6 +264,7 @@ class WarmJob:
         self.grace = grace
         self.cgroups = cgroups
         self._slot: _Slot | None = None
+        self._cpu_base = 0.0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._future: asyncio.Future[ProcessResult] | None = None
         self._started_at = 0.0
@@ -289,6 +290,7 @@ class WarmJob:
             raise OSError(f"cannot send the job to a warm process: {exc}") from exc
         self._started_at = time.monotonic()
         self._slot = self._pool.slot_for(self, payload)
+        self._cpu_base = self._slot.cpu_s
         self._loop = loop
         self._future = loop.create_future()
         log.debug("job %s sent to slot pid %d", self.name, self._slot.process.pid)
@@ -299,6 +301,12 @@ class WarmJob:
         if self._slot is None:
             raise RuntimeError("WarmJob not started")
         return self._slot.process.pid
+
+    @property
+    def cpu_base(self) -> float:
+        """The slot process's CPU seconds (its own and its reaped children's) when its
+        previous job ended: earlier jobs' CPU, which a CPU limit of this job leaves out."""
+        return self._cpu_base
 
     @property
     def done(self) -> bool:

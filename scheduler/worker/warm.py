@@ -74,6 +74,8 @@ class _Slot:
         self.jobs_run = 0
         self.cpu_s = 0.0
         """The slot process's CPU seconds when its last job ended."""
+        self.doomed = False
+        """Whether it is being stopped: it takes no other job, even if its job ends first."""
         self._buffer = b""
         with theirs:
             self.process = JobProcess(
@@ -130,7 +132,7 @@ class _Slot:
         exit_code, cpu_s, slot_cpu_s, peak_kb, rss_kb = record
         self.jobs_run += 1
         self.cpu_s = slot_cpu_s
-        if recycle(self._pool.limits, self.jobs_run, rss_kb * 1024):
+        if self.doomed or recycle(self._pool.limits, self.jobs_run, rss_kb * 1024):
             log.debug("retiring slot pid %d after %d jobs", self.process.pid, self.jobs_run)
             self.retire()
         else:
@@ -325,6 +327,7 @@ class WarmJob:
         grace); nothing if the job has ended."""
         slot = self._started_slot()
         if not self.done:
+            slot.doomed = True
             slot.process.time_out()
 
     async def stop(self, grace: float | None = None) -> ProcessResult:
@@ -334,6 +337,7 @@ class WarmJob:
         future = self._future
         assert future is not None
         if not future.done():
+            slot.doomed = True
             self._stopping = asyncio.ensure_future(slot.process.stop(grace))
         if self._stopping is not None:
             # The slot's reaping reports the job, possibly only right after this stop.

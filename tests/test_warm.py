@@ -10,6 +10,7 @@ from __future__ import annotations
 import ctypes
 import faulthandler
 import os
+import signal
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -81,7 +82,13 @@ def chat(marker: str) -> None:
     progress(0.5, marker)
 
 
+def length(text: str) -> int:
+    """The length of ``text``."""
+    return len(text)
+
+
 TASKS: dict[str, Task] = {
+    "length": length,
     "pid": pid,
     "remember": remember,
     "hold": hold,
@@ -139,6 +146,31 @@ async def test_a_slot_process_is_replaced_after_n_jobs(
     await wait_until(
         lambda: [p.pid for p in children()] == [pids[4]], 5 * unit(), "retired slots to exit"
     )
+
+
+async def test_arguments_larger_than_a_socket_buffer_reach_the_slot_process_whole(
+    make_warm: WarmFactory, reports: Reports
+) -> None:
+    executor = make_warm(WarmLimits(10))
+    for n, size in enumerate([900_000, 3]):
+        executor.submit(job(f"a{n}", task="length", args=["x" * size]))
+        assert (await reports.expect("succeeded", f"a{n}")).result == size
+
+
+async def test_an_idle_slot_process_that_died_is_replaced_for_the_next_job(
+    make_warm: WarmFactory, reports: Reports
+) -> None:
+    executor = make_warm(WarmLimits(10))
+    executor.submit(job("first", task="pid", args=[]))
+    first = (await reports.expect("succeeded", "first")).result
+    assert isinstance(first, int)
+    os.kill(first, signal.SIGKILL)
+    # Dead but not yet reaped (the loop has not run): the job is sent to it and refused.
+    os.waitid(os.P_PID, first, os.WEXITED | os.WNOWAIT)
+    executor.submit(job("second", task="pid", args=[]))
+    second = await reports.expect("succeeded", "second")
+    assert second.result != first
+    assert [r.event for r in reports.seen if r.id == "second"] == ["started", "succeeded"]
 
 
 async def test_module_state_survives_between_jobs_of_a_slot(

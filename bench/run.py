@@ -22,6 +22,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Final
 
 import click
 import psutil
@@ -32,10 +33,11 @@ from bench.peers import harness
 from bench.periodic import periodic_lateness
 from bench.procs import Proc, Procs, wait_for_log
 from bench.stats import Json, check_goals, median, render_table, table_rows
-from bench.system import PYTHON, Bus, start_bus, start_scheduler
+from bench.system import PYTHON, Bus, cpu_seconds, start_bus, start_scheduler
 
 FIGURES = (
     "e2e",
+    "e2e_warm",
     "latency",
     "eviction",
     "timeout",
@@ -49,7 +51,11 @@ FIGURES = (
     "scheduled",
 )
 """Names accepted by ``--only`` (``e2e`` includes the raw fork loop it is compared with,
-``cluster`` both figures of three schedulers on one bus)."""
+``e2e_warm`` warm mode against a process per job, ``cluster`` both figures of three
+schedulers on one bus)."""
+
+WARM_JOBS: Final = 10_000
+"""``--warm N`` of the e2e_warm figure's scheduler: no slot process is recycled in a round."""
 
 HOW: dict[str, str] = {
     "bus_scheduled_jobs": "A bus with a journal file and no scheduler: its RSS with a producer "
@@ -73,9 +79,19 @@ HOW: dict[str, str] = {
     "e2e_cpu_ms_per_job": "psutil CPU time (user+system) per job during the e2e rounds: bus, "
     "scheduler process, its job processes (reaped children), and the producer; "
     "raw_fork_cpu_ms_per_job is the same split for the raw loop (getrusage).",
+    "e2e_warm_jobs_per_s": "As e2e_jobs_per_s, with the scheduler in warm mode "
+    "(`test_scheduler -s 5 --warm 10000`: each slot's process runs job after job); its "
+    "rounds alternate with rounds of a second bus and process-per-job scheduler started "
+    "alongside (e2e_warm_process_jobs_per_s), median of the rounds.",
+    "e2e_warm_cpu_ms_per_job": "As e2e_cpu_ms_per_job for the warm rounds; job_processes "
+    "stays 0 (no slot process is reaped), slot_processes is the psutil CPU of the "
+    "scheduler's live slot processes over the rounds, per job.",
+    "e2e_warm_vs_process_ratio": "e2e_warm_jobs_per_s over the process-per-job round run just "
+    "before it, median over the rounds of this run.",
     "peers": "The same N no-op jobs through each peer against a local redis-server "
     "(127.0.0.1, no persistence), workers warmed up first; first enqueue to the last job seen "
-    "finished; ours_ratio = our e2e_jobs_per_s / theirs.",
+    "finished; ours_ratio = our e2e_jobs_per_s / theirs; warm_ratio = our e2e_warm_jobs_per_s / "
+    "theirs (when e2e_warm ran).",
     "submit_to_accepted_ms": "One job at a time on an idle scheduler: the producer's "
     "time.time() before sending the submit -> the accepted reply received.",
     "delayed_start_lateness_ms": "One delayed no-op job at a time (run_at = the producer's "
@@ -195,16 +211,26 @@ class Bench:
 
     @asynccontextmanager
     async def system(
-        self, name: str, scheduler: bool = True, bus_options: dict[str, str] | None = None
+        self,
+        name: str,
+        scheduler: bool = True,
+        bus_options: dict[str, str] | None = None,
+        scheduler_options: tuple[str, ...] = (),
     ) -> AsyncIterator[tuple[Bus, Proc | None]]:
-        """A fresh bus (and one scheduler of ``plan.size`` slots), stopped on exit."""
+        """A fresh bus (and one scheduler of ``plan.size`` slots, started with
+        ``scheduler_options``), stopped on exit."""
         work = self.workdir / name
         bus = await start_bus(self.procs, work, f"{name}-bus", bus_options)
         sched: Proc | None = None
         try:
             if scheduler:
                 sched = await start_scheduler(
-                    self.procs, work, bus.url, name=f"{name}-sched", size=self.plan.size
+                    self.procs,
+                    work,
+                    bus.url,
+                    name=f"{name}-sched",
+                    size=self.plan.size,
+                    options=scheduler_options,
                 )
             yield bus, sched
         finally:
@@ -279,6 +305,46 @@ class Bench:
                     for e, r in zip(e2e_runs, raw_runs, strict=True)
                 ],
                 "e2e_jobs": jobs,
+            }
+        )
+
+    async def throughput_warm(self) -> None:
+        """Warm mode against a process per job: e2e rounds on two systems, alternating."""
+        jobs, rounds = self.plan.e2e_jobs, self.plan.rounds
+        warm_runs: list[Json] = []
+        process_runs: list[Json] = []
+        async with (
+            self.system("warm", scheduler_options=("--warm", str(WARM_JOBS))) as (warm, w),
+            self.system("process") as (process, p),
+        ):
+            assert w is not None and p is not None
+            warm_ps, process_ps = psutil.Process(w.pid), psutil.Process(p.pid)
+            await ours.e2e_round(warm.url, min(100, jobs), warm.ps, warm_ps, 60)  # warm-up
+            await ours.e2e_round(process.url, min(100, jobs), process.ps, process_ps, 60)
+            timeout = 60 + jobs / 20
+            slot_cpu_s = 0.0
+            for _ in range(rounds):
+                process_runs.append(
+                    await ours.e2e_round(process.url, jobs, process.ps, process_ps, timeout)
+                )
+                before = _children_cpu_s(warm_ps)
+                warm_runs.append(await ours.e2e_round(warm.url, jobs, warm.ps, warm_ps, timeout))
+                slot_cpu_s += _children_cpu_s(warm_ps) - before
+        pairs = zip(warm_runs, process_runs, strict=True)
+        cpu_keys = warm_runs[0]["cpu_ms_per_job"].keys()
+        self.results.update(
+            {
+                "e2e_warm_jobs_per_s": round(median([r["jobs_per_s"] for r in warm_runs]), 1),
+                "e2e_warm_process_jobs_per_s": round(
+                    median([r["jobs_per_s"] for r in process_runs]), 1
+                ),
+                "e2e_warm_vs_process_ratio": round(
+                    median([w["jobs_per_s"] / p["jobs_per_s"] for w, p in pairs]), 2
+                ),
+                "e2e_warm_cpu_ms_per_job": {
+                    k: _mean(r["cpu_ms_per_job"][k] for r in warm_runs) for k in cpu_keys
+                }
+                | {"slot_processes": round(slot_cpu_s * 1000 / (jobs * rounds), 3)},
             }
         )
 
@@ -394,8 +460,10 @@ class Bench:
         """Figure 2: the same workload through RQ, arq, Celery and Dramatiq."""
         ours_rate = self.results.get("e2e_jobs_per_s")
         ours_value = ours_rate if isinstance(ours_rate, int | float) else None
+        warm_rate = self.results.get("e2e_warm_jobs_per_s")
+        warm_value = warm_rate if isinstance(warm_rate, int | float) else None
         self.results["peers"] = await harness.run_peers(
-            self.procs, self.workdir, self.plan.peer_jobs, ours_value
+            self.procs, self.workdir, self.plan.peer_jobs, ours_value, warm=warm_value
         )
 
     async def profile(self) -> None:
@@ -424,6 +492,18 @@ class Bench:
             text = path.read_text() if path.exists() else ""
             summary[name] = pyspy.summarize(text)
         self.results["profile"] = summary
+
+
+def _children_cpu_s(ps: psutil.Process) -> float:
+    """User + system CPU seconds of the live children of ``ps``: its warm slot processes
+    (none is recycled during the figure, so none takes its CPU away with it)."""
+    total = 0.0
+    for child in ps.children():
+        try:
+            total += cpu_seconds(child)
+        except psutil.NoSuchProcess:
+            pass
+    return total
 
 
 def _mean(values: Iterable[float]) -> float:
@@ -505,6 +585,10 @@ async def run(
             "e2e": (
                 ("e2e_jobs_per_s", "raw_fork_jobs_per_s", "e2e_vs_raw_ratio"),
                 bench.throughput,
+            ),
+            "e2e_warm": (
+                ("e2e_warm_jobs_per_s", "e2e_warm_vs_process_ratio"),
+                bench.throughput_warm,
             ),
             "latency": (("submit_to_start_ms", "submit_to_final_ms"), bench.latency),
             "eviction": (("eviction_ms",), bench.eviction),

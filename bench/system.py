@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -100,12 +100,14 @@ async def start_scheduler(
     name: str = "sched",
     size: int = 5,
     timeout: float = 10.0,
+    options: Sequence[str] = (),
 ) -> Proc:
-    """Start ``python -m scheduler.test_scheduler -s SIZE`` and return it once registered."""
+    """Start ``python -m scheduler.test_scheduler -s SIZE`` (with ``options`` too, such as
+    ``--warm N``) and return it once registered."""
     state = workdir / name
     state.mkdir(parents=True, exist_ok=True)
     argv = [PYTHON, "-m", "scheduler.test_scheduler", "-s", str(size), "-t", str(timeout)]
-    argv += ["--bus", url, "--name", name]
+    argv += ["--bus", url, "--name", name, *options]
     argv += state_options(_help("scheduler.test_scheduler"), state)
     proc = procs.start(name, argv, cwd=state)
     await wait_for_log(proc, r"(?i)registered")

@@ -24,6 +24,10 @@ from scheduler.worker import containment
 TASKS = "tests/sample_tasks.py"
 
 
+BOTH_LAUNCHERS = pytest.mark.parametrize("mode", [(), ("--warm", "3")], ids=["process", "warm"])
+"""Runs a test with a fork per job and in warm mode (the worker's extra options)."""
+
+
 def alive(pid: int) -> bool:
     """Whether ``pid`` is a live process (a zombie is not)."""
     try:
@@ -89,21 +93,28 @@ def zombie_children(pid: int) -> list[psutil.Process]:
     return zombies
 
 
+@BOTH_LAUNCHERS
 @pytest.mark.parametrize(("then", "event"), [("return", "succeeded"), ("raise", "failed")])
 async def test_nothing_a_job_started_outlives_its_own_end(
-    commands: Commands, tmp_path: Path, escapees: list[int], then: str, event: str
+    commands: Commands,
+    tmp_path: Path,
+    escapees: list[int],
+    mode: tuple[str, ...],
+    then: str,
+    event: str,
 ) -> None:
-    async with worker(commands) as (peer, _):
+    async with worker(commands, *mode) as (peer, _):
         pids = await started_escape(peer, tmp_path, then, escapees)
         await peer.expect("report", event=event, id=then)
         await all_gone(pids)
 
 
+@BOTH_LAUNCHERS
 @pytest.mark.parametrize("then", ["kill", "exit"])
 async def test_what_a_job_that_dies_abruptly_leaves_is_killed_and_reaped_by_the_scheduler(
-    commands: Commands, tmp_path: Path, escapees: list[int], then: str
+    commands: Commands, tmp_path: Path, escapees: list[int], mode: tuple[str, ...], then: str
 ) -> None:
-    async with worker(commands) as (peer, worker_pid):
+    async with worker(commands, *mode) as (peer, worker_pid):
         pids = await started_escape(peer, tmp_path, then, escapees)
         await peer.expect("report", id=then)
         await all_gone(pids)
@@ -112,19 +123,21 @@ async def test_what_a_job_that_dies_abruptly_leaves_is_killed_and_reaped_by_the_
         )
 
 
+@BOTH_LAUNCHERS
 async def test_nothing_outlives_a_timeout(
-    commands: Commands, tmp_path: Path, escapees: list[int]
+    commands: Commands, tmp_path: Path, escapees: list[int], mode: tuple[str, ...]
 ) -> None:
-    async with worker(commands) as (peer, _):
+    async with worker(commands, *mode) as (peer, _):
         pids = await started_escape(peer, tmp_path, "hang", escapees, timeout=1.0 * unit())
         await peer.expect("report", event="timed_out", id="hang", timeout=10)
         await all_gone(pids)
 
 
+@BOTH_LAUNCHERS
 async def test_nothing_outlives_a_cancel(
-    commands: Commands, tmp_path: Path, escapees: list[int]
+    commands: Commands, tmp_path: Path, escapees: list[int], mode: tuple[str, ...]
 ) -> None:
-    async with worker(commands) as (peer, worker_pid):
+    async with worker(commands, *mode) as (peer, worker_pid):
         pids = await started_escape(peer, tmp_path, "hang", escapees)
         await peer.stop("hang", 1, "cancelled", kind="cancel")
         await peer.expect("report", event="cancelled", id="hang")
@@ -134,10 +147,11 @@ async def test_nothing_outlives_a_cancel(
         )
 
 
+@BOTH_LAUNCHERS
 async def test_nothing_outlives_an_eviction(
-    commands: Commands, tmp_path: Path, escapees: list[int]
+    commands: Commands, tmp_path: Path, escapees: list[int], mode: tuple[str, ...]
 ) -> None:
-    async with worker(commands, "-s", "1") as (peer, _):
+    async with worker(commands, "-s", "1", *mode) as (peer, _):
         pids = await started_escape(peer, tmp_path, "hang", escapees, priority=9)
         await peer.assign("urgent", 1, priority=0)
         await peer.expect("report", event="evicted", id="hang")
@@ -145,20 +159,22 @@ async def test_nothing_outlives_an_eviction(
         await peer.expect("report", event="succeeded", id="urgent")
 
 
+@BOTH_LAUNCHERS
 async def test_nothing_outlives_the_workers_sigterm(
-    commands: Commands, tmp_path: Path, escapees: list[int]
+    commands: Commands, tmp_path: Path, escapees: list[int], mode: tuple[str, ...]
 ) -> None:
-    async with worker(commands) as (peer, worker_pid):
+    async with worker(commands, *mode) as (peer, worker_pid):
         pids = await started_escape(peer, tmp_path, "hang", escapees)
         os.kill(worker_pid, signal.SIGTERM)
         await wait_until(lambda: not alive(worker_pid), 10 * unit(), "the worker to exit")
         await all_gone(pids)
 
 
+@BOTH_LAUNCHERS
 async def test_nothing_outlives_the_workers_sigkill(
-    commands: Commands, tmp_path: Path, escapees: list[int]
+    commands: Commands, tmp_path: Path, escapees: list[int], mode: tuple[str, ...]
 ) -> None:
-    async with worker(commands) as (peer, worker_pid):
+    async with worker(commands, *mode) as (peer, worker_pid):
         pids = await started_escape(peer, tmp_path, "hang", escapees)
         [job] = psutil.Process(worker_pid).children()
         escapees.append(job.pid)

@@ -166,10 +166,11 @@ async def next_final(client: ProducerClient, job_id: str) -> JobEvent:
     raise AssertionError(f"no final event for {job_id}")
 
 
+@pytest.mark.parametrize("mode", [(), ("--warm", "3")], ids=["process", "warm"])
 async def test_killing_a_scheduler_leaves_none_of_its_job_processes_alive(
-    bus: BusServer, commands: Commands
+    bus: BusServer, commands: Commands, mode: tuple[str, ...]
 ) -> None:
-    scheduler = await start_scheduler(commands, bus, "-s", "3", "-t", "60")
+    scheduler = await start_scheduler(commands, bus, "-s", "3", "-t", "60", *mode)
     async with ProducerClient(bus.url) as client:
         for priority in (1, 2, 3):
             await client.submit(JobPayload(priority=priority, runtime=30))

@@ -17,12 +17,14 @@ import pytest
 import sample_tasks
 from conftest import unit, wait_until
 
+from scheduler.policy.warm import WarmLimits
 from scheduler.protocol import Assignment, Held, Report
 from scheduler.protocol_types import MAX_RESULT_BYTES
 from scheduler.tasks import Task, TaskRegistry
 from scheduler.worker import executor as executor_module
 from scheduler.worker.executor import Executor
 from scheduler.worker.process import JobProcess
+from scheduler.worker.warm import WarmPool
 
 PIDFILE = "SCHEDBUS_TEST_PIDFILE"
 TERMFILE = "SCHEDBUS_TEST_TERMFILE"
@@ -136,13 +138,31 @@ def reports() -> Reports:
 
 
 @pytest.fixture
-async def make_executor(reports: Reports) -> AsyncIterator[ExecutorFactory]:
-    """Builds executors reporting to ``reports``; every one is shut down at the end."""
+def launcher() -> str:
+    """How the executor runs jobs: ``process`` (a fork per job) unless a test is
+    parametrized with ``BOTH_LAUNCHERS`` to run in ``warm`` mode too."""
+    return "process"
+
+
+BOTH_LAUNCHERS = pytest.mark.parametrize("launcher", ["process", "warm"])
+"""Runs a test of a key guarantee with a fork per job and in warm mode."""
+
+
+@pytest.fixture
+async def make_executor(reports: Reports, launcher: str) -> AsyncIterator[ExecutorFactory]:
+    """Builds executors reporting to ``reports``, running jobs as ``launcher`` says; every
+    one is shut down at the end."""
     made: list[Executor] = []
 
     def make(size: int = 2, default_timeout: float = 10.0, grace: float = 2.0) -> Executor:
+        warm = WarmPool(WarmLimits(3)) if launcher == "warm" else None
         executor = Executor(
-            size, default_timeout * unit(), TaskRegistry(TEST_TASKS), reports, grace=grace
+            size,
+            default_timeout * unit(),
+            TaskRegistry(TEST_TASKS),
+            reports,
+            grace=grace,
+            launcher=warm,
         )
         made.append(executor)
         return executor
@@ -165,6 +185,7 @@ def children() -> list[psutil.Process]:
     return [p for p in psutil.Process().children(recursive=True) if alive(p.pid)]
 
 
+@BOTH_LAUNCHERS
 async def test_job_starts_and_succeeds_with_its_measurements(
     make_executor: ExecutorFactory, reports: Reports
 ) -> None:
@@ -180,6 +201,7 @@ async def test_job_starts_and_succeeds_with_its_measurements(
     assert executor.running == 0 and executor.pid_of("a") is None
 
 
+@BOTH_LAUNCHERS
 @pytest.mark.parametrize(
     ("task", "exit_code", "error"),
     [
@@ -225,6 +247,7 @@ async def test_json_arguments_and_results_keep_their_shape(
     assert done.result == {"items": [], "options": args}
 
 
+@BOTH_LAUNCHERS
 async def test_an_exception_fails_the_job_with_its_type_message_and_traceback(
     make_executor: ExecutorFactory, reports: Reports
 ) -> None:
@@ -261,6 +284,7 @@ async def test_a_result_over_the_limit_fails_the_job_and_never_blocks_it(
     )
 
 
+@BOTH_LAUNCHERS
 async def test_a_result_is_collected_though_grandchildren_hold_its_pipe_and_they_are_stopped(
     make_executor: ExecutorFactory, reports: Reports
 ) -> None:
@@ -296,6 +320,7 @@ async def test_unknown_task_fails_at_once_without_a_process(
     assert children() == []
 
 
+@BOTH_LAUNCHERS
 async def test_job_past_its_timeout_is_stopped_and_reported(
     make_executor: ExecutorFactory, reports: Reports
 ) -> None:
@@ -354,6 +379,7 @@ async def test_waiting_job_starts_when_a_slot_frees(
     assert [r.event for r in reports.seen] == ["started", "succeeded", "started", "succeeded"]
 
 
+@BOTH_LAUNCHERS
 async def test_evicted_job_is_reported_once_gone_and_never_restarted_here(
     make_executor: ExecutorFactory, reports: Reports
 ) -> None:
@@ -386,6 +412,7 @@ async def test_a_job_that_is_not_evictable_keeps_its_slot(
     assert [r.event for r in reports.seen] == ["started", "succeeded", "started", "succeeded"]
 
 
+@BOTH_LAUNCHERS
 async def test_eviction_stops_the_jobs_grandchildren(
     make_executor: ExecutorFactory,
     reports: Reports,
@@ -422,6 +449,7 @@ async def test_job_that_ends_by_itself_as_it_is_evicted_is_final(
     assert (executor.running, executor.queued) == (0, 0)
 
 
+@BOTH_LAUNCHERS
 async def test_job_timing_out_as_it_is_evicted_is_final(
     make_executor: ExecutorFactory,
     reports: Reports,
@@ -523,6 +551,7 @@ async def test_cancel_of_a_waiting_job_reports_cancelled_at_once(
     assert executor.queued == 0
 
 
+@BOTH_LAUNCHERS
 async def test_cancel_of_a_running_job_reports_cancelled_once_its_tree_is_gone(
     make_executor: ExecutorFactory,
     reports: Reports,
@@ -558,6 +587,7 @@ async def test_cancel_during_an_eviction_reports_cancelled_instead(
     assert reports.of("low") == [("started", 1), ("cancelled", 1)]
 
 
+@BOTH_LAUNCHERS
 async def test_the_task_sees_its_job_id_and_attempt_in_its_environment(
     make_executor: ExecutorFactory,
     reports: Reports,
@@ -633,6 +663,7 @@ async def test_no_descriptors_for_the_result_pipe_fails_the_job_and_frees_the_sl
     await reports.expect("succeeded", "second")
 
 
+@BOTH_LAUNCHERS
 async def test_shutdown_stops_every_process_tree_and_the_queue(
     make_executor: ExecutorFactory,
     reports: Reports,

@@ -91,9 +91,15 @@ async def _drive(procs: Procs, workdir: Path, name: str, url: str, jobs: int, li
 
 
 async def run_peers(
-    procs: Procs, workdir: Path, jobs: int, ours: float | None, limit: float = 120.0
+    procs: Procs,
+    workdir: Path,
+    jobs: int,
+    ours: float | None,
+    limit: float = 120.0,
+    warm: float | None = None,
 ) -> Json:
-    """``{peer: {jobs_per_s, ours_ratio, how, ...} | {skipped}}`` for every peer."""
+    """``{peer: {jobs_per_s, ours_ratio, how, ...} | {skipped}}`` for every peer, with
+    ``warm_ratio`` too when ``warm`` (our warm mode's jobs/s) is given."""
     if not PEER_PYTHON.exists():
         reason = f"{PEER_PYTHON.parent.parent.name} is not set up (scripts/bench creates it)"
         return {name: {"skipped": reason} for name in PEERS}
@@ -112,6 +118,8 @@ async def run_peers(
             result = await _drive(procs, workdir, name, url, jobs, limit)
             if "jobs_per_s" in result:
                 result["ours_ratio"] = ratio(ours, result["jobs_per_s"])
+                if warm is not None:
+                    result["warm_ratio"] = ratio(warm, result["jobs_per_s"])
             results[name] = result
     finally:
         procs.stop(redis)

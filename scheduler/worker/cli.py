@@ -35,6 +35,7 @@ from scheduler.cli_support import (
 from scheduler.connect import RegistrationRefused
 from scheduler.ids import short_id
 from scheduler.policy.limits import Limits, parse_size
+from scheduler.policy.warm import WarmLimits
 from scheduler.protocol import Assignment, Report
 from scheduler.protocol_types import MAX_NAME_LEN, MAX_SIZE, MAX_TIMEOUT_S, TRANSIENT_EVENTS
 from scheduler.tasks import TaskLoadError, TaskRegistry, load_task_modules
@@ -215,6 +216,23 @@ _OPTIONS = (
         "small VM, mostly in the job process, which creates it).",
     ),
     click.option(
+        "--warm",
+        type=click.IntRange(1),
+        default=None,
+        metavar="N",
+        help="Warm mode: each slot keeps a process that runs jobs one after another, "
+        "replaced by a fresh one after N jobs (and whenever a job is stopped or kills it). "
+        "Module state survives from one job to the next in a slot process. Default: off, "
+        "a fresh process per job.",
+    ),
+    click.option(
+        "--warm-max-rss",
+        metavar="SIZE",
+        callback=_size,
+        help="With --warm: replace a slot process whose resident memory is past SIZE "
+        "(such as 200M) after a job. Default: none.",
+    ),
+    click.option(
         "--keep-logs",
         type=click.IntRange(1),
         default=DEFAULT_KEEP_LOGS,
@@ -240,12 +258,13 @@ def scheduler_options(
     """Add the options every scheduler command shares, as ``@scheduler_options`` or
     ``@scheduler_options(default_timeout=10.0)``: ``-s``, ``-t`` (default
     ``default_timeout``, None: no timeout), ``--memory-limit``, ``--cpu-limit``,
-    ``--cgroup``, ``-d``, ``--name``, ``--log-dir``, ``--no-job-logs``, ``--keep-logs``,
-    and the shared
+    ``--cgroup``, ``-d``, ``--name``, ``--log-dir``, ``--no-job-logs``, ``--warm``,
+    ``--warm-max-rss``, ``--keep-logs``, and the shared
     ``--bus``, ``--token``, ``--token-file``, ``--cafile``
     (:func:`~scheduler.cli_support.connection_options`), passed to the command
     as ``size``, ``timeout``, ``memory_limit``, ``cpu_limit``, ``cgroups``, ``debug``,
-    ``name``, ``log_dir``, ``no_job_logs``, ``keep_logs``, ``url``, ``token``,
+    ``name``, ``log_dir``, ``no_job_logs``, ``warm``, ``warm_max_rss``, ``keep_logs``,
+    ``url``, ``token``,
     ``token_file``, ``cafile``."""
 
     def add(command: FC) -> FC:
@@ -276,12 +295,15 @@ def run_scheduler(
     log_dir: Path | None = None,
     keep_logs: int = DEFAULT_KEEP_LOGS,
     no_job_logs: bool = False,
+    warm: int | None = None,
+    warm_max_rss: int | None = None,
 ) -> None:
     """Serve the bus with ``tasks`` until SIGINT or SIGTERM.
 
     Each job's stdout and stderr go to a file under ``log_dir`` (default
     ``$XDG_STATE_HOME/schedbus/logs``), the newest ``keep_logs`` of them kept, unless
-    ``no_job_logs`` (then they stay this process's).
+    ``no_job_logs`` (then they stay this process's). With ``warm`` each slot keeps a
+    process for up to ``warm`` jobs (and up to ``warm_max_rss`` bytes resident after one).
 
     With ``log_jobs`` (or ``debug``) one INFO line is logged per job step
     (:func:`log_report`), else only for unusual ones (:func:`log_unusual_report`).
@@ -291,6 +313,8 @@ def run_scheduler(
     ``token`` defaults to the scheduler token of ``token_file``. A bus that refuses the
     registration (name in use, bad token) is a ClickException.
     """
+    if warm_max_rss is not None and warm is None:
+        raise click.UsageError("--warm-max-rss needs --warm N")
     token = pick_token("scheduler", token, token_file)
     configure_logging(logging.DEBUG if debug else logging.INFO)
     # The log format names no source line, thread or process, so every record need not
@@ -313,6 +337,7 @@ def run_scheduler(
         cgroups=cgroups,
         log_dir=None if no_job_logs else log_dir or state_dir() / "logs",
         keep_logs=keep_logs,
+        warm=None if warm is None else WarmLimits(warm, warm_max_rss),
     )
     on_report = log_report if log_jobs or debug else log_unusual_report
 

@@ -45,14 +45,17 @@ from scheduler.connect import (
 from scheduler.policy.fence import LeaseView
 from scheduler.policy.heartbeat import HeartbeatSchedule
 from scheduler.policy.limits import NO_LIMITS, Limits
+from scheduler.policy.warm import WarmLimits
 from scheduler.protocol import Assignment, Held, Register, Report, Stop
 from scheduler.protocol_types import TRANSIENT_EVENTS
 from scheduler.tasks import TaskRegistry
 from scheduler.worker.cgroups import JobCgroups
 from scheduler.worker.executor import Executor
 from scheduler.worker.job_output import DEFAULT_KEEP_LOGS, JobLogs
+from scheduler.worker.launch import Launcher, ProcessLauncher
 from scheduler.worker.report_queue import DEFAULT_OUTBOX_LIMIT, ReportQueue, fit_register
 from scheduler.worker.session import Session, SessionLinks
+from scheduler.worker.warm import WarmPool
 
 __all__ = [
     "RegistrationRefused",
@@ -85,7 +88,9 @@ class SchedulerConfig:
     reports kept while the bus is away (beyond it the oldest are dropped); ``log_dir``
     the root of the job log files (``log_dir/<name>/<job id>.<attempt>.log``; None: jobs
     write to this process's stdout and stderr and no output is reported), of which the
-    newest ``keep_logs`` are kept.
+    newest ``keep_logs`` are kept. With ``warm`` each slot keeps a process that runs jobs
+    one after another, replaced past those limits (:mod:`scheduler.worker.warm`; None:
+    a fresh process per job).
     """
 
     bus_url: str = DEFAULT_URL
@@ -102,6 +107,12 @@ class SchedulerConfig:
     cgroups: JobCgroups | None = None
     log_dir: Path | None = None
     keep_logs: int = DEFAULT_KEEP_LOGS
+    warm: WarmLimits | None = None
+
+    def launcher(self) -> Launcher:
+        """What starts each job's process: a warm slot pool with ``warm``, else a fork per
+        job (a new one each call: it belongs to one executor)."""
+        return ProcessLauncher() if self.warm is None else WarmPool(self.warm)
 
     def __post_init__(self) -> None:
         """Refuse values the bus or the executor would refuse later, naming the field."""
@@ -193,6 +204,7 @@ class SchedulerClient:
             logs=None
             if config.log_dir is None
             else JobLogs(config.log_dir, self._wanted_name, config.keep_logs),
+            launcher=config.launcher(),
         )
         try:
             await self._connector.run(

@@ -45,7 +45,8 @@ from scheduler.worker import containment
 from scheduler.worker.cgroups import JobCgroups
 from scheduler.worker.job_feed import JobChannels, JobFeed
 from scheduler.worker.job_output import JobLogs
-from scheduler.worker.process import JobProcess, ProcessResult
+from scheduler.worker.launch import JobHandle, Launcher, ProcessLauncher
+from scheduler.worker.process import ProcessResult
 from scheduler.worker.task_result import ResultPipe, TaskRecord
 
 log = logging.getLogger(__name__)
@@ -64,7 +65,7 @@ class _Run:
     """One live job process, and why we are stopping it if we are."""
 
     assignment: Assignment
-    process: JobProcess
+    process: JobHandle
     pipe: ResultPipe
     channels: JobChannels
     started_at: float
@@ -92,6 +93,8 @@ class Executor:
     runs in a cgroup of its own there, killed whole when the job ends. With ``logs`` each
     job's stdout and stderr go to a log file of its own there (see
     :class:`~scheduler.worker.job_feed.JobFeed`), else they stay the scheduler's.
+    ``launcher`` makes each job's process (default: a fresh fork per job,
+    :class:`~scheduler.worker.launch.ProcessLauncher`).
     """
 
     def __init__(
@@ -107,6 +110,7 @@ class Executor:
         limits: Limits = NO_LIMITS,
         cgroups: JobCgroups | None = None,
         logs: JobLogs | None = None,
+        launcher: Launcher | None = None,
     ) -> None:
         """Set up an idle executor; nothing runs until :meth:`submit`.
 
@@ -123,6 +127,7 @@ class Executor:
         self._clock = clock
         self._limits = limits
         self._cgroups = cgroups
+        self._launcher: Launcher = launcher or ProcessLauncher()
         self._feed = JobFeed(logs, on_event, clock)
         self._limit_timer: asyncio.TimerHandle | None = None
         self._jobs: dict[str, Assignment] = {}
@@ -242,6 +247,7 @@ class Executor:
         # Each process's end callback (registered when it started) runs before the stop
         # that reaped it is seen done: nothing runs on, and nothing reports, after this.
         await asyncio.gather(*stops, *self._background, return_exceptions=True)
+        await self._launcher.close()
 
     def _end_attempt(self, job_id: str, attempt: int, why: Why) -> bool:
         held = self._jobs.get(job_id)
@@ -290,7 +296,7 @@ class Executor:
         except OSError as exc:
             pipe.close()
             return self._not_started(assignment, exc)
-        process = JobProcess(
+        process = self._launcher.job(
             run_task,
             (spec.function, args, kwargs, job_id, assignment.attempt),
             {
@@ -396,9 +402,11 @@ class Executor:
         table = containment.proc_table()
         samples: dict[str, Usage] = {}
         for job_id in limited:
-            usage = containment.tree_usage(self._runs[job_id].process.pid, table)
+            process = self._runs[job_id].process
+            usage = containment.tree_usage(process.pid, table)
             if usage is not None:
-                samples[job_id] = Usage(*usage)
+                rss, cpu_s = usage
+                samples[job_id] = Usage(rss, cpu_s - process.cpu_base)
         for job_id, reason in over_limits(limited, samples).items():
             self._stop_over_limit(self._runs[job_id], reason)
         self._watch_limits()

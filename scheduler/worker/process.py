@@ -106,12 +106,15 @@ class JobProcess:
         name: str | None = None,
         grace: float = 2.0,
         cgroups: JobCgroups | None = None,
+        keep_fds: tuple[int, ...] = (),
     ) -> None:
         """Store what to run; nothing is started until ``start``.
 
         ``grace`` is how long ``stop`` and a ``wait`` timeout let the job react
         to SIGTERM before the whole tree gets SIGKILL. With ``cgroups`` the job runs in
         a cgroup of its own made there, killed whole and removed once the job is reaped.
+        ``keep_fds`` are sockets the child keeps open (every other inherited socket is
+        pointed at /dev/null in it).
         """
         self._target = target
         self._args = args
@@ -119,6 +122,7 @@ class JobProcess:
         self._name = name
         self._grace = grace
         self._cgroups = cgroups
+        self._keep_fds = keep_fds
         self._cgroup: Path | None = None
         self._pid: int | None = None
         self._pidfd = -1
@@ -176,7 +180,7 @@ class JobProcess:
         try:
             # Listed here, not in the child: a process's first look into /proc costs
             # ~0.1 ms, and nothing can open a socket between here and the fork.
-            sockets = socket_fds()
+            sockets = [fd for fd in socket_fds() if fd not in self._keep_fds]
             proc = _FORK.Process(
                 target=child_main,
                 args=(
@@ -229,6 +233,11 @@ class JobProcess:
         if self._pid is None:
             raise RuntimeError("JobProcess not started")
         return self._pid
+
+    @property
+    def cpu_base(self) -> float:
+        """CPU seconds its process had used before the job: none, it was forked for it."""
+        return 0.0
 
     @property
     def done(self) -> bool:

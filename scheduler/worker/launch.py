@@ -1,0 +1,94 @@
+"""How the executor starts a job's process: the one seam between it and the ways to run one.
+
+:class:`ProcessLauncher` forks a fresh process per job
+(:class:`~scheduler.worker.process.JobProcess`), the default;
+:class:`~scheduler.worker.warm.WarmPool` runs each job in a slot process that serves jobs
+one after another (``--warm N``). Both hand back a :class:`JobHandle`, which is all the
+executor knows of a running job.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Protocol
+
+from scheduler.worker.cgroups import JobCgroups
+from scheduler.worker.process import JobProcess, ProcessResult
+
+
+class JobHandle(Protocol):
+    """One job's run as the executor drives it (see :class:`JobProcess` for the meaning
+    of each member: every implementation keeps those guarantees)."""
+
+    @property
+    def pid(self) -> int:
+        """The pid (and process group) of the process running the job."""
+        ...
+
+    @property
+    def result(self) -> ProcessResult | None:
+        """The job's result once it ended, else None."""
+        ...
+
+    @property
+    def cpu_base(self) -> float:
+        """CPU seconds the process running the job had used before it (as ``/proc``
+        counts them): what a CPU limit does not count."""
+        ...
+
+    def start(self) -> None:
+        """Start the job on the running event loop; ``OSError`` if it cannot."""
+        ...
+
+    def time_out(self) -> None:
+        """Stop the job's whole process tree now as a timeout."""
+        ...
+
+    async def stop(self, grace: float | None = None) -> ProcessResult:
+        """Stop the job's whole process tree and return its result."""
+        ...
+
+    def add_done_callback(self, callback: Callable[[ProcessResult], None]) -> None:
+        """Call ``callback(result)`` once from the event loop when the job has ended."""
+        ...
+
+
+class Launcher(Protocol):
+    """Makes the :class:`JobHandle` of each job, and releases what it keeps at the end."""
+
+    def job(
+        self,
+        target: Callable[..., object],
+        args: tuple[object, ...],
+        kwargs: Mapping[str, object],
+        *,
+        name: str | None,
+        grace: float,
+        cgroups: JobCgroups | None,
+    ) -> JobHandle:
+        """A handle that runs ``target(*args, **kwargs)`` once started."""
+        ...
+
+    async def close(self) -> None:
+        """Stop every process it keeps between jobs; return once they are reaped."""
+        ...
+
+
+class ProcessLauncher:
+    """A fresh forked process per job (:class:`JobProcess`): the default."""
+
+    def job(
+        self,
+        target: Callable[..., object],
+        args: tuple[object, ...],
+        kwargs: Mapping[str, object],
+        *,
+        name: str | None,
+        grace: float,
+        cgroups: JobCgroups | None,
+    ) -> JobHandle:
+        """A :class:`JobProcess` running ``target(*args, **kwargs)``."""
+        return JobProcess(target, args, kwargs, name=name, grace=grace, cgroups=cgroups)
+
+    async def close(self) -> None:
+        """Nothing: no process outlives its job."""

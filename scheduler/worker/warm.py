@@ -1,0 +1,514 @@
+"""Warm mode (``--warm N``): each slot keeps a process that runs jobs one after another.
+
+A slot process is a :class:`~scheduler.worker.process.JobProcess` whose target is
+:func:`slot_main`: it is forked, isolated and contained exactly as a job process is (its
+own session and process group, a child subreaper, the parent-death signal), and then
+waits on a control socket for jobs. For each job the scheduler sends the pickled target
+and arguments, and the job's descriptors (every keyword argument named ``*_fd``: the
+result pipe, the progress pipe) with ``SCM_RIGHTS``; the slot process runs it, re-points
+its stdout and stderr back, kills and reaps whatever the job left behind, closes the
+job's descriptors and answers with one record: the job's exit status, CPU seconds and
+peak resident memory, and its own memory now.
+
+Whatever stops a job (its timeout, an eviction, a cancel, a limit, a shutdown) stops its
+slot process's whole tree as it stops a job process; a job that kills its slot process
+(``os._exit``, a segfault) is reported with that exit status. Either way a fresh process
+takes the slot at the next job. A slot process is also replaced after ``max_jobs`` jobs
+or when it holds more than ``max_rss`` after one (:mod:`scheduler.policy.warm`).
+
+What a job leaves in its slot process (imported modules, module globals, caches, the
+working directory, environment variables) is still there for the next job it runs: the
+isolation between jobs of one slot is that of Celery's prefork pool, not of a process
+per job.
+"""
+
+from __future__ import annotations
+
+import _signal  # type: ignore[import-not-found]  # no stub; part of CPython
+import array
+import asyncio
+import logging
+import os
+import pickle
+import resource
+import signal
+import socket
+import struct
+import sys
+import time
+import traceback
+from collections.abc import Callable, Mapping
+from typing import Final
+
+from scheduler.policy.closing import Outcome
+from scheduler.policy.warm import WarmLimits, recycle
+from scheduler.worker import containment
+from scheduler.worker.cgroups import JobCgroups
+from scheduler.worker.child import LEFTOVER_REAP_S
+from scheduler.worker.job_progress import enter_job
+from scheduler.worker.process import JobProcess, ProcessResult
+
+__all__ = ["WarmJob", "WarmPool", "slot_main"]
+
+log = logging.getLogger(__name__)
+
+_HEADER: Final = struct.Struct("<I")
+"""A job message: its payload's length, then the pickled ``(target, args, kwargs, fd
+names)``; the descriptors ride on its first byte."""
+_DONE: Final = struct.Struct("<iddqq")
+"""A slot process's answer to a job: exit status, the job's CPU seconds, the slot's CPU
+seconds so far, the job's peak RSS (KiB), the slot's RSS now (KiB)."""
+MAX_FDS: Final = 16
+"""Most descriptors one job may be sent."""
+
+
+class _Slot:
+    """One slot process and the scheduler's end of its control socket."""
+
+    def __init__(self, pool: WarmPool, job: WarmJob) -> None:
+        """Fork the slot process for ``job`` (OSError if it cannot be made)."""
+        self._pool = pool
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._sock: socket.socket | None = ours
+        self.job: WarmJob | None = None
+        self.jobs_run = 0
+        self.cpu_s = 0.0
+        """The slot process's CPU seconds when its last job ended."""
+        self.doomed = False
+        """Whether it is being stopped: it takes no other job, even if its job ends first."""
+        self._buffer = b""
+        with theirs:
+            self.process = JobProcess(
+                slot_main,
+                (theirs.fileno(), job.fds),
+                name="warm-slot",
+                grace=job.grace,
+                cgroups=job.cgroups,
+                keep_fds=(theirs.fileno(),),
+            )
+            try:
+                self.process.start()
+            except BaseException:
+                ours.close()
+                raise
+        asyncio.get_running_loop().add_reader(ours.fileno(), self._readable)
+        self.process.add_done_callback(self._died)
+
+    def send(self, job: WarmJob, payload: bytes) -> None:
+        """Hand ``job`` to the idle slot process (OSError if it is gone)."""
+        if self._sock is None:
+            raise BrokenPipeError("the slot process is gone")
+        data = _HEADER.pack(len(payload)) + payload
+        fds = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", job.fds))]
+        sent = self._sock.sendmsg([data], fds, socket.MSG_NOSIGNAL)
+        if sent < len(data):
+            # Blocking, and short: the slot process is reading, it is idle.
+            self._sock.sendall(memoryview(data)[sent:], socket.MSG_NOSIGNAL)
+        self.job = job
+
+    def retire(self) -> None:
+        """Close the control socket: the idle slot process exits and is reaped."""
+        sock, self._sock = self._sock, None
+        if sock is not None:
+            asyncio.get_running_loop().remove_reader(sock.fileno())
+            sock.close()
+
+    def _readable(self) -> None:
+        assert self._sock is not None
+        try:
+            data = self._sock.recv(4096)
+        except OSError:
+            data = b""
+        if not data:
+            self.retire()  # it exited: its reaping reports the job
+            return
+        self._buffer += data
+        if len(self._buffer) >= _DONE.size:
+            record, self._buffer = self._buffer[: _DONE.size], self._buffer[_DONE.size :]
+            self._job_done(_DONE.unpack(record))
+
+    def _job_done(self, record: tuple[int, float, float, int, int]) -> None:
+        job, self.job = self.job, None
+        exit_code, cpu_s, slot_cpu_s, peak_kb, rss_kb = record
+        self.jobs_run += 1
+        self.cpu_s = slot_cpu_s
+        if self.doomed or recycle(self._pool.limits, self.jobs_run, rss_kb * 1024):
+            log.debug("retiring slot pid %d after %d jobs", self.process.pid, self.jobs_run)
+            self.retire()
+        else:
+            self._pool.idle.append(self)
+        if job is not None:
+            job.finished(exit_code, "exited", cpu_s, peak_kb)
+
+    def _died(self, result: ProcessResult) -> None:
+        """The slot process is reaped: report its job, with a record it left if any."""
+        self._pool.forget(self)
+        if self._sock is not None:
+            self._drain()
+        job, self.job = self.job, None
+        if job is None:
+            return
+        if len(self._buffer) >= _DONE.size:
+            exit_code, cpu_s, _, peak_kb, _ = _DONE.unpack(self._buffer[: _DONE.size])
+            job.finished(exit_code, "exited", cpu_s, peak_kb)
+        else:
+            cpu_s = max(0.0, result.cpu_s - self.cpu_s)
+            job.finished(result.exit_code, result.outcome, cpu_s, result.max_rss_kb)
+
+    def _drain(self) -> None:
+        """Read what the dead slot process left in the socket, then close it."""
+        assert self._sock is not None
+        self._sock.setblocking(False)
+        try:
+            while data := self._sock.recv(4096):
+                self._buffer += data
+        except OSError:
+            pass  # nothing more (BlockingIOError), or reset
+        self.retire()
+
+
+class WarmPool:
+    """The warm-mode launcher: hands out :class:`WarmJob` s run by reused slot processes.
+
+    Keeps the slot processes that are idle between jobs; :meth:`close` stops them.
+    """
+
+    def __init__(self, limits: WarmLimits) -> None:
+        """An empty pool; slot processes are forked as jobs need them."""
+        self.limits = limits
+        self.idle: list[_Slot] = []
+        self._live: set[_Slot] = set()
+
+    def job(
+        self,
+        target: Callable[..., object],
+        args: tuple[object, ...],
+        kwargs: Mapping[str, object],
+        *,
+        name: str | None,
+        grace: float,
+        cgroups: JobCgroups | None,
+    ) -> WarmJob:
+        """A job that runs ``target(*args, **kwargs)`` in a slot process once started."""
+        return WarmJob(self, target, args, kwargs, name=name, grace=grace, cgroups=cgroups)
+
+    def slot_for(self, job: WarmJob, payload: bytes) -> _Slot:
+        """Give ``job`` to an idle slot process, or to a freshly forked one if none is idle
+        (or the idle ones are gone); OSError if none can be made."""
+        while self.idle:
+            slot = self.idle.pop()
+            try:
+                slot.send(job, payload)
+            except OSError as exc:
+                log.debug("idle slot pid %d is gone: %s", slot.process.pid, exc)
+                slot.retire()
+                continue
+            return slot
+        slot = _Slot(self, job)
+        self._live.add(slot)
+        try:
+            slot.send(job, payload)
+        except OSError:
+            slot.retire()
+            raise
+        return slot
+
+    def forget(self, slot: _Slot) -> None:
+        """``slot``'s process is reaped: it serves no more jobs."""
+        self._live.discard(slot)
+        if slot in self.idle:
+            self.idle.remove(slot)
+
+    async def close(self) -> None:
+        """Stop every slot process (whole trees, at once); return once all are reaped."""
+        slots = list(self._live)
+        self.idle.clear()
+        await asyncio.gather(*(slot.process.stop(grace=0) for slot in slots))
+
+
+class WarmJob:
+    """One job run by a slot process of a :class:`WarmPool`: the interface of
+    :class:`~scheduler.worker.process.JobProcess` (``start``, ``pid``, ``result``,
+    ``time_out``, ``stop``, ``add_done_callback``), with the same guarantees.
+
+    ``pid`` is the slot process's, which leads the process group every process of the job
+    is in. The result's ``cpu_s`` and ``max_rss_kb`` are the job's own: see
+    :func:`slot_main` for how they are measured.
+    """
+
+    def __init__(
+        self,
+        pool: WarmPool,
+        target: Callable[..., object],
+        args: tuple[object, ...],
+        kwargs: Mapping[str, object],
+        *,
+        name: str | None = None,
+        grace: float = 2.0,
+        cgroups: JobCgroups | None = None,
+    ) -> None:
+        """Store what to run; nothing is sent until ``start``. Every keyword argument named
+        ``*_fd`` holding an int is a descriptor, sent to the slot process with the job."""
+        self._pool = pool
+        self._target = target
+        self._args = args
+        self._fd_names: list[str] = []
+        self.fds: list[int] = []
+        """The job's descriptors, sent to the slot process with it."""
+        self._kwargs: dict[str, object] = {}
+        for key, value in kwargs.items():
+            if key.endswith("_fd") and isinstance(value, int) and value >= 0:
+                self._fd_names.append(key)
+                self.fds.append(value)
+            else:
+                self._kwargs[key] = value
+        self.name = name
+        self.grace = grace
+        self.cgroups = cgroups
+        self._slot: _Slot | None = None
+        self._cpu_base = 0.0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._future: asyncio.Future[ProcessResult] | None = None
+        self._started_at = 0.0
+        self._callbacks: list[Callable[[ProcessResult], None]] = []
+        self._stopping: asyncio.Task[ProcessResult] | None = None
+
+    def start(self) -> None:
+        """Hand the job to a slot process (forking one if none is idle).
+
+        Raises RuntimeError if already started or no event loop runs in this thread;
+        OSError if the job cannot be pickled or no slot process can take it.
+        """
+        if self._future is not None:
+            raise RuntimeError("WarmJob already started")
+        if len(self.fds) > MAX_FDS:
+            raise OSError(f"a warm job takes at most {MAX_FDS} descriptors, not {len(self.fds)}")
+        loop = asyncio.get_running_loop()
+        try:
+            payload = pickle.dumps(
+                (self._target, self._args, self._kwargs, self._fd_names), pickle.HIGHEST_PROTOCOL
+            )
+        except (pickle.PicklingError, TypeError, AttributeError) as exc:
+            raise OSError(f"cannot send the job to a warm process: {exc}") from exc
+        self._started_at = time.monotonic()
+        self._slot = self._pool.slot_for(self, payload)
+        self._cpu_base = self._slot.cpu_s
+        self._loop = loop
+        self._future = loop.create_future()
+        log.debug("job %s sent to slot pid %d", self.name, self._slot.process.pid)
+
+    @property
+    def pid(self) -> int:
+        """The slot process's id (its process group id); RuntimeError before ``start``."""
+        if self._slot is None:
+            raise RuntimeError("WarmJob not started")
+        return self._slot.process.pid
+
+    @property
+    def cpu_base(self) -> float:
+        """The slot process's CPU seconds (its own and its reaped children's) when its
+        previous job ended: earlier jobs' CPU, which a CPU limit of this job leaves out."""
+        return self._cpu_base
+
+    @property
+    def done(self) -> bool:
+        """True once the job has ended."""
+        return self._future is not None and self._future.done()
+
+    @property
+    def result(self) -> ProcessResult | None:
+        """The result once the job has ended, else None."""
+        if self._future is None or not self._future.done():
+            return None
+        return self._future.result()
+
+    def time_out(self) -> None:
+        """Stop the slot process's whole tree now as a timeout (SIGTERM, SIGKILL after the
+        grace); nothing if the job has ended."""
+        slot = self._started_slot()
+        if not self.done:
+            slot.doomed = True
+            slot.process.time_out()
+
+    async def stop(self, grace: float | None = None) -> ProcessResult:
+        """Stop the slot process's whole tree (SIGTERM, SIGKILL after ``grace``) and return
+        the job's result; a job that ended already keeps its result."""
+        slot = self._started_slot()
+        future = self._future
+        assert future is not None
+        if not future.done():
+            slot.doomed = True
+            self._stopping = asyncio.ensure_future(slot.process.stop(grace))
+        if self._stopping is not None:
+            # The slot's reaping reports the job, possibly only right after this stop.
+            await asyncio.shield(self._stopping)
+        return await asyncio.shield(future)
+
+    def add_done_callback(self, callback: Callable[[ProcessResult], None]) -> None:
+        """Call ``callback(result)`` once from the event loop when the job has ended (at
+        once in the loop callback that saw it end, or with ``call_soon`` if it has)."""
+        self._started_slot()
+        assert self._future is not None and self._loop is not None
+        if self._future.done():
+            self._loop.call_soon(self._call, callback, self._future.result())
+        else:
+            self._callbacks.append(callback)
+
+    def finished(self, exit_code: int | None, outcome: Outcome, cpu_s: float, peak_kb: int) -> None:
+        """The slot process reported the job's end, or died: set the result, call back."""
+        assert self._future is not None
+        if self._future.done():
+            return
+        wall_s = time.monotonic() - self._started_at
+        result = ProcessResult(exit_code, outcome, wall_s, cpu_s, peak_kb)
+        log.debug("job %s in slot pid %d ended: %s", self.name, self.pid, result)
+        self._future.set_result(result)
+        callbacks, self._callbacks = self._callbacks, []
+        for callback in callbacks:
+            self._call(callback, result)
+
+    def _started_slot(self) -> _Slot:
+        if self._slot is None:
+            raise RuntimeError("WarmJob not started")
+        return self._slot
+
+    def _call(self, callback: Callable[[ProcessResult], None], result: ProcessResult) -> None:
+        try:
+            callback(result)
+        except Exception as exc:
+            assert self._loop is not None
+            self._loop.call_exception_handler(
+                {"message": f"a done callback of warm job {self.name} failed", "exception": exc}
+            )
+
+
+def slot_main(control_fd: int, inherited: list[int]) -> None:
+    """The slot process: run each job the scheduler sends on ``control_fd`` until it
+    closes the socket.
+
+    ``inherited`` are the descriptors of the job the slot was forked for, which it
+    inherited and gets again with the job: closed at once. Per job, CPU seconds are the
+    difference of ``getrusage`` (the process and the children it reaped) from before to
+    after the job and its leftovers; peak RSS is the process's high-water mark, reset to
+    its current RSS before the job (``/proc/self/clear_refs``), or that of a child reaped
+    meanwhile if higher.
+    """
+    for fd in inherited:
+        os.close(fd)
+    out, err = os.dup(1), os.dup(2)
+    with socket.socket(fileno=control_fd) as sock:
+        while (job := _receive(sock)) is not None:
+            payload, fds = job
+            cpu_before, children_peak = _usage()
+            _reset_peak()
+            exit_code = _run(payload, fds)
+            _after_job(fds, out, err)
+            cpu_after, children_after = _usage()
+            peak_kb, rss_kb = _memory()
+            if children_after > children_peak:
+                peak_kb = max(peak_kb, children_after)
+            sock.sendall(_DONE.pack(exit_code, cpu_after - cpu_before, cpu_after, peak_kb, rss_kb))
+
+
+def _receive(sock: socket.socket) -> tuple[bytes, list[int]] | None:
+    """The next job's payload and descriptors; None once the scheduler closed the socket."""
+    fds = array.array("i")
+    header, ancillary, _, _ = sock.recvmsg(_HEADER.size, socket.CMSG_SPACE(MAX_FDS * fds.itemsize))
+    for level, kind, data in ancillary:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds.frombytes(data[: len(data) - len(data) % fds.itemsize])
+    if not header:
+        return None
+    header += _read_exactly(sock, _HEADER.size - len(header))
+    (length,) = _HEADER.unpack(header)
+    return _read_exactly(sock, length), list(fds)
+
+
+def _read_exactly(sock: socket.socket, size: int) -> bytes:
+    chunks = []
+    while size > 0:
+        chunk = sock.recv(size)
+        if not chunk:
+            raise EOFError("the scheduler closed the control socket mid-message")
+        chunks.append(chunk)
+        size -= len(chunk)
+    return b"".join(chunks)
+
+
+def _run(payload: bytes, fds: list[int]) -> int:
+    """Run one job; return its exit status as its own process would have exited with."""
+    try:
+        target, args, kwargs, fd_names = pickle.loads(payload)
+        kwargs.update(zip(fd_names, fds, strict=True))
+        target(*args, **kwargs)
+    except SystemExit as exc:
+        return _exit_status(exc.code)
+    except BaseException:
+        traceback.print_exc()  # as multiprocessing prints it: to the job's stderr
+        return 1
+    return 0
+
+
+def _exit_status(code: object) -> int:
+    """The status ``sys.exit(code)`` exits a process with."""
+    if code is None:
+        return 0
+    if isinstance(code, int):
+        return code & 0xFF
+    sys.stderr.write(f"{code}\n")
+    return 1
+
+
+def _after_job(fds: list[int], out: int, err: int) -> None:
+    """Leave the slot process as the next job expects it: its output flushed to the job's
+    log, stdout and stderr the slot's again, the job's descriptors closed, its leftovers
+    killed and reaped, SIGINT and SIGTERM at their defaults, progress sent nowhere."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            if stream is not None:
+                stream.flush()
+        except (OSError, ValueError):
+            pass  # a stream the job closed or broke: its output is lost, as it would be
+    os.dup2(out, 1)
+    os.dup2(err, 2)
+    enter_job(-1, None)
+    if containment.has_children():
+        containment.kill_tree(os.getpid(), include_root=False)
+        containment.reap_children(LEFTOVER_REAP_S)
+    for fd in fds:
+        try:
+            os.close(fd)
+        except OSError:
+            pass  # the job closed it itself
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        _signal.signal(signum, _signal.SIG_DFL)
+
+
+def _usage() -> tuple[float, int]:
+    """CPU seconds of this process and its reaped children, and the children's peak RSS."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+    return cpu, children.ru_maxrss
+
+
+def _reset_peak() -> None:
+    """Reset this process's peak RSS to its current RSS (a kernel without it keeps the
+    lifetime peak)."""
+    try:
+        with open("/proc/self/clear_refs", "wb", buffering=0) as refs:
+            refs.write(b"5")
+    except OSError:
+        pass
+
+
+def _memory() -> tuple[int, int]:
+    """This process's peak RSS since the last reset and its RSS now, in KiB."""
+    peak = rss = 0
+    with open("/proc/self/status", "rb") as status:
+        for line in status:
+            if line.startswith(b"VmHWM:"):
+                peak = int(line.split()[1])
+            elif line.startswith(b"VmRSS:"):
+                rss = int(line.split()[1])
+    return peak, rss

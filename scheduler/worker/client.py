@@ -50,7 +50,9 @@ from scheduler.protocol_types import TRANSIENT_EVENTS
 from scheduler.tasks import TaskRegistry
 from scheduler.worker.cgroups import JobCgroups
 from scheduler.worker.executor import Executor
+from scheduler.worker.forkserver_link import ForkServerLauncher
 from scheduler.worker.job_output import DEFAULT_KEEP_LOGS, JobLogs
+from scheduler.worker.process import JobProcess
 from scheduler.worker.report_queue import DEFAULT_OUTBOX_LIMIT, ReportQueue, fit_register
 from scheduler.worker.session import Session, SessionLinks
 
@@ -85,7 +87,8 @@ class SchedulerConfig:
     reports kept while the bus is away (beyond it the oldest are dropped); ``log_dir``
     the root of the job log files (``log_dir/<name>/<job id>.<attempt>.log``; None: jobs
     write to this process's stdout and stderr and no output is reported), of which the
-    newest ``keep_logs`` are kept.
+    newest ``keep_logs`` are kept; ``fork_server``: jobs are forked by a fork server
+    (False: by this process).
     """
 
     bus_url: str = DEFAULT_URL
@@ -102,6 +105,7 @@ class SchedulerConfig:
     cgroups: JobCgroups | None = None
     log_dir: Path | None = None
     keep_logs: int = DEFAULT_KEEP_LOGS
+    fork_server: bool = True
 
     def __post_init__(self) -> None:
         """Refuse values the bus or the executor would refuse later, naming the field."""
@@ -179,6 +183,7 @@ class SchedulerClient:
         """
         parse_uri(self.config.bus_url)
         config = self.config
+        launcher = ForkServerLauncher(self.tasks) if config.fork_server else None
         self._executor = Executor(
             config.size,
             config.timeout,
@@ -193,8 +198,11 @@ class SchedulerClient:
             logs=None
             if config.log_dir is None
             else JobLogs(config.log_dir, self._wanted_name, config.keep_logs),
+            launcher=launcher or JobProcess,
         )
         try:
+            if launcher is not None:
+                await launcher.ready()
             await self._connector.run(
                 self._register_message,
                 self._serve,
@@ -209,6 +217,8 @@ class SchedulerClient:
             try:
                 await self._executor.shutdown()
             finally:
+                if launcher is not None:
+                    launcher.close()
                 if self._unobserved:
                     self._observe()  # the last reports: this returns only once all are seen
         if self._error is not None:

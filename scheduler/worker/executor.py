@@ -45,7 +45,7 @@ from scheduler.worker import containment
 from scheduler.worker.cgroups import JobCgroups
 from scheduler.worker.job_feed import JobChannels, JobFeed
 from scheduler.worker.job_output import JobLogs
-from scheduler.worker.process import JobProcess, ProcessResult
+from scheduler.worker.process import JobProcess, Launcher, ProcessResult
 from scheduler.worker.task_result import ResultPipe, TaskRecord
 
 log = logging.getLogger(__name__)
@@ -107,13 +107,19 @@ class Executor:
         limits: Limits = NO_LIMITS,
         cgroups: JobCgroups | None = None,
         logs: JobLogs | None = None,
+        launcher: Launcher = JobProcess,
     ) -> None:
         """Set up an idle executor; nothing runs until :meth:`submit`.
+
+        ``launcher`` makes each job's process: :class:`JobProcess` forks it from this
+        process; :class:`~scheduler.worker.forkserver_link.ForkServerLauncher` has a fork
+        server fork it.
 
         ``may_start`` is asked before each job starts; when it says no (the lease may have
         expired), the attempt is given back unstarted: reported ``revoked``.
         """
         self._may_start = may_start
+        self._launcher = launcher
         self._runner = Runner(size)
         self._default_timeout = default_timeout
         self._tasks = tasks
@@ -290,7 +296,7 @@ class Executor:
         except OSError as exc:
             pipe.close()
             return self._not_started(assignment, exc)
-        process = JobProcess(
+        process = self._launcher(
             run_task,
             (spec.function, args, kwargs, job_id, assignment.attempt),
             {
@@ -449,6 +455,7 @@ class Executor:
 def _ending(run: _Run, result: ProcessResult, record: TaskRecord) -> Ending:
     """What :func:`~scheduler.policy.closing.closing_report` needs to know of ``run``'s end."""
     raised = record.raised
+    error = result.lost or (None if raised is None else raised.error)
     return Ending(
         outcome=result.outcome,
         exit_code=result.exit_code,
@@ -459,7 +466,7 @@ def _ending(run: _Run, result: ProcessResult, record: TaskRecord) -> Ending:
         evictions=run.evictions,
         limit_error=run.limit_error,
         timeout_s=run.deadline - run.started_at,
-        error=None if raised is None else raised.error,
-        traceback=None if raised is None else raised.traceback,
+        error=error,
+        traceback=None if raised is None or result.lost else raised.traceback,
         result=record.result,
     )

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from conftest import Commands, unit, wait_until
+from conftest import Commands, jobs_of, unit, wait_until
 from test_scheduler_client import FakeBus, Peer, port_of
 
 from scheduler.worker import containment
@@ -160,7 +160,7 @@ async def test_nothing_outlives_the_workers_sigkill(
 ) -> None:
     async with worker(commands) as (peer, worker_pid):
         pids = await started_escape(peer, tmp_path, "hang", escapees)
-        [job] = psutil.Process(worker_pid).children()
+        [job] = jobs_of(worker_pid)
         escapees.append(job.pid)
         os.kill(worker_pid, signal.SIGKILL)
         await all_gone([job.pid, *pids])

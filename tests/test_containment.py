@@ -22,6 +22,10 @@ from test_scheduler_client import FakeBus, Peer, port_of
 from scheduler.worker import containment
 
 TASKS = "tests/sample_tasks.py"
+PATHS = pytest.mark.parametrize(
+    "path", [(), ("--no-fork-server",)], ids=["fork_server", "scheduler"]
+)
+"""Runs a test on both ways of forking jobs: from the fork server and from the scheduler."""
 
 
 def alive(pid: int) -> bool:
@@ -100,10 +104,11 @@ async def test_nothing_a_job_started_outlives_its_own_end(
 
 
 @pytest.mark.parametrize("then", ["kill", "exit"])
+@PATHS
 async def test_what_a_job_that_dies_abruptly_leaves_is_killed_and_reaped_by_the_scheduler(
-    commands: Commands, tmp_path: Path, escapees: list[int], then: str
+    commands: Commands, tmp_path: Path, escapees: list[int], then: str, path: tuple[str, ...]
 ) -> None:
-    async with worker(commands) as (peer, worker_pid):
+    async with worker(commands, *path) as (peer, worker_pid):
         pids = await started_escape(peer, tmp_path, then, escapees)
         await peer.expect("report", id=then)
         await all_gone(pids)
@@ -112,19 +117,21 @@ async def test_what_a_job_that_dies_abruptly_leaves_is_killed_and_reaped_by_the_
         )
 
 
+@PATHS
 async def test_nothing_outlives_a_timeout(
-    commands: Commands, tmp_path: Path, escapees: list[int]
+    commands: Commands, tmp_path: Path, escapees: list[int], path: tuple[str, ...]
 ) -> None:
-    async with worker(commands) as (peer, _):
+    async with worker(commands, *path) as (peer, _):
         pids = await started_escape(peer, tmp_path, "hang", escapees, timeout=1.0 * unit())
         await peer.expect("report", event="timed_out", id="hang", timeout=10)
         await all_gone(pids)
 
 
+@PATHS
 async def test_nothing_outlives_a_cancel(
-    commands: Commands, tmp_path: Path, escapees: list[int]
+    commands: Commands, tmp_path: Path, escapees: list[int], path: tuple[str, ...]
 ) -> None:
-    async with worker(commands) as (peer, worker_pid):
+    async with worker(commands, *path) as (peer, worker_pid):
         pids = await started_escape(peer, tmp_path, "hang", escapees)
         await peer.stop("hang", 1, "cancelled", kind="cancel")
         await peer.expect("report", event="cancelled", id="hang")
@@ -134,10 +141,11 @@ async def test_nothing_outlives_a_cancel(
         )
 
 
+@PATHS
 async def test_nothing_outlives_an_eviction(
-    commands: Commands, tmp_path: Path, escapees: list[int]
+    commands: Commands, tmp_path: Path, escapees: list[int], path: tuple[str, ...]
 ) -> None:
-    async with worker(commands, "-s", "1") as (peer, _):
+    async with worker(commands, "-s", "1", *path) as (peer, _):
         pids = await started_escape(peer, tmp_path, "hang", escapees, priority=9)
         await peer.assign("urgent", 1, priority=0)
         await peer.expect("report", event="evicted", id="hang")
@@ -155,15 +163,18 @@ async def test_nothing_outlives_the_workers_sigterm(
         await all_gone(pids)
 
 
+@PATHS
 async def test_nothing_outlives_the_workers_sigkill(
-    commands: Commands, tmp_path: Path, escapees: list[int]
+    commands: Commands, tmp_path: Path, escapees: list[int], path: tuple[str, ...]
 ) -> None:
-    async with worker(commands) as (peer, worker_pid):
+    async with worker(commands, *path) as (peer, worker_pid):
         pids = await started_escape(peer, tmp_path, "hang", escapees)
         [job] = jobs_of(worker_pid)
-        escapees.append(job.pid)
+        # The job and, on the fork server's path, the fork server.
+        children = {job.pid, *(child.pid for child in psutil.Process(worker_pid).children())}
+        escapees.extend(children)
         os.kill(worker_pid, signal.SIGKILL)
-        await all_gone([job.pid, *pids])
+        await all_gone([*children, *pids])
 
 
 # The tree walk and the kill on their own, in this process.

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import _signal  # type: ignore[import-not-found]  # no stub; part of CPython
 import ctypes
+import gc
 import importlib
 import importlib.util
 import marshal
@@ -214,6 +215,9 @@ def _load(sys_path: list[str], modules: list[tuple[str, str | None]]) -> dict[st
             _import(name, file)
         except Exception as exc:
             failed[name] = f"{type(exc).__name__}: {exc}"
+    # What is loaded now lives as long as the server: the collector need never look at
+    # it again, here or in a job, where each look would copy the pages it touches.
+    gc.freeze()
     return failed
 
 

@@ -130,7 +130,7 @@ async def test_timeout_kills_the_tree_with_its_setsid_grandchildren(
     executor: Executor, reports: Reports, tmp_path: Path, escapees: list[int]
 ) -> None:
     pidfile = tmp_path / "pids.json"
-    args = {"pidfile": str(pidfile), "then": "hang"}
+    args: dict[str, object] = {"pidfile": str(pidfile), "then": "hang"}
     executor.submit(job("hang", task="escape", args=args, timeout=1.0))
     pids = await escaped(pidfile, escapees)
     await reports.expect("timed_out", "hang", timeout=10)
@@ -141,7 +141,7 @@ async def test_eviction_kills_the_tree(
     executor: Executor, reports: Reports, tmp_path: Path, escapees: list[int]
 ) -> None:
     pidfile = tmp_path / "pids.json"
-    args = {"pidfile": str(pidfile), "then": "hang"}
+    args: dict[str, object] = {"pidfile": str(pidfile), "then": "hang"}
     executor.submit(job("low", priority=9, task="escape", args=args))
     pids = await escaped(pidfile, escapees)
     executor.submit(job("urgent", priority=0, task="add", args=[1, 1]))

@@ -35,6 +35,7 @@ import ctypes
 import gc
 import importlib
 import importlib.util
+import io
 import marshal
 import os
 import socket
@@ -250,6 +251,9 @@ def main(fd: int, scheduler_pid: int) -> None:
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.prctl(_PR_SET_PDEATHSIG, _SIGKILL, 0, 0) != 0 or os.getppid() != scheduler_pid:
         os._exit(1)  # cannot be tied to the scheduler, or it is gone already
+    # Jobs inherit it: a task's print() reaches its log file line by line, not at exit.
+    if isinstance(sys.stdout, io.TextIOWrapper):
+        sys.stdout.reconfigure(line_buffering=True)
     ForkServer(socket.socket(fileno=fd)).serve()
 
 

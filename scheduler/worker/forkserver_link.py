@@ -365,8 +365,9 @@ class ServedJobProcess(JobProcess):
         if self._server is None:
             return super()._has_exited()
         # Not our child: waitid cannot peek; a pidfd reads as ready once its process ended.
-        ready, _, _ = select.select([self._pidfd], [], [], 0)
-        return bool(ready)
+        poll = select.poll()
+        poll.register(self._pidfd, select.POLLIN)
+        return bool(poll.poll(0))
 
     def _collect(self, pid: int) -> ProcessResult:
         if self._server is None:

@@ -19,8 +19,9 @@ from conftest import unit, wait_until
 from test_executor import Reports, job
 
 from scheduler.tasks import TaskRegistry
+from scheduler.worker import forkserver_link
 from scheduler.worker.executor import Executor
-from scheduler.worker.forkserver_link import ForkServerLauncher
+from scheduler.worker.forkserver_link import MAX_FAILED_STARTS, ForkServerLauncher
 from scheduler.worker.job_output import JobLogs
 from scheduler.worker.process import JobProcess, Launcher
 
@@ -199,6 +200,22 @@ async def test_the_fork_server_imports_no_network_stack() -> None:
     try:
         executor.submit(job("probe", task="network_modules", args=[]))
         assert (await reports.expect("succeeded", "probe")).result == []
+    finally:
+        await executor.shutdown()
+        fork_server.close()
+
+
+async def test_jobs_are_forked_from_the_scheduler_when_no_fork_server_starts(
+    monkeypatch: pytest.MonkeyPatch, reports: Reports
+) -> None:
+    monkeypatch.setattr(forkserver_link, "COMMAND", "raise SystemExit(1)")
+    fork_server = ForkServerLauncher(REGISTRY)
+    executor = Executor(1, 10 * unit(), REGISTRY, reports, launcher=fork_server)
+    try:
+        for n in range(3):
+            executor.submit(job(f"j{n}", task="add", args=[n, 1]))
+            assert (await reports.expect("succeeded", f"j{n}")).result == n + 1
+        assert fork_server.link.restarts == MAX_FAILED_STARTS - 1
     finally:
         await executor.shutdown()
         fork_server.close()

@@ -258,6 +258,8 @@ def main(fd: int, scheduler_pid: int) -> None:
 
 
 COMMAND: Final = (
-    "import sys; from scheduler.worker.forkserver import main; main(*map(int, sys.argv[1:]))"
+    "import sys; sys.path.insert(0, sys.argv[3]); from scheduler.worker.forkserver import main;"
+    " main(int(sys.argv[1]), int(sys.argv[2]))"
 )
-"""What ``python -c`` runs to start a fork server (arguments: socket fd, scheduler pid)."""
+"""What ``python -c`` runs to start a fork server (arguments: its socket's descriptor, the
+scheduler's pid, the directory the ``scheduler`` package is in)."""

@@ -46,6 +46,10 @@ LOAD_TIMEOUT_S: Final = 300.0
 """How long the fork server may take to start and import the task modules."""
 STOP_WAIT_S: Final = 5.0
 """How long a closed fork server has to exit before it is killed."""
+MAX_FAILED_STARTS: Final = 3
+"""Fork servers in a row that die before they have loaded the task modules: then no more
+is started, and every job is forked from the scheduler."""
+_PACKAGE_ROOT: Final = os.path.dirname(os.path.dirname(os.path.dirname(__file__)))
 
 
 class ForkServerError(OSError):
@@ -78,6 +82,7 @@ class ForkServerLink:
         self._timeout = timeout
         self._unservable: set[tuple[str, str]] = set()
         self._closed = False
+        self._failed_starts = 0
         self.restarts = 0
         """How many times a fork server that was gone was replaced."""
         self._server = self._spawn()
@@ -94,7 +99,7 @@ class ForkServerLink:
             # A fresh interpreter: it shares no page with this process. Its own session,
             # so a terminal's Ctrl-C reaches the scheduler, which stops the jobs itself.
             proc = subprocess.Popen(
-                [sys.executable, "-c", COMMAND, str(fd), str(os.getpid())],
+                [sys.executable, "-c", COMMAND, str(fd), str(os.getpid()), _PACKAGE_ROOT],
                 pass_fds=(fd,),
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
@@ -147,6 +152,7 @@ class ForkServerLink:
             if server.gone is None:
                 server.sock.settimeout(self._timeout)
         server.loaded = True
+        self._failed_starts = 0
         for module, error in message[1].items():
             log.warning(
                 "the fork server cannot import %s (%s): its jobs are forked from the scheduler",
@@ -225,6 +231,8 @@ class ForkServerLink:
     def _current(self) -> _Server:
         if self._server.gone is not None:
             self._replace()
+        if self._server.gone is not None:
+            raise ForkServerError(f"no fork server: the last one {self._server.gone}")
         return self._server
 
     def _answer(self, server: _Server) -> tuple[Any, list[int]]:
@@ -261,10 +269,24 @@ class ForkServerLink:
             self._replace()
 
     def _replace(self) -> None:
-        if self._closed:
+        """Start a new fork server unless closed or too many in a row failed to start."""
+        if not self._server.loaded:
+            self._failed_starts += 1
+        if self._failed_starts == MAX_FAILED_STARTS:
+            log.error(
+                "%d fork servers in a row died before they were ready: jobs are forked from "
+                "the scheduler from now on",
+                MAX_FAILED_STARTS,
+            )
+        if self._closed or self._failed_starts >= MAX_FAILED_STARTS:
+            return
+        try:
+            server = self._spawn()
+        except OSError as exc:
+            log.error("cannot start a fork server: %s", exc)
             return
         self.restarts += 1
-        self._server = self._spawn()
+        self._server = server
 
     def _request(
         self,
@@ -357,7 +379,7 @@ class ServedJobProcess(JobProcess):
             log.debug("job %s forked here: %s", self._name, exc)
             return super()._launch()
         except ForkServerError as exc:
-            log.warning("job %s forked here: %s", self._name, exc)
+            log.debug("job %s forked here: %s", self._name, exc)  # the link logged why
             return super()._launch()
         return pid, pidfd
 

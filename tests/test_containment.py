@@ -16,7 +16,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from conftest import Commands, jobs_of, unit, wait_until
+from conftest import Commands, is_fork_server, jobs_of, unit, wait_until
 from test_scheduler_client import FakeBus, Peer, port_of
 
 from scheduler.worker import containment
@@ -175,6 +175,24 @@ async def test_nothing_outlives_the_workers_sigkill(
         escapees.extend(children)
         os.kill(worker_pid, signal.SIGKILL)
         await all_gone([*children, *pids])
+
+
+async def test_a_killed_fork_server_is_replaced_and_its_job_reported_failed(
+    commands: Commands, tmp_path: Path, escapees: list[int]
+) -> None:
+    async with worker(commands) as (peer, worker_pid):
+        pids = await started_escape(peer, tmp_path, "hang", escapees)
+        [job] = jobs_of(worker_pid)
+        [server] = [p for p in psutil.Process(worker_pid).children() if is_fork_server(p)]
+        escapees.extend([job.pid, server.pid])
+        server.kill()
+        failed = await peer.expect("report", event="failed", id="hang")
+        assert f"the fork server (pid {server.pid}) died" in failed["error"]
+        await all_gone([job.pid, *pids])
+        await peer.assign("next", 1, runtime=0.01)
+        await peer.expect("report", event="succeeded", id="next")
+        [new_server] = [p for p in psutil.Process(worker_pid).children() if is_fork_server(p)]
+        assert new_server.pid != server.pid
 
 
 # The tree walk and the kill on their own, in this process.

@@ -114,6 +114,31 @@ def family_of(pid: int) -> list[psutil.Process]:
         return []
 
 
+def is_fork_server(process: psutil.Process) -> bool:
+    """Whether ``process`` is a scheduler's fork server (its jobs share its command line)."""
+    try:
+        parent = process.parent()
+        return _runs_fork_server(process) and not (parent and _runs_fork_server(parent))
+    except psutil.Error:
+        return False
+
+
+def _runs_fork_server(process: psutil.Process) -> bool:
+    return "scheduler.worker.forkserver" in " ".join(process.cmdline())
+
+
+def jobs_of(pid: int) -> list[psutil.Process]:
+    """The job processes of the scheduler ``pid``: its children that are not its fork
+    server, and the children of its fork server."""
+    jobs = []
+    for child in psutil.Process(pid).children():
+        if is_fork_server(child):
+            jobs.extend(child.children())
+        else:
+            jobs.append(child)
+    return jobs
+
+
 @pytest.fixture
 async def commands(tmp_path: Path) -> AsyncIterator[Commands]:
     """Real child processes that are killed by pid when the test ends."""

@@ -12,10 +12,9 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-import psutil
 import pytest
 from click.testing import CliRunner
-from conftest import Commands, unit, wait_until
+from conftest import Commands, jobs_of, unit, wait_until
 from test_containment import alive, all_gone, escapees, started_escape, worker
 
 from scheduler.worker import cli as worker_command
@@ -103,7 +102,7 @@ async def test_each_job_runs_in_its_own_cgroup_removed_when_it_ends(
 ) -> None:
     async with worker(commands, "--cgroup", str(delegated)) as (peer, worker_pid):
         pids = await started_escape(peer, tmp_path, "hang", escapees)
-        [job] = psutil.Process(worker_pid).children()
+        [job] = jobs_of(worker_pid)
         [cgroup] = job_cgroups(delegated)
         members = {int(pid) for pid in (cgroup / "cgroup.procs").read_text().split()}
         assert {job.pid, *pids} <= members
@@ -118,7 +117,7 @@ async def test_a_restarted_scheduler_kills_what_its_killed_jobs_left(
 ) -> None:
     async with worker(commands, "--cgroup", str(delegated)) as (peer, worker_pid):
         pids = await started_escape(peer, tmp_path, "hang", escapees)
-        [job] = psutil.Process(worker_pid).children()
+        [job] = jobs_of(worker_pid)
         escapees.append(job.pid)
         # Both at once: nobody is left to run the death handler or reap orphans.
         os.kill(job.pid, signal.SIGKILL)

@@ -16,16 +16,19 @@ from pathlib import Path
 
 import psutil
 import pytest
-from conftest import Commands, unit, wait_until
+from conftest import Commands, is_fork_server, jobs_of, unit, wait_until
 from test_scheduler_client import FakeBus, Peer, port_of
 
 from scheduler.worker import containment
 
 TASKS = "tests/sample_tasks.py"
-
-
-BOTH_LAUNCHERS = pytest.mark.parametrize("mode", [(), ("--warm", "3")], ids=["process", "warm"])
-"""Runs a test with a fork per job and in warm mode (the worker's extra options)."""
+LAUNCHERS = pytest.mark.parametrize(
+    "mode",
+    [(), ("--no-fork-server",), ("--warm", "3")],
+    ids=["fork_server", "scheduler_forks", "warm"],
+)
+"""Runs a test on every way to start jobs (the worker's extra options): forked by the fork
+server (the default), forked by the scheduler itself, and in warm mode."""
 
 
 def alive(pid: int) -> bool:
@@ -93,7 +96,7 @@ def zombie_children(pid: int) -> list[psutil.Process]:
     return zombies
 
 
-@BOTH_LAUNCHERS
+@LAUNCHERS
 @pytest.mark.parametrize(("then", "event"), [("return", "succeeded"), ("raise", "failed")])
 async def test_nothing_a_job_started_outlives_its_own_end(
     commands: Commands,
@@ -109,7 +112,7 @@ async def test_nothing_a_job_started_outlives_its_own_end(
         await all_gone(pids)
 
 
-@BOTH_LAUNCHERS
+@LAUNCHERS
 @pytest.mark.parametrize("then", ["kill", "exit"])
 async def test_what_a_job_that_dies_abruptly_leaves_is_killed_and_reaped_by_the_scheduler(
     commands: Commands, tmp_path: Path, escapees: list[int], mode: tuple[str, ...], then: str
@@ -123,7 +126,7 @@ async def test_what_a_job_that_dies_abruptly_leaves_is_killed_and_reaped_by_the_
         )
 
 
-@BOTH_LAUNCHERS
+@LAUNCHERS
 async def test_nothing_outlives_a_timeout(
     commands: Commands, tmp_path: Path, escapees: list[int], mode: tuple[str, ...]
 ) -> None:
@@ -133,7 +136,7 @@ async def test_nothing_outlives_a_timeout(
         await all_gone(pids)
 
 
-@BOTH_LAUNCHERS
+@LAUNCHERS
 async def test_nothing_outlives_a_cancel(
     commands: Commands, tmp_path: Path, escapees: list[int], mode: tuple[str, ...]
 ) -> None:
@@ -147,7 +150,7 @@ async def test_nothing_outlives_a_cancel(
         )
 
 
-@BOTH_LAUNCHERS
+@LAUNCHERS
 async def test_nothing_outlives_an_eviction(
     commands: Commands, tmp_path: Path, escapees: list[int], mode: tuple[str, ...]
 ) -> None:
@@ -159,7 +162,7 @@ async def test_nothing_outlives_an_eviction(
         await peer.expect("report", event="succeeded", id="urgent")
 
 
-@BOTH_LAUNCHERS
+@LAUNCHERS
 async def test_nothing_outlives_the_workers_sigterm(
     commands: Commands, tmp_path: Path, escapees: list[int], mode: tuple[str, ...]
 ) -> None:
@@ -170,16 +173,36 @@ async def test_nothing_outlives_the_workers_sigterm(
         await all_gone(pids)
 
 
-@BOTH_LAUNCHERS
+@LAUNCHERS
 async def test_nothing_outlives_the_workers_sigkill(
     commands: Commands, tmp_path: Path, escapees: list[int], mode: tuple[str, ...]
 ) -> None:
     async with worker(commands, *mode) as (peer, worker_pid):
         pids = await started_escape(peer, tmp_path, "hang", escapees)
-        [job] = psutil.Process(worker_pid).children()
-        escapees.append(job.pid)
+        [job] = jobs_of(worker_pid)
+        # The job and, on the fork server's path, the fork server.
+        children = {job.pid, *(child.pid for child in psutil.Process(worker_pid).children())}
+        escapees.extend(children)
         os.kill(worker_pid, signal.SIGKILL)
+        await all_gone([*children, *pids])
+
+
+async def test_a_killed_fork_server_is_replaced_and_its_job_reported_failed(
+    commands: Commands, tmp_path: Path, escapees: list[int]
+) -> None:
+    async with worker(commands) as (peer, worker_pid):
+        pids = await started_escape(peer, tmp_path, "hang", escapees)
+        [job] = jobs_of(worker_pid)
+        [server] = [p for p in psutil.Process(worker_pid).children() if is_fork_server(p)]
+        escapees.extend([job.pid, server.pid])
+        server.kill()
+        failed = await peer.expect("report", event="failed", id="hang")
+        assert f"the fork server (pid {server.pid}) died" in failed["error"]
         await all_gone([job.pid, *pids])
+        await peer.assign("next", 1, runtime=0.01)
+        await peer.expect("report", event="succeeded", id="next")
+        [new_server] = [p for p in psutil.Process(worker_pid).children() if is_fork_server(p)]
+        assert new_server.pid != server.pid
 
 
 # The tree walk and the kill on their own, in this process.

@@ -16,7 +16,7 @@ from pathlib import Path
 import msgspec
 import psutil
 import pytest
-from conftest import ROOT, BusProcess, Commands, family_of, unit, wait_until
+from conftest import ROOT, BusProcess, Commands, family_of, jobs_of, unit, wait_until
 
 from scheduler import protocol_types
 from scheduler.bus.config import BusConfig, bus_rules
@@ -195,7 +195,7 @@ async def test_a_frozen_scheduler_loses_its_jobs_and_its_stale_attempts_are_stop
         async with ProducerClient(bus.url) as client:
             ids = [await client.submit(JobPayload(priority=1, runtime=30)) for _ in range(2)]
             await wait_for_events(client, ids, "started")
-            stale = family_of(frozen.pid)[1:]
+            stale = jobs_of(frozen.pid)
             assert len(stale) == 2
             await commands.start(
                 "scheduler.test_scheduler",

@@ -17,7 +17,7 @@ from typing import Any
 
 import psutil
 import pytest
-from conftest import unit, wait_until
+from conftest import is_fork_server, unit, wait_until
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosedError, InvalidURI
 from websockets.http11 import Request, Response
@@ -172,7 +172,7 @@ def job_processes() -> list[psutil.Process]:
     alive = []
     for child in psutil.Process().children(recursive=True):
         try:
-            if child.status() != psutil.STATUS_ZOMBIE:
+            if child.status() != psutil.STATUS_ZOMBIE and not is_fork_server(child):
                 alive.append(child)
         except psutil.NoSuchProcess:
             pass

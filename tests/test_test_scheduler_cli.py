@@ -6,10 +6,9 @@ from __future__ import annotations
 import asyncio
 import signal
 
-import psutil
 import pytest
 from click.testing import CliRunner
-from conftest import Commands, unit, wait_until
+from conftest import Commands, jobs_of, unit, wait_until
 from test_scheduler_client import FakeBus
 
 from scheduler.worker import demo as test_scheduler
@@ -55,8 +54,7 @@ async def test_runs_a_job_and_exits_0_on_sigterm_leaving_no_child(commands: Comm
         await peer.expect("report", event="succeeded", id="quick0123")
         await peer.assign("long", runtime=60)
         await peer.expect("report", event="started", id="long")
-        scheduler = psutil.Process(proc.pid)
-        [job] = scheduler.children(recursive=True)
+        [job] = jobs_of(proc.pid)
         proc.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(proc.wait(), 10 * unit()) == 0
         await asyncio.wait_for(peer.closed.wait(), 5 * unit())

@@ -340,8 +340,8 @@ def test_the_commands_pass_warm_mode_to_the_scheduler(monkeypatch: pytest.Monkey
         WarmLimits(50, max_rss=200 * MIB),
         WarmLimits(7),
     ]
-    assert isinstance(configs[1].launcher(), WarmPool)
-    assert not isinstance(configs[0].launcher(), WarmPool)
+    assert isinstance(configs[1].launcher(TaskRegistry()), WarmPool)
+    assert configs[0].warm is None and configs[0].fork_server  # a fork server, no warm pool
 
 
 @pytest.mark.parametrize(

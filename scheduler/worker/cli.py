@@ -241,6 +241,16 @@ _OPTIONS = (
         help="How many job log files to keep under the log directory (every scheduler's "
         "there); older ones are deleted as new jobs start.",
     ),
+    click.option(
+        "--no-fork-server",
+        is_flag=True,
+        help="Fork each job from the scheduler itself instead of from its fork server. The "
+        "fork server is a small process started with the scheduler that imports only the "
+        "task modules and forks every job: forking the scheduler (tens of MB, the network "
+        "stack) costs each job copy-on-write page faults, and a task module's imports are "
+        "paid once there. Both keep every guarantee; a job that was running when the fork "
+        "server crashed is reported failed, and a new fork server takes over.",
+    ),
 )
 
 
@@ -259,12 +269,12 @@ def scheduler_options(
     ``@scheduler_options(default_timeout=10.0)``: ``-s``, ``-t`` (default
     ``default_timeout``, None: no timeout), ``--memory-limit``, ``--cpu-limit``,
     ``--cgroup``, ``-d``, ``--name``, ``--log-dir``, ``--no-job-logs``, ``--warm``,
-    ``--warm-max-rss``, ``--keep-logs``, and the shared
+    ``--warm-max-rss``, ``--keep-logs``, ``--no-fork-server``, and the shared
     ``--bus``, ``--token``, ``--token-file``, ``--cafile``
     (:func:`~scheduler.cli_support.connection_options`), passed to the command
     as ``size``, ``timeout``, ``memory_limit``, ``cpu_limit``, ``cgroups``, ``debug``,
     ``name``, ``log_dir``, ``no_job_logs``, ``warm``, ``warm_max_rss``, ``keep_logs``,
-    ``url``, ``token``,
+    ``no_fork_server``, ``url``, ``token``,
     ``token_file``, ``cafile``."""
 
     def add(command: FC) -> FC:
@@ -297,13 +307,15 @@ def run_scheduler(
     no_job_logs: bool = False,
     warm: int | None = None,
     warm_max_rss: int | None = None,
+    no_fork_server: bool = False,
 ) -> None:
     """Serve the bus with ``tasks`` until SIGINT or SIGTERM.
 
     Each job's stdout and stderr go to a file under ``log_dir`` (default
     ``$XDG_STATE_HOME/schedbus/logs``), the newest ``keep_logs`` of them kept, unless
     ``no_job_logs`` (then they stay this process's). With ``warm`` each slot keeps a
-    process for up to ``warm`` jobs (and up to ``warm_max_rss`` bytes resident after one).
+    process for up to ``warm`` jobs (and up to ``warm_max_rss`` bytes resident after one);
+    else each job is forked by a fork server, unless ``no_fork_server``.
 
     With ``log_jobs`` (or ``debug``) one INFO line is logged per job step
     (:func:`log_report`), else only for unusual ones (:func:`log_unusual_report`).
@@ -338,6 +350,7 @@ def run_scheduler(
         log_dir=None if no_job_logs else log_dir or state_dir() / "logs",
         keep_logs=keep_logs,
         warm=None if warm is None else WarmLimits(warm, warm_max_rss),
+        fork_server=not no_fork_server,
     )
     on_report = log_report if log_jobs or debug else log_unusual_report
 

@@ -51,6 +51,7 @@ from scheduler.protocol_types import TRANSIENT_EVENTS
 from scheduler.tasks import TaskRegistry
 from scheduler.worker.cgroups import JobCgroups
 from scheduler.worker.executor import Executor
+from scheduler.worker.forkserver_link import ForkServerLauncher
 from scheduler.worker.job_output import DEFAULT_KEEP_LOGS, JobLogs
 from scheduler.worker.launch import Launcher, ProcessLauncher
 from scheduler.worker.report_queue import DEFAULT_OUTBOX_LIMIT, ReportQueue, fit_register
@@ -89,8 +90,9 @@ class SchedulerConfig:
     the root of the job log files (``log_dir/<name>/<job id>.<attempt>.log``; None: jobs
     write to this process's stdout and stderr and no output is reported), of which the
     newest ``keep_logs`` are kept. With ``warm`` each slot keeps a process that runs jobs
-    one after another, replaced past those limits (:mod:`scheduler.worker.warm`; None:
-    a fresh process per job).
+    one after another, replaced past those limits (:mod:`scheduler.worker.warm`); else
+    each job gets a fresh process, forked by a fork server (``fork_server``;
+    :mod:`scheduler.worker.forkserver_link`) or by this process.
     """
 
     bus_url: str = DEFAULT_URL
@@ -108,11 +110,15 @@ class SchedulerConfig:
     log_dir: Path | None = None
     keep_logs: int = DEFAULT_KEEP_LOGS
     warm: WarmLimits | None = None
+    fork_server: bool = True
 
-    def launcher(self) -> Launcher:
-        """What starts each job's process: a warm slot pool with ``warm``, else a fork per
-        job (a new one each call: it belongs to one executor)."""
-        return ProcessLauncher() if self.warm is None else WarmPool(self.warm)
+    def launcher(self, tasks: TaskRegistry) -> Launcher:
+        """What starts each job's process (a new one each call: it belongs to one
+        executor): a warm slot pool with ``warm``, else a fork per job, by a fork server
+        that has imported ``tasks``' modules when ``fork_server``."""
+        if self.warm is not None:
+            return WarmPool(self.warm)
+        return ForkServerLauncher(tasks) if self.fork_server else ProcessLauncher()
 
     def __post_init__(self) -> None:
         """Refuse values the bus or the executor would refuse later, naming the field."""
@@ -190,6 +196,7 @@ class SchedulerClient:
         """
         parse_uri(self.config.bus_url)
         config = self.config
+        launcher = config.launcher(self.tasks)
         self._executor = Executor(
             config.size,
             config.timeout,
@@ -204,9 +211,10 @@ class SchedulerClient:
             logs=None
             if config.log_dir is None
             else JobLogs(config.log_dir, self._wanted_name, config.keep_logs),
-            launcher=config.launcher(),
+            launcher=launcher,
         )
         try:
+            await launcher.ready()
             await self._connector.run(
                 self._register_message,
                 self._serve,

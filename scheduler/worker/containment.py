@@ -19,7 +19,6 @@ Works without privileges on Linux. A process that leaves the tree through a setu
 
 from __future__ import annotations
 
-import asyncio
 import ctypes
 import logging
 import os
@@ -27,7 +26,10 @@ import signal
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Final
+from typing import TYPE_CHECKING, Final
+
+if TYPE_CHECKING:
+    import asyncio
 
 __all__ = [
     "OrphanReaper",
@@ -281,6 +283,8 @@ class OrphanReaper:
             return
         if self._timer is not None:
             self._timer.cancel()
+        import asyncio  # here: job processes and the fork server never load it
+
         loop = asyncio.get_running_loop()
         self._urgent = urgent
         self._timer = loop.call_later(0 if urgent else LAZY_SWEEP_S, self.sweep)
@@ -306,10 +310,14 @@ class OrphanReaper:
         killed = kill_tree(pid, include_root=True)
         log.info("killed %d process(es) left behind by a job (adopted pid %d)", killed, pid)
         self._adopted[pid] = pidfd
+        import asyncio
+
         asyncio.get_running_loop().add_reader(pidfd, self._reap, pid)
 
     def _reap(self, pid: int) -> None:
         pidfd = self._adopted.pop(pid)
+        import asyncio
+
         asyncio.get_running_loop().remove_reader(pidfd)
         os.close(pidfd)
         try:

@@ -93,8 +93,9 @@ class Executor:
     runs in a cgroup of its own there, killed whole when the job ends. With ``logs`` each
     job's stdout and stderr go to a log file of its own there (see
     :class:`~scheduler.worker.job_feed.JobFeed`), else they stay the scheduler's.
-    ``launcher`` makes each job's process (default: a fresh fork per job,
-    :class:`~scheduler.worker.launch.ProcessLauncher`).
+    ``launcher`` makes each job's process (default: a fresh fork per job from this
+    process, :class:`~scheduler.worker.launch.ProcessLauncher`; see
+    :mod:`scheduler.worker.launch` for the others) and is closed by :meth:`shutdown`.
     """
 
     def __init__(
@@ -457,6 +458,7 @@ class Executor:
 def _ending(run: _Run, result: ProcessResult, record: TaskRecord) -> Ending:
     """What :func:`~scheduler.policy.closing.closing_report` needs to know of ``run``'s end."""
     raised = record.raised
+    error = result.lost or (None if raised is None else raised.error)
     return Ending(
         outcome=result.outcome,
         exit_code=result.exit_code,
@@ -467,7 +469,7 @@ def _ending(run: _Run, result: ProcessResult, record: TaskRecord) -> Ending:
         evictions=run.evictions,
         limit_error=run.limit_error,
         timeout_s=run.deadline - run.started_at,
-        error=None if raised is None else raised.error,
-        traceback=None if raised is None else raised.traceback,
+        error=error,
+        traceback=None if raised is None or result.lost else raised.traceback,
         result=record.result,
     )

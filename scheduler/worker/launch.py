@@ -1,10 +1,11 @@
 """How the executor starts a job's process: the one seam between it and the ways to run one.
 
-:class:`ProcessLauncher` forks a fresh process per job
-(:class:`~scheduler.worker.process.JobProcess`), the default;
-:class:`~scheduler.worker.warm.WarmPool` runs each job in a slot process that serves jobs
-one after another (``--warm N``). Both hand back a :class:`JobHandle`, which is all the
-executor knows of a running job.
+:class:`ProcessLauncher` forks a fresh process per job from the scheduler
+(:class:`~scheduler.worker.process.JobProcess`; ``--no-fork-server``);
+:class:`~scheduler.worker.forkserver_link.ForkServerLauncher` has a lean fork server fork
+each job (the default); :class:`~scheduler.worker.warm.WarmPool` runs each job in a slot
+process that serves jobs one after another (``--warm N``). Each hands back a
+:class:`JobHandle`, which is all the executor knows of a running job.
 """
 
 from __future__ import annotations
@@ -69,6 +70,10 @@ class Launcher(Protocol):
         """A handle that runs ``target(*args, **kwargs)`` once started."""
         ...
 
+    async def ready(self) -> None:
+        """Return once it can start jobs (a fork server has imported the task modules)."""
+        ...
+
     async def close(self) -> None:
         """Stop every process it keeps between jobs; return once they are reaped."""
         ...
@@ -89,6 +94,9 @@ class ProcessLauncher:
     ) -> JobHandle:
         """A :class:`JobProcess` running ``target(*args, **kwargs)``."""
         return JobProcess(target, args, kwargs, name=name, grace=grace, cgroups=cgroups)
+
+    async def ready(self) -> None:
+        """Nothing to wait for: each job is forked when it starts."""
 
     async def close(self) -> None:
         """Nothing: no process outlives its job."""

@@ -29,7 +29,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from scheduler.policy.closing import Outcome
@@ -37,7 +37,15 @@ from scheduler.worker import containment
 from scheduler.worker.cgroups import JobCgroups
 from scheduler.worker.child import RESET_SIGNALS, child_main, job_stdin, socket_fds
 
-__all__ = ["JobProcess", "Outcome", "ProcessResult", "contain_orphans", "kill_orphans"]
+__all__ = [
+    "JobProcess",
+    "Outcome",
+    "ProcessResult",
+    "contain_orphans",
+    "keep_child",
+    "kill_orphans",
+    "release_child",
+]
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +56,8 @@ CGROUP_REMOVE_TRIES = 250
 """How many times (20 ms apart) a killed job cgroup is looked at until it is empty."""
 
 _live_jobs: set[int] = set()
-"""The pids of the job processes started here and not yet reaped."""
+"""The pids of the job processes started here and not yet reaped, and of the children kept
+by :func:`keep_child`: never taken for orphans."""
 _orphans = containment.OrphanReaper(_live_jobs.__contains__)
 
 
@@ -61,6 +70,17 @@ def contain_orphans() -> None:
     if the kernel refuses.
     """
     _orphans.enable()
+
+
+def keep_child(pid: int) -> None:
+    """Never take the child ``pid`` (a fork server) for an orphan, until
+    :func:`release_child`."""
+    _live_jobs.add(pid)
+
+
+def release_child(pid: int) -> None:
+    """Undo :func:`keep_child` for ``pid`` (reaped by its owner by now)."""
+    _live_jobs.discard(pid)
 
 
 def kill_orphans() -> None:
@@ -86,6 +106,8 @@ class ProcessResult:
     wall_s: float
     cpu_s: float
     max_rss_kb: int
+    lost: str | None = None
+    """Why the job's end is not known (its fork server died), else None."""
 
 
 class JobProcess:
@@ -151,26 +173,54 @@ class JobProcess:
         if self._cgroups is not None:
             self._cgroup = self._cgroups.make()
         try:
-            proc = self._fork()
+            pid, pidfd = self._launch()
         except BaseException:
             if self._cgroup is not None:
                 JobCgroups.remove(self._cgroup)
             raise
-        assert proc.pid is not None
-        self._proc, self._pid, self._loop = proc, proc.pid, loop
-        try:
-            self._pidfd = os.pidfd_open(proc.pid)
-        except OSError:
-            # Typically out of descriptors: a job nobody watches must not run on.
-            containment.kill_tree(proc.pid, include_root=True)
-            proc.join()
-            proc.close()
-            self._drop_cgroup(CGROUP_REMOVE_TRIES)
-            raise
-        _live_jobs.add(proc.pid)
+        self._pid, self._loop = pid, loop
+        if pidfd < 0:
+            try:
+                pidfd = os.pidfd_open(pid)
+            except OSError:
+                # Typically out of descriptors: a job nobody watches must not run on.
+                self._abandon(pid)
+                self._drop_cgroup(CGROUP_REMOVE_TRIES)
+                raise
+        self._pidfd = pidfd
+        _live_jobs.add(pid)
         self._future = loop.create_future()
         loop.add_reader(self._pidfd, self._exited)
-        log.debug("started job %s pid %d", proc.name, proc.pid)
+        log.debug("started job %s pid %d", self._name, pid)
+
+    # How the job process is made, watched and reaped: forked from this process here; a
+    # subclass may have another process fork it (scheduler.worker.forkserver_link).
+
+    def _launch(self) -> tuple[int, int]:
+        """Start the job process; return its pid and a pidfd of it (-1: open one here)."""
+        proc = self._fork()
+        assert proc.pid is not None
+        self._proc = proc
+        return proc.pid, -1
+
+    def _abandon(self, pid: int) -> None:
+        """Kill and reap the job process ``pid`` that could not be watched."""
+        containment.kill_tree(pid, include_root=True)
+        assert self._proc is not None
+        self._proc.join()
+        self._proc.close()
+
+    def _collect(self, pid: int) -> ProcessResult:
+        """Reap the exited job process ``pid``; its result with ``outcome`` and ``wall_s``
+        yet to be filled in."""
+        exit_code, cpu_s, max_rss_kb = _reap(pid)
+        assert self._proc is not None
+        # We reaped it ourselves. Any returncode marks it ended for multiprocessing,
+        # so close() releases its sentinel pipes instead of calling waitpid() on a
+        # pid that may be reused; the object is closed at once, nobody reads it.
+        self._proc._popen.returncode = -1 if exit_code is None else exit_code  # type: ignore[attr-defined]
+        self._proc.close()
+        return ProcessResult(exit_code, "exited", 0.0, cpu_s, max_rss_kb)
 
     def _fork(self) -> multiprocessing.process.BaseProcess:
         """Fork the job process with the signals that could stop it blocked meanwhile."""
@@ -360,7 +410,7 @@ class JobProcess:
 
     def _finish(self) -> ProcessResult:
         """Reap the exited job and set the result; the done callbacks are the caller's."""
-        assert self._loop is not None and self._proc is not None and self._future is not None
+        assert self._loop is not None and self._future is not None
         pid = self.pid
         self._loop.remove_reader(self._pidfd)
         os.close(self._pidfd)
@@ -374,20 +424,16 @@ class JobProcess:
         containment.kill_pidfds(self._signalled)
         self._signalled = []
         self._drop_cgroup(CGROUP_REMOVE_TRIES)
-        exit_code, cpu_s, max_rss_kb = _reap(pid)
+        reaped = self._collect(pid)
+        exit_code = reaped.exit_code
         _live_jobs.discard(pid)
         # A job that died by a signal (or that we stopped) left its descendants to us at
         # once; one that exited killed its own, unless it skipped that with os._exit.
         killed = self._stop_outcome is not None or exit_code is None or exit_code < 0
         _orphans.sweep_soon(urgent=killed)
         wall_s = time.monotonic() - self._started_at
-        # We reaped it ourselves. Any returncode marks it ended for multiprocessing,
-        # so close() releases its sentinel pipes instead of calling waitpid() on a
-        # pid that may be reused; the object is closed at once, nobody reads it.
-        self._proc._popen.returncode = -1 if exit_code is None else exit_code  # type: ignore[attr-defined]
-        self._proc.close()
         outcome = self._stop_outcome or "exited"
-        result = ProcessResult(exit_code, outcome, wall_s, cpu_s, max_rss_kb)
+        result = replace(reaped, outcome=outcome, wall_s=wall_s)
         log.debug("reaped pid %d: %s", pid, result)
         self._future.set_result(result)
         return result

@@ -219,6 +219,9 @@ class WarmPool:
         if slot in self.idle:
             self.idle.remove(slot)
 
+    async def ready(self) -> None:
+        """Nothing to wait for: slot processes are forked as jobs come."""
+
     async def close(self) -> None:
         """Stop every slot process (whole trees, at once); return once all are reaped."""
         slots = list(self._live)

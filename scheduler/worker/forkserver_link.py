@@ -1,0 +1,429 @@
+"""The scheduler's side of its fork server (:mod:`scheduler.worker.forkserver`).
+
+:class:`ForkServerLauncher` is the executor's launcher when the fork server is on (the
+default): each job becomes a :class:`ServedJobProcess`, a
+:class:`~scheduler.worker.process.JobProcess` whose process the fork server forks and
+reaps, while everything else stays in the scheduler as before: the pidfd it watches (sent
+by the fork server), the stop of the whole tree, the timeout, the cgroup, the result and
+progress pipes (their write ends are sent along with ``SCM_RIGHTS``).
+
+The link is used from the event loop's thread; each request is answered at once (a fork
+or a reap of a process already gone), so it is a blocking round trip with a timeout.
+A fork server that is gone (killed, crashed, not answering) is killed, reaped and replaced
+at once; each job it held died with it and is reaped as ``lost`` with the reason, which
+the executor reports as a failure. A job whose task the fork server cannot import (a task
+in ``__main__``) or that it cannot fork even after a restart is forked from the scheduler,
+as with ``--no-fork-server``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import marshal
+import os
+import select
+import socket
+import subprocess
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Final
+
+from scheduler.policy.closing import exit_text
+from scheduler.tasks import TaskRegistry
+from scheduler.worker.cgroups import JobCgroups
+from scheduler.worker.forkserver import COMMAND, receive, send
+from scheduler.worker.process import JobProcess, ProcessResult, keep_child, release_child
+
+__all__ = ["ForkServerError", "ForkServerLauncher", "ForkServerLink", "ServedJobProcess"]
+
+log = logging.getLogger(__name__)
+
+REPLY_TIMEOUT_S: Final = 10.0
+"""How long a fork or a reap may take the fork server before it is taken for hung."""
+LOAD_TIMEOUT_S: Final = 300.0
+"""How long the fork server may take to start and import the task modules."""
+STOP_WAIT_S: Final = 5.0
+"""How long a closed fork server has to exit before it is killed."""
+MAX_FAILED_STARTS: Final = 3
+"""Fork servers in a row that die before they have loaded the task modules: then no more
+is started, and every job is forked from the scheduler."""
+_PACKAGE_ROOT: Final = os.path.dirname(os.path.dirname(os.path.dirname(__file__)))
+
+
+class ForkServerError(OSError):
+    """The fork server is gone or did not answer in time."""
+
+
+class Unservable(Exception):
+    """The fork server cannot run this target: fork it from the scheduler instead."""
+
+
+@dataclass(slots=True)
+class _Server:
+    """One fork server process and the scheduler's end of its socket."""
+
+    proc: subprocess.Popen[bytes]
+    sock: socket.socket
+    loaded: bool = False
+    gone: str | None = None
+    """Why it is gone (then it is killed and reaped), else None."""
+
+
+class ForkServerLink:
+    """Starts a fork server for the task modules of ``tasks``, forks and reaps jobs
+    through it, and replaces it when it is gone. Event loop thread only."""
+
+    def __init__(self, tasks: TaskRegistry, timeout: float = REPLY_TIMEOUT_S) -> None:
+        """Start the fork server now (it imports the task modules meanwhile; the first
+        fork, or :meth:`ready`, waits for that). ``OSError`` if it cannot be started."""
+        self._modules = _modules_of(tasks)
+        self._timeout = timeout
+        self._unservable: set[tuple[str, str]] = set()
+        self._closed = False
+        self._failed_starts = 0
+        self.restarts = 0
+        """How many times a fork server that was gone was replaced."""
+        self._server = self._spawn()
+
+    @property
+    def pid(self) -> int:
+        """The pid of the current fork server."""
+        return self._server.proc.pid
+
+    def _spawn(self) -> _Server:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            fd = theirs.fileno()
+            # A fresh interpreter: it shares no page with this process. Its own session,
+            # so a terminal's Ctrl-C reaches the scheduler, which stops the jobs itself.
+            proc = subprocess.Popen(
+                [sys.executable, "-c", COMMAND, str(fd), str(os.getpid()), _PACKAGE_ROOT],
+                pass_fds=(fd,),
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        keep_child(proc.pid)
+        ours.settimeout(self._timeout)
+        path = [entry for entry in sys.path if isinstance(entry, str)]
+        send(ours, ("load", path, self._modules))
+        log.debug("fork server pid %d started", proc.pid)
+        return _Server(proc, ours)
+
+    async def ready(self) -> None:
+        """Wait, without blocking the loop, until the fork server has imported the task
+        modules (logging those it could not import); nothing if it is gone."""
+        server = self._server
+        if server.loaded or server.gone is not None:
+            return
+        loop = asyncio.get_running_loop()
+        readable: asyncio.Future[None] = loop.create_future()
+        fd = server.sock.fileno()
+
+        def wake() -> None:
+            if not readable.done():
+                readable.set_result(None)
+
+        loop.add_reader(fd, wake)
+        try:
+            await asyncio.wait_for(readable, LOAD_TIMEOUT_S)
+        except TimeoutError:
+            pass  # _loaded's own timeout says it
+        finally:
+            loop.remove_reader(fd)
+        try:
+            self._loaded(server)
+        except ForkServerError:
+            pass  # replaced; the next fork waits for the new one
+
+    def _loaded(self, server: _Server) -> None:
+        if server.loaded:
+            return
+        server.sock.settimeout(LOAD_TIMEOUT_S)
+        try:
+            message, _ = self._answer(server)
+        finally:
+            if server.gone is None:
+                server.sock.settimeout(self._timeout)
+        server.loaded = True
+        self._failed_starts = 0
+        for module, error in message[1].items():
+            log.warning(
+                "the fork server cannot import %s (%s): its jobs are forked from the scheduler",
+                module,
+                error,
+            )
+
+    def fork(
+        self,
+        target: Callable[..., object],
+        args: tuple[object, ...],
+        kwargs: Mapping[str, object],
+        cgroup: str | None,
+    ) -> tuple[_Server, int, int]:
+        """Have the fork server fork a job process running ``target(*args, **kwargs)``
+        (the ``*_fd`` keyword arguments are descriptors: sent along); return the server,
+        the job's pid and a pidfd of it (the caller's to close).
+
+        Raises :class:`Unservable` if the fork server cannot resolve the target or a
+        function among ``args``, :class:`ForkServerError` if it is gone twice over (once
+        replaced), ``OSError`` if the fork itself failed.
+        """
+        request, fds, refs = self._request(target, args, kwargs, cgroup)
+        for tries_left in (1, 0):
+            server = self._current()
+            try:
+                self._loaded(server)
+                send(server.sock, request, fds)
+                message, received = self._answer(server)
+            except OSError as exc:
+                self._gone(server, exc)
+                if tries_left:
+                    continue
+                raise ForkServerError(f"the fork server is gone: {server.gone}") from None
+            if message[0] == "forked":
+                return server, message[1], received[0]
+            for fd in received:
+                os.close(fd)
+            if not message[2]:
+                self._unservable.update(refs)
+                raise Unservable(message[1])
+            raise OSError(message[1])
+        raise AssertionError("unreachable")
+
+    def reap(self, server: _Server, pid: int) -> ProcessResult:
+        """Have ``server`` reap its exited job ``pid``: the result with its exit code,
+        CPU time and peak RSS (outcome and wall time yet to be filled in). If that fork
+        server is gone, the job died with it: ``lost`` says so."""
+        if server.gone is None:
+            try:
+                send(server.sock, ("reap", pid))
+                message, _ = self._answer(server)
+                return ProcessResult(message[1], "exited", 0.0, message[2], message[3])
+            except OSError as exc:
+                self._gone(server, exc)
+        # It may have been re-parented to this process (a subreaper): reap it here then.
+        exit_code, cpu_s, max_rss_kb = _reap_if_ours(pid)
+        lost = f"the fork server (pid {server.proc.pid}) {server.gone}; the job died with it"
+        return ProcessResult(exit_code, "exited", 0.0, cpu_s, max_rss_kb, lost)
+
+    def close(self) -> None:
+        """Close the link: the fork server exits (its jobs, if any, die with it)."""
+        self._closed = True
+        server = self._server
+        if server.gone is not None:
+            return
+        server.sock.close()
+        try:
+            server.proc.wait(STOP_WAIT_S)
+        except subprocess.TimeoutExpired:
+            server.proc.kill()
+            server.proc.wait()
+        server.gone = "was closed"
+        release_child(server.proc.pid)
+
+    def _current(self) -> _Server:
+        if self._server.gone is not None:
+            self._replace()
+        if self._server.gone is not None:
+            raise ForkServerError(f"no fork server: the last one {self._server.gone}")
+        return self._server
+
+    def _answer(self, server: _Server) -> tuple[Any, list[int]]:
+        """The fork server's next message; ``ForkServerError`` (it is then replaced) if
+        it closed its end or did not answer in time."""
+        try:
+            answer = receive(server.sock)
+        except OSError as exc:
+            self._gone(server, exc)
+            raise ForkServerError(f"the fork server {server.gone}") from None
+        if answer is None:
+            self._gone(server, "closed its socket")
+            raise ForkServerError(f"the fork server {server.gone}")
+        return answer
+
+    def _gone(self, server: _Server, why: str | OSError) -> None:
+        """Reap ``server`` (killing it if it still runs), note why it is gone, and
+        replace it if it is the current one."""
+        if server.gone is not None:
+            return
+        server.sock.close()
+        try:
+            # Its socket closes as it exits: give it a moment to be reapable.
+            code = server.proc.wait(0 if isinstance(why, TimeoutError) else 1.0)
+            how = f"died ({exit_text(code)})"
+        except subprocess.TimeoutExpired:
+            server.proc.kill()
+            server.proc.wait()
+            how = f"{why}, and was killed"
+        release_child(server.proc.pid)
+        server.gone = how
+        log.error("the fork server (pid %d) %s; a new one starts", server.proc.pid, how)
+        if server is self._server:
+            self._replace()
+
+    def _replace(self) -> None:
+        """Start a new fork server unless closed or too many in a row failed to start."""
+        if not self._server.loaded:
+            self._failed_starts += 1
+        if self._failed_starts == MAX_FAILED_STARTS:
+            log.error(
+                "%d fork servers in a row died before they were ready: jobs are forked from "
+                "the scheduler from now on",
+                MAX_FAILED_STARTS,
+            )
+        if self._closed or self._failed_starts >= MAX_FAILED_STARTS:
+            return
+        try:
+            server = self._spawn()
+        except OSError as exc:
+            log.error("cannot start a fork server: %s", exc)
+            return
+        self.restarts += 1
+        self._server = server
+
+    def _request(
+        self,
+        target: Callable[..., object],
+        args: tuple[object, ...],
+        kwargs: Mapping[str, object],
+        cgroup: str | None,
+    ) -> tuple[tuple[object, ...], list[int], list[tuple[str, str]]]:
+        """The fork request for this job, the descriptors it carries and the functions it
+        names; ``Unservable``
+        if a function is not a module-level one the fork server can import, or a value
+        does not travel."""
+        positions = [i for i, arg in enumerate(args) if callable(arg)]
+        functions = [_ref(target), *(_ref(args[i]) for i in positions)]  # type: ignore[arg-type]
+        for ref in functions:
+            if ref in self._unservable:
+                raise Unservable(f"the fork server cannot import {ref[0]}.{ref[1]}")
+        sent_args = list(args)
+        for i, ref in zip(positions, functions[1:], strict=True):
+            sent_args[i] = ref
+        fd_keys = [k for k, v in kwargs.items() if k.endswith("_fd") and isinstance(v, int)]
+        fd_keys = [k for k in fd_keys if kwargs[k] >= 0]  # type: ignore[operator]
+        plain = {k: v for k, v in kwargs.items() if k not in fd_keys}
+        request = ("fork", functions[0], sent_args, positions, plain, fd_keys, cgroup)
+        try:
+            marshal.dumps(request)
+        except ValueError as exc:
+            raise Unservable(f"the job's arguments do not travel: {exc}") from None
+        return request, [kwargs[k] for k in fd_keys], functions  # type: ignore[misc]
+
+
+def _ref(function: Callable[..., object]) -> tuple[str, str]:
+    """``(module, qualname)`` of a module-level function; ``Unservable`` for another."""
+    module = getattr(function, "__module__", None) or ""
+    qualname = getattr(function, "__qualname__", None) or ""
+    if module == "__main__" or getattr(sys.modules.get(module), qualname, None) is not function:
+        raise Unservable(f"{function!r} is not a module-level function of an importable module")
+    return module, qualname
+
+
+def _modules_of(tasks: TaskRegistry) -> list[tuple[str, str | None]]:
+    """The modules the fork server preloads: :mod:`scheduler.tasks` and those of the tasks,
+    each with the file it was loaded from."""
+    modules: dict[str, str | None] = {"scheduler.tasks": None}
+    for name in tasks.names:
+        module = getattr(tasks.get(name), "__module__", None)
+        if module and module != "__main__" and module not in modules:
+            modules[module] = getattr(sys.modules.get(module), "__file__", None)
+    return list(modules.items())
+
+
+def _reap_if_ours(pid: int) -> tuple[int | None, float, int]:
+    """Reap ``pid`` if it is an exited child of this process; else ``(None, 0.0, 0)``."""
+    try:
+        reaped, status, usage = os.wait4(pid, os.WNOHANG)
+    except ChildProcessError:
+        return None, 0.0, 0
+    if reaped == 0:
+        return None, 0.0, 0
+    return os.waitstatus_to_exitcode(status), usage.ru_utime + usage.ru_stime, usage.ru_maxrss
+
+
+class ServedJobProcess(JobProcess):
+    """A :class:`~scheduler.worker.process.JobProcess` forked and reaped by the fork server
+    of ``link`` (forked here instead if that cannot be done; see the module)."""
+
+    def __init__(
+        self,
+        link: ForkServerLink,
+        target: Callable[..., object],
+        args: tuple[object, ...] = (),
+        kwargs: Mapping[str, object] | None = None,
+        *,
+        name: str | None = None,
+        grace: float = 2.0,
+        cgroups: JobCgroups | None = None,
+    ) -> None:
+        """As :class:`~scheduler.worker.process.JobProcess`, through ``link``."""
+        super().__init__(target, args, kwargs, name=name, grace=grace, cgroups=cgroups)
+        self._link = link
+        self._server: _Server | None = None
+
+    def _launch(self) -> tuple[int, int]:
+        cgroup = None if self._cgroup is None else str(self._cgroup)
+        try:
+            self._server, pid, pidfd = self._link.fork(
+                self._target, self._args, self._kwargs, cgroup
+            )
+        except Unservable as exc:
+            log.debug("job %s forked here: %s", self._name, exc)
+            return super()._launch()
+        except ForkServerError as exc:
+            log.debug("job %s forked here: %s", self._name, exc)  # the link logged why
+            return super()._launch()
+        return pid, pidfd
+
+    def _has_exited(self) -> bool:
+        if self._server is None:
+            return super()._has_exited()
+        # Not our child: waitid cannot peek; a pidfd reads as ready once its process ended.
+        poll = select.poll()
+        poll.register(self._pidfd, select.POLLIN)
+        return bool(poll.poll(0))
+
+    def _collect(self, pid: int) -> ProcessResult:
+        if self._server is None:
+            return super()._collect(pid)
+        return self._link.reap(self._server, pid)
+
+
+class ForkServerLauncher:
+    """The executor's launcher (:class:`~scheduler.worker.launch.Launcher`) that has a
+    fork server fork every job; the executor closes it when it shuts down."""
+
+    def __init__(self, tasks: TaskRegistry) -> None:
+        """Start the fork server for ``tasks``' modules (see :class:`ForkServerLink`)."""
+        self.link = ForkServerLink(tasks)
+
+    def job(
+        self,
+        target: Callable[..., object],
+        args: tuple[object, ...],
+        kwargs: Mapping[str, object],
+        *,
+        name: str | None,
+        grace: float,
+        cgroups: JobCgroups | None,
+    ) -> JobProcess:
+        """A job process that the fork server will fork when it is started."""
+        return ServedJobProcess(
+            self.link, target, args, kwargs, name=name, grace=grace, cgroups=cgroups
+        )
+
+    async def ready(self) -> None:
+        """Wait until the fork server has imported the task modules."""
+        await self.link.ready()
+
+    async def close(self) -> None:
+        """Stop the fork server."""
+        self.link.close()

@@ -1,0 +1,218 @@
+"""The fork server keeps every guarantee of forking jobs from the scheduler: each test runs
+the executor on both paths (real job processes, a real fork server), and a fork server
+killed mid-job is replaced while its job is reported failed, never lost."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import forkserver_tasks
+import output_tasks
+import psutil
+import pytest
+import sample_tasks
+from conftest import unit, wait_until
+from test_executor import Reports, job
+
+from scheduler.tasks import TaskRegistry
+from scheduler.worker import forkserver_link
+from scheduler.worker.executor import Executor
+from scheduler.worker.forkserver_link import MAX_FAILED_STARTS, ForkServerLauncher
+from scheduler.worker.job_output import JobLogs
+from scheduler.worker.launch import Launcher, ProcessLauncher
+
+REGISTRY = TaskRegistry(
+    {
+        "sleep": TaskRegistry().get("sleep"),
+        "add": sample_tasks.add,
+        "explode": sample_tasks.explode,
+        "escape": sample_tasks.escape,
+        "spin": sample_tasks.spin,
+        "stepper": output_tasks.stepper,
+        "chatty": output_tasks.chatty,
+        "exit3": forkserver_tasks.exit3,
+    }
+)
+
+
+def alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+@pytest.fixture
+def reports() -> Reports:
+    return Reports()
+
+
+@pytest.fixture
+def escapees() -> Iterator[list[int]]:
+    """Pids a test saw started: SIGKILLed after it if still alive."""
+    pids: list[int] = []
+    yield pids
+    for pid in pids:
+        if alive(pid):
+            os.kill(pid, signal.SIGKILL)
+
+
+@pytest.fixture(params=["fork_server", "scheduler"])
+async def launcher(request: pytest.FixtureRequest) -> AsyncIterator[Launcher]:
+    """Each path: a fork server forks the jobs, or the scheduler (this process) does."""
+    if request.param == "scheduler":
+        yield ProcessLauncher()
+        return
+    fork_server = ForkServerLauncher(REGISTRY)
+    await fork_server.ready()
+    yield fork_server
+    await fork_server.close()
+
+
+@pytest.fixture
+async def executor(launcher: Launcher, reports: Reports, tmp_path: Path) -> AsyncIterator[Executor]:
+    """One slot, job logs under ``tmp_path``, shut down before its launcher closes."""
+    made = Executor(
+        1, 10 * unit(), REGISTRY, reports, launcher=launcher, logs=JobLogs(tmp_path, "s")
+    )
+    yield made
+    await made.shutdown()
+
+
+async def escaped(path: Path, escapees: list[int]) -> list[int]:
+    """The pids the ``escape`` job writing ``path`` started (in sessions of their own)."""
+    await wait_until(path.exists, 10 * unit(), "the job to report its descendants")
+    pids = list(json.loads(path.read_text())["pids"].values())
+    escapees.extend(pids)
+    return pids
+
+
+async def all_gone(pids: list[int]) -> None:
+    await wait_until(lambda: not any(map(alive, pids)), 5 * unit(), f"{pids} to be gone")
+
+
+async def test_result_and_traceback(executor: Executor, reports: Reports) -> None:
+    executor.submit(job("sum", task="add", args=[2, 3]))
+    assert (await reports.expect("succeeded", "sum")).result == 5
+    executor.submit(job("boom", task="explode", args=["on purpose"]))
+    failed = await reports.expect("failed", "boom")
+    assert failed.error == "sample_tasks.TaskFailure: on purpose"
+    assert failed.traceback is not None and "raise TaskFailure(message)" in failed.traceback
+
+
+async def test_exit_status_cpu_and_peak_rss(executor: Executor, reports: Reports) -> None:
+    executor.submit(job("three", task="exit3", args=[]))
+    failed = await reports.expect("failed", "three")
+    assert (failed.exit_code, failed.error) == (3, "exit code 3")
+    executor.submit(job("busy", task="spin", args=[0.2 * unit()]))
+    done = await reports.expect("succeeded", "busy")
+    assert done.exit_code == 0 and done.cpu_s is not None and done.cpu_s >= 0.1 * unit()
+    assert done.max_rss_kb is not None and done.max_rss_kb > 1000
+
+
+async def test_output_and_progress(executor: Executor, reports: Reports, tmp_path: Path) -> None:
+    go = tmp_path / "go"
+    go.touch()
+    executor.submit(job("steps", task="stepper", args=[2, str(go)]))
+    await reports.expect("succeeded", "steps")
+    assert [r.progress for r in reports.seen if r.event == "progress"][-1] == 1.0
+    # Written to descriptor 1 (pytest swaps sys.stdout of this process, which the
+    # scheduler path's jobs inherit).
+    executor.submit(job("talk", task="chatty", args=["hi"]))
+    done = await reports.expect("succeeded", "talk")
+    assert done.output is not None and "hi raw fd 1\nhi subprocess\n" in done.output
+
+
+async def test_timeout_kills_the_tree_with_its_setsid_grandchildren(
+    executor: Executor, reports: Reports, tmp_path: Path, escapees: list[int]
+) -> None:
+    pidfile = tmp_path / "pids.json"
+    args: dict[str, object] = {"pidfile": str(pidfile), "then": "hang"}
+    executor.submit(job("hang", task="escape", args=args, timeout=1.0))
+    pids = await escaped(pidfile, escapees)
+    await reports.expect("timed_out", "hang", timeout=10)
+    await all_gone(pids)
+
+
+async def test_eviction_kills_the_tree(
+    executor: Executor, reports: Reports, tmp_path: Path, escapees: list[int]
+) -> None:
+    pidfile = tmp_path / "pids.json"
+    args: dict[str, object] = {"pidfile": str(pidfile), "then": "hang"}
+    executor.submit(job("low", priority=9, task="escape", args=args))
+    pids = await escaped(pidfile, escapees)
+    executor.submit(job("urgent", priority=0, task="add", args=[1, 1]))
+    await reports.expect("evicted", "low")
+    await all_gone(pids)
+    await reports.expect("succeeded", "urgent")
+
+
+async def test_cancel_kills_the_tree(
+    executor: Executor, reports: Reports, tmp_path: Path, escapees: list[int]
+) -> None:
+    pidfile = tmp_path / "pids.json"
+    executor.submit(job("hang", task="escape", args={"pidfile": str(pidfile), "then": "hang"}))
+    pids = await escaped(pidfile, escapees)
+    pid = executor.pid_of("hang")
+    assert pid is not None
+    assert executor.cancel("hang", 1)
+    await reports.expect("cancelled", "hang")
+    await all_gone([pid, *pids])
+
+
+async def test_a_killed_fork_server_is_replaced_and_its_job_reported_failed(
+    reports: Reports, tmp_path: Path, escapees: list[int]
+) -> None:
+    fork_server = ForkServerLauncher(REGISTRY)
+    executor = Executor(2, 10 * unit(), REGISTRY, reports, launcher=fork_server)
+    try:
+        await fork_server.ready()
+        pidfile = tmp_path / "pids.json"
+        executor.submit(job("held", task="escape", args={"pidfile": str(pidfile), "then": "hang"}))
+        pids = await escaped(pidfile, escapees)
+        job_pid = executor.pid_of("held")
+        assert job_pid is not None
+        first = fork_server.link.pid
+        os.kill(first, signal.SIGKILL)
+        failed = await reports.expect("failed", "held")
+        assert failed.error == (
+            f"the fork server (pid {first}) died (killed by signal 9 (SIGKILL)); "
+            "the job died with it"
+        )
+        await all_gone([job_pid, *pids])
+        executor.submit(job("next", task="add", args=[1, 2]))
+        assert (await reports.expect("succeeded", "next")).result == 3
+        assert fork_server.link.pid != first and fork_server.link.restarts == 1
+    finally:
+        await executor.shutdown()  # which closes the fork server
+
+
+async def test_the_fork_server_imports_no_network_stack() -> None:
+    registry = TaskRegistry({"network_modules": forkserver_tasks.network_modules})
+    reports = Reports()
+    fork_server = ForkServerLauncher(registry)
+    executor = Executor(1, 10 * unit(), registry, reports, launcher=fork_server)
+    try:
+        executor.submit(job("probe", task="network_modules", args=[]))
+        assert (await reports.expect("succeeded", "probe")).result == []
+    finally:
+        await executor.shutdown()  # which closes the fork server
+
+
+async def test_jobs_are_forked_from_the_scheduler_when_no_fork_server_starts(
+    monkeypatch: pytest.MonkeyPatch, reports: Reports
+) -> None:
+    monkeypatch.setattr(forkserver_link, "COMMAND", "raise SystemExit(1)")
+    fork_server = ForkServerLauncher(REGISTRY)
+    executor = Executor(1, 10 * unit(), REGISTRY, reports, launcher=fork_server)
+    try:
+        for n in range(3):
+            executor.submit(job(f"j{n}", task="add", args=[n, 1]))
+            assert (await reports.expect("succeeded", f"j{n}")).result == n + 1
+        assert fork_server.link.restarts == MAX_FAILED_STARTS - 1
+    finally:
+        await executor.shutdown()  # which closes the fork server

@@ -7,6 +7,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import closing
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -46,8 +47,7 @@ def held(journal: Journal) -> Iterator[HeldCommit]:
 
     journal._conn.create_function("hold_commit", 0, wait)
     journal._conn.execute(
-        "CREATE TEMP TRIGGER hold_commit BEFORE INSERT ON main.jobs"
-        " BEGIN SELECT hold_commit(); END"
+        "CREATE TEMP TRIGGER hold_commit BEFORE INSERT ON main.jobs BEGIN SELECT hold_commit(); END"
     )
     yield hold
     hold.release.set()
@@ -121,7 +121,7 @@ def test_a_memory_journal_writes_inline() -> None:
 def test_the_thread_writer_runs_writes_in_order_and_reports_failures() -> None:
     writer = ThreadWriter("journal-writer test")
     done: list[int] = []
-    futures = [writer.submit(lambda n=n: done.append(n)) for n in range(20)]
+    futures = [writer.submit(partial(done.append, n)) for n in range(20)]
 
     def fail() -> None:
         raise ValueError("nope")

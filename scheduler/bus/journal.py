@@ -19,7 +19,6 @@ import os
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from concurrent.futures import Future
 from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
@@ -61,7 +60,7 @@ from scheduler.bus.journal_schema import (
 from scheduler.bus.journal_schema import MEMORY as MEMORY
 from scheduler.bus.journal_schema import SCHEMA_VERSION as SCHEMA_VERSION
 from scheduler.bus.journal_schema import JournalError as JournalError
-from scheduler.bus.journal_writer import InlineWriter, JournalWriter, ThreadWriter
+from scheduler.bus.journal_writer import InlineWriter, JournalWriter, ThreadWriter, wait_for
 from scheduler.policy.job import Job
 from scheduler.policy.listing import JobQuery, submit_order
 from scheduler.policy.schedules import ScheduleState
@@ -71,6 +70,17 @@ T = TypeVar("T")
 
 _Outcome = tuple[JournalError | None, float]
 """What a commit on the writer thread comes back with: its error, and its seconds."""
+
+
+class _Flight:
+    """A commit handed to the writer: the flushes waiting for it, and once it is done
+    (set on the writer thread), its outcome."""
+
+    __slots__ = ("batch", "outcome")
+
+    def __init__(self, batch: asyncio.Future[None] | None) -> None:
+        self.batch = batch
+        self.outcome: _Outcome = (None, 0.0)
 
 
 class Journal:
@@ -109,11 +119,10 @@ class Journal:
         self._pending_secrets: dict[str, str | None] = {}
         self._pending_schedules: dict[str, ScheduleRow | None] = {}
         # The writes the writer thread is committing, seen by reads until it is done.
-        self._flying: Future[_Outcome] | None = None
+        self._flying: _Flight | None = None
         self._flying_jobs: dict[str, Row | None] = {}
         self._flying_secrets: dict[str, str | None] = {}
         self._flying_schedules: dict[str, ScheduleRow | None] = {}
-        self._flying_batch: asyncio.Future[None] | None = None
         self._batch: asyncio.Future[None] | None = None
         self._handle: asyncio.Handle | None = None
         self._commits = 0
@@ -283,8 +292,8 @@ class Journal:
         self._check_open()
         if self._batch is None:
             if not self._pending and not self._pending_secrets and not self._pending_schedules:
-                if self._flying_batch is not None:
-                    await asyncio.shield(self._flying_batch)
+                if self._flying is not None and self._flying.batch is not None:
+                    await asyncio.shield(self._flying.batch)
                 return
             loop = asyncio.get_running_loop()
             self._batch = loop.create_future()
@@ -347,10 +356,13 @@ class Journal:
             self._handle.cancel()
             self._handle = None
         if self._flying is not None:
-            self._landed(self._flying.result())
+            wait_for(self._writer, _nothing)
+            self._landed(self._flying)
         error: JournalError | None = None
         if self._pending or self._pending_secrets or self._pending_schedules or self._batch:
-            error = self._landed(self._launch().result())
+            flight = self._launch(_ignore)
+            wait_for(self._writer, _nothing)
+            error = self._landed(flight)
         self._closed = True
         self._writer.close()
         self._conn.close()
@@ -372,42 +384,47 @@ class Journal:
     def _start(self) -> None:
         """Hand the queued writes to the writer thread; settle their batch when it is done."""
         self._handle = None
-        loop = asyncio.get_running_loop()
-        self._launch().add_done_callback(partial(self._land_threadsafe, loop))
+        self._launch(partial(self._land_threadsafe, asyncio.get_running_loop()))
 
-    def _launch(self) -> Future[_Outcome]:
-        """Move every queued write (and the batch waiting for it) in flight."""
-        self._flying_batch, self._batch = self._batch, None
+    def _launch(self, done: Callable[[_Flight], None]) -> _Flight:
+        """Move every queued write (and the batch waiting for it) in flight; the writer
+        calls ``done`` on its thread once the commit is over."""
+        flight = self._flying = _Flight(self._batch)
+        self._batch = None
         self._flying_jobs, self._pending = self._pending, {}
         self._flying_secrets, self._pending_secrets = self._pending_secrets, {}
         self._flying_schedules, self._pending_schedules = self._pending_schedules, {}
         write = partial(
             self._write, self._flying_jobs, self._flying_secrets, self._flying_schedules
         )
-        self._flying = self._writer.submit(write)
-        return self._flying
 
-    def _land_threadsafe(self, loop: asyncio.AbstractEventLoop, done: Future[_Outcome]) -> None:
-        """On the writer thread: have the loop take the outcome of commit ``done``."""
+        def finished(outcome: _Outcome) -> None:
+            flight.outcome = outcome
+            done(flight)
+
+        self._writer.post(write, finished)
+        return flight
+
+    def _land_threadsafe(self, loop: asyncio.AbstractEventLoop, flight: _Flight) -> None:
+        """On the writer thread: have the loop take the outcome of ``flight``."""
         try:
-            loop.call_soon_threadsafe(self._land_later, done)
+            loop.call_soon_threadsafe(self._land_later, flight)
         except RuntimeError:
             pass  # the loop is closed: close() took the outcome itself
 
-    def _land_later(self, done: Future[_Outcome]) -> None:
-        """Take the outcome of commit ``done`` (unless close() took it), then start the
-        next batch if one gathered meanwhile."""
-        if done is not self._flying:
+    def _land_later(self, flight: _Flight) -> None:
+        """Take the outcome of ``flight`` (unless close() took it), then start the next
+        batch if one gathered meanwhile."""
+        if flight is not self._flying:
             return
-        self._landed(done.result())
+        self._landed(flight)
         if self._batch is not None and self._handle is None:
             self._start()
 
-    def _landed(self, outcome: _Outcome) -> JournalError | None:
+    def _landed(self, flight: _Flight) -> JournalError | None:
         """Settle the commit in flight: count it or keep its writes queued again, answer
         its flushes; return its error."""
-        error, seconds = outcome
-        batch, self._flying_batch = self._flying_batch, None
+        error, seconds = flight.outcome
         jobs, self._flying_jobs = self._flying_jobs, {}
         secrets, self._flying_secrets = self._flying_secrets, {}
         schedules, self._flying_schedules = self._flying_schedules, {}
@@ -421,6 +438,7 @@ class Journal:
         elif jobs or secrets or schedules:
             self._counted(seconds)
         self.failure = error
+        batch = flight.batch
         if batch is not None and not batch.done():
             if error is None:
                 batch.set_result(None)
@@ -445,7 +463,7 @@ class Journal:
             return result, time.perf_counter() - began
 
         self._check_open()
-        result, seconds = self._writer.submit(transaction).result()
+        result, seconds = wait_for(self._writer, transaction)
         self._counted(seconds)
         return result
 
@@ -507,3 +525,11 @@ class Journal:
             yield
         except (sqlite3.Error, msgspec.DecodeError) as exc:
             raise JournalError(f"journal {self.path}: {what} failed: {exc}") from exc
+
+
+def _nothing() -> None:
+    """A write that writes nothing: waiting for it waits for every write before it."""
+
+
+def _ignore(_: _Flight) -> None:
+    """A ``done`` for a commit whose outcome the caller takes itself."""

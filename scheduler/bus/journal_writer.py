@@ -2,43 +2,57 @@
 
 A file journal commits on :class:`ThreadWriter`'s thread, so the fsync of a group commit
 never stops the event loop: the loop hands it a write through a queue (no lock is shared;
-the queue is the only handoff) and hears back through a
-:class:`concurrent.futures.Future`. The bus never forks, so a thread is safe here. An
-in-memory journal has no fsync to wait for and one connection that only its own thread
-may read, so :class:`InlineWriter` runs each write at once.
+the queue is the only handoff), and the write's ``done`` callback, run on that thread,
+hands the outcome back (the journal uses ``call_soon_threadsafe``). The bus never forks,
+so a thread is safe here. An in-memory journal has no fsync to wait for and one
+connection that only its own thread may use, so :class:`InlineWriter` runs each write at
+once.
 """
 
 from __future__ import annotations
 
+import logging
 import queue
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any, Protocol, TypeVar
 
+logger = logging.getLogger(__name__)
+
 T = TypeVar("T")
 
 
 class JournalWriter(Protocol):
-    """Runs the journal's write functions one at a time, in the order submitted."""
+    """Runs the journal's write functions one at a time, in the order posted."""
 
-    def submit(self, write: Callable[[], T]) -> Future[T]:
-        """Queue ``write``; the future holds what it returned or raised."""
+    def post(self, write: Callable[[], T], done: Callable[[T], None]) -> None:
+        """Queue ``write``; call ``done`` with what it returned, on the writer's thread.
+        ``write`` reports failures in what it returns: it must not raise."""
         ...
 
     def close(self) -> None:
-        """Run every write submitted so far, then stop; later submits fail."""
+        """Run every write posted so far, then stop; later posts fail."""
         ...
 
 
-def _run(write: Callable[[], T], future: Future[T]) -> None:
-    """Run ``write`` and settle ``future`` with its outcome."""
-    if not future.set_running_or_notify_cancel():
-        return
-    try:
-        future.set_result(write())
-    except BaseException as exc:
-        future.set_exception(exc)
+def wait_for(writer: JournalWriter, write: Callable[[], T]) -> T:
+    """Run ``write`` on ``writer`` behind every write posted before, wait for it, and
+    return what it returned or raise what it raised."""
+    future: Future[T] = Future()
+
+    def run() -> None:
+        try:
+            future.set_result(write())
+        except BaseException as exc:
+            future.set_exception(exc)
+
+    writer.post(run, _ignore)
+    return future.result()
+
+
+def _ignore(_: object) -> None:
+    """A ``done`` for a write whose outcome travels another way."""
 
 
 class InlineWriter:
@@ -47,13 +61,11 @@ class InlineWriter:
     def __init__(self) -> None:
         self._closed = False
 
-    def submit(self, write: Callable[[], T]) -> Future[T]:
-        """Run ``write`` now; the returned future is already settled."""
+    def post(self, write: Callable[[], T], done: Callable[[T], None]) -> None:
+        """Run ``write`` now, then ``done``."""
         if self._closed:
             raise RuntimeError("the journal writer is closed")
-        future: Future[T] = Future()
-        _run(write, future)
-        return future
+        done(write())
 
     def close(self) -> None:
         """Refuse later writes (nothing is ever pending)."""
@@ -61,24 +73,22 @@ class InlineWriter:
 
 
 class ThreadWriter:
-    """One daemon thread that runs the submitted writes in order."""
+    """One daemon thread that runs the posted writes in order."""
 
     def __init__(self, name: str) -> None:
         """Start the thread, named ``name`` in thread listings."""
-        self._queue: queue.SimpleQueue[tuple[Callable[[], Any], Future[Any]] | None] = (
+        self._queue: queue.SimpleQueue[tuple[Callable[[], Any], Callable[[Any], None]] | None] = (
             queue.SimpleQueue()
         )
         self._closed = False
         self._thread = threading.Thread(target=self._serve, name=name, daemon=True)
         self._thread.start()
 
-    def submit(self, write: Callable[[], T]) -> Future[T]:
-        """Queue ``write`` behind the writes submitted before it."""
+    def post(self, write: Callable[[], T], done: Callable[[T], None]) -> None:
+        """Queue ``write`` behind the writes posted before it."""
         if self._closed:
             raise RuntimeError("the journal writer is closed")
-        future: Future[T] = Future()
-        self._queue.put((write, future))
-        return future
+        self._queue.put((write, done))
 
     def close(self) -> None:
         """Let the thread finish every queued write, then join it. Idempotent."""
@@ -89,4 +99,9 @@ class ThreadWriter:
 
     def _serve(self) -> None:
         while (item := self._queue.get()) is not None:
-            _run(*item)
+            write, done = item
+            try:
+                done(write())
+            except Exception:
+                # A bug, not a failed commit (those are returned): keep serving the rest.
+                logger.exception("journal writer: a write failed")

@@ -115,6 +115,8 @@ class Journal:
         )
         self._lock = lock
         self._high_seq = high_seq
+        self._written_high = high_seq
+        """The highest ``seq`` committed (the writer's own: read and set on its thread)."""
         self._pending: dict[str, Row | None] = {}
         self._pending_secrets: dict[str, str | None] = {}
         self._pending_schedules: dict[str, ScheduleRow | None] = {}
@@ -478,15 +480,17 @@ class Journal:
             return None, 0.0
         upserts = [row for row in pending.values() if row is not None]
         deletes = [(job_id,) for job_id, row in pending.items() if row is None]
+        high = max((row[1] for row in upserts), default=-1)
         began = time.perf_counter()
         try:
             with self._transaction():
-                self._conn.executemany(UPSERT, upserts)
-                self._conn.executemany(DELETE, deletes)
+                self._write_rows(UPSERT, upserts)
+                self._write_rows(DELETE, deletes)
                 self._write_secrets(secrets)
                 self._write_schedules(schedules)
-                if upserts:
-                    self._conn.execute(RAISE_HIGH_SEQ, (max(row[1] for row in upserts),))
+                if high > self._written_high:
+                    self._conn.execute(RAISE_HIGH_SEQ, (high,))
+            self._written_high = max(self._written_high, high)
         # Binding a value SQLite cannot store raises outside sqlite3.Error (OverflowError
         # for a huge int, UnicodeEncodeError for a lone surrogate); all go to the waiters.
         except Exception as exc:
@@ -495,17 +499,22 @@ class Journal:
             return error, 0.0
         return None, time.perf_counter() - began
 
+    def _write_rows(self, statement: str, rows: Sequence[Sequence[Any]]) -> None:
+        """Run ``statement`` for each row, skipping the statement when there are none."""
+        if rows:
+            self._conn.executemany(statement, rows)
+
     def _write_secrets(self, secrets: Mapping[str, str | None]) -> None:
         saved = [(name, h) for name, h in secrets.items() if h is not None]
         forgotten = [(name,) for name, h in secrets.items() if h is None]
-        self._conn.executemany(SAVE_SECRET, saved)
-        self._conn.executemany(FORGET_SECRET, forgotten)
+        self._write_rows(SAVE_SECRET, saved)
+        self._write_rows(FORGET_SECRET, forgotten)
 
     def _write_schedules(self, schedules: Mapping[str, ScheduleRow | None]) -> None:
         saved = [row for row in schedules.values() if row is not None]
         deleted = [(name,) for name, row in schedules.items() if row is None]
-        self._conn.executemany(SAVE_SCHEDULE, saved)
-        self._conn.executemany(DELETE_SCHEDULE, deleted)
+        self._write_rows(SAVE_SCHEDULE, saved)
+        self._write_rows(DELETE_SCHEDULE, deleted)
 
     @contextmanager
     def _transaction(self) -> Iterator[None]:

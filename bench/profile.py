@@ -40,12 +40,15 @@ COMPONENTS: tuple[tuple[str, str, str], ...] = (
     ("logging (all)", "logging/", ""),
     ("bus shell: server.py", "scheduler/bus/server.py", ""),
     ("journal", "scheduler/bus/journal.py", ""),
+    ("journal writer thread (commits, fsync waits)", "scheduler/bus/journal_writer.py", ""),
+    ("batch packing", "scheduler/bus/batching.py", ""),
     ("sqlite3", "sqlite3/", ""),
 )
 """Named parts of the code whose inclusive share of the busy samples is reported."""
 
-_IDLE_LEAVES = ("EpollSelector.select", "select", "poll", "epoll")
-"""Leaf functions of a thread waiting for I/O: such samples are idle, not CPU."""
+_IDLE_LEAVES = ("EpollSelector.select", "select", "poll", "epoll", "ThreadWriter._serve")
+"""Leaf functions of a thread waiting for I/O (or, the journal writer, for its queue):
+such samples are idle, not CPU."""
 
 _TRUNK_PCT = 90.0
 """Frames on at least this share of the busy samples are the trunk (main, the loop)."""

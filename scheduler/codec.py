@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Sequence
 from typing import Final, TypeVar
 
 import msgspec
 
-from scheduler.protocol import BusMessage, ClientMessage, Error, JobPayload
+from scheduler.protocol import Batch, BusFrame, BusMessage, ClientMessage, Error, JobPayload
 from scheduler.protocol_types import DEFAULT_PRIORITY, MAX_NAME_LEN, MAX_NESTING, MAX_SAFE_INT, Role
 
 
@@ -33,6 +34,7 @@ class ProtocolError(ValueError):
 
 _client_decoder: msgspec.json.Decoder[ClientMessage] = msgspec.json.Decoder(ClientMessage)
 _bus_decoder: msgspec.json.Decoder[BusMessage] = msgspec.json.Decoder(BusMessage)
+_frame_decoder: msgspec.json.Decoder[BusFrame] = msgspec.json.Decoder(BusFrame)
 _payload_decoder = msgspec.json.Decoder(JobPayload)
 
 
@@ -98,6 +100,32 @@ def decode_client(frame: str | bytes) -> ClientMessage:
 def decode_bus(frame: str | bytes) -> BusMessage:
     """Decode and validate a frame sent by the bus to a v2 client."""
     return _decode(_bus_decoder, frame)
+
+
+def decode_bus_frame(frame: str | bytes) -> list[BusMessage | ProtocolError]:
+    """Decode a frame from the bus into the messages it holds, in order: one, or each of a
+    :class:`~scheduler.protocol.Batch`'s. Never raises: a frame that does not decode is a
+    one-item list of its :class:`ProtocolError`, and a message of a batch that does not
+    decode (a nested batch among them) is its error in that message's place."""
+    try:
+        outer = _decode(_frame_decoder, frame)
+    except ProtocolError as exc:
+        return [exc]
+    if not isinstance(outer, Batch):
+        return [outer]
+    return [_bus_message(bytes(raw)) for raw in outer.messages]
+
+
+def _bus_message(frame: bytes) -> BusMessage | ProtocolError:
+    try:
+        return decode_bus(frame)
+    except ProtocolError as exc:
+        return ProtocolError(f"batch message: {exc.message}", exc.field)
+
+
+def encode_batch(frames: Sequence[bytes]) -> bytes:
+    """One ``batch`` frame holding ``frames`` (each an encoded bus message), in order."""
+    return b'{"type":"batch","messages":[' + b",".join(frames) + b"]}"
 
 
 def decode_payload(frame: str | bytes) -> JobPayload:

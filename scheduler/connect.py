@@ -89,7 +89,8 @@ async def open_connection(
 class Registration:
     """A connection the bus has registered: the socket, its ``registered`` reply, when
     (client clock) the ``register`` it answers was sent, and the messages that came
-    before that reply, in order, for the client to handle first."""
+    before that reply or after it in its batch frame, in order, for the client to handle
+    first."""
 
     ws: ClientConnection
     registered: Registered
@@ -100,8 +101,9 @@ class Registration:
 async def register(
     ws: ClientConnection, message: Register, clock: Callable[[], float] = time.monotonic
 ) -> Registration:
-    """Send ``message`` and wait for ``registered``; other messages before it are kept
-    in :attr:`Registration.early` (errors are logged, bad frames skipped).
+    """Send ``message`` and wait for ``registered``; other messages before it, and those
+    after it in its batch frame, are kept in :attr:`Registration.early` (errors are
+    logged, bad frames skipped).
 
     Raises :class:`RegistrationRefused` for an ``error`` on a field of
     :data:`FATAL_FIELDS`, ConnectionClosed if the bus closes first.
@@ -109,20 +111,22 @@ async def register(
     sent_at = clock()
     await ws.send(codec.encode(message))
     early: list[BusMessage] = []
-    while True:
-        try:
-            reply = codec.decode_bus(await ws.recv())
-        except codec.ProtocolError as exc:
-            log.warning("ignoring a bad frame from the bus: %s", exc.message)
-            continue
-        if isinstance(reply, Registered):
-            return Registration(ws, reply, sent_at, tuple(early))
-        if isinstance(reply, Error) and reply.field in FATAL_FIELDS:
-            raise RegistrationRefused(reply)
-        if isinstance(reply, Error):
-            log.warning("the bus refused a frame: %s", reply.message)
-        else:
-            early.append(reply)
+    registered: Registered | None = None
+    while registered is None:
+        for reply in codec.decode_bus_frame(await ws.recv()):
+            if isinstance(reply, codec.ProtocolError):
+                log.warning("ignoring a bad frame from the bus: %s", reply.message)
+            elif registered is not None:
+                early.append(reply)
+            elif isinstance(reply, Registered):
+                registered = reply
+            elif isinstance(reply, Error) and reply.field in FATAL_FIELDS:
+                raise RegistrationRefused(reply)
+            elif isinstance(reply, Error):
+                log.warning("the bus refused a frame: %s", reply.message)
+            else:
+                early.append(reply)
+    return Registration(ws, registered, sent_at, tuple(early))
 
 
 Serve = Callable[[Registration], Awaitable[None]]

@@ -28,6 +28,7 @@ from scheduler.protocol_schedules import (
 from scheduler.protocol_stats import StatsReply
 from scheduler.protocol_types import (
     MAX_BACKOFF_S,
+    MAX_BATCH_MESSAGES,
     MAX_BULK,
     MAX_DEPENDS,
     MAX_EPOCH_S,
@@ -161,6 +162,9 @@ class Register(msgspec.Struct, frozen=True, tag_field="cmd", tag="register", omi
     held: Annotated[list[Held], msgspec.Meta(max_length=MAX_BULK)] | None = None
     secret: Annotated[str, msgspec.Meta(max_length=MAX_NAME_LEN)] | None = None
     schedules: Annotated[list[ScheduleSpec], msgspec.Meta(max_length=MAX_SCHEDULES)] | None = None
+    batch: bool = False
+    """A v2 client that decodes :class:`Batch` frames: the bus may then send it the
+    messages ready in one loop turn as one frame."""
 
 
 class JobRequest(
@@ -502,6 +506,15 @@ class Vacuumed(msgspec.Struct, frozen=True, tag_field="type", tag="vacuumed", om
     ref: Ref = None
 
 
+class Batch(msgspec.Struct, frozen=True, tag_field="type", tag="batch"):
+    """Several bus messages in one frame, in the order they were sent, for a client that
+    registered with ``batch``. Each message is kept as its raw JSON, so that one that does
+    not decode costs only itself (:func:`scheduler.codec.decode_bus_frame`); a batch never
+    holds a batch."""
+
+    messages: Annotated[list[msgspec.Raw], msgspec.Meta(max_length=MAX_BATCH_MESSAGES)]
+
+
 BusMessage = (
     Registered
     | Accepted
@@ -519,3 +532,6 @@ BusMessage = (
     | Retried
     | Schedules
 )
+
+BusFrame = BusMessage | Batch
+"""What one frame from the bus holds: a message, or (to a client that asked) a batch."""

@@ -30,6 +30,10 @@ MAX_INT64: Final = 2**63 - 1
 """Largest integer the journal (SQLite INTEGER, signed 64-bit) stores."""
 MAX_NESTING: Final = 64
 """Deepest nesting of arrays and objects in a task's ``args`` or ``result``."""
+MAX_BATCH_MESSAGES: Final = 256
+"""Most messages one ``batch`` frame carries (the bus packs no more; clients refuse more)."""
+MAX_BATCH_BYTES: Final = 256 * 1024
+"""Most bytes the bus packs into one ``batch`` frame; a bigger message travels alone."""
 PRIORITY_MIN: Final = 0
 PRIORITY_MAX: Final = 10
 DEFAULT_PRIORITY: Final = 5

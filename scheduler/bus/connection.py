@@ -40,12 +40,14 @@ class Connection:
     close: tuple[int, str] | None = None
     """Set when the connection must be closed with this code and reason."""
 
-    def become(self, name: str, role: Role, protocol: int) -> None:
+    def become(self, name: str, role: Role, protocol: int, batch: bool = False) -> None:
         """Record that the client registered as ``name``, a ``role`` speaking
-        ``protocol``; its log lines now carry that name."""
+        ``protocol`` (v2 and ``batch``: it takes batch frames); its log lines now carry
+        that name."""
         self.name = name
         self.outbox.rename(name)
         self.role, self.protocol = role, protocol
+        self.outbox.batching = batch and protocol == 2
 
     def send(self, message: BusMessage, refusal: Refusal | None = None) -> None:
         """Queue ``message`` (a reply, a stop) for this client, behind every change not

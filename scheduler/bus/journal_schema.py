@@ -386,10 +386,13 @@ def _meta(conn: sqlite3.Connection, key: str) -> int:
     return int(value[0])
 
 
-def connect(name: str) -> sqlite3.Connection:
-    """Open journal ``name`` in autocommit mode; raise :class:`JournalError` naming it."""
+def connect(name: str, *, shared: bool = False) -> sqlite3.Connection:
+    """Open journal ``name`` in autocommit mode (``shared``: usable from the writer
+    thread too); raise :class:`JournalError` naming it."""
     try:
-        return sqlite3.connect(name, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+        return sqlite3.connect(
+            name, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=not shared
+        )
     except sqlite3.Error as exc:
         raise JournalError(f"cannot open journal {name}: {exc}") from exc
 

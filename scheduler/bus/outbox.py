@@ -7,6 +7,10 @@ clients (:class:`BacklogBudget`). A producer or monitor whose queue passes its p
 bound is disconnected; when the total passes its bound, the client with the largest
 backlog is disconnected first, until the total fits again. The memory so freed is handed
 back to the operating system (``malloc_trim`` on glibc).
+
+An outbox set to :attr:`FrameOutbox.batching` (a client that registered with ``batch``)
+gathers the frames pushed in one loop turn and sends them at the start of the next one,
+packed into batch frames (:mod:`scheduler.bus.batching`).
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ from typing import Final
 
 from websockets.asyncio.server import ServerConnection, broadcast
 from websockets.exceptions import ConnectionClosed
+
+from scheduler.bus.batching import Pending, pack
 
 logger = logging.getLogger(__name__)
 
@@ -135,7 +141,11 @@ class FrameOutbox:
         self._ws = ws
         self._budget = budget
         self._bound = bound
-        self._backlog: deque[tuple[bytes, bool]] = deque()
+        self._backlog: deque[Pending] = deque()
+        self._turn: list[Pending] = []
+        self._turn_handle: asyncio.Handle | None = None
+        self.batching = False
+        """Whether the frames of one loop turn go out packed in batch frames."""
         self._counted = 0
         self._queued = 0
         self._writer: asyncio.Task[None] | None = None
@@ -174,19 +184,40 @@ class FrameOutbox:
         A frame the client caused itself (a reply, the events of its own submit) is not
         ``counted``: its reading is paused instead. When a counted frame would take the
         counted bytes waiting past ``bound``, the connection is aborted and later frames
-        dropped. Every queued frame counts against the :class:`BacklogBudget`.
+        dropped. Every queued frame counts against the :class:`BacklogBudget`. While
+        :attr:`batching`, the frame waits for the end of this loop turn.
         """
+        if self._dropped:
+            return
+        weight = len(frame) if counted else 0
+        if not self.batching:
+            self._send(frame, weight)
+            return
+        if self._turn_handle is None:
+            self._turn_handle = asyncio.get_running_loop().call_soon(self._send_turn)
+        self._turn.append((frame, weight))
+
+    def _send_turn(self) -> None:
+        """Send the frames gathered in the last loop turn, packed in batches."""
+        self._turn_handle = None
+        turn, self._turn = self._turn, []
+        for frame, weight in pack(turn):
+            self._send(frame, weight)
+
+    def _send(self, frame: bytes, counted: int) -> None:
+        """Write ``frame`` now if nothing waits and the socket keeps up, else queue it
+        (``counted``: how many of its bytes count against :attr:`bound`)."""
         if self._dropped:
             return
         if not self._backlog and self._ws.transport.get_write_buffer_size() < self._high_water:
             broadcast((self._ws,), frame, text=True)
             return
         size = len(frame)
-        if counted and self._bound is not None and self._counted + size > self._bound:
+        if counted and self._bound is not None and self._counted + counted > self._bound:
             self.drop(f"more than {self._bound} bytes waiting")
             return
         self._backlog.append((frame, counted))
-        self._counted += size if counted else 0
+        self._counted += counted
         self._queued += size
         if self._writer is None:
             self._writer = asyncio.create_task(self._drain())
@@ -194,11 +225,16 @@ class FrameOutbox:
 
     @property
     def waiting(self) -> int:
-        """How many frames wait behind a full socket buffer."""
-        return len(self._backlog)
+        """How many frames wait for the end of this loop turn or behind a full socket
+        buffer."""
+        return len(self._turn) + len(self._backlog)
 
     async def flush(self, timeout: float | None = None) -> None:
-        """Wait (up to ``timeout`` seconds) until no frame waits behind the socket."""
+        """Send what this loop turn gathered, then wait (up to ``timeout`` seconds) until
+        no frame waits behind the socket."""
+        if self._turn_handle is not None:
+            self._turn_handle.cancel()
+            self._send_turn()
         if self._writer is not None:
             await asyncio.wait((self._writer,), timeout=timeout)
 
@@ -227,6 +263,10 @@ class FrameOutbox:
     def _clear(self) -> int:
         """Forget every queued frame; return how many bytes they were."""
         size = self._queued
+        self._turn.clear()
+        if self._turn_handle is not None:
+            self._turn_handle.cancel()
+            self._turn_handle = None
         self._backlog.clear()
         self._budget.remove(size)
         self._queued = self._counted = 0
@@ -240,7 +280,7 @@ class FrameOutbox:
                 await self._ws.send(frame, text=True)
                 self._backlog.popleft()
                 size = len(frame)
-                self._counted -= size if counted else 0
+                self._counted -= counted
                 self._queued -= size
                 self._budget.remove(size)
         except ConnectionClosed:

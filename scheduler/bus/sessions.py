@@ -166,6 +166,6 @@ class Sessions:
         return None
 
 
-def _kind(message: Register) -> tuple[Role, int]:
-    """The role and protocol a ``register`` asks for."""
-    return message.type, message.protocol
+def _kind(message: Register) -> tuple[Role, int, bool]:
+    """The role, protocol and batching a ``register`` asks for."""
+    return message.type, message.protocol, message.batch

@@ -392,7 +392,7 @@ class ProducerClient:
             raise
 
     def _register_message(self) -> Register:
-        return Register(type="producer", protocol=2, name=self.name, token=self._token)
+        return Register(type="producer", protocol=2, name=self.name, token=self._token, batch=True)
 
     async def _serve(self, registration: Registration) -> None:
         """Take the name the bus gave us, then serve the connection until it ends."""
@@ -435,12 +435,11 @@ class ProducerClient:
             self._on_event(_lost(job_id))
 
     def _on_frame(self, frame: str | bytes) -> None:
-        try:
-            message = codec.decode_bus(frame)
-        except codec.ProtocolError as exc:
-            log.warning("ignoring a frame from the bus that does not decode: %s", exc)
-            return
-        self._on_message(message)
+        for message in codec.decode_bus_frame(frame):
+            if isinstance(message, codec.ProtocolError):
+                log.warning("ignoring a frame from the bus that does not decode: %s", message)
+            else:
+                self._on_message(message)
 
     def _on_message(self, message: BusMessage) -> None:
         if isinstance(message, JobEvent):

@@ -97,17 +97,16 @@ async def watch(
         async for frame in registration.ws:
             _show(frame, render)
 
-    register = Register(type="monitor", protocol=2, name=name, token=token)
+    register = Register(type="monitor", protocol=2, name=name, token=token, batch=True)
     await Connector(url, cafile).run(lambda: register, serve)
 
 
 def _show(frame: str | bytes, render: Callable[[JobEvent], str | None]) -> None:
-    try:
-        message = codec.decode_bus(frame)
-    except codec.ProtocolError as exc:
-        log.warning("ignoring a frame that does not decode: %s", exc)
-        return
-    _show_message(message, render)
+    for message in codec.decode_bus_frame(frame):
+        if isinstance(message, codec.ProtocolError):
+            log.warning("ignoring a frame that does not decode: %s", message)
+        else:
+            _show_message(message, render)
 
 
 def _show_message(message: BusMessage, render: Callable[[JobEvent], str | None]) -> None:

@@ -314,6 +314,7 @@ class SchedulerClient:
             held=held,
             secret=self._secret,
             schedules=self.tasks.schedules() or None,
+            batch=True,
         )
         return fit_register(register)
 

@@ -105,14 +105,13 @@ class Session:
         """Handle frames from the bus until the connection closes."""
         with contextlib.suppress(ConnectionClosed):
             async for frame in self.ws:
-                try:
-                    message = codec.decode_bus(frame)
-                except codec.ProtocolError as exc:
-                    log.warning("ignoring a bad frame from the bus: %s", exc.message)
-                    continue
-                self.handle(message)
-                # A frame may fork a job: let heartbeats and job exits run between frames.
-                await asyncio.sleep(0)
+                for message in codec.decode_bus_frame(frame):
+                    if isinstance(message, codec.ProtocolError):
+                        log.warning("ignoring a bad frame from the bus: %s", message.message)
+                        continue
+                    self.handle(message)
+                    # A message may fork a job: let heartbeats and job exits run between.
+                    await asyncio.sleep(0)
 
     def handle(self, message: BusMessage) -> None:
         """Act on one decoded bus message."""

@@ -115,7 +115,7 @@
     state.ws = ws;
     setConn("connecting", "connecting…");
     ws.onopen = () => {
-      const register = { cmd: "register", type: "monitor", protocol: 2 };
+      const register = { cmd: "register", type: "monitor", protocol: 2, batch: true };
       if (state.token) register.token = state.token;
       ws.send(JSON.stringify(register));
     };
@@ -134,6 +134,11 @@
   }
 
   function receive(message) {
+    if (message.type === "batch") {
+      // The messages of one bus loop turn, in order (never a batch inside a batch).
+      for (const inner of message.messages || []) if (inner.type !== "batch") receive(inner);
+      return;
+    }
     if (message.ref !== undefined && state.pending.has(message.ref)) {
       const reply = state.pending.get(message.ref);
       state.pending.delete(message.ref);

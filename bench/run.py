@@ -18,7 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,13 +26,13 @@ from pathlib import Path
 import click
 import psutil
 
-from bench import cluster, fanout, ingest, ours
+from bench import cluster, fanout, fleet, heavy, ingest, ours
 from bench import profile as pyspy
 from bench.peers import harness
 from bench.periodic import periodic_lateness
 from bench.procs import Proc, Procs, wait_for_log
 from bench.stats import Json, check_goals, median, render_table, table_rows
-from bench.system import PYTHON, Bus, start_bus, start_scheduler
+from bench.system import PYTHON, Bus, start_bus, start_scheduler, start_worker
 
 FIGURES = (
     "e2e",
@@ -47,6 +47,11 @@ FIGURES = (
     "delayed",
     "periodic",
     "scheduled",
+    "fleet",
+    "million",
+    "ingest10",
+    "cluster10",
+    "heavy",
 )
 """Names accepted by ``--only`` (``e2e`` includes the raw fork loop it is compared with,
 ``cluster`` both figures of three schedulers on one bus)."""
@@ -146,6 +151,13 @@ class Plan:
     cluster_size: int = 2
     cluster_seed: int = 9
     periodic_firings: int = 60
+    fleet_counts: tuple[int, ...] = (1, 10, 100, 1000)
+    fleet_jobs: int = 5000
+    million_jobs: int = 1_000_000
+    many_producers: int = 10
+    cluster10_schedulers: int = 10
+    cluster10_jobs: int = 300
+    heavy_jobs: int = 1000
 
 
 FULL = Plan(False, 2000, 3, 500, 50, 50, 20_000, 100_000, 5000, 2000)
@@ -164,14 +176,27 @@ QUICK = Plan(
     cluster_runtime_s=(0.1, 0.5),
     cluster_evictions=20,
     periodic_firings=20,
+    fleet_jobs=1000,
+    million_jobs=50_000,
+    cluster10_jobs=100,
+    heavy_jobs=200,
 )
 
 
 class Bench:
     """Runs the selected figures into one results dict; a failed figure records its error."""
 
-    def __init__(self, plan: Plan, procs: Procs, workdir: Path) -> None:
+    def __init__(
+        self,
+        plan: Plan,
+        procs: Procs,
+        workdir: Path,
+        variants: Sequence[heavy.Variant] = heavy.VARIANTS,
+        skip_peers: bool = False,
+    ) -> None:
         self.plan = plan
+        self.variants = variants
+        self.skip_peers = skip_peers
         self.procs = procs
         self.workdir = workdir
         self.results: Json = {}
@@ -390,6 +415,120 @@ class Bench:
             await asyncio.gather(*(add(f"evict-s{i + 1}") for i in range(len(names))))
             self.results.update(await cluster.eviction(bus.url, slots, plan.cluster_evictions))
 
+    async def fleet(self) -> None:
+        """Dispatch CPU per job with 1, 10, 100 and 1,000 instant schedulers on one bus."""
+        rows: list[Json] = []
+        for count in self.plan.fleet_counts:
+            async with self.system(f"fleet-{count}", scheduler=False) as (bus, _):
+                argv = [PYTHON, "-m", "bench.fanout", "--url", bus.url, "--count", str(count)]
+                fakes = self.procs.start(f"fleet-{count}-schedulers", argv, cwd=Path.cwd())
+                try:
+                    await wait_for_log(fakes, r"ready \d+", timeout=30 + count / 10)
+                    idle = await fleet.idle_share(bus.ps)
+                    jobs = self.plan.fleet_jobs
+                    found = await fanout.measure(bus.url, bus.ps, jobs, 60 + jobs / 50)
+                finally:
+                    self.procs.stop(fakes)
+            rows.append(fleet.dispatch_row(count, found, idle))
+        self.results["fleet_dispatch"] = fleet.dispatch_summary(rows)
+
+    async def million(self) -> None:
+        """Many queued jobs: the bus's RSS, bytes per job, and its reload after a restart."""
+        jobs = self.plan.million_jobs
+        work = self.workdir / "million"
+        bus = await start_bus(self.procs, work, "million-bus")
+        try:
+            found = await fleet.fill(bus.url, bus.ps, jobs)
+        finally:
+            stopping = time.perf_counter()
+            self.procs.stop(bus.proc, grace=60.0)
+        found["stop_s"] = round(time.perf_counter() - stopping, 2)
+        started = time.perf_counter()
+        again = await start_bus(self.procs, work, "million-bus", ready_timeout=120.0)
+        try:
+            found["restart_to_listening_s"] = round(time.perf_counter() - started, 2)
+            found.update(await fleet.ready_after_restart(again.url, started, 120.0))
+            found["rss_after_restart_mb"] = round(again.ps.memory_info().rss / 2**20, 1)
+        finally:
+            self.procs.stop(again.proc, grace=60.0)
+        self.results["queued_jobs"] = found
+
+    async def ingest10(self) -> None:
+        """Accepted jobs/s with ``plan.many_producers`` producers sending at once."""
+        jobs, producers = self.plan.ingest_jobs, self.plan.many_producers
+        async with self.system("ingest10", scheduler=False) as (bus, _):
+            single = await fleet.ingest_many(bus.url, jobs, producers, bulk=False)
+        async with self.system("ingest10-bulk", scheduler=False) as (bus, _):
+            bulk = await fleet.ingest_many(bus.url, jobs * 5, producers, bulk=True)
+        self.results["ingest_many_producers"] = {
+            "jobs_per_s": single["jobs_per_s"],
+            "bulk_jobs_per_s": bulk["jobs_per_s"],
+            "producers": producers,
+            "jobs": jobs,
+            "bulk_jobs": jobs * 5,
+        }
+
+    async def cluster10(self) -> None:
+        """The cluster makespan figure with ``plan.cluster10_schedulers`` schedulers."""
+        plan = self.plan
+        count = plan.cluster10_schedulers
+        names = [f"c10-s{i + 1}" for i in range(count)]
+        low, high = plan.cluster_runtime_s
+        runtimes = cluster.burst_runtimes(plan.cluster10_jobs, low, high, plan.cluster_seed)
+        async with self.cluster_system("cluster10", {"--steal": "urgent"}) as (bus, add):
+            await add(names[0])
+
+            async def start_others() -> list[str]:
+                await asyncio.gather(*(add(name) for name in names[1:]))
+                return names[1:]
+
+            self.results["cluster10_makespan"] = await cluster.makespan(
+                bus.url, runtimes, count * plan.cluster_size, names[0], start_others,
+                bus.proc.log_text,
+            )  # fmt: skip
+
+    async def heavy(self) -> None:
+        """A task importing numpy and computing ~5 ms: ours (each variant) and the peers'."""
+        mine: Json = {}
+        problem = harness.import_problem(Path(PYTHON), "numpy")
+        for name, extra in self.variants:
+            if problem is not None:
+                mine[name] = {"skipped": f"cannot import numpy: {problem}"}
+                continue
+            async with self.heavy_system(name, extra) as (bus, sched):
+                mine[name] = await heavy.e2e(bus.url, self.plan.heavy_jobs, bus.ps, sched)
+                mine[name]["options"] = " ".join(extra)
+        found: Json = {"task": heavy.DESCRIPTION, "ours": mine}
+        if self.plan.peer_jobs and not self.skip_peers:
+            peers = await harness.run_peers(
+                self.procs, self.workdir, self.plan.heavy_jobs, heavy.best_rate(mine), "heavy"
+            )
+            found["peers"] = peers
+            found["ours_ratio"] = heavy.ratios(mine, peers)
+        else:
+            found["peers"] = {"skipped": "the peers run only in the full run without --skip-peers"}
+        self.results["heavy"] = found
+
+    @asynccontextmanager
+    async def heavy_system(
+        self, name: str, extra: Sequence[str]
+    ) -> AsyncIterator[tuple[Bus, psutil.Process]]:
+        """A fresh bus and one ``scheduler.worker --tasks bench.heavy_tasks`` with ``extra``
+        options, stopped on exit."""
+        work = self.workdir / f"heavy-{name}"
+        bus = await start_bus(self.procs, work, f"heavy-{name}-bus")
+        sched: Proc | None = None
+        try:
+            sched = await start_worker(
+                self.procs, work, bus.url, f"heavy-{name}-sched", self.plan.size,
+                heavy.TASK_MODULE, extra,
+            )  # fmt: skip
+            yield bus, psutil.Process(sched.pid)
+        finally:
+            if sched is not None:
+                self.procs.stop(sched)
+            self.procs.stop(bus.proc)
+
     async def peers(self) -> None:
         """Figure 2: the same workload through RQ, arq, Celery and Dramatiq."""
         ours_rate = self.results.get("e2e_jobs_per_s")
@@ -517,6 +656,11 @@ async def run(
             "delayed": (("delayed_start_lateness_ms",), bench.delayed),
             "periodic": (("periodic_fire_lateness_ms",), bench.periodic),
             "scheduled": (("bus_scheduled_jobs",), bench.scheduled),
+            "fleet": (("fleet_dispatch",), bench.fleet),
+            "million": (("queued_jobs",), bench.million),
+            "ingest10": (("ingest_many_producers",), bench.ingest10),
+            "cluster10": (("cluster10_makespan",), bench.cluster10),
+            "heavy": (("heavy",), bench.heavy),
         }
         for name in figures:
             keys, step = steps[name]

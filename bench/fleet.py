@@ -106,6 +106,7 @@ async def fill(url: str, bus: psutil.Process, jobs: int) -> Json:
         await producer.close()
     return {
         "jobs": jobs,
+        "rss_mb_at_1m": round((empty + (full - empty) * 1_000_000 / jobs) / 2**20, 1),
         "rss_empty_mb": round(empty / 2**20, 1),
         "rss_queued_mb": round(full / 2**20, 1),
         "bytes_per_job": round((full - empty) / jobs, 1),

@@ -419,7 +419,8 @@ class Bench:
         """Dispatch CPU per job with 1, 10, 100 and 1,000 instant schedulers on one bus."""
         rows: list[Json] = []
         for count in self.plan.fleet_counts:
-            async with self.system(f"fleet-{count}", scheduler=False) as (bus, _):
+            room = {"--max-connections": str(count + 100)}
+            async with self.system(f"fleet-{count}", False, room) as (bus, _):
                 argv = [PYTHON, "-m", "bench.fanout", "--url", bus.url, "--count", str(count)]
                 fakes = self.procs.start(f"fleet-{count}-schedulers", argv, cwd=Path.cwd())
                 try:
@@ -451,6 +452,7 @@ class Bench:
             found["rss_after_restart_mb"] = round(again.ps.memory_info().rss / 2**20, 1)
         finally:
             self.procs.stop(again.proc, grace=60.0)
+        found["reload_s_at_1m"] = round(found["restart_to_stats_s"] * 1_000_000 / jobs, 2)
         self.results["queued_jobs"] = found
 
     async def ingest10(self) -> None:

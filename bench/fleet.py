@@ -20,6 +20,9 @@ from bench.stats import Json, rate
 from bench.system import client_token, cpu_seconds
 from scheduler.producer.client import ProducerClient
 
+FILL_WINDOW = 20
+"""``submit_many`` frames (of 1000 jobs) in flight at once while :func:`fill` queues jobs."""
+
 IDLE_WINDOW_S = 1.0
 """How long the bus's idle CPU (heartbeats of the connected schedulers) is measured."""
 
@@ -94,12 +97,18 @@ def dispatch_summary(rows: Sequence[Json]) -> Json:
 async def fill(url: str, bus: psutil.Process, jobs: int) -> Json:
     """Queue ``jobs`` no-op jobs (``submit_many`` of 1000) on a bus with no scheduler for
     them; the bus's RSS before and after, bytes per job, and the accepted rate."""
-    frames = [frame for frame, _ in bulk_frames(jobs)]
+    frames = bulk_frames(jobs)
     producer = await LeanProducer.open(url, "bench-million")
     try:
         await asyncio.sleep(0.3)
         empty = bus.memory_info().rss
-        sent = await producer.send_all(frames, jobs, 120.0 + jobs / 1000)
+        t0 = time.perf_counter()
+        # A window of frames at a time: a client that runs far ahead of the bus's replies
+        # stops answering its pings in time on a busy machine, and the bus drops it.
+        for first in range(0, len(frames), FILL_WINDOW):
+            window = frames[first : first + FILL_WINDOW]
+            await producer.send_all([f for f, _ in window], sum(n for _, n in window), 120.0)
+        accepted_per_s = rate(jobs, time.perf_counter() - t0)
         await asyncio.sleep(0.5)
         full = bus.memory_info().rss
     finally:
@@ -110,7 +119,7 @@ async def fill(url: str, bus: psutil.Process, jobs: int) -> Json:
         "rss_empty_mb": round(empty / 2**20, 1),
         "rss_queued_mb": round(full / 2**20, 1),
         "bytes_per_job": round((full - empty) / jobs, 1),
-        "submit_many_jobs_per_s": sent["jobs_per_s"],
+        "submit_many_jobs_per_s": accepted_per_s,
     }
 
 

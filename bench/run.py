@@ -26,7 +26,7 @@ from pathlib import Path
 import click
 import psutil
 
-from bench import cluster, fanout, fleet, heavy, ingest, ours
+from bench import cluster, fanout, fleet, heavy, ingest, ours, plot
 from bench import profile as pyspy
 from bench.peers import harness
 from bench.periodic import periodic_lateness
@@ -721,6 +721,7 @@ def cli(
     out.write_text(json.dumps(report, indent=2) + "\n")
     click.echo(render_table(table_rows(report)))
     click.echo(f"\nwall time {wall} s; figures written to {out}")
+    click.echo(plot_note(out), err=True)
     if ok and not keep_logs:
         shutil.rmtree(workdir, ignore_errors=True)
     elif ok:
@@ -728,6 +729,14 @@ def cli(
     else:
         click.echo(f"some figures failed: see {out} ('errors') and the logs in {workdir}", err=True)
         sys.exit(1)
+
+
+def plot_note(results: Path) -> str:
+    """Draw the PNG beside ``results``; say where, or why not (the figures stand anyway)."""
+    try:
+        return f"plot written to {plot.write_png(results)}"
+    except ImportError as exc:
+        return f"no plot: {exc} (pip install -r bench/requirements.txt)"
 
 
 def build_report(

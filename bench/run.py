@@ -122,6 +122,29 @@ HOW: dict[str, str] = {
     "one requeued and restarted, or stolen by the freed slot); the bus's caps on evictions and "
     "deliveries per job are lifted. cluster_eviction says where urgent jobs started and "
     "whether the evicted job was the long job that started last.",
+    "fleet_dispatch": "For 1, 10, 100 and 1,000 schedulers: a fresh bus (--max-connections "
+    "raised) and that many lightweight v2 schedulers of 5 slots in one process (bench.fanout: "
+    "each answers every assign with started+succeeded at once, forking nothing); the bus's "
+    "idle CPU over 1 s (heartbeats), then N pipelined no-op jobs from one producer, first "
+    "submit -> last final event; the bus's psutil CPU per job (and net of its idle share); "
+    "cpu_ratio_largest_vs_1 = the 1,000-scheduler figure over the 1-scheduler one.",
+    "queued_jobs": "A bus with a journal and no scheduler: its RSS with a producer connected, "
+    "then with N no-op jobs queued (submit_many of 1000, 20 frames in flight), all accepted, "
+    "the producer still connected (it watches its jobs); rss_mb_at_1m projects that to "
+    "1,000,000 jobs (the measured RSS when N is 1,000,000). Then SIGTERM, and a bus started "
+    "on the same journal: seconds from its start to 'bus listening', to a producer "
+    "registered, and to its stats reply (queued_after_restart); reload_s_at_1m scales the "
+    "last linearly to 1,000,000 jobs.",
+    "ingest_many_producers": "No scheduler: 10 raw v2 WebSocket producers at once, each "
+    "sending its share of N pre-encoded job_request frames back to back (bulk: 5N jobs in "
+    "submit_many frames of 1000); first send -> the last accepted reply of any of them.",
+    "cluster10_makespan": "As cluster_makespan, with 10 `test_scheduler -s 2` (20 slots): the "
+    "burst submitted while one is connected, then 9 more start and steal.",
+    "heavy": "A job that imports numpy (when its worker starts) and computes for ~5 ms "
+    "(bench/heavy_work.py): ours = `python -m scheduler.worker --tasks bench.heavy_task -s 5` "
+    "plus each variant's options (--ours-variant), N jobs pipelined from one producer after "
+    "20 warm-up jobs, first submit -> last final event; the peers run the same function as "
+    "in the peers figure; ours_ratio = each variant / each peer.",
     "profile": "py-spy record --nonblocking at 250 Hz attached to the bus and the scheduler "
     "during one extra e2e round; shares of the samples (samples ~ CPU time).",
 }
@@ -630,8 +653,19 @@ def selected(only: str | None, skip_peers: bool) -> list[str]:
     return [n for n in FIGURES if n in names and not (skip_peers and n == "peers")]
 
 
+@dataclass(frozen=True)
+class RunOptions:
+    """How the run goes besides its plan: the profile, why the peers are skipped (None:
+    they run), our variants in the heavy figure, and whether the peers are skipped."""
+
+    profile: bool = False
+    skip_reason: str | None = None
+    variants: tuple[heavy.Variant, ...] = heavy.VARIANTS
+    skip_peers: bool = False
+
+
 async def run(
-    plan: Plan, figures: list[str], profile: bool, skip_reason: str | None, workdir: Path
+    plan: Plan, figures: list[str], options: RunOptions, workdir: Path
 ) -> tuple[Json, bool]:
     """Run ``figures`` (and the profile) with logs in ``workdir``; return results, success.
 
@@ -641,7 +675,7 @@ async def run(
     assert task is not None
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
     with Procs(workdir) as procs:
-        bench = Bench(plan, procs, workdir)
+        bench = Bench(plan, procs, workdir, options.variants, options.skip_peers)
         steps: dict[str, tuple[tuple[str, ...], Callable[[], Awaitable[None]]]] = {
             "e2e": (
                 ("e2e_jobs_per_s", "raw_fork_jobs_per_s", "e2e_vs_raw_ratio"),
@@ -667,9 +701,10 @@ async def run(
         for name in figures:
             keys, step = steps[name]
             await bench.guarded(name, keys, step)
-        if skip_reason is not None:
-            bench.results["peers"] = {name: {"skipped": skip_reason} for name in harness.PEERS}
-        if profile:
+        if options.skip_reason is not None:
+            skipped = {"skipped": options.skip_reason}
+            bench.results["peers"] = {name: skipped for name in harness.PEERS}
+        if options.profile:
             await bench.guarded("profile", ("profile",), bench.profile)
     return bench.results | {"errors": bench.errors}, not bench.errors
 
@@ -687,8 +722,23 @@ async def run(
 @click.option("--skip-peers", is_flag=True, help="Do not run RQ, arq, Celery and Dramatiq.")
 @click.option("--profile", is_flag=True, help="Also profile the bus and scheduler with py-spy.")
 @click.option("--keep-logs", is_flag=True, help="Keep every process's log (kept anyway on errors).")
+@click.option(
+    "--ours-variant",
+    "variants",
+    multiple=True,
+    metavar="NAME=OPTIONS",
+    help="A way to run our worker in the heavy figure: a name and scheduler.worker options "
+    "('warm=--warm 100'); repeat for several. Default: "
+    + ", ".join(f"{n}={' '.join(o)}" for n, o in heavy.VARIANTS),
+)
 def cli(
-    quick: bool, out: Path, only: str | None, skip_peers: bool, profile: bool, keep_logs: bool
+    quick: bool,
+    out: Path,
+    only: str | None,
+    skip_peers: bool,
+    profile: bool,
+    keep_logs: bool,
+    variants: tuple[str, ...],
 ) -> None:
     """Measure schedbus against the raw fork loop and other job queues, in one run.
 
@@ -696,6 +746,10 @@ def cli(
     """
     plan = QUICK if quick else FULL
     figures = selected(only, skip_peers or quick)
+    try:
+        chosen = tuple(heavy.parse_variant(v) for v in variants) or heavy.VARIANTS
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--ours-variant") from None
     skip_reason: str | None = None
     if "peers" in selected(only, False):
         if quick:
@@ -710,7 +764,8 @@ def cli(
     # (in this process or another) reads it there: never the user's own state directory.
     os.environ["XDG_STATE_HOME"] = str(workdir / "state")
     try:
-        results, ok = asyncio.run(run(plan, figures, profile, skip_reason, workdir))
+        options = RunOptions(profile, skip_reason, chosen, skip_peers or quick)
+        results, ok = asyncio.run(run(plan, figures, options, workdir))
     except (KeyboardInterrupt, asyncio.CancelledError):
         shutil.rmtree(workdir, ignore_errors=True)
         click.echo("bench: interrupted; every process it started is stopped", err=True)

@@ -210,9 +210,13 @@ def test_heavy_variants_parse_and_ratios() -> None:
     for bad in ("=--warm 1", "a b=--x"):
         with pytest.raises(ValueError, match="NAME=OPTIONS"):
             heavy.parse_variant(bad)
-    ours = {"fork": {"jobs_per_s": 300.0}, "warm": {"jobs_per_s": 600.0}, "x": {"skipped": "y"}}
+    ours: dict[str, stats.Json] = {
+        "fork": {"jobs_per_s": 300.0},
+        "warm": {"jobs_per_s": 600.0},
+        "x": {"skipped": "y"},
+    }
     assert heavy.best_rate(ours) == 600.0 and heavy.best_rate({}) is None
-    peers = {"celery": {"jobs_per_s": 300.0}, "rq": {"skipped": "no"}}
+    peers: dict[str, stats.Json] = {"celery": {"jobs_per_s": 300.0}, "rq": {"skipped": "no"}}
     assert heavy.ratios(ours, peers) == {"fork": {"celery": 1.0}, "warm": {"celery": 2.0}, "x": {}}
 
 

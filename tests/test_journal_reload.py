@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import gc
 from contextlib import closing
 from pathlib import Path
 
-from scheduler.bus.journal import Journal
+import pytest
+
+from scheduler.bus.config import BusConfig
+from scheduler.bus.journal import Journal, paused_gc
+from scheduler.bus.server import BusServer
 from scheduler.policy.job import Job
 from scheduler.protocol import JobPayload
 from scheduler.protocol_types import JobState
@@ -61,3 +66,36 @@ async def test_reload_keeps_arrival_order_with_queued_writes_on_top(tmp_path: Pa
         ("job-3", "queued"),
         ("job-9", "queued"),
     ]
+
+
+async def test_the_bus_reloads_its_journal_with_cyclic_gc_paused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each full collection while a million records are built walks every record built so
+    far: the bus takes its jobs back with the cyclic collector paused, and turns it back on."""
+    seen: list[bool] = []
+    load = Journal.load
+
+    def watched(journal: Journal) -> list[Job]:
+        seen.append(gc.isenabled())
+        return load(journal)
+
+    monkeypatch.setattr(Journal, "load", watched)
+    assert gc.isenabled()
+    config = BusConfig(host="127.0.0.1", port=0, db=str(tmp_path / "journal.db"))
+    async with BusServer(config):
+        assert gc.isenabled()
+    assert seen == [False]
+
+
+def test_paused_gc_leaves_a_disabled_collector_disabled() -> None:
+    gc.disable()
+    try:
+        with paused_gc():
+            assert not gc.isenabled()
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
+    with pytest.raises(RuntimeError), paused_gc():
+        raise RuntimeError("boom")
+    assert gc.isenabled()

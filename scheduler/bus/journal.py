@@ -12,6 +12,7 @@ in :mod:`scheduler.bus.journal_lock`.
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import sqlite3
 import time
@@ -60,6 +61,23 @@ from scheduler.policy.job import Job
 from scheduler.policy.listing import JobQuery, submit_order
 from scheduler.policy.schedules import ScheduleState
 from scheduler.protocol_types import FINAL_EVENTS
+
+
+@contextmanager
+def paused_gc() -> Iterator[None]:
+    """No cyclic garbage collection inside (reference counting still frees memory).
+
+    For reloading a journal: building a million job records would otherwise run a full
+    collection every so often, each walking every record built so far (a third of the
+    reload's time at a million queued jobs). The records hold no reference cycles.
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 class Journal:

@@ -54,7 +54,9 @@ FIGURES = (
     "heavy",
 )
 """Names accepted by ``--only`` (``e2e`` includes the raw fork loop it is compared with,
-``cluster`` both figures of three schedulers on one bus)."""
+``cluster`` both figures of three schedulers on one bus; ``fleet``, ``million``,
+``ingest10`` and ``cluster10`` say how the bus's cost grows with schedulers, queued jobs
+and producers; ``heavy`` runs a numpy job through ours and the peers)."""
 
 HOW: dict[str, str] = {
     "bus_scheduled_jobs": "A bus with a journal file and no scheduler: its RSS with a producer "
@@ -817,8 +819,9 @@ def build_report(
     if plan.quick:
         report["notes"] = [
             f"--quick: {plan.e2e_jobs} e2e jobs in 1 round, {plan.latency_jobs} latency jobs, "
-            f"{plan.memory_jobs} queued jobs for memory, no peers; the full run uses "
-            f"{FULL.e2e_jobs} in {FULL.rounds} rounds, {FULL.latency_jobs} and {FULL.memory_jobs}."
+            f"{plan.memory_jobs} queued jobs for memory, {plan.million_jobs} for queued_jobs, "
+            f"no peers; the full run uses {FULL.e2e_jobs} in {FULL.rounds} rounds, "
+            f"{FULL.latency_jobs}, {FULL.memory_jobs} and {FULL.million_jobs}."
         ]
     return report
 

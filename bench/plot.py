@@ -101,15 +101,20 @@ def draw(found: Panels, out: Path) -> None:
         ("ingest: jobs/s accepted", found.ingest),
     ]
     shown = [(title, data) for title, data in bars if data]
-    count = len(shown) + bool(found.fleet)
-    fig, axes = plt.subplots(1, max(count, 1), figsize=(5 * max(count, 1), 4), squeeze=False)
-    for ax, (title, data) in zip(axes[0], shown, strict=False):
+    count = max(len(shown) + bool(found.fleet), 1)
+    cols = min(count, 2)
+    rows = (count + 1) // 2
+    fig, grid = plt.subplots(rows, cols, figsize=(6 * cols, 4 * rows), squeeze=False)
+    axes = list(grid.flat)
+    for ax in axes[count:]:
+        ax.set_visible(False)
+    for ax, (title, data) in zip(axes, shown, strict=False):
         names = [name for name, _ in data]
         ax.bar(names, [value for _, value in data], color=_colors(names))
         ax.set_title(title)
         ax.tick_params(axis="x", labelrotation=30)
     if found.fleet:
-        ax = axes[0][len(shown)]
+        ax = axes[len(shown)]
         ax.plot([n for n, _ in found.fleet], [v for _, v in found.fleet], marker="o")
         ax.set_xscale("log")
         ax.set_xlabel("connected schedulers")

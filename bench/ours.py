@@ -29,13 +29,19 @@ async def _submit_all(client: ProducerClient, payloads: list[JobPayload]) -> lis
 
 
 async def e2e_round(
-    url: str, jobs: int, bus: psutil.Process, scheduler: psutil.Process, timeout: float
+    url: str,
+    jobs: int,
+    bus: psutil.Process,
+    scheduler: psutil.Process,
+    timeout: float,
+    payload: JobPayload = NOOP,
 ) -> Json:
-    """Push ``jobs`` no-op jobs through the bus and scheduler as fast as one producer can.
+    """Push ``jobs`` jobs (no-op unless ``payload`` says otherwise) through the bus and
+    scheduler as fast as one producer can.
 
     Returns jobs/s (first submit to the last final event received) and the CPU each
-    process spent per job: bus, scheduler, job processes (reaped by the scheduler), and
-    this producer.
+    process spent per job: bus, scheduler, job processes (with the fork server or the warm
+    slot processes that ran them), and this producer.
     """
     me = psutil.Process()
     async with (
@@ -45,7 +51,7 @@ async def e2e_round(
         before = (cpu_seconds(bus), cpu_seconds(scheduler), cpu_seconds(scheduler, True))
         mine = cpu_seconds(me)
         t0 = time.perf_counter()
-        ids = await _submit_all(client, [NOOP] * jobs)
+        ids = await _submit_all(client, [payload] * jobs)
         accepted_s = time.perf_counter() - t0
         await tracker.wait(lambda: len(tracker.finals) >= jobs, timeout, f"{jobs} final events")
         elapsed = max(seen.recv_perf for seen in tracker.finals.values()) - t0

@@ -18,7 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,13 +27,13 @@ from typing import Final
 import click
 import psutil
 
-from bench import cluster, fanout, ingest, ours
+from bench import cluster, fanout, fleet, heavy, ingest, ours, plot
 from bench import profile as pyspy
 from bench.peers import harness
 from bench.periodic import periodic_lateness
 from bench.procs import Proc, Procs, wait_for_log
 from bench.stats import Json, check_goals, median, render_table, table_rows
-from bench.system import PYTHON, Bus, cpu_seconds, start_bus, start_scheduler
+from bench.system import PYTHON, Bus, cpu_seconds, start_bus, start_scheduler, start_worker
 
 FIGURES = (
     "e2e",
@@ -49,10 +49,17 @@ FIGURES = (
     "delayed",
     "periodic",
     "scheduled",
+    "fleet",
+    "million",
+    "ingest10",
+    "cluster10",
+    "heavy",
 )
 """Names accepted by ``--only`` (``e2e`` includes the raw fork loop it is compared with,
 ``e2e_warm`` warm mode against a process per job, ``cluster`` both figures of three
-schedulers on one bus)."""
+schedulers on one bus; ``fleet``, ``million``, ``ingest10`` and ``cluster10`` say how the
+bus's cost grows with schedulers, queued jobs and producers; ``heavy`` runs a numpy job
+through ours and the peers)."""
 
 WARM_JOBS: Final = 10_000
 """``--warm N`` of the e2e_warm figure's scheduler: no slot process is recycled in a round."""
@@ -133,6 +140,29 @@ HOW: dict[str, str] = {
     "one requeued and restarted, or stolen by the freed slot); the bus's caps on evictions and "
     "deliveries per job are lifted. cluster_eviction says where urgent jobs started and "
     "whether the evicted job was the long job that started last.",
+    "fleet_dispatch": "For 1, 10, 100 and 1,000 schedulers: a fresh bus (--max-connections "
+    "raised) and that many lightweight v2 schedulers of 5 slots in one process (bench.fanout: "
+    "each answers every assign with started+succeeded at once, forking nothing); the bus's "
+    "idle CPU over 1 s (heartbeats), then N pipelined no-op jobs from one producer, first "
+    "submit -> last final event; the bus's psutil CPU per job (and net of its idle share); "
+    "cpu_ratio_largest_vs_1 = the 1,000-scheduler figure over the 1-scheduler one.",
+    "queued_jobs": "A bus with a journal and no scheduler: its RSS with a producer connected, "
+    "then with N no-op jobs queued (submit_many of 1000, 20 frames in flight), all accepted, "
+    "the producer still connected (it watches its jobs); rss_mb_at_1m projects that to "
+    "1,000,000 jobs (the measured RSS when N is 1,000,000). Then SIGTERM, and a bus started "
+    "on the same journal: seconds from its start to 'bus listening', to a producer "
+    "registered, and to its stats reply (queued_after_restart); reload_s_at_1m scales the "
+    "last linearly to 1,000,000 jobs.",
+    "ingest_many_producers": "No scheduler: 10 raw v2 WebSocket producers at once, each "
+    "sending its share of N pre-encoded job_request frames back to back (bulk: 5N jobs in "
+    "submit_many frames of 1000); first send -> the last accepted reply of any of them.",
+    "cluster10_makespan": "As cluster_makespan, with 10 `test_scheduler -s 2` (20 slots): the "
+    "burst submitted while one is connected, then 9 more start and steal.",
+    "heavy": "A job that imports numpy (when its worker starts) and computes for ~5 ms "
+    "(bench/heavy_work.py): ours = `python -m scheduler.worker --tasks bench.heavy_task -s 5` "
+    "plus each variant's options (--ours-variant), N jobs pipelined from one producer after "
+    "20 warm-up jobs, first submit -> last final event; the peers run the same function as "
+    "in the peers figure; ours_ratio = each variant / each peer.",
     "profile": "py-spy record --nonblocking at 250 Hz attached to the bus and the scheduler "
     "during one extra e2e round; shares of the samples (samples ~ CPU time).",
 }
@@ -162,6 +192,13 @@ class Plan:
     cluster_size: int = 2
     cluster_seed: int = 9
     periodic_firings: int = 60
+    fleet_counts: tuple[int, ...] = (1, 10, 100, 1000)
+    fleet_jobs: int = 5000
+    million_jobs: int = 1_000_000
+    many_producers: int = 10
+    cluster10_schedulers: int = 10
+    cluster10_jobs: int = 300
+    heavy_jobs: int = 1000
 
 
 FULL = Plan(False, 2000, 3, 500, 50, 50, 20_000, 100_000, 5000, 2000)
@@ -180,14 +217,27 @@ QUICK = Plan(
     cluster_runtime_s=(0.1, 0.5),
     cluster_evictions=20,
     periodic_firings=20,
+    fleet_jobs=1000,
+    million_jobs=50_000,
+    cluster10_jobs=100,
+    heavy_jobs=200,
 )
 
 
 class Bench:
     """Runs the selected figures into one results dict; a failed figure records its error."""
 
-    def __init__(self, plan: Plan, procs: Procs, workdir: Path) -> None:
+    def __init__(
+        self,
+        plan: Plan,
+        procs: Procs,
+        workdir: Path,
+        variants: Sequence[heavy.Variant] = heavy.VARIANTS,
+        skip_peers: bool = False,
+    ) -> None:
         self.plan = plan
+        self.variants = variants
+        self.skip_peers = skip_peers
         self.procs = procs
         self.workdir = workdir
         self.results: Json = {}
@@ -456,6 +506,122 @@ class Bench:
             await asyncio.gather(*(add(f"evict-s{i + 1}") for i in range(len(names))))
             self.results.update(await cluster.eviction(bus.url, slots, plan.cluster_evictions))
 
+    async def fleet(self) -> None:
+        """Dispatch CPU per job with 1, 10, 100 and 1,000 instant schedulers on one bus."""
+        rows: list[Json] = []
+        for count in self.plan.fleet_counts:
+            room = {"--max-connections": str(count + 100)}
+            async with self.system(f"fleet-{count}", False, room) as (bus, _):
+                argv = [PYTHON, "-m", "bench.fanout", "--url", bus.url, "--count", str(count)]
+                fakes = self.procs.start(f"fleet-{count}-schedulers", argv, cwd=Path.cwd())
+                try:
+                    await wait_for_log(fakes, r"ready \d+", timeout=30 + count / 10)
+                    idle = await fleet.idle_share(bus.ps)
+                    jobs = self.plan.fleet_jobs
+                    found = await fanout.measure(bus.url, bus.ps, jobs, 60 + jobs / 50)
+                finally:
+                    self.procs.stop(fakes)
+            rows.append(fleet.dispatch_row(count, found, idle))
+        self.results["fleet_dispatch"] = fleet.dispatch_summary(rows)
+
+    async def million(self) -> None:
+        """Many queued jobs: the bus's RSS, bytes per job, and its reload after a restart."""
+        jobs = self.plan.million_jobs
+        work = self.workdir / "million"
+        bus = await start_bus(self.procs, work, "million-bus")
+        try:
+            found = await fleet.fill(bus.url, bus.ps, jobs)
+        finally:
+            stopping = time.perf_counter()
+            self.procs.stop(bus.proc, grace=60.0)
+        found["stop_s"] = round(time.perf_counter() - stopping, 2)
+        started = time.perf_counter()
+        again = await start_bus(self.procs, work, "million-bus", ready_timeout=120.0)
+        try:
+            found["restart_to_listening_s"] = round(time.perf_counter() - started, 2)
+            found.update(await fleet.ready_after_restart(again.url, started, 120.0))
+            found["rss_after_restart_mb"] = round(again.ps.memory_info().rss / 2**20, 1)
+        finally:
+            self.procs.stop(again.proc, grace=60.0)
+        found["reload_s_at_1m"] = round(found["restart_to_stats_s"] * 1_000_000 / jobs, 2)
+        self.results["queued_jobs"] = found
+
+    async def ingest10(self) -> None:
+        """Accepted jobs/s with ``plan.many_producers`` producers sending at once."""
+        jobs, producers = self.plan.ingest_jobs, self.plan.many_producers
+        async with self.system("ingest10", scheduler=False) as (bus, _):
+            single = await fleet.ingest_many(bus.url, jobs, producers, bulk=False)
+        async with self.system("ingest10-bulk", scheduler=False) as (bus, _):
+            bulk = await fleet.ingest_many(bus.url, jobs * 5, producers, bulk=True)
+        self.results["ingest_many_producers"] = {
+            "jobs_per_s": single["jobs_per_s"],
+            "bulk_jobs_per_s": bulk["jobs_per_s"],
+            "producers": producers,
+            "jobs": jobs,
+            "bulk_jobs": jobs * 5,
+        }
+
+    async def cluster10(self) -> None:
+        """The cluster makespan figure with ``plan.cluster10_schedulers`` schedulers."""
+        plan = self.plan
+        count = plan.cluster10_schedulers
+        names = [f"c10-s{i + 1}" for i in range(count)]
+        low, high = plan.cluster_runtime_s
+        runtimes = cluster.burst_runtimes(plan.cluster10_jobs, low, high, plan.cluster_seed)
+        async with self.cluster_system("cluster10", {"--steal": "urgent"}) as (bus, add):
+            await add(names[0])
+
+            async def start_others() -> list[str]:
+                await asyncio.gather(*(add(name) for name in names[1:]))
+                return names[1:]
+
+            self.results["cluster10_makespan"] = await cluster.makespan(
+                bus.url, runtimes, count * plan.cluster_size, names[0], start_others,
+                bus.proc.log_text,
+            )  # fmt: skip
+
+    async def heavy(self) -> None:
+        """A task importing numpy and computing ~5 ms: ours (each variant) and the peers'."""
+        mine: Json = {}
+        problem = harness.import_problem(Path(PYTHON), "numpy")
+        for name, extra in self.variants:
+            if problem is not None:
+                mine[name] = {"skipped": f"cannot import numpy: {problem}"}
+                continue
+            async with self.heavy_system(name, extra) as (bus, sched):
+                mine[name] = await heavy.e2e(bus.url, self.plan.heavy_jobs, bus.ps, sched)
+                mine[name]["options"] = " ".join(extra)
+        found: Json = {"task": heavy.DESCRIPTION, "ours": mine}
+        if self.plan.peer_jobs and not self.skip_peers:
+            peers = await harness.run_peers(
+                self.procs, self.workdir, self.plan.heavy_jobs, heavy.best_rate(mine), "heavy"
+            )
+            found["peers"] = peers
+            found["ours_ratio"] = heavy.ratios(mine, peers)
+        else:
+            found["peers"] = {"skipped": "the peers run only in the full run without --skip-peers"}
+        self.results["heavy"] = found
+
+    @asynccontextmanager
+    async def heavy_system(
+        self, name: str, extra: Sequence[str]
+    ) -> AsyncIterator[tuple[Bus, psutil.Process]]:
+        """A fresh bus and one ``scheduler.worker --tasks bench.heavy_tasks`` with ``extra``
+        options, stopped on exit."""
+        work = self.workdir / f"heavy-{name}"
+        bus = await start_bus(self.procs, work, f"heavy-{name}-bus")
+        sched: Proc | None = None
+        try:
+            sched = await start_worker(
+                self.procs, work, bus.url, f"heavy-{name}-sched", self.plan.size,
+                heavy.TASK_MODULE, extra,
+            )  # fmt: skip
+            yield bus, psutil.Process(sched.pid)
+        finally:
+            if sched is not None:
+                self.procs.stop(sched)
+            self.procs.stop(bus.proc)
+
     async def peers(self) -> None:
         """Figure 2: the same workload through RQ, arq, Celery and Dramatiq."""
         ours_rate = self.results.get("e2e_jobs_per_s")
@@ -569,8 +735,19 @@ def selected(only: str | None, skip_peers: bool) -> list[str]:
     return [n for n in FIGURES if n in names and not (skip_peers and n == "peers")]
 
 
+@dataclass(frozen=True)
+class RunOptions:
+    """How the run goes besides its plan: the profile, why the peers are skipped (None:
+    they run), our variants in the heavy figure, and whether the peers are skipped."""
+
+    profile: bool = False
+    skip_reason: str | None = None
+    variants: tuple[heavy.Variant, ...] = heavy.VARIANTS
+    skip_peers: bool = False
+
+
 async def run(
-    plan: Plan, figures: list[str], profile: bool, skip_reason: str | None, workdir: Path
+    plan: Plan, figures: list[str], options: RunOptions, workdir: Path
 ) -> tuple[Json, bool]:
     """Run ``figures`` (and the profile) with logs in ``workdir``; return results, success.
 
@@ -580,7 +757,7 @@ async def run(
     assert task is not None
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
     with Procs(workdir) as procs:
-        bench = Bench(plan, procs, workdir)
+        bench = Bench(plan, procs, workdir, options.variants, options.skip_peers)
         steps: dict[str, tuple[tuple[str, ...], Callable[[], Awaitable[None]]]] = {
             "e2e": (
                 ("e2e_jobs_per_s", "raw_fork_jobs_per_s", "e2e_vs_raw_ratio"),
@@ -601,13 +778,19 @@ async def run(
             "delayed": (("delayed_start_lateness_ms",), bench.delayed),
             "periodic": (("periodic_fire_lateness_ms",), bench.periodic),
             "scheduled": (("bus_scheduled_jobs",), bench.scheduled),
+            "fleet": (("fleet_dispatch",), bench.fleet),
+            "million": (("queued_jobs",), bench.million),
+            "ingest10": (("ingest_many_producers",), bench.ingest10),
+            "cluster10": (("cluster10_makespan",), bench.cluster10),
+            "heavy": (("heavy",), bench.heavy),
         }
         for name in figures:
             keys, step = steps[name]
             await bench.guarded(name, keys, step)
-        if skip_reason is not None:
-            bench.results["peers"] = {name: {"skipped": skip_reason} for name in harness.PEERS}
-        if profile:
+        if options.skip_reason is not None:
+            skipped = {"skipped": options.skip_reason}
+            bench.results["peers"] = {name: skipped for name in harness.PEERS}
+        if options.profile:
             await bench.guarded("profile", ("profile",), bench.profile)
     return bench.results | {"errors": bench.errors}, not bench.errors
 
@@ -625,8 +808,23 @@ async def run(
 @click.option("--skip-peers", is_flag=True, help="Do not run RQ, arq, Celery and Dramatiq.")
 @click.option("--profile", is_flag=True, help="Also profile the bus and scheduler with py-spy.")
 @click.option("--keep-logs", is_flag=True, help="Keep every process's log (kept anyway on errors).")
+@click.option(
+    "--ours-variant",
+    "variants",
+    multiple=True,
+    metavar="NAME=OPTIONS",
+    help="A way to run our worker in the heavy figure: a name and scheduler.worker options "
+    "('warm=--warm 100'); repeat for several. Default: "
+    + ", ".join(f"{n}={' '.join(o)}" for n, o in heavy.VARIANTS),
+)
 def cli(
-    quick: bool, out: Path, only: str | None, skip_peers: bool, profile: bool, keep_logs: bool
+    quick: bool,
+    out: Path,
+    only: str | None,
+    skip_peers: bool,
+    profile: bool,
+    keep_logs: bool,
+    variants: tuple[str, ...],
 ) -> None:
     """Measure schedbus against the raw fork loop and other job queues, in one run.
 
@@ -634,6 +832,10 @@ def cli(
     """
     plan = QUICK if quick else FULL
     figures = selected(only, skip_peers or quick)
+    try:
+        chosen = tuple(heavy.parse_variant(v) for v in variants) or heavy.VARIANTS
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--ours-variant") from None
     skip_reason: str | None = None
     if "peers" in selected(only, False):
         if quick:
@@ -648,7 +850,8 @@ def cli(
     # (in this process or another) reads it there: never the user's own state directory.
     os.environ["XDG_STATE_HOME"] = str(workdir / "state")
     try:
-        results, ok = asyncio.run(run(plan, figures, profile, skip_reason, workdir))
+        options = RunOptions(profile, skip_reason, chosen, skip_peers or quick)
+        results, ok = asyncio.run(run(plan, figures, options, workdir))
     except (KeyboardInterrupt, asyncio.CancelledError):
         shutil.rmtree(workdir, ignore_errors=True)
         click.echo("bench: interrupted; every process it started is stopped", err=True)
@@ -659,6 +862,7 @@ def cli(
     out.write_text(json.dumps(report, indent=2) + "\n")
     click.echo(render_table(table_rows(report)))
     click.echo(f"\nwall time {wall} s; figures written to {out}")
+    click.echo(plot_note(out), err=True)
     if ok and not keep_logs:
         shutil.rmtree(workdir, ignore_errors=True)
     elif ok:
@@ -666,6 +870,14 @@ def cli(
     else:
         click.echo(f"some figures failed: see {out} ('errors') and the logs in {workdir}", err=True)
         sys.exit(1)
+
+
+def plot_note(results: Path) -> str:
+    """Draw the PNG beside ``results``; say where, or why not (the figures stand anyway)."""
+    try:
+        return f"plot written to {plot.write_png(results)}"
+    except ImportError as exc:
+        return f"no plot: {exc} (pip install -r bench/requirements.txt)"
 
 
 def build_report(
@@ -691,8 +903,9 @@ def build_report(
     if plan.quick:
         report["notes"] = [
             f"--quick: {plan.e2e_jobs} e2e jobs in 1 round, {plan.latency_jobs} latency jobs, "
-            f"{plan.memory_jobs} queued jobs for memory, no peers; the full run uses "
-            f"{FULL.e2e_jobs} in {FULL.rounds} rounds, {FULL.latency_jobs} and {FULL.memory_jobs}."
+            f"{plan.memory_jobs} queued jobs for memory, {plan.million_jobs} for queued_jobs, "
+            f"no peers; the full run uses {FULL.e2e_jobs} in {FULL.rounds} rounds, "
+            f"{FULL.latency_jobs}, {FULL.memory_jobs} and {FULL.million_jobs}."
         ]
     return report
 

@@ -100,6 +100,15 @@ GOALS: tuple[Goal, ...] = (
     Goal("delayed_start_lateness_ms.p99", "<=", 20.0, "delayed start lateness p99 <= 20 ms"),
     Goal("periodic_fire_lateness_ms.p50", "<=", 5.0, "periodic lateness p50 <= 5 ms"),
     Goal("periodic_fire_lateness_ms.p99", "<=", 20.0, "periodic lateness p99 <= 20 ms"),
+    Goal(
+        "fleet_dispatch.cpu_ratio_largest_vs_1",
+        "<=",
+        1.5,
+        "bus CPU/job, 1,000 vs 1 scheduler <= 1.5x",
+    ),
+    Goal("queued_jobs.rss_mb_at_1m", "<=", 600.0, "RSS at 1M queued jobs < 600 MB"),
+    Goal("queued_jobs.reload_s_at_1m", "<=", 10.0, "reload of 1M queued jobs < 10 s"),
+    Goal("cluster10_makespan.ratio", "<=", 1.1, "10-scheduler makespan <= 1.1x ideal"),
 )
 
 
@@ -152,6 +161,14 @@ def _fmt_mapping(value: Mapping[str, Any]) -> str:
             f"{fmt(value['makespan_s'])} s vs ideal {fmt(value.get('ideal_s'))} s "
             f"({fmt(value.get('ratio'))}x), {value.get('jobs')} jobs, {value.get('steals')} steals"
         )
+    if "points" in value:
+        return _fmt_curve(value)
+    if "rss_mb_at_1m" in value:
+        return (
+            f"{value.get('jobs'):,} jobs: RSS {fmt(value.get('rss_queued_mb'))} MB, "
+            f"{fmt(value.get('bytes_per_job'))} B/job, ready after restart in "
+            f"{fmt(value.get('restart_to_stats_s'))} s"
+        )
     if "dispatch_jobs_per_s" in value:
         return (
             f"{fmt(value['dispatch_jobs_per_s'])} jobs/s, bus "
@@ -159,6 +176,13 @@ def _fmt_mapping(value: Mapping[str, Any]) -> str:
         )
     parts = [f"{key} {fmt(item)}" for key, item in value.items() if number(item) is not None]
     return ", ".join(parts) if parts else _clip(str(dict(value)))
+
+
+def _fmt_curve(value: Mapping[str, Any]) -> str:
+    points = value.get("points") or []
+    cells = [f"{p.get('schedulers')}: {fmt(p.get('bus_cpu_us_per_job'))}" for p in points]
+    ratio = fmt(value.get("cpu_ratio_largest_vs_1"))
+    return f"bus us CPU/job by schedulers {', '.join(cells)} ({ratio}x)"
 
 
 def _clip(text: str, width: int = 90) -> str:
@@ -173,6 +197,9 @@ def table_rows(results: Mapping[str, Any]) -> list[tuple[str, str, str]]:
             continue
         if key == "peers":
             rows.extend(_peer_rows(results))
+            continue
+        if key == "heavy":
+            rows.extend(_heavy_rows(results[key]))
             continue
         goal = next((g for g in GOALS if g.key.split(".")[0] == key), None)
         rows.append((key, fmt(results[key]), _goal_cell(goal, results)))
@@ -198,6 +225,18 @@ def _peer_rows(results: Mapping[str, Any]) -> list[tuple[str, str, str]]:
             value += f" (ours {peer['ours_ratio']}x)"
         goal = next((g for g in GOALS if g.key == f"peers.{name}.ours_ratio"), None)
         rows.append((f"peers.{name}", value, _goal_cell(goal, results)))
+    return rows
+
+
+def _heavy_rows(heavy: object) -> list[tuple[str, str, str]]:
+    if not isinstance(heavy, Mapping) or "ours" not in heavy:
+        return [("heavy", fmt(heavy), "")]
+    rows = [(f"heavy.ours.{name}", fmt(found), "") for name, found in heavy["ours"].items()]
+    peers = heavy.get("peers")
+    if isinstance(peers, Mapping) and "skipped" not in peers:
+        rows += [(f"heavy.peers.{name}", fmt(found), "") for name, found in peers.items()]
+    else:
+        rows.append(("heavy.peers", fmt(peers), ""))
     return rows
 
 
@@ -227,6 +266,11 @@ FIGURE_KEYS: tuple[str, ...] = (
     "delayed_start_lateness_ms",
     "periodic_fire_lateness_ms",
     "bus_scheduled_jobs",
+    "fleet_dispatch",
+    "queued_jobs",
+    "ingest_many_producers",
+    "cluster10_makespan",
+    "heavy",
 )
 """The figures, in the order they are printed."""
 

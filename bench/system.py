@@ -22,6 +22,9 @@ import psutil
 from bench.procs import Proc, Procs, wait_for_log
 from scheduler.auth import TokenRole, token_for
 
+ROOT = Path(__file__).resolve().parents[1]
+"""The repository root (``bench`` is importable from there)."""
+
 PYTHON = sys.executable
 """The package's interpreter (``.venv``): the bench itself runs in it."""
 
@@ -75,7 +78,11 @@ def known_options(help_text: str, wanted: Mapping[str, str]) -> list[str]:
 
 
 async def start_bus(
-    procs: Procs, workdir: Path, name: str = "bus", options: Mapping[str, str] | None = None
+    procs: Procs,
+    workdir: Path,
+    name: str = "bus",
+    options: Mapping[str, str] | None = None,
+    ready_timeout: float = 20.0,
 ) -> Bus:
     """Start ``python -m scheduler.bus --port 0`` and return it once it listens.
 
@@ -88,7 +95,7 @@ async def start_bus(
     argv = [PYTHON, "-m", "scheduler.bus", "--host", "127.0.0.1", "--port", "0"]
     argv += state_options(help_text, state) + known_options(help_text, options or {})
     proc = procs.start(name, argv, cwd=state)
-    match = await wait_for_log(proc, r"bus listening on (ws://\S+)")
+    match = await wait_for_log(proc, r"bus listening on (ws://\S+)", ready_timeout)
     return Bus(proc, match.group(1), psutil.Process(proc.pid))
 
 
@@ -114,12 +121,44 @@ async def start_scheduler(
     return proc
 
 
+async def start_worker(
+    procs: Procs,
+    workdir: Path,
+    url: str,
+    name: str,
+    size: int,
+    tasks: str,
+    extra: Sequence[str] = (),
+) -> Proc:
+    """Start ``python -m scheduler.worker --tasks TASKS -s SIZE`` plus ``extra`` options
+    (the repository root on its path, for the bench's task modules); return it once
+    registered."""
+    state = workdir / name
+    state.mkdir(parents=True, exist_ok=True)
+    argv = [PYTHON, "-m", "scheduler.worker", "--tasks", tasks, "-s", str(size)]
+    argv += ["--bus", url, "--name", name, *extra]
+    argv += state_options(_help("scheduler.worker"), state)
+    proc = procs.start(name, argv, cwd=state, env={"PYTHONPATH": str(ROOT)})
+    await wait_for_log(proc, r"(?i)registered")
+    return proc
+
+
 def cpu_seconds(ps: psutil.Process, children: bool = False) -> float:
-    """User + system CPU seconds of ``ps``; with ``children``, of the children it reaped."""
+    """User + system CPU seconds of ``ps``; with ``children``, of every process below it:
+    those it reaped, and its live children (a fork server, warm slot processes) with what
+    they reaped (the jobs a fork server forked). A child that ends and is reaped between
+    two readings moves from one part to the other, so differences stay true."""
     times = ps.cpu_times()
-    if children:
-        return float(times.children_user + times.children_system)
-    return float(times.user + times.system)
+    if not children:
+        return float(times.user + times.system)
+    total = float(times.children_user + times.children_system)
+    for child in ps.children():
+        try:
+            t = child.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        total += t.user + t.system + t.children_user + t.children_system
+    return total
 
 
 def client_token(role: TokenRole) -> str | None:

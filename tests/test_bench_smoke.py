@@ -179,3 +179,84 @@ def test_cluster_figures_have_goals_a_row_and_how() -> None:
     assert "cluster eviction p50 <= 10 ms: met" in table
     assert {"cluster_makespan", "cluster_eviction_ms"} <= HOW.keys()
     assert "cluster" in FIGURES and selected("cluster", skip_peers=True) == ["cluster"]
+
+
+def test_fleet_helpers_scale_split_and_take_out_idle_cpu() -> None:
+    from bench import fleet
+
+    # 0.2 s of bus CPU over 1 s for 1000 jobs, 5% of a core idle: 150 us per job.
+    assert fleet.net_cpu_us_per_job(0.2, 0.05, 1.0, 1000) == 150.0
+    assert fleet.net_cpu_us_per_job(0.01, 0.5, 1.0, 10) == 0.0
+    with pytest.raises(ValueError):
+        fleet.net_cpu_us_per_job(0.1, 0.0, 1.0, 0)
+    assert fleet.scaling_ratio({1: 100.0, 10: 110.0, 1000: 150.0}) == 1.5
+    assert fleet.scaling_ratio({1: 100.0}) is None
+    assert fleet.scaling_ratio({1: 0.0, 10: 1.0}) is None
+    assert fleet.split_jobs(23, 10) == [3, 3, 3, 2, 2, 2, 2, 2, 2, 2]
+    with pytest.raises(ValueError):
+        fleet.split_jobs(5, 0)
+    row = fleet.dispatch_row(10, {"jobs": 1000, "dispatch_jobs_per_s": 1000.0,
+                                  "bus_cpu_us_per_job": 200.0}, 0.05)  # fmt: skip
+    assert row["bus_cpu_us_per_job_net_of_idle"] == 150.0
+    summary = fleet.dispatch_summary([row | {"schedulers": 1}, row | {"schedulers": 1000}])
+    assert summary["cpu_ratio_largest_vs_1"] == 1.0 and len(summary["points"]) == 2
+
+
+def test_heavy_variants_parse_and_ratios() -> None:
+    from bench import heavy
+
+    assert heavy.parse_variant("warm=--warm 100") == ("warm", ("--warm", "100"))
+    assert heavy.parse_variant("fork_server") == ("fork_server", ())
+    for bad in ("=--warm 1", "a b=--x"):
+        with pytest.raises(ValueError, match="NAME=OPTIONS"):
+            heavy.parse_variant(bad)
+    ours: dict[str, stats.Json] = {
+        "fork": {"jobs_per_s": 300.0},
+        "warm": {"jobs_per_s": 600.0},
+        "x": {"skipped": "y"},
+    }
+    assert heavy.best_rate(ours) == 600.0 and heavy.best_rate({}) is None
+    peers: dict[str, stats.Json] = {"celery": {"jobs_per_s": 300.0}, "rq": {"skipped": "no"}}
+    assert heavy.ratios(ours, peers) == {"fork": {"celery": 1.0}, "warm": {"celery": 2.0}, "x": {}}
+
+
+def test_peer_drivers_serve_the_job_they_are_told(monkeypatch: pytest.MonkeyPatch) -> None:
+    from bench.peers import common
+
+    monkeypatch.delenv(common.TASK_ENV, raising=False)
+    assert common.task_name() == "noop" and common.job_function() is common.noop
+    monkeypatch.setenv(common.TASK_ENV, "nope")
+    with pytest.raises(SystemExit, match="choose from noop, heavy"):
+        common.task_name()
+
+
+def test_plot_panels_take_what_ran_and_leave_out_the_rest() -> None:
+    from bench import plot
+
+    report = {
+        "e2e_jobs_per_s": 400.0,
+        "raw_fork_jobs_per_s": {"error": "boom"},
+        "peers": {"rq": {"jobs_per_s": 200.0}, "arq": {"skipped": "no"}},
+        "heavy": {"ours": {"fork": {"jobs_per_s": 80.0}}, "peers": {"skipped": "quick"}},
+        "fleet_dispatch": {"points": [{"schedulers": 1, "bus_cpu_us_per_job": 180.0}]},
+        "ingest_many_producers": {"jobs_per_s": 17000.0, "bulk_jobs_per_s": {"error": "x"}},
+        "machine": {"code": {"commit": "abc1234"}},
+    }
+    found = plot.panels(report)
+    assert found.noop == [("ours", 400.0), ("rq", 200.0)]
+    assert found.heavy == [("ours fork", 80.0)]
+    assert found.fleet == [(1, 180.0)]
+    assert found.ingest == [("10 producers", 17000.0)]
+    assert "abc1234" in found.title
+    assert plot.panels({}) == plot.Panels(title="schedbus bench, ?, commit None")
+
+
+def test_plot_draws_a_png_beside_the_json(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib", exc_type=ImportError)
+    from bench import plot
+
+    results = tmp_path / "bench-results.json"
+    results.write_text('{"e2e_jobs_per_s": 400, "peers": {"rq": {"jobs_per_s": 200}}}')
+    written = plot.write_png(results)
+    assert written == tmp_path / "bench-results.png"
+    assert written.read_bytes().startswith(b"\x89PNG")

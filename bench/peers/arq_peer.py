@@ -12,7 +12,17 @@ import sys
 import time
 from typing import Any
 
-from bench.peers.common import PY, Result, Workers, load, main, outcome
+from bench.peers.common import (
+    PY,
+    Result,
+    Workers,
+    heavy,
+    job_function,
+    load,
+    main,
+    outcome,
+    task_name,
+)
 
 POLL_DELAY_S = 0.01
 CHUNK = 100
@@ -22,17 +32,27 @@ async def noop(ctx: dict[str, Any]) -> None:
     """The job, as arq runs it: a coroutine."""
 
 
+async def heavy_job(ctx: dict[str, Any]) -> None:
+    """The realistic job, run on the worker's event loop as arq runs any coroutine."""
+    heavy()
+
+
 def worker(url: str) -> None:
     """One arq worker serving :func:`noop`."""
     arq_worker, connections = load("arq.worker"), load("arq.connections")
+    job_function()  # the job's imports, at start
     settings = connections.RedisSettings.from_dsn(url)
     arq_worker.Worker(
-        functions=[noop], redis_settings=settings, poll_delay=POLL_DELAY_S, handle_signals=True
+        functions=[noop, heavy_job],
+        redis_settings=settings,
+        poll_delay=POLL_DELAY_S,
+        handle_signals=True,
     ).run()
 
 
 async def _drive(url: str, jobs: int, workers: Workers) -> Result:
     arq, connections = load("arq"), load("arq.connections")
+    function = "noop" if task_name() == "noop" else "heavy_job"
     pool = await arq.create_pool(connections.RedisSettings.from_dsn(url))
     await pool.flushall()
     workers.start([PY, "-m", "bench.peers.arq_peer", "worker", "--redis", url])
@@ -40,7 +60,7 @@ async def _drive(url: str, jobs: int, workers: Workers) -> Result:
     async def run(count: int) -> float:
         ids: list[str] = []
         for first in range(0, count, CHUNK):
-            batch = [pool.enqueue_job("noop") for _ in range(min(CHUNK, count - first))]
+            batch = [pool.enqueue_job(function) for _ in range(min(CHUNK, count - first))]
             ids += [job.job_id for job in await asyncio.gather(*batch)]
         keys = [f"arq:result:{job_id}" for job_id in ids]
         deadline = time.monotonic() + 600

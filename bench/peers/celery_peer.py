@@ -19,9 +19,9 @@ from bench.peers.common import (
     REDIS_ENV,
     Result,
     Workers,
+    job_function,
     load,
     main,
-    noop,
     outcome,
     wait_until,
 )
@@ -30,12 +30,12 @@ CONCURRENCY = 2
 
 
 def make_app(url: str) -> Any:
-    """The Celery app with the bench task registered as ``bench.noop``."""
+    """The Celery app with the bench's job (:func:`job_function`) as ``bench.job``."""
     celery = load("celery")
     app = celery.Celery("bench", broker=url, backend=url)
     app.conf.task_default_queue = QUEUE
     app.conf.worker_hijack_root_logger = False
-    app.task(name="bench.noop")(noop)
+    app.task(name="bench.job")(job_function())
     return app
 
 
@@ -48,7 +48,7 @@ def drive(url: str, jobs: int, workers: Workers) -> Result:
     connection = redis.Redis.from_url(url)
     connection.flushall()
     client = make_app(url)
-    task = client.tasks["bench.noop"]
+    task = client.tasks["bench.job"]
     workers.start(
         [PY, "-m", "celery", "-A", "bench.peers.celery_peer", "worker", "--pool", "prefork"]
         + ["--concurrency", str(CONCURRENCY), "--loglevel", "WARNING", "-Q", QUEUE]

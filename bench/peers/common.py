@@ -30,6 +30,9 @@ PY = sys.executable
 NOOP_RUNTIME = 1e-6
 QUEUE = "bench"
 REDIS_ENV = "BENCH_REDIS_URL"
+TASK_ENV = "BENCH_TASK"
+"""Which job the workers run: ``noop`` or ``heavy`` (set by ``drive --task``)."""
+TASKS = ("noop", "heavy")
 
 Result = dict[str, Any]
 Drive = Callable[[str, int, "Workers"], Result]
@@ -43,6 +46,31 @@ def load(name: str) -> Any:
 def noop() -> None:
     """The job: what schedbus's ``sleep`` task does for a no-op job."""
     time.sleep(NOOP_RUNTIME)
+
+
+def heavy() -> None:
+    """The realistic job: :func:`bench.heavy_work.work` (numpy, about 5 ms of CPU)."""
+    from bench.heavy_work import work
+
+    work()
+
+
+def task_name() -> str:
+    """The job the workers of this run serve (``$BENCH_TASK``, default ``noop``)."""
+    name = os.environ.get(TASK_ENV, "noop")
+    if name not in TASKS:
+        raise SystemExit(f"{TASK_ENV}={name!r}: choose from {', '.join(TASKS)}")
+    return name
+
+
+def job_function() -> Callable[[], None]:
+    """The function of :func:`task_name`; for ``heavy``, numpy is imported now (as a worker
+    that imports its tasks at start does)."""
+    if task_name() == "heavy":
+        import bench.heavy_work  # noqa: F401  (the import is the point)
+
+        return heavy
+    return noop
 
 
 class Workers:
@@ -125,6 +153,9 @@ def main(argv: Sequence[str], drive: Drive, worker: Callable[[str], None] | None
         return
     if command != "drive":
         raise SystemExit(f"unknown command {command!r}")
+    # The workers inherit the environment: they serve the same job.
+    os.environ[TASK_ENV] = args.get("task", "noop")
+    task_name()
     # SIGTERM (the bench stopping us) unwinds through Workers.__exit__: workers stop too.
     signal.signal(signal.SIGTERM, _exit_on_signal)
     with Workers(url) as workers:
@@ -144,4 +175,5 @@ def outcome(jobs: int, elapsed: float, how: str, version: str) -> Result:
         "jobs": jobs,
         "how": how,
         "version": version,
+        "task": task_name(),
     }

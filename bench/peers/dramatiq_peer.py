@@ -20,9 +20,9 @@ from bench.peers.common import (
     ROOT,
     Result,
     Workers,
+    job_function,
     load,
     main,
-    noop,
     outcome,
 )
 
@@ -34,7 +34,7 @@ def make_broker(url: str) -> tuple[Any, Any]:
     dramatiq, brokers = load("dramatiq"), load("dramatiq.brokers.redis")
     broker = brokers.RedisBroker(url=url)
     dramatiq.set_broker(broker)
-    actor = dramatiq.actor(actor_name="noop", queue_name=QUEUE)(noop)
+    actor = dramatiq.actor(actor_name="job", queue_name=QUEUE)(job_function())
     return broker, actor
 
 

@@ -71,10 +71,12 @@ async def start_redis(procs: Procs, workdir: Path, server: str) -> tuple[Proc, s
     return proc, f"redis://127.0.0.1:{port}/0"
 
 
-async def _drive(procs: Procs, workdir: Path, name: str, url: str, jobs: int, limit: float) -> Json:
-    out = workdir / f"peer-{name}.json"
+async def _drive(
+    procs: Procs, workdir: Path, name: str, url: str, jobs: int, limit: float, task: str
+) -> Json:
+    out = workdir / f"peer-{name}-{task}.json"
     argv = [str(PEER_PYTHON), "-m", f"bench.peers.{name}_peer", "drive"]
-    argv += ["--redis", url, "--jobs", str(jobs), "--out", str(out)]
+    argv += ["--redis", url, "--jobs", str(jobs), "--out", str(out), "--task", task]
     proc = procs.start(f"peer-{name}", argv, cwd=ROOT, env={"PYTHONPATH": str(ROOT)})
     deadline = time.monotonic() + limit
     while proc.popen.poll() is None:
@@ -95,11 +97,13 @@ async def run_peers(
     workdir: Path,
     jobs: int,
     ours: float | None,
+    task: str = "noop",
     limit: float = 120.0,
     warm: float | None = None,
 ) -> Json:
-    """``{peer: {jobs_per_s, ours_ratio, how, ...} | {skipped}}`` for every peer, with
-    ``warm_ratio`` too when ``warm`` (our warm mode's jobs/s) is given."""
+    """``{peer: {jobs_per_s, ours_ratio, how, ...} | {skipped}}`` for every peer, each
+    running ``jobs`` of ``task`` (:data:`bench.peers.common.TASKS`), with ``warm_ratio``
+    too when ``warm`` (our warm mode's jobs/s) is given."""
     if not PEER_PYTHON.exists():
         reason = f"{PEER_PYTHON.parent.parent.name} is not set up (scripts/bench creates it)"
         return {name: {"skipped": reason} for name in PEERS}
@@ -115,7 +119,7 @@ async def run_peers(
             if problem is not None:
                 results[name] = {"skipped": f"cannot import {module}: {problem}"}
                 continue
-            result = await _drive(procs, workdir, name, url, jobs, limit)
+            result = await _drive(procs, workdir, name, url, jobs, limit, task)
             if "jobs_per_s" in result:
                 result["ours_ratio"] = ratio(ours, result["jobs_per_s"])
                 if warm is not None:

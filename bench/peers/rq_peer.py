@@ -9,15 +9,26 @@ from __future__ import annotations
 import sys
 import time
 
-from bench.peers.common import PY, QUEUE, Result, Workers, load, main, outcome, wait_until
+from bench.peers.common import (
+    PY,
+    QUEUE,
+    Result,
+    Workers,
+    job_function,
+    load,
+    main,
+    outcome,
+    task_name,
+    wait_until,
+)
 
 WORKERS = 2
-TASK = "bench.peers.common.noop"
 
 
 def worker(url: str) -> None:
     """One forking RQ worker on the bench queue."""
     redis, rq = load("redis"), load("rq")
+    job_function()  # the job's imports, before the work horses fork
     connection = redis.Redis.from_url(url)
     queue = rq.Queue(QUEUE, connection=connection)
     rq.Worker([queue], connection=connection).work(logging_level="WARNING")
@@ -32,14 +43,15 @@ def drive(url: str, jobs: int, workers: Workers) -> Result:
         workers.start([PY, "-m", "bench.peers.rq_peer", "worker", "--redis", url])
     queue = rq.Queue(QUEUE, connection=connection)
     finished = queue.finished_job_registry
+    task = f"bench.peers.common.{task_name()}"
 
     def count() -> int:
         return int(finished.get_job_count(cleanup=False))
 
-    queue.enqueue_many([rq.Queue.prepare_data(TASK) for _ in range(WORKERS)])
+    queue.enqueue_many([rq.Queue.prepare_data(task) for _ in range(WORKERS)])
     wait_until(lambda: count() >= WORKERS, 60, "warm-up jobs", workers=workers)
     t0 = time.perf_counter()
-    queue.enqueue_many([rq.Queue.prepare_data(TASK) for _ in range(jobs)])
+    queue.enqueue_many([rq.Queue.prepare_data(task) for _ in range(jobs)])
     t1 = wait_until(lambda: count() >= WORKERS + jobs, 600, f"{jobs} jobs", workers=workers)
     how = f"{WORKERS} rq.Worker processes (fork per job), enqueue_many, FinishedJobRegistry"
     return outcome(jobs, t1 - t0, how, str(rq.__version__))

@@ -22,7 +22,7 @@ from scheduler.bus.config import BusConfig
 from scheduler.bus.connection import Connection
 from scheduler.bus.fanout import Fanout
 from scheduler.bus.gate import FrameGate, Recipient, Refusal, journal_problem
-from scheduler.bus.journal import MEMORY, Journal, JournalError
+from scheduler.bus.journal import MEMORY, Journal, JournalError, paused_gc
 from scheduler.bus.metrics import BusMetrics, LiveFigures
 from scheduler.bus.registry import Registry
 from scheduler.codec import encode, encode_v1_payload
@@ -110,13 +110,14 @@ class Hub:
         journal = self._journal = Journal.open(self.config.db)
         journal.on_commit = self.metrics.journal_committed
         self._gate = FrameGate(journal, self._refused)
-        jobs = journal.load()
-        promised = journal.restart_promise()
-        wall = self.wall()
-        stored = {i: job for i in restore_ids(jobs) if (job := journal.get(i)) is not None}
-        self.core.restore(
-            jobs, journal.next_seq(), self.clock(), wall, promised_until=promised, stored=stored
-        )
+        with paused_gc():
+            jobs = journal.load()
+            promised = journal.restart_promise()
+            wall = self.wall()
+            stored = {i: job for i in restore_ids(jobs) if (job := journal.get(i)) is not None}
+            self.core.restore(
+                jobs, journal.next_seq(), self.clock(), wall, promised_until=promised, stored=stored
+            )
         self.registry.restore_secrets(journal)
         held = [job for job in jobs if job.holder is not None]
         self._started_at = self.clock()

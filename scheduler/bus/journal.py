@@ -15,6 +15,7 @@ in :mod:`scheduler.bus.journal_lock`.
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import sqlite3
 import time
@@ -81,6 +82,23 @@ class _Flight:
     def __init__(self, batch: asyncio.Future[None] | None) -> None:
         self.batch = batch
         self.outcome: _Outcome = (None, 0.0)
+
+
+@contextmanager
+def paused_gc() -> Iterator[None]:
+    """No cyclic garbage collection inside (reference counting still frees memory).
+
+    For reloading a journal: building a million job records would otherwise run a full
+    collection every so often, each walking every record built so far (a third of the
+    reload's time at a million queued jobs). The records hold no reference cycles.
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 class Journal:
@@ -174,16 +192,22 @@ class Journal:
 
     def load(self) -> list[Job]:
         """Every job that is not final, queued writes included, in ``seq`` order."""
+        # Row by row: holding every row at once (a million of them after a restart) would
+        # leave the bus's heap that much larger for good.
         with self._failing("load"):
-            rows: dict[str, Sequence[Any]] = {
-                row[0]: row for row in self._reader.execute(LOAD, LIVE_STATES)
-            }
-            for job_id, pending in self._overlay().items():
-                if pending is None or pending[4] in FINAL_EVENTS:
-                    rows.pop(job_id, None)
-                else:
-                    rows[job_id] = pending
-            return [job_of(row) for row in sorted(rows.values(), key=lambda row: row[1])]
+            overlay = self._overlay()
+            jobs = [
+                job_of(row)
+                for row in self._reader.execute(LOAD, LIVE_STATES)
+                if row[0] not in overlay
+            ]
+            jobs += [
+                job_of(row)
+                for row in overlay.values()
+                if row is not None and row[4] not in FINAL_EVENTS
+            ]
+            jobs.sort(key=lambda job: job.seq)
+            return jobs
 
     def next_seq(self) -> int:
         """One more than the highest ``seq`` ever saved (0 for a new journal), so arrival

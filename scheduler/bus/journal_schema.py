@@ -25,6 +25,7 @@ durability; :func:`row_of` and :func:`job_of` turn a job into a row and back.
 from __future__ import annotations
 
 import sqlite3
+import sys
 from collections.abc import Sequence
 from typing import Any, Final, cast, get_args
 
@@ -298,9 +299,19 @@ def _encode_row(job: Job) -> Row:
     )
 
 
+_STATES: Final[dict[str, JobState]] = {state: state for state in get_args(JobState)}
+"""Each state's one string: a reloaded job shares it rather than holding its own copy."""
+
+
+def _shared(text: str | None) -> str | None:
+    """``text`` as the interpreter's one copy (scheduler and owner names repeat across
+    many jobs; a million reloaded jobs would each hold their own copy otherwise)."""
+    return None if text is None else sys.intern(text)
+
+
 def job_of(row: Sequence[Any]) -> Job:
     """The job row read back from the jobs table holds; raise msgspec.DecodeError naming it if
-    it cannot be read."""
+    it cannot be read. Its state, holder and owner strings are shared with the other jobs'."""
     try:
         payload = _payload_decoder.decode(row[2])
         errors = _errors_decoder.decode(row[10])
@@ -312,9 +323,9 @@ def job_of(row: Sequence[Any]) -> Job:
         seq=row[1],
         payload=payload,
         submitted_at=row[3],
-        state=cast(JobState, row[4]),
+        state=_STATES.get(row[4], cast(JobState, row[4])),
         attempt=row[5],
-        holder=row[6],
+        holder=_shared(row[6]),
         deliveries=row[7],
         evictions=row[8],
         retries=row[9],
@@ -324,7 +335,7 @@ def job_of(row: Sequence[Any]) -> Job:
         finished_at=row[13],
         result=result,
         traceback=row[15],
-        owner=row[16],
+        owner=_shared(row[16]),
         output=row[17],
         started_at=row[18],
         exit_code=row[19],

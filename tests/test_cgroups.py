@@ -12,9 +12,10 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 from click.testing import CliRunner
-from conftest import Commands, jobs_of, unit, wait_until
+from conftest import Commands, is_fork_server, jobs_of, unit, wait_until
 from test_containment import alive, all_gone, escapees, started_escape, worker
 
 from scheduler.worker import cli as worker_command
@@ -118,10 +119,15 @@ async def test_a_restarted_scheduler_kills_what_its_killed_jobs_left(
     async with worker(commands, "--cgroup", str(delegated)) as (peer, worker_pid):
         pids = await started_escape(peer, tmp_path, "hang", escapees)
         [job] = jobs_of(worker_pid)
-        escapees.append(job.pid)
-        # Both at once: nobody is left to run the death handler or reap orphans.
-        os.kill(job.pid, signal.SIGKILL)
-        os.kill(worker_pid, signal.SIGKILL)
+        servers = [p.pid for p in psutil.Process(worker_pid).children() if is_fork_server(p)]
+        escapees.extend([job.pid, *servers])
+        # All of them frozen first, then killed: nobody is left to run the death handler or
+        # reap orphans (the job's orphans would go to its fork server, then to the worker).
+        chain = [job.pid, *servers, worker_pid]
+        for pid in chain:
+            os.kill(pid, signal.SIGSTOP)
+        for pid in chain:
+            os.kill(pid, signal.SIGKILL)
         await wait_until(lambda: not alive(worker_pid), 5 * unit(), "the worker to die")
         assert all(map(alive, pids)), "without the cgroup they would survive"
     async with worker(commands, "--cgroup", str(delegated)):

@@ -20,7 +20,8 @@ placed on by load, never chosen to evict, and nothing waiting there is stolen.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import Protocol
 
 from scheduler.policy.eviction import eviction_key
 
@@ -36,24 +37,84 @@ class Seat:
     started: int | None = None
 
 
-@dataclass(eq=False, slots=True)
-class Slots:
-    """One scheduler's ``size`` slots as the bus books them."""
+class SlotsWatcher(Protocol):
+    """An index over some schedulers' :class:`Slots` (:mod:`scheduler.policy.placement_index`)
+    that learns of every change that can move a placement."""
 
-    name: str
-    size: int
-    busy: int = 0
-    pending: int = 0
-    incoming: int = 0
-    last_pick: int = -1
-    # priority -> {job id: start order}, in start order: the evictable running jobs.
-    _victims: dict[int, dict[str, int]] = field(default_factory=dict)
+    def moved(self, at: int) -> None:
+        """The booking (load, size or last pick) of its member ``at`` changed."""
+
+    def victims_changed(self, at: int) -> None:
+        """The least urgent evictable running job of its member ``at`` may have changed."""
+
+
+class Slots:
+    """One scheduler's ``size`` slots as the bus books them.
+
+    Every change that can move a placement tells the watchers (indexes of the
+    schedulers serving a task) the scheduler is in: set ``size``, ``incoming`` and
+    ``last_pick`` by assignment, and ``busy`` and ``pending`` through the methods.
+    """
+
+    __slots__ = (
+        "name",
+        "_size",
+        "busy",
+        "pending",
+        "_incoming",
+        "_last_pick",
+        "_victims",
+        "_watchers",
+    )
+
+    def __init__(self, name: str, size: int) -> None:
+        """``size`` free slots of scheduler ``name``, never picked yet."""
+        self.name = name
+        self._size = size
+        self.busy = 0
+        self.pending = 0
+        self._incoming = 0
+        self._last_pick = -1
+        # priority -> {job id: start order}, in start order: the evictable running jobs.
+        self._victims: dict[int, dict[str, int]] = {}
+        # Each watcher with this scheduler's position in it.
+        self._watchers: list[tuple[SlotsWatcher, int]] = []
+
+    @property
+    def size(self) -> int:
+        """How many jobs it runs at once."""
+        return self._size
+
+    @size.setter
+    def size(self, size: int) -> None:
+        self._size = size
+        self._moved()
+
+    @property
+    def incoming(self) -> int:
+        """Slots kept for steals on their way to it."""
+        return self._incoming
+
+    @incoming.setter
+    def incoming(self, incoming: int) -> None:
+        self._incoming = incoming
+        self._moved()
+
+    @property
+    def last_pick(self) -> int:
+        """When placement last chose it (a count; -1: never)."""
+        return self._last_pick
+
+    @last_pick.setter
+    def last_pick(self, last_pick: int) -> None:
+        self._last_pick = last_pick
+        self._moved()
 
     @property
     def free(self) -> int:
         """Slots neither running, promised to an assigned attempt, nor to a steal
         (negative when jobs wait in its local queue)."""
-        return self.size - self.busy - self.pending - self.incoming
+        return self._size - self.busy - self.pending - self._incoming
 
     @property
     def queue(self) -> int:
@@ -63,11 +124,20 @@ class Slots:
     @property
     def load(self) -> float:
         """Booked jobs per slot."""
-        return (self.busy + self.pending + self.incoming) / self.size
+        return (self.busy + self.pending + self._incoming) / self._size
+
+    def watch(self, watcher: SlotsWatcher, at: int) -> None:
+        """Tell ``watcher`` of every change from now on, as its member ``at``."""
+        self._watchers.append((watcher, at))
+
+    def unwatch(self, watcher: SlotsWatcher) -> None:
+        """Stop telling ``watcher`` of changes."""
+        self._watchers = [(w, at) for w, at in self._watchers if w is not watcher]
 
     def book(self) -> None:
         """Count one more attempt assigned here and not started."""
         self.pending += 1
+        self._moved()
 
     def start(self, job_id: str, seat: Seat, order: int) -> None:
         """Move booked attempt ``job_id`` from pending to running, ``order``-th to start;
@@ -77,21 +147,25 @@ class Slots:
         self.busy += 1
         if seat.evictable:
             self._victims.setdefault(seat.priority, {})[job_id] = order
+            self._victims_changed()
 
     def release(self, job_id: str, seat: Seat) -> None:
         """Forget booked attempt ``job_id`` (it ended, or left this scheduler)."""
         if seat.started is None:
             self.pending -= 1
-            return
-        self.busy -= 1
-        self.spare(job_id, seat.priority)
+        else:
+            self.busy -= 1
+            self.spare(job_id, seat.priority)
+        self._moved()
 
     def spare(self, job_id: str, priority: int) -> None:
         """No longer offer running ``job_id`` as an eviction victim: an eviction of it is
         on its way (so the next urgent job picks another), or it left."""
         victims = self._victims.get(priority)
-        if victims is not None and victims.pop(job_id, None) is not None and not victims:
-            del self._victims[priority]
+        if victims is not None and victims.pop(job_id, None) is not None:
+            if not victims:
+                del self._victims[priority]
+            self._victims_changed()
 
     def least_urgent(self) -> tuple[int, int, str] | None:
         """``(priority, start order, job id)`` of the evictable running job this
@@ -102,6 +176,14 @@ class Slots:
         # Each priority's jobs are in start order, so the last has the greatest key.
         job_id, order = next(reversed(self._victims[priority].items()))
         return priority, order, job_id
+
+    def _moved(self) -> None:
+        for watcher, at in self._watchers:
+            watcher.moved(at)
+
+    def _victims_changed(self) -> None:
+        for watcher, at in self._watchers:
+            watcher.victims_changed(at)
 
 
 @dataclass(frozen=True, slots=True)

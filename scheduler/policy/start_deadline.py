@@ -7,21 +7,32 @@ report, or any report that ends an attempt). Once ``deadline_s`` has passed sinc
 later of its oldest unstarted assignment and its last progress, the scheduler is
 *overdue*: the dispatch core takes those attempts back and gives it no new work until
 it starts something or registers again.
+
+The bus asks for the next deadline after every message it applies, so each scheduler's
+deadline is kept up to date as it changes and the deadlines sit in a heap: asking costs
+the same with 1 or 1,000 schedulers.
 """
 
 from __future__ import annotations
 
+import heapq
 from collections import deque
 from dataclasses import dataclass, field
+
+_SLACK = 64
+"""Stale heap entries tolerated beyond one per watched scheduler before a rebuild."""
 
 
 @dataclass(slots=True)
 class _Watched:
-    """One scheduler's unstarted attempts, oldest first, and its last progress."""
+    """One scheduler's unstarted attempts, oldest first, its last progress, and the
+    deadline those give (None while nothing is unstarted)."""
 
+    seq: int
     order: deque[tuple[float, str]] = field(default_factory=deque)
     assigned: dict[str, float] = field(default_factory=dict)
     progress: float = float("-inf")
+    due: float | None = None
 
     def oldest(self) -> float | None:
         """When the oldest attempt still unstarted was assigned (drops stale entries)."""
@@ -39,23 +50,28 @@ class StartWatch:
             raise ValueError(f"start_deadline must be > 0 s, not {deadline_s}")
         self.deadline_s = deadline_s
         self._watched: dict[str, _Watched] = {}
+        self._seq = 0
+        # (due, seq, name) entries; one that is no longer its scheduler's due is stale.
+        self._heap: list[tuple[float, int, str]] = []
 
     def assigned(self, scheduler: str, job_id: str, now: float) -> None:
         """``job_id`` was assigned to ``scheduler`` at ``now`` and has not started."""
-        watched = self._watched.setdefault(scheduler, _Watched())
+        watched = self._watch(scheduler)
         watched.assigned[job_id] = now
         watched.order.append((now, job_id))
+        self._update(scheduler, watched)
 
     def settled(self, scheduler: str, job_id: str) -> None:
         """``job_id`` started at ``scheduler``, or left it unstarted: no longer watched."""
         watched = self._watched.get(scheduler)
-        if watched is not None:
-            watched.assigned.pop(job_id, None)
+        if watched is not None and watched.assigned.pop(job_id, None) is not None:
+            self._update(scheduler, watched)
 
     def progressed(self, scheduler: str, now: float) -> None:
         """``scheduler`` made progress at ``now`` (started or ended an attempt)."""
-        watched = self._watched.setdefault(scheduler, _Watched())
+        watched = self._watch(scheduler)
         watched.progress = now
+        self._update(scheduler, watched)
 
     def forget(self, scheduler: str) -> None:
         """Stop watching ``scheduler`` (it is gone); unknown names are fine."""
@@ -64,20 +80,53 @@ class StartWatch:
     def due(self, scheduler: str) -> float | None:
         """When ``scheduler`` becomes overdue, or None while it has nothing unstarted."""
         watched = self._watched.get(scheduler)
-        oldest = None if watched is None else watched.oldest()
-        if oldest is None:
-            return None
-        assert watched is not None
-        return max(oldest, watched.progress) + self.deadline_s
+        return None if watched is None else watched.due
 
     def next_deadline(self) -> float | None:
         """The earliest time any watched scheduler becomes overdue, or None."""
-        dues = [due for name in self._watched if (due := self.due(name)) is not None]
-        return min(dues, default=None)
+        heap = self._heap
+        while heap and not self._stands(*heap[0]):
+            heapq.heappop(heap)
+        return heap[0][0] if heap else None
 
     def overdue(self, now: float) -> list[str]:
         """The schedulers overdue at ``now``, in the order they were first watched.
         Changes nothing: the caller settles their attempts."""
-        return [
-            name for name in self._watched if (due := self.due(name)) is not None and due <= now
-        ]
+        found: dict[int, str] = {}
+        heap = self._heap
+        # Walk the heap's tree below ``now`` only: a node's children are never earlier.
+        stack = [0] if heap else []
+        while stack:
+            i = stack.pop()
+            due, seq, name = heap[i]
+            if due > now:
+                continue
+            if self._stands(due, seq, name):
+                found[seq] = name
+            stack.extend(c for c in (2 * i + 1, 2 * i + 2) if c < len(heap))
+        return [found[seq] for seq in sorted(found)]
+
+    def _watch(self, scheduler: str) -> _Watched:
+        watched = self._watched.get(scheduler)
+        if watched is None:
+            watched = self._watched[scheduler] = _Watched(self._seq)
+            self._seq += 1
+        return watched
+
+    def _update(self, scheduler: str, watched: _Watched) -> None:
+        """Recompute ``scheduler``'s deadline and push it if it changed."""
+        oldest = watched.oldest()
+        due = None if oldest is None else max(oldest, watched.progress) + self.deadline_s
+        if due == watched.due:
+            return
+        watched.due = due
+        if due is None:
+            return
+        heapq.heappush(self._heap, (due, watched.seq, scheduler))
+        if len(self._heap) > 2 * len(self._watched) + _SLACK:
+            self._heap = [e for e in self._heap if self._stands(*e)]
+            heapq.heapify(self._heap)
+
+    def _stands(self, due: float, seq: int, name: str) -> bool:
+        watched = self._watched.get(name)
+        return watched is not None and watched.seq == seq and watched.due == due

@@ -39,7 +39,8 @@ from scheduler.policy.dispatch.steals import Steals
 from scheduler.policy.dispatch.timers import Timers
 from scheduler.policy.events import job_event
 from scheduler.policy.job import Job
-from scheduler.policy.placement import Enqueue, EvictFor, Seat, Slots, place
+from scheduler.policy.placement import Enqueue, EvictFor, Seat, place
+from scheduler.policy.placement_index import Pool
 from scheduler.policy.stats import BusCounters
 from scheduler.policy.stealing import steal_strategy
 from scheduler.protocol import Assignment, JobEvent, Report
@@ -118,7 +119,7 @@ class Lifecycle:
 
     # --- dispatch ------------------------------------------------------------------------
 
-    def eligible(self, task: str, now: float) -> list[Slots]:
+    def eligible(self, task: str, now: float) -> Pool:
         """The slots of the connected schedulers serving ``task`` (v1 jobs expired first)."""
         self.expire_v1(now)
         return self.registry.serving(task)
@@ -131,14 +132,14 @@ class Lifecycle:
             error = f"delivered {job.deliveries} times (limit {limit}) without an outcome"
             self.finish(job, "dead", wall, out, error=error)
             return
-        candidates = self.eligible(job.payload.task, now)
-        if job.payload.pin is not None:
-            candidates = [c for c in candidates if c.name == job.payload.pin]
-        if not candidates:
+        pool = self.eligible(job.payload.task, now)
+        pin = job.payload.pin
+        pinned = None if pin is None else pool.get(pin)
+        if not pool or (pin is not None and pinned is None):
             self.backlog.push(job)
             return
         priority = self.priority(job, now)
-        where = place(priority, candidates)
+        where = pool.place(priority) if pinned is None else place(priority, [pinned])
         assert where is not None
         s = self.registry.by_name[where.scheduler]
         if isinstance(where, EvictFor):

@@ -11,6 +11,7 @@ from scheduler.policy.dispatch.config import DEFAULT_TASKS, V1_SIZE, DispatchCon
 from scheduler.policy.dispatch.decisions import SchedulerInfo
 from scheduler.policy.lease import Leases
 from scheduler.policy.placement import Seat, Slots
+from scheduler.policy.placement_index import Pool
 from scheduler.policy.start_deadline import StartWatch
 from scheduler.policy.stats import SchedulerCounters
 from scheduler.protocol_stats import SchedulerStats
@@ -48,8 +49,11 @@ class Registry:
         self.leases = Leases(config.lease)
         deadline = config.start_deadline
         self.start_watch = None if deadline is None else StartWatch(deadline)
-        # Task -> slots of the connected schedulers serving it; cleared when they change.
-        self._serving: dict[str, list[Slots]] = {}
+        # Task -> the pool of the connected schedulers serving it, and each pool by its
+        # members' names (tasks served by the same schedulers share one); both are
+        # dropped when the schedulers change.
+        self._serving: dict[str, Pool] = {}
+        self._pools: dict[tuple[str, ...], Pool] = {}
         self.task_priorities: dict[str, int] = {}
         """Task -> its default priority, as the latest scheduler declaring one registered it."""
 
@@ -122,19 +126,27 @@ class Registry:
 
     def changed(self) -> None:
         """Which schedulers serve a task may have changed (one came, went or stalled)."""
+        for pool in self._pools.values():
+            pool.close()
+        self._pools.clear()
         self._serving.clear()
 
-    def serving(self, task: str) -> list[Slots]:
-        """The slots of the connected schedulers serving ``task`` that are not stalled."""
+    def serving(self, task: str) -> Pool:
+        """The slots of the connected schedulers serving ``task`` that are not stalled,
+        indexed for placing."""
         found = self._serving.get(task)
         if found is None:
             if len(self._serving) >= MAX_CACHED_TASKS:  # producers choose task names
-                self._serving.clear()
-            found = [
+                self.changed()
+            members = [
                 s.slots
                 for s in self.by_name.values()
                 if s.connected and not s.stalled and task in s.tasks
             ]
+            key = tuple(slots.name for slots in members)
+            found = self._pools.get(key)
+            if found is None:
+                found = self._pools[key] = Pool(members)
             self._serving[task] = found
         return found
 

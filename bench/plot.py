@@ -56,6 +56,7 @@ def panels(report: Mapping[str, Any]) -> Panels:
     found.noop = _bars(
         [
             ("ours", report.get("e2e_jobs_per_s")),
+            ("ours warm", report.get("e2e_warm_jobs_per_s")),
             ("raw fork", report.get("raw_fork_jobs_per_s")),
             *_peer_rates(report.get("peers")),
         ]

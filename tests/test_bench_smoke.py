@@ -235,6 +235,7 @@ def test_plot_panels_take_what_ran_and_leave_out_the_rest() -> None:
 
     report = {
         "e2e_jobs_per_s": 400.0,
+        "e2e_warm_jobs_per_s": 900.0,
         "raw_fork_jobs_per_s": {"error": "boom"},
         "peers": {"rq": {"jobs_per_s": 200.0}, "arq": {"skipped": "no"}},
         "heavy": {"ours": {"fork": {"jobs_per_s": 80.0}}, "peers": {"skipped": "quick"}},
@@ -243,7 +244,7 @@ def test_plot_panels_take_what_ran_and_leave_out_the_rest() -> None:
         "machine": {"code": {"commit": "abc1234"}},
     }
     found = plot.panels(report)
-    assert found.noop == [("ours", 400.0), ("rq", 200.0)]
+    assert found.noop == [("ours", 400.0), ("ours warm", 900.0), ("rq", 200.0)]
     assert found.heavy == [("ours fork", 80.0)]
     assert found.fleet == [(1, 180.0)]
     assert found.ingest == [("10 producers", 17000.0)]

@@ -57,7 +57,7 @@ def test_a_failed_job_runs_again_as_its_next_attempt_and_can_succeed() -> None:
     assert emitted(out)[1].event.attempt == 2
     changed, _ = core.take_changes()
     assert [(j.id, j.state, j.finished_at, j.errors) for j in changed] == [
-        ("f", "assigned", None, ["ValueError: boom"])
+        ("f", "assigned", None, ("ValueError: boom",))
     ]
     core.check_invariants()
     report(core, "a", "f", "started", attempt=2)

@@ -200,6 +200,7 @@ Row = tuple[
 _encoder = msgspec.json.Encoder()
 _payload_decoder = msgspec.json.Decoder(JobPayload)
 _errors_decoder = msgspec.json.Decoder(list[str])
+_error_tuple_decoder = msgspec.json.Decoder(tuple[str, ...])
 
 
 class JournalError(Exception):
@@ -314,7 +315,7 @@ def job_of(row: Sequence[Any]) -> Job:
     it cannot be read. Its state, holder and owner strings are shared with the other jobs'."""
     try:
         payload = _payload_decoder.decode(row[2])
-        errors = _errors_decoder.decode(row[10])
+        errors = _error_tuple_decoder.decode(row[10])
         result = None if row[14] is None else msgspec.json.decode(row[14])
     except msgspec.DecodeError as exc:
         raise msgspec.DecodeError(f"job {row[0]!r} cannot be read: {exc}") from exc

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from scheduler.protocol import JobPayload
 from scheduler.protocol_types import DEFAULT_PRIORITY, FINAL_EVENTS, JobState
@@ -16,7 +16,8 @@ class Job:
     arrival order, kept across restarts, so ties in priority run in arrival order.
     ``attempt`` is the number of the latest assignment (0: never assigned);
     ``deliveries`` counts assignments, ``retries`` the retries used, ``errors`` the
-    error of every failed attempt. ``not_before`` holds a retry back until then.
+    error of every failed attempt (a tuple: the one empty tuple until an attempt fails, so
+    a million queued jobs hold no list each). ``not_before`` holds a retry back until then.
     ``result`` is what the task returned (once ``succeeded``); ``traceback`` is the
     traceback of the latest failed attempt if an exception failed it. ``owner`` names
     the token that submitted it (None: submitted to a bus without tokens, or before
@@ -38,7 +39,7 @@ class Job:
     deliveries: int = 0
     evictions: int = 0
     retries: int = 0
-    errors: list[str] = field(default_factory=list)
+    errors: tuple[str, ...] = ()
     not_before: float | None = None
     updated_at: float = 0.0
     finished_at: float | None = None

@@ -89,5 +89,5 @@ def _expire(core: Lifecycle, job: Job, due: float, wall: float, out: list[Decisi
     grace = grace_of(job, core.config.misfire_grace)
     late = wall - due
     error = f"not started within its misfire grace ({grace} s): {late:.3f} s past its time"
-    job.errors.append(error)  # kept in the journal: `jobs show` says why
+    job.errors += (error,)  # kept in the journal: `jobs show` says why
     core.finish(job, "expired", wall, out, error=error)

@@ -110,7 +110,7 @@ class Lifecycle:
             job.deliveries,
             job.evictions,
             job.retries,
-            tuple(job.errors),
+            job.errors,
             job.not_before,
             job.id in self.cancelling,
             self.steals.thief(job.id),

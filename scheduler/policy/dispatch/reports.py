@@ -155,7 +155,7 @@ class _Applying:
         """The attempt failed or timed out: retried while retries are left, else final."""
         report = self.report
         assert report.event in ("failed", "timed_out")
-        job.errors.append(_error_text(report))
+        job.errors += (_error_text(report),)
         job.traceback = report.traceback
         job.output = report.output if report.output is not None else job.output
         retries = job.payload.max_retries

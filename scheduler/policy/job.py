@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from scheduler.protocol import JobPayload
 from scheduler.protocol_types import DEFAULT_PRIORITY, FINAL_EVENTS, JobState
@@ -27,6 +27,8 @@ class Job:
     gathered from its ``output`` reports while it runs (in memory only), then the tail its
     closing report carried (journaled with the final state). ``started_at`` is when the
     latest attempt started; ``exit_code`` how the attempt that ended the job exited.
+    ``waiting_since`` is when the job last began waiting (monotonic, for aging; in memory
+    only): the dispatch core sets it whenever it takes the job in or queues it again.
     """
 
     id: str
@@ -51,6 +53,7 @@ class Job:
     output: str | None = None
     started_at: float | None = None
     exit_code: int | None = None
+    waiting_since: float = field(default=0.0, compare=False)
 
     @property
     def priority(self) -> int:

@@ -37,7 +37,7 @@ def release_due(core: Lifecycle, now: float, wall: float, out: list[Decision]) -
         due = due_of(job)
         assert due is not None
         job.state = "queued"
-        core.since[job_id] = now
+        job.waiting_since = now
         core.touch(job, wall)
         core.emit(out, job_event(job, "queued", wall, None))
         _release(core, job, due, now, wall, out)

@@ -101,7 +101,7 @@ def _run_again(
     # outlives a job, which a retried job does) stands only under its old seq.
     job.seq, core.seq = core.seq, core.seq + 1
     core.jobs[job.id] = job
-    core.since[job.id] = now
+    job.waiting_since = now
     if p.pass_results:
         done = (core.jobs.get(dep) or stored.get(dep) for dep in p.depends_on or ())
         results = {d.id: d.result for d in done if d is not None and d.state == "succeeded"}

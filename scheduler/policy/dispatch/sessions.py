@@ -137,7 +137,7 @@ def restore(
     for job in jobs:
         core.jobs[job.id] = job
         core.seq = max(core.seq, job.seq + 1)
-        core.since[job.id] = now - max(0.0, wall - job.updated_at)
+        job.waiting_since = now - max(0.0, wall - job.updated_at)
         if job.state == "blocked":
             job.holder = None  # booked by restore_dependencies
         elif job.holder is not None and job.state in ("assigned", "running"):

@@ -17,7 +17,7 @@ import pytest
 from conftest import ROOT, unit
 
 from scheduler.bus.journal import MEMORY, SCHEMA_VERSION, Journal, JournalError
-from scheduler.bus.journal_schema import UPGRADES
+from scheduler.bus.journal_schema import UPGRADES, job_of, row_of
 from scheduler.policy.job import Job
 from scheduler.protocol import JobPayload
 from scheduler.protocol_types import JobState
@@ -596,3 +596,30 @@ def test_a_restart_promise_is_kept_across_a_reopen_until_replaced(path: Path) ->
         assert journal.restart_promise() == 1_700_000_060.25
         journal.promise_restart(None)
         assert journal.restart_promise() is None
+
+
+def test_every_stored_field_reads_back_into_its_own_place() -> None:
+    """The record is rebuilt from a row by position: no two fields may trade places."""
+    job = Job(
+        "every-field",
+        JobPayload(priority=3, runtime=2.0, task="t"),
+        7,
+        1700000000.0,
+        "failed",
+        attempt=2,
+        holder="sched-1",
+        deliveries=3,
+        evictions=4,
+        retries=5,
+        errors=("boom",),
+        not_before=1700000001.0,
+        updated_at=1700000002.0,
+        finished_at=1700000003.0,
+        result={"r": 1},
+        traceback="Traceback ...",
+        owner="alice",
+        output="the tail",
+        started_at=1700000004.0,
+        exit_code=6,
+    )
+    assert job_of(row_of(job)) == job

@@ -623,3 +623,16 @@ def test_every_stored_field_reads_back_into_its_own_place() -> None:
         exit_code=6,
     )
     assert job_of(row_of(job)) == job
+
+
+async def test_jobs_spelled_alike_share_one_payload_after_a_reload(path: Path) -> None:
+    alike = JobPayload(priority=5, runtime=1.0, task="t")
+    other = JobPayload(priority=6, runtime=1.0, task="t")
+    journal = Journal.open(path)
+    journal.save([Job(f"j{n}", p, n, 1.0) for n, p in enumerate([alike, alike, other, alike])])
+    await journal.flush()
+    journal.close()
+    with closing(Journal.open(path)) as again:
+        jobs = again.load()
+    assert [job.payload for job in jobs] == [alike, alike, other, alike]
+    assert jobs[0].payload is jobs[1].payload and jobs[2].payload is not jobs[3].payload

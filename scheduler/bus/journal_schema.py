@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import sqlite3
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Final, cast, get_args
 
 import msgspec
@@ -310,13 +310,31 @@ def _shared(text: str | None) -> str | None:
     return None if text is None else sys.intern(text)
 
 
-def job_of(row: Sequence[Any]) -> Job:
+class PayloadReader:
+    """Decodes the payload texts of rows read one after another; a text equal to the one
+    before shares its decoded payload (frozen): jobs submitted together in one batch lie
+    side by side in the table, and a million of them then hold one payload, not one each."""
+
+    def __init__(self) -> None:
+        self._text: str | None = None
+        self._payload: JobPayload | None = None
+
+    def __call__(self, text: str) -> JobPayload:
+        """The payload ``text`` spells; raise msgspec.DecodeError if it is not one."""
+        if text != self._text or self._payload is None:
+            self._payload, self._text = _payload_decoder.decode(text), text
+        return self._payload
+
+
+def job_of(row: Sequence[Any], read_payload: Callable[[str], JobPayload] | None = None) -> Job:
     """The job row read back from the jobs table holds; raise msgspec.DecodeError naming it if
-    it cannot be read. Its state, holder and owner strings are shared with the other jobs'."""
+    it cannot be read. Its state, holder and owner strings are shared with the other jobs';
+    its payload is decoded by ``read_payload`` (a :class:`PayloadReader` to share it with
+    the row before), else on its own."""
     # A million of these run at a restart: the fields go by position (in Job's order,
     # which a test checks against the keywords), and the usual empty values skip decoding.
     try:
-        payload = _payload_decoder.decode(row[2])
+        payload = (read_payload or _payload_decoder.decode)(row[2])
         errors = () if row[10] == "[]" else _error_tuple_decoder.decode(row[10])
         result = None if row[14] is None else msgspec.json.decode(row[14])
     except msgspec.DecodeError as exc:

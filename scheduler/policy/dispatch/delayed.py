@@ -54,13 +54,12 @@ def expire_misfires(core: Lifecycle, now: float, wall: float, out: list[Decision
 
 
 def restore(core: Lifecycle, job: Job, now: float, wall: float) -> bool:
-    """Time restored ``job`` again if it is delayed: a scheduled one stays scheduled until
-    its due time (at the next tick if that passed while the bus was down); a queued one
-    never handed out keeps its misfire deadline. True if it was scheduled (the caller
-    leaves it out of the backlog)."""
+    """Time restored delayed ``job`` (its payload has ``run_at`` or ``delay``) again: a
+    scheduled one stays scheduled until its due time (at the next tick if that passed
+    while the bus was down); a queued one never handed out keeps its misfire deadline.
+    True if it was scheduled (the caller leaves it out of the backlog)."""
     due = due_of(job)
-    if due is None:
-        return False
+    assert due is not None, "only a delayed job is timed again"
     if job.state == "scheduled":
         core.timers.schedule(job, now + (due - wall))
         return True

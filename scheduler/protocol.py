@@ -66,7 +66,9 @@ from scheduler.protocol_types import (
 )
 
 
-class JobPayload(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True):
+class JobPayload(
+    msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True, gc=False
+):
     """What a producer asks to run. v1 sends only ``priority`` and ``runtime``.
 
     ``task`` names a registered function; ``args`` (a JSON object, passed as keyword
@@ -89,6 +91,10 @@ class JobPayload(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_d
     ``broadcast``: run once on every v2 scheduler serving ``task`` at submit; each run
     is a job ``ID/scheduler`` whose ``pin`` names the only scheduler it may run on (the
     bus sets ``pin``; a producer may not).
+
+    Not tracked by the garbage collector (``gc=False``: 16 bytes less for each of a
+    million queued jobs): a payload is frozen and holds only decoded JSON, so it is never
+    part of a reference cycle.
     """
 
     priority: Priority | None = None

@@ -817,6 +817,20 @@ async def test_a_batch_with_one_bad_job_gets_one_error_and_the_rest_runs() -> No
         assert bus.journal.commits >= 1
 
 
+async def test_a_batch_of_like_jobs_gets_one_job_each_and_one_error_each() -> None:
+    async with bus_with() as bus, client(bus) as producer:
+        await register(producer, "producer")
+        good, bad = {"priority": 1, "runtime": 1}, {"priority": 99, "runtime": 1}
+        jobs = [good, good, bad, bad, good]
+        reply = await request(producer, {"cmd": "submit_many", "jobs": jobs, "ref": 1})
+        results = reply["results"]
+        ids = [results[i]["id"] for i in (0, 1, 4)]
+        assert len(set(ids)) == 3
+        assert [results[i]["field"] for i in (2, 3)] == ["jobs.2.priority", "jobs.3.priority"]
+        watching = await request(producer, {"cmd": "watch", "ids": ids})
+        assert [e["state"] for e in watching["jobs"]] == ["queued"] * 3
+
+
 async def test_vacuum_deletes_final_jobs_and_watch_then_knows_them_not() -> None:
     async with bus_with(retention={"failed": 0.0}) as bus, client(bus) as producer:
         await register(producer, "producer")

@@ -46,11 +46,11 @@ def test_status_reads_like_the_latest_event(
     )
     assert (event.time, event.task, event.scheduler) == (WALL - 1, "render", job.holder)
     listed = kind in ("retrying", "succeeded", "dead") and job.errors
-    assert event.errors == (job.errors if listed else None)
+    assert event.errors == (list(job.errors) if listed else None)
 
 
 def test_a_report_s_measurements_and_an_overriding_error() -> None:
-    job = record(state="failed", errors=["boom"])
+    job = record(state="failed", errors=("boom",))
     report = Report("failed", "j", 1, exit_code=2, error="boom", wall_s=1.0, max_rss_kb=7)
     event = job_event(job, "failed", WALL, "s", report)
     assert (event.exit_code, event.error, event.wall_s, event.max_rss_kb) == (2, "boom", 1.0, 7)
@@ -90,10 +90,10 @@ def test_final_and_retrying_events_carry_the_result_and_traceback_others_never(
 def test_status_of_a_finished_job_keeps_its_result_or_traceback() -> None:
     succeeded = status_event(record(state="succeeded", result=[4]), WALL)
     assert (succeeded.event, succeeded.result, succeeded.traceback) == ("succeeded", [4], None)
-    failed = status_event(record(state="failed", errors=["x"], traceback=TRACEBACK), WALL)
+    failed = status_event(record(state="failed", errors=("x",), traceback=TRACEBACK), WALL)
     assert (failed.event, failed.result, failed.traceback) == ("failed", None, TRACEBACK)
     retrying = status_event(
-        record(attempt=1, not_before=WALL + 5, errors=["x"], traceback=TRACEBACK), WALL
+        record(attempt=1, not_before=WALL + 5, errors=("x",), traceback=TRACEBACK), WALL
     )
     assert (retrying.event, retrying.traceback) == ("retrying", TRACEBACK)
     running = status_event(
@@ -103,6 +103,6 @@ def test_status_of_a_finished_job_keeps_its_result_or_traceback() -> None:
 
 
 def test_a_report_s_traceback_is_not_the_event_s_the_job_s_is() -> None:
-    job = record(state="failed", errors=["ValueError: bad"], traceback=TRACEBACK)
+    job = record(state="failed", errors=("ValueError: bad",), traceback=TRACEBACK)
     report = Report("failed", "j", 1, error="ValueError: bad", traceback="other")
     assert job_event(job, "failed", WALL, "s", report).traceback == TRACEBACK

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any, cast
 
 from scheduler.bus.connection import Connection
-from scheduler.bus.fanout import Fanout
+from scheduler.bus.fanout import COMPACT_SLACK, Fanout
 from scheduler.bus.gate import FrameGate
 from scheduler.codec import decode_bus
 from scheduler.protocol import JobEvent
@@ -83,3 +83,37 @@ def test_unsubscribing_leaving_and_forgetting_drop_subscriptions() -> None:
     fanout.unsubscribe(alice, "j4")
     fanout.publish(event("j4"), None, cast(FrameGate, gate))
     assert len(gate.sent) == 2
+
+
+def test_a_job_watched_by_two_keeps_both_until_each_leaves() -> None:
+    fanout, gate = Fanout(), RecordingGate()
+    alice, bob = connection("alice", "producer"), connection("bob", "producer")
+    fanout.subscribe(alice, "j1")
+    fanout.subscribe(alice, "j1")
+    fanout.subscribe(bob, "j1")
+    fanout.publish(event("j1"), None, cast(FrameGate, gate))
+    assert sorted(gate.sent) == [("alice", True), ("bob", True)]
+    fanout.unsubscribe(alice, "j1")
+    fanout.publish(event("j1"), None, cast(FrameGate, gate))
+    assert gate.sent[2:] == [("bob", True)]
+    fanout.subscribe(alice, "j1")
+    fanout.leave(bob)
+    fanout.publish(event("j1"), None, cast(FrameGate, gate))
+    assert gate.sent[3:] == [("alice", True)]
+    assert fanout.watches(alice, "j1") and not fanout.watches(bob, "j1")
+
+
+def test_a_long_lived_watcher_keeps_its_books_bounded_by_the_jobs_it_watches() -> None:
+    fanout, gate = Fanout(), RecordingGate()
+    alice = connection("alice", "producer")
+    fanout.subscribe(alice, "kept")
+    for n in range(1000):
+        fanout.subscribe(alice, f"j{n}")
+        fanout.subscribe(alice, "again")
+        fanout.unsubscribe(alice, "again")
+        fanout.publish(event(f"j{n}", final=True), None, cast(FrameGate, gate))
+    assert len(fanout._watching[alice].ids) <= 2 + COMPACT_SLACK
+    fanout.subscribe(alice, "again")
+    fanout.leave(alice)
+    assert not fanout.watches(alice, "kept") and not fanout.watches(alice, "again")
+    assert fanout._watchers == {} and fanout._watching == {}

@@ -17,7 +17,7 @@ import pytest
 from conftest import ROOT, unit
 
 from scheduler.bus.journal import MEMORY, SCHEMA_VERSION, Journal, JournalError
-from scheduler.bus.journal_schema import UPGRADES
+from scheduler.bus.journal_schema import UPGRADES, job_of, row_of
 from scheduler.policy.job import Job
 from scheduler.protocol import JobPayload
 from scheduler.protocol_types import JobState
@@ -66,7 +66,7 @@ async def test_round_trip_keeps_every_field(path: Path) -> None:
         deliveries=3,
         evictions=1,
         retries=1,
-        errors=["exit code 1", 'quote " and \u00e9'],
+        errors=("exit code 1", 'quote " and \u00e9'),
         not_before=1700000001.5,
         updated_at=1700000002.0,
         finished_at=None,
@@ -91,7 +91,7 @@ async def test_result_and_traceback_survive_a_reopen(path: Path) -> None:
     succeeded = make_job(1, "succeeded", finished_at=1700000003.0, result=result)
     failed = make_job(2, "failed", finished_at=1700000004.0, traceback=traceback)
     scalar = make_job(3, "succeeded", finished_at=1700000005.0, result="done")
-    retrying = make_job(4, "queued", attempt=1, errors=["ValueError: q"], traceback=traceback)
+    retrying = make_job(4, "queued", attempt=1, errors=("ValueError: q",), traceback=traceback)
     journal = Journal.open(path)
     journal.save([succeeded, failed, scalar, retrying])
     await journal.flush()
@@ -158,7 +158,7 @@ async def test_a_version_1_journal_is_upgraded_in_place(path: Path) -> None:
         assert queued == make_job(3, updated_at=1003.0)
         assert (queued.result, queued.traceback) == (None, None)
         failed = journal.get("job-1")
-        assert failed is not None and failed.errors == ["exit code 1"]
+        assert failed is not None and failed.errors == ("exit code 1",)
         assert (failed.result, failed.traceback) == (None, None)
         assert journal.next_seq() == 4
         queued.state, queued.result = "succeeded", [1, 2]
@@ -273,10 +273,10 @@ async def test_get_sees_queued_writes_as_they_were_saved(journal: Journal) -> No
     job = make_job(1)
     journal.save([job])
     job.state = "running"
-    job.errors.append("changed after the save")
+    job.errors += ("changed after the save",)
     stored = journal.get("job-1")
     assert stored is not None
-    assert stored.state == "queued" and stored.errors == []
+    assert stored.state == "queued" and stored.errors == ()
     assert journal.counts() == {}
 
     await journal.flush()
@@ -367,7 +367,7 @@ async def test_a_full_database_says_so(journal: Journal) -> None:
     await journal.flush()
     pages = journal._conn.execute("PRAGMA page_count").fetchone()[0]
     journal._conn.execute(f"PRAGMA max_page_count = {pages}")
-    journal.save([make_job(n, errors=["x" * 4000]) for n in range(2, 50)])
+    journal.save([make_job(n, errors=("x" * 4000,)) for n in range(2, 50)])
     with pytest.raises(JournalError, match="database or disk is full") as caught:
         await journal.flush()
     assert caught.value.full and journal.failure is caught.value
@@ -596,3 +596,43 @@ def test_a_restart_promise_is_kept_across_a_reopen_until_replaced(path: Path) ->
         assert journal.restart_promise() == 1_700_000_060.25
         journal.promise_restart(None)
         assert journal.restart_promise() is None
+
+
+def test_every_stored_field_reads_back_into_its_own_place() -> None:
+    """The record is rebuilt from a row by position: no two fields may trade places."""
+    job = Job(
+        "every-field",
+        JobPayload(priority=3, runtime=2.0, task="t"),
+        7,
+        1700000000.0,
+        "failed",
+        attempt=2,
+        holder="sched-1",
+        deliveries=3,
+        evictions=4,
+        retries=5,
+        errors=("boom",),
+        not_before=1700000001.0,
+        updated_at=1700000002.0,
+        finished_at=1700000003.0,
+        result={"r": 1},
+        traceback="Traceback ...",
+        owner="alice",
+        output="the tail",
+        started_at=1700000004.0,
+        exit_code=6,
+    )
+    assert job_of(row_of(job)) == job
+
+
+async def test_jobs_spelled_alike_share_one_payload_after_a_reload(path: Path) -> None:
+    alike = JobPayload(priority=5, runtime=1.0, task="t")
+    other = JobPayload(priority=6, runtime=1.0, task="t")
+    journal = Journal.open(path)
+    journal.save([Job(f"j{n}", p, n, 1.0) for n, p in enumerate([alike, alike, other, alike])])
+    await journal.flush()
+    journal.close()
+    with closing(Journal.open(path)) as again:
+        jobs = again.load()
+    assert [job.payload for job in jobs] == [alike, alike, other, alike]
+    assert jobs[0].payload is jobs[1].payload and jobs[2].payload is not jobs[3].payload

@@ -47,6 +47,7 @@ from scheduler.bus.journal_schema import (
     SECRETS,
     UPSERT,
     VACUUM,
+    PayloadReader,
     Row,
     ScheduleRow,
     connect,
@@ -196,13 +197,14 @@ class Journal:
         # leave the bus's heap that much larger for good.
         with self._failing("load"):
             overlay = self._overlay()
+            read_payload = PayloadReader()
             jobs = [
-                job_of(row)
+                job_of(row, read_payload)
                 for row in self._reader.execute(LOAD, LIVE_STATES)
                 if row[0] not in overlay
             ]
             jobs += [
-                job_of(row)
+                job_of(row, read_payload)
                 for row in overlay.values()
                 if row is not None and row[4] not in FINAL_EVENTS
             ]

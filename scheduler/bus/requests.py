@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import msgspec
@@ -108,7 +108,7 @@ class Requests:
         if self._journal_refuses(client, request.ref):
             return
         hub = self._hub
-        payloads = [_decode_job(raw) for raw in request.jobs]
+        payloads = _decode_jobs(request.jobs)
         stored = self._stored(
             i
             for p in payloads
@@ -263,6 +263,20 @@ class Requests:
             "".join(f", {count} {state}" for state, count in sorted(deleted.items())),
         )
         return deleted
+
+
+def _decode_jobs(raws: Sequence[msgspec.Raw]) -> list[JobPayload | ProtocolError]:
+    """Each job of a batch decoded; a job spelled exactly as the one before it shares its
+    decoded payload (frozen): a batch of like jobs then holds one payload, not one each."""
+    decoded: list[JobPayload | ProtocolError] = []
+    previous: bytes | None = None
+    for raw in raws:
+        text = bytes(raw)
+        if text != previous:
+            payload = _decode_job(raw)
+        decoded.append(payload)
+        previous = text
+    return decoded
 
 
 def _decode_job(raw: msgspec.Raw) -> JobPayload | ProtocolError:

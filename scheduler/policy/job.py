@@ -16,7 +16,8 @@ class Job:
     arrival order, kept across restarts, so ties in priority run in arrival order.
     ``attempt`` is the number of the latest assignment (0: never assigned);
     ``deliveries`` counts assignments, ``retries`` the retries used, ``errors`` the
-    error of every failed attempt. ``not_before`` holds a retry back until then.
+    error of every failed attempt (a tuple: the one empty tuple until an attempt fails, so
+    a million queued jobs hold no list each). ``not_before`` holds a retry back until then.
     ``result`` is what the task returned (once ``succeeded``); ``traceback`` is the
     traceback of the latest failed attempt if an exception failed it. ``owner`` names
     the token that submitted it (None: submitted to a bus without tokens, or before
@@ -26,6 +27,8 @@ class Job:
     gathered from its ``output`` reports while it runs (in memory only), then the tail its
     closing report carried (journaled with the final state). ``started_at`` is when the
     latest attempt started; ``exit_code`` how the attempt that ended the job exited.
+    ``waiting_since`` is when the job last began waiting (monotonic, for aging; in memory
+    only): the dispatch core sets it whenever it takes the job in or queues it again.
     """
 
     id: str
@@ -38,7 +41,7 @@ class Job:
     deliveries: int = 0
     evictions: int = 0
     retries: int = 0
-    errors: list[str] = field(default_factory=list)
+    errors: tuple[str, ...] = ()
     not_before: float | None = None
     updated_at: float = 0.0
     finished_at: float | None = None
@@ -50,6 +53,7 @@ class Job:
     output: str | None = None
     started_at: float | None = None
     exit_code: int | None = None
+    waiting_since: float = field(default=0.0, compare=False)
 
     @property
     def priority(self) -> int:

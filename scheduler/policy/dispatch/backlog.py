@@ -20,10 +20,13 @@ class Backlog:
     def __init__(self, jobs: Mapping[str, Job]) -> None:
         """Nothing waits among ``jobs`` (every tracked job)."""
         self._jobs = jobs
-        # (priority, seq, id) of the jobs waiting for a scheduler. An entry stands while
-        # its job is tracked and queued under that seq: jobs leave the backlog by being
-        # taken all at once (take_all) or by leaving the core, which no entry outlives.
-        self._heap: list[tuple[int, int, str]] = []
+        # The records of the jobs waiting for a scheduler, in no order (sorted when read:
+        # the backlog is only ever taken whole). An entry stands while its very record is
+        # tracked and queued: jobs leave the backlog by being taken all at once (take_all)
+        # or by leaving the core, and a job that comes back (a retry of a final job) does
+        # so as a new record, which no earlier entry names. One reference per queued job,
+        # not a tuple: a million queued jobs hold 8 MB here, not 72.
+        self._entries: list[Job] = []
         # Jobs held back for a retry: id -> due (monotonic), and (due, seq, id) entries.
         self._due: dict[str, float] = {}
         self._waiting: list[tuple[float, int, str]] = []
@@ -34,23 +37,22 @@ class Backlog:
 
     def push(self, job: Job) -> None:
         """Queued ``job`` waits until a scheduler serving its task has room."""
-        heapq.heappush(self._heap, (job.priority, job.seq, job.id))
+        self._entries.append(job)
 
     def ids(self) -> list[str]:
         """The ids waiting for a scheduler, by base priority, then arrival."""
-        entries = sorted(e for e in self._heap if self._stands(e[1], e[2]))
-        return [job_id for _, _, job_id in entries]
+        standing = sorted(filter(self._stands, self._entries), key=_dispatch_order)
+        return [job.id for job in standing]
 
-    def _stands(self, seq: int, job_id: str) -> bool:
-        """Whether backlog entry (``seq``, ``job_id``) still stands: cancelled, replaced or
-        dispatched jobs leave stale entries behind."""
-        job = self._jobs.get(job_id)
-        return job is not None and job.seq == seq and job.state == "queued"
+    def _stands(self, job: Job) -> bool:
+        """Whether the backlog entry of record ``job`` still stands: cancelled, replaced,
+        dispatched or retried jobs leave stale entries behind."""
+        return self._jobs.get(job.id) is job and job.state == "queued"
 
     def take_all(self) -> list[str]:
         """Return :meth:`ids` and empty the backlog (the caller dispatches them again)."""
         ids = self.ids()
-        self._heap = []
+        self._entries = []
         return ids
 
     # --- held back for a retry ---------------------------------------------------------
@@ -110,4 +112,9 @@ class Backlog:
     def members(self) -> tuple[list[str], set[str]]:
         """The ids of the standing backlog entries (one per job unless an invariant is
         broken), and the ids held back; for checking invariants."""
-        return [e[2] for e in self._heap if self._stands(e[1], e[2])], set(self._due)
+        return [job.id for job in self._entries if self._stands(job)], set(self._due)
+
+
+def _dispatch_order(job: Job) -> tuple[int, int]:
+    """Base priority, then arrival."""
+    return job.priority, job.seq

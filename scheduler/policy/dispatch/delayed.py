@@ -37,7 +37,7 @@ def release_due(core: Lifecycle, now: float, wall: float, out: list[Decision]) -
         due = due_of(job)
         assert due is not None
         job.state = "queued"
-        core.since[job_id] = now
+        job.waiting_since = now
         core.touch(job, wall)
         core.emit(out, job_event(job, "queued", wall, None))
         _release(core, job, due, now, wall, out)
@@ -54,13 +54,12 @@ def expire_misfires(core: Lifecycle, now: float, wall: float, out: list[Decision
 
 
 def restore(core: Lifecycle, job: Job, now: float, wall: float) -> bool:
-    """Time restored ``job`` again if it is delayed: a scheduled one stays scheduled until
-    its due time (at the next tick if that passed while the bus was down); a queued one
-    never handed out keeps its misfire deadline. True if it was scheduled (the caller
-    leaves it out of the backlog)."""
+    """Time restored delayed ``job`` (its payload has ``run_at`` or ``delay``) again: a
+    scheduled one stays scheduled until its due time (at the next tick if that passed
+    while the bus was down); a queued one never handed out keeps its misfire deadline.
+    True if it was scheduled (the caller leaves it out of the backlog)."""
     due = due_of(job)
-    if due is None:
-        return False
+    assert due is not None, "only a delayed job is timed again"
     if job.state == "scheduled":
         core.timers.schedule(job, now + (due - wall))
         return True
@@ -89,5 +88,5 @@ def _expire(core: Lifecycle, job: Job, due: float, wall: float, out: list[Decisi
     grace = grace_of(job, core.config.misfire_grace)
     late = wall - due
     error = f"not started within its misfire grace ({grace} s): {late:.3f} s past its time"
-    job.errors.append(error)  # kept in the journal: `jobs show` says why
+    job.errors += (error,)  # kept in the journal: `jobs show` says why
     core.finish(job, "expired", wall, out, error=error)

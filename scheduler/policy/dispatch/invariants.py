@@ -13,7 +13,6 @@ def check_invariants(core: Lifecycle) -> None:
     queued = set(waiting)
     assert len(queued) == len(waiting), "a job waits twice in the backlog"
     assert held_back <= core.jobs.keys(), "a hold-back names an untracked job"
-    assert core.since.keys() == core.jobs.keys(), "waiting times differ from the jobs"
     assert core.cancelling <= core.jobs.keys(), "a cancel names an untracked job"
     timed, misfire = core.timers.members()
     assert misfire <= core.jobs.keys(), "a misfire deadline names an untracked job"

@@ -62,8 +62,6 @@ class Lifecycle:
         self.timers = Timers(self.jobs)
         strategy = steal_strategy(config.steal, self.aging)
         self.steals = Steals(self.registry, self.jobs, strategy, self.counters)
-        # When each job began waiting (monotonic): submit, requeue or retry due; for aging.
-        self.since: dict[str, float] = {}
         self.seats: dict[str, Seat] = {}
         self.cancelling: set[str] = set()
         self.deps = Dependencies()
@@ -96,7 +94,7 @@ class Lifecycle:
 
     def priority(self, job: Job, now: float) -> int:
         """``job``'s effective priority at ``now`` (aged while it waits)."""
-        return self.aging.effective(job.priority, self.since.get(job.id, now), now)
+        return self.aging.effective(job.priority, job.waiting_since, now)
 
     def info(self, job_id: str) -> JobInfo | None:
         """A snapshot of job ``job_id``, or None once it is final or unknown."""
@@ -111,7 +109,7 @@ class Lifecycle:
             job.deliveries,
             job.evictions,
             job.retries,
-            tuple(job.errors),
+            job.errors,
             job.not_before,
             job.id in self.cancelling,
             self.steals.thief(job.id),
@@ -187,7 +185,7 @@ class Lifecycle:
         if not s.reports:
             self.backlog.expire_v1(now + (job.payload.runtime or 0.0), job)
         elif waiting and job.payload.pin is None:  # a pinned run is never stolen
-            self.steals.waits(s, job, self.since.get(job.id, now))
+            self.steals.waits(s, job, job.waiting_since)
         s.slots.last_pick = self._picks
         self._picks += 1
         p = job.payload
@@ -258,7 +256,7 @@ class Lifecycle:
         self.leave_holder(job)
         job.holder, job.state = None, "queued"
         if since is not None:
-            self.since[job.id] = since
+            job.waiting_since = since
         self.touch(job, wall)
 
     def take_back(
@@ -402,7 +400,7 @@ class Lifecycle:
         for run in runs:
             run.seq, self.seq = self.seq, self.seq + 1
             self.jobs[run.id] = run
-            self.since[run.id] = now
+            run.waiting_since = now
             self.accepted += 1
             self.touch(run, wall)
             self.emit(out, job_event(run, "accepted", wall, None))
@@ -429,13 +427,12 @@ class Lifecycle:
 
     def forget(self, job_id: str) -> Job:
         """Take tracked job ``job_id`` out of every structure of the core: its holder's
-        books, the backlog, the hold-backs, the cancels and the waiting times; return
+        books, the backlog, the hold-backs, the cancels; return
         it. Keeps ``job.holder`` for the caller's event; the journal is the caller's
         business."""
         job = self.jobs.pop(job_id)
         if job.holder is not None:
             self.leave_holder(job)
-        self.since.pop(job_id, None)
         self.deps.forget(job_id)
         self.cancelling.discard(job_id)
         self.backlog.discard(job_id)

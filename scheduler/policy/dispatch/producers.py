@@ -198,9 +198,9 @@ def _create(
         attempt = existing.attempt
     now, wall = submit.now, submit.wall
     job = Job(job_id, payload, core.seq, wall, attempt=attempt, owner=submit.owner)
+    job.waiting_since = now
     core.seq += 1
     core.jobs[job_id] = job
-    core.since[job_id] = now
     core.accepted += 1
     core.touch(job, wall)
     core.emit(out, job_event(job, "accepted", wall, None))

@@ -114,7 +114,7 @@ class _Applying:
         if core.registry.start_watch is not None:
             core.registry.start_watch.settled(self.s.name, job.id)
         if core.start_seat(self.s, job.id):
-            core.counters.waited(job.priority, self.now - core.since.get(job.id, self.now))
+            core.counters.waited(job.priority, self.now - job.waiting_since)
         core.steals.leave(job.id)
         core.emit(self.out, job_event(job, "started", self.wall, self.s.name, self.report))
 
@@ -155,7 +155,7 @@ class _Applying:
         """The attempt failed or timed out: retried while retries are left, else final."""
         report = self.report
         assert report.event in ("failed", "timed_out")
-        job.errors.append(_error_text(report))
+        job.errors += (_error_text(report),)
         job.traceback = report.traceback
         job.output = report.output if report.output is not None else job.output
         retries = job.payload.max_retries

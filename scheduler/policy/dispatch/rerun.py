@@ -17,6 +17,7 @@ again instead).
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterable, Mapping
 from typing import Final
 
@@ -76,7 +77,7 @@ def retry(
             errors[job_id] = refusal
             continue
         assert job is not None
-        retried.append(_run_again(core, job, stored, now, wall, out))
+        retried.append(_run_again(core, copy.copy(job), stored, now, wall, out))
     return [SendReply(Retried(retried, errors, ref)), *out]
 
 
@@ -88,7 +89,10 @@ def _run_again(
     wall: float,
     out: list[Decision],
 ) -> JobEvent:
-    """Put final ``job`` back in the core, queued, and dispatch it; return its event."""
+    """Put final ``job`` back in the core, queued, and dispatch it; return its event.
+
+    ``job`` is a new record (a copy): an entry the final one left in the backlog then
+    names a record the core no longer tracks, which never stands again."""
     p = job.payload
     if p.run_at is not None or p.delay is not None:
         job.payload = msgspec.structs.replace(p, run_at=None, delay=None, misfire_grace=None)
@@ -97,11 +101,10 @@ def _run_again(
     job.progress = job.message = job.output = None
     job.started_at = job.exit_code = None
     job.deliveries = job.retries = 0
-    # A new place in arrival order: an entry the job left in the backlog (it never
-    # outlives a job, which a retried job does) stands only under its old seq.
+    # A new place in arrival order.
     job.seq, core.seq = core.seq, core.seq + 1
     core.jobs[job.id] = job
-    core.since[job.id] = now
+    job.waiting_since = now
     if p.pass_results:
         done = (core.jobs.get(dep) or stored.get(dep) for dep in p.depends_on or ())
         results = {d.id: d.result for d in done if d is not None and d.state == "succeeded"}

@@ -108,8 +108,8 @@ _Handler = Callable[[Any], None]
 class Simulation:
     """One run of ``workload`` on ``fleet`` under ``rules`` and ``settings``.
 
-    ``check``: after every event, assert the core's invariants and keep a :data:`Trace`
-    (for tests; slow).
+    ``check``: after every event, assert the core's invariants, keep a :data:`Trace` and
+    call ``observe`` with the simulation (for tests; slow).
     """
 
     def __init__(
@@ -120,6 +120,7 @@ class Simulation:
         settings: Settings | None = None,
         *,
         check: bool = False,
+        observe: Callable[[Simulation], None] | None = None,
     ) -> None:
         """Ready to :meth:`run`; nothing has happened yet."""
         self.settings = settings or Settings()
@@ -128,6 +129,7 @@ class Simulation:
         self.recorder = Recorder()
         self.trace: Trace | None = [] if check else None
         self._check = check
+        self._observe = observe
         self._workload = workload
         self._fleet = fleet
         self._heap: list[tuple[float, int, _Handler, object, bool]] = []
@@ -339,10 +341,12 @@ class Simulation:
         if not node.alive or node.session != session or not node.connected:
             return
         every = self._beat_every()
-        if node.last_sent <= self.now - every:
+        due = node.last_sent + every
+        if due <= self.now:
             node.last_sent = self.now
             self._later(self.now + self.settings.latency, self._heard, arg)
-        self._later(node.last_sent + every, self._beat, arg)
+            due = self.now + every
+        self._later(due, self._beat, arg)
 
     def _heard(self, arg: tuple[SimNode, int]) -> None:
         node, session = arg
@@ -424,6 +428,13 @@ class Simulation:
     def _checked(self) -> None:
         if self._bus_up:
             self.core.check_invariants()
+        if self._observe is not None:
+            self._observe(self)
+
+    @property
+    def bus_up(self) -> bool:
+        """Whether the bus is up (not restarting)."""
+        return self._bus_up
 
     def _outcome(self, events: int, seconds: float) -> Outcome:
         recorder = self.recorder

@@ -108,7 +108,7 @@ class Watch:
             if entry[0] == "start":
                 self._started(sim, entry[2], entry[3])
             elif entry[0] == "end":
-                assert self.live.pop(entry[3]) == entry[2]
+                assert self.live.pop(str(entry[3])) == entry[2]
         self.seen = len(trace)
         self._no_idle_slot(sim)
 

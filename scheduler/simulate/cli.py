@@ -61,9 +61,10 @@ _VARIANT_OPTIONS = [
                  show_default=True, help="Deliveries after which a job is dead."),
     click.option("--lease", type=click.FloatRange(min=0, min_open=True), default=DEFAULT_LEASE_S,
                  show_default=True, help="Seconds a lost scheduler keeps its jobs."),
-    click.option("--start-deadline", type=click.FloatRange(min=0, min_open=True),
+    click.option("--start-deadline", type=click.FloatRange(min=0),
                  default=DEFAULT_START_DEADLINE_S, show_default=True,
-                 help="Seconds a scheduler with room may hold jobs without starting any."),
+                 help="Seconds a scheduler with room may hold jobs without starting any "
+                 "(0: no deadline)."),
     click.option("--latency", type=click.FloatRange(min=0), default=0.0005, show_default=True,
                  help="Seconds a message takes between the bus and a scheduler, each way."),
     click.option("--stop-time", "stop_s", type=click.FloatRange(min=0), default=0.002,
@@ -102,7 +103,7 @@ def build(
             max_deliveries=values["max_deliveries"],
             steal=values["steal"],
             age_every=values["age_every"],
-            start_deadline=values["start_deadline"],
+            start_deadline=values["start_deadline"] or None,
         )
         settings = Settings(latency=values["latency"], stop_s=values["stop_s"], sample_s=sample_s)
     except ValueError as exc:

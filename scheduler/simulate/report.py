@@ -34,7 +34,9 @@ def summary(outcome: Outcome) -> dict[str, Any]:
         "simulation": {
             "events": outcome.events,
             "seconds": outcome.seconds,
+            "cpu_seconds": outcome.cpu_seconds,
             "jobs_per_s": outcome.jobs_per_s,
+            "jobs_per_cpu_s": outcome.jobs_per_cpu_s,
         },
     }
 
@@ -76,7 +78,7 @@ def totals_rows(outcome: Outcome) -> list[tuple[str, str]]:
         ("requeued", f"{s['requeued']:,}"),
         ("utilisation", f"{mean_utilisation(outcome):.1%}"),
         ("simulated", f"{outcome.events:,} events in {outcome.seconds:.2f} s"),
-        ("speed", f"{outcome.jobs_per_s:,.0f} jobs/s"),
+        ("speed", f"{outcome.jobs_per_s:,.0f} jobs/s ({outcome.jobs_per_cpu_s:,.0f} per CPU s)"),
     ]
     return rows
 

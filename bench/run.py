@@ -26,7 +26,7 @@ from pathlib import Path
 import click
 import psutil
 
-from bench import cluster, fanout, ingest, ours
+from bench import cluster, fanout, ingest, ours, simulate
 from bench import profile as pyspy
 from bench.peers import harness
 from bench.periodic import periodic_lateness
@@ -47,11 +47,16 @@ FIGURES = (
     "delayed",
     "periodic",
     "scheduled",
+    "simulate",
 )
 """Names accepted by ``--only`` (``e2e`` includes the raw fork loop it is compared with,
 ``cluster`` both figures of three schedulers on one bus)."""
 
 HOW: dict[str, str] = {
+    "simulated_jobs_per_s": "python -m scheduler.simulate (the real dispatch core and runners "
+    "on a virtual clock) in a fresh interpreter: N producer jobs (-g -p 0.01, runtimes 3-15 s) "
+    "on 100 simulated schedulers of 5 slots; jobs over the run's wall seconds and over its "
+    "CPU seconds (the machine is shared). N: 100,000 (--quick: 10,000).",
     "bus_scheduled_jobs": "A bus with a journal file and no scheduler: its RSS with a producer "
     "connected, then with N no-op jobs scheduled an hour ahead (submit_many of delayed jobs), "
     "all accepted; then the bus is stopped (SIGTERM) and started again on the same journal: "
@@ -390,6 +395,11 @@ class Bench:
             await asyncio.gather(*(add(f"evict-s{i + 1}") for i in range(len(names))))
             self.results.update(await cluster.eviction(bus.url, slots, plan.cluster_evictions))
 
+    async def simulate(self) -> None:
+        """The simulator's speed (no bus: it runs the core on a virtual clock)."""
+        jobs = 10_000 if self.plan.quick else 100_000
+        self.results.update(await simulate.simulated_jobs_per_s(jobs))
+
     async def peers(self) -> None:
         """Figure 2: the same workload through RQ, arq, Celery and Dramatiq."""
         ours_rate = self.results.get("e2e_jobs_per_s")
@@ -517,6 +527,7 @@ async def run(
             "delayed": (("delayed_start_lateness_ms",), bench.delayed),
             "periodic": (("periodic_fire_lateness_ms",), bench.periodic),
             "scheduled": (("bus_scheduled_jobs",), bench.scheduled),
+            "simulate": (("simulated_jobs_per_s",), bench.simulate),
         }
         for name in figures:
             keys, step = steps[name]

@@ -223,6 +223,7 @@ FIGURE_KEYS: tuple[str, ...] = (
     "delayed_start_lateness_ms",
     "periodic_fire_lateness_ms",
     "bus_scheduled_jobs",
+    "simulated_jobs_per_s",
 )
 """The figures, in the order they are printed."""
 

@@ -27,7 +27,7 @@ from typing import Final
 import click
 import psutil
 
-from bench import cluster, fanout, fleet, heavy, ingest, ours, plot
+from bench import cluster, fanout, fleet, heavy, ingest, ours, plot, simulate
 from bench import profile as pyspy
 from bench.peers import harness
 from bench.periodic import periodic_lateness
@@ -54,17 +54,22 @@ FIGURES = (
     "ingest10",
     "cluster10",
     "heavy",
+    "simulate",
 )
 """Names accepted by ``--only`` (``e2e`` includes the raw fork loop it is compared with,
 ``e2e_warm`` warm mode against a process per job, ``cluster`` both figures of three
 schedulers on one bus; ``fleet``, ``million``, ``ingest10`` and ``cluster10`` say how the
 bus's cost grows with schedulers, queued jobs and producers; ``heavy`` runs a numpy job
-through ours and the peers)."""
+through ours and the peers; ``simulate`` times the simulator)."""
 
 WARM_JOBS: Final = 10_000
 """``--warm N`` of the e2e_warm figure's scheduler: no slot process is recycled in a round."""
 
 HOW: dict[str, str] = {
+    "simulated_jobs_per_s": "python -m scheduler.simulate (the real dispatch core and runners "
+    "on a virtual clock) in a fresh interpreter: N producer jobs (-g -p 0.01, runtimes 3-15 s) "
+    "on 100 simulated schedulers of 5 slots; jobs over the run's wall seconds and over its "
+    "CPU seconds (the machine is shared). N: 100,000 (--quick: 10,000).",
     "bus_scheduled_jobs": "A bus with a journal file and no scheduler: its RSS with a producer "
     "connected, then with N no-op jobs scheduled an hour ahead (submit_many of delayed jobs), "
     "all accepted; then the bus is stopped (SIGTERM) and started again on the same journal: "
@@ -622,6 +627,11 @@ class Bench:
                 self.procs.stop(sched)
             self.procs.stop(bus.proc)
 
+    async def simulate(self) -> None:
+        """The simulator's speed (no bus: it runs the core on a virtual clock)."""
+        jobs = 10_000 if self.plan.quick else 100_000
+        self.results.update(await simulate.simulated_jobs_per_s(jobs))
+
     async def peers(self) -> None:
         """Figure 2: the same workload through RQ, arq, Celery and Dramatiq."""
         ours_rate = self.results.get("e2e_jobs_per_s")
@@ -783,6 +793,7 @@ async def run(
             "ingest10": (("ingest_many_producers",), bench.ingest10),
             "cluster10": (("cluster10_makespan",), bench.cluster10),
             "heavy": (("heavy",), bench.heavy),
+            "simulate": (("simulated_jobs_per_s",), bench.simulate),
         }
         for name in figures:
             keys, step = steps[name]

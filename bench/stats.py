@@ -271,6 +271,7 @@ FIGURE_KEYS: tuple[str, ...] = (
     "ingest_many_producers",
     "cluster10_makespan",
     "heavy",
+    "simulated_jobs_per_s",
 )
 """The figures, in the order they are printed."""
 

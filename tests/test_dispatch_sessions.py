@@ -24,6 +24,7 @@ from scheduler.policy.dispatch.decisions import (
     LeaseExpired,
     Requeued,
 )
+from scheduler.policy.job import Job
 from scheduler.protocol import Held, Report, Stop
 
 # --- leases ----------------------------------------------------------------------------
@@ -212,3 +213,21 @@ def test_status_reads_like_the_latest_event() -> None:
     core.detach("a", clean=True, now=0.0, wall=WALL)
     requeued = core.status("j0", WALL)
     assert requeued is not None and requeued.event == "requeued"
+
+
+def test_jobs_waiting_at_their_holder_when_the_bus_restarted_may_be_stolen() -> None:
+    core = new_core()
+    pinned = Job("pinned", job(priority=2, pin="a"), 2, WALL - 100)
+    pinned.state, pinned.holder, pinned.attempt = "assigned", "a", 1
+    jobs = [
+        stored_job("runs", 0, state="running", holder="a", attempt=1, deliveries=1),
+        stored_job("waits", 1, state="assigned", holder="a", attempt=1, deliveries=1),
+        pinned,
+    ]
+    core.restore(jobs, next_seq=3, now=100.0, wall=WALL)
+    add(core, "a", size=1, now=100.5, held=[Held("runs", 1), Held("waits", 1), Held("pinned", 1)])
+    decisions = add(core, "b", size=1, now=101.0)
+    assert [(name, stop.id, stop.kind) for name, stop in stops(decisions)] == [
+        ("a", "waits", "steal")
+    ]
+    core.check_invariants()

@@ -192,5 +192,10 @@ def _restore_held(core: Lifecycle, job: Job, now: float) -> None:
     core.hold(s, job, Seat(job.priority, evictable))
     if job.state == "running":
         core.start_seat(s, job.id)
-    elif core.registry.start_watch is not None:
+        return
+    if core.registry.start_watch is not None:
         core.registry.start_watch.assigned(s.name, job.id, now)
+    if s.reports and job.payload.pin is None:
+        # It may wait in the holder's local queue: a thief may ask for it, and the holder
+        # gives it up only if it has not started (a steal of a started job fails).
+        core.steals.waits(s, job, job.waiting_since)

@@ -39,7 +39,14 @@ from scheduler.producer.follower import FollowView, JobFollower, PlainView, prin
 from scheduler.producer.options import check_options, check_timing
 from scheduler.producer.progress_view import ProgressView
 from scheduler.producer.tally import EXIT_NOT_ALL_SUCCEEDED
-from scheduler.producer.workload import JobMaker, Span, SpanType, periods
+from scheduler.producer.workload import (
+    JobMaker,
+    Span,
+    SpanType,
+    arrival_options,
+    periods,
+    retry_options,
+)
 from scheduler.protocol import JobPayload
 from scheduler.protocol_types import Args, OnConflict
 
@@ -202,28 +209,7 @@ def _indices(count: int | None) -> Iterator[int]:
     "when any job ended failed, dead, timed_out, cancelled, expired or skipped, or a --bulk "
     "or --scatter submit refused some jobs.",
 )
-@click.option(
-    "-p",
-    "--period",
-    type=click.FloatRange(min=0),
-    default=5.0,
-    show_default=True,
-    help="Seconds between submits (the mean with -g).",
-)
-@click.option(
-    "-g",
-    "--gauss",
-    is_flag=True,
-    help="Wait a random time between submits: gaussian, mean -p, deviation -s.",
-)
-@click.option(
-    "-s",
-    "--sigma",
-    type=click.FloatRange(min=0),
-    default=2.0,
-    show_default=True,
-    help="Standard deviation for -g, in seconds.",
-)
+@arrival_options()
 @click.option(
     "--count",
     type=click.IntRange(min=1),
@@ -272,20 +258,7 @@ def _indices(count: int | None) -> Iterator[int]:
 )
 @click.option("--v1", is_flag=True, help="Speak the original protocol: no ids, no replies.")
 @click.option("--name", default=None, help="Name to register under (v2).")
-@click.option(
-    "--max-retries",
-    type=click.IntRange(0, protocol_types.MAX_RETRIES),
-    default=0,
-    show_default=True,
-    help="Retry a failed or timed-out job up to N times; after the last it is dead.",
-)
-@click.option(
-    "--retry-backoff",
-    type=click.FloatRange(0, protocol_types.MAX_BACKOFF_S),
-    default=1.0,
-    show_default=True,
-    help="Seconds before the first retry; doubles for each next one (with jitter).",
-)
+@retry_options
 @click.option(
     "--id-prefix",
     default=None,

@@ -4,13 +4,17 @@ random (seeded), and the waits between submits, constant or gaussian."""
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import TypeVar
 
 import click
 
+from scheduler import protocol_types
 from scheduler.protocol import JobPayload
 from scheduler.protocol_types import Args, OnConflict
+
+FC = TypeVar("FC", bound=Callable[..., object])
 
 
 @dataclass(frozen=True)
@@ -112,3 +116,62 @@ def periods(period: float, gauss: bool, sigma: float, rng: random.Random) -> Ite
     """Seconds to wait between submits: constant, or gaussian around ``period`` (min 5 ms)."""
     while True:
         yield max(rng.gauss(period, sigma), 0.005) if gauss else period
+
+
+def arrival_options(sigma_flags: tuple[str, ...] = ("-s", "--sigma")) -> Callable[[FC], FC]:
+    """``-p/--period``, ``-g/--gauss`` and the gaussian deviation (``sigma_flags``): when
+    generated jobs arrive, as the producer and the simulator take it, passed to the command
+    as ``period``, ``gauss`` and ``sigma`` (see :func:`periods`)."""
+    short = " ".join(flag for flag in sigma_flags if not flag.startswith("--")) or sigma_flags[0]
+
+    def add(command: FC) -> FC:
+        for option in reversed(
+            (
+                click.option(
+                    "-p",
+                    "--period",
+                    type=click.FloatRange(min=0),
+                    default=5.0,
+                    show_default=True,
+                    help="Seconds between submits (the mean with -g).",
+                ),
+                click.option(
+                    "-g",
+                    "--gauss",
+                    is_flag=True,
+                    help="Wait a random time between submits: gaussian, mean -p, deviation "
+                    f"{short}.",
+                ),
+                click.option(
+                    *sigma_flags,
+                    "sigma",
+                    type=click.FloatRange(min=0),
+                    default=2.0,
+                    show_default=True,
+                    help="Standard deviation for -g, in seconds.",
+                ),
+            )
+        ):
+            command = option(command)
+        return command
+
+    return add
+
+
+def retry_options(command: FC) -> FC:
+    """``--max-retries`` and ``--retry-backoff`` within the wire's limits, passed to the
+    command as ``max_retries`` and ``retry_backoff`` (a job's retry rule)."""
+    command = click.option(
+        "--retry-backoff",
+        type=click.FloatRange(0, protocol_types.MAX_BACKOFF_S),
+        default=1.0,
+        show_default=True,
+        help="Seconds before the first retry; doubles for each next one (with jitter).",
+    )(command)
+    return click.option(
+        "--max-retries",
+        type=click.IntRange(0, protocol_types.MAX_RETRIES),
+        default=0,
+        show_default=True,
+        help="Retry a failed or timed-out job up to N times; after the last it is dead.",
+    )(command)

@@ -28,7 +28,7 @@ from scheduler.policy.dispatch.config import (
     DispatchConfig,
 )
 from scheduler.policy.stealing import STEAL_STRATEGIES
-from scheduler.producer.workload import Span, SpanType
+from scheduler.producer.workload import Span, SpanType, arrival_options, retry_options
 from scheduler.simulate.engine import Outcome, Settings, Simulation
 from scheduler.simulate.fleet import Fleet, parse_event, read_fleet, uniform
 from scheduler.simulate.report import show, show_compare, summary
@@ -144,27 +144,7 @@ def variants(base: Mapping[str, Any], texts: Sequence[str]) -> list[dict[str, An
 @click.option(
     "--count", type=click.IntRange(min=1), default=1000, show_default=True, help="Jobs to generate."
 )
-@click.option(
-    "-p",
-    "--period",
-    type=click.FloatRange(min=0),
-    default=5.0,
-    show_default=True,
-    help="Seconds between submits (the mean with -g).",
-)
-@click.option(
-    "-g",
-    "--gauss",
-    is_flag=True,
-    help="Random waits between submits: gaussian, mean -p, deviation --sigma.",
-)
-@click.option(
-    "--sigma",
-    type=click.FloatRange(min=0),
-    default=2.0,
-    show_default=True,
-    help="Standard deviation for -g, in seconds.",
-)
+@arrival_options(("--sigma",))
 @click.option(
     "--runtime",
     type=SpanType(),
@@ -186,20 +166,7 @@ def variants(base: Mapping[str, Any], texts: Sequence[str]) -> list[dict[str, An
     help="Per-job timeout in seconds (default: the scheduler's -t).",
 )
 @click.option("--task", default="sleep", show_default=True, help="The generated jobs' task.")
-@click.option(
-    "--max-retries",
-    type=click.IntRange(0, 100),
-    default=0,
-    show_default=True,
-    help="Retries of a failed or timed-out job.",
-)
-@click.option(
-    "--retry-backoff",
-    type=click.FloatRange(min=0),
-    default=1.0,
-    show_default=True,
-    help="Seconds before the first retry (doubles each time, with jitter).",
-)
+@retry_options
 @click.option(
     "--fail-rate",
     type=click.FloatRange(0, 1),

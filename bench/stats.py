@@ -88,9 +88,9 @@ _OPS: dict[str, Callable[[float, float], bool]] = {
 }
 
 GOALS: tuple[Goal, ...] = (
-    Goal("e2e_vs_raw_ratio", ">=", 0.6, "e2e >= 0.6x the raw fork loop"),
+    Goal("e2e_vs_raw_ratio", ">=", 0.7, "e2e >= 0.7x the raw fork loop"),
     Goal("peers.rq.ours_ratio", ">=", 3.0, ">= 3x RQ"),
-    Goal("submit_to_start_ms.p50", "<=", 3.0, "submit->start p50 <= 3 ms"),
+    Goal("submit_to_start_ms.p50", "<=", 2.0, "submit->start p50 <= 2 ms"),
     Goal("eviction_ms.p50", "<=", 10.0, "eviction p50 <= 10 ms"),
     Goal("timeout_overrun_ms.p99", "<=", 20.0, "timeout overrun p99 <= 20 ms"),
     Goal("ingest_jobs_per_s", ">=", 15_000.0, "ingest >= 15,000 jobs/s"),

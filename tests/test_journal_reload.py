@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from scheduler.bus.config import BusConfig
-from scheduler.bus.journal import Journal, paused_gc
+from scheduler.bus.journal import Journal
+from scheduler.bus.journal_commit import paused_gc
 from scheduler.bus.server import BusServer
 from scheduler.policy.job import Job
 from scheduler.protocol import JobPayload

@@ -22,7 +22,8 @@ from scheduler.bus.config import BusConfig
 from scheduler.bus.connection import Connection
 from scheduler.bus.fanout import Fanout
 from scheduler.bus.gate import FrameGate, Recipient, Refusal, journal_problem
-from scheduler.bus.journal import MEMORY, Journal, JournalError, paused_gc
+from scheduler.bus.journal import MEMORY, Journal, JournalError
+from scheduler.bus.journal_commit import paused_gc
 from scheduler.bus.metrics import BusMetrics, LiveFigures
 from scheduler.bus.registry import Registry
 from scheduler.codec import encode, encode_v1_payload

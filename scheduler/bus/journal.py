@@ -15,44 +15,35 @@ in :mod:`scheduler.bus.journal_lock`.
 from __future__ import annotations
 
 import asyncio
-import gc
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
 import msgspec
 
+from scheduler.bus.journal_commit import Committer, Outcome, failing
 from scheduler.bus.journal_lock import lock_path as lock_path
 from scheduler.bus.journal_lock import take_lock
 from scheduler.bus.journal_schema import (
     COUNTS,
-    DELETE,
-    DELETE_SCHEDULE,
     FORGET_PROMISE,
-    FORGET_SECRET,
     GET,
     GET_PROMISE,
     LIVE_STATES,
     LOAD,
     PROMISE,
-    RAISE_HIGH_SEQ,
-    SAVE_SCHEDULE,
-    SAVE_SECRET,
     SCHEDULES,
     SECRETS,
-    UPSERT,
     VACUUM,
     PayloadReader,
     Row,
     ScheduleRow,
     connect,
     find_statement,
-    is_full,
     job_of,
     prepared,
     row_of,
@@ -70,9 +61,6 @@ from scheduler.protocol_types import FINAL_EVENTS
 
 T = TypeVar("T")
 
-_Outcome = tuple[JournalError | None, float]
-"""What a commit on the writer thread comes back with: its error, and its seconds."""
-
 
 class _Flight:
     """A commit handed to the writer: the flushes waiting for it, and once it is done
@@ -82,24 +70,7 @@ class _Flight:
 
     def __init__(self, batch: asyncio.Future[None] | None) -> None:
         self.batch = batch
-        self.outcome: _Outcome = (None, 0.0)
-
-
-@contextmanager
-def paused_gc() -> Iterator[None]:
-    """No cyclic garbage collection inside (reference counting still frees memory).
-
-    For reloading a journal: building a million job records would otherwise run a full
-    collection every so often, each walking every record built so far (a third of the
-    reload's time at a million queued jobs). The records hold no reference cycles.
-    """
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
+        self.outcome: Outcome = (None, 0.0)
 
 
 class Journal:
@@ -134,8 +105,7 @@ class Journal:
         )
         self._lock = lock
         self._high_seq = high_seq
-        self._written_high = high_seq
-        """The highest ``seq`` committed (the writer's own: read and set on its thread)."""
+        self._committer = Committer(conn, path, high_seq)
         self._pending: dict[str, Row | None] = {}
         self._pending_secrets: dict[str, str | None] = {}
         self._pending_schedules: dict[str, ScheduleRow | None] = {}
@@ -195,7 +165,7 @@ class Journal:
         """Every job that is not final, queued writes included, in ``seq`` order."""
         # Row by row: holding every row at once (a million of them after a restart) would
         # leave the bus's heap that much larger for good.
-        with self._failing("load"):
+        with failing(self.path, "load"):
             overlay = self._overlay()
             read_payload = PayloadReader()
             jobs = [
@@ -223,7 +193,7 @@ class Journal:
             if job_id in overlay:
                 pending = overlay[job_id]
                 return None if pending is None else job_of(pending)
-        with self._failing("get"):
+        with failing(self.path, "get"):
             row = self._reader.execute(GET, (job_id,)).fetchone()
             return None if row is None else job_of(row)
 
@@ -234,7 +204,7 @@ class Journal:
         queued writes can only take rows out of its page, so it reads that many more."""
         overlay = self._overlay()
         statement, params = find_statement(query, limit + len(overlay), newest_first)
-        with self._failing("find"):
+        with failing(self.path, "find"):
             rows: dict[str, Sequence[Any]] = {
                 row[0]: row for row in self._reader.execute(statement, params)
             }
@@ -268,7 +238,7 @@ class Journal:
 
     def scheduler_secrets(self) -> dict[str, str]:
         """The secret hash of every scheduler name saved, queued writes included."""
-        with self._failing("read schedulers"):
+        with failing(self.path, "read schedulers"):
             known: dict[str, str] = dict(self._reader.execute(SECRETS).fetchall())
         for name, secret in (self._flying_secrets | self._pending_secrets).items():
             if secret is None:
@@ -290,7 +260,7 @@ class Journal:
 
     def schedules(self) -> list[ScheduleState]:
         """Every saved schedule, queued writes included."""
-        with self._failing("read schedules"):
+        with failing(self.path, "read schedules"):
             rows: dict[str, Sequence[Any]] = {
                 row[0]: row for row in self._reader.execute(SCHEDULES).fetchall()
             }
@@ -362,13 +332,13 @@ class Journal:
 
     def restart_promise(self) -> float | None:
         """The deadline (epoch seconds) recorded by :meth:`promise_restart`, or None."""
-        with self._failing("reading the restart promise"):
+        with failing(self.path, "reading the restart promise"):
             row = self._reader.execute(GET_PROMISE).fetchone()
         return None if row is None else int(row[0]) / 1000
 
     def counts(self) -> dict[str, int]:
         """How many committed jobs there are in each state (states with none left out)."""
-        with self._failing("counts"):
+        with failing(self.path, "counts"):
             return dict(self._reader.execute(COUNTS).fetchall())
 
     def close(self) -> None:
@@ -423,10 +393,10 @@ class Journal:
         self._flying_secrets, self._pending_secrets = self._pending_secrets, {}
         self._flying_schedules, self._pending_schedules = self._pending_schedules, {}
         write = partial(
-            self._write, self._flying_jobs, self._flying_secrets, self._flying_schedules
+            self._committer.write, self._flying_jobs, self._flying_secrets, self._flying_schedules
         )
 
-        def finished(outcome: _Outcome) -> None:
+        def finished(outcome: Outcome) -> None:
             flight.outcome = outcome
             done(flight)
 
@@ -486,7 +456,7 @@ class Journal:
 
         def transaction() -> tuple[T, float]:
             began = time.perf_counter()
-            with self._failing(what), self._transaction():
+            with failing(self.path, what), self._committer.transaction():
                 result = body()
             return result, time.perf_counter() - began
 
@@ -494,72 +464,6 @@ class Journal:
         result, seconds = wait_for(self._writer, transaction)
         self._counted(seconds)
         return result
-
-    def _write(
-        self,
-        pending: Mapping[str, Row | None],
-        secrets: Mapping[str, str | None],
-        schedules: Mapping[str, ScheduleRow | None],
-    ) -> _Outcome:
-        """On the writer thread: commit the given writes in one transaction."""
-        if not pending and not secrets and not schedules:
-            return None, 0.0
-        upserts = [row for row in pending.values() if row is not None]
-        deletes = [(job_id,) for job_id, row in pending.items() if row is None]
-        high = max((row[1] for row in upserts), default=-1)
-        began = time.perf_counter()
-        try:
-            with self._transaction():
-                self._write_rows(UPSERT, upserts)
-                self._write_rows(DELETE, deletes)
-                self._write_secrets(secrets)
-                self._write_schedules(schedules)
-                if high > self._written_high:
-                    self._conn.execute(RAISE_HIGH_SEQ, (high,))
-            self._written_high = max(self._written_high, high)
-        # Binding a value SQLite cannot store raises outside sqlite3.Error (OverflowError
-        # for a huge int, UnicodeEncodeError for a lone surrogate); all go to the waiters.
-        except Exception as exc:
-            error = JournalError(f"journal {self.path}: commit failed: {exc}", full=is_full(exc))
-            error.__cause__ = exc
-            return error, 0.0
-        return None, time.perf_counter() - began
-
-    def _write_rows(self, statement: str, rows: Sequence[Sequence[Any]]) -> None:
-        """Run ``statement`` for each row, skipping the statement when there are none."""
-        if rows:
-            self._conn.executemany(statement, rows)
-
-    def _write_secrets(self, secrets: Mapping[str, str | None]) -> None:
-        saved = [(name, h) for name, h in secrets.items() if h is not None]
-        forgotten = [(name,) for name, h in secrets.items() if h is None]
-        self._write_rows(SAVE_SECRET, saved)
-        self._write_rows(FORGET_SECRET, forgotten)
-
-    def _write_schedules(self, schedules: Mapping[str, ScheduleRow | None]) -> None:
-        saved = [row for row in schedules.values() if row is not None]
-        deleted = [(name,) for name, row in schedules.items() if row is None]
-        self._write_rows(SAVE_SCHEDULE, saved)
-        self._write_rows(DELETE_SCHEDULE, deleted)
-
-    @contextmanager
-    def _transaction(self) -> Iterator[None]:
-        """On the writer thread: one write transaction, rolled back if the body raises."""
-        self._conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield
-            self._conn.execute("COMMIT")
-        except BaseException:
-            if self._conn.in_transaction:
-                self._conn.execute("ROLLBACK")
-            raise
-
-    @contextmanager
-    def _failing(self, what: str) -> Iterator[None]:
-        try:
-            yield
-        except (sqlite3.Error, msgspec.DecodeError) as exc:
-            raise JournalError(f"journal {self.path}: {what} failed: {exc}") from exc
 
 
 def _nothing() -> None:

@@ -17,6 +17,7 @@ from typing import Annotated, Literal
 
 import msgspec
 
+from scheduler.protocol_queries import GetStats, ListJobs, Retry, Vacuum, Vacuumed
 from scheduler.protocol_schedules import (
     MAX_SCHEDULES,
     ScheduleAdd,
@@ -31,7 +32,6 @@ from scheduler.protocol_types import (
     MAX_BATCH_MESSAGES,
     MAX_BULK,
     MAX_DEPENDS,
-    MAX_EPOCH_S,
     MAX_NAME_LEN,
     MAX_RETRIES,
     MAX_SAFE_INT,
@@ -236,53 +236,11 @@ class Watch(msgspec.Struct, frozen=True, tag_field="cmd", tag="watch", omit_defa
     ref: Ref = None
 
 
-class Vacuum(msgspec.Struct, frozen=True, tag_field="cmd", tag="vacuum", omit_defaults=True):
-    """Delete final jobs older than the retention now (or older than ``older_than_s``)."""
-
-    older_than_s: Seconds | None = None
-    ref: Ref = None
-
-
-class GetStats(msgspec.Struct, frozen=True, tag_field="cmd", tag="stats", omit_defaults=True):
-    """Ask the bus for a :class:`StatsReply`."""
-
-    ref: Ref = None
-
-
 class Heartbeat(msgspec.Struct, frozen=True, tag_field="cmd", tag="heartbeat"):
     """A v2 scheduler's periodic sign of life with its load."""
 
     running: Count = 0
     queued: Count = 0
-
-
-class ListJobs(msgspec.Struct, frozen=True, tag_field="cmd", tag="list_jobs", omit_defaults=True):
-    """List the jobs the bus tracks (not final), in the order they were submitted,
-    optionally only those in ``states``; at most ``limit`` (a producer token sees only
-    its own jobs).
-
-    ``final``: the final jobs the journal keeps are listed too. ``newest_first``: the
-    latest submitted first. ``task``, ``since`` (epoch seconds: submitted at or after) and
-    ``prefix`` (the id starts with it) narrow the list further.
-    """
-
-    states: Annotated[list[JobState], msgspec.Meta(max_length=20)] | None = None
-    limit: Annotated[int, msgspec.Meta(ge=1, le=MAX_BULK)] = 1000
-    ref: Ref = None
-    task: Name | None = None
-    since: Annotated[float, msgspec.Meta(ge=0, le=MAX_EPOCH_S)] | None = None
-    prefix: JobId | None = None
-    final: bool = False
-    newest_first: bool = False
-
-
-class Retry(msgspec.Struct, frozen=True, tag_field="cmd", tag="retry", omit_defaults=True):
-    """Run final jobs again (see :mod:`scheduler.policy.dispatch.rerun`): each keeps its
-    id, task, args and priority and gets the next attempt. An admin may retry any job, a
-    producer only its own."""
-
-    ids: Annotated[list[JobId], msgspec.Meta(min_length=1, max_length=MAX_BULK)]
-    ref: Ref = None
 
 
 ClientMessage = (
@@ -502,13 +460,6 @@ class Retried(msgspec.Struct, frozen=True, tag_field="type", tag="retried"):
 
     jobs: list[JobEvent]
     errors: dict[str, str] = {}
-    ref: Ref = None
-
-
-class Vacuumed(msgspec.Struct, frozen=True, tag_field="type", tag="vacuumed", omit_defaults=True):
-    """How many final jobs a vacuum deleted, by state."""
-
-    deleted: dict[str, int]
     ref: Ref = None
 
 

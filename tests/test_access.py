@@ -14,16 +14,8 @@ from scheduler.policy.access import (
     rights_refusal,
     send_refusal,
 )
-from scheduler.protocol import (
-    Cancel,
-    GetStats,
-    Heartbeat,
-    Register,
-    Report,
-    SubmitMany,
-    Vacuum,
-    Watch,
-)
+from scheduler.protocol import Cancel, Heartbeat, Register, Report, SubmitMany, Watch
+from scheduler.protocol_queries import GetStats, Vacuum
 
 TOKENS = TokenTable(
     (

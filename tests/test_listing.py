@@ -9,7 +9,8 @@ from scheduler.bus.journal import MEMORY, Journal
 from scheduler.bus.journal_schema import _after_prefix, find_statement
 from scheduler.policy.job import Job
 from scheduler.policy.listing import JobQuery, pick
-from scheduler.protocol import JobPayload, ListJobs
+from scheduler.protocol import JobPayload
+from scheduler.protocol_queries import ListJobs
 from scheduler.protocol_types import FINAL_EVENTS, JobState
 
 

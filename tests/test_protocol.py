@@ -16,14 +16,13 @@ from scheduler.protocol import (
     JobEvent,
     JobPayload,
     JobRequest,
-    ListJobs,
     Register,
     Registered,
     Report,
     Retried,
-    Retry,
     Stop,
 )
+from scheduler.protocol_queries import ListJobs, Retry
 
 
 def test_v1_frames_decode_exactly_as_the_original_sent_them() -> None:

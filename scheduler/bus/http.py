@@ -38,7 +38,8 @@ from scheduler.auth import TokenTable
 from scheduler.bus.hub import Hub
 from scheduler.bus.journal import JournalError
 from scheduler.policy.access import Grant, owner_filter
-from scheduler.protocol import Error, JobList, ListJobs
+from scheduler.protocol import Error, JobList
+from scheduler.protocol_queries import ListJobs
 from scheduler.protocol_types import MAX_BULK, MAX_NAME_LEN, JobState
 
 STATIC_PACKAGE: Final = "scheduler.dashboard"

@@ -28,23 +28,19 @@ from scheduler.protocol import (
     Accepted,
     Cancel,
     Error,
-    GetStats,
     Heartbeat,
     JobEvent,
     JobList,
     JobPayload,
     JobRequest,
-    ListJobs,
     Report,
     Retried,
-    Retry,
     SubmitMany,
     SubmittedMany,
-    Vacuum,
-    Vacuumed,
     Watch,
     Watching,
 )
+from scheduler.protocol_queries import GetStats, ListJobs, Retry, Vacuum, Vacuumed
 from scheduler.protocol_types import FINAL_EVENTS
 
 # The bus's log lines keep the one logger name its users and tests filter on.

@@ -16,19 +16,8 @@ from typing import TYPE_CHECKING, Final
 import msgspec
 
 from scheduler.codec import ProtocolError
-from scheduler.protocol import (
-    Cancel,
-    GetStats,
-    Heartbeat,
-    JobRequest,
-    ListJobs,
-    Register,
-    Report,
-    Retry,
-    SubmitMany,
-    Vacuum,
-    Watch,
-)
+from scheduler.protocol import Cancel, Heartbeat, JobRequest, Register, Report, SubmitMany, Watch
+from scheduler.protocol_queries import GetStats, ListJobs, Retry, Vacuum
 from scheduler.protocol_schedules import ScheduleAdd, ScheduleChange, ScheduleQuery
 from scheduler.protocol_types import Role
 

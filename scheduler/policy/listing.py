@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from scheduler.policy.job import Job, not_yours
-from scheduler.protocol import ListJobs
+from scheduler.protocol_queries import ListJobs
 
 
 @dataclass(frozen=True, slots=True)

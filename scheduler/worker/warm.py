@@ -1,14 +1,15 @@
 """Warm mode (``--warm N``): each slot keeps a process that runs jobs one after another.
 
 A slot process is a :class:`~scheduler.worker.process.JobProcess` whose target is
-:func:`slot_main`: it is forked, isolated and contained exactly as a job process is (its
-own session and process group, a child subreaper, the parent-death signal), and then
-waits on a control socket for jobs. For each job the scheduler sends the pickled target
-and arguments, and the job's descriptors (every keyword argument named ``*_fd``: the
-result pipe, the progress pipe) with ``SCM_RIGHTS``; the slot process runs it, re-points
-its stdout and stderr back, kills and reaps whatever the job left behind, closes the
-job's descriptors and answers with one record: the job's exit status, CPU seconds and
-peak resident memory, and its own memory now.
+:func:`~scheduler.worker.warm_slot.slot_main`: it is forked, isolated and contained
+exactly as a job process is (its own session and process group, a child subreaper, the
+parent-death signal), and then waits on a control socket for jobs. For each job the
+scheduler sends the pickled target and arguments, and the job's descriptors (every
+keyword argument named ``*_fd``: the result pipe, the progress pipe) with
+``SCM_RIGHTS``; the slot process runs it, re-points its stdout and stderr back, kills
+and reaps whatever the job left behind, closes the job's descriptors and answers with
+one record: the job's exit status, CPU seconds and peak resident memory, and its own
+memory now.
 
 Whatever stops a job (its timeout, an eviction, a cancel, a limit, a shutdown) stops its
 slot process's whole tree as it stops a job process; a job that kills its slot process
@@ -24,42 +25,23 @@ per job.
 
 from __future__ import annotations
 
-import _signal  # type: ignore[import-not-found]  # no stub; part of CPython
 import array
 import asyncio
 import logging
-import os
 import pickle
-import resource
-import signal
 import socket
-import struct
-import sys
 import time
-import traceback
 from collections.abc import Callable, Mapping
-from typing import Final
 
 from scheduler.policy.closing import Outcome
 from scheduler.policy.warm import WarmLimits, recycle
-from scheduler.worker import containment
 from scheduler.worker.cgroups import JobCgroups
-from scheduler.worker.child import LEFTOVER_REAP_S
-from scheduler.worker.job_progress import enter_job
 from scheduler.worker.process import JobProcess, ProcessResult
+from scheduler.worker.warm_slot import DONE, HEADER, MAX_FDS, slot_main
 
-__all__ = ["WarmJob", "WarmPool", "slot_main"]
+__all__ = ["WarmJob", "WarmPool"]
 
 log = logging.getLogger(__name__)
-
-_HEADER: Final = struct.Struct("<I")
-"""A job message: its payload's length, then the pickled ``(target, args, kwargs, fd
-names)``; the descriptors ride on its first byte."""
-_DONE: Final = struct.Struct("<iddqq")
-"""A slot process's answer to a job: exit status, the job's CPU seconds, the slot's CPU
-seconds so far, the job's peak RSS (KiB), the slot's RSS now (KiB)."""
-MAX_FDS: Final = 16
-"""Most descriptors one job may be sent."""
 
 
 class _Slot:
@@ -98,7 +80,7 @@ class _Slot:
         """Hand ``job`` to the idle slot process (OSError if it is gone)."""
         if self._sock is None:
             raise BrokenPipeError("the slot process is gone")
-        data = _HEADER.pack(len(payload)) + payload
+        data = HEADER.pack(len(payload)) + payload
         fds = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", job.fds))]
         sent = self._sock.sendmsg([data], fds, socket.MSG_NOSIGNAL)
         if sent < len(data):
@@ -123,9 +105,9 @@ class _Slot:
             self.retire()  # it exited: its reaping reports the job
             return
         self._buffer += data
-        if len(self._buffer) >= _DONE.size:
-            record, self._buffer = self._buffer[: _DONE.size], self._buffer[_DONE.size :]
-            self._job_done(_DONE.unpack(record))
+        if len(self._buffer) >= DONE.size:
+            record, self._buffer = self._buffer[: DONE.size], self._buffer[DONE.size :]
+            self._job_done(DONE.unpack(record))
 
     def _job_done(self, record: tuple[int, float, float, int, int]) -> None:
         job, self.job = self.job, None
@@ -148,8 +130,8 @@ class _Slot:
         job, self.job = self.job, None
         if job is None:
             return
-        if len(self._buffer) >= _DONE.size:
-            exit_code, cpu_s, _, peak_kb, _ = _DONE.unpack(self._buffer[: _DONE.size])
+        if len(self._buffer) >= DONE.size:
+            exit_code, cpu_s, _, peak_kb, _ = DONE.unpack(self._buffer[: DONE.size])
             job.finished(exit_code, "exited", cpu_s, peak_kb)
         else:
             cpu_s = max(0.0, result.cpu_s - self.cpu_s)
@@ -383,135 +365,3 @@ class WarmJob:
             self._loop.call_exception_handler(
                 {"message": f"a done callback of warm job {self.name} failed", "exception": exc}
             )
-
-
-def slot_main(control_fd: int, inherited: list[int]) -> None:
-    """The slot process: run each job the scheduler sends on ``control_fd`` until it
-    closes the socket.
-
-    ``inherited`` are the descriptors of the job the slot was forked for, which it
-    inherited and gets again with the job: closed at once. Per job, CPU seconds are the
-    difference of ``getrusage`` (the process and the children it reaped) from before to
-    after the job and its leftovers; peak RSS is the process's high-water mark, reset to
-    its current RSS before the job (``/proc/self/clear_refs``), or that of a child reaped
-    meanwhile if higher.
-    """
-    for fd in inherited:
-        os.close(fd)
-    out, err = os.dup(1), os.dup(2)
-    with socket.socket(fileno=control_fd) as sock:
-        while (job := _receive(sock)) is not None:
-            payload, fds = job
-            cpu_before, children_peak = _usage()
-            _reset_peak()
-            exit_code = _run(payload, fds)
-            _after_job(fds, out, err)
-            cpu_after, children_after = _usage()
-            peak_kb, rss_kb = _memory()
-            if children_after > children_peak:
-                peak_kb = max(peak_kb, children_after)
-            sock.sendall(_DONE.pack(exit_code, cpu_after - cpu_before, cpu_after, peak_kb, rss_kb))
-
-
-def _receive(sock: socket.socket) -> tuple[bytes, list[int]] | None:
-    """The next job's payload and descriptors; None once the scheduler closed the socket."""
-    fds = array.array("i")
-    header, ancillary, _, _ = sock.recvmsg(_HEADER.size, socket.CMSG_SPACE(MAX_FDS * fds.itemsize))
-    for level, kind, data in ancillary:
-        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-            fds.frombytes(data[: len(data) - len(data) % fds.itemsize])
-    if not header:
-        return None
-    header += _read_exactly(sock, _HEADER.size - len(header))
-    (length,) = _HEADER.unpack(header)
-    return _read_exactly(sock, length), list(fds)
-
-
-def _read_exactly(sock: socket.socket, size: int) -> bytes:
-    chunks = []
-    while size > 0:
-        chunk = sock.recv(size)
-        if not chunk:
-            raise EOFError("the scheduler closed the control socket mid-message")
-        chunks.append(chunk)
-        size -= len(chunk)
-    return b"".join(chunks)
-
-
-def _run(payload: bytes, fds: list[int]) -> int:
-    """Run one job; return its exit status as its own process would have exited with."""
-    try:
-        target, args, kwargs, fd_names = pickle.loads(payload)
-        kwargs.update(zip(fd_names, fds, strict=True))
-        target(*args, **kwargs)
-    except SystemExit as exc:
-        return _exit_status(exc.code)
-    except BaseException:
-        traceback.print_exc()  # as multiprocessing prints it: to the job's stderr
-        return 1
-    return 0
-
-
-def _exit_status(code: object) -> int:
-    """The status ``sys.exit(code)`` exits a process with."""
-    if code is None:
-        return 0
-    if isinstance(code, int):
-        return code & 0xFF
-    sys.stderr.write(f"{code}\n")
-    return 1
-
-
-def _after_job(fds: list[int], out: int, err: int) -> None:
-    """Leave the slot process as the next job expects it: its output flushed to the job's
-    log, stdout and stderr the slot's again, the job's descriptors closed, its leftovers
-    killed and reaped, SIGINT and SIGTERM at their defaults, progress sent nowhere."""
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            if stream is not None:
-                stream.flush()
-        except (OSError, ValueError):
-            pass  # a stream the job closed or broke: its output is lost, as it would be
-    os.dup2(out, 1)
-    os.dup2(err, 2)
-    enter_job(-1, None)
-    if containment.has_children():
-        containment.kill_tree(os.getpid(), include_root=False)
-        containment.reap_children(LEFTOVER_REAP_S)
-    for fd in fds:
-        try:
-            os.close(fd)
-        except OSError:
-            pass  # the job closed it itself
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        _signal.signal(signum, _signal.SIG_DFL)
-
-
-def _usage() -> tuple[float, int]:
-    """CPU seconds of this process and its reaped children, and the children's peak RSS."""
-    own = resource.getrusage(resource.RUSAGE_SELF)
-    children = resource.getrusage(resource.RUSAGE_CHILDREN)
-    cpu = own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
-    return cpu, children.ru_maxrss
-
-
-def _reset_peak() -> None:
-    """Reset this process's peak RSS to its current RSS (a kernel without it keeps the
-    lifetime peak)."""
-    try:
-        with open("/proc/self/clear_refs", "wb", buffering=0) as refs:
-            refs.write(b"5")
-    except OSError:
-        pass
-
-
-def _memory() -> tuple[int, int]:
-    """This process's peak RSS since the last reset and its RSS now, in KiB."""
-    peak = rss = 0
-    with open("/proc/self/status", "rb") as status:
-        for line in status:
-            if line.startswith(b"VmHWM:"):
-                peak = int(line.split()[1])
-            elif line.startswith(b"VmRSS:"):
-                rss = int(line.split()[1])
-    return peak, rss

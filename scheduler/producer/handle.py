@@ -129,7 +129,25 @@ class JobWatch:
         self._changed = asyncio.Event()
 
 
-class Job(str):
+class IdHandle(str):
+    """A handle that is its job's id: it prints as ``Kind('id')``, and pickles and copies
+    as the plain id (the client it holds cannot travel)."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({str.__repr__(self)})"
+
+    def __reduce__(self) -> tuple[type[str], tuple[str]]:
+        return str, (str(self),)
+
+    @property
+    def id(self) -> str:
+        """The job's id, as a plain ``str``."""
+        return str(self)
+
+
+class Job(IdHandle):
     """A handle on one job of a :class:`~scheduler.producer.client.ProducerClient`.
 
     It is the job's id (a ``str``: compare it, print it, put it in ``depends_on``); its
@@ -145,18 +163,6 @@ class Job(str):
         job._watch = watch
         job._client = client
         return job
-
-    def __repr__(self) -> str:
-        return f"Job({str.__repr__(self)})"
-
-    def __reduce__(self) -> tuple[type[str], tuple[str]]:
-        # A handle holds its client's connection: it pickles (and copies) as its id.
-        return str, (str(self),)
-
-    @property
-    def id(self) -> str:
-        """The job's id, as a plain ``str``."""
-        return str(self)
 
     @property
     def latest(self) -> JobEvent | None:

@@ -33,7 +33,7 @@ from typing import Any, TypeVar
 
 from scheduler.producer.client import ProducerClient
 from scheduler.producer.errors import BusConnectionLost
-from scheduler.producer.handle import Job
+from scheduler.producer.handle import IdHandle, Job
 from scheduler.producer.settings import client_settings
 from scheduler.protocol import (
     CancelReply,
@@ -53,7 +53,7 @@ T = TypeVar("T")
 _CLOSED = "the client was closed"
 
 
-class SyncJob(str):
+class SyncJob(IdHandle):
     """A handle on one job of a :class:`SyncClient`: the blocking twin of
     :class:`~scheduler.producer.handle.Job`, and like it the job's id (a ``str``)."""
 
@@ -66,18 +66,6 @@ class SyncJob(str):
         handle._job = job
         handle._client = client
         return handle
-
-    def __repr__(self) -> str:
-        return f"SyncJob({str.__repr__(self)})"
-
-    def __reduce__(self) -> tuple[type[str], tuple[str]]:
-        # A handle holds its client's thread: it pickles (and copies) as its id.
-        return str, (str(self),)
-
-    @property
-    def id(self) -> str:
-        """The job's id, as a plain ``str``."""
-        return str(self)
 
     @property
     def latest(self) -> JobEvent | None:

@@ -155,6 +155,9 @@ class Watch:
         holder = self.live.get(job.id)
         assert holder is None, f"job {job.id} starts at {node} while it runs at {holder}"
         self.live[job.id] = node
+        # A start at a scheduler of several slots restarts its idle clock: while its
+        # slots fill and empty in turn, none of them stays idle for a steal round.
+        self.idle_since.pop(node, None)
         waiting = sim.nodes[node].runner.snapshot().waiting
         more_urgent = [w for w in waiting if w.priority < job.priority]
         assert not more_urgent, f"{node} started {job} before more urgent {more_urgent}"
@@ -164,27 +167,37 @@ class Watch:
             self.idle_since.clear()
             return
         connected = [n for n in sim.nodes.values() if n.alive and n.connected]
-        backlog = bool(sim.core.backlog())
+        backlog = sim.core.backlog()
         for node in connected:
             others_queue = self.steal and any(
-                _stealable(sim, other.name) for other in connected if other is not node
+                _stealable(sim, other.name, node.name) for other in connected if other is not node
             )
-            if node.runner.running < node.spec.size and (backlog or others_queue):
+            runnable = any(_runs_on(job_id, node.name) for job_id in backlog)
+            if node.runner.running < node.spec.size and (runnable or others_queue):
                 since = self.idle_since.setdefault(node.name, sim.now)
-                assert sim.now - since <= STEAL_ROUND, (
+                assert sim.now - since <= STEAL_ROUND + 1e-9, (  # float sums
                     f"{node.name} has a free slot since {since} while jobs wait (now {sim.now})"
                 )
             else:
                 self.idle_since.pop(node.name, None)
 
 
-def _stealable(sim: Simulation, name: str) -> int:
-    """Jobs waiting in ``name``'s queue that the bus may steal: those the core lists as
-    waiting there, as far as they really wait (a job whose ``started`` report was lost
-    with the connection when the bus restarted runs, while the core still counts it
-    as waiting until its next report: no slot waits for it)."""
+def _runs_on(job_id: str, name: str) -> bool:
+    """Whether scheduler ``name`` may run job ``job_id``: any but a broadcast's run
+    (``PARENT/SCHEDULER``, the only ids with a ``/`` here) pinned to another."""
+    return "/" not in job_id or job_id.rpartition("/")[2] == name
+
+
+def _stealable(sim: Simulation, name: str, thief: str) -> bool:
+    """Whether a job waits in ``name``'s queue that ``thief`` may steal: one the core
+    lists as waiting there, as far as it really waits (a job whose ``started`` report
+    was lost with the connection when the bus restarted runs, while the core counts it
+    as waiting until its next report: no slot waits for it), and not a broadcast's run
+    (pinned there)."""
     info = sim.core.scheduler(name)
-    return 0 if info is None else min(info.waiting, sim.nodes[name].runner.queued)
+    if info is None or not info.waiting:
+        return False
+    return any(_runs_on(job.id, thief) for job in sim.nodes[name].runner.snapshot().waiting)
 
 
 @dataclass

@@ -182,6 +182,15 @@ def variants(base: Mapping[str, Any], texts: Sequence[str]) -> list[dict[str, An
     help="Random seed of the jobs (the producer's --seed gives the same ones).",
 )
 @click.option(
+    "--every",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="Also fire a schedule 'periodic' of --task every this many seconds, until the "
+    "last job is submitted (as 'schedules add periodic --every').",
+)
+@click.option("--cron", default=None, help="Fire that schedule at this cron expression's times.")
+@click.option("--tz", default="UTC", show_default=True, help="The cron expression's time zone.")
+@click.option(
     "--jobs",
     "jobs_file",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
@@ -223,6 +232,9 @@ def cli(
     retry_backoff: float,
     fail_rate: float,
     seed: int,
+    every: float | None,
+    cron: str | None,
+    tz: str,
     jobs_file: Path | None,
     replay: Path | None,
     compare: tuple[str, ...],
@@ -237,7 +249,7 @@ def cli(
     def generated() -> Generated:
         return Generated(
             count, period, gauss, sigma, runtime, priority, job_timeout, seed, task,
-            max_retries, retry_backoff, fail_rate,
+            max_retries, retry_backoff, fail_rate, every, cron, tz,
         )  # fmt: skip
 
     workload = read_workload(jobs_file, replay, generated)

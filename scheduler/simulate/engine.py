@@ -41,7 +41,8 @@ from scheduler.protocol import Accepted, Assignment, Report, Stop
 from scheduler.simulate.fleet import Fleet, FleetEvent, SchedulerSpec
 from scheduler.simulate.metrics import NodeStats, Recorder, Samples, WaitStats
 from scheduler.simulate.node import SimNode
-from scheduler.simulate.workload import SimJob, Workload
+from scheduler.simulate.periodic import SimRequests
+from scheduler.simulate.workload import Entry, SimJob, Workload
 
 SIM_RULES = DispatchConfig(start_deadline=DEFAULT_START_DEADLINE_S)
 """The rules a simulated bus runs unless told otherwise: a live bus's defaults."""
@@ -106,7 +107,10 @@ class Outcome:
 
 Trace = list[tuple[object, ...]]
 """What a checked run records, in order: ``("event", time, JobEvent)``, ``("start",
-time, node, LocalJob)``, ``("end", time, node, job id)``."""
+time, node, LocalJob)``, ``("end", time, node, job id)``, and from the workload's
+requests (:mod:`.periodic`) ``("cancel", time, job id, reply or None if refused)``,
+``("fired", time, firing's job id, None)``, ``("skipped", time, firing's job id,
+JobEvent)``."""
 
 _Handler = Callable[[Any], None]
 
@@ -153,7 +157,9 @@ class Simulation:
         )
         self._steal_attempts = 0
         self._steals_before = 0
-        self._submits: Iterator[SimJob] = iter(())
+        self.requests = SimRequests(self, self.settings.seed)
+        self._finals = workload.requests
+        self._submits: Iterator[Entry] = iter(())
         self._submitted_all = False
         self.samples = None if self.settings.sample_s is None else Samples(self.settings.sample_s)
 
@@ -221,8 +227,11 @@ class Simulation:
 
     # --- the bus -----------------------------------------------------------------------
 
-    def _submit(self, arg: SimJob) -> None:
+    def _submit(self, arg: Entry) -> None:
         self._next_submit()
+        if not isinstance(arg, SimJob):
+            self.requests.request(arg)
+            return
         if not self._bus_up:
             self.recorder.counts["refused"] += 1
             return
@@ -236,7 +245,7 @@ class Simulation:
         """Journal (for a restart), then carry out ``decisions`` in order, as the hub does;
         then arm the tick for the core's next deadline."""
         changed, deleted = self.core.take_changes()
-        if self._journal is not None:
+        if self._journal is not None or self._finals:
             self._keep(changed, deleted)
         now = self.now
         arrive = now + self.settings.latency
@@ -257,14 +266,30 @@ class Simulation:
         self._arm()
 
     def _keep(self, changed: list[Job], deleted: list[str]) -> None:
-        assert self._journal is not None
+        journal = self._journal if self._journal is not None else {}
+        finals = self.requests.finals if self._finals else {}
         for job in changed:
             if job.final:
-                self._journal.pop(job.id, None)
+                journal.pop(job.id, None)
+                finals[job.id] = job
             else:
-                self._journal[job.id] = job
+                journal[job.id] = job
         for job_id in deleted:
-            self._journal.pop(job_id, None)
+            journal.pop(job_id, None)
+            finals.pop(job_id, None)
+
+    def carry_out(self, decisions: list[Decision]) -> None:
+        """Journal, then carry out ``decisions`` of the core, as for a submit."""
+        self._apply(decisions)
+
+    def background(self, t: float, fn: _Handler, arg: object) -> None:
+        """Call ``fn(arg)`` at ``t``, in the background: the run may end with it pending."""
+        self._later(t, fn, arg)
+
+    def traced(self, kind: str, job_id: str, what: object) -> None:
+        """Add ``(kind, now, job_id, what)`` to the trace of a checked run."""
+        if self.trace is not None:
+            self.trace.append((kind, self.now, job_id, what))
 
     def _arm(self) -> None:
         deadline = self.core.next_deadline()
@@ -417,6 +442,7 @@ class Simulation:
         self._bus_up = True
         self._tick_at = float("inf")
         self._arm()
+        self.requests.bus_back()
         for node in self.nodes.values():
             if node.alive:
                 self.at(self.now + self.settings.latency, self._connect, node)

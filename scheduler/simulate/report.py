@@ -15,6 +15,12 @@ FINALS = ("succeeded", "failed", "timed_out", "dead", "cancelled", "expired", "s
 """The final states counted in the summary, in the order shown."""
 
 
+REQUEST_COUNTS = ("fired", "firings_skipped", "firings_refused", "cancels")
+"""The counts of a workload's schedules and cancels, shown when not zero: firings
+submitted, firings not run (skipped or missed, as ``skipped`` events), firings the core
+refused, cancel requests."""
+
+
 def summary(outcome: Outcome) -> dict[str, Any]:
     """The figures of ``outcome`` as plain JSON-ready values (seconds, counts, ratios)."""
     counts = outcome.counts
@@ -29,6 +35,7 @@ def summary(outcome: Outcome) -> dict[str, Any]:
         "timeouts": outcome.timeouts,
         "retries": counts.get("retrying", 0),
         "requeued": counts.get("requeued", 0),
+        **{name: counts[name] for name in REQUEST_COUNTS if counts.get(name)},
         "waits_s": [asdict(w) for w in outcome.waits],
         "schedulers": [asdict(n) for n in outcome.nodes],
         "simulation": {
@@ -76,6 +83,7 @@ def totals_rows(outcome: Outcome) -> list[tuple[str, str]]:
         ("timeouts", f"{s['timeouts']:,}"),
         ("retries", f"{s['retries']:,}"),
         ("requeued", f"{s['requeued']:,}"),
+        *((name.replace("_", " "), f"{s[name]:,}") for name in REQUEST_COUNTS if name in s),
         ("utilisation", f"{mean_utilisation(outcome):.1%}"),
         ("simulated", f"{outcome.events:,} events in {outcome.seconds:.2f} s"),
         ("speed", f"{outcome.jobs_per_s:,.0f} jobs/s ({outcome.jobs_per_cpu_s:,.0f} per CPU s)"),

@@ -1,5 +1,6 @@
 """What a simulation submits, and when: the producer's random jobs, a JSON-lines file of
-jobs, or the jobs of a recorded live run (``monitor --json`` output).
+jobs (and cancels and schedules, :mod:`.entries`), or the jobs of a recorded live run
+(``monitor --json`` output).
 
 A :class:`Workload` can be read any number of times and gives the same jobs each time
 (so that ``--compare`` runs every variant on one workload). Times are simulated seconds
@@ -17,8 +18,18 @@ from typing import Any
 
 import msgspec
 
+from scheduler.policy.schedules import spec_problem
 from scheduler.producer.workload import JobMaker, Span, periods
 from scheduler.protocol import JobPayload
+from scheduler.protocol_schedules import ScheduleSpec
+from scheduler.simulate.entries import (
+    EntryError,
+    Request,
+    SimSchedule,
+    SimUnschedule,
+    cancel_entry,
+    schedule_entries,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,17 +42,25 @@ class SimJob:
     fail: bool = False
 
 
+Entry = SimJob | Request
+"""One thing a workload does at its time: submit a job, cancel one, add or remove a
+schedule."""
+
+
 @dataclass(frozen=True)
 class Workload:
-    """Jobs in submit order (:meth:`jobs`, a fresh iterator each time), the ``tasks`` they
-    name, and how many there are (``count``)."""
+    """Jobs (and other entries) in time order (:meth:`jobs`, a fresh iterator each
+    time), the ``tasks`` they name, and how many jobs there are (``count``)."""
 
-    source: Callable[[], Iterator[SimJob]]
+    source: Callable[[], Iterator[Entry]]
     tasks: frozenset[str]
     count: int
+    requests: bool = False
+    """Whether it cancels jobs or adds schedules (then final jobs are kept, as the
+    journal keeps them, for the ids submitted or cancelled again)."""
 
-    def jobs(self) -> Iterator[SimJob]:
-        """The jobs again, from the first."""
+    def jobs(self) -> Iterator[Entry]:
+        """The entries again, from the first."""
         return self.source()
 
 
@@ -50,7 +69,12 @@ class Generated:
     """The producer's flags (``python -m scheduler.producer --gauss ...``): ``count`` jobs,
     one every ``period`` seconds (gaussian around it with ``sigma`` when ``gauss``), with
     runtimes and priorities drawn from their spans by ``seed``; ``fail_rate``: the
-    chance that a job's attempts fail (drawn from a generator of its own)."""
+    chance that a job's attempts fail (drawn from a generator of its own).
+
+    ``every`` or ``cron`` (in ``tz``) also adds a schedule named ``periodic`` of
+    ``task`` (as ``schedules add periodic --every``/``--cron`` would), its firings
+    running the middle of the runtime span at the middle of the priority span, from the
+    start until the last job is submitted."""
 
     count: int
     period: float = 5.0
@@ -64,6 +88,9 @@ class Generated:
     max_retries: int = 0
     retry_backoff: float = 1.0
     fail_rate: float = 0.0
+    every: float | None = None
+    cron: str | None = None
+    tz: str = "UTC"
 
     def __post_init__(self) -> None:
         """Refuse values the producer would refuse, naming the flag."""
@@ -75,10 +102,48 @@ class Generated:
             raise ValueError("--priority must be within 0-10")
         if self.runtime.low < 0:
             raise ValueError("--runtime must not be negative")
+        self.schedule()
+
+    def schedule(self) -> ScheduleSpec | None:
+        """The ``periodic`` schedule ``every``/``cron`` ask for, or None; raises
+        ValueError naming the flag of a bad one."""
+        if self.every is None and self.cron is None:
+            return None
+        fields = {
+            "name": "periodic",
+            "task": self.task,
+            "every": self.every,
+            "cron": self.cron,
+            "tz": self.tz,
+            "runtime": (self.runtime.low + self.runtime.high) / 2,
+            "priority": int(self.priority.low + self.priority.high) // 2,
+            "timeout": self.timeout,
+        }
+        try:
+            spec = msgspec.convert(fields, ScheduleSpec)
+        except msgspec.ValidationError as exc:
+            raise ValueError(f"--every/--cron: {exc}") from None
+        problem = spec_problem(spec)
+        if problem is not None:
+            raise ValueError(f"--{problem[1]}")
+        return spec
 
     def workload(self) -> Workload:
-        """These jobs as a :class:`Workload`."""
-        return Workload(self._jobs, frozenset({self.task}), self.count)
+        """These jobs (and schedule) as a :class:`Workload`."""
+        scheduled = self.every is not None or self.cron is not None
+        return Workload(self._entries, frozenset({self.task}), self.count, scheduled)
+
+    def _entries(self) -> Iterator[Entry]:
+        spec = self.schedule()
+        if spec is None:
+            yield from self._jobs()
+            return
+        yield SimSchedule(0.0, spec)
+        at = 0.0
+        for job in self._jobs():
+            at = job.at
+            yield job
+        yield SimUnschedule(at, spec.name)
 
     def _jobs(self) -> Iterator[SimJob]:
         # The producer's own generator and draw order: the same seed gives the same jobs
@@ -112,18 +177,19 @@ _LINE_FIELDS = frozenset({"at", "fail", "id"})
 
 def read_jsonl(path: Path) -> Workload:
     """Jobs from a JSON-lines file, one object per line: ``at`` (submit time, seconds,
-    required), ``id`` (optional, for ``depends_on``), ``fail`` (optional bool), and any
-    field of a job payload (``task``, ``priority``, ``runtime``, ``timeout``,
-    ``depends_on``, ``run_at`` in simulated seconds, ``max_retries``, ...). Sorted by
-    ``at``. Raises :class:`WorkloadError` naming the line and field of a bad entry."""
-    jobs: list[SimJob] = []
+    required), ``id`` (optional, for ``depends_on`` and cancels), ``fail`` (optional
+    bool), and any field of a job payload (``task``, ``priority``, ``runtime``,
+    ``timeout``, ``depends_on``, ``run_at`` in simulated seconds, ``max_retries``,
+    ``broadcast``, ...); or a cancel or schedule line (:mod:`.entries`). Sorted by ``at``.
+    Raises :class:`WorkloadError` naming the line and field of a bad entry."""
+    entries: list[Entry] = []
     for number, line in enumerate(path.read_text().splitlines(), 1):
         if line.strip():
-            jobs.append(_parse_line(line, f"{path}:{number}"))
-    return _fixed(jobs)
+            entries.extend(_parse_line(line, f"{path}:{number}"))
+    return _fixed(entries)
 
 
-def _parse_line(line: str, where: str) -> SimJob:
+def _parse_line(line: str, where: str) -> list[Entry]:
     try:
         entry = json.loads(line)
     except json.JSONDecodeError as exc:
@@ -133,13 +199,20 @@ def _parse_line(line: str, where: str) -> SimJob:
     at = entry.get("at")
     if isinstance(at, bool) or not isinstance(at, int | float) or at < 0:
         raise WorkloadError(f"{where}: at: must be a number of seconds >= 0, not {at!r}")
+    try:
+        if "cancel" in entry:
+            return [cancel_entry(float(at), entry)]
+        if "schedule" in entry:
+            return list(schedule_entries(float(at), entry))
+    except EntryError as exc:
+        raise WorkloadError(f"{where}: {exc}") from None
     fail = entry.get("fail", False)
     if not isinstance(fail, bool):
         raise WorkloadError(f"{where}: fail: must be true or false, not {fail!r}")
     fields = {k: v for k, v in entry.items() if k not in _LINE_FIELDS}
     if "id" in entry:
         fields["job_id"] = entry["id"]
-    return SimJob(float(at), _payload(fields, where), fail)
+    return [SimJob(float(at), _payload(fields, where), fail)]
 
 
 def _payload(fields: dict[str, Any], where: str) -> JobPayload:
@@ -172,7 +245,7 @@ def read_monitor(path: Path) -> Workload:
         if not isinstance(event, dict) or not {"event", "id", "time"} <= event.keys():
             raise WorkloadError(f"{path}:{number}: not a monitor --json event")
         events.append(event)
-    return _fixed(recorded_jobs(events))
+    return _fixed(list(recorded_jobs(events)))
 
 
 def recorded_jobs(events: Sequence[dict[str, Any]]) -> list[SimJob]:
@@ -207,7 +280,11 @@ def recorded_jobs(events: Sequence[dict[str, Any]]) -> list[SimJob]:
     return jobs
 
 
-def _fixed(jobs: list[SimJob]) -> Workload:
-    jobs.sort(key=lambda job: job.at)
-    frozen = tuple(jobs)
-    return Workload(lambda: iter(frozen), frozenset(j.payload.task for j in frozen), len(frozen))
+def _fixed(entries: list[Entry]) -> Workload:
+    entries.sort(key=lambda entry: entry.at)
+    frozen = tuple(entries)
+    jobs = [e for e in frozen if isinstance(e, SimJob)]
+    tasks = {j.payload.task for j in jobs}
+    tasks.update(e.spec.task for e in frozen if isinstance(e, SimSchedule))
+    requests = len(jobs) < len(frozen)
+    return Workload(lambda: iter(frozen), frozenset(tasks), len(jobs), requests)

@@ -74,8 +74,6 @@ from typing import TYPE_CHECKING, Any, Final, ParamSpec, Protocol, TypeVar, cast
 import msgspec
 
 from scheduler.policy.limits import NO_LIMITS, Limits, parse_size
-from scheduler.policy.schedules import spec_problem
-from scheduler.protocol_schedules import ScheduleSpec
 from scheduler.protocol_types import MAX_NAME_LEN, MAX_TIMEOUT_S, PRIORITY_MAX, PRIORITY_MIN, Args
 from scheduler.worker.job_progress import enter_job
 from scheduler.worker.job_progress import progress as progress  # public: tasks call it
@@ -84,6 +82,7 @@ from scheduler.worker.task_result import send_exception, send_result
 if TYPE_CHECKING:
     from scheduler.producer.handle import Job
     from scheduler.producer.sync import SyncJob
+    from scheduler.protocol_schedules import ScheduleSpec
 
 Task = Callable[..., object]
 P = ParamSpec("P")
@@ -329,6 +328,11 @@ def _schedule(
     name: str, priority: int | None, timeout: float | None, fields: dict[str, object]
 ) -> ScheduleSpec:
     """The schedule ``@task`` declared for task ``name``; ``ValueError`` naming the field."""
+    # Here, not at the top: the fork server imports this module, and every page its
+    # imports fill is one more for each fork to copy (croniter, the wire's structs).
+    from scheduler.policy.schedules import spec_problem
+    from scheduler.protocol_schedules import ScheduleSpec
+
     given = {key: value for key, value in fields.items() if value is not None}
     try:
         spec = msgspec.convert(

@@ -8,12 +8,21 @@ from scheduler.tasks import task
 
 NETWORK_STACK = ("asyncio", "websockets", "click", "scheduler.worker.executor", "multiprocessing")
 """Modules a job process forked by the fork server must not have inherited."""
+SCHEDULE_STACK = ("croniter", "dateutil", "scheduler.protocol", "scheduler.policy.schedules")
+"""Modules only a task that declares a schedule needs: the fork server (whose every page
+each fork maps again) has not imported them for tasks that declare none."""
 
 
 @task
 def network_modules() -> list[str]:
     """Which of :data:`NETWORK_STACK` this job process has imported."""
     return [name for name in NETWORK_STACK if name in sys.modules]
+
+
+@task
+def schedule_modules() -> list[str]:
+    """Which of :data:`SCHEDULE_STACK` this job process has imported."""
+    return [name for name in SCHEDULE_STACK if name in sys.modules]
 
 
 @task

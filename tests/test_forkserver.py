@@ -203,6 +203,17 @@ async def test_the_fork_server_imports_no_network_stack() -> None:
         await executor.shutdown()  # which closes the fork server
 
 
+async def test_the_fork_server_imports_no_schedule_parser_for_tasks_without_schedules() -> None:
+    registry = TaskRegistry({"schedule_modules": forkserver_tasks.schedule_modules})
+    reports = Reports()
+    executor = Executor(1, 10 * unit(), registry, reports, launcher=ForkServerLauncher(registry))
+    try:
+        executor.submit(job("probe", task="schedule_modules", args=[]))
+        assert (await reports.expect("succeeded", "probe")).result == []
+    finally:
+        await executor.shutdown()  # which closes the fork server
+
+
 async def test_jobs_are_forked_from_the_scheduler_when_no_fork_server_starts(
     monkeypatch: pytest.MonkeyPatch, reports: Reports
 ) -> None:

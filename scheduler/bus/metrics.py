@@ -118,12 +118,21 @@ class BusMetrics:
         self.registry.register(_LiveCollector(figures))
         self._queued_at: dict[str, float] = {}
         self._tracks = tracks
+        # Each labelled child once: ``labels()`` takes a lock and checks its arguments at
+        # every call, and the bus counts several events per job.
+        self._event_counters: dict[tuple[str, str], Counter] = {}
+        self._wait_series: dict[int, Histogram] = {}
+        self._run_series: dict[int, Histogram] = {}
 
     def event(self, event: JobEvent, now: float) -> None:
         """Count ``event`` (published at monotonic ``now``): by event and task; a job
         entering the queue starts its wait, ``started`` observes it, an attempt's end
         observes its run time, and a final event forgets the job."""
-        self._events.labels(event.event, event.task).inc()
+        key = (event.event, event.task)
+        counter = self._event_counters.get(key)
+        if counter is None:
+            counter = self._event_counters[key] = self._events.labels(*key)
+        counter.inc()
         if event.state == "queued":
             self._queued_at[event.id] = now
             if len(self._queued_at) > MAX_WAITING:
@@ -131,9 +140,11 @@ class BusMetrics:
         elif event.event == "started":
             since = self._queued_at.pop(event.id, None)
             if since is not None:
-                self._waits.labels(str(event.priority)).observe(max(0.0, now - since))
+                _series(self._waits, self._wait_series, event.priority).observe(
+                    max(0.0, now - since)
+                )
         if event.event in RUN_ENDINGS and event.wall_s is not None:
-            self._runs.labels(str(event.priority)).observe(event.wall_s)
+            _series(self._runs, self._run_series, event.priority).observe(event.wall_s)
         if event.event == "evicted":
             self._evictions.inc()
         if event.event in FINAL_EVENTS:
@@ -154,3 +165,11 @@ class BusMetrics:
     def waiting(self) -> int:
         """How many queue times are kept (jobs queued and not yet started)."""
         return len(self._queued_at)
+
+
+def _series(histogram: Histogram, series: dict[int, Histogram], priority: int) -> Histogram:
+    """``histogram``'s child for ``priority``, kept in ``series`` once made."""
+    child = series.get(priority)
+    if child is None:
+        child = series[priority] = histogram.labels(str(priority))
+    return child

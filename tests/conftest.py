@@ -18,6 +18,10 @@ from scheduler.auth import TokenRole, token_for
 from scheduler.bus.config import BusConfig
 from scheduler.bus.server import BusServer
 
+# The private PostgreSQL server's fixtures, for every test module.
+from postgres_server import postgres_dsn as postgres_dsn  # isort: skip
+from postgres_server import postgres_server as postgres_server  # isort: skip
+
 ROOT = Path(__file__).resolve().parent.parent
 
 

@@ -62,6 +62,11 @@ class LockSession:
         conn = await psycopg.AsyncConnection.connect(conninfo, autocommit=True)
         return cls(conn)
 
+    @property
+    def pid(self) -> int:
+        """The server process of this session (what ``pg_terminate_backend`` takes)."""
+        return self._conn.info.backend_pid
+
     async def try_lock(self) -> bool:
         """Try the leader lock once, without waiting; return whether this session holds it."""
         row = await self._one("SELECT pg_try_advisory_lock(%s)", (LOCK_KEY,))

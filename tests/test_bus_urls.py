@@ -3,10 +3,18 @@
 
 from __future__ import annotations
 
+import click
 import pytest
+from click.testing import CliRunner
+from conftest import free_port, unit
 from websockets.exceptions import InvalidURI
 
+from scheduler.bus.server import BusServer
 from scheduler.connect import parse_bus_urls
+from scheduler.dashboard.cli import cli as dashboard_cli
+from scheduler.producer.cli import cli as producer_cli
+from scheduler.producer.client import ProducerClient
+from scheduler.tools.status import cli as status_cli
 from scheduler.policy.bus_urls import UrlRing
 
 A, B, C = "ws://a:8101", "ws://b:8101", "ws://c:8101"
@@ -76,3 +84,23 @@ def test_a_standby_naming_no_one_or_itself_counts_as_a_failure() -> None:
     ring = UrlRing((A, B))
     assert ring.redirected(None) is False and ring.current == B
     assert ring.redirected(B) is True and ring.current == A
+
+
+@pytest.mark.parametrize(
+    ("command", "env"),
+    [(status_cli, False), (producer_cli, False), (dashboard_cli, False), (status_cli, True)],
+)
+def test_every_command_names_the_bad_entry_of_its_url_list(
+    command: click.Command, env: bool
+) -> None:
+    text = f"{A},,{B}"
+    args, environ = ([], {"SCHEDBUS_URL": text}) if env else (["--bus", text], {})
+    result = CliRunner().invoke(command, args, env=environ)
+    assert result.exit_code == 2
+    assert "bus URL 2 of 3 is empty" in result.output
+
+
+async def test_a_client_given_a_list_skips_a_dead_bus(bus: BusServer) -> None:
+    dead = f"ws://127.0.0.1:{free_port()}"
+    async with ProducerClient(f"{dead},{bus.url}", connect_timeout=10 * unit()) as client:
+        assert client.name is not None

@@ -1,0 +1,173 @@
+"""Several buses on one PostgreSQL journal, as real processes: the leader SIGKILLed
+mid-run, its lock session killed, and the clients following whoever leads."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import time
+from collections import Counter
+from pathlib import Path
+
+import psycopg
+import pytest
+from conftest import ROOT, Commands, free_port, unit, wait_until
+from test_durability import AttemptLog, alive
+
+from scheduler.policy.leadership import EXIT_FENCED
+
+pytestmark = pytest.mark.timeout(120)
+
+TASKS = str(ROOT / "tests" / "attempt_log_tasks.py")
+
+
+class ElectedBus:
+    """``python -m scheduler.bus --store DSN`` on a port of its own."""
+
+    def __init__(self, commands: Commands, dsn: str, *options: str) -> None:
+        self.commands = commands
+        self.dsn = dsn
+        self.options = options
+        self.port = free_port()
+        self.url = f"ws://127.0.0.1:{self.port}"
+        self.proc: asyncio.subprocess.Process | None = None
+
+    async def start(self) -> None:
+        """Start it and wait until it stands by or leads."""
+        self.proc = await self.commands.start(
+            "scheduler.bus", "--port", str(self.port), "--store", self.dsn, *self.options
+        )
+        await wait_until(
+            lambda: "bus standing by" in self.log(), 20 * unit(), f"{self.url} is up"
+        )
+
+    def log(self) -> str:
+        assert self.proc is not None
+        return self.commands.log_of(self.proc)
+
+    def leads(self) -> bool:
+        """Whether it is alive and has started serving as the leader."""
+        return (
+            self.proc is not None and self.proc.returncode is None and "bus listening" in self.log()
+        )
+
+    async def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        await self.proc.wait()
+
+
+async def leader_of(buses: list[ElectedBus]) -> ElectedBus:
+    """The one bus that leads, once one does."""
+    await wait_until(lambda: any(bus.leads() for bus in buses), 20 * unit(), "a bus leads")
+    (leader,) = [bus for bus in buses if bus.leads()]
+    return leader
+
+
+async def test_1000_jobs_survive_two_leaders_killed(
+    commands: Commands, postgres_dsn: str, tmp_path: Path
+) -> None:
+    started = time.monotonic()
+    log = tmp_path / "attempts.log"
+    log.touch()
+    os.environ["SCHEDBUS_ATTEMPT_LOG"] = str(log)
+    buses = [ElectedBus(commands, postgres_dsn) for _ in range(3)]
+    for bus in buses:
+        await bus.start()
+    urls = ",".join(bus.url for bus in buses)
+    leader = await leader_of(buses)
+    workers = [
+        await commands.start(
+            "scheduler.worker", "--tasks", TASKS, "-s", "4", "-t", "30", "--bus", urls,
+            "--name", f"w{i}",
+        )
+        for i in range(3)
+    ]
+    producer = await commands.start(
+        "scheduler.producer", "--bus", urls, "--count", "1000", "-p", "0", "--id-prefix",
+        "acc", "--task", "recorded_sleep", "--runtime", "0.005-0.02", "--priority", "0-10",
+        "--wait", "--json",
+        stdout=asyncio.subprocess.PIPE,
+    )
+    assert producer.stdout is not None
+    finals: list[dict[str, object]] = []
+
+    async def read_finals(until: int) -> None:
+        assert producer.stdout is not None
+        while len(finals) < until:
+            line = await producer.stdout.readline()
+            assert line, "the producer ended early"
+            finals.append(json.loads(line))
+
+    for cut in (250, 550):
+        await asyncio.wait_for(read_finals(cut), 60 * unit())
+        await leader.kill()
+        leader = await leader_of([bus for bus in buses if bus.proc and bus.proc.returncode is None])
+    await asyncio.wait_for(read_finals(1000), 60 * unit())
+    assert await asyncio.wait_for(producer.wait(), 10 * unit()) == 0
+    ids = Counter(str(job["id"]) for job in finals)
+    assert len(ids) == 1000 and set(ids.values()) == {1}
+    assert {job["state"] for job in finals} == {"succeeded"}
+    async with await psycopg.AsyncConnection.connect(postgres_dsn) as conn:
+        cursor = await conn.execute("SELECT state, count(*) FROM schedbus_jobs GROUP BY state")
+        assert dict(await cursor.fetchall()) == {"succeeded": 1000}
+    attempts = AttemptLog(log).read()
+    assert set(attempts.runs) == set(ids)
+    for job_id, runs in attempts.runs.items():
+        ordered = sorted(runs, key=lambda run: run.start)
+        for before, after in zip(ordered, ordered[1:], strict=False):
+            assert before.end is None or before.end <= after.start, (job_id, ordered)
+            assert before.end is not None or not alive(before.pid), (job_id, ordered)
+    assert all(worker.returncode is None for worker in workers), "a scheduler restarted"
+    for worker in workers:
+        worker.send_signal(signal.SIGTERM)
+    for bus in buses:
+        if bus.proc is not None and bus.proc.returncode is None:
+            bus.proc.send_signal(signal.SIGTERM)
+    procs = [*workers, *(bus.proc for bus in buses if bus.proc is not None)]
+    await asyncio.wait_for(asyncio.gather(*(proc.wait() for proc in procs)), 20 * unit())
+    await wait_until(
+        lambda: not any(alive(pid) for pid in attempts.pids()), 10 * unit(), "no job left"
+    )
+    print(f"acceptance run: {time.monotonic() - started:.1f} s")
+
+
+async def test_a_leader_whose_lock_session_is_killed_assigns_nothing_more(
+    commands: Commands, postgres_dsn: str, tmp_path: Path
+) -> None:
+    log = tmp_path / "attempts.log"
+    log.touch()
+    os.environ["SCHEDBUS_ATTEMPT_LOG"] = str(log)
+    bus = ElectedBus(commands, postgres_dsn)
+    await bus.start()
+    await leader_of([bus])
+    await commands.start(
+        "scheduler.worker", "--tasks", TASKS, "-s", "1", "-t", "30", "--bus", bus.url,
+        "--name", "w0",
+    )
+    producer = await commands.start(
+        "scheduler.producer", "--bus", bus.url, "--count", "3", "-p", "0", "--id-prefix",
+        "fence", "--task", "recorded_sleep", "--runtime", str(2 * unit()), "--priority", "0",
+    )
+    await wait_until(lambda: len(AttemptLog(log).read().runs) == 1, 20 * unit(), "a job runs")
+    async with await psycopg.AsyncConnection.connect(postgres_dsn, autocommit=True) as admin:
+        killed_at = time.time()
+        await admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE application_name = 'schedbus-leader-lock'"
+        )
+    assert bus.proc is not None
+    assert await asyncio.wait_for(bus.proc.wait(), 5 * unit()) == EXIT_FENCED
+    assert "stops leading" in bus.log()
+    # The running job ends (its scheduler keeps it) and frees the slot: a bus that still
+    # dispatched would hand out the next queued job then.
+    await wait_until(
+        lambda: any(run.end for run in AttemptLog(log).read().runs["fence-0"]),
+        10 * unit(),
+        "the running job ends",
+    )
+    await asyncio.wait_for(producer.wait(), 10 * unit())
+    starts = [run.start for runs in AttemptLog(log).read().runs.values() for run in runs]
+    assert [start for start in starts if start > killed_at] == []

@@ -12,10 +12,10 @@ from websockets.exceptions import InvalidURI
 from scheduler.bus.server import BusServer
 from scheduler.connect import parse_bus_urls
 from scheduler.dashboard.cli import cli as dashboard_cli
+from scheduler.policy.bus_urls import UrlRing
 from scheduler.producer.cli import cli as producer_cli
 from scheduler.producer.client import ProducerClient
 from scheduler.tools.status import cli as status_cli
-from scheduler.policy.bus_urls import UrlRing
 
 A, B, C = "ws://a:8101", "ws://b:8101", "ws://c:8101"
 

@@ -39,9 +39,7 @@ class ElectedBus:
         self.proc = await self.commands.start(
             "scheduler.bus", "--port", str(self.port), "--store", self.dsn, *self.options
         )
-        await wait_until(
-            lambda: "bus standing by" in self.log(), 20 * unit(), f"{self.url} is up"
-        )
+        await wait_until(lambda: "bus standing by" in self.log(), 20 * unit(), f"{self.url} is up")
 
     def log(self) -> str:
         assert self.proc is not None
@@ -80,15 +78,38 @@ async def test_1000_jobs_survive_two_leaders_killed(
     leader = await leader_of(buses)
     workers = [
         await commands.start(
-            "scheduler.worker", "--tasks", TASKS, "-s", "4", "-t", "30", "--bus", urls,
-            "--name", f"w{i}",
+            "scheduler.worker",
+            "--tasks",
+            TASKS,
+            "-s",
+            "4",
+            "-t",
+            "30",
+            "--bus",
+            urls,
+            "--name",
+            f"w{i}",
         )
         for i in range(3)
     ]
     producer = await commands.start(
-        "scheduler.producer", "--bus", urls, "--count", "1000", "-p", "0", "--id-prefix",
-        "acc", "--task", "recorded_sleep", "--runtime", "0.005-0.02", "--priority", "0-10",
-        "--wait", "--json",
+        "scheduler.producer",
+        "--bus",
+        urls,
+        "--count",
+        "1000",
+        "-p",
+        "0",
+        "--id-prefix",
+        "acc",
+        "--task",
+        "recorded_sleep",
+        "--runtime",
+        "0.005-0.02",
+        "--priority",
+        "0-10",
+        "--wait",
+        "--json",
         stdout=asyncio.subprocess.PIPE,
     )
     assert producer.stdout is not None
@@ -144,12 +165,34 @@ async def test_a_leader_whose_lock_session_is_killed_assigns_nothing_more(
     await bus.start()
     await leader_of([bus])
     await commands.start(
-        "scheduler.worker", "--tasks", TASKS, "-s", "1", "-t", "30", "--bus", bus.url,
-        "--name", "w0",
+        "scheduler.worker",
+        "--tasks",
+        TASKS,
+        "-s",
+        "1",
+        "-t",
+        "30",
+        "--bus",
+        bus.url,
+        "--name",
+        "w0",
     )
     producer = await commands.start(
-        "scheduler.producer", "--bus", bus.url, "--count", "3", "-p", "0", "--id-prefix",
-        "fence", "--task", "recorded_sleep", "--runtime", str(2 * unit()), "--priority", "0",
+        "scheduler.producer",
+        "--bus",
+        bus.url,
+        "--count",
+        "3",
+        "-p",
+        "0",
+        "--id-prefix",
+        "fence",
+        "--task",
+        "recorded_sleep",
+        "--runtime",
+        str(2 * unit()),
+        "--priority",
+        "0",
     )
     await wait_until(lambda: len(AttemptLog(log).read().runs) == 1, 20 * unit(), "a job runs")
     async with await psycopg.AsyncConnection.connect(postgres_dsn, autocommit=True) as admin:

@@ -16,13 +16,22 @@ import pytest
 
 from scheduler.auth import TokenRole, token_for
 from scheduler.bus.config import BusConfig
+from scheduler.bus.journal import Journal
 from scheduler.bus.server import BusServer
+from scheduler.bus.store_sqlite import SqliteStore
 
 # The private PostgreSQL server's fixtures, for every test module.
 from postgres_server import postgres_dsn as postgres_dsn  # isort: skip
 from postgres_server import postgres_server as postgres_server  # isort: skip
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def sqlite_store(journal: Journal) -> SqliteStore:
+    """The SQLite store behind ``journal`` (for tests that reach its connections)."""
+    store = journal._store
+    assert isinstance(store, SqliteStore)
+    return store
 
 
 def unit() -> float:

@@ -172,10 +172,11 @@ def free_port() -> int:
 
 
 class BusProcess:
-    """``python -m scheduler.bus`` as a real process on a fixed port and journal file, so a
-    test can SIGKILL it and start it again where its clients expect it."""
+    """``python -m scheduler.bus`` as a real process on a fixed port and journal file (or a
+    ``postgresql://`` store), so a test can SIGKILL it and start it again where its
+    clients expect it."""
 
-    def __init__(self, commands: Commands, db: Path, *options: str) -> None:
+    def __init__(self, commands: Commands, db: Path | str, *options: str) -> None:
         self.commands = commands
         self.db = db
         self.options = options
@@ -186,12 +187,17 @@ class BusProcess:
     async def start(self) -> None:
         """Start the bus and wait until it listens."""
         self.proc = await self.commands.start(
-            "scheduler.bus", "--port", str(self.port), "--db", str(self.db), *self.options
+            "scheduler.bus", "--port", str(self.port), *self.journal_options(), *self.options
         )
         proc = self.proc
         await wait_until(
             lambda: "bus listening" in self.commands.log_of(proc), 20 * unit(), "the bus listens"
         )
+
+    def journal_options(self) -> tuple[str, str]:
+        """``--store DSN`` for a PostgreSQL URL, else ``--db PATH``."""
+        where = str(self.db)
+        return ("--store", where) if where.startswith("postgresql://") else ("--db", where)
 
     def token(self, role: TokenRole) -> str:
         """The token for ``role`` in the token file the bus created."""

@@ -105,6 +105,15 @@ class Journal:
         """Open the SQLite journal at ``path`` (see :meth:`SqliteStore.open`)."""
         return cls(SqliteStore.open(path))
 
+    @classmethod
+    def open_store(cls, dsn: str, *, epoch: int | None = None) -> Journal:
+        """Open the PostgreSQL journal at ``dsn``, fenced by leader ``epoch`` if given
+        (see :class:`~scheduler.bus.pg_store.PgStore`)."""
+        # Imported here: psycopg takes a tenth of a second to import; SQLite buses skip it.
+        from scheduler.bus.pg_store import PgStore
+
+        return cls(PgStore(dsn, epoch=epoch))
+
     @property
     def commits(self) -> int:
         """How many write transactions this journal has committed (flush batches, vacuums)."""

@@ -14,9 +14,11 @@ Reads run on the event loop's thread; :meth:`Store.commit`, :meth:`Store.vacuum`
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
+from urllib.parse import urlsplit, urlunsplit
 
 from scheduler.bus.journal_commit import Outcome
 from scheduler.bus.journal_schema import Row, ScheduleRow
@@ -101,3 +103,29 @@ class Store(Protocol):
     def close(self) -> None:
         """Close the connections and release what the store holds."""
         ...
+
+
+SCHEMES: Final = ("postgresql", "postgres")
+"""The URL schemes of a PostgreSQL store (``--store``)."""
+
+
+def redact(dsn: str) -> str:
+    """``dsn`` with its password (in the URL or a ``password=`` parameter) as ``***``."""
+    parts = urlsplit(dsn)
+    netloc = parts.netloc
+    if parts.password is not None:
+        user, _, host = netloc.rpartition("@")
+        netloc = f"{user.partition(':')[0]}:***@{host}"
+    query = re.sub(r"(^|&)password=[^&]*", r"\1password=***", parts.query)
+    return urlunsplit(parts._replace(netloc=netloc, query=query))
+
+
+def check_store(dsn: str | None) -> None:
+    """Raise ValueError naming the rule and the DSN (password redacted) unless ``dsn`` is
+    None (no store) or a ``postgresql://`` URL; the server checks the rest when the store
+    opens."""
+    if dsn is not None and urlsplit(dsn).scheme not in SCHEMES:
+        raise ValueError(
+            "store must be a postgresql:// URL (postgresql://user:password@host:port/dbname),"
+            f" not {redact(dsn)!r}"
+        )

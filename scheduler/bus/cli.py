@@ -180,6 +180,15 @@ def _retention(
     "~/.local/state/schedbus/bus.db. ':memory:' keeps none (a restart loses every job).",
 )
 @click.option(
+    "--store",
+    envvar="SCHEDBUS_STORE",
+    default=None,
+    metavar="URL",
+    help="PostgreSQL journal instead of --db: postgresql://USER:PASSWORD@HOST:PORT/DBNAME "
+    "[env: SCHEDBUS_STORE]. Same guarantees as SQLite (a submit is acknowledged once "
+    "committed); the schema is created or migrated at start. Not with --db.",
+)
+@click.option(
     "--lease",
     default=DEFAULT_LEASE_S,
     show_default=True,
@@ -317,6 +326,7 @@ def cli(
     insecure: bool,
     allow_origins: tuple[str, ...],
     db: str | None,
+    store: str | None,
     lease: float,
     max_evictions: int,
     max_deliveries: int,
@@ -345,6 +355,8 @@ def cli(
     by itself.
     """
     configure_logging(log_level.upper())
+    if store is not None and db is not None:
+        raise click.UsageError("--store (or SCHEDBUS_STORE) and --db are exclusive: give one")
     try:
         config = BusConfig(
             host=host,
@@ -355,6 +367,7 @@ def cli(
             insecure=insecure,
             allow_origins=allow_origins,
             db=str(default_db()) if db is None else db,
+            store=store,
             rules=DispatchConfig(
                 lease,
                 max_evictions,

@@ -15,6 +15,7 @@ from typing import Any, Final
 
 from scheduler.auth import TokenTable
 from scheduler.bus.outbox import DEFAULT_MAX_BACKLOG_BYTES, DEFAULT_MAX_TOTAL_BACKLOG_BYTES
+from scheduler.bus.store import check_store
 from scheduler.policy.access import is_loopback
 from scheduler.policy.dispatch.config import (
     DEFAULT_RESTART_GRACE_S,
@@ -85,6 +86,8 @@ class BusConfig:
     insecure: bool = False
     allow_origins: tuple[str, ...] = ()
     db: str = ":memory:"
+    store: str | None = None
+    """A PostgreSQL URL (``postgresql://...``) to journal in instead of ``db``."""
     rules: DispatchConfig = BUS_RULES
     retention: Mapping[str, float] = field(default_factory=dict)
     retention_default: float = DEFAULT_RETENTION_S
@@ -115,6 +118,7 @@ class BusConfig:
             raise ValueError(f"retention: not final states: {', '.join(sorted(unknown))}")
         if min([self.retention_default, *self.retention.values()]) < 0:
             raise ValueError("retention: seconds must be >= 0")
+        check_store(self.store)
         if self.keyfile is not None and self.certfile is None:
             raise ValueError("keyfile needs a certfile")
         if not is_loopback(self.host) and self.certfile is None and not self.insecure:

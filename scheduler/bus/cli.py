@@ -8,6 +8,8 @@ import ssl
 from pathlib import Path
 
 import click
+from websockets.exceptions import InvalidURI
+from websockets.uri import parse_uri
 
 from scheduler.auth import (
     Token,
@@ -70,11 +72,31 @@ def _tokens(path: Path, extra_admin: str | None) -> tuple[TokenTable, str]:
     return table, note
 
 
-async def _serve(config: BusConfig, token_note: str) -> None:
-    """Serve until cancelled; leaving the ``async with`` closes every connection.
+def advertise_url(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """Click callback for ``--advertise``: one ``ws://`` or ``wss://`` URL, else a usage
+    error naming the option."""
+    if value is None:
+        return None
+    try:
+        parse_uri(value)
+    except InvalidURI as exc:
+        raise click.BadParameter(f"{value!r} is not a ws:// or wss:// URL ({exc.msg})") from None
+    return value.rstrip("/")
+
+
+async def _serve(config: BusConfig, token_note: str, advertise: str | None = None) -> None:
+    """Serve until cancelled; leaving the ``async with`` closes every connection. With a
+    PostgreSQL store, stand by until this bus leads (:func:`serve_elected`).
 
     ``token_note`` is logged once the bus listens, so that a bus that cannot start says
     only why."""
+    if config.store is not None:
+        # Imported here: psycopg is loaded only by a bus that journals in PostgreSQL.
+        from scheduler.bus.leadership import serve_elected
+
+        log.info("%s", token_note)
+        await serve_elected(config, advertise)
+        return
     async with BusServer(config) as bus:
         log.info("%s", token_note)
         await bus.serve_forever()
@@ -309,6 +331,14 @@ def _retention(
     help="Open connections past which new ones are refused (HTTP 503, logged once).",
 )
 @click.option(
+    "--advertise",
+    default=None,
+    metavar="URL",
+    callback=advertise_url,
+    help="With --store: the ws:// or wss:// URL clients reach this bus at, which a "
+    "standby names to them while this bus leads. Default: the URL it listens on.",
+)
+@click.option(
     "--log-level",
     default="INFO",
     show_default=True,
@@ -342,6 +372,7 @@ def cli(
     max_total_backlog_bytes: int,
     register_timeout: float,
     max_connections: int,
+    advertise: str | None,
     log_level: str,
 ) -> None:
     """Run the schedbus bus: producers submit jobs, schedulers run them, monitors watch.
@@ -357,6 +388,8 @@ def cli(
     configure_logging(log_level.upper())
     if store is not None and db is not None:
         raise click.UsageError("--store (or SCHEDBUS_STORE) and --db are exclusive: give one")
+    if advertise is not None and store is None:
+        raise click.UsageError("--advertise names a bus of several on one --store: give --store")
     try:
         config = BusConfig(
             host=host,
@@ -395,7 +428,7 @@ def cli(
     tokens, token_note = _tokens(token_file or default_token_file(), token)
     config = dataclasses.replace(config, tokens=tokens)
     try:
-        run_until_signalled(_serve(config, token_note))
+        run_until_signalled(_serve(config, token_note, advertise))
     except JournalError as exc:
         raise click.ClickException(str(exc)) from None
     except OSError as exc:

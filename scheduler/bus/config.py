@@ -88,6 +88,9 @@ class BusConfig:
     db: str = ":memory:"
     store: str | None = None
     """A PostgreSQL URL (``postgresql://...``) to journal in instead of ``db``."""
+    leader_epoch: int | None = None
+    """With ``store``: the leader epoch this bus won (:mod:`scheduler.bus.leadership`);
+    every journal write is refused once the database's epoch is another."""
     rules: DispatchConfig = BUS_RULES
     retention: Mapping[str, float] = field(default_factory=dict)
     retention_default: float = DEFAULT_RETENTION_S

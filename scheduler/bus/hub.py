@@ -110,7 +110,9 @@ class Hub:
         """Open the journal and take back its jobs; return the log line that says so."""
         store = self.config.store
         journal = self._journal = (
-            Journal.open(self.config.db) if store is None else Journal.open_store(store)
+            Journal.open(self.config.db)
+            if store is None
+            else Journal.open_store(store, epoch=self.config.leader_epoch)
         )
         journal.on_commit = self.metrics.journal_committed
         self._gate = FrameGate(journal, self._refused)

@@ -28,6 +28,7 @@ an assignment only after the commit that journals it.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import time
@@ -39,6 +40,8 @@ import psycopg
 from scheduler.bus.config import BusConfig
 from scheduler.bus.leadership_lock import LockSession
 from scheduler.bus.leadership_standby import StandbyListener
+from scheduler.bus.pg_store import PgStore, StoreFenced
+from scheduler.bus.server import BusServer
 from scheduler.policy.leadership import Leadership, StepDown
 
 log = logging.getLogger(__name__)
@@ -218,3 +221,45 @@ class Election:
             ok = False
         now = self._clock()
         return self.leadership.checked(ok, now - started, now)
+
+
+class ElectedServer:
+    """A :class:`BusServer` as the election runs it (:class:`LeaderBus`)."""
+
+    def __init__(self, server: BusServer) -> None:
+        """Wrap ``server``, not started."""
+        self.server = server
+
+    async def start(self) -> None:
+        """Open the journal under the epoch, reload its jobs, listen."""
+        await self.server.start()
+
+    async def serve_forever(self) -> None:
+        """Serve until cancelled (which closes the bus)."""
+        await self.server.serve_forever()
+
+    def fenced(self) -> bool:
+        """Whether the journal refused a write because another bus bumped the epoch."""
+        return isinstance(self.server.journal.failure, StoreFenced)
+
+
+def migrate(dsn: str) -> None:
+    """Create or upgrade the journal's schema at ``dsn`` (with its ``schedbus_leader``
+    row, which the lock session reads) and close it again. Raises JournalError."""
+    PgStore(dsn, epoch=0).close()
+
+
+async def serve_elected(config: BusConfig, advertise: str | None = None) -> None:
+    """Stand by, lead once elected, until cancelled or fenced (see the module): the bus of
+    ``python -m scheduler.bus --store``. Raises JournalError if the schema cannot be
+    migrated, OSError if the address cannot be bound."""
+    dsn = config.store
+    if dsn is None:
+        raise ValueError("serve_elected needs a config with a store")
+    await asyncio.to_thread(migrate, dsn)
+
+    def make_bus(port: int, epoch: int) -> LeaderBus:
+        leader = dataclasses.replace(config, port=port, leader_epoch=epoch)
+        return ElectedServer(BusServer(leader))
+
+    await Election(config, dsn, make_bus, advertise=advertise).run()

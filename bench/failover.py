@@ -20,7 +20,7 @@ from pathlib import Path
 
 from bench.procs import Proc, Procs, free_port, wait_for_log
 from bench.stats import Json, summary
-from bench.system import PYTHON, _help, client_token, start_scheduler, state_options
+from bench.system import PYTHON, client_token, start_scheduler
 from scheduler.bus.pg_server import PostgresServer
 from scheduler.producer.client import ProducerClient
 from scheduler.protocol import JobPayload
@@ -46,8 +46,8 @@ class _Pair:
         self.starts += 1
         state = self.workdir / f"bus-{port}"
         state.mkdir(parents=True, exist_ok=True)
+        # No --db: the journal is the store; the token file is the run's shared one.
         argv = [PYTHON, "-m", "scheduler.bus", "--port", str(port), "--store", self.dsn]
-        argv += state_options(_help("scheduler.bus"), state)
         proc = self.procs.start(f"failover-bus-{self.starts}", argv, cwd=state)
         await wait_for_log(proc, r"bus standing by")
         self.live[port] = proc
@@ -102,7 +102,7 @@ async def _rounds(pair: _Pair, failovers: int) -> list[float]:
                 leader = await pair.leader()
                 killed = time.monotonic()
                 pair.kill(leader)
-                job = await client.submit(JobPayload(priority=0, runtime=0.0))
+                job = await client.submit(JobPayload(priority=0, runtime=0.001))
                 while job.id not in assigned:
                     await asyncio.sleep(0.005)
                 times.append(assigned[job.id] - killed)

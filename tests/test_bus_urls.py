@@ -6,7 +6,7 @@ from __future__ import annotations
 import click
 import pytest
 from click.testing import CliRunner
-from conftest import free_port, unit
+from conftest import Commands, free_port, unit
 from websockets.exceptions import InvalidURI
 
 from scheduler.bus.server import BusServer
@@ -104,3 +104,15 @@ async def test_a_client_given_a_list_skips_a_dead_bus(bus: BusServer) -> None:
     dead = f"ws://127.0.0.1:{free_port()}"
     async with ProducerClient(f"{dead},{bus.url}", connect_timeout=10 * unit()) as client:
         assert client.name is not None
+
+
+async def test_a_v1_producer_given_a_list_sends_to_the_first(
+    bus: BusServer, commands: Commands
+) -> None:
+    code, _ = await commands.run(
+        "scheduler.producer", "--bus", f"{bus.url},ws://127.0.0.1:1", "--v1", "--count", "1",
+        "-p", "0", "--runtime", "0.1", timeout=30 * unit(),
+    )  # fmt: skip
+    assert code == 0
+    async with ProducerClient(bus.url) as client:
+        assert (await client.stats()).bus.submitted == 1

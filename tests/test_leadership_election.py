@@ -4,16 +4,20 @@ loop: real buses (in-memory journals), the real lock, real client connections.""
 from __future__ import annotations
 
 import asyncio
+import http.client
 import json
 import urllib.request
 from collections.abc import AsyncIterator, Callable
+from urllib.parse import urlsplit
 
 import psycopg
 import pytest
+from click.testing import CliRunner
 from conftest import unit, wait_until
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
+from scheduler.bus.cli import cli as bus_cli
 from scheduler.bus.config import BusConfig
 from scheduler.bus.leadership import Election, LeaderBus
 from scheduler.bus.server import BusServer
@@ -45,12 +49,16 @@ class MemoryBus:
 class Candidate:
     """One bus taking part in the election, run as a task; its step-downs recorded."""
 
-    def __init__(self, dsn: str) -> None:
+    def __init__(self, dsn: str, advertise: str | None = None) -> None:
         self.steps: list[StepDown] = []
         self.bus: MemoryBus | None = None
         self.epochs: list[int] = []
         self.election = Election(
-            BusConfig(host="127.0.0.1", port=0), dsn, self._make, step_down=self._down
+            BusConfig(host="127.0.0.1", port=0),
+            dsn,
+            self._make,
+            advertise=advertise,
+            step_down=self._down,
         )
         self.task = asyncio.create_task(self.election.run())
 
@@ -176,3 +184,52 @@ async def test_a_standby_that_loses_its_session_reconnects_and_keeps_trying(
     await first.stop()
     await wait_until(second.role_is("leader"), 10 * unit(), "the standby takes over")
     assert second.steps == []
+
+
+def _head(url: str, path: str) -> tuple[int, str | None]:
+    parts = urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=5)
+    try:
+        conn.request("GET", path)
+        response = conn.getresponse()
+        return response.status, response.getheader("Location")
+    finally:
+        conn.close()
+
+
+async def test_a_standby_sends_a_browser_to_the_leaders_dashboard(
+    pair: tuple[Candidate, Candidate],
+) -> None:
+    first, second = pair
+    http_url = "http" + second.url.removeprefix("ws")
+    status, location = await asyncio.to_thread(_head, http_url, "/api/jobs?state=queued")
+    assert status == 307
+    assert location == "http" + first.url.removeprefix("ws") + "/api/jobs?state=queued"
+
+
+async def test_a_bus_is_named_by_its_advertised_url(leader_dsn: str) -> None:
+    first = Candidate(leader_dsn, advertise="ws://bus-a.example:8101")
+    await wait_until(first.role_is("leader"), 10 * unit(), "the first bus leads")
+    second = Candidate(leader_dsn)
+    try:
+        await wait_until(
+            lambda: second.election.leadership.leader == "ws://bus-a.example:8101",
+            10 * unit(),
+            "the standby names the advertised URL",
+        )
+    finally:
+        await first.stop()
+        await second.stop()
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["--advertise", "ws://a:8101"], "give --store"),
+        (["--store", "postgresql://h/db", "--advertise", "http://a:8101"], "--advertise"),
+    ],
+)
+def test_advertise_needs_a_store_and_a_websocket_url(args: list[str], words: str) -> None:
+    result = CliRunner().invoke(bus_cli, args)
+    assert result.exit_code == 2
+    assert words in result.output

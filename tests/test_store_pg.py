@@ -17,6 +17,7 @@ from test_bus import bus_with, client, register, request, submit
 from test_journal import make_job
 
 from scheduler.bus.journal import Journal, JournalError
+from scheduler.bus.pg_schema import SCHEMA_VERSION
 from scheduler.bus.pg_server import PostgresServer
 from scheduler.bus.pg_store import StoreFenced
 from scheduler.bus.store import redact
@@ -63,6 +64,16 @@ async def test_a_database_it_cannot_reach_is_named_without_its_password(
     log = commands.log_of(commands.started[-1])
     assert "journal postgresql://schedbus:***@127.0.0.1" in log, log
     assert "no_such_db" in log and "s3cret" not in log
+
+
+def test_the_migration_is_versioned_and_creates_the_leader_row(postgres_dsn: str) -> None:
+    Journal.open_store(postgres_dsn).close()
+    Journal.open_store(postgres_dsn, epoch=0).close()
+    with psycopg.connect(postgres_dsn) as conn:
+        versions = conn.execute("SELECT version FROM schedbus_schema_version").fetchall()
+        assert versions == [(SCHEMA_VERSION,)]
+        leader = conn.execute("SELECT id, epoch, holder FROM schedbus_leader").fetchall()
+        assert leader == [(1, 0, "")]
 
 
 async def test_a_second_bus_on_one_database_is_refused(postgres_dsn: str) -> None:

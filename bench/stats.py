@@ -273,6 +273,8 @@ FIGURE_KEYS: tuple[str, ...] = (
     "cluster10_makespan",
     "heavy",
     "simulated_jobs_per_s",
+    "store_submits_per_s",
+    "store_e2e_jobs_per_s",
     "failover_s",
 )
 """The figures, in the order they are printed."""

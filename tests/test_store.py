@@ -3,6 +3,7 @@ schema creation and refusal, vacuum, secrets, schedules, the restart promise."""
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from contextlib import closing
 from pathlib import Path
@@ -99,6 +100,19 @@ async def test_save_get_find_delete_load_and_reopen(place: Place) -> None:
             "job-4",
         ]
         assert [job.id for job in again.find(JobQuery(owner="alice"), 10)] == ["full"]
+
+
+async def test_flushes_made_together_share_one_commit(place: Place) -> None:
+    with closing(place.open()) as journal:
+        before = journal.commits
+
+        async def submit(n: int) -> None:
+            journal.save([make_job(n)])
+            await journal.flush()
+
+        await asyncio.gather(*(submit(n) for n in range(20)))
+        assert journal.commits == before + 1
+        assert journal.counts() == {"queued": 20}
 
 
 async def test_a_nul_in_output_is_stored(place: Place) -> None:

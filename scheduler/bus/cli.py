@@ -378,8 +378,8 @@ def cli(
     """Run the schedbus bus: producers submit jobs, schedulers run them, monitors watch.
 
     Listens on ws://HOST:PORT (logged at start) until SIGINT or SIGTERM, then closes
-    every connection and exits 0. Every accepted job is journaled in --db before it is
-    acknowledged, and survives a restart. Every client presents a token of
+    every connection and exits 0. Every accepted job is journaled in --db (or PostgreSQL,
+    --store) before it is acknowledged, and survives a restart. Every client presents a token of
     --token-file, whose role says what it may do. One bus per journal: a second one on
     the same --db refuses to start, naming the pid that holds it. If the journal cannot
     commit (a full disk), the bus keeps running, refuses submits saying why, and recovers

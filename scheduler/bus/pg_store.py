@@ -72,7 +72,7 @@ class StoreFenced(JournalError):
 
 def _scrubbed(exc: BaseException, dsn: str) -> str:
     """The message of ``exc`` without the password of ``dsn`` (libpq may quote it)."""
-    message = str(exc).strip()
+    message = " ".join(str(exc).split())
     password = urlsplit(dsn).password
     return message.replace(password, "***") if password else message
 
@@ -139,7 +139,7 @@ class PgStore:
             return psycopg.connect(conninfo, autocommit=True)
         except psycopg.Error as exc:
             raise JournalError(
-                f"cannot open the PostgreSQL journal {self._name}: {_scrubbed(exc, self._dsn)}"
+                f"journal {self._name}: cannot connect to PostgreSQL: {_scrubbed(exc, self._dsn)}"
             ) from None
 
     def _migrate(self, conn: psycopg.Connection[Any]) -> int:
@@ -212,6 +212,16 @@ class PgStore:
         self._writer = self._live(self._writer, writer=True)
         return self._writer
 
+    def _fetch(self, statement: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """Every row ``statement`` reads; run once more on a new connection if the server
+        had dropped the reading one (reads are idempotent)."""
+        try:
+            return self._read().execute(statement, params).fetchall()
+        except psycopg.OperationalError:
+            if self._reader is None or not self._reader.broken:
+                raise
+        return self._read().execute(statement, params).fetchall()
+
     def load_rows(self) -> Iterable[Sequence[Any]]:
         """Every committed non-final job row, through a server-side cursor (a restart
         with a million jobs does not hold every row at once)."""
@@ -223,30 +233,30 @@ class PgStore:
 
     def get_row(self, job_id: str) -> Sequence[Any] | None:
         """The committed row of job ``job_id``, or None."""
-        row: Sequence[Any] | None = self._read().execute(schema.GET, (job_id,)).fetchone()
-        return row
+        rows = self._fetch(schema.GET, (job_id,))
+        return rows[0] if rows else None
 
     def find_rows(self, query: JobQuery, limit: int, newest_first: bool) -> Iterable[Sequence[Any]]:
         """One query (:func:`~scheduler.bus.pg_schema.find_statement`)."""
         statement, params = schema.find_statement(query, limit, newest_first)
-        return self._read().execute(statement, params).fetchall()
+        return self._fetch(statement, params)
 
     def secrets(self) -> dict[str, str]:
         """The committed secret hash of every scheduler name."""
-        return dict(self._read().execute(schema.SECRETS).fetchall())
+        return dict(self._fetch(schema.SECRETS))
 
     def schedule_rows(self) -> list[Sequence[Any]]:
         """Every committed schedule row."""
-        return list(self._read().execute(schema.SCHEDULES).fetchall())
+        return list(self._fetch(schema.SCHEDULES))
 
     def promise_ms(self) -> int | None:
         """The committed restart promise (epoch ms), or None."""
-        row = self._read().execute(schema.GET_PROMISE).fetchone()
-        return None if row is None else int(row[0])
+        rows = self._fetch(schema.GET_PROMISE)
+        return int(rows[0][0]) if rows else None
 
     def counts(self) -> dict[str, int]:
         """How many committed jobs are in each state."""
-        return dict(self._read().execute(schema.COUNTS).fetchall())
+        return dict(self._fetch(schema.COUNTS))
 
     def commit(
         self,

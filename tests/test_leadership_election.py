@@ -19,15 +19,11 @@ from websockets.exceptions import ConnectionClosed
 
 from scheduler.bus.cli import cli as bus_cli
 from scheduler.bus.config import BusConfig
-from scheduler.bus.leadership import Election, LeaderBus
+from scheduler.bus.leadership import ElectedServer, Election, LeaderBus, migrate
 from scheduler.bus.server import BusServer
 from scheduler.policy.leadership import StepDown
-from scheduler.producer.client import ProducerClient
-
-LEADER_TABLE = """CREATE TABLE IF NOT EXISTS schedbus_leader (
-    id smallint PRIMARY KEY CHECK (id = 1), epoch bigint NOT NULL, holder text NOT NULL,
-    since timestamptz NOT NULL DEFAULT now());
-INSERT INTO schedbus_leader (id, epoch, holder) VALUES (1, 0, '') ON CONFLICT DO NOTHING"""
+from scheduler.producer.client import ProducerClient, SubmitError
+from scheduler.protocol import JobPayload
 
 
 class MemoryBus:
@@ -49,7 +45,8 @@ class MemoryBus:
 class Candidate:
     """One bus taking part in the election, run as a task; its step-downs recorded."""
 
-    def __init__(self, dsn: str, advertise: str | None = None) -> None:
+    def __init__(self, dsn: str, advertise: str | None = None, *, stored: bool = False) -> None:
+        self.dsn = dsn if stored else None
         self.steps: list[StepDown] = []
         self.bus: MemoryBus | None = None
         self.epochs: list[int] = []
@@ -64,6 +61,9 @@ class Candidate:
 
     def _make(self, port: int, epoch: int) -> LeaderBus:
         self.epochs.append(epoch)
+        if self.dsn is not None:
+            config = BusConfig(host="127.0.0.1", port=port, store=self.dsn, leader_epoch=epoch)
+            return ElectedServer(BusServer(config))
         self.bus = MemoryBus(port)
         return self.bus
 
@@ -85,9 +85,7 @@ class Candidate:
 
 @pytest.fixture
 async def leader_dsn(postgres_dsn: str) -> str:
-    async with await psycopg.AsyncConnection.connect(postgres_dsn, autocommit=True) as conn:
-        for statement in LEADER_TABLE.split(";"):
-            await conn.execute(statement)
+    await asyncio.to_thread(migrate, postgres_dsn)
     return postgres_dsn
 
 
@@ -233,3 +231,18 @@ def test_advertise_needs_a_store_and_a_websocket_url(args: list[str], words: str
     result = CliRunner().invoke(bus_cli, args)
     assert result.exit_code == 2
     assert words in result.output
+
+
+async def test_a_leader_whose_journal_is_fenced_steps_down(leader_dsn: str) -> None:
+    leader = Candidate(leader_dsn, stored=True)
+    try:
+        await wait_until(leader.role_is("leader"), 10 * unit(), "the bus leads")
+        async with await psycopg.AsyncConnection.connect(leader_dsn, autocommit=True) as admin:
+            await admin.execute("UPDATE schedbus_leader SET epoch = epoch + 1 WHERE id = 1")
+        async with ProducerClient(leader.url, connect_timeout=10 * unit()) as client:
+            with pytest.raises(SubmitError, match="fenced"):
+                await client.submit(JobPayload(priority=1, runtime=0.1))
+        await wait_until(lambda: bool(leader.steps), 5 * unit(), "the leader steps down")
+        assert leader.steps[0].cause == "store_fenced"
+    finally:
+        await leader.stop()

@@ -84,7 +84,7 @@ def advertise_url(ctx: click.Context, param: click.Parameter, value: str | None)
     return value.rstrip("/")
 
 
-async def _serve(config: BusConfig, token_note: str, advertise: str | None = None) -> None:
+async def _serve(config: BusConfig, token_note: str) -> None:
     """Serve until cancelled; leaving the ``async with`` closes every connection. With a
     PostgreSQL store, stand by until this bus leads (:func:`serve_elected`).
 
@@ -95,7 +95,7 @@ async def _serve(config: BusConfig, token_note: str, advertise: str | None = Non
         from scheduler.bus.leadership import serve_elected
 
         log.info("%s", token_note)
-        await serve_elected(config, advertise)
+        await serve_elected(config)
         return
     async with BusServer(config) as bus:
         log.info("%s", token_note)
@@ -401,6 +401,7 @@ def cli(
             allow_origins=allow_origins,
             db=str(default_db()) if db is None else db,
             store=store,
+            advertise=advertise,
             rules=DispatchConfig(
                 lease,
                 max_evictions,
@@ -428,7 +429,7 @@ def cli(
     tokens, token_note = _tokens(token_file or default_token_file(), token)
     config = dataclasses.replace(config, tokens=tokens)
     try:
-        run_until_signalled(_serve(config, token_note, advertise))
+        run_until_signalled(_serve(config, token_note))
     except JournalError as exc:
         raise click.ClickException(str(exc)) from None
     except OSError as exc:

@@ -88,6 +88,9 @@ class BusConfig:
     db: str = ":memory:"
     store: str | None = None
     """A PostgreSQL URL (``postgresql://...``) to journal in instead of ``db``."""
+    advertise: str | None = None
+    """With ``store``: the URL clients reach this bus at, which standbys name while it
+    leads (None: the URL it listens on)."""
     leader_epoch: int | None = None
     """With ``store``: the leader epoch this bus won (:mod:`scheduler.bus.leadership`);
     every journal write is refused once the database's epoch is another."""

@@ -249,10 +249,11 @@ def migrate(dsn: str) -> None:
     PgStore(dsn, epoch=0).close()
 
 
-async def serve_elected(config: BusConfig, advertise: str | None = None) -> None:
+async def serve_elected(config: BusConfig) -> None:
     """Stand by, lead once elected, until cancelled or fenced (see the module): the bus of
-    ``python -m scheduler.bus --store``. Raises JournalError if the schema cannot be
-    migrated, OSError if the address cannot be bound."""
+    ``python -m scheduler.bus --store``, named to clients as ``config.advertise``.
+    Raises JournalError if the schema cannot be migrated, OSError if the address cannot
+    be bound."""
     dsn = config.store
     if dsn is None:
         raise ValueError("serve_elected needs a config with a store")
@@ -262,4 +263,4 @@ async def serve_elected(config: BusConfig, advertise: str | None = None) -> None
         leader = dataclasses.replace(config, port=port, leader_epoch=epoch)
         return ElectedServer(BusServer(leader))
 
-    await Election(config, dsn, make_bus, advertise=advertise).run()
+    await Election(config, dsn, make_bus, advertise=config.advertise).run()

@@ -142,20 +142,22 @@ class Election:
                 return epoch
 
     async def _try(self) -> int | None:
-        """One try of the lock (reopening the session if it broke); the epoch taken if won."""
+        """One try of the lock (reopening the session if it broke); the epoch taken if won.
+        A session that fails meanwhile, even right after winning, is dropped (which
+        releases the lock) and the next try opens another."""
         leadership = self.leadership
         try:
             session = await self._open_session()
             won = await session.try_lock()
             seen = await session.holder()
+            if not leadership.tried(won, None if seen is None else seen[1], self._clock()):
+                return None
+            epoch = await session.bump(leadership.advertise)
         except psycopg.Error as exc:
             log.warning("cannot try the leader lock: %s", exc)
             await self._drop_session()
             leadership.tried(False, None, self._clock())
             return None
-        if not leadership.tried(won, None if seen is None else seen[1], self._clock()):
-            return None
-        epoch = await session.bump(leadership.advertise)
         leadership.elected(epoch, self._clock())
         return epoch
 

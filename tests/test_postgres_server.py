@@ -24,10 +24,12 @@ def test_a_fresh_durable_database_on_loopback(
         assert conn.execute("SHOW listen_addresses").fetchone() == ("127.0.0.1",)
         tables = conn.execute("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'")
         assert tables.fetchone() == (0,)
-    assert postgres_server.proc is not None
-    server = psutil.Process(postgres_server.proc.pid)
+    assert postgres_server.pid is not None
+    server = psutil.Process(postgres_server.pid)
     assert server.uids().effective != 0 or os.geteuid() != 0
     assert all(c.laddr.ip == "127.0.0.1" for c in server.net_connections("inet"))
+    # Detached: tests that count the processes below them never see it.
+    assert server.pid not in {p.pid for p in psutil.Process().children(recursive=True)}
 
 
 def test_each_test_has_its_own_database(postgres_server: PostgresServer) -> None:
@@ -37,8 +39,8 @@ def test_each_test_has_its_own_database(postgres_server: PostgresServer) -> None
 def test_stop_leaves_no_server() -> None:
     server = PostgresServer()
     server.start()
-    assert server.proc is not None
-    pid = server.proc.pid
+    pid = server.pid
+    assert pid is not None
     server.stop()
     assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
     assert not server.root.exists()

@@ -74,7 +74,7 @@ class Journal:
 
     def __init__(self, store: Store) -> None:
         """Front an open ``store``, which :meth:`close` closes; use :meth:`open` (SQLite)
-        or :func:`~scheduler.bus.pg_store.open_pg_journal` instead. A threaded store
+        or :meth:`open_store` (PostgreSQL) instead. A threaded store
         belongs to a writer thread from now on for its writes."""
         self.path: Final = store.name
         """How messages name the journal: its file, or its DSN without password."""

@@ -13,13 +13,15 @@ import glob
 import os
 import pwd
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 from types import TracebackType
-from typing import BinaryIO, Final
+from typing import Final
+
+import psutil
 
 SERVER_GLOB: Final = "/usr/lib/postgresql/*/bin/postgres"
 """Where Debian's ``postgresql`` package puts the server binary (one per major version)."""
@@ -78,7 +80,8 @@ class PostgresServer:
         self.data = self.root / "data"
         self.log = self.root / "server.log"
         self.port = 0
-        self.proc: subprocess.Popen[bytes] | None = None
+        self.pid: int | None = None
+        """The server's (postmaster's) pid while it runs."""
         self._as_user = os.geteuid() == 0
         self._databases = 0
 
@@ -127,38 +130,32 @@ class PostgresServer:
             "--no-sync",
         )
         self.port = _free_port()
-        with self.log.open("ab") as log:
-            self.proc = self._spawn(log)
-        self._wait_ready()
-
-    def _spawn(self, log: BinaryIO) -> subprocess.Popen[bytes]:
-        """Start the server process itself (not through pg_ctl: its pid is ours to stop)."""
-        return subprocess.Popen(
-            [
-                str(self.bin / "postgres"),
-                "-D",
-                str(self.data),
-                "-p",
-                str(self.port),
-                "-c",
-                "listen_addresses=127.0.0.1",
-                "-c",
-                f"unix_socket_directories={self.root}",
-                "-c",
-                "fsync=on",
-                "-c",
-                "max_connections=60",
-                "-c",
-                "shared_buffers=32MB",
-            ],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=log,
-            start_new_session=True,
-            user=self._user,
-            group=self._user,
-            extra_groups=None if self._user is None else [],
+        # pg_ctl starts the server detached (it is reparented away from us once pg_ctl
+        # exits): tests that count their own child processes must not see it.
+        options = (
+            f"-p {self.port} -c listen_addresses=127.0.0.1"
+            f" -c unix_socket_directories={self.root} -c fsync=on"
+            " -c max_connections=60 -c shared_buffers=32MB"
         )
+        try:
+            self._run(
+                "pg_ctl", "start", "-w", "-t", str(int(START_TIMEOUT_S)), "-D", str(self.data),
+                "-l", str(self.log), "-o", options,
+            )  # fmt: skip
+            self.pid = self._pid_file()
+        except (RuntimeError, subprocess.TimeoutExpired) as exc:
+            log = self.log.read_text(errors="replace") if self.log.exists() else ""
+            self.stop()
+            raise RuntimeError(
+                f"the private PostgreSQL server did not start: {exc}\n{log}"
+            ) from exc
+
+    def _pid_file(self) -> int | None:
+        """The pid in the server's ``postmaster.pid``, if it wrote one."""
+        try:
+            return int((self.data / "postmaster.pid").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            return None
 
     @property
     def _user(self) -> str | None:
@@ -182,30 +179,6 @@ class PostgresServer:
             output = (done.stdout + done.stderr).decode(errors="replace")
             raise RuntimeError(f"PostgreSQL {tool} failed ({done.returncode}): {output}")
 
-    def _wait_ready(self) -> None:
-        """Wait until the server accepts connections (its socket answers), or fail."""
-        assert self.proc is not None
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                break
-            if self._accepts():
-                return
-            time.sleep(0.05)
-        log = self.log.read_text(errors="replace") if self.log.exists() else ""
-        self.stop()
-        raise RuntimeError(f"the private PostgreSQL server did not start:\n{log}")
-
-    def _accepts(self) -> bool:
-        """Whether ``pg_isready`` says the server accepts connections."""
-        ready = subprocess.run(
-            [str(self.bin / "pg_isready"), "-q", "-h", "127.0.0.1", "-p", str(self.port)],
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            check=False,
-        )
-        return ready.returncode == 0
-
     def create_database(self) -> str:
         """A fresh empty database on this server; return its DSN."""
         import psycopg
@@ -217,16 +190,23 @@ class PostgresServer:
         return self.dsn(name)
 
     def stop(self) -> None:
-        """Stop the server at once (``pg_ctl stop -m immediate``, then SIGKILL by pid)
-        and remove its directory. Idempotent."""
-        proc, self.proc = self.proc, None
-        if proc is not None:
-            if proc.poll() is None:
-                try:
-                    self._run("pg_ctl", "stop", "-D", str(self.data), "-m", "immediate", "-w")
-                except (RuntimeError, subprocess.TimeoutExpired):
-                    pass  # killed below
-            if proc.poll() is None:
-                proc.kill()
-            proc.wait()
+        """Stop the server at once (``pg_ctl stop -m immediate``, then SIGKILL by pid if
+        it is still there) and remove its directory. Idempotent."""
+        pid, self.pid = self.pid or self._pid_file(), None
+        if pid is not None and _alive(pid):
+            try:
+                self._run("pg_ctl", "stop", "-D", str(self.data), "-m", "immediate", "-w")
+            except (RuntimeError, subprocess.TimeoutExpired):
+                pass  # killed below
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+                psutil.wait_procs([psutil.Process(pid)], timeout=START_TIMEOUT_S)
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` is a live process (a zombie is not)."""
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False

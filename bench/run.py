@@ -27,8 +27,9 @@ from typing import Final
 import click
 import psutil
 
-from bench import cluster, fanout, fleet, heavy, ingest, ours, plot, simulate
+from bench import cluster, fanout, fleet, heavy, ingest, ours, plot, simulate, store
 from bench import profile as pyspy
+from bench.failover import failover_times
 from bench.peers import harness
 from bench.periodic import periodic_lateness
 from bench.procs import Proc, Procs, wait_for_log
@@ -55,17 +56,33 @@ FIGURES = (
     "cluster10",
     "heavy",
     "simulate",
+    "store",
+    "failover",
 )
 """Names accepted by ``--only`` (``e2e`` includes the raw fork loop it is compared with,
 ``e2e_warm`` warm mode against a process per job, ``cluster`` both figures of three
 schedulers on one bus; ``fleet``, ``million``, ``ingest10`` and ``cluster10`` say how the
 bus's cost grows with schedulers, queued jobs and producers; ``heavy`` runs a numpy job
-through ours and the peers; ``simulate`` times the simulator)."""
+through ours and the peers; ``simulate`` times the simulator; ``store`` compares the
+journal in PostgreSQL with SQLite; ``failover`` kills the leader of two buses on one
+PostgreSQL journal, round after round)."""
 
 WARM_JOBS: Final = 10_000
 """``--warm N`` of the e2e_warm figure's scheduler: no slot process is recycled in a round."""
 
 HOW: dict[str, str] = {
+    "store_submits_per_s": "As ingest_jobs_per_s (N single pipelined submits, no scheduler), "
+    "on a bus journaling in a SQLite file (--db) and on one journaling in PostgreSQL (--store; "
+    "a private server the figure starts, fsync on, same machine, TCP on 127.0.0.1); a fresh "
+    "bus and database per round, the stores alternating; median of the rounds and "
+    "PostgreSQL's over SQLite's.",
+    "store_e2e_jobs_per_s": "As e2e_jobs_per_s (N no-op jobs, one `test_scheduler -s 5`) on "
+    "each store, alternating, a fresh bus and database per round; median of the rounds, "
+    "PostgreSQL's over SQLite's, and the bus's CPU ms per job on each.",
+    "failover_s": "Two buses (--store, one journal on a private PostgreSQL server), one "
+    "test_scheduler and one producer given both URLs. Each round SIGKILLs the leader, "
+    "submits one job at once and times until the producer hears it assigned by the new "
+    "leader; the killed bus then comes back as a standby. N rounds: 20 (--quick: 5).",
     "simulated_jobs_per_s": "python -m scheduler.simulate (the real dispatch core and runners "
     "on a virtual clock) in a fresh interpreter: N producer jobs (-g -p 0.01, runtimes 3-15 s) "
     "on 100 simulated schedulers of 5 slots; jobs over the run's wall seconds and over its "
@@ -204,6 +221,7 @@ class Plan:
     cluster10_schedulers: int = 10
     cluster10_jobs: int = 300
     heavy_jobs: int = 1000
+    failovers: int = 20
 
 
 FULL = Plan(False, 2000, 3, 500, 50, 50, 20_000, 100_000, 5000, 2000)
@@ -226,6 +244,7 @@ QUICK = Plan(
     million_jobs=50_000,
     cluster10_jobs=100,
     heavy_jobs=200,
+    failovers=5,
 )
 
 
@@ -449,6 +468,20 @@ class Bench:
             bulk = await ingest.ingest(bus.url, jobs, bulk=True)
         self.results["ingest_bulk_jobs_per_s"] = bulk["jobs_per_s"]
 
+    async def store(self) -> None:
+        """The journal in PostgreSQL against SQLite: submits/s and e2e jobs/s, one run."""
+        plan = self.plan
+        self.results.update(
+            await store.store_figures(
+                self.procs,
+                self.workdir / "store",
+                plan.ingest_jobs,
+                plan.e2e_jobs,
+                plan.rounds,
+                plan.size,
+            )
+        )
+
     async def memory(self) -> None:
         """Figure 7: bus RSS per queued job."""
         async with self.system("memory", scheduler=False) as (bus, _):
@@ -627,6 +660,12 @@ class Bench:
                 self.procs.stop(sched)
             self.procs.stop(bus.proc)
 
+    async def failover(self) -> None:
+        """Failover time: leader SIGKILL to the first assignment by the next leader."""
+        work = self.workdir / "failover"
+        work.mkdir(parents=True, exist_ok=True)
+        self.results.update(await failover_times(self.procs, work, self.plan.failovers))
+
     async def simulate(self) -> None:
         """The simulator's speed (no bus: it runs the core on a virtual clock)."""
         jobs = 10_000 if self.plan.quick else 100_000
@@ -794,6 +833,8 @@ async def run(
             "cluster10": (("cluster10_makespan",), bench.cluster10),
             "heavy": (("heavy",), bench.heavy),
             "simulate": (("simulated_jobs_per_s",), bench.simulate),
+            "store": (("store_submits_per_s", "store_e2e_jobs_per_s"), bench.store),
+            "failover": (("failover_s",), bench.failover),
         }
         for name in figures:
             keys, step = steps[name]

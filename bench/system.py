@@ -68,6 +68,12 @@ def _help(module: str) -> str:
     return done.stdout
 
 
+def _without(argv: list[str], option: str) -> list[str]:
+    """``argv`` (pairs of option and value) without ``option`` and its value."""
+    pairs = zip(argv[::2], argv[1::2], strict=True)
+    return [word for pair in pairs if pair[0] != option for word in pair]
+
+
 def known_options(help_text: str, wanted: Mapping[str, str]) -> list[str]:
     """``[--opt, value, ...]`` for the options of ``wanted`` that ``help_text`` lists."""
     argv: list[str] = []
@@ -83,17 +89,22 @@ async def start_bus(
     name: str = "bus",
     options: Mapping[str, str] | None = None,
     ready_timeout: float = 20.0,
+    store: str | None = None,
 ) -> Bus:
     """Start ``python -m scheduler.bus --port 0`` and return it once it listens.
 
     ``options`` are passed only if the bus's ``--help`` lists them (an older or newer bus
-    may not have them).
+    may not have them). With a ``store`` (a ``postgresql://`` URL) the bus journals there
+    (``--store``) instead of in a file of its scratch directory.
     """
     state = workdir / name
     state.mkdir(parents=True, exist_ok=True)
     help_text = _help("scheduler.bus")
     argv = [PYTHON, "-m", "scheduler.bus", "--host", "127.0.0.1", "--port", "0"]
-    argv += state_options(help_text, state) + known_options(help_text, options or {})
+    files = state_options(help_text, state)
+    if store is not None:
+        files = _without(files, "--db") + ["--store", store]
+    argv += files + known_options(help_text, options or {})
     proc = procs.start(name, argv, cwd=state)
     match = await wait_for_log(proc, r"bus listening on (ws://\S+)", ready_timeout)
     return Bus(proc, match.group(1), psutil.Process(proc.pid))

@@ -12,10 +12,9 @@ from typing import Any, TypeVar
 
 import click
 from websockets.exceptions import InvalidURI
-from websockets.uri import parse_uri
 
 from scheduler.auth import TokenFileError, TokenRole, default_token_file, token_for
-from scheduler.connect import DEFAULT_URL
+from scheduler.connect import DEFAULT_URL, parse_bus_urls
 from scheduler.protocol_types import MAX_NAME_LEN
 
 T = TypeVar("T")
@@ -69,12 +68,14 @@ def pick_token(role: TokenRole, token: str | None, token_file: Path | None) -> s
 
 
 def bus_url(ctx: click.Context | None, param: click.Parameter | None, value: str) -> str:
-    """Click callback for ``--bus``: refuse anything but a ``ws://`` or ``wss://`` URL
-    with a one-line usage error naming the option (exit 2), never a traceback later."""
+    """Click callback for ``--bus``: refuse anything but a ``ws://`` or ``wss://`` URL, or
+    a comma-separated list of them (:func:`~scheduler.connect.parse_bus_urls`), with a
+    one-line usage error naming the option and the bad entry (exit 2), never a traceback
+    later."""
     try:
-        parse_uri(value)
+        parse_bus_urls(value)
     except InvalidURI as exc:
-        raise click.BadParameter(f"{value!r} is not a ws:// or wss:// URL ({exc})") from None
+        raise click.BadParameter(f"{exc.uri!r} is not a ws:// or wss:// URL ({exc.msg})") from None
     return value
 
 
@@ -100,8 +101,10 @@ def connection_options(command: F) -> F:
             show_envvar=True,
             metavar="URL",
             callback=bus_url,
-            help="URL of the bus, ws:// or wss://. While it is unreachable, the command "
-            "retries with backoff (commands with --connect-timeout give up after it).",
+            help="URL of the bus, ws:// or wss://, or several buses sharing one journal "
+            "separated by commas (the command finds the one that leads). While none is "
+            "reachable, the command retries with backoff (commands with --connect-timeout "
+            "give up after it).",
         ),
         click.option(
             "--token",

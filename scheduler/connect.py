@@ -15,6 +15,11 @@ Every v2 client (the producer library, the scheduler client, the monitor) goes t
 An ``error`` answering the ``register`` on its ``token``, ``type`` or ``name`` is a
 refusal that retrying cannot cure: :class:`RegistrationRefused`, raised out of the loop,
 whatever the client.
+
+The URL may be a comma-separated list of buses sharing one journal
+(:func:`parse_bus_urls`): the loop goes round it (:class:`~scheduler.policy.bus_urls.UrlRing`),
+follows a standby's :class:`~scheduler.protocol_leader.NotLeader` to the leader it names,
+and waits out a backoff delay only after a whole round has failed.
 """
 
 from __future__ import annotations
@@ -29,13 +34,15 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, InvalidHandshake
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 from websockets.uri import parse_uri
 
 from scheduler import codec, protocol_types
 from scheduler.auth import tls_options
 from scheduler.policy.backoff import Backoff
+from scheduler.policy.bus_urls import UrlRing
 from scheduler.protocol import BusMessage, Error, Register, Registered
+from scheduler.protocol_leader import NotLeader
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +54,31 @@ FATAL_FIELDS: Final = frozenset({"name", "token", "type"})
 
 RETRYABLE: Final = (OSError, InvalidHandshake, TimeoutError, ConnectionClosed)
 """Failures to reach or keep the bus that a later try may not meet."""
+
+
+def parse_bus_urls(text: str) -> tuple[str, ...]:
+    """The bus URLs of ``text``: one ``ws://`` or ``wss://`` URL, or several separated by
+    commas (spaces around them are ignored). Raises InvalidURI naming the entry that is
+    empty or not such a URL, and its place in the list."""
+    entries = [entry.strip() for entry in text.split(",")]
+    for place, entry in enumerate(entries, 1):
+        where = f"bus URL {place} of {len(entries)}" if len(entries) > 1 else "bus URL"
+        if not entry:
+            raise InvalidURI(text, f"{where} is empty")
+        try:
+            parse_uri(entry)
+        except InvalidURI as exc:
+            raise InvalidURI(entry, f"{where}: {exc.msg}") from None
+    return tuple(entries)
+
+
+class NotLeaderError(Exception):
+    """The bus stands by: ``leader`` is the URL of the one that leads (None if unknown)."""
+
+    def __init__(self, answer: NotLeader) -> None:
+        """Carry the standby's message and the leader it names."""
+        super().__init__(answer.message)
+        self.leader = answer.leader
 
 
 class RegistrationRefused(Exception):
@@ -106,7 +138,8 @@ async def register(
     logged, bad frames skipped).
 
     Raises :class:`RegistrationRefused` for an ``error`` on a field of
-    :data:`FATAL_FIELDS`, ConnectionClosed if the bus closes first.
+    :data:`FATAL_FIELDS`, :class:`NotLeaderError` if the bus stands by, ConnectionClosed
+    if the bus closes first.
     """
     sent_at = clock()
     await ws.send(codec.encode(message))
@@ -120,6 +153,8 @@ async def register(
                 early.append(reply)
             elif isinstance(reply, Registered):
                 registered = reply
+            elif isinstance(reply, NotLeader):
+                raise NotLeaderError(reply)
             elif isinstance(reply, Error) and reply.field in FATAL_FIELDS:
                 raise RegistrationRefused(reply)
             elif isinstance(reply, Error):
@@ -137,7 +172,8 @@ Pause = Callable[[float], Awaitable[None]]
 
 @dataclass
 class Connector:
-    """The connect-register-reconnect loop of one client of the bus at ``url``.
+    """The connect-register-reconnect loop of one client of the bus at ``url`` (or of
+    the buses it lists, see :func:`parse_bus_urls`; InvalidURI if it is not such a list).
 
     ``blocking_resolve``: see :func:`open_connection`. ``clock`` stamps the ``register``
     sends (:attr:`Registration.sent_at`).
@@ -148,6 +184,12 @@ class Connector:
     blocking_resolve: bool = False
     backoff: Backoff = field(default_factory=Backoff)
     clock: Callable[[], float] = time.monotonic
+    ring: UrlRing = field(init=False)
+    """Which of the buses is tried now."""
+
+    def __post_init__(self) -> None:
+        """Parse the URL list."""
+        self.ring = UrlRing(parse_bus_urls(self.url))
 
     async def connect(
         self, message: Register, stop: asyncio.Event | None = None
@@ -155,10 +197,11 @@ class Connector:
         """One try: open a connection and register with ``message``; reset the backoff
         once registered. Returns None, the socket closed, if ``stop`` is set first.
 
-        Raises :class:`RegistrationRefused`, or one of :data:`RETRYABLE` (the socket is
-        then closed).
+        Raises :class:`RegistrationRefused`, :class:`NotLeaderError`, or one of
+        :data:`RETRYABLE` (the socket is then closed).
         """
-        ws = await open_connection(self.url, self.cafile, blocking_resolve=self.blocking_resolve)
+        url = self.ring.current
+        ws = await open_connection(url, self.cafile, blocking_resolve=self.blocking_resolve)
         registration: Registration | None = None
         try:
             registration = await _unless(stop, register(ws, message, self.clock))
@@ -167,6 +210,7 @@ class Connector:
                 await ws.close()
         if registration is not None:
             self.backoff.reset()
+            self.ring.connected()
         return registration
 
     async def run(
@@ -184,14 +228,25 @@ class Connector:
         Each connection is closed with code 1000 once ``serve`` returns or raises (or is
         cancelled). ``pause`` waits out a delay (default: until the delay passes or
         ``stop`` is set); ``lost`` adds detail to the log line of a lost connection.
-        Raises :class:`RegistrationRefused`, which ends the loop.
+        A bus that stands by sends the loop to the leader it names at once; a bus that
+        cannot be reached to the next URL; a backoff delay is waited out only after a
+        whole round of them failed. Raises :class:`RegistrationRefused`, which ends the loop.
         """
         wait = pause or (lambda delay: pause_unless(stop, delay))
         while stop is None or not stop.is_set():
+            url = self.ring.current
             try:
                 registration = await self.connect(message(), stop)
+            except NotLeaderError as exc:
+                log.info("%s", exc)
+                if self.ring.redirected(exc.leader):
+                    await wait(self._delay(f"no bus of {self.url} leads"))
+                continue
             except RETRYABLE as exc:
-                await wait(self._delay(f"cannot reach the bus at {self.url}: {exc}"))
+                if self.ring.failed():
+                    await wait(self._delay(f"cannot reach the bus at {url}: {exc}"))
+                else:
+                    log.info("cannot reach %s: %s; trying %s", url, exc, self.ring.current)
                 continue
             if registration is None:
                 return
@@ -201,7 +256,7 @@ class Connector:
             finally:
                 await registration.ws.close()
             if stop is None or not stop.is_set():
-                await wait(self._delay(f"lost the bus at {self.url}{lost()}"))
+                await wait(self._delay(f"lost the bus at {url}{lost()}"))
 
     def _delay(self, why: str) -> float:
         """The next backoff delay, logged with ``why``."""

@@ -17,6 +17,7 @@ from typing import Annotated, Literal
 
 import msgspec
 
+from scheduler.protocol_leader import NotLeader
 from scheduler.protocol_queries import GetStats, ListJobs, Retry, Vacuum, Vacuumed
 from scheduler.protocol_schedules import (
     MAX_SCHEDULES,
@@ -488,6 +489,7 @@ BusMessage = (
     | JobList
     | Retried
     | Schedules
+    | NotLeader
 )
 
 BusFrame = BusMessage | Batch

@@ -17,7 +17,13 @@ from hypothesis import HealthCheck, settings
 
 from scheduler.auth import TokenRole, token_for
 from scheduler.bus.config import BusConfig
+from scheduler.bus.journal import Journal
 from scheduler.bus.server import BusServer
+from scheduler.bus.store_sqlite import SqliteStore
+
+# The private PostgreSQL server's fixtures, for every test module.
+from postgres_server import postgres_dsn as postgres_dsn  # isort: skip
+from postgres_server import postgres_server as postgres_server  # isort: skip
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -26,6 +32,13 @@ ROOT = Path(__file__).resolve().parent.parent
 # property is still checked on every example.
 settings.register_profile("schedbus", deadline=None, suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile("schedbus")
+
+
+def sqlite_store(journal: Journal) -> SqliteStore:
+    """The SQLite store behind ``journal`` (for tests that reach its connections)."""
+    store = journal._store
+    assert isinstance(store, SqliteStore)
+    return store
 
 
 def unit() -> float:
@@ -166,10 +179,11 @@ def free_port() -> int:
 
 
 class BusProcess:
-    """``python -m scheduler.bus`` as a real process on a fixed port and journal file, so a
-    test can SIGKILL it and start it again where its clients expect it."""
+    """``python -m scheduler.bus`` as a real process on a fixed port and journal file (or a
+    ``postgresql://`` store), so a test can SIGKILL it and start it again where its
+    clients expect it."""
 
-    def __init__(self, commands: Commands, db: Path, *options: str) -> None:
+    def __init__(self, commands: Commands, db: Path | str, *options: str) -> None:
         self.commands = commands
         self.db = db
         self.options = options
@@ -180,12 +194,17 @@ class BusProcess:
     async def start(self) -> None:
         """Start the bus and wait until it listens."""
         self.proc = await self.commands.start(
-            "scheduler.bus", "--port", str(self.port), "--db", str(self.db), *self.options
+            "scheduler.bus", "--port", str(self.port), *self.journal_options(), *self.options
         )
         proc = self.proc
         await wait_until(
             lambda: "bus listening" in self.commands.log_of(proc), 20 * unit(), "the bus listens"
         )
+
+    def journal_options(self) -> tuple[str, str]:
+        """``--store DSN`` for a PostgreSQL URL, else ``--db PATH``."""
+        where = str(self.db)
+        return ("--store", where) if where.startswith("postgresql://") else ("--db", where)
 
     def token(self, role: TokenRole) -> str:
         """The token for ``role`` in the token file the bus created."""

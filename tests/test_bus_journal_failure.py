@@ -12,7 +12,7 @@ from contextlib import closing
 from pathlib import Path
 
 import pytest
-from conftest import unit, wait_until
+from conftest import sqlite_store, unit, wait_until
 from test_bus import bus_with, client, next_event, recv, register, report, request, submit
 
 from scheduler.bus.journal import Journal
@@ -129,7 +129,7 @@ class Disk:
         """Leave the journal no room to grow."""
         self._bus = bus
         if not self.mounted:
-            conn = bus.journal._conn
+            conn = sqlite_store(bus.journal).conn
             pages = conn.execute("PRAGMA page_count").fetchone()[0]
             conn.execute(f"PRAGMA max_page_count = {pages}")
             return
@@ -148,7 +148,7 @@ class Disk:
             self._filler.unlink()
         else:
             assert self._bus is not None
-            self._bus.journal._conn.execute("PRAGMA max_page_count = 1073741823")
+            sqlite_store(self._bus.journal).conn.execute("PRAGMA max_page_count = 1073741823")
 
     def unmount(self) -> None:
         if self.mounted:

@@ -14,7 +14,7 @@ from typing import Any, cast
 
 import msgspec
 import pytest
-from conftest import ROOT, unit
+from conftest import ROOT, sqlite_store, unit
 
 from scheduler.bus.journal import MEMORY, SCHEMA_VERSION, Journal, JournalError
 from scheduler.bus.journal_schema import UPGRADES, job_of, row_of
@@ -365,14 +365,14 @@ async def test_a_failed_commit_fails_every_waiter_and_keeps_its_writes_queued(
 async def test_a_full_database_says_so(journal: Journal) -> None:
     journal.save([make_job(1)])
     await journal.flush()
-    pages = journal._conn.execute("PRAGMA page_count").fetchone()[0]
-    journal._conn.execute(f"PRAGMA max_page_count = {pages}")
+    pages = sqlite_store(journal).conn.execute("PRAGMA page_count").fetchone()[0]
+    sqlite_store(journal).conn.execute(f"PRAGMA max_page_count = {pages}")
     journal.save([make_job(n, errors=("x" * 4000,)) for n in range(2, 50)])
     with pytest.raises(JournalError, match="database or disk is full") as caught:
         await journal.flush()
     assert caught.value.full and journal.failure is caught.value
 
-    journal._conn.execute("PRAGMA max_page_count = 1073741823")
+    sqlite_store(journal).conn.execute("PRAGMA max_page_count = 1073741823")
     await journal.flush()
     assert journal.counts() == {"queued": 49} and journal.failure is None
 
@@ -426,7 +426,7 @@ async def test_vacuum_deletes_old_final_jobs_by_state(journal: Journal) -> None:
 
 
 async def test_a_file_journal_is_wal_with_full_sync(journal: Journal, path: Path) -> None:
-    conn = journal._conn
+    conn = sqlite_store(journal).conn
     assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
     assert conn.execute("PRAGMA synchronous").fetchone() == (2,), "2 is FULL"
     with closing(sqlite3.connect(path)) as other:

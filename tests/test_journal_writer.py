@@ -11,7 +11,7 @@ from functools import partial
 from pathlib import Path
 
 import pytest
-from conftest import unit, wait_until
+from conftest import sqlite_store, unit, wait_until
 from test_journal import make_job
 
 from scheduler.bus.journal import Journal
@@ -45,8 +45,8 @@ def held(journal: Journal) -> Iterator[HeldCommit]:
         hold.release.wait(10 * unit())
         return 0
 
-    journal._conn.create_function("hold_commit", 0, wait)
-    journal._conn.execute(
+    sqlite_store(journal).conn.create_function("hold_commit", 0, wait)
+    sqlite_store(journal).conn.execute(
         "CREATE TEMP TRIGGER hold_commit BEFORE INSERT ON main.jobs BEGIN SELECT hold_commit(); END"
     )
     yield hold
@@ -115,7 +115,7 @@ async def test_close_commits_the_write_in_flight_and_what_is_queued_then_joins(
 def test_a_memory_journal_writes_inline() -> None:
     with closing(Journal.open(":memory:")) as journal:
         assert isinstance(journal._writer, InlineWriter)
-        assert journal._reader is journal._conn
+        assert sqlite_store(journal).reader is sqlite_store(journal).conn
 
 
 def test_the_thread_writer_runs_writes_in_order_and_survives_a_broken_one(

@@ -4,6 +4,7 @@ its final ones, queued writes included."""
 from __future__ import annotations
 
 import pytest
+from conftest import sqlite_store
 
 from scheduler.bus.journal import MEMORY, Journal
 from scheduler.bus.journal_schema import _after_prefix, find_statement
@@ -110,9 +111,8 @@ def test_the_journal_reads_a_page_through_an_index_without_sorting_every_job(
     journal = Journal.open(MEMORY)
     try:
         statement, params = find_statement(query, 51, newest_first=True)
-        plan = " ".join(
-            row[3] for row in journal._conn.execute(f"EXPLAIN QUERY PLAN {statement}", params)
-        )
+        conn = sqlite_store(journal).conn
+        plan = " ".join(row[3] for row in conn.execute(f"EXPLAIN QUERY PLAN {statement}", params))
         assert f"USING INDEX {index}" in plan, plan
         assert "jobs_state_finished" not in plan
     finally:

@@ -8,6 +8,8 @@ import ssl
 from pathlib import Path
 
 import click
+from websockets.exceptions import InvalidURI
+from websockets.uri import parse_uri
 
 from scheduler.auth import (
     Token,
@@ -70,11 +72,31 @@ def _tokens(path: Path, extra_admin: str | None) -> tuple[TokenTable, str]:
     return table, note
 
 
+def advertise_url(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """Click callback for ``--advertise``: one ``ws://`` or ``wss://`` URL, else a usage
+    error naming the option."""
+    if value is None:
+        return None
+    try:
+        parse_uri(value)
+    except InvalidURI as exc:
+        raise click.BadParameter(f"{value!r} is not a ws:// or wss:// URL ({exc.msg})") from None
+    return value.rstrip("/")
+
+
 async def _serve(config: BusConfig, token_note: str) -> None:
-    """Serve until cancelled; leaving the ``async with`` closes every connection.
+    """Serve until cancelled; leaving the ``async with`` closes every connection. With a
+    PostgreSQL store, stand by until this bus leads (:func:`serve_elected`).
 
     ``token_note`` is logged once the bus listens, so that a bus that cannot start says
     only why."""
+    if config.store is not None:
+        # Imported here: psycopg is loaded only by a bus that journals in PostgreSQL.
+        from scheduler.bus.leadership import serve_elected
+
+        log.info("%s", token_note)
+        await serve_elected(config)
+        return
     async with BusServer(config) as bus:
         log.info("%s", token_note)
         await bus.serve_forever()
@@ -178,6 +200,15 @@ def _retention(
     help="SQLite journal of every job; on start the bus takes back every job not yet "
     "final. Default: $XDG_STATE_HOME/schedbus/bus.db, else "
     "~/.local/state/schedbus/bus.db. ':memory:' keeps none (a restart loses every job).",
+)
+@click.option(
+    "--store",
+    envvar="SCHEDBUS_STORE",
+    default=None,
+    metavar="URL",
+    help="PostgreSQL journal instead of --db: postgresql://USER:PASSWORD@HOST:PORT/DBNAME "
+    "[env: SCHEDBUS_STORE]. Same guarantees as SQLite (a submit is acknowledged once "
+    "committed); the schema is created or migrated at start. Not with --db.",
 )
 @click.option(
     "--lease",
@@ -300,6 +331,14 @@ def _retention(
     help="Open connections past which new ones are refused (HTTP 503, logged once).",
 )
 @click.option(
+    "--advertise",
+    default=None,
+    metavar="URL",
+    callback=advertise_url,
+    help="With --store: the ws:// or wss:// URL clients reach this bus at, which a "
+    "standby names to them while this bus leads. Default: the URL it listens on.",
+)
+@click.option(
     "--log-level",
     default="INFO",
     show_default=True,
@@ -317,6 +356,7 @@ def cli(
     insecure: bool,
     allow_origins: tuple[str, ...],
     db: str | None,
+    store: str | None,
     lease: float,
     max_evictions: int,
     max_deliveries: int,
@@ -332,19 +372,24 @@ def cli(
     max_total_backlog_bytes: int,
     register_timeout: float,
     max_connections: int,
+    advertise: str | None,
     log_level: str,
 ) -> None:
     """Run the schedbus bus: producers submit jobs, schedulers run them, monitors watch.
 
     Listens on ws://HOST:PORT (logged at start) until SIGINT or SIGTERM, then closes
-    every connection and exits 0. Every accepted job is journaled in --db before it is
-    acknowledged, and survives a restart. Every client presents a token of
+    every connection and exits 0. Every accepted job is journaled in --db (or PostgreSQL,
+    --store) before it is acknowledged, and survives a restart. Every client presents a token of
     --token-file, whose role says what it may do. One bus per journal: a second one on
     the same --db refuses to start, naming the pid that holds it. If the journal cannot
     commit (a full disk), the bus keeps running, refuses submits saying why, and recovers
     by itself.
     """
     configure_logging(log_level.upper())
+    if store is not None and db is not None:
+        raise click.UsageError("--store (or SCHEDBUS_STORE) and --db are exclusive: give one")
+    if advertise is not None and store is None:
+        raise click.UsageError("--advertise names a bus of several on one --store: give --store")
     try:
         config = BusConfig(
             host=host,
@@ -355,6 +400,8 @@ def cli(
             insecure=insecure,
             allow_origins=allow_origins,
             db=str(default_db()) if db is None else db,
+            store=store,
+            advertise=advertise,
             rules=DispatchConfig(
                 lease,
                 max_evictions,

@@ -15,6 +15,7 @@ from typing import Any, Final
 
 from scheduler.auth import TokenTable
 from scheduler.bus.outbox import DEFAULT_MAX_BACKLOG_BYTES, DEFAULT_MAX_TOTAL_BACKLOG_BYTES
+from scheduler.bus.store import check_store
 from scheduler.policy.access import is_loopback
 from scheduler.policy.dispatch.config import (
     DEFAULT_RESTART_GRACE_S,
@@ -85,6 +86,14 @@ class BusConfig:
     insecure: bool = False
     allow_origins: tuple[str, ...] = ()
     db: str = ":memory:"
+    store: str | None = None
+    """A PostgreSQL URL (``postgresql://...``) to journal in instead of ``db``."""
+    advertise: str | None = None
+    """With ``store``: the URL clients reach this bus at, which standbys name while it
+    leads (None: the URL it listens on)."""
+    leader_epoch: int | None = None
+    """With ``store``: the leader epoch this bus won (:mod:`scheduler.bus.leadership`);
+    every journal write is refused once the database's epoch is another."""
     rules: DispatchConfig = BUS_RULES
     retention: Mapping[str, float] = field(default_factory=dict)
     retention_default: float = DEFAULT_RETENTION_S
@@ -115,6 +124,7 @@ class BusConfig:
             raise ValueError(f"retention: not final states: {', '.join(sorted(unknown))}")
         if min([self.retention_default, *self.retention.values()]) < 0:
             raise ValueError("retention: seconds must be >= 0")
+        check_store(self.store)
         if self.keyfile is not None and self.certfile is None:
             raise ValueError("keyfile needs a certfile")
         if not is_loopback(self.host) and self.certfile is None and not self.insecure:

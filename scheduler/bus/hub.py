@@ -108,7 +108,12 @@ class Hub:
 
     def open(self) -> tuple[object, ...]:
         """Open the journal and take back its jobs; return the log line that says so."""
-        journal = self._journal = Journal.open(self.config.db)
+        store = self.config.store
+        journal = self._journal = (
+            Journal.open(self.config.db)
+            if store is None
+            else Journal.open_store(store, epoch=self.config.leader_epoch)
+        )
         journal.on_commit = self.metrics.journal_committed
         self._gate = FrameGate(journal, self._refused)
         with paused_gc():

@@ -1,59 +1,47 @@
-"""The bus's durable job journal: the latest state of every job, in one SQLite file.
+"""The bus's durable job journal: the latest state of every job, in SQLite or PostgreSQL.
 
 :meth:`Journal.save` and :meth:`Journal.delete` only queue writes in memory;
 :meth:`Journal.flush` makes them durable with a group commit: every flush made while a
-commit is pending shares one transaction and one fsync. A file journal commits on a
-writer thread that owns the connection for writes (:mod:`scheduler.bus.journal_writer`),
-so the event loop never waits for an fsync; reads run on the loop's thread on a second
-connection (WAL lets it read while the writer commits) and see the writes queued or in
-flight on top of what is committed. An in-memory journal writes inline.
+commit is pending shares one transaction and one fsync. A file or PostgreSQL journal
+commits on a writer thread that owns the connection for writes
+(:mod:`scheduler.bus.journal_writer`), so the event loop never waits for an fsync; reads
+run on the loop's thread on a second connection and see the writes queued or in flight
+on top of what is committed. An in-memory journal writes inline.
 
-The tables and their upgrades are in :mod:`scheduler.bus.journal_schema`, the file lock
-in :mod:`scheduler.bus.journal_lock`.
+Where the rows live is a :class:`~scheduler.bus.store.Store`: SQLite
+(:mod:`scheduler.bus.store_sqlite`; its tables and upgrades in
+:mod:`scheduler.bus.journal_schema`, its lock in :mod:`scheduler.bus.journal_lock`) or
+PostgreSQL (:mod:`scheduler.bus.pg_store`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
-import sqlite3
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from functools import partial
-from pathlib import Path
 from typing import Any, Final, TypeVar
 
 import msgspec
 
-from scheduler.bus.journal_commit import Committer, Outcome, failing
+from scheduler.bus.journal_commit import Outcome
 from scheduler.bus.journal_lock import lock_path as lock_path
-from scheduler.bus.journal_lock import take_lock
+from scheduler.bus.journal_schema import MEMORY as MEMORY
+from scheduler.bus.journal_schema import SCHEMA_VERSION as SCHEMA_VERSION
+from scheduler.bus.journal_schema import JournalError as JournalError
 from scheduler.bus.journal_schema import (
-    COUNTS,
-    FORGET_PROMISE,
-    GET,
-    GET_PROMISE,
-    LIVE_STATES,
-    LOAD,
-    PROMISE,
-    SCHEDULES,
-    SECRETS,
-    VACUUM,
     PayloadReader,
     Row,
     ScheduleRow,
-    connect,
-    find_statement,
     job_of,
-    prepared,
     row_of,
     schedule_of,
     schedule_row,
 )
-from scheduler.bus.journal_schema import MEMORY as MEMORY
-from scheduler.bus.journal_schema import SCHEMA_VERSION as SCHEMA_VERSION
-from scheduler.bus.journal_schema import JournalError as JournalError
 from scheduler.bus.journal_writer import InlineWriter, JournalWriter, ThreadWriter, wait_for
+from scheduler.bus.store import Store
+from scheduler.bus.store_sqlite import SqliteStore
 from scheduler.policy.job import Job
 from scheduler.policy.listing import JobQuery, submit_order
 from scheduler.policy.schedules import ScheduleState
@@ -74,7 +62,7 @@ class _Flight:
 
 
 class Journal:
-    """Every job the bus knows, saved in SQLite so that an accepted job survives a crash.
+    """Every job the bus knows, saved in a store so that an accepted job survives a crash.
 
     Writes queued by :meth:`save` and :meth:`delete` are visible to :meth:`get` and
     :meth:`load` at once, and durable once a :meth:`flush` returns. A commit that fails
@@ -84,28 +72,19 @@ class Journal:
     A journal file is locked (``PATH.lock``) while open: one bus per journal.
     """
 
-    def __init__(
-        self,
-        conn: sqlite3.Connection,
-        path: str,
-        high_seq: int,
-        lock: int | None = None,
-        reader: sqlite3.Connection | None = None,
-    ) -> None:
-        """Wrap an open, prepared connection (and the descriptor holding its lock, which
-        :meth:`close` releases); use :meth:`open` instead. With a ``reader`` connection,
-        ``conn`` belongs to a writer thread from now on; without, writes run inline."""
-        self.path: Final = path
+    def __init__(self, store: Store) -> None:
+        """Front an open ``store``, which :meth:`close` closes; use :meth:`open` (SQLite)
+        or :meth:`open_store` (PostgreSQL) instead. A threaded store
+        belongs to a writer thread from now on for its writes."""
+        self.path: Final = store.name
+        """How messages name the journal: its file, or its DSN without password."""
         self.failure: JournalError | None = None
         """Why the latest commit failed; None once one succeeds."""
-        self._conn = conn
-        self._reader = conn if reader is None else reader
+        self._store = store
         self._writer: JournalWriter = (
-            InlineWriter() if reader is None else ThreadWriter(f"journal-writer {path}")
+            ThreadWriter(f"journal-writer {store.name}") if store.threaded else InlineWriter()
         )
-        self._lock = lock
-        self._high_seq = high_seq
-        self._committer = Committer(conn, path, high_seq)
+        self._high_seq = store.high_seq
         self._pending: dict[str, Row | None] = {}
         self._pending_secrets: dict[str, str | None] = {}
         self._pending_schedules: dict[str, ScheduleRow | None] = {}
@@ -123,38 +102,17 @@ class Journal:
 
     @classmethod
     def open(cls, path: str | os.PathLike[str]) -> Journal:
-        """Open the journal at ``path``, creating it and its directories if missing.
+        """Open the SQLite journal at ``path`` (see :meth:`SqliteStore.open`)."""
+        return cls(SqliteStore.open(path))
 
-        ``":memory:"`` keeps it in memory, without durability. A file is put in WAL mode
-        with ``synchronous=FULL`` and locked until :meth:`close` (``PATH.lock`` holds the
-        pid of its bus). Raise :class:`JournalError` naming the path if it cannot be
-        opened or created, another process holds its lock (naming that pid), it is not a
-        journal, or it has another schema version.
-        """
-        name = os.fspath(path)
-        if name == MEMORY:
-            conn = connect(name)
-            return cls(conn, name, prepared(conn, name))
-        if os.path.isdir(name):
-            raise JournalError(f"journal {name} is a directory, not a file")
-        try:
-            Path(name).parent.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise JournalError(f"cannot create the directory of journal {name}: {exc}") from exc
-        lock = take_lock(name)
-        try:
-            conn = connect(name, shared=True)
-            high_seq = prepared(conn, name)
-        except BaseException:
-            os.close(lock)
-            raise
-        try:
-            reader = connect(name)
-        except BaseException:
-            conn.close()
-            os.close(lock)
-            raise
-        return cls(conn, name, high_seq, lock, reader)
+    @classmethod
+    def open_store(cls, dsn: str, *, epoch: int | None = None) -> Journal:
+        """Open the PostgreSQL journal at ``dsn``, fenced by leader ``epoch`` if given
+        (see :class:`~scheduler.bus.pg_store.PgStore`)."""
+        # Imported here: psycopg takes a tenth of a second to import; SQLite buses skip it.
+        from scheduler.bus.pg_store import PgStore
+
+        return cls(PgStore(dsn, epoch=epoch))
 
     @property
     def commits(self) -> int:
@@ -165,12 +123,12 @@ class Journal:
         """Every job that is not final, queued writes included, in ``seq`` order."""
         # Row by row: holding every row at once (a million of them after a restart) would
         # leave the bus's heap that much larger for good.
-        with failing(self.path, "load"):
+        with self._store.failing("load"):
             overlay = self._overlay()
             read_payload = PayloadReader()
             jobs = [
                 job_of(row, read_payload)
-                for row in self._reader.execute(LOAD, LIVE_STATES)
+                for row in self._store.load_rows()
                 if row[0] not in overlay
             ]
             jobs += [
@@ -193,8 +151,8 @@ class Journal:
             if job_id in overlay:
                 pending = overlay[job_id]
                 return None if pending is None else job_of(pending)
-        with failing(self.path, "get"):
-            row = self._reader.execute(GET, (job_id,)).fetchone()
+        with self._store.failing("get"):
+            row = self._store.get_row(job_id)
             return None if row is None else job_of(row)
 
     def find(self, query: JobQuery, limit: int, *, newest_first: bool = False) -> list[Job]:
@@ -203,10 +161,10 @@ class Journal:
         :func:`~scheduler.policy.listing.submit_order`). One indexed query: the
         queued writes can only take rows out of its page, so it reads that many more."""
         overlay = self._overlay()
-        statement, params = find_statement(query, limit + len(overlay), newest_first)
-        with failing(self.path, "find"):
+        with self._store.failing("find"):
             rows: dict[str, Sequence[Any]] = {
-                row[0]: row for row in self._reader.execute(statement, params)
+                row[0]: row
+                for row in self._store.find_rows(query, limit + len(overlay), newest_first)
             }
             jobs = [job_of(row) for job_id, row in rows.items() if job_id not in overlay]
             pending = (job_of(row) for row in overlay.values() if row is not None)
@@ -238,8 +196,8 @@ class Journal:
 
     def scheduler_secrets(self) -> dict[str, str]:
         """The secret hash of every scheduler name saved, queued writes included."""
-        with failing(self.path, "read schedulers"):
-            known: dict[str, str] = dict(self._reader.execute(SECRETS).fetchall())
+        with self._store.failing("read schedulers"):
+            known = self._store.secrets()
         for name, secret in (self._flying_secrets | self._pending_secrets).items():
             if secret is None:
                 known.pop(name, None)
@@ -260,10 +218,8 @@ class Journal:
 
     def schedules(self) -> list[ScheduleState]:
         """Every saved schedule, queued writes included."""
-        with failing(self.path, "read schedules"):
-            rows: dict[str, Sequence[Any]] = {
-                row[0]: row for row in self._reader.execute(SCHEDULES).fetchall()
-            }
+        with self._store.failing("read schedules"):
+            rows: dict[str, Sequence[Any]] = {row[0]: row for row in self._store.schedule_rows()}
             for name, pending in (self._flying_schedules | self._pending_schedules).items():
                 if pending is None:
                     rows.pop(name, None)
@@ -307,39 +263,27 @@ class Journal:
         ``now - retention.get(state, default_retention)``; return how many were deleted
         by state (states with none are left out). Queued writes are not touched."""
 
-        def delete_old() -> dict[str, int]:
-            deleted: dict[str, int] = {}
-            for state in sorted(FINAL_EVENTS):
-                cutoff = now - retention.get(state, default_retention)
-                count = self._conn.execute(VACUUM, (state, cutoff)).rowcount
-                if count > 0:
-                    deleted[state] = count
-            return deleted
-
-        return self._written("vacuum", delete_old)
+        cutoffs = {
+            state: now - retention.get(state, default_retention) for state in sorted(FINAL_EVENTS)
+        }
+        return self._written(partial(self._store.vacuum, cutoffs))
 
     def promise_restart(self, deadline: float | None) -> None:
         """Record, committed at once, that the bus shutting down promised its schedulers
         their jobs until ``deadline`` (epoch seconds); None forgets the promise."""
-
-        def record() -> None:
-            if deadline is None:
-                self._conn.execute(FORGET_PROMISE)
-            else:
-                self._conn.execute(PROMISE, (round(deadline * 1000),))
-
-        self._written("recording the restart promise", record)
+        deadline_ms = None if deadline is None else round(deadline * 1000)
+        self._written(partial(self._store.record_promise, deadline_ms))
 
     def restart_promise(self) -> float | None:
         """The deadline (epoch seconds) recorded by :meth:`promise_restart`, or None."""
-        with failing(self.path, "reading the restart promise"):
-            row = self._reader.execute(GET_PROMISE).fetchone()
-        return None if row is None else int(row[0]) / 1000
+        with self._store.failing("reading the restart promise"):
+            ms = self._store.promise_ms()
+        return None if ms is None else ms / 1000
 
     def counts(self) -> dict[str, int]:
         """How many committed jobs there are in each state (states with none left out)."""
-        with failing(self.path, "counts"):
-            return dict(self._reader.execute(COUNTS).fetchall())
+        with self._store.failing("counts"):
+            return self._store.counts()
 
     def close(self) -> None:
         """Commit the queued writes (answering pending flushes), stop the writer thread,
@@ -363,11 +307,7 @@ class Journal:
             error = self._landed(flight)
         self._closed = True
         self._writer.close()
-        self._conn.close()
-        if self._reader is not self._conn:
-            self._reader.close()
-        if self._lock is not None:
-            os.close(self._lock)
+        self._store.close()
         if error is not None:
             raise error
 
@@ -393,7 +333,7 @@ class Journal:
         self._flying_secrets, self._pending_secrets = self._pending_secrets, {}
         self._flying_schedules, self._pending_schedules = self._pending_schedules, {}
         write = partial(
-            self._committer.write, self._flying_jobs, self._flying_secrets, self._flying_schedules
+            self._store.commit, self._flying_jobs, self._flying_secrets, self._flying_schedules
         )
 
         def finished(outcome: Outcome) -> None:
@@ -450,14 +390,13 @@ class Journal:
         if self.on_commit is not None:
             self.on_commit(seconds)
 
-    def _written(self, what: str, body: Callable[[], T]) -> T:
-        """Run ``body`` in one transaction on the writer, waiting for it (behind any commit
-        in flight); count the commit and return what ``body`` returned."""
+    def _written(self, body: Callable[[], T]) -> T:
+        """Run ``body`` (one transaction of the store) on the writer, waiting for it
+        (behind any commit in flight); count the commit and return what it returned."""
 
         def transaction() -> tuple[T, float]:
             began = time.perf_counter()
-            with failing(self.path, what), self._committer.transaction():
-                result = body()
+            result = body()
             return result, time.perf_counter() - began
 
         self._check_open()

@@ -14,13 +14,15 @@ from urllib.parse import quote
 import click
 
 from scheduler.cli_support import bus_url, pick_token
-from scheduler.connect import DEFAULT_URL
+from scheduler.connect import DEFAULT_URL, parse_bus_urls
 
 
 def dashboard_url(url: str, token: str | None) -> str:
     """The dashboard's address on the bus at WebSocket ``url`` (``ws://`` or ``wss://``),
-    signed in with ``token`` when there is one."""
-    base = "http" + url.removeprefix("ws").rstrip("/") + "/"
+    signed in with ``token`` when there is one. Of a list of buses, the first: a bus
+    that stands by redirects its dashboard to the leader's."""
+    first = parse_bus_urls(url)[0]
+    base = "http" + first.removeprefix("ws").rstrip("/") + "/"
     return base if token is None else f"{base}#token={quote(token, safe='')}"
 
 
@@ -34,7 +36,9 @@ def dashboard_url(url: str, token: str | None) -> str:
     show_envvar=True,
     metavar="URL",
     callback=bus_url,
-    help="URL of the bus, ws:// or wss://; the dashboard is on the same port.",
+    help="URL of the bus, ws:// or wss://, or a comma-separated list of buses sharing "
+    "one journal (the link goes to the first, which sends a browser on to the leader); "
+    "the dashboard is on the same port.",
 )
 @click.option(
     "--token-file",

@@ -31,7 +31,7 @@ from scheduler.cli_support import (
     pick_token,
     run_until_signalled,
 )
-from scheduler.connect import RegistrationRefused, open_connection
+from scheduler.connect import RegistrationRefused, open_connection, parse_bus_urls
 from scheduler.ids import short_id
 from scheduler.producer.agenda import Agenda
 from scheduler.producer.client import BusConnectionLost, ProducerClient, SubmitError
@@ -82,9 +82,10 @@ class Plan:
 
 
 async def submit_v1(plan: Plan) -> int:
-    """Speak the original protocol: register, then send jobs; never read a reply."""
+    """Speak the original protocol: register, then send jobs; never read a reply. Of a
+    list of buses, the first (a v1 producer reads nothing, so cannot follow a standby)."""
     submitted = 0
-    async with await open_connection(plan.url, plan.cafile) as ws:
+    async with await open_connection(parse_bus_urls(plan.url)[0], plan.cafile) as ws:
         await ws.send(codec.encode_v1_register("producer"))
         try:
             for index in _indices(plan.count):

@@ -32,14 +32,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from websockets.uri import parse_uri
-
 from scheduler import protocol_types
 from scheduler.connect import (
     DEFAULT_URL,
     Connector,
     Registration,
     RegistrationRefused,
+    parse_bus_urls,
     pause_unless,
 )
 from scheduler.policy.fence import LeaseView
@@ -194,7 +193,7 @@ class SchedulerClient:
         URL, :class:`~scheduler.connect.RegistrationRefused` if the bus refuses this
         scheduler, and the error of a failing ``on_report`` (after that shutdown).
         """
-        parse_uri(self.config.bus_url)
+        parse_bus_urls(self.config.bus_url)
         config = self.config
         launcher = config.launcher(self.tasks)
         self._executor = Executor(

@@ -1,0 +1,150 @@
+"""Who leads among buses sharing one database: the pure rules of the election.
+
+Several buses open the same PostgreSQL journal; one leads (it holds an advisory lock on
+its own session and has bumped the leader epoch), the others stand by. The I/O shell
+(:mod:`scheduler.bus.leadership`) tries the lock, bumps the epoch, watches the lock's
+session and carries out what :class:`Leadership` decides:
+
+- a standby tries the lock every ``retry_s`` seconds (:meth:`Leadership.next_try`); when
+  a try wins it is told the new epoch (:meth:`Leadership.elected`) and leads;
+- a leader checks its lock session every ``check_s`` seconds; the session ending, a check
+  that fails or takes longer than ``check_timeout_s``, or the journal refusing a write
+  under a newer epoch is a loss (:meth:`Leadership.lost`): the answer is always
+  :class:`StepDown`, so the shell stops dispatching at once. A leader never goes back to
+  standing by in the same process: what it holds in memory may be older than what the
+  new leader journals, and only a fresh start (which reads the journal) is sure not to
+  hand any of it out;
+- a standby answers every client with :meth:`Leadership.refusal` (who leads, if known).
+
+Time is an argument (monotonic seconds); nothing here does I/O.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Final, Literal
+
+Role = Literal["standby", "leader", "fenced"]
+"""Where a bus stands: waiting for the lock, leading, or stopped after losing it."""
+
+LossCause = Literal["lock_lost", "check_failed", "store_fenced"]
+"""Why a leader stops: its lock session ended, a check of it failed or hung, or the
+journal refused a write because another bus bumped the epoch."""
+
+DEFAULT_RETRY_S: Final = 0.5
+"""Seconds between two tries of the lock by a standby."""
+
+DEFAULT_CHECK_S: Final = 0.5
+"""Seconds between two checks of its lock session by a leader."""
+
+DEFAULT_CHECK_TIMEOUT_S: Final = 1.0
+"""Seconds a check of the lock session may take before the leader counts it lost."""
+
+EXIT_FENCED: Final = 75
+"""Exit status of a bus that stepped down (EX_TEMPFAIL: a supervisor should start it
+again, and it comes back as a standby)."""
+
+_CAUSES: Final[dict[LossCause, str]] = {
+    "lock_lost": "its database session holding the leader lock ended",
+    "check_failed": "a check of its leader lock failed or did not answer in time",
+    "store_fenced": "the journal refused a write: another bus leads with a newer epoch",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class StepDown:
+    """Stop dispatching now, then exit with ``exit_code``; ``reason`` says why."""
+
+    cause: LossCause
+    reason: str
+    exit_code: int = EXIT_FENCED
+
+
+@dataclass
+class Leadership:
+    """The election state of one bus, advertised to clients as ``advertise``.
+
+    ``role`` and ``epoch`` change only through the methods below; ``leader`` is the URL
+    of the bus the database names as leader (the last one seen), None until one is seen.
+    """
+
+    advertise: str
+    retry_s: float = DEFAULT_RETRY_S
+    check_s: float = DEFAULT_CHECK_S
+    check_timeout_s: float = DEFAULT_CHECK_TIMEOUT_S
+    role: Role = "standby"
+    epoch: int | None = None
+    leader: str | None = None
+    _tried_at: float | None = None
+    _checked_at: float | None = None
+
+    def __post_init__(self) -> None:
+        """Refuse intervals that cannot work, naming the field."""
+        for name in ("retry_s", "check_s", "check_timeout_s"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0 s, not {getattr(self, name)}")
+
+    def next_try(self) -> float | None:
+        """When (monotonic seconds) a standby tries the lock next: at once on the first
+        try, then ``retry_s`` after the last; None unless standing by."""
+        if self.role != "standby":
+            return None
+        return 0.0 if self._tried_at is None else self._tried_at + self.retry_s
+
+    def tried(self, won: bool, holder: str | None, now: float) -> bool:
+        """Record a try of the lock at ``now`` and the leader the database names
+        (``holder``, None if unknown); return whether this bus should now take the lead
+        (bump the epoch and report it to :meth:`elected`)."""
+        self._tried_at = now
+        if holder is not None and not won:
+            self.leader = holder
+        return won and self.role == "standby"
+
+    def elected(self, epoch: int, now: float) -> None:
+        """This bus leads under ``epoch`` from ``now`` (it holds the lock and bumped the
+        epoch): ``role`` becomes leader, ``leader`` its own URL. ValueError if it was
+        not standing by or the epoch does not grow."""
+        if self.role != "standby":
+            raise ValueError(f"elected while {self.role}")
+        if self.epoch is not None and epoch <= self.epoch:
+            raise ValueError(f"epoch {epoch} does not follow {self.epoch}")
+        self.role, self.epoch, self.leader = "leader", epoch, self.advertise
+        self._checked_at = now
+
+    def next_check(self) -> float | None:
+        """When a leader checks its lock session next; None unless leading."""
+        if self.role != "leader" or self._checked_at is None:
+            return None
+        return self._checked_at + self.check_s
+
+    def checked(self, ok: bool, took: float, now: float) -> StepDown | None:
+        """Record a check of the lock session that ended at ``now`` after ``took``
+        seconds: a failed or slow check makes the leader step down (see :meth:`lost`)."""
+        self._checked_at = now
+        if ok and took <= self.check_timeout_s:
+            return None
+        return self.lost("check_failed")
+
+    def lost(self, cause: LossCause) -> StepDown:
+        """The lock (or the epoch) is lost for ``cause``: the bus is fenced from now on
+        and must stop dispatching and exit; returns that decision (the same one however
+        often it is called)."""
+        self.role = "fenced"
+        return StepDown(cause, f"{self.advertise} stops leading: {_CAUSES[cause]}")
+
+    def named_leader(self) -> str | None:
+        """The leader a bus that does not lead names to clients: the last one seen,
+        never itself (None if it knows no other)."""
+        return None if self.leader == self.advertise else self.leader
+
+    def refusal(self) -> str:
+        """What a bus that does not lead tells a client that connects to it."""
+        state = "a standby" if self.role == "standby" else "no longer the leader"
+        leader = self.named_leader()
+        if leader is None:
+            return f"{self.advertise} is {state} and knows no leader yet: try again shortly"
+        return f"{self.advertise} is {state}; the leader is {leader}"
+
+    def health(self) -> dict[str, object]:
+        """The ``/healthz`` body of this bus while it does not serve jobs."""
+        return {"ok": self.role == "standby", "role": self.role, "leader": self.leader}

@@ -8,7 +8,9 @@ later of its oldest unstarted assignment and its last progress, the scheduler is
 *overdue*: the dispatch core takes those attempts back and gives it no new work until
 it starts something or registers again.
 
-The bus asks for the next deadline after every message it applies, so each scheduler's
+Times come from the core's clock, which never goes back (each scheduler's attempts are
+kept in the order they were assigned). The bus asks for the next deadline after every
+message it applies, so each scheduler's
 deadline is kept up to date as it changes and the deadlines sit in a heap: asking costs
 the same with 1 or 1,000 schedulers.
 """

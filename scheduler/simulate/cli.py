@@ -29,10 +29,23 @@ from scheduler.policy.dispatch.config import (
 )
 from scheduler.policy.stealing import STEAL_STRATEGIES
 from scheduler.producer.workload import Span, SpanType, arrival_options, retry_options
+from scheduler.simulate.costs import (
+    DEFAULT_EXIT_COST_S,
+    DEFAULT_START_COST_S,
+    CalibrationError,
+    calibrate,
+)
 from scheduler.simulate.engine import Outcome, Settings, Simulation
-from scheduler.simulate.fleet import Fleet, parse_event, read_fleet, uniform
+from scheduler.simulate.fleet import Fleet, JobCosts, parse_event, read_fleet, uniform
 from scheduler.simulate.report import show, show_compare, summary
-from scheduler.simulate.workload import Generated, Workload, WorkloadError, read_jsonl, read_monitor
+from scheduler.simulate.workload import (
+    Generated,
+    Workload,
+    WorkloadError,
+    read_events,
+    read_jsonl,
+    read_monitor,
+)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -69,6 +82,12 @@ _VARIANT_OPTIONS = [
                  help="Seconds a message takes between the bus and a scheduler, each way."),
     click.option("--stop-time", "stop_s", type=click.FloatRange(min=0), default=0.002,
                  show_default=True, help="Seconds a stopped (evicted) job process takes to go."),
+    click.option("--start-cost", type=click.FloatRange(min=0), default=DEFAULT_START_COST_S,
+                 show_default=True, help="Seconds a scheduler takes to start a job (its fork, "
+                 "one at a time) before reporting it started; measured on a live run."),
+    click.option("--exit-cost", type=click.FloatRange(min=0), default=DEFAULT_EXIT_COST_S,
+                 show_default=True, help="Seconds from the end of a job's runtime to its "
+                 "report and its slot freed (exit, reap); measured on a live run."),
 ]  # fmt: skip
 
 
@@ -92,11 +111,13 @@ def build(
     :class:`click.UsageError` names the option a bad value came from."""
     size, timeout = values["size"], values["default_timeout"]
     try:
+        costs = JobCosts(values["start_cost"], values["exit_cost"])
         if values["fleet_file"] is not None:
-            fleet = read_fleet(values["fleet_file"], timeout)
+            fleet = read_fleet(values["fleet_file"], timeout, costs)
         else:
-            fleet = uniform(values["schedulers"], size, timeout)
-        fleet = fleet.with_events(parse_event(e, size, timeout) for e in values["events"])
+            fleet = uniform(values["schedulers"], size, timeout, costs)
+        joins = (parse_event(e, size, timeout, costs) for e in values["events"])
+        fleet = fleet.with_events(joins)
         rules = DispatchConfig(
             lease=values["lease"],
             max_evictions=values["max_evictions"],
@@ -194,6 +215,13 @@ def variants(base: Mapping[str, Any], texts: Sequence[str]) -> list[dict[str, An
     default=None,
     help="Replay a recorded live run (monitor --json output).",
 )
+@click.option(
+    "--costs-from",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="Set --start-cost and --exit-cost from a recorded live run (monitor --json "
+    "output) and print them.",
+)
 @variant_options
 @click.option(
     "--compare",
@@ -225,6 +253,7 @@ def cli(
     seed: int,
     jobs_file: Path | None,
     replay: Path | None,
+    costs_from: Path | None,
     compare: tuple[str, ...],
     as_json: bool,
     plot: Path | None,
@@ -241,6 +270,8 @@ def cli(
         )  # fmt: skip
 
     workload = read_workload(jobs_file, replay, generated)
+    if costs_from is not None:
+        variant.update(calibrated(costs_from, variant["latency"]))
     runs = [variant, *variants(variant, compare)]
     if plot is not None:
         from scheduler.simulate.plot import require_matplotlib
@@ -256,6 +287,22 @@ def cli(
         from scheduler.simulate.plot import draw
 
         draw(plot, outcomes, names)
+
+
+def calibrated(path: Path, latency: float) -> dict[str, float]:
+    """``--start-cost`` and ``--exit-cost`` read off the recorded run at ``path`` (told on
+    stderr); a :class:`click.UsageError` says why a recording cannot give them."""
+    try:
+        found = calibrate(read_events(path), latency)
+    except (WorkloadError, CalibrationError) as exc:
+        raise click.UsageError(f"--costs-from {path}: {exc}") from None
+    click.echo(
+        f"costs from {path}: start {found.start_cost * 1000:.2f} ms "
+        f"({len(found.start_samples)} samples), exit {found.exit_cost * 1000:.2f} ms "
+        f"({len(found.exit_samples)} samples)",
+        err=True,
+    )
+    return {"start_cost": found.start_cost, "exit_cost": found.exit_cost}
 
 
 def _print(outcomes: Sequence[Outcome], names: Sequence[str], as_json: bool) -> None:

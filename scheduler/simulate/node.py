@@ -3,14 +3,17 @@
 :class:`~scheduler.policy.runner.Runner`, with job processes that are only times.
 
 An assignment goes to the runner, which answers start, evict or stop; a started
-"process" ends when its runtime (or its timeout) is over, a stopped one after the
-stop time; each attempt's closing report is the one
-:func:`~scheduler.policy.closing.closing_report` makes, as live. Stops from the bus
-(``steal``, ``cancel``, ``drop``) are carried out as the client does.
+"process" is forked in the scheduler's start cost (one fork at a time, as the client's
+event loop does them) and reported ``started`` then; it ends when its runtime (or its
+timeout) is over, plus the exit cost; a stopped one after the stop time; each
+attempt's closing report is the one :func:`~scheduler.policy.closing.closing_report`
+makes, as live. Stops from the bus (``steal``, ``cancel``, ``drop``) are carried out as
+the client does.
 """
 
 from __future__ import annotations
 
+import random
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -47,11 +50,13 @@ class Clock(Protocol):
 
 @dataclass(slots=True, eq=False)
 class _Run:
-    """One live simulated process: it ends by itself as ``outcome`` with ``exit_code``
-    unless stopped first (``why``)."""
+    """One live simulated process, its slot taken at ``claimed`` and its fork done at
+    ``started``: it ends by itself as ``outcome`` with ``exit_code`` unless stopped
+    first (``why``)."""
 
     assignment: Assignment
     job: LocalJob
+    claimed: float
     started: float
     outcome: Outcome
     exit_code: int
@@ -87,6 +92,10 @@ class SimNode:
         """Reports made while the bus is away, in order."""
         self.busy_s = 0.0
         self.starts = 0
+        self._forks_free = 0.0
+        """When the fork under way (if any) is done: the next one starts no earlier."""
+        costs = spec.costs
+        self._draws = random.Random(spec.name) if costs.start_draws or costs.exit_draws else None
 
     # --- from the bus ------------------------------------------------------------------
 
@@ -143,6 +152,7 @@ class SimNode:
         self.jobs.clear()
         self.outbox.clear()
         self.runner = Runner(self.spec.size)
+        self._forks_free = 0.0
 
     # --- processes ---------------------------------------------------------------------
 
@@ -160,7 +170,10 @@ class SimNode:
             self._report(Report("cancelled", job_id, assignment.attempt))
 
     def _carry_out(self, decisions: Sequence[RunnerDecision]) -> None:
+        """Start, evict and stop as decided; the stops go once the forks are done (the
+        client forks in its event loop and stops processes in tasks that run after)."""
         pending: deque[RunnerDecision] = deque(decisions)
+        stopping: list[_Run] = []
         while pending:
             decision = pending.popleft()
             if type(decision) is Start:
@@ -168,30 +181,52 @@ class SimNode:
             elif type(decision) is Evict:
                 run = self.runs[decision.job_id]
                 run.why, run.evictions = "evicted", decision.evictions
-                self._clock.at(self._clock.now + self._stop_s, self._stopped, run)
+                stopping.append(run)
             else:
-                self._clock.at(
-                    self._clock.now + self._stop_s, self._stopped, self.runs[decision.job_id]
-                )
+                stopping.append(self.runs[decision.job_id])
+        if stopping:
+            at = max(self._clock.now, self._forks_free) + self._stop_s
+            for run in stopping:
+                self._clock.at(at, self._stopped, run)
 
     def _start(self, job_id: str) -> None:
         clock = self._clock
         now = clock.now
+        start, exit_cost = self._costs()
+        forked = now
+        if start:
+            forked = self._forks_free = max(now, self._forks_free) + start
         assignment = self.jobs[job_id]
         runtime = assignment.runtime or 0.0
         timeout = assignment.timeout or self.spec.timeout
         job = LocalJob(job_id, assignment.priority, assignment.evictions, assignment.evictable)
         if timeout is not None and timeout < runtime:
-            run = _Run(assignment, job, now, "timed_out", _SIGTERM_EXIT, timeout)
-            clock.at(now + timeout, self._ended, run)
+            run = _Run(assignment, job, now, forked, "timed_out", _SIGTERM_EXIT, timeout)
+            clock.at(forked + timeout + exit_cost, self._ended, run)
         else:
             code = 1 if clock.fails(assignment) else 0
-            run = _Run(assignment, job, now, "exited", code, timeout or 0.0)
-            clock.at(now + runtime, self._ended, run)
+            run = _Run(assignment, job, now, forked, "exited", code, timeout or 0.0)
+            clock.at(forked + runtime + exit_cost, self._ended, run)
         self.runs[job_id] = run
         self.starts += 1
         clock.started(self, job)
-        self._report(Report("started", job_id, assignment.attempt))
+        if forked == now:
+            self._forked(run)
+        else:
+            clock.at(forked, self._forked, run)
+
+    def _costs(self) -> tuple[float, float]:
+        """This job's start and exit costs: the spec's, or drawn from its samples."""
+        costs, draws = self.spec.costs, self._draws
+        if draws is None:
+            return costs.start, costs.exit
+        start = draws.choice(costs.start_draws) if costs.start_draws else costs.start
+        return start, draws.choice(costs.exit_draws) if costs.exit_draws else costs.exit
+
+    def _forked(self, run: _Run) -> None:
+        """``run``'s fork returned: report it started (unless its scheduler died first)."""
+        if not run.done:
+            self._report(Report("started", run.assignment.id, run.assignment.attempt))
 
     def _ended(self, run: _Run) -> None:
         if not run.done:
@@ -221,8 +256,9 @@ class SimNode:
         self._carry_out(self.runner.exited(job_id, now))
 
     def _gone(self, run: _Run, now: float) -> float:
-        ran_s = now - run.started
-        self.busy_s += ran_s
+        """Count ``run``'s slot time; return its process's life (fork done to gone)."""
+        ran_s = max(0.0, now - run.started)
+        self.busy_s += now - run.claimed
         self._clock.ended(self, run.assignment.id, ran_s)
         return ran_s
 

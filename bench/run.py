@@ -27,7 +27,7 @@ from typing import Final
 import click
 import psutil
 
-from bench import cluster, fanout, fleet, heavy, ingest, ours, plot, simulate
+from bench import cluster, fanout, fidelity, fleet, heavy, ingest, ours, plot, simulate
 from bench import profile as pyspy
 from bench.peers import harness
 from bench.periodic import periodic_lateness
@@ -55,12 +55,14 @@ FIGURES = (
     "cluster10",
     "heavy",
     "simulate",
+    "fidelity",
 )
 """Names accepted by ``--only`` (``e2e`` includes the raw fork loop it is compared with,
 ``e2e_warm`` warm mode against a process per job, ``cluster`` both figures of three
 schedulers on one bus; ``fleet``, ``million``, ``ingest10`` and ``cluster10`` say how the
 bus's cost grows with schedulers, queued jobs and producers; ``heavy`` runs a numpy job
-through ours and the peers; ``simulate`` times the simulator)."""
+through ours and the peers; ``simulate`` times the simulator, ``fidelity`` compares its
+waits with a live run's)."""
 
 WARM_JOBS: Final = 10_000
 """``--warm N`` of the e2e_warm figure's scheduler: no slot process is recycled in a round."""
@@ -70,6 +72,14 @@ HOW: dict[str, str] = {
     "on a virtual clock) in a fresh interpreter: N producer jobs (-g -p 0.01, runtimes 3-15 s) "
     "on 100 simulated schedulers of 5 slots; jobs over the run's wall seconds and over its "
     "CPU seconds (the machine is shared). N: 100,000 (--quick: 10,000).",
+    "sim_fidelity": "The cluster fleet (a bus --steal urgent, three `test_scheduler -s 2`) "
+    "and the cluster figures' seeded runtimes as a stream: N jobs of priority 0, 5 or 8 "
+    "(1:2:2) arriving with exponential gaps at 80% of the 6 slots' capacity, submitted one "
+    "by one at their times; every event recorded. The simulator then replays the recorded "
+    "jobs (at their accepted stamps) on 3 simulated schedulers of 2 slots, with no costs, "
+    "its default costs, and the costs calibrated from this recording. Waits (accepted, "
+    "requeued or evicted -> started, the bus's stamps) per priority, p50/p90 live and "
+    "simulated and their ratio. N: 300 (--quick: 100).",
     "bus_scheduled_jobs": "A bus with a journal file and no scheduler: its RSS with a producer "
     "connected, then with N no-op jobs scheduled an hour ahead (submit_many of delayed jobs), "
     "all accepted; then the bus is stopped (SIGTERM) and started again on the same journal: "
@@ -204,6 +214,7 @@ class Plan:
     cluster10_schedulers: int = 10
     cluster10_jobs: int = 300
     heavy_jobs: int = 1000
+    fidelity_jobs: int = 300
 
 
 FULL = Plan(False, 2000, 3, 500, 50, 50, 20_000, 100_000, 5000, 2000)
@@ -226,6 +237,7 @@ QUICK = Plan(
     million_jobs=50_000,
     cluster10_jobs=100,
     heavy_jobs=200,
+    fidelity_jobs=100,
 )
 
 
@@ -632,6 +644,18 @@ class Bench:
         jobs = 10_000 if self.plan.quick else 100_000
         self.results.update(await simulate.simulated_jobs_per_s(jobs))
 
+    async def fidelity(self) -> None:
+        """Simulated against live waits on the cluster fleet and runtimes, one run each."""
+        plan = self.plan
+        count, size = plan.cluster_schedulers, plan.cluster_size
+        low, high = plan.cluster_runtime_s
+        jobs = fidelity.stream(plan.fidelity_jobs, low, high, plan.cluster_seed, count * size)
+        async with self.cluster_system("fidelity", {"--steal": "urgent"}) as (bus, add):
+            await asyncio.gather(*(add(f"fidelity-s{i + 1}") for i in range(count)))
+            events = await fidelity.record(bus.url, jobs, 60 + 2 * jobs[-1][0])
+        recording = self.workdir / "fidelity" / "recorded.jsonl"
+        self.results["sim_fidelity"] = fidelity.figure(events, count, size, recording)
+
     async def peers(self) -> None:
         """Figure 2: the same workload through RQ, arq, Celery and Dramatiq."""
         ours_rate = self.results.get("e2e_jobs_per_s")
@@ -794,6 +818,7 @@ async def run(
             "cluster10": (("cluster10_makespan",), bench.cluster10),
             "heavy": (("heavy",), bench.heavy),
             "simulate": (("simulated_jobs_per_s",), bench.simulate),
+            "fidelity": (("sim_fidelity",), bench.fidelity),
         }
         for name in figures:
             keys, step = steps[name]

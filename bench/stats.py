@@ -109,6 +109,7 @@ GOALS: tuple[Goal, ...] = (
     Goal("queued_jobs.rss_mb_at_1m", "<=", 600.0, "RSS at 1M queued jobs < 600 MB"),
     Goal("queued_jobs.reload_s_at_1m", "<=", 10.0, "reload of 1M queued jobs < 10 s"),
     Goal("cluster10_makespan.ratio", "<=", 1.1, "10-scheduler makespan <= 1.1x ideal"),
+    Goal("sim_fidelity.worst_off", "<=", 0.1, "simulated waits within 10% of live"),
 )
 
 
@@ -272,6 +273,7 @@ FIGURE_KEYS: tuple[str, ...] = (
     "cluster10_makespan",
     "heavy",
     "simulated_jobs_per_s",
+    "sim_fidelity",
 )
 """The figures, in the order they are printed."""
 

@@ -72,6 +72,11 @@ def test_an_eviction_waits_for_the_fork_under_way() -> None:
     ]
 
 
+def test_a_message_from_the_bus_is_taken_its_dispatch_cost_late() -> None:
+    got = run([(0.0, 5, 1.0), (0.0, 5, 1.0)], uniform(1, 2, 60.0, JobCosts(dispatch=START)))
+    assert [(t, e) for t, e, _ in got if e == "started"] == [(START, "started")] * 2
+
+
 def test_drawn_costs_come_from_the_samples_given() -> None:
     costs = JobCosts(START, 0.0, start_draws=(0.5, 1.0), exit_draws=(0.0,))
     got = run([(3.0 * i, 5, 0.25) for i in range(6)], uniform(1, 1, 60.0, costs))
@@ -108,27 +113,44 @@ RECORDED = [
     event("assigned", "a", 0.0, "S"),
     event("accepted", "b", 0.1, runtime=2.0),
     event("assigned", "b", 0.1, "S"),
-    event("started", "a", 0.004, "S"),  # at once: a start sample
-    event("succeeded", "a", 1.010, "S"),  # exit: 1.010 - 0.004 - 1.0
-    event("started", "b", 1.02, "S"),  # after a slot freed: it waited, no sample
+    event("started", "a", 0.014, "S"),  # at once: a dispatch sample
+    event("succeeded", "a", 1.020, "S"),  # exit: 1.020 - 0.014 - 1.0
+    event("started", "b", 1.0205, "S"),  # waited in S's queue: a fork sample
     event("evicted", "b", 1.5, "S"),  # stopped: no exit sample
     event("assigned", "b", 1.6, "T"),
-    event("started", "b", 1.608, "T"),  # at once: a start sample
-    event("succeeded", "b", 3.612, "T"),  # exit: 3.612 - 1.608 - 2.0
+    event("started", "b", 1.618, "T"),  # at once: a dispatch sample
+    event("succeeded", "b", 3.622, "T"),  # exit: 3.622 - 1.618 - 2.0
+]
+
+NONE_AT_ONCE = [
+    event("accepted", "a", 0.0, runtime=1.0),
+    event("assigned", "a", 0.0, "S"),
+    event("succeeded", "x", 0.001, "S"),  # a slot freed: a may have waited for it
+    event("started", "a", 0.002, "S"),
+    event("succeeded", "a", 1.01, "S"),
 ]
 
 
 def test_calibration_reads_the_costs_off_a_recorded_run() -> None:
     found = calibrate(list(reversed(RECORDED)), latency=0.001)
-    assert found.start_samples == pytest.approx((0.002, 0.006))
+    assert found.start_samples == pytest.approx((0.0005,))
     assert found.exit_samples == pytest.approx((0.006, 0.004))
-    assert (found.start_cost, found.exit_cost) == pytest.approx((0.004, 0.005))
-    assert found.costs() == JobCosts(found.start_cost, found.exit_cost)
-    assert found.costs(spread=True).start_draws == found.start_samples
-    with pytest.raises(CalibrationError, match="start cost: no attempt"):
-        calibrate(RECORDED[:4], latency=0.0)
+    # started - assigned - 2 * latency - the fork
+    assert found.dispatch_samples == pytest.approx((0.0115, 0.0155))
+    costs = (found.start_cost, found.exit_cost, found.dispatch_cost)
+    assert costs == pytest.approx((0.0005, 0.005, 0.0135))
+    assert found.costs() == JobCosts(*costs[:2], dispatch=costs[2])
+    spread = found.costs(spread=True, seed=3)
+    assert spread.dispatch_draws == found.dispatch_samples and spread.seed == 3
     with pytest.raises(CalibrationError, match="exit cost: no attempt"):
         calibrate(RECORDED[:5], latency=0.0)
+    with pytest.raises(CalibrationError, match="dispatch cost: no attempt"):
+        calibrate(NONE_AT_ONCE, latency=0.0)
+
+
+def test_a_recording_that_never_queued_puts_the_fork_in_the_dispatch_cost() -> None:
+    found = calibrate(RECORDED[:6], latency=0.0)
+    assert found.start_cost == 0.0 and found.dispatch_cost == pytest.approx(0.014)
 
 
 def test_the_command_takes_costs_from_a_recording(tmp_path: Path) -> None:
@@ -137,10 +159,14 @@ def test_the_command_takes_costs_from_a_recording(tmp_path: Path) -> None:
     args = ["--replay", str(path), "--schedulers", "1", "-s", "1", "--latency", "0.001", "--json"]
     result = CliRunner().invoke(cli, [*args, "--costs-from", str(path)])
     assert result.exit_code == 0, result.output
-    assert "start 4.00 ms (2 samples), exit 5.00 ms (2 samples)" in result.stderr
+    told = "start 0.50 ms (1 samples), exit 5.00 ms (2 samples), dispatch 13.50 ms (2 samples)"
+    assert told in result.stderr
     waits = {w["priority"]: w for w in json.loads(result.stdout)["waits_s"]}
-    # b waited for a's whole costed run, then its own fork.
-    assert waits[5]["max"] == pytest.approx(0.004 + 1.0 + 0.005 + 0.004 + 0.002 - 0.1, abs=1e-6)
+    # a: the way there and its dispatch, its fork, the way back.
+    assert waits[5]["p50"] == pytest.approx(0.001 + 0.0135 + 0.0005 + 0.001)
+    # b (submitted at 0.1) waited in the queue for a's costed run, then its own fork.
+    a_ends = 0.001 + 0.0135 + 0.0005 + 1.0 + 0.005
+    assert waits[5]["max"] == pytest.approx(a_ends + 0.0005 + 0.001 - 0.1)
     path.write_text("".join(json.dumps(e) + "\n" for e in RECORDED[:5]))
     bad = CliRunner().invoke(cli, [*args, "--costs-from", str(path)])
     assert bad.exit_code == 2

@@ -82,12 +82,13 @@ async def test_a_replayed_live_run_makes_the_same_decisions(
     ]  # fmt: skip
     assert outcome.steals == 1 and outcome.counts["succeeded"] == len(order)
     # The same recording calibrates the costs: an exit sample per attempt that ran out
-    # (all but the evicted one), a start sample per attempt that started at once (all but
-    # the evicted job's, which waited for the urgent job to end); replayed with those
-    # costs, the decisions stay the same.
+    # (all but the evicted one), a dispatch sample per attempt that started at once (all
+    # five), no fork sample (no job waited in a scheduler's queue for a slot there);
+    # replayed with those costs, the decisions stay the same.
     found = calibrate(records, latency=0.001)
-    assert len(found.exit_samples) == len(order) and len(found.start_samples) == 4
-    assert 0 < found.start_cost < u and 0 < found.exit_cost < u
+    assert len(found.exit_samples) == len(order) and len(found.dispatch_samples) == 5
+    assert found.start_samples == () and 0 < found.dispatch_cost < u
+    assert 0 < found.exit_cost < u
     costed = Simulation(
         workload, uniform(3, 1, 30.0, found.costs()), RULES, Settings(latency=0.001), check=True
     )

@@ -30,6 +30,7 @@ from scheduler.policy.dispatch.config import (
 from scheduler.policy.stealing import STEAL_STRATEGIES
 from scheduler.producer.workload import Span, SpanType, arrival_options, retry_options
 from scheduler.simulate.costs import (
+    DEFAULT_DISPATCH_COST_S,
     DEFAULT_EXIT_COST_S,
     DEFAULT_START_COST_S,
     CalibrationError,
@@ -88,6 +89,10 @@ _VARIANT_OPTIONS = [
     click.option("--exit-cost", type=click.FloatRange(min=0), default=DEFAULT_EXIT_COST_S,
                  show_default=True, help="Seconds from the end of a job's runtime to its "
                  "report and its slot freed (exit, reap); measured on a live run."),
+    click.option("--dispatch-cost", type=click.FloatRange(min=0),
+                 default=DEFAULT_DISPATCH_COST_S, show_default=True,
+                 help="Seconds a message from the bus takes to reach a scheduler beyond "
+                 "--latency (the bus's journal commit, wake-ups); measured on a live run."),
 ]  # fmt: skip
 
 
@@ -111,7 +116,9 @@ def build(
     :class:`click.UsageError` names the option a bad value came from."""
     size, timeout = values["size"], values["default_timeout"]
     try:
-        costs = JobCosts(values["start_cost"], values["exit_cost"])
+        costs = JobCosts(
+            values["start_cost"], values["exit_cost"], dispatch=values["dispatch_cost"]
+        )
         if values["fleet_file"] is not None:
             fleet = read_fleet(values["fleet_file"], timeout, costs)
         else:
@@ -219,8 +226,8 @@ def variants(base: Mapping[str, Any], texts: Sequence[str]) -> list[dict[str, An
     "--costs-from",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     default=None,
-    help="Set --start-cost and --exit-cost from a recorded live run (monitor --json "
-    "output) and print them.",
+    help="Set --start-cost, --exit-cost and --dispatch-cost from a recorded live run "
+    "(monitor --json output) and print them.",
 )
 @variant_options
 @click.option(
@@ -290,19 +297,27 @@ def cli(
 
 
 def calibrated(path: Path, latency: float) -> dict[str, float]:
-    """``--start-cost`` and ``--exit-cost`` read off the recorded run at ``path`` (told on
-    stderr); a :class:`click.UsageError` says why a recording cannot give them."""
+    """``--start-cost``, ``--exit-cost`` and ``--dispatch-cost`` read off the recorded run
+    at ``path`` (told on stderr); a :class:`click.UsageError` says why a recording cannot
+    give them."""
     try:
         found = calibrate(read_events(path), latency)
     except (WorkloadError, CalibrationError) as exc:
         raise click.UsageError(f"--costs-from {path}: {exc}") from None
-    click.echo(
-        f"costs from {path}: start {found.start_cost * 1000:.2f} ms "
-        f"({len(found.start_samples)} samples), exit {found.exit_cost * 1000:.2f} ms "
-        f"({len(found.exit_samples)} samples)",
-        err=True,
+    told = ", ".join(
+        f"{name} {cost * 1000:.2f} ms ({len(samples)} samples)"
+        for name, cost, samples in (
+            ("start", found.start_cost, found.start_samples),
+            ("exit", found.exit_cost, found.exit_samples),
+            ("dispatch", found.dispatch_cost, found.dispatch_samples),
+        )
     )
-    return {"start_cost": found.start_cost, "exit_cost": found.exit_cost}
+    click.echo(f"costs from {path}: {told}", err=True)
+    return {
+        "start_cost": found.start_cost,
+        "exit_cost": found.exit_cost,
+        "dispatch_cost": found.dispatch_cost,
+    }
 
 
 def _print(outcomes: Sequence[Outcome], names: Sequence[str], as_json: bool) -> None:

@@ -1,29 +1,35 @@
 """What a live job pays beyond its runtime, and how to read it off a recorded run.
 
-A live scheduler forks each job's process in its event loop (so forks at one scheduler
+A live bus holds every frame it sends until the journal commit covering it is done; a
+live scheduler forks each job's process in its event loop (so forks at one scheduler
 happen one after the other) and reports ``started`` right after ``fork()`` returns; the
 process then sets itself up, runs its task, exits, and is reaped before the closing
-report goes and the runner fills the slot. The simulator models this with two costs
-per scheduler (:class:`~scheduler.simulate.fleet.SchedulerSpec`):
+report goes and the runner fills the slot. The simulator models this with three costs
+per scheduler (:class:`~scheduler.simulate.fleet.JobCosts`):
 
-- ``start_cost``: from the runner's start decision to the ``started`` report (the fork);
-- ``exit_cost``: from the end of the job's runtime to its closing report and the freed
-  slot (the child's setup and exit, the reap).
+- ``dispatch``: how much later than the simulation's latency a message from the bus (an
+  assignment, a stop) is taken by the scheduler (the commit, the wake-ups);
+- ``start``: from the runner's start decision to the ``started`` report (the fork);
+- ``exit``: from the end of the job's runtime to its closing report and the freed slot
+  (the child's setup and exit, the reap).
 
-:func:`calibrate` derives both from the events of a recorded live run (``monitor --json``
-output), all stamped by the bus on one clock:
+:func:`calibrate` derives them from the events of a recorded live run (``monitor --json``
+output), all stamped by the bus when it handled them, on one clock:
 
-- the exit cost of an attempt that ran to its end is ``final - started - runtime``
-  (both reports travel the same way, so the message latency cancels);
-- the start cost of an attempt that started at once is ``started - assigned - 2 *
-  latency`` (the assignment's way there, the report's way back). An attempt "started at
-  once" unless an attempt at the same scheduler ended (or was evicted) between its
-  ``assigned`` and its ``started``: one that waited in the scheduler's queue can only
-  have started when a slot was freed so. (An urgent job that evicts starts at once, the
-  evicted one ending after it.)
+- ``exit``: ``final - started - runtime`` of each attempt that ran to its end (both
+  reports travel the same way, so the way cancels out);
+- ``start``: ``started - final`` for a job that waited in a scheduler's own queue and
+  started when a job there ended (the ``final`` report and the ``started`` one leave
+  the scheduler one after the other, so only the fork lies between them);
+- ``dispatch``: ``started - assigned - 2 * latency - start`` of each attempt that started
+  at once: unless an attempt at the same scheduler ended (or was evicted) between its
+  ``assigned`` and its ``started``, it did not wait for a slot (an urgent job that
+  evicts starts at once, the evicted one ending after it).
 
 Each cost is the median of its samples (robust to the shared machine's outliers); the
-samples themselves can stand for the spread (:class:`~.fleet.JobCosts` draws from them).
+samples themselves can stand for the spread (:meth:`Calibration.costs` with ``spread``).
+A recording in which no job ever waited in a scheduler's queue cannot tell the fork from
+the way there: its start cost is then 0 and the dispatch cost carries both.
 """
 
 from __future__ import annotations
@@ -36,11 +42,17 @@ from typing import Any
 from scheduler.protocol_types import FINAL_EVENTS
 from scheduler.simulate.fleet import JobCosts
 
-DEFAULT_START_COST_S = 0.0
-"""The start cost ``python -m scheduler.simulate`` assumes unless told (see the README)."""
+# The defaults: calibrate() over four recorded runs of the bench's fidelity workload
+# (1,200 jobs, three `test_scheduler -s 2` on one bus) on this 2-core machine while it
+# was shared by six sessions; a quiet machine pays less (calibrate on yours).
+DEFAULT_START_COST_S = 0.00025
+"""The start cost ``python -m scheduler.simulate`` assumes unless told (measured)."""
 
-DEFAULT_EXIT_COST_S = 0.0
-"""The exit cost ``python -m scheduler.simulate`` assumes unless told (see the README)."""
+DEFAULT_EXIT_COST_S = 0.012
+"""The exit cost ``python -m scheduler.simulate`` assumes unless told (measured)."""
+
+DEFAULT_DISPATCH_COST_S = 0.0145
+"""The dispatch cost ``python -m scheduler.simulate`` assumes unless told (measured)."""
 
 _LEAVES = FINAL_EVENTS | {"evicted", "requeued", "retrying"}
 """Events after which an attempt is no longer held by its scheduler."""
@@ -55,26 +67,41 @@ class Calibration:
 
     start_cost: float
     exit_cost: float
+    dispatch_cost: float
     start_samples: tuple[float, ...]
     exit_samples: tuple[float, ...]
+    dispatch_samples: tuple[float, ...]
 
-    def costs(self, spread: bool = False) -> JobCosts:
+    def costs(self, spread: bool = False, seed: int = 0) -> JobCosts:
         """The medians as a scheduler's costs; with ``spread``, each job draws its costs
-        from the samples instead (those below 0, from clock noise, count as 0)."""
+        from the samples instead (by ``seed``; those below 0, from clock noise, count as
+        0)."""
         if not spread:
-            return JobCosts(self.start_cost, self.exit_cost)
-        starts = tuple(max(0.0, s) for s in self.start_samples)
-        exits = tuple(max(0.0, s) for s in self.exit_samples)
-        return JobCosts(self.start_cost, self.exit_cost, starts, exits)
+            return JobCosts(self.start_cost, self.exit_cost, dispatch=self.dispatch_cost)
+        return JobCosts(
+            self.start_cost,
+            self.exit_cost,
+            start_draws=_clipped(self.start_samples),
+            exit_draws=_clipped(self.exit_samples),
+            dispatch=self.dispatch_cost,
+            dispatch_draws=_clipped(self.dispatch_samples),
+            seed=seed,
+        )
 
     def as_json(self) -> dict[str, Any]:
-        """The costs, their sample counts and spread (p10/p90), as JSON-ready values."""
+        """The costs, their sample counts and spread (p10/p50/p90), as JSON-ready values."""
         return {
             "start_cost_s": self.start_cost,
             "exit_cost_s": self.exit_cost,
+            "dispatch_cost_s": self.dispatch_cost,
             "start": _spread(self.start_samples),
             "exit": _spread(self.exit_samples),
+            "dispatch": _spread(self.dispatch_samples),
         }
+
+
+def _clipped(samples: Sequence[float]) -> tuple[float, ...]:
+    return tuple(max(0.0, s) for s in samples)
 
 
 def _spread(samples: Sequence[float]) -> dict[str, float | int]:
@@ -90,21 +117,26 @@ class CalibrationError(ValueError):
 
 
 def calibrate(events: Sequence[Mapping[str, Any]], latency: float) -> Calibration:
-    """The start and exit costs of the recorded run ``events`` (monitor events as dicts,
-    in any order), for a simulation whose messages take ``latency`` seconds each way.
-    Raises :class:`CalibrationError` when the recording has no sample of a cost."""
+    """The costs of the recorded run ``events`` (monitor events as dicts, in any order),
+    for a simulation whose messages take ``latency`` seconds each way. Raises
+    :class:`CalibrationError` when the recording has no sample of the exit cost or of
+    an attempt that started at once."""
     ordered = sorted(events, key=lambda e: e["time"])
-    starts = start_samples(ordered, latency)
     exits = exit_samples(ordered)
-    if not starts:
-        raise CalibrationError("start cost: no attempt was assigned and started at once")
     if not exits:
         raise CalibrationError("exit cost: no attempt with a runtime ran to its end")
+    forks = fork_samples(ordered)
+    start = statistics.median(forks) if forks else 0.0
+    ways = [gap - 2 * latency - start for gap in start_gaps(ordered)]
+    if not ways:
+        raise CalibrationError("dispatch cost: no attempt was assigned and started at once")
     return Calibration(
-        max(0.0, statistics.median(starts)),
+        max(0.0, start),
         max(0.0, statistics.median(exits)),
-        tuple(starts),
+        max(0.0, statistics.median(ways)),
+        tuple(forks),
         tuple(exits),
+        tuple(ways),
     )
 
 
@@ -127,9 +159,29 @@ def exit_samples(ordered: Sequence[Mapping[str, Any]]) -> list[float]:
     return samples
 
 
-def start_samples(ordered: Sequence[Mapping[str, Any]], latency: float) -> list[float]:
-    """``started - assigned - 2 * latency`` of each attempt that started at once (events
-    in time order; see the module's docstring)."""
+def fork_samples(ordered: Sequence[Mapping[str, Any]]) -> list[float]:
+    """``started - final`` of each attempt that waited in its scheduler's queue and
+    started after an attempt there ended (events in time order): the latest such end."""
+    assigned: dict[str, tuple[str, float]] = {}
+    ended: dict[str, float] = {}
+    samples: list[float] = []
+    for e in ordered:
+        kind, job, name = e["event"], e["id"], e.get("scheduler")
+        if kind == "assigned" and name is not None:
+            assigned[job] = (name, e["time"])
+        elif kind == "started" and job in assigned:
+            where, since = assigned.pop(job)
+            end = ended.get(where)
+            if end is not None and end > since:
+                samples.append(e["time"] - end)
+        elif kind in FINAL_EVENTS and name is not None:
+            ended[name] = e["time"]
+    return samples
+
+
+def start_gaps(ordered: Sequence[Mapping[str, Any]]) -> list[float]:
+    """``started - assigned`` of each attempt that started at once (events in time
+    order; see the module's docstring)."""
     pending: dict[str, tuple[str, float]] = {}
     samples: list[float] = []
     for e in ordered:
@@ -137,7 +189,7 @@ def start_samples(ordered: Sequence[Mapping[str, Any]], latency: float) -> list[
         if kind == "assigned" and name is not None:
             pending[job] = (name, e["time"])
         elif kind == "started" and job in pending:
-            samples.append(e["time"] - pending.pop(job)[1] - 2 * latency)
+            samples.append(e["time"] - pending.pop(job)[1])
         elif kind in _LEAVES:
             pending.pop(job, None)
             # A slot freed there: a job assigned there may have been waiting for it.

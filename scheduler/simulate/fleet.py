@@ -15,10 +15,13 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 FleetEventKind = Literal["kill", "stop", "join", "bus-restart"]
 """What happens to a scheduler (or the bus) at an event's time."""
+
+COST_NAMES = ("start", "exit", "dispatch")
+"""The costs of :class:`JobCosts`; a fleet file names them ``start_cost`` and so on."""
 
 
 @dataclass(frozen=True)
@@ -26,19 +29,27 @@ class JobCosts:
     """Seconds a scheduler spends on each job besides its runtime: ``start`` from the
     decision to start it to its ``started`` report (its fork; one fork at a time per
     scheduler), ``exit`` from the end of its runtime to its closing report and the slot
-    freed (setup, exit, reap). Zero: an ideal scheduler."""
+    freed (setup, exit, reap); and ``dispatch``, the time a message from the bus (an
+    assignment, a stop) takes to reach it beyond the simulation's latency (the live bus
+    holds its frames until their journal commit is done; the scheduler must wake up).
+    Zero: an ideal scheduler."""
 
     start: float = 0.0
     exit: float = 0.0
     start_draws: tuple[float, ...] = ()
-    """When given, each job's start cost is one of these, drawn at random (seeded by the
-    scheduler's name), instead of ``start``: the spread of a recorded run's costs."""
+    """When given, each job's start cost is one of these, drawn at random, instead of
+    ``start``: the spread of a recorded run's costs."""
     exit_draws: tuple[float, ...] = ()
     """The same for the exit cost."""
+    dispatch: float = 0.0
+    dispatch_draws: tuple[float, ...] = ()
+    """The same for the dispatch cost (messages still arrive in the order sent)."""
+    seed: int = 0
+    """Seeds the draws (with the scheduler's name): another seed, other draws."""
 
     def __post_init__(self) -> None:
         """Refuse negative costs, naming the field."""
-        for name in ("start", "exit"):
+        for name in COST_NAMES:
             value = getattr(self, name)
             if not value >= 0:
                 raise ValueError(f"{name}_cost must be >= 0 s, not {value}")
@@ -147,7 +158,8 @@ def parse_event(
 
 def read_fleet(path: Path, timeout: float | None = 10.0, costs: JobCosts = JobCosts()) -> Fleet:
     """A fleet from a JSON file: ``{"schedulers": [{"name": "gpu", "size": 2, "tasks":
-    ["train"], "timeout": 60, "count": 3, "start_cost": 0.005, "exit_cost": 0.003}, ...],
+    ["train"], "timeout": 60, "count": 3, "start_cost": 0.001, "exit_cost": 0.008,
+    "dispatch_cost": 0.01}, ...],
     "events": ["kill gpu2 at 30", ...]}``. ``count`` makes that many schedulers named
     ``NAME1``, ``NAME2``, ...; ``timeout`` defaults to ``timeout``, the costs (seconds)
     to ``costs``; a joining scheduler has ``costs``. Raises ValueError naming the entry
@@ -199,13 +211,13 @@ def _specs(
 
 
 def _costs(entry: dict[str, object], costs: JobCosts) -> JobCosts:
-    """``costs`` with the entry's ``start_cost`` and ``exit_cost`` (seconds, each fixed
-    then: no draws) where it gives them."""
-    start, exit_cost = (_seconds(entry, f"{name}_cost") for name in ("start", "exit"))
-    if start is not None:
-        costs = replace(costs, start=start, start_draws=())
-    if exit_cost is not None:
-        costs = replace(costs, exit=exit_cost, exit_draws=())
+    """``costs`` with the entry's ``start_cost``, ``exit_cost`` and ``dispatch_cost``
+    (seconds, each fixed then: no draws) where it gives them."""
+    for name in COST_NAMES:
+        value = _seconds(entry, f"{name}_cost")
+        if value is not None:
+            fields: dict[str, Any] = {name: value, f"{name}_draws": ()}
+            costs = replace(costs, **fields)
     return costs
 
 

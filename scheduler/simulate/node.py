@@ -94,12 +94,20 @@ class SimNode:
         self.starts = 0
         self._forks_free = 0.0
         """When the fork under way (if any) is done: the next one starts no earlier."""
+        self._inbox: dict[str, float] = {}
+        """When the latest message about each job still on its way is taken."""
         costs = spec.costs
-        self._draws = random.Random(spec.name) if costs.start_draws or costs.exit_draws else None
+        drawn = costs.start_draws or costs.exit_draws or costs.dispatch_draws
+        self._draws = random.Random(f"{spec.name}:{costs.seed}") if drawn else None
 
     # --- from the bus ------------------------------------------------------------------
 
     def assign(self, assignment: Assignment) -> None:
+        """An assignment arrives: taken (:meth:`take`) once its dispatch cost is over."""
+        if not self._held_back(self.take, assignment):
+            self.take(assignment)
+
+    def take(self, assignment: Assignment) -> None:
         """Take an assignment as :meth:`Executor.submit` does: a newer attempt of a job
         held replaces the older one; an older one is ignored."""
         if assignment.task not in self.tasks:
@@ -118,6 +126,11 @@ class SimNode:
         self._carry_out(self.runner.submit(job, self._clock.now))
 
     def stop(self, stop: Stop) -> None:
+        """A stop arrives: carried out (:meth:`halt`) once its dispatch cost is over."""
+        if not self._held_back(self.halt, stop):
+            self.halt(stop)
+
+    def halt(self, stop: Stop) -> None:
         """Carry out the bus's ``Stop`` as the client does."""
         held = self.jobs.get(stop.id)
         if held is None or held.attempt != stop.attempt:
@@ -132,6 +145,26 @@ class SimNode:
             self._end(held, "cancelled")
         else:
             self._end(held, "dropped")
+
+    def _held_back(self, handle: Callable[[Any], None], message: Assignment | Stop) -> bool:
+        """Whether ``message`` waits for its dispatch cost (then ``handle`` takes it, if
+        the connection it came on still stands). Messages about one job keep their order;
+        others may pass each other, as frames released by different commits would."""
+        now = self._clock.now
+        delay = self._draw(self.spec.costs.dispatch, self.spec.costs.dispatch_draws)
+        due = self._inbox.get(message.id, now)
+        if not delay and due <= now:
+            return False
+        at = self._inbox[message.id] = max(now + delay, due)
+        self._clock.at(at, self._dispatched, (self.session, handle, message, at))
+        return True
+
+    def _dispatched(self, arg: tuple[int, Callable[[Any], None], Assignment | Stop, float]) -> None:
+        session, handle, message, at = arg
+        if self._inbox.get(message.id) == at:
+            del self._inbox[message.id]
+        if self.alive and self.connected and self.session == session:
+            handle(message)
 
     def held(self) -> list[Held]:
         """Every attempt not reported closed, and those closed whose report waits in the
@@ -153,6 +186,7 @@ class SimNode:
         self.outbox.clear()
         self.runner = Runner(self.spec.size)
         self._forks_free = 0.0
+        self._inbox.clear()
 
     # --- processes ---------------------------------------------------------------------
 
@@ -217,11 +251,12 @@ class SimNode:
 
     def _costs(self) -> tuple[float, float]:
         """This job's start and exit costs: the spec's, or drawn from its samples."""
-        costs, draws = self.spec.costs, self._draws
-        if draws is None:
-            return costs.start, costs.exit
-        start = draws.choice(costs.start_draws) if costs.start_draws else costs.start
-        return start, draws.choice(costs.exit_draws) if costs.exit_draws else costs.exit
+        costs = self.spec.costs
+        return self._draw(costs.start, costs.start_draws), self._draw(costs.exit, costs.exit_draws)
+
+    def _draw(self, fixed: float, draws: tuple[float, ...]) -> float:
+        """One of ``draws`` at random, or ``fixed`` when there are none."""
+        return self._draws.choice(draws) if draws and self._draws is not None else fixed
 
     def _forked(self, run: _Run) -> None:
         """``run``'s fork returned: report it started (unless its scheduler died first)."""

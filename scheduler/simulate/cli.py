@@ -33,6 +33,7 @@ from scheduler.simulate.costs import (
     DEFAULT_DISPATCH_COST_S,
     DEFAULT_EXIT_COST_S,
     DEFAULT_START_COST_S,
+    Calibration,
     CalibrationError,
     calibrate,
 )
@@ -110,15 +111,18 @@ def _variant(**_: Any) -> None:
 
 
 def build(
-    values: Mapping[str, Any], sample_s: float | None
+    values: Mapping[str, Any], sample_s: float | None, drawn: Calibration | None = None
 ) -> tuple[Fleet, DispatchConfig, Settings]:
     """The fleet, rules and settings the variant options ``values`` ask for; a
-    :class:`click.UsageError` names the option a bad value came from."""
+    :class:`click.UsageError` names the option a bad value came from. Costs that are
+    ``drawn``'s medians are drawn from its samples instead, job by job."""
     size, timeout = values["size"], values["default_timeout"]
     try:
         costs = JobCosts(
             values["start_cost"], values["exit_cost"], dispatch=values["dispatch_cost"]
         )
+        if drawn is not None and drawn.costs() == costs:
+            costs = drawn.costs(spread=True)
         if values["fleet_file"] is not None:
             fleet = read_fleet(values["fleet_file"], timeout, costs)
         else:
@@ -226,8 +230,9 @@ def variants(base: Mapping[str, Any], texts: Sequence[str]) -> list[dict[str, An
     "--costs-from",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     default=None,
-    help="Set --start-cost, --exit-cost and --dispatch-cost from a recorded live run "
-    "(monitor --json output) and print them.",
+    help="Set --start-cost, --exit-cost and --dispatch-cost to the medians of a recorded "
+    "live run (monitor --json output), each job drawing its own costs from the recorded "
+    "ones (a --compare variant that sets a cost fixes it); print them.",
 )
 @variant_options
 @click.option(
@@ -277,8 +282,13 @@ def cli(
         )  # fmt: skip
 
     workload = read_workload(jobs_file, replay, generated)
-    if costs_from is not None:
-        variant.update(calibrated(costs_from, variant["latency"]))
+    drawn = None if costs_from is None else calibrated(costs_from, variant["latency"])
+    if drawn is not None:
+        variant.update(
+            start_cost=drawn.start_cost,
+            exit_cost=drawn.exit_cost,
+            dispatch_cost=drawn.dispatch_cost,
+        )
     runs = [variant, *variants(variant, compare)]
     if plot is not None:
         from scheduler.simulate.plot import require_matplotlib
@@ -286,7 +296,7 @@ def cli(
         require_matplotlib()
     outcomes = []
     for values in runs:
-        fleet, rules, settings = build(values, sample_s=1.0 if plot is not None else None)
+        fleet, rules, settings = build(values, 1.0 if plot is not None else None, drawn)
         outcomes.append(Simulation(workload, fleet, rules, settings).run())
     names = ["", *compare]
     _print(outcomes, names, as_json)
@@ -296,10 +306,9 @@ def cli(
         draw(plot, outcomes, names)
 
 
-def calibrated(path: Path, latency: float) -> dict[str, float]:
-    """``--start-cost``, ``--exit-cost`` and ``--dispatch-cost`` read off the recorded run
-    at ``path`` (told on stderr); a :class:`click.UsageError` says why a recording cannot
-    give them."""
+def calibrated(path: Path, latency: float) -> Calibration:
+    """The costs read off the recorded run at ``path`` (told on stderr); a
+    :class:`click.UsageError` says why a recording cannot give them."""
     try:
         found = calibrate(read_events(path), latency)
     except (WorkloadError, CalibrationError) as exc:
@@ -312,12 +321,8 @@ def calibrated(path: Path, latency: float) -> dict[str, float]:
             ("dispatch", found.dispatch_cost, found.dispatch_samples),
         )
     )
-    click.echo(f"costs from {path}: {told}", err=True)
-    return {
-        "start_cost": found.start_cost,
-        "exit_cost": found.exit_cost,
-        "dispatch_cost": found.dispatch_cost,
-    }
+    click.echo(f"costs from {path} (medians; each job draws its own): {told}", err=True)
+    return found
 
 
 def _print(outcomes: Sequence[Outcome], names: Sequence[str], as_json: bool) -> None:

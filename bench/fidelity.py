@@ -178,8 +178,8 @@ def compare(live: Sequence[Sequence[WaitStats]], runs: Sequence[Sequence[WaitSta
                                      [getattr(w, name) for w in found])  # fmt: skip
             ratios.append(cell["ratio"] if cell["ratio"] is not None else float("inf"))
         rows[str(priority)] = row
-    worst = max((abs(r - 1) for r in ratios), default=0.0)
-    return {"by_priority": rows, "worst_off": round(worst, 3), "within": worst <= TOLERANCE}
+    worst = round(max((abs(r - 1) for r in ratios), default=0.0), 3)
+    return {"by_priority": rows, "worst_off": worst, "within": worst <= TOLERANCE}
 
 
 def live_spread(live: Sequence[Sequence[WaitStats]]) -> float | None:

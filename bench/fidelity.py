@@ -37,6 +37,7 @@ from scheduler.protocol import JobEvent, JobPayload
 from scheduler.protocol_types import FINAL_EVENTS
 from scheduler.simulate.costs import (
     DEFAULT_DISPATCH_COST_S,
+    DEFAULT_EVICT_COST_S,
     DEFAULT_EXIT_COST_S,
     DEFAULT_START_COST_S,
     calibrate,
@@ -212,7 +213,12 @@ def figure(
     models: dict[str, list[JobCosts]] = {
         "no_costs": [JobCosts()],
         "defaults": [
-            JobCosts(DEFAULT_START_COST_S, DEFAULT_EXIT_COST_S, dispatch=DEFAULT_DISPATCH_COST_S)
+            JobCosts(
+                DEFAULT_START_COST_S,
+                DEFAULT_EXIT_COST_S,
+                dispatch=DEFAULT_DISPATCH_COST_S,
+                evict=DEFAULT_EVICT_COST_S,
+            )
         ],
         "calibrated": [calibration.costs()],
         HEADLINE: [calibration.costs(spread=True, seed=seed) for seed in range(DRAWS)],
@@ -235,6 +241,7 @@ def figure(
             "start_cost_ms": round(variants[0].start * 1000, 3),
             "exit_cost_ms": round(variants[0].exit * 1000, 3),
             "dispatch_cost_ms": round(variants[0].dispatch * 1000, 3),
+            "evict_cost_ms": round(variants[0].evict * 1000, 3),
             "evictions": statistics.median(o.counts.get("evicted", 0) for o in outcomes),
             **compare(live, [o.waits for o in outcomes]),
         }

@@ -77,6 +77,15 @@ def test_a_message_from_the_bus_is_taken_its_dispatch_cost_late() -> None:
     assert [(t, e) for t, e, _ in got if e == "started"] == [(START, "started")] * 2
 
 
+def test_a_job_that_evicts_reports_started_its_eviction_cost_late() -> None:
+    got = run([(0.0, 8, 5.0), (1.0, 0, 1.0)], uniform(1, 1, 60.0, JobCosts(evict=START)))
+    assert got[:3] == [
+        (0.0, "started", "0"),
+        (1.0, "evicted", "0"),
+        (1.0 + START, "started", "1"),
+    ]
+
+
 def test_drawn_costs_come_from_the_samples_given() -> None:
     costs = JobCosts(START, 0.0, start_draws=(0.5, 1.0), exit_draws=(0.0,))
     got = run([(3.0 * i, 5, 0.25) for i in range(6)], uniform(1, 1, 60.0, costs))
@@ -146,6 +155,23 @@ def test_calibration_reads_the_costs_off_a_recorded_run() -> None:
         calibrate(RECORDED[:5], latency=0.0)
     with pytest.raises(CalibrationError, match="dispatch cost: no attempt"):
         calibrate(NONE_AT_ONCE, latency=0.0)
+
+
+def test_an_eviction_is_read_as_the_extra_time_its_start_took() -> None:
+    evicting = [
+        event("accepted", "a", 0.0, runtime=5.0),
+        event("assigned", "a", 0.0, "S"),
+        event("started", "a", 0.01, "S"),  # at once, evicting none
+        event("accepted", "u", 1.0, runtime=1.0),
+        event("assigned", "u", 1.0, "S"),
+        event("started", "u", 1.03, "S"),  # at once, in a's place
+        event("evicted", "a", 1.031, "S"),
+        event("succeeded", "u", 2.04, "S"),
+    ]
+    found = calibrate(evicting, latency=0.0)
+    assert found.dispatch_samples == pytest.approx((0.01,))
+    assert found.evict_cost == pytest.approx(0.02) and found.exit_cost == pytest.approx(0.01)
+    assert found.costs(spread=True).evict == pytest.approx(0.02)
 
 
 def test_a_recording_that_never_queued_puts_the_fork_in_the_dispatch_cost() -> None:

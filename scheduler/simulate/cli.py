@@ -31,6 +31,7 @@ from scheduler.policy.stealing import STEAL_STRATEGIES
 from scheduler.producer.workload import Span, SpanType, arrival_options, retry_options
 from scheduler.simulate.costs import (
     DEFAULT_DISPATCH_COST_S,
+    DEFAULT_EVICT_COST_S,
     DEFAULT_EXIT_COST_S,
     DEFAULT_START_COST_S,
     Calibration,
@@ -94,6 +95,9 @@ _VARIANT_OPTIONS = [
                  default=DEFAULT_DISPATCH_COST_S, show_default=True,
                  help="Seconds a message from the bus takes to reach a scheduler beyond "
                  "--latency (the bus's journal commit, wake-ups); measured on a live run."),
+    click.option("--evict-cost", type=click.FloatRange(min=0), default=DEFAULT_EVICT_COST_S,
+                 show_default=True, help="Seconds an eviction keeps a scheduler busy before "
+                 "it starts the job that evicted; measured on a live run."),
 ]  # fmt: skip
 
 
@@ -119,7 +123,10 @@ def build(
     size, timeout = values["size"], values["default_timeout"]
     try:
         costs = JobCosts(
-            values["start_cost"], values["exit_cost"], dispatch=values["dispatch_cost"]
+            values["start_cost"],
+            values["exit_cost"],
+            dispatch=values["dispatch_cost"],
+            evict=values["evict_cost"],
         )
         if drawn is not None and drawn.costs() == costs:
             costs = drawn.costs(spread=True)
@@ -230,7 +237,8 @@ def variants(base: Mapping[str, Any], texts: Sequence[str]) -> list[dict[str, An
     "--costs-from",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     default=None,
-    help="Set --start-cost, --exit-cost and --dispatch-cost to the medians of a recorded "
+    help="Set --start-cost, --exit-cost, --dispatch-cost and --evict-cost to the medians "
+    "of a recorded "
     "live run (monitor --json output), each job drawing its own costs from the recorded "
     "ones (a --compare variant that sets a cost fixes it); print them.",
 )
@@ -288,6 +296,7 @@ def cli(
             start_cost=drawn.start_cost,
             exit_cost=drawn.exit_cost,
             dispatch_cost=drawn.dispatch_cost,
+            evict_cost=drawn.evict_cost,
         )
     runs = [variant, *variants(variant, compare)]
     if plot is not None:
@@ -319,6 +328,7 @@ def calibrated(path: Path, latency: float) -> Calibration:
             ("start", found.start_cost, found.start_samples),
             ("exit", found.exit_cost, found.exit_samples),
             ("dispatch", found.dispatch_cost, found.dispatch_samples),
+            ("evict", found.evict_cost, found.evict_samples),
         )
     )
     click.echo(f"costs from {path} (medians; each job draws its own): {told}", err=True)

@@ -20,7 +20,7 @@ from typing import Any, Literal
 FleetEventKind = Literal["kill", "stop", "join", "bus-restart"]
 """What happens to a scheduler (or the bus) at an event's time."""
 
-COST_NAMES = ("start", "exit", "dispatch")
+COST_NAMES = ("start", "exit", "dispatch", "evict")
 """The costs of :class:`JobCosts`; a fleet file names them ``start_cost`` and so on."""
 
 
@@ -31,8 +31,9 @@ class JobCosts:
     scheduler), ``exit`` from the end of its runtime to its closing report and the slot
     freed (setup, exit, reap); and ``dispatch``, the time a message from the bus (an
     assignment, a stop) takes to reach it beyond the simulation's latency (the live bus
-    holds its frames until their journal commit is done; the scheduler must wake up).
-    Zero: an ideal scheduler."""
+    holds its frames until their journal commit is done; the scheduler must wake up);
+    ``evict``, how much later the ``started`` report of a job that evicts another goes
+    (the scheduler sets the eviction going first). Zero: an ideal scheduler."""
 
     start: float = 0.0
     exit: float = 0.0
@@ -43,7 +44,9 @@ class JobCosts:
     """The same for the exit cost."""
     dispatch: float = 0.0
     dispatch_draws: tuple[float, ...] = ()
-    """The same for the dispatch cost (messages still arrive in the order sent)."""
+    """The same for the dispatch cost (messages about one job keep their order)."""
+    evict: float = 0.0
+    """Never drawn: the extra of an eviction comes on top of a drawn dispatch cost."""
     seed: int = 0
     """Seeds the draws (with the scheduler's name): another seed, other draws."""
 
@@ -53,7 +56,7 @@ class JobCosts:
             value = getattr(self, name)
             if not value >= 0:
                 raise ValueError(f"{name}_cost must be >= 0 s, not {value}")
-            if any(not d >= 0 for d in getattr(self, f"{name}_draws")):
+            if any(not d >= 0 for d in getattr(self, f"{name}_draws", ())):
                 raise ValueError(f"{name}_cost: every drawn cost must be >= 0 s")
 
 
@@ -211,12 +214,14 @@ def _specs(
 
 
 def _costs(entry: dict[str, object], costs: JobCosts) -> JobCosts:
-    """``costs`` with the entry's ``start_cost``, ``exit_cost`` and ``dispatch_cost``
-    (seconds, each fixed then: no draws) where it gives them."""
+    """``costs`` with the entry's ``start_cost``, ``exit_cost``, ``dispatch_cost`` and
+    ``evict_cost`` (seconds, each fixed then: no draws) where it gives them."""
     for name in COST_NAMES:
         value = _seconds(entry, f"{name}_cost")
         if value is not None:
-            fields: dict[str, Any] = {name: value, f"{name}_draws": ()}
+            fields: dict[str, Any] = {name: value}
+            if hasattr(costs, f"{name}_draws"):
+                fields[f"{name}_draws"] = ()
             costs = replace(costs, **fields)
     return costs
 

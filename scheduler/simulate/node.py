@@ -205,17 +205,20 @@ class SimNode:
 
     def _carry_out(self, decisions: Sequence[RunnerDecision]) -> None:
         """Start, evict and stop as decided; the stops go once the forks are done (the
-        client forks in its event loop and stops processes in tasks that run after)."""
+        client forks in its event loop and stops processes in tasks that run after); a
+        job started in the place of an evicted one reports the eviction cost later."""
         pending: deque[RunnerDecision] = deque(decisions)
         stopping: list[_Run] = []
+        lag = 0.0
         while pending:
             decision = pending.popleft()
             if type(decision) is Start:
-                self._start(decision.job_id)
+                self._start(decision.job_id, lag)
             elif type(decision) is Evict:
                 run = self.runs[decision.job_id]
                 run.why, run.evictions = "evicted", decision.evictions
                 stopping.append(run)
+                lag += self.spec.costs.evict
             else:
                 stopping.append(self.runs[decision.job_id])
         if stopping:
@@ -223,7 +226,9 @@ class SimNode:
             for run in stopping:
                 self._clock.at(at, self._stopped, run)
 
-    def _start(self, job_id: str) -> None:
+    def _start(self, job_id: str, lag: float = 0.0) -> None:
+        """Fork ``job_id``'s process (after the forks under way); its ``started`` report
+        goes ``lag`` after the fork (the eviction it took the place of)."""
         clock = self._clock
         now = clock.now
         start, exit_cost = self._costs()
@@ -244,10 +249,10 @@ class SimNode:
         self.runs[job_id] = run
         self.starts += 1
         clock.started(self, job)
-        if forked == now:
+        if forked + lag == now:
             self._forked(run)
         else:
-            clock.at(forked, self._forked, run)
+            clock.at(forked + lag, self._forked, run)
 
     def _costs(self) -> tuple[float, float]:
         """This job's start and exit costs: the spec's, or drawn from its samples."""

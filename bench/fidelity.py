@@ -27,6 +27,7 @@ import statistics
 from collections.abc import Sequence
 from pathlib import Path
 
+import click
 import msgspec
 
 from bench.cluster import burst_runtimes
@@ -247,3 +248,26 @@ def figure(
         }
     found["worst_off"] = found[HEADLINE]["worst_off"]
     return found
+
+
+@click.command()
+@click.argument(
+    "recordings",
+    nargs=-1,
+    required=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+)
+@click.option("--schedulers", type=click.IntRange(min=1), default=3, show_default=True)
+@click.option("-s", "--size", type=click.IntRange(min=1), default=2, show_default=True)
+def main(recordings: tuple[Path, ...], schedulers: int, size: int) -> None:
+    """The figure again from saved rounds (``recorded-N.jsonl`` of ``scripts/bench --only
+    fidelity --keep-logs``), as JSON: pool the rounds of several bench runs."""
+    rounds = [
+        [msgspec.json.decode(line, type=JobEvent) for line in path.read_bytes().splitlines()]
+        for path in recordings
+    ]
+    click.echo(json.dumps(figure(rounds, schedulers, size), indent=2))
+
+
+if __name__ == "__main__":
+    main()

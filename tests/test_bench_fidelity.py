@@ -3,10 +3,12 @@ live and simulated waits (on a small synthetic recording, no processes)."""
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
@@ -71,3 +73,8 @@ def test_the_figure_replays_a_recording_under_each_cost_model(tmp_path: Path) ->
     assert check_goals({"sim_fidelity": found})["sim_fidelity.worst_off"]["met"] is not None
     assert "sim_fidelity" in HOW and selected("fidelity", skip_peers=True) == ["fidelity"]
     assert "fidelity" in FIGURES
+    # The saved rounds give the figure again (pooled from several bench runs).
+    again = CliRunner().invoke(fidelity.main, [str(tmp_path / "recorded-1.jsonl")] * 2)
+    assert again.exit_code == 0, again.output
+    pooled = json.loads(again.stdout)
+    assert pooled["rounds"] == 2 and pooled["live_spread"] == 0.0

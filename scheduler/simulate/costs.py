@@ -50,8 +50,8 @@ from scheduler.protocol_types import FINAL_EVENTS
 from scheduler.simulate.fleet import JobCosts
 
 # The defaults: calibrate() over eight recorded rounds of the bench's fidelity workload
-# (2,400 jobs, three `test_scheduler -s 2` on one bus) on this 2-core machine while it
-# was shared by six sessions; a quiet machine pays less (calibrate on yours).
+# (2,400 jobs; two rounds at 80% load, six at 70%; three `test_scheduler -s 2` on one
+# bus) on this 2-core machine while six sessions shared it; a quiet machine pays less.
 DEFAULT_START_COST_S = 0.00025
 """The start cost ``python -m scheduler.simulate`` assumes unless told (measured)."""
 

@@ -77,12 +77,13 @@ def test_a_message_from_the_bus_is_taken_its_dispatch_cost_late() -> None:
     assert [(t, e) for t, e, _ in got if e == "started"] == [(START, "started")] * 2
 
 
-def test_a_job_that_evicts_reports_started_its_eviction_cost_late() -> None:
+def test_an_eviction_keeps_the_scheduler_busy_before_it_forks_again() -> None:
+    # As live: the job that evicts reports started late, and the evicted one ends after.
     got = run([(0.0, 8, 5.0), (1.0, 0, 1.0)], uniform(1, 1, 60.0, JobCosts(evict=START)))
     assert got[:3] == [
         (0.0, "started", "0"),
-        (1.0, "evicted", "0"),
         (1.0 + START, "started", "1"),
+        (1.0 + START, "evicted", "0"),
     ]
 
 

@@ -82,13 +82,14 @@ async def test_a_replayed_live_run_makes_the_same_decisions(
     ]  # fmt: skip
     assert outcome.steals == 1 and outcome.counts["succeeded"] == len(order)
     # The same recording calibrates the costs: an exit sample per attempt that ran out
-    # (all but the evicted one), a dispatch sample per attempt that started at once (all
-    # five), no fork sample (no job waited in a scheduler's queue for a slot there);
+    # (all but the evicted one), a dispatch sample per attempt that started at once and
+    # evicted none (the first three, and the steal), an eviction sample for the urgent
+    # job, no fork sample (no job waited in a scheduler's queue for a slot there);
     # replayed with those costs, the decisions stay the same.
     found = calibrate(records, latency=0.001)
-    assert len(found.exit_samples) == len(order) and len(found.dispatch_samples) == 5
-    assert found.start_samples == () and 0 < found.dispatch_cost < u
-    assert 0 < found.exit_cost < u
+    assert len(found.exit_samples) == len(order) and len(found.dispatch_samples) == 4
+    assert len(found.evict_samples) == 1 and found.start_samples == ()
+    assert 0 < found.dispatch_cost < u and 0 < found.exit_cost < u
     costed = Simulation(
         workload, uniform(3, 1, 30.0, found.costs()), RULES, Settings(latency=0.001), check=True
     )

@@ -12,8 +12,8 @@ per scheduler (:class:`~scheduler.simulate.fleet.JobCosts`):
 - ``start``: from the runner's start decision to the ``started`` report (the fork);
 - ``exit``: from the end of the job's runtime to its closing report and the freed slot
   (the child's setup and exit, the reap);
-- ``evict``: how much later the ``started`` report of a job that evicted another goes
-  (the scheduler sets the eviction going first).
+- ``evict``: how long an eviction keeps the scheduler busy before its next fork (the
+  job that evicted reports ``started`` that much later; the evicted one ends after).
 
 :func:`calibrate` derives them from the events of a recorded live run (``monitor --json``
 output), all stamped by the bus when it handled them, on one clock:

@@ -32,8 +32,9 @@ class JobCosts:
     freed (setup, exit, reap); and ``dispatch``, the time a message from the bus (an
     assignment, a stop) takes to reach it beyond the simulation's latency (the live bus
     holds its frames until their journal commit is done; the scheduler must wake up);
-    ``evict``, how much later the ``started`` report of a job that evicts another goes
-    (the scheduler sets the eviction going first). Zero: an ideal scheduler."""
+    ``evict``, how long an eviction keeps the scheduler busy before its next fork (the
+    job that evicted reports started that much later, the evicted one ends after it).
+    Zero: an ideal scheduler."""
 
     start: float = 0.0
     exit: float = 0.0

@@ -93,7 +93,7 @@ class SimNode:
         self.busy_s = 0.0
         self.starts = 0
         self._forks_free = 0.0
-        """When the fork under way (if any) is done: the next one starts no earlier."""
+        """When the fork (or eviction) under way is done: the next fork is no earlier."""
         self._inbox: dict[str, float] = {}
         """When the latest message about each job still on its way is taken."""
         costs = spec.costs
@@ -205,20 +205,21 @@ class SimNode:
 
     def _carry_out(self, decisions: Sequence[RunnerDecision]) -> None:
         """Start, evict and stop as decided; the stops go once the forks are done (the
-        client forks in its event loop and stops processes in tasks that run after); a
-        job started in the place of an evicted one reports the eviction cost later."""
+        client forks in its event loop and stops processes in tasks that run after); an
+        eviction keeps the loop busy for the eviction cost before the next fork."""
         pending: deque[RunnerDecision] = deque(decisions)
         stopping: list[_Run] = []
-        lag = 0.0
         while pending:
             decision = pending.popleft()
             if type(decision) is Start:
-                self._start(decision.job_id, lag)
+                self._start(decision.job_id)
             elif type(decision) is Evict:
                 run = self.runs[decision.job_id]
                 run.why, run.evictions = "evicted", decision.evictions
                 stopping.append(run)
-                lag += self.spec.costs.evict
+                if self.spec.costs.evict:
+                    now = self._clock.now
+                    self._forks_free = max(now, self._forks_free) + self.spec.costs.evict
             else:
                 stopping.append(self.runs[decision.job_id])
         if stopping:
@@ -226,14 +227,13 @@ class SimNode:
             for run in stopping:
                 self._clock.at(at, self._stopped, run)
 
-    def _start(self, job_id: str, lag: float = 0.0) -> None:
-        """Fork ``job_id``'s process (after the forks under way); its ``started`` report
-        goes ``lag`` after the fork (the eviction it took the place of)."""
+    def _start(self, job_id: str) -> None:
+        """Fork ``job_id``'s process, after the forks (and evictions) under way."""
         clock = self._clock
         now = clock.now
         start, exit_cost = self._costs()
         forked = now
-        if start:
+        if start or self._forks_free > now:
             forked = self._forks_free = max(now, self._forks_free) + start
         assignment = self.jobs[job_id]
         runtime = assignment.runtime or 0.0
@@ -249,10 +249,10 @@ class SimNode:
         self.runs[job_id] = run
         self.starts += 1
         clock.started(self, job)
-        if forked + lag == now:
+        if forked == now:
             self._forked(run)
         else:
-            clock.at(forked + lag, self._forked, run)
+            clock.at(forked, self._forked, run)
 
     def _costs(self) -> tuple[float, float]:
         """This job's start and exit costs: the spec's, or drawn from its samples."""

@@ -250,6 +250,22 @@ def figure(
     return found
 
 
+def lines(found: Json) -> list[str]:
+    """The figure's per-priority waits as printable lines, one per model and priority:
+    live and simulated p50/p90 (ms) and their ratios."""
+    out = []
+    for name in ("no_costs", "defaults", "calibrated", HEADLINE):
+        model = found[name]
+        out.append(f"{name}: worst off {model['worst_off']}")
+        for priority, row in model["by_priority"].items():
+            cells = [
+                f"{p} live {row[p]['live_ms']} sim {row[p]['sim_ms']} ({row[p]['ratio']}x)"
+                for p in ("p50", "p90")
+            ]
+            out.append(f"  priority {priority}: " + ", ".join(cells))
+    return out
+
+
 @click.command()
 @click.argument(
     "recordings",
@@ -266,7 +282,9 @@ def main(recordings: tuple[Path, ...], schedulers: int, size: int) -> None:
         [msgspec.json.decode(line, type=JobEvent) for line in path.read_bytes().splitlines()]
         for path in recordings
     ]
-    click.echo(json.dumps(figure(rounds, schedulers, size), indent=2))
+    found = figure(rounds, schedulers, size)
+    click.echo("\n".join(lines(found)), err=True)
+    click.echo(json.dumps(found, indent=2))
 
 
 if __name__ == "__main__":

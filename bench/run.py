@@ -662,6 +662,9 @@ class Bench:
                 await asyncio.gather(*(add(f"{name}-s{i + 1}") for i in range(count)))
                 rounds.append(await fidelity.record(bus.url, jobs, 60 + 2 * jobs[-1][0]))
         figure = fidelity.figure(rounds, count, size, self.workdir)
+        click.echo(
+            "\n".join(f"bench: fidelity: {line}" for line in fidelity.lines(figure)), err=True
+        )
         self.results["sim_fidelity"] = figure
 
     async def peers(self) -> None:

@@ -78,3 +78,6 @@ def test_the_figure_replays_a_recording_under_each_cost_model(tmp_path: Path) ->
     assert again.exit_code == 0, again.output
     pooled = json.loads(again.stdout)
     assert pooled["rounds"] == 2 and pooled["live_spread"] == 0.0
+    shown = fidelity.lines(pooled)
+    assert shown[0].startswith("no_costs: worst off") and "priority 5: p50 live" in shown[1]
+    assert "\n".join(shown) in again.stderr

@@ -27,7 +27,7 @@ from typing import Final
 import click
 import psutil
 
-from bench import cluster, fanout, fleet, heavy, ingest, ours, plot, simulate, store
+from bench import cluster, fanout, fidelity, fleet, heavy, ingest, ours, plot, simulate, store
 from bench import profile as pyspy
 from bench.failover import failover_times
 from bench.peers import harness
@@ -58,14 +58,15 @@ FIGURES = (
     "simulate",
     "store",
     "failover",
+    "fidelity",
 )
 """Names accepted by ``--only`` (``e2e`` includes the raw fork loop it is compared with,
 ``e2e_warm`` warm mode against a process per job, ``cluster`` both figures of three
 schedulers on one bus; ``fleet``, ``million``, ``ingest10`` and ``cluster10`` say how the
 bus's cost grows with schedulers, queued jobs and producers; ``heavy`` runs a numpy job
-through ours and the peers; ``simulate`` times the simulator; ``store`` compares the
-journal in PostgreSQL with SQLite; ``failover`` kills the leader of two buses on one
-PostgreSQL journal, round after round)."""
+through ours and the peers; ``simulate`` times the simulator, ``fidelity`` compares its
+waits with a live run's; ``store`` compares the journal in PostgreSQL with SQLite;
+``failover`` kills the leader of two buses on one PostgreSQL journal, round after round)."""
 
 WARM_JOBS: Final = 10_000
 """``--warm N`` of the e2e_warm figure's scheduler: no slot process is recycled in a round."""
@@ -87,6 +88,17 @@ HOW: dict[str, str] = {
     "on a virtual clock) in a fresh interpreter: N producer jobs (-g -p 0.01, runtimes 3-15 s) "
     "on 100 simulated schedulers of 5 slots; jobs over the run's wall seconds and over its "
     "CPU seconds (the machine is shared). N: 100,000 (--quick: 10,000).",
+    "sim_fidelity": "The cluster fleet (a bus --steal urgent, three `test_scheduler -s 2`) "
+    "and the cluster figures' seeded runtimes as a stream: N jobs of priority 0, 5 or 8 "
+    "(1:2:2) arriving with exponential gaps at 70% of the 6 slots' capacity, submitted one "
+    "by one at their times; every event recorded; R rounds, each on a fresh bus and "
+    "schedulers. The simulator then replays each round's jobs (at their accepted stamps) on "
+    "3 simulated schedulers of 2 slots, with no costs, its default costs, the costs "
+    "calibrated from these recordings, and each job drawing its costs from the recorded "
+    "samples (5 draws per round: the headline). Waits (accepted, requeued or evicted -> "
+    "started, the bus's stamps) per priority, p50/p90: live (mean of the rounds) and "
+    "simulated (median of the simulations), their ratio; live_spread = how far apart the "
+    "rounds are. N, R: 300, 2 (--quick: 100, 1).",
     "bus_scheduled_jobs": "A bus with a journal file and no scheduler: its RSS with a producer "
     "connected, then with N no-op jobs scheduled an hour ahead (submit_many of delayed jobs), "
     "all accepted; then the bus is stopped (SIGTERM) and started again on the same journal: "
@@ -222,6 +234,8 @@ class Plan:
     cluster10_jobs: int = 300
     heavy_jobs: int = 1000
     failovers: int = 20
+    fidelity_jobs: int = 300
+    fidelity_rounds: int = 2
 
 
 FULL = Plan(False, 2000, 3, 500, 50, 50, 20_000, 100_000, 5000, 2000)
@@ -245,6 +259,8 @@ QUICK = Plan(
     cluster10_jobs=100,
     heavy_jobs=200,
     failovers=5,
+    fidelity_jobs=100,
+    fidelity_rounds=1,
 )
 
 
@@ -671,6 +687,24 @@ class Bench:
         jobs = 10_000 if self.plan.quick else 100_000
         self.results.update(await simulate.simulated_jobs_per_s(jobs))
 
+    async def fidelity(self) -> None:
+        """Simulated against live waits on the cluster fleet and runtimes, one run each."""
+        plan = self.plan
+        count, size = plan.cluster_schedulers, plan.cluster_size
+        low, high = plan.cluster_runtime_s
+        jobs = fidelity.stream(plan.fidelity_jobs, low, high, plan.cluster_seed, count * size)
+        rounds = []
+        for index in range(plan.fidelity_rounds):
+            name = f"fidelity{index + 1}"
+            async with self.cluster_system(name, {"--steal": "urgent"}) as (bus, add):
+                await asyncio.gather(*(add(f"{name}-s{i + 1}") for i in range(count)))
+                rounds.append(await fidelity.record(bus.url, jobs, 60 + 2 * jobs[-1][0]))
+        figure = fidelity.figure(rounds, count, size, self.workdir)
+        click.echo(
+            "\n".join(f"bench: fidelity: {line}" for line in fidelity.lines(figure)), err=True
+        )
+        self.results["sim_fidelity"] = figure
+
     async def peers(self) -> None:
         """Figure 2: the same workload through RQ, arq, Celery and Dramatiq."""
         ours_rate = self.results.get("e2e_jobs_per_s")
@@ -835,6 +869,7 @@ async def run(
             "simulate": (("simulated_jobs_per_s",), bench.simulate),
             "store": (("store_submits_per_s", "store_e2e_jobs_per_s"), bench.store),
             "failover": (("failover_s",), bench.failover),
+            "fidelity": (("sim_fidelity",), bench.fidelity),
         }
         for name in figures:
             keys, step = steps[name]

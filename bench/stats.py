@@ -110,6 +110,7 @@ GOALS: tuple[Goal, ...] = (
     Goal("queued_jobs.reload_s_at_1m", "<=", 10.0, "reload of 1M queued jobs < 10 s"),
     Goal("cluster10_makespan.ratio", "<=", 1.1, "10-scheduler makespan <= 1.1x ideal"),
     Goal("failover_s.p50", "<=", 3.0, "failover p50 < 3 s"),
+    Goal("sim_fidelity.worst_off", "<=", 0.1, "simulated waits within 10% of live"),
 )
 
 
@@ -276,6 +277,7 @@ FIGURE_KEYS: tuple[str, ...] = (
     "store_submits_per_s",
     "store_e2e_jobs_per_s",
     "failover_s",
+    "sim_fidelity",
 )
 """The figures, in the order they are printed."""
 

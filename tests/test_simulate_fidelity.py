@@ -19,6 +19,7 @@ from test_cluster import producer, start
 
 from scheduler.bus.server import BusServer
 from scheduler.protocol import JobEvent, JobPayload
+from scheduler.simulate.costs import calibrate
 from scheduler.simulate.engine import SIM_RULES, Settings, Simulation
 from scheduler.simulate.fleet import uniform
 from scheduler.simulate.workload import Workload, recorded_jobs
@@ -80,3 +81,19 @@ async def test_a_replayed_live_run_makes_the_same_decisions(
         ("assigned", "C"), ("started", "C"),
     ]  # fmt: skip
     assert outcome.steals == 1 and outcome.counts["succeeded"] == len(order)
+    # The same recording calibrates the costs: an exit sample per attempt that ran out
+    # (all but the evicted one), a dispatch sample per attempt that started at once and
+    # evicted none (the first three, and the steal), an eviction sample for the urgent
+    # job, no fork sample (no job waited in a scheduler's queue for a slot there);
+    # replayed with those costs, the decisions stay the same.
+    found = calibrate(records, latency=0.001)
+    assert len(found.exit_samples) == len(order) and len(found.dispatch_samples) == 4
+    assert len(found.evict_samples) == 1 and found.start_samples == ()
+    assert 0 < found.dispatch_cost < u and 0 < found.exit_cost < u
+    costed = Simulation(
+        workload, uniform(3, 1, 30.0, found.costs()), RULES, Settings(latency=0.001), check=True
+    )
+    costed.run()
+    assert costed.trace is not None
+    again = [e[2] for e in costed.trace if e[0] == "event" and isinstance(e[2], JobEvent)]
+    assert decisions(again, sim_order) == expected

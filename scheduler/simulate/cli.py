@@ -29,10 +29,26 @@ from scheduler.policy.dispatch.config import (
 )
 from scheduler.policy.stealing import STEAL_STRATEGIES
 from scheduler.producer.workload import Span, SpanType, arrival_options, retry_options
+from scheduler.simulate.costs import (
+    DEFAULT_DISPATCH_COST_S,
+    DEFAULT_EVICT_COST_S,
+    DEFAULT_EXIT_COST_S,
+    DEFAULT_START_COST_S,
+    Calibration,
+    CalibrationError,
+    calibrate,
+)
 from scheduler.simulate.engine import Outcome, Settings, Simulation
-from scheduler.simulate.fleet import Fleet, parse_event, read_fleet, uniform
+from scheduler.simulate.fleet import Fleet, JobCosts, parse_event, read_fleet, uniform
 from scheduler.simulate.report import show, show_compare, summary
-from scheduler.simulate.workload import Generated, Workload, WorkloadError, read_jsonl, read_monitor
+from scheduler.simulate.workload import (
+    Generated,
+    Workload,
+    WorkloadError,
+    read_events,
+    read_jsonl,
+    read_monitor,
+)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -69,6 +85,19 @@ _VARIANT_OPTIONS = [
                  help="Seconds a message takes between the bus and a scheduler, each way."),
     click.option("--stop-time", "stop_s", type=click.FloatRange(min=0), default=0.002,
                  show_default=True, help="Seconds a stopped (evicted) job process takes to go."),
+    click.option("--start-cost", type=click.FloatRange(min=0), default=DEFAULT_START_COST_S,
+                 show_default=True, help="Seconds a scheduler takes to start a job (its fork, "
+                 "one at a time) before reporting it started; measured on a live run."),
+    click.option("--exit-cost", type=click.FloatRange(min=0), default=DEFAULT_EXIT_COST_S,
+                 show_default=True, help="Seconds from the end of a job's runtime to its "
+                 "report and its slot freed (exit, reap); measured on a live run."),
+    click.option("--dispatch-cost", type=click.FloatRange(min=0),
+                 default=DEFAULT_DISPATCH_COST_S, show_default=True,
+                 help="Seconds a message from the bus takes to reach a scheduler beyond "
+                 "--latency (the bus's journal commit, wake-ups); measured on a live run."),
+    click.option("--evict-cost", type=click.FloatRange(min=0), default=DEFAULT_EVICT_COST_S,
+                 show_default=True, help="Seconds an eviction keeps a scheduler busy before "
+                 "it starts the job that evicted; measured on a live run."),
 ]  # fmt: skip
 
 
@@ -86,17 +115,27 @@ def _variant(**_: Any) -> None:
 
 
 def build(
-    values: Mapping[str, Any], sample_s: float | None
+    values: Mapping[str, Any], sample_s: float | None, drawn: Calibration | None = None
 ) -> tuple[Fleet, DispatchConfig, Settings]:
     """The fleet, rules and settings the variant options ``values`` ask for; a
-    :class:`click.UsageError` names the option a bad value came from."""
+    :class:`click.UsageError` names the option a bad value came from. Costs that are
+    ``drawn``'s medians are drawn from its samples instead, job by job."""
     size, timeout = values["size"], values["default_timeout"]
     try:
+        costs = JobCosts(
+            values["start_cost"],
+            values["exit_cost"],
+            dispatch=values["dispatch_cost"],
+            evict=values["evict_cost"],
+        )
+        if drawn is not None and drawn.costs() == costs:
+            costs = drawn.costs(spread=True)
         if values["fleet_file"] is not None:
-            fleet = read_fleet(values["fleet_file"], timeout)
+            fleet = read_fleet(values["fleet_file"], timeout, costs)
         else:
-            fleet = uniform(values["schedulers"], size, timeout)
-        fleet = fleet.with_events(parse_event(e, size, timeout) for e in values["events"])
+            fleet = uniform(values["schedulers"], size, timeout, costs)
+        joins = (parse_event(e, size, timeout, costs) for e in values["events"])
+        fleet = fleet.with_events(joins)
         rules = DispatchConfig(
             lease=values["lease"],
             max_evictions=values["max_evictions"],
@@ -203,6 +242,15 @@ def variants(base: Mapping[str, Any], texts: Sequence[str]) -> list[dict[str, An
     default=None,
     help="Replay a recorded live run (monitor --json output).",
 )
+@click.option(
+    "--costs-from",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="Set --start-cost, --exit-cost, --dispatch-cost and --evict-cost to the medians "
+    "of a recorded "
+    "live run (monitor --json output), each job drawing its own costs from the recorded "
+    "ones (a --compare variant that sets a cost fixes it); print them.",
+)
 @variant_options
 @click.option(
     "--compare",
@@ -237,6 +285,7 @@ def cli(
     tz: str,
     jobs_file: Path | None,
     replay: Path | None,
+    costs_from: Path | None,
     compare: tuple[str, ...],
     as_json: bool,
     plot: Path | None,
@@ -253,6 +302,14 @@ def cli(
         )  # fmt: skip
 
     workload = read_workload(jobs_file, replay, generated)
+    drawn = None if costs_from is None else calibrated(costs_from, variant["latency"])
+    if drawn is not None:
+        variant.update(
+            start_cost=drawn.start_cost,
+            exit_cost=drawn.exit_cost,
+            dispatch_cost=drawn.dispatch_cost,
+            evict_cost=drawn.evict_cost,
+        )
     runs = [variant, *variants(variant, compare)]
     if plot is not None:
         from scheduler.simulate.plot import require_matplotlib
@@ -260,7 +317,7 @@ def cli(
         require_matplotlib()
     outcomes = []
     for values in runs:
-        fleet, rules, settings = build(values, sample_s=1.0 if plot is not None else None)
+        fleet, rules, settings = build(values, 1.0 if plot is not None else None, drawn)
         outcomes.append(Simulation(workload, fleet, rules, settings).run())
     names = ["", *compare]
     _print(outcomes, names, as_json)
@@ -268,6 +325,26 @@ def cli(
         from scheduler.simulate.plot import draw
 
         draw(plot, outcomes, names)
+
+
+def calibrated(path: Path, latency: float) -> Calibration:
+    """The costs read off the recorded run at ``path`` (told on stderr); a
+    :class:`click.UsageError` says why a recording cannot give them."""
+    try:
+        found = calibrate(read_events(path), latency)
+    except (WorkloadError, CalibrationError) as exc:
+        raise click.UsageError(f"--costs-from {path}: {exc}") from None
+    told = ", ".join(
+        f"{name} {cost * 1000:.2f} ms ({len(samples)} samples)"
+        for name, cost, samples in (
+            ("start", found.start_cost, found.start_samples),
+            ("exit", found.exit_cost, found.exit_samples),
+            ("dispatch", found.dispatch_cost, found.dispatch_samples),
+            ("evict", found.evict_cost, found.evict_samples),
+        )
+    )
+    click.echo(f"costs from {path} (medians; each job draws its own): {told}", err=True)
+    return found
 
 
 def _print(outcomes: Sequence[Outcome], names: Sequence[str], as_json: bool) -> None:

@@ -3,14 +3,17 @@
 :class:`~scheduler.policy.runner.Runner`, with job processes that are only times.
 
 An assignment goes to the runner, which answers start, evict or stop; a started
-"process" ends when its runtime (or its timeout) is over, a stopped one after the
-stop time; each attempt's closing report is the one
-:func:`~scheduler.policy.closing.closing_report` makes, as live. Stops from the bus
-(``steal``, ``cancel``, ``drop``) are carried out as the client does.
+"process" is forked in the scheduler's start cost (one fork at a time, as the client's
+event loop does them) and reported ``started`` then; it ends when its runtime (or its
+timeout) is over, plus the exit cost; a stopped one after the stop time; each
+attempt's closing report is the one :func:`~scheduler.policy.closing.closing_report`
+makes, as live. Stops from the bus (``steal``, ``cancel``, ``drop``) are carried out as
+the client does.
 """
 
 from __future__ import annotations
 
+import random
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -47,11 +50,13 @@ class Clock(Protocol):
 
 @dataclass(slots=True, eq=False)
 class _Run:
-    """One live simulated process: it ends by itself as ``outcome`` with ``exit_code``
-    unless stopped first (``why``)."""
+    """One live simulated process, its slot taken at ``claimed`` and its fork done at
+    ``started``: it ends by itself as ``outcome`` with ``exit_code`` unless stopped
+    first (``why``)."""
 
     assignment: Assignment
     job: LocalJob
+    claimed: float
     started: float
     outcome: Outcome
     exit_code: int
@@ -87,10 +92,22 @@ class SimNode:
         """Reports made while the bus is away, in order."""
         self.busy_s = 0.0
         self.starts = 0
+        self._forks_free = 0.0
+        """When the fork (or eviction) under way is done: the next fork is no earlier."""
+        self._inbox: dict[str, float] = {}
+        """When the latest message about each job still on its way is taken."""
+        costs = spec.costs
+        drawn = costs.start_draws or costs.exit_draws or costs.dispatch_draws
+        self._draws = random.Random(f"{spec.name}:{costs.seed}") if drawn else None
 
     # --- from the bus ------------------------------------------------------------------
 
     def assign(self, assignment: Assignment) -> None:
+        """An assignment arrives: taken (:meth:`take`) once its dispatch cost is over."""
+        if not self._held_back(self.take, assignment):
+            self.take(assignment)
+
+    def take(self, assignment: Assignment) -> None:
         """Take an assignment as :meth:`Executor.submit` does: a newer attempt of a job
         held replaces the older one; an older one is ignored."""
         if assignment.task not in self.tasks:
@@ -109,6 +126,11 @@ class SimNode:
         self._carry_out(self.runner.submit(job, self._clock.now))
 
     def stop(self, stop: Stop) -> None:
+        """A stop arrives: carried out (:meth:`halt`) once its dispatch cost is over."""
+        if not self._held_back(self.halt, stop):
+            self.halt(stop)
+
+    def halt(self, stop: Stop) -> None:
         """Carry out the bus's ``Stop`` as the client does."""
         held = self.jobs.get(stop.id)
         if held is None or held.attempt != stop.attempt:
@@ -123,6 +145,26 @@ class SimNode:
             self._end(held, "cancelled")
         else:
             self._end(held, "dropped")
+
+    def _held_back(self, handle: Callable[[Any], None], message: Assignment | Stop) -> bool:
+        """Whether ``message`` waits for its dispatch cost (then ``handle`` takes it, if
+        the connection it came on still stands). Messages about one job keep their order;
+        others may pass each other, as frames released by different commits would."""
+        now = self._clock.now
+        delay = self._draw(self.spec.costs.dispatch, self.spec.costs.dispatch_draws)
+        due = self._inbox.get(message.id, now)
+        if not delay and due <= now:
+            return False
+        at = self._inbox[message.id] = max(now + delay, due)
+        self._clock.at(at, self._dispatched, (self.session, handle, message, at))
+        return True
+
+    def _dispatched(self, arg: tuple[int, Callable[[Any], None], Assignment | Stop, float]) -> None:
+        session, handle, message, at = arg
+        if self._inbox.get(message.id) == at:
+            del self._inbox[message.id]
+        if self.alive and self.connected and self.session == session:
+            handle(message)
 
     def held(self) -> list[Held]:
         """Every attempt not reported closed, and those closed whose report waits in the
@@ -143,6 +185,8 @@ class SimNode:
         self.jobs.clear()
         self.outbox.clear()
         self.runner = Runner(self.spec.size)
+        self._forks_free = 0.0
+        self._inbox.clear()
 
     # --- processes ---------------------------------------------------------------------
 
@@ -160,7 +204,11 @@ class SimNode:
             self._report(Report("cancelled", job_id, assignment.attempt))
 
     def _carry_out(self, decisions: Sequence[RunnerDecision]) -> None:
+        """Start, evict and stop as decided; the stops go once the forks are done (the
+        client forks in its event loop and stops processes in tasks that run after); an
+        eviction keeps the loop busy for the eviction cost before the next fork."""
         pending: deque[RunnerDecision] = deque(decisions)
+        stopping: list[_Run] = []
         while pending:
             decision = pending.popleft()
             if type(decision) is Start:
@@ -168,30 +216,57 @@ class SimNode:
             elif type(decision) is Evict:
                 run = self.runs[decision.job_id]
                 run.why, run.evictions = "evicted", decision.evictions
-                self._clock.at(self._clock.now + self._stop_s, self._stopped, run)
+                stopping.append(run)
+                if self.spec.costs.evict:
+                    now = self._clock.now
+                    self._forks_free = max(now, self._forks_free) + self.spec.costs.evict
             else:
-                self._clock.at(
-                    self._clock.now + self._stop_s, self._stopped, self.runs[decision.job_id]
-                )
+                stopping.append(self.runs[decision.job_id])
+        if stopping:
+            at = max(self._clock.now, self._forks_free) + self._stop_s
+            for run in stopping:
+                self._clock.at(at, self._stopped, run)
 
     def _start(self, job_id: str) -> None:
+        """Fork ``job_id``'s process, after the forks (and evictions) under way."""
         clock = self._clock
         now = clock.now
+        start, exit_cost = self._costs()
+        forked = now
+        if start or self._forks_free > now:
+            forked = self._forks_free = max(now, self._forks_free) + start
         assignment = self.jobs[job_id]
         runtime = assignment.runtime or 0.0
         timeout = assignment.timeout or self.spec.timeout
         job = LocalJob(job_id, assignment.priority, assignment.evictions, assignment.evictable)
         if timeout is not None and timeout < runtime:
-            run = _Run(assignment, job, now, "timed_out", _SIGTERM_EXIT, timeout)
-            clock.at(now + timeout, self._ended, run)
+            run = _Run(assignment, job, now, forked, "timed_out", _SIGTERM_EXIT, timeout)
+            clock.at(forked + timeout + exit_cost, self._ended, run)
         else:
             code = 1 if clock.fails(assignment) else 0
-            run = _Run(assignment, job, now, "exited", code, timeout or 0.0)
-            clock.at(now + runtime, self._ended, run)
+            run = _Run(assignment, job, now, forked, "exited", code, timeout or 0.0)
+            clock.at(forked + runtime + exit_cost, self._ended, run)
         self.runs[job_id] = run
         self.starts += 1
         clock.started(self, job)
-        self._report(Report("started", job_id, assignment.attempt))
+        if forked == now:
+            self._forked(run)
+        else:
+            clock.at(forked, self._forked, run)
+
+    def _costs(self) -> tuple[float, float]:
+        """This job's start and exit costs: the spec's, or drawn from its samples."""
+        costs = self.spec.costs
+        return self._draw(costs.start, costs.start_draws), self._draw(costs.exit, costs.exit_draws)
+
+    def _draw(self, fixed: float, draws: tuple[float, ...]) -> float:
+        """One of ``draws`` at random, or ``fixed`` when there are none."""
+        return self._draws.choice(draws) if draws and self._draws is not None else fixed
+
+    def _forked(self, run: _Run) -> None:
+        """``run``'s fork returned: report it started (unless its scheduler died first)."""
+        if not run.done:
+            self._report(Report("started", run.assignment.id, run.assignment.attempt))
 
     def _ended(self, run: _Run) -> None:
         if not run.done:
@@ -221,8 +296,9 @@ class SimNode:
         self._carry_out(self.runner.exited(job_id, now))
 
     def _gone(self, run: _Run, now: float) -> float:
-        ran_s = now - run.started
-        self.busy_s += ran_s
+        """Count ``run``'s slot time; return its process's life (fork done to gone)."""
+        ran_s = max(0.0, now - run.started)
+        self.busy_s += now - run.claimed
         self._clock.ended(self, run.assignment.id, ran_s)
         return ran_s
 

@@ -234,6 +234,12 @@ def read_monitor(path: Path) -> Workload:
     attempt took (``wall_s`` of its final event, else started to final); one that ended
     ``failed``, ``timed_out`` or ``dead`` fails. Raises :class:`WorkloadError` for a
     line that is not an event."""
+    return _fixed(list(recorded_jobs(read_events(path))))
+
+
+def read_events(path: Path) -> list[dict[str, Any]]:
+    """The events of ``monitor --json`` output, as dicts in file order. Raises
+    :class:`WorkloadError` for a line that is not an event."""
     events: list[dict[str, Any]] = []
     for number, line in enumerate(path.read_text().splitlines(), 1):
         if not line.strip():
@@ -245,7 +251,7 @@ def read_monitor(path: Path) -> Workload:
         if not isinstance(event, dict) or not {"event", "id", "time"} <= event.keys():
             raise WorkloadError(f"{path}:{number}: not a monitor --json event")
         events.append(event)
-    return _fixed(list(recorded_jobs(events)))
+    return events
 
 
 def recorded_jobs(events: Sequence[dict[str, Any]]) -> list[SimJob]:

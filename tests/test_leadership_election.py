@@ -76,6 +76,10 @@ class Candidate:
         return self.election.leadership.advertise
 
     def role_is(self, role: str) -> Callable[[], bool]:
+        """Whether this bus has ``role``; a leader only once its bus is made (the election
+        takes the role as it wins the lock, then closes its standby listener)."""
+        if role == "leader":
+            return lambda: self.election.leadership.role == role and bool(self.epochs)
         return lambda: self.election.leadership.role == role
 
     async def stop(self) -> None:

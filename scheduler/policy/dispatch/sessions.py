@@ -236,14 +236,16 @@ def _restore_parent(
 
 
 def _gather_restored(core: Lifecycle, parent: Job, wall: float, out: list[Decision]) -> None:
-    """Every run of restored broadcast ``parent`` ended while the bus was down (or its
-    record lists none): it ends as they did."""
+    """Every run of restored broadcast ``parent`` ended (its record may list none): it
+    ends as they did. Its error is kept in the journal, as no one hears the event."""
     states = core.deps.outcomes.get(parent.id, {})
-    if not states:
-        core.finish(parent, "failed", wall, out, error=broadcast.unrecorded_error(parent.id))
-        return
-    state, error = broadcast.parent_outcome(states)
+    if states:
+        state, error = broadcast.parent_outcome(states)
+    else:
+        state, error = "failed", broadcast.unrecorded_error(parent.id)
     parent.result = core.deps.results.get(parent.id, {}) if state == "succeeded" else None
+    if error is not None:
+        parent.errors += (error,)
     core.finish(parent, state, wall, out, error=error)
 
 

@@ -1,14 +1,16 @@
 """Broadcast end to end: a real bus, three real ``test_scheduler`` processes, real job
 processes. A broadcast runs once on each scheduler and its parent ends succeeded;
-``producer --broadcast --wait`` counts the runs."""
+``producer --broadcast --wait`` counts the runs; a broadcast whose runs run while the
+bus process is killed and restarted ends when they do."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+from pathlib import Path
 
 import pytest
-from conftest import Commands, unit
+from conftest import BusProcess, Commands, unit, wait_until
 from test_cluster import start
 from test_user_tasks import final_events
 
@@ -69,3 +71,39 @@ async def test_a_broadcast_with_no_scheduler_is_refused(bus: BusServer) -> None:
     async with ProducerClient(bus.url) as client:
         results = await client.submit_many([JobPayload(runtime=1.0, broadcast=True)])
     assert results[0].field == "jobs.0.broadcast"
+
+
+async def test_a_broadcast_ends_across_a_bus_kill_and_restart(
+    commands: Commands, tmp_path: Path
+) -> None:
+    bus = BusProcess(commands, tmp_path / "bus.db")
+    await bus.start()
+    procs = [
+        await commands.start("scheduler.test_scheduler", "--bus", bus.url, "--name", n, "-s", "1")
+        for n in NAMES[:2]
+    ]
+
+    def registered(times: int) -> bool:
+        return all(commands.log_of(p).count("registered with") >= times for p in procs)
+
+    await wait_until(lambda: registered(1), 20 * unit(), "both schedulers register")
+    async with ProducerClient(bus.url, token=bus.token("producer")) as client:
+        accepted = await client.submit_accepted(
+            JobPayload(runtime=2 * unit(), job_id="sync", broadcast=True)
+        )
+        assert accepted.runs == ["sync/s1", "sync/s2"]
+        started: set[str] = set()
+        async with asyncio.timeout(20 * unit()):
+            async for event in client.events():
+                if event.event == "started":
+                    started.add(event.id)
+                if started == set(accepted.runs):
+                    break
+        await bus.kill()
+        await bus.start()
+        await wait_until(lambda: registered(2), 20 * unit(), "both schedulers come back")
+        parent = (await final_events(client, ["sync"]))["sync"]
+        runs = await client.watch(accepted.runs)
+    assert parent.event == "succeeded", parent.error
+    assert isinstance(parent.result, dict) and sorted(parent.result) == accepted.runs
+    assert {(e.id, e.event) for e in runs.jobs} == {(r, "succeeded") for r in accepted.runs}

@@ -17,10 +17,9 @@ runners) and checks, after every simulated event and at the end:
   stopped for a cancel ends once (cancelled, or as it finished first); and no job ends
   ``cancelled`` unless it, or the broadcast it is a run of, was cancelled.
 
-Found on the way: a broadcast job blocked on its runs when the bus restarts never ends
-(the restored parent is not booked as waiting for its runs: they are not in its
-``depends_on``); :func:`test_a_broadcast_across_a_bus_restart_ends` records it, and the
-random worlds draw broadcast jobs only in runs without a bus restart until it is fixed.
+Found on the way (fixed): a broadcast job blocked on its runs when the bus restarts never
+ended (the restored parent was not booked as waiting for its runs: they were not in its
+``depends_on``); :func:`test_a_broadcast_across_a_bus_restart_ends` records it.
 
 Found earlier (fixed): after a bus restart, jobs restored as waiting in a scheduler's local
 queue are no longer stealable (``sessions._restore_held`` books their seat but does
@@ -34,7 +33,6 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 import msgspec
-import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -259,13 +257,6 @@ def check_cancels(trace: Trace, seen: Ends) -> None:
             assert job_id in asked or job_id.partition("/")[0] in asked, job_id
 
 
-def without_broadcast(job: SimJob) -> SimJob:
-    """``job`` as a plain job, if it was a broadcast."""
-    if not job.payload.broadcast:
-        return job
-    return SimJob(job.at, msgspec.structs.replace(job.payload, broadcast=False), job.fail)
-
-
 def entries(
     jobs: list[SimJob],
     cancels: list[tuple[int, float]],
@@ -306,8 +297,6 @@ def test_random_worlds_keep_every_invariant(
     events: list[FleetEvent],
     rules: DispatchConfig,
 ) -> None:
-    if any(event.kind == "bus-restart" for event in events):
-        jobs = [without_broadcast(job) for job in jobs]  # see the module's docstring
     ordered = entries(jobs, cancels, schedules)
     workload = Workload(lambda: iter(ordered), frozenset({"sleep"}), len(jobs), True)
     specs = tuple(SchedulerSpec(names[i], size) for i, size in enumerate(sizes))
@@ -346,7 +335,6 @@ def test_jobs_queued_before_a_bus_restart_can_be_stolen() -> None:
     assert outcome.makespan < 25.0, f"B stole nothing: makespan {outcome.makespan:.1f} s"
 
 
-@pytest.mark.xfail(strict=True, reason="a restored broadcast parent is not booked on its runs")
 def test_a_broadcast_across_a_bus_restart_ends() -> None:
     """A broadcast to two schedulers whose runs are running when the bus restarts: the
     runs succeed after it, and the broadcast should end with them."""

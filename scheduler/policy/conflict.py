@@ -79,5 +79,7 @@ def resolve(
 
 def _same_job(a: JobPayload, b: JobPayload) -> bool:
     """Whether two payloads ask for the same job (``on_conflict`` only says what to do
-    about a clash, so it does not count)."""
-    return a == msgspec.structs.replace(b, on_conflict=a.on_conflict)
+    about a clash, so it does not count; nor does the ``depends_on`` the bus gave
+    broadcast ``a``: it lists its runs)."""
+    depends_on = a.depends_on if a.broadcast and b.broadcast and not b.depends_on else b.depends_on
+    return a == msgspec.structs.replace(b, on_conflict=a.on_conflict, depends_on=depends_on)

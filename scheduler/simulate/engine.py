@@ -34,6 +34,7 @@ from scheduler.policy.dispatch.decisions import (
     SendReply,
     SendStop,
 )
+from scheduler.policy.dispatch.dependencies import restore_ids
 from scheduler.policy.dispatch.dispatcher import Dispatcher
 from scheduler.policy.job import Job
 from scheduler.policy.runner import LocalJob
@@ -267,7 +268,7 @@ class Simulation:
 
     def _keep(self, changed: list[Job], deleted: list[str]) -> None:
         journal = self._journal if self._journal is not None else {}
-        finals = self.requests.finals if self._finals else {}
+        finals = self.requests.finals  # a restart looks up the records of ended jobs
         for job in changed:
             if job.final:
                 journal.pop(job.id, None)
@@ -436,8 +437,15 @@ class Simulation:
         self.core = self._new_core()
         jobs = sorted(self._journal.values(), key=lambda job: job.seq)
         next_seq = max((job.seq for job in jobs), default=-1) + 1
+        lookup = self.requests.lookup
+        stored = {i: job for i in restore_ids(jobs) if (job := lookup(i)) is not None}
         self.core.restore(
-            jobs, max(next_seq, old.accepted), self.now, self.now, promised_until=promised
+            jobs,
+            max(next_seq, old.accepted),
+            self.now,
+            self.now,
+            promised_until=promised,
+            stored=stored,
         )
         self._bus_up = True
         self._tick_at = float("inf")

@@ -10,18 +10,30 @@ all cancelled: cancelling the parent cancels its runs). A pinned run is placed
 only on its scheduler and never stolen; if the bus forgets that scheduler (its lease
 expired, or it closed cleanly) a run still waiting ends ``dead`` (:func:`gone_error`).
 
+The parent's ``depends_on`` lists its runs (:func:`parent_payload`, set by the bus): its
+journal record then says what it waits for, so a restarted bus looks them up like any
+dependencies (:func:`.dependencies.restore_ids`) and books the parent on the runs still
+open, or ends it at once from the runs' records if they all ended while it was down
+(:func:`restore_runs`). No journal schema change: the payload is already stored.
+
 Pure: no clock needed.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Final
 
 import msgspec
 
 from scheduler.policy.dispatch.dependencies import Refusal
+from scheduler.policy.job import Job
 from scheduler.protocol import JobPayload
-from scheduler.protocol_types import EventKind
+from scheduler.protocol_types import MAX_DEPENDS, EventKind
+
+MISSING: Final = "missing from the journal"
+"""The state a restored parent counts for a run the journal no longer has."""
 
 
 def run_id(parent: str, scheduler: str) -> str:
@@ -46,6 +58,12 @@ def check(payload: JobPayload, prefix: str, serving: list[str]) -> Refusal | Non
             " on the schedulers serving its task when it is submitted",
             where,
         )
+    if len(serving) > MAX_DEPENDS:
+        return Refusal(
+            f'{where}: {len(serving)} schedulers serve task "{payload.task}"; a broadcast'
+            f" runs on at most {MAX_DEPENDS} (its depends_on lists its runs)",
+            where,
+        )
     return None
 
 
@@ -64,6 +82,50 @@ def run_payload(payload: JobPayload, parent: str, scheduler: str) -> JobPayload:
     """The payload of ``parent``'s run on ``scheduler``: the same job, pinned there."""
     return msgspec.structs.replace(
         payload, broadcast=False, pin=scheduler, job_id=run_id(parent, scheduler)
+    )
+
+
+def parent_payload(payload: JobPayload, runs: list[str]) -> JobPayload:
+    """The payload of a broadcast parent whose runs are ``runs``: ``depends_on`` lists them."""
+    return msgspec.structs.replace(payload, depends_on=runs)
+
+
+@dataclass(frozen=True, slots=True)
+class Restored:
+    """How a restored parent's runs stand: those still open (``pending``), the states
+    of those that ended (``states``: run id: state) and the results of those that
+    succeeded (``results``)."""
+
+    pending: tuple[str, ...] = ()
+    states: dict[str, str] = field(default_factory=dict)
+    results: dict[str, object] = field(default_factory=dict)
+
+
+def restore_runs(parent: JobPayload, lookup: Callable[[str], Job | None]) -> Restored:
+    """How the runs of restored broadcast ``parent`` stand: ``lookup`` finds the
+    restored runs and the journal records of the others; a run the journal no longer
+    has counts as ended :data:`MISSING`."""
+    pending: list[str] = []
+    states: dict[str, str] = {}
+    results: dict[str, object] = {}
+    for run in parent.depends_on or ():
+        job = lookup(run)
+        if job is None:
+            states[run] = MISSING
+        elif not job.final:
+            pending.append(run)
+        else:
+            states[run] = job.state
+            if job.state == "succeeded":
+                results[run] = job.result
+    return Restored(tuple(pending), states, results)
+
+
+def unrecorded_error(parent: str) -> str:
+    """The error of a broadcast restored from a journal record that lists no runs."""
+    return (
+        f"broadcast {parent} was journaled without its runs (by a bus from before they were"
+        " recorded): its outcome is unknown; see its runs ID/scheduler"
     )
 
 

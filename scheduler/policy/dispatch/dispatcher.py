@@ -297,10 +297,12 @@ class Dispatcher:
         ``stored`` holds the final journal records of the others (see
         :func:`.dependencies.restore_ids`): one that succeeded is met (its result kept
         for ``pass_results``), one that failed or is missing skips the job (unless it
-        runs anyway). Those skips are the only changes handed to the journal.
+        runs anyway). A broadcast parent (its ``depends_on`` lists its runs) waits again
+        for its runs still among ``jobs``, or ends as they did if they all ended. Those
+        skips and ends are the only changes handed to the journal.
         """
         sessions.restore(self._core, jobs, next_seq, now, wall, promised_until)
-        sessions.restore_dependencies(self._core, stored or {}, now, wall)
+        sessions.restore_dependencies(self._core, stored or {}, now, wall, promised_until)
 
     def attach(
         self,

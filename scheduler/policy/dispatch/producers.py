@@ -206,6 +206,7 @@ def _create(
     core.emit(out, job_event(job, "accepted", wall, None))
     if payload.broadcast:
         runs = core.broadcast(job, _targets(core, payload.task), now, wall, out)
+        job.payload = broadcast.parent_payload(payload, runs)  # journaled for a restart
         return SubmitResult(id=job_id, runs=runs)
     if plan is None:
         delayed.accept(core, job, now, wall, out)

@@ -4,9 +4,9 @@ from its journal."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
-from scheduler.policy.dispatch import delayed
+from scheduler.policy.dispatch import broadcast, delayed
 from scheduler.policy.dispatch.decisions import Decision, LeaseExpired, SendStop, StartOverdue
 from scheduler.policy.dispatch.dependencies import Plan, restore_plan
 from scheduler.policy.dispatch.lifecycle import Lifecycle
@@ -160,26 +160,93 @@ def restore(
 
 
 def restore_dependencies(
-    core: Lifecycle, stored: Mapping[str, Job], now: float, wall: float
+    core: Lifecycle,
+    stored: Mapping[str, Job],
+    now: float,
+    wall: float,
+    promised_until: float | None = None,
 ) -> None:
     """Book the restored ``blocked`` jobs again, then skip or release those whose
     dependencies ended while the bus was down (``stored``: their journal records), and
-    give the results back to restored jobs that asked for them."""
+    give the results back to restored jobs that asked for them. A broadcast parent
+    waits again for its runs still open, or ends as they did if none is; the scheduler
+    of a run still waiting for it is known again, with the lease of a scheduler that
+    held jobs (see :func:`restore`), so the run ends ``dead`` if it never comes back."""
     out: list[Decision] = []  # nobody is connected yet: the events reach no one
     plans: list[tuple[Job, Plan]] = []
+    gathered: list[Job] = []
+
+    def lookup(job_id: str) -> Job | None:
+        return core.jobs.get(job_id) or stored.get(job_id)
+
     for job in list(core.jobs.values()):
-        if not job.payload.depends_on:
-            continue
-        plan = restore_plan(job.payload, lambda i: core.jobs.get(i) or stored.get(i))
-        if job.payload.pass_results:
-            core.deps.keep_results(job.id, plan.results)
-        if job.state == "blocked":
-            if plan.pending:
-                core.deps.block(job.id, plan.pending)
-            plans.append((job, plan))
+        if job.payload.broadcast and job.state == "blocked":
+            if _restore_parent(core, job, lookup, now, wall, promised_until):
+                gathered.append(job)
+        elif job.payload.depends_on:
+            _restore_dependent(core, job, lookup, plans)
     for job, plan in plans:
         if job.id in core.jobs:
             core.enter_restored(job, plan, wall, out)
+    for parent in gathered:  # last: the jobs waiting for it are booked and entered
+        _gather_restored(core, parent, wall, out)
+
+
+def _restore_dependent(
+    core: Lifecycle,
+    job: Job,
+    lookup: Callable[[str], Job | None],
+    plans: list[tuple[Job, Plan]],
+) -> None:
+    """Give restored ``job`` the results of its dependencies that succeeded; if it is
+    ``blocked``, book it on those still open and add its plan to ``plans``."""
+    plan = restore_plan(job.payload, lookup)
+    if job.payload.pass_results:
+        core.deps.keep_results(job.id, plan.results)
+    if job.state == "blocked":
+        if plan.pending:
+            core.deps.block(job.id, plan.pending)
+        plans.append((job, plan))
+
+
+def _restore_parent(
+    core: Lifecycle,
+    parent: Job,
+    lookup: Callable[[str], Job | None],
+    now: float,
+    wall: float,
+    promised_until: float | None,
+) -> bool:
+    """Book restored broadcast ``parent`` on its runs still open, keeping the outcomes
+    of those that ended; return whether it is to end now (none is open)."""
+    runs = broadcast.restore_runs(parent.payload, lookup)
+    core.deps.keep_results(parent.id, runs.results)
+    core.deps.outcomes[parent.id] = runs.states
+    if not runs.pending:
+        return True
+    core.deps.block(parent.id, runs.pending)
+    kept_until = now if promised_until is None else now + (promised_until - wall)
+    for run_id in runs.pending:
+        pin = core.jobs[run_id].payload.pin
+        if pin is not None and pin not in core.registry.by_name:
+            core.registry.add(pin, True, connected=False)
+            core.registry.leases.renew(pin, now)
+            core.registry.leases.extend(pin, kept_until)
+    return False
+
+
+def _gather_restored(core: Lifecycle, parent: Job, wall: float, out: list[Decision]) -> None:
+    """Every run of restored broadcast ``parent`` ended (its record may list none): it
+    ends as they did. Its error is kept in the journal, as no one hears the event."""
+    states = core.deps.outcomes.get(parent.id, {})
+    if states:
+        state, error = broadcast.parent_outcome(states)
+    else:
+        state, error = "failed", broadcast.unrecorded_error(parent.id)
+    parent.result = core.deps.results.get(parent.id, {}) if state == "succeeded" else None
+    if error is not None:
+        parent.errors += (error,)
+    core.finish(parent, state, wall, out, error=error)
 
 
 def _restore_held(core: Lifecycle, job: Job, now: float) -> None:

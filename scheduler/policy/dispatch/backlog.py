@@ -7,6 +7,7 @@ from __future__ import annotations
 import heapq
 from collections.abc import Mapping
 
+from scheduler.policy.dispatch.timers import earliest
 from scheduler.policy.job import Job
 
 
@@ -98,12 +99,12 @@ class Backlog:
 
     def next_deadline(self) -> float | None:
         """The earliest end of a hold-back or v1 attempt, or None."""
-        self._discard_stale_waiting()
-        candidates = [
+        if self._waiting:
+            self._discard_stale_waiting()
+        return earliest(
             self._waiting[0][0] if self._waiting else None,
             self._v1_due[0][0] if self._v1_due else None,
-        ]
-        return min((c for c in candidates if c is not None), default=None)
+        )
 
     def _discard_stale_waiting(self) -> None:
         while self._waiting and self._due.get(self._waiting[0][2]) != self._waiting[0][0]:

@@ -99,8 +99,9 @@ class Backlog:
 
     def next_deadline(self) -> float | None:
         """The earliest end of a hold-back or v1 attempt, or None."""
-        if self._waiting:
-            self._discard_stale_waiting()
+        if not self._waiting and not self._v1_due:
+            return None  # no retry held back, no v1 scheduler: the common case
+        self._discard_stale_waiting()
         return earliest(
             self._waiting[0][0] if self._waiting else None,
             self._v1_due[0][0] if self._v1_due else None,

@@ -84,6 +84,8 @@ class Lifecycle:
     def take_changes(self) -> tuple[list[Job], list[str]]:
         """Return and forget the jobs changed (to save) and the ids forgotten (to delete)."""
         changed, self._changed = list(self._changed.values()), {}
+        if not self._deleted:  # asked after every input; jobs are seldom deleted
+            return changed, []
         deleted, self._deleted = sorted(self._deleted), set()
         return changed, deleted
 

@@ -56,12 +56,11 @@ class _Clock:
 
     def first(self) -> float | None:
         heap = self._heap
-        if not heap:
+        if not self.at:  # most jobs run now: no timer, and every entry left is stale
+            heap.clear()
             return None
         while self.at.get(heap[0][2]) != heap[0][0]:
             heapq.heappop(heap)
-            if not heap:
-                return None
         return heap[0][0]
 
     def pop(self, now: float) -> str | None:

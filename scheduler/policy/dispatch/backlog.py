@@ -66,6 +66,8 @@ class Backlog:
     def pop_due(self, now: float) -> str | None:
         """The id of a job whose hold-back is over at ``now`` (it is no longer held
         back), earliest first; None if there is none."""
+        if not self._waiting:  # asked after every report: seldom is a retry held back
+            return None
         self._discard_stale_waiting()
         if not self._waiting or self._waiting[0][0] > now:
             return None

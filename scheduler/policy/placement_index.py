@@ -9,7 +9,7 @@ the old one is dropped when it comes to the top (or when the heaps are rebuilt o
 stale entries outnumber live ones). A change only marks its scheduler; the marked ones
 are indexed afresh when the next job is placed, once each however often they changed
 (a job's assignment, start and end change its scheduler several times between two
-placements):
+placements), and the eviction victims only when a placement finds no free slot:
 
 - the schedulers with a free slot by ``(load, last pick, position)`` (rule a);
 - the full ones by ``(queue, load, last pick, position)`` (rule c);
@@ -79,11 +79,11 @@ class Pool:
         ``priority`` among the members. Changes nothing but the index."""
         if self._moved:
             self._reindex()
-        if self._victims_moved:
-            self._reindex_victims()
         free = self._top(self._free, self._stamps)
         if free is not None:
             return FreeSlot(self.members[int(free[-2])].name)
+        if self._victims_moved:  # read only when no slot is free: reindexed only then
+            self._reindex_victims()
         victim = self._top(self._victims, self._victim_stamps)
         if victim is not None and -victim[0] > priority:
             s = self.members[int(victim[-2])]

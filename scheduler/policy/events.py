@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Final
+from typing import Any, Final
 
 import msgspec
 
 from scheduler.policy.dispatch.timers import due_of
 from scheduler.policy.job import Job
 from scheduler.protocol import JobEvent, Report
-from scheduler.protocol_types import FINAL_EVENTS, EventKind
+from scheduler.protocol_types import DEFAULT_PRIORITY, FINAL_EVENTS, EventKind
 
 _FAILED_STATES: Final = frozenset({"failed", "timed_out", "dead"})
 
@@ -44,32 +44,61 @@ def job_event(
     ``retrying`` events list the errors of every failed attempt and carry the job's result,
     its latest traceback and the tail of its latest attempt's output.
     """
+    # Only the fields that differ from their defaults are passed: msgspec builds a
+    # struct from 15 arguments or fewer several times faster than from more, and the
+    # core builds several events per job.
+    extra: dict[str, Any] = {}
+    if report is not None:
+        _measured(report, extra)
+        if error is None:
+            error = report.error
+    if error is not None:
+        extra["error"] = error
+    if retry_in_s is not None:
+        extra["retry_in_s"] = retry_in_s
+    if kind in FINAL_EVENTS or kind == "retrying":
+        _closing(job, extra)
+    if job.state == "scheduled":
+        extra["run_at"] = due_of(job)
     p = job.payload
-    closing = kind in FINAL_EVENTS or kind == "retrying"
-    listed = closing and bool(job.errors)
     return JobEvent(
-        event=kind,
-        id=job.id,
-        priority=job.priority,
-        state=job.state,
-        time=time,
-        runtime=p.runtime,
-        task=p.task,
-        scheduler=scheduler,
-        attempt=job.attempt,
-        evictions=job.evictions,
-        exit_code=None if report is None else report.exit_code,
-        error=error if error is not None or report is None else report.error,
-        wall_s=None if report is None else report.wall_s,
-        cpu_s=None if report is None else report.cpu_s,
-        max_rss_kb=None if report is None else report.max_rss_kb,
-        errors=list(job.errors) if listed else None,
-        retry_in_s=retry_in_s,
-        result=job.result if closing else None,
-        traceback=job.traceback if closing else None,
-        run_at=due_of(job) if job.state == "scheduled" else None,
-        output=job.output if closing else None,
+        kind,
+        job.id,
+        DEFAULT_PRIORITY if p.priority is None else p.priority,
+        job.state,
+        time,
+        p.runtime,
+        p.task,
+        scheduler,
+        job.attempt,
+        job.evictions,
+        **extra,
     )
+
+
+def _measured(report: Report, extra: dict[str, Any]) -> None:
+    """Add what ``report`` measured of its attempt to ``extra`` (what it has)."""
+    if report.exit_code is not None:
+        extra["exit_code"] = report.exit_code
+    if report.wall_s is not None:
+        extra["wall_s"] = report.wall_s
+    if report.cpu_s is not None:
+        extra["cpu_s"] = report.cpu_s
+    if report.max_rss_kb is not None:
+        extra["max_rss_kb"] = report.max_rss_kb
+
+
+def _closing(job: Job, extra: dict[str, Any]) -> None:
+    """Add what a final or ``retrying`` event carries of ``job`` to ``extra``: the
+    errors of its failed attempts, its result, latest traceback and output tail."""
+    if job.errors:
+        extra["errors"] = list(job.errors)
+    if job.result is not None:
+        extra["result"] = job.result
+    if job.traceback is not None:
+        extra["traceback"] = job.traceback
+    if job.output is not None:
+        extra["output"] = job.output
 
 
 def status_event(job: Job, wall: float) -> JobEvent:

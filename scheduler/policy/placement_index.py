@@ -6,7 +6,10 @@ thousand schedulers that pass is most of the bus's work per job. A :class:`Pool`
 the same candidates in three heaps, each entry stamped with the version of its
 scheduler's booking it was made from, so a changed scheduler pushes a fresh entry and
 the old one is dropped when it comes to the top (or when the heaps are rebuilt once
-stale entries outnumber live ones):
+stale entries outnumber live ones). A change only marks its scheduler; the marked ones
+are indexed afresh when the next job is placed, once each however often they changed
+(a job's assignment, start and end change its scheduler several times between two
+placements), and the eviction victims only when a placement finds no free slot:
 
 - the schedulers with a free slot by ``(load, last pick, position)`` (rule a);
 - the full ones by ``(queue, load, last pick, position)`` (rule c);
@@ -46,6 +49,9 @@ class Pool:
         self._free: list[_Entry] = []
         self._full: list[_Entry] = []
         self._victims: list[_Entry] = []
+        # Members changed since the last placement: their booking, their victims.
+        self._moved: set[int] = set()
+        self._victims_moved: set[int] = set()
         for at, s in enumerate(self.members):
             s.watch(self, at)
             self._push(at)
@@ -70,10 +76,14 @@ class Pool:
 
     def place(self, priority: int) -> Placement | None:
         """What :func:`~scheduler.policy.placement.place` answers for a job of
-        ``priority`` among the members. Changes nothing but dropping stale entries."""
+        ``priority`` among the members. Changes nothing but the index."""
+        if self._moved:
+            self._reindex()
         free = self._top(self._free, self._stamps)
         if free is not None:
             return FreeSlot(self.members[int(free[-2])].name)
+        if self._victims_moved:  # read only when no slot is free: reindexed only then
+            self._reindex_victims()
         victim = self._top(self._victims, self._victim_stamps)
         if victim is not None and -victim[0] > priority:
             s = self.members[int(victim[-2])]
@@ -84,25 +94,39 @@ class Pool:
         return None if full is None else Enqueue(self.members[int(full[-2])].name)
 
     def moved(self, at: int) -> None:
-        """Member ``at``'s booking changed: index it afresh."""
-        self._stamps[at] += 1
-        self._push(at)
+        """Member ``at``'s booking changed: index it afresh before the next placement."""
+        self._moved.add(at)
 
     def victims_changed(self, at: int) -> None:
-        """Member ``at``'s evictable running jobs changed: index its least urgent afresh."""
-        self._victim_stamps[at] += 1
-        self._push_victim(at)
+        """Member ``at``'s evictable running jobs changed: index its least urgent afresh
+        before the next placement."""
+        self._victims_moved.add(at)
+
+    def _reindex(self) -> None:
+        stamps = self._stamps
+        for at in self._moved:
+            stamps[at] += 1
+            self._push(at)
+        self._moved.clear()
+
+    def _reindex_victims(self) -> None:
+        stamps = self._victim_stamps
+        for at in self._victims_moved:
+            stamps[at] += 1
+            self._push_victim(at)
+        self._victims_moved.clear()
 
     def _push(self, at: int) -> None:
         s = self.members[at]
+        size = s.size
         used = s.busy + s.pending + s.incoming
         # The same float as place() computes: equal loads compare equal.
-        load = used / s.size
-        if used < s.size:
+        load = used / size
+        if used < size:
             entry: _Entry = (load, s.last_pick, at, self._stamps[at])
             self._free = self._pushed(self._free, entry, self._stamps)
         else:
-            entry = (used - s.size, load, s.last_pick, at, self._stamps[at])
+            entry = (used - size, load, s.last_pick, at, self._stamps[at])
             self._full = self._pushed(self._full, entry, self._stamps)
 
     def _push_victim(self, at: int) -> None:

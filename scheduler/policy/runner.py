@@ -206,9 +206,17 @@ class Runner:
         heapq.heappush(self._heap, entry.key())
 
     def _victim(self) -> _Entry | None:
-        """The evictable running job to evict first (:func:`eviction_key`)."""
-        candidates = [e for e in self._running.values() if e.job.evictable]
-        return max(candidates, key=lambda e: eviction_key(e.job.priority, e.started), default=None)
+        """The evictable running job to evict first (:func:`eviction_key`); of equal keys
+        the first, as ``max`` gives (one pass: this runs whenever a full runner is given
+        a job)."""
+        victim: _Entry | None = None
+        best = (0, 0)
+        for e in self._running.values():
+            if e.job.evictable:
+                key = eviction_key(e.job.priority, e.started)
+                if victim is None or key > best:
+                    victim, best = e, key
+        return victim
 
     def _evict(self, victim: _Entry) -> Evict:
         job_id = victim.job.id

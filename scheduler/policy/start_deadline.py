@@ -38,9 +38,13 @@ class _Watched:
 
     def oldest(self) -> float | None:
         """When the oldest attempt still unstarted was assigned (drops stale entries)."""
-        while self.order and self.assigned.get(self.order[0][1]) != self.order[0][0]:
-            self.order.popleft()
-        return self.order[0][0] if self.order else None
+        order, assigned = self.order, self.assigned
+        while order:
+            at, job_id = order[0]
+            if assigned.get(job_id) == at:
+                return at
+            order.popleft()
+        return None
 
 
 class StartWatch:
@@ -86,10 +90,14 @@ class StartWatch:
 
     def next_deadline(self) -> float | None:
         """The earliest time any watched scheduler becomes overdue, or None."""
-        heap = self._heap
-        while heap and not self._stands(*heap[0]):
+        heap, watched = self._heap, self._watched
+        while heap:
+            due, seq, name = heap[0]
+            w = watched.get(name)
+            if w is not None and w.seq == seq and w.due == due:
+                return due
             heapq.heappop(heap)
-        return heap[0][0] if heap else None
+        return None
 
     def overdue(self, now: float) -> list[str]:
         """The schedulers overdue at ``now``, in the order they were first watched.
@@ -118,7 +126,11 @@ class StartWatch:
     def _update(self, scheduler: str, watched: _Watched) -> None:
         """Recompute ``scheduler``'s deadline and push it if it changed."""
         oldest = watched.oldest()
-        due = None if oldest is None else max(oldest, watched.progress) + self.deadline_s
+        if oldest is None:
+            due = None
+        else:
+            progress = watched.progress
+            due = (oldest if oldest >= progress else progress) + self.deadline_s
         if due == watched.due:
             return
         watched.due = due

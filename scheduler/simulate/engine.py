@@ -196,6 +196,7 @@ class Simulation:
             self._later(0.0, self._sample, None)
         heap = self._heap
         pop = heapq.heappop
+        check = self._check
         events = 0
         while heap:
             t, _, fn, arg, background = pop(heap)
@@ -204,9 +205,9 @@ class Simulation:
                 self._background -= 1
             fn(arg)
             events += 1
-            if self._check:
+            if check:
                 self._checked()
-            if len(heap) == self._background and self._submitted_all and self._stuck():
+            if self._submitted_all and len(heap) == self._background and self._stuck():
                 break
         return self._outcome(events, time.perf_counter() - began, time.process_time() - cpu)
 
@@ -250,11 +251,12 @@ class Simulation:
             self._keep(changed, deleted)
         now = self.now
         arrive = now + self.settings.latency
+        record, trace = self.recorder.event, self.trace
         for d in decisions:
             if isinstance(d, EmitEvent):
-                self.recorder.event(d.event, now)
-                if self.trace is not None:
-                    self.trace.append(("event", now, d.event))
+                record(d.event, now)
+                if trace is not None:
+                    trace.append(("event", now, d.event))
             elif isinstance(d, SendAssign):
                 node = self.nodes[d.scheduler]
                 self.at(arrive, self._deliver, (node, node.session, d.assignment))

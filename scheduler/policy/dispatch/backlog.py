@@ -7,6 +7,7 @@ from __future__ import annotations
 import heapq
 from collections.abc import Mapping
 
+from scheduler.policy.dispatch.timers import earliest
 from scheduler.policy.job import Job
 
 
@@ -65,6 +66,8 @@ class Backlog:
     def pop_due(self, now: float) -> str | None:
         """The id of a job whose hold-back is over at ``now`` (it is no longer held
         back), earliest first; None if there is none."""
+        if not self._waiting:  # asked after every report: seldom is a retry held back
+            return None
         self._discard_stale_waiting()
         if not self._waiting or self._waiting[0][0] > now:
             return None
@@ -98,12 +101,13 @@ class Backlog:
 
     def next_deadline(self) -> float | None:
         """The earliest end of a hold-back or v1 attempt, or None."""
+        if not self._waiting and not self._v1_due:
+            return None  # no retry held back, no v1 scheduler: the common case
         self._discard_stale_waiting()
-        candidates = [
+        return earliest(
             self._waiting[0][0] if self._waiting else None,
             self._v1_due[0][0] if self._v1_due else None,
-        ]
-        return min((c for c in candidates if c is not None), default=None)
+        )
 
     def _discard_stale_waiting(self) -> None:
         while self._waiting and self._due.get(self._waiting[0][2]) != self._waiting[0][0]:

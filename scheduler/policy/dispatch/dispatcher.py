@@ -118,6 +118,7 @@ from scheduler.policy.dispatch import delayed, invariants, producers, reports, r
 from scheduler.policy.dispatch.config import DispatchConfig
 from scheduler.policy.dispatch.decisions import Decision, JobInfo, SchedulerInfo
 from scheduler.policy.dispatch.lifecycle import Lifecycle
+from scheduler.policy.dispatch.timers import earliest
 from scheduler.policy.events import status_event
 from scheduler.policy.job import Job, not_yours
 from scheduler.policy.listing import JobQuery
@@ -222,12 +223,10 @@ class Dispatcher:
     def next_deadline(self) -> float | None:
         """The earliest ``now`` at which :meth:`tick` has something to do, or None."""
         core = self._core
-        candidates = [
-            core.registry.next_deadline(),
-            core.backlog.next_deadline(),
+        return earliest(
+            earliest(core.registry.next_deadline(), core.backlog.next_deadline()),
             core.timers.next_deadline(),
-        ]
-        return min((c for c in candidates if c is not None), default=None)
+        )
 
     def take_changes(self) -> tuple[list[Job], list[str]]:
         """Return and forget the jobs changed since the last call (to save, latest state)

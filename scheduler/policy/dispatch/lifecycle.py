@@ -79,11 +79,14 @@ class Lifecycle:
         """``job`` changed at ``wall``: the journal saves its latest state."""
         job.updated_at = wall
         self._changed[job.id] = job
-        self._deleted.discard(job.id)
+        if self._deleted:
+            self._deleted.discard(job.id)
 
     def take_changes(self) -> tuple[list[Job], list[str]]:
         """Return and forget the jobs changed (to save) and the ids forgotten (to delete)."""
         changed, self._changed = list(self._changed.values()), {}
+        if not self._deleted:  # asked after every input; jobs are seldom deleted
+            return changed, []
         deleted, self._deleted = sorted(self._deleted), set()
         return changed, deleted
 
@@ -180,15 +183,17 @@ class Lifecycle:
         self.touch(job, wall)
         evictable = job.evictions < self.config.max_evictions
         self.hold(s, job, Seat(priority, evictable))
-        if s.reports and self.registry.start_watch is not None:
-            self.registry.start_watch.assigned(s.name, job.id, now)
+        p = job.payload
         if not s.reports:
-            self.backlog.expire_v1(now + (job.payload.runtime or 0.0), job)
-        elif waiting and job.payload.pin is None:  # a pinned run is never stolen
-            self.steals.waits(s, job, job.waiting_since)
+            self.backlog.expire_v1(now + (p.runtime or 0.0), job)
+        else:
+            watch = self.registry.start_watch
+            if watch is not None:
+                watch.assigned(s.name, job.id, now)
+            if waiting and p.pin is None:  # a pinned run is never stolen
+                self.steals.waits(s, job, job.waiting_since)
         s.slots.last_pick = self._picks
         self._picks += 1
-        p = job.payload
         assignment = Assignment(
             id=job.id,
             attempt=job.attempt,
@@ -226,11 +231,12 @@ class Lifecycle:
         its place in the queue of stealable jobs, a steal of it under way. Keeps
         ``job.holder`` for the caller's event."""
         assert job.holder is not None
-        s = self.registry.by_name[job.holder]
+        registry = self.registry
+        s = registry.by_name[job.holder]
         s.held.discard(job.id)
         s.slots.release(job.id, self.seats.pop(job.id))
-        if self.registry.start_watch is not None:
-            self.registry.start_watch.settled(s.name, job.id)
+        if registry.start_watch is not None:
+            registry.start_watch.settled(s.name, job.id)
         self.steals.leave(job.id)
         self.steals.may_steal(s.name)
 
@@ -359,6 +365,8 @@ class Lifecycle:
     def _settle(self, ended: Job, wall: float, out: list[Decision]) -> None:
         """``ended`` is final: each job waiting for it is skipped (and so on down the
         line), released (held back until the next tick, which dispatches it) or waits on."""
+        if ended.id not in self.deps.dependents:  # most jobs: nothing waits for them
+            return
         todo = [ended]
         while todo:
             dep = todo.pop()

@@ -9,6 +9,7 @@ from typing import Final
 
 from scheduler.policy.dispatch.config import DEFAULT_TASKS, V1_SIZE, DispatchConfig
 from scheduler.policy.dispatch.decisions import SchedulerInfo
+from scheduler.policy.dispatch.timers import earliest
 from scheduler.policy.lease import Leases
 from scheduler.policy.placement import Seat, Slots
 from scheduler.policy.placement_index import Pool
@@ -157,11 +158,10 @@ class Registry:
 
     def next_deadline(self) -> float | None:
         """The earliest lease or start deadline, or None."""
-        candidates = [
-            self.leases.next_deadline(),
-            None if self.start_watch is None else self.start_watch.next_deadline(),
-        ]
-        return min((c for c in candidates if c is not None), default=None)
+        lease = self.leases.next_deadline()
+        if self.start_watch is None:
+            return lease
+        return earliest(lease, self.start_watch.next_deadline())
 
     def stats(self, s: KnownScheduler, seats: Mapping[str, Seat], now: float) -> SchedulerStats:
         """The ``stats`` entry of ``s`` at ``now``; ``seats`` books the attempts it holds."""

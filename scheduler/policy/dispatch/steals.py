@@ -96,7 +96,7 @@ class Steals:
 
     def balance(self, now: float, out: list[Decision]) -> None:
         """Let every scheduler that may have a free slot and an empty queue steal."""
-        if self._strategy is None:
+        if self._strategy is None or not self.stealable:  # off, or no job waits anywhere
             self._unbalanced.clear()
             return
         while self._unbalanced:

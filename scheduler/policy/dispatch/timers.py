@@ -27,6 +27,16 @@ def due_of(job: Job) -> float | None:
     return None
 
 
+def earliest(a: float | None, b: float | None) -> float | None:
+    """The earlier of two deadlines, None meaning none (asked after every input: no
+    list, no generator)."""
+    if a is None:
+        return b
+    if b is None or a <= b:
+        return a
+    return b
+
+
 def grace_of(job: Job, default: float | None) -> float | None:
     """``job``'s misfire grace in seconds: its own, else the bus's ``default``; None:
     it runs however late."""
@@ -45,9 +55,13 @@ class _Clock:
         heapq.heappush(self._heap, (at, job.seq, job.id))
 
     def first(self) -> float | None:
-        while self._heap and self.at.get(self._heap[0][2]) != self._heap[0][0]:
-            heapq.heappop(self._heap)
-        return self._heap[0][0] if self._heap else None
+        heap = self._heap
+        if not self.at:  # most jobs run now: no timer, and every entry left is stale
+            heap.clear()
+            return None
+        while self.at.get(heap[0][2]) != heap[0][0]:
+            heapq.heappop(heap)
+        return heap[0][0]
 
     def pop(self, now: float) -> str | None:
         first = self.first()
@@ -90,8 +104,7 @@ class Timers:
 
     def next_deadline(self) -> float | None:
         """The earliest due time or misfire deadline, or None."""
-        candidates = [self._due.first(), self._misfire.first()]
-        return min((c for c in candidates if c is not None), default=None)
+        return earliest(self._due.first(), self._misfire.first())
 
     def members(self) -> tuple[set[str], set[str]]:
         """The ids with a due time and those with a misfire deadline (for invariants)."""

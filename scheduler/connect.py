@@ -52,6 +52,19 @@ DEFAULT_URL: Final = "ws://localhost:8101"
 FATAL_FIELDS: Final = frozenset({"name", "token", "type"})
 """Fields of a ``register`` whose refusal is final: the same frame would be refused again."""
 
+KEEPALIVE: Final[dict[str, float]] = {
+    "ping_interval": 5.0,
+    "ping_timeout": 5.0,
+    "close_timeout": 2.0,
+    "open_timeout": 5.0,
+}
+"""How long a client stays with a bus that stopped answering: a frozen bus (SIGSTOP, a
+paused VM) keeps its sockets open, and its clients must leave it for the bus that took
+over. A ping every 5 s must be answered within 5 s, the close that follows waits 2 s at
+most, and a bus that accepts a connection but does not complete the handshake within 5 s
+is passed over (websockets' defaults, 20 s + 20 s, 10 s and 10 s, kept a client there
+up to a minute)."""
+
 RETRYABLE: Final = (OSError, InvalidHandshake, TimeoutError, ConnectionClosed)
 """Failures to reach or keep the bus that a later try may not meet."""
 
@@ -101,7 +114,12 @@ async def open_connection(
     that forks and must stay thread-free. Raises OSError, InvalidHandshake or TimeoutError.
     """
     tls = tls_options(url, cafile)
-    options = {"compression": None, "max_size": protocol_types.MAX_FRAME_BYTES, **tls}
+    options = {
+        "compression": None,
+        "max_size": protocol_types.MAX_FRAME_BYTES,
+        **KEEPALIVE,
+        **tls,
+    }
     if not blocking_resolve:
         return await connect(url, **options)
     uri = parse_uri(url)

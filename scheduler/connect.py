@@ -35,6 +35,7 @@ from typing import Final
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
+from websockets.frames import CloseCode
 from websockets.uri import parse_uri
 
 from scheduler import codec, protocol_types
@@ -273,6 +274,9 @@ class Connector:
                     await serve(registration)
             finally:
                 await registration.ws.close()
+            if unanswered(registration.ws):
+                # A bus that stopped answering (frozen) may stay so: try the next one first.
+                self.ring.failed()
             if stop is None or not stop.is_set():
                 await wait(self._delay(f"lost the bus at {url}{lost()}"))
 
@@ -281,6 +285,13 @@ class Connector:
         delay = self.backoff.next_delay()
         log.warning("%s; retrying in %.1f s", why, delay)
         return delay
+
+
+def unanswered(ws: ClientConnection) -> bool:
+    """Whether the connection ended because the bus stopped answering its pings (the
+    keepalive of :data:`KEEPALIVE` gave up on it), not because it closed or went away."""
+    sent, received = ws.protocol.close_sent, ws.protocol.close_rcvd
+    return received is None and sent is not None and sent.code == CloseCode.INTERNAL_ERROR
 
 
 async def pause_unless(stop: asyncio.Event | None, seconds: float) -> None:

@@ -144,3 +144,10 @@ def test_a_lease_a_live_leader_could_not_keep_is_refused(lease_s: float) -> None
 def test_the_bus_config_names_the_leader_lease_field() -> None:
     with pytest.raises(ValueError, match="leader_lease must be more than 1.5 s .* not 1"):
         BusConfig(leader_lease=1.0)
+
+
+def test_a_bus_that_deposed_a_frozen_leader_promises_the_held_jobs_a_while() -> None:
+    rules = Leadership(ME, lease_s=2.0, takeover_hold_s=20.0)
+    assert rules.takeover_promise(1000.0) is None
+    assert rules.should_depose(False, 2.5, 10.0) is True
+    assert rules.takeover_promise(1000.0) == 1020.0

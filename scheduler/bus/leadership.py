@@ -158,6 +158,9 @@ class Election:
                 await self._maybe_depose(session, won)
                 return None
             epoch = await session.bump(leadership.advertise)
+            promise = leadership.takeover_promise(time.time())
+            if promise is not None:
+                await session.promise(promise)
         except psycopg.Error as exc:
             log.warning("cannot try the leader lock: %s", exc)
             await self._drop_session()

@@ -63,6 +63,11 @@ RENEW: Final = (
     " AND epoch = (SELECT epoch FROM schedbus_leader WHERE id = 1) RETURNING 1"
 )
 
+PROMISE: Final = (
+    "INSERT INTO schedbus_meta VALUES ('restart_deadline_ms', %(ms)s) ON CONFLICT (key)"
+    " DO UPDATE SET value = greatest(schedbus_meta.value, EXCLUDED.value) RETURNING value"
+)
+
 LEASE_AGE: Final = (
     "SELECT extract(epoch FROM clock_timestamp() - renewed_at) FROM schedbus_lease WHERE id = 1"
 )
@@ -141,6 +146,12 @@ class LockSession:
         (None without a lease row)."""
         row = await self._one(LEASE_AGE)
         return None if row is None else float(str(row[0]))
+
+    async def promise(self, deadline: float) -> None:
+        """Record a restart promise until ``deadline`` (epoch seconds, this machine's
+        clock, which is the one that reads it back) in the journal, keeping any later one:
+        the bus then keeps the jobs schedulers held for them until then."""
+        await self._one(PROMISE, {"ms": round(deadline * 1000)})
 
     async def depose(self) -> list[int]:
         """End every session of the bus that holds the lock: the lock's session and any

@@ -52,6 +52,12 @@ DEFAULT_LEADER_LEASE_S: Final = 3.0
 """Seconds a leader's lease lasts unrenewed before a standby may depose it (it renews
 it at every check, every ``check_s``)."""
 
+DEFAULT_TAKEOVER_HOLD_S: Final = 20.0
+"""Seconds a bus that deposed a frozen leader keeps the jobs schedulers held there: they
+reach it only once they give the frozen bus up (its pings unanswered, about 12 s, see
+:data:`scheduler.connect.KEEPALIVE`) and stop those jobs on the way (their grace), so
+handing them out sooner could run one twice at once."""
+
 EXIT_FENCED: Final = 75
 """Exit status of a bus that stepped down (EX_TEMPFAIL: a supervisor should start it
 again, and it comes back as a standby)."""
@@ -86,6 +92,7 @@ class Leadership:
     check_s: float = DEFAULT_CHECK_S
     check_timeout_s: float = DEFAULT_CHECK_TIMEOUT_S
     lease_s: float = DEFAULT_LEADER_LEASE_S
+    takeover_hold_s: float = DEFAULT_TAKEOVER_HOLD_S
     role: Role = "standby"
     epoch: int | None = None
     leader: str | None = None
@@ -165,6 +172,13 @@ class Leadership:
             return False
         self._deposed_at = now
         return True
+
+    def takeover_promise(self, wall: float) -> float | None:
+        """Until when (wall seconds, from ``wall`` now) the journal should promise the
+        schedulers their jobs as this bus takes the lead: ``takeover_hold_s`` from now if
+        this bus deposed a frozen leader (its schedulers are still stuck on it), else
+        None (the usual scheduler lease applies)."""
+        return None if self._deposed_at is None else wall + self.takeover_hold_s
 
     def named_leader(self) -> str | None:
         """The leader a bus that does not lead names to clients: the last one seen,

@@ -161,6 +161,7 @@ class Election:
             promise = leadership.takeover_promise(time.time())
             if promise is not None:
                 await session.promise(promise)
+            await session.lead()
         except psycopg.Error as exc:
             log.warning("cannot try the leader lock: %s", exc)
             await self._drop_session()

@@ -135,6 +135,13 @@ class LockSession:
             raise LookupError("the journal has no schedbus_leader row: is its schema current?")
         return int(str(row[0]))
 
+    async def lead(self) -> None:
+        """Make this session's commits from now on (the lease renewals) not wait for the
+        disk: a renewal is worth nothing after a server crash, which ends every session,
+        and a slow flush must not make the leader miss its check and step down. Call
+        after :meth:`bump`, whose commit must be durable."""
+        await self._one("SELECT set_config('synchronous_commit', 'off', false)")
+
     async def renew(self, epoch: int) -> bool:
         """Renew the lease of the leader of ``epoch`` (now, by the database's clock);
         False if the epoch has moved on (another bus leads). Raises ``psycopg.Error``

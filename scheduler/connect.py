@@ -35,6 +35,7 @@ from typing import Final
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
+from websockets.frames import CloseCode
 from websockets.uri import parse_uri
 
 from scheduler import codec, protocol_types
@@ -51,6 +52,19 @@ DEFAULT_URL: Final = "ws://localhost:8101"
 
 FATAL_FIELDS: Final = frozenset({"name", "token", "type"})
 """Fields of a ``register`` whose refusal is final: the same frame would be refused again."""
+
+KEEPALIVE: Final[dict[str, float]] = {
+    "ping_interval": 5.0,
+    "ping_timeout": 5.0,
+    "close_timeout": 2.0,
+    "open_timeout": 5.0,
+}
+"""How long a client stays with a bus that stopped answering: a frozen bus (SIGSTOP, a
+paused VM) keeps its sockets open, and its clients must leave it for the bus that took
+over. A ping every 5 s must be answered within 5 s, the close that follows waits 2 s at
+most, and a bus that accepts a connection but does not complete the handshake within 5 s
+is passed over (websockets' defaults, 20 s + 20 s, 10 s and 10 s, kept a client there
+up to a minute)."""
 
 RETRYABLE: Final = (OSError, InvalidHandshake, TimeoutError, ConnectionClosed)
 """Failures to reach or keep the bus that a later try may not meet."""
@@ -101,7 +115,12 @@ async def open_connection(
     that forks and must stay thread-free. Raises OSError, InvalidHandshake or TimeoutError.
     """
     tls = tls_options(url, cafile)
-    options = {"compression": None, "max_size": protocol_types.MAX_FRAME_BYTES, **tls}
+    options = {
+        "compression": None,
+        "max_size": protocol_types.MAX_FRAME_BYTES,
+        **KEEPALIVE,
+        **tls,
+    }
     if not blocking_resolve:
         return await connect(url, **options)
     uri = parse_uri(url)
@@ -255,6 +274,9 @@ class Connector:
                     await serve(registration)
             finally:
                 await registration.ws.close()
+            if unanswered(registration.ws):
+                # A bus that stopped answering (frozen) may stay so: try the next one first.
+                self.ring.failed()
             if stop is None or not stop.is_set():
                 await wait(self._delay(f"lost the bus at {url}{lost()}"))
 
@@ -263,6 +285,13 @@ class Connector:
         delay = self.backoff.next_delay()
         log.warning("%s; retrying in %.1f s", why, delay)
         return delay
+
+
+def unanswered(ws: ClientConnection) -> bool:
+    """Whether the connection ended because the bus stopped answering its pings (the
+    keepalive of :data:`KEEPALIVE` gave up on it), not because it closed or went away."""
+    sent, received = ws.protocol.close_sent, ws.protocol.close_rcvd
+    return received is None and sent is not None and sent.code == CloseCode.INTERNAL_ERROR
 
 
 async def pause_unless(stop: asyncio.Event | None, seconds: float) -> None:

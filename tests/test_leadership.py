@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from scheduler.bus.config import BusConfig
 from scheduler.policy.leadership import EXIT_FENCED, Leadership, StepDown
 
 ME = "ws://10.0.0.1:8101"
@@ -100,3 +101,53 @@ def test_a_fenced_bus_says_it_no_longer_leads() -> None:
 def test_intervals_must_be_positive(name: str) -> None:
     with pytest.raises(ValueError, match=f"{name} must be > 0 s"):
         Leadership(ME, **{name: 0.0})  # type: ignore[arg-type]
+
+
+def test_a_lease_is_stale_once_older_than_the_lease_period() -> None:
+    rules = Leadership(ME, lease_s=3.0)
+    assert rules.lease_stale(None) is False
+    assert rules.lease_stale(3.0) is False
+    assert rules.lease_stale(3.01) is True
+
+
+def test_a_standby_deposes_a_stale_holder_once_per_lease_period() -> None:
+    rules = Leadership(ME, lease_s=2.0)
+    assert rules.should_depose(False, 1.0, 10.0) is False
+    assert rules.should_depose(False, None, 10.0) is False
+    assert rules.should_depose(True, 5.0, 10.0) is False
+    assert rules.should_depose(False, 2.5, 10.0) is True
+    assert rules.should_depose(False, 3.0, 11.0) is False
+    assert rules.should_depose(False, 4.5, 12.0) is True
+
+
+def test_a_leader_or_fenced_bus_never_deposes() -> None:
+    rules = Leadership(ME, lease_s=2.0)
+    rules.elected(1, 0.0)
+    assert rules.should_depose(False, 9.0, 1.0) is False
+    rules.lost("deposed")
+    assert rules.should_depose(False, 9.0, 2.0) is False
+
+
+def test_a_deposed_leader_says_another_took_the_lead() -> None:
+    rules = Leadership(ME)
+    rules.elected(1, 0.0)
+    decision = rules.lost("deposed")
+    assert "another bus took the lead" in decision.reason and rules.role == "fenced"
+
+
+@pytest.mark.parametrize("lease_s", [0.0, 1.5, -3.0])
+def test_a_lease_a_live_leader_could_not_keep_is_refused(lease_s: float) -> None:
+    with pytest.raises(ValueError, match="lease_s must be more than 1.5 s"):
+        Leadership(ME, check_s=0.5, check_timeout_s=1.0, lease_s=lease_s)
+
+
+def test_the_bus_config_names_the_leader_lease_field() -> None:
+    with pytest.raises(ValueError, match="leader_lease must be more than 1.5 s .* not 1"):
+        BusConfig(leader_lease=1.0)
+
+
+def test_a_bus_that_deposed_a_frozen_leader_promises_the_held_jobs_a_while() -> None:
+    rules = Leadership(ME, lease_s=2.0, takeover_hold_s=20.0)
+    assert rules.takeover_promise(1000.0) is None
+    assert rules.should_depose(False, 2.5, 10.0) is True
+    assert rules.takeover_promise(1000.0) == 1020.0

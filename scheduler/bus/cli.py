@@ -41,6 +41,7 @@ from scheduler.policy.dispatch.config import (
     DEFAULT_STEAL,
     DispatchConfig,
 )
+from scheduler.policy.leadership import DEFAULT_LEADER_LEASE_S
 from scheduler.policy.stealing import STEAL_STRATEGIES
 from scheduler.protocol_types import FINAL_EVENTS, MAX_DELAY_S, MAX_TIMEOUT_S
 
@@ -339,6 +340,16 @@ def _retention(
     "standby names to them while this bus leads. Default: the URL it listens on.",
 )
 @click.option(
+    "--leader-lease",
+    default=DEFAULT_LEADER_LEASE_S,
+    show_default=True,
+    type=float,
+    metavar="SECONDS",
+    help="With --store: a leader that has not renewed its lease (every 0.5 s) for this "
+    "long is deposed by a standby, which ends its database sessions and takes the lead "
+    "(a frozen leader: SIGSTOP, a paused VM). More than 1.5.",
+)
+@click.option(
     "--log-level",
     default="INFO",
     show_default=True,
@@ -373,6 +384,7 @@ def cli(
     register_timeout: float,
     max_connections: int,
     advertise: str | None,
+    leader_lease: float,
     log_level: str,
 ) -> None:
     """Run the schedbus bus: producers submit jobs, schedulers run them, monitors watch.
@@ -402,6 +414,7 @@ def cli(
             db=str(default_db()) if db is None else db,
             store=store,
             advertise=advertise,
+            leader_lease=leader_lease,
             rules=DispatchConfig(
                 lease,
                 max_evictions,

@@ -22,6 +22,12 @@ from scheduler.policy.dispatch.config import (
     DEFAULT_START_DEADLINE_S,
     DispatchConfig,
 )
+from scheduler.policy.leadership import (
+    DEFAULT_CHECK_S,
+    DEFAULT_CHECK_TIMEOUT_S,
+    DEFAULT_LEADER_LEASE_S,
+    check_lease,
+)
 from scheduler.protocol_types import FINAL_EVENTS, MAX_TIMEOUT_S
 
 DEFAULT_HOST: Final = "127.0.0.1"
@@ -94,6 +100,9 @@ class BusConfig:
     leader_epoch: int | None = None
     """With ``store``: the leader epoch this bus won (:mod:`scheduler.bus.leadership`);
     every journal write is refused once the database's epoch is another."""
+    leader_lease: float = DEFAULT_LEADER_LEASE_S
+    """With ``store``: seconds the leader's lease lasts unrenewed before a standby
+    deposes it (a frozen leader); see :mod:`scheduler.policy.leadership`."""
     rules: DispatchConfig = BUS_RULES
     retention: Mapping[str, float] = field(default_factory=dict)
     retention_default: float = DEFAULT_RETENTION_S
@@ -125,6 +134,7 @@ class BusConfig:
         if min([self.retention_default, *self.retention.values()]) < 0:
             raise ValueError("retention: seconds must be >= 0")
         check_store(self.store)
+        check_lease(self.leader_lease, DEFAULT_CHECK_S + DEFAULT_CHECK_TIMEOUT_S, "leader_lease")
         if self.keyfile is not None and self.certfile is None:
             raise ValueError("keyfile needs a certfile")
         if not is_loopback(self.host) and self.certfile is None and not self.insecure:

@@ -6,14 +6,18 @@
    and listen as a standby (:class:`~.leadership_standby.StandbyListener`): ``/healthz``,
    and every client refused with the leader's URL;
 2. try the lock every ``retry_s`` (0.5 s); the bus that gets it bumps the epoch in
-   ``schedbus_leader`` and names itself there (its ``--advertise`` URL);
+   ``schedbus_leader`` and names itself there (its ``--advertise`` URL); a standby
+   that does not get it but finds the holder's lease run out (not renewed for
+   ``--leader-lease`` seconds, by the database's clock: a frozen leader) ends the
+   holder's sessions, which releases the lock for its next try;
 3. stop the standby listener and start a :class:`~.server.BusServer` on the same port
    whose journal writes under that epoch: it reloads the non-final jobs as a restarted
    bus does, and its clients come back to it (they follow the standbys' answers);
 4. watch the lock: the lock session's socket (an idle session is readable only when the
-   server ends it), a check query every ``check_s`` that must answer within
-   ``check_timeout_s``, and the journal refusing a write under a newer epoch
-   (``StoreFenced``). Any of them, and the bus **exits at once** with status
+   server ends it), a check every ``check_s`` that renews the lease and must answer
+   within ``check_timeout_s`` and find the epoch unchanged, and the journal refusing a
+   write under a newer epoch (``StoreFenced``). Any of them, and the bus **exits at
+   once** with status
    :data:`~scheduler.policy.leadership.EXIT_FENCED`, from inside the event loop's
    callback, without closing anything gracefully: a graceful close would commit and send
    what the core decided since, and nothing may be handed out once the lock is lost.
@@ -151,8 +155,13 @@ class Election:
             won = await session.try_lock()
             seen = await session.holder()
             if not leadership.tried(won, None if seen is None else seen[1], self._clock()):
+                await self._maybe_depose(session, won)
                 return None
             epoch = await session.bump(leadership.advertise)
+            promise = leadership.takeover_promise(time.time())
+            if promise is not None:
+                await session.promise(promise)
+            await session.lead()
         except psycopg.Error as exc:
             log.warning("cannot try the leader lock: %s", exc)
             await self._drop_session()
@@ -160,6 +169,19 @@ class Election:
             return None
         leadership.elected(epoch, self._clock())
         return epoch
+
+    async def _maybe_depose(self, session: LockSession, won: bool) -> None:
+        """End the holder's sessions if its lease ran out (it is frozen, or cut off)."""
+        age = await session.lease_age()
+        if self.leadership.should_depose(won, age, self._clock()):
+            pids = await session.depose()
+            log.warning(
+                "the leader's lease was not renewed for %.1f s (more than %.1f s):"
+                " ended its sessions %s to take the lead",
+                age,
+                self.leadership.lease_s,
+                pids,
+            )
 
     @property
     def session(self) -> LockSession | None:
@@ -213,16 +235,24 @@ class Election:
         await serving
 
     async def _check(self, session: LockSession) -> StepDown | None:
-        """Run one check of the lock session; the step-down it calls for, if any."""
+        """Run one check of the lock session, which renews the lease; the step-down it
+        calls for, if any."""
+        leadership = self.leadership
+        assert leadership.epoch is not None
         started = self._clock()
         try:
-            await asyncio.wait_for(session.check(), self.leadership.check_timeout_s)
+            renewed = await asyncio.wait_for(
+                session.renew(leadership.epoch), leadership.check_timeout_s
+            )
             ok = True
         except (psycopg.Error, TimeoutError) as exc:
             log.error("the leader lock's session failed a check: %s", exc)
-            ok = False
+            renewed = ok = False
         now = self._clock()
-        return self.leadership.checked(ok, now - started, now)
+        decision = leadership.checked(ok, now - started, now)
+        if decision is None and not renewed:
+            decision = leadership.lost("deposed")
+        return decision
 
 
 class ElectedServer:
@@ -265,4 +295,5 @@ async def serve_elected(config: BusConfig) -> None:
         leader = dataclasses.replace(config, port=port, leader_epoch=epoch)
         return ElectedServer(BusServer(leader))
 
-    await Election(config, dsn, make_bus, advertise=config.advertise).run()
+    leadership = Leadership(config.advertise or "", lease_s=config.leader_lease)
+    await Election(config, dsn, make_bus, advertise=config.advertise, leadership=leadership).run()

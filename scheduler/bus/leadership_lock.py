@@ -9,6 +9,12 @@ set per session below). The winner bumps the epoch in ``schedbus_leader``; the j
 checks that epoch in every write transaction, so a bus that lost the lock without
 noticing yet cannot write, and so cannot hand out an attempt, once another leads.
 
+The leader renews a lease on this session (:meth:`LockSession.renew`, on the database's
+clock, in ``schedbus_lease``); a standby that cannot get the lock reads the lease's age
+(:meth:`LockSession.lease_age`) and, once it ran out, ends the holder's sessions
+(:meth:`LockSession.depose`): a frozen leader keeps its session open (its kernel still
+answers), so the lock would otherwise never be released.
+
 The session is watched for loss without a query (:meth:`LockSession.watch`): the socket
 of an idle session becomes readable only when the server says something, which for the
 lock session means it is going away.
@@ -40,6 +46,43 @@ KEEPALIVES: Final[dict[str, str | int]] = {
 """Both ends of the session give up on a silent peer after about 4 s: the server then
 releases the lock of a bus cut off from it, and that bus's own checks have fenced it by
 then (they fail within ``check_s + check_timeout_s``)."""
+
+
+BUMP: Final = (
+    "WITH bumped AS (UPDATE schedbus_leader SET epoch = epoch + 1, holder = %s, since = now()"
+    " WHERE id = 1 RETURNING epoch)"
+    " UPDATE schedbus_lease SET epoch = bumped.epoch, renewed_at = clock_timestamp()"
+    " FROM bumped WHERE id = 1 RETURNING bumped.epoch"
+)
+"""Take the lead and its lease in one statement: a standby never sees the new leader
+under the old leader's stale lease."""
+
+RENEW: Final = (
+    "UPDATE schedbus_lease SET renewed_at = clock_timestamp() WHERE id = 1"
+    " AND epoch = %(epoch)s"
+    " AND epoch = (SELECT epoch FROM schedbus_leader WHERE id = 1) RETURNING 1"
+)
+
+PROMISE: Final = (
+    "INSERT INTO schedbus_meta VALUES ('restart_deadline_ms', %(ms)s) ON CONFLICT (key)"
+    " DO UPDATE SET value = greatest(schedbus_meta.value, EXCLUDED.value) RETURNING value"
+)
+
+LEASE_AGE: Final = (
+    "SELECT extract(epoch FROM clock_timestamp() - renewed_at) FROM schedbus_lease WHERE id = 1"
+)
+
+DEPOSE: Final = (
+    "SELECT array_agg(pid) FILTER (WHERE pg_terminate_backend(pid)) FROM ("
+    " SELECT DISTINCT pid FROM pg_locks WHERE granted AND pid <> pg_backend_pid()"
+    " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+    " AND ((locktype = 'advisory' AND objsubid = 1"
+    " AND (classid::bigint << 32 | objid::bigint) = %(key)s)"
+    " OR (locktype = 'relation' AND relation = 'schedbus_leader'::regclass"
+    " AND mode = 'RowShareLock'))) AS holders"
+)
+"""Terminate the lock's holder and any session holding the leader row ``FOR SHARE``
+(the same database user may end its own sessions); returns their pids."""
 
 
 class LockSession:
@@ -85,19 +128,49 @@ class LockSession:
         return the new epoch. Call only while holding the lock. Raises
         ``psycopg.Error`` (also when the leader row is missing: LookupError)."""
         row = await self._one(
-            "UPDATE schedbus_leader SET epoch = epoch + 1, holder = %s, since = now()"
-            " WHERE id = 1 RETURNING epoch",
+            BUMP,
             (advertise,),
         )
         if row is None:
             raise LookupError("the journal has no schedbus_leader row: is its schema current?")
         return int(str(row[0]))
 
-    async def check(self) -> None:
-        """Ask the server something: raises ``psycopg.Error`` if the session is gone."""
-        await self._one("SELECT 1")
+    async def lead(self) -> None:
+        """Make this session's commits from now on (the lease renewals) not wait for the
+        disk: a renewal is worth nothing after a server crash, which ends every session,
+        and a slow flush must not make the leader miss its check and step down. Call
+        after :meth:`bump`, whose commit must be durable."""
+        await self._one("SELECT set_config('synchronous_commit', 'off', false)")
 
-    async def _one(self, sql: str, params: tuple[object, ...] = ()) -> tuple[object, ...] | None:
+    async def renew(self, epoch: int) -> bool:
+        """Renew the lease of the leader of ``epoch`` (now, by the database's clock);
+        False if the epoch has moved on (another bus leads). Raises ``psycopg.Error``
+        if the session is gone."""
+        return await self._one(RENEW, {"epoch": epoch}) is not None
+
+    async def lease_age(self) -> float | None:
+        """Seconds since the leader last renewed its lease, by the database's clock
+        (None without a lease row)."""
+        row = await self._one(LEASE_AGE)
+        return None if row is None else float(str(row[0]))
+
+    async def promise(self, deadline: float) -> None:
+        """Record a restart promise until ``deadline`` (epoch seconds, this machine's
+        clock, which is the one that reads it back) in the journal, keeping any later one:
+        the bus then keeps the jobs schedulers held for them until then."""
+        await self._one(PROMISE, {"ms": round(deadline * 1000)})
+
+    async def depose(self) -> list[int]:
+        """End every session of the bus that holds the lock: the lock's session and any
+        session holding the leader row in a transaction (a frozen leader's journal
+        write, which would block the epoch bump). Returns their server pids."""
+        row = await self._one(DEPOSE, {"key": LOCK_KEY})
+        pids = None if row is None else row[0]
+        return [int(str(pid)) for pid in pids] if isinstance(pids, list) else []
+
+    async def _one(
+        self, sql: str, params: tuple[object, ...] | dict[str, object] = ()
+    ) -> tuple[object, ...] | None:
         """Run ``sql`` (not watching meanwhile) and return its first row."""
         self.unwatch()
         cursor = await self._conn.execute(sql, params)

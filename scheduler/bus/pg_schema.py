@@ -10,6 +10,9 @@ other things)::
     schedbus_schedules(name PRIMARY KEY, spec, paused, next_fire, due, last_fire,
                        last_job, last_outcome, instances)
     schedbus_leader(id = 1, epoch, holder, since)  the leader epoch writes are fenced by
+    schedbus_lease(id = 1, epoch, renewed_at)     the leader's lease, renewed by its lock
+                                                  session (a table of its own: renewing
+                                                  never waits on the journal's FOR SHARE)
 
 :data:`MIGRATIONS` are applied in order at start, each in the transaction that records
 it, under a transaction-level advisory lock, so buses starting together on one database
@@ -82,6 +85,14 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
         )""",
         "INSERT INTO schedbus_leader (id, epoch, holder) VALUES (1, 0, '')",
         "INSERT INTO schedbus_meta VALUES ('high_seq', -1)",
+    ),
+    (
+        """CREATE TABLE schedbus_lease (
+            id smallint PRIMARY KEY CHECK (id = 1),
+            epoch bigint NOT NULL,
+            renewed_at timestamptz NOT NULL DEFAULT clock_timestamp()
+        )""",
+        "INSERT INTO schedbus_lease (id, epoch) SELECT 1, epoch FROM schedbus_leader",
     ),
 )
 """Migration ``n`` (1-based) brings a database from version ``n - 1`` to ``n``."""

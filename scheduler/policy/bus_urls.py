@@ -3,7 +3,8 @@
 A client given several buses (``--bus ws://a:8101,ws://b:8101``) tries them in order
 and stays on the one that registers it. A bus that stands by names the leader: that URL
 is tried next, at once, whether or not it is in the list. After a connection ends the
-client starts again at the bus it was on, then goes round the list. Only when as many
+client starts again at the bus it was on (at the next one if that bus stopped
+answering: a frozen bus may stay so), then goes round the list. Only when as many
 tries in a row have failed as there are URLs does it wait out a backoff delay, so that a
 failover costs one round of connection attempts, not a backoff per bus.
 

@@ -14,6 +14,13 @@ session and carries out what :class:`Leadership` decides:
   standing by in the same process: what it holds in memory may be older than what the
   new leader journals, and only a fresh start (which reads the journal) is sure not to
   hand any of it out;
+- a leader's check renews its **lease** in the database (on the database's clock): a
+  standby that fails to get the lock yet sees the lease not renewed for longer than
+  ``lease_s`` (:meth:`Leadership.lease_stale`) deposes the holder
+  (:meth:`Leadership.should_depose`): the shell ends the holder's lock session, which
+  releases the lock, and takes it at the next try. A frozen leader (SIGSTOP, a VM
+  pause) keeps its session open, so this is what ends its lead; once thawed, its next
+  journal write is fenced by the epoch and its lock session is gone;
 - a standby answers every client with :meth:`Leadership.refusal` (who leads, if known).
 
 Time is an argument (monotonic seconds); nothing here does I/O.
@@ -27,9 +34,10 @@ from typing import Final, Literal
 Role = Literal["standby", "leader", "fenced"]
 """Where a bus stands: waiting for the lock, leading, or stopped after losing it."""
 
-LossCause = Literal["lock_lost", "check_failed", "store_fenced"]
-"""Why a leader stops: its lock session ended, a check of it failed or hung, or the
-journal refused a write because another bus bumped the epoch."""
+LossCause = Literal["lock_lost", "check_failed", "store_fenced", "deposed"]
+"""Why a leader stops: its lock session ended, a check of it failed or hung, the
+journal refused a write because another bus bumped the epoch, or its lease renewal
+found the epoch bumped (another bus deposed it)."""
 
 DEFAULT_RETRY_S: Final = 0.5
 """Seconds between two tries of the lock by a standby."""
@@ -40,6 +48,16 @@ DEFAULT_CHECK_S: Final = 0.5
 DEFAULT_CHECK_TIMEOUT_S: Final = 1.0
 """Seconds a check of the lock session may take before the leader counts it lost."""
 
+DEFAULT_LEADER_LEASE_S: Final = 3.0
+"""Seconds a leader's lease lasts unrenewed before a standby may depose it (it renews
+it at every check, every ``check_s``)."""
+
+DEFAULT_TAKEOVER_HOLD_S: Final = 20.0
+"""Seconds a bus that deposed a frozen leader keeps the jobs schedulers held there: they
+reach it only once they give the frozen bus up (its pings unanswered, about 12 s, see
+:data:`scheduler.connect.KEEPALIVE`) and stop those jobs on the way (their grace), so
+handing them out sooner could run one twice at once."""
+
 EXIT_FENCED: Final = 75
 """Exit status of a bus that stepped down (EX_TEMPFAIL: a supervisor should start it
 again, and it comes back as a standby)."""
@@ -48,6 +66,7 @@ _CAUSES: Final[dict[LossCause, str]] = {
     "lock_lost": "its database session holding the leader lock ended",
     "check_failed": "a check of its leader lock failed or did not answer in time",
     "store_fenced": "the journal refused a write: another bus leads with a newer epoch",
+    "deposed": "another bus took the lead (the leader epoch moved on while it renewed)",
 }
 
 
@@ -72,17 +91,21 @@ class Leadership:
     retry_s: float = DEFAULT_RETRY_S
     check_s: float = DEFAULT_CHECK_S
     check_timeout_s: float = DEFAULT_CHECK_TIMEOUT_S
+    lease_s: float = DEFAULT_LEADER_LEASE_S
+    takeover_hold_s: float = DEFAULT_TAKEOVER_HOLD_S
     role: Role = "standby"
     epoch: int | None = None
     leader: str | None = None
     _tried_at: float | None = None
     _checked_at: float | None = None
+    _deposed_at: float | None = None
 
     def __post_init__(self) -> None:
         """Refuse intervals that cannot work, naming the field."""
         for name in ("retry_s", "check_s", "check_timeout_s"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0 s, not {getattr(self, name)}")
+        check_lease(self.lease_s, self.check_s + self.check_timeout_s)
 
     def next_try(self) -> float | None:
         """When (monotonic seconds) a standby tries the lock next: at once on the first
@@ -132,6 +155,31 @@ class Leadership:
         self.role = "fenced"
         return StepDown(cause, f"{self.advertise} stops leading: {_CAUSES[cause]}")
 
+    def lease_stale(self, age_s: float | None) -> bool:
+        """Whether a lease last renewed ``age_s`` seconds ago (by the database's clock;
+        None: no lease row) has run out: it is older than ``lease_s``."""
+        return age_s is not None and age_s > self.lease_s
+
+    def should_depose(self, won: bool, age_s: float | None, now: float) -> bool:
+        """After a try of the lock at ``now`` that ``won`` or not, with the holder's lease
+        ``age_s`` old: whether to end the holder's lock session. Only a standby that
+        lost the try deposes a holder whose lease ran out, and at most once per lease
+        period (the next try takes the lock; if another standby takes it first, its
+        fresh lease stops the others)."""
+        if won or self.role != "standby" or not self.lease_stale(age_s):
+            return False
+        if self._deposed_at is not None and now < self._deposed_at + self.lease_s:
+            return False
+        self._deposed_at = now
+        return True
+
+    def takeover_promise(self, wall: float) -> float | None:
+        """Until when (wall seconds, from ``wall`` now) the journal should promise the
+        schedulers their jobs as this bus takes the lead: ``takeover_hold_s`` from now if
+        this bus deposed a frozen leader (its schedulers are still stuck on it), else
+        None (the usual scheduler lease applies)."""
+        return None if self._deposed_at is None else wall + self.takeover_hold_s
+
     def named_leader(self) -> str | None:
         """The leader a bus that does not lead names to clients: the last one seen,
         never itself (None if it knows no other)."""
@@ -148,3 +196,14 @@ class Leadership:
     def health(self) -> dict[str, object]:
         """The ``/healthz`` body of this bus while it does not serve jobs."""
         return {"ok": self.role == "standby", "role": self.role, "leader": self.leader}
+
+
+def check_lease(lease_s: float, renew_within_s: float, name: str = "lease_s") -> None:
+    """Refuse a lease of ``lease_s`` seconds that a live leader, renewing it within
+    ``renew_within_s`` seconds (its check interval plus the check's timeout), could not
+    keep: ValueError naming the field (``name``) and the rule."""
+    if not lease_s > renew_within_s:
+        raise ValueError(
+            f"{name} must be more than {renew_within_s:g} s (the leader renews its lease"
+            f" every check, which may take that long), not {lease_s:g}"
+        )

@@ -148,6 +148,14 @@ def test_the_bus_config_names_the_leader_lease_field() -> None:
 
 def test_a_bus_that_deposed_a_frozen_leader_promises_the_held_jobs_a_while() -> None:
     rules = Leadership(ME, lease_s=2.0, takeover_hold_s=20.0)
-    assert rules.takeover_promise(1000.0) is None
+    assert rules.takeover_promise(1000.0, 0.5) is None
     assert rules.should_depose(False, 2.5, 10.0) is True
-    assert rules.takeover_promise(1000.0) == 1020.0
+    assert rules.takeover_promise(1000.0, 0.5) == 1020.0
+
+
+def test_a_bus_that_wins_after_another_deposed_a_frozen_leader_promises_too() -> None:
+    # Three buses: B deposes the frozen leader, C's try takes the lock first and finds
+    # the frozen leader's lease still run out (the bump renews it).
+    rules = Leadership(ME, lease_s=2.0, takeover_hold_s=20.0)
+    assert rules.takeover_promise(1000.0, 2.5) == 1020.0
+    assert rules.takeover_promise(1000.0, None) is None

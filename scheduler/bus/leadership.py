@@ -157,8 +157,9 @@ class Election:
             if not leadership.tried(won, None if seen is None else seen[1], self._clock()):
                 await self._maybe_depose(session, won)
                 return None
+            age = await session.lease_age()  # before the bump renews it
             epoch = await session.bump(leadership.advertise)
-            promise = leadership.takeover_promise(time.time())
+            promise = leadership.takeover_promise(time.time(), age)
             if promise is not None:
                 await session.promise(promise)
             await session.lead()

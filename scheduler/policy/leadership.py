@@ -173,12 +173,14 @@ class Leadership:
         self._deposed_at = now
         return True
 
-    def takeover_promise(self, wall: float) -> float | None:
+    def takeover_promise(self, wall: float, age_s: float | None) -> float | None:
         """Until when (wall seconds, from ``wall`` now) the journal should promise the
-        schedulers their jobs as this bus takes the lead: ``takeover_hold_s`` from now if
-        this bus deposed a frozen leader (its schedulers are still stuck on it), else
-        None (the usual scheduler lease applies)."""
-        return None if self._deposed_at is None else wall + self.takeover_hold_s
+        schedulers their jobs as this bus takes the lead, the last leader's lease being
+        ``age_s`` old as it won: ``takeover_hold_s`` from now if that leader was frozen
+        (this bus deposed it, or another standby did: its lease ran out), since its
+        schedulers may still be stuck on it; else None (the usual scheduler lease)."""
+        frozen = self._deposed_at is not None or self.lease_stale(age_s)
+        return wall + self.takeover_hold_s if frozen else None
 
     def named_leader(self) -> str | None:
         """The leader a bus that does not lead names to clients: the last one seen,

@@ -7,7 +7,8 @@ import pytest
 from conftest import sqlite_store
 
 from scheduler.bus.journal import MEMORY, Journal
-from scheduler.bus.journal_schema import _after_prefix, find_statement
+from scheduler.bus.journal_schema import find_statement
+from scheduler.bus.listing_sql import after_prefix
 from scheduler.policy.job import Job
 from scheduler.policy.listing import JobQuery, pick
 from scheduler.protocol import JobPayload
@@ -59,7 +60,7 @@ def test_pick_merges_newest_first_leaves_out_tracked_records_and_says_more() -> 
 def test_the_prefix_range_ends_just_past_every_id_with_the_prefix(
     prefix: str, upper: str | None
 ) -> None:
-    assert _after_prefix(prefix) == upper
+    assert after_prefix(prefix) == upper
 
 
 async def test_find_reads_one_page_of_the_journal_with_its_queued_writes() -> None:

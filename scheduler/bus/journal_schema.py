@@ -31,6 +31,8 @@ from typing import Any, Final, cast, get_args
 
 import msgspec
 
+from scheduler.bus import listing_sql
+from scheduler.bus.listing_sql import Dialect
 from scheduler.policy.job import Job
 from scheduler.policy.listing import JobQuery
 from scheduler.policy.schedules import ScheduleState
@@ -214,52 +216,20 @@ class JournalError(Exception):
         self.full = full
 
 
+def _states(states: list[str]) -> tuple[str, list[object]]:
+    # The unary + keeps SQLite from reading by state: the page comes in submit order
+    # (or an id range), and a state index would sort every final job first.
+    return f"+state IN ({', '.join('?' * len(states))})", list(states)
+
+
+LISTING: Final = Dialect(SELECT, _TASK, "?", _states)
+"""SQLite's dialect of a job listing."""
+
+
 def find_statement(query: JobQuery, limit: int, newest_first: bool) -> tuple[str, list[object]]:
-    """The SELECT of the first ``limit`` jobs ``query`` wants, in submit order (or newest
-    first), and its parameters. The id prefix is a range of the primary key."""
-    where: list[str] = []
-    params: list[object] = []
-    if query.states is not None:
-        states = sorted(query.states)
-        # The unary + keeps SQLite from reading by state: the page comes in submit order
-        # (or an id range), and a state index would sort every final job first.
-        where.append(f"+state IN ({', '.join('?' * len(states))})")
-        params.extend(states)
-    if query.task is not None:
-        where.append(f"{_TASK} = ?")
-        params.append(query.task)
-    if query.since is not None:
-        where.append("submitted_at >= ?")
-        params.append(query.since)
-    if query.prefix is not None:
-        where.append("id >= ?")
-        params.append(query.prefix)
-        upper = _after_prefix(query.prefix)
-        if upper is not None:
-            where.append("id < ?")
-            params.append(upper)
-    if query.owner is not None:
-        where.append("owner = ?")
-        params.append(query.owner)
-    condition = f" WHERE {' AND '.join(where)}" if where else ""
-    order = "DESC" if newest_first else "ASC"
-    return (
-        f"{SELECT}{condition} ORDER BY submitted_at {order}, seq {order} LIMIT ?",
-        [*params, limit],
-    )
-
-
-def _after_prefix(prefix: str) -> str | None:
-    """The least text greater than every text that starts with ``prefix`` (SQLite's
-    BINARY order of UTF-8 is code point order), or None if there is none."""
-    while prefix and prefix[-1] == chr(0x10FFFF):
-        prefix = prefix[:-1]
-    if not prefix:
-        return None
-    last = ord(prefix[-1]) + 1
-    if 0xD800 <= last <= 0xDFFF:  # surrogates cannot be stored: skip past them
-        last = 0xE000
-    return prefix[:-1] + chr(last)
+    """The SELECT of the first ``limit`` jobs ``query`` wants, and its parameters
+    (:func:`scheduler.bus.listing_sql.find_statement` in SQLite's dialect)."""
+    return listing_sql.find_statement(LISTING, query, limit, newest_first)
 
 
 _INT64: Final = range(-(2**63), 2**63)

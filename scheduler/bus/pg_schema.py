@@ -25,9 +25,11 @@ from __future__ import annotations
 
 from typing import Final
 
+from scheduler.bus import listing_sql
+
 # The SQLite schema's column order and id ranges are the PostgreSQL one's too.
 from scheduler.bus.journal_schema import _COLUMNS as JOB_COLUMNS
-from scheduler.bus.journal_schema import _after_prefix as after_prefix
+from scheduler.bus.listing_sql import Dialect
 from scheduler.policy.listing import JobQuery
 
 MIGRATION_LOCK: Final = 0x5C4EDB01
@@ -154,34 +156,15 @@ _TASK: Final = "coalesce(payload::json ->> 'task', 'sleep')"
 """A job's task in SQL: a payload leaves out the default, ``sleep``."""
 
 
+def _states(states: list[str]) -> tuple[str, list[object]]:
+    return "state = ANY(%s)", [states]
+
+
+LISTING: Final = Dialect(_SELECT, _TASK, "%s", _states)
+"""PostgreSQL's dialect of a job listing."""
+
+
 def find_statement(query: JobQuery, limit: int, newest_first: bool) -> tuple[str, list[object]]:
-    """The SELECT of the first ``limit`` jobs ``query`` wants, in submit order (or newest
-    first), and its parameters (PostgreSQL's dialect of
-    :func:`~scheduler.bus.journal_schema.find_statement`)."""
-    where: list[str] = []
-    params: list[object] = []
-    if query.states is not None:
-        where.append("state = ANY(%s)")
-        params.append(sorted(query.states))
-    if query.task is not None:
-        where.append(f"{_TASK} = %s")
-        params.append(query.task)
-    if query.since is not None:
-        where.append("submitted_at >= %s")
-        params.append(query.since)
-    if query.prefix is not None:
-        where.append("id >= %s")
-        params.append(query.prefix)
-        upper = after_prefix(query.prefix)
-        if upper is not None:
-            where.append("id < %s")
-            params.append(upper)
-    if query.owner is not None:
-        where.append("owner = %s")
-        params.append(query.owner)
-    condition = f" WHERE {' AND '.join(where)}" if where else ""
-    order = "DESC" if newest_first else "ASC"
-    return (
-        f"{_SELECT}{condition} ORDER BY submitted_at {order}, seq {order} LIMIT %s",
-        [*params, limit],
-    )
+    """The SELECT of the first ``limit`` jobs ``query`` wants, and its parameters
+    (:func:`scheduler.bus.listing_sql.find_statement` in PostgreSQL's dialect)."""
+    return listing_sql.find_statement(LISTING, query, limit, newest_first)

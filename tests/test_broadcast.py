@@ -73,6 +73,9 @@ def test_a_failed_run_fails_the_parent_naming_it() -> None:
     parent = [d.event for d in emitted(out) if d.event.id == "p"]
     assert parent[0].event == "failed"
     assert parent[0].error == "1 of 2 runs did not succeed: p/a failed"
+    # Kept in the journal too, so `jobs show` says why after the event is gone.
+    (record,) = [j for j in core.take_changes()[0] if j.id == "p"]
+    assert record.errors == ("1 of 2 runs did not succeed: p/a failed",)
 
 
 def test_a_pinned_run_waits_for_its_scheduler_and_is_never_stolen() -> None:

@@ -421,6 +421,8 @@ class Lifecycle:
         """Every run of broadcast ``parent`` ended: it ends as they did."""
         state, error = parent_outcome(self.deps.outcomes.get(parent.id, {}))
         parent.result = self.deps.results.get(parent.id, {}) if state == "succeeded" else None
+        if error is not None:
+            parent.errors += (error,)  # kept in the journal: `jobs show` says why
         self._end(parent, state, wall, out, None, error)
 
     def end_pinned(self, scheduler: str, wall: float, out: list[Decision]) -> None:

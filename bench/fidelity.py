@@ -43,10 +43,11 @@ from scheduler.simulate.costs import (
     DEFAULT_START_COST_S,
     calibrate,
 )
-from scheduler.simulate.engine import SIM_RULES, Outcome, Settings, Simulation
+from scheduler.simulate.engine import Simulation
 from scheduler.simulate.fleet import JobCosts, uniform
 from scheduler.simulate.metrics import Recorder, WaitStats
 from scheduler.simulate.workload import Workload, recorded_jobs
+from scheduler.simulate.world import SIM_RULES, Outcome, Settings
 
 PRIORITIES = (0, 5, 8)
 """The priorities of the stream, drawn with :data:`WEIGHTS`: the cluster figures' urgent,

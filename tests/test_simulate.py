@@ -16,7 +16,7 @@ from click.testing import CliRunner
 from scheduler.producer.workload import JobMaker, Span, periods
 from scheduler.protocol import JobPayload
 from scheduler.simulate.cli import cli
-from scheduler.simulate.engine import Settings, Simulation
+from scheduler.simulate.engine import Simulation
 from scheduler.simulate.fleet import (
     Fleet,
     FleetEvent,
@@ -35,6 +35,7 @@ from scheduler.simulate.workload import (
     read_jsonl,
     read_monitor,
 )
+from scheduler.simulate.world import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -12,9 +12,10 @@ from click.testing import CliRunner
 from scheduler.protocol import JobEvent, JobPayload
 from scheduler.simulate.cli import cli
 from scheduler.simulate.costs import CalibrationError, calibrate
-from scheduler.simulate.engine import Settings, Simulation
+from scheduler.simulate.engine import Simulation
 from scheduler.simulate.fleet import Fleet, JobCosts, SchedulerSpec, read_fleet, uniform
 from scheduler.simulate.workload import SimJob, Workload
+from scheduler.simulate.world import Settings
 
 START, EXIT = 0.25, 0.125
 """Costs that are exact in binary: the times below compare with ==."""

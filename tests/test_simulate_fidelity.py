@@ -20,9 +20,10 @@ from test_cluster import producer, start
 from scheduler.bus.server import BusServer
 from scheduler.protocol import JobEvent, JobPayload
 from scheduler.simulate.costs import calibrate
-from scheduler.simulate.engine import SIM_RULES, Settings, Simulation
+from scheduler.simulate.engine import Simulation
 from scheduler.simulate.fleet import uniform
 from scheduler.simulate.workload import Workload, recorded_jobs
+from scheduler.simulate.world import SIM_RULES, Settings
 
 pytestmark = pytest.mark.timeout(90)
 

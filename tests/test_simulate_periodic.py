@@ -15,10 +15,11 @@ from test_periodic_e2e import TASKS, accounted, stamp
 from scheduler.policy.schedules import firing_id
 from scheduler.protocol import CancelReply
 from scheduler.simulate.cli import cli
-from scheduler.simulate.engine import Settings, Simulation
+from scheduler.simulate.engine import Simulation
 from scheduler.simulate.entries import SimSchedule, SimUnschedule
 from scheduler.simulate.fleet import Fleet, FleetEvent, SchedulerSpec
 from scheduler.simulate.workload import Generated, Workload, WorkloadError, read_jsonl
+from scheduler.simulate.world import Settings
 from scheduler.tasks import load_task_modules
 
 START, END = 0.5, 20.5

@@ -41,10 +41,11 @@ from scheduler.policy.runner import LocalJob
 from scheduler.protocol import CancelReply, JobEvent, JobPayload
 from scheduler.protocol_schedules import ScheduleSpec
 from scheduler.protocol_types import FINAL_EVENTS
-from scheduler.simulate.engine import Settings, Simulation, Trace
+from scheduler.simulate.engine import Simulation
 from scheduler.simulate.entries import SimCancel, SimSchedule, SimUnschedule
 from scheduler.simulate.fleet import Fleet, FleetEvent, SchedulerSpec
 from scheduler.simulate.workload import Entry, SimJob, Workload
+from scheduler.simulate.world import Settings, Trace
 
 LATENCY = 0.01
 STOP_S = 0.02

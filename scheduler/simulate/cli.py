@@ -38,7 +38,7 @@ from scheduler.simulate.costs import (
     CalibrationError,
     calibrate,
 )
-from scheduler.simulate.engine import Outcome, Settings, Simulation
+from scheduler.simulate.engine import Simulation
 from scheduler.simulate.fleet import Fleet, JobCosts, parse_event, read_fleet, uniform
 from scheduler.simulate.report import show, show_compare, summary
 from scheduler.simulate.workload import (
@@ -49,6 +49,7 @@ from scheduler.simulate.workload import (
     read_jsonl,
     read_monitor,
 )
+from scheduler.simulate.world import Outcome, Settings
 
 F = TypeVar("F", bound=Callable[..., Any])
 

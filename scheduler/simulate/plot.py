@@ -12,7 +12,7 @@ from pathlib import Path
 
 import click
 
-from scheduler.simulate.engine import Outcome
+from scheduler.simulate.world import Outcome
 
 
 def require_matplotlib() -> None:

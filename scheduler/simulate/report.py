@@ -9,7 +9,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from scheduler.simulate.engine import Outcome
+from scheduler.simulate.world import Outcome
 
 FINALS = ("succeeded", "failed", "timed_out", "dead", "cancelled", "expired", "skipped")
 """The final states counted in the summary, in the order shown."""

@@ -110,7 +110,25 @@ class ProcessResult:
     """Why the job's end is not known (its fork server died), else None."""
 
 
-class JobProcess:
+class EndsInFuture:
+    """``done`` and ``result`` of a job whose end sets ``_future`` (None until it starts)."""
+
+    _future: asyncio.Future[ProcessResult] | None
+
+    @property
+    def done(self) -> bool:
+        """True once the job has ended."""
+        return self._future is not None and self._future.done()
+
+    @property
+    def result(self) -> ProcessResult | None:
+        """The result once the job has ended, else None."""
+        if self._future is None or not self._future.done():
+            return None
+        return self._future.result()
+
+
+class JobProcess(EndsInFuture):
     """One job run in a forked child process, in its own process group.
 
     ``start``, ``wait``, ``stop`` and ``add_done_callback`` must be called from
@@ -288,18 +306,6 @@ class JobProcess:
     def cpu_base(self) -> float:
         """CPU seconds its process had used before the job: none, it was forked for it."""
         return 0.0
-
-    @property
-    def done(self) -> bool:
-        """True once the job process has been reaped."""
-        return self._future is not None and self._future.done()
-
-    @property
-    def result(self) -> ProcessResult | None:
-        """The result once the job process has been reaped, else None."""
-        if self._future is None or not self._future.done():
-            return None
-        return self._future.result()
 
     async def wait(self, timeout: float | None = None) -> ProcessResult:
         """Wait for the job to end and return its result.

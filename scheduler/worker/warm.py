@@ -36,7 +36,7 @@ from collections.abc import Callable, Mapping
 from scheduler.policy.closing import Outcome
 from scheduler.policy.warm import WarmLimits, recycle
 from scheduler.worker.cgroups import JobCgroups
-from scheduler.worker.process import JobProcess, ProcessResult
+from scheduler.worker.process import EndsInFuture, JobProcess, ProcessResult
 from scheduler.worker.warm_slot import DONE, HEADER, MAX_FDS, slot_main
 
 __all__ = ["WarmJob", "WarmPool"]
@@ -211,7 +211,7 @@ class WarmPool:
         await asyncio.gather(*(slot.process.stop(grace=0) for slot in slots))
 
 
-class WarmJob:
+class WarmJob(EndsInFuture):
     """One job run by a slot process of a :class:`WarmPool`: the interface of
     :class:`~scheduler.worker.process.JobProcess` (``start``, ``pid``, ``result``,
     ``time_out``, ``stop``, ``add_done_callback``), with the same guarantees.
@@ -294,18 +294,6 @@ class WarmJob:
         """The slot process's CPU seconds (its own and its reaped children's) when its
         previous job ended: earlier jobs' CPU, which a CPU limit of this job leaves out."""
         return self._cpu_base
-
-    @property
-    def done(self) -> bool:
-        """True once the job has ended."""
-        return self._future is not None and self._future.done()
-
-    @property
-    def result(self) -> ProcessResult | None:
-        """The result once the job has ended, else None."""
-        if self._future is None or not self._future.done():
-            return None
-        return self._future.result()
 
     def time_out(self) -> None:
         """Stop the slot process's whole tree now as a timeout (SIGTERM, SIGKILL after the

@@ -114,6 +114,7 @@ class EndsInFuture:
     """``done`` and ``result`` of a job whose end sets ``_future`` (None until it starts)."""
 
     _future: asyncio.Future[ProcessResult] | None
+    _loop: asyncio.AbstractEventLoop | None
 
     @property
     def done(self) -> bool:
@@ -126,6 +127,23 @@ class EndsInFuture:
         if self._future is None or not self._future.done():
             return None
         return self._future.result()
+
+    def _call_back(
+        self,
+        callbacks: list[Callable[[ProcessResult], None]],
+        result: ProcessResult,
+        what: str,
+    ) -> None:
+        """Call each done callback with ``result``; one that raises goes to the loop's
+        exception handler (naming ``what``) and the others still run."""
+        for callback in callbacks:
+            try:
+                callback(result)
+            except Exception as exc:
+                assert self._loop is not None
+                self._loop.call_exception_handler(
+                    {"message": f"a done callback of {what} failed", "exception": exc}
+                )
 
 
 class JobProcess(EndsInFuture):
@@ -356,9 +374,13 @@ class JobProcess(EndsInFuture):
         future = self._started_future()
         if future.done():
             assert self._loop is not None
-            self._loop.call_soon(self._call, callback, future.result())
+            self._loop.call_soon(self._call_back, [callback], future.result(), self._who)
         else:
             self._callbacks.append(callback)
+
+    @property
+    def _who(self) -> str:
+        return f"pid {self._pid}"
 
     def _started_future(self) -> asyncio.Future[ProcessResult]:
         if self._future is None:
@@ -374,8 +396,7 @@ class JobProcess(EndsInFuture):
                 # state changed under it by a done callback.
                 result = self._finish()
                 assert self._loop is not None
-                for callback in self._take_callbacks():
-                    self._loop.call_soon(self._call, callback, result)
+                self._loop.call_soon(self._call_back, self._take_callbacks(), result, self._who)
                 return
             self._stop_outcome = outcome
             log.debug("stopping pid %d (%s): SIGTERM", self.pid, outcome)
@@ -407,8 +428,7 @@ class JobProcess(EndsInFuture):
     def _exited(self) -> None:
         """The pidfd is readable: reap the job, then call the done callbacks at once."""
         result = self._finish()
-        for callback in self._take_callbacks():
-            self._call(callback, result)
+        self._call_back(self._take_callbacks(), result, self._who)
 
     def _take_callbacks(self) -> list[Callable[[ProcessResult], None]]:
         callbacks, self._callbacks = self._callbacks, []
@@ -443,15 +463,6 @@ class JobProcess(EndsInFuture):
         log.debug("reaped pid %d: %s", pid, result)
         self._future.set_result(result)
         return result
-
-    def _call(self, callback: Callable[[ProcessResult], None], result: ProcessResult) -> None:
-        try:
-            callback(result)
-        except Exception as exc:
-            assert self._loop is not None
-            self._loop.call_exception_handler(
-                {"message": f"a done callback of pid {self._pid} failed", "exception": exc}
-            )
 
 
 def _reap(pid: int) -> tuple[int | None, float, int]:

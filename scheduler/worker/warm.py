@@ -323,7 +323,9 @@ class WarmJob(EndsInFuture):
         self._started_slot()
         assert self._future is not None and self._loop is not None
         if self._future.done():
-            self._loop.call_soon(self._call, callback, self._future.result())
+            self._loop.call_soon(
+                self._call_back, [callback], self._future.result(), f"warm job {self.name}"
+            )
         else:
             self._callbacks.append(callback)
 
@@ -337,19 +339,9 @@ class WarmJob(EndsInFuture):
         log.debug("job %s in slot pid %d ended: %s", self.name, self.pid, result)
         self._future.set_result(result)
         callbacks, self._callbacks = self._callbacks, []
-        for callback in callbacks:
-            self._call(callback, result)
+        self._call_back(callbacks, result, f"warm job {self.name}")
 
     def _started_slot(self) -> _Slot:
         if self._slot is None:
             raise RuntimeError("WarmJob not started")
         return self._slot
-
-    def _call(self, callback: Callable[[ProcessResult], None], result: ProcessResult) -> None:
-        try:
-            callback(result)
-        except Exception as exc:
-            assert self._loop is not None
-            self._loop.call_exception_handler(
-                {"message": f"a done callback of warm job {self.name} failed", "exception": exc}
-            )

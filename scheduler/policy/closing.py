@@ -44,7 +44,7 @@ class Ending:
     timeout_s: float = 0.0
     error: str | None = None
     traceback: str | None = None
-    result: object = None
+    result: object | None = None  # mypyc cannot build a bare `object` field
 
 
 def closing_report(job_id: str, attempt: int, ending: Ending) -> Report | None:
@@ -89,7 +89,7 @@ def final_report(job_id: str, attempt: int, ending: Ending) -> Report:
     event: SchedulerReport
     error: str | None = None
     traceback: str | None = None
-    value: object = None
+    value: object | None = None  # mypyc cannot build a bare `object` field
     if ending.outcome == "timed_out":
         event, error = "timed_out", f"timed out after {ending.timeout_s:g} s"
     elif ending.error is not None:

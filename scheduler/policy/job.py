@@ -45,7 +45,7 @@ class Job:
     not_before: float | None = None
     updated_at: float = 0.0
     finished_at: float | None = None
-    result: object = None
+    result: object | None = None  # mypyc cannot build a bare `object` field
     traceback: str | None = None
     owner: str | None = None
     progress: float | None = None

@@ -93,8 +93,9 @@ class Runner:
     _heap: list[tuple[int, int, str]] = field(default_factory=list, init=False)
     _parked: dict[str, _Entry] = field(default_factory=dict, init=False)
     _stopping: set[str] = field(default_factory=set, init=False)
-    _arrivals: int = field(default=0, init=False)
-    _starts: int = field(default=0, init=False)
+    # default_factory: mypyc leaves a plain default of an init=False field unset
+    _arrivals: int = field(default_factory=int, init=False)
+    _starts: int = field(default_factory=int, init=False)
 
     def __post_init__(self) -> None:
         if self.size < 1:

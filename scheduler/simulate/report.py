@@ -9,6 +9,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from scheduler.simulate.compiled import in_use
 from scheduler.simulate.world import Outcome
 
 FINALS = ("succeeded", "failed", "timed_out", "dead", "cancelled", "expired", "skipped")
@@ -44,6 +45,7 @@ def summary(outcome: Outcome) -> dict[str, Any]:
             "cpu_seconds": outcome.cpu_seconds,
             "jobs_per_s": outcome.jobs_per_s,
             "jobs_per_cpu_s": outcome.jobs_per_cpu_s,
+            "core": in_use(),
         },
     }
 
@@ -87,6 +89,7 @@ def totals_rows(outcome: Outcome) -> list[tuple[str, str]]:
         ("utilisation", f"{mean_utilisation(outcome):.1%}"),
         ("simulated", f"{outcome.events:,} events in {outcome.seconds:.2f} s"),
         ("speed", f"{outcome.jobs_per_s:,.0f} jobs/s ({outcome.jobs_per_cpu_s:,.0f} per CPU s)"),
+        ("core", in_use()),
     ]
     return rows
 

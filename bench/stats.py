@@ -111,6 +111,7 @@ GOALS: tuple[Goal, ...] = (
     Goal("cluster10_makespan.ratio", "<=", 1.1, "10-scheduler makespan <= 1.1x ideal"),
     Goal("failover_s.p50", "<=", 3.0, "failover p50 < 3 s"),
     Goal("sim_fidelity.worst_off", "<=", 0.1, "simulated waits within 10% of live"),
+    Goal("simulated_million.wall_s_at_1m", "<=", 60.0, "1,000,000 simulated jobs < 60 s"),
 )
 
 
@@ -274,6 +275,7 @@ FIGURE_KEYS: tuple[str, ...] = (
     "cluster10_makespan",
     "heavy",
     "simulated_jobs_per_s",
+    "simulated_million",
     "store_submits_per_s",
     "store_e2e_jobs_per_s",
     "failover_s",

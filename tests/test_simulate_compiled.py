@@ -114,3 +114,13 @@ def test_the_fingerprint_follows_every_compiled_source(tmp_path: Path) -> None:
     changed.write_text(changed.read_text() + "\n")
     assert compiled.fingerprint(tmp_path) != compiled.fingerprint(root)
     assert compiled.why_not(tmp_path, root) == f"no compiled core in {tmp_path}"
+
+
+def test_check_says_whether_the_build_matches(tmp_path: Path) -> None:
+    command = [sys.executable, "-m", "scheduler.simulate.compiled", "--check"]
+    fresh = subprocess.run(command, capture_output=True, text=True, timeout=30)
+    assert fresh.returncode == 0, fresh.stderr
+    env = {**os.environ, "SCHEDBUS_COMPILED_DIR": str(tmp_path)}
+    missing = subprocess.run(command, capture_output=True, text=True, timeout=30, env=env)
+    assert missing.returncode == 1
+    assert f"no compiled core in {tmp_path}" in missing.stderr

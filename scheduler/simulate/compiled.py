@@ -158,11 +158,16 @@ def build(dest: Path, jobs: int) -> None:
 
 @click.command()
 @click.option("--force", is_flag=True, help="Build even if the build there is fresh.")
-def cli(force: bool) -> None:
+@click.option("--check", is_flag=True,
+              help="Build nothing: exit 0 if the build matches the sources, else 1.")  # fmt: skip
+def cli(force: bool, check: bool) -> None:
     """Build the simulator's compiled core (mypyc and a C compiler) into the virtualenv,
     or SCHEDBUS_COMPILED_DIR; quick when the build there matches the sources."""
     dest = build_dir()
     reason = why_not(dest, package_root())
+    if check:
+        click.echo(f"compiled core: {reason or f'{dest} matches the sources'}", err=True)
+        raise SystemExit(0 if reason is None else 1)
     if reason is None and not force:
         click.echo(f"compiled core: {dest} matches the sources", err=True)
         return

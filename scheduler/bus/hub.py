@@ -20,6 +20,7 @@ from typing import Any, Final
 
 from scheduler.bus.config import BusConfig
 from scheduler.bus.connection import Connection
+from scheduler.bus.deadline_timer import DeadlineTimer
 from scheduler.bus.fanout import Fanout
 from scheduler.bus.gate import FrameGate, Recipient, Refusal, journal_problem
 from scheduler.bus.journal import MEMORY, Journal, JournalError
@@ -74,7 +75,7 @@ class Hub:
         self.fanout = Fanout()
         self._journal: Journal | None = None
         self._gate: FrameGate | None = None
-        self._timer: asyncio.TimerHandle | None = None
+        self._timer = DeadlineTimer(self._on_timer)
         self._timer_at = 0.0
         self._background: set[asyncio.Task[Any]] = set()
         self._started_at = clock()
@@ -141,8 +142,7 @@ class Hub:
 
     def stop(self) -> None:
         """Cancel the core's timer and every background task."""
-        if self._timer is not None:
-            self._timer.cancel()
+        self._timer.close()
         for task in self._background:
             task.cancel()
 
@@ -301,16 +301,13 @@ class Hub:
     def arm(self) -> None:
         """Set the loop timer for the core's next deadline if it is earlier than the one set."""
         deadline = self.core.next_deadline()
-        if deadline is None or (self._timer is not None and self._timer_at <= deadline):
+        if deadline is None or (self._timer.when is not None and self._timer_at <= deadline):
             return
-        if self._timer is not None:
-            self._timer.cancel()
         self._timer_at = deadline
         delay = max(0.0, deadline - self.clock())
-        self._timer = asyncio.get_running_loop().call_later(delay, self._on_timer)
+        self._timer.set(asyncio.get_running_loop().time() + delay)
 
     def _on_timer(self) -> None:
-        self._timer = None
         self.apply(self.core.tick(self.clock(), self.wall()))
 
 

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 from scheduler.bus.connection import Connection
+from scheduler.bus.deadline_timer import DeadlineTimer
 from scheduler.bus.hub import Hub
 from scheduler.policy.schedule_driver import FiringStep, ScheduleDriver
 from scheduler.policy.schedules import fire_times, spec_problem
@@ -42,7 +43,7 @@ class BusSchedules:
         self._hub = hub
         self.driver = ScheduleDriver(rng)
         self.book = self.driver.book
-        self._timer: asyncio.TimerHandle | None = None
+        self._timer = DeadlineTimer(self._on_timer)
         self.handlers: dict[type, Callable[[Connection, Any], None]] = {
             ScheduleAdd: self._add,
             ScheduleChange: self._change,
@@ -60,10 +61,8 @@ class BusSchedules:
         self._on_timer()
 
     def stop(self) -> None:
-        """Cancel the timer."""
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        """Cancel the timer for good."""
+        self._timer.close()
 
     def declare(self, client: Connection, specs: list[ScheduleSpec], tasks: list[str]) -> None:
         """Add or update the schedules a scheduler's tasks declare (by name: the same
@@ -147,7 +146,6 @@ class BusSchedules:
     # --- firing ----------------------------------------------------------------------
 
     def _on_timer(self) -> None:
-        self._timer = None
         hub = self._hub
         self._carry_out(self.driver.due(hub.core, hub.clock(), hub.wall(), hub.journal.get))
         self._commit()
@@ -177,11 +175,12 @@ class BusSchedules:
         self._arm()
 
     def _arm(self) -> None:
-        self.stop()
         due = self.driver.next_deadline()
-        if due is not None:
-            delay = max(0.0, due - self._hub.wall())
-            self._timer = asyncio.get_running_loop().call_later(delay, self._on_timer)
+        if due is None:
+            self._timer.cancel()
+            return
+        delay = max(0.0, due - self._hub.wall())
+        self._timer.set(asyncio.get_running_loop().time() + delay)
 
     def _refresh_outcomes(self) -> None:
         """Note each schedule's latest firing's state (its job's, as the bus knows it)."""

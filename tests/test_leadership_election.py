@@ -20,6 +20,7 @@ from websockets.exceptions import ConnectionClosed
 from scheduler.bus.cli import cli as bus_cli
 from scheduler.bus.config import BusConfig
 from scheduler.bus.leadership import ElectedServer, Election, LeaderBus, migrate
+from scheduler.bus.leadership_lock import LockSession
 from scheduler.bus.server import BusServer
 from scheduler.policy.leadership import StepDown
 from scheduler.producer.client import ProducerClient, SubmitError
@@ -85,6 +86,14 @@ class Candidate:
     async def stop(self) -> None:
         self.task.cancel()
         await asyncio.gather(self.task, return_exceptions=True)
+
+    async def kill_session(self, dsn: str) -> LockSession:
+        """End this candidate's lock session from the server's side; return it."""
+        session = self.election.session
+        assert session is not None
+        async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as admin:
+            await admin.execute("SELECT pg_terminate_backend(%s)", (session.pid,))
+        return session
 
 
 @pytest.fixture
@@ -162,10 +171,7 @@ async def test_a_leader_whose_lock_session_is_killed_steps_down_and_a_standby_ta
     pair: tuple[Candidate, Candidate], leader_dsn: str
 ) -> None:
     first, second = pair
-    session = first.election.session
-    assert session is not None
-    async with await psycopg.AsyncConnection.connect(leader_dsn, autocommit=True) as admin:
-        await admin.execute("SELECT pg_terminate_backend(%s)", (session.pid,))
+    await first.kill_session(leader_dsn)
     await wait_until(lambda: bool(first.steps), 5 * unit(), "the leader steps down")
     # Its socket tells at once; a renewal under way when the session ends tells instead.
     assert first.steps[0].cause in ("lock_lost", "check_failed")
@@ -177,10 +183,7 @@ async def test_a_standby_that_loses_its_session_reconnects_and_keeps_trying(
     pair: tuple[Candidate, Candidate], leader_dsn: str
 ) -> None:
     first, second = pair
-    session = second.election.session
-    assert session is not None
-    async with await psycopg.AsyncConnection.connect(leader_dsn, autocommit=True) as admin:
-        await admin.execute("SELECT pg_terminate_backend(%s)", (session.pid,))
+    session = await second.kill_session(leader_dsn)
     await wait_until(
         lambda: second.election.session not in (None, session), 10 * unit(), "a new session"
     )

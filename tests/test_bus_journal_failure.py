@@ -12,11 +12,17 @@ from contextlib import closing
 from pathlib import Path
 
 import pytest
-from conftest import sqlite_store, unit, wait_until
+from attempt_log_tasks import LOG_ENV
+from conftest import ROOT, Commands, sqlite_store, unit, wait_until
 from test_bus import bus_with, client, next_event, recv, register, report, request, submit
 
 from scheduler.bus.journal import Journal
 from scheduler.bus.server import BusServer
+from scheduler.producer.client import ProducerClient
+from scheduler.producer.errors import SubmitError
+from scheduler.protocol import JobPayload
+
+ATTEMPT_TASKS = str(ROOT / "tests" / "attempt_log_tasks.py")
 
 
 def timeout() -> float:
@@ -51,14 +57,68 @@ def db(tmp_path: Path) -> Path:
     return tmp_path / "bus.db"
 
 
-def poison_trigger(db: Path) -> sqlite3.Connection:
-    """A trigger in the journal that makes SQLite refuse to store any ``poison`` job."""
+def poison_trigger(db: Path, task: str = "poison") -> sqlite3.Connection:
+    """A trigger in the journal that makes SQLite refuse to store any job of ``task``."""
     conn = sqlite3.connect(db, isolation_level=None)
     conn.execute(
-        "CREATE TRIGGER poison BEFORE INSERT ON jobs WHEN NEW.payload LIKE '%\"poison\"%'"
+        f"CREATE TRIGGER poison BEFORE INSERT ON jobs WHEN NEW.payload LIKE '%\"{task}\"%'"
         " BEGIN SELECT RAISE(ABORT, 'poison refused by the test'); END"
     )
     return conn
+
+
+async def test_a_refused_job_never_starts_on_a_real_scheduler(
+    db: Path, commands: Commands, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its assignment, made in the same loop turn as the refused acknowledgment, is never
+    sent: the job's process is never started, not even to be stopped at once."""
+    log = tmp_path / "attempts.log"
+    log.touch()
+    monkeypatch.setenv(LOG_ENV, str(log))
+    async with bus_with(db=str(db)) as bus, ProducerClient(bus.url) as producer:
+        await commands.start(
+            "scheduler.worker", "--tasks", ATTEMPT_TASKS, "-s", "2", "--bus", bus.url
+        )
+        await wait_until(lambda: bus.scheduler_names() != [], 20 * unit(), "it registers")
+        recorded = JobPayload(priority=5, runtime=0.01, task="recorded_sleep")
+        with closing(poison_trigger(db, "recorded_sleep")) as trigger:
+            with pytest.raises(SubmitError, match="submit refused"):
+                await producer.submit(recorded)
+            trigger.execute("DROP TRIGGER poison")
+        await wait_until(lambda: bus.journal.failure is None, timeout(), "journal recovered")
+        after = await producer.submit(recorded)
+        assert (await after.result(timeout=20 * unit())) is None
+    assert [line.split()[:2] for line in log.read_text().splitlines()] == [
+        ["start", after.id],
+        ["end", after.id],
+    ]
+
+
+async def test_a_refused_broadcast_sends_none_of_its_runs(db: Path) -> None:
+    async with bus_with(db=str(db)) as bus:
+        async with client(bus) as producer, client(bus) as monitor, client(bus) as s1:
+            async with client(bus) as s2:
+                await register(producer, "producer")
+                await register(monitor, "monitor")
+                for ws, name in ((s1, "s1"), (s2, "s2")):
+                    await register(ws, "scheduler", name=name, size=2, tasks=["sleep", "poison"])
+                with closing(poison_trigger(db)) as trigger:
+                    frame = {
+                        "cmd": "job_request",
+                        "ref": 1,
+                        "payload": POISON | {"broadcast": True},
+                    }
+                    refused = await request(producer, frame)
+                    assert refused["type"] == "error" and "submit refused" in refused["message"]
+                    trigger.execute("DROP TRIGGER poison")
+                cancelled = [await next_event(monitor, "cancelled") for _ in range(3)]
+                assert sorted(e["id"].partition("/")[2] for e in cancelled) == ["", "s1", "s2"]
+                await wait_until(lambda: bus.journal.failure is None, timeout(), "recovered")
+                sleep = {"priority": 1, "runtime": 1, "broadcast": True}
+                await request(producer, {"cmd": "job_request", "ref": 2, "payload": sleep})
+                for ws in (s1, s2):  # the first thing each hears of is the second broadcast
+                    first = await recv(ws)
+                    assert first["type"] == "assign" and "task" not in first["job"]  # sleep
 
 
 async def test_a_failed_commit_refuses_only_its_submits_and_the_bus_recovers(
@@ -82,24 +142,19 @@ async def test_a_failed_commit_refuses_only_its_submits_and_the_bus_recovers(
                 assert again == {"type": "error", "message": why, "ref": 2}
                 await report(scheduler, "succeeded", before, 1)
                 trigger.execute("DROP TRIGGER poison")
-            # The journal commits again by itself and what was held goes out in order:
-            # the poison job had been assigned, and was taken back (cancelled) at once.
-            assign, stop = await recv(scheduler), await recv(scheduler)
-            assert (assign["type"], assign["job"]["task"]) == ("assign", "poison")
-            assert (stop["type"], stop["id"], stop["reason"]) == (
-                "stop",
-                assign["job"]["id"],
-                "cancelled",
-            )
-            await report(scheduler, "cancelled", stop["id"], 1)
-            assert (await next_event(monitor, "cancelled"))["task"] == "poison"
+            # The journal commits again by itself and what was held goes out in order.
+            # The poison job had been assigned: its assignment was withdrawn with the
+            # refusal, so the scheduler never hears of it, and it ended cancelled.
+            cancelled = await next_event(monitor, "cancelled")
+            assert (cancelled["task"], cancelled["scheduler"]) == ("poison", "s1")
+            assert cancelled["error"] == why
             # The producer hears nothing of the job it was told was refused.
             heard = [await recv(producer)]
             while heard[-1].get("event") != "succeeded":
                 heard.append(await recv(producer))
             assert {frame["id"] for frame in heard} == {before}, heard
             after = await submit(producer, task="sleep")
-            assert (await recv(scheduler))["job"]["id"] == after
+            assert (await recv(scheduler))["job"]["id"] == after  # nothing of the poison job
         await wait_until(lambda: bus.journal.failure is None, timeout(), "journal recovered")
         # The scheduler left cleanly: the job it held waits again (once that commit lands).
         expected = {"succeeded": 1, "cancelled": 1, "queued": 1}

@@ -10,6 +10,7 @@ from dispatch_helpers import (
     WALL,
     add,
     assigns,
+    booked,
     emitted,
     events,
     info,
@@ -105,6 +106,44 @@ def test_cancel_final_unknown_and_v1_held_jobs_changes_nothing() -> None:
     answer = reply(core.cancel("j0", WALL))
     assert answer.state == "assigned" and "v1 scheduler v1" in answer.message
     assert not info(core, "j0").cancelling
+
+
+@pytest.mark.parametrize("reports", [True, False])
+def test_a_withdrawn_job_ends_cancelled_and_nobody_is_told_to_stop_it(reports: bool) -> None:
+    """Its submit was refused before the assignment left the bus (v1 holders included)."""
+    core = new_core()
+    add(core, "a", reports=reports)
+    submit(core)
+    decisions = core.withdraw("j0", 0.0, WALL, "journal full; submit refused")
+    assert stops(decisions) == [] and assigns(decisions) == []
+    (cancelled,) = emitted(decisions)
+    assert (cancelled.event.event, cancelled.event.error) == (
+        "cancelled",
+        "journal full; submit refused",
+    )
+    assert core.job("j0") is None and booked(core, "a") == (0, 0, 0, 0)
+    core.check_invariants()
+
+
+def test_the_slot_a_withdrawn_job_took_steals_waiting_work() -> None:
+    core = new_core()
+    add(core, "a", size=1)
+    add(core, "b", size=1)
+    submit(core)
+    submit(core)
+    submit(core, job(priority=3))
+    assert [info(core, j).holder for j in ("j0", "j1", "j2")] == ["a", "b", "a"]
+    decisions = core.withdraw("j1", 0.0, WALL, "refused")
+    assert stops(decisions) == [("a", Stop("j2", 1, "stolen", kind="steal"))]
+
+
+def test_withdrawing_a_job_no_longer_tracked_does_nothing() -> None:
+    core = new_core()
+    add(core, "a")
+    submit(core)
+    report(core, "a", "j0", "succeeded")
+    assert core.withdraw("j0", 0.0, WALL, "refused") == []
+    assert core.withdraw("nope", 0.0, WALL, "refused") == []
 
 
 # --- client-chosen ids -----------------------------------------------------------------

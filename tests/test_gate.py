@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 from typing import cast
+
+from conftest import wait_until
 
 from scheduler.bus.gate import FrameGate, Recipient, Refusal
 from scheduler.bus.journal import MEMORY, Journal, JournalError
@@ -29,7 +32,9 @@ class FakeRecipient:
         return cast(FrameOutbox, self.fake)
 
 
-def refused(recipient: Recipient, refusal: Refusal, error: JournalError) -> None:
+def refused(
+    recipient: Recipient, refusal: Refusal, error: JournalError, withdrawn: frozenset[str]
+) -> None:
     raise AssertionError("nothing is refused while the journal commits")
 
 
@@ -63,3 +68,48 @@ async def test_drain_drops_what_a_failing_journal_holds_and_resets_the_counts() 
     assert gate.pending(alice) == 1
     await gate.drain()
     assert gate.pending(alice) == 0 and alice.fake.pushed == []
+
+
+@dataclass
+class FailingJournal:
+    """A journal whose every commit fails once the test lets it end."""
+
+    committing: asyncio.Event = field(default_factory=asyncio.Event)
+    fail: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def flush(self) -> None:
+        self.committing.set()
+        await self.fail.wait()
+        raise JournalError("test: commit failed")
+
+
+async def test_a_refused_submit_takes_its_held_assignments_with_it() -> None:
+    """The assignments of refused jobs and of their runs are dropped, whether they wait
+    for the failed commit or came during it, and named with the refusal; other frames
+    stay held."""
+    journal = FailingJournal()
+    calls: list[tuple[str, tuple[str, ...], frozenset[str]]] = []
+    producer, scheduler, monitor = FakeRecipient(), FakeRecipient(), FakeRecipient()
+    names = {id(producer): "producer", id(scheduler): "scheduler", id(monitor): "monitor"}
+
+    def on_refused(
+        recipient: Recipient, refusal: Refusal, error: JournalError, withdrawn: frozenset[str]
+    ) -> None:
+        calls.append((names[id(recipient)], refusal.job_ids, withdrawn))
+
+    gate = FrameGate(cast(Journal, journal), on_refused)
+    gate.changed()
+    gate.send(producer, b"accepted j1", refusal=Refusal(("j1",), 1, ("j1/s",)))
+    gate.send(producer, b"event j1", about="j1")
+    gate.send(monitor, b"event j1", about="j1")
+    gate.send(scheduler, b"assign j1/s", assigns="j1/s")
+    gate.send(scheduler, b"assign j2", assigns="j2")
+    await journal.committing.wait()
+    gate.send(scheduler, b"assign j1", assigns="j1")  # queued at first, assigned meanwhile
+    gate.send(scheduler, b"assign j3", assigns="j3")
+    journal.fail.set()
+    await wait_until(lambda: bool(calls), 5.0, "the refusal")
+    assert calls == [("producer", ("j1",), frozenset({"j1", "j1/s"}))]
+    assert (gate.pending(producer), gate.pending(scheduler), gate.pending(monitor)) == (0, 2, 1)
+    await gate.drain()
+    assert scheduler.fake.pushed == [] and monitor.fake.pushed == []

@@ -9,7 +9,8 @@ unsaved changes queued and the gate keeps their frames held, retrying the commit
 growing delay, so nobody hears of a change before it is on disk. Only the acknowledgments
 of new jobs are refused at once: the bus answers their senders with an error and takes
 the jobs back (:class:`Refusal`), so a producer learns that its submit failed instead of
-waiting for the disk.
+waiting for the disk. The assignments of those jobs still held here are dropped, never
+sent, so no scheduler runs a job whose producer was told it was refused.
 """
 
 from __future__ import annotations
@@ -45,25 +46,30 @@ class Recipient(Protocol):
 @dataclass(frozen=True)
 class Refusal:
     """What to undo if the frame acknowledging new jobs cannot be sent: the jobs it
-    accepted (to take back) and the ``ref`` of the request (for the error reply)."""
+    accepted (to take back), the ``ref`` of the request (for the error reply) and the
+    runs of those jobs that are broadcasts (taken back with them)."""
 
     job_ids: tuple[str, ...]
     ref: str | int | None
+    runs: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
 class _Held:
-    """A frame waiting for a commit; ``about`` names the job whose event it is, if any."""
+    """A frame waiting for a commit; ``about`` names the job whose event it is, if any,
+    ``assigns`` the job whose assignment it carries, if any."""
 
     recipient: Recipient
     frame: bytes
     counted: bool
     refusal: Refusal | None
     about: str | None
+    assigns: str | None = None
 
 
-OnRefused = Callable[[Recipient, Refusal, JournalError], None]
-"""Called for each acknowledgment a failed commit refuses, with the commit's error."""
+OnRefused = Callable[[Recipient, Refusal, JournalError, frozenset[str]], None]
+"""Called for each acknowledgment a failed commit refuses, with the commit's error and
+the refused jobs (or runs) whose assignments were dropped unsent."""
 
 
 def journal_problem(error: JournalError) -> str:
@@ -112,17 +118,19 @@ class FrameGate:
         counted: bool = True,
         refusal: Refusal | None = None,
         about: str | None = None,
+        assigns: str | None = None,
     ) -> None:
         """Push ``frame`` to ``recipient`` now, or once the commits before it are done
         (``counted``: see :meth:`FrameOutbox.push`). A frame with a ``refusal`` is
         refused instead if its commit fails, and then the recipient's frames ``about``
-        the refused jobs (their events) are dropped."""
+        the refused jobs (their events) are dropped, and every frame that ``assigns``
+        one of them or their runs (to any recipient) too."""
         if self._task is None:
             if not self._stopped:
                 recipient.outbox.push(frame, counted)
             return
         self._pending[recipient] = self._pending.get(recipient, 0) + 1
-        self._held.append(_Held(recipient, frame, counted, refusal, about))
+        self._held.append(_Held(recipient, frame, counted, refusal, about, assigns))
 
     async def released(self, recipient: Recipient) -> None:
         """Wait until no frame for ``recipient`` waits for a commit."""
@@ -180,22 +188,43 @@ class FrameGate:
         return True
 
     def _refuse(self, batch: list[_Held], error: JournalError) -> list[_Held]:
-        """Answer each acknowledgment in ``batch`` with a refusal and drop its sender's
-        events of the refused jobs; return the rest."""
+        """Answer each acknowledgment in ``batch`` with a refusal, drop its sender's
+        events of the refused jobs and every held assignment of them (in ``batch`` or
+        held since); return the rest of ``batch``."""
+        refusals = [held for held in batch if held.refusal is not None]
+        refused_jobs = {
+            job_id
+            for held in refusals
+            if held.refusal is not None
+            for job_id in (*held.refusal.job_ids, *held.refusal.runs)
+        }
         refused = {
             (id(held.recipient), job_id)
-            for held in batch
+            for held in refusals
             if held.refusal is not None
-            for job_id in held.refusal.job_ids
+            for job_id in (*held.refusal.job_ids, *held.refusal.runs)
         }
+        withdrawn: set[str] = set()
         kept = []
         for held in batch:
-            if held.refusal is None and (id(held.recipient), held.about) not in refused:
+            if held.assigns in refused_jobs:
+                withdrawn.add(held.assigns)
+            elif held.refusal is None and (id(held.recipient), held.about) not in refused:
                 kept.append(held)
                 continue
             self._release(held.recipient)
-            if held.refusal is not None:
-                self._on_refused(held.recipient, held.refusal, error)
+        later = []
+        for held in self._held:
+            if held.assigns in refused_jobs:
+                withdrawn.add(held.assigns)
+                self._release(held.recipient)
+            else:
+                later.append(held)
+        self._held = later
+        for held in refusals:
+            assert held.refusal is not None
+            ids = withdrawn.intersection((*held.refusal.job_ids, *held.refusal.runs))
+            self._on_refused(held.recipient, held.refusal, error, frozenset(ids))
         return kept
 
     def _failed(self, error: JournalError) -> float:

@@ -267,7 +267,7 @@ class Hub:
             frame = encode(Assign(decision.assignment))
         else:
             frame = encode_v1_payload(decision.payload)
-        scheduler.gate.send(scheduler, frame.encode())
+        scheduler.gate.send(scheduler, frame.encode(), assigns=decision.assignment.id)
 
     def _stop(self, decision: SendStop) -> None:
         stop = decision.stop
@@ -282,18 +282,28 @@ class Hub:
         if scheduler is not None:
             scheduler.send(stop)
 
-    def _refused(self, recipient: Recipient, refusal: Refusal, error: JournalError) -> None:
+    def _refused(
+        self, recipient: Recipient, refusal: Refusal, error: JournalError, withdrawn: frozenset[str]
+    ) -> None:
         """A commit failed before ``refusal``'s acknowledgment went out: tell its sender
-        and take its jobs back (cancelled, so they never run)."""
+        and take its jobs back, so they never run. A job (or broadcast run) whose
+        assignment was ``withdrawn`` unsent ends cancelled at once, unknown to its
+        scheduler; the others are cancelled as usual (a queued job at once)."""
         assert isinstance(recipient, Connection)
         why = f"{journal_problem(error)}; submit refused"
         logger.warning(
             "%s: %d accepted jobs taken back: %s", recipient.outbox.label, len(refusal.job_ids), why
         )
         recipient.send_now(Error(message=why, ref=refusal.ref))
-        for job_id in refusal.job_ids:
+        for job_id in (*refusal.job_ids, *refusal.runs):
             self.fanout.unsubscribe(recipient, job_id)
-            if self.core.tracks(job_id):
+        for job_id in (*(run for run in refusal.runs if run in withdrawn), *refusal.job_ids):
+            if not self.core.tracks(job_id):
+                continue
+            if job_id in withdrawn:
+                logger.info("job %s: its assignment was withdrawn unsent", short_id(job_id))
+                self.apply(self.core.withdraw(job_id, self.clock(), self.wall(), why))
+            else:
                 self.apply(self.core.cancel(job_id, self.wall()))
 
     # --- timer -----------------------------------------------------------------------
@@ -320,8 +330,9 @@ def _refusal_of(message: BusMessage) -> Refusal | None:
     """What to take back if the acknowledgment ``message`` cannot be sent: the new jobs
     it accepted (not those that existed already)."""
     if isinstance(message, Accepted) and not message.existing:
-        return Refusal((message.id,), message.ref)
+        return Refusal((message.id,), message.ref, tuple(message.runs or ()))
     if isinstance(message, SubmittedMany):
-        new = tuple(r.id for r in message.results if r.id is not None and not r.existing)
-        return Refusal(new, message.ref) if new else None
+        new = [r for r in message.results if r.id is not None and not r.existing]
+        runs = tuple(run for r in new for run in r.runs or ())
+        return Refusal(tuple(r.id for r in new if r.id), message.ref, runs) if new else None
     return None

@@ -429,6 +429,13 @@ class Dispatcher:
         """
         return producers.cancel(self._core, job_id, wall, stored, ref, by)
 
+    def withdraw(self, job_id: str, now: float, wall: float, why: str) -> list[Decision]:
+        """Take back job ``job_id``, whose submit was refused, before its assignment left
+        the bus: no scheduler ever heard of it, so it ends ``cancelled`` at once (``why``
+        as its error) and no stop is sent; the slot it took may steal. Nothing
+        for a job that is no longer tracked."""
+        return producers.withdraw(self._core, job_id, now, wall, why)
+
     def retry(
         self,
         job_ids: Sequence[str],

@@ -1,5 +1,6 @@
 """What producers ask of the dispatch core: submits (one job or a batch, with the
-``job_id`` conflict rules of :mod:`scheduler.policy.conflict`) and cancels."""
+``job_id`` conflict rules of :mod:`scheduler.policy.conflict`) and cancels, and taking
+back a job whose submit was refused before its assignment left the bus."""
 
 from __future__ import annotations
 
@@ -133,6 +134,18 @@ def cancel(
         SendReply(CancelReply(job_id, "running", "stopping", ref)),
         SendStop(job.holder, Stop(job_id, job.attempt, "cancelled", kind="cancel")),
     ]
+
+
+def withdraw(core: Lifecycle, job_id: str, now: float, wall: float, why: str) -> list[Decision]:
+    """End job ``job_id`` ``cancelled`` (see :meth:`Dispatcher.withdraw`)."""
+    job = core.jobs.get(job_id)
+    if job is None:
+        return []
+    out: list[Decision] = []
+    core.steals.end(job_id)
+    core.finish(job, "cancelled", wall, out, error=why)
+    core.steals.balance(now, out)
+    return out
 
 
 def _cancel_runs(

@@ -191,19 +191,13 @@ class FrameGate:
         """Answer each acknowledgment in ``batch`` with a refusal, drop its sender's
         events of the refused jobs and every held assignment of them (in ``batch`` or
         held since); return the rest of ``batch``."""
-        refusals = [held for held in batch if held.refusal is not None]
-        refused_jobs = {
-            job_id
-            for held in refusals
-            if held.refusal is not None
-            for job_id in (*held.refusal.job_ids, *held.refusal.runs)
-        }
+        refusals = [(held, held.refusal) for held in batch if held.refusal is not None]
         refused = {
             (id(held.recipient), job_id)
-            for held in refusals
-            if held.refusal is not None
-            for job_id in (*held.refusal.job_ids, *held.refusal.runs)
+            for held, refusal in refusals
+            for job_id in (*refusal.job_ids, *refusal.runs)
         }
+        refused_jobs = {job_id for _, job_id in refused}
         withdrawn: set[str] = set()
         kept = []
         for held in batch:
@@ -221,10 +215,9 @@ class FrameGate:
             else:
                 later.append(held)
         self._held = later
-        for held in refusals:
-            assert held.refusal is not None
-            ids = withdrawn.intersection((*held.refusal.job_ids, *held.refusal.runs))
-            self._on_refused(held.recipient, held.refusal, error, frozenset(ids))
+        for held, refusal in refusals:
+            ids = withdrawn.intersection((*refusal.job_ids, *refusal.runs))
+            self._on_refused(held.recipient, refusal, error, frozenset(ids))
         return kept
 
     def _failed(self, error: JournalError) -> float:

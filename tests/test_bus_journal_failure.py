@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import json
 import logging
 import os
 import sqlite3
@@ -57,11 +58,12 @@ def db(tmp_path: Path) -> Path:
     return tmp_path / "bus.db"
 
 
-def poison_trigger(db: Path, task: str = "poison") -> sqlite3.Connection:
-    """A trigger in the journal that makes SQLite refuse to store any job of ``task``."""
+def poison_trigger(db: Path, marker: str = '"poison"') -> sqlite3.Connection:
+    """A trigger in the journal that makes SQLite refuse to store any job whose payload
+    has ``marker`` (by default: any job of task ``poison``)."""
     conn = sqlite3.connect(db, isolation_level=None)
     conn.execute(
-        f"CREATE TRIGGER poison BEFORE INSERT ON jobs WHEN NEW.payload LIKE '%\"{task}\"%'"
+        f"CREATE TRIGGER poison BEFORE INSERT ON jobs WHEN NEW.payload LIKE '%{marker}%'"
         " BEGIN SELECT RAISE(ABORT, 'poison refused by the test'); END"
     )
     return conn
@@ -81,7 +83,7 @@ async def test_a_refused_job_never_starts_on_a_real_scheduler(
         )
         await wait_until(lambda: bus.scheduler_names() != [], 20 * unit(), "it registers")
         recorded = JobPayload(priority=5, runtime=0.01, task="recorded_sleep")
-        with closing(poison_trigger(db, "recorded_sleep")) as trigger:
+        with closing(poison_trigger(db, '"recorded_sleep"')) as trigger:
             with pytest.raises(SubmitError, match="submit refused"):
                 await producer.submit(recorded)
             trigger.execute("DROP TRIGGER poison")
@@ -119,6 +121,23 @@ async def test_a_refused_broadcast_sends_none_of_its_runs(db: Path) -> None:
                 for ws in (s1, s2):  # the first thing each hears of is the second broadcast
                     first = await recv(ws)
                     assert first["type"] == "assign" and "task" not in first["job"]  # sleep
+
+
+async def test_a_v1_scheduler_never_gets_a_refused_job(db: Path) -> None:
+    """A v1 scheduler cannot be told to stop a job: it must never be sent one that was
+    refused."""
+    async with bus_with(db=str(db)) as bus:
+        async with client(bus) as producer, client(bus) as v1:
+            await register(producer, "producer")
+            await v1.send(json.dumps({"cmd": "register", "type": "scheduler"}))
+            await wait_until(lambda: bus.scheduler_names() != [], timeout(), "v1 registers")
+            with closing(poison_trigger(db, "13.37")) as trigger:
+                frame = {"cmd": "job_request", "ref": 1, "payload": {"runtime": 13.37}}
+                assert (await request(producer, frame))["type"] == "error"
+                trigger.execute("DROP TRIGGER poison")
+            await wait_until(lambda: bus.journal.failure is None, timeout(), "recovered")
+            await request(producer, {"cmd": "job_request", "ref": 2, "payload": {"runtime": 1}})
+            assert await recv(v1) == {"runtime": 1.0, "priority": 5}
 
 
 async def test_a_failed_commit_refuses_only_its_submits_and_the_bus_recovers(

@@ -24,6 +24,24 @@ def test_a_second_open_is_refused_naming_the_pid_that_holds_it(tmp_path: Path) -
         pass  # closing released the lock
 
 
+def test_a_symlink_to_a_journal_in_use_leads_to_its_lock(tmp_path: Path) -> None:
+    path = tmp_path / "bus.db"
+    link = tmp_path / "link.db"
+    with closing(Journal.open(path)):
+        link.symlink_to(path)
+        with pytest.raises(JournalError, match="in use by another bus"):
+            Journal.open(link).close()
+
+
+def test_a_journal_with_another_hard_link_is_refused_naming_them(tmp_path: Path) -> None:
+    path = tmp_path / "bus.db"
+    Journal.open(path).close()
+    os.link(path, tmp_path / "hard.db")
+    for name in (path, tmp_path / "hard.db"):
+        with pytest.raises(JournalError, match=f"journal {name} has 2 hard links"):
+            Journal.open(name)
+
+
 def test_memory_journals_take_no_lock(tmp_path: Path) -> None:
     with closing(Journal.open(MEMORY)), closing(Journal.open(MEMORY)):
         pass
@@ -61,3 +79,21 @@ async def test_a_second_bus_on_the_same_journal_refuses_to_start(
     assert first.proc.returncode is None, "the first bus keeps serving"
     await first.kill()
     await asyncio.wait_for(first.proc.wait(), 10 * unit())
+
+
+async def test_a_second_bus_on_a_hard_link_to_the_journal_refuses_to_start(
+    commands: Commands, tmp_path: Path
+) -> None:
+    first = BusProcess(commands, tmp_path / "bus.db")
+    await first.start()
+    link = tmp_path / "hard.db"
+    os.link(first.db, link)
+    code, _ = await commands.run(
+        "scheduler.bus", "--port", "0", "--db", str(link), timeout=20 * unit()
+    )
+    log = commands.log_of(commands.started[-1])
+    assert code == 1
+    assert log.strip().splitlines() == [
+        f"Error: journal {link} has 2 hard links: a second bus could open it under another"
+        " name; remove the other links (or copy the file)"
+    ], log

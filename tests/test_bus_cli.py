@@ -15,9 +15,10 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from conftest import unit
+from conftest import Commands, unit
 from websockets.asyncio.client import connect
 
+from scheduler.auth import load_or_create_tokens
 from scheduler.bus import cli as bus_cli
 from scheduler.bus.cli import cli, default_db
 from scheduler.bus.config import BusConfig
@@ -56,7 +57,7 @@ def test_help_explains_every_option() -> None:
     )
     for option in options:
         assert option in result.output
-    assert "SCHEDBUS_TOKEN" in result.output and "XDG_STATE_HOME" in result.output
+    assert "SCHEDBUS_ADMIN_TOKEN" in result.output and "XDG_STATE_HOME" in result.output
     assert "127.0.0.1" in result.output and "8101" in result.output
     words = " ".join(result.output.split())
     assert "[urgent|tail|off]" in words and "the most urgent waiting job anywhere" in words
@@ -158,7 +159,7 @@ async def read_url(stderr: asyncio.StreamReader) -> str:
 async def test_the_command_serves_and_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
     env = os.environ | {
         "PYTHONUNBUFFERED": "1",
-        "SCHEDBUS_TOKEN": "t0ken",
+        "SCHEDBUS_ADMIN_TOKEN": "t0ken",
         "XDG_STATE_HOME": str(tmp_path),
     }
     proc = await asyncio.create_subprocess_exec(
@@ -267,3 +268,27 @@ async def test_a_bad_option_in_a_real_process_is_one_usage_error(tmp_path: Path)
     code, stderr = await run_bus("--max-connections", "0", state=tmp_path)
     assert code == 2 and "Traceback" not in stderr
     assert stderr.splitlines()[-1].startswith("Error: Invalid value for '--max-connections'")
+
+
+async def test_a_bus_token_that_repeats_one_of_the_file_is_one_line(commands: Commands) -> None:
+    table, _ = load_or_create_tokens(commands.state / "schedbus" / "tokens.json")
+    producer = table.for_role("producer")
+    assert producer is not None
+    code, _ = await commands.run(
+        "scheduler.bus", "--port", "0", "--db", ":memory:", "--token", producer.token,
+        timeout=20 * unit(),
+    )  # fmt: skip
+    log = commands.log_of(commands.started[-1])
+    assert code == 1
+    assert log.strip().splitlines() == [
+        f"Error: --token is the token of entry 'producer' (producer) in"
+        f" {commands.state / 'schedbus' / 'tokens.json'}; give the bus's extra admin token"
+        " a value of its own"
+    ], log
+
+
+def test_the_bus_reads_its_extra_admin_token_from_its_own_variable_only() -> None:
+    """SCHEDBUS_TOKEN is every client's own token: a worker's, in an environment shared
+    with the bus, must not become an admin token of the bus."""
+    params = {param.name: param for param in cli.params}
+    assert params["token"].envvar == "SCHEDBUS_ADMIN_TOKEN"

@@ -69,6 +69,12 @@ def _tokens(path: Path, extra_admin: str | None) -> tuple[TokenTable, str]:
     else:
         note = f"{len(table.tokens)} tokens loaded from {path}"
     if extra_admin:
+        for entry in table.tokens:
+            if entry.token == extra_admin:
+                raise click.ClickException(
+                    f"--token is the token of entry {entry.name!r} ({entry.role}) in {path};"
+                    " give the bus's extra admin token a value of its own"
+                )
         table = TokenTable((*table.tokens, Token("token-option", "admin", extra_admin)))
     return table, note
 
@@ -154,10 +160,12 @@ def _retention(
 )
 @click.option(
     "--token",
-    envvar="SCHEDBUS_TOKEN",
+    envvar="SCHEDBUS_ADMIN_TOKEN",
     default=None,
     help="One more token, with the admin role, besides those of --token-file "
-    "[env: SCHEDBUS_TOKEN].",
+    "[env: SCHEDBUS_ADMIN_TOKEN; not SCHEDBUS_TOKEN, the token every client command "
+    "registers with, so an environment shared with a worker never makes its token "
+    "an admin's].",
 )
 @click.option(
     "--no-v1",

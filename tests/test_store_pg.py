@@ -20,7 +20,7 @@ from scheduler.bus.journal import Journal, JournalError
 from scheduler.bus.pg_schema import SCHEMA_VERSION
 from scheduler.bus.pg_server import PostgresServer
 from scheduler.bus.pg_store import StoreFenced
-from scheduler.bus.store import redact
+from scheduler.bus.store import check_store, redact
 from scheduler.producer.client import ProducerClient
 from scheduler.protocol import JobPayload
 
@@ -37,6 +37,22 @@ def test_redact_hides_the_password_wherever_it_is() -> None:
     assert redact("postgresql://u:s3cret@h:5/db") == "postgresql://u:***@h:5/db"
     assert redact("postgresql://h/db?password=s3cret&x=1") == "postgresql://h/db?password=***&x=1"
     assert redact("postgresql://u@h/db") == "postgresql://u@h/db"
+    assert redact("host=h port=5 password=s3cret dbname=d") == "host=h port=5 password=*** dbname=d"
+    assert redact("host=h password = 's3 cret' dbname=d") == "host=h password = *** dbname=d"
+    assert redact("postgresql://u:s3cret@[::1:1/db") == "postgresql://u:***@[::1:1/db"
+
+
+@pytest.mark.parametrize(
+    ("dsn", "says"),
+    [
+        ("host=db port=5432 user=u password=s3cret dbname=d", "must be a postgresql:// URL"),
+        ("postgresql://u:s3cret@[::1:1/db", "is not a URL: Invalid IPv6 URL"),
+    ],
+)
+def test_a_refused_store_is_named_without_its_password(dsn: str, says: str) -> None:
+    with pytest.raises(ValueError, match=says) as refused:
+        check_store(dsn)
+    assert "s3cret" not in str(refused.value) and "***" in str(refused.value)
 
 
 async def test_store_and_db_together_or_a_bad_url_are_usage_errors(commands: Commands) -> None:
@@ -97,7 +113,7 @@ async def test_a_submit_is_acknowledged_only_once_committed(
         assert row.fetchone() == ("queued",)
     await bus.start()
     proc = bus.proc
-    assert "1 jobs to finish (1 queued" in commands.log_of(proc)
+    assert f"journal {redact(postgres_dsn)}: 1 jobs to finish (1 queued" in commands.log_of(proc)
 
 
 @contextmanager

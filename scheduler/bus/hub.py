@@ -132,7 +132,7 @@ class Hub:
         return (
             "journal %s: %d jobs to finish (%d queued, %d held by %d schedulers that have"
             " %.1f s to come back)",
-            self.config.db,
+            journal.path,
             len(jobs),
             len(jobs) - len(held),
             len(held),

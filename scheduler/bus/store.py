@@ -110,21 +110,43 @@ SCHEMES: Final = ("postgresql", "postgres")
 
 
 def redact(dsn: str) -> str:
-    """``dsn`` with its password (in the URL or a ``password=`` parameter) as ``***``."""
-    parts = urlsplit(dsn)
+    """``dsn`` with its password (in the URL, a ``password=`` query parameter, or a libpq
+    ``key=value`` string's ``password``) as ``***``; a string that is not even a URL
+    keeps nothing after a ``password`` key."""
+    try:
+        parts = urlsplit(dsn)
+        password = parts.password
+    except ValueError:  # "Invalid IPv6 URL", a port that is not a number
+        return re.sub(r"(?i)(password\s*=\s*).*", r"\1***", _URL_PASSWORD.sub(r"\1***@", dsn))
     netloc = parts.netloc
-    if parts.password is not None:
+    if password is not None:
         user, _, host = netloc.rpartition("@")
         netloc = f"{user.partition(':')[0]}:***@{host}"
     query = re.sub(r"(^|&)password=[^&]*", r"\1password=***", parts.query)
-    return urlunsplit(parts._replace(netloc=netloc, query=query))
+    redacted = urlunsplit(parts._replace(netloc=netloc, query=query))
+    if not parts.scheme:
+        redacted = _KEY_PASSWORD.sub(r"\1***", redacted)
+    return redacted
+
+
+_URL_PASSWORD: Final = re.compile(r"(//[^/:@]*:)[^@]*@")
+"""The password of a ``scheme://user:password@`` prefix, for a URL ``urlsplit`` refuses."""
+
+_KEY_PASSWORD: Final = re.compile(r"(?i)(\bpassword\s*=\s*)('(?:[^'\\]|\\.)*'|\S*)")
+"""A libpq ``key=value`` string's password, quoted or not."""
 
 
 def check_store(dsn: str | None) -> None:
     """Raise ValueError naming the rule and the DSN (password redacted) unless ``dsn`` is
     None (no store) or a ``postgresql://`` URL; the server checks the rest when the store
     opens."""
-    if dsn is not None and urlsplit(dsn).scheme not in SCHEMES:
+    if dsn is None:
+        return
+    try:
+        scheme = urlsplit(dsn).scheme
+    except ValueError as exc:
+        raise ValueError(f"store {redact(dsn)!r} is not a URL: {exc}") from None
+    if scheme not in SCHEMES:
         raise ValueError(
             "store must be a postgresql:// URL (postgresql://user:password@host:port/dbname),"
             f" not {redact(dsn)!r}"

@@ -21,6 +21,7 @@ from scheduler.bus.cli import cli as bus_cli
 from scheduler.bus.config import BusConfig
 from scheduler.bus.leadership import ElectedServer, Election, LeaderBus, migrate
 from scheduler.bus.leadership_lock import LockSession
+from scheduler.bus.leadership_standby import redirect_location
 from scheduler.bus.server import BusServer
 from scheduler.policy.leadership import StepDown
 from scheduler.producer.client import ProducerClient, SubmitError
@@ -254,3 +255,20 @@ async def test_a_leader_whose_journal_is_fenced_steps_down(leader_dsn: str) -> N
         assert leader.steps[0].cause == "store_fenced"
     finally:
         await leader.stop()
+
+
+@pytest.mark.parametrize(
+    ("target", "location"),
+    [
+        ("/api/jobs?state=queued", "http://10.0.0.1:8101/api/jobs?state=queued"),
+        ("/", "http://10.0.0.1:8101/"),
+        ("@evil.example/x", None),
+        ("http://evil.example/x", None),
+        ("//evil.example/x", None),
+        ("", None),
+    ],
+)
+def test_a_standby_redirects_only_a_path_to_the_leader(target: str, location: str | None) -> None:
+    """A request target that is not a plain path would choose the host of the redirect
+    (an open redirect): it gets a 400 instead."""
+    assert redirect_location("http://10.0.0.1:8101", target) == location

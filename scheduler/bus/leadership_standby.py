@@ -90,8 +90,11 @@ class StandbyListener:
         leader = self._leadership.named_leader()
         if leader is None:
             return error(HTTPStatus.SERVICE_UNAVAILABLE, self._leadership.refusal())
+        location = redirect_location(http_of(leader), request.path)
+        if location is None:
+            return error(HTTPStatus.BAD_REQUEST, "request target: must be a path starting with /")
         response = error(HTTPStatus.TEMPORARY_REDIRECT, self._leadership.refusal())
-        response.headers["Location"] = http_of(leader) + request.path
+        response.headers["Location"] = location
         return response
 
     async def _handle(self, ws: ServerConnection) -> None:
@@ -117,3 +120,13 @@ class StandbyListener:
         if isinstance(decoded, Register) and decoded.protocol == 2:
             return codec.encode(NotLeader(message, self._leadership.named_leader()))
         return codec.encode(Error(message, field=LEADER_FIELD))
+
+
+def redirect_location(leader: str, target: str) -> str | None:
+    """Where a standby redirects the HTTP request for ``target``: the same path and query
+    on the ``leader`` (``http://host:port``); None for a target that is not a plain path
+    (an absolute URL, ``//host``, ``@host``), which must not choose where the client goes."""
+    if not target.startswith("/") or target.startswith("//"):
+        return None
+    parts = urlsplit(target)
+    return leader + parts.path + (f"?{parts.query}" if parts.query else "")

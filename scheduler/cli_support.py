@@ -147,17 +147,23 @@ def run_until_signalled(main: Coroutine[Any, Any, T]) -> T | None:
     :class:`asyncio.CancelledError` and runs its ``finally`` blocks (stopping child
     processes, closing sockets) before this returns.
     """
+    return run_until_signalled_by(main)[0]
+
+
+def run_until_signalled_by(main: Coroutine[Any, Any, T]) -> tuple[T | None, int | None]:
+    """:func:`run_until_signalled`, and the number of the signal that stopped ``main``
+    (None if it ended by itself)."""
+    stopped_by: int | None = None
 
     async def guarded() -> T | None:
         task = asyncio.current_task()
         assert task is not None
         loop = asyncio.get_running_loop()
-        stopped = False
 
         def stop(signum: int) -> None:
-            nonlocal stopped
+            nonlocal stopped_by
             logging.getLogger(__name__).info("%s received: stopping", signal.Signals(signum).name)
-            stopped = True
+            stopped_by = signum
             task.cancel()
 
         for signum in (signal.SIGINT, signal.SIGTERM):
@@ -165,14 +171,15 @@ def run_until_signalled(main: Coroutine[Any, Any, T]) -> T | None:
         try:
             return await main
         except asyncio.CancelledError:
-            if not stopped:
+            if stopped_by is None:
                 raise
             return None
         finally:
             for signum in (signal.SIGINT, signal.SIGTERM):
                 loop.remove_signal_handler(signum)
 
-    return asyncio.run(guarded())
+    result = asyncio.run(guarded())
+    return result, stopped_by
 
 
 def shorten(text: str, limit: int = 200) -> str:

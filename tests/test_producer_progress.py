@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
+import signal
 
 import pytest
 from conftest import Commands, unit, wait_until
@@ -184,3 +185,20 @@ async def test_a_batch_the_bus_refused_entirely_ends_at_once_with_a_non_zero_exi
     assert code == EXIT_NOT_ALL_SUCCEEDED, stderr
     assert "job 0 refused" in stderr and "job 1 refused" in stderr
     assert "0 jobs final: none; 0 evictions; wait median 0.00s, max 0.00s; 2 refused" in stderr
+
+
+@pytest.mark.parametrize(("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+async def test_a_signal_during_wait_exits_as_a_shell_expects_and_says_what_is_left(
+    bus: BusServer, commands: Commands, signum: int, code: int
+) -> None:
+    """A script running `producer --wait && next` must not go on: the jobs' outcome is
+    unknown. (No scheduler serves the job, so it never ends by itself.)"""
+    producer = await commands.start(
+        "scheduler.producer", "--bus", bus.url, "--count", "1", "--runtime", "1", "--wait"
+    )
+    await wait_until(lambda: "submitted " in commands.log_of(producer), 20 * unit(), "the submit")
+    producer.send_signal(signum)
+    assert await asyncio.wait_for(producer.wait(), 20 * unit()) == code
+    stderr = commands.log_of(producer)
+    assert "0 jobs final: none" in stderr
+    assert "interrupted: 1 of 1 jobs not final; they go on without this producer" in stderr

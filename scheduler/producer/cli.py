@@ -29,13 +29,19 @@ from scheduler.cli_support import (
     configure_logging,
     connection_options,
     pick_token,
-    run_until_signalled,
+    run_until_signalled_by,
 )
 from scheduler.connect import RegistrationRefused, open_connection, parse_bus_urls
 from scheduler.ids import short_id
 from scheduler.producer.agenda import Agenda
 from scheduler.producer.client import BusConnectionLost, ProducerClient, SubmitError
-from scheduler.producer.follower import FollowView, JobFollower, PlainView, print_summary
+from scheduler.producer.follower import (
+    FollowView,
+    JobFollower,
+    PlainView,
+    print_interrupted,
+    print_summary,
+)
 from scheduler.producer.options import check_options, check_timing
 from scheduler.producer.progress_view import ProgressView
 from scheduler.producer.tally import EXIT_NOT_ALL_SUCCEEDED
@@ -110,7 +116,12 @@ async def submit_v2(plan: Plan) -> int:
         log.info("connected to %s as %s", plan.url, client.name)
         with _follow_view(plan) as view:
             follower = JobFollower(view, planned=plan.count or 0)
-            done = await _submit_and_follow(client, plan, follower)
+            try:
+                done = await _submit_and_follow(client, plan, follower)
+            except asyncio.CancelledError:
+                if plan.wait:
+                    print_interrupted(follower)
+                raise
     if not done:
         return 0
     print_summary(list(follower.finished.values()), follower.tally.refused)
@@ -208,7 +219,9 @@ def _indices(count: int | None) -> Iterator[int]:
     f"Exit status: 0 when done (with --wait: every job succeeded); 1 on an error (the bus "
     f"unreachable, a submit refused); 2 on bad usage; {EXIT_NOT_ALL_SUCCEEDED} with --wait "
     "when any job ended failed, dead, timed_out, cancelled, expired or skipped, or a --bulk "
-    "or --scatter submit refused some jobs.",
+    "or --scatter submit refused some jobs; 130 (143) when Ctrl-C (SIGTERM) stopped --wait "
+    "before every job was final (they go on without it). Without --wait, Ctrl-C stops "
+    "submitting and exits 0.",
 )
 @arrival_options()
 @click.option(
@@ -431,9 +444,13 @@ def cli(
         progress_bar=wait and not as_json and sys.stdout.isatty(),
     )
     try:
-        code = run_until_signalled(submit_v1(plan) if v1 else submit_v2(plan))
+        code, signum = run_until_signalled_by(submit_v1(plan) if v1 else submit_v2(plan))
     except (OSError, BusConnectionLost, SubmitError, RegistrationRefused) as exc:
         raise click.ClickException(f"{url}: {exc}") from None
+    if signum is not None and wait:
+        # The jobs' outcome is unknown: the status a shell gives a command a signal
+        # stopped, so a script running `producer --wait && next` stops too.
+        sys.exit(128 + signum)
     sys.exit(code or 0)
 
 

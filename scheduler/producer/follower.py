@@ -178,3 +178,16 @@ def summary_text(records: list[JobRecord], refused: int = 0) -> str:
 def print_summary(records: list[JobRecord], refused: int = 0) -> None:
     """Write :func:`summary_text` to stderr."""
     click.echo(summary_text(records, refused), err=True)
+
+
+def print_interrupted(follower: JobFollower) -> None:
+    """Write to stderr, when ``--wait`` is stopped by a signal, the summary of the jobs that
+    ended and how many had not: they keep running on the bus."""
+    finished = list(follower.finished.values())
+    click.echo(summary_text(finished, follower.tally.refused), err=True)
+    left = len(follower.expected) - len(finished)
+    click.echo(
+        f"interrupted: {left} of {len(follower.expected)} jobs not final; they go on"
+        " without this producer (`python -m scheduler.jobs list` shows them)",
+        err=True,
+    )

@@ -202,3 +202,15 @@ async def test_a_signal_during_wait_exits_as_a_shell_expects_and_says_what_is_le
     stderr = commands.log_of(producer)
     assert "0 jobs final: none" in stderr
     assert "interrupted: 1 of 1 jobs not final; they go on without this producer" in stderr
+
+
+async def test_broadcast_with_after_is_a_usage_error(bus: BusServer, commands: Commands) -> None:
+    """`broadcast` cannot be combined with `depends_on`: a usage error (2), as every other
+    pair of options that do not go together, not the bus's refusal (1)."""
+    code, _ = await commands.run(
+        "scheduler.producer", "--bus", bus.url, "--broadcast", "--after", "some-job",
+        "--count", "1", "--runtime", "0.1",
+        timeout=20 * unit(),
+    )  # fmt: skip
+    assert code == 2
+    assert "--broadcast and --after do not go together" in commands.log_of(commands.started[-1])

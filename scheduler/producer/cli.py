@@ -404,6 +404,10 @@ def cli(
         raise click.UsageError("--v1 jobs are plain jobs: no --after or --broadcast")
     if pass_results and not after:
         raise click.UsageError("--pass-results needs --after")
+    if broadcast and after:
+        raise click.UsageError(
+            "--broadcast and --after do not go together: a broadcast job has no dependencies"
+        )
     if bulk and (count is None or v1):
         raise click.UsageError("--bulk needs --count and the v2 protocol")
     check_timing(delay, run_at, misfire_grace, scatter, jitter, count, v1)

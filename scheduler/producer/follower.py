@@ -47,10 +47,10 @@ class PlainView:
             sys.stdout.write(json.dumps(record.as_dict()) + "\n")
             sys.stdout.flush()
         log.info(
-            "%s %s on %s after %.2fs waiting, %.2fs running, %d evictions%s",
+            "%s %s%s after %.2fs waiting, %.2fs running, %d evictions%s",
             short_id(record.id),
             record.state,
-            record.scheduler,
+            "" if record.scheduler is None else f" on {record.scheduler}",
             record.wait_s,
             record.run_s,
             record.evictions,

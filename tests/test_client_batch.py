@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from test_bus import barrier, client, next_event, recv, register, submit
 from test_protocol import json_values
 from test_scheduler_client import FakeBus, Starter, assign_frame, fake_bus, start_client
+from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosedError
 
 from scheduler import codec
@@ -28,6 +29,7 @@ from scheduler.policy.fence import LeaseView
 from scheduler.policy.heartbeat import HeartbeatSchedule
 from scheduler.policy.warm import WarmLimits
 from scheduler.producer.client import ProducerClient
+from scheduler.producer.turn_sender import TurnSender
 from scheduler.protocol import (
     ClientBatch,
     ClientMessage,
@@ -304,13 +306,15 @@ async def test_a_warm_scheduler_sends_a_jobs_start_and_end_in_one_frame(
             assert events == [("started", job_id), ("succeeded", job_id)]
 
 
-def record_frames(bus: BusServer, monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """Every text frame the bus reads from a registered scheduler from now on, in order."""
+def record_frames(
+    bus: BusServer, monkeypatch: pytest.MonkeyPatch, role: str = "scheduler"
+) -> list[str]:
+    """Every text frame the bus reads from a registered ``role`` from now on, in order."""
     frames: list[str] = []
     on_frame: Callable[[Any, str | bytes], None] = bus._on_frame
 
     def recording(client: Any, frame: str | bytes) -> None:
-        if isinstance(frame, str) and client.role == "scheduler":
+        if isinstance(frame, str) and client.role == role:
             frames.append(frame)
         on_frame(client, frame)
 
@@ -379,3 +383,65 @@ async def test_a_batch_whose_send_fails_is_sent_again_first_in_order() -> None:
     assert list(outbox) == reports, "every report of the failed batch waits, in order"
     assert await session.send_next() == 3
     assert ws.sent == [codec.encode_client_batch([codec.encode_bytes(r) for r in reports])]
+
+
+# --- a producer's requests ------------------------------------------------------------
+
+
+async def test_a_producers_submits_of_one_loop_turn_travel_as_one_frame(
+    bus: BusServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    frames = record_frames(bus, monkeypatch, role="producer")
+    payload = JobPayload(priority=5, runtime=30)
+    async with ProducerClient(bus.url) as producer:
+        jobs = await asyncio.gather(*(producer.submit(payload) for _ in range(20)))
+        await producer.submit(payload)
+    [batch, lone] = [json.loads(frame) for frame in frames]
+    assert [m["payload"]["job_id"] for m in batch["messages"]] == jobs, "one frame, in order"
+    assert lone["cmd"] == "job_request", "a lone request is a plain frame"
+
+
+async def test_a_producer_sends_single_frames_to_a_bus_that_does_not_take_batches() -> None:
+    received: list[Frame] = []
+
+    async def old_bus(ws: ServerConnection) -> None:
+        async for frame in ws:
+            message = json.loads(frame)
+            received.append(message)
+            if message["cmd"] == "register":
+                await ws.send(json.dumps({"type": "registered", "name": "p", "protocol": 2}))
+            else:
+                job_id = message["payload"]["job_id"]
+                reply = {"type": "accepted", "id": job_id, "ref": message["ref"]}
+                await ws.send(json.dumps(reply))
+
+    async with serve(old_bus, "127.0.0.1", 0) as server:
+        port = server.sockets[0].getsockname()[1]
+        async with ProducerClient(f"ws://127.0.0.1:{port}") as producer:
+            await asyncio.gather(*(producer.submit(NOOP) for _ in range(3)))
+    assert [m["cmd"] for m in received] == ["register", *["job_request"] * 3]
+
+
+class SlowSocket:
+    """Stands in for a connection whose sends wait until ``open`` is set."""
+
+    def __init__(self) -> None:
+        self.sent: list[bytes] = []
+        self.open = asyncio.Event()
+
+    async def send(self, frame: bytes, text: bool = False) -> None:
+        await self.open.wait()
+        self.sent.append(frame)
+
+
+async def test_frames_given_while_a_batch_is_sent_follow_it_in_order() -> None:
+    ws = SlowSocket()
+    sender = TurnSender(cast(Any, ws), batching=True)
+    first = [asyncio.create_task(sender.send(b'{"n":%d}' % n)) for n in range(3)]
+    await asyncio.sleep(0)  # the first turn's frames are taken: its send waits
+    await asyncio.sleep(0)
+    later = [asyncio.create_task(sender.send(b'{"n":%d}' % n)) for n in range(3, 5)]
+    ws.open.set()
+    await asyncio.gather(*first, *later)
+    sent = [json.loads(frame) for frame in ws.sent]
+    assert [[m["n"] for m in batch["messages"]] for batch in sent] == [[0, 1, 2], [3, 4]]

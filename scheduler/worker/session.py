@@ -3,7 +3,9 @@
 A :class:`Session` sees only what :class:`SessionLinks` gives it of its client: the
 executor, the report queue, the lease view, the clock and two callbacks. When to beat
 is :class:`~scheduler.policy.heartbeat.HeartbeatSchedule`'s rule; what a heartbeat's
-pong proves is :class:`~scheduler.policy.fence.LeaseView`'s.
+pong proves is :class:`~scheduler.policy.fence.LeaseView`'s. To a bus whose
+``registered`` said ``batch``, the reports waiting when the writer runs go out as one
+batch frame (:mod:`scheduler.worker.report_frames`).
 """
 
 from __future__ import annotations
@@ -31,7 +33,8 @@ from scheduler.worker.report_queue import ReportQueue
 log = logging.getLogger(__name__)
 
 SEND_BATCH: Final = 64
-"""Most reports sent back to back before the writer lets other work run."""
+"""Most reports sent back to back before the writer lets other work run (at least one
+frame: a batch frame may hold more)."""
 FLUSH_TIMEOUT_S: Final = 5.0
 """How long a clean shutdown may spend sending the outbox before it closes the socket."""
 REPORT_LINGER_S: Final = 0.002

@@ -195,12 +195,11 @@ def test_next_frame_packs_what_waits_in_order_within_the_bounds() -> None:
         assert len(frame) <= MAX_BATCH_BYTES and decoded_batch(frame) == taken
 
 
-def test_a_start_awaits_its_end_until_a_closing_report_follows_it() -> None:
+def test_starts_are_held_only_while_nothing_else_waits() -> None:
     started, progress = Report("started", "a", 1), Report("progress", "a", 1, progress=0.5)
-    assert not queue_of().awaits_end()
-    assert queue_of(started, progress).awaits_end()
-    assert not queue_of(started, progress, Report("succeeded", "a", 1)).awaits_end()
-    assert queue_of(Report("succeeded", "b", 1), started).awaits_end()
+    assert queue_of(started, Report("started", "b", 1)).only_starts()
+    assert not queue_of(started, progress).only_starts()
+    assert not queue_of(started, Report("succeeded", "b", 1)).only_starts()
 
 
 # --- a real bus ---------------------------------------------------------------------------
@@ -363,9 +362,9 @@ class FailingSocket:
         self.sent.append(frame)
 
 
-async def test_a_batch_whose_send_fails_is_sent_again_first_in_order() -> None:
-    reports = [Report("started", "a", 1), Report("succeeded", "a", 1), Report("started", "b", 1)]
-    outbox = queue_of(*reports)
+def session_on(ws: object, outbox: ReportQueue, linger_s: float = 0.0) -> Session:
+    """A session of a scheduler client on ``ws`` (a bus that takes batch frames), with
+    ``outbox``; nothing runs."""
     links = SessionLinks(
         Executor(1, None, TaskRegistry(), lambda report, assignment: None),
         outbox,
@@ -374,10 +373,17 @@ async def test_a_batch_whose_send_fails_is_sent_again_first_in_order() -> None:
         time.monotonic,
         lambda stop: None,
         lambda error: None,
+        linger_s,
     )
-    ws = FailingSocket()
     registration = Registration(cast(Any, ws), Registered(name="s", batch=True), 0.0)
-    session = Session(registration, links, HeartbeatSchedule(1.0))
+    return Session(registration, links, HeartbeatSchedule(1.0))
+
+
+async def test_a_batch_whose_send_fails_is_sent_again_first_in_order() -> None:
+    reports = [Report("started", "a", 1), Report("succeeded", "a", 1), Report("started", "b", 1)]
+    outbox = queue_of(*reports)
+    ws = FailingSocket()
+    session = session_on(ws, outbox)
     with pytest.raises(ConnectionClosedError):
         await session.send_next()
     assert list(outbox) == reports, "every report of the failed batch waits, in order"
@@ -445,3 +451,21 @@ async def test_frames_given_while_a_batch_is_sent_follow_it_in_order() -> None:
     await asyncio.gather(*first, *later)
     sent = [json.loads(frame) for frame in ws.sent]
     assert [[m["n"] for m in batch["messages"]] for batch in sent] == [[0, 1, 2], [3, 4]]
+
+
+async def test_starts_wait_for_the_next_other_report_or_the_linger_and_no_longer() -> None:
+    outbox = queue_of(Report("started", "a", 1))
+    session = session_on(FailingSocket(), outbox, linger_s=30 * unit())
+    lingering = asyncio.create_task(session.linger())
+    await asyncio.sleep(0)
+    outbox.append(Report("started", "b", 1))
+    session.links.outbox_ready.set()
+    await asyncio.sleep(0)
+    assert not lingering.done(), "starts alone are held"
+    outbox.append(Report("succeeded", "b", 1))
+    session.links.outbox_ready.set()
+    await asyncio.wait_for(lingering, 5 * unit())
+
+    started = time.monotonic()
+    await session_on(FailingSocket(), queue_of(Report("started", "c", 1)), 0.01).linger()
+    assert time.monotonic() - started < 5 * unit(), "held no longer than linger_s"

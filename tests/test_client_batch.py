@@ -14,7 +14,7 @@ from typing import Any, cast
 
 import pytest
 from conftest import unit, wait_until
-from hypothesis import assume, given
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from test_bus import barrier, client, next_event, recv, register, submit
 from test_protocol import json_values
@@ -127,6 +127,7 @@ def test_any_frame_decodes_or_names_what_is_wrong_and_never_raises_else(
             assert not isinstance(item, codec.ProtocolError) or item.message
 
 
+@settings(max_examples=50)  # each example is a batch of up to 8 messages, each decoded twice
 @given(
     st.lists(
         st.fixed_dictionaries(
@@ -195,11 +196,13 @@ def test_next_frame_packs_what_waits_in_order_within_the_bounds() -> None:
         assert len(frame) <= MAX_BATCH_BYTES and decoded_batch(frame) == taken
 
 
-def test_starts_are_held_only_while_nothing_else_waits() -> None:
+def test_a_start_awaits_its_end_until_a_report_ending_its_attempt_follows_it() -> None:
     started, progress = Report("started", "a", 1), Report("progress", "a", 1, progress=0.5)
-    assert queue_of(started, Report("started", "b", 1)).only_starts()
-    assert not queue_of(started, progress).only_starts()
-    assert not queue_of(started, Report("succeeded", "b", 1)).only_starts()
+    assert not queue_of().awaits_end()
+    assert queue_of(started, progress).awaits_end()
+    assert queue_of(started, Report("succeeded", "b", 1)).awaits_end()
+    assert not queue_of(started, progress, Report("failed", "a", 1)).awaits_end()
+    assert queue_of(Report("succeeded", "b", 1), Report("started", "b", 2)).awaits_end()
 
 
 # --- a real bus ---------------------------------------------------------------------------
@@ -453,16 +456,17 @@ async def test_frames_given_while_a_batch_is_sent_follow_it_in_order() -> None:
     assert [[m["n"] for m in batch["messages"]] for batch in sent] == [[0, 1, 2], [3, 4]]
 
 
-async def test_starts_wait_for_the_next_other_report_or_the_linger_and_no_longer() -> None:
+async def test_reports_wait_for_a_started_jobs_end_or_the_linger_and_no_longer() -> None:
     outbox = queue_of(Report("started", "a", 1))
     session = session_on(FailingSocket(), outbox, linger_s=30 * unit())
     lingering = asyncio.create_task(session.linger())
+    for report in (Report("started", "b", 1), Report("succeeded", "b", 1)):
+        await asyncio.sleep(0)
+        outbox.append(report)
+        session.links.outbox_ready.set()
     await asyncio.sleep(0)
-    outbox.append(Report("started", "b", 1))
-    session.links.outbox_ready.set()
-    await asyncio.sleep(0)
-    assert not lingering.done(), "starts alone are held"
-    outbox.append(Report("succeeded", "b", 1))
+    assert not lingering.done(), "a still runs"
+    outbox.append(Report("succeeded", "a", 1))
     session.links.outbox_ready.set()
     await asyncio.wait_for(lingering, 5 * unit())
 

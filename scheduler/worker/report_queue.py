@@ -69,10 +69,16 @@ class ReportQueue:
         """The oldest report, left in place; ``IndexError`` if empty."""
         return self._reports[0]
 
-    def only_starts(self) -> bool:
-        """Whether every report waiting here is a ``started`` one (none is the end of an
-        attempt, which frees a slot and so should reach the bus at once)."""
-        return all(r.event == "started" for r in self._reports)
+    def awaits_end(self) -> bool:
+        """Whether a ``started`` report waits here with no report ending its attempt
+        after it."""
+        running: set[tuple[str, int]] = set()
+        for r in self._reports:
+            if r.event == "started":
+                running.add((r.id, r.attempt))
+            elif r.event in CLOSING_REPORTS:
+                running.discard((r.id, r.attempt))
+        return bool(running)
 
     def purge(self, job_id: str, attempt: int) -> int:
         """Drop every report about ``attempt`` of ``job_id``; return how many there were."""

@@ -38,9 +38,10 @@ frame: a batch frame may hold more)."""
 FLUSH_TIMEOUT_S: Final = 5.0
 """How long a clean shutdown may spend sending the outbox before it closes the socket."""
 REPORT_LINGER_S: Final = 0.002
-"""How long a warm scheduler holds ``started`` reports for another report (a job's end,
-most often), so that they travel in one batch frame (a warm no-op job ends in well under
-a millisecond). Any other report goes out at once, with the starts held."""
+"""How long a warm scheduler holds its reports while a job whose start waits among them
+runs, so that the start and the end travel in one batch frame (a warm no-op job ends in
+well under a millisecond). Jobs still wait in the local queue meanwhile, and start as
+soon as a slot frees: only what the bus shows waits."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,8 +50,8 @@ class SessionLinks:
 
     ``outbox_ready`` is set whenever a report is queued; ``on_stop`` carries out the
     bus's :class:`~scheduler.protocol.Stop`; ``on_error`` stops the client with an
-    unexpected error. ``linger_s``: how long the writer may hold ``started`` reports
-    for the next other report, when the bus takes batch frames (0: not at all).
+    unexpected error. ``linger_s``: how long the writer may hold reports while a job
+    whose ``started`` report waits runs, when the bus takes batch frames (0: never).
     """
 
     executor: Executor
@@ -165,12 +166,12 @@ class Session:
                     await asyncio.sleep(0)
 
     async def linger(self) -> None:
-        """Wait, for at most ``linger_s``, while the outbox holds only ``started``
-        reports (fewer than one batch frame's worth): a job's end, or another job's,
-        then goes out with them."""
+        """Wait, for at most ``linger_s``, while a ``started`` report waits in the
+        outbox without its attempt's end (and the outbox fills less than one batch
+        frame)."""
         outbox, ready = self.links.outbox, self.links.outbox_ready
         deadline = asyncio.get_running_loop().time() + self.links.linger_s
-        while len(outbox) < MAX_BATCH_MESSAGES and outbox.only_starts():
+        while len(outbox) < MAX_BATCH_MESSAGES and outbox.awaits_end():
             ready.clear()
             try:
                 async with asyncio.timeout_at(deadline):

@@ -15,8 +15,25 @@ from typing import Final, TypeVar
 
 import msgspec
 
-from scheduler.protocol import Batch, BusFrame, BusMessage, ClientMessage, Error, JobPayload
-from scheduler.protocol_types import DEFAULT_PRIORITY, MAX_NAME_LEN, MAX_NESTING, MAX_SAFE_INT, Role
+from scheduler.protocol import (
+    Batch,
+    BusFrame,
+    BusMessage,
+    ClientBatch,
+    ClientFrame,
+    ClientMessage,
+    Error,
+    JobPayload,
+    Register,
+)
+from scheduler.protocol_types import (
+    DEFAULT_PRIORITY,
+    MAX_BATCH_BYTES,
+    MAX_NAME_LEN,
+    MAX_NESTING,
+    MAX_SAFE_INT,
+    Role,
+)
 
 
 class ProtocolError(ValueError):
@@ -33,6 +50,7 @@ class ProtocolError(ValueError):
 
 
 _client_decoder: msgspec.json.Decoder[ClientMessage] = msgspec.json.Decoder(ClientMessage)
+_client_frame_decoder: msgspec.json.Decoder[ClientFrame] = msgspec.json.Decoder(ClientFrame)
 _bus_decoder: msgspec.json.Decoder[BusMessage] = msgspec.json.Decoder(BusMessage)
 _frame_decoder: msgspec.json.Decoder[BusFrame] = msgspec.json.Decoder(BusFrame)
 _payload_decoder = msgspec.json.Decoder(JobPayload)
@@ -95,6 +113,58 @@ def _decode(decoder: msgspec.json.Decoder[_T], frame: str | bytes) -> _T:
 def decode_client(frame: str | bytes) -> ClientMessage:
     """Decode and validate a client frame; raise :class:`ProtocolError` naming the bad field."""
     return _decode(_client_decoder, frame)
+
+
+def decode_client_frame(frame: str | bytes) -> ClientMessage | ClientBatch:
+    """Decode a client frame: one message, or a :class:`~scheduler.protocol.ClientBatch`
+    whose messages :func:`batch_messages` decodes. Raise :class:`ProtocolError` naming the
+    bad field, or ``messages`` for a batch of more than one message past
+    :data:`~scheduler.protocol_types.MAX_BATCH_BYTES`."""
+    message = _decode(_client_frame_decoder, frame)
+    if isinstance(message, ClientBatch) and len(message.messages) > 1:
+        size = len(frame) if isinstance(frame, bytes) else _utf8_len(frame)
+        if size > MAX_BATCH_BYTES:
+            raise ProtocolError(
+                f"messages: a batch frame holds at most {MAX_BATCH_BYTES} bytes"
+                f" (this one: {size}); send a bigger message alone",
+                "messages",
+            )
+    return message
+
+
+def _utf8_len(text: str) -> int:
+    # A UTF-8 character takes at most 4 bytes: most frames need no encoding to measure.
+    return len(text) if len(text) * 4 <= MAX_BATCH_BYTES else len(text.encode())
+
+
+_NESTED_BATCH: Final = ProtocolError("cmd: a batch may not hold a batch", "cmd")
+_REGISTER_IN_BATCH: Final = ProtocolError(
+    "cmd: register may not travel in a batch; send it alone, first", "cmd"
+)
+
+
+def batch_messages(batch: ClientBatch) -> list[tuple[ClientMessage | ProtocolError, bytes]]:
+    """Each message of a client's ``batch``, in order, decoded as if it had come alone
+    (or the :class:`ProtocolError` it would have got: a ``register`` and a nested batch
+    get theirs), with its raw JSON. Never raises."""
+    return [_batch_message(bytes(raw)) for raw in batch.messages]
+
+
+def _batch_message(raw: bytes) -> tuple[ClientMessage | ProtocolError, bytes]:
+    try:
+        message = _decode(_client_frame_decoder, raw)
+    except ProtocolError as exc:
+        return exc, raw
+    if isinstance(message, ClientBatch):
+        return _NESTED_BATCH, raw
+    if isinstance(message, Register):
+        return _REGISTER_IN_BATCH, raw
+    return message, raw
+
+
+def encode_client_batch(frames: Sequence[bytes]) -> bytes:
+    """One client ``batch`` frame holding ``frames`` (each an encoded client message)."""
+    return b'{"cmd":"batch","messages":[' + b",".join(frames) + b"]}"
 
 
 def decode_bus(frame: str | bytes) -> BusMessage:
@@ -172,6 +242,11 @@ def says_v2(frame: str | bytes | None) -> bool:
 def encode(message: ClientMessage | BusMessage) -> str:
     """Encode any message as a JSON text frame."""
     return _encoder.encode(message).decode()
+
+
+def encode_bytes(message: ClientMessage | BusMessage) -> bytes:
+    """Encode any message as the UTF-8 bytes of its JSON text frame."""
+    return _encoder.encode(message)
 
 
 def _v1_payload_body(payload: JobPayload) -> dict[str, float | int]:

@@ -261,6 +261,19 @@ ClientMessage = (
     | ScheduleQuery
 )
 
+
+class ClientBatch(msgspec.Struct, frozen=True, tag_field="cmd", tag="batch"):
+    """Several client messages in one frame, in order, for a bus whose
+    :class:`Registered` said ``batch``. Each is kept as its raw JSON and handled as if it
+    had come alone (same checks, same error reply), so that one that is refused costs
+    only itself; a batch never holds a batch or a ``register``."""
+
+    messages: Annotated[list[msgspec.Raw], msgspec.Meta(max_length=MAX_BATCH_MESSAGES)]
+
+
+ClientFrame = ClientMessage | ClientBatch
+"""What one frame from a client holds: a message, or (to a bus that accepts them) a batch."""
+
 # --- bus -> client -------------------------------------------------------------------
 
 
@@ -273,6 +286,9 @@ class Registered(msgspec.Struct, frozen=True, tag_field="type", tag="registered"
     protocol: int = 2
     lease_s: float | None = None
     secret: str | None = None
+    batch: bool = False
+    """The bus reads :class:`ClientBatch` frames from this client (a bus that does not
+    say so gets one message per frame)."""
 
 
 class Restarting(msgspec.Struct, frozen=True, tag_field="type", tag="restarting"):

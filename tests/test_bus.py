@@ -671,7 +671,7 @@ async def test_a_silent_scheduler_loses_its_jobs_and_is_told_to_stop_them(
         reply = await recv(silent)
         assert len(reply.pop("secret")) == 64
         assert reply == {"type": "registered", "name": "silent", "protocol": 2,
-                         "lease_s": lease()}  # fmt: skip
+                         "lease_s": lease(), "batch": True}  # fmt: skip
         job_id = await submit(producer)
         assert (await recv(silent))["job"]["attempt"] == 1
         async with client(bus) as alive:

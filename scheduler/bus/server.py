@@ -51,9 +51,9 @@ from scheduler.bus.outbox import BacklogBudget, FrameOutbox
 from scheduler.bus.requests import Requests
 from scheduler.bus.schedules import BusSchedules
 from scheduler.bus.sessions import Sessions
-from scheduler.codec import ProtocolError, decode_client
+from scheduler.codec import ProtocolError, batch_messages, decode_client_frame
 from scheduler.policy.access import is_loopback, send_refusal
-from scheduler.protocol import Register
+from scheduler.protocol import ClientBatch, ClientMessage, Register
 from scheduler.protocol_types import MAX_FRAME_BYTES
 
 logger = logging.getLogger(__name__)
@@ -316,10 +316,28 @@ class BusServer:
             client.refuse(ProtocolError("binary frames are not supported"), None)
             return
         try:
-            message = decode_client(frame)
+            message = decode_client_frame(frame)
         except ProtocolError as exc:
             client.refuse(exc, frame)
             return
+        if isinstance(message, ClientBatch):
+            self._on_batch(client, message)
+        else:
+            self._on_message(client, message, frame)
+
+    def _on_batch(self, client: Connection, batch: ClientBatch) -> None:
+        """Act on each message of ``batch`` in order, as if each had come alone, until one
+        of them has the connection closed."""
+        for message, raw in batch_messages(batch):
+            if isinstance(message, ProtocolError):
+                client.refuse(message, raw.decode(errors="replace"))
+            else:
+                self._on_message(client, message, raw.decode(errors="replace"))
+            if client.close is not None:
+                return
+
+    def _on_message(self, client: Connection, message: ClientMessage, frame: str) -> None:
+        """Check the sender may send ``message`` (whose JSON is ``frame``), and act on it."""
         if isinstance(message, Register):
             self._sessions.register(client, message, frame)
             if client.role == "scheduler" and message.schedules:

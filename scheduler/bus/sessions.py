@@ -59,7 +59,7 @@ class Sessions:
         client.become(registry.unique_name(message.name, message.type), *_kind(message))
         registry.add(client)
         if message.protocol == 2:
-            client.send(Registered(name=client.name))
+            client.send(Registered(name=client.name, batch=True))
             if message.type == "monitor":
                 self._hub.fanout.add_monitor(client)
         logger.info(
@@ -140,7 +140,9 @@ class Sessions:
                 if known and message.secret
                 else registry.issue_secret(name, hub.journal, hub.gate)
             )
-            client.send(Registered(name=name, lease_s=hub.config.rules.lease, secret=secret))
+            client.send(
+                Registered(name=name, lease_s=hub.config.rules.lease, secret=secret, batch=True)
+            )
         decisions = hub.core.attach(
             name,
             size=message.size if v2 else None,

@@ -42,6 +42,7 @@ from scheduler import codec
 from scheduler.connect import Connector, Registration, RegistrationRefused
 from scheduler.producer.errors import BusConnectionLost, SubmitError
 from scheduler.producer.handle import Job, JobWatch, UnknownJob
+from scheduler.producer.turn_sender import TurnSender
 from scheduler.producer.waiters import EventWaiters
 from scheduler.protocol import (
     Accepted,
@@ -128,7 +129,7 @@ class ProducerClient:
         self._requests: dict[int, _Request] = {}
         self._unfinished: set[str] = set()
         self._waiters = EventWaiters(backlog)
-        self._ws: ClientConnection | None = None
+        self._sender: TurnSender | None = None
         self._runner: asyncio.Task[None] | None = None
         self._connected = asyncio.Event()
         self._closing = False
@@ -371,9 +372,9 @@ class ProducerClient:
         ref = next(self._refs)
         request = _Request(build(ref), asyncio.get_running_loop().create_future())
         self._requests[ref] = request
-        if self._ws is not None and self._connected.is_set():
+        if self._sender is not None and self._connected.is_set():
             try:
-                await self._ws.send(codec.encode(request.message))
+                await self._sender.send(codec.encode_bytes(request.message))
             except ConnectionClosed:
                 pass  # sent again after the reconnect
         return await request.future
@@ -397,15 +398,15 @@ class ProducerClient:
         self.name = registration.registered.name
         for message in registration.early:
             self._on_message(message)
+        self._sender = TurnSender(registration.ws, registration.registered.batch)
         try:
             await self._resend_and_read(registration.ws)
         finally:
             self._connected.clear()
-            self._ws = None
+            self._sender = None
 
     async def _resend_and_read(self, ws: ClientConnection) -> None:
         """Resend what is unanswered, re-subscribe, then read until the connection ends."""
-        self._ws = ws
         # Set before resending, with no await in between: a request made from now on is
         # sent by _request itself, one made before is in the list below.
         self._connected.set()

@@ -54,7 +54,7 @@ from scheduler.worker.forkserver_link import ForkServerLauncher
 from scheduler.worker.job_output import DEFAULT_KEEP_LOGS, JobLogs
 from scheduler.worker.launch import Launcher, ProcessLauncher
 from scheduler.worker.report_queue import DEFAULT_OUTBOX_LIMIT, ReportQueue, fit_register
-from scheduler.worker.session import Session, SessionLinks
+from scheduler.worker.session import REPORT_LINGER_S, Session, SessionLinks
 from scheduler.worker.warm import WarmPool
 
 __all__ = [
@@ -248,6 +248,7 @@ class SchedulerClient:
             self._clock,
             self._on_stop,
             self._fail,
+            REPORT_LINGER_S if self.config.warm is not None else 0.0,
         )
         session = Session(registration, links, self._registered(registration))
         self._connected = True

@@ -65,6 +65,21 @@ class ReportQueue:
         """Put back first a report whose sending failed, so it goes out again first."""
         self._reports.appendleft(report)
 
+    def first(self) -> Report:
+        """The oldest report, left in place; ``IndexError`` if empty."""
+        return self._reports[0]
+
+    def awaits_end(self) -> bool:
+        """Whether a ``started`` report waits here with no report ending its attempt
+        after it."""
+        running: set[tuple[str, int]] = set()
+        for r in self._reports:
+            if r.event == "started":
+                running.add((r.id, r.attempt))
+            elif r.event in CLOSING_REPORTS:
+                running.discard((r.id, r.attempt))
+        return bool(running)
+
     def purge(self, job_id: str, attempt: int) -> int:
         """Drop every report about ``attempt`` of ``job_id``; return how many there were."""
         kept = deque(r for r in self._reports if (r.id, r.attempt) != (job_id, attempt))

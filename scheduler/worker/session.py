@@ -3,7 +3,9 @@
 A :class:`Session` sees only what :class:`SessionLinks` gives it of its client: the
 executor, the report queue, the lease view, the clock and two callbacks. When to beat
 is :class:`~scheduler.policy.heartbeat.HeartbeatSchedule`'s rule; what a heartbeat's
-pong proves is :class:`~scheduler.policy.fence.LeaseView`'s.
+pong proves is :class:`~scheduler.policy.fence.LeaseView`'s. To a bus whose
+``registered`` said ``batch``, the reports waiting when the writer runs go out as one
+batch frame (:mod:`scheduler.worker.report_frames`).
 """
 
 from __future__ import annotations
@@ -23,15 +25,23 @@ from scheduler.connect import Registration
 from scheduler.policy.fence import LeaseView
 from scheduler.policy.heartbeat import HeartbeatSchedule
 from scheduler.protocol import Assign, BusMessage, Error, Heartbeat, Restarting, Stop
+from scheduler.protocol_types import MAX_BATCH_MESSAGES
 from scheduler.worker.executor import Executor
+from scheduler.worker.report_frames import next_frame
 from scheduler.worker.report_queue import ReportQueue
 
 log = logging.getLogger(__name__)
 
 SEND_BATCH: Final = 64
-"""Most reports sent back to back before the writer lets other work run."""
+"""Most reports sent back to back before the writer lets other work run (at least one
+frame: a batch frame may hold more)."""
 FLUSH_TIMEOUT_S: Final = 5.0
 """How long a clean shutdown may spend sending the outbox before it closes the socket."""
+REPORT_LINGER_S: Final = 0.002
+"""How long a warm scheduler holds its reports while a job whose start waits among them
+runs, so that the start and the end travel in one batch frame (a warm no-op job ends in
+well under a millisecond). Jobs still wait in the local queue meanwhile, and start as
+soon as a slot frees: only what the bus shows waits."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,7 +50,8 @@ class SessionLinks:
 
     ``outbox_ready`` is set whenever a report is queued; ``on_stop`` carries out the
     bus's :class:`~scheduler.protocol.Stop`; ``on_error`` stops the client with an
-    unexpected error.
+    unexpected error. ``linger_s``: how long the writer may hold reports while a job
+    whose ``started`` report waits runs, when the bus takes batch frames (0: never).
     """
 
     executor: Executor
@@ -50,6 +61,7 @@ class SessionLinks:
     clock: Callable[[], float]
     on_stop: Callable[[Stop], None]
     on_error: Callable[[BaseException], None]
+    linger_s: float = 0.0
 
 
 class Session:
@@ -62,6 +74,9 @@ class Session:
         runs until :meth:`serve`."""
         self.ws = registration.ws
         self.early = registration.early
+        self.batching = registration.registered.batch
+        """Whether the bus said it reads batch frames: the reports waiting when the
+        writer runs then go out as one frame."""
         self.links = links
         self.heartbeats = heartbeats
         self.tasks: list[asyncio.Task[None]] = []
@@ -137,24 +152,47 @@ class Session:
                     ready.clear()
                     await ready.wait()
                     continue
+                if self.batching and self.links.linger_s > 0:
+                    await self.linger()
                 # Reports made in one loop iteration (a job's end and the next one's
-                # start, say) go out back to back: a send waits only while the socket's
-                # buffer is full. A long outbox must not hold up heartbeats and job
-                # exits, so it goes out SEND_BATCH reports per loop iteration.
-                for _ in range(min(len(outbox), SEND_BATCH)):
-                    await self.send_next()
+                # start, say) go out together: in one batch frame to a bus that takes
+                # them, else back to back (a send waits only while the socket's buffer is
+                # full). A long outbox must not hold up heartbeats and job exits, so it
+                # goes out SEND_BATCH reports (or one batch frame) per loop iteration.
+                sent = 0
+                while outbox and sent < SEND_BATCH:
+                    sent += await self.send_next()
                 if outbox:
                     await asyncio.sleep(0)
 
-    async def send_next(self) -> None:
-        """Send the oldest report of the outbox; it stays first there if sending fails."""
-        report = self.links.outbox.popleft()
+    async def linger(self) -> None:
+        """Wait, for at most ``linger_s``, while a ``started`` report waits in the
+        outbox without its attempt's end (and the outbox fills less than one batch
+        frame)."""
+        outbox, ready = self.links.outbox, self.links.outbox_ready
+        deadline = asyncio.get_running_loop().time() + self.links.linger_s
+        while len(outbox) < MAX_BATCH_MESSAGES and outbox.awaits_end():
+            ready.clear()
+            try:
+                async with asyncio.timeout_at(deadline):
+                    await ready.wait()
+            except TimeoutError:
+                return
+
+    async def send_next(self) -> int:
+        """Send the oldest reports of the outbox in one frame (all that fit in one batch
+        when :attr:`batching`, else one); return how many. If sending fails they stay
+        first there, in order."""
+        outbox = self.links.outbox
+        reports, frame = next_frame(outbox, self.batching)
         try:
-            await self.ws.send(codec.encode(report))
+            await self.ws.send(frame, text=True)
         except BaseException:
-            # It may or may not have left: send it again (the bus ignores repeats).
-            self.links.outbox.push_front(report)
+            # They may or may not have left: send them again (the bus ignores repeats).
+            for report in reversed(reports):
+                outbox.push_front(report)
             raise
+        return len(reports)
 
     async def beat(self) -> None:
         """Send a heartbeat with the current load whenever one is due, each followed by

@@ -86,8 +86,10 @@ def test_a_failed_dependency_skips_its_dependents_down_the_line() -> None:
     assert events(out)[:3] == ["failed", "skipped", "skipped"]
     ended = finished(core)
     assert ended[b].state == ended[c].state == "skipped"
-    assert ended[b].errors == () and skip_reason(a, "failed") in str(out)
+    # The record keeps why (the journal has it; `jobs show` says it), as the event does.
+    assert ended[b].errors == (skip_reason(a, "failed"),) and skip_reason(a, "failed") in str(out)
     assert f"dependency {b} ended skipped" in str(out)
+    assert ended[c].errors == (f"dependency {b} ended skipped",)
     assert state_of(core, d) in ("queued", "assigned")
     core.check_invariants()
 
@@ -113,6 +115,7 @@ def test_dependencies_already_final_at_submit() -> None:
     assert events(out) == ["accepted"] and state_of(core, "j0") == "queued"
     out = submit(core, after("ok", "bad"), stored=stored)
     assert events(out) == ["accepted", "skipped"]
+    assert finished(core)["j1"].errors == ("dependency bad ended dead",)  # the journal keeps why
     out = submit(core, after("bad", on_dependency_failure="run"), stored=stored)
     assert events(out) == ["accepted"]
     add(core, "a", size=3)
@@ -250,7 +253,8 @@ def test_the_first_of_several_failed_dependencies_is_named() -> None:
     assert "dependency bad1 ended failed" in str(out)
     saved = Job("w", after("bad1", "bad2"), 2, WALL, state="blocked", updated_at=WALL)
     core.restore([saved], 3, 0.0, WALL, stored=stored)
-    assert finished(core)["w"].state == "skipped"
+    ended = finished(core)["w"]
+    assert (ended.state, ended.errors) == ("skipped", ("dependency bad1 ended failed",))
 
 
 def test_a_batch_job_waits_for_two_of_the_batch() -> None:

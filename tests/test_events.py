@@ -102,6 +102,18 @@ def test_status_of_a_finished_job_keeps_its_result_or_traceback() -> None:
     assert (running.event, running.traceback) == ("started", None)
 
 
+def test_status_of_a_job_that_ended_without_running_says_why() -> None:
+    """A skipped or expired job's record keeps why in ``errors``; its status shows it
+    as ``error`` (what ``jobs show`` prints), as a failed job's does."""
+    for state, why in [
+        ("skipped", "dependency a ended failed"),
+        ("expired", "not handed to a scheduler within its misfire grace"),
+        ("failed", "ValueError: bad"),
+    ]:
+        assert status_event(record(state=state, errors=(why,)), WALL).error == why
+    assert status_event(record(state="cancelled", errors=("x",)), WALL).error is None
+
+
 def test_a_report_s_traceback_is_not_the_event_s_the_job_s_is() -> None:
     job = record(state="failed", errors=("ValueError: bad",), traceback=TRACEBACK)
     report = Report("failed", "j", 1, error="ValueError: bad", traceback="other")

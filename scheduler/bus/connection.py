@@ -60,10 +60,14 @@ class Connection:
         self.outbox.push(encode(message).encode(), counted=False)
 
     def refuse(self, error: ProtocolError, frame: str | None) -> None:
-        """Log a refused frame and answer it with an error if the client speaks v2."""
+        """Log a refused frame and answer it with an error if the client speaks v2; a
+        client not registered yet is answered at once (a refusal journals nothing, and
+        nothing was sent to it before), not behind a journal that may be failing."""
         logger.warning("%s: refused frame: %s", self.outbox.label, error.message)
-        v2 = self.protocol == 2 if self.role is not None else says_v2(frame)
-        if v2:
+        if self.role is None:
+            if says_v2(frame):
+                self.send_now(error.to_error(None if frame is None else ref_of(frame)))
+        elif self.protocol == 2:
             self.send(error.to_error(None if frame is None else ref_of(frame)))
 
 

@@ -15,7 +15,7 @@ import asyncio
 import logging
 import os
 import random
-from collections.abc import Callable, Coroutine, Iterable
+from collections.abc import Callable, Coroutine, Iterable, Sequence
 from typing import Any, Final
 
 from scheduler.bus.config import BusConfig
@@ -43,6 +43,7 @@ from scheduler.policy.dispatch.decisions import (
 from scheduler.policy.dispatch.dependencies import restore_ids
 from scheduler.policy.dispatch.dispatcher import Dispatcher
 from scheduler.protocol import Accepted, Assign, BusMessage, Error, Restarting, SubmittedMany
+from scheduler.protocol_types import FINAL_EVENTS
 
 # The bus's log lines keep the one logger name its users and tests filter on.
 logger = logging.getLogger("scheduler.bus.server")
@@ -189,6 +190,23 @@ class Hub:
         if self.core.tracks(job_id):
             self.fanout.subscribe(client, job_id)
 
+    def subscribe_submitted(
+        self, client: Connection, job_ids: Iterable[str], decisions: Sequence[Decision]
+    ) -> None:
+        """Send ``client`` the events of the jobs its submit accepted (``decisions`` are
+        the submit's, not yet carried out): each one the core tracks, and each one that
+        ended inside the submit (skipped because a dependency had already failed, expired
+        because its time was past its grace), whose final event is among ``decisions``.
+        A job that was final before the submit (an existing id) has no more events."""
+        ended: frozenset[str] | None = None
+        for job_id in job_ids:
+            if not self.core.tracks(job_id):
+                if ended is None:
+                    ended = _ended_in(decisions)
+                if job_id not in ended:
+                    continue
+            self.fanout.subscribe(client, job_id)
+
     # --- decisions -------------------------------------------------------------------
 
     def apply(self, decisions: Iterable[Decision], requester: Connection | None = None) -> None:
@@ -324,6 +342,13 @@ class Hub:
 def new_id() -> str:
     """128 bits from the OS's generator, as hex: ids nobody can guess ahead."""
     return os.urandom(16).hex()
+
+
+def _ended_in(decisions: Sequence[Decision]) -> frozenset[str]:
+    """The jobs whose final event is among ``decisions``."""
+    return frozenset(
+        d.event.id for d in decisions if isinstance(d, EmitEvent) and d.event.event in FINAL_EVENTS
+    )
 
 
 def _refusal_of(message: BusMessage) -> Refusal | None:

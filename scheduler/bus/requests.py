@@ -95,8 +95,8 @@ class Requests:
         )
         reply = decisions[0]
         if isinstance(reply, SendReply) and isinstance(reply.message, Accepted):
-            for job_id in [reply.message.id, *(reply.message.runs or ())]:
-                hub.subscribe(client, job_id)
+            ids = [reply.message.id, *(reply.message.runs or ())]
+            hub.subscribe_submitted(client, ids, decisions)
         hub.apply(decisions, client)
 
     def _submit_many(self, client: Connection, request: SubmitMany) -> None:
@@ -121,9 +121,9 @@ class Requests:
         )
         reply = decisions[0]
         if isinstance(reply, SendReply) and isinstance(reply.message, SubmittedMany):
-            for result in reply.message.results:
-                for job_id in [result.id, *(result.runs or ())] if result.id else ():
-                    hub.subscribe(client, job_id)
+            results = reply.message.results
+            ids = (i for r in results if r.id for i in [r.id, *(r.runs or ())])
+            hub.subscribe_submitted(client, ids, decisions)
         hub.apply(decisions, client)
 
     def _journal_refuses(self, client: Connection, ref: str | int | None) -> bool:

@@ -3,8 +3,12 @@ its end.
 
 A ``register`` is checked against the tokens (:func:`scheduler.policy.access.authenticate`),
 then the client gets a unique name; a scheduler (re)attaches to the core under its name,
-proving with its secret that a live name is its own. When a connection closes, its
-subscriptions go, and a scheduler's jobs go back to dispatch or wait for its lease.
+proving with its secret that a live name is its own. A registration that journals
+nothing (a producer's, a monitor's, a scheduler's that reattaches with its secret, a
+refused one) is answered at once, not behind the journal's commits: a client that
+connects while the journal fails still hears that it is registered, then why its submit
+is refused. When a connection closes, its subscriptions go, and a scheduler's jobs go
+back to dispatch or wait for its lease.
 """
 
 from __future__ import annotations
@@ -59,7 +63,7 @@ class Sessions:
         client.become(registry.unique_name(message.name, message.type), *_kind(message))
         registry.add(client)
         if message.protocol == 2:
-            client.send(Registered(name=client.name, batch=True))
+            client.send_now(Registered(name=client.name, batch=True))
             if message.type == "monitor":
                 self._hub.fanout.add_monitor(client)
         logger.info(
@@ -115,7 +119,9 @@ class Sessions:
         A v2 name held by a live scheduler (connected, or keeping jobs until its lease
         expires) is taken over only by a registration that proves it is that scheduler,
         with the secret its first registration was given; its old connection is closed.
-        A free name gets a new secret, journaled before the reply leaves.
+        A free name gets a new secret, journaled before the reply leaves (while the
+        journal fails, that reply waits for it); a scheduler that reattaches with its
+        secret journals nothing and is answered at once.
         """
         hub, registry = self._hub, self._hub.registry
         v2 = message.protocol == 2
@@ -135,14 +141,15 @@ class Sessions:
         held = (message.held or []) if v2 else []
         known = hub.core.scheduler(name) is not None
         if v2:
-            secret = (
-                message.secret
-                if known and message.secret
-                else registry.issue_secret(name, hub.journal, hub.gate)
+            kept = message.secret if known else None
+            secret = kept or registry.issue_secret(name, hub.journal, hub.gate)
+            registered = Registered(
+                name=name, lease_s=hub.config.rules.lease, secret=secret, batch=True
             )
-            client.send(
-                Registered(name=name, lease_s=hub.config.rules.lease, secret=secret, batch=True)
-            )
+            if kept:
+                client.send_now(registered)
+            else:
+                client.send(registered)
         decisions = hub.core.attach(
             name,
             size=message.size if v2 else None,

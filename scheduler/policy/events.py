@@ -11,7 +11,9 @@ from scheduler.policy.job import Job
 from scheduler.protocol import JobEvent, Report
 from scheduler.protocol_types import DEFAULT_PRIORITY, FINAL_EVENTS, EventKind
 
-_FAILED_STATES: Final = frozenset({"failed", "timed_out", "dead"})
+_EXPLAINED_STATES: Final = frozenset({"failed", "timed_out", "dead", "skipped", "expired"})
+"""The states whose status carries the latest of the job's ``errors`` as its ``error``:
+a failure, or a job that ended without running (the reason its record keeps)."""
 
 _KIND_OF_STATE: Final[dict[str, EventKind]] = {
     "assigned": "assigned",
@@ -120,7 +122,7 @@ def status_event(job: Job, wall: float) -> JobEvent:
         kind = "requeued"
     else:
         kind = "accepted"
-    error = job.errors[-1] if job.state in _FAILED_STATES and job.errors else None
+    error = job.errors[-1] if job.state in _EXPLAINED_STATES and job.errors else None
     event = job_event(job, kind, job.updated_at, job.holder, error=error, retry_in_s=retry_in_s)
     event = msgspec.structs.replace(
         event,

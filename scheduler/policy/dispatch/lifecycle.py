@@ -342,7 +342,7 @@ class Lifecycle:
         if job.payload.pass_results:
             self.deps.keep_results(job.id, plan.results)
         if plan.failed is not None and job.payload.on_dependency_failure == "skip":
-            self.finish(job, "skipped", wall, out, error=skip_reason(*plan.failed))
+            self.finish(job, "skipped", wall, out, error=_kept(job, skip_reason(*plan.failed)))
         elif plan.pending:
             job.state = "blocked"
             self.deps.block(job.id, plan.pending)
@@ -356,7 +356,7 @@ class Lifecycle:
         dependency failed while the bus was down (unless it runs anyway), released if
         none is pending any more, else it keeps waiting."""
         if plan.failed is not None and job.payload.on_dependency_failure == "skip":
-            self.finish(job, "skipped", wall, out, error=skip_reason(*plan.failed))
+            self.finish(job, "skipped", wall, out, error=_kept(job, skip_reason(*plan.failed)))
         elif job.id not in self.deps.waiting:
             job.state = "queued"
             self.touch(job, wall)
@@ -381,7 +381,8 @@ class Lifecycle:
                     self._gather(job, wall, out)
                     todo.append(job)
                 elif what == "skip":
-                    self._end(job, "skipped", wall, out, None, skip_reason(dep.id, dep.state))
+                    why = _kept(job, skip_reason(dep.id, dep.state))
+                    self._end(job, "skipped", wall, out, None, why)
                     todo.append(job)
                 elif what == "release":
                     job.state = "queued"
@@ -462,3 +463,10 @@ class Lifecycle:
             # Its outcome is unknown: jobs waiting for it are settled as after a failure,
             # stamped when the bus takes it to have ended.
             self._settle(job, job.updated_at + (job.payload.runtime or 0.0), [])
+
+
+def _kept(job: Job, why: str) -> str:
+    """Keep ``why`` (the reason ``job`` ends without running) in its record, so the
+    journal has it and ``jobs show`` says it; return it for the event."""
+    job.errors += (why,)
+    return why

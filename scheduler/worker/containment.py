@@ -22,6 +22,7 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
+import select
 import signal
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -50,6 +51,11 @@ PR_SET_CHILD_SUBREAPER: Final = 36
 CLOCK_TICKS: Final = os.sysconf("SC_CLK_TCK")
 LAST_PID: Final = "/proc/sys/kernel/ns_last_pid"
 """The pid the kernel handed out last (needs ``CONFIG_CHECKPOINT_RESTORE``)."""
+SETTLE_S: Final = 1.0
+"""How long a frozen process may take to be seen stopped (one in uninterruptible sleep
+stops only once out of it); then it is killed anyway."""
+_STILL: Final = frozenset("TtZX")
+"""``/proc/PID/stat`` states of a process that runs no more: stopped, traced, dead."""
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.prctl.restype = ctypes.c_int
@@ -277,13 +283,18 @@ class Freezer:
     A process is a member if it was stopped here (:meth:`stop_pid`, :meth:`stop_pidfd`),
     if its parent is a member or one of ``parents``, or if its parent is ``adopter`` (a
     subreaper, which the members' orphans go to) and ``spare`` does not claim it.
-    :meth:`freeze` reads ``/proc`` pass after pass and stops each member the moment it reads
-    it, until a pass finds nobody new. A stopped process cannot fork (a fork under way when
-    SIGSTOP comes is undone), so after such a pass nothing can fork its way out, however
-    fast it re-forks (each parent exiting at once). The first pass reads every process
-    unless ``since`` (a :func:`last_pid` taken before an earlier complete look) is given;
-    every later pass reads only the pids handed out since the previous one began, so it
-    costs little however many processes the machine has.
+
+    :meth:`freeze` reads ``/proc`` pass after pass and stops each member the moment it
+    reads it, until a pass finds nobody new. A fork already under way when SIGSTOP comes
+    still completes (only a fatal signal undoes it), so before each pass the freezer waits
+    until every member it stopped is seen stopped (or dead), which it is only once back
+    from any fork: its children are in ``/proc`` by then, with pids handed out after its
+    own. A pass therefore reads only the pids handed out since the oldest member stopped
+    by the pass before (:func:`last_pid`; pids wrap round), and after a pass that finds
+    nobody new, nothing can fork its way out, however fast it re-forks (each parent
+    exiting at once). The first pass reads every process unless ``since`` (a
+    :func:`last_pid` taken before an earlier complete look, such as
+    :func:`signal_tree`'s) is given.
     """
 
     def __init__(
@@ -304,15 +315,20 @@ class Freezer:
         self._parents = set(parents)
         self._adopter = adopter
         self._spare = spare
-        self._mark = since
+        self._since = since
+        self._first = True
+        self._fresh: list[int] = []
+        """Stopped since the last pass began: not yet seen stopped."""
         self._pidfds: dict[int, int] = {}
         self._recheck: set[int] = set()
+        self._rechecked: set[int] = set()
 
     def stop_pid(self, pid: int) -> None:
         """Stop ``pid`` (a child of a stopped process, or of this one: its pid stays its
         own until it is reaped) and make it a member."""
         _send([pid], signal.SIGSTOP)
         self.members.add(pid)
+        self._fresh.append(pid)
 
     def stop_pidfd(self, pid: int, pidfd: int) -> None:
         """Stop the process ``pid`` behind ``pidfd`` and make it a member if it is still
@@ -320,6 +336,7 @@ class Freezer:
         if _send_pidfd(pidfd, signal.SIGSTOP):
             self._pidfds[pid] = pidfd
             self.members.add(pid)
+            self._fresh.append(pid)
 
     def freeze(self) -> int:
         """Stop every member, pass after pass, until a pass finds nobody new; return how
@@ -339,16 +356,18 @@ class Freezer:
 
     def _pass(self) -> bool:
         """One look; whether it found anyone new, or must look again at someone."""
+        fresh, self._fresh = self._fresh, []
+        self._settle(fresh)
         now = last_pid()
-        since, self._mark = self._mark, now
-        if since is None or now is None:
+        low = self._low(fresh, now)
+        self._first = False
+        if low is None or now is None:
             pids = _listed_pids()
-            if now is not None:
-                pids.sort(key=lambda pid: (pid <= now, pid))  # in the order handed out
         else:
-            fresh_pids = (pid for pid in _listed_pids() if _handed_out(pid, since, now))
-            pids = sorted({*fresh_pids, *self._recheck}, key=lambda pid: (pid <= now, pid))
-        before = len(self.members)
+            pids = [pid for pid in _listed_pids() if _handed_out(pid, low, now)]
+            pids.extend(self._recheck)
+        if now is not None:
+            pids.sort(key=lambda pid: (pid <= now, pid))  # in the order handed out
         table: dict[int, ProcStat] = {}
         for pid in pids:
             stat = _read_stat(pid)
@@ -357,18 +376,57 @@ class Freezer:
                 self._take(pid, stat)
         while self._second_look(table):
             pass  # a child read before its parent was found (pids wrapped round)
-        self._recheck = set()
-        if since is not None and now is not None:
-            # A parent handed out lately that was gone when read: its child is re-parented
-            # by now; read it again (it would not be in the next pass's pids).
-            self._recheck = {
-                pid
-                for pid, stat in table.items()
-                if pid not in self.members
-                and stat.ppid not in table
-                and _handed_out(stat.ppid, since, now)
-            }
-        return len(self.members) > before or bool(self._recheck)
+        self._recheck = self._to_recheck(table, low, now)
+        return bool(self._fresh or self._recheck)
+
+    def _low(self, fresh: list[int], now: int | None) -> int | None:
+        """The pid after which this pass looks (None: at every pid): the children of the
+        members stopped since the last pass have later pids."""
+        if now is None or (self._first and self._since is None):
+            return None
+        marks = [pid - 1 for pid in fresh]
+        if self._first and self._since is not None:
+            marks.append(self._since)
+        if not marks:
+            return now  # nobody new: only the pids to read again
+        return min(marks, key=lambda pid: (pid <= now, pid))
+
+    def _settle(self, pids: list[int]) -> None:
+        """Wait until each of ``pids`` is seen stopped or dead (a fork it was in is then
+        complete), for at most :data:`SETTLE_S`."""
+        deadline = time.monotonic() + SETTLE_S
+        while pids := [pid for pid in pids if self._running(pid)]:
+            if time.monotonic() >= deadline:
+                log.warning("processes %s do not stop; killing them anyway", pids)
+                return
+            time.sleep(0.0002)
+
+    def _running(self, pid: int) -> bool:
+        pidfd = self._pidfds.get(pid)
+        if pidfd is not None and select.select([pidfd], [], [], 0)[0]:
+            return False  # exited (its pid may be someone else's by now)
+        stat = _read_stat(pid)
+        return stat is not None and stat.state not in _STILL
+
+    def _to_recheck(
+        self, table: Mapping[int, ProcStat], low: int | None, now: int | None
+    ) -> set[int]:
+        """The pids to read again next pass: a parent handed out lately that was gone when
+        read has its children re-parented by now, and they may be older than the next
+        pass's pids (once is enough: a parent's exit re-parents its children at once)."""
+        if low is None or now is None:
+            return set()
+        again = {
+            pid
+            for pid, stat in table.items()
+            if pid not in self.members
+            and pid not in self._rechecked
+            and stat.ppid > 0
+            and stat.ppid not in table
+            and _handed_out(stat.ppid, low, now)
+        }
+        self._rechecked |= again
+        return again
 
     def _take(self, pid: int, stat: ProcStat) -> bool:
         """Stop ``pid`` if it is a member not yet stopped; whether it was."""

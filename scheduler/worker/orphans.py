@@ -81,9 +81,14 @@ class OrphanReaper:
 
     def reap(self, pids: list[int]) -> None:
         """Reap each of ``pids`` (adopted children, killed): now if it is dead, else once
-        its pidfd says it is."""
+        its pidfd says it is. Either way, what each one had below it is ours once it is
+        gone: another sweep takes it."""
+        reaped = False
         for pid in pids:
-            if pid in self._adopted or _reaped(pid):
+            if pid in self._adopted:
+                continue
+            if _reaped(pid):
+                reaped = True
                 continue
             try:
                 pidfd = os.pidfd_open(pid)
@@ -97,6 +102,8 @@ class OrphanReaper:
             import asyncio
 
             asyncio.get_running_loop().add_reader(pidfd, self._reap, pid)
+        if reaped:
+            self.sweep_soon(urgent=True)
 
     def _reap(self, pid: int) -> None:
         pidfd = self._adopted.pop(pid)

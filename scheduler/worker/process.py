@@ -6,7 +6,8 @@ Each job runs in its own session and process group, and is a child subreaper
 the job process, so it stays in the job's tree. Stopping a job signals that whole tree;
 a job that ends by itself kills what it leaves behind before it exits; one that dies by
 a signal leaves its descendants to the scheduler, which kills them too if it was made a
-subreaper with :func:`contain_orphans`.
+subreaper with :func:`contain_orphans`. A stopped job, or one that died by a signal, is
+reported ended only once all that is left of its tree is frozen and killed.
 
 Its exit is awaited through a pidfd registered with the event loop: no thread per process
 and no thread at all in this module, because the scheduler forks from its event loop
@@ -36,6 +37,7 @@ from scheduler.policy.closing import Outcome
 from scheduler.worker import containment
 from scheduler.worker.cgroups import JobCgroups
 from scheduler.worker.child import RESET_SIGNALS, child_main, job_stdin, socket_fds
+from scheduler.worker.orphans import OrphanReaper
 
 __all__ = [
     "JobProcess",
@@ -58,7 +60,7 @@ CGROUP_REMOVE_TRIES = 250
 _live_jobs: set[int] = set()
 """The pids of the job processes started here and not yet reaped, and of the children kept
 by :func:`keep_child`: never taken for orphans."""
-_orphans = containment.OrphanReaper(_live_jobs.__contains__)
+_orphans = OrphanReaper(_live_jobs.__contains__)
 
 
 def contain_orphans() -> None:
@@ -190,9 +192,9 @@ class JobProcess(EndsInFuture):
         self._started_at = 0.0
         self._stop_outcome: Outcome | None = None
         self._kill_timer: asyncio.TimerHandle | None = None
-        self._signalled: list[int] = []
-        """pidfds of the descendants the stop's SIGTERM went to: killed when the job is
-        reaped, wherever they are by then."""
+        self._signalled: containment.Signalled | None = None
+        """The descendants the stop's SIGTERM went to (pidfds): frozen and killed with
+        whatever the tree forked since when the job is reaped, wherever they are by then."""
         self._callbacks: list[Callable[[ProcessResult], None]] = []
 
     def start(self) -> None:
@@ -445,24 +447,41 @@ class JobProcess(EndsInFuture):
         # The leader is a zombie, so the group id cannot have been reused yet:
         # this only kills what the job left behind.
         _signal_group(pid, signal.SIGKILL)
-        # A descendant that ignored the SIGTERM and outlived the job process has been
-        # re-parented (to us only if we are a subreaper): kill it wherever it is.
-        containment.kill_pidfds(self._signalled)
-        self._signalled = []
+        self._kill_signalled()
         self._drop_cgroup(CGROUP_REMOVE_TRIES)
         reaped = self._collect(pid)
         exit_code = reaped.exit_code
         _live_jobs.discard(pid)
-        # A job that died by a signal (or that we stopped) left its descendants to us at
-        # once; one that exited killed its own, unless it skipped that with os._exit.
-        killed = self._stop_outcome is not None or exit_code is None or exit_code < 0
-        _orphans.sweep_soon(urgent=killed)
+        if self._stop_outcome is None and (exit_code is None or exit_code < 0):
+            # It died by a signal: its descendants are ours now; kill them before it is
+            # reported.
+            kill_orphans()
+        else:
+            # A stopped one's were killed above, its zombies are ours to reap now; one that
+            # exited killed its own, unless it skipped that with os._exit.
+            _orphans.sweep_soon(urgent=self._stop_outcome is not None)
         wall_s = time.monotonic() - self._started_at
         outcome = self._stop_outcome or "exited"
         result = replace(reaped, outcome=outcome, wall_s=wall_s)
         log.debug("reaped pid %d: %s", pid, result)
         self._future.set_result(result)
         return result
+
+    def _kill_signalled(self) -> None:
+        """After a stop: freeze and kill what is left of the tree, however it re-forks.
+
+        A descendant that ignored the SIGTERM and outlived the job process has been
+        re-parented (to us if we are a subreaper, else to init): it is reached through
+        its pidfd, what the tree forked since through ``/proc``, and with us a subreaper
+        every orphan we adopted meanwhile. All of it is SIGKILLed before the job is
+        reported, so nothing of it can run or fork on after its end.
+        """
+        signalled, self._signalled = self._signalled, None
+        if signalled is None:
+            return
+        adopter = os.getpid() if _orphans.enabled else None
+        freezer = signalled.kill(adopter=adopter, spare=_orphans.is_job)
+        _orphans.reap(freezer.adopted)
 
 
 def _reap(pid: int) -> tuple[int | None, float, int]:

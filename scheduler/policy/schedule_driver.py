@@ -174,7 +174,7 @@ class ScheduleDriver:
         job_id = fire.job_id
         job = None if core.tracks(job_id) else lookup(job_id)
         stored = {} if job is None else {job_id: job}
-        decisions = core.submit(fire.payload, now, wall, stored=stored)
+        decisions = core.submit(fire.payload, now, wall, stored=stored, by_bus=True)
         reply = decisions[0]
         if isinstance(reply, SendReply) and isinstance(reply.message, Error):
             step.refused.append((job_id, reply.message.message))

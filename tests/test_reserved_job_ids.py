@@ -11,7 +11,7 @@ from dispatch_helpers import WALL, add, job, new_core, reply, submit
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from scheduler.policy.conflict import Create, Refuse, reserved_problem, resolve
+from scheduler.policy.conflict import RESERVED_RULE, Create, Refuse, reserved_problem, resolve
 from scheduler.policy.job import Job
 from scheduler.policy.schedule_driver import ScheduleDriver
 from scheduler.policy.schedules import firing_id, firing_payload
@@ -76,7 +76,7 @@ def test_the_rule_changes_nothing_for_other_ids_nor_for_the_bus(
         by_bus = resolve(existing, payload, owner, stoppable=True, by_bus=True)
         if chosen == job_id:
             assert resolve(existing, payload, owner, stoppable=True) == by_bus
-        assert not isinstance(by_bus, Refuse) or "reserved" not in by_bus.message
+        assert not isinstance(by_bus, Refuse) or RESERVED_RULE not in by_bus.message
     free = JobPayload(runtime=1.0, job_id=job_id, on_conflict=on_conflict)
     assert resolve(None, free, owner, stoppable=False) == Create()
 

@@ -79,7 +79,9 @@ class JobPayload(
     schedulers serving it declared it), else :data:`DEFAULT_PRIORITY`; a job without
     ``timeout`` gets its task's default, else the scheduler's ``-t``.
 
-    ``job_id`` lets the client choose the id (idempotent submits, see ``on_conflict``).
+    ``job_id`` lets the client choose the id (idempotent submits, see ``on_conflict``);
+    it may not hold ``@`` or ``/``, which mark the ids the bus makes (schedule firings,
+    broadcast runs): see :mod:`scheduler.policy.conflict`.
     A failed or timed-out attempt is retried up to ``max_retries`` times, the n-th retry
     after about ``retry_backoff * 2**(n-1)`` seconds (with jitter).
 
@@ -156,7 +158,7 @@ class Register(msgspec.Struct, frozen=True, tag_field="cmd", tag="register", omi
     ``secret`` its first :class:`Registered` gave it: a scheduler's name is its identity,
     and only the holder of that secret may take a name that is still live.
     A scheduler also sends the ``schedules`` its tasks declare; the bus adds or updates
-    each by name.
+    each by name, but never one an admin added (``schedule_add``).
     """
 
     type: Role

@@ -106,10 +106,16 @@ class ScheduleQuery(
     ref: Ref = None
 
 
+ScheduleOrigin = Literal["added", "declared"]
+"""Who made a schedule what it is: an admin's ``schedule_add`` (``added``), or a
+scheduler's ``register`` (``declared``). A declaration never changes an added schedule."""
+
+
 class ScheduleInfo(msgspec.Struct, frozen=True, omit_defaults=True):
     """One schedule as the bus keeps it: its spec, whether it is paused, its next fire
-    time (epoch seconds), and its latest firing's job id, time and outcome (the job's
-    state, or why the firing was skipped)."""
+    time (epoch seconds), its latest firing's job id, time and outcome (the job's
+    state, or why the firing was skipped), and its ``origin`` (None from a bus that did
+    not send one)."""
 
     spec: ScheduleSpec
     paused: bool = False
@@ -117,6 +123,7 @@ class ScheduleInfo(msgspec.Struct, frozen=True, omit_defaults=True):
     last_fire: float | None = None
     last_job: str | None = None
     last_outcome: str | None = None
+    origin: ScheduleOrigin | None = None
 
 
 class Schedules(msgspec.Struct, frozen=True, tag_field="type", tag="schedules", omit_defaults=True):

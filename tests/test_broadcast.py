@@ -118,7 +118,11 @@ def test_broadcast_refusals_name_the_field() -> None:
     assert out.field == "payload.broadcast"
     out = reply(submit(core, job(job_id="x", broadcast=True, on_conflict="replace")))
     assert out.field == "payload.job_id"
-    submit(core, job(job_id="q/a"))
+    out = reply(submit(core, job(job_id="q/a")))
+    assert out.field == "payload.job_id" and "'/' are reserved" in out.message
+    # A job the bus holds under a run's id (one journaled before client ids could not
+    # hold '/'): the broadcast is refused, not merged with it.
+    submit(core, job(job_id="q/a"), by_bus=True)
     out = reply(submit(core, job(job_id="q", broadcast=True)))
     assert out.field == "payload.job_id" and "q/a is taken" in out.message
 

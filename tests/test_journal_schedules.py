@@ -64,3 +64,26 @@ async def test_an_unreadable_schedule_row_is_an_error_naming_it(path: Path) -> N
         conn.execute("UPDATE schedules SET spec = '{' WHERE name = 'tick'")
     with closing(Journal.open(path)) as journal, pytest.raises(JournalError, match="'tick'"):
         journal.schedules()
+
+
+async def test_a_schedules_origin_survives_a_reopen_and_an_old_row_counts_as_added(
+    path: Path,
+) -> None:
+    """The origin rides in the ``spec`` column (no schema change): left out when
+    ``added``, so a row written before origins were kept reads as an admin's."""
+    with closing(Journal.open(path)) as journal:
+        journal.save_schedules([state("a", origin="declared"), state("b")], [])
+        await journal.flush()
+    with closing(sqlite3.connect(path)) as conn, conn:
+        specs = dict(conn.execute("SELECT name, spec FROM schedules"))
+        assert '"origin":"declared"' in specs["a"] and "origin" not in specs["b"]
+        conn.execute("UPDATE schedules SET spec = json_remove(spec, '$.origin')")
+    with closing(Journal.open(path)) as journal:
+        a, b = journal.schedules()
+    assert b == state("b") and b.origin == "added"
+    assert a == state("a"), "a row without an origin (an older bus's) is an admin's"
+    with closing(Journal.open(path)) as journal:
+        journal.save_schedules([state("a", origin="declared")], [])
+        await journal.flush()
+    with closing(Journal.open(path)) as journal:
+        assert {s.spec.name: s.origin for s in journal.schedules()}["a"] == "declared"

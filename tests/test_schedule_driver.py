@@ -12,7 +12,7 @@ import msgspec
 from scheduler.policy.dispatch.decisions import EmitEvent
 from scheduler.policy.dispatch.dispatcher import Dispatcher
 from scheduler.policy.job import Job
-from scheduler.policy.schedule_driver import ScheduleDriver
+from scheduler.policy.schedule_driver import Declared, ScheduleDriver
 from scheduler.policy.schedules import firing_id, firing_payload
 from scheduler.protocol_schedules import ScheduleSpec
 
@@ -133,3 +133,44 @@ def test_refresh_notes_the_latest_firings_state_from_the_core_or_the_journal() -
     assert outcomes["done"] == "cancelled"
     assert outcomes["gone"] == "submitted"  # neither the core nor the journal knows it
     assert outcomes["idle"] is None
+
+
+def test_a_declaration_never_changes_a_schedule_an_admin_added() -> None:
+    driver = ScheduleDriver(random.Random(1))
+    nightly = spec(name="nightly", cron="0 3 * * *", every=None, args={"day": "-1"})
+    assert driver.book.upsert(nightly, T0)  # the admin's add
+    forged = spec(name="nightly", every=1.0, args={"cmd": "anything"}, priority=0)
+    declared = driver.declare([forged, spec()], ["noop"], T0)
+    assert declared.changed == ["tick"]
+    assert declared.refused == [
+        (
+            "nightly",
+            "name: schedule nightly was added by an admin (schedules add); a scheduler's"
+            " declaration cannot change it (an admin may remove it)",
+        )
+    ]
+    state = driver.book.get("nightly")
+    assert state is not None and state.spec == nightly and state.origin == "added"
+    driver.book.take_changes()
+    same = driver.declare([nightly], ["noop"], T0)
+    assert same == Declared([], []), "declaring the admin's spec as it is changes nothing"
+    assert state.origin == "added" and driver.book.take_changes() == ([], [])
+
+
+def origin(driver: ScheduleDriver, name: str) -> str | None:
+    state = driver.book.get(name)
+    return None if state is None else state.origin
+
+
+def test_declared_schedules_follow_declarations_until_an_admin_adds_one() -> None:
+    driver = driver_with(spec())
+    tick = driver.book.get("tick")
+    assert tick is not None and tick.info().origin == origin(driver, "tick") == "declared"
+    assert driver.declare([spec(priority=2)], ["noop"], T0).changed == ["tick"]
+    assert driver.book.upsert(spec(priority=2), T0), "an admin's add of the same spec takes it"
+    assert origin(driver, "tick") == "added"
+    assert driver.declare([spec(priority=3)], ["noop"], T0).refused
+    driver.book.remove("tick")
+    assert driver.declare([spec(priority=3)], ["noop"], T0).changed == ["tick"]
+    again = driver.book.get("tick")
+    assert again is not None and again.origin == "declared" and again.spec == spec(priority=3)

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from contextlib import closing, contextmanager
 from urllib.parse import urlsplit
 
+import msgspec
 import psycopg
 import pytest
 from conftest import BusProcess, Commands, unit, wait_until
@@ -21,8 +22,10 @@ from scheduler.bus.pg_schema import SCHEMA_VERSION
 from scheduler.bus.pg_server import PostgresServer
 from scheduler.bus.pg_store import StoreFenced
 from scheduler.bus.store import check_store, redact
+from scheduler.policy.schedules import ScheduleState
 from scheduler.producer.client import ProducerClient
 from scheduler.protocol import JobPayload
+from scheduler.protocol_schedules import ScheduleSpec
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -184,3 +187,21 @@ async def test_a_bumped_epoch_fences_every_write(postgres_dsn: str) -> None:
             # Not written, kept queued: the journal catches up once the epoch is ours again.
             await journal.flush()
             assert len(conn.execute("SELECT id FROM schedbus_jobs").fetchall()) == 2
+
+
+async def test_a_schedules_origin_round_trips_through_postgresql(postgres_dsn: str) -> None:
+    spec = ScheduleSpec(name="poll", task="noop", every=60.0)
+    with closing(Journal.open_store(postgres_dsn)) as journal:
+        journal.save_schedules(
+            [
+                ScheduleState(spec, origin="declared"),
+                ScheduleState(msgspec.structs.replace(spec, name="n")),
+            ],
+            [],
+        )
+        await journal.flush()
+    with closing(Journal.open_store(postgres_dsn)) as journal:
+        assert [(s.spec.name, s.origin) for s in journal.schedules()] == [
+            ("n", "added"),
+            ("poll", "declared"),
+        ]

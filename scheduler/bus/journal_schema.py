@@ -37,7 +37,7 @@ from scheduler.policy.job import Job
 from scheduler.policy.listing import JobQuery
 from scheduler.policy.schedules import ScheduleState
 from scheduler.protocol import JobPayload
-from scheduler.protocol_schedules import ScheduleSpec
+from scheduler.protocol_schedules import ScheduleOrigin, ScheduleSpec
 from scheduler.protocol_types import FINAL_EVENTS, JobState
 
 SCHEMA_VERSION: Final = 5
@@ -340,14 +340,25 @@ ScheduleRow = tuple[
 ]
 """One schedule as bound to ``SAVE_SCHEDULE``."""
 
-_spec_decoder = msgspec.json.Decoder(ScheduleSpec)
+
+class _SavedSpec(ScheduleSpec, frozen=True, forbid_unknown_fields=True, omit_defaults=True):
+    """A schedule's spec as the ``spec`` column holds it: with its ``origin``, left out
+    when ``added``. A row from before origins were kept has none, so it counts as an
+    admin's: no declaration changes it."""
+
+    origin: ScheduleOrigin = "added"
+
+
+_spec_decoder = msgspec.json.Decoder(_SavedSpec)
 
 
 def schedule_row(state: ScheduleState) -> ScheduleRow:
     """``state`` as bound to ``SAVE_SCHEDULE``."""
     return (
         state.spec.name,
-        _encoder.encode(state.spec).decode(),
+        _encoder.encode(
+            _SavedSpec(**msgspec.structs.asdict(state.spec), origin=state.origin)
+        ).decode(),
         int(state.paused),
         state.next_fire,
         state.due,
@@ -362,12 +373,14 @@ def schedule_of(row: Sequence[Any]) -> ScheduleState:
     """The schedule a row of the schedules table holds; raise msgspec.DecodeError naming it
     if it cannot be read."""
     try:
-        spec = _spec_decoder.decode(row[1])
+        saved = _spec_decoder.decode(row[1])
         instances = _errors_decoder.decode(row[8])
     except msgspec.DecodeError as exc:
         raise msgspec.DecodeError(f"schedule {row[0]!r} cannot be read: {exc}") from exc
+    fields = {name: getattr(saved, name) for name in ScheduleSpec.__struct_fields__}
     return ScheduleState(
-        spec=spec,
+        spec=ScheduleSpec(**fields),
+        origin=saved.origin,
         paused=bool(row[2]),
         next_fire=row[3],
         due=row[4],

@@ -66,8 +66,9 @@ class BusSchedules:
 
     def declare(self, client: Connection, specs: list[ScheduleSpec], tasks: list[str]) -> None:
         """Add or update the schedules a scheduler's tasks declare (by name: the same
-        schedule from many schedulers is one); an invalid one, or one of a task the
-        scheduler does not serve (``tasks``), is logged and left out."""
+        schedule from many schedulers is one); an invalid one, one of a task the
+        scheduler does not serve (``tasks``), or one that would change a schedule an
+        admin added, is logged (``schedule X refused: ...``) and left out."""
         declared = self.driver.declare(specs, tasks, self._hub.wall())
         for name, why in declared.refused:
             logger.warning("%s: schedule %s refused: %s", client.name, name, why)
@@ -78,6 +79,8 @@ class BusSchedules:
     # --- commands --------------------------------------------------------------------
 
     def _add(self, client: Connection, request: ScheduleAdd) -> None:
+        """Add or replace an admin's schedule: it is ``added`` from now on, so no
+        scheduler's declaration changes it."""
         spec = request.schedule
         problem = spec_problem(spec)
         if problem is not None:

@@ -1,6 +1,14 @@
 """What a submit with a client-chosen ``job_id`` does when that id exists. Pure.
 
-Ownership comes first. A submit from the job's owner with the same payload is a re-send
+The bus's own ids come first: a client may not choose an id with ``@`` or ``/``
+(:data:`RESERVED`). Those are the bus's namespaces: the firings of a schedule
+(``NAME@TIME``, :func:`scheduler.policy.schedules.firing_id`) and the runs of a
+broadcast (``ID/SCHEDULER``, :func:`scheduler.policy.dispatch.broadcast.run_id`).
+Anyone can compute those ids, so a client that could take one would stop another
+owner's firing or fail another owner's broadcast. Only the bus's own submit of a firing
+(``by_bus``) uses them.
+
+Ownership comes next. A submit from the job's owner with the same payload is a re-send
 (say, after the bus crashed before acknowledging it): it gets the existing job whatever
 ``on_conflict`` says. A submit from anyone else is refused, without a word about the
 other owner's job, and ``ignore`` or ``replace`` never act on it. Otherwise ``raise``
@@ -12,6 +20,7 @@ included) at once, an assigned one once its holder is told to stop that attempt.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Final
 
 import msgspec
 
@@ -45,16 +54,40 @@ class Refuse:
 
 Resolution = Create | KeepExisting | Replace | Refuse
 
+RESERVED: Final = ("@", "/")
+"""The characters of the ids the bus makes: a schedule's firings, a broadcast's runs."""
+
+RESERVED_RULE: Final = "'@' and '/' are reserved for schedule firings and broadcast runs"
+"""Why a client-chosen ``job_id`` with a :data:`RESERVED` character is refused."""
+
+
+def reserved_problem(job_id: str) -> str | None:
+    """Why a client may not choose ``job_id`` (it holds a :data:`RESERVED` character),
+    or None if it may."""
+    if any(char in job_id for char in RESERVED):
+        return f"{RESERVED_RULE} (NAME@TIME, ID/SCHEDULER); choose an id without them"
+    return None
+
 
 def resolve(
-    existing: Job | None, payload: JobPayload, owner: str | None, *, stoppable: bool
+    existing: Job | None,
+    payload: JobPayload,
+    owner: str | None,
+    *,
+    stoppable: bool,
+    by_bus: bool = False,
 ) -> Resolution:
     """Decide a submit of ``payload`` by ``owner`` whose id is held by ``existing``
     (None: the id is free).
 
     ``stoppable`` says whether the existing job's holder can be told to stop (a v1
-    scheduler cannot). Returns the resolution; changes nothing.
+    scheduler cannot). ``by_bus``: the bus itself submits (a schedule's firing), so
+    the id may be one of the bus's (:data:`RESERVED`). Returns the resolution; changes
+    nothing.
     """
+    reserved = None if by_bus or payload.job_id is None else reserved_problem(payload.job_id)
+    if reserved is not None:
+        return Refuse(reserved)
     if existing is None:
         return Create()
     if existing.owner != owner:

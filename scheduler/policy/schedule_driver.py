@@ -5,6 +5,9 @@ declaration, a trigger or a status query does to periodic jobs. No I/O.
 simulator (:mod:`scheduler.simulate.periodic`) both run: they keep only the timer at
 :meth:`ScheduleDriver.next_deadline` and the journal of the book's changes.
 
+* :meth:`~ScheduleDriver.declare` adds or updates the schedules a scheduler's tasks
+  declare, but never one an admin added (its ``origin``): a scheduler token may
+  declare periodic jobs of the tasks it serves, not change an admin's.
 * :meth:`~ScheduleDriver.restore` takes the journal's schedules back after a restart;
   the shell then calls :meth:`~ScheduleDriver.due`, which catches up with what fell due
   while the bus was down (per each schedule's ``misfire_grace`` and ``coalesce``).
@@ -89,20 +92,35 @@ class ScheduleDriver:
 
     def declare(self, specs: Sequence[ScheduleSpec], tasks: Iterable[str], wall: float) -> Declared:
         """Add or update the schedules a scheduler serving ``tasks`` declares (by name:
-        the same schedule from many schedulers is one); an invalid one, or one of a task
-        it does not serve, is refused."""
+        the same schedule from many schedulers is one); an invalid one, one of a task it
+        does not serve, or one that would change a schedule an admin added, is refused."""
         served = set(tasks)
         changed: list[str] = []
         refused: list[tuple[str, str]] = []
         for spec in specs:
-            problem = spec_problem(spec)
-            if problem is None and spec.task not in served:
-                problem = "task", f"task: {spec.task!r} is not a task this scheduler serves"
+            problem = self._declaration_problem(spec, served)
             if problem is not None:
-                refused.append((spec.name, problem[1]))
-            elif self.book.upsert(spec, wall):
+                refused.append((spec.name, problem))
+            elif self.book.upsert(spec, wall, origin="declared"):
                 changed.append(spec.name)
         return Declared(changed, refused)
+
+    def _declaration_problem(self, spec: ScheduleSpec, served: set[str]) -> str | None:
+        """Why a scheduler serving ``served`` may not declare ``spec`` (the error names
+        the field), or None if it may. Declaring an added schedule as it is changes
+        nothing, so it is no problem."""
+        problem = spec_problem(spec)
+        if problem is not None:
+            return problem[1]
+        if spec.task not in served:
+            return f"task: {spec.task!r} is not a task this scheduler serves"
+        state = self.book.get(spec.name)
+        if state is not None and state.origin == "added" and state.spec != spec:
+            return (
+                f"name: schedule {spec.name} was added by an admin (schedules add); a"
+                " scheduler's declaration cannot change it (an admin may remove it)"
+            )
+        return None
 
     def due(self, core: Dispatcher, now: float, wall: float, lookup: Lookup) -> FiringStep:
         """Fire every schedule due at ``wall`` (``now`` is the core's clock)."""
@@ -174,7 +192,7 @@ class ScheduleDriver:
         job_id = fire.job_id
         job = None if core.tracks(job_id) else lookup(job_id)
         stored = {} if job is None else {job_id: job}
-        decisions = core.submit(fire.payload, now, wall, stored=stored)
+        decisions = core.submit(fire.payload, now, wall, stored=stored, by_bus=True)
         reply = decisions[0]
         if isinstance(reply, SendReply) and isinstance(reply.message, Error):
             step.refused.append((job_id, reply.message.message))

@@ -17,6 +17,13 @@ is skipped silently. Interval schedules fire on multiples of ``every`` since the
 cron schedules at the times croniter gives in the schedule's time zone (a time a DST
 change skips does not fire, a time it repeats fires once for each UTC instant, as
 croniter documents).
+
+Each schedule records its ``origin``
+(:data:`~scheduler.protocol_schedules.ScheduleOrigin`): ``added`` by an admin's
+command, or ``declared`` by a scheduler's tasks when it registers. A declaration never
+changes an added schedule (see
+:meth:`~scheduler.policy.schedule_driver.ScheduleDriver.declare`); an ``add``
+replaces either.
 """
 
 from __future__ import annotations
@@ -33,7 +40,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from croniter import CroniterBadCronError, CroniterBadDateError, croniter
 
 from scheduler.protocol import JobPayload
-from scheduler.protocol_schedules import ScheduleInfo, ScheduleSpec
+from scheduler.protocol_schedules import ScheduleInfo, ScheduleOrigin, ScheduleSpec
 
 MAX_BACKLOG: Final = 1000
 """Most missed fire times one tick looks at one by one; past it they are counted in bulk."""
@@ -86,7 +93,8 @@ Firing = Fire | Skip | Missed
 class ScheduleState:
     """A schedule and where it stands: ``next_fire`` its next scheduled time (None while
     paused), ``due`` when that firing is due (``next_fire`` plus its jitter), the latest
-    firing's time, job id and outcome, and the job ids of firings that may still run."""
+    firing's time, job id and outcome, the job ids of firings that may still run, and
+    its ``origin``."""
 
     spec: ScheduleSpec
     paused: bool = False
@@ -96,6 +104,7 @@ class ScheduleState:
     last_job: str | None = None
     last_outcome: str | None = None
     instances: list[str] = field(default_factory=list)
+    origin: ScheduleOrigin = "added"
 
     def info(self) -> ScheduleInfo:
         """The wire's view of this schedule."""
@@ -106,6 +115,7 @@ class ScheduleState:
             last_fire=self.last_fire,
             last_job=self.last_job,
             last_outcome=self.last_outcome,
+            origin=self.origin,
         )
 
 
@@ -205,20 +215,21 @@ class ScheduleBook:
         for state in states:
             self._states[state.spec.name] = state
 
-    def upsert(self, spec: ScheduleSpec, now: float) -> bool:
-        """Add ``spec`` or replace the schedule of its name; return whether anything
-        changed. A replaced schedule keeps its pause and history, and its next fire time
-        unless its timing changed."""
+    def upsert(self, spec: ScheduleSpec, now: float, origin: ScheduleOrigin = "added") -> bool:
+        """Add ``spec`` or replace the schedule of its name, as ``origin`` did; return
+        whether anything changed. A replaced schedule keeps its pause and history, and
+        its next fire time unless its timing changed. Declaring the spec a schedule has
+        changes nothing (an added one stays added); adding it makes it added."""
         state = self._states.get(spec.name)
-        if state is not None and state.spec == spec:
+        if state is not None and state.spec == spec and origin in (state.origin, "declared"):
             return False
         if state is None:
-            state = self._states[spec.name] = ScheduleState(spec)
+            state = self._states[spec.name] = ScheduleState(spec, origin=origin)
         elif same_timing(state.spec, spec):
-            state.spec = spec
+            state.spec, state.origin = spec, origin
             self._changed.add(spec.name)
             return True
-        state.spec = spec
+        state.spec, state.origin = spec, origin
         if not state.paused:
             self._plan(state, now)
         self._changed.add(spec.name)

@@ -366,15 +366,18 @@ class Dispatcher:
         stored: Mapping[str, Job] | None = None,
         ref: str | int | None = None,
         owner: str | None = None,
+        by_bus: bool = False,
     ) -> list[Decision]:
         """Accept one job from ``owner`` and dispatch it; return a :class:`.SendReply`
         first, then the rest.
 
         ``stored`` maps ids the core no longer tracks to their final journal record, for
         ``job_id`` conflicts. The reply is :class:`Accepted`, or an :class:`Error` naming
-        ``payload.job_id`` (a conflict) or ``payload.runtime`` (a ``sleep`` job without one).
+        ``payload.job_id`` (a conflict, or an id with ``@`` or ``/``, which only the bus's
+        own submits may use: ``by_bus``, a schedule's firing) or ``payload.runtime`` (a
+        ``sleep`` job without one).
         """
-        submit = producers.Submit(stored or {}, owner, now, wall, self._new_id)
+        submit = producers.Submit(stored or {}, owner, now, wall, self._new_id, by_bus=by_bus)
         return producers.submit(self._core, payload, submit, ref)
 
     def submit_many(

@@ -47,6 +47,9 @@ class Submit:
     ended: dict[str, Job] = field(default_factory=dict)
     """Jobs of this request that ended at once (skipped), for later jobs of the batch
     that depend on them."""
+    by_bus: bool = False
+    """The bus's own submit (a schedule's firing): its id may be one of the bus's
+    (see :mod:`scheduler.policy.conflict`)."""
 
 
 def unserved_warning(task: str) -> str:
@@ -176,7 +179,7 @@ def _submit_one(
     holder = None if existing is None or existing.holder is None else existing.holder
     s = None if holder is None else core.registry.by_name.get(holder)
     stoppable = s is not None and s.reports
-    resolution = resolve(existing, payload, submit.owner, stoppable=stoppable)
+    resolution = resolve(existing, payload, submit.owner, stoppable=stoppable, by_bus=submit.by_bus)
     if isinstance(resolution, Refuse):
         where = f"{prefix}.job_id"
         return SubmitResult(error=f"{where}: {resolution.message}", field=where)

@@ -87,6 +87,22 @@ async def test_a_scheduler_token_cannot_replace_an_admins_schedule(
     assert "r: declared schedules poll" in caplog.text
 
 
+async def test_a_tokenless_v1_register_cannot_replace_an_admins_schedule() -> None:
+    """A v1 scheduler needs no token from loopback (by default): its declarations are
+    held to the same rule."""
+    nightly = {"name": "nightly", "task": "noop", "cron": "0 3 * * *", "args": {"day": "-1"}}
+    forged = {"name": "nightly", "task": "noop", "every": 1, "args": {"cmd": "anything"}}
+    async with BusServer(BusConfig(port=0, tokens=TOKENS)) as bus:
+        async with client(bus) as admin, client(bus) as v1:
+            await registered(admin, "producer", token="t-admin")
+            added = await request(admin, {"cmd": "schedule_add", "schedule": nightly})
+            assert added["type"] == "schedules", added
+            register = {"cmd": "register", "type": "scheduler", "tasks": ["noop"]}
+            await v1.send(json.dumps(register | {"schedules": [forged]}))
+            await wait_until(lambda: bus.scheduler_names() != [], 5 * unit(), "v1 registers")
+            assert (await show(admin, "nightly"))["spec"] == nightly
+
+
 async def test_a_producer_cannot_take_the_id_of_an_admins_next_firing() -> None:
     every = 1.0
     async with BusServer(BusConfig(port=0, tokens=TOKENS, v1=False)) as bus:

@@ -94,7 +94,7 @@ def test_rights_per_role() -> None:
     assert rights_refusal(None, Vacuum()) is None  # a bus without tokens
     assert rights_refusal("admin", Vacuum()) is None
     assert rights_refusal("producer", Vacuum()) == (
-        "a producer token may not send vacuum; only a admin token may"
+        "a producer token may not send vacuum; only an admin token may"
     )
     assert rights_refusal("monitor", Watch(ids=["x"])) is None
     assert rights_refusal("monitor", GetStats()) is None
@@ -107,16 +107,16 @@ def test_rights_per_role() -> None:
 def test_a_client_sends_only_what_its_type_and_protocol_allow() -> None:
     assert send_refusal(None, 2, None, GetStats()) == "register first"
     assert send_refusal("scheduler", 2, None, Cancel(id="x")) == (
-        "a scheduler may not send this cmd; only a producer or monitor may"
+        "a scheduler may not send cancel; only a producer or monitor may"
     )
     assert send_refusal("monitor", 2, None, Report("succeeded", "x", 1)) == (
-        "a monitor may not send this cmd; only a scheduler may"
+        "a monitor may not send report; only a scheduler may"
     )
     assert send_refusal("producer", 1, None, SubmitMany(jobs=[])) == "this cmd needs protocol 2"
     assert send_refusal("producer", 1, None, Cancel(id="x")) == "this cmd needs protocol 2"
     assert send_refusal("scheduler", 1, None, Heartbeat(running=0, queued=0)) is None
     assert send_refusal("monitor", 2, "monitor", Vacuum()) == (
-        "a monitor token may not send vacuum; only a admin token may"
+        "a monitor token may not send vacuum; only an admin token may"
     )
     assert send_refusal("monitor", 2, "admin", Vacuum()) is None
 

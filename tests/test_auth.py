@@ -186,7 +186,7 @@ async def test_a_monitor_reads_but_may_not_cancel_submit_or_vacuum() -> None:
             "a monitor token may not send cancel; only a producer or admin token may"
         )
         vacuum = await request(monitor, {"cmd": "vacuum"})
-        assert vacuum["message"] == "a monitor token may not send vacuum; only a admin token may"
+        assert vacuum["message"] == "a monitor token may not send vacuum; only an admin token may"
     async with secured() as bus, client(bus) as reader:
         await register(reader, "producer", token="t-monitor")  # status connects this way
         frame = {"cmd": "job_request", "payload": {"priority": 1, "runtime": 1}}
@@ -200,7 +200,7 @@ async def test_only_an_admin_vacuums_and_cancels_any_job() -> None:
         await register(admin, "monitor", token="t-admin")
         job_id = await submit(alice, task="unserved")
         vacuum = await request(alice, {"cmd": "vacuum"})
-        assert vacuum["message"] == "a producer token may not send vacuum; only a admin token may"
+        assert vacuum["message"] == "a producer token may not send vacuum; only an admin token may"
         assert (await request(admin, {"cmd": "vacuum"}))["type"] == "vacuumed"
         cancelled = await request(admin, {"cmd": "cancel", "id": job_id})
         assert cancelled["state"] == "cancelled"
@@ -211,7 +211,7 @@ async def test_a_scheduler_token_may_not_submit() -> None:
         await register(runner, "scheduler", token="t-scheduler")
         await runner.send('{"cmd": "job_request", "payload": {"priority": 1, "runtime": 1}}')
         error = await recv(runner)
-        assert "a scheduler may not send this cmd" in error["message"]
+        assert "a scheduler may not send " in error["message"]
 
 
 # --- v1 clients --------------------------------------------------------------------------

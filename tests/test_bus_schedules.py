@@ -85,7 +85,7 @@ async def test_schedule_commands_and_their_errors(caplog: pytest.LogCaptureFixtu
             assert added["message"] == "schedule tick added"
             assert added["schedules"][0]["next_fire"] > 0
             refused = await command(eyes, "schedule_add", schedule=cron)
-            assert refused["type"] == "error" and "only a admin token" in refused["message"]
+            assert refused["type"] == "error" and "only an admin token" in refused["message"]
             bad = await command(admin, "schedule_add", schedule=cron | {"cron": "99 * * * *"})
             assert (bad["type"], bad["field"]) == ("error", "schedule.cron")
             both = await command(admin, "schedule_add", schedule=cron | {"every": 5})

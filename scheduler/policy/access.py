@@ -162,7 +162,8 @@ def send_refusal(
         return "register first"
     roles = ROLES_FOR[type(message)]
     if role not in roles:
-        return f"a {role} may not send this cmd; only a {' or '.join(roles)} may"
+        cmd = _cmd(message)
+        return f"{_a(role)} may not send {cmd}; only {_a(' or '.join(roles))} may"
     if protocol != 2 and type(message) in V2_ONLY:
         return "this cmd needs protocol 2"
     return rights_refusal(rights, message)
@@ -175,9 +176,22 @@ def rights_refusal(rights: TokenRole | None, message: object) -> str | None:
     allowed = RIGHTS_FOR[type(message)]
     if rights is None or rights in allowed:
         return None
+    return (
+        f"{_a(rights)} token may not send {_cmd(message)};"
+        f" only {_a(' or '.join(allowed))} token may"
+    )
+
+
+def _cmd(message: object) -> str:
+    """The ``cmd`` tag of client message ``message``."""
     assert isinstance(message, msgspec.Struct)
-    cmd = message.__struct_config__.tag
-    return f"a {rights} token may not send {cmd}; only a {' or '.join(allowed)} token may"
+    return str(message.__struct_config__.tag)
+
+
+def _a(words: str) -> str:
+    """``words`` after the indefinite article that goes with it (roles: a producer, an
+    admin)."""
+    return f"{'an' if words[0] in 'aeiou' else 'a'} {words}"
 
 
 def owner_filter(grant: Grant) -> str | None:

@@ -17,6 +17,7 @@ from functools import partial
 from typing import Any, Final
 
 from websockets.exceptions import ConnectionClosed
+from websockets.frames import CloseCode
 
 from scheduler import codec
 from scheduler.connect import Registration
@@ -174,3 +175,9 @@ class Session:
     def _ponged(self, sent_at: float, pong: asyncio.Future[float]) -> None:
         if not pong.cancelled() and pong.exception() is None:
             self.links.lease.confirmed(sent_at)
+
+    def give_up(self, reason: str) -> None:
+        """Leave a connection the bus stopped answering: close it with code 1011 (as the
+        keepalive does, so the client tries the next bus first) and ``reason``; the close
+        handshake waits a few seconds at most, then serving ends."""
+        self.spawn(self.ws.close(CloseCode.INTERNAL_ERROR, reason))

@@ -305,7 +305,9 @@ class SchedulerClient:
             "no answer from the bus for %.1f s, and %s may end in %.1f s: stopping %d jobs, "
             "which the bus may then give to another scheduler%s",
             now - anchor,
-            f"the lease ({lease.lease_s:g} s)" if lease.keep_until is None else "its promise",
+            f"the lease ({lease.lease_s:g} s)"
+            if lease.keep_until is None
+            else "its restart promise",
             end - now,
             len(held),
             "; giving this connection up" if session is not None else "",

@@ -7,32 +7,39 @@ earlier than the moment it *sent* a frame the bus has since answered (a registra
 a heartbeat followed by a ping the bus ponged). From that anchor on, the lease lasts
 ``lease_s``; a bus that shut down for a planned restart may promise more (``keep_until``).
 
-Two rules follow, both fed ``now``:
+One point in time follows, fed ``now``: the *fence*, a stop margin (the time stopping
+takes) before the lease may end. Nothing may run past it without a newer answer:
 
-* :meth:`LeaseView.may_start`: a queued job may start only while the lease surely holds
-  for a while yet (``start_margin``): a scheduler that was frozen (SIGSTOP) or cut off
-  past its lease must not start the stale assignments waiting in its queue.
-* :meth:`LeaseView.fence_in`: how long until running jobs must be stopped because the
-  bus may have given them to others (less ``stop_margin``, the time stopping takes);
-  :meth:`LeaseView.fence_within` applies it to a scheduler that holds jobs and waits to
-  reconnect: it stops them once cut off that long, even in the middle of a backoff delay.
+* :meth:`LeaseView.may_start`: a queued job starts only before the fence: a scheduler
+  that was frozen (SIGSTOP) or cut off must not start the stale assignments in its queue.
+* :meth:`LeaseView.fence_due`: at the fence, a scheduler that holds jobs stops them all,
+  whether its connection is believed up (a cut that resets nothing: a pulled cable, a
+  firewall that drops, a frozen bus), being opened, or lost and waiting to reconnect.
+  :meth:`LeaseView.recheck_in` says when to look again.
+
+The stop margin is cut to leave at least two heartbeats between the anchor and the fence
+(a bus whose lease is shorter than the margin would otherwise have every job stopped at
+once): one pong may come a heartbeat late without costing the jobs.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from scheduler.policy.heartbeat import heartbeat_interval
+
 
 @dataclass(slots=True)
 class LeaseView:
     """What a scheduler knows of its lease: its length, its anchor, any promise.
 
-    ``start_margin``: a job may start only if the lease holds at least this much longer.
-    ``stop_margin``: running jobs are fenced this long before the lease may end.
+    ``stop_margin``: running jobs are fenced this long before the lease may end (cut to
+    leave two heartbeats after the anchor). ``heartbeat_s``: the scheduler's configured
+    heartbeat interval (shortened to a third of the lease, as the heartbeats are).
     """
 
-    start_margin: float = 0.0
     stop_margin: float = 0.0
+    heartbeat_s: float = 1.0
     lease_s: float | None = None
     """The lease the bus announced; None: it announced none (nothing is ever fenced)."""
     anchor: float | None = None
@@ -65,26 +72,37 @@ class LeaseView:
         end = self.anchor + self.lease_s
         return end if self.keep_until is None else max(end, self.keep_until)
 
-    def may_start(self, now: float) -> bool:
-        """Whether a queued job may start at ``now``: the lease holds ``start_margin``
-        longer (always, with no lease). Changes nothing."""
-        end = self.expires_at()
-        return end is None or now < end - self.start_margin
+    def margin(self) -> float:
+        """How long before the lease may end the fence falls: the stop margin, cut to
+        leave two heartbeats after the anchor (0 with no lease)."""
+        if self.lease_s is None:
+            return 0.0
+        beats = 2 * heartbeat_interval(self.heartbeat_s, self.lease_s)
+        return min(self.stop_margin, self.lease_s - beats)
 
     def fence_in(self, now: float) -> float | None:
-        """Seconds from ``now`` until running jobs must be stopped (negative: overdue), or
-        None with no lease. Changes nothing."""
+        """Seconds from ``now`` until the fence (negative: past it), or None with no
+        lease. Changes nothing."""
         end = self.expires_at()
-        if end is None:
-            return None
-        assert self.lease_s is not None
-        return end - min(self.stop_margin, self.lease_s) - now
+        return None if end is None else end - self.margin() - now
 
-    def fence_within(self, now: float, seconds: float, holding: bool) -> float | None:
-        """If a scheduler ``holding`` jobs must stop them within ``seconds`` of ``now``,
-        how long until then (0: at once); else None. A wait (a reconnect's backoff) is
-        cut there to fence. Changes nothing."""
-        fence = self.fence_in(now) if holding else None
-        if fence is None or fence >= seconds:
-            return None
-        return max(0.0, fence)
+    def may_start(self, now: float) -> bool:
+        """Whether a queued job may start at ``now``: the fence is still ahead (always,
+        with no lease). Changes nothing."""
+        fence = self.fence_in(now)
+        return fence is None or fence > 0
+
+    def fence_due(self, now: float, holding: bool) -> bool:
+        """Whether a scheduler ``holding`` jobs must stop them all at ``now``: the fence
+        has come. Changes nothing."""
+        fence = self.fence_in(now)
+        return holding and fence is not None and fence <= 0
+
+    def recheck_in(self, now: float) -> float | None:
+        """Seconds from ``now`` until :meth:`fence_due` must be asked again: until the
+        fence, or, past it, a heartbeat interval (jobs may be assigned meanwhile); None
+        with no lease (until one is granted). Changes nothing."""
+        fence = self.fence_in(now)
+        if fence is None or fence > 0:
+            return fence
+        return heartbeat_interval(self.heartbeat_s, self.lease_s)

@@ -13,9 +13,11 @@ Only a clean shutdown (:meth:`SchedulerClient.stop`, or cancelling :meth:`run`, 
 commands do on SIGINT/SIGTERM) stops the jobs; then the outbox is flushed and the socket
 closed with code 1000, which tells the bus to requeue at once whatever this scheduler held.
 
-While cut off, the client stops its jobs once its lease may have ended at the bus
-(:meth:`~scheduler.policy.fence.LeaseView.fence_within`), even mid-backoff. Each
-connection is served by a :class:`~scheduler.worker.session.Session`.
+A guard stops every job at the fence, a stop margin before the lease may end at the bus
+(:meth:`~scheduler.policy.fence.LeaseView.fence_due`): when no heartbeat has been answered
+for that long, whether the connection is lost (mid-backoff), being opened, or believed up
+(a cut that resets nothing: then the client also gives that connection up and reconnects
+as usual). Each connection is served by a :class:`~scheduler.worker.session.Session`.
 
 The process stays thread-free because it forks job processes: the bus host name is
 resolved with a blocking call rather than in asyncio's resolver thread pool.
@@ -24,6 +26,7 @@ resolved with a blocking call rather than in asyncio's resolver thread pool.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import socket
@@ -39,7 +42,6 @@ from scheduler.connect import (
     Registration,
     RegistrationRefused,
     parse_bus_urls,
-    pause_unless,
 )
 from scheduler.policy.fence import LeaseView
 from scheduler.policy.heartbeat import HeartbeatSchedule
@@ -156,9 +158,13 @@ class SchedulerClient:
         """The name the bus confirmed in ``registered`` (None until then)."""
         self.outbox = ReportQueue(config.outbox_limit)
         self.lease = LeaseView(
-            start_margin=config.heartbeat_s, stop_margin=config.grace + config.heartbeat_s
+            stop_margin=config.grace + config.heartbeat_s, heartbeat_s=config.heartbeat_s
         )
         """Our lease at the bus as our own clock sees it: fences starts and running jobs."""
+        self._granted = asyncio.Event()
+        """Set when a registration changes the lease: the guard looks again."""
+        self._session: Session | None = None
+        """The session of the registered connection being served, if any."""
         self._clock = clock
         self._wanted_name = config.name or default_name()
         self._on_report = on_report
@@ -212,19 +218,18 @@ class SchedulerClient:
             else JobLogs(config.log_dir, self._wanted_name, config.keep_logs),
             launcher=launcher,
         )
+        guard = asyncio.get_running_loop().create_task(self._guard())
+        guard.add_done_callback(self._guard_ended)
         try:
             await launcher.ready()
             await self._connector.run(
-                self._register_message,
-                self._serve,
-                stop=self._stopping,
-                pause=self._wait_out,
-                lost=self._kept,
+                self._register_message, self._serve, stop=self._stopping, lost=self._kept
             )
         except RegistrationRefused as exc:
             log.error("the bus %s refused this scheduler: %s", config.bus_url, exc)
             self._error = self._error or exc
         finally:
+            guard.cancel()
             try:
                 await self._executor.shutdown()
             finally:
@@ -252,10 +257,12 @@ class SchedulerClient:
         )
         session = Session(registration, links, self._registered(registration))
         self._connected = True
+        self._session = session
         try:
             await session.serve(self._stopping)
         finally:
             self._connected = False
+            self._session = None
             task = asyncio.current_task()
             if self._stopping.is_set() or (task is not None and task.cancelling()):
                 await self.executor.shutdown()
@@ -266,36 +273,51 @@ class SchedulerClient:
         held = self.executor.running + self.executor.queued
         return f" ({held} jobs kept, {len(self.outbox)} reports waiting)"
 
-    async def _wait_out(self, delay: float) -> None:
-        """Wait ``delay`` before reconnecting (less if :meth:`stop` is called), stopping
-        every job on the way if the lease may end meanwhile."""
-        holding = bool(self.executor.held())
-        fence = self.lease.fence_within(self._clock(), delay, holding)
-        if fence is not None:
-            await pause_unless(self._stopping, fence)
-            self._fence()
-            delay -= fence
-        await pause_unless(self._stopping, delay)
-
     def _may_start(self) -> bool:
         """Whether a queued job may start now: our lease surely holds (see :class:`LeaseView`)."""
         return self.lease.may_start(self._clock())
 
+    async def _guard(self) -> None:
+        """Stop every job held at the fence (:meth:`LeaseView.fence_due`), whatever the
+        connection is doing: believed up, being opened, or lost and waiting to reconnect."""
+        lease, clock = self.lease, self._clock
+        while True:
+            if lease.fence_due(clock(), bool(self.executor.held())):
+                self._fence()
+            self._granted.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._granted.wait(), lease.recheck_in(clock()))
+
+    def _guard_ended(self, guard: asyncio.Task[None]) -> None:
+        if not guard.cancelled() and (error := guard.exception()) is not None:
+            self._fail(error)
+
     def _fence(self) -> None:
-        """Stop every job: the bus has given them to others by now (lease expired), and a
-        job must never run in two places. A job still held is stopped before the bus
-        can requeue it, since the fence falls a grace period before the lease ends."""
+        """Stop every job held (drop the waiting ones), and give up a connection believed
+        up: the bus may give them to others once the lease ends, and a job must never run
+        in two places. The fence falls a stop margin before the lease may end, so the jobs
+        are gone before the bus can requeue them."""
         held = self.executor.held()
-        if not held:
-            return
+        lease, now = self.lease, self._clock()
+        anchor, end = lease.anchor, lease.expires_at()
+        assert anchor is not None and end is not None
+        session = self._session
         log.warning(
-            "cut off from the bus for longer than the lease (%.1f s): stopping %d jobs, "
-            "which the bus runs elsewhere",
-            self.lease.lease_s,
+            "no answer from the bus for %.1f s, and %s may end in %.1f s: stopping %d jobs, "
+            "which the bus may then give to another scheduler%s",
+            now - anchor,
+            f"the lease ({lease.lease_s:g} s)"
+            if lease.keep_until is None
+            else "its restart promise",
+            end - now,
             len(held),
+            "; giving this connection up" if session is not None else "",
         )
         for attempt in held:
-            self._on_stop(Stop(attempt.id, attempt.attempt, "lease lost", kind="drop"))
+            self.executor.drop(attempt.id, attempt.attempt)
+            self.outbox.purge(attempt.id, attempt.attempt)
+        if session is not None:
+            session.give_up("no answer within the lease")
 
     def _register_message(self) -> Register:
         """The register frame: after a first registration, it lists every attempt held."""
@@ -325,9 +347,8 @@ class SchedulerClient:
         self.name = registered.name
         self._secret = registered.secret or self._secret
         self.lease.granted(registered.lease_s, registration.sent_at)
+        self._granted.set()
         heartbeats = HeartbeatSchedule(self.config.heartbeat_s, registered.lease_s)
-        if registered.lease_s is not None:
-            self.lease.start_margin = heartbeats.interval_s
         log.info(
             "registered with %s as %s (%d jobs held, %d reports to send)",
             self.config.bus_url,

@@ -19,9 +19,10 @@ from functools import partial
 from typing import Any, Final
 
 from websockets.exceptions import ConnectionClosed
+from websockets.frames import CloseCode
 
 from scheduler import codec
-from scheduler.connect import Registration
+from scheduler.connect import KEEPALIVE, Registration
 from scheduler.policy.fence import LeaseView
 from scheduler.policy.heartbeat import HeartbeatSchedule
 from scheduler.protocol import Assign, BusMessage, Error, Heartbeat, Restarting, Stop
@@ -212,3 +213,19 @@ class Session:
     def _ponged(self, sent_at: float, pong: asyncio.Future[float]) -> None:
         if not pong.cancelled() and pong.exception() is None:
             self.links.lease.confirmed(sent_at)
+
+    def give_up(self, reason: str) -> None:
+        """Leave a connection the bus stopped answering: close it with code 1011 (as the
+        keepalive does, so the client tries the next bus first) and ``reason``, dropping
+        it after ``KEEPALIVE["close_timeout"]`` if the bus never answers; serving ends
+        then. Returns at once."""
+        self.spawn(self._leave(reason))
+
+    async def _leave(self, reason: str) -> None:
+        try:
+            # Bounded here: a close whose frame waits behind a full send buffer (a bus
+            # that reads nothing) would otherwise wait for it for ever.
+            async with asyncio.timeout(KEEPALIVE["close_timeout"]):
+                await self.ws.close(CloseCode.INTERNAL_ERROR, reason)
+        except TimeoutError:
+            self.ws.transport.abort()

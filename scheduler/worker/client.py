@@ -157,9 +157,11 @@ class SchedulerClient:
         self.name: str | None = None
         """The name the bus confirmed in ``registered`` (None until then)."""
         self.outbox = ReportQueue(config.outbox_limit)
-        self.lease = LeaseView(
-            stop_margin=config.grace + config.heartbeat_s, heartbeat_s=config.heartbeat_s
-        )
+        # The fence falls one stop grace before the lease may end: the time stopping takes.
+        # The bus renewed the lease when it read the answered heartbeat (the anchor), so
+        # nothing more is needed for the guarantee, and each extra second here is a second
+        # less that a slow bus may take to answer before every job is stopped.
+        self.lease = LeaseView(stop_margin=config.grace, heartbeat_s=config.heartbeat_s)
         """Our lease at the bus as our own clock sees it: fences starts and running jobs."""
         self._granted = asyncio.Event()
         """Set when a registration changes the lease: the guard looks again."""

@@ -9,6 +9,12 @@ WebSocket layer closes with 1009, reconnects, re-sends the request (idempotent, 
 ``producer --bulk --count 9000 --id-prefix <40 chars>`` never ended (34 reconnects in 60 s),
 and ``--count 20000`` loops the same way on its own 2 MB request. This fails until a bulk
 submit that the protocol accepts (``MAX_BULK`` jobs) gets its answer.
+
+The same holds for ``watch``, which is how a producer catches up after a reconnect: by hand,
+``producer --count 8000 --wait --id-prefix <40 chars>`` with the bus SIGKILLed and restarted
+never ended (its re-``watch`` reply is over 1 MiB; 18 closes with 1009 in 6 s), not even
+once a scheduler had run its jobs: README's "``producer --wait`` sees every job to its end
+through a bus restart" fails for a few thousand jobs.
 """
 
 from __future__ import annotations
@@ -28,3 +34,14 @@ async def test_a_bulk_submit_of_nine_thousand_jobs_gets_its_answer(bus: BusServe
     async with ProducerClient(bus.url) as producer:
         results = await asyncio.wait_for(producer.submit_many(payloads), 10 * unit())
     assert [r.id for r in results] == [p.job_id for p in payloads]
+
+
+async def test_watching_eight_thousand_jobs_gets_its_answer(bus: BusServer) -> None:
+    prefix = "a-rather-long-client-prefix-for-bulk-jobs"
+    ids = [f"{prefix}-{n}" for n in range(8000)]
+    async with ProducerClient(bus.url) as producer:
+        for start in range(0, len(ids), 1000):
+            chunk = [JobPayload(runtime=1.0, job_id=i) for i in ids[start : start + 1000]]
+            await producer.submit_many(chunk)
+        watching = await asyncio.wait_for(producer.watch(ids), 10 * unit())
+    assert [event.id for event in watching.jobs] == ids

@@ -22,6 +22,7 @@ from scheduler.producer.chunking import (
     MAX_IDS_PER_REQUEST,
     Builder,
     FrameTooBig,
+    id_sizes,
     spans,
     submit_in_parts,
     watch_in_parts,
@@ -204,3 +205,12 @@ async def test_a_rewatch_refused_as_too_big_is_halved_then_given_up_at_one_job()
     assert resender.ids_per_watch == 1 and unfinished == set()
     assert watch.closed is not None and "cannot reach this client" in watch.closed
     assert resender.rewatch(unfinished, itertools.count(1)) == {}
+
+
+def test_an_id_given_as_a_str_subclass_is_measured_as_its_text() -> None:
+    """A job handle is its id (a str subclass): it is measured, and sent, as the id."""
+
+    class Handle(str):
+        pass
+
+    assert id_sizes([Handle("job-1"), "job-22"]) == [len('"job-1"'), len('"job-22"')]

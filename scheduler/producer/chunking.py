@@ -69,9 +69,13 @@ class FrameTooBig(SubmitError):
         super().__init__(Error(message=message, field=field))
 
 
+_encoder = msgspec.json.Encoder(enc_hook=codec.plain_str)
+"""Encodes as :func:`scheduler.codec.encode` does, to bytes (what the bound counts)."""
+
+
 def frame_size(message: ClientMessage) -> int:
     """The bytes of ``message``'s frame (UTF-8 JSON, as sent)."""
-    return len(codec.encode(message).encode())
+    return len(_encoder.encode(message))
 
 
 def check_frame(message: ClientMessage, max_bytes: int = MAX_FRAME_BYTES) -> None:
@@ -124,8 +128,9 @@ def submit_order(payloads: Sequence[JobPayload]) -> list[int]:
 
 
 def id_sizes(ids: Sequence[str]) -> list[int]:
-    """The encoded size of each id (a JSON string)."""
-    return [len(msgspec.json.encode(job_id)) for job_id in ids]
+    """The encoded size of each id (a JSON string; a :class:`~scheduler.producer.handle.Job`
+    handle is its id)."""
+    return [len(_encoder.encode(job_id)) for job_id in ids]
 
 
 async def ask_all(ask: Ask, builders: Sequence[Builder]) -> list[BusMessage]:
@@ -144,7 +149,7 @@ async def submit_in_parts(ask: Ask, payloads: Sequence[JobPayload]) -> list[Subm
     """Submit ``payloads`` (ids set) as one ``submit_many``, or as several if one frame
     cannot hold them (in :func:`submit_order`); one result per payload, in their order.
     Raises :class:`FrameTooBig` for a job too big for any frame, before sending any."""
-    raws = [msgspec.json.encode(p, enc_hook=codec.plain_str) for p in payloads]
+    raws = [_encoder.encode(p) for p in payloads]
     overhead = frame_size(SubmitMany(jobs=[], ref=LONGEST_REF))
     sizes = [len(raw) for raw in raws]
     parts = spans(sizes, overhead, max_items=MAX_BULK, what="job")

@@ -9,12 +9,14 @@ rides out a bus restart.
 
 The connection is :class:`scheduler.connect.Connector`'s: when it drops, the client
 reconnects with backoff and jitter, sends again every request not yet answered, and
-re-subscribes (``watch``) to every job it submitted that is not final yet, so no event
-about its jobs is missed for good. Jobs get
+re-subscribes (``watch``, in parts) to every job it submitted that is not final yet, so
+no event about its jobs is missed for good; what a connection closed on a frame too big
+(1009) refused is not sent again (see :mod:`scheduler.producer.resend`). Jobs get
 client-chosen ids (unless the payload names one) submitted with ``on_conflict="ignore"``,
 so sending a submit again after a lost acknowledgement never creates a second job.
 A bus that refuses the registration itself raises
-:class:`~scheduler.connect.RegistrationRefused`; :class:`SubmitError` is a refused request.
+:class:`~scheduler.connect.RegistrationRefused`; :class:`SubmitError` is a refused request
+(:class:`FrameTooBig` one too big to travel: see :mod:`scheduler.producer.chunking`).
 
 Events go to every waiter on its own: each :meth:`ProducerClient.events` iterator has its
 own queue, and the handles on a job share the job's :class:`~scheduler.producer.handle.
@@ -42,6 +44,7 @@ from scheduler import codec
 from scheduler.connect import Connector, Registration, RegistrationRefused
 from scheduler.producer import resend
 from scheduler.producer.chunking import (
+    FrameTooBig,
     check_frame,
     retry_in_parts,
     submit_in_parts,
@@ -80,7 +83,7 @@ from scheduler.protocol_schedules import (
 from scheduler.protocol_stats import StatsReply
 from scheduler.protocol_types import FINAL_EVENTS, JobState
 
-__all__ = ["BusConnectionLost", "BusReply", "ProducerClient", "SubmitError"]
+__all__ = ["BusConnectionLost", "BusReply", "FrameTooBig", "ProducerClient", "SubmitError"]
 
 log = logging.getLogger(__name__)
 

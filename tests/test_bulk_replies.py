@@ -31,6 +31,7 @@ from conftest import unit
 from scheduler import connect
 from scheduler.bus.config import BusConfig
 from scheduler.bus.server import BusServer
+from scheduler.producer import client as client_module
 from scheduler.producer.chunking import FrameTooBig
 from scheduler.producer.client import ProducerClient
 from scheduler.protocol import JobEvent, JobPayload
@@ -96,6 +97,19 @@ async def test_a_reply_over_the_clients_bound_fails_its_request_once(
     async with ProducerClient(bus.url) as producer:
         with pytest.raises(FrameTooBig, match=f"over this client's bound of {SMALL_BOUND} bytes"):
             await asyncio.wait_for(producer.submit_many(payloads), 10 * unit())
+        assert (await asyncio.wait_for(producer.stats(), 10 * unit())).bus
+
+
+async def test_a_frame_the_bus_refuses_fails_its_request_once(
+    bus: BusServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Were a frame over the bus's bound sent (a bus with a smaller bound than this
+    client knows), its 1009 fails the request instead of a re-send for ever."""
+    monkeypatch.setattr(client_module, "check_frame", lambda message: None)
+    huge = JobPayload(runtime=1.0, args=["x" * MAX_FRAME_BYTES])
+    async with ProducerClient(bus.url) as producer:
+        with pytest.raises(FrameTooBig, match=f"the bus refused .* {MAX_FRAME_BYTES} bytes"):
+            await asyncio.wait_for(producer.submit(huge), 10 * unit())
         assert (await asyncio.wait_for(producer.stats(), 10 * unit())).bus
 
 

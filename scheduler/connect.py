@@ -3,8 +3,8 @@
 Every v2 client (the producer library, the scheduler client, the monitor) goes through
 :class:`Connector`:
 
-1. open a WebSocket with the options every client uses (no compression, frames up to
-   :data:`~scheduler.protocol_types.MAX_FRAME_BYTES`, TLS from :func:`scheduler.auth.tls_options`);
+1. open a WebSocket with the options every client uses (no compression, frames from the
+   bus up to :data:`MAX_BUS_FRAME_BYTES`, TLS from :func:`scheduler.auth.tls_options`);
 2. send the client's ``register`` and wait for ``registered``;
 3. only then forget past failures (reset the backoff): a bus that accepts the
    connection but closes it on a bad token must not be retried at the shortest delay;
@@ -66,6 +66,20 @@ most, and a bus that accepts a connection but does not complete the handshake wi
 is passed over (websockets' defaults, 20 s + 20 s, 10 s and 10 s, kept a client there
 up to a minute)."""
 
+MAX_BUS_FRAME_BYTES: Final = 256 * 1024 * 1024
+"""The largest frame a client takes from its bus (256 MiB). The bus's own bound,
+:data:`~scheduler.protocol_types.MAX_FRAME_BYTES` (1 MiB), protects the bus from its
+clients; a client asks for what its bus sends, and a reply can be far longer than any
+request: a ``submitted_many`` repeats each id (with a ``warning`` when no scheduler serves
+the task), a ``watching`` or ``jobs`` reply holds each job's whole status (its arguments
+alone may be near 1 MiB), and a ``list_jobs`` may ask for
+:data:`~scheduler.protocol_types.MAX_BULK` jobs. Refusing such a reply made the client
+reconnect and ask again for ever. The bound stays finite so that a server that is not a
+bus cannot make a client read without end; a batch frame is far below it (the bus packs
+at most :data:`~scheduler.protocol_types.MAX_BATCH_BYTES` into one, and a longer message
+travels alone). A connection closed on a frame too big, either way, is reported by
+:func:`closed_too_big`."""
+
 RETRYABLE: Final = (OSError, InvalidHandshake, TimeoutError, ConnectionClosed)
 """Failures to reach or keep the bus that a later try may not meet."""
 
@@ -117,7 +131,7 @@ async def open_connection(
     tls = tls_options(url, cafile)
     options = {
         "compression": None,
-        "max_size": protocol_types.MAX_FRAME_BYTES,
+        "max_size": MAX_BUS_FRAME_BYTES,
         **KEEPALIVE,
         **tls,
     }
@@ -292,6 +306,27 @@ def unanswered(ws: ClientConnection) -> bool:
     keepalive of :data:`KEEPALIVE` gave up on it), not because it closed or went away."""
     sent, received = ws.protocol.close_sent, ws.protocol.close_rcvd
     return received is None and sent is not None and sent.code == CloseCode.INTERNAL_ERROR
+
+
+def closed_too_big(ws: ClientConnection) -> str | None:
+    """Why the connection ended, if it was closed because a frame was too big (code 1009):
+    the bus refused a frame of this client (over
+    :data:`~scheduler.protocol_types.MAX_FRAME_BYTES`), or this client refused one of the
+    bus's (over :data:`MAX_BUS_FRAME_BYTES`). None if it ended otherwise. Sending the same
+    requests again would meet the same refusal."""
+    received, sent = ws.protocol.close_rcvd, ws.protocol.close_sent
+    if ws.protocol.close_rcvd_then_sent and received is not None:
+        if received.code == CloseCode.MESSAGE_TOO_BIG:
+            return (
+                f"the bus refused a frame of this client as too big ({received.reason or 1009}; "
+                f"its bound is {protocol_types.MAX_FRAME_BYTES} bytes)"
+            )
+    elif sent is not None and sent.code == CloseCode.MESSAGE_TOO_BIG:
+        return (
+            f"a frame from the bus was over this client's bound of {MAX_BUS_FRAME_BYTES} "
+            f"bytes ({sent.reason or 1009})"
+        )
+    return None
 
 
 async def pause_unless(stop: asyncio.Event | None, seconds: float) -> None:

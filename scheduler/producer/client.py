@@ -9,12 +9,14 @@ rides out a bus restart.
 
 The connection is :class:`scheduler.connect.Connector`'s: when it drops, the client
 reconnects with backoff and jitter, sends again every request not yet answered, and
-re-subscribes (``watch``) to every job it submitted that is not final yet, so no event
-about its jobs is missed for good. Jobs get
+re-subscribes (``watch``, in parts) to every job it submitted that is not final yet, so
+no event about its jobs is missed for good; what a connection closed on a frame too big
+(1009) refused is not sent again (see :mod:`scheduler.producer.resend`). Jobs get
 client-chosen ids (unless the payload names one) submitted with ``on_conflict="ignore"``,
 so sending a submit again after a lost acknowledgement never creates a second job.
 A bus that refuses the registration itself raises
-:class:`~scheduler.connect.RegistrationRefused`; :class:`SubmitError` is a refused request.
+:class:`~scheduler.connect.RegistrationRefused`; :class:`SubmitError` is a refused request
+(:class:`FrameTooBig` one too big to travel: see :mod:`scheduler.producer.chunking`).
 
 Events go to every waiter on its own: each :meth:`ProducerClient.events` iterator has its
 own queue, and the handles on a job share the job's :class:`~scheduler.producer.handle.
@@ -40,6 +42,14 @@ from websockets.exceptions import ConnectionClosed
 
 from scheduler import codec
 from scheduler.connect import Connector, Registration, RegistrationRefused
+from scheduler.producer import resend
+from scheduler.producer.chunking import (
+    FrameTooBig,
+    check_frame,
+    retry_in_parts,
+    submit_in_parts,
+    watch_in_parts,
+)
 from scheduler.producer.errors import BusConnectionLost, SubmitError
 from scheduler.producer.handle import Job, JobWatch, UnknownJob
 from scheduler.producer.turn_sender import TurnSender
@@ -57,13 +67,11 @@ from scheduler.protocol import (
     JobRequest,
     Register,
     Retried,
-    SubmitMany,
     SubmitResult,
     SubmittedMany,
-    Watch,
     Watching,
 )
-from scheduler.protocol_queries import GetStats, ListJobs, Retry, Vacuum, Vacuumed
+from scheduler.protocol_queries import GetStats, ListJobs, Vacuum, Vacuumed
 from scheduler.protocol_schedules import (
     ScheduleAction,
     ScheduleAdd,
@@ -76,7 +84,7 @@ from scheduler.protocol_schedules import (
 from scheduler.protocol_stats import StatsReply
 from scheduler.protocol_types import FINAL_EVENTS, JobState
 
-__all__ = ["BusConnectionLost", "BusReply", "ProducerClient", "SubmitError"]
+__all__ = ["BusConnectionLost", "BusReply", "FrameTooBig", "ProducerClient", "SubmitError"]
 
 log = logging.getLogger(__name__)
 
@@ -126,6 +134,7 @@ class ProducerClient:
         self._connector = Connector(url, cafile)
         self._connect_timeout = connect_timeout
         self._refs = itertools.count(1)
+        self._resend = resend.Resender()
         self._requests: dict[int, _Request] = {}
         self._unfinished: set[str] = set()
         self._waiters = EventWaiters(backlog)
@@ -245,17 +254,15 @@ class ProducerClient:
         return reply.jobs[0]
 
     async def submit_many(self, payloads: Sequence[JobPayload]) -> list[SubmitResult]:
-        """Submit many jobs in one message (one journal transaction); one result per job.
-        Jobs that existed already are caught up with as in :meth:`submit`."""
-        raws = [
-            msgspec.Raw(msgspec.json.encode(self._with_id(p), enc_hook=codec.plain_str))
-            for p in payloads
-        ]
-        reply = await self._request(lambda ref: SubmitMany(jobs=raws, ref=ref))
-        assert isinstance(reply, SubmittedMany)
-        self._unfinished.update(result.id for result in reply.results if result.id is not None)
-        await self._catch_up([r.id for r in reply.results if r.id is not None and r.existing])
-        return reply.results
+        """Submit many jobs in one message (one journal transaction); one result per job,
+        in order. A batch too long for one frame goes as several messages (see
+        :mod:`scheduler.producer.chunking`); a job too big for any raises
+        :class:`~scheduler.producer.chunking.FrameTooBig` before any is sent. Jobs that
+        existed already are caught up with as in :meth:`submit`."""
+        results = await submit_in_parts(self._request, [self._with_id(p) for p in payloads])
+        self._unfinished.update(result.id for result in results if result.id is not None)
+        await self._catch_up([r.id for r in results if r.id is not None and r.existing])
+        return results
 
     async def cancel(self, job_id: str) -> CancelReply:
         """Ask the bus to cancel ``job_id``; the reply says what it did."""
@@ -264,9 +271,10 @@ class ProducerClient:
         return reply
 
     async def watch(self, job_ids: Sequence[str]) -> Watching:
-        """Subscribe to the events of ``job_ids``; the reply holds their current state."""
-        reply = await self._request(lambda ref: Watch(ids=list(job_ids), ref=ref))
-        assert isinstance(reply, Watching)
+        """Subscribe to the events of ``job_ids``; the reply holds their current state
+        (asked in parts of at most :data:`~scheduler.producer.chunking.MAX_IDS_PER_REQUEST`
+        ids, answered as one)."""
+        reply = await watch_in_parts(self._request, job_ids)
         self._unfinished.update(e.id for e in reply.jobs if e.event not in FINAL_EVENTS)
         return reply
 
@@ -312,9 +320,9 @@ class ProducerClient:
     async def retry(self, job_ids: Sequence[str]) -> Retried:
         """Run final jobs again (full ids); the reply holds the ``retried`` event of each
         job that runs again and why each other id was refused. This client then hears
-        the events of the retried jobs, and its handles on them wait for their new end."""
-        reply = await self._request(lambda ref: Retry(ids=list(job_ids), ref=ref))
-        assert isinstance(reply, Retried)
+        the events of the retried jobs, and its handles on them wait for their new end.
+        A long list is asked in parts, answered as one."""
+        reply = await retry_in_parts(self._request, job_ids)
         for event in reply.jobs:
             self._unfinished.add(event.id)
             self._waiters.note(event)
@@ -355,8 +363,7 @@ class ProducerClient:
         """Put the current state of ``job_ids`` in the events: a job that was final before
         we submitted it sends no more events."""
         if job_ids:
-            reply = await self._request(lambda ref: Watch(ids=job_ids, ref=ref))
-            assert isinstance(reply, Watching)
+            reply = await watch_in_parts(self._request, job_ids)
             for event in reply.jobs:
                 self._on_event(event, snapshot=True)
 
@@ -370,7 +377,9 @@ class ProducerClient:
         if self._closing:
             raise BusConnectionLost("the client was closed")
         ref = next(self._refs)
-        request = _Request(build(ref), asyncio.get_running_loop().create_future())
+        message = build(ref)
+        check_frame(message)
+        request = _Request(message, asyncio.get_running_loop().create_future())
         self._requests[ref] = request
         if self._sender is not None and self._connected.is_set():
             try:
@@ -410,15 +419,16 @@ class ProducerClient:
         # Set before resending, with no await in between: a request made from now on is
         # sent by _request itself, one made before is in the list below.
         self._connected.set()
-        if self._unfinished:
-            ref = next(self._refs)
-            watch = Watch(ids=sorted(self._unfinished), ref=ref)
+        for ref, watch in self._resend.rewatch(self._unfinished, self._refs).items():
             self._requests[ref] = _Request(watch, asyncio.get_running_loop().create_future())
             self._requests[ref].future.add_done_callback(self._after_rewatch)
-        for request in list(self._requests.values()):
-            await ws.send(codec.encode(request.message))
-        async for frame in ws:
-            self._on_frame(frame)
+        try:
+            for request in list(self._requests.values()):
+                await ws.send(codec.encode(request.message))
+            async for frame in ws:
+                self._on_frame(frame)
+        finally:
+            self._resend.settle(ws, self._requests, self._unfinished, self._waiters)
 
     def _after_rewatch(self, future: asyncio.Future[BusReply]) -> None:
         if future.cancelled() or future.exception() is not None:

@@ -49,6 +49,12 @@ class EventWaiters:
         if watch is not None:
             watch.add(event, snapshot=True)
 
+    def give_up(self, job_id: str, reason: str) -> None:
+        """No more events will come for ``job_id``: waiters on it fail with ``reason``."""
+        watch = self._watches.get(job_id)
+        if watch is not None:
+            watch.close(reason)
+
     def end(self, reason: str) -> None:
         """No more events: iterators end, and waiters on jobs not final fail with
         ``reason``."""

@@ -16,16 +16,13 @@ from typing import Final, TypeVar
 import msgspec
 
 from scheduler.protocol import (
-    Batch,
-    BusFrame,
     BusMessage,
-    ClientBatch,
-    ClientFrame,
     ClientMessage,
     Error,
     JobPayload,
     Register,
 )
+from scheduler.protocol_batch import Batch, BusFrame, ClientBatch, ClientFrame
 from scheduler.protocol_types import (
     DEFAULT_PRIORITY,
     MAX_BATCH_BYTES,
@@ -116,7 +113,7 @@ def decode_client(frame: str | bytes) -> ClientMessage:
 
 
 def decode_client_frame(frame: str | bytes) -> ClientMessage | ClientBatch:
-    """Decode a client frame: one message, or a :class:`~scheduler.protocol.ClientBatch`
+    """Decode a client frame: one message, or a :class:`~scheduler.protocol_batch.ClientBatch`
     whose messages :func:`batch_messages` decodes. Raise :class:`ProtocolError` naming the
     bad field, or ``messages`` for a batch of more than one message past
     :data:`~scheduler.protocol_types.MAX_BATCH_BYTES`."""
@@ -174,7 +171,7 @@ def decode_bus(frame: str | bytes) -> BusMessage:
 
 def decode_bus_frame(frame: str | bytes) -> list[BusMessage | ProtocolError]:
     """Decode a frame from the bus into the messages it holds, in order: one, or each of a
-    :class:`~scheduler.protocol.Batch`'s. Never raises: a frame that does not decode is a
+    :class:`~scheduler.protocol_batch.Batch`'s. Never raises: a frame that does not decode is a
     one-item list of its :class:`ProtocolError`, and a message of a batch that does not
     decode (a nested batch among them) is its error in that message's place."""
     try:

@@ -30,7 +30,6 @@ from scheduler.protocol_schedules import (
 from scheduler.protocol_stats import StatsReply
 from scheduler.protocol_types import (
     MAX_BACKOFF_S,
-    MAX_BATCH_MESSAGES,
     MAX_BULK,
     MAX_DEPENDS,
     MAX_NAME_LEN,
@@ -172,8 +171,8 @@ class Register(msgspec.Struct, frozen=True, tag_field="cmd", tag="register", omi
     secret: Annotated[str, msgspec.Meta(max_length=MAX_NAME_LEN)] | None = None
     schedules: Annotated[list[ScheduleSpec], msgspec.Meta(max_length=MAX_SCHEDULES)] | None = None
     batch: bool = False
-    """A v2 client that decodes :class:`Batch` frames: the bus may then send it the
-    messages ready in one loop turn as one frame."""
+    """A v2 client that decodes :class:`~scheduler.protocol_batch.Batch` frames: the bus
+    may then send it the messages ready in one loop turn as one frame."""
 
 
 class JobRequest(
@@ -263,18 +262,6 @@ ClientMessage = (
     | ScheduleQuery
 )
 
-
-class ClientBatch(msgspec.Struct, frozen=True, tag_field="cmd", tag="batch"):
-    """Several client messages in one frame, in order, for a bus whose
-    :class:`Registered` said ``batch``. Each is kept as its raw JSON and handled as if it
-    had come alone (same checks, same error reply), so that one that is refused costs
-    only itself; a batch never holds a batch or a ``register``."""
-
-    messages: Annotated[list[msgspec.Raw], msgspec.Meta(max_length=MAX_BATCH_MESSAGES)]
-
-
-ClientFrame = ClientMessage | ClientBatch
-"""What one frame from a client holds: a message, or (to a bus that accepts them) a batch."""
 
 # --- bus -> client -------------------------------------------------------------------
 
@@ -482,15 +469,6 @@ class Retried(msgspec.Struct, frozen=True, tag_field="type", tag="retried"):
     ref: Ref = None
 
 
-class Batch(msgspec.Struct, frozen=True, tag_field="type", tag="batch"):
-    """Several bus messages in one frame, in the order they were sent, for a client that
-    registered with ``batch``. Each message is kept as its raw JSON, so that one that does
-    not decode costs only itself (:func:`scheduler.codec.decode_bus_frame`); a batch never
-    holds a batch."""
-
-    messages: Annotated[list[msgspec.Raw], msgspec.Meta(max_length=MAX_BATCH_MESSAGES)]
-
-
 BusMessage = (
     Registered
     | Accepted
@@ -509,6 +487,3 @@ BusMessage = (
     | Schedules
     | NotLeader
 )
-
-BusFrame = BusMessage | Batch
-"""What one frame from the bus holds: a message, or (to a client that asked) a batch."""

@@ -31,7 +31,6 @@ from scheduler.policy.warm import WarmLimits
 from scheduler.producer.client import ProducerClient
 from scheduler.producer.turn_sender import TurnSender
 from scheduler.protocol import (
-    ClientBatch,
     ClientMessage,
     Heartbeat,
     JobPayload,
@@ -39,6 +38,7 @@ from scheduler.protocol import (
     Registered,
     Report,
 )
+from scheduler.protocol_batch import ClientBatch
 from scheduler.protocol_types import MAX_BATCH_BYTES, MAX_BATCH_MESSAGES
 from scheduler.tasks import TaskRegistry
 from scheduler.worker import client as worker_client

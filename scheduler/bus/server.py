@@ -53,7 +53,8 @@ from scheduler.bus.schedules import BusSchedules
 from scheduler.bus.sessions import Sessions
 from scheduler.codec import ProtocolError, batch_messages, decode_client_frame
 from scheduler.policy.access import is_loopback, send_refusal
-from scheduler.protocol import ClientBatch, ClientMessage, Register
+from scheduler.protocol import ClientMessage, Register
+from scheduler.protocol_batch import ClientBatch
 from scheduler.protocol_types import MAX_FRAME_BYTES
 
 logger = logging.getLogger(__name__)

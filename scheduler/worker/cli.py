@@ -42,7 +42,7 @@ from scheduler.tasks import TaskLoadError, TaskRegistry, load_task_modules
 from scheduler.worker.cgroups import CgroupError, JobCgroups
 from scheduler.worker.client import SchedulerClient, SchedulerConfig
 from scheduler.worker.job_output import DEFAULT_KEEP_LOGS
-from scheduler.worker.process import contain_orphans, kill_orphans
+from scheduler.worker.orphans import contain_orphans, kill_orphans
 
 log = logging.getLogger("scheduler.worker")
 
@@ -320,7 +320,7 @@ def run_scheduler(
     With ``log_jobs`` (or ``debug``) one INFO line is logged per job step
     (:func:`log_report`), else only for unusual ones (:func:`log_unusual_report`).
     This process becomes a child subreaper that kills whatever a job leaves behind
-    (:func:`~scheduler.worker.process.contain_orphans`): it must have no other children.
+    (:func:`~scheduler.worker.orphans.contain_orphans`): it must have no other children.
     On the signal every job is stopped and the connection closed; then this returns.
     ``token`` defaults to the scheduler token of ``token_file``. A bus that refuses the
     registration (name in use, bad token) is a ClickException.

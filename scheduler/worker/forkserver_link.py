@@ -34,7 +34,8 @@ from scheduler.policy.closing import exit_text
 from scheduler.tasks import TaskRegistry
 from scheduler.worker.cgroups import JobCgroups
 from scheduler.worker.forkserver import COMMAND, receive, send
-from scheduler.worker.process import JobProcess, ProcessResult, keep_child, release_child
+from scheduler.worker.orphans import keep_child, release_child
+from scheduler.worker.process import JobProcess, ProcessResult
 
 __all__ = ["ForkServerError", "ForkServerLauncher", "ForkServerLink", "ServedJobProcess"]
 

@@ -20,7 +20,15 @@ from scheduler.worker.containment import Freezer, set_child_subreaper
 if TYPE_CHECKING:
     import asyncio
 
-__all__ = ["LAZY_SWEEP_S", "OrphanReaper"]
+__all__ = [
+    "LAZY_SWEEP_S",
+    "REAPER",
+    "OrphanReaper",
+    "contain_orphans",
+    "keep_child",
+    "kill_orphans",
+    "release_child",
+]
 
 log = logging.getLogger(__name__)
 
@@ -122,3 +130,40 @@ def _reaped(pid: int) -> bool:
         return os.waitpid(pid, os.WNOHANG)[0] != 0
     except ChildProcessError:
         return True
+
+
+_live_jobs: set[int] = set()
+"""The pids of the job processes started here and not yet reaped, and of the children kept
+by :func:`keep_child`: never taken for orphans."""
+REAPER = OrphanReaper(_live_jobs.__contains__)
+"""The scheduler's reaper of what its job processes leave behind (:func:`contain_orphans`)."""
+
+
+def contain_orphans() -> None:
+    """Make this process a child subreaper that kills and reaps what its job processes
+    leave behind when they die (a job killed by a signal re-parents its descendants here).
+
+    For a process that runs job processes and has no other children of its own (the
+    scheduler): every child that is not a live job process is killed. Raises ``OSError``
+    if the kernel refuses.
+    """
+    REAPER.enable()
+
+
+def keep_child(pid: int) -> None:
+    """Never take the child ``pid`` (a fork server) for an orphan, until
+    :func:`release_child`."""
+    _live_jobs.add(pid)
+
+
+def release_child(pid: int) -> None:
+    """Undo :func:`keep_child` for ``pid`` (reaped by its owner by now)."""
+    _live_jobs.discard(pid)
+
+
+def kill_orphans() -> None:
+    """Kill at once every child of this process that is not a live job process, if
+    :func:`contain_orphans` was called (else nothing): for a scheduler about to exit,
+    which will not be there to reap them (init will)."""
+    if REAPER.enabled:
+        REAPER.sweep()

@@ -6,8 +6,9 @@ Each job runs in its own session and process group, and is a child subreaper
 the job process, so it stays in the job's tree. Stopping a job signals that whole tree;
 a job that ends by itself kills what it leaves behind before it exits; one that dies by
 a signal leaves its descendants to the scheduler, which kills them too if it was made a
-subreaper with :func:`contain_orphans`. A stopped job, or one that died by a signal, is
-reported ended only once all that is left of its tree is frozen and killed.
+subreaper with :func:`~scheduler.worker.orphans.contain_orphans`. A stopped job, or one
+that died by a signal, is reported ended only once all that is left of its tree is
+frozen and killed.
 
 Its exit is awaited through a pidfd registered with the event loop: no thread per process
 and no thread at all in this module, because the scheduler forks from its event loop
@@ -37,17 +38,9 @@ from scheduler.policy.closing import Outcome
 from scheduler.worker import containment
 from scheduler.worker.cgroups import JobCgroups
 from scheduler.worker.child import RESET_SIGNALS, child_main, job_stdin, socket_fds
-from scheduler.worker.orphans import OrphanReaper
+from scheduler.worker.orphans import REAPER, keep_child, kill_orphans, release_child
 
-__all__ = [
-    "JobProcess",
-    "Outcome",
-    "ProcessResult",
-    "contain_orphans",
-    "keep_child",
-    "kill_orphans",
-    "release_child",
-]
+__all__ = ["JobProcess", "Outcome", "ProcessResult"]
 
 log = logging.getLogger(__name__)
 
@@ -56,41 +49,6 @@ _FORK = multiprocessing.get_context("fork")
 
 CGROUP_REMOVE_TRIES = 250
 """How many times (20 ms apart) a killed job cgroup is looked at until it is empty."""
-
-_live_jobs: set[int] = set()
-"""The pids of the job processes started here and not yet reaped, and of the children kept
-by :func:`keep_child`: never taken for orphans."""
-_orphans = OrphanReaper(_live_jobs.__contains__)
-
-
-def contain_orphans() -> None:
-    """Make this process a child subreaper that kills and reaps what its job processes
-    leave behind when they die (a job killed by a signal re-parents its descendants here).
-
-    For a process that runs job processes and has no other children of its own (the
-    scheduler): every child that is not a live job process is killed. Raises ``OSError``
-    if the kernel refuses.
-    """
-    _orphans.enable()
-
-
-def keep_child(pid: int) -> None:
-    """Never take the child ``pid`` (a fork server) for an orphan, until
-    :func:`release_child`."""
-    _live_jobs.add(pid)
-
-
-def release_child(pid: int) -> None:
-    """Undo :func:`keep_child` for ``pid`` (reaped by its owner by now)."""
-    _live_jobs.discard(pid)
-
-
-def kill_orphans() -> None:
-    """Kill at once every child of this process that is not a live job process, if
-    :func:`contain_orphans` was called (else nothing): for a scheduler about to exit,
-    which will not be there to reap them (init will)."""
-    if _orphans.enabled:
-        _orphans.sweep()
 
 
 @dataclass(frozen=True, slots=True)
@@ -226,7 +184,7 @@ class JobProcess(EndsInFuture):
                 self._drop_cgroup(CGROUP_REMOVE_TRIES)
                 raise
         self._pidfd = pidfd
-        _live_jobs.add(pid)
+        keep_child(pid)
         self._future = loop.create_future()
         loop.add_reader(self._pidfd, self._exited)
         log.debug("started job %s pid %d", self._name, pid)
@@ -451,7 +409,7 @@ class JobProcess(EndsInFuture):
         self._drop_cgroup(CGROUP_REMOVE_TRIES)
         reaped = self._collect(pid)
         exit_code = reaped.exit_code
-        _live_jobs.discard(pid)
+        release_child(pid)
         if self._stop_outcome is None and (exit_code is None or exit_code < 0):
             # It died by a signal: its descendants are ours now; kill them before it is
             # reported.
@@ -459,7 +417,7 @@ class JobProcess(EndsInFuture):
         else:
             # A stopped one's were killed above, its zombies are ours to reap now; one that
             # exited killed its own, unless it skipped that with os._exit.
-            _orphans.sweep_soon(urgent=self._stop_outcome is not None)
+            REAPER.sweep_soon(urgent=self._stop_outcome is not None)
         wall_s = time.monotonic() - self._started_at
         outcome = self._stop_outcome or "exited"
         result = replace(reaped, outcome=outcome, wall_s=wall_s)
@@ -479,9 +437,9 @@ class JobProcess(EndsInFuture):
         signalled, self._signalled = self._signalled, None
         if signalled is None:
             return
-        adopter = os.getpid() if _orphans.enabled else None
-        freezer = signalled.kill(adopter=adopter, spare=_orphans.is_job)
-        _orphans.reap(freezer.adopted)
+        adopter = os.getpid() if REAPER.enabled else None
+        freezer = signalled.kill(adopter=adopter, spare=REAPER.is_job)
+        REAPER.reap(freezer.adopted)
 
 
 def _reap(pid: int) -> tuple[int | None, float, int]:

@@ -1,7 +1,7 @@
 """The frame the oldest reports of a scheduler's outbox go out in.
 
 To a bus whose ``registered`` said ``batch``, the reports waiting when the writer runs
-travel as one :class:`~scheduler.protocol.ClientBatch` frame, bounded like the bus's own
+travel as one :class:`~scheduler.protocol_batch.ClientBatch` frame, bounded like the bus's own
 batches (:data:`~scheduler.protocol_types.MAX_BATCH_MESSAGES` messages,
 :data:`~scheduler.protocol_types.MAX_BATCH_BYTES` bytes; a bigger report travels alone);
 a lone report, and every report to an older bus, travels as a plain frame.

@@ -390,17 +390,21 @@ async def test_an_origin_header_is_refused_unless_allowed() -> None:
             await register(ws, "monitor")
 
 
+async def refused_a_wrong_token(bus: BusServer) -> None:
+    """Register a producer with a token the bus does not know: it is refused on the field
+    ``token`` and the connection closed with 1008."""
+    async with client(bus) as wrong:
+        await wrong.send('{"cmd": "register", "type": "producer", "protocol": 2, "token": "no"}')
+        error = await recv(wrong)
+        assert (error["type"], error["field"]) == ("error", "token")
+        await asyncio.wait_for(wrong.wait_closed(), timeout())
+        assert wrong.close_code == 1008
+
+
 async def test_a_token_is_enforced(caplog: pytest.LogCaptureFixture) -> None:
     tokens = TokenTable((Token("ops", "admin", "s3cret"),))
     async with BusServer(BusConfig(port=0, tokens=tokens, v1=False)) as bus:
-        async with client(bus) as wrong:
-            await wrong.send(
-                '{"cmd": "register", "type": "producer", "protocol": 2, "token": "no"}'
-            )
-            error = await recv(wrong)
-            assert (error["type"], error["field"]) == ("error", "token")
-            await asyncio.wait_for(wrong.wait_closed(), timeout())
-            assert wrong.close_code == 1008
+        await refused_a_wrong_token(bus)
         async with client(bus) as v1:
             await v1.send('{"cmd": "register", "type": "scheduler"}')
             await asyncio.wait_for(v1.wait_closed(), timeout())

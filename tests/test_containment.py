@@ -51,14 +51,17 @@ def escapees() -> Iterator[list[int]]:
 
 
 @asynccontextmanager
-async def worker(commands: Commands, *options: str) -> AsyncIterator[tuple[Peer, int]]:
-    """A real ``python -m scheduler.worker`` serving the sample tasks, registered with a
-    fake bus: yields the bus's side of the connection and the worker's pid."""
+async def worker(
+    commands: Commands, *options: str, tasks: str = TASKS
+) -> AsyncIterator[tuple[Peer, int]]:
+    """A real ``python -m scheduler.worker`` serving ``tasks`` (the sample tasks),
+    registered with a fake bus: yields the bus's side of the connection and the worker's
+    pid."""
     bus = FakeBus()
     async with bus.serve() as server:
         url = f"ws://127.0.0.1:{port_of(server)}"
         proc = await commands.start(
-            "scheduler.worker", "--tasks", TASKS, "--bus", url, "--name", "w1", *options
+            "scheduler.worker", "--tasks", tasks, "--bus", url, "--name", "w1", *options
         )
         peer = await bus.peer(timeout=15)
         await peer.register("w1")

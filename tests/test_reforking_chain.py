@@ -13,15 +13,13 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
 from conftest import ROOT, Commands, unit, wait_until
 from reforking_tasks import _hop
-from test_containment import LAUNCHERS, escapees, zombie_children
-from test_scheduler_client import FakeBus, Peer, port_of
+from test_containment import LAUNCHERS, escapees, worker, zombie_children
+from test_scheduler_client import Peer
 from test_user_tasks import gone
 
 from scheduler.worker import containment
@@ -29,21 +27,6 @@ from scheduler.worker import containment
 __all__ = ["escapees"]  # a fixture, used by name
 
 TASKS = str(ROOT / "tests" / "reforking_tasks.py")
-
-
-@asynccontextmanager
-async def worker(commands: Commands, *options: str) -> AsyncIterator[tuple[Peer, int]]:
-    """A real worker serving the re-forking task, registered with a fake bus: yields the
-    bus's side of the connection and the worker's pid."""
-    bus = FakeBus()
-    async with bus.serve() as server:
-        url = f"ws://127.0.0.1:{port_of(server)}"
-        proc = await commands.start(
-            "scheduler.worker", "--tasks", TASKS, "--bus", url, "--name", "w1", *options
-        )
-        peer = await bus.peer(timeout=15)
-        await peer.register("w1")
-        yield peer, proc.pid
 
 
 async def time_out_a_chain(
@@ -73,14 +56,14 @@ async def time_out_a_chain(
 async def test_a_reforking_chain_forks_no_more_once_its_job_is_reported_timed_out(
     commands: Commands, tmp_path: Path, mode: tuple[str, ...]
 ) -> None:
-    async with worker(commands, *mode) as (peer, worker_pid):
+    async with worker(commands, *mode, tasks=TASKS) as (peer, worker_pid):
         await time_out_a_chain(peer, worker_pid, tmp_path)
 
 
 async def test_a_reforking_chain_forks_no_more_once_its_job_that_died_by_a_signal_is_reported(
     commands: Commands, tmp_path: Path
 ) -> None:
-    async with worker(commands) as (peer, worker_pid):
+    async with worker(commands, tasks=TASKS) as (peer, worker_pid):
         await time_out_a_chain(peer, worker_pid, tmp_path, die_after=0.1 * unit())
 
 

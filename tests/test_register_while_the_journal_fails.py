@@ -10,13 +10,22 @@ outage)."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, closing
 from pathlib import Path
 
 from conftest import Commands, unit, wait_until
-from test_bus import bus_with, client, next_event, recv, register, registered, request, submit
+from test_bus import (
+    bus_with,
+    client,
+    next_event,
+    recv,
+    refused_a_wrong_token,
+    register,
+    registered,
+    request,
+    submit,
+)
 from test_bus_journal_failure import POISON, poison_trigger, timeout
 
 from scheduler.auth import Token, TokenTable
@@ -72,14 +81,7 @@ async def test_a_refused_registration_is_answered_while_the_journal_fails(
                 await register(admin, "producer", token="s3cret")
                 refused = await request(admin, {"cmd": "job_request", "payload": POISON})
                 assert "submit refused" in refused["message"]
-            async with client(bus) as wrong:
-                await wrong.send(
-                    '{"cmd": "register", "type": "producer", "protocol": 2, "token": "no"}'
-                )
-                error = await recv(wrong)
-                assert (error["type"], error["field"]) == ("error", "token")
-                await asyncio.wait_for(wrong.wait_closed(), timeout())
-                assert wrong.close_code == 1008
+            await refused_a_wrong_token(bus)
 
 
 async def test_a_scheduler_reattaching_is_answered_at_once_a_new_one_after_the_journal(

@@ -193,6 +193,9 @@ def test_a_job_delivered_too_often_is_dead() -> None:
     assert dead.state == "dead" and dead.error is not None
     assert "delivered 4 times (limit 4)" in dead.error
     assert core.job("j0") is None
+    changed, _ = core.take_changes()
+    (record,) = [stored for stored in changed if stored.id == "j0"]
+    assert record.errors[-1] == dead.error  # its status (jobs show) says why
 
 
 # --- results and tracebacks ------------------------------------------------------------

@@ -131,7 +131,7 @@ class Lifecycle:
         limit = self.config.max_deliveries + job.payload.max_retries
         if job.deliveries >= limit:
             error = f"delivered {job.deliveries} times (limit {limit}) without an outcome"
-            self.finish(job, "dead", wall, out, error=error)
+            self.finish(job, "dead", wall, out, error=_kept(job, error))
             return
         pool = self.eligible(job.payload.task, now)
         pin = job.payload.pin

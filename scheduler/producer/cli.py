@@ -191,7 +191,7 @@ async def _submit_bulk(client: ProducerClient, plan: Plan, follower: JobFollower
         else:
             follower.expect(result.id, payloads[index].task, result.warning)
             follower.expect_runs(result.id, payloads[index].task, result.runs)
-    log.info("submitted %d jobs in one message", sum(r.id is not None for r in results))
+    log.info("submitted %d jobs in one batch", sum(r.id is not None for r in results))
 
 
 async def _submit_scattered(client: ProducerClient, plan: Plan, follower: JobFollower) -> None:
@@ -316,7 +316,11 @@ def _indices(count: int | None) -> Iterator[int]:
     is_flag=True,
     help="Run every job once on each scheduler serving its task now (refused if none does).",
 )
-@click.option("--bulk", is_flag=True, help="Submit all --count jobs in one message.")
+@click.option(
+    "--bulk",
+    is_flag=True,
+    help="Submit all --count jobs in one batch (one message, or several past 1 MiB).",
+)
 @click.option(
     "--delay",
     type=click.FloatRange(0, protocol_types.MAX_DELAY_S, min_open=True),

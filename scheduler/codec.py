@@ -246,6 +246,11 @@ def encode_bytes(message: ClientMessage | BusMessage) -> bytes:
     return _encoder.encode(message)
 
 
+def encode_value(value: object) -> bytes:
+    """Encode a part of a message (a payload, an id) exactly as it is in the frame."""
+    return _encoder.encode(value)
+
+
 def _v1_payload_body(payload: JobPayload) -> dict[str, float | int]:
     # The original producer sent integer runtimes, runtime first; keep that shape on the wire.
     runtime = payload.runtime if payload.runtime is not None else 0

@@ -115,7 +115,7 @@ async def test_a_frame_the_bus_refuses_fails_its_request_once(
 ) -> None:
     """Were a frame over the bus's bound sent (a bus with a smaller bound than this
     client knows), its 1009 fails the request instead of a re-send for ever."""
-    monkeypatch.setattr(client_module, "check_frame", lambda message: None)
+    monkeypatch.setattr(client_module, "encoded_frame", codec.encode_bytes)
     huge = JobPayload(runtime=1.0, args=["x" * MAX_FRAME_BYTES])
     async with ProducerClient(bus.url) as producer:
         with pytest.raises(FrameTooBig, match=f"the bus refused .* {MAX_FRAME_BYTES} bytes"):

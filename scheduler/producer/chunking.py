@@ -69,24 +69,22 @@ class FrameTooBig(SubmitError):
         super().__init__(Error(message=message, field=field))
 
 
-_encoder = msgspec.json.Encoder(enc_hook=codec.plain_str)
-"""Encodes as :func:`scheduler.codec.encode` does, to bytes (what the bound counts)."""
-
-
 def frame_size(message: ClientMessage) -> int:
     """The bytes of ``message``'s frame (UTF-8 JSON, as sent)."""
-    return len(_encoder.encode(message))
+    return len(codec.encode_bytes(message))
 
 
-def check_frame(message: ClientMessage, max_bytes: int = MAX_FRAME_BYTES) -> None:
-    """Raise :class:`FrameTooBig` if ``message`` encodes to more than ``max_bytes``."""
-    size = frame_size(message)
+def encoded_frame(message: ClientMessage, max_bytes: int = MAX_FRAME_BYTES) -> bytes:
+    """``message``'s frame; :class:`FrameTooBig` if it is over ``max_bytes``."""
+    frame = codec.encode_bytes(message)
+    size = len(frame)
     if size > max_bytes:
         kind = type(message).__struct_config__.tag
         raise FrameTooBig(
             f"a {kind} request of {size} bytes is over the bus's frame bound of "
             f"{max_bytes} bytes (it would close the connection with 1009)"
         )
+    return frame
 
 
 def spans(
@@ -130,7 +128,16 @@ def submit_order(payloads: Sequence[JobPayload]) -> list[int]:
 def id_sizes(ids: Sequence[str]) -> list[int]:
     """The encoded size of each id (a JSON string; a :class:`~scheduler.producer.handle.Job`
     handle is its id)."""
-    return [len(_encoder.encode(job_id)) for job_id in ids]
+    return [len(codec.encode_value(job_id)) for job_id in ids]
+
+
+def id_parts(
+    ids: Sequence[str], empty: ClientMessage, max_items: int = MAX_IDS_PER_REQUEST
+) -> list[slice]:
+    """Slices of ``ids`` of at most ``max_items``, each fitting one frame of the request
+    ``empty`` is with no ids (:func:`spans`)."""
+    overhead = frame_size(empty)
+    return spans(id_sizes(ids), overhead, max_items=max_items, what="id")
 
 
 async def ask_all(ask: Ask, builders: Sequence[Builder]) -> list[BusMessage]:
@@ -149,7 +156,7 @@ async def submit_in_parts(ask: Ask, payloads: Sequence[JobPayload]) -> list[Subm
     """Submit ``payloads`` (ids set) as one ``submit_many``, or as several if one frame
     cannot hold them (in :func:`submit_order`); one result per payload, in their order.
     Raises :class:`FrameTooBig` for a job too big for any frame, before sending any."""
-    raws = [_encoder.encode(p) for p in payloads]
+    raws = [codec.encode_value(p) for p in payloads]
     overhead = frame_size(SubmitMany(jobs=[], ref=LONGEST_REF))
     sizes = [len(raw) for raw in raws]
     parts = spans(sizes, overhead, max_items=MAX_BULK, what="job")
@@ -174,9 +181,7 @@ def _submit_part(jobs: list[msgspec.Raw]) -> Builder:
 async def watch_in_parts(ask: Ask, ids: Sequence[str]) -> Watching:
     """Watch ``ids`` in requests of at most :data:`MAX_IDS_PER_REQUEST`; one reply made
     of theirs, in order."""
-    overhead = frame_size(Watch(ids=[], ref=LONGEST_REF))
-    parts = spans(id_sizes(ids), overhead, max_items=MAX_IDS_PER_REQUEST, what="id")
-    replies = await ask_all(ask, [_watch_part(list(ids[part])) for part in parts])
+    replies = await _ids_in_parts(ask, ids, lambda part, ref: Watch(ids=part, ref=ref))
     watching = [reply for reply in replies if isinstance(reply, Watching)]
     return Watching(
         jobs=[event for reply in watching for event in reply.jobs],
@@ -184,16 +189,10 @@ async def watch_in_parts(ask: Ask, ids: Sequence[str]) -> Watching:
     )
 
 
-def _watch_part(ids: list[str]) -> Builder:
-    return lambda ref: Watch(ids=ids, ref=ref)
-
-
 async def retry_in_parts(ask: Ask, ids: Sequence[str]) -> Retried:
     """Retry ``ids`` in requests of at most :data:`MAX_IDS_PER_REQUEST`; one reply made of
     theirs, in order."""
-    overhead = frame_size(Retry(ids=[], ref=LONGEST_REF))
-    parts = spans(id_sizes(ids), overhead, max_items=MAX_IDS_PER_REQUEST, what="id")
-    replies = await ask_all(ask, [_retry_part(list(ids[part])) for part in parts])
+    replies = await _ids_in_parts(ask, ids, lambda part, ref: Retry(ids=part, ref=ref))
     retried = [reply for reply in replies if isinstance(reply, Retried)]
     return Retried(
         jobs=[event for reply in retried for event in reply.jobs],
@@ -201,5 +200,15 @@ async def retry_in_parts(ask: Ask, ids: Sequence[str]) -> Retried:
     )
 
 
-def _retry_part(ids: list[str]) -> Builder:
-    return lambda ref: Retry(ids=ids, ref=ref)
+IdsBuilder = Callable[[list[str], int], ClientMessage]
+"""Makes a request for some ids given its ``ref``."""
+
+
+async def _ids_in_parts(ask: Ask, ids: Sequence[str], build: IdsBuilder) -> list[BusMessage]:
+    """Ask for ``ids`` in the parts :func:`id_parts` cuts; the replies, in order."""
+    parts = id_parts(ids, build([], LONGEST_REF))
+    return await ask_all(ask, [_part(build, list(ids[part])) for part in parts])
+
+
+def _part(build: IdsBuilder, ids: list[str]) -> Builder:
+    return lambda ref: build(ids, ref)

@@ -45,7 +45,7 @@ from scheduler.connect import Connector, Registration, RegistrationRefused
 from scheduler.producer import resend
 from scheduler.producer.chunking import (
     FrameTooBig,
-    check_frame,
+    encoded_frame,
     retry_in_parts,
     submit_in_parts,
     watch_in_parts,
@@ -378,12 +378,12 @@ class ProducerClient:
             raise BusConnectionLost("the client was closed")
         ref = next(self._refs)
         message = build(ref)
-        check_frame(message)
+        frame = encoded_frame(message)
         request = _Request(message, asyncio.get_running_loop().create_future())
         self._requests[ref] = request
         if self._sender is not None and self._connected.is_set():
             try:
-                await self._sender.send(codec.encode_bytes(request.message))
+                await self._sender.send(frame)
             except ConnectionClosed:
                 pass  # sent again after the reconnect
         return await request.future

@@ -30,8 +30,7 @@ from scheduler.producer.chunking import (
     MAX_IDS_PER_REQUEST,
     FrameTooBig,
     frame_size,
-    id_sizes,
-    spans,
+    id_parts,
 )
 from scheduler.producer.waiters import EventWaiters
 from scheduler.protocol import ClientMessage, SubmitMany, Watch
@@ -67,8 +66,8 @@ class Resender:
         """The ``watch`` requests for ``unfinished`` on a new connection (none if empty),
         by their refs (taken from ``refs``); remembered until :meth:`settle`."""
         ids = sorted(unfinished)
-        overhead = frame_size(Watch(ids=[], ref=LONGEST_REF))
-        parts = spans(id_sizes(ids), overhead, max_items=self.ids_per_watch) if ids else []
+        empty = Watch(ids=[], ref=LONGEST_REF)
+        parts = id_parts(ids, empty, self.ids_per_watch) if ids else []
         watches = {ref: Watch(ids=ids[part], ref=ref) for part in parts for ref in [next(refs)]}
         self._rewatches = {ref: watch.ids for ref, watch in watches.items()}
         return watches

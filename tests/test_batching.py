@@ -13,7 +13,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.asyncio.server import ServerConnection, serve
 
 from scheduler import codec
-from scheduler.bus.batching import pack
+from scheduler.batch_pack import pack
 from scheduler.bus.server import BusServer
 from scheduler.connect import register
 from scheduler.protocol import (
@@ -96,16 +96,16 @@ def test_fuzzed_batches_decode_valid_or_name_what_is_wrong(messages: object) -> 
 
 def test_pack_keeps_order_and_bounds_count_and_bytes() -> None:
     small = [(b'{"type":"x","n":%d}' % n, n % 2) for n in range(10)]
-    packed = list(pack(small, max_messages=4))
+    packed = list(pack(small, codec.encode_batch, max_messages=4))
     assert len(packed) == 3 and [weight for _, weight in packed] == [2, 2, 1]
     unpacked = [m for frame, _ in packed for m in json.loads(frame)["messages"]]
     assert unpacked == [json.loads(frame) for frame, _ in small]
 
     big = (b"[" + b"0," * (MAX_BATCH_BYTES // 2) + b"0]", 7)
-    lone = list(pack([small[0], big, small[1]]))
+    lone = list(pack([small[0], big, small[1]], codec.encode_batch))
     assert lone == [small[0], big, small[1]], "a message past the byte bound travels alone"
-    assert list(pack([small[0]])) == [small[0]], "a lone message is not wrapped"
-    for frame, _ in pack(small * 2000):
+    assert list(pack([small[0]], codec.encode_batch)) == [small[0]], "a lone message is not wrapped"
+    for frame, _ in pack(small * 2000, codec.encode_batch):
         assert len(frame) <= MAX_BATCH_BYTES
 
 

@@ -10,7 +10,7 @@ back to the operating system (``malloc_trim`` on glibc).
 
 An outbox set to :attr:`FrameOutbox.batching` (a client that registered with ``batch``)
 gathers the frames pushed in one loop turn and sends them at the start of the next one,
-packed into batch frames (:mod:`scheduler.bus.batching`).
+packed into batch frames (:func:`scheduler.batch_pack.pack`).
 """
 
 from __future__ import annotations
@@ -27,7 +27,8 @@ from typing import Final
 from websockets.asyncio.server import ServerConnection, broadcast
 from websockets.exceptions import ConnectionClosed
 
-from scheduler.bus.batching import Pending, pack
+from scheduler.batch_pack import Pending, pack
+from scheduler.codec import encode_batch
 
 logger = logging.getLogger(__name__)
 
@@ -201,7 +202,7 @@ class FrameOutbox:
         """Send the frames gathered in the last loop turn, packed in batches."""
         self._turn_handle = None
         turn, self._turn = self._turn, []
-        for frame, weight in pack(turn):
+        for frame, weight in pack(turn, encode_batch):
             self._send(frame, weight)
 
     def _send(self, frame: bytes, counted: int) -> None:

@@ -173,6 +173,9 @@ class Register(msgspec.Struct, frozen=True, tag_field="cmd", tag="register", omi
     batch: bool = False
     """A v2 client that decodes :class:`~scheduler.protocol_batch.Batch` frames: the bus
     may then send it the messages ready in one loop turn as one frame."""
+    hold: bool = False
+    """A v2 scheduler that takes held assignments (:class:`Assign` with ``hold``), each
+    started only once its :class:`Release` comes."""
 
 
 class JobRequest(
@@ -387,10 +390,26 @@ class Stop(msgspec.Struct, frozen=True, tag_field="type", tag="stop"):
     kind: StopKind = "drop"
 
 
-class Assign(msgspec.Struct, frozen=True, tag_field="type", tag="assign"):
-    """The bus gives a v2 scheduler an attempt of a job to run."""
+class Assign(msgspec.Struct, frozen=True, tag_field="type", tag="assign", omit_defaults=True):
+    """The bus gives a v2 scheduler an attempt of a job to run.
+
+    ``hold`` (only to a scheduler that registered with ``hold``): the assignment is not
+    journaled yet. The scheduler may fork the job's process now, but the task must not run
+    and nothing about it may be reported ``started`` until the :class:`Release` of that
+    attempt comes. If the journal refuses the assignment, a :class:`Stop` (``drop``) comes
+    instead; if the connection is lost first, the scheduler ends the held process unstarted
+    and forgets the attempt.
+    """
 
     job: Assignment
+    hold: bool = False
+
+
+class Release(msgspec.Struct, frozen=True, tag_field="type", tag="release"):
+    """The held assignment of ``attempt`` of job ``id`` is journaled: start it now."""
+
+    id: str
+    attempt: int
 
 
 class JobEvent(msgspec.Struct, frozen=True, tag_field="type", tag="event", omit_defaults=True):
@@ -479,6 +498,7 @@ BusMessage = (
     | StatsReply
     | Error
     | Assign
+    | Release
     | Stop
     | JobEvent
     | Restarting

@@ -113,3 +113,24 @@ async def test_a_refused_submit_takes_its_held_assignments_with_it() -> None:
     assert (gate.pending(producer), gate.pending(scheduler), gate.pending(monitor)) == (0, 2, 1)
     await gate.drain()
     assert scheduler.fake.pushed == [] and monitor.fake.pushed == []
+
+
+async def test_a_refused_job_s_release_is_replaced_by_its_instead_frame() -> None:
+    """Held or come during the failed commit, a withdrawn release goes out as its stop;
+    a frame withdrawn without an ``instead`` is only dropped."""
+    journal = FailingJournal()
+    producer, scheduler = FakeRecipient(), FakeRecipient()
+    refusals: list[frozenset[str]] = []
+    gate = FrameGate(cast(Journal, journal), lambda *args: refusals.append(args[3]))
+    gate.changed()
+    gate.send(producer, b"accepted j1 j2 j3", refusal=Refusal(("j1", "j2", "j3"), 1))
+    gate.send(scheduler, b"release j1", assigns="j1", instead=b"stop j1")
+    await journal.committing.wait()
+    gate.send(scheduler, b"release j2", assigns="j2", instead=b"stop j2")
+    gate.send(scheduler, b"assign j3", assigns="j3")
+    journal.fail.set()
+    await wait_until(lambda: bool(refusals), 5.0, "the refusal")
+    assert refusals == [frozenset({"j1", "j2", "j3"})]
+    assert scheduler.fake.pushed == [(b"stop j1", True), (b"stop j2", True)]
+    assert gate.pending(scheduler) == 0
+    await gate.drain()

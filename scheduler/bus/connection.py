@@ -39,15 +39,20 @@ class Connection:
     """What its token lets it do, and the owner recorded on the jobs it submits."""
     close: tuple[int, str] | None = None
     """Set when the connection must be closed with this code and reason."""
+    holds: bool = False
+    """A v2 scheduler that takes held assignments (see :class:`~scheduler.protocol.Assign`)."""
 
-    def become(self, name: str, role: Role, protocol: int, batch: bool = False) -> None:
+    def become(
+        self, name: str, role: Role, protocol: int, batch: bool = False, hold: bool = False
+    ) -> None:
         """Record that the client registered as ``name``, a ``role`` speaking
-        ``protocol`` (v2 and ``batch``: it takes batch frames); its log lines now carry
-        that name."""
+        ``protocol`` (v2 and ``batch``: it takes batch frames; a v2 scheduler and
+        ``hold``: it takes held assignments); its log lines now carry that name."""
         self.name = name
         self.outbox.rename(name)
         self.role, self.protocol = role, protocol
         self.outbox.batching = batch and protocol == 2
+        self.holds = hold and protocol == 2 and role == "scheduler"
 
     def send(self, message: BusMessage, refusal: Refusal | None = None) -> None:
         """Queue ``message`` (a reply, a stop) for this client, behind every change not

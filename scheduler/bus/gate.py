@@ -10,7 +10,9 @@ growing delay, so nobody hears of a change before it is on disk. Only the acknow
 of new jobs are refused at once: the bus answers their senders with an error and takes
 the jobs back (:class:`Refusal`), so a producer learns that its submit failed instead of
 waiting for the disk. The assignments of those jobs still held here are dropped, never
-sent, so no scheduler runs a job whose producer was told it was refused.
+sent, so no scheduler runs a job whose producer was told it was refused. A held
+assignment's release (:class:`~scheduler.protocol.Release`) dropped so is replaced by
+the frame given ``instead`` (a stop of that attempt).
 """
 
 from __future__ import annotations
@@ -57,7 +59,8 @@ class Refusal:
 @dataclass(frozen=True, slots=True)
 class _Held:
     """A frame waiting for a commit; ``about`` names the job whose event it is, if any,
-    ``assigns`` the job whose assignment it carries, if any."""
+    ``assigns`` the job whose assignment (or release) it carries, if any, and
+    ``instead`` what goes out in its place if that job is refused."""
 
     recipient: Recipient
     frame: bytes
@@ -65,6 +68,7 @@ class _Held:
     refusal: Refusal | None
     about: str | None
     assigns: str | None = None
+    instead: bytes | None = None
 
 
 OnRefused = Callable[[Recipient, Refusal, JournalError, frozenset[str]], None]
@@ -99,6 +103,11 @@ class FrameGate:
         """Whether the latest commit failed (frames are held until a retry succeeds)."""
         return self._failures > 0
 
+    @property
+    def holding(self) -> bool:
+        """Whether a frame sent now would wait for a commit."""
+        return self._task is not None
+
     def pending(self, recipient: Recipient) -> int:
         """How many frames for ``recipient`` wait for a commit."""
         return self._pending.get(recipient, 0)
@@ -119,18 +128,20 @@ class FrameGate:
         refusal: Refusal | None = None,
         about: str | None = None,
         assigns: str | None = None,
+        instead: bytes | None = None,
     ) -> None:
         """Push ``frame`` to ``recipient`` now, or once the commits before it are done
         (``counted``: see :meth:`FrameOutbox.push`). A frame with a ``refusal`` is
         refused instead if its commit fails, and then the recipient's frames ``about``
         the refused jobs (their events) are dropped, and every frame that ``assigns``
-        one of them or their runs (to any recipient) too."""
+        one of them or their runs (to any recipient) too: its ``instead`` frame, if
+        any, is sent in its place."""
         if self._task is None:
             if not self._stopped:
                 recipient.outbox.push(frame, counted)
             return
         self._pending[recipient] = self._pending.get(recipient, 0) + 1
-        self._held.append(_Held(recipient, frame, counted, refusal, about, assigns))
+        self._held.append(_Held(recipient, frame, counted, refusal, about, assigns, instead))
 
     async def released(self, recipient: Recipient) -> None:
         """Wait until no frame for ``recipient`` waits for a commit."""
@@ -202,7 +213,7 @@ class FrameGate:
         kept = []
         for held in batch:
             if held.assigns in refused_jobs:
-                withdrawn.add(held.assigns)
+                self._withdraw(held, withdrawn)
             elif held.refusal is None and (id(held.recipient), held.about) not in refused:
                 kept.append(held)
                 continue
@@ -210,7 +221,7 @@ class FrameGate:
         later = []
         for held in self._held:
             if held.assigns in refused_jobs:
-                withdrawn.add(held.assigns)
+                self._withdraw(held, withdrawn)
                 self._release(held.recipient)
             else:
                 later.append(held)
@@ -219,6 +230,14 @@ class FrameGate:
             ids = withdrawn.intersection((*refusal.job_ids, *refusal.runs))
             self._on_refused(held.recipient, refusal, error, frozenset(ids))
         return kept
+
+    @staticmethod
+    def _withdraw(held: _Held, withdrawn: set[str]) -> None:
+        """Drop the assignment ``held`` carries, sending its ``instead`` frame now."""
+        assert held.assigns is not None
+        withdrawn.add(held.assigns)
+        if held.instead is not None:
+            held.recipient.outbox.push(held.instead, held.counted)
 
     def _failed(self, error: JournalError) -> float:
         """Log the failure (once until the journal recovers); return the retry delay."""

@@ -27,7 +27,7 @@ from scheduler.bus.journal import MEMORY, Journal, JournalError
 from scheduler.bus.journal_commit import paused_gc
 from scheduler.bus.metrics import BusMetrics, LiveFigures
 from scheduler.bus.registry import Registry
-from scheduler.codec import encode, encode_v1_payload
+from scheduler.codec import encode, encode_bytes, encode_v1_payload
 from scheduler.ids import short_id
 from scheduler.policy.dispatch.decisions import (
     Decision,
@@ -42,7 +42,17 @@ from scheduler.policy.dispatch.decisions import (
 )
 from scheduler.policy.dispatch.dependencies import restore_ids
 from scheduler.policy.dispatch.dispatcher import Dispatcher
-from scheduler.protocol import Accepted, Assign, BusMessage, Error, Restarting, SubmittedMany
+from scheduler.protocol import (
+    Accepted,
+    Assign,
+    Assignment,
+    BusMessage,
+    Error,
+    Release,
+    Restarting,
+    Stop,
+    SubmittedMany,
+)
 from scheduler.protocol_types import FINAL_EVENTS
 
 # The bus's log lines keep the one logger name its users and tests filter on.
@@ -281,11 +291,29 @@ class Hub:
     def _assign(self, decision: SendAssign) -> None:
         scheduler = self.registry.get(decision.scheduler)
         assert scheduler is not None
+        assignment = decision.assignment
+        if scheduler.holds and scheduler.gate.holding:
+            self._assign_held(scheduler, assignment)
+            return
         if scheduler.protocol == 2:
-            frame = encode(Assign(decision.assignment))
+            frame = encode(Assign(assignment))
         else:
             frame = encode_v1_payload(decision.payload)
-        scheduler.gate.send(scheduler, frame.encode(), assigns=decision.assignment.id)
+        scheduler.gate.send(scheduler, frame.encode(), assigns=assignment.id)
+
+    @staticmethod
+    def _assign_held(scheduler: Connection, assignment: Assignment) -> None:
+        """Send ``assignment`` now, held, so that the scheduler forks the job's process
+        while the journal commits it; its release follows the commit, or a stop if the
+        journal refuses the job."""
+        scheduler.outbox.push(encode_bytes(Assign(assignment, hold=True)))
+        job_id, attempt = assignment.id, assignment.attempt
+        scheduler.gate.send(
+            scheduler,
+            encode_bytes(Release(job_id, attempt)),
+            assigns=job_id,
+            instead=encode_bytes(Stop(job_id, attempt, "the journal refused the job")),
+        )
 
     def _stop(self, decision: SendStop) -> None:
         stop = decision.stop

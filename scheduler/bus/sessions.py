@@ -175,6 +175,6 @@ class Sessions:
         return None
 
 
-def _kind(message: Register) -> tuple[Role, int, bool]:
-    """The role, protocol and batching a ``register`` asks for."""
-    return message.type, message.protocol, message.batch
+def _kind(message: Register) -> tuple[Role, int, bool, bool]:
+    """The role, protocol, batching and held assignments a ``register`` asks for."""
+    return message.type, message.protocol, message.batch, message.hold

@@ -1,0 +1,111 @@
+"""The bus's side of held assignments: a scheduler that registers ``hold`` gets each
+assignment before its commit, marked ``hold``, then its ``release`` once the commit is
+done, or a ``stop`` if the journal refuses the job (``scheduler.protocol.Assign``)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import closing
+from pathlib import Path
+
+import pytest
+from conftest import unit, wait_until
+from test_bus import (
+    beat,
+    bus_with,
+    client,
+    committed,
+    recv,
+    register,
+    request,
+    submit_skipping_events,
+)
+from test_bus_journal_failure import POISON, poison_trigger
+
+from scheduler.bus.journal import Journal
+from scheduler.bus.server import BusServer
+
+
+def timeout() -> float:
+    return 5 * unit()
+
+
+@pytest.fixture
+async def db_bus(tmp_path: Path) -> AsyncIterator[BusServer]:
+    async with bus_with(db=str(tmp_path / "bus.db")) as bus:
+        yield bus
+
+
+async def test_the_assignment_comes_held_before_its_commit_and_is_released_after(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    db = tmp_path / "bus.db"
+    called, go_on = asyncio.Event(), asyncio.Event()
+    real_flush = Journal.flush
+
+    async def held_flush(journal: Journal) -> None:
+        called.set()
+        await go_on.wait()
+        await real_flush(journal)
+
+    async with bus_with(db=str(db)) as bus, client(bus) as scheduler, client(bus) as producer:
+        await register(scheduler, "scheduler", name="s1", size=1, hold=True)
+        await register(producer, "producer")
+        monkeypatch.setattr(Journal, "flush", held_flush)
+        await producer.send('{"cmd": "job_request", "payload": {"priority": 1, "runtime": 1}}')
+        await asyncio.wait_for(called.wait(), timeout())
+        assign = await recv(scheduler)
+        assert (assign["type"], assign["hold"], assign["job"]["attempt"]) == ("assign", True, 1)
+        assert committed(db) == []
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(scheduler.recv(), 0.2 * unit())
+        go_on.set()
+        job_id = assign["job"]["id"]
+        assert await recv(scheduler) == {"type": "release", "id": job_id, "attempt": 1}
+        assert (await recv(producer))["id"] == job_id
+        assert committed(db) == [(job_id, "assigned")]
+
+
+async def test_a_refused_job_s_hold_is_stopped_and_never_released(
+    tmp_path: Path, db_bus: BusServer
+) -> None:
+    async with client(db_bus) as scheduler, client(db_bus) as producer:
+        await register(
+            scheduler, "scheduler", name="s1", size=1, tasks=["sleep", "poison"], hold=True
+        )
+        await register(producer, "producer")
+        beating = asyncio.create_task(beat(scheduler))
+        with closing(poison_trigger(tmp_path / "bus.db")) as trigger:
+            frame = {"cmd": "job_request", "ref": 1, "payload": POISON}
+            refused = await request(producer, frame)
+            assert "submit refused" in refused["message"]
+            trigger.execute("DROP TRIGGER poison")
+        assign = await recv(scheduler)
+        assert assign["hold"] is True
+        job_id = assign["job"]["id"]
+        stop = await recv(scheduler)
+        assert (stop["type"], stop["id"], stop["attempt"], stop["kind"]) == (
+            "stop",
+            job_id,
+            1,
+            "drop",
+        )
+        await wait_until(lambda: db_bus.journal.failure is None, timeout(), "journal recovered")
+        later = await submit_skipping_events(producer, priority=1)
+        assert (await recv(scheduler))["job"]["id"] == later
+        assert await recv(scheduler) == {"type": "release", "id": later, "attempt": 1}
+        beating.cancel()
+
+
+async def test_a_scheduler_that_does_not_ask_gets_plain_assignments(db_bus: BusServer) -> None:
+    async with client(db_bus) as scheduler, client(db_bus) as producer:
+        await register(scheduler, "scheduler", name="s1", size=2)
+        await register(producer, "producer")
+        first = await submit_skipping_events(producer, priority=1)
+        second = await submit_skipping_events(producer, priority=1)
+        frames = [await recv(scheduler), await recv(scheduler)]
+        assert [(f["type"], f["job"]["id"], "hold" in f) for f in frames] == [
+            ("assign", first, False),
+            ("assign", second, False),
+        ]

@@ -30,6 +30,7 @@ class Run:
     pipe: ResultPipe
     channels: JobChannels
     started_at: float
+    """When the job started (``clock`` time): its fork, or its release if it was held."""
     deadline: float
     limits: Limits = NO_LIMITS
     why: Why | None = None
@@ -37,6 +38,8 @@ class Run:
     limit_error: str = ""
     go: GoPipe | None = None
     """Set while the process waits for its attempt's release: it has not started yet."""
+    held_s: float = 0.0
+    """How long the process waited for its release: not part of the job's wall time."""
 
     def release(self, now: float, timeout: float | None) -> bool:
         """Let the process waiting for its release run its task from ``now`` under
@@ -49,6 +52,7 @@ class Run:
             go.close()
             return False
         go.go()
+        self.held_s = now - self.started_at
         self.started_at = now
         self.deadline = math.inf if timeout is None else now + timeout
         return True
@@ -67,7 +71,7 @@ def ending(run: Run, result: ProcessResult, record: TaskRecord) -> Ending:
     return Ending(
         outcome=result.outcome,
         exit_code=result.exit_code,
-        wall_s=result.wall_s,
+        wall_s=max(0.0, result.wall_s - run.held_s),
         cpu_s=result.cpu_s,
         max_rss_kb=result.max_rss_kb,
         why=run.why,

@@ -144,6 +144,26 @@ async def test_a_scheduler_registers_hold_unless_it_runs_warm(
     assert (await peer.register()).get("hold") is hold
 
 
+async def test_a_held_attempt_released_while_queued_starts_as_any_job(
+    fake_bus: FakeBus, start: Start, tmp_path: Path
+) -> None:
+    client = start(fake_bus.url, size=1)
+    peer = await fake_bus.peer()
+    await peer.register()
+    await assign(peer, "first", tmp_path / "first", 60 * unit(), hold=False)
+    await peer.expect("report", event="started", id="first")
+    await assign(peer, "released", tmp_path / "released", 0.0)
+    await assign(peer, "unreleased", tmp_path / "unreleased", 0.0)
+    await wait_until(lambda: client.executor.queued == 2, 5 * unit(), "both to queue")
+    await release(peer, "released")
+    await peer.stop("first", 1, "a slot for the others", kind="cancel")
+    assert await closed(peer, "released") == ["started", "succeeded"]
+    await held_process(client, "unreleased")
+    assert peer.reports("unreleased") == [] and not (tmp_path / "unreleased").exists()
+    await release(peer, "unreleased")
+    assert await closed(peer, "unreleased") == ["started", "succeeded"]
+
+
 async def test_a_lost_connection_drops_what_awaits_its_release_and_keeps_the_rest(
     fake_bus: FakeBus, start: Start, tmp_path: Path
 ) -> None:
@@ -197,6 +217,8 @@ async def test_the_timeout_counts_from_the_release(
     assert peer.reports("slow") == []
     await release(peer, "slow")
     assert await closed(peer, "slow") == ["started", "succeeded"]
+    succeeded = await peer.expect("report", event="succeeded", id="slow")
+    assert succeeded["wall_s"] < 2 * timeout, "the wall time counts the time held"
 
 
 async def test_a_release_of_an_attempt_not_awaiting_one_is_ignored(

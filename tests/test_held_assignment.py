@@ -20,6 +20,7 @@ from test_scheduler_client import FakeBus, Peer, fake_bus
 from scheduler.policy.warm import WarmLimits
 from scheduler.protocol import Assignment, Report
 from scheduler.tasks import load_task_modules, run_task
+from scheduler.worker import job_run
 from scheduler.worker.client import SchedulerClient, SchedulerConfig
 
 __all__ = ["fake_bus"]  # a fixture, used by name
@@ -262,3 +263,20 @@ def test_a_job_process_whose_go_pipe_closes_unreleased_exits_without_its_task(
 
 def mark(path: str, runtime: float) -> None:
     Path(path).write_text(json.dumps(runtime))
+
+
+async def test_a_go_pipe_that_cannot_be_made_fails_the_job_and_frees_the_slot(
+    fake_bus: FakeBus, start: Start, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def out_of_descriptors() -> None:
+        raise OSError(24, "Too many open files")
+
+    monkeypatch.setattr(job_run, "GoPipe", out_of_descriptors)
+    start(fake_bus.url, size=1)
+    peer = await fake_bus.peer()
+    await peer.register()
+    await assign(peer, "held", tmp_path / "held", 0.0)
+    failed = await peer.expect("report", event="failed", id="held")
+    assert failed["error"] == "could not start the job process: [Errno 24] Too many open files"
+    await round_trip(peer, tmp_path, "after")
+    assert not (tmp_path / "held").exists()

@@ -9,6 +9,10 @@ Every attempt gets exactly one closing report, sent once its processes are gone;
 one is :func:`scheduler.policy.closing.closing_report`'s rule (nothing when the bus took it
 back, :meth:`Executor.drop`, or the executor shut down).
 
+A held attempt (:meth:`Executor.submit` with ``hold``) is forked when it starts but runs
+its task, counts its timeout and is reported ``started`` only on :meth:`Executor.release`
+(:mod:`scheduler.worker.held`).
+
 While a running job has a limit, the executor samples the memory and CPU time of every
 limited job's process tree each :data:`LIMIT_SAMPLE_S` (one read of ``/proc``); the
 decision is :func:`scheduler.policy.limits.over_limits`. Without limits nothing is sampled.
@@ -42,13 +46,12 @@ from scheduler.protocol import Assignment, Held, Report
 from scheduler.tasks import TaskRegistry, UnknownTaskError, call_arguments, run_task
 from scheduler.worker import containment
 from scheduler.worker.cgroups import JobCgroups
-from scheduler.worker.held import GoPipe, Key, Unreleased
-from scheduler.worker.job_feed import JobChannels, JobFeed
+from scheduler.worker.held import Key, Unreleased
+from scheduler.worker.job_feed import JobFeed
 from scheduler.worker.job_output import JobLogs
-from scheduler.worker.job_run import Run, ending
+from scheduler.worker.job_run import Run, ending, open_pipes
 from scheduler.worker.launch import Launcher, ProcessLauncher
 from scheduler.worker.process import ProcessResult
-from scheduler.worker.task_result import ResultPipe
 
 log = logging.getLogger(__name__)
 
@@ -314,7 +317,7 @@ class Executor:
             return self._give_back(assignment)
         held = (job_id, assignment.attempt) in self._unreleased
         try:
-            pipe, channels, go = self._open_pipes(assignment, held)
+            pipe, channels, go = open_pipes(self._feed, assignment, held)
         except OSError as exc:
             return self._not_started(assignment, exc)
         spec = self._tasks.spec(assignment.task)
@@ -362,26 +365,6 @@ class Executor:
         if go is None:
             self._on_event(Report("started", job_id, assignment.attempt), assignment)
         return []
-
-    def _open_pipes(
-        self, assignment: Assignment, held: bool
-    ) -> tuple[ResultPipe, JobChannels, GoPipe | None]:
-        """The result pipe and channels of a job about to fork, and its go pipe if
-        ``held``; ``OSError``, having closed what it made, if one cannot be made."""
-        pipe = ResultPipe()
-        try:
-            channels = self._feed.open(assignment.id, assignment.attempt)
-        except OSError:
-            pipe.close()
-            raise
-        if not held:
-            return pipe, channels, None
-        try:
-            return pipe, channels, GoPipe()
-        except OSError:
-            pipe.close()
-            channels.close()
-            raise
 
     def _timeout(self, assignment: Assignment) -> float | None:
         """The timeout ``assignment`` runs under: its own, else its task's, else ours."""

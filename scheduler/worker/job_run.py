@@ -1,9 +1,9 @@
 """One live job process as the executor keeps it, and what its end tells the closing rule.
 
 Kept apart from :mod:`scheduler.worker.executor`, which decides when runs start and stop;
-this module only holds a run's state: its pipes, its clock (``started_at``, ``deadline``),
-why it is being stopped, and, for a held attempt, the go pipe its process waits on
-(:mod:`scheduler.worker.held`).
+this module only opens a run's pipes and holds its state: its clock (``started_at``,
+``deadline``), why it is being stopped, and, for a held attempt, the go pipe its process
+waits on (:mod:`scheduler.worker.held`).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from scheduler.policy.closing import Ending, Why
 from scheduler.policy.limits import NO_LIMITS, Limits
 from scheduler.protocol import Assignment
 from scheduler.worker.held import GoPipe
-from scheduler.worker.job_feed import JobChannels
+from scheduler.worker.job_feed import JobChannels, JobFeed
 from scheduler.worker.launch import JobHandle
 from scheduler.worker.process import ProcessResult
 from scheduler.worker.task_result import ResultPipe, TaskRecord
@@ -62,6 +62,27 @@ class Run:
         if self.go is not None:
             self.go.close()
             self.go = None
+
+
+def open_pipes(
+    feed: JobFeed, assignment: Assignment, held: bool
+) -> tuple[ResultPipe, JobChannels, GoPipe | None]:
+    """The result pipe and ``feed``'s channels of a job about to fork, and its go pipe if
+    ``held``; ``OSError``, having closed what it made, if one cannot be made."""
+    pipe = ResultPipe()
+    try:
+        channels = feed.open(assignment.id, assignment.attempt)
+    except OSError:
+        pipe.close()
+        raise
+    if not held:
+        return pipe, channels, None
+    try:
+        return pipe, channels, GoPipe()
+    except OSError:
+        pipe.close()
+        channels.close()
+        raise
 
 
 def ending(run: Run, result: ProcessResult, record: TaskRecord) -> Ending:

@@ -176,6 +176,7 @@ async def test_a_lost_connection_drops_what_awaits_its_release_and_keeps_the_res
     await release(peer, "journaled")
     await peer.expect("report", event="started", id="journaled")
     kept = client.executor.pid_of("journaled")
+    await assign(peer, "journaled", tmp_path / "journaled", 60 * unit())  # a repeat: ignored
     await assign(peer, "unjournaled", tmp_path / "unjournaled", 60 * unit())
     pid = await held_process(client, "unjournaled")
     peer.ws.transport.abort()  # lost, as a cut would lose it: no closing handshake

@@ -167,11 +167,12 @@ class Executor:
         """
         if self._closed:
             raise RuntimeError("executor is shut down")
-        if hold:
-            self._unreleased.add((assignment.id, assignment.attempt))
+        key = (assignment.id, assignment.attempt)
         try:
             self._tasks.get(assignment.task)
         except UnknownTaskError as exc:
+            if hold:
+                self._unreleased.add(key)
             self._emit_failed(assignment, str(exc))
             return
         job_id = assignment.id
@@ -184,6 +185,8 @@ class Executor:
                 "attempt %d of %s replaces attempt %d", assignment.attempt, job_id, held.attempt
             )
             self._end(held, "dropped")
+        if hold:
+            self._unreleased.add(key)
         self._jobs[job_id] = assignment
         job = LocalJob(job_id, assignment.priority, assignment.evictions, assignment.evictable)
         self._carry_out(self._runner.submit(job, self._clock()))

@@ -84,10 +84,6 @@ class Unreleased:
         """Whether ``key`` (job id, attempt) awaits its release."""
         return key in self._keys
 
-    def __len__(self) -> int:
-        """How many attempts await their release."""
-        return len(self._keys)
-
     def add(self, key: Key) -> None:
         """``key`` came held: it awaits its release."""
         self._keys[key] = None

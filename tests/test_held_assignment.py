@@ -22,6 +22,11 @@ from scheduler.protocol import Assignment, Report
 from scheduler.tasks import load_task_modules, run_task
 from scheduler.worker import job_run
 from scheduler.worker.client import SchedulerClient, SchedulerConfig
+from scheduler.worker.forkserver_link import ForkServerLauncher
+from scheduler.worker.held import GoPipe
+from scheduler.worker.launch import JobHandle, Launcher, ProcessLauncher
+from scheduler.worker.process import ProcessResult
+from scheduler.worker.task_result import ResultPipe
 
 __all__ = ["fake_bus"]  # a fixture, used by name
 
@@ -240,6 +245,45 @@ async def test_a_release_of_an_attempt_not_awaiting_one_is_ignored(
     assert await closed(peer, "held") == ["started", "succeeded"]
     await round_trip(peer, tmp_path, "after")
     assert peer.reports("held") == ["started", "succeeded"]
+
+
+@LAUNCHERS
+async def test_a_held_process_exits_unstarted_once_its_go_pipe_closes(
+    tmp_path: Path, fork_server: bool
+) -> None:
+    tasks = load_task_modules([str(TASKS)])
+    launcher: Launcher = ForkServerLauncher(tasks) if fork_server else ProcessLauncher()
+    marker = tmp_path / "ran"
+    go, result = GoPipe(), ResultPipe()
+    process: JobHandle | None = None
+    try:
+        await launcher.ready()
+        args = {"path": str(marker), "runtime": 0.0}
+        process = launcher.job(
+            run_task,
+            (tasks.spec("mark").function, (), args, "held", 1),
+            {"result_fd": result.write_fd, "go_fd": go.read_fd},
+            name="job-held",
+            grace=1.0,
+            cgroups=None,
+        )
+        process.start()
+        result.forked()
+        go.forked()
+        ended: asyncio.Future[ProcessResult] = asyncio.get_running_loop().create_future()
+        process.add_done_callback(ended.set_result)
+        pid = process.pid
+        await wait_until(lambda: waits_on_a_pipe(pid), 10 * unit(), "the job waiting")
+        go.close()  # the scheduler's end: the job forked by the scheduler holds none
+        end = await asyncio.wait_for(ended, 5 * unit())
+        assert (end.outcome, end.exit_code) == ("exited", 1)
+        assert not marker.exists()
+    finally:
+        go.close()
+        result.close()
+        if process is not None and process.result is None:
+            await process.stop()
+        await launcher.close()
 
 
 def test_a_job_process_whose_go_pipe_closes_unreleased_exits_without_its_task(

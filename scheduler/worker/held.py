@@ -20,6 +20,26 @@ log = logging.getLogger(__name__)
 Key = tuple[str, int]
 """A job id and attempt."""
 
+_write_ends: set[int] = set()
+"""The write ends of the go pipes open in this process."""
+_hooked = False
+"""Whether :func:`_drop_write_ends` runs in every process forked from this one."""
+
+
+def _drop_write_ends() -> None:
+    """In a process just forked from one that holds go pipes (a job forked by the
+    scheduler itself, ``--no-fork-server``): point every write end it inherited at
+    /dev/null, so that a held job sees end of file once the scheduler closes its end,
+    whatever it forked meanwhile. The numbers stay taken, as in
+    :func:`~scheduler.worker.child.release_fds`."""
+    if not _write_ends:
+        return
+    devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+    for fd in _write_ends:
+        os.dup2(devnull, fd, inheritable=False)
+    os.close(devnull)
+    _write_ends.clear()
+
 
 class GoPipe:
     """The pipe a held job process waits on before its task runs.
@@ -31,7 +51,14 @@ class GoPipe:
 
     def __init__(self) -> None:
         """Open the pipe; ``OSError`` if it cannot be made."""
+        global _hooked
+        if not _hooked:
+            # Only in a process that makes go pipes: the fork server and the job
+            # processes it forks pay nothing for it.
+            os.register_at_fork(after_in_child=_drop_write_ends)
+            _hooked = True
         self.read_fd, self.write_fd = os.pipe2(os.O_CLOEXEC)
+        _write_ends.add(self.write_fd)
 
     def forked(self) -> None:
         """Close the scheduler's copy of the read end: only the job process waits on it."""
@@ -53,6 +80,7 @@ class GoPipe:
         exits without running its task."""
         self.forked()
         if self.write_fd >= 0:
+            _write_ends.discard(self.write_fd)
             os.close(self.write_fd)
             self.write_fd = -1
 

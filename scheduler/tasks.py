@@ -75,6 +75,7 @@ import msgspec
 
 from scheduler.policy.limits import NO_LIMITS, Limits, parse_size
 from scheduler.protocol_types import MAX_NAME_LEN, MAX_TIMEOUT_S, PRIORITY_MAX, PRIORITY_MIN, Args
+from scheduler.worker.held import wait_for_go
 from scheduler.worker.job_progress import enter_job
 from scheduler.worker.job_progress import progress as progress  # public: tasks call it
 from scheduler.worker.task_result import send_exception, send_result
@@ -468,12 +469,17 @@ def run_task(
     result_fd: int,
     progress_fd: int = -1,
     log_path: str | None = None,
+    go_fd: int = -1,
 ) -> None:
-    """The job process's entry point: send :func:`progress` to ``progress_fd``, point
-    stdout and stderr at a new log file at ``log_path`` (if given), publish the job's id
-    and attempt in the environment (see the module docstring), call
-    ``task(*args, **kwargs)`` and write its result or exception to ``result_fd``; exit
-    with status 1 if it raised."""
+    """The job process's entry point: for a held job (``go_fd``), wait for its release
+    first, and exit at once with status 1 if the scheduler closes the pipe instead
+    (:func:`~scheduler.worker.held.wait_for_go`); send :func:`progress` to
+    ``progress_fd``, point stdout and stderr at a new log file at ``log_path`` (if
+    given), publish the job's id and attempt in the environment (see the module
+    docstring), call ``task(*args, **kwargs)`` and write its result or exception to
+    ``result_fd``; exit with status 1 if it raised."""
+    if go_fd >= 0 and not wait_for_go(go_fd):
+        raise SystemExit(1)
     enter_job(progress_fd, log_path)
     os.environ[JOB_ID_ENV] = job_id
     os.environ[ATTEMPT_ENV] = str(attempt)

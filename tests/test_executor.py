@@ -22,6 +22,7 @@ from scheduler.protocol import Assignment, Held, Report
 from scheduler.protocol_types import MAX_RESULT_BYTES
 from scheduler.tasks import Task, TaskRegistry
 from scheduler.worker import executor as executor_module
+from scheduler.worker import job_run
 from scheduler.worker.executor import Executor
 from scheduler.worker.process import JobProcess
 from scheduler.worker.warm import WarmPool
@@ -654,7 +655,7 @@ async def test_no_descriptors_for_the_result_pipe_fails_the_job_and_frees_the_sl
     def out_of_descriptors() -> None:
         raise OSError(24, "Too many open files")
 
-    monkeypatch.setattr(executor_module, "ResultPipe", out_of_descriptors)
+    monkeypatch.setattr(job_run, "ResultPipe", out_of_descriptors)
     executor.submit(job("first"))
     monkeypatch.undo()
     executor.submit(job("second"))

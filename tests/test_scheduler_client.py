@@ -195,6 +195,7 @@ async def test_registers_v2_with_its_name_token_size_and_tasks(
         "size": 3,
         "tasks": ["sleep"],
         "batch": True,
+        "hold": True,
     }
     await wait_until(lambda: client.name == "alpha-2", 5 * unit(), "the confirmed name")
 

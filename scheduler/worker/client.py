@@ -9,6 +9,11 @@ with its report in the outbox), and once the bus confirms it sends the outbox. T
 answers :class:`~scheduler.protocol.Stop` for attempts it no longer gives this scheduler:
 their processes are stopped and nothing more is reported about them.
 
+Unless it runs warm, the client registers ``hold``: the bus may then send an assignment
+before journaling it, and its release after (:mod:`scheduler.worker.held`). A lost
+connection drops every attempt it sent that still awaits its release, with any report
+about it, before the client registers again: such attempts are never listed in ``held``.
+
 Only a clean shutdown (:meth:`SchedulerClient.stop`, or cancelling :meth:`run`, which the
 commands do on SIGINT/SIGTERM) stops the jobs; then the outbox is flushed and the socket
 closed with code 1000, which tells the bus to requeue at once whatever this scheduler held.
@@ -269,6 +274,15 @@ class SchedulerClient:
             if self._stopping.is_set() or (task is not None and task.cancelling()):
                 await self.executor.shutdown()
                 await session.flush()
+            else:
+                self._forget_unreleased()
+
+    def _forget_unreleased(self) -> None:
+        """The connection is lost: drop every held attempt it sent that awaits its
+        release, and every report about one (the bus that sent it may never have
+        journaled it), so that nothing about it is reported nor listed in ``held``."""
+        for job_id, attempt in self.executor.forget_unreleased():
+            self.outbox.purge(job_id, attempt)
 
     def _kept(self) -> str:
         """What a lost connection leaves here, for the log line."""
@@ -339,6 +353,7 @@ class SchedulerClient:
             secret=self._secret,
             schedules=self.tasks.schedules() or None,
             batch=True,
+            hold=config.warm is None,
         )
         return fit_register(register)
 

@@ -9,6 +9,10 @@ Every attempt gets exactly one closing report, sent once its processes are gone;
 one is :func:`scheduler.policy.closing.closing_report`'s rule (nothing when the bus took it
 back, :meth:`Executor.drop`, or the executor shut down).
 
+A held attempt (:meth:`Executor.submit` with ``hold``) is forked when it starts but runs
+its task, counts its timeout and is reported ``started`` only on :meth:`Executor.release`
+(:mod:`scheduler.worker.held`).
+
 While a running job has a limit, the executor samples the memory and CPU time of every
 limited job's process tree each :data:`LIMIT_SAMPLE_S` (one read of ``/proc``); the
 decision is :func:`scheduler.policy.limits.over_limits`. Without limits nothing is sampled.
@@ -22,13 +26,12 @@ import math
 import time
 from collections import deque
 from collections.abc import Callable, Coroutine, Sequence
-from dataclasses import dataclass
 from functools import partial
 from typing import Any, Final
 
 import msgspec
 
-from scheduler.policy.closing import Ending, Why, closing_report
+from scheduler.policy.closing import Why, closing_report
 from scheduler.policy.limits import NO_LIMITS, Limits, Usage, over_limits
 from scheduler.policy.runner import (
     Evict,
@@ -43,11 +46,12 @@ from scheduler.protocol import Assignment, Held, Report
 from scheduler.tasks import TaskRegistry, UnknownTaskError, call_arguments, run_task
 from scheduler.worker import containment
 from scheduler.worker.cgroups import JobCgroups
-from scheduler.worker.job_feed import JobChannels, JobFeed
+from scheduler.worker.held import Key, Unreleased
+from scheduler.worker.job_feed import JobFeed
 from scheduler.worker.job_output import JobLogs
-from scheduler.worker.launch import JobHandle, Launcher, ProcessLauncher
+from scheduler.worker.job_run import Run, ending, open_pipes
+from scheduler.worker.launch import Launcher, ProcessLauncher
 from scheduler.worker.process import ProcessResult
-from scheduler.worker.task_result import ResultPipe, TaskRecord
 
 log = logging.getLogger(__name__)
 
@@ -58,22 +62,6 @@ ErrorSink = Callable[[BaseException], None]
 
 LIMIT_SAMPLE_S: Final = 0.2
 """Seconds between two samples of the limited jobs' process trees."""
-
-
-@dataclass(slots=True)
-class _Run:
-    """One live job process, and why we are stopping it if we are."""
-
-    assignment: Assignment
-    process: JobHandle
-    pipe: ResultPipe
-    channels: JobChannels
-    started_at: float
-    deadline: float
-    limits: Limits = NO_LIMITS
-    why: Why | None = None
-    evictions: int = 0
-    limit_error: str = ""
 
 
 def _log_error(exc: BaseException) -> None:
@@ -133,7 +121,8 @@ class Executor:
         self._limit_timer: asyncio.TimerHandle | None = None
         self._jobs: dict[str, Assignment] = {}
         """The attempts we hold: queued, parked, running, or stopping with a report due."""
-        self._runs: dict[str, _Run] = {}
+        self._runs: dict[str, Run] = {}
+        self._unreleased = Unreleased()
         self._background: set[asyncio.Task[Any]] = set()
         self._closed = False
         self._deadline_timer: asyncio.TimerHandle | None = None
@@ -165,19 +154,25 @@ class Executor:
         eviction or a cancel), as a re-registering scheduler lists them. Changes nothing."""
         return [Held(a.id, a.attempt) for a in self._jobs.values()]
 
-    def submit(self, assignment: Assignment) -> None:
+    def submit(self, assignment: Assignment, hold: bool = False) -> None:
         """Take an assignment: start it now, start it by evicting a less urgent job, or queue it.
 
-        A job naming an unregistered task is reported ``failed`` at once and never started.
+        With ``hold`` the attempt awaits its :meth:`release`: its process is forked when
+        it starts, but its task runs, its timeout counts and ``started`` is reported only
+        once released. A job naming an unregistered task is reported ``failed`` at once
+        and never started.
         A newer attempt of a job already held replaces the older one, whose process is
         stopped first and which is reported no further; an attempt no newer than the held
         one is ignored. Raises ``RuntimeError`` after :meth:`shutdown`.
         """
         if self._closed:
             raise RuntimeError("executor is shut down")
+        key = (assignment.id, assignment.attempt)
         try:
             self._tasks.get(assignment.task)
         except UnknownTaskError as exc:
+            if hold:
+                self._unreleased.add(key)
             self._emit_failed(assignment, str(exc))
             return
         job_id = assignment.id
@@ -190,6 +185,8 @@ class Executor:
                 "attempt %d of %s replaces attempt %d", assignment.attempt, job_id, held.attempt
             )
             self._end(held, "dropped")
+        if hold:
+            self._unreleased.add(key)
         self._jobs[job_id] = assignment
         job = LocalJob(job_id, assignment.priority, assignment.evictions, assignment.evictable)
         self._carry_out(self._runner.submit(job, self._clock()))
@@ -209,7 +206,40 @@ class Executor:
 
         Returns False, changing nothing, if that attempt is not held.
         """
+        self._unreleased.discard((job_id, attempt))
         return self._end_attempt(job_id, attempt, "dropped")
+
+    def release(self, job_id: str, attempt: int) -> bool:
+        """The bus journaled held ``attempt`` of ``job_id``: let its forked process run its
+        task now (its timeout counts from now, and it is reported ``started``); one still
+        waiting in the local queue starts as any job when it gets a slot.
+
+        Returns False, changing nothing, if that attempt does not await its release.
+        """
+        if not self._unreleased.discard((job_id, attempt)):
+            log.debug("ignoring a release of %s attempt %d: not held for one", job_id, attempt)
+            return False
+        run = self._runs.get(job_id)
+        if run is None or run.assignment.attempt != attempt:
+            return True
+        if run.release(self._clock(), self._timeout(run.assignment)):
+            self._watch_deadline(run.deadline)
+            self._on_event(Report("started", job_id, attempt), run.assignment)
+        return True
+
+    def forget_unreleased(self) -> list[Key]:
+        """The connection the held attempts came on is lost: drop every one still
+        awaiting its release (as :meth:`drop`: nothing more is reported about it), and
+        return them all, with those that ended meanwhile, whose reports must go too."""
+        keys = self._unreleased.take_all()
+        for job_id, attempt in keys:
+            if self._end_attempt(job_id, attempt, "dropped"):
+                log.info(
+                    "dropped %s attempt %d: its connection was lost before its release",
+                    job_id,
+                    attempt,
+                )
+        return keys
 
     def revoke(self, job_id: str, attempt: int) -> Assignment | None:
         """Give up ``attempt`` of ``job_id`` only if it has not started (it waits in the
@@ -233,6 +263,7 @@ class Executor:
         """
         self._closed = True
         self._runner.clear()
+        self._unreleased.take_all()
         self._jobs.clear()
         for run in self._runs.values():
             if run.why is None:
@@ -282,29 +313,29 @@ class Executor:
                 self._stop(decision)
 
     def _start(self, job_id: str) -> Sequence[Start]:
-        """Fork the job's process; returns what the runner starts next if the fork failed."""
+        """Fork the job's process (one awaiting its release waits on a go pipe, its task
+        not run); returns what the runner starts next if the fork failed."""
         assignment = self._jobs[job_id]
         if not self._may_start():
             return self._give_back(assignment)
+        held = (job_id, assignment.attempt) in self._unreleased
+        try:
+            pipe, channels, go = open_pipes(self._feed, assignment, held)
+        except OSError as exc:
+            return self._not_started(assignment, exc)
         spec = self._tasks.spec(assignment.task)
         args, kwargs = call_arguments(assignment.args, assignment.runtime, assignment.results)
-        try:
-            pipe = ResultPipe()
-        except OSError as exc:
-            return self._not_started(assignment, exc)
-        try:
-            channels = self._feed.open(job_id, assignment.attempt)
-        except OSError as exc:
-            pipe.close()
-            return self._not_started(assignment, exc)
+        fds: dict[str, object] = {
+            "result_fd": pipe.write_fd,
+            "progress_fd": channels.progress.write_fd,
+            "log_path": channels.log_path,
+        }
+        if go is not None:
+            fds["go_fd"] = go.read_fd
         process = self._launcher.job(
             run_task,
             (spec.function, args, kwargs, job_id, assignment.attempt),
-            {
-                "result_fd": pipe.write_fd,
-                "progress_fd": channels.progress.write_fd,
-                "log_path": channels.log_path,
-            },
+            fds,
             name=f"job-{job_id}",
             grace=self._grace,
             cgroups=self._cgroups,
@@ -314,14 +345,18 @@ class Executor:
         except OSError as exc:
             pipe.close()
             channels.close()
+            if go is not None:
+                go.close()
             return self._not_started(assignment, exc)
         pipe.forked()
+        if go is not None:
+            go.forked()
         self._feed.started(assignment, channels)
         started_at = self._clock()
-        timeout = assignment.timeout or spec.timeout or self._default_timeout
-        deadline = math.inf if timeout is None else started_at + timeout
+        timeout = self._timeout(assignment)
+        deadline = math.inf if timeout is None or held else started_at + timeout
         limits = spec.limits.over(self._limits)
-        run = _Run(assignment, process, pipe, channels, started_at, deadline, limits)
+        run = Run(assignment, process, pipe, channels, started_at, deadline, limits, go=go)
         self._runs[job_id] = run
         if limits.any:
             self._watch_limits()
@@ -330,8 +365,14 @@ class Executor:
         process.add_done_callback(partial(self._ended, run))
         self._watch_deadline(run.deadline)
         log.debug("started %s attempt %d pid %d", job_id, assignment.attempt, process.pid)
-        self._on_event(Report("started", job_id, assignment.attempt), assignment)
+        if go is None:
+            self._on_event(Report("started", job_id, assignment.attempt), assignment)
         return []
+
+    def _timeout(self, assignment: Assignment) -> float | None:
+        """The timeout ``assignment`` runs under: its own, else its task's, else ours."""
+        spec = self._tasks.spec(assignment.task)
+        return assignment.timeout or spec.timeout or self._default_timeout
 
     def _give_back(self, assignment: Assignment) -> Sequence[Start]:
         """Report ``assignment`` ``revoked`` instead of starting it (the bus may have given
@@ -412,28 +453,29 @@ class Executor:
             self._stop_over_limit(self._runs[job_id], reason)
         self._watch_limits()
 
-    def _stop_over_limit(self, run: _Run, reason: str) -> None:
+    def _stop_over_limit(self, run: Run, reason: str) -> None:
         """Kill ``run``'s whole tree at once; its end is reported ``failed`` with ``reason``."""
         log.info("stopping %s: %s", run.assignment.id, reason)
         run.why, run.limit_error = "limited", reason
         self._spawn(run.process.stop(grace=0))
 
-    def _ended(self, run: _Run, result: ProcessResult) -> None:
+    def _ended(self, run: Run, result: ProcessResult) -> None:
         """``run``'s process is reaped (by itself, its timeout or a stop): report, refill."""
         try:
             self._report_end(run, result)
         except Exception as exc:
             self._on_error(exc)
 
-    def _report_end(self, run: _Run, result: ProcessResult) -> None:
+    def _report_end(self, run: Run, result: ProcessResult) -> None:
         assignment = run.assignment
         job_id = assignment.id
         del self._runs[job_id]
+        run.close()
         if self._jobs.get(job_id) is assignment:
             del self._jobs[job_id]
         record = run.pipe.collect()
         log.debug("%s attempt %d ended: %s", job_id, assignment.attempt, result)
-        report = closing_report(job_id, assignment.attempt, _ending(run, result, record))
+        report = closing_report(job_id, assignment.attempt, ending(run, result, record))
         tail = self._feed.ended(assignment, report is not None)
         if report is not None:
             if tail:
@@ -453,23 +495,3 @@ class Executor:
 
     def _emit_failed(self, assignment: Assignment, error: str) -> None:
         self._on_event(Report("failed", assignment.id, assignment.attempt, error=error), assignment)
-
-
-def _ending(run: _Run, result: ProcessResult, record: TaskRecord) -> Ending:
-    """What :func:`~scheduler.policy.closing.closing_report` needs to know of ``run``'s end."""
-    raised = record.raised
-    error = result.lost or (None if raised is None else raised.error)
-    return Ending(
-        outcome=result.outcome,
-        exit_code=result.exit_code,
-        wall_s=result.wall_s,
-        cpu_s=result.cpu_s,
-        max_rss_kb=result.max_rss_kb,
-        why=run.why,
-        evictions=run.evictions,
-        limit_error=run.limit_error,
-        timeout_s=run.deadline - run.started_at,
-        error=error,
-        traceback=None if raised is None or result.lost else raised.traceback,
-        result=record.result,
-    )

@@ -25,7 +25,7 @@ from scheduler import codec
 from scheduler.connect import KEEPALIVE, Registration
 from scheduler.policy.fence import LeaseView
 from scheduler.policy.heartbeat import HeartbeatSchedule
-from scheduler.protocol import Assign, BusMessage, Error, Heartbeat, Restarting, Stop
+from scheduler.protocol import Assign, BusMessage, Error, Heartbeat, Release, Restarting, Stop
 from scheduler.protocol_types import MAX_BATCH_MESSAGES
 from scheduler.worker.executor import Executor
 from scheduler.worker.report_frames import next_frame
@@ -133,7 +133,9 @@ class Session:
         """Act on one decoded bus message."""
         links = self.links
         if isinstance(message, Assign):
-            links.executor.submit(message.job)
+            links.executor.submit(message.job, hold=message.hold)
+        elif isinstance(message, Release):
+            links.executor.release(message.id, message.attempt)
         elif isinstance(message, Stop):
             links.on_stop(message)
         elif isinstance(message, Restarting):

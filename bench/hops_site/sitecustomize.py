@@ -86,8 +86,8 @@ def _journal(m: ModuleType) -> None:
 
 
 def _outbox(m: ModuleType) -> None:
-    _wrap(m.FrameOutbox, "push", lambda self, frame, *a: rec("b.push", _head(frame)))
-    _wrap(m.FrameOutbox, "_send", lambda self, frame, *a: rec("b.write", _head(frame)))
+    _wrap(m.FrameOutbox, "push", lambda self, frame, *a, **k: rec("b.push", _head(frame)))
+    _wrap(m.FrameOutbox, "_send", lambda self, frame, *a, **k: rec("b.write", _head(frame)))
 
 
 def _session(m: ModuleType) -> None:
@@ -127,6 +127,11 @@ def _forkserver(m: ModuleType) -> None:
     m.send = send  # type: ignore[attr-defined]
 
 
+def _held(m: ModuleType) -> None:
+    _wrap(m, "wait_for_go", lambda fd: rec("k.wait"), "k.go")
+    _wrap(m.GoPipe, "go", lambda self: rec("s.go"))
+
+
 def _producer(m: ModuleType) -> None:
     _wrap_async(
         m.ProducerClient,
@@ -149,6 +154,7 @@ _PATCHES: dict[str, Callable[[ModuleType], None]] = {
     "scheduler.policy.dispatch.dispatcher": _dispatcher,
     "scheduler.worker.forkserver_link": _link,
     "scheduler.worker.forkserver": _forkserver,
+    "scheduler.worker.held": _held,
     "scheduler.producer.client": _producer,
 }
 

@@ -8,27 +8,27 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import psutil
 import pytest
 from conftest import unit, wait_until
-from test_scheduler_client import FakeBus, Peer, fake_bus
+from test_scheduler_client import FakeBus, Peer, fake_bus, start_client
 
 from scheduler.policy.warm import WarmLimits
 from scheduler.protocol import Assignment, Report
 from scheduler.tasks import load_task_modules, run_task
 from scheduler.worker import job_run
-from scheduler.worker.client import SchedulerClient, SchedulerConfig
+from scheduler.worker.client import SchedulerClient
 from scheduler.worker.forkserver_link import ForkServerLauncher
 from scheduler.worker.held import GoPipe
 from scheduler.worker.launch import JobHandle, Launcher, ProcessLauncher
 from scheduler.worker.process import ProcessResult
 from scheduler.worker.task_result import ResultPipe
 
-__all__ = ["fake_bus"]  # a fixture, used by name
+__all__ = ["fake_bus", "start_client"]  # fixtures, used by name
 
 TASKS = Path(__file__).with_name("held_tasks.py")
 LAUNCHERS = pytest.mark.parametrize(
@@ -41,23 +41,16 @@ Start = Callable[..., SchedulerClient]
 
 
 @pytest.fixture
-async def start() -> AsyncIterator[Start]:
+def start(start_client: Start) -> Start:
     """Starts clients serving ``held_tasks`` in this loop (no timeout unless given);
     each is stopped and awaited at the end."""
-    running: list[tuple[SchedulerClient, asyncio.Task[None]]] = []
+    tasks = load_task_modules([str(TASKS)])
 
-    def start(url: str, seen: Seen | None = None, **config: Any) -> SchedulerClient:
-        on_report = None if seen is None else lambda r, a: seen.append((r, a))
+    def start_held(url: str, seen: Seen | None = None, **config: Any) -> SchedulerClient:
         config.setdefault("timeout", None)
-        tasks = load_task_modules([str(TASKS)])
-        client = SchedulerClient(SchedulerConfig(bus_url=url, **config), tasks, on_report)
-        running.append((client, asyncio.create_task(client.run())))
-        return client
+        return start_client(url, seen, tasks=tasks, **config)
 
-    yield start
-    for client, task in running:
-        client.stop()
-        await asyncio.wait_for(asyncio.gather(task, return_exceptions=True), 10 * unit())
+    return start_held
 
 
 async def assign(peer: Peer, job_id: str, marker: Path, runtime: float, **job: object) -> None:

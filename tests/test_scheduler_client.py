@@ -149,14 +149,17 @@ Starter = Callable[..., SchedulerClient]
 
 @pytest.fixture
 async def start_client() -> AsyncIterator[Starter]:
-    """Starts clients running in this loop; each is stopped and awaited at the end."""
+    """Starts clients running in this loop (serving ``tasks``, if given); each is stopped
+    and awaited at the end."""
     running: list[tuple[SchedulerClient, asyncio.Task[None]]] = []
 
-    def start(url: str, seen: Seen | None = None, **config: Any) -> SchedulerClient:
+    def start(
+        url: str, seen: Seen | None = None, tasks: TaskRegistry | None = None, **config: Any
+    ) -> SchedulerClient:
         on_report = None if seen is None else lambda r, a: seen.append((r, a))
         client = SchedulerClient(
             SchedulerConfig(bus_url=url, **config),
-            TaskRegistry(),
+            TaskRegistry() if tasks is None else tasks,
             on_report=on_report,
         )
         running.append((client, asyncio.create_task(client.run())))

@@ -576,10 +576,9 @@ def committed(db: Path) -> list[tuple[str, str]]:
         return conn.execute("SELECT id, state FROM jobs ORDER BY seq").fetchall()
 
 
-async def test_a_submit_is_answered_only_once_it_is_committed(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    db = tmp_path / "bus.db"
+def hold_commits(monkeypatch: pytest.MonkeyPatch) -> tuple[asyncio.Event, asyncio.Event]:
+    """Make the journal's commits wait: the first event is set once one is asked for,
+    setting the second lets them go."""
     called, release = asyncio.Event(), asyncio.Event()
     real_flush = Journal.flush
 
@@ -589,6 +588,14 @@ async def test_a_submit_is_answered_only_once_it_is_committed(
         await real_flush(journal)
 
     monkeypatch.setattr(Journal, "flush", held_flush)
+    return called, release
+
+
+async def test_a_submit_is_answered_only_once_it_is_committed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    db = tmp_path / "bus.db"
+    called, release = hold_commits(monkeypatch)
     async with bus_with(db=str(db)) as bus, client(bus) as producer:
         await register(producer, "producer")
         await producer.send(V1_JOB)

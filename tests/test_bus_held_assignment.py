@@ -16,6 +16,7 @@ from test_bus import (
     bus_with,
     client,
     committed,
+    hold_commits,
     recv,
     register,
     request,
@@ -23,7 +24,6 @@ from test_bus import (
 )
 from test_bus_journal_failure import POISON, poison_trigger
 
-from scheduler.bus.journal import Journal
 from scheduler.bus.server import BusServer
 
 
@@ -41,18 +41,10 @@ async def test_the_assignment_comes_held_before_its_commit_and_is_released_after
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     db = tmp_path / "bus.db"
-    called, go_on = asyncio.Event(), asyncio.Event()
-    real_flush = Journal.flush
-
-    async def held_flush(journal: Journal) -> None:
-        called.set()
-        await go_on.wait()
-        await real_flush(journal)
-
     async with bus_with(db=str(db)) as bus, client(bus) as scheduler, client(bus) as producer:
         await register(scheduler, "scheduler", name="s1", size=1, hold=True)
         await register(producer, "producer")
-        monkeypatch.setattr(Journal, "flush", held_flush)
+        called, go_on = hold_commits(monkeypatch)
         await producer.send('{"cmd": "job_request", "payload": {"priority": 1, "runtime": 1}}')
         await asyncio.wait_for(called.wait(), timeout())
         assign = await recv(scheduler)

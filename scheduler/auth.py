@@ -173,12 +173,37 @@ def create_tokens(path: Path) -> TokenTable:
     return table
 
 
+def check_private_dir(directory: Path) -> None:
+    """Raise :class:`TokenFileError` if ``directory`` exists and another user may write
+    in it (group or others have write permission, or it is not ours): whoever can
+    write there can replace the token file, or a journal beside it. Nothing if it does
+    not exist yet (it is then created 0700)."""
+    try:
+        status = directory.stat()
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise TokenFileError(f"cannot check directory {directory}: {exc}") from None
+    if status.st_uid != os.getuid():
+        raise TokenFileError(
+            f"directory {directory} of the token file belongs to uid {status.st_uid}, not"
+            f" to this user ({os.getuid()}); it must be ours and private"
+        )
+    if status.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise TokenFileError(
+            f"directory {directory} of the token file is writable by others (mode"
+            f" {stat.S_IMODE(status.st_mode):04o}); it must be private: chmod 700 {directory}"
+        )
+
+
 def load_or_create_tokens(path: Path) -> tuple[TokenTable, bool]:
     """The token table at ``path``, created first if missing; and whether it was created.
 
-    Raise :class:`TokenFileError` as :func:`load_tokens` does, or naming the path if it
+    Raise :class:`TokenFileError` as :func:`load_tokens` does, if the directory it is in
+    may be written by another user (:func:`check_private_dir`), or naming the path if it
     cannot be created.
     """
+    check_private_dir(path.parent)
     try:
         return load_tokens(path), False
     except FileNotFoundError:

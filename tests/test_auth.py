@@ -85,6 +85,18 @@ def test_a_token_file_others_may_read_is_refused(tmp_path: Path) -> None:
         load_tokens(path)
 
 
+def test_a_token_file_in_a_directory_others_may_write_is_refused(tmp_path: Path) -> None:
+    """Whoever may write in the directory may swap the file (or the journal beside it)."""
+    shared = tmp_path / "shared"
+    shared.mkdir(mode=0o777)
+    shared.chmod(0o777)
+    with pytest.raises(TokenFileError, match=r"writable by others \(mode 0777\).*chmod 700"):
+        load_or_create_tokens(shared / "tokens.json")
+    assert list(shared.iterdir()) == [], "nothing created there"
+    shared.chmod(0o755)
+    assert load_or_create_tokens(shared / "tokens.json")[1]
+
+
 @pytest.mark.parametrize(
     ("content", "complaint"),
     [

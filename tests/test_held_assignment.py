@@ -189,6 +189,27 @@ async def test_a_lost_connection_drops_what_awaits_its_release_and_keeps_the_res
     assert not (tmp_path / "unjournaled").exists()
 
 
+async def test_a_lost_connection_starts_none_of_the_unreleased_attempts_queued_here(
+    fake_bus: FakeBus, start: Start, tmp_path: Path
+) -> None:
+    """Dropping a forked unreleased attempt frees its slot: the unreleased one queued
+    behind it must not start in it (as if released) before it is dropped too."""
+    client = start(fake_bus.url, size=1)
+    peer = await fake_bus.peer()
+    await peer.register()
+    await assign(peer, "forked", tmp_path / "forked", 60 * unit())
+    pid = await held_process(client, "forked")
+    await assign(peer, "queued", tmp_path / "queued", 60 * unit())
+    await wait_until(lambda: client.executor.queued == 1, 5 * unit(), "queued behind it")
+    peer.ws.transport.abort()
+    again = await fake_bus.peer(timeout=10)
+    assert (await again.register())["held"] == []
+    await gone(client, "forked", pid)
+    await round_trip(again, tmp_path, "after")
+    assert not (tmp_path / "queued").exists(), "an unreleased attempt ran its task"
+    assert again.reports("queued") == [] and again.reports("forked") == []
+
+
 async def test_a_drop_before_the_release_kills_the_process_and_reports_nothing(
     fake_bus: FakeBus, start: Start, tmp_path: Path
 ) -> None:

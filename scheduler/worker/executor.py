@@ -231,14 +231,17 @@ class Executor:
         """The connection the held attempts came on is lost: drop every one still
         awaiting its release (as :meth:`drop`: nothing more is reported about it), and
         return them all, with those that ended meanwhile, whose reports must go too."""
-        keys = self._unreleased.take_all()
-        for job_id, attempt in keys:
+        # They stay unreleased until all are dropped, and the queued ones go first: a
+        # slot freed by dropping a forked one must not start a queued one as released.
+        keys = self._unreleased.keys()
+        for job_id, attempt in sorted(keys, key=lambda key: key[0] in self._runs):
             if self._end_attempt(job_id, attempt, "dropped"):
                 log.info(
                     "dropped %s attempt %d: its connection was lost before its release",
                     job_id,
                     attempt,
                 )
+        self._unreleased.take_all()
         return keys
 
     def revoke(self, job_id: str, attempt: int) -> Assignment | None:

@@ -120,6 +120,10 @@ class Unreleased:
         """``key`` is released or dropped; return whether it awaited its release."""
         return self._keys.pop(key, False) is None
 
+    def keys(self) -> list[Key]:
+        """Every attempt awaiting its release, oldest first."""
+        return list(self._keys)
+
     def take_all(self) -> list[Key]:
         """Every attempt awaiting its release, oldest first; none awaits any more."""
         keys, self._keys = list(self._keys), {}

@@ -252,3 +252,34 @@ def test_invariants_hold_under_any_event_sequence(
         assert not running_ids & set(snap.stopping)
         if runner.running < size:
             assert all(job.id in snap.stopping for job in snap.waiting)
+
+
+def test_a_job_that_may_not_evict_waits_until_it_is_allowed_to() -> None:
+    runner = Runner(size=1)
+    assert runner.submit(LocalJob("slow", priority=5), 0.0) == [Start("slow")]
+    held = LocalJob("held", priority=1, evict=False)
+    assert runner.submit(held, 1.0) == []
+    assert runner.submit(LocalJob("later", priority=1), 2.0) == [Evict("slow", 1), Start("later")]
+    assert runner.allow_eviction("held", 3.0) == [], "no less urgent job runs now"
+    assert runner.allow_eviction("nobody", 3.0) == []
+    assert runner.exited("slow", 4.0) == []
+    assert runner.remove("later", 5.0) == [StopRun("later"), Start("held")]
+    assert runner.allow_eviction("held", 6.0) == [], "it runs already"
+
+
+def test_an_allowed_job_evicts_a_less_urgent_one_and_keeps_its_place_otherwise() -> None:
+    runner = Runner(size=1)
+    runner.submit(LocalJob("slow", priority=5), 0.0)
+    runner.submit(LocalJob("first", priority=3, evict=False), 1.0)
+    runner.submit(LocalJob("second", priority=3, evict=False), 2.0)
+    assert runner.allow_eviction("second", 3.0) == [Evict("slow", 1), Start("second")]
+    assert runner.snapshot().waiting == (LocalJob("first", priority=3, evict=False),)
+    assert runner.exited("slow", 4.0) == []
+    assert runner.exited("second", 5.0) == [Start("first")]
+
+
+def test_an_allowed_job_does_not_evict_a_job_that_may_not_be_evicted() -> None:
+    runner = Runner(size=1)
+    runner.submit(LocalJob("pinned", priority=9, evictable=False), 0.0)
+    runner.submit(LocalJob("held", priority=0, evict=False), 1.0)
+    assert runner.allow_eviction("held", 2.0) == []

@@ -26,6 +26,7 @@ from typing import Final, Protocol
 
 from scheduler.bus.journal import Journal, JournalError
 from scheduler.bus.outbox import FrameOutbox
+from scheduler.protocol import StopKind
 
 logger = logging.getLogger(__name__)
 
@@ -56,11 +57,12 @@ class Refusal:
     runs: tuple[str, ...] = ()
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class _Held:
     """A frame waiting for a commit; ``about`` names the job whose event it is, if any,
-    ``assigns`` the job whose assignment (or release) it carries, if any, and
-    ``instead`` what goes out in its place if that job is refused."""
+    ``assigns`` the job whose assignment (or ``release``) it carries, if any, and
+    ``instead`` what goes out in its place if that job is refused. ``withdrawn``: a
+    stop of that attempt came meanwhile (:meth:`FrameGate.withdraw`): never sent."""
 
     recipient: Recipient
     frame: bytes
@@ -69,6 +71,8 @@ class _Held:
     about: str | None
     assigns: str | None = None
     instead: bytes | None = None
+    release: bool = False
+    withdrawn: bool = False
 
 
 OnRefused = Callable[[Recipient, Refusal, JournalError, frozenset[str]], None]
@@ -90,6 +94,8 @@ class FrameGate:
         self._journal = journal
         self._on_refused = on_refused
         self._held: list[_Held] = []
+        self._flying: list[_Held] = []
+        """The frames waiting for the commit in flight."""
         self._pending: dict[Recipient, int] = {}
         self._dirty = False
         self._task: asyncio.Task[None] | None = None
@@ -129,19 +135,42 @@ class FrameGate:
         about: str | None = None,
         assigns: str | None = None,
         instead: bytes | None = None,
+        release: bool = False,
     ) -> None:
         """Push ``frame`` to ``recipient`` now, or once the commits before it are done
         (``counted``: see :meth:`FrameOutbox.push`). A frame with a ``refusal`` is
         refused instead if its commit fails, and then the recipient's frames ``about``
         the refused jobs (their events) are dropped, and every frame that ``assigns``
         one of them or their runs (to any recipient) too: its ``instead`` frame, if
-        any, is sent in its place."""
+        any, is sent in its place. ``release``: the frame releases a held assignment
+        (see :meth:`withdraw`)."""
         if self._task is None:
             if not self._stopped:
                 recipient.outbox.push(frame, counted)
             return
         self._pending[recipient] = self._pending.get(recipient, 0) + 1
-        self._held.append(_Held(recipient, frame, counted, refusal, about, assigns, instead))
+        held = _Held(recipient, frame, counted, refusal, about, assigns, instead, release)
+        self._held.append(held)
+
+    def withdraw(self, recipient: Recipient, job_id: str, kind: StopKind) -> None:
+        """A stop of ``kind`` for ``job_id`` is about to be sent to ``recipient``: never
+        send the frames still held for it that would start the attempt first. A release
+        goes for a ``drop`` or a ``cancel`` (the scheduler then ends the held attempt
+        unstarted, and confirms a cancel); an assignment only for a ``drop`` (a cancel
+        waits for the scheduler's confirmation, which it gives only for an attempt it
+        has). A steal withdraws nothing: the scheduler answers it once the attempt
+        starts."""
+        if kind == "steal":
+            return
+        for held in (*self._flying, *self._held):
+            if (
+                held.recipient is recipient
+                and held.assigns == job_id
+                and not held.withdrawn
+                and (held.release or kind == "drop")
+            ):
+                held.withdrawn = True
+                self._release(recipient)
 
     async def released(self, recipient: Recipient) -> None:
         """Wait until no frame for ``recipient`` waits for a commit."""
@@ -166,14 +195,20 @@ class FrameGate:
         try:
             while self._dirty or self._held:
                 batch, self._held = self._held, []
-                if self._dirty and not await self._commit(batch):
+                self._flying = batch
+                committed = not self._dirty or await self._commit(batch)
+                self._flying = []
+                if not committed:
                     continue
                 for held in batch:
+                    if held.withdrawn:
+                        continue
                     self._release(held.recipient)
                     held.recipient.outbox.push(held.frame, held.counted)
                 self._wake_waiters()
         finally:
             self._task = None
+            self._flying = []
             self._wake_waiters()
 
     async def _commit(self, batch: list[_Held]) -> bool:
@@ -212,6 +247,8 @@ class FrameGate:
         withdrawn: set[str] = set()
         kept = []
         for held in batch:
+            if held.withdrawn:
+                continue
             if held.assigns in refused_jobs:
                 self._withdraw(held, withdrawn)
             elif held.refusal is None and (id(held.recipient), held.about) not in refused:
@@ -220,6 +257,8 @@ class FrameGate:
             self._release(held.recipient)
         later = []
         for held in self._held:
+            if held.withdrawn:
+                continue
             if held.assigns in refused_jobs:
                 self._withdraw(held, withdrawn)
                 self._release(held.recipient)

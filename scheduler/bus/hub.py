@@ -313,6 +313,7 @@ class Hub:
             encode_bytes(Release(job_id, attempt)),
             assigns=job_id,
             instead=encode_bytes(Stop(job_id, attempt, "the journal refused the job")),
+            release=True,
         )
 
     def _stop(self, decision: SendStop) -> None:
@@ -326,6 +327,8 @@ class Hub:
             stop.reason,
         )
         if scheduler is not None:
+            # Its assignment or release may still wait for a commit: it must not go first.
+            scheduler.gate.withdraw(scheduler, stop.id, stop.kind)
             scheduler.send(stop)
 
     def _refused(

@@ -11,7 +11,7 @@ earlier process of the same job is still being stopped: such a job is *parked* u
 from __future__ import annotations
 
 import heapq
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from scheduler.policy.eviction import eviction_key
 
@@ -19,12 +19,15 @@ from scheduler.policy.eviction import eviction_key
 @dataclass(frozen=True, slots=True)
 class LocalJob:
     """A job as the runner sees it. ``priority`` 0 is the most urgent; a job that is not
-    ``evictable`` keeps its slot until it ends."""
+    ``evictable`` keeps its slot until it ends; one that may not ``evict`` (a held
+    assignment not yet released: the bus may still take it back) waits for a free slot
+    instead of taking a less urgent job's."""
 
     id: str
     priority: int
     evictions: int = 0
     evictable: bool = True
+    evict: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,12 +134,29 @@ class Runner:
             return []
         if len(self._running) < self.size:
             return [self._start(entry, now)]
-        victim = self._victim()
+        victim = self._victim() if job.evict else None
         if victim is None or victim.job.priority <= job.priority:
             self._enqueue(entry)
             return []
         evict = self._evict(victim)
         return [evict, self._start(entry, now)]
+
+    def allow_eviction(self, job_id: str, now: float) -> list[RunnerDecision]:
+        """Let waiting ``job_id`` evict from now on (a held assignment just released):
+        it takes a less urgent job's slot now if there is one, else keeps its place in
+        the queue. Returns ``[Evict, Start]`` or ``[]``; an id not waiting changes
+        nothing."""
+        entry = self._waiting.get(job_id)
+        if entry is None:
+            return []
+        entry.job = replace(entry.job, evict=True)
+        victim = self._victim()
+        if victim is None or victim.job.priority <= entry.job.priority:
+            return []
+        del self._waiting[job_id]
+        self._heap = [key for key in self._heap if key[2] != job_id]
+        heapq.heapify(self._heap)
+        return [self._evict(victim), self._start(entry, now)]
 
     def exited(self, job_id: str, now: float) -> list[Start]:
         """Record that ``job_id``'s process is gone, and fill the free slots.

@@ -64,6 +64,13 @@ LIMIT_SAMPLE_S: Final = 0.2
 """Seconds between two samples of the limited jobs' process trees."""
 
 
+def _local(assignment: Assignment, evict: bool) -> LocalJob:
+    """``assignment`` as the runner sees it (``evict``: it may take a slot by eviction)."""
+    return LocalJob(
+        assignment.id, assignment.priority, assignment.evictions, assignment.evictable, evict
+    )
+
+
 def _log_error(exc: BaseException) -> None:
     log.error("an executor task failed", exc_info=exc)
 
@@ -188,8 +195,7 @@ class Executor:
         if hold:
             self._unreleased.add(key)
         self._jobs[job_id] = assignment
-        job = LocalJob(job_id, assignment.priority, assignment.evictions, assignment.evictable)
-        self._carry_out(self._runner.submit(job, self._clock()))
+        self._carry_out(self._runner.submit(_local(assignment, evict=not hold), self._clock()))
 
     def cancel(self, job_id: str, attempt: int) -> bool:
         """Stop ``attempt`` of ``job_id`` for a cancel: drop it from the queue or stop its
@@ -221,6 +227,8 @@ class Executor:
             return False
         run = self._runs.get(job_id)
         if run is None or run.assignment.attempt != attempt:
+            # Still waiting for a slot: from now on it may take a less urgent job's.
+            self._carry_out(self._runner.allow_eviction(job_id, self._clock()))
             return True
         if run.release(self._clock(), self._timeout(run.assignment)):
             self._watch_deadline(run.deadline)
@@ -473,12 +481,16 @@ class Executor:
         assignment = run.assignment
         job_id = assignment.id
         del self._runs[job_id]
+        unreleased = run.go is not None
         run.close()
         if self._jobs.get(job_id) is assignment:
             del self._jobs[job_id]
         record = run.pipe.collect()
         log.debug("%s attempt %d ended: %s", job_id, assignment.attempt, result)
         report = closing_report(job_id, assignment.attempt, ending(run, result, record))
+        if unreleased and report is not None and report.event != "cancelled":
+            # Its task never ran, whatever ended the process: the attempt goes back.
+            report = Report("revoked", job_id, assignment.attempt)
         tail = self._feed.ended(assignment, report is not None)
         if report is not None:
             if tail:

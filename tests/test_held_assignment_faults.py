@@ -1,0 +1,438 @@
+"""Held assignments under faults: real buses, real scheduler processes, real job
+processes. No task runs before the assignment that runs it is journaled, and no job runs
+twice or is lost: whether the commit stalls past the start deadline, the job is cancelled
+or refused before its commit, the fork server or the scheduler dies while a job is held,
+or the bus is killed or frozen then.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import sqlite3
+from contextlib import closing
+from pathlib import Path
+
+import psutil
+import pytest
+from attempt_log_tasks import LOG_ENV
+from conftest import ROOT, BusProcess, Commands, is_fork_server, unit, wait_until
+from test_bus import bus_with, client, hold_commits, next_event, recv, register, request
+from test_bus_journal_failure import POISON, poison_trigger
+
+from scheduler.bus.config import bus_rules
+from scheduler.producer.client import ProducerClient
+from scheduler.protocol import JobPayload
+
+ATTEMPT_TASKS = str(ROOT / "tests" / "attempt_log_tasks.py")
+
+
+def timeout() -> float:
+    return 20 * unit()
+
+
+def attempts(log: Path) -> list[list[str]]:
+    """``[what, job id, attempt]`` of every line of the attempt log."""
+    return [line.split()[:3] for line in log.read_text().splitlines()]
+
+
+def held_job_pids(scheduler_pid: int) -> list[int]:
+    """The job processes under the scheduler ``scheduler_pid`` (children of its fork
+    server, or its own children that are not the fork server)."""
+    found: list[int] = []
+    for child in psutil.Process(scheduler_pid).children():
+        if is_fork_server(child):
+            found.extend(p.pid for p in child.children())
+        else:
+            found.append(child.pid)
+    return found
+
+
+async def test_a_held_job_taken_back_before_its_commit_never_runs_where_it_was_held(
+    tmp_path: Path,
+    commands: Commands,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The bus sends s1 a held assignment and its commit stalls (a slow disk: the test
+    holds the commit). s1 cannot report ``started`` before the release, so once the start
+    deadline passes the core takes the attempt back and gives the job, held, to s2.
+    When the commit lands the gate sends, in order, s1's release of attempt 1 (an
+    assignment the core had already taken back: the commit journals attempt 2 on s2),
+    s1's stop of attempt 1, and s2's release of attempt 2. Attempt 1 must never run: the
+    assignment that runs it is not the one journaled: the gate withdraws that release
+    when the stop is queued behind it."""
+    log = tmp_path / "attempts.log"
+    log.touch()
+    monkeypatch.setenv(LOG_ENV, str(log))
+    db = tmp_path / "bus.db"
+    called, go_on = hold_commits(monkeypatch)
+    go_on.set()  # commits run until the test holds them
+    rules = bus_rules(start_deadline=1.0 * unit())
+    async with bus_with(db=str(db), rules=rules) as bus, client(bus) as producer:
+        await register(producer, "producer")
+        worker = ("scheduler.worker", "--tasks", ATTEMPT_TASKS, "--bus", bus.url)
+        s1 = await commands.start(*worker, "-s", "2", "--name", "s1")
+        await wait_until(lambda: bus.scheduler_names() == ["s1"], timeout(), "s1 registers")
+        go_on.clear()
+        called.clear()
+        job = {"priority": 5, "runtime": 3.0, "task": "recorded_sleep"}
+        await producer.send(json.dumps({"cmd": "job_request", "ref": 1, "payload": job}))
+        await asyncio.wait_for(called.wait(), timeout())
+        # s1 has forked the job's process, which waits for its release.
+        await wait_until(lambda: held_job_pids(s1.pid) != [], timeout(), "s1 forks it")
+        await commands.start(*worker, "-s", "2", "--name", "s2")
+        # The core takes attempt 1 back from s1 (start deadline) and gives it to s2.
+        await wait_until(
+            lambda: "s1: started none of its 1 assigned jobs" in caplog.text,
+            timeout(),
+            "the start deadline passes",
+        )
+        go_on.set()
+        accepted = await recv(producer)
+        assert accepted["type"] == "accepted"
+        job_id = accepted["id"]
+        await wait_until(
+            lambda: ["end", job_id, "2"] in attempts(log), timeout(), "attempt 2 ends on s2"
+        )
+    starts = [line for line in attempts(log) if line[0] == "start"]
+    assert starts == [["start", job_id, "2"]], starts
+
+
+def fork_server_of(scheduler_pid: int) -> psutil.Process:
+    [server] = [c for c in psutil.Process(scheduler_pid).children() if is_fork_server(c)]
+    return server
+
+
+async def test_a_held_job_whose_fork_server_dies_is_not_failed_without_running(
+    tmp_path: Path, commands: Commands, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The fork server dies while a job waits, held, for its release (its task has not
+    run, and nothing says it started). The attempt is reported ``revoked``, not
+    ``failed``: it goes back to the queue and then runs, even with no retries left."""
+    log = tmp_path / "attempts.log"
+    log.touch()
+    monkeypatch.setenv(LOG_ENV, str(log))
+    db = tmp_path / "bus.db"
+    called, go_on = hold_commits(monkeypatch)
+    go_on.set()
+    async with bus_with(db=str(db)) as bus, client(bus) as producer:
+        await register(producer, "producer")
+        worker = ("scheduler.worker", "--tasks", ATTEMPT_TASKS, "--bus", bus.url)
+        s1 = await commands.start(*worker, "-s", "1", "--name", "s1")
+        await wait_until(lambda: bus.scheduler_names() == ["s1"], timeout(), "s1 registers")
+        go_on.clear()
+        called.clear()
+        job = {"priority": 5, "runtime": 0.1, "task": "recorded_sleep"}
+        await producer.send(json.dumps({"cmd": "job_request", "ref": 1, "payload": job}))
+        await asyncio.wait_for(called.wait(), timeout())
+        await wait_until(lambda: held_job_pids(s1.pid) != [], timeout(), "s1 forks it held")
+        fork_server_of(s1.pid).kill()
+        await wait_until(
+            lambda: "the job died with it" in commands.log_of(s1) or held_job_pids(s1.pid) == [],
+            timeout(),
+            "the held process dies with its fork server",
+        )
+        go_on.set()
+        accepted = await recv(producer)
+        assert accepted["type"] == "accepted"
+        final = None
+        while final is None:
+            frame = await asyncio.wait_for(recv(producer), timeout())
+            if frame.get("event") in ("succeeded", "failed", "dead", "cancelled"):
+                final = frame
+        assert final["id"] == accepted["id"]
+    assert attempts(log) != [], f"the job's task never ran, yet it ended: {final}"
+    assert final["event"] == "succeeded", final
+
+
+async def test_a_held_job_cancelled_before_its_commit_never_runs(
+    tmp_path: Path, commands: Commands, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A producer submits a job under its own id and cancels it while the commit is
+    still going on (the job is assigned, held, on s1: its process waits for the
+    release). Both the assignment and the cancel wait for the same commit: the gate
+    withdraws the release, and s1 ends the held attempt unstarted, confirming the
+    cancel. A job cancelled before it started never runs."""
+    log = tmp_path / "attempts.log"
+    log.touch()
+    monkeypatch.setenv(LOG_ENV, str(log))
+    db = tmp_path / "bus.db"
+    called, go_on = hold_commits(monkeypatch)
+    go_on.set()
+    async with bus_with(db=str(db)) as bus, client(bus) as producer:
+        await register(producer, "producer")
+        worker = ("scheduler.worker", "--tasks", ATTEMPT_TASKS, "--bus", bus.url)
+        s1 = await commands.start(*worker, "-s", "1", "--name", "s1")
+        await wait_until(lambda: bus.scheduler_names() == ["s1"], timeout(), "s1 registers")
+        go_on.clear()
+        called.clear()
+        job_id = "a" * 32
+        job = {"priority": 5, "runtime": 2.0, "task": "recorded_sleep", "job_id": job_id}
+        await producer.send(json.dumps({"cmd": "job_request", "ref": 1, "payload": job}))
+        await asyncio.wait_for(called.wait(), timeout())
+        await wait_until(lambda: held_job_pids(s1.pid) != [], timeout(), "s1 forks it")
+        await producer.send(json.dumps({"cmd": "cancel", "id": job_id, "ref": 2}))
+        hub = bus._hub
+        await wait_until(
+            lambda: any(b'"type":"stop"' in held.frame for held in hub.gate._held),
+            timeout(),
+            "the cancel's stop waits for the commit",
+        )
+        go_on.set()
+        final = None
+        while final is None:
+            frame = await asyncio.wait_for(recv(producer), timeout())
+            if frame.get("event") in ("succeeded", "failed", "dead", "cancelled"):
+                final = frame
+        assert final["event"] == "cancelled", final
+        await wait_until(lambda: held_job_pids(s1.pid) == [], timeout(), "it is gone")
+    assert attempts(log) == [], attempts(log)
+
+
+@pytest.mark.parametrize(("how", "jobs"), [("sigkill", 3), ("sigstop", 1)])
+async def test_a_bus_killed_or_frozen_while_jobs_are_held_runs_each_once(
+    tmp_path: Path, commands: Commands, monkeypatch: pytest.MonkeyPatch, how: str, jobs: int
+) -> None:
+    """A real bus whose journal is locked by the test (its commits
+    fail and are retried, so the releases of jobs already journaled wait) sends s1
+    (``-s 1``) held assignments: one forked, the others in its local queue. Then the
+    bus is SIGKILLed (and restarted) or SIGSTOPped (and thawed once s1 fenced). Each
+    job runs exactly once, and no held process is left behind."""
+
+    log = tmp_path / "attempts.log"
+    log.touch()
+    monkeypatch.setenv(LOG_ENV, str(log))
+    db = tmp_path / "bus.db"
+    bus = BusProcess(commands, db, "--lease", "3")
+    await bus.start()
+    worker = ("scheduler.worker", "--tasks", ATTEMPT_TASKS, "--bus", bus.url)
+    s1 = await commands.start(*worker, "-s", "1", "--name", "s1")
+    async with ProducerClient(bus.url, token=bus.token("producer")) as producer:
+        await wait_until(lambda: "registered" in commands.log_of(s1), timeout(), "s1 registers")
+        # Journaled now, as scheduled; dispatched (held) once their delay is over.
+        payload = JobPayload(priority=5, runtime=0.1, task="recorded_sleep")
+        ids = [str(await producer.submit(payload, delay=1.0)) for _ in range(jobs)]
+        lock = sqlite3.connect(db, isolation_level=None, timeout=0)
+        lock.execute("BEGIN EXCLUSIVE")
+        assert bus.proc is not None
+        proc = bus.proc
+        await wait_until(
+            lambda: "commit failed" in commands.log_of(proc), timeout(), "the journal fails"
+        )
+        await wait_until(lambda: len(held_job_pids(s1.pid)) == 1, timeout(), "one waits held")
+        [held] = held_job_pids(s1.pid)
+        if how == "sigkill":
+            await bus.kill()
+            await wait_until(lambda: _zombie(held), timeout(), "dropped")
+            lock.execute("ROLLBACK")
+            lock.close()
+            await bus.start()
+        else:
+            proc.send_signal(signal.SIGSTOP)
+            await wait_until(lambda: _zombie(held), timeout(), "fenced")
+            lock.execute("ROLLBACK")
+            lock.close()
+            proc.send_signal(signal.SIGCONT)
+        await wait_until(
+            lambda: sum(line[0] == "end" for line in attempts(log)) >= jobs,
+            timeout(),
+            "every job runs",
+        )
+        await asyncio.sleep(0.5)  # room for a second run to show (not a synchronisation)
+    for job_id in ids:
+        runs = [line[0] for line in attempts(log) if line[1] == job_id]
+        assert runs == ["start", "end"], attempts(log)
+    assert attempts(log)[0][2] != "0"
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+@pytest.mark.parametrize("fork_server", [True, False], ids=["fork_server", "no_fork_server"])
+async def test_a_scheduler_killed_while_a_job_is_held_leaves_no_process(
+    tmp_path: Path, commands: Commands, monkeypatch: pytest.MonkeyPatch, fork_server: bool
+) -> None:
+    """SIGKILL of the scheduler while a job waits held: the job's
+    process (and the fork server) die with it, and the job never runs there."""
+
+    log = tmp_path / "attempts.log"
+    log.touch()
+    monkeypatch.setenv(LOG_ENV, str(log))
+    called, go_on = hold_commits(monkeypatch)
+    go_on.set()
+    async with bus_with(db=str(tmp_path / "bus.db")) as bus, client(bus) as producer:
+        await register(producer, "producer")
+        worker = ("scheduler.worker", "--tasks", ATTEMPT_TASKS, "--bus", bus.url)
+        extra = () if fork_server else ("--no-fork-server",)
+        s1 = await commands.start(*worker, "-s", "1", "--name", "s1", *extra)
+        await wait_until(lambda: bus.scheduler_names() == ["s1"], timeout(), "s1 registers")
+        go_on.clear()
+        called.clear()
+        job = {"priority": 5, "runtime": 0.3, "task": "recorded_sleep"}
+        await producer.send(json.dumps({"cmd": "job_request", "ref": 1, "payload": job}))
+        await asyncio.wait_for(called.wait(), timeout())
+        await wait_until(lambda: held_job_pids(s1.pid) != [], timeout(), "s1 forks it held")
+        family = [p.pid for p in psutil.Process(s1.pid).children(recursive=True)]
+        s1.send_signal(signal.SIGKILL)
+        await s1.wait()
+        await wait_until(lambda: all(_zombie(pid) for pid in family), timeout(), "all gone")
+        go_on.set()
+        assert (await recv(producer))["type"] == "accepted"
+    assert attempts(log) == []
+
+
+async def test_a_refused_job_s_hold_evicts_nothing(
+    tmp_path: Path, commands: Commands, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """s1 (one slot) runs r. An urgent job u comes, held, before its commit; the journal
+    refuses u (a trigger refuses its row), so u never existed for the producer. A held
+    attempt waits for a free slot until its release: r is not evicted for it, and runs
+    once."""
+
+    log = tmp_path / "attempts.log"
+    log.touch()
+    monkeypatch.setenv(LOG_ENV, str(log))
+    db = tmp_path / "bus.db"
+    async with bus_with(db=str(db)) as bus, client(bus) as producer:
+        await register(producer, "producer")
+        worker = ("scheduler.worker", "--tasks", ATTEMPT_TASKS, "--bus", bus.url)
+        await commands.start(*worker, "-s", "1", "--name", "s1")
+        await wait_until(lambda: bus.scheduler_names() == ["s1"], timeout(), "s1 registers")
+        r = {"priority": 5, "runtime": 1.0, "task": "recorded_sleep"}
+        await producer.send(json.dumps({"cmd": "job_request", "ref": 1, "payload": r}))
+        r_id = (await recv(producer))["id"]
+        await wait_until(lambda: ["start", r_id, "1"] in attempts(log), timeout(), "r starts")
+        with closing(poison_trigger(db, "13.37")) as trigger:
+            u = {"priority": 0, "runtime": 13.37, "task": "recorded_sleep"}
+            await producer.send(json.dumps({"cmd": "job_request", "ref": 2, "payload": u}))
+            while (refused := await recv(producer)).get("ref") != 2:
+                pass
+            assert refused["type"] == "error", refused
+            trigger.execute("DROP TRIGGER poison")
+        while (frame := await recv(producer)).get("event") not in ("succeeded", "failed"):
+            pass
+        assert frame["id"] == r_id
+    assert [line[0] for line in attempts(log) if line[1] == r_id] == ["start", "end"], attempts(log)
+
+
+async def test_a_refused_job_s_hold_does_not_kill_a_running_job_as_dead(
+    tmp_path: Path, commands: Commands, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As above with ``max_deliveries=1``, where an
+    eviction would make r ``dead``: r succeeds."""
+
+    log = tmp_path / "attempts.log"
+    log.touch()
+    monkeypatch.setenv(LOG_ENV, str(log))
+    db = tmp_path / "bus.db"
+    async with (
+        bus_with(db=str(db), rules=bus_rules(max_deliveries=1)) as bus,
+        client(bus) as producer,
+    ):
+        await register(producer, "producer")
+        worker = ("scheduler.worker", "--tasks", ATTEMPT_TASKS, "--bus", bus.url)
+        await commands.start(*worker, "-s", "1", "--name", "s1")
+        await wait_until(lambda: bus.scheduler_names() == ["s1"], timeout(), "s1 registers")
+        r = {"priority": 5, "runtime": 1.0, "task": "recorded_sleep"}
+        await producer.send(json.dumps({"cmd": "job_request", "ref": 1, "payload": r}))
+        r_id = (await recv(producer))["id"]
+        await wait_until(lambda: ["start", r_id, "1"] in attempts(log), timeout(), "r starts")
+        with closing(poison_trigger(db, "13.37")) as trigger:
+            u = {"priority": 0, "runtime": 13.37, "task": "recorded_sleep"}
+            await producer.send(json.dumps({"cmd": "job_request", "ref": 2, "payload": u}))
+            while (refused := await recv(producer)).get("ref") != 2:
+                pass
+            assert refused["type"] == "error", refused
+            trigger.execute("DROP TRIGGER poison")
+        while (frame := await recv(producer)).get("event") not in ("succeeded", "failed", "dead"):
+            pass
+        assert frame["id"] == r_id
+        assert frame["event"] == "succeeded", frame
+    assert [line[0] for line in attempts(log) if line[1] == r_id] == ["start", "end"], attempts(log)
+
+
+async def test_a_refused_broadcast_is_stopped_never_released_on_each_holding_scheduler(
+    tmp_path: Path,
+) -> None:
+    """A refused broadcast whose runs went out held: each scheduler gets its
+    hold, then a stop (drop), never a release; every run ends cancelled."""
+
+    db = tmp_path / "bus.db"
+    async with bus_with(db=str(db)) as bus:
+        async with client(bus) as producer, client(bus) as monitor, client(bus) as s1:
+            async with client(bus) as s2:
+                await register(producer, "producer")
+                await register(monitor, "monitor")
+                for ws, name in ((s1, "s1"), (s2, "s2")):
+                    await register(
+                        ws, "scheduler", name=name, size=2, tasks=["sleep", "poison"], hold=True
+                    )
+                with closing(poison_trigger(db)) as trigger:
+                    frame = {
+                        "cmd": "job_request",
+                        "ref": 1,
+                        "payload": POISON | {"broadcast": True},
+                    }
+                    refused = await request(producer, frame)
+                    assert refused["type"] == "error", refused
+                    trigger.execute("DROP TRIGGER poison")
+                cancelled = [await next_event(monitor, "cancelled") for _ in range(3)]
+                assert sorted(e["id"].partition("/")[2] for e in cancelled) == ["", "s1", "s2"]
+                for ws in (s1, s2):
+                    first = await recv(ws)
+                    assert first["type"] == "assign" and first["hold"] is True, first
+                    second = await recv(ws)
+                    assert (second["type"], second.get("kind")) == ("stop", "drop"), second
+                    assert second["id"] == first["job"]["id"]
+                    with pytest.raises(TimeoutError):
+                        await asyncio.wait_for(ws.recv(), 0.3)
+
+
+class SilentProxy:
+    """A TCP proxy on 127.0.0.1 in front of ``target``; :meth:`cut` stops forwarding on
+    every connection open now, without closing anything (a silent cut). New
+    connections are forwarded."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host, self.port = host, port
+        self.server: asyncio.Server | None = None
+        self.pairs: list[dict[str, bool]] = []
+        self.writers: list[asyncio.StreamWriter] = []
+
+    async def start(self) -> str:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        port = self.server.sockets[0].getsockname()[1]
+        return f"ws://127.0.0.1:{port}"
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection(self.host, self.port)
+        state = {"cut": False}
+        self.pairs.append(state)
+        self.writers += [writer, up_writer]
+
+        async def pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            while data := await src.read(65536):
+                if state["cut"]:
+                    continue
+                dst.write(data)
+                await dst.drain()
+
+        await asyncio.gather(
+            pump(reader, up_writer), pump(up_reader, writer), return_exceptions=True
+        )
+
+    def cut(self) -> None:
+        for state in self.pairs:
+            state["cut"] = True
+
+    async def close(self) -> None:
+        for w in self.writers:
+            w.close()
+        if self.server is not None:
+            self.server.close()

@@ -83,6 +83,18 @@ class FailingJournal:
         raise JournalError("test: commit failed")
 
 
+@dataclass
+class SlowJournal:
+    """A journal whose commits succeed once the test lets them."""
+
+    committing: asyncio.Event = field(default_factory=asyncio.Event)
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def flush(self) -> None:
+        self.committing.set()
+        await self.done.wait()
+
+
 async def test_a_refused_submit_takes_its_held_assignments_with_it() -> None:
     """The assignments of refused jobs and of their runs are dropped, whether they wait
     for the failed commit or came during it, and named with the refusal; other frames
@@ -133,4 +145,32 @@ async def test_a_refused_job_s_release_is_replaced_by_its_instead_frame() -> Non
     assert refusals == [frozenset({"j1", "j2", "j3"})]
     assert scheduler.fake.pushed == [(b"stop j1", True), (b"stop j2", True)]
     assert gate.pending(scheduler) == 0
+    await gate.drain()
+
+
+async def test_a_stop_withdraws_the_release_or_assignment_held_before_it() -> None:
+    """Held behind a commit (waiting, or in the commit in flight): a drop withdraws the
+    attempt's release or assignment, a cancel only a release, a steal nothing; other
+    recipients' frames and later frames stay."""
+    journal = SlowJournal()
+    scheduler, other = FakeRecipient(), FakeRecipient()
+    gate = FrameGate(cast(Journal, journal), refused)
+    gate.changed()
+    gate.send(scheduler, b"release j1", assigns="j1", release=True)
+    gate.send(scheduler, b"assign j2", assigns="j2")
+    gate.send(other, b"assign j1", assigns="j1")
+    await journal.committing.wait()
+    gate.send(scheduler, b"release j3", assigns="j3", release=True)
+    gate.send(scheduler, b"assign j4", assigns="j4")
+    gate.send(scheduler, b"release j5", assigns="j5", release=True)
+    gate.withdraw(scheduler, "j1", "cancel")
+    gate.withdraw(scheduler, "j2", "cancel")
+    gate.withdraw(scheduler, "j3", "drop")
+    gate.withdraw(scheduler, "j4", "drop")
+    gate.withdraw(scheduler, "j5", "steal")
+    assert (gate.pending(scheduler), gate.pending(other)) == (2, 1)
+    journal.done.set()
+    await gate.released(scheduler)
+    assert [frame for frame, _ in scheduler.fake.pushed] == [b"assign j2", b"release j5"]
+    assert other.fake.pushed == [(b"assign j1", True)]
     await gate.drain()

@@ -24,6 +24,7 @@ from test_bus import (
 )
 from test_bus_journal_failure import POISON, poison_trigger
 
+from scheduler.bus.config import bus_rules
 from scheduler.bus.server import BusServer
 
 
@@ -101,3 +102,46 @@ async def test_a_scheduler_that_does_not_ask_gets_plain_assignments(db_bus: BusS
             ("assign", first, False),
             ("assign", second, False),
         ]
+
+
+async def test_an_attempt_taken_back_before_its_commit_gets_a_stop_and_no_release(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The commit stalls past the start deadline: the core takes attempt 1 back from s1
+    while its release still waits for that commit. The stop withdraws the release, so
+    s1 hears of attempt 1 only the hold and the stop, and s2 gets attempt 2."""
+    rules = bus_rules(start_deadline=0.5 * unit())
+    async with bus_with(db=str(tmp_path / "bus.db"), rules=rules) as bus:
+        async with client(bus) as s1, client(bus) as s2, client(bus) as producer:
+            await register(s1, "scheduler", name="s1", size=1, hold=True)
+            await register(producer, "producer")
+            beating = [asyncio.create_task(beat(s1))]
+            called, go_on = hold_commits(monkeypatch)
+            await producer.send('{"cmd": "job_request", "payload": {"runtime": 1}}')
+            await asyncio.wait_for(called.wait(), timeout())
+            hold = await recv(s1)
+            job_id = hold["job"]["id"]
+            assert (hold["hold"], hold["job"]["attempt"]) == (True, 1)
+            await wait_until(
+                lambda: "s1: started none of its 1 assigned jobs" in caplog.text,
+                timeout(),
+                "the start deadline passes",
+            )
+            await s2.send(
+                '{"cmd": "register", "type": "scheduler", "protocol": 2, "name": "s2",'
+                ' "size": 1, "hold": true}'
+            )
+            beating.append(asyncio.create_task(beat(s2)))
+            go_on.set()
+            stop = await recv(s1)
+            assert (stop["type"], stop["id"], stop["attempt"]) == ("stop", job_id, 1)
+            frames = [await recv(s2) for _ in range(3)]
+            kinds = [(f["type"], f.get("job", f).get("attempt")) for f in frames]
+            assert sorted(kinds, key=str) == sorted(
+                [("registered", None), ("assign", 2), ("release", 2)], key=str
+            )
+            await request(producer, {"cmd": "stats", "ref": 9})
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(s1.recv(), 0.2 * unit())
+            for task in beating:
+                task.cancel()

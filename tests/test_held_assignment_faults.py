@@ -298,4 +298,4 @@ async def test_a_refused_broadcast_is_stopped_never_released_on_each_holding_sch
                     assert (second["type"], second.get("kind")) == ("stop", "drop"), second
                     assert second["id"] == first["job"]["id"]
                     with pytest.raises(TimeoutError):
-                        await asyncio.wait_for(ws.recv(), 0.3)
+                        await asyncio.wait_for(ws.recv(), 0.3 * unit())

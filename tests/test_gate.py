@@ -71,35 +71,25 @@ async def test_drain_drops_what_a_failing_journal_holds_and_resets_the_counts() 
 
 
 @dataclass
-class FailingJournal:
-    """A journal whose every commit fails once the test lets it end."""
+class HeldJournal:
+    """A journal whose commits wait until the test ends them: failing unless told not to."""
 
+    fails: bool = True
     committing: asyncio.Event = field(default_factory=asyncio.Event)
-    fail: asyncio.Event = field(default_factory=asyncio.Event)
+    end: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def flush(self) -> None:
         self.committing.set()
-        await self.fail.wait()
-        raise JournalError("test: commit failed")
-
-
-@dataclass
-class SlowJournal:
-    """A journal whose commits succeed once the test lets them."""
-
-    committing: asyncio.Event = field(default_factory=asyncio.Event)
-    done: asyncio.Event = field(default_factory=asyncio.Event)
-
-    async def flush(self) -> None:
-        self.committing.set()
-        await self.done.wait()
+        await self.end.wait()
+        if self.fails:
+            raise JournalError("test: commit failed")
 
 
 async def test_a_refused_submit_takes_its_held_assignments_with_it() -> None:
     """The assignments of refused jobs and of their runs are dropped, whether they wait
     for the failed commit or came during it, and named with the refusal; other frames
     stay held."""
-    journal = FailingJournal()
+    journal = HeldJournal()
     calls: list[tuple[str, tuple[str, ...], frozenset[str]]] = []
     producer, scheduler, monitor = FakeRecipient(), FakeRecipient(), FakeRecipient()
     names = {id(producer): "producer", id(scheduler): "scheduler", id(monitor): "monitor"}
@@ -119,7 +109,7 @@ async def test_a_refused_submit_takes_its_held_assignments_with_it() -> None:
     await journal.committing.wait()
     gate.send(scheduler, b"assign j1", assigns="j1")  # queued at first, assigned meanwhile
     gate.send(scheduler, b"assign j3", assigns="j3")
-    journal.fail.set()
+    journal.end.set()
     await wait_until(lambda: bool(calls), 5.0, "the refusal")
     assert calls == [("producer", ("j1",), frozenset({"j1", "j1/s"}))]
     assert (gate.pending(producer), gate.pending(scheduler), gate.pending(monitor)) == (0, 2, 1)
@@ -130,7 +120,7 @@ async def test_a_refused_submit_takes_its_held_assignments_with_it() -> None:
 async def test_a_refused_job_s_release_is_replaced_by_its_instead_frame() -> None:
     """Held or come during the failed commit, a withdrawn release goes out as its stop;
     a frame withdrawn without an ``instead`` is only dropped."""
-    journal = FailingJournal()
+    journal = HeldJournal()
     producer, scheduler = FakeRecipient(), FakeRecipient()
     refusals: list[frozenset[str]] = []
     gate = FrameGate(cast(Journal, journal), lambda *args: refusals.append(args[3]))
@@ -140,7 +130,7 @@ async def test_a_refused_job_s_release_is_replaced_by_its_instead_frame() -> Non
     await journal.committing.wait()
     gate.send(scheduler, b"release j2", assigns="j2", instead=b"stop j2")
     gate.send(scheduler, b"assign j3", assigns="j3")
-    journal.fail.set()
+    journal.end.set()
     await wait_until(lambda: bool(refusals), 5.0, "the refusal")
     assert refusals == [frozenset({"j1", "j2", "j3"})]
     assert scheduler.fake.pushed == [(b"stop j1", True), (b"stop j2", True)]
@@ -152,7 +142,7 @@ async def test_a_stop_withdraws_the_release_or_assignment_held_before_it() -> No
     """Held behind a commit (waiting, or in the commit in flight): a drop withdraws the
     attempt's release or assignment, a cancel only a release, a steal nothing; other
     recipients' frames and later frames stay."""
-    journal = SlowJournal()
+    journal = HeldJournal(fails=False)
     scheduler, other = FakeRecipient(), FakeRecipient()
     gate = FrameGate(cast(Journal, journal), refused)
     gate.changed()
@@ -169,7 +159,7 @@ async def test_a_stop_withdraws_the_release_or_assignment_held_before_it() -> No
     gate.withdraw(scheduler, "j4", "drop")
     gate.withdraw(scheduler, "j5", "steal")
     assert (gate.pending(scheduler), gate.pending(other)) == (2, 1)
-    journal.done.set()
+    journal.end.set()
     await gate.released(scheduler)
     assert [frame for frame, _ in scheduler.fake.pushed] == [b"assign j2", b"release j5"]
     assert other.fake.pushed == [(b"assign j1", True)]

@@ -10,17 +10,29 @@ import asyncio
 import json
 import signal
 import sqlite3
-from contextlib import closing
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager, closing
 from pathlib import Path
 
 import psutil
 import pytest
 from attempt_log_tasks import LOG_ENV
 from conftest import ROOT, BusProcess, Commands, is_fork_server, unit, wait_until
-from test_bus import bus_with, client, hold_commits, next_event, recv, register, request
+from test_bus import (
+    Frame,
+    bus_with,
+    client,
+    hold_commits,
+    next_event,
+    recv,
+    register,
+    request,
+)
 from test_bus_journal_failure import POISON, poison_trigger
+from websockets.asyncio.client import ClientConnection
 
 from scheduler.bus.config import bus_rules
+from scheduler.bus.server import BusServer
 from scheduler.producer.client import ProducerClient
 from scheduler.protocol import JobPayload
 
@@ -48,6 +60,40 @@ def held_job_pids(scheduler_pid: int) -> list[int]:
     return found
 
 
+def attempt_log(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The attempt log the scheduler's ``recorded_sleep`` jobs write to (empty)."""
+    log = tmp_path / "attempts.log"
+    log.touch()
+    monkeypatch.setenv(LOG_ENV, str(log))
+    return log
+
+
+@asynccontextmanager
+async def one_holding_scheduler(
+    tmp_path: Path, commands: Commands
+) -> AsyncIterator[tuple[BusServer, ClientConnection, asyncio.subprocess.Process]]:
+    """A bus journaling to a file, a registered producer, and a real scheduler s1 with
+    one slot (it registers ``hold``), registered."""
+    async with bus_with(db=str(tmp_path / "bus.db")) as bus, client(bus) as producer:
+        await register(producer, "producer")
+        worker = ("scheduler.worker", "--tasks", ATTEMPT_TASKS, "--bus", bus.url)
+        s1 = await commands.start(*worker, "-s", "1", "--name", "s1")
+        await wait_until(lambda: bus.scheduler_names() == ["s1"], timeout(), "s1 registers")
+        yield bus, producer, s1
+
+
+async def final_event(producer: ClientConnection) -> Frame:
+    """The next final event the producer receives."""
+    while (frame := await asyncio.wait_for(recv(producer), timeout())).get("event") not in (
+        "succeeded",
+        "failed",
+        "dead",
+        "cancelled",
+    ):
+        pass
+    return frame
+
+
 def fork_server_of(scheduler_pid: int) -> psutil.Process:
     [server] = [c for c in psutil.Process(scheduler_pid).children() if is_fork_server(c)]
     return server
@@ -59,19 +105,9 @@ async def test_a_held_job_whose_fork_server_dies_is_not_failed_without_running(
     """The fork server dies while a job waits, held, for its release (its task has not
     run, and nothing says it started). The attempt is reported ``revoked``, not
     ``failed``: it goes back to the queue and then runs, even with no retries left."""
-    log = tmp_path / "attempts.log"
-    log.touch()
-    monkeypatch.setenv(LOG_ENV, str(log))
-    db = tmp_path / "bus.db"
-    called, go_on = hold_commits(monkeypatch)
-    go_on.set()
-    async with bus_with(db=str(db)) as bus, client(bus) as producer:
-        await register(producer, "producer")
-        worker = ("scheduler.worker", "--tasks", ATTEMPT_TASKS, "--bus", bus.url)
-        s1 = await commands.start(*worker, "-s", "1", "--name", "s1")
-        await wait_until(lambda: bus.scheduler_names() == ["s1"], timeout(), "s1 registers")
-        go_on.clear()
-        called.clear()
+    log = attempt_log(tmp_path, monkeypatch)
+    async with one_holding_scheduler(tmp_path, commands) as (bus, producer, s1):
+        called, go_on = hold_commits(monkeypatch)
         job = {"priority": 5, "runtime": 0.1, "task": "recorded_sleep"}
         await producer.send(json.dumps({"cmd": "job_request", "ref": 1, "payload": job}))
         await asyncio.wait_for(called.wait(), timeout())
@@ -85,11 +121,7 @@ async def test_a_held_job_whose_fork_server_dies_is_not_failed_without_running(
         go_on.set()
         accepted = await recv(producer)
         assert accepted["type"] == "accepted"
-        final = None
-        while final is None:
-            frame = await asyncio.wait_for(recv(producer), timeout())
-            if frame.get("event") in ("succeeded", "failed", "dead", "cancelled"):
-                final = frame
+        final = await final_event(producer)
         assert final["id"] == accepted["id"]
     assert attempts(log) != [], f"the job's task never ran, yet it ended: {final}"
     assert final["event"] == "succeeded", final
@@ -103,19 +135,9 @@ async def test_a_held_job_cancelled_before_its_commit_never_runs(
     release). Both the assignment and the cancel wait for the same commit: the gate
     withdraws the release, and s1 ends the held attempt unstarted, confirming the
     cancel. A job cancelled before it started never runs."""
-    log = tmp_path / "attempts.log"
-    log.touch()
-    monkeypatch.setenv(LOG_ENV, str(log))
-    db = tmp_path / "bus.db"
-    called, go_on = hold_commits(monkeypatch)
-    go_on.set()
-    async with bus_with(db=str(db)) as bus, client(bus) as producer:
-        await register(producer, "producer")
-        worker = ("scheduler.worker", "--tasks", ATTEMPT_TASKS, "--bus", bus.url)
-        s1 = await commands.start(*worker, "-s", "1", "--name", "s1")
-        await wait_until(lambda: bus.scheduler_names() == ["s1"], timeout(), "s1 registers")
-        go_on.clear()
-        called.clear()
+    log = attempt_log(tmp_path, monkeypatch)
+    async with one_holding_scheduler(tmp_path, commands) as (bus, producer, s1):
+        called, go_on = hold_commits(monkeypatch)
         job_id = "a" * 32
         job = {"priority": 5, "runtime": 2.0, "task": "recorded_sleep", "job_id": job_id}
         await producer.send(json.dumps({"cmd": "job_request", "ref": 1, "payload": job}))
@@ -129,11 +151,7 @@ async def test_a_held_job_cancelled_before_its_commit_never_runs(
             "the cancel's stop waits for the commit",
         )
         go_on.set()
-        final = None
-        while final is None:
-            frame = await asyncio.wait_for(recv(producer), timeout())
-            if frame.get("event") in ("succeeded", "failed", "dead", "cancelled"):
-                final = frame
+        final = await final_event(producer)
         assert final["event"] == "cancelled", final
         await wait_until(lambda: held_job_pids(s1.pid) == [], timeout(), "it is gone")
     assert attempts(log) == [], attempts(log)
@@ -148,9 +166,7 @@ async def test_a_bus_killed_while_jobs_are_held_runs_each_once(
     and restarted. Each job runs exactly once, and no held process is left behind."""
     jobs = 3
 
-    log = tmp_path / "attempts.log"
-    log.touch()
-    monkeypatch.setenv(LOG_ENV, str(log))
+    log = attempt_log(tmp_path, monkeypatch)
     db = tmp_path / "bus.db"
     bus = BusProcess(commands, db, "--lease", "3")
     await bus.start()
@@ -201,9 +217,7 @@ async def test_a_scheduler_killed_while_a_job_is_held_leaves_no_process(
     """SIGKILL of the scheduler while a job waits held: the job's
     process (and the fork server) die with it, and the job never runs there."""
 
-    log = tmp_path / "attempts.log"
-    log.touch()
-    monkeypatch.setenv(LOG_ENV, str(log))
+    log = attempt_log(tmp_path, monkeypatch)
     called, go_on = hold_commits(monkeypatch)
     go_on.set()
     async with bus_with(db=str(tmp_path / "bus.db")) as bus, client(bus) as producer:
@@ -237,9 +251,7 @@ async def test_a_refused_job_s_hold_evicts_nothing(
     once, and succeeds (with ``max_deliveries=1`` an eviction would have made it
     ``dead``)."""
 
-    log = tmp_path / "attempts.log"
-    log.touch()
-    monkeypatch.setenv(LOG_ENV, str(log))
+    log = attempt_log(tmp_path, monkeypatch)
     db = tmp_path / "bus.db"
     rules = bus_rules() if max_deliveries is None else bus_rules(max_deliveries=max_deliveries)
     async with bus_with(db=str(db), rules=rules) as bus, client(bus) as producer:

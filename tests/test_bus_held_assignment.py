@@ -5,6 +5,7 @@ done, or a ``stop`` if the journal refuses the job (``scheduler.protocol.Assign`
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 from contextlib import closing
 from pathlib import Path
@@ -17,8 +18,10 @@ from test_bus import (
     client,
     committed,
     hold_commits,
+    next_event,
     recv,
     register,
+    report,
     request,
     submit_skipping_events,
 )
@@ -145,3 +148,35 @@ async def test_an_attempt_taken_back_before_its_commit_gets_a_stop_and_no_releas
                 await asyncio.wait_for(s1.recv(), 0.2 * unit())
             for task in beating:
                 task.cancel()
+
+
+async def test_a_job_cancelled_before_its_commit_gets_a_stop_and_no_release(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The cancel's stop withdraws the release waiting for the same commit: s1 hears of
+    the attempt only the hold and the stop (kind ``cancel``, which it confirms)."""
+    async with bus_with(db=str(tmp_path / "bus.db")) as bus:
+        async with client(bus) as s1, client(bus) as producer:
+            await register(s1, "scheduler", name="s1", size=1, hold=True)
+            await register(producer, "producer")
+            called, go_on = hold_commits(monkeypatch)
+            job = {"runtime": 1, "job_id": "cancelled-early"}
+            await producer.send(json.dumps({"cmd": "job_request", "payload": job}))
+            await asyncio.wait_for(called.wait(), timeout())
+            hold = await recv(s1)
+            assert (hold["hold"], hold["job"]["id"]) == (True, "cancelled-early")
+            await producer.send('{"cmd": "cancel", "id": "cancelled-early", "ref": 2}')
+            gate = bus._hub.gate
+            await wait_until(
+                lambda: any(b'"type":"stop"' in held.frame for held in gate._held),
+                timeout(),
+                "the cancel's stop waits for the commit",
+            )
+            go_on.set()
+            stop = await recv(s1)
+            assert (stop["type"], stop["id"], stop["kind"]) == ("stop", "cancelled-early", "cancel")
+            await report(s1, "cancelled", "cancelled-early", 1)
+            cancelled = await next_event(producer, "cancelled")
+            assert cancelled["id"] == "cancelled-early"
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(s1.recv(), 0.2 * unit())

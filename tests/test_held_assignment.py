@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -339,3 +340,20 @@ async def test_a_go_pipe_that_cannot_be_made_fails_the_job_and_frees_the_slot(
     assert failed["error"] == "could not start the job process: [Errno 24] Too many open files"
     await round_trip(peer, tmp_path, "after")
     assert not (tmp_path / "held").exists()
+
+
+async def test_a_held_process_that_dies_before_its_release_is_reported_revoked(
+    fake_bus: FakeBus, start: Start, tmp_path: Path
+) -> None:
+    """Killed while it waits (its fork server gone, say), its task never ran: the attempt
+    goes back to the bus as ``revoked``, never ``failed``, and nothing says it started."""
+    client = start(fake_bus.url)
+    peer = await fake_bus.peer()
+    await peer.register()
+    await assign(peer, "orphaned", tmp_path / "orphaned", 60 * unit())
+    pid = await held_process(client, "orphaned")
+    os.kill(pid, signal.SIGKILL)
+    report = await peer.expect("report", id="orphaned")
+    assert (report["event"], report["attempt"]) == ("revoked", 1)
+    assert peer.reports("orphaned") == ["revoked"]
+    assert not (tmp_path / "orphaned").exists()

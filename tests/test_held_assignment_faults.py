@@ -1,7 +1,7 @@
 """Held assignments under faults: real buses, real scheduler processes, real job
 processes. No task runs before the assignment that runs it is journaled, and no job runs
-twice or is lost: whether the job is cancelled or refused before its commit, or the fork
-server, the scheduler or the bus dies while a job is held.
+twice or is lost: whether the job (or a broadcast) is refused before its commit, or the
+scheduler or the bus dies while a job is held.
 """
 
 from __future__ import annotations
@@ -10,8 +10,7 @@ import asyncio
 import json
 import signal
 import sqlite3
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager, closing
+from contextlib import closing
 from pathlib import Path
 
 import psutil
@@ -19,7 +18,6 @@ import pytest
 from attempt_log_tasks import LOG_ENV
 from conftest import ROOT, BusProcess, Commands, is_fork_server, unit, wait_until
 from test_bus import (
-    Frame,
     bus_with,
     client,
     hold_commits,
@@ -29,10 +27,8 @@ from test_bus import (
     request,
 )
 from test_bus_journal_failure import POISON, poison_trigger
-from websockets.asyncio.client import ClientConnection
 
 from scheduler.bus.config import bus_rules
-from scheduler.bus.server import BusServer
 from scheduler.producer.client import ProducerClient
 from scheduler.protocol import JobPayload
 
@@ -66,95 +62,6 @@ def attempt_log(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     log.touch()
     monkeypatch.setenv(LOG_ENV, str(log))
     return log
-
-
-@asynccontextmanager
-async def one_holding_scheduler(
-    tmp_path: Path, commands: Commands
-) -> AsyncIterator[tuple[BusServer, ClientConnection, asyncio.subprocess.Process]]:
-    """A bus journaling to a file, a registered producer, and a real scheduler s1 with
-    one slot (it registers ``hold``), registered."""
-    async with bus_with(db=str(tmp_path / "bus.db")) as bus, client(bus) as producer:
-        await register(producer, "producer")
-        worker = ("scheduler.worker", "--tasks", ATTEMPT_TASKS, "--bus", bus.url)
-        s1 = await commands.start(*worker, "-s", "1", "--name", "s1")
-        await wait_until(lambda: bus.scheduler_names() == ["s1"], timeout(), "s1 registers")
-        yield bus, producer, s1
-
-
-async def final_event(producer: ClientConnection) -> Frame:
-    """The next final event the producer receives."""
-    while (frame := await asyncio.wait_for(recv(producer), timeout())).get("event") not in (
-        "succeeded",
-        "failed",
-        "dead",
-        "cancelled",
-    ):
-        pass
-    return frame
-
-
-def fork_server_of(scheduler_pid: int) -> psutil.Process:
-    [server] = [c for c in psutil.Process(scheduler_pid).children() if is_fork_server(c)]
-    return server
-
-
-async def test_a_held_job_whose_fork_server_dies_is_not_failed_without_running(
-    tmp_path: Path, commands: Commands, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The fork server dies while a job waits, held, for its release (its task has not
-    run, and nothing says it started). The attempt is reported ``revoked``, not
-    ``failed``: it goes back to the queue and then runs, even with no retries left."""
-    log = attempt_log(tmp_path, monkeypatch)
-    async with one_holding_scheduler(tmp_path, commands) as (bus, producer, s1):
-        called, go_on = hold_commits(monkeypatch)
-        job = {"priority": 5, "runtime": 0.1, "task": "recorded_sleep"}
-        await producer.send(json.dumps({"cmd": "job_request", "ref": 1, "payload": job}))
-        await asyncio.wait_for(called.wait(), timeout())
-        await wait_until(lambda: held_job_pids(s1.pid) != [], timeout(), "s1 forks it held")
-        fork_server_of(s1.pid).kill()
-        await wait_until(
-            lambda: "the job died with it" in commands.log_of(s1) or held_job_pids(s1.pid) == [],
-            timeout(),
-            "the held process dies with its fork server",
-        )
-        go_on.set()
-        accepted = await recv(producer)
-        assert accepted["type"] == "accepted"
-        final = await final_event(producer)
-        assert final["id"] == accepted["id"]
-    assert attempts(log) != [], f"the job's task never ran, yet it ended: {final}"
-    assert final["event"] == "succeeded", final
-
-
-async def test_a_held_job_cancelled_before_its_commit_never_runs(
-    tmp_path: Path, commands: Commands, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A producer submits a job under its own id and cancels it while the commit is
-    still going on (the job is assigned, held, on s1: its process waits for the
-    release). Both the assignment and the cancel wait for the same commit: the gate
-    withdraws the release, and s1 ends the held attempt unstarted, confirming the
-    cancel. A job cancelled before it started never runs."""
-    log = attempt_log(tmp_path, monkeypatch)
-    async with one_holding_scheduler(tmp_path, commands) as (bus, producer, s1):
-        called, go_on = hold_commits(monkeypatch)
-        job_id = "a" * 32
-        job = {"priority": 5, "runtime": 2.0, "task": "recorded_sleep", "job_id": job_id}
-        await producer.send(json.dumps({"cmd": "job_request", "ref": 1, "payload": job}))
-        await asyncio.wait_for(called.wait(), timeout())
-        await wait_until(lambda: held_job_pids(s1.pid) != [], timeout(), "s1 forks it")
-        await producer.send(json.dumps({"cmd": "cancel", "id": job_id, "ref": 2}))
-        hub = bus._hub
-        await wait_until(
-            lambda: any(b'"type":"stop"' in held.frame for held in hub.gate._held),
-            timeout(),
-            "the cancel's stop waits for the commit",
-        )
-        go_on.set()
-        final = await final_event(producer)
-        assert final["event"] == "cancelled", final
-        await wait_until(lambda: held_job_pids(s1.pid) == [], timeout(), "it is gone")
-    assert attempts(log) == [], attempts(log)
 
 
 async def test_a_bus_killed_while_jobs_are_held_runs_each_once(

@@ -132,7 +132,10 @@ async def test_a_scheduler_killed_while_a_job_is_held_leaves_no_process(
         worker = ("scheduler.worker", "--tasks", ATTEMPT_TASKS, "--bus", bus.url)
         extra = () if fork_server else ("--no-fork-server",)
         s1 = await commands.start(*worker, "-s", "1", "--name", "s1", *extra)
-        await wait_until(lambda: bus.scheduler_names() == ["s1"], timeout(), "s1 registers")
+        # Its registration is answered only once committed: wait for the answer itself.
+        await wait_until(
+            lambda: "registered with" in commands.log_of(s1), timeout(), "s1 registers"
+        )
         go_on.clear()
         called.clear()
         job = {"priority": 5, "runtime": 0.3, "task": "recorded_sleep"}

@@ -155,7 +155,12 @@ async def make_executor(reports: Reports, launcher: str) -> AsyncIterator[Execut
     one is shut down at the end."""
     made: list[Executor] = []
 
-    def make(size: int = 2, default_timeout: float = 10.0, grace: float = 2.0) -> Executor:
+    def make(
+        size: int = 2,
+        default_timeout: float = 10.0,
+        grace: float = 2.0,
+        may_start: Callable[[], bool] = lambda: True,
+    ) -> Executor:
         warm = WarmPool(WarmLimits(3)) if launcher == "warm" else None
         executor = Executor(
             size,
@@ -163,6 +168,7 @@ async def make_executor(reports: Reports, launcher: str) -> AsyncIterator[Execut
             TaskRegistry(TEST_TASKS),
             reports,
             grace=grace,
+            may_start=may_start,
             launcher=warm,
         )
         made.append(executor)
@@ -686,3 +692,18 @@ async def test_shutdown_stops_every_process_tree_and_the_queue(
     assert {r.event for r in reports.seen} == {"started", "evicted"}
     with pytest.raises(RuntimeError, match="shut down"):
         executor.submit(job("late"))
+
+
+async def test_a_release_after_the_lease_may_have_lapsed_starts_nothing(
+    make_executor: ExecutorFactory, reports: Reports
+) -> None:
+    """The fence is checked again at the release, as at a start: a held attempt released
+    once the lease may have lapsed exits unstarted and goes back ``revoked``."""
+    lease_holds = [True]
+    executor = make_executor(may_start=lambda: lease_holds[0])
+    executor.submit(job("late", runtime=60), hold=True)
+    await wait_until(lambda: executor.pid_of("late") is not None, 5 * unit(), "it forks")
+    lease_holds[0] = False
+    executor.release("late", 1)
+    await reports.expect("revoked", "late")
+    assert reports.of("late") == [("revoked", 1)]

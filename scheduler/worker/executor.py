@@ -230,6 +230,10 @@ class Executor:
             # Still waiting for a slot: from now on it may take a less urgent job's.
             self._carry_out(self._runner.allow_eviction(job_id, self._clock()))
             return True
+        if not self._may_start():
+            log.info("not starting %s attempt %d: the lease may have lapsed", job_id, attempt)
+            run.withhold()
+            return True
         if run.release(self._clock(), self._timeout(run.assignment)):
             self._watch_deadline(run.deadline)
             self._on_event(Report("started", job_id, attempt), run.assignment)

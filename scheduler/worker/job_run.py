@@ -57,6 +57,12 @@ class Run:
         self.deadline = math.inf if timeout is None else now + timeout
         return True
 
+    def withhold(self) -> None:
+        """Close the go pipe without releasing: the process exits without running its
+        task (and, still unreleased, is reported ``revoked``)."""
+        if self.go is not None:
+            self.go.close()
+
     def close(self) -> None:
         """The process is reaped: close what only its wait for a release needed."""
         if self.go is not None:

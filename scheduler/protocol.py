@@ -13,10 +13,15 @@ Client to bus messages are tagged by ``cmd``; bus to client messages by ``type``
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated
 
 import msgspec
 
+from scheduler.protocol_assign import Assign as Assign
+from scheduler.protocol_assign import Assignment as Assignment
+from scheduler.protocol_assign import Release as Release
+from scheduler.protocol_assign import Stop as Stop
+from scheduler.protocol_assign import StopKind as StopKind
 from scheduler.protocol_leader import NotLeader
 from scheduler.protocol_queries import GetStats, ListJobs, Retry, Vacuum, Vacuumed
 from scheduler.protocol_schedules import (
@@ -347,69 +352,6 @@ class Error(msgspec.Struct, frozen=True, tag_field="type", tag="error", omit_def
     message: str
     field: str | None = None
     ref: Ref = None
-
-
-class Assignment(msgspec.Struct, frozen=True, omit_defaults=True):
-    """One attempt of one job handed to one scheduler."""
-
-    id: JobId
-    attempt: Attempt
-    priority: Priority
-    runtime: Runtime | None = None
-    task: Name = "sleep"
-    args: Args | None = None
-    timeout: Timeout | None = None
-    evictions: Count = 0
-    evictable: bool = True
-    results: dict[str, object] | None = None
-    """The results of the job's dependencies, by id, when it asked for them
-    (``pass_results``); the task gets them as its ``results`` keyword argument."""
-
-
-StopKind = Literal["cancel", "steal", "drop"]
-"""What a :class:`Stop` asks of a scheduler (see there)."""
-
-
-class Stop(msgspec.Struct, frozen=True, tag_field="type", tag="stop"):
-    """The bus tells a scheduler to stop an attempt; ``kind`` says how to, ``reason``
-    says why in words (for logs; never branch on it).
-
-    ``cancel``: the job is cancelled: stop its process tree or drop it from the local
-    queue, and answer with a ``cancelled`` report. ``drop`` (the default, which is what a
-    stop meant before stops had a kind): the attempt is no longer this scheduler's:
-    stop or drop it and forget any report of it not yet sent. ``steal``: another
-    scheduler wants the job: drop it only if it still waits in the local queue, and
-    answer with a ``revoked`` report; if it has started, keep it (the ``started`` report
-    tells the bus the steal failed). Schedulers older than ``kind`` ignore it and read
-    ``reason`` (``cancelled``, ``stolen`` or other words).
-    """
-
-    id: str
-    attempt: int
-    reason: str
-    kind: StopKind = "drop"
-
-
-class Assign(msgspec.Struct, frozen=True, tag_field="type", tag="assign", omit_defaults=True):
-    """The bus gives a v2 scheduler an attempt of a job to run.
-
-    ``hold`` (only to a scheduler that registered with ``hold``): the assignment is not
-    journaled yet. The scheduler may fork the job's process now, but the task must not run
-    and nothing about it may be reported ``started`` until the :class:`Release` of that
-    attempt comes. If the journal refuses the assignment, a :class:`Stop` (``drop``) comes
-    instead; if the connection is lost first, the scheduler ends the held process unstarted
-    and forgets the attempt.
-    """
-
-    job: Assignment
-    hold: bool = False
-
-
-class Release(msgspec.Struct, frozen=True, tag_field="type", tag="release"):
-    """The held assignment of ``attempt`` of job ``id`` is journaled: start it now."""
-
-    id: str
-    attempt: int
 
 
 class JobEvent(msgspec.Struct, frozen=True, tag_field="type", tag="event", omit_defaults=True):

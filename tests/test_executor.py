@@ -353,7 +353,7 @@ async def test_without_any_timeout_a_job_runs_until_it_ends(reports: Reports) ->
     try:
         executor.submit(job("free", runtime=0.3))
         await reports.expect("started", "free")
-        assert executor._deadline_timer is None, "no deadline is watched"
+        assert not executor._deadlines.armed, "no deadline is watched"
         await reports.expect("succeeded", "free")
     finally:
         await executor.shutdown()

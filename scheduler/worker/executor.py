@@ -13,9 +13,9 @@ A held attempt (:meth:`Executor.submit` with ``hold``) is forked when it starts 
 its task, counts its timeout and is reported ``started`` only on :meth:`Executor.release`
 (:mod:`scheduler.worker.held`).
 
-While a running job has a limit, the executor samples the memory and CPU time of every
-limited job's process tree each :data:`LIMIT_SAMPLE_S` (one read of ``/proc``); the
-decision is :func:`scheduler.policy.limits.over_limits`. Without limits nothing is sampled.
+While a running job has a limit, the memory and CPU time of every limited job's process
+tree is sampled (:class:`~scheduler.worker.run_timers.LimitSampler`); one timer watches
+every job's deadline (:class:`~scheduler.worker.run_timers.Deadlines`).
 """
 
 from __future__ import annotations
@@ -27,12 +27,12 @@ import time
 from collections import deque
 from collections.abc import Callable, Coroutine, Sequence
 from functools import partial
-from typing import Any, Final
+from typing import Any
 
 import msgspec
 
 from scheduler.policy.closing import Why, closing_report
-from scheduler.policy.limits import NO_LIMITS, Limits, Usage, over_limits
+from scheduler.policy.limits import NO_LIMITS, Limits
 from scheduler.policy.runner import (
     Evict,
     LocalJob,
@@ -44,7 +44,6 @@ from scheduler.policy.runner import (
 )
 from scheduler.protocol import Assignment, Held, Report
 from scheduler.tasks import TaskRegistry, UnknownTaskError, call_arguments, run_task
-from scheduler.worker import containment
 from scheduler.worker.cgroups import JobCgroups
 from scheduler.worker.held import Key, Unreleased
 from scheduler.worker.job_feed import JobFeed
@@ -52,6 +51,7 @@ from scheduler.worker.job_output import JobLogs
 from scheduler.worker.job_run import Run, ending, open_pipes
 from scheduler.worker.launch import Launcher, ProcessLauncher
 from scheduler.worker.process import ProcessResult
+from scheduler.worker.run_timers import Deadlines, LimitSampler
 
 log = logging.getLogger(__name__)
 
@@ -59,9 +59,6 @@ EventSink = Callable[[Report, Assignment], None]
 """Receives each report with the assignment it is about."""
 ErrorSink = Callable[[BaseException], None]
 """Receives an exception that escaped a background task (such as a failing event sink)."""
-
-LIMIT_SAMPLE_S: Final = 0.2
-"""Seconds between two samples of the limited jobs' process trees."""
 
 
 def _local(assignment: Assignment, evict: bool) -> LocalJob:
@@ -125,17 +122,14 @@ class Executor:
         self._cgroups = cgroups
         self._launcher: Launcher = launcher or ProcessLauncher()
         self._feed = JobFeed(logs, on_event, clock)
-        self._limit_timer: asyncio.TimerHandle | None = None
         self._jobs: dict[str, Assignment] = {}
         """The attempts we hold: queued, parked, running, or stopping with a report due."""
         self._runs: dict[str, Run] = {}
         self._unreleased = Unreleased()
         self._background: set[asyncio.Task[Any]] = set()
         self._closed = False
-        self._deadline_timer: asyncio.TimerHandle | None = None
-        self._deadline_at = math.inf
-        """When ``_deadline_timer`` fires (``clock`` time): no later than the earliest
-        deadline of the running jobs."""
+        self._deadlines = Deadlines(self._runs, clock)
+        self._sampler = LimitSampler(self._runs, self._stop_over_limit)
 
     @property
     def running(self) -> int:
@@ -235,7 +229,7 @@ class Executor:
             run.withhold()
             return True
         if run.release(self._clock(), self._timeout(run.assignment)):
-            self._watch_deadline(run.deadline)
+            self._deadlines.watch(run.deadline)
             self._on_event(Report("started", job_id, attempt), run.assignment)
         return True
 
@@ -283,12 +277,8 @@ class Executor:
         for run in self._runs.values():
             if run.why is None:
                 run.why = "shutdown"
-        if self._deadline_timer is not None:
-            self._deadline_timer.cancel()
-            self._deadline_timer = None
-        if self._limit_timer is not None:
-            self._limit_timer.cancel()
-            self._limit_timer = None
+        self._deadlines.cancel()
+        self._sampler.cancel()
         self._feed.shutdown()
         stops = [run.process.stop() for run in self._runs.values()]
         # Each process's end callback (registered when it started) runs before the stop
@@ -374,11 +364,11 @@ class Executor:
         run = Run(assignment, process, pipe, channels, started_at, deadline, limits, go=go)
         self._runs[job_id] = run
         if limits.any:
-            self._watch_limits()
+            self._sampler.watch()
         # A callback rather than a task awaiting the process, and one timer for every
         # deadline: each costs the loop, and pages written after a fork are copied first.
         process.add_done_callback(partial(self._ended, run))
-        self._watch_deadline(run.deadline)
+        self._deadlines.watch(run.deadline)
         log.debug("started %s attempt %d pid %d", job_id, assignment.attempt, process.pid)
         if go is None:
             self._on_event(Report("started", job_id, assignment.attempt), assignment)
@@ -418,55 +408,6 @@ class Executor:
     def _stop(self, decision: StopRun) -> None:
         log.debug("stopping %s", decision.job_id)
         self._spawn(self._runs[decision.job_id].process.stop())
-
-    def _watch_deadline(self, deadline: float) -> None:
-        """Have :meth:`_check_deadlines` run at ``deadline`` unless it runs sooner."""
-        if deadline >= self._deadline_at:
-            return
-        if self._deadline_timer is not None:
-            self._deadline_timer.cancel()
-        self._deadline_at = deadline
-        delay = max(0.0, deadline - self._clock())
-        self._deadline_timer = asyncio.get_running_loop().call_later(delay, self._check_deadlines)
-
-    def _check_deadlines(self) -> None:
-        """Time out every job past its deadline; wait for the next deadline."""
-        self._deadline_timer, self._deadline_at = None, math.inf
-        now = self._clock()
-        for run in list(self._runs.values()):
-            if run.deadline <= now:
-                run.process.time_out()
-            else:
-                self._watch_deadline(run.deadline)
-
-    def _watch_limits(self) -> None:
-        """Have :meth:`_check_limits` run in :data:`LIMIT_SAMPLE_S` unless it is due already."""
-        if self._limit_timer is None:
-            loop = asyncio.get_running_loop()
-            self._limit_timer = loop.call_later(LIMIT_SAMPLE_S, self._check_limits)
-
-    def _check_limits(self) -> None:
-        """Sample every limited running job's tree; stop those past a limit; sample again
-        later while a limited job runs on."""
-        self._limit_timer = None
-        limited = {
-            job_id: run.limits
-            for job_id, run in self._runs.items()
-            if run.limits.any and run.why is None
-        }
-        if not limited:
-            return
-        table = containment.proc_table()
-        samples: dict[str, Usage] = {}
-        for job_id in limited:
-            process = self._runs[job_id].process
-            usage = containment.tree_usage(process.pid, table)
-            if usage is not None:
-                rss, cpu_s = usage
-                samples[job_id] = Usage(rss, cpu_s - process.cpu_base)
-        for job_id, reason in over_limits(limited, samples).items():
-            self._stop_over_limit(self._runs[job_id], reason)
-        self._watch_limits()
 
     def _stop_over_limit(self, run: Run, reason: str) -> None:
         """Kill ``run``'s whole tree at once; its end is reported ``failed`` with ``reason``."""

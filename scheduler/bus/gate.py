@@ -12,7 +12,7 @@ the jobs back (:class:`Refusal`), so a producer learns that its submit failed in
 waiting for the disk. The assignments of those jobs still held here are dropped, never
 sent, so no scheduler runs a job whose producer was told it was refused. A held
 assignment's release (:class:`~scheduler.protocol.Release`) dropped so is replaced by
-the frame given ``instead`` (a stop of that attempt).
+the frame ``instead`` makes (a stop of that attempt).
 """
 
 from __future__ import annotations
@@ -70,7 +70,7 @@ class _Held:
     refusal: Refusal | None
     about: str | None
     assigns: str | None = None
-    instead: bytes | None = None
+    instead: Callable[[], bytes] | None = None
     release: bool = False
     withdrawn: bool = False
 
@@ -134,16 +134,16 @@ class FrameGate:
         refusal: Refusal | None = None,
         about: str | None = None,
         assigns: str | None = None,
-        instead: bytes | None = None,
+        instead: Callable[[], bytes] | None = None,
         release: bool = False,
     ) -> None:
         """Push ``frame`` to ``recipient`` now, or once the commits before it are done
         (``counted``: see :meth:`FrameOutbox.push`). A frame with a ``refusal`` is
         refused instead if its commit fails, and then the recipient's frames ``about``
         the refused jobs (their events) are dropped, and every frame that ``assigns``
-        one of them or their runs (to any recipient) too: its ``instead`` frame, if
-        any, is sent in its place. ``release``: the frame releases a held assignment
-        (see :meth:`withdraw`)."""
+        one of them or their runs (to any recipient) too: the frame ``instead`` makes, if
+        given, is sent in its place (made only then: refusals are rare). ``release``: the
+        frame releases a held assignment (see :meth:`withdraw`)."""
         if self._task is None:
             if not self._stopped:
                 recipient.outbox.push(frame, counted)
@@ -250,7 +250,7 @@ class FrameGate:
             if held.withdrawn:
                 continue
             if held.assigns in refused_jobs:
-                self._withdraw(held, withdrawn)
+                self._drop_refused(held, withdrawn)
             elif held.refusal is None and (id(held.recipient), held.about) not in refused:
                 kept.append(held)
                 continue
@@ -260,7 +260,7 @@ class FrameGate:
             if held.withdrawn:
                 continue
             if held.assigns in refused_jobs:
-                self._withdraw(held, withdrawn)
+                self._drop_refused(held, withdrawn)
                 self._release(held.recipient)
             else:
                 later.append(held)
@@ -271,12 +271,13 @@ class FrameGate:
         return kept
 
     @staticmethod
-    def _withdraw(held: _Held, withdrawn: set[str]) -> None:
-        """Drop the assignment ``held`` carries, sending its ``instead`` frame now."""
+    def _drop_refused(held: _Held, withdrawn: set[str]) -> None:
+        """Drop the assignment of a refused job that ``held`` carries, sending its
+        ``instead`` frame now."""
         assert held.assigns is not None
         withdrawn.add(held.assigns)
         if held.instead is not None:
-            held.recipient.outbox.push(held.instead, held.counted)
+            held.recipient.outbox.push(held.instead(), held.counted)
 
     def _failed(self, error: JournalError) -> float:
         """Log the failure (once until the journal recovers); return the retry delay."""

@@ -16,6 +16,7 @@ import logging
 import os
 import random
 from collections.abc import Callable, Coroutine, Iterable, Sequence
+from functools import partial
 from typing import Any, Final
 
 from scheduler.bus.config import BusConfig
@@ -312,7 +313,7 @@ class Hub:
             scheduler,
             encode_bytes(Release(job_id, attempt)),
             assigns=job_id,
-            instead=encode_bytes(Stop(job_id, attempt, "the journal refused the job")),
+            instead=partial(encode_bytes, Stop(job_id, attempt, "the journal refused the job")),
             release=True,
         )
 

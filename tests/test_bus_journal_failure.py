@@ -96,14 +96,19 @@ async def test_a_refused_job_never_starts_on_a_real_scheduler(
     ]
 
 
-async def test_a_refused_broadcast_sends_none_of_its_runs(db: Path) -> None:
+@pytest.mark.parametrize("hold", [False, True], ids=["plain", "held"])
+async def test_a_refused_broadcast_sends_none_of_its_runs(db: Path, hold: bool) -> None:
+    """A scheduler that takes held assignments hears of its run only as a hold, then a
+    stop (``drop``), never a release; one that does not, not at all."""
     async with bus_with(db=str(db)) as bus:
         async with client(bus) as producer, client(bus) as monitor, client(bus) as s1:
             async with client(bus) as s2:
                 await register(producer, "producer")
                 await register(monitor, "monitor")
                 for ws, name in ((s1, "s1"), (s2, "s2")):
-                    await register(ws, "scheduler", name=name, size=2, tasks=["sleep", "poison"])
+                    await register(
+                        ws, "scheduler", name=name, size=2, tasks=["sleep", "poison"], hold=hold
+                    )
                 with closing(poison_trigger(db)) as trigger:
                     frame = {
                         "cmd": "job_request",
@@ -115,10 +120,16 @@ async def test_a_refused_broadcast_sends_none_of_its_runs(db: Path) -> None:
                     trigger.execute("DROP TRIGGER poison")
                 cancelled = [await next_event(monitor, "cancelled") for _ in range(3)]
                 assert sorted(e["id"].partition("/")[2] for e in cancelled) == ["", "s1", "s2"]
+                for ws in (s1, s2) if hold else ():
+                    first = await recv(ws)
+                    assert first["type"] == "assign" and first["hold"] is True, first
+                    second = await recv(ws)
+                    assert (second["type"], second.get("kind")) == ("stop", "drop"), second
+                    assert second["id"] == first["job"]["id"]
                 await wait_until(lambda: bus.journal.failure is None, timeout(), "recovered")
                 sleep = {"priority": 1, "runtime": 1, "broadcast": True}
                 await request(producer, {"cmd": "job_request", "ref": 2, "payload": sleep})
-                for ws in (s1, s2):  # the first thing each hears of is the second broadcast
+                for ws in (s1, s2):  # what each hears of next is the second broadcast
                     first = await recv(ws)
                     assert first["type"] == "assign" and "task" not in first["job"]  # sleep
 

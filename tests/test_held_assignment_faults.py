@@ -1,7 +1,7 @@
 """Held assignments under faults: real buses, real scheduler processes, real job
 processes. No task runs before the assignment that runs it is journaled, and no job runs
-twice or is lost: whether the job (or a broadcast) is refused before its commit, or the
-scheduler or the bus dies while a job is held.
+twice or is lost: whether the job is refused before its commit, or the scheduler or the
+bus dies while a job is held.
 """
 
 from __future__ import annotations
@@ -21,12 +21,10 @@ from test_bus import (
     bus_with,
     client,
     hold_commits,
-    next_event,
     recv,
     register,
-    request,
 )
-from test_bus_journal_failure import POISON, poison_trigger
+from test_bus_journal_failure import poison_trigger
 
 from scheduler.bus.config import bus_rules
 from scheduler.producer.client import ProducerClient
@@ -184,40 +182,3 @@ async def test_a_refused_job_s_hold_evicts_nothing(
             pass
         assert (frame["id"], frame["event"]) == (r_id, "succeeded"), frame
     assert [line[0] for line in attempts(log) if line[1] == r_id] == ["start", "end"], attempts(log)
-
-
-async def test_a_refused_broadcast_is_stopped_never_released_on_each_holding_scheduler(
-    tmp_path: Path,
-) -> None:
-    """A refused broadcast whose runs went out held: each scheduler gets its
-    hold, then a stop (drop), never a release; every run ends cancelled."""
-
-    db = tmp_path / "bus.db"
-    async with bus_with(db=str(db)) as bus:
-        async with client(bus) as producer, client(bus) as monitor, client(bus) as s1:
-            async with client(bus) as s2:
-                await register(producer, "producer")
-                await register(monitor, "monitor")
-                for ws, name in ((s1, "s1"), (s2, "s2")):
-                    await register(
-                        ws, "scheduler", name=name, size=2, tasks=["sleep", "poison"], hold=True
-                    )
-                with closing(poison_trigger(db)) as trigger:
-                    frame = {
-                        "cmd": "job_request",
-                        "ref": 1,
-                        "payload": POISON | {"broadcast": True},
-                    }
-                    refused = await request(producer, frame)
-                    assert refused["type"] == "error", refused
-                    trigger.execute("DROP TRIGGER poison")
-                cancelled = [await next_event(monitor, "cancelled") for _ in range(3)]
-                assert sorted(e["id"].partition("/")[2] for e in cancelled) == ["", "s1", "s2"]
-                for ws in (s1, s2):
-                    first = await recv(ws)
-                    assert first["type"] == "assign" and first["hold"] is True, first
-                    second = await recv(ws)
-                    assert (second["type"], second.get("kind")) == ("stop", "drop"), second
-                    assert second["id"] == first["job"]["id"]
-                    with pytest.raises(TimeoutError):
-                        await asyncio.wait_for(ws.recv(), 0.3 * unit())

@@ -3,6 +3,7 @@ safe file names, and pruning to the newest files."""
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -106,3 +107,21 @@ def test_job_logs_prune_what_earlier_runs_left(tmp_path: Path) -> None:
     JobLogs(tmp_path, "host-2", keep=1).open("k", 1)
     assert not old.parent.exists()
     assert (tmp_path / "host-2").is_dir()
+
+
+def test_a_fresh_log_root_is_made_without_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    logs = JobLogs(tmp_path / "state" / "logs", "s")
+    assert logs.open("j", 1).path.parent.is_dir()
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+def test_a_log_directory_emptied_by_another_scheduler_s_prune_is_made_again(
+    tmp_path: Path,
+) -> None:
+    a, b = JobLogs(tmp_path, "a", keep=1), JobLogs(tmp_path, "b", keep=1)
+    os.close(create_log(str(b.open("old", 1).path)))
+    a.open("new", 1)  # its prune deletes b's only log, then b's empty directory
+    assert not b.dir.exists()
+    assert b.open("later", 1).path.parent.is_dir()

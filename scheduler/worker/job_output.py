@@ -130,14 +130,29 @@ class JobLogs:
         files with this one. ``OSError`` if the directory cannot be made."""
         if self._opened % PRUNE_EVERY == 0:
             prune_logs(self.root, self.keep - 1)  # room for the file made next
-            self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._opened += 1
         path = self.dir / log_name(job_id, attempt)
         try:
             os.unlink(path)  # a job id used again after a vacuum: not this job's output
         except FileNotFoundError:
-            pass
+            # Made here, not only at the first log: another scheduler's prune removes
+            # a directory it finds empty.
+            self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         return JobLog(path)
+
+
+def _logs_in(directory: str) -> list[tuple[float, str]]:
+    """The modification time and path of each ``*.log`` file in ``directory``; none if
+    it is gone (another scheduler's prune removed it, or the file, meanwhile)."""
+    try:
+        with os.scandir(directory) as entries:
+            return [
+                (e.stat().st_mtime, e.path)
+                for e in entries
+                if e.name.endswith(".log") and e.is_file(follow_symlinks=False)
+            ]
+    except FileNotFoundError:
+        return []
 
 
 def prune_logs(root: Path, keep: int) -> int:
@@ -150,12 +165,9 @@ def prune_logs(root: Path, keep: int) -> int:
         with os.scandir(root) as entries:
             dirs = [e.path for e in entries if e.is_dir(follow_symlinks=False)]
         for directory in dirs:
-            with os.scandir(directory) as entries:
-                files.extend(
-                    (e.stat().st_mtime, e.path)
-                    for e in entries
-                    if e.name.endswith(".log") and e.is_file(follow_symlinks=False)
-                )
+            files.extend(_logs_in(directory))
+    except FileNotFoundError:
+        return 0  # no job has written a log under it yet
     except OSError as exc:
         log.warning("cannot list the job logs under %s: %s", root, exc)
         return 0

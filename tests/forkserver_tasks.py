@@ -11,6 +11,9 @@ NETWORK_STACK = ("asyncio", "websockets", "click", "scheduler.worker.executor", 
 SCHEDULE_STACK = ("croniter", "dateutil", "scheduler.protocol", "scheduler.policy.schedules")
 """Modules only a task that declares a schedule needs: the fork server (whose every page
 each fork maps again) has not imported them for tasks that declare none."""
+FORK_HOOKS = ("logging", "threading")
+"""Modules that register fork hooks, which run in every job process forked after them:
+the fork server has not imported them for tasks that do not import them."""
 
 
 @task
@@ -23,6 +26,12 @@ def network_modules() -> list[str]:
 def schedule_modules() -> list[str]:
     """Which of :data:`SCHEDULE_STACK` this job process has imported."""
     return [name for name in SCHEDULE_STACK if name in sys.modules]
+
+
+@task
+def fork_hook_modules() -> list[str]:
+    """Which of :data:`FORK_HOOKS` this job process has imported."""
+    return [name for name in FORK_HOOKS if name in sys.modules]
 
 
 @task

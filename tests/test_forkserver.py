@@ -214,6 +214,17 @@ async def test_the_fork_server_imports_no_schedule_parser_for_tasks_without_sche
         await executor.shutdown()  # which closes the fork server
 
 
+async def test_the_fork_server_imports_no_module_with_fork_hooks_for_tasks_without_them() -> None:
+    registry = TaskRegistry({"fork_hook_modules": forkserver_tasks.fork_hook_modules})
+    reports = Reports()
+    executor = Executor(1, 10 * unit(), registry, reports, launcher=ForkServerLauncher(registry))
+    try:
+        executor.submit(job("probe", task="fork_hook_modules", args=[]))
+        assert (await reports.expect("succeeded", "probe")).result == []
+    finally:
+        await executor.shutdown()  # which closes the fork server
+
+
 async def test_jobs_are_forked_from_the_scheduler_when_no_fork_server_starts(
     monkeypatch: pytest.MonkeyPatch, reports: Reports
 ) -> None:

@@ -13,15 +13,16 @@ from __future__ import annotations
 
 import errno
 import itertools
-import logging
 import os
 import time
 from pathlib import Path
 from typing import Final
 
+from scheduler.worker.lazy_log import lazy_logger
+
 __all__ = ["CgroupError", "JobCgroups", "join"]
 
-log = logging.getLogger(__name__)
+log = lazy_logger(__name__)
 
 PREFIX: Final = "schedbus-job-"
 """Job cgroups are named ``PREFIX<scheduler pid>-<n>``."""

@@ -20,7 +20,6 @@ Works without privileges on Linux. A process that leaves the tree through a setu
 from __future__ import annotations
 
 import ctypes
-import logging
 import os
 import select
 import signal
@@ -28,6 +27,8 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Final
+
+from scheduler.worker.lazy_log import lazy_logger
 
 __all__ = [
     "Freezer",
@@ -45,7 +46,7 @@ __all__ = [
     "tree_usage",
 ]
 
-log = logging.getLogger(__name__)
+log = lazy_logger(__name__)
 
 PR_SET_CHILD_SUBREAPER: Final = 36
 CLOCK_TICKS: Final = os.sysconf("SC_CLK_TCK")

@@ -12,10 +12,11 @@ unstarted and unreported: the bus may never have journaled it.
 
 from __future__ import annotations
 
-import logging
 import os
 
-log = logging.getLogger(__name__)
+from scheduler.worker.lazy_log import lazy_logger
+
+log = lazy_logger(__name__)
 
 Key = tuple[str, int]
 """A job id and attempt."""

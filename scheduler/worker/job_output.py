@@ -13,15 +13,15 @@ pruned: the newest ``keep`` log files under the root stay (:func:`prune_logs`).
 from __future__ import annotations
 
 import codecs
-import logging
 import os
 import re
 from pathlib import Path
 from typing import Final
 
 from scheduler.protocol_types import MAX_OUTPUT_BYTES
+from scheduler.worker.lazy_log import lazy_logger
 
-log = logging.getLogger(__name__)
+log = lazy_logger(__name__)
 
 DEFAULT_KEEP_LOGS: Final = 1000
 """How many job log files a scheduler keeps under its log root unless told otherwise."""

@@ -14,7 +14,6 @@ checks its arguments and does nothing else.
 
 from __future__ import annotations
 
-import logging
 import math
 import os
 from typing import Final
@@ -23,10 +22,11 @@ import msgspec
 
 from scheduler.protocol_types import MAX_PROGRESS_MESSAGE_BYTES
 from scheduler.worker.job_output import create_log
+from scheduler.worker.lazy_log import lazy_logger
 
 __all__ = ["ProgressPipe", "enter_job", "progress"]
 
-log = logging.getLogger(__name__)
+log = lazy_logger(__name__)
 
 READ_BYTES: Final = 64 * 1024
 """Most bytes read from a progress pipe at once."""

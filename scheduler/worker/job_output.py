@@ -46,10 +46,15 @@ def log_name(job_id: str, attempt: int) -> str:
 
 
 def create_log(path: str) -> int:
-    """In the job process: create (or empty) its log file, mode 0600, for appending;
-    return its descriptor. ``OSError`` if it cannot."""
+    """In the job process: create (or empty) its log file, mode 0600, for appending, and
+    its directory (mode 0700) if another scheduler's prune removed it, empty, since its
+    scheduler made it; return its descriptor. ``OSError`` if it cannot."""
     flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND | os.O_CLOEXEC
-    return os.open(path, flags, 0o600)
+    try:
+        return os.open(path, flags, 0o600)
+    except FileNotFoundError:
+        os.makedirs(os.path.dirname(path), 0o700, exist_ok=True)
+        return os.open(path, flags, 0o600)
 
 
 class JobLog:
@@ -130,14 +135,13 @@ class JobLogs:
         files with this one. ``OSError`` if the directory cannot be made."""
         if self._opened % PRUNE_EVERY == 0:
             prune_logs(self.root, self.keep - 1)  # room for the file made next
+            self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._opened += 1
         path = self.dir / log_name(job_id, attempt)
         try:
             os.unlink(path)  # a job id used again after a vacuum: not this job's output
         except FileNotFoundError:
-            # Made here, not only at the first log: another scheduler's prune removes
-            # a directory it finds empty.
-            self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            pass
         return JobLog(path)
 
 

@@ -191,35 +191,23 @@ async def test_a_killed_fork_server_is_replaced_and_its_job_reported_failed(
         await executor.shutdown()  # which closes the fork server
 
 
-async def test_the_fork_server_imports_no_network_stack() -> None:
-    registry = TaskRegistry({"network_modules": forkserver_tasks.network_modules})
-    reports = Reports()
-    fork_server = ForkServerLauncher(registry)
-    executor = Executor(1, 10 * unit(), registry, reports, launcher=fork_server)
-    try:
-        executor.submit(job("probe", task="network_modules", args=[]))
-        assert (await reports.expect("succeeded", "probe")).result == []
-    finally:
-        await executor.shutdown()  # which closes the fork server
-
-
-async def test_the_fork_server_imports_no_schedule_parser_for_tasks_without_schedules() -> None:
-    registry = TaskRegistry({"schedule_modules": forkserver_tasks.schedule_modules})
-    reports = Reports()
-    executor = Executor(1, 10 * unit(), registry, reports, launcher=ForkServerLauncher(registry))
-    try:
-        executor.submit(job("probe", task="schedule_modules", args=[]))
-        assert (await reports.expect("succeeded", "probe")).result == []
-    finally:
-        await executor.shutdown()  # which closes the fork server
-
-
-async def test_the_fork_server_imports_no_module_with_fork_hooks_for_tasks_without_them() -> None:
-    registry = TaskRegistry({"fork_hook_modules": forkserver_tasks.fork_hook_modules})
+@pytest.mark.parametrize(
+    "probe",
+    [
+        # asyncio, websockets, click and the executor: the scheduler's, not a job's
+        "network_modules",
+        # croniter and the wire's structs: only a task that declares a schedule needs them
+        "schedule_modules",
+        # logging and threading, whose fork hooks would run in every job process
+        "fork_hook_modules",
+    ],
+)
+async def test_the_fork_server_imports_nothing_its_tasks_do_not_need(probe: str) -> None:
+    registry = TaskRegistry({probe: getattr(forkserver_tasks, probe)})
     reports = Reports()
     executor = Executor(1, 10 * unit(), registry, reports, launcher=ForkServerLauncher(registry))
     try:
-        executor.submit(job("probe", task="fork_hook_modules", args=[]))
+        executor.submit(job("probe", task=probe, args=[]))
         assert (await reports.expect("succeeded", "probe")).result == []
     finally:
         await executor.shutdown()  # which closes the fork server

@@ -27,7 +27,7 @@ from typing import Final
 import click
 import psutil
 
-from bench import cluster, fanout, fidelity, fleet, heavy, ingest, ours, plot, simulate, store
+from bench import cluster, disk, fanout, fidelity, fleet, heavy, ingest, ours, plot, simulate, store
 from bench import profile as pyspy
 from bench.failover import failover_times
 from bench.peers import harness
@@ -944,6 +944,7 @@ def cli(
     # Every bus the bench starts writes its token file there, and every client it starts
     # (in this process or another) reads it there: never the user's own state directory.
     os.environ["XDG_STATE_HOME"] = str(workdir / "state")
+    facts["workdir"] = {"path": str(workdir), "file_create_us": disk.file_create_us(workdir)}
     try:
         options = RunOptions(profile, skip_reason, chosen, skip_peers or quick)
         results, ok = asyncio.run(run(plan, figures, options, workdir))
@@ -953,10 +954,16 @@ def cli(
         sys.exit(130)
     wall = round(time.monotonic() - t0, 1)
     facts["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    facts["workdir"]["file_create_us_at_end"] = disk.file_create_us(workdir)
     report = build_report(plan, figures, results, facts, (started, wall))
     out.write_text(json.dumps(report, indent=2) + "\n")
     click.echo(render_table(table_rows(report)))
-    click.echo(f"\nwall time {wall} s; figures written to {out}")
+    created = facts["workdir"]
+    click.echo(
+        f"\nwall time {wall} s; figures written to {out}; a job's log file cost "
+        f"{created['file_create_us']} us of CPU to create at the start, "
+        f"{created['file_create_us_at_end']} us at the end, under {workdir} (TMPDIR)"
+    )
     click.echo(plot_note(out), err=True)
     if ok and not keep_logs:
         shutil.rmtree(workdir, ignore_errors=True)

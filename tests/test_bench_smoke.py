@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench import cluster, fanout, ingest, profile, stats, system  # noqa: E402
+from bench import cluster, disk, fanout, ingest, profile, stats, system  # noqa: E402
 from bench.run import FIGURES, build_report, selected  # noqa: E402
 from scheduler import codec, protocol  # noqa: E402
 
@@ -260,3 +260,8 @@ def test_plot_draws_a_png_beside_the_json(tmp_path: Path) -> None:
     written = plot.write_png(results)
     assert written == tmp_path / "bench-results.png"
     assert written.read_bytes().startswith(b"\x89PNG")
+
+
+def test_the_file_create_cost_is_measured_and_leaves_nothing(tmp_path: Path) -> None:
+    assert disk.file_create_us(tmp_path, files=5, rounds=1) > 0
+    assert list(tmp_path.iterdir()) == []

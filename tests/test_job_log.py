@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import stat
 from pathlib import Path
 
 import pytest
@@ -127,3 +128,4 @@ def test_a_log_directory_emptied_by_another_scheduler_s_prune_is_made_again_by_t
     later = b.open("later", 1)
     os.close(create_log(str(later.path)))  # as b's next job process does
     assert later.path.is_file()
+    assert stat.S_IMODE(b.dir.stat().st_mode) == 0o700, "made again private, as at first"

@@ -180,3 +180,32 @@ async def test_a_job_cancelled_before_its_commit_gets_a_stop_and_no_release(
             assert cancelled["id"] == "cancelled-early"
             with pytest.raises(TimeoutError):
                 await asyncio.wait_for(s1.recv(), 0.2 * unit())
+
+
+async def test_a_plain_assignment_cancelled_before_its_commit_is_never_sent(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A scheduler that does not hold gets an assignment only after its commit. A cancel
+    that comes first withdraws it: the job ends cancelled at once, and the scheduler,
+    which never heard of the attempt, is sent neither it nor a stop."""
+    async with bus_with(db=str(tmp_path / "bus.db")) as bus:
+        async with client(bus) as s1, client(bus) as producer:
+            await register(s1, "scheduler", name="s1", size=1)
+            await register(producer, "producer")
+            called, go_on = hold_commits(monkeypatch)
+            job = {"runtime": 1, "job_id": "cancelled-unsent"}
+            await producer.send(json.dumps({"cmd": "job_request", "payload": job}))
+            await asyncio.wait_for(called.wait(), timeout())
+            await producer.send('{"cmd": "cancel", "id": "cancelled-unsent", "ref": 2}')
+            gate = bus._hub.gate
+            await wait_until(
+                lambda: any(b'"cancel_reply"' in held.frame for held in gate._held),
+                timeout(),
+                "the cancel's reply waits for the commit",
+            )
+            go_on.set()
+            cancelled = await next_event(producer, "cancelled")
+            assert cancelled["id"] == "cancelled-unsent"
+            with pytest.raises(TimeoutError):
+                frame = await asyncio.wait_for(s1.recv(), 0.2 * unit())
+                raise AssertionError(f"s1 was sent {frame!r}")

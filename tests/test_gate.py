@@ -139,9 +139,10 @@ async def test_a_refused_job_s_release_is_replaced_by_its_instead_frame() -> Non
 
 
 async def test_a_stop_withdraws_the_release_or_assignment_held_before_it() -> None:
-    """Held behind a commit (waiting, or in the commit in flight): a drop withdraws the
-    attempt's release or assignment, a cancel only a release, a steal nothing; other
-    recipients' frames and later frames stay."""
+    """Held behind a commit (waiting, or in the commit in flight): a drop or a cancel
+    withdraws the attempt's release or plain assignment (and says which was a plain
+    assignment, never sent), a steal nothing; other recipients' frames and later frames
+    stay."""
     journal = HeldJournal(fails=False)
     scheduler, other = FakeRecipient(), FakeRecipient()
     gate = FrameGate(cast(Journal, journal), refused)
@@ -153,14 +154,17 @@ async def test_a_stop_withdraws_the_release_or_assignment_held_before_it() -> No
     gate.send(scheduler, b"release j3", assigns="j3", release=True)
     gate.send(scheduler, b"assign j4", assigns="j4")
     gate.send(scheduler, b"release j5", assigns="j5", release=True)
-    gate.withdraw(scheduler, "j1", "cancel")
-    gate.withdraw(scheduler, "j2", "cancel")
-    gate.withdraw(scheduler, "j3", "drop")
-    gate.withdraw(scheduler, "j4", "drop")
-    gate.withdraw(scheduler, "j5", "steal")
-    assert (gate.pending(scheduler), gate.pending(other)) == (2, 1)
+    unsent = [
+        gate.withdraw(scheduler, "j1", "cancel"),
+        gate.withdraw(scheduler, "j2", "cancel"),
+        gate.withdraw(scheduler, "j3", "drop"),
+        gate.withdraw(scheduler, "j4", "drop"),
+        gate.withdraw(scheduler, "j5", "steal"),
+    ]
+    assert unsent == [False, True, False, True, False]
+    assert (gate.pending(scheduler), gate.pending(other)) == (1, 1)
     journal.end.set()
     await gate.released(scheduler)
-    assert [frame for frame, _ in scheduler.fake.pushed] == [b"assign j2", b"release j5"]
+    assert [frame for frame, _ in scheduler.fake.pushed] == [b"release j5"]
     assert other.fake.pushed == [(b"assign j1", True)]
     await gate.drain()

@@ -152,25 +152,22 @@ class FrameGate:
         held = _Held(recipient, frame, counted, refusal, about, assigns, instead, release)
         self._held.append(held)
 
-    def withdraw(self, recipient: Recipient, job_id: str, kind: StopKind) -> None:
+    def withdraw(self, recipient: Recipient, job_id: str, kind: StopKind) -> bool:
         """A stop of ``kind`` for ``job_id`` is about to be sent to ``recipient``: never
         send the frames still held for it that would start the attempt first. A release
         goes for a ``drop`` or a ``cancel`` (the scheduler then ends the held attempt
-        unstarted, and confirms a cancel); an assignment only for a ``drop`` (a cancel
-        waits for the scheduler's confirmation, which it gives only for an attempt it
-        has). A steal withdraws nothing: the scheduler answers it once the attempt
-        starts."""
+        unstarted, and confirms a cancel); a plain assignment goes too, and then the
+        scheduler never hears of the attempt. A steal withdraws nothing: the scheduler
+        answers it once the attempt starts. Returns whether a plain assignment went."""
         if kind == "steal":
-            return
+            return False
+        unsent = False
         for held in (*self._flying, *self._held):
-            if (
-                held.recipient is recipient
-                and held.assigns == job_id
-                and not held.withdrawn
-                and (held.release or kind == "drop")
-            ):
+            if held.recipient is recipient and held.assigns == job_id and not held.withdrawn:
                 held.withdrawn = True
                 self._release(recipient)
+                unsent = unsent or not held.release
+        return unsent
 
     async def released(self, recipient: Recipient) -> None:
         """Wait until no frame for ``recipient`` waits for a commit."""

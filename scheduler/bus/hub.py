@@ -65,6 +65,9 @@ CLOSE_LEASE_EXPIRED: Final = 4000
 FLUSH_TIMEOUT_S: Final = 5.0
 """How long a refused client's error reply may take to leave before the connection closes."""
 
+UNSENT_CANCEL: Final = "cancelled before its assignment left the bus"
+"""The error of a job cancelled while its assignment still waited for a commit."""
+
 
 class Hub:
     """The core, the journal, the connections and subscriptions of one bus."""
@@ -90,6 +93,8 @@ class Hub:
         self._timer = DeadlineTimer(self._on_timer)
         self._timer_at = 0.0
         self._background: set[asyncio.Task[Any]] = set()
+        self._unsent_cancels: list[str] = []
+        """Jobs cancelled while their assignment still waited for a commit (see _stop)."""
         self._started_at = clock()
         self.metrics = BusMetrics(self.live_figures, self.core.tracks)
         """The bus's Prometheus metrics, fed by :meth:`apply` and the journal's commits."""
@@ -232,6 +237,10 @@ class Hub:
                 self.fanout.forget_job(job_id)
         for decision in decisions:
             self._carry_out(decision, requester)
+        while self._unsent_cancels:
+            job_id = self._unsent_cancels.pop(0)
+            logger.info("job %s: cancelled before its assignment left the bus", short_id(job_id))
+            self.apply(self.core.withdraw(job_id, self.clock(), self.wall(), UNSENT_CANCEL))
         self.arm()
 
     def _carry_out(self, decision: Decision, requester: Connection | None) -> None:
@@ -327,9 +336,15 @@ class Hub:
             stop.attempt,
             stop.reason,
         )
-        if scheduler is not None:
-            # Its assignment or release may still wait for a commit: it must not go first.
-            scheduler.gate.withdraw(scheduler, stop.id, stop.kind)
+        if scheduler is None:
+            return
+        # Its assignment or release may still wait for a commit: it must not go first.
+        unsent = scheduler.gate.withdraw(scheduler, stop.id, stop.kind)
+        if unsent and stop.kind == "cancel":
+            # The scheduler never hears of the attempt, so it cannot confirm the cancel:
+            # the job ends here, once the decisions being carried out are.
+            self._unsent_cancels.append(stop.id)
+        else:
             scheduler.send(stop)
 
     def _refused(

@@ -20,7 +20,7 @@ from test_journal import make_job
 from scheduler.bus.journal import Journal, JournalError
 from scheduler.bus.pg_schema import SCHEMA_VERSION
 from scheduler.bus.pg_server import PostgresServer
-from scheduler.bus.pg_store import StoreFenced
+from scheduler.bus.pg_store import BUS_LOCK, StoreFenced
 from scheduler.bus.store import check_store, redact
 from scheduler.policy.schedules import ScheduleState
 from scheduler.producer.client import ProducerClient
@@ -205,3 +205,14 @@ async def test_a_schedules_origin_round_trips_through_postgresql(postgres_dsn: s
             ("n", "added"),
             ("poll", "declared"),
         ]
+
+
+def test_a_closed_store_has_released_the_bus_lock_when_close_returns(postgres_dsn: str) -> None:
+    """A bus started again right after a clean stop must not find the lock still held by
+    the stopped one's session, whose server process may not have ended yet."""
+    with psycopg.connect(postgres_dsn, autocommit=True) as other:
+        for _ in range(30):
+            Journal.open_store(postgres_dsn).close()
+            taken = other.execute("SELECT pg_try_advisory_lock(%s)", (BUS_LOCK,)).fetchone()
+            assert taken == (True,), "the closed store's session still held the bus lock"
+            other.execute("SELECT pg_advisory_unlock(%s)", (BUS_LOCK,))

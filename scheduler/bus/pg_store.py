@@ -343,7 +343,16 @@ class PgStore:
             raise StoreFenced(self._name, self.epoch, theirs)
 
     def close(self) -> None:
-        """Close both connections (which releases the bus lock). Idempotent."""
+        """Release the bus lock, then close both connections. Idempotent. The release is
+        explicit: closing alone frees the lock only once the server's process of that
+        session has ended, after this returns, so a bus started again at once could
+        find it still held."""
+        writer = self._writer
+        if writer is not None and not writer.closed:
+            try:
+                writer.execute("SELECT pg_advisory_unlock_all()")
+            except psycopg.Error:
+                pass  # a broken session: its end frees the lock
         for conn in (self._writer, self._reader):
             if conn is not None:
                 conn.close()

@@ -150,53 +150,26 @@ async def test_an_attempt_taken_back_before_its_commit_gets_a_stop_and_no_releas
                 task.cancel()
 
 
-async def test_a_job_cancelled_before_its_commit_gets_a_stop_and_no_release(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("hold", [True, False], ids=["held", "plain"])
+async def test_a_job_cancelled_before_its_commit_never_starts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, hold: bool
 ) -> None:
-    """The cancel's stop withdraws the release waiting for the same commit: s1 hears of
-    the attempt only the hold and the stop (kind ``cancel``, which it confirms)."""
+    """The cancel comes while the job's release (held) or assignment (plain) waits for the
+    commit, and withdraws it. A holding s1 hears of the attempt only the hold and the
+    stop (kind ``cancel``, which it confirms). A plain s1 never hears of it: no
+    assignment, no stop, and the job ends cancelled at once."""
     async with bus_with(db=str(tmp_path / "bus.db")) as bus:
         async with client(bus) as s1, client(bus) as producer:
-            await register(s1, "scheduler", name="s1", size=1, hold=True)
+            await register(s1, "scheduler", name="s1", size=1, hold=hold)
             await register(producer, "producer")
             called, go_on = hold_commits(monkeypatch)
             job = {"runtime": 1, "job_id": "cancelled-early"}
             await producer.send(json.dumps({"cmd": "job_request", "payload": job}))
             await asyncio.wait_for(called.wait(), timeout())
-            hold = await recv(s1)
-            assert (hold["hold"], hold["job"]["id"]) == (True, "cancelled-early")
+            if hold:
+                first = await recv(s1)
+                assert (first["hold"], first["job"]["id"]) == (True, "cancelled-early")
             await producer.send('{"cmd": "cancel", "id": "cancelled-early", "ref": 2}')
-            gate = bus._hub.gate
-            await wait_until(
-                lambda: any(b'"type":"stop"' in held.frame for held in gate._held),
-                timeout(),
-                "the cancel's stop waits for the commit",
-            )
-            go_on.set()
-            stop = await recv(s1)
-            assert (stop["type"], stop["id"], stop["kind"]) == ("stop", "cancelled-early", "cancel")
-            await report(s1, "cancelled", "cancelled-early", 1)
-            cancelled = await next_event(producer, "cancelled")
-            assert cancelled["id"] == "cancelled-early"
-            with pytest.raises(TimeoutError):
-                await asyncio.wait_for(s1.recv(), 0.2 * unit())
-
-
-async def test_a_plain_assignment_cancelled_before_its_commit_is_never_sent(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A scheduler that does not hold gets an assignment only after its commit. A cancel
-    that comes first withdraws it: the job ends cancelled at once, and the scheduler,
-    which never heard of the attempt, is sent neither it nor a stop."""
-    async with bus_with(db=str(tmp_path / "bus.db")) as bus:
-        async with client(bus) as s1, client(bus) as producer:
-            await register(s1, "scheduler", name="s1", size=1)
-            await register(producer, "producer")
-            called, go_on = hold_commits(monkeypatch)
-            job = {"runtime": 1, "job_id": "cancelled-unsent"}
-            await producer.send(json.dumps({"cmd": "job_request", "payload": job}))
-            await asyncio.wait_for(called.wait(), timeout())
-            await producer.send('{"cmd": "cancel", "id": "cancelled-unsent", "ref": 2}')
             gate = bus._hub.gate
             await wait_until(
                 lambda: any(b'"cancel_reply"' in held.frame for held in gate._held),
@@ -204,8 +177,16 @@ async def test_a_plain_assignment_cancelled_before_its_commit_is_never_sent(
                 "the cancel's reply waits for the commit",
             )
             go_on.set()
+            if hold:
+                stop = await recv(s1)
+                assert (stop["type"], stop["id"], stop["kind"]) == (
+                    "stop",
+                    "cancelled-early",
+                    "cancel",
+                )
+                await report(s1, "cancelled", "cancelled-early", 1)
             cancelled = await next_event(producer, "cancelled")
-            assert cancelled["id"] == "cancelled-unsent"
+            assert cancelled["id"] == "cancelled-early"
             with pytest.raises(TimeoutError):
                 frame = await asyncio.wait_for(s1.recv(), 0.2 * unit())
-                raise AssertionError(f"s1 was sent {frame!r}")
+                raise AssertionError(f"s1 was also sent {frame!r}")

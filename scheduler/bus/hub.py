@@ -239,7 +239,7 @@ class Hub:
             self._carry_out(decision, requester)
         while self._unsent_cancels:
             job_id = self._unsent_cancels.pop(0)
-            logger.info("job %s: cancelled before its assignment left the bus", short_id(job_id))
+            logger.info("job %s: %s", short_id(job_id), UNSENT_CANCEL)
             self.apply(self.core.withdraw(job_id, self.clock(), self.wall(), UNSENT_CANCEL))
         self.arm()
 
@@ -341,8 +341,10 @@ class Hub:
         # Its assignment or release may still wait for a commit: it must not go first.
         unsent = scheduler.gate.withdraw(scheduler, stop.id, stop.kind)
         if unsent and stop.kind == "cancel":
-            # The scheduler never hears of the attempt, so it cannot confirm the cancel:
-            # the job ends here, once the decisions being carried out are.
+            # Its assignment was never sent, so no one will confirm the cancel: the job
+            # ends here, once the decisions being carried out are. (A drop needs no
+            # confirmation; its stop still goes, harmless to a scheduler that never
+            # heard of the attempt.)
             self._unsent_cancels.append(stop.id)
         else:
             scheduler.send(stop)

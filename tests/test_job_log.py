@@ -1,21 +1,36 @@
 """A job's log file as its scheduler reads it: new output in bounded chunks, the tail,
-safe file names, and pruning to the newest files."""
+the spool a job writes to until its output is named, safe file names, and pruning to the
+newest files."""
 
 from __future__ import annotations
 
 import logging
 import os
 import stat
+import subprocess
 from pathlib import Path
 
 import pytest
 
-from scheduler.worker.job_output import JobLog, JobLogs, create_log, log_name, prune_logs
+from scheduler.worker.job_output import (
+    SPOOL_PREFIX,
+    JobLog,
+    JobLogs,
+    create_log,
+    log_name,
+    prune_logs,
+)
 
 
 def made(path: Path) -> tuple[JobLog, int]:
-    """The scheduler's view of a log at ``path``, and the job's descriptor of it."""
-    return JobLog(path), create_log(str(path))
+    """The scheduler's view of a log named ``path``, and the job's descriptor of its spool."""
+    log = JobLog(path, str(path.parent / f"{SPOOL_PREFIX}test"))
+    return log, create_log(log.spool)
+
+
+def names(directory: Path) -> list[str]:
+    """The files in ``directory``, spools included."""
+    return sorted(p.name for p in directory.iterdir())
 
 
 def write(fd: int, data: bytes) -> None:
@@ -23,9 +38,9 @@ def write(fd: int, data: bytes) -> None:
 
 
 def test_new_output_comes_once_and_a_cut_character_waits(tmp_path: Path) -> None:
-    log = JobLog(tmp_path / "j.1.log")
+    log = JobLog(tmp_path / "j.1.log", str(tmp_path / ".spool.1"))
     assert log.new_output() is None and log.tail() == "", "the job has made no file yet"
-    fd = create_log(str(log.path))
+    fd = create_log(log.spool)
     assert log.new_output() is None
     write(fd, b"hello\n\xc3")
     assert log.new_output() == "hello\n"
@@ -56,9 +71,88 @@ def test_the_tail_is_the_last_bytes_without_a_cut_character(tmp_path: Path) -> N
 
 
 def test_the_job_makes_its_file_for_its_owner_only(tmp_path: Path) -> None:
-    path = tmp_path / "j.1.log"
-    os.close(create_log(str(path)))
-    assert oct(path.stat().st_mode & 0o777) == "0o600"
+    log, fd = made(tmp_path / "j.1.log")
+    write(fd, b"out\n")
+    log.close()
+    assert oct(log.path.stat().st_mode & 0o777) == "0o600"
+
+
+def test_a_job_that_writes_nothing_leaves_no_file_and_lends_its_spool_to_the_next(
+    tmp_path: Path,
+) -> None:
+    logs = JobLogs(tmp_path, "w")
+    quiet = logs.open("quiet", 1)
+    os.close(create_log(quiet.spool))
+    assert quiet.new_output() is None and quiet.tail() == ""
+    quiet.close()
+    assert not quiet.path.exists()
+    after = logs.open("after", 1)
+    assert after.spool == quiet.spool, "the empty spool is lent again"
+    fd = create_log(after.spool)
+    write(fd, b"mine\n")
+    assert after.tail() == "mine\n"
+    after.close()
+    assert names(logs.dir) == ["after.1.log"], "the spool became its log"
+    assert after.path.read_text() == "mine\n"
+
+
+def test_output_is_named_when_first_seen_and_the_job_keeps_writing_to_its_file(
+    tmp_path: Path,
+) -> None:
+    logs = JobLogs(tmp_path, "w")
+    log = logs.open("j", 1)
+    fd = create_log(log.spool)
+    write(fd, b"one\n")
+    assert not log.path.exists(), "named by the scheduler's look, not by the write"
+    assert log.new_output() == "one\n"
+    assert names(logs.dir) == ["j.1.log"]
+    write(fd, b"two\n")  # the job's descriptor followed the rename
+    assert log.new_output() == "two\n"
+    assert log.path.read_text() == "one\ntwo\n"
+    log.close()
+    nxt = logs.open("k", 1)
+    nfd = create_log(nxt.spool)
+    assert os.fstat(nfd).st_size == 0, "the next job gets a fresh spool, not j's file"
+    write(fd, b"three\n")  # through j's descriptor, after j's end: into j's file
+    assert log.path.read_text().endswith("three\n") and nxt.tail() == ""
+    os.close(fd)
+    os.close(nfd)
+
+
+def test_output_nobody_looked_at_is_named_when_the_log_closes(tmp_path: Path) -> None:
+    log, fd = made(tmp_path / "j.1.log")
+    write(fd, b"unread\n")
+    log.close()
+    assert log.path.read_text() == "unread\n" and names(tmp_path) == ["j.1.log"]
+
+
+def test_a_stopping_scheduler_deletes_its_spools(tmp_path: Path) -> None:
+    logs = JobLogs(tmp_path, "w")
+    first, second = logs.open("a", 1), logs.open("b", 1)
+    for log in (first, second):
+        os.close(create_log(log.spool))
+        log.close()
+    assert len(names(logs.dir)) == 2
+    logs.close()
+    assert names(logs.dir) == []
+
+
+def test_spools_a_dead_scheduler_left_are_named_or_deleted_and_live_ones_kept(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    dead = subprocess.run(["sh", "-c", "echo $$"], capture_output=True, text=True, check=True)
+    dead_pid = int(dead.stdout)
+    directory = tmp_path / "w"
+    directory.mkdir()
+    (directory / f"{SPOOL_PREFIX}{dead_pid}.0.3").write_text("died mid-job\n")
+    (directory / f"{SPOOL_PREFIX}{dead_pid}.0.4").write_text("")
+    live = directory / f"{SPOOL_PREFIX}{os.getpid()}.99.0"
+    live.write_text("a running job's\n")
+    JobLogs(tmp_path, "w").open("j", 1)
+    orphan = directory / f"orphaned.spool.{dead_pid}.0.3.log"
+    assert orphan.read_text() == "died mid-job\n"
+    assert names(directory) == sorted([live.name, orphan.name])
+    assert str(orphan) in caplog.text
 
 
 def test_a_file_an_earlier_job_of_that_id_left_is_not_read(tmp_path: Path) -> None:
@@ -122,10 +216,17 @@ def test_a_log_directory_emptied_by_another_scheduler_s_prune_is_made_again_by_t
     tmp_path: Path,
 ) -> None:
     a, b = JobLogs(tmp_path, "a", keep=1), JobLogs(tmp_path, "b", keep=1)
-    os.close(create_log(str(b.open("old", 1).path)))
+    old = b.open("old", 1)
+    fd = create_log(old.spool)
+    write(fd, b"old\n")
+    os.close(fd)
+    old.close()
     a.open("new", 1)  # its prune deletes b's only log, then b's empty directory
     assert not b.dir.exists()
     later = b.open("later", 1)
-    os.close(create_log(str(later.path)))  # as b's next job process does
+    fd = create_log(later.spool)  # as b's next job process does
+    write(fd, b"later\n")
+    os.close(fd)
+    later.close()
     assert later.path.is_file()
     assert stat.S_IMODE(b.dir.stat().st_mode) == 0o700, "made again private, as at first"

@@ -1,14 +1,15 @@
 """A job's output and progress end to end: a real bus, a real ``worker`` serving
 ``tests/output_tasks.py`` with a log directory, real job processes.
 
-What a task writes lands in its log file (not on the worker's terminal), its tail comes
-with the final event, ``jobs logs`` prints it and ``--follow`` prints a running job's
-output as it comes; progress reaches a watching client, rate-limited, the last value
-always before the final event."""
+What a task writes lands in its log file (not on the worker's terminal; a task that writes
+nothing leaves none), its tail comes with the final event, ``jobs logs`` prints it and
+``--follow`` prints a running job's output as it comes; progress reaches a watching
+client, rate-limited, the last value always before the final event."""
 
 from __future__ import annotations
 
 import asyncio
+import signal
 from pathlib import Path
 
 import pytest
@@ -27,7 +28,10 @@ OUTPUT_TASKS = str(ROOT / "tests" / "output_tasks.py")
 class Worker:
     """A worker process serving the output tasks, its log root and its terminal."""
 
-    def __init__(self, logs: Path, stdout: Path, stderr: Path) -> None:
+    def __init__(
+        self, proc: asyncio.subprocess.Process, logs: Path, stdout: Path, stderr: Path
+    ) -> None:
+        self.proc = proc
         self.logs = logs
         self.stdout = stdout
         self.stderr = stderr
@@ -48,7 +52,7 @@ async def start_worker(bus: BusServer, commands: Commands, tmp_path: Path, *opti
             stdout=out.fileno(),
         )
     await wait_until(lambda: "w" in bus.scheduler_names(), 20 * unit(), "the worker registers")
-    return Worker(logs, stdout, commands.log_paths[proc.pid])
+    return Worker(proc, logs, stdout, commands.log_paths[proc.pid])
 
 
 @pytest.fixture
@@ -89,6 +93,23 @@ async def test_output_goes_to_the_log_file_and_its_tail_with_the_final_event(
     assert code == 1
 
 
+async def test_a_task_that_writes_nothing_leaves_no_file_and_a_stopped_worker_no_spool(
+    bus: BusServer, worker: Worker
+) -> None:
+    async with ProducerClient(bus.url) as client:
+        quiet = await client.submit(JobPayload(task="burst", args={"count": 3}))
+        quiet_events = await events_until_final(client, quiet)
+        chatty = await client.submit(JobPayload(task="chatty", args={"marker": "@@after"}))
+        assert (await events_until_final(client, chatty))[-1].event == "succeeded"
+    assert quiet_events[-1].event == "succeeded" and not quiet_events[-1].output
+    directory = worker.logs / "w"
+    visible = [p.name for p in directory.iterdir() if not p.name.startswith(".")]
+    assert visible == [f"{chatty}.1.log"], "no file for the job that wrote nothing"
+    worker.proc.send_signal(signal.SIGTERM)
+    assert await asyncio.wait_for(worker.proc.wait(), 20 * unit()) == 0
+    assert [p.name for p in directory.iterdir()] == [f"{chatty}.1.log"], "no spool left"
+
+
 async def test_much_output_comes_in_bounded_chunks_and_the_tail_ends_it(
     bus: BusServer, worker: Worker
 ) -> None:
@@ -127,6 +148,8 @@ async def test_follow_prints_a_running_jobs_output_and_progress_reaches_watchers
         assert follow.stdout is not None
         first = await asyncio.wait_for(follow.stdout.readline(), 20 * unit())
         assert first == b"step 1\n", "the output so far, from the job's status"
+        running_log = worker.logs / "w" / f"{job_id}.1.log"
+        assert running_log.read_text() == "step 1\n", "named at its first output, running"
         go.touch()
         seen += await events_until_final(client, job_id)
         rest = await asyncio.wait_for(follow.stdout.read(), 20 * unit())

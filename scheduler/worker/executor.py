@@ -284,6 +284,7 @@ class Executor:
         # Each process's end callback (registered when it started) runs before the stop
         # that reaped it is seen done: nothing runs on, and nothing reports, after this.
         await asyncio.gather(*stops, *self._background, return_exceptions=True)
+        self._feed.close()
         await self._launcher.close()
 
     def _end_attempt(self, job_id: str, attempt: int, why: Why) -> bool:

@@ -52,8 +52,8 @@ class JobChannels:
 
     @property
     def log_path(self) -> str | None:
-        """Where the job creates the log file it points its stdout and stderr at."""
-        return None if self.log is None else str(self.log.path)
+        """The spool the job points its stdout and stderr at."""
+        return None if self.log is None else self.log.spool
 
     def close(self) -> None:
         """Close every descriptor the scheduler holds (idempotent)."""
@@ -140,6 +140,11 @@ class JobFeed:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+
+    def close(self) -> None:
+        """Every job has ended: delete the spools (see :meth:`JobLogs.close`)."""
+        if self.logs is not None:
+            self.logs.close()
 
     def _readable(self, key: _Key) -> None:
         """Progress lines arrived from attempt ``key``: report the latest now, or hold it."""

@@ -206,14 +206,15 @@ _OPTIONS = (
         default=None,
         metavar="DIR",
         help="Where each job's stdout and stderr go: DIR/<scheduler name>/<job id>."
-        "<attempt>.log (not this terminal). Default: $XDG_STATE_HOME/schedbus/logs.",
+        "<attempt>.log (not this terminal; a job that writes nothing leaves no file). "
+        "Default: $XDG_STATE_HOME/schedbus/logs.",
     ),
     click.option(
         "--no-job-logs",
         is_flag=True,
         help="Leave each job's stdout and stderr on this terminal, with no output events "
-        "and no output tail (a log file per job costs about 1 ms of CPU per job on a "
-        "small VM, mostly in the job process, which creates it).",
+        "and no output tail (a job that writes output costs a file rename and, later, a "
+        "delete; one that writes nothing, no file at all).",
     ),
     click.option(
         "--warm",

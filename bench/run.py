@@ -115,8 +115,9 @@ HOW: dict[str, str] = {
     "(--quick: 20).",
     "e2e_jobs_per_s": "N no-op jobs (sleep task, runtime 1e-6 s) submitted pipelined by one "
     "ProducerClient (all submits sent before awaiting the replies) to a bus process with one "
-    "`test_scheduler -s 5` process; first submit to last final event received; median of "
-    "the rounds.",
+    "`test_scheduler -s 5` process (every test_scheduler here runs with --quiet: no log line "
+    "per job that starts or succeeds, as the peers run); first submit to last final event "
+    "received; median of the rounds.",
     "raw_fork_jobs_per_s": "A fresh interpreter forks one multiprocessing.Process (fork "
     "context) per no-op job, 5 at a time, joining each via its sentinel; median of the rounds, "
     "interleaved with the e2e rounds.",

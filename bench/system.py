@@ -121,12 +121,16 @@ async def start_scheduler(
     options: Sequence[str] = (),
 ) -> Proc:
     """Start ``python -m scheduler.test_scheduler -s SIZE`` (with ``options`` too, such as
-    ``--warm N``) and return it once registered."""
+    ``--warm N``) and return it once registered. It runs with ``--quiet`` where it has it:
+    no log line per job that starts or succeeds, as the peers run (Celery at WARNING,
+    Dramatiq logs no line per message)."""
     state = workdir / name
     state.mkdir(parents=True, exist_ok=True)
     argv = [PYTHON, "-m", "scheduler.test_scheduler", "-s", str(size), "-t", str(timeout)]
     argv += ["--bus", url, "--name", name, *options]
-    argv += state_options(_help("scheduler.test_scheduler"), state)
+    help_text = _help("scheduler.test_scheduler")
+    argv += ["--quiet"] if "--quiet" in help_text else []
+    argv += state_options(help_text, state)
     proc = procs.start(name, argv, cwd=state)
     await wait_for_log(proc, r"(?i)registered")
     return proc

@@ -63,3 +63,23 @@ async def test_runs_a_job_and_exits_0_on_sigterm_leaving_no_child(commands: Comm
     log = commands.log_of(proc)
     assert "registered with" in log
     assert "job quick0123 p4 started" in log and "job quick0123 p4 succeeded in" in log
+
+
+async def test_quiet_logs_only_the_jobs_that_did_not_succeed(commands: Commands) -> None:
+    bus = FakeBus()
+    async with bus.serve() as server:
+        port = next(iter(server.sockets)).getsockname()[1]
+        proc = await commands.start(
+            "scheduler.test_scheduler", "--bus", f"ws://127.0.0.1:{port}", "-q", "-t", "30"
+        )
+        peer = await bus.peer(timeout=15)
+        await peer.register("sched-q")
+        await peer.assign("quick0123", runtime=0.05 * unit(), priority=4)
+        await peer.expect("report", event="succeeded", id="quick0123")
+        await peer.assign("slow4567", runtime=60, priority=3, timeout=0.2 * unit())
+        await peer.expect("report", event="timed_out", id="slow4567")
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 10 * unit()) == 0
+    log = commands.log_of(proc)
+    assert "registered with" in log and "quick0123" not in log
+    assert "job slow4567 p3 timed out after" in log

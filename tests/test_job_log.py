@@ -230,3 +230,22 @@ def test_a_log_directory_emptied_by_another_scheduler_s_prune_is_made_again_by_t
     later.close()
     assert later.path.is_file()
     assert stat.S_IMODE(b.dir.stat().st_mode) == 0o700, "made again private, as at first"
+
+
+def test_a_spool_deleted_under_a_running_job_is_still_read_and_never_lent_again(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    logs = JobLogs(tmp_path, "w")
+    log = logs.open("j", 1)
+    fd = create_log(log.spool)
+    assert log.new_output() is None  # the scheduler has the spool open
+    os.unlink(log.spool)  # an operator cleaning up hidden files
+    write(fd, b"still here\n")
+    assert log.new_output() == "still here\n"
+    write(fd, b"and more\n")
+    assert log.new_output() == "and more\n" and log.tail() == "still here\nand more\n"
+    log.close()
+    warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1 and "stays in" in warnings[0].getMessage()
+    assert logs.open("k", 1).spool != log.spool, "not lent again"
+    os.close(fd)

@@ -88,6 +88,8 @@ class JobLog:
         self.fd = -1
         self._free = free
         self._closed = False
+        self._unnamable = False
+        """Renaming the spool failed (someone deleted it, say): its output is still read."""
         self._sent = 0
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
 
@@ -101,9 +103,16 @@ class JobLog:
         return True
 
     def _name(self) -> None:
-        """The job wrote: rename its spool to :attr:`path` (once)."""
-        if not self.named:
+        """The job wrote: rename its spool to :attr:`path` (once; a failure is logged once,
+        and the output is still read from the spool)."""
+        if self.named or self._unnamable:
+            return
+        try:
             os.rename(self.spool, self.path)
+        except OSError as exc:
+            self._unnamable = True
+            log.warning("the output of %s stays in %s: %s", self.path.name, self.spool, exc)
+        else:
             self.named = True
 
     def new_output(self, limit: int = CHUNK_BYTES) -> str | None:
@@ -146,23 +155,24 @@ class JobLog:
     def close(self) -> None:
         """The job has ended: name its output if it wrote any and nobody looked yet, close
         the scheduler's descriptor and give the spool back (idempotent). A spool whose
-        output cannot be renamed is left where it is, never lent again."""
+        output could not be renamed is left where it is, never lent again."""
         if self._closed:
             return
         self._closed = True
-        free = self._free
         try:
-            if not self.named and self._size():
+            if self._size():
                 self._name()
         except OSError as exc:
-            log.warning("the output of %s stays in %s: %s", self.path.name, self.spool, exc)
-            free = None
+            self._unnamable = True
+            log.warning(
+                "cannot look at the output of %s in %s: %s", self.path.name, self.spool, exc
+            )
         finally:
             if self.fd >= 0:
                 os.close(self.fd)
                 self.fd = -1
-        if free is not None:
-            free.append(self.spool)
+        if self._free is not None and not self._unnamable:
+            self._free.append(self.spool)
 
     def _size(self) -> int:
         """How many bytes the job wrote to its spool."""

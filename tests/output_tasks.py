@@ -55,3 +55,12 @@ def burst(count: int) -> None:
 def bad_progress(fraction: float, message: str) -> None:
     """Report progress with the given arguments (the test gives bad ones)."""
     progress(fraction, message)
+
+
+@task
+def after_go(go_file: str, text: str) -> None:
+    """Wait until ``go_file`` exists, print ``text``, then run until stopped."""
+    while not Path(go_file).exists():
+        time.sleep(0.01)
+    print(text)
+    time.sleep(3600)

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from conftest import ROOT, Commands, unit, wait_until
 
+from scheduler.bus.config import BusConfig, bus_rules
 from scheduler.bus.server import BusServer
 from scheduler.producer.client import ProducerClient
 from scheduler.protocol import JobEvent, JobPayload
@@ -108,6 +109,41 @@ async def test_a_task_that_writes_nothing_leaves_no_file_and_a_stopped_worker_no
     worker.proc.send_signal(signal.SIGTERM)
     assert await asyncio.wait_for(worker.proc.wait(), 20 * unit()) == 0
     assert [p.name for p in directory.iterdir()] == [f"{chatty}.1.log"], "no spool left"
+
+
+async def test_output_a_killed_worker_left_unnamed_is_kept_by_the_next_one(
+    commands: Commands, tmp_path: Path
+) -> None:
+    go, directory = tmp_path / "go", tmp_path / "job-logs" / "w"
+
+    def written_spools() -> list[Path]:
+        return [p for p in directory.iterdir() if p.name.startswith(".spool.") and p.stat().st_size]
+
+    config = BusConfig(host="127.0.0.1", port=0, rules=bus_rules(lease=1.0 * unit()))
+    async with BusServer(config) as bus, ProducerClient(bus.url) as client:
+        worker = await start_worker(bus, commands, tmp_path)
+        args: dict[str, object] = {"go_file": str(go), "text": "@@unnamed"}
+        job_id = await client.submit(JobPayload(task="after_go", args=args))
+        events = client.events()
+        async with asyncio.timeout(30 * unit()):
+            async for event in events:
+                if event.id == job_id and event.event == "started":
+                    break
+        worker.proc.send_signal(signal.SIGSTOP)  # its look at the output cannot come now
+        go.touch()
+        await wait_until(lambda: bool(written_spools()), 10 * unit(), "the job writes")
+        worker.proc.send_signal(signal.SIGKILL)
+        await asyncio.wait_for(worker.proc.wait(), 10 * unit())
+        async with asyncio.timeout(30 * unit()):
+            async for event in events:
+                if event.id == job_id and event.event != "started":
+                    break  # w's lease expired: its name is free
+        again = await start_worker(bus, commands, tmp_path)
+        quick = await client.submit(JobPayload(task="chatty", args={"marker": "@@next"}))
+        assert (await events_until_final(client, quick))[-1].event == "succeeded"
+    orphans = list(directory.glob("orphaned.spool.*.log"))
+    assert [p.read_text() for p in orphans] == ["@@unnamed\n"]
+    assert f"job left unnamed is kept in {orphans[0]}" in again.terminal()
 
 
 async def test_much_output_comes_in_bounded_chunks_and_the_tail_ends_it(

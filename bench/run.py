@@ -33,7 +33,14 @@ from bench.failover import failover_times
 from bench.peers import harness
 from bench.periodic import periodic_lateness
 from bench.procs import Proc, Procs, wait_for_log
-from bench.stats import Json, check_goals, median, render_table, table_rows
+from bench.stats import (
+    Json,
+    check_goals,
+    median,
+    render_table,
+    table_rows,
+    warm_vs_fastest_peer,
+)
 from bench.system import PYTHON, Bus, cpu_seconds, start_bus, start_scheduler, start_worker
 
 FIGURES = (
@@ -139,6 +146,8 @@ HOW: dict[str, str] = {
     "(127.0.0.1, no persistence), workers warmed up first; first enqueue to the last job seen "
     "finished; ours_ratio = our e2e_jobs_per_s / theirs; warm_ratio = our e2e_warm_jobs_per_s / "
     "theirs (when e2e_warm ran).",
+    "warm_vs_fastest_peer": "e2e_warm_jobs_per_s over the jobs/s of the fastest peer of the "
+    "same run on the same no-op jobs (the issue's warm-mode goal), and that peer's rate.",
     "submit_to_accepted_ms": "One job at a time on an idle scheduler: the producer's "
     "time.time() before sending the submit -> the accepted reply received.",
     "delayed_start_lateness_ms": "One delayed no-op job at a time (run_at = the producer's "
@@ -1001,6 +1010,9 @@ def build_report(
         "machine": facts,
     }
     report.update(results)
+    warm_ratio = warm_vs_fastest_peer(report)
+    if warm_ratio is not None:
+        report["warm_vs_fastest_peer"] = warm_ratio
     report["goals"] = check_goals(report)
     report["how"] = {key: text for key, text in HOW.items() if key in report}
     if plan.quick:

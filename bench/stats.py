@@ -89,7 +89,15 @@ _OPS: dict[str, Callable[[float, float], bool]] = {
 
 GOALS: tuple[Goal, ...] = (
     Goal("e2e_vs_raw_ratio", ">=", 0.7, "e2e >= 0.7x the raw fork loop"),
+    Goal("e2e_cpu_ms_per_job.bus", "<=", 0.25, "bus CPU per job <= 0.25 ms"),
     Goal("peers.rq.ours_ratio", ">=", 3.0, ">= 3x RQ"),
+    Goal(
+        "warm_vs_fastest_peer.ratio",
+        ">=",
+        1.0,
+        "warm >= 1.0x the fastest peer on no-op jobs",
+    ),
+    Goal("heavy.ours_ratio.warm.celery", ">=", 1.0, "warm >= Celery prefork on the numpy job"),
     Goal("submit_to_start_ms.p50", "<=", 2.0, "submit->start p50 <= 2 ms"),
     Goal("eviction_ms.p50", "<=", 10.0, "eviction p50 <= 10 ms"),
     Goal("timeout_overrun_ms.p99", "<=", 20.0, "timeout overrun p99 <= 20 ms"),
@@ -123,6 +131,24 @@ def lookup(results: Mapping[str, Any], dotted: str) -> object:
             return None
         node = node[part]
     return node
+
+
+def warm_vs_fastest_peer(results: Mapping[str, Any]) -> Json | None:
+    """Warm mode's no-op jobs/s over the fastest peer's of the same run, and that peer's
+    rate (``{"ratio", "<peer>_jobs_per_s"}``); None unless both were measured."""
+    warm = number(results.get("e2e_warm_jobs_per_s"))
+    peers = results.get("peers")
+    if warm is None or not isinstance(peers, Mapping):
+        return None
+    rates = {
+        name: rate
+        for name, peer in peers.items()
+        if isinstance(peer, Mapping) and (rate := number(peer.get("jobs_per_s")))
+    }
+    if not rates:
+        return None
+    fastest = max(rates, key=lambda name: rates[name])
+    return {"ratio": round(warm / rates[fastest], 2), f"{fastest}_jobs_per_s": rates[fastest]}
 
 
 def check_goals(results: Mapping[str, Any]) -> Json:
@@ -234,7 +260,15 @@ def _peer_rows(results: Mapping[str, Any]) -> list[tuple[str, str, str]]:
 def _heavy_rows(heavy: object) -> list[tuple[str, str, str]]:
     if not isinstance(heavy, Mapping) or "ours" not in heavy:
         return [("heavy", fmt(heavy), "")]
-    rows = [(f"heavy.ours.{name}", fmt(found), "") for name, found in heavy["ours"].items()]
+    goal = next(g for g in GOALS if g.key.startswith("heavy."))
+    rows = [
+        (
+            f"heavy.ours.{name}",
+            fmt(found),
+            _goal_cell(goal, {"heavy": heavy}) if name == "warm" else "",
+        )
+        for name, found in heavy["ours"].items()
+    ]
     peers = heavy.get("peers")
     if isinstance(peers, Mapping) and "skipped" not in peers:
         rows += [(f"heavy.peers.{name}", fmt(found), "") for name, found in peers.items()]
@@ -254,6 +288,7 @@ FIGURE_KEYS: tuple[str, ...] = (
     "e2e_warm_cpu_ms_per_job",
     "raw_fork_cpu_ms_per_job",
     "peers",
+    "warm_vs_fastest_peer",
     "submit_to_accepted_ms",
     "submit_to_start_ms",
     "submit_to_final_ms",

@@ -265,3 +265,32 @@ def test_plot_draws_a_png_beside_the_json(tmp_path: Path) -> None:
 def test_the_file_create_cost_is_measured_and_leaves_nothing(tmp_path: Path) -> None:
     assert disk.file_create_us(tmp_path, files=5, rounds=1) > 0
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_warm_heavy_and_bus_goals_are_checked_and_shown() -> None:
+    results = {
+        "e2e_cpu_ms_per_job": {"bus": 0.3, "scheduler": 0.4},
+        "e2e_warm_jobs_per_s": 3000.0,
+        "peers": {
+            "rq": {"jobs_per_s": 150.0},
+            "dramatiq": {"jobs_per_s": 2500.0},
+            "arq": {"skipped": "no redis"},
+        },
+        "heavy": {
+            "ours": {"fork_server": {"jobs_per_s": 80.0}, "warm": {"jobs_per_s": 300.0}},
+            "peers": {"celery": {"jobs_per_s": 280.0}},
+            "ours_ratio": {"fork_server": {"celery": 0.29}, "warm": {"celery": 1.07}},
+        },
+    }
+    derived = stats.warm_vs_fastest_peer(results)
+    assert derived == {"ratio": 1.2, "dramatiq_jobs_per_s": 2500.0}
+    results["warm_vs_fastest_peer"] = derived
+    goals = stats.check_goals(results)
+    assert goals["e2e_cpu_ms_per_job.bus"]["met"] is False
+    assert goals["warm_vs_fastest_peer.ratio"]["met"] is True
+    assert goals["heavy.ours_ratio.warm.celery"]["met"] is True
+    table = stats.render_table(stats.table_rows(results))
+    assert "bus CPU per job <= 0.25 ms: MISSED" in table
+    assert "warm >= 1.0x the fastest peer on no-op jobs: met" in table
+    assert "warm >= Celery prefork on the numpy job: met" in table
+    assert stats.warm_vs_fastest_peer({"e2e_warm_jobs_per_s": 1.0}) is None

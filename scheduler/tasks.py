@@ -474,7 +474,7 @@ def run_task(
     """The job process's entry point: for a held job (``go_fd``), wait for its release
     first, and exit at once with status 1 if the scheduler closes the pipe instead
     (:func:`~scheduler.worker.held.wait_for_go`); send :func:`progress` to
-    ``progress_fd``, point stdout and stderr at a new log file at ``log_path`` (if
+    ``progress_fd``, point stdout and stderr at the log spool at ``log_path`` (if
     given), publish the job's id and attempt in the environment (see the module
     docstring), call ``task(*args, **kwargs)`` and write its result or exception to
     ``result_fd``; exit with status 1 if it raised."""

@@ -73,8 +73,9 @@ def progress(fraction: float, message: str = "") -> None:
 
 def enter_job(progress_fd: int, log_path: str | None) -> None:
     """In a freshly started job process: send :func:`progress` to ``progress_fd`` (-1:
-    nowhere), and point descriptors 1 and 2 at a new log file at ``log_path`` (None: keep
-    the scheduler's). A log file that cannot be made leaves them, saying so there."""
+    nowhere), and point descriptors 1 and 2 at the log spool at ``log_path`` (None: keep
+    the scheduler's; see :mod:`scheduler.worker.job_output`). A spool that cannot be
+    opened leaves them, saying so there."""
     global _channel
     _channel = progress_fd
     if log_path is None:

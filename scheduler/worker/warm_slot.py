@@ -2,7 +2,7 @@
 forked process, and the messages on its control socket.
 
 :func:`slot_main` waits for a job on the control socket, runs it with its stdout and
-stderr pointed at the job's log file and its progress pipe set, puts them back, kills and
+stderr pointed at the job's log spool and its progress pipe set, puts them back, kills and
 reaps whatever the job left behind, closes the job's descriptors and answers with one
 ``DONE`` record. Nothing here runs in the scheduler but the two message formats.
 """

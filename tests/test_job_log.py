@@ -19,6 +19,7 @@ from scheduler.worker.job_output import (
     create_log,
     log_name,
     prune_logs,
+    start_time,
 )
 
 
@@ -142,17 +143,38 @@ def test_spools_a_dead_scheduler_left_are_named_or_deleted_and_live_ones_kept(
 ) -> None:
     dead = subprocess.run(["sh", "-c", "echo $$"], capture_output=True, text=True, check=True)
     dead_pid = int(dead.stdout)
+    me = f"{os.getpid()}.{start_time(os.getpid())}"
     directory = tmp_path / "w"
     directory.mkdir()
-    (directory / f"{SPOOL_PREFIX}{dead_pid}.0.3").write_text("died mid-job\n")
-    (directory / f"{SPOOL_PREFIX}{dead_pid}.0.4").write_text("")
-    live = directory / f"{SPOOL_PREFIX}{os.getpid()}.99.0"
+    (directory / f"{SPOOL_PREFIX}{dead_pid}.123.0.3").write_text("died mid-job\n")
+    (directory / f"{SPOOL_PREFIX}{dead_pid}.123.0.4").write_text("")
+    live = directory / f"{SPOOL_PREFIX}{me}.99.0"  # another scheduler in this process
     live.write_text("a running job's\n")
     JobLogs(tmp_path, "w").open("j", 1)
-    orphan = directory / f"orphaned.spool.{dead_pid}.0.3.log"
+    orphan = directory / f"orphaned.spool.{dead_pid}.123.0.3.log"
     assert orphan.read_text() == "died mid-job\n"
     assert names(directory) == sorted([live.name, orphan.name])
     assert str(orphan) in caplog.text
+
+
+def test_a_scheduler_given_the_pid_of_a_dead_one_names_that_one_s_spools_and_never_reuses_them(
+    tmp_path: Path,
+) -> None:
+    # A restarted container: the same pid, an earlier start, output left behind.
+    started = start_time(os.getpid())
+    assert started is not None
+    directory = tmp_path / "w"
+    directory.mkdir()
+    earlier = f"{SPOOL_PREFIX}{os.getpid()}.{started - 1}.0.0"
+    (directory / earlier).write_text("the earlier scheduler's job\n")
+    logs = JobLogs(tmp_path, "w")
+    log = logs.open("j", 1)
+    assert Path(log.spool).name != earlier
+    fd = create_log(log.spool)
+    assert log.tail() == "", "a fresh spool, not the earlier one's output"
+    os.close(fd)
+    orphan = directory / f"orphaned{earlier}.log"
+    assert orphan.read_text() == "the earlier scheduler's job\n"
 
 
 def test_a_file_an_earlier_job_of_that_id_left_is_not_read(tmp_path: Path) -> None:

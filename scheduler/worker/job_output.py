@@ -40,8 +40,11 @@ CHUNK_BYTES: Final = MAX_OUTPUT_BYTES - 4
 SKIPPED: Final = "[{} bytes skipped]\n"
 """What stands in an output chunk for output written faster than it is sent."""
 SPOOL_PREFIX: Final = ".spool."
-"""How spool files' names start: ``.spool.<scheduler pid>.<n>.<k>``, hidden, never ``*.log``
-(a job log's name never starts with a dot)."""
+"""How spool files' names start: ``.spool.<scheduler pid>.<its start time>.<n>.<k>``,
+hidden, never ``*.log`` (a job log's name never starts with a dot). The pid and start time
+(in clock ticks after boot, ``/proc/PID/stat``) name one process: a scheduler given the
+same pid as an earlier one (a restarted container, say) names its spools apart from the
+spools that one left."""
 ORPHAN_PREFIX: Final = "orphaned."
 """How the log file of output left in a spool by a scheduler that died starts."""
 
@@ -195,7 +198,8 @@ class JobLogs:
         self.dir = root / log_name(scheduler, 0).removesuffix(".0.log")
         self.keep = keep
         self._opened = 0
-        self._spool_base = f"{SPOOL_PREFIX}{os.getpid()}.{next(_instances)}."
+        pid = os.getpid()
+        self._spool_base = f"{SPOOL_PREFIX}{pid}.{start_time(pid)}.{next(_instances)}."
         self._spools = itertools.count()
         self._free: list[str] = []
         """Spools no running job writes to: absent, or empty."""
@@ -245,7 +249,7 @@ def name_orphaned_spools(directory: Path) -> None:
     except FileNotFoundError:
         return
     for spool in spools:
-        if _alive(spool.name.removeprefix(SPOOL_PREFIX).split(".", 1)[0]):
+        if _alive(*spool.name.removeprefix(SPOOL_PREFIX).split(".")[:2]):
             continue
         try:
             if spool.stat().st_size:
@@ -260,17 +264,26 @@ def name_orphaned_spools(directory: Path) -> None:
             log.warning("cannot name the spool %s: %s", spool.path, exc)
 
 
-def _alive(pid: str) -> bool:
-    """Whether the process ``pid`` (its digits) is running; True if that cannot be told."""
-    if not pid.isdigit():
+def _alive(pid: str, started: str = "") -> bool:
+    """Whether the process ``pid`` that started at ``started`` (both as digits, from a
+    spool's name) is running; True if that cannot be told."""
+    if not (pid.isdigit() and started.isdigit()):
         return True  # not a spool this code names: leave it alone
     try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return False
+        return start_time(int(pid)) == int(started)
     except OSError:
-        return True  # EPERM: it runs as another user
-    return True
+        return True  # it exists, but its stat cannot be read: never taken for dead
+
+
+def start_time(pid: int) -> int | None:
+    """When process ``pid`` started, in clock ticks after boot; None if there is no such
+    process. ``OSError`` if its ``/proc/PID/stat`` cannot be read."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            fields = stat.read().rsplit(b")", 1)[1].split()
+    except FileNotFoundError:
+        return None
+    return int(fields[19])  # field 22 of stat; fields[0] is field 3, the first after the name
 
 
 def _logs_in(directory: str) -> list[tuple[float, str]]:

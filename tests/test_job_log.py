@@ -177,6 +177,14 @@ def test_a_scheduler_given_the_pid_of_a_dead_one_names_that_one_s_spools_and_nev
     assert orphan.read_text() == "the earlier scheduler's job\n"
 
 
+def test_a_relative_log_root_is_made_absolute_before_any_job_can_change_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    log = JobLogs(Path("logs"), "w").open("j", 1)
+    assert Path(log.spool).is_absolute() and log.path == tmp_path / "logs" / "w" / "j.1.log"
+
+
 def test_a_file_an_earlier_job_of_that_id_left_is_not_read(tmp_path: Path) -> None:
     logs = JobLogs(tmp_path, "w")
     stale = tmp_path / "w" / "j.1.log"

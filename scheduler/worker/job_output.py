@@ -191,11 +191,13 @@ class JobLogs:
     """Where one scheduler's job logs go: ``root/<scheduler>/``, pruned to ``keep`` files."""
 
     def __init__(self, root: Path, scheduler: str, keep: int = DEFAULT_KEEP_LOGS) -> None:
-        """Logs of scheduler ``scheduler`` under ``root``; ``ValueError`` if ``keep`` < 1."""
+        """Logs of scheduler ``scheduler`` under ``root`` (made absolute now: a job may
+        change its working directory, and in warm mode the next job of its slot would
+        start there); ``ValueError`` if ``keep`` < 1."""
         if keep < 1:
             raise ValueError(f"keep_logs must be >= 1, not {keep}")
-        self.root = root
-        self.dir = root / log_name(scheduler, 0).removesuffix(".0.log")
+        self.root = root.absolute()
+        self.dir = self.root / log_name(scheduler, 0).removesuffix(".0.log")
         self.keep = keep
         self._opened = 0
         pid = os.getpid()

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from scheduler.worker.containment import read_stat
 from scheduler.worker.job_output import (
     SPOOL_PREFIX,
     JobLog,
@@ -19,7 +20,6 @@ from scheduler.worker.job_output import (
     create_log,
     log_name,
     prune_logs,
-    start_time,
 )
 
 
@@ -27,6 +27,13 @@ def made(path: Path) -> tuple[JobLog, int]:
     """The scheduler's view of a log named ``path``, and the job's descriptor of its spool."""
     log = JobLog(path, str(path.parent / f"{SPOOL_PREFIX}test"))
     return log, create_log(log.spool)
+
+
+def started() -> int:
+    """When this process started, as spool names carry it."""
+    stat = read_stat(os.getpid())
+    assert stat is not None
+    return stat.started
 
 
 def names(directory: Path) -> list[str]:
@@ -143,7 +150,7 @@ def test_spools_a_dead_scheduler_left_are_named_or_deleted_and_live_ones_kept(
 ) -> None:
     dead = subprocess.run(["sh", "-c", "echo $$"], capture_output=True, text=True, check=True)
     dead_pid = int(dead.stdout)
-    me = f"{os.getpid()}.{start_time(os.getpid())}"
+    me = f"{os.getpid()}.{started()}"
     directory = tmp_path / "w"
     directory.mkdir()
     (directory / f"{SPOOL_PREFIX}{dead_pid}.123.0.3").write_text("died mid-job\n")
@@ -161,11 +168,9 @@ def test_a_scheduler_given_the_pid_of_a_dead_one_names_that_one_s_spools_and_nev
     tmp_path: Path,
 ) -> None:
     # A restarted container: the same pid, an earlier start, output left behind.
-    started = start_time(os.getpid())
-    assert started is not None
     directory = tmp_path / "w"
     directory.mkdir()
-    earlier = f"{SPOOL_PREFIX}{os.getpid()}.{started - 1}.0.0"
+    earlier = f"{SPOOL_PREFIX}{os.getpid()}.{started() - 1}.0.0"
     (directory / earlier).write_text("the earlier scheduler's job\n")
     logs = JobLogs(tmp_path, "w")
     log = logs.open("j", 1)

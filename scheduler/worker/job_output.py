@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Final
 
 from scheduler.protocol_types import MAX_OUTPUT_BYTES
+from scheduler.worker.containment import read_stat
 from scheduler.worker.lazy_log import lazy_logger
 
 log = lazy_logger(__name__)
@@ -200,8 +201,9 @@ class JobLogs:
         self.dir = self.root / log_name(scheduler, 0).removesuffix(".0.log")
         self.keep = keep
         self._opened = 0
-        pid = os.getpid()
-        self._spool_base = f"{SPOOL_PREFIX}{pid}.{start_time(pid)}.{next(_instances)}."
+        me = read_stat(os.getpid())
+        started = 0 if me is None else me.started
+        self._spool_base = f"{SPOOL_PREFIX}{os.getpid()}.{started}.{next(_instances)}."
         self._spools = itertools.count()
         self._free: list[str] = []
         """Spools no running job writes to: absent, or empty."""
@@ -271,21 +273,8 @@ def _alive(pid: str, started: str = "") -> bool:
     spool's name) is running; True if that cannot be told."""
     if not (pid.isdigit() and started.isdigit()):
         return True  # not a spool this code names: leave it alone
-    try:
-        return start_time(int(pid)) == int(started)
-    except OSError:
-        return True  # it exists, but its stat cannot be read: never taken for dead
-
-
-def start_time(pid: int) -> int | None:
-    """When process ``pid`` started, in clock ticks after boot; None if there is no such
-    process. ``OSError`` if its ``/proc/PID/stat`` cannot be read."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as stat:
-            fields = stat.read().rsplit(b")", 1)[1].split()
-    except FileNotFoundError:
-        return None
-    return int(fields[19])  # field 22 of stat; fields[0] is field 3, the first after the name
+    stat = read_stat(pid)
+    return stat is not None and stat.started == int(started)
 
 
 def _logs_in(directory: str) -> list[tuple[float, str]]:

@@ -1,11 +1,12 @@
-"""What a file costs where the bench keeps its state: every job our scheduler runs creates
-its log file there (``--log-dir``, under ``XDG_STATE_HOME``), and on some file systems that
-alone weighs on the per-job figures.
+"""What a file costs where the bench keeps its state: a job that writes output has its
+log file created there (a fresh spool, ``--log-dir`` under ``XDG_STATE_HOME``), and on some
+file systems that alone weighs on the per-job figures.
 
 On the bench's usual guest (an ext4 virtual disk) one create cost from 14 to 570 µs of
 CPU, changing from minute to minute in every directory of the disk, and warm mode ran
-between 1,129 and 2,598 jobs/s. So the run reports the cost in its own scratch directory
-(``TMPDIR`` chooses where that is), at its start and at its end.
+between 1,129 and 2,598 jobs/s while every job still created a file. So the run reports
+the cost in its own scratch directory (``TMPDIR`` chooses where that is), at its start and
+at its end.
 """
 
 from __future__ import annotations
@@ -16,13 +17,11 @@ import tempfile
 from pathlib import Path
 
 from bench.stats import median
-
-FLAGS = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND | os.O_CLOEXEC
-"""How a job process creates its log file (``scheduler.worker.job_output.create_log``)."""
+from scheduler.worker.job_output import SPOOL_FLAGS
 
 
 def file_create_us(parent: Path, files: int = 200, rounds: int = 3) -> float:
-    """CPU microseconds per file created as a job's log is, in a new directory under
+    """CPU microseconds per file created as a job's spool is, in a new directory under
     ``parent`` (as each scheduler's log directory is): the median of ``rounds`` rounds of
     ``files`` files. Everything it made is removed."""
     per_file = []
@@ -30,7 +29,7 @@ def file_create_us(parent: Path, files: int = 200, rounds: int = 3) -> float:
         directory = tempfile.mkdtemp(dir=parent)
         before = _cpu_s()
         for n in range(files):
-            os.close(os.open(os.path.join(directory, f"{n}.1.log"), FLAGS, 0o600))
+            os.close(os.open(os.path.join(directory, f"{n}.1.log"), SPOOL_FLAGS, 0o600))
         per_file.append((_cpu_s() - before) * 1e6 / files)
         for n in range(files):
             os.unlink(os.path.join(directory, f"{n}.1.log"))

@@ -46,6 +46,9 @@ hidden, never ``*.log`` (a job log's name never starts with a dot). The pid and 
 (in clock ticks after boot, ``/proc/PID/stat``) name one process: a scheduler given the
 same pid as an earlier one (a restarted container, say) names its spools apart from the
 spools that one left."""
+SPOOL_FLAGS: Final = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC
+"""How a job process opens its spool. The scheduler lends only empty spools: no
+``O_TRUNC``, which would cost a journal write."""
 ORPHAN_PREFIX: Final = "orphaned."
 """How the log file of output left in a spool by a scheduler that died starts."""
 
@@ -68,14 +71,12 @@ def create_log(path: str) -> int:
     """In the job process: open its spool at ``path`` for appending, creating it (mode 0600)
     if it is not there, and its directory (mode 0700) if another scheduler's prune removed
     it, empty, since its scheduler made it; return its descriptor. ``OSError`` if it
-    cannot. The scheduler lends only empty spools: no ``O_TRUNC``, which would cost a
-    journal write."""
-    flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC
+    cannot."""
     try:
-        return os.open(path, flags, 0o600)
+        return os.open(path, SPOOL_FLAGS, 0o600)
     except FileNotFoundError:
         os.makedirs(os.path.dirname(path), 0o700, exist_ok=True)
-        return os.open(path, flags, 0o600)
+        return os.open(path, SPOOL_FLAGS, 0o600)
 
 
 class JobLog:

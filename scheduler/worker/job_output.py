@@ -165,7 +165,7 @@ class JobLog:
             return
         self._closed = True
         try:
-            if self._size():
+            if not (self.named or self._unnamable) and self._size():
                 self._name()
         except OSError as exc:
             self._unnamable = True

@@ -61,6 +61,14 @@ async def worker(bus: BusServer, commands: Commands, tmp_path: Path) -> Worker:
     return await start_worker(bus, commands, tmp_path)
 
 
+async def run_job(
+    client: ProducerClient, task: str, args: dict[str, object]
+) -> tuple[str, list[JobEvent]]:
+    """Submit a job of ``task`` with ``args``; its id and every event up to its final one."""
+    job_id = await client.submit(JobPayload(task=task, args=args))
+    return job_id, await events_until_final(client, job_id)
+
+
 async def events_until_final(client: ProducerClient, job_id: str) -> list[JobEvent]:
     """Every event of ``job_id`` up to and including its final one."""
     seen: list[JobEvent] = []
@@ -77,8 +85,7 @@ async def test_output_goes_to_the_log_file_and_its_tail_with_the_final_event(
     bus: BusServer, commands: Commands, worker: Worker
 ) -> None:
     async with ProducerClient(bus.url) as client:
-        job_id = await client.submit(JobPayload(task="chatty", args={"marker": "@@mark"}))
-        events = await events_until_final(client, job_id)
+        job_id, events = await run_job(client, "chatty", {"marker": "@@mark"})
     final = events[-1]
     assert (final.event, final.result) == ("succeeded", {"line_buffered": True})
     lines = ["print stdout", "print stderr", "raw fd 1", "subprocess"]
@@ -98,10 +105,9 @@ async def test_a_task_that_writes_nothing_leaves_no_file_and_a_stopped_worker_no
     bus: BusServer, worker: Worker
 ) -> None:
     async with ProducerClient(bus.url) as client:
-        quiet = await client.submit(JobPayload(task="burst", args={"count": 3}))
-        quiet_events = await events_until_final(client, quiet)
-        chatty = await client.submit(JobPayload(task="chatty", args={"marker": "@@after"}))
-        assert (await events_until_final(client, chatty))[-1].event == "succeeded"
+        _, quiet_events = await run_job(client, "burst", {"count": 3})
+        chatty, chatty_events = await run_job(client, "chatty", {"marker": "@@after"})
+        assert chatty_events[-1].event == "succeeded"
     assert quiet_events[-1].event == "succeeded" and not quiet_events[-1].output
     directory = worker.logs / "w"
     visible = [p.name for p in directory.iterdir() if not p.name.startswith(".")]
@@ -139,8 +145,8 @@ async def test_output_a_killed_worker_left_unnamed_is_kept_by_the_next_one(
                 if event.id == job_id and event.event != "started":
                     break  # w's lease expired: its name is free
         again = await start_worker(bus, commands, tmp_path)
-        quick = await client.submit(JobPayload(task="chatty", args={"marker": "@@next"}))
-        assert (await events_until_final(client, quick))[-1].event == "succeeded"
+        _, quick_events = await run_job(client, "chatty", {"marker": "@@next"})
+        assert quick_events[-1].event == "succeeded"
     orphans = list(directory.glob("orphaned.spool.*.log"))
     assert [p.read_text() for p in orphans] == ["@@unnamed\n"]
     assert f"job left unnamed is kept in {orphans[0]}" in again.terminal()
@@ -150,8 +156,7 @@ async def test_much_output_comes_in_bounded_chunks_and_the_tail_ends_it(
     bus: BusServer, worker: Worker
 ) -> None:
     async with ProducerClient(bus.url) as client:
-        job_id = await client.submit(JobPayload(task="loud", args={"kib": 64}))
-        events = await events_until_final(client, job_id)
+        job_id, events = await run_job(client, "loud", {"kib": 64})
     chunks = [e.output or "" for e in events if e.event == "output"]
     assert chunks and all(0 < len(chunk.encode()) <= MAX_OUTPUT_BYTES for chunk in chunks)
     assert chunks[-1].endswith("the end\n")
@@ -202,8 +207,7 @@ async def test_progress_is_rate_limited_and_its_last_value_arrives(
     bus: BusServer, worker: Worker
 ) -> None:
     async with ProducerClient(bus.url) as client:
-        job_id = await client.submit(JobPayload(task="burst", args={"count": 2000}))
-        events = await events_until_final(client, job_id)
+        _, events = await run_job(client, "burst", {"count": 2000})
     progress = [e for e in events if e.event == "progress"]
     assert 1 <= len(progress) < 2000
     assert (progress[-1].progress, progress[-1].message) == (1.0, "last")
@@ -214,10 +218,7 @@ async def test_a_bad_progress_call_fails_the_job_naming_the_argument(
     bus: BusServer, worker: Worker
 ) -> None:
     async with ProducerClient(bus.url) as client:
-        job_id = await client.submit(
-            JobPayload(task="bad_progress", args={"fraction": 1.5, "message": "x"})
-        )
-        events = await events_until_final(client, job_id)
+        _, events = await run_job(client, "bad_progress", {"fraction": 1.5, "message": "x"})
     assert events[-1].event == "failed"
     assert events[-1].error == "ValueError: progress: fraction must be from 0.0 to 1.0, not 1.5"
 
@@ -227,8 +228,7 @@ async def test_without_job_logs_output_stays_on_the_workers_terminal(
 ) -> None:
     worker = await start_worker(bus, commands, tmp_path, "--no-job-logs")
     async with ProducerClient(bus.url) as client:
-        job_id = await client.submit(JobPayload(task="chatty", args={"marker": "@@here"}))
-        events = await events_until_final(client, job_id)
+        _, events = await run_job(client, "chatty", {"marker": "@@here"})
     assert events[-1].event == "succeeded" and events[-1].output is None
     assert not [e for e in events if e.event == "output"]
     await wait_until(

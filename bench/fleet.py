@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 import psutil
 
 from bench.ingest import LeanProducer, bulk_frames, single_frames
-from bench.stats import Json, rate
+from bench.stats import Json, median, rate
 from bench.system import client_token, cpu_seconds
 from scheduler.producer.client import ProducerClient
 
@@ -47,6 +47,22 @@ def scaling_ratio(by_count: Mapping[int, float]) -> float | None:
     return round(high / low, 2) if low > 0 else None
 
 
+def paired_ratio(rounds: Mapping[int, Sequence[float]]) -> float | None:
+    """The median over rounds of :func:`scaling_ratio` within each round (the counts'
+    lists are in round order, one value per round each): a drift of the machine's load
+    between rounds moves both ends of a round's ratio alike. None as
+    :func:`scaling_ratio` is in a round."""
+    lengths = {len(values) for values in rounds.values()}
+    if len(lengths) != 1:
+        raise ValueError(f"every count needs as many rounds, not {sorted(lengths)}")
+    ratios = [
+        scaling_ratio({count: values[i] for count, values in rounds.items()})
+        for i in range(lengths.pop())
+    ]
+    known = [r for r in ratios if r is not None]
+    return round(median(known), 2) if known and len(known) == len(ratios) else None
+
+
 def split_jobs(jobs: int, parts: int) -> list[int]:
     """``jobs`` split into ``parts`` near-equal shares (the first ones one larger)."""
     if parts < 1:
@@ -65,29 +81,42 @@ async def idle_share(bus: psutil.Process, seconds: float = IDLE_WINDOW_S) -> flo
     return (cpu_seconds(bus) - cpu0) / (time.perf_counter() - t0)
 
 
-def dispatch_row(schedulers: int, found: Json, idle: float) -> Json:
-    """One point of the scaling curve from :func:`bench.fanout.measure`'s result."""
-    jobs = int(found["jobs"])
-    elapsed = jobs / float(found["dispatch_jobs_per_s"])
-    cpu_s = float(found["bus_cpu_us_per_job"]) * jobs / 1e6
+def dispatch_row(schedulers: int, rounds: Sequence[Json], idle: float) -> Json:
+    """One point of the scaling curve from :func:`bench.fanout.measure`'s results, one
+    per round: their medians, and each round's CPU per job (as measured, and net of the
+    bus's ``idle`` share of a core)."""
+    if not rounds:
+        raise ValueError("a point needs at least one round")
+    gross: list[float] = []
+    net: list[float] = []
+    for found in rounds:
+        jobs = int(found["jobs"])
+        cpu_us = float(found["bus_cpu_us_per_job"])
+        elapsed = jobs / float(found["dispatch_jobs_per_s"])
+        gross.append(cpu_us)
+        net.append(net_cpu_us_per_job(cpu_us * jobs / 1e6, idle, elapsed, jobs))
     return {
         "schedulers": schedulers,
-        "jobs": jobs,
-        "dispatch_jobs_per_s": found["dispatch_jobs_per_s"],
-        "bus_cpu_us_per_job": found["bus_cpu_us_per_job"],
+        "jobs": int(rounds[0]["jobs"]),
+        "rounds": len(rounds),
+        "dispatch_jobs_per_s": median([float(r["dispatch_jobs_per_s"]) for r in rounds]),
+        "bus_cpu_us_per_job": median(gross),
+        "bus_cpu_us_per_job_rounds": gross,
         "bus_idle_cpu_share": round(idle, 3),
-        "bus_cpu_us_per_job_net_of_idle": net_cpu_us_per_job(cpu_s, idle, elapsed, jobs),
+        "bus_cpu_us_per_job_net_of_idle": median(net),
+        "bus_cpu_us_per_job_net_of_idle_rounds": net,
     }
 
 
 def dispatch_summary(rows: Sequence[Json]) -> Json:
-    """The curve, and the ratio of the largest fleet to the smallest (goal: <= 1.5)."""
-    raw = {int(r["schedulers"]): float(r["bus_cpu_us_per_job"]) for r in rows}
-    net = {int(r["schedulers"]): float(r["bus_cpu_us_per_job_net_of_idle"]) for r in rows}
+    """The curve, and the ratio of the largest fleet to the smallest (goal: <= 1.5): the
+    median of the rounds' ratios (see :func:`paired_ratio`)."""
+    gross = {int(r["schedulers"]): r["bus_cpu_us_per_job_rounds"] for r in rows}
+    net = {int(r["schedulers"]): r["bus_cpu_us_per_job_net_of_idle_rounds"] for r in rows}
     return {
         "points": list(rows),
-        "cpu_ratio_largest_vs_1": scaling_ratio(raw),
-        "cpu_ratio_net_of_idle": scaling_ratio(net),
+        "cpu_ratio_largest_vs_1": paired_ratio(gross),
+        "cpu_ratio_net_of_idle": paired_ratio(net),
     }
 
 

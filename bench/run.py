@@ -19,7 +19,7 @@ import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -189,12 +189,15 @@ HOW: dict[str, str] = {
     "one requeued and restarted, or stolen by the freed slot); the bus's caps on evictions and "
     "deliveries per job are lifted. cluster_eviction says where urgent jobs started and "
     "whether the evicted job was the long job that started last.",
-    "fleet_dispatch": "For 1, 10, 100 and 1,000 schedulers: a fresh bus (--max-connections "
-    "raised) and that many lightweight v2 schedulers of 5 slots in one process (bench.fanout: "
-    "each answers every assign with started+succeeded at once, forking nothing); the bus's "
-    "idle CPU over 1 s (heartbeats), then N pipelined no-op jobs from one producer, first "
-    "submit -> last final event; the bus's psutil CPU per job (and net of its idle share); "
-    "cpu_ratio_largest_vs_1 = the 1,000-scheduler figure over the 1-scheduler one.",
+    "fleet_dispatch": "For 1, 10, 100 and 1,000 schedulers: a bus each (--max-connections "
+    "raised), all four running at once, each with that many lightweight v2 schedulers of 5 "
+    "slots in one process (bench.fanout: each answers every assign with started+succeeded at "
+    "once, forking nothing); each bus's idle CPU over 1 s (heartbeats); a warm-up of N/10 "
+    "jobs each; then R rounds, each measuring every count in turn: N pipelined no-op jobs from "
+    "one producer, first submit -> last final event, the bus's psutil CPU per job (and net of "
+    "its idle share). Each point is the median of its rounds; cpu_ratio_largest_vs_1 = the "
+    "median over the rounds of the 1,000-scheduler figure over the 1-scheduler one of the same "
+    "round. N, R: 5,000, 3 (--quick: 1,000, 1).",
     "queued_jobs": "A bus with a journal and no scheduler: its RSS with a producer connected, "
     "then with N no-op jobs queued (submit_many of 1000, 20 frames in flight), all accepted, "
     "the producer still connected (it watches its jobs); rss_mb_at_1m projects that to "
@@ -578,21 +581,29 @@ class Bench:
             self.results.update(await cluster.eviction(bus.url, slots, plan.cluster_evictions))
 
     async def fleet(self) -> None:
-        """Dispatch CPU per job with 1, 10, 100 and 1,000 instant schedulers on one bus."""
-        rows: list[Json] = []
-        for count in self.plan.fleet_counts:
-            room = {"--max-connections": str(count + 100)}
-            async with self.system(f"fleet-{count}", False, room) as (bus, _):
+        """Dispatch CPU per job with 1, 10, 100 and 1,000 instant schedulers, each count
+        on its own bus, all running at once: a warm-up, then ``plan.rounds`` rounds that
+        each measure every count in turn."""
+        counts, jobs = self.plan.fleet_counts, self.plan.fleet_jobs
+        async with AsyncExitStack() as stack:
+            buses: dict[int, Bus] = {}
+            for count in counts:
+                room = {"--max-connections": str(count + 100)}
+                bus, _ = await stack.enter_async_context(self.system(f"fleet-{count}", False, room))
                 argv = [PYTHON, "-m", "bench.fanout", "--url", bus.url, "--count", str(count)]
                 fakes = self.procs.start(f"fleet-{count}-schedulers", argv, cwd=Path.cwd())
-                try:
-                    await wait_for_log(fakes, r"ready \d+", timeout=30 + count / 10)
-                    idle = await fleet.idle_share(bus.ps)
-                    jobs = self.plan.fleet_jobs
-                    found = await fanout.measure(bus.url, bus.ps, jobs, 60 + jobs / 50)
-                finally:
-                    self.procs.stop(fakes)
-            rows.append(fleet.dispatch_row(count, found, idle))
+                stack.callback(self.procs.stop, fakes)
+                await wait_for_log(fakes, r"ready \d+", timeout=30 + count / 10)
+                buses[count] = bus
+            idle = {count: await fleet.idle_share(bus.ps) for count, bus in buses.items()}
+            timeout = 60 + jobs / 50
+            for bus in buses.values():
+                await fanout.measure(bus.url, bus.ps, max(1, jobs // 10), timeout)
+            rounds: dict[int, list[Json]] = {count: [] for count in counts}
+            for _ in range(self.plan.rounds):
+                for count, bus in buses.items():
+                    rounds[count].append(await fanout.measure(bus.url, bus.ps, jobs, timeout))
+        rows = [fleet.dispatch_row(count, rounds[count], idle[count]) for count in counts]
         self.results["fleet_dispatch"] = fleet.dispatch_summary(rows)
 
     async def million(self) -> None:

@@ -195,11 +195,21 @@ def test_fleet_helpers_scale_split_and_take_out_idle_cpu() -> None:
     assert fleet.split_jobs(23, 10) == [3, 3, 3, 2, 2, 2, 2, 2, 2, 2]
     with pytest.raises(ValueError):
         fleet.split_jobs(5, 0)
-    row = fleet.dispatch_row(10, {"jobs": 1000, "dispatch_jobs_per_s": 1000.0,
-                                  "bus_cpu_us_per_job": 200.0}, 0.05)  # fmt: skip
+    found = {"jobs": 1000, "dispatch_jobs_per_s": 1000.0, "bus_cpu_us_per_job": 200.0}
+    row = fleet.dispatch_row(10, [found, found | {"bus_cpu_us_per_job": 240.0}, found], 0.05)
+    assert row["bus_cpu_us_per_job"] == 200.0 and row["rounds"] == 3
+    assert row["bus_cpu_us_per_job_rounds"] == [200.0, 240.0, 200.0]
     assert row["bus_cpu_us_per_job_net_of_idle"] == 150.0
-    summary = fleet.dispatch_summary([row | {"schedulers": 1}, row | {"schedulers": 1000}])
-    assert summary["cpu_ratio_largest_vs_1"] == 1.0 and len(summary["points"]) == 2
+    with pytest.raises(ValueError):
+        fleet.dispatch_row(10, [], 0.05)
+    small = row | {"schedulers": 1, "bus_cpu_us_per_job_rounds": [100.0, 120.0, 150.0]}
+    summary = fleet.dispatch_summary([small, row | {"schedulers": 1000}])
+    # Round by round: 2.0, 2.0, 1.33; their median, not the ratio of the medians (1.67).
+    assert summary["cpu_ratio_largest_vs_1"] == 2.0 and len(summary["points"]) == 2
+    assert fleet.paired_ratio({1: [100.0, 120.0, 100.0], 1000: [150.0, 150.0, 170.0]}) == 1.5
+    assert fleet.paired_ratio({1: [0.0], 1000: [1.0]}) is None
+    with pytest.raises(ValueError):
+        fleet.paired_ratio({1: [1.0, 2.0], 1000: [1.0]})
 
 
 def test_heavy_variants_parse_and_ratios() -> None:

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from scheduler.bus.config import BusConfig
+from scheduler.bus.garbage import YOUNG_THRESHOLD, collect_less_often, paused_gc
 from scheduler.bus.journal import Journal
-from scheduler.bus.journal_commit import paused_gc
 from scheduler.bus.server import BusServer
 from scheduler.policy.job import Job
 from scheduler.protocol import JobPayload
@@ -100,3 +100,12 @@ def test_paused_gc_leaves_a_disabled_collector_disabled() -> None:
     with pytest.raises(RuntimeError), paused_gc():
         raise RuntimeError("boom")
     assert gc.isenabled()
+
+
+def test_the_bus_collects_the_young_generation_less_often_and_the_older_ones_alike() -> None:
+    before = gc.get_threshold()
+    try:
+        collect_less_often()
+        assert gc.get_threshold() == (YOUNG_THRESHOLD, before[1], before[2])
+    finally:
+        gc.set_threshold(*before)

@@ -28,6 +28,7 @@ from scheduler.bus.config import (
     DEFAULT_VACUUM_EVERY_S,
     BusConfig,
 )
+from scheduler.bus.garbage import collect_less_often
 from scheduler.bus.journal import JournalError
 from scheduler.bus.outbox import DEFAULT_MAX_BACKLOG_BYTES, DEFAULT_MAX_TOTAL_BACKLOG_BYTES
 from scheduler.bus.server import BusServer
@@ -97,6 +98,7 @@ async def _serve(config: BusConfig, token_note: str) -> None:
 
     ``token_note`` is logged once the bus listens, so that a bus that cannot start says
     only why."""
+    collect_less_often()
     if config.store is not None:
         # Imported here: psycopg is loaded only by a bus that journals in PostgreSQL.
         from scheduler.bus.leadership import serve_elected

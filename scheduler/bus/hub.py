@@ -23,9 +23,9 @@ from scheduler.bus.config import BusConfig
 from scheduler.bus.connection import Connection
 from scheduler.bus.deadline_timer import DeadlineTimer
 from scheduler.bus.fanout import Fanout
+from scheduler.bus.garbage import paused_gc
 from scheduler.bus.gate import FrameGate, Recipient, Refusal, journal_problem
 from scheduler.bus.journal import MEMORY, Journal, JournalError
-from scheduler.bus.journal_commit import paused_gc
 from scheduler.bus.metrics import BusMetrics, LiveFigures
 from scheduler.bus.registry import Registry
 from scheduler.codec import encode, encode_bytes, encode_v1_payload

@@ -12,7 +12,6 @@ corrects; nothing acknowledged and no change of holder ever waits for a later fs
 
 from __future__ import annotations
 
-import gc
 import sqlite3
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -149,20 +148,3 @@ def failing(path: str, what: str) -> Iterator[None]:
         yield
     except (sqlite3.Error, msgspec.DecodeError) as exc:
         raise JournalError(f"journal {path}: {what} failed: {exc}") from exc
-
-
-@contextmanager
-def paused_gc() -> Iterator[None]:
-    """No cyclic garbage collection inside (reference counting still frees memory).
-
-    For reloading a journal: building a million job records would otherwise run a full
-    collection every so often, each walking every record built so far (a third of the
-    reload's time at a million queued jobs). The records hold no reference cycles.
-    """
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()

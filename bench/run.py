@@ -197,7 +197,7 @@ HOW: dict[str, str] = {
     "one producer, first submit -> last final event, the bus's psutil CPU per job (and net of "
     "its idle share). Each point is the median of its rounds; cpu_ratio_largest_vs_1 = the "
     "median over the rounds of the 1,000-scheduler figure over the 1-scheduler one of the same "
-    "round. N, R: 5,000, 3 (--quick: 1,000, 1).",
+    "round. N, R: 10,000, 3 (--quick: 1,000, 1).",
     "queued_jobs": "A bus with a journal and no scheduler: its RSS with a producer connected, "
     "then with N no-op jobs queued (submit_many of 1000, 20 frames in flight), all accepted, "
     "the producer still connected (it watches its jobs); rss_mb_at_1m projects that to "
@@ -245,7 +245,7 @@ class Plan:
     cluster_seed: int = 9
     periodic_firings: int = 60
     fleet_counts: tuple[int, ...] = (1, 10, 100, 1000)
-    fleet_jobs: int = 5000
+    fleet_jobs: int = 10_000
     million_jobs: int = 1_000_000
     many_producers: int = 10
     cluster10_schedulers: int = 10

@@ -18,16 +18,16 @@ from contextlib import contextmanager
 from typing import Final
 
 YOUNG_THRESHOLD: Final = 10_000
-"""Net allocations between two passes over the youngest generation (CPython: 700)."""
+"""Net allocations between two passes over the youngest generation."""
 
 
 def collect_less_often() -> None:
     """Run a young-generation pass every :data:`YOUNG_THRESHOLD` net allocations instead
-    of 700, the older generations' thresholds unchanged.
+    of CPython's default (700 in 3.11 and 3.12), the older generations' thresholds unchanged.
 
     Measured with ``bench.fanout`` schedulers (``python -m bench.run --only fleet``): the
-    collector took 5 µs of the bus's CPU per job with one scheduler connected and 33 µs
-    with 1,000; with this threshold, under 10 µs. For the process's lifetime: the bus
+    collector took 5 µs of the bus's CPU per job with one scheduler connected and 27-33 µs
+    with 1,000; with this threshold, about 2 µs. For the process's lifetime: the bus
     calls it once, at start."""
     _, older, oldest = gc.get_threshold()
     gc.set_threshold(YOUNG_THRESHOLD, older, oldest)

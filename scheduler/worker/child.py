@@ -83,10 +83,23 @@ def child_main(
     if stdin is not None:
         sys.stdin = stdin
     _signal.pthread_sigmask(_signal.SIG_SETMASK, sigmask)
+    reseed_inherited_random()
     try:
         target(*args, **kwargs)
     finally:
         _end_leftovers()
+
+
+def reseed_inherited_random() -> None:
+    """Give this freshly forked process random state of its own where a library it
+    inherited does not: numpy's global generator (``numpy.random.rand()`` and the
+    like), seeded once when ``numpy.random`` is imported and never again in a forked
+    child. Without this, every job forked after a task module imported it would draw
+    the same numbers. Python's :mod:`random` reseeds itself in a forked child; numpy's
+    ``default_rng()`` seeds from the OS at each call. Imports nothing."""
+    numpy_random = sys.modules.get("numpy.random")
+    if numpy_random is not None:
+        numpy_random.seed()
 
 
 def _end_leftovers() -> None:

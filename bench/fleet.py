@@ -50,8 +50,8 @@ def scaling_ratio(by_count: Mapping[int, float]) -> float | None:
 def paired_ratio(rounds: Mapping[int, Sequence[float]]) -> float | None:
     """The median over rounds of :func:`scaling_ratio` within each round (the counts'
     lists are in round order, one value per round each): a drift of the machine's load
-    between rounds moves both ends of a round's ratio alike. None as
-    :func:`scaling_ratio` is in a round."""
+    between rounds moves both ends of a round's ratio alike. None if any round has no
+    ratio (see :func:`scaling_ratio`); ValueError if the counts have unequal rounds."""
     lengths = {len(values) for values in rounds.values()}
     if len(lengths) != 1:
         raise ValueError(f"every count needs as many rounds, not {sorted(lengths)}")

@@ -57,6 +57,22 @@ def median(values: Sequence[float]) -> float:
     return percentile(values, 50)
 
 
+def cautious_ratio(ours: Sequence[float], theirs: Sequence[float]) -> Json:
+    """Two estimates of ``ours / theirs`` from rounds run in pairs (``ours[i]`` right after
+    ``theirs[i]``), and the lower of them, each to 2 decimals: ``paired``, the median of the
+    pairs' ratios (holds up when the machine's load drifts slowly), and ``best``, the best
+    round of ours over the best of theirs (holds up when one round of either side is
+    slowed alone, which can swing a pair's ratio either way). ``ratio`` is the lower: a
+    goal judged on it is met only when both say so. ValueError on no rounds or unequal
+    counts."""
+    if not ours or len(ours) != len(theirs):
+        raise ValueError(f"rounds: {len(ours)} of ours, {len(theirs)} of theirs; need equal, >= 1")
+    paired = median([a / b for a, b in zip(ours, theirs, strict=True)])
+    best = max(ours) / max(theirs)
+    lower = min(paired, best)
+    return {"ratio": round(lower, 2), "paired": round(paired, 2), "best": round(best, 2)}
+
+
 def number(value: object) -> float | None:
     """``value`` if it is a real number (not a bool), else None."""
     if isinstance(value, bool) or not isinstance(value, int | float):
@@ -281,6 +297,7 @@ FIGURE_KEYS: tuple[str, ...] = (
     "e2e_jobs_per_s",
     "raw_fork_jobs_per_s",
     "e2e_vs_raw_ratio",
+    "e2e_vs_raw_estimates",
     "e2e_cpu_ms_per_job",
     "e2e_warm_jobs_per_s",
     "e2e_warm_process_jobs_per_s",

@@ -35,6 +35,18 @@ def test_summary_rate_and_ratio() -> None:
     assert stats.ratio(300.0, 0.0) is None
 
 
+def test_the_e2e_ratio_is_the_lower_of_the_paired_and_the_best_round_estimates() -> None:
+    # The rounds of the 78d6b8b run: a raw round slowed alone made the pairs read 0.82x.
+    e2e, raw = [610.4, 552.7, 601.5], [687.7, 940.7, 737.9]
+    assert stats.cautious_ratio(e2e, raw) == {"ratio": 0.65, "paired": 0.82, "best": 0.65}
+    # One slow e2e round: the pairs' median and the best rounds both leave it out.
+    steady = stats.cautious_ratio([650.0, 400.0, 660.0], [950.0, 940.0, 960.0])
+    assert steady == {"ratio": 0.68, "paired": 0.68, "best": 0.69}
+    for bad in (([], []), ([1.0], [1.0, 2.0])):
+        with pytest.raises(ValueError):
+            stats.cautious_ratio(*bad)
+
+
 def test_goals_are_checked_against_dotted_keys() -> None:
     results = {
         "e2e_vs_raw_ratio": 0.7,

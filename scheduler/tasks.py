@@ -78,7 +78,7 @@ from scheduler.protocol_types import MAX_NAME_LEN, MAX_TIMEOUT_S, PRIORITY_MAX, 
 from scheduler.worker.held import wait_for_go
 from scheduler.worker.job_progress import enter_job
 from scheduler.worker.job_progress import progress as progress  # public: tasks call it
-from scheduler.worker.task_result import send_exception, send_result
+from scheduler.worker.task_result import imported_since, send_exception, send_result
 
 if TYPE_CHECKING:
     from scheduler.producer.handle import Job
@@ -477,18 +477,22 @@ def run_task(
     ``progress_fd``, point stdout and stderr at the log spool at ``log_path`` (if
     given), publish the job's id and attempt in the environment (see the module
     docstring), call ``task(*args, **kwargs)`` and write its result or exception to
-    ``result_fd``; exit with status 1 if it raised."""
+    ``result_fd`` with the modules it imported
+    (:class:`~scheduler.worker.job_imports.ImportNotices`); exit with
+    status 1 if it raised."""
     if go_fd >= 0 and not wait_for_go(go_fd):
         raise SystemExit(1)
     enter_job(progress_fd, log_path)
     os.environ[JOB_ID_ENV] = job_id
     os.environ[ATTEMPT_ENV] = str(attempt)
+    loaded = len(sys.modules)
     try:
         value = task(*args, **kwargs)
     except Exception as exc:
         # The traceback starts in the task: this frame is ours, not the user's.
         trace = exc.__traceback__
-        send_exception(result_fd, exc.with_traceback(trace.tb_next if trace else None))
+        raised = exc.with_traceback(trace.tb_next if trace else None)
+        send_exception(result_fd, raised, imported_since(loaded))
         raise SystemExit(1) from None
-    if not send_result(result_fd, value):
+    if not send_result(result_fd, value, imported_since(loaded)):
         raise SystemExit(1)

@@ -38,3 +38,11 @@ def fork_hook_modules() -> list[str]:
 def exit3() -> None:
     """Exit with status 3."""
     sys.exit(3)
+
+
+@task
+def lazy_import() -> str:
+    """Import :mod:`colorsys` inside the task: every job process imports it again."""
+    import colorsys
+
+    return colorsys.__name__

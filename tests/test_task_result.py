@@ -6,7 +6,9 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import sys
 import traceback
+import types
 from collections.abc import Iterator
 from typing import Any
 
@@ -19,6 +21,7 @@ from scheduler.protocol_types import MAX_RESULT_BYTES
 from scheduler.tasks import run_task
 from scheduler.worker.process import JobProcess
 from scheduler.worker.task_result import (
+    MAX_IMPORTED_NAMES,
     MAX_MESSAGE_BYTES,
     MAX_TRACEBACK_BYTES,
     NOTHING,
@@ -30,6 +33,7 @@ from scheduler.worker.task_result import (
     _parse,
     _tail,
     _write,
+    imported_since,
     send_exception,
     send_result,
 )
@@ -387,3 +391,56 @@ json_values: st.SearchStrategy[Any] = st.recursive(
 @given(json_values)
 def test_any_json_value_round_trips_through_parse(value: Any) -> None:
     assert _parse(b"R" + msgspec.json.encode(value)) == TaskRecord(result=value)
+
+
+# --- the modules a task imported ----------------------------------------------------------
+
+
+def test_the_modules_a_task_imported_come_before_its_result_or_exception(
+    pipe: ResultPipe,
+) -> None:
+    assert send_result(pipe.write_fd, [1, 2], ["colorsys", "numpy.random"])
+    assert collected(pipe) == TaskRecord(result=[1, 2], imported=("colorsys", "numpy.random"))
+    alone = ResultPipe()
+    assert send_result(alone.write_fd, None, ["colorsys"])
+    assert collected(alone) == TaskRecord(imported=("colorsys",))
+    failed = ResultPipe()
+    try:
+        raise ValueError("bad")
+    except ValueError as exc:
+        send_exception(failed.write_fd, exc, ["colorsys"])
+    record = collected(failed)
+    assert record.imported == ("colorsys",) and record.raised is not None
+    assert record.raised.error == "ValueError: bad"
+
+
+def test_a_task_that_imported_nothing_and_returned_none_writes_nothing(pipe: ResultPipe) -> None:
+    assert send_result(pipe.write_fd, None, [])
+    assert collected(pipe) is NOTHING
+
+
+def test_imported_since_lists_the_modules_added_after_a_count_in_order(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    loaded = len(sys.modules)
+    assert imported_since(loaded) == []
+    monkeypatch.setitem(sys.modules, "fake_one", types.ModuleType("fake_one"))
+    monkeypatch.setitem(sys.modules, "fake_two", types.ModuleType("fake_two"))
+    assert imported_since(loaded) == ["fake_one", "fake_two"]
+    for n in range(MAX_IMPORTED_NAMES + 5):
+        monkeypatch.setitem(sys.modules, f"fake_many_{n}", types.ModuleType("x"))
+    assert len(imported_since(loaded)) == MAX_IMPORTED_NAMES
+
+
+def test_a_broken_list_of_names_loses_the_names_not_the_record() -> None:
+    assert _parse(b'I["a", 1]\0R[3]') == TaskRecord(result=[3])
+    assert _parse(b"I{\0E") == TaskRecord(
+        raised=Raised("ResultError", "the job process left 1 unreadable bytes", "")
+    )
+
+
+@given(st.binary(max_size=100), st.binary(max_size=100))
+def test_parse_never_raises_on_a_names_section(names: bytes, rest: bytes) -> None:
+    record = _parse(b"I" + names + b"\0" + rest)
+    assert isinstance(record, TaskRecord)
+    assert all(isinstance(name, str) for name in record.imported)

@@ -47,6 +47,7 @@ from scheduler.tasks import TaskRegistry, UnknownTaskError, call_arguments, run_
 from scheduler.worker.cgroups import JobCgroups
 from scheduler.worker.held import Key, Unreleased
 from scheduler.worker.job_feed import JobFeed
+from scheduler.worker.job_imports import ImportNotices
 from scheduler.worker.job_output import JobLogs
 from scheduler.worker.job_run import Run, ending, open_pipes
 from scheduler.worker.launch import Launcher, ProcessLauncher
@@ -121,6 +122,7 @@ class Executor:
         self._limits = limits
         self._cgroups = cgroups
         self._launcher: Launcher = launcher or ProcessLauncher()
+        self._imports = ImportNotices(self._launcher.fresh_per_job)
         self._feed = JobFeed(logs, on_event, clock)
         self._jobs: dict[str, Assignment] = {}
         """The attempts we hold: queued, parked, running, or stopping with a report due."""
@@ -432,6 +434,7 @@ class Executor:
         if self._jobs.get(job_id) is assignment:
             del self._jobs[job_id]
         record = run.pipe.collect()
+        self._imports.seen(assignment.task, record.imported)
         log.debug("%s attempt %d ended: %s", job_id, assignment.attempt, result)
         report = closing_report(job_id, assignment.attempt, ending(run, result, record))
         if unreleased and report is not None and report.event != "cancelled":

@@ -402,6 +402,8 @@ class ForkServerLauncher:
     """The executor's launcher (:class:`~scheduler.worker.launch.Launcher`) that has a
     fork server fork every job; the executor closes it when it shuts down."""
 
+    fresh_per_job = True
+
     def __init__(self, tasks: TaskRegistry) -> None:
         """Start the fork server for ``tasks``' modules (see :class:`ForkServerLink`)."""
         self.link = ForkServerLink(tasks)

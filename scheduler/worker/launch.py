@@ -57,6 +57,9 @@ class JobHandle(Protocol):
 class Launcher(Protocol):
     """Makes the :class:`JobHandle` of each job, and releases what it keeps at the end."""
 
+    fresh_per_job: bool
+    """Whether each job runs in a process of its own (not warm mode's reused ones)."""
+
     def job(
         self,
         target: Callable[..., object],
@@ -81,6 +84,8 @@ class Launcher(Protocol):
 
 class ProcessLauncher:
     """A fresh forked process per job (:class:`JobProcess`): the default."""
+
+    fresh_per_job = True
 
     def job(
         self,

@@ -7,14 +7,17 @@ The pipe is made large enough to hold the largest record, so the job never block
 writing it and the scheduler never has to watch the pipe while the job runs.
 
 A record is one byte of kind and a JSON body: ``R`` and the result, or ``E`` and a
-:class:`Raised`.
+:class:`Raised`. It may be preceded by ``I``, a JSON list of the modules the task imported
+(:func:`imported_since`) and a NUL byte (which JSON never holds unescaped).
 """
 
 from __future__ import annotations
 
 import fcntl
 import os
+import sys
 import traceback
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final
 
@@ -28,9 +31,13 @@ MAX_TRACEBACK_BYTES: Final = 32 * 1024
 """A traceback is cut to its last this many bytes of UTF-8 (its innermost frames)."""
 PIPE_BYTES: Final = 128 * 1024
 """The capacity asked for each result pipe: the largest record fits with room to spare."""
+MAX_IMPORTED_NAMES: Final = 50
+"""Most module names a record carries (the first ones imported)."""
 
 _RESULT: Final = b"R"
 _RAISED: Final = b"E"
+_IMPORTED: Final = b"I"
+_IMPORTED_END: Final = b"\0"
 # A pipe smaller than this (the kernel's minimum) is never asked about.
 _SMALLEST_PIPE: Final = 4096
 
@@ -52,10 +59,12 @@ class Raised(msgspec.Struct, frozen=True):
 @dataclass(frozen=True, slots=True)
 class TaskRecord:
     """What a job process left: the task's ``result`` (None if it returned None or left
-    nothing), or the exception it ``raised``."""
+    nothing), or the exception it ``raised``; and the modules the task ``imported`` (the
+    first :data:`MAX_IMPORTED_NAMES`), which its process did not have when it started."""
 
     result: object = None
     raised: Raised | None = None
+    imported: tuple[str, ...] = ()
 
 
 NOTHING: Final = TaskRecord()
@@ -63,6 +72,16 @@ NOTHING: Final = TaskRecord()
 
 _encoder = msgspec.json.Encoder()
 _raised_decoder = msgspec.json.Decoder(Raised)
+_names_decoder = msgspec.json.Decoder(list[str])
+
+
+def imported_since(loaded: int) -> list[str]:
+    """In the job process: the modules imported since ``sys.modules`` held ``loaded``
+    entries (the first :data:`MAX_IMPORTED_NAMES`; a dict keeps its insertion order).
+    Costs a length check when nothing was imported."""
+    if len(sys.modules) <= loaded:
+        return []
+    return list(sys.modules)[loaded : loaded + MAX_IMPORTED_NAMES]
 
 
 class ResultPipe:
@@ -109,30 +128,32 @@ class ResultPipe:
             self._read_fd = -1
 
 
-def send_result(fd: int, value: object) -> bool:
-    """In the job process: write ``value`` as the task's JSON result to ``fd``.
+def send_result(fd: int, value: object, imported: Sequence[str] = ()) -> bool:
+    """In the job process: write ``value`` as the task's JSON result to ``fd``, after the
+    names of the modules the task ``imported`` if any.
 
-    Nothing is written for None. Returns False, having written an exception record
-    instead, if ``value`` is not JSON-encodable, its JSON is larger than
+    Nothing is written for None and no imports. Returns False, having written an
+    exception record instead, if ``value`` is not JSON-encodable, its JSON is larger than
     :data:`~scheduler.protocol_types.MAX_RESULT_BYTES`, or it does not fit the pipe; the job
     then fails saying so.
     """
     if value is None:
-        return True
+        return not imported or _write(fd, b"", imported)
     try:
         body = _encoder.encode(value)
     except (TypeError, ValueError, OverflowError, RecursionError) as exc:
-        _write(fd, _raised_record(_result_error(f"the task's result is not JSON: {exc}")))
+        _write(fd, _raised_record(_result_error(f"the task's result is not JSON: {exc}")), imported)
         return False
     if len(body) > MAX_RESULT_BYTES:
         message = f"the task's result is {len(body)} bytes of JSON; the limit is {MAX_RESULT_BYTES}"
-        _write(fd, _raised_record(_result_error(message)))
+        _write(fd, _raised_record(_result_error(message)), imported)
         return False
-    return _write(fd, _RESULT + body)
+    return _write(fd, _RESULT + body, imported)
 
 
-def send_exception(fd: int, exc: BaseException) -> None:
-    """In the job process: write ``exc`` (type, message, traceback) to ``fd``."""
+def send_exception(fd: int, exc: BaseException, imported: Sequence[str] = ()) -> None:
+    """In the job process: write ``exc`` (type, message, traceback) to ``fd``, after the
+    names of the modules the task ``imported`` if any."""
     kind = type(exc)
     name = (
         kind.__qualname__
@@ -140,7 +161,8 @@ def send_exception(fd: int, exc: BaseException) -> None:
         else f"{kind.__module__}.{kind.__qualname__}"
     )
     text = "".join(traceback.format_exception(exc))
-    _write(fd, _raised_record(Raised(name, _head(str(exc), MAX_MESSAGE_BYTES), _tail(text))))
+    raised = Raised(name, _head(str(exc), MAX_MESSAGE_BYTES), _tail(text))
+    _write(fd, _raised_record(raised), imported)
 
 
 def _result_error(message: str) -> Raised:
@@ -151,10 +173,13 @@ def _raised_record(raised: Raised) -> bytes:
     return _RAISED + _encoder.encode(raised)
 
 
-def _write(fd: int, record: bytes) -> bool:
-    """Write the whole ``record`` and return True; if the pipe cannot hold it (the kernel
-    refused the size asked for), write a short record saying so, which always fits, and
-    return False."""
+def _write(fd: int, record: bytes, imported: Sequence[str] = ()) -> bool:
+    """Write the whole ``record`` (after the ``imported`` names, if any) and return True;
+    if the pipe cannot hold it (the kernel refused the size asked for), write a short
+    record saying so, which always fits, and return False."""
+    if imported:
+        names = _encoder.encode(list(imported[:MAX_IMPORTED_NAMES]))
+        record = _IMPORTED + names + _IMPORTED_END + record
     fits = len(record) <= _SMALLEST_PIPE or len(record) <= fcntl.fcntl(fd, fcntl.F_GETPIPE_SZ)
     if not fits:
         message = f"the task's record ({len(record)} bytes) does not fit its result pipe"
@@ -166,17 +191,25 @@ def _write(fd: int, record: bytes) -> bool:
 
 
 def _parse(data: bytes) -> TaskRecord:
+    imported: tuple[str, ...] = ()
+    if data[:1] == _IMPORTED and _IMPORTED_END in data:
+        names, _, data = data[1:].partition(_IMPORTED_END)
+        try:
+            imported = tuple(_names_decoder.decode(names)[:MAX_IMPORTED_NAMES])
+        except msgspec.DecodeError:
+            pass  # a record with a broken list of names: the names are lost, not the record
     if not data:
-        return NOTHING
+        return TaskRecord(imported=imported) if imported else NOTHING
     kind, body = data[:1], data[1:]
     try:
         if kind == _RESULT:
-            return TaskRecord(result=msgspec.json.decode(body))
+            return TaskRecord(result=msgspec.json.decode(body), imported=imported)
         if kind == _RAISED:
-            return TaskRecord(raised=_raised_decoder.decode(body))
+            return TaskRecord(raised=_raised_decoder.decode(body), imported=imported)
     except (msgspec.DecodeError, RecursionError):  # nesting deeper than this stack
         pass
-    return TaskRecord(raised=_result_error(f"the job process left {len(data)} unreadable bytes"))
+    message = f"the job process left {len(data)} unreadable bytes"
+    return TaskRecord(raised=_result_error(message), imported=imported)
 
 
 def _head(text: str, limit: int) -> str:

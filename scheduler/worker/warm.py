@@ -155,6 +155,8 @@ class WarmPool:
     Keeps the slot processes that are idle between jobs; :meth:`close` stops them.
     """
 
+    fresh_per_job = False
+
     def __init__(self, limits: WarmLimits) -> None:
         """An empty pool; slot processes are forked as jobs need them."""
         self.limits = limits

@@ -16,7 +16,7 @@ from scheduler.policy.warm import WarmLimits
 from scheduler.tasks import TaskRegistry
 from scheduler.worker.executor import Executor
 from scheduler.worker.forkserver_link import ForkServerLauncher
-from scheduler.worker.job_imports import SHOWN_NAMES, ImportNotices
+from scheduler.worker.job_imports import SHOWN_NAMES, ImportNotices, entry_points
 from scheduler.worker.launch import Launcher
 from scheduler.worker.warm import WarmPool
 
@@ -45,6 +45,12 @@ def test_a_task_is_named_once_with_the_modules_and_the_fix(
     assert f"m{SHOWN_NAMES - 1} and 3 more)" in first and f"m{SHOWN_NAMES}," not in first
     assert "import them at the top of the task's module" in first
     assert "(colorsys)" in second
+
+
+def test_the_modules_named_are_the_entry_points_submodules_of_loaded_packages_first() -> None:
+    imported = ["zlib", "numpy.random._common", "numpy.random", "hashlib", "numpy.random.mtrand"]
+    assert entry_points(imported) == ["numpy.random", "zlib", "hashlib"]
+    assert entry_points(["pkg", "pkg.sub"]) == ["pkg"]
 
 
 def test_warm_slots_are_never_named(caplog: pytest.LogCaptureFixture) -> None:

@@ -36,8 +36,9 @@ class ImportNotices:
         if not imported or not self._every_job or task in self._told:
             return False
         self._told.add(task)
-        shown = ", ".join(imported[:SHOWN_NAMES])
-        more = f" and {len(imported) - SHOWN_NAMES} more" if len(imported) > SHOWN_NAMES else ""
+        names = entry_points(imported)
+        shown = ", ".join(names[:SHOWN_NAMES])
+        more = f" and {len(names) - SHOWN_NAMES} more" if len(names) > SHOWN_NAMES else ""
         log.warning(
             "task %s imports modules in its job process (%s%s): every job imports them "
             "again; import them at the top of the task's module to have them loaded once, "
@@ -47,3 +48,12 @@ class ImportNotices:
             more,
         )
         return True
+
+
+def entry_points(imported: Sequence[str]) -> list[str]:
+    """The modules of ``imported`` whose package was not imported with them, the
+    submodules of packages loaded before first (``numpy.random`` before ``hashlib``):
+    what the task's module would import to have them all."""
+    new = set(imported)
+    entries = [name for name in imported if name.rpartition(".")[0] not in new]
+    return [n for n in entries if "." in n] + [n for n in entries if "." not in n]

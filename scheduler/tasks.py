@@ -477,9 +477,8 @@ def run_task(
     ``progress_fd``, point stdout and stderr at the log spool at ``log_path`` (if
     given), publish the job's id and attempt in the environment (see the module
     docstring), call ``task(*args, **kwargs)`` and write its result or exception to
-    ``result_fd`` with the modules it imported
-    (:class:`~scheduler.worker.job_imports.ImportNotices`); exit with
-    status 1 if it raised."""
+    ``result_fd`` with the modules it imported (for
+    :class:`~scheduler.worker.job_imports.ImportNotices`); exit with status 1 if it raised."""
     if go_fd >= 0 and not wait_for_go(go_fd):
         raise SystemExit(1)
     enter_job(progress_fd, log_path)

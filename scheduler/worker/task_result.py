@@ -178,8 +178,7 @@ def _write(fd: int, record: bytes, imported: Sequence[str] = ()) -> bool:
     if the pipe cannot hold it (the kernel refused the size asked for), write a short
     record saying so, which always fits, and return False."""
     if imported:
-        names = _encoder.encode(list(imported[:MAX_IMPORTED_NAMES]))
-        record = _IMPORTED + names + _IMPORTED_END + record
+        record = _IMPORTED + _encoder.encode(imported) + _IMPORTED_END + record
     fits = len(record) <= _SMALLEST_PIPE or len(record) <= fcntl.fcntl(fd, fcntl.F_GETPIPE_SZ)
     if not fits:
         message = f"the task's record ({len(record)} bytes) does not fit its result pipe"

@@ -191,6 +191,45 @@ async def test_a_killed_fork_server_is_replaced_and_its_job_reported_failed(
         await executor.shutdown()  # which closes the fork server
 
 
+async def test_a_frozen_fork_server_is_killed_and_replaced_and_the_job_forked_by_the_next(
+    reports: Reports,
+) -> None:
+    fork_server = ForkServerLauncher(REGISTRY, timeout=0.5 * unit())
+    executor = Executor(1, 10 * unit(), REGISTRY, reports, launcher=fork_server)
+    try:
+        await fork_server.ready()
+        first = fork_server.link.pid
+        os.kill(first, signal.SIGSTOP)  # it will never answer
+        executor.submit(job("sum", task="add", args=[2, 3]))
+        assert (await reports.expect("succeeded", "sum")).result == 5
+        assert fork_server.link.pid != first and fork_server.link.restarts == 1
+        assert not alive(first)
+    finally:
+        await executor.shutdown()  # which closes the fork server
+
+
+async def test_a_pid_is_never_trusted_once_its_fork_server_is_gone() -> None:
+    """The scheduler opens each job's pidfd itself: if the fork server died in between,
+    another process may have reaped the job and taken its pid, so the pidfd is dropped."""
+    link = forkserver_link.ForkServerLink(REGISTRY)
+    try:
+        await link.ready()
+        server, pid, pidfd = link.fork(forkserver_tasks.exit3, (), {}, None)
+        os.close(pidfd)
+        os.kill(server.proc.pid, signal.SIGKILL)
+        await wait_until(
+            lambda: os.waitid(os.P_PID, server.proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+            is not None,
+            5 * unit(),
+            "the fork server to die",
+        )
+        assert link._pidfd(server, pid) == -1
+        assert server.gone is not None and link.pid != server.proc.pid and link.restarts == 1
+        assert link.reap(server, pid).lost is not None
+    finally:
+        link.close()
+
+
 @pytest.mark.parametrize(
     "probe",
     [

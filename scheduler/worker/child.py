@@ -57,6 +57,9 @@ def child_main(
     args: tuple[object, ...],
     kwargs: dict[str, object],
     cgroup: str | None = None,
+    *,
+    reset_signals: bool = True,
+    devnull: int = -1,
 ) -> None:
     """Isolate the freshly forked job process, then run ``target(*args, **kwargs)``.
 
@@ -64,10 +67,16 @@ def child_main(
     the fork); ``stdin``, if not None, becomes ``sys.stdin``, reading descriptor 0
     pointed at /dev/null (as multiprocessing does it otherwise); ``cgroup``, if not
     None, is the job cgroup it moves into before anything else can start.
+
+    The fork server, which runs with the default handlers of :data:`RESET_SIGNALS` and
+    no wakeup fd, passes ``reset_signals=False``, and ``devnull``, a descriptor of
+    /dev/null it keeps open: the sockets are pointed at it (then closed here) rather
+    than at one opened here. Each step skipped saves the job fresh pages.
     """
-    signal.set_wakeup_fd(-1)
-    for signum in RESET_SIGNALS:
-        _signal.signal(signum, _signal.SIG_DFL)
+    if reset_signals:
+        signal.set_wakeup_fd(-1)
+        for signum in RESET_SIGNALS:
+            _signal.signal(signum, _signal.SIG_DFL)
     if cgroup is not None:
         cgroups.join(cgroup)
     os.setsid()
@@ -79,7 +88,7 @@ def child_main(
     if os.getppid() != parent_pid:
         # The scheduler died before the death signal was armed.
         os.killpg(0, signal.SIGKILL)
-    release_fds(sockets, stdin is not None)
+    release_fds(sockets, stdin is not None, devnull)
     if stdin is not None:
         sys.stdin = stdin
     _signal.pthread_sigmask(_signal.SIG_SETMASK, sigmask)
@@ -130,17 +139,19 @@ def socket_fds() -> list[int]:
     return sockets
 
 
-def release_fds(sockets: list[int], stdin: bool) -> None:
-    """Point the inherited ``sockets``, and descriptor 0 if ``stdin``, at /dev/null.
+def release_fds(sockets: list[int], stdin: bool, devnull: int = -1) -> None:
+    """Point the inherited ``sockets``, and descriptor 0 if ``stdin``, at /dev/null:
+    at ``devnull`` if it is a descriptor of it (then closed), else at one opened here.
 
     The descriptor numbers stay taken, so a leftover socket object of the
     scheduler that is collected in the child cannot close a file the job has
     since opened under the same number.
     """
     fds = [*sockets, 0] if stdin else sockets
-    if not fds:
-        return
-    devnull = os.open(os.devnull, os.O_RDWR)
+    if devnull < 0:
+        if not fds:
+            return
+        devnull = os.open(os.devnull, os.O_RDWR)
     for fd in fds:
         if fd != devnull:
             os.dup2(devnull, fd, inheritable=False)

@@ -16,7 +16,8 @@ along with ``SCM_RIGHTS``):
   in ``fd_keys``: fork a job process running ``target(*args, **kwargs)`` (``target`` and
   the ``args`` at positions ``refs`` are ``(module, qualname)`` references to module-level
   functions; the received descriptors are passed as ``kwargs[name]``); answers
-  ``("forked", pid)`` with a pidfd of the job, or ``("error", text, resolvable)``.
+  ``("forked", pid)`` (the scheduler opens a pidfd of the job itself), or ``("error",
+  text, resolvable)``.
 * ``("reap", pid)``: reap the exited job; answers ``("reaped", exit_code, cpu_s,
   max_rss_kb)`` (``exit_code`` None if it was not this process's to reap).
 
@@ -44,11 +45,14 @@ import traceback
 from collections.abc import Callable
 from typing import Any, Final
 
-from scheduler.worker.child import child_main
+from scheduler.worker.child import RESET_SIGNALS, child_main
 
 MAX_FDS: Final = 8
 """Most descriptors one request may carry."""
 _HEADER: Final = 4
+_READ_BYTES: Final = 4096
+"""What one read takes: any fork or reap message, and the start of a longer one."""
+_FDS_SPACE: Final = socket.CMSG_SPACE(MAX_FDS * 4)
 
 _PR_SET_PDEATHSIG = 1
 _SIGKILL = 9
@@ -69,13 +73,47 @@ def send(sock: socket.socket, message: Any, fds: list[int] | tuple[int, ...] = (
 def receive(sock: socket.socket) -> tuple[Any, list[int]] | None:
     """The next message and the descriptors attached to it; None at end of file.
 
-    ``OSError`` if the stream breaks off inside a message."""
-    head, fds, _, _ = socket.recv_fds(sock, _HEADER, MAX_FDS)
-    if not head:
+    Each side sends a message only once it has the answer to its last, so one read
+    returns at most one message: the whole of any fork or reap. ``OSError`` (the
+    descriptors that came along closed) if the stream breaks off inside a message, holds
+    one that does not decode, or more than one."""
+    data, ancillary, _, _ = sock.recvmsg(_READ_BYTES, _FDS_SPACE)
+    fds = _descriptors(ancillary)
+    if not data:
+        _close(fds)
         return None
-    head = head + _exactly(sock, _HEADER - len(head))
-    body = _exactly(sock, int.from_bytes(head, "little"))
-    return marshal.loads(body), fds
+    try:
+        return _decode(sock, data), fds
+    except BaseException:
+        _close(fds)
+        raise
+
+
+def _decode(sock: socket.socket, data: bytes) -> Any:
+    """The message that starts with ``data``, reading the rest of it from ``sock``."""
+    if len(data) < _HEADER:
+        data += _exactly(sock, _HEADER - len(data))
+    size = int.from_bytes(data[:_HEADER], "little")
+    body = data[_HEADER:]
+    if len(body) < size:
+        body += _exactly(sock, size - len(body))
+    elif len(body) > size:
+        raise ConnectionError("the fork server link sent a message before its answer")
+    try:
+        return marshal.loads(body)
+    except (ValueError, EOFError, TypeError) as exc:
+        raise ConnectionError(
+            f"the fork server link sent a message that does not decode: {exc}"
+        ) from None
+
+
+def _descriptors(ancillary: list[tuple[int, int, bytes]]) -> list[int]:
+    """The descriptors passed in ``ancillary`` (what ``recvmsg`` returns beside the data)."""
+    fds: list[int] = []
+    for level, kind, data in ancillary:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds.extend(memoryview(data[: len(data) - len(data) % 4]).cast("i"))
+    return fds
 
 
 def _exactly(sock: socket.socket, size: int) -> bytes:
@@ -100,6 +138,10 @@ class ForkServer:
         self.sock = sock
         self.pid = os.getpid()
         self.sigmask: set[int] = _signal.pthread_sigmask(_signal.SIG_BLOCK, [])
+        # What each job would otherwise reset or open for itself (child_main).
+        for signum in RESET_SIGNALS:
+            _signal.signal(signum, _signal.SIG_DFL)
+        self.devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
 
     def serve(self) -> None:
         """Answer requests until the scheduler closes its end."""
@@ -134,17 +176,9 @@ class ForkServer:
         if pid == 0:
             self._child(target, tuple(args), kwargs, cgroup)
         _close(fds)
-        try:
-            pidfd = os.pidfd_open(pid)
-        except OSError as exc:
-            os.kill(pid, _SIGKILL)
-            os.waitpid(pid, 0)
-            send(self.sock, ("error", f"pidfd_open: {exc}", True))
-            return
-        try:
-            send(self.sock, ("forked", pid), [pidfd])
-        finally:
-            os.close(pidfd)
+        # No pidfd: the scheduler opens one itself. The job stays this process's unreaped
+        # child until the scheduler asks, so its pid cannot name another process meanwhile.
+        send(self.sock, ("forked", pid))
 
     def _child(
         self,
@@ -157,7 +191,16 @@ class ForkServer:
         code = 1
         try:
             child_main(
-                self.pid, self.sigmask, [self.sock.fileno()], None, target, args, kwargs, cgroup
+                self.pid,
+                self.sigmask,
+                [self.sock.fileno()],
+                None,
+                target,
+                args,
+                kwargs,
+                cgroup,
+                reset_signals=False,
+                devnull=self.devnull,
             )
             code = 0
         except SystemExit as exc:
@@ -217,8 +260,11 @@ def _load(sys_path: list[str], modules: list[tuple[str, str | None]]) -> dict[st
         except Exception as exc:
             failed[name] = f"{type(exc).__name__}: {exc}"
     # What is loaded now lives as long as the server: the collector need never look at
-    # it again, here or in a job, where each look would copy the pages it touches.
+    # it again, here or in a job, where each look would copy the pages it touches. What
+    # the imports left free goes back to the system: every fork copies fewer pages.
+    gc.collect()
     gc.freeze()
+    ctypes.CDLL(None).malloc_trim(0)
     return failed
 
 

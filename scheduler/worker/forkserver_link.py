@@ -23,7 +23,9 @@ import logging
 import marshal
 import os
 import select
+import signal
 import socket
+import struct
 import subprocess
 import sys
 from collections.abc import Callable, Mapping
@@ -111,7 +113,7 @@ class ForkServerLink:
         finally:
             theirs.close()
         keep_child(proc.pid)
-        ours.settimeout(self._timeout)
+        _set_timeout(ours, self._timeout)
         path = [entry for entry in sys.path if isinstance(entry, str)]
         send(ours, ("load", path, self._modules))
         log.debug("fork server pid %d started", proc.pid)
@@ -146,12 +148,12 @@ class ForkServerLink:
     def _loaded(self, server: _Server) -> None:
         if server.loaded:
             return
-        server.sock.settimeout(LOAD_TIMEOUT_S)
+        _set_timeout(server.sock, LOAD_TIMEOUT_S)
         try:
-            message, _ = self._answer(server)
+            message = self._answer(server)
         finally:
             if server.gone is None:
-                server.sock.settimeout(self._timeout)
+                _set_timeout(server.sock, self._timeout)
         server.loaded = True
         self._failed_starts = 0
         for module, error in message[1].items():
@@ -182,21 +184,44 @@ class ForkServerLink:
             try:
                 self._loaded(server)
                 send(server.sock, request, fds)
-                message, received = self._answer(server)
+                message = self._answer(server)
             except OSError as exc:
-                self._gone(server, exc)
+                self._gone(server, _timed_out(exc))
                 if tries_left:
                     continue
                 raise ForkServerError(f"the fork server is gone: {server.gone}") from None
             if message[0] == "forked":
-                return server, message[1], received[0]
-            for fd in received:
-                os.close(fd)
+                pid = message[1]
+                pidfd = self._pidfd(server, pid)
+                if pidfd < 0:  # it died meanwhile: the job died with it
+                    if tries_left:
+                        continue
+                    raise ForkServerError(f"the fork server is gone: {server.gone}")
+                return server, pid, pidfd
             if not message[2]:
                 self._unservable.update(refs)
                 raise Unservable(message[1])
             raise OSError(message[1])
         raise AssertionError("unreachable")
+
+    def _pidfd(self, server: _Server, pid: int) -> int:
+        """A pidfd of ``server``'s job ``pid`` that was just forked; -1 if ``server`` is
+        gone by now (it is then replaced). A job is its fork server's unreaped child until
+        :meth:`reap`, so while the server lives, ``pid`` names the job, exited or not;
+        only once it is gone could another process have reaped the job and the pid have
+        been used again. ``OSError`` if no pidfd can be opened (the job is then killed and
+        reaped)."""
+        try:
+            pidfd = os.pidfd_open(pid)
+        except OSError:
+            os.kill(pid, signal.SIGKILL)
+            self.reap(server, pid)
+            raise
+        if _has_exited(server.proc.pid):
+            os.close(pidfd)
+            self._gone(server, "died")
+            return -1
+        return pidfd
 
     def reap(self, server: _Server, pid: int) -> ProcessResult:
         """Have ``server`` reap its exited job ``pid``: the result with its exit code,
@@ -205,10 +230,10 @@ class ForkServerLink:
         if server.gone is None:
             try:
                 send(server.sock, ("reap", pid))
-                message, _ = self._answer(server)
+                message = self._answer(server)
                 return ProcessResult(message[1], "exited", 0.0, message[2], message[3])
             except OSError as exc:
-                self._gone(server, exc)
+                self._gone(server, _timed_out(exc))
         # It may have been re-parented to this process (a subreaper): reap it here then.
         exit_code, cpu_s, max_rss_kb = _reap_if_ours(pid)
         lost = f"the fork server (pid {server.proc.pid}) {server.gone}; the job died with it"
@@ -236,18 +261,21 @@ class ForkServerLink:
             raise ForkServerError(f"no fork server: the last one {self._server.gone}")
         return self._server
 
-    def _answer(self, server: _Server) -> tuple[Any, list[int]]:
+    def _answer(self, server: _Server) -> Any:
         """The fork server's next message; ``ForkServerError`` (it is then replaced) if
         it closed its end or did not answer in time."""
         try:
             answer = receive(server.sock)
         except OSError as exc:
-            self._gone(server, exc)
+            self._gone(server, _timed_out(exc))
             raise ForkServerError(f"the fork server {server.gone}") from None
         if answer is None:
             self._gone(server, "closed its socket")
             raise ForkServerError(f"the fork server {server.gone}")
-        return answer
+        message, fds = answer
+        for fd in fds:  # it sends none
+            os.close(fd)
+        return message
 
     def _gone(self, server: _Server, why: str | OSError) -> None:
         """Reap ``server`` (killing it if it still runs), note why it is gone, and
@@ -339,6 +367,31 @@ def _modules_of(tasks: TaskRegistry) -> list[tuple[str, str | None]]:
     return list(modules.items())
 
 
+def _set_timeout(sock: socket.socket, seconds: float) -> None:
+    """Have every read and write on the blocking ``sock`` fail after ``seconds``.
+
+    Kernel timeouts rather than ``sock.settimeout``, which polls before every read and
+    write: four system calls more per job. A read or write past it raises
+    ``BlockingIOError`` (see :func:`_timed_out`)."""
+    whole = int(seconds)
+    value = struct.pack("ll", whole, int((seconds - whole) * 1e6))
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, value)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, value)
+
+
+def _timed_out(exc: OSError) -> OSError:
+    """``exc``, or a ``TimeoutError`` if it is a kernel timeout (:func:`_set_timeout`)."""
+    return TimeoutError("timed out") if isinstance(exc, BlockingIOError) else exc
+
+
+def _has_exited(pid: int) -> bool:
+    """Whether this process's child ``pid`` has exited (it is left to be reaped)."""
+    try:
+        return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+    except ChildProcessError:
+        return True
+
+
 def _reap_if_ours(pid: int) -> tuple[int | None, float, int]:
     """Reap ``pid`` if it is an exited child of this process; else ``(None, 0.0, 0)``."""
     try:
@@ -404,9 +457,10 @@ class ForkServerLauncher:
 
     fresh_per_job = True
 
-    def __init__(self, tasks: TaskRegistry) -> None:
-        """Start the fork server for ``tasks``' modules (see :class:`ForkServerLink`)."""
-        self.link = ForkServerLink(tasks)
+    def __init__(self, tasks: TaskRegistry, timeout: float = REPLY_TIMEOUT_S) -> None:
+        """Start the fork server for ``tasks``' modules, which has ``timeout`` seconds to
+        answer each fork and reap (see :class:`ForkServerLink`)."""
+        self.link = ForkServerLink(tasks, timeout)
 
     def job(
         self,

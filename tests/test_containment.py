@@ -5,6 +5,8 @@ neither survives the job's success, failure, timeout, cancel, its dying by a sig
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import json
 import os
 import signal
@@ -241,6 +243,12 @@ def test_descendants_follow_parents_across_sessions(escapees: list[int]) -> None
     while any(map(alive, found)):
         assert time.monotonic() < deadline, "the chain survived"
         time.sleep(0.01)
+
+
+def test_a_refused_prctl_names_the_call_and_the_errno() -> None:
+    with pytest.raises(OSError, match=r"prctl\(PR_BOGUS\): Invalid argument") as refused:
+        containment.prctl("PR_BOGUS", (ctypes.c_int(-1), ctypes.c_ulong(0)))
+    assert refused.value.errno == errno.EINVAL
 
 
 def test_has_children_and_reap_children(escapees: list[int]) -> None:

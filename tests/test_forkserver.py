@@ -218,8 +218,10 @@ async def test_a_pid_is_never_trusted_once_its_fork_server_is_gone() -> None:
         os.close(pidfd)
         os.kill(server.proc.pid, signal.SIGKILL)
         await wait_until(
-            lambda: os.waitid(os.P_PID, server.proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
-            is not None,
+            lambda: (
+                os.waitid(os.P_PID, server.proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+                is not None
+            ),
             5 * unit(),
             "the fork server to die",
         )

@@ -33,8 +33,6 @@ _DEATH_SIGNAL = signal.SIGRTMIN + 1
 # a wakeup fd the child shares with the scheduler).
 RESET_SIGNALS: Final = frozenset({signal.SIGINT, signal.SIGTERM})
 
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.prctl.restype = ctypes.c_int
 # prctl(PR_SET_PDEATHSIG, signal, 0, 0) with its arguments typed once, here: typing
 # them through ``argtypes`` at every call costs a forked child more fresh pages.
 _SET_DEATH_SIGNAL = (
@@ -58,7 +56,7 @@ def child_main(
     kwargs: dict[str, object],
     cgroup: str | None = None,
     *,
-    reset_signals: bool = True,
+    signals_ready: bool = False,
     devnull: int = -1,
 ) -> None:
     """Isolate the freshly forked job process, then run ``target(*args, **kwargs)``.
@@ -68,12 +66,12 @@ def child_main(
     pointed at /dev/null (as multiprocessing does it otherwise); ``cgroup``, if not
     None, is the job cgroup it moves into before anything else can start.
 
-    The fork server, which runs with the default handlers of :data:`RESET_SIGNALS` and
-    no wakeup fd, passes ``reset_signals=False``, and ``devnull``, a descriptor of
-    /dev/null it keeps open: the sockets are pointed at it (then closed here) rather
-    than at one opened here. Each step skipped saves the job fresh pages.
+    The fork server, which has set up :func:`job_signals` in itself, passes
+    ``signals_ready=True``, and ``devnull``, a descriptor of /dev/null it keeps open:
+    the sockets are pointed at it (then closed here) rather than at one opened here.
+    Each step skipped saves the job fresh pages.
     """
-    if reset_signals:
+    if not signals_ready:
         signal.set_wakeup_fd(-1)
         for signum in RESET_SIGNALS:
             _signal.signal(signum, _signal.SIG_DFL)
@@ -81,10 +79,9 @@ def child_main(
         cgroups.join(cgroup)
     os.setsid()
     containment.set_child_subreaper()
-    _signal.signal(_DEATH_SIGNAL, _kill_own_tree)
-    if _libc.prctl(*_SET_DEATH_SIGNAL) != 0:
-        errno = ctypes.get_errno()
-        raise OSError(errno, os.strerror(errno))
+    if not signals_ready:
+        _signal.signal(_DEATH_SIGNAL, _kill_own_tree)
+    containment.prctl("PR_SET_PDEATHSIG", _SET_DEATH_SIGNAL)
     if os.getppid() != parent_pid:
         # The scheduler died before the death signal was armed.
         os.killpg(0, signal.SIGKILL)
@@ -97,6 +94,18 @@ def child_main(
         target(*args, **kwargs)
     finally:
         _end_leftovers()
+
+
+def job_signals() -> None:
+    """Give this process the signal handling of a job process, for the processes it
+    forks to inherit: the default handlers of :data:`RESET_SIGNALS`, no wakeup fd, and
+    the handler of the parent-death signal, which takes the job's tree down. Only for a
+    process that forks jobs and nothing else (the fork server): that handler kills the
+    whole process group of whatever process receives the signal."""
+    signal.set_wakeup_fd(-1)
+    for signum in RESET_SIGNALS:
+        _signal.signal(signum, _signal.SIG_DFL)
+    _signal.signal(_DEATH_SIGNAL, _kill_own_tree)
 
 
 def reseed_inherited_random() -> None:
@@ -154,7 +163,7 @@ def release_fds(sockets: list[int], stdin: bool, devnull: int = -1) -> None:
         devnull = os.open(os.devnull, os.O_RDWR)
     for fd in fds:
         if fd != devnull:
-            os.dup2(devnull, fd, inheritable=False)
+            os.dup2(devnull, fd, False)  # not inheritable; positional: cheaper in a fresh child
     if devnull not in fds:  # it is descriptor 0 if that one was closed
         os.close(devnull)
 

@@ -45,7 +45,7 @@ import traceback
 from collections.abc import Callable
 from typing import Any, Final
 
-from scheduler.worker.child import RESET_SIGNALS, child_main
+from scheduler.worker.child import child_main, job_signals
 
 MAX_FDS: Final = 8
 """Most descriptors one request may carry."""
@@ -138,9 +138,8 @@ class ForkServer:
         self.sock = sock
         self.pid = os.getpid()
         self.sigmask: set[int] = _signal.pthread_sigmask(_signal.SIG_BLOCK, [])
-        # What each job would otherwise reset or open for itself (child_main).
-        for signum in RESET_SIGNALS:
-            _signal.signal(signum, _signal.SIG_DFL)
+        # What each job would otherwise set up or open for itself (child_main).
+        job_signals()
         self.devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
 
     def serve(self) -> None:
@@ -199,7 +198,7 @@ class ForkServer:
                 args,
                 kwargs,
                 cgroup,
-                reset_signals=False,
+                signals_ready=True,
                 devnull=self.devnull,
             )
             code = 0

@@ -194,7 +194,7 @@ async def test_a_killed_fork_server_is_replaced_and_its_job_reported_failed(
 async def test_a_frozen_fork_server_is_killed_and_replaced_and_the_job_forked_by_the_next(
     reports: Reports,
 ) -> None:
-    fork_server = ForkServerLauncher(REGISTRY, timeout=0.5 * unit())
+    fork_server = ForkServerLauncher(REGISTRY, timeout=unit())
     executor = Executor(1, 10 * unit(), REGISTRY, reports, launcher=fork_server)
     try:
         await fork_server.ready()

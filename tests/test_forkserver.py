@@ -15,6 +15,7 @@ import output_tasks
 import psutil
 import pytest
 import sample_tasks
+import signal_tasks
 from conftest import unit, wait_until
 from test_executor import Reports, job
 
@@ -230,6 +231,21 @@ async def test_a_pid_is_never_trusted_once_its_fork_server_is_gone() -> None:
         assert link.reap(server, pid).lost is not None
     finally:
         link.close()
+
+
+async def test_jobs_start_with_default_handlers_whatever_their_task_module_set(
+    monkeypatch: pytest.MonkeyPatch, reports: Reports
+) -> None:
+    """The fork server imports the task modules; a handler one sets as it is imported
+    must not reach the jobs, which start with SIGTERM and SIGINT at their defaults."""
+    monkeypatch.setenv("SCHEDBUS_TEST_HANDLERS_AT_IMPORT", "1")
+    registry = TaskRegistry({"default_handlers": signal_tasks.default_handlers})
+    executor = Executor(1, 10 * unit(), registry, reports, launcher=ForkServerLauncher(registry))
+    try:
+        executor.submit(job("handlers", task="default_handlers", args=[]))
+        assert (await reports.expect("succeeded", "handlers")).result == [True, True]
+    finally:
+        await executor.shutdown()  # which closes the fork server
 
 
 @pytest.mark.parametrize(

@@ -10,8 +10,10 @@ task modules, each once. The scheduler's side is
 Requests, each answered in order (``marshal`` tuples, length-prefixed; descriptors ride
 along with ``SCM_RIGHTS``):
 
-* ``("load", sys_path, [(module, file), ...])``: take the scheduler's ``sys.path`` and
-  import the task modules; answers ``("loaded", {module: error})``.
+* ``("load", sys_path, [(module, file), ...])``, the first request: take the scheduler's
+  ``sys.path``, import the task modules, then set up the signal handling every job
+  inherits (:func:`~scheduler.worker.child.job_signals`); answers ``("loaded", {module:
+  error})``.
 * ``("fork", target, args, refs, kwargs, fd_keys, cgroup)`` with one descriptor per name
   in ``fd_keys``: fork a job process running ``target(*args, **kwargs)`` (``target`` and
   the ``args`` at positions ``refs`` are ``(module, qualname)`` references to module-level
@@ -138,8 +140,8 @@ class ForkServer:
         self.sock = sock
         self.pid = os.getpid()
         self.sigmask: set[int] = _signal.pthread_sigmask(_signal.SIG_BLOCK, [])
-        # What each job would otherwise set up or open for itself (child_main).
-        job_signals()
+        # What each job would otherwise open for itself (child_main); its signal
+        # handling is set up once the task modules are loaded (_load).
         self.devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
 
     def serve(self) -> None:
@@ -258,6 +260,9 @@ def _load(sys_path: list[str], modules: list[tuple[str, str | None]]) -> dict[st
             _import(name, file)
         except Exception as exc:
             failed[name] = f"{type(exc).__name__}: {exc}"
+    # After the imports: a task module may set handlers as it is imported, and every job
+    # must start with a job's (child_main skips setting them up in each).
+    job_signals()
     # What is loaded now lives as long as the server: the collector need never look at
     # it again, here or in a job, where each look would copy the pages it touches. What
     # the imports left free goes back to the system: every fork copies fewer pages.

@@ -21,7 +21,7 @@ import pytest
 from conftest import Commands, is_fork_server, jobs_of, unit, wait_until
 from test_scheduler_client import FakeBus, Peer, port_of
 
-from scheduler.worker import containment
+from scheduler.worker import containment, proc_stat
 
 TASKS = "tests/sample_tasks.py"
 LAUNCHERS = pytest.mark.parametrize(
@@ -232,11 +232,11 @@ def test_descendants_follow_parents_across_sessions(escapees: list[int]) -> None
     top = fork_tree(3)
     escapees.append(top)
     deadline = time.monotonic() + 5 * unit()
-    while len(found := containment.descendants(top, containment.proc_table())) < 2:
+    while len(found := proc_stat.descendants(top, proc_stat.proc_table())) < 2:
         assert time.monotonic() < deadline, "the chain did not form"
         time.sleep(0.01)
     escapees.extend(found)
-    assert containment.descendants(os.getpid(), containment.proc_table())[:1] == [top]
+    assert proc_stat.descendants(os.getpid(), proc_stat.proc_table())[:1] == [top]
     assert containment.kill_tree(top, include_root=True) == 3
     os.waitpid(top, 0)
     deadline = time.monotonic() + 5 * unit()
@@ -261,30 +261,6 @@ def test_has_children_and_reap_children(escapees: list[int]) -> None:
     assert containment.reap_children(5 * unit())
     assert not containment.has_children()
     child.returncode = -signal.SIGKILL  # reaped above: Popen must not wait for it again
-
-
-def test_tree_usage_sums_the_tree_and_knows_a_missing_root(
-    escapees: list[int], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    me = os.getpid()
-    assert containment.memory_of(me) > 0
-    assert containment.memory_of(-5) == 0
-    child = subprocess.Popen(["sleep", "600"])
-    escapees.append(child.pid)
-    table = containment.proc_table()
-    # Pss moves whenever any process sharing a page starts or ends: the sum is checked
-    # against fixed sizes, not against a second reading of the live one.
-    sizes = {me: 1000, child.pid: 200}
-    monkeypatch.setattr(containment, "memory_of", lambda pid: sizes.get(pid, 1))
-    members = [me, *containment.descendants(me, table)]
-    assert child.pid in members
-    memory, cpu = containment.tree_usage(me, table) or (0, 0.0)
-    assert memory == sum(sizes.get(pid, 1) for pid in members)
-    assert cpu == pytest.approx(sum(table[pid].cpu_s for pid in members))
-    assert cpu >= table[me].cpu_s > 0
-    assert containment.tree_usage(-5, table) is None
-    child.kill()
-    child.wait()
 
 
 def test_signal_tree_reaches_a_root_not_yet_leading_its_group(escapees: list[int]) -> None:

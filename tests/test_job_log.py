@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 
-from scheduler.worker.containment import read_stat
 from scheduler.worker.job_output import (
     SPOOL_PREFIX,
     JobLog,
@@ -21,6 +20,7 @@ from scheduler.worker.job_output import (
     log_name,
     prune_logs,
 )
+from scheduler.worker.proc_stat import read_stat
 
 
 def made(path: Path) -> tuple[JobLog, int]:

@@ -1,13 +1,14 @@
-"""Keeping a job's whole process tree together, measuring it and taking it down.
+"""Keeping a job's whole process tree together and taking it down.
 
 A job process is made a *child subreaper* (``prctl(PR_SET_CHILD_SUBREAPER)``): a
 descendant whose parent dies (a daemon that double-forks and calls ``setsid()``, a child
 started with ``start_new_session=True`` that outlives its parent) is re-parented to the job
 process instead of init, so it stays in the job's tree whatever it does with sessions and
-process groups. The tree is found by parent pid in ``/proc`` (this kernel may lack
-``/proc/PID/task/TID/children``), and is stopped by freezing it (:class:`Freezer`: SIGSTOP,
-pass after pass until a pass finds nobody new, so nothing forks while it is being killed)
-and then killing every member with SIGKILL.
+process groups. The tree is found by parent pid in ``/proc``
+(:mod:`scheduler.worker.proc_stat`; this kernel may lack
+``/proc/PID/task/TID/children``), and is stopped by freezing it (:class:`Freezer`:
+SIGSTOP, pass after pass until a pass finds nobody new, so nothing forks while it is being
+killed) and then killing every member with SIGKILL.
 
 The scheduler process may be a subreaper too (:mod:`scheduler.worker.orphans`): what a job
 process leaves behind when it dies comes back to the scheduler, which freezes and kills it
@@ -29,28 +30,22 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from scheduler.worker.lazy_log import lazy_logger
+from scheduler.worker.proc_stat import ProcStat, descendants, proc_table, read_stat
 
 __all__ = [
     "Freezer",
-    "ProcStat",
     "Signalled",
-    "descendants",
     "has_children",
     "kill_tree",
     "last_pid",
-    "memory_of",
-    "proc_table",
     "reap_children",
-    "read_stat",
     "set_child_subreaper",
     "signal_tree",
-    "tree_usage",
 ]
 
 log = lazy_logger(__name__)
 
 PR_SET_CHILD_SUBREAPER: Final = 36
-CLOCK_TICKS: Final = os.sysconf("SC_CLK_TCK")
 LAST_PID: Final = "/proc/sys/kernel/ns_last_pid"
 """The pid the kernel handed out last (needs ``CONFIG_CHECKPOINT_RESTORE``)."""
 SETTLE_S: Final = 1.0
@@ -97,90 +92,6 @@ def set_child_subreaper() -> None:
     Raises ``OSError`` if the kernel refuses.
     """
     prctl("PR_SET_CHILD_SUBREAPER", _SET_SUBREAPER)
-
-
-@dataclass(frozen=True, slots=True)
-class ProcStat:
-    """What ``/proc/PID/stat`` says of one process: its parent, state letter, CPU
-    seconds (its own plus those of the children it waited for) and when it started (clock
-    ticks after boot: with the pid, it names one process)."""
-
-    ppid: int
-    state: str
-    cpu_s: float
-    started: int
-
-
-def read_stat(pid: str | int) -> ProcStat | None:
-    """``/proc/PID/stat`` of process ``pid``; None if it is gone or cannot be read."""
-    try:
-        fd = os.open(f"/proc/{pid}/stat", os.O_RDONLY)
-    except OSError:
-        return None  # gone since the directory was listed
-    try:
-        data = os.read(fd, 1024)
-    except OSError:
-        return None
-    finally:
-        os.close(fd)
-    # The command name (field 2) may hold spaces and parentheses: split after the last ')'.
-    fields = data.rpartition(b")")[2].split()
-    if len(fields) < 20:
-        return None
-    ticks = sum(int(f) for f in fields[11:15])  # utime, stime, cutime, cstime
-    return ProcStat(
-        ppid=int(fields[1]),
-        state=fields[0].decode(),
-        cpu_s=ticks / CLOCK_TICKS,
-        started=int(fields[19]),  # field 22: fields[0] is field 3, the first after the name
-    )
-
-
-def proc_table() -> dict[int, ProcStat]:
-    """Every process this one can see, by pid (about 1 ms per 70 processes)."""
-    table: dict[int, ProcStat] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit() and (stat := read_stat(entry)) is not None:
-            table[int(entry)] = stat
-    return table
-
-
-def descendants(root: int, table: Mapping[int, ProcStat]) -> list[int]:
-    """The pids below ``root`` in ``table`` (children first, then theirs), ``root`` excluded."""
-    children: dict[int, list[int]] = {}
-    for pid, stat in table.items():
-        children.setdefault(stat.ppid, []).append(pid)
-    found: list[int] = []
-    frontier = [root]
-    while frontier:
-        below = [child for parent in frontier for child in children.get(parent, ())]
-        found.extend(below)
-        frontier = below
-    return found
-
-
-def memory_of(pid: int) -> int:
-    """The proportional resident memory (Pss) of ``pid`` in bytes: its resident pages, each
-    shared page divided by the number of processes sharing it (so the pages a forked job
-    still shares with the scheduler count for half). 0 if it is gone."""
-    try:
-        with open(f"/proc/{pid}/smaps_rollup", "rb") as rollup:
-            for line in rollup:
-                if line.startswith(b"Pss:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError):
-        pass
-    return 0
-
-
-def tree_usage(root: int, table: Mapping[int, ProcStat]) -> tuple[int, float] | None:
-    """Memory in bytes (:func:`memory_of`) and CPU seconds of ``root`` and every descendant
-    in ``table`` (CPU includes descendants already waited for); None if ``root`` is not in
-    it."""
-    if root not in table:
-        return None
-    members = [root, *descendants(root, table)]
-    return sum(map(memory_of, members)), sum(table[pid].cpu_s for pid in members)
 
 
 def has_children() -> bool:

@@ -27,8 +27,8 @@ from pathlib import Path
 from typing import Final
 
 from scheduler.protocol_types import MAX_OUTPUT_BYTES
-from scheduler.worker.containment import read_stat
 from scheduler.worker.lazy_log import lazy_logger
+from scheduler.worker.proc_stat import read_stat
 
 log = lazy_logger(__name__)
 

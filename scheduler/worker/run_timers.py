@@ -10,7 +10,7 @@ from collections.abc import Callable, Mapping
 from typing import Final
 
 from scheduler.policy.limits import Usage, over_limits
-from scheduler.worker import containment
+from scheduler.worker import proc_stat
 from scheduler.worker.job_run import Run
 
 LIMIT_SAMPLE_S: Final = 0.2
@@ -97,11 +97,11 @@ class LimitSampler:
         }
         if not limited:
             return
-        table = containment.proc_table()
+        table = proc_stat.proc_table()
         samples: dict[str, Usage] = {}
         for job_id in limited:
             process = self._runs[job_id].process
-            usage = containment.tree_usage(process.pid, table)
+            usage = proc_stat.tree_usage(process.pid, table)
             if usage is not None:
                 rss, cpu_s = usage
                 samples[job_id] = Usage(rss, cpu_s - process.cpu_base)

@@ -65,8 +65,17 @@ _SIGKILL = 9
 
 def send(sock: socket.socket, message: Any, fds: list[int] | tuple[int, ...] = ()) -> None:
     """Send ``message`` (anything :mod:`marshal` takes) with ``fds`` attached."""
+    send_encoded(sock, encode(message), fds)
+
+
+def encode(message: Any) -> bytes:
+    """``message`` as it goes on the wire; ``ValueError`` if :mod:`marshal` cannot take it."""
     body = marshal.dumps(message)
-    data = len(body).to_bytes(_HEADER, "little") + body
+    return len(body).to_bytes(_HEADER, "little") + body
+
+
+def send_encoded(sock: socket.socket, data: bytes, fds: list[int] | tuple[int, ...] = ()) -> None:
+    """Send a message :func:`encode` made, with ``fds`` attached."""
     sent = socket.send_fds(sock, [data], list(fds)) if fds else sock.send(data)
     if sent < len(data):
         sock.sendall(data[sent:])

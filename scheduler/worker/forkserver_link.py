@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import marshal
 import os
 import select
 import signal
@@ -35,7 +34,7 @@ from typing import Any, Final
 from scheduler.policy.closing import exit_text
 from scheduler.tasks import TaskRegistry
 from scheduler.worker.cgroups import JobCgroups
-from scheduler.worker.forkserver import COMMAND, receive, send
+from scheduler.worker.forkserver import COMMAND, encode, receive, send, send_encoded
 from scheduler.worker.orphans import keep_child, release_child
 from scheduler.worker.process import JobProcess, ProcessResult
 
@@ -183,7 +182,7 @@ class ForkServerLink:
             server = self._current()
             try:
                 self._loaded(server)
-                send(server.sock, request, fds)
+                send_encoded(server.sock, request, fds)
                 message = self._answer(server)
             except OSError as exc:
                 self._gone(server, _timed_out(exc))
@@ -323,11 +322,10 @@ class ForkServerLink:
         args: tuple[object, ...],
         kwargs: Mapping[str, object],
         cgroup: str | None,
-    ) -> tuple[tuple[object, ...], list[int], list[tuple[str, str]]]:
-        """The fork request for this job, the descriptors it carries and the functions it
-        names; ``Unservable``
-        if a function is not a module-level one the fork server can import, or a value
-        does not travel."""
+    ) -> tuple[bytes, list[int], list[tuple[str, str]]]:
+        """The fork request for this job, encoded for the wire, the descriptors it carries
+        and the functions it names; ``Unservable`` if a function is not a module-level one
+        the fork server can import, or a value does not travel."""
         positions = [i for i, arg in enumerate(args) if callable(arg)]
         functions = [_ref(target), *(_ref(args[i]) for i in positions)]  # type: ignore[arg-type]
         for ref in functions:
@@ -341,10 +339,10 @@ class ForkServerLink:
         plain = {k: v for k, v in kwargs.items() if k not in fd_keys}
         request = ("fork", functions[0], sent_args, positions, plain, fd_keys, cgroup)
         try:
-            marshal.dumps(request)
+            encoded = encode(request)
         except ValueError as exc:
             raise Unservable(f"the job's arguments do not travel: {exc}") from None
-        return request, [kwargs[k] for k in fd_keys], functions  # type: ignore[misc]
+        return encoded, [kwargs[k] for k in fd_keys], functions  # type: ignore[misc]
 
 
 def _ref(function: Callable[..., object]) -> tuple[str, str]:

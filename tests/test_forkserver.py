@@ -209,6 +209,16 @@ async def test_a_frozen_fork_server_is_killed_and_replaced_and_the_job_forked_by
         await executor.shutdown()  # which closes the fork server
 
 
+async def test_arguments_that_do_not_travel_are_unservable() -> None:
+    link = forkserver_link.ForkServerLink(REGISTRY)
+    try:
+        await link.ready()
+        with pytest.raises(forkserver_link.Unservable, match="arguments do not travel"):
+            link.fork(forkserver_tasks.exit3, (object(),), {}, None)
+    finally:
+        link.close()
+
+
 async def test_a_pid_is_never_trusted_once_its_fork_server_is_gone() -> None:
     """The scheduler opens each job's pidfd itself: if the fork server died in between,
     another process may have reaped the job and taken its pid, so the pidfd is dropped."""

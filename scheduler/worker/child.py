@@ -72,9 +72,7 @@ def child_main(
     Each step skipped saves the job fresh pages.
     """
     if not signals_ready:
-        signal.set_wakeup_fd(-1)
-        for signum in RESET_SIGNALS:
-            _signal.signal(signum, _signal.SIG_DFL)
+        _default_handlers()
     if cgroup is not None:
         cgroups.join(cgroup)
     os.setsid()
@@ -102,10 +100,15 @@ def job_signals() -> None:
     the handler of the parent-death signal, which takes the job's tree down. Only for a
     process that forks jobs and nothing else (the fork server): that handler kills the
     whole process group of whatever process receives the signal."""
+    _default_handlers()
+    _signal.signal(_DEATH_SIGNAL, _kill_own_tree)
+
+
+def _default_handlers() -> None:
+    """The default handlers of :data:`RESET_SIGNALS`, and no wakeup fd."""
     signal.set_wakeup_fd(-1)
     for signum in RESET_SIGNALS:
         _signal.signal(signum, _signal.SIG_DFL)
-    _signal.signal(_DEATH_SIGNAL, _kill_own_tree)
 
 
 def reseed_inherited_random() -> None:

@@ -130,6 +130,8 @@ class Executor:
         self._unreleased = Unreleased()
         self._background: set[asyncio.Task[Any]] = set()
         self._closed = False
+        self.launched = 0
+        """How many job processes this executor has started."""
         self._deadlines = Deadlines(self._runs, clock)
         self._sampler = LimitSampler(self._runs, self._stop_over_limit)
 
@@ -356,6 +358,7 @@ class Executor:
             if go is not None:
                 go.close()
             return self._not_started(assignment, exc)
+        self.launched += 1
         pipe.forked()
         if go is not None:
             go.forked()

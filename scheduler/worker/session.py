@@ -125,9 +125,13 @@ class Session:
                     if isinstance(message, codec.ProtocolError):
                         log.warning("ignoring a bad frame from the bus: %s", message.message)
                         continue
+                    launched = self.links.executor.launched
                     self.handle(message)
-                    # A message may fork a job: let heartbeats and job exits run between.
-                    await asyncio.sleep(0)
+                    if self.links.executor.launched != launched:
+                        # It forked a job: let heartbeats and job exits run before the
+                        # next. Queueing or releasing one is quick: a burst's thousands of
+                        # those go at once, or the pong behind them comes past our fence.
+                        await asyncio.sleep(0)
 
     def handle(self, message: BusMessage) -> None:
         """Act on one decoded bus message."""

@@ -46,3 +46,10 @@ def lazy_import() -> str:
     import colorsys
 
     return colorsys.__name__
+
+
+@task
+def job_side_files() -> list[str]:
+    """The files this job process's setup and its fork server's loop were loaded from."""
+    names = ("scheduler.worker.child", "scheduler.worker.forkserver")
+    return [str(sys.modules[name].__file__) for name in names]

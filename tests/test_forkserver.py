@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sysconfig
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -62,12 +63,32 @@ def escapees() -> Iterator[list[int]]:
             os.kill(pid, signal.SIGKILL)
 
 
-@pytest.fixture(params=["fork_server", "scheduler"])
-async def launcher(request: pytest.FixtureRequest) -> AsyncIterator[Launcher]:
-    """Each path: a fork server forks the jobs, or the scheduler (this process) does."""
+def run_fork_servers(code: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Have the fork servers started from now on run their ``"compiled"`` modules (which
+    ``scripts/setup`` builds) or their ``"source"``."""
+    if code == "source":
+        monkeypatch.setenv("SCHEDBUS_PURE", "1")
+    else:
+        assert forkserver_link.compiled_build(), "no fresh compiled fork server: scripts/setup"
+
+
+@pytest.fixture(params=["compiled", "source"])
+def fork_server_code(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Each way a fork server runs: its compiled modules, or its source."""
+    run_fork_servers(request.param, monkeypatch)
+    return str(request.param)
+
+
+@pytest.fixture(params=["compiled fork server", "source fork server", "scheduler"])
+async def launcher(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[Launcher]:
+    """Each path: a fork server running its compiled modules or its source forks the
+    jobs, or the scheduler (this process) does."""
     if request.param == "scheduler":
         yield ProcessLauncher()
         return
+    run_fork_servers(request.param.split()[0], monkeypatch)
     fork_server = ForkServerLauncher(REGISTRY)
     await fork_server.ready()
     yield fork_server
@@ -269,7 +290,9 @@ async def test_jobs_start_with_default_handlers_whatever_their_task_module_set(
         "fork_hook_modules",
     ],
 )
-async def test_the_fork_server_imports_nothing_its_tasks_do_not_need(probe: str) -> None:
+async def test_the_fork_server_imports_nothing_its_tasks_do_not_need(
+    probe: str, fork_server_code: str
+) -> None:
     registry = TaskRegistry({probe: getattr(forkserver_tasks, probe)})
     reports = Reports()
     executor = Executor(1, 10 * unit(), registry, reports, launcher=ForkServerLauncher(registry))
@@ -278,6 +301,43 @@ async def test_the_fork_server_imports_nothing_its_tasks_do_not_need(probe: str)
         assert (await reports.expect("succeeded", "probe")).result == []
     finally:
         await executor.shutdown()  # which closes the fork server
+
+
+async def job_side_files(reports: Reports) -> list[str]:
+    """Where a job forked by a new fork server had its setup and the fork server's loop
+    from."""
+    registry = TaskRegistry({"job_side_files": forkserver_tasks.job_side_files})
+    executor = Executor(1, 10 * unit(), registry, reports, launcher=ForkServerLauncher(registry))
+    try:
+        executor.submit(job("files", task="job_side_files", args=[]))
+        files = (await reports.expect("succeeded", "files")).result
+        assert isinstance(files, list)
+        return [str(file) for file in files]
+    finally:
+        await executor.shutdown()  # which closes the fork server
+
+
+async def test_a_fork_server_runs_its_compiled_modules_unless_told_not_to(
+    fork_server_code: str, reports: Reports
+) -> None:
+    files = await job_side_files(reports)
+    suffix = ".py" if fork_server_code == "source" else sysconfig.get_config_var("EXT_SUFFIX")
+    assert all(file.endswith(suffix) for file in files), files
+
+
+async def test_a_fork_server_runs_its_source_when_the_build_is_stale(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    reports: Reports,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    stale = tmp_path / "forkserver"
+    stale.mkdir()
+    (stale / "fingerprint").write_text("0" * 64 + "\n")
+    monkeypatch.setenv("SCHEDBUS_COMPILED_DIR", str(tmp_path))
+    caplog.set_level("INFO", "scheduler.worker.forkserver_link")
+    assert all(file.endswith(".py") for file in await job_side_files(reports))
+    assert f"the compiled forkserver build in {stale} was built from other sources" in caplog.text
 
 
 async def test_jobs_are_forked_from_the_scheduler_when_no_fork_server_starts(

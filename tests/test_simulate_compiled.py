@@ -8,13 +8,10 @@ from __future__ import annotations
 import json
 import os
 import random
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
-
-from scheduler.simulate import compiled
 
 FLEET_EVENTS = ["kill B at 20", "bus-restart for 2 at 30", "join E size 3 at 40", "stop C at 50"]
 
@@ -77,13 +74,15 @@ def test_compiled_and_interpreted_runs_decide_the_same(tmp_path: Path) -> None:
 
 
 def test_a_build_from_other_sources_is_not_used(tmp_path: Path) -> None:
-    (tmp_path / "fingerprint").write_text("0" * 64 + "\n")
+    build = tmp_path / "simulator"
+    build.mkdir()
+    (build / "fingerprint").write_text("0" * 64 + "\n")
     summary, err = _simulate(["--count", "50"], SCHEDBUS_COMPILED_DIR=str(tmp_path))
     assert summary["simulation"]["core"] == "interpreted"
-    assert f"the compiled core in {tmp_path} was built from other sources" in err
+    assert f"the compiled simulator build in {build} was built from other sources" in err
     summary, err = _simulate(["--count", "50"], SCHEDBUS_COMPILED_DIR=str(tmp_path / "none"))
     assert summary["simulation"]["core"] == "interpreted"
-    assert f"no compiled core in {tmp_path / 'none'}" in err
+    assert f"no compiled simulator build in {tmp_path / 'none' / 'simulator'}" in err
 
 
 def test_a_process_that_imported_the_policy_first_stays_interpreted() -> None:
@@ -98,29 +97,3 @@ def test_a_process_that_imported_the_policy_first_stays_interpreted() -> None:
     )
     assert result.stdout.strip() == "interpreted"
     assert "scheduler.policy.job was imported before the compiled core" in result.stderr
-
-
-def test_the_fingerprint_follows_every_compiled_source(tmp_path: Path) -> None:
-    root = compiled.package_root()
-    files = compiled.sources(root)
-    policy = {p for p in (root / "scheduler" / "policy").rglob("*.py") if p.name != "__init__.py"}
-    assert {root / f for f in files} >= policy
-    assert Path("scheduler/simulate/engine.py") in files
-    for path in files:
-        (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(root / path, tmp_path / path)
-    assert compiled.fingerprint(tmp_path) == compiled.fingerprint(root)
-    changed = tmp_path / files[-1]
-    changed.write_text(changed.read_text() + "\n")
-    assert compiled.fingerprint(tmp_path) != compiled.fingerprint(root)
-    assert compiled.why_not(tmp_path, root) == f"no compiled core in {tmp_path}"
-
-
-def test_check_says_whether_the_build_matches(tmp_path: Path) -> None:
-    command = [sys.executable, "-m", "scheduler.simulate.compiled", "--check"]
-    fresh = subprocess.run(command, capture_output=True, text=True, timeout=30)
-    assert fresh.returncode == 0, fresh.stderr
-    env = {**os.environ, "SCHEDBUS_COMPILED_DIR": str(tmp_path)}
-    missing = subprocess.run(command, capture_output=True, text=True, timeout=30, env=env)
-    assert missing.returncode == 1
-    assert f"no compiled core in {tmp_path}" in missing.stderr

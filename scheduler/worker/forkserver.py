@@ -316,9 +316,18 @@ def main(fd: int, scheduler_pid: int) -> None:
     ForkServer(socket.socket(fileno=fd)).serve()
 
 
-COMMAND: Final = (
-    "import sys; sys.path.insert(0, sys.argv[3]); from scheduler.worker.forkserver import main;"
-    " main(int(sys.argv[1]), int(sys.argv[2]))"
-)
+COMMAND: Final = """\
+import sys
+sys.path.insert(0, sys.argv[3])
+if sys.argv[4]:
+    import scheduler.worker
+    sys.path.append(sys.argv[4])
+    scheduler.worker.__path__.insert(0, sys.argv[4] + "/scheduler/worker")
+from scheduler.worker.forkserver import main
+main(int(sys.argv[1]), int(sys.argv[2]))
+"""
 """What ``python -c`` runs to start a fork server (arguments: its socket's descriptor, the
-scheduler's pid, the directory the ``scheduler`` package is in)."""
+scheduler's pid, the directory the ``scheduler`` package is in, and the directory of the
+compiled modules or ``""``). With compiled modules it does what
+:func:`scheduler.compiled.activate` does, without importing that module (nor what it
+imports: every page of the fork server is copied into each job's page tables)."""

@@ -31,6 +31,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
+from scheduler import compiled
 from scheduler.policy.closing import exit_text
 from scheduler.tasks import TaskRegistry
 from scheduler.worker.cgroups import JobCgroups
@@ -52,6 +53,20 @@ MAX_FAILED_STARTS: Final = 3
 """Fork servers in a row that die before they have loaded the task modules: then no more
 is started, and every job is forked from the scheduler."""
 _PACKAGE_ROOT: Final = os.path.dirname(os.path.dirname(os.path.dirname(__file__)))
+
+
+def compiled_build() -> str:
+    """The directory of the fork server's compiled modules if they match the sources
+    (:data:`scheduler.compiled.FORK_SERVER`), else ``""`` (the fork server then runs the
+    source; logged with why, unless ``SCHEDBUS_PURE`` asked for it)."""
+    dest, reason = compiled.usable(compiled.FORK_SERVER)
+    if reason is not None:
+        log.info(
+            "fork servers run their source, not the compiled modules: %s (scripts/setup or"
+            " python -m scheduler.compiled builds them)",
+            reason,
+        )
+    return "" if dest is None else str(dest)
 
 
 class ForkServerError(OSError):
@@ -100,8 +115,9 @@ class ForkServerLink:
             fd = theirs.fileno()
             # A fresh interpreter: it shares no page with this process. Its own session,
             # so a terminal's Ctrl-C reaches the scheduler, which stops the jobs itself.
+            argv = [str(fd), str(os.getpid()), _PACKAGE_ROOT, compiled_build()]
             proc = subprocess.Popen(
-                [sys.executable, "-c", COMMAND, str(fd), str(os.getpid()), _PACKAGE_ROOT],
+                [sys.executable, "-c", COMMAND, *argv],
                 pass_fds=(fd,),
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,

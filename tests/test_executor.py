@@ -405,6 +405,7 @@ async def test_evicted_job_is_reported_once_gone_and_never_restarted_here(
     await reports.expect("succeeded", "urgent")
     assert reports.of("low") == [("started", 1), ("evicted", 1)]
     assert (executor.running, executor.queued, executor.held()) == (0, 0, [])
+    assert not executor.holding
 
 
 async def test_a_job_that_is_not_evictable_keeps_its_slot(
@@ -526,6 +527,7 @@ async def test_drop_unqueues_a_waiting_job_and_reports_nothing(
     assert executor.queued == 1
     assert executor.drop("waiting", 2)
     assert executor.queued == 0 and executor.held() == [Held("first", 1)]
+    assert executor.holding
     await reports.expect("succeeded", "first")
     assert reports.of("waiting") == []
 

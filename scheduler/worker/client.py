@@ -298,7 +298,7 @@ class SchedulerClient:
         connection is doing: believed up, being opened, or lost and waiting to reconnect."""
         lease, clock = self.lease, self._clock
         while True:
-            if lease.fence_due(clock(), bool(self.executor.held())):
+            if lease.fence_due(clock(), self.executor.holding):
                 self._fence()
             self._granted.clear()
             with contextlib.suppress(TimeoutError):

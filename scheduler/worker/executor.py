@@ -154,6 +154,11 @@ class Executor:
         run = self._runs.get(job_id)
         return run.process.pid if run is not None else None
 
+    @property
+    def holding(self) -> bool:
+        """Whether any attempt is held (see :meth:`held`)."""
+        return bool(self._jobs)
+
     def held(self) -> list[Held]:
         """Every attempt not yet reported closed (waiting, running, or being stopped for an
         eviction or a cancel), as a re-registering scheduler lists them. Changes nothing."""

@@ -1,6 +1,7 @@
 """The fork server keeps every guarantee of forking jobs from the scheduler: each test runs
-the executor on both paths (real job processes, a real fork server), and a fork server
-killed mid-job is replaced while its job is reported failed, never lost."""
+the executor on every path (real job processes; a real fork server running its compiled
+modules, one running its source, or the scheduler forking), and a fork server killed
+mid-job is replaced while its job is reported failed, never lost."""
 
 from __future__ import annotations
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import sysconfig
 from collections.abc import AsyncIterator, Iterator
@@ -339,6 +340,36 @@ async def test_a_fork_server_runs_its_source_when_the_build_is_stale(
     caplog.set_level("INFO", "scheduler.worker.forkserver_link")
     assert all(file.endswith(".py") for file in await job_side_files(reports))
     assert f"the compiled forkserver build in {stale} was built from other sources" in caplog.text
+
+
+async def test_a_broken_compiled_build_costs_one_start_then_the_source_runs(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    reports: Reports,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A build whose sources match but whose extension is cut short (a full disk during
+    the build, a bad copy): its fork server dies (SIGBUS) before it is ready, and the next
+    one runs the source, not the scheduler's forks."""
+    built = forkserver_link.compiled_build()
+    assert built, "no fresh compiled fork server: scripts/setup"
+    broken = tmp_path / "forkserver"
+    shutil.copytree(built, broken)
+    (extension,) = broken.rglob("forkserver.*.so")
+    extension.write_bytes(extension.read_bytes()[:1000])
+    monkeypatch.setenv("SCHEDBUS_COMPILED_DIR", str(tmp_path))
+    caplog.set_level("INFO", "scheduler.worker.forkserver_link")
+    registry = TaskRegistry({"job_side_files": forkserver_tasks.job_side_files})
+    fork_server = ForkServerLauncher(registry)
+    executor = Executor(1, 10 * unit(), registry, reports, launcher=fork_server)
+    try:
+        executor.submit(job("files", task="job_side_files", args=[]))
+        files = (await reports.expect("succeeded", "files")).result
+        assert isinstance(files, list) and all(str(f).endswith(".py") for f in files), files
+        assert fork_server.link.restarts == 1
+        assert f"compiled modules in {broken} died before it was ready" in caplog.text
+    finally:
+        await executor.shutdown()  # which closes the fork server
 
 
 async def test_jobs_are_forked_from_the_scheduler_when_no_fork_server_starts(

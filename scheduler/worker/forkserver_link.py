@@ -83,6 +83,8 @@ class _Server:
 
     proc: subprocess.Popen[bytes]
     sock: socket.socket
+    build: str
+    """The directory of the compiled modules it runs, or ``""`` for the source."""
     loaded: bool = False
     gone: str | None = None
     """Why it is gone (then it is killed and reaped), else None."""
@@ -115,7 +117,10 @@ class ForkServerLink:
             fd = theirs.fileno()
             # A fresh interpreter: it shares no page with this process. Its own session,
             # so a terminal's Ctrl-C reaches the scheduler, which stops the jobs itself.
-            argv = [str(fd), str(os.getpid()), _PACKAGE_ROOT, compiled_build()]
+            # After a fork server died before it was ready, the next run the source: a
+            # broken build (a truncated extension dies with SIGBUS) then costs one start.
+            build = "" if self._failed_starts else compiled_build()
+            argv = [str(fd), str(os.getpid()), _PACKAGE_ROOT, build]
             proc = subprocess.Popen(
                 [sys.executable, "-c", COMMAND, *argv],
                 pass_fds=(fd,),
@@ -132,7 +137,7 @@ class ForkServerLink:
         path = [entry for entry in sys.path if isinstance(entry, str)]
         send(ours, ("load", path, self._modules))
         log.debug("fork server pid %d started", proc.pid)
-        return _Server(proc, ours)
+        return _Server(proc, ours, build)
 
     async def ready(self) -> None:
         """Wait, without blocking the loop, until the fork server has imported the task
@@ -316,6 +321,12 @@ class ForkServerLink:
         """Start a new fork server unless closed or too many in a row failed to start."""
         if not self._server.loaded:
             self._failed_starts += 1
+            if self._server.build:
+                log.warning(
+                    "the fork server on the compiled modules in %s died before it was ready:"
+                    " the next one runs the source",
+                    self._server.build,
+                )
         if self._failed_starts == MAX_FAILED_STARTS:
             log.error(
                 "%d fork servers in a row died before they were ready: jobs are forked from "

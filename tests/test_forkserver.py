@@ -25,7 +25,8 @@ from test_executor import Reports, job
 from scheduler.tasks import TaskRegistry
 from scheduler.worker import forkserver_link
 from scheduler.worker.executor import Executor
-from scheduler.worker.forkserver_link import MAX_FAILED_STARTS, ForkServerLauncher
+from scheduler.worker.forkserver_launcher import ForkServerLauncher
+from scheduler.worker.forkserver_link import MAX_FAILED_STARTS
 from scheduler.worker.job_output import JobLogs
 from scheduler.worker.launch import Launcher, ProcessLauncher
 

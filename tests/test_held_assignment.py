@@ -23,7 +23,7 @@ from scheduler.protocol import Assignment, Report
 from scheduler.tasks import load_task_modules, run_task
 from scheduler.worker import job_run
 from scheduler.worker.client import SchedulerClient
-from scheduler.worker.forkserver_link import ForkServerLauncher
+from scheduler.worker.forkserver_launcher import ForkServerLauncher
 from scheduler.worker.held import GoPipe
 from scheduler.worker.launch import JobHandle, Launcher, ProcessLauncher
 from scheduler.worker.process import ProcessResult

@@ -15,7 +15,7 @@ from test_executor import Reports, job
 from scheduler.policy.warm import WarmLimits
 from scheduler.tasks import TaskRegistry
 from scheduler.worker.executor import Executor
-from scheduler.worker.forkserver_link import ForkServerLauncher
+from scheduler.worker.forkserver_launcher import ForkServerLauncher
 from scheduler.worker.job_imports import SHOWN_NAMES, ImportNotices, entry_points
 from scheduler.worker.launch import Launcher
 from scheduler.worker.warm import WarmPool

@@ -57,7 +57,7 @@ from scheduler.protocol_types import TRANSIENT_EVENTS
 from scheduler.tasks import TaskRegistry
 from scheduler.worker.cgroups import JobCgroups
 from scheduler.worker.executor import Executor
-from scheduler.worker.forkserver_link import ForkServerLauncher
+from scheduler.worker.forkserver_launcher import ForkServerLauncher
 from scheduler.worker.job_output import DEFAULT_KEEP_LOGS, JobLogs
 from scheduler.worker.launch import Launcher, ProcessLauncher
 from scheduler.worker.report_queue import DEFAULT_OUTBOX_LIMIT, ReportQueue, fit_register

@@ -1,11 +1,6 @@
-"""The scheduler's side of its fork server (:mod:`scheduler.worker.forkserver`).
-
-:class:`ForkServerLauncher` is the executor's launcher when the fork server is on (the
-default): each job becomes a :class:`ServedJobProcess`, a
-:class:`~scheduler.worker.process.JobProcess` whose process the fork server forks and
-reaps, while everything else stays in the scheduler as before: the pidfd it watches (sent
-by the fork server), the stop of the whole tree, the timeout, the cgroup, the result and
-progress pipes (their write ends are sent along with ``SCM_RIGHTS``).
+"""The scheduler's side of its fork server (:mod:`scheduler.worker.forkserver`): the
+link that starts it, forks and reaps jobs through it, and replaces it when it is gone.
+:mod:`scheduler.worker.forkserver_launcher` makes the executor's jobs with it.
 
 The link is used from the event loop's thread; each request is answered at once (a fork
 or a reap of a process already gone), so it is a blocking round trip with a timeout.
@@ -21,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import select
 import signal
 import socket
 import struct
@@ -34,12 +28,11 @@ from typing import Any, Final
 from scheduler import compiled
 from scheduler.policy.closing import exit_text
 from scheduler.tasks import TaskRegistry
-from scheduler.worker.cgroups import JobCgroups
 from scheduler.worker.forkserver import COMMAND, encode, receive, send, send_encoded
 from scheduler.worker.orphans import keep_child, release_child
-from scheduler.worker.process import JobProcess, ProcessResult
+from scheduler.worker.process import ProcessResult
 
-__all__ = ["ForkServerError", "ForkServerLauncher", "ForkServerLink", "ServedJobProcess"]
+__all__ = ["ForkServerError", "ForkServerLink", "ServerProcess", "Unservable"]
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +71,7 @@ class Unservable(Exception):
 
 
 @dataclass(slots=True)
-class _Server:
+class ServerProcess:
     """One fork server process and the scheduler's end of its socket."""
 
     proc: subprocess.Popen[bytes]
@@ -111,7 +104,7 @@ class ForkServerLink:
         """The pid of the current fork server."""
         return self._server.proc.pid
 
-    def _spawn(self) -> _Server:
+    def _spawn(self) -> ServerProcess:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             fd = theirs.fileno()
@@ -137,7 +130,7 @@ class ForkServerLink:
         path = [entry for entry in sys.path if isinstance(entry, str)]
         send(ours, ("load", path, self._modules))
         log.debug("fork server pid %d started", proc.pid)
-        return _Server(proc, ours, build)
+        return ServerProcess(proc, ours, build)
 
     async def ready(self) -> None:
         """Wait, without blocking the loop, until the fork server has imported the task
@@ -165,7 +158,7 @@ class ForkServerLink:
         except ForkServerError:
             pass  # replaced; the next fork waits for the new one
 
-    def _loaded(self, server: _Server) -> None:
+    def _loaded(self, server: ServerProcess) -> None:
         if server.loaded:
             return
         _set_timeout(server.sock, LOAD_TIMEOUT_S)
@@ -189,7 +182,7 @@ class ForkServerLink:
         args: tuple[object, ...],
         kwargs: Mapping[str, object],
         cgroup: str | None,
-    ) -> tuple[_Server, int, int]:
+    ) -> tuple[ServerProcess, int, int]:
         """Have the fork server fork a job process running ``target(*args, **kwargs)``
         (the ``*_fd`` keyword arguments are descriptors: sent along); return the server,
         the job's pid and a pidfd of it (the caller's to close).
@@ -224,7 +217,7 @@ class ForkServerLink:
             raise OSError(message[1])
         raise AssertionError("unreachable")
 
-    def _pidfd(self, server: _Server, pid: int) -> int:
+    def _pidfd(self, server: ServerProcess, pid: int) -> int:
         """A pidfd of ``server``'s job ``pid`` that was just forked; -1 if ``server`` is
         gone by now (it is then replaced). A job is its fork server's unreaped child until
         :meth:`reap`, so while the server lives, ``pid`` names the job, exited or not;
@@ -243,7 +236,7 @@ class ForkServerLink:
             return -1
         return pidfd
 
-    def reap(self, server: _Server, pid: int) -> ProcessResult:
+    def reap(self, server: ServerProcess, pid: int) -> ProcessResult:
         """Have ``server`` reap its exited job ``pid``: the result with its exit code,
         CPU time and peak RSS (outcome and wall time yet to be filled in). If that fork
         server is gone, the job died with it: ``lost`` says so."""
@@ -274,14 +267,14 @@ class ForkServerLink:
         server.gone = "was closed"
         release_child(server.proc.pid)
 
-    def _current(self) -> _Server:
+    def _current(self) -> ServerProcess:
         if self._server.gone is not None:
             self._replace()
         if self._server.gone is not None:
             raise ForkServerError(f"no fork server: the last one {self._server.gone}")
         return self._server
 
-    def _answer(self, server: _Server) -> Any:
+    def _answer(self, server: ServerProcess) -> Any:
         """The fork server's next message; ``ForkServerError`` (it is then replaced) if
         it closed its end or did not answer in time."""
         try:
@@ -297,7 +290,7 @@ class ForkServerLink:
             os.close(fd)
         return message
 
-    def _gone(self, server: _Server, why: str | OSError) -> None:
+    def _gone(self, server: ServerProcess, why: str | OSError) -> None:
         """Reap ``server`` (killing it if it still runs), note why it is gone, and
         replace it if it is the current one."""
         if server.gone is not None:
@@ -426,86 +419,3 @@ def _reap_if_ours(pid: int) -> tuple[int | None, float, int]:
     if reaped == 0:
         return None, 0.0, 0
     return os.waitstatus_to_exitcode(status), usage.ru_utime + usage.ru_stime, usage.ru_maxrss
-
-
-class ServedJobProcess(JobProcess):
-    """A :class:`~scheduler.worker.process.JobProcess` forked and reaped by the fork server
-    of ``link`` (forked here instead if that cannot be done; see the module)."""
-
-    def __init__(
-        self,
-        link: ForkServerLink,
-        target: Callable[..., object],
-        args: tuple[object, ...] = (),
-        kwargs: Mapping[str, object] | None = None,
-        *,
-        name: str | None = None,
-        grace: float = 2.0,
-        cgroups: JobCgroups | None = None,
-    ) -> None:
-        """As :class:`~scheduler.worker.process.JobProcess`, through ``link``."""
-        super().__init__(target, args, kwargs, name=name, grace=grace, cgroups=cgroups)
-        self._link = link
-        self._server: _Server | None = None
-
-    def _launch(self) -> tuple[int, int]:
-        cgroup = None if self._cgroup is None else str(self._cgroup)
-        try:
-            self._server, pid, pidfd = self._link.fork(
-                self._target, self._args, self._kwargs, cgroup
-            )
-        except Unservable as exc:
-            log.debug("job %s forked here: %s", self._name, exc)
-            return super()._launch()
-        except ForkServerError as exc:
-            log.debug("job %s forked here: %s", self._name, exc)  # the link logged why
-            return super()._launch()
-        return pid, pidfd
-
-    def _has_exited(self) -> bool:
-        if self._server is None:
-            return super()._has_exited()
-        # Not our child: waitid cannot peek; a pidfd reads as ready once its process ended.
-        poll = select.poll()
-        poll.register(self._pidfd, select.POLLIN)
-        return bool(poll.poll(0))
-
-    def _collect(self, pid: int) -> ProcessResult:
-        if self._server is None:
-            return super()._collect(pid)
-        return self._link.reap(self._server, pid)
-
-
-class ForkServerLauncher:
-    """The executor's launcher (:class:`~scheduler.worker.launch.Launcher`) that has a
-    fork server fork every job; the executor closes it when it shuts down."""
-
-    fresh_per_job = True
-
-    def __init__(self, tasks: TaskRegistry, timeout: float = REPLY_TIMEOUT_S) -> None:
-        """Start the fork server for ``tasks``' modules, which has ``timeout`` seconds to
-        answer each fork and reap (see :class:`ForkServerLink`)."""
-        self.link = ForkServerLink(tasks, timeout)
-
-    def job(
-        self,
-        target: Callable[..., object],
-        args: tuple[object, ...],
-        kwargs: Mapping[str, object],
-        *,
-        name: str | None,
-        grace: float,
-        cgroups: JobCgroups | None,
-    ) -> JobProcess:
-        """A job process that the fork server will fork when it is started."""
-        return ServedJobProcess(
-            self.link, target, args, kwargs, name=name, grace=grace, cgroups=cgroups
-        )
-
-    async def ready(self) -> None:
-        """Wait until the fork server has imported the task modules."""
-        await self.link.ready()
-
-    async def close(self) -> None:
-        """Stop the fork server."""
-        self.link.close()

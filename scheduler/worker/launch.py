@@ -2,7 +2,7 @@
 
 :class:`ProcessLauncher` forks a fresh process per job from the scheduler
 (:class:`~scheduler.worker.process.JobProcess`; ``--no-fork-server``);
-:class:`~scheduler.worker.forkserver_link.ForkServerLauncher` has a lean fork server fork
+:class:`~scheduler.worker.forkserver_launcher.ForkServerLauncher` has a lean fork server fork
 each job (the default); :class:`~scheduler.worker.warm.WarmPool` runs each job in a slot
 process that serves jobs one after another (``--warm N``). Each hands back a
 :class:`JobHandle`, which is all the executor knows of a running job.

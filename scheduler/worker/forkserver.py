@@ -47,6 +47,7 @@ import traceback
 from collections.abc import Callable
 from typing import Any, Final
 
+from scheduler.worker import containment
 from scheduler.worker.child import child_main, job_signals
 
 MAX_FDS: Final = 8
@@ -56,8 +57,8 @@ _READ_BYTES: Final = 4096
 """What one read takes: any fork or reap message, and the start of a longer one."""
 _FDS_SPACE: Final = socket.CMSG_SPACE(MAX_FDS * 4)
 
-_PR_SET_PDEATHSIG = 1
-_SIGKILL = 9
+_DIE_WITH_PARENT: Final = (ctypes.c_int(1), ctypes.c_ulong(9), ctypes.c_ulong(0), ctypes.c_ulong(0))
+"""prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0): the fork server dies with the scheduler."""
 
 
 # The wire, shared with the scheduler's side.
@@ -307,9 +308,12 @@ def _close(fds: list[int]) -> None:
 def main(fd: int, scheduler_pid: int) -> None:
     """The fork server's entry point: die with the scheduler ``scheduler_pid``, then serve
     the socket ``fd`` until the scheduler closes it."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(_PR_SET_PDEATHSIG, _SIGKILL, 0, 0) != 0 or os.getppid() != scheduler_pid:
-        os._exit(1)  # cannot be tied to the scheduler, or it is gone already
+    try:
+        containment.prctl("PR_SET_PDEATHSIG", _DIE_WITH_PARENT)
+    except OSError:
+        os._exit(1)  # cannot be tied to the scheduler
+    if os.getppid() != scheduler_pid:
+        os._exit(1)  # it is gone already
     # Jobs inherit it: a task's print() reaches its log file line by line, not at exit.
     if isinstance(sys.stdout, io.TextIOWrapper):
         sys.stdout.reconfigure(line_buffering=True)

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from scheduler.worker.forkserver import receive, send
+from scheduler.worker.forkserver import encode, receive, send
 
 
 @pytest.fixture
@@ -22,24 +22,31 @@ def pair() -> Iterator[tuple[socket.socket, socket.socket]]:
         yield ours, theirs
 
 
-def test_a_message_and_its_descriptors_arrive_in_one_read(
-    pair: tuple[socket.socket, socket.socket],
-) -> None:
-    ours, theirs = pair
+@pytest.fixture
+def pipe() -> Iterator[tuple[int, int]]:
+    """A pipe's read and write ends, closed after the test."""
     read_end, write_end = os.pipe()
     try:
-        send(ours, ("fork", ("m", "f"), [1, "two"], [], {"k": None}, ["a_fd"], None), [write_end])
-        got = receive(theirs)
-        assert got is not None
-        message, fds = got
-        assert message == ("fork", ("m", "f"), [1, "two"], [], {"k": None}, ["a_fd"], None)
-        assert len(fds) == 1
-        os.write(fds[0], b"x")  # the same pipe, through another descriptor
-        os.close(fds[0])
-        assert os.read(read_end, 1) == b"x"
+        yield read_end, write_end
     finally:
         os.close(read_end)
         os.close(write_end)
+
+
+def test_a_message_and_its_descriptors_arrive_in_one_read(
+    pair: tuple[socket.socket, socket.socket], pipe: tuple[int, int]
+) -> None:
+    ours, theirs = pair
+    read_end, write_end = pipe
+    send(ours, ("fork", ("m", "f"), [1, "two"], [], {"k": None}, ["a_fd"], None), [write_end])
+    got = receive(theirs)
+    assert got is not None
+    message, fds = got
+    assert message == ("fork", ("m", "f"), [1, "two"], [], {"k": None}, ["a_fd"], None)
+    assert len(fds) == 1
+    os.write(fds[0], b"x")  # the same pipe, through another descriptor
+    os.close(fds[0])
+    assert os.read(read_end, 1) == b"x"
 
 
 def test_a_message_longer_than_one_read_and_one_cut_in_its_header(
@@ -49,7 +56,7 @@ def test_a_message_longer_than_one_read_and_one_cut_in_its_header(
     path = [f"/a/directory/{n}" for n in range(2000)]  # about 40 KB, as a long sys.path
     send(ours, ("load", path, []))
     assert receive(theirs) == (("load", path, []), [])
-    whole = _framed(("reap", 42))
+    whole = encode(("reap", 42))
     ours.sendall(whole[:2])
     ours.sendall(whole[2:])
     assert receive(theirs) == (("reap", 42), [])
@@ -59,7 +66,7 @@ def test_end_of_file_between_messages_is_none_and_inside_one_an_error(
     pair: tuple[socket.socket, socket.socket],
 ) -> None:
     ours, theirs = pair
-    ours.sendall(_framed(("reap", 1))[:-1])
+    ours.sendall(encode(("reap", 1))[:-1])
     ours.shutdown(socket.SHUT_WR)
     with pytest.raises(ConnectionResetError, match="broke off inside a message"):
         receive(theirs)
@@ -70,19 +77,15 @@ def test_end_of_file_between_messages_is_none_and_inside_one_an_error(
 
 
 def test_two_messages_at_once_are_refused_and_their_descriptors_closed(
-    pair: tuple[socket.socket, socket.socket],
+    pair: tuple[socket.socket, socket.socket], pipe: tuple[int, int]
 ) -> None:
     ours, theirs = pair
-    read_end, write_end = os.pipe()
-    try:
-        before = set(os.listdir("/proc/self/fd"))
-        socket.send_fds(ours, [_framed(("reap", 1)) + _framed(("reap", 2))], [write_end])
-        with pytest.raises(ConnectionError, match="a message before its answer"):
-            receive(theirs)
-        assert set(os.listdir("/proc/self/fd")) == before
-    finally:
-        os.close(read_end)
-        os.close(write_end)
+    _, write_end = pipe
+    before = set(os.listdir("/proc/self/fd"))
+    socket.send_fds(ours, [encode(("reap", 1)) + encode(("reap", 2))], [write_end])
+    with pytest.raises(ConnectionError, match="a message before its answer"):
+        receive(theirs)
+    assert set(os.listdir("/proc/self/fd")) == before
 
 
 @settings(max_examples=200, deadline=None)
@@ -96,11 +99,3 @@ def test_any_bytes_give_a_message_or_a_clear_error(data: bytes) -> None:
             receive(theirs)
         except OSError:
             pass  # what the link's caller takes as a broken fork server
-
-
-def _framed(message: object) -> bytes:
-    """``message`` as :func:`send` puts it on the wire."""
-    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-    with ours, theirs:
-        send(ours, message)
-        return theirs.recv(1 << 16)

@@ -39,7 +39,8 @@ class Tracker:
         """job id -> its final event."""
         self.counts: dict[str, int] = {}
         """event kind -> how many were received."""
-        self._changed = asyncio.Condition()
+        self._waiters: list[tuple[Callable[[], bool], asyncio.Future[None]]] = []
+        """Each waiting :meth:`wait`'s predicate and the future it awaits."""
         self._task: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> Tracker:
@@ -65,16 +66,28 @@ class Tracker:
             self.counts[event.event] = self.counts.get(event.event, 0) + 1
             if event.event in FINAL_EVENTS:
                 self.finals[event.id] = seen
-            async with self._changed:
-                self._changed.notify_all()
+            self._check_waiters()
+
+    def _check_waiters(self) -> None:
+        """Wake each waiter whose predicate now holds (checked here, on the tracker's
+        task: waking every waiter's task at every event would cost the producer process a
+        task step per event, CPU taken from the system it measures)."""
+        for predicate, done in self._waiters:
+            if not done.done() and predicate():
+                done.set_result(None)
 
     async def wait(self, predicate: Callable[[], bool], timeout: float, what: str) -> None:
         """Return once ``predicate()`` holds; TimeoutError naming ``what`` after ``timeout``."""
-        async with self._changed:
-            try:
-                await asyncio.wait_for(self._changed.wait_for(predicate), timeout)
-            except TimeoutError:
-                raise TimeoutError(f"timed out after {timeout} s waiting for {what}") from None
+        if predicate():
+            return
+        waiter = (predicate, asyncio.get_running_loop().create_future())
+        self._waiters.append(waiter)
+        try:
+            await asyncio.wait_for(waiter[1], timeout)
+        except TimeoutError:
+            raise TimeoutError(f"timed out after {timeout} s waiting for {what}") from None
+        finally:
+            self._waiters.remove(waiter)
 
     async def wait_event(self, job_id: str, kind: str, timeout: float) -> Seen:
         """The first ``kind`` event of ``job_id``, waiting for it if need be."""

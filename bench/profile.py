@@ -25,12 +25,20 @@ _FRAME = re.compile(r"^(?P<func>.*?) \((?P<file>[^()]*?)(?::\d+)?\)$")
 
 COMPONENTS: tuple[tuple[str, str, str], ...] = (
     # (label, file path fragment, function name or "" for any)
-    ("fork: JobProcess.start", "scheduler/process.py", "JobProcess.start"),
-    ("fork syscall: Popen._launch", "multiprocessing/popen_fork.py", "Popen._launch"),
-    ("reap: JobProcess._finish", "scheduler/process.py", "JobProcess._finish"),
-    ("executor (all)", "scheduler/executor.py", ""),
+    ("fork: JobProcess.start", "scheduler/worker/process.py", "JobProcess.start"),
+    (
+        "fork request to the fork server",
+        "scheduler/worker/forkserver_launcher.py",
+        "ServedJobProcess._launch",
+    ),
+    ("reap: JobProcess._finish", "scheduler/worker/process.py", "JobProcess._finish"),
+    ("executor (all)", "scheduler/worker/executor.py", ""),
+    ("warm slots (all)", "scheduler/worker/warm.py", ""),
+    ("job feed: progress and output (all)", "scheduler/worker/job_feed.py", ""),
+    ("scheduler session (all)", "scheduler/worker/session.py", ""),
     ("policy core (all)", "scheduler/policy/", ""),
-    ("protocol encode/decode", "scheduler/protocol.py", ""),
+    ("protocol encode/decode", "scheduler/codec.py", ""),
+    ("batch packing", "scheduler/batch_pack.py", ""),
     ("websockets (all)", "websockets/", ""),
     (
         "socket writes: transport.write",
@@ -39,9 +47,11 @@ COMPONENTS: tuple[tuple[str, str, str], ...] = (
     ),
     ("logging (all)", "logging/", ""),
     ("bus shell: server.py", "scheduler/bus/server.py", ""),
+    ("bus requests (all)", "scheduler/bus/requests.py", ""),
+    ("bus hub (all)", "scheduler/bus/hub.py", ""),
+    ("bus metrics (all)", "scheduler/bus/metrics.py", ""),
     ("journal", "scheduler/bus/journal.py", ""),
     ("journal writer thread (commits, fsync waits)", "scheduler/bus/journal_writer.py", ""),
-    ("batch packing", "scheduler/bus/batching.py", ""),
     ("sqlite3", "sqlite3/", ""),
 )
 """Named parts of the code whose inclusive share of the busy samples is reported."""

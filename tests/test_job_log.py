@@ -104,6 +104,47 @@ def test_a_job_that_writes_nothing_leaves_no_file_and_lends_its_spool_to_the_nex
     assert after.path.read_text() == "mine\n"
 
 
+def test_an_ended_job_is_looked_at_once_and_its_close_trusts_that_look(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    logs = JobLogs(tmp_path, "w")
+    quiet = logs.open("quiet", 1)
+    os.close(create_log(quiet.spool))
+    looks: list[object] = []
+    real_stat, real_fstat = os.stat, os.fstat
+
+    def counted_stat(path: str) -> os.stat_result:
+        looks.append(path)
+        return real_stat(path)
+
+    def counted_fstat(fd: int) -> os.stat_result:
+        looks.append(fd)
+        return real_fstat(fd)
+
+    monkeypatch.setattr(os, "stat", counted_stat)
+    monkeypatch.setattr(os, "fstat", counted_fstat)
+    assert not quiet.wrote()
+    quiet.close()
+    monkeypatch.undo()
+    assert len(looks) == 1, "one stat of the spool, none on close"
+    assert not quiet.path.exists() and names(logs.dir) == [Path(quiet.spool).name]
+    loud = logs.open("loud", 1)
+    assert loud.spool == quiet.spool, "the empty spool is lent again"
+    fd = create_log(loud.spool)
+    write(fd, b"said\n")
+    os.close(fd)
+    assert loud.wrote() and loud.tail() == "said\n"
+    loud.close()
+    assert names(logs.dir) == ["loud.1.log"] and loud.path.read_text() == "said\n"
+    unread = logs.open("unread", 1)
+    fd = create_log(unread.spool)
+    write(fd, b"nobody looked\n")
+    os.close(fd)
+    assert unread.wrote()
+    unread.close()
+    assert unread.path.read_text() == "nobody looked\n", "named on close, as before"
+
+
 def test_output_is_named_when_first_seen_and_the_job_keeps_writing_to_its_file(
     tmp_path: Path,
 ) -> None:

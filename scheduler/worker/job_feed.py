@@ -113,7 +113,8 @@ class JobFeed:
     def ended(self, assignment: Assignment, report: bool) -> str | None:
         """The process of ``assignment`` is reaped: stop watching it, send (if ``report``)
         its latest progress not yet sent and its last output, close its channels, and
-        return the tail of its log (None without a log file or ``report``)."""
+        return the tail of its log (None without a log file or ``report``, or if the job
+        wrote nothing)."""
         key = (assignment.id, assignment.attempt)
         live = self._live.pop(key, None)
         if live is None:
@@ -126,7 +127,8 @@ class JobFeed:
         try:
             if report and latest is not None:
                 self._emit_progress(live.assignment, latest)
-            if report and channels.log is not None:
+            # A job that wrote nothing costs one look at its spool, not five system calls.
+            if report and channels.log is not None and channels.log.wrote():
                 self._emit_output(live)
                 tail = channels.log.tail()
         except OSError as exc:

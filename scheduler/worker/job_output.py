@@ -53,6 +53,8 @@ ORPHAN_PREFIX: Final = "orphaned."
 """How the log file of output left in a spool by a scheduler that died starts."""
 
 _instances = itertools.count()
+_DECODER: Final = codecs.getincrementaldecoder("utf-8")
+"""Makes each log's decoder (looked up once, not per job)."""
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 
@@ -83,10 +85,13 @@ class JobLog:
     """One attempt's output as its scheduler reads it: in the spool lent to its job process,
     then in the log file at :attr:`path` once the scheduler has seen output."""
 
-    def __init__(self, path: Path, spool: str, free: list[str] | None = None) -> None:
+    def __init__(
+        self, path: str | os.PathLike[str], spool: str, free: list[str] | None = None
+    ) -> None:
         """The log of an attempt whose job writes to ``spool``, named ``path`` at its first
         output; ``free`` gets the spool back when the log is closed. Nothing is opened yet."""
-        self.path = path
+        # Kept as text: a Path per job costs a no-op job's scheduler several microseconds.
+        self._path = os.fspath(path)
         self.spool = spool
         self.named = False
         """Whether the spool has become the file at :attr:`path`."""
@@ -96,7 +101,20 @@ class JobLog:
         self._unnamable = False
         """Renaming the spool failed (someone deleted it, say): its output is still read."""
         self._sent = 0
-        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._ended_size: int | None = None
+        """The spool's size once :meth:`wrote` looked at the ended job's spool."""
+        self._decoder = _DECODER(errors="replace")
+
+    @property
+    def path(self) -> Path:
+        """Where the output goes once the scheduler has seen some."""
+        return Path(self._path)
+
+    def wrote(self) -> bool:
+        """Whether the job wrote anything, for a job that has ended: one look at its spool,
+        which :meth:`close` then trusts (an ended job writes no more)."""
+        self._ended_size = self._size()
+        return self._ended_size > 0
 
     def _opened(self) -> bool:
         """Whether the spool is open for reading, opening it if the job has made it."""
@@ -113,10 +131,11 @@ class JobLog:
         if self.named or self._unnamable:
             return
         try:
-            os.rename(self.spool, self.path)
+            os.rename(self.spool, self._path)
         except OSError as exc:
             self._unnamable = True
-            log.warning("the output of %s stays in %s: %s", self.path.name, self.spool, exc)
+            name = os.path.basename(self._path)
+            log.warning("the output of %s stays in %s: %s", name, self.spool, exc)
         else:
             self.named = True
 
@@ -165,12 +184,17 @@ class JobLog:
             return
         self._closed = True
         try:
-            if not (self.named or self._unnamable) and self._size():
+            if not (self.named or self._unnamable) and (
+                self._size() if self._ended_size is None else self._ended_size
+            ):
                 self._name()
         except OSError as exc:
             self._unnamable = True
             log.warning(
-                "cannot look at the output of %s in %s: %s", self.path.name, self.spool, exc
+                "cannot look at the output of %s in %s: %s",
+                os.path.basename(self._path),
+                self.spool,
+                exc,
             )
         finally:
             if self.fd >= 0:
@@ -200,6 +224,7 @@ class JobLogs:
             raise ValueError(f"keep_logs must be >= 1, not {keep}")
         self.root = root.absolute()
         self.dir = self.root / log_name(scheduler, 0).removesuffix(".0.log")
+        self._dir_text = str(self.dir)
         self.keep = keep
         self._opened = 0
         me = read_stat(os.getpid())
@@ -221,7 +246,7 @@ class JobLogs:
             prune_logs(self.root, self.keep - 1)  # room for the file made next
             self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._opened += 1
-        path = self.dir / log_name(job_id, attempt)
+        path = f"{self._dir_text}/{log_name(job_id, attempt)}"
         try:
             os.unlink(path)  # a job id used again after a vacuum: not this job's output
         except FileNotFoundError:
@@ -230,7 +255,7 @@ class JobLogs:
 
     def _new_spool(self) -> str:
         """A spool path no job of this scheduler has had."""
-        return f"{self.dir}/{self._spool_base}{next(self._spools)}"
+        return f"{self._dir_text}/{self._spool_base}{next(self._spools)}"
 
     def close(self) -> None:
         """Delete the spools no job writes to (every job has ended): the scheduler stops."""

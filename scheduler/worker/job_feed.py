@@ -6,9 +6,10 @@ file), hands their descriptors to the job process, and tells the feed when the j
 started and when it ended. Meanwhile the feed turns what arrives into ``progress`` and
 ``output`` reports:
 
-* progress lines are read as they come (the pipe is watched by the event loop) and
-  reported at most once per :data:`PROGRESS_INTERVAL_S` per job, the latest winning
-  (:class:`~scheduler.policy.throttle.ReportThrottle`);
+* progress lines are read as they come (the pipe is watched by the event loop from
+  :data:`WATCH_AFTER_S` after the job's start; a job that ends sooner has its progress
+  read once, at its end) and reported at most once per :data:`PROGRESS_INTERVAL_S` per
+  job, the latest winning (:class:`~scheduler.policy.throttle.ReportThrottle`);
 * the log files are looked at every :data:`OUTPUT_INTERVAL_S`; what is new goes out as
   one ``output`` report per job (at most 4 KiB, the newest part if more was written).
 
@@ -36,6 +37,11 @@ PROGRESS_INTERVAL_S: Final = 0.5
 """Shortest time between two progress reports of one job."""
 OUTPUT_INTERVAL_S: Final = 0.5
 """Time between two looks at the running jobs' log files (and their output reports)."""
+WATCH_AFTER_S: Final = 0.05
+"""How long after its start a job's progress pipe is watched at the latest. A short job
+ends first and costs the event loop no reader (two ``epoll_ctl`` calls and the selector's
+bookkeeping, a tenth of a no-op job's cost to its scheduler); a job that writes more
+progress than a pipe holds (64 KiB) that soon waits at most this long."""
 
 _Key = tuple[str, int]
 """A job id and attempt."""
@@ -85,6 +91,9 @@ class JobFeed:
         an older one's process is still being stopped)."""
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = 0.0
+        self._unwatched: dict[_Key, None] = {}
+        """The running attempts whose progress pipe is not watched yet (an ordered set)."""
+        self._watch_timer: asyncio.TimerHandle | None = None
 
     def open(self, job_id: str, attempt: int) -> JobChannels:
         """Make the channels of ``attempt`` of ``job_id``, before its fork; ``OSError``
@@ -101,12 +110,15 @@ class JobFeed:
         return JobChannels(pipe, job_log)
 
     def started(self, assignment: Assignment, channels: JobChannels) -> None:
-        """The job process of ``assignment`` was forked with ``channels``: watch them."""
+        """The job process of ``assignment`` was forked with ``channels``: watch them (its
+        progress pipe within :data:`WATCH_AFTER_S`)."""
         channels.progress.forked()
         key = (assignment.id, assignment.attempt)
         self._live[key] = _Live(assignment, channels)
-        loop = asyncio.get_running_loop()
-        loop.add_reader(channels.progress.read_fd, self._readable, key)
+        self._unwatched[key] = None
+        if self._watch_timer is None:
+            loop = asyncio.get_running_loop()
+            self._watch_timer = loop.call_later(WATCH_AFTER_S, self._watch)
         if channels.log is not None:
             self._arm(self._clock() + OUTPUT_INTERVAL_S)
 
@@ -120,7 +132,10 @@ class JobFeed:
         if live is None:
             return None
         channels = live.channels
-        asyncio.get_running_loop().remove_reader(channels.progress.read_fd)
+        if key in self._unwatched:
+            del self._unwatched[key]
+        else:
+            asyncio.get_running_loop().remove_reader(channels.progress.read_fd)
         held = self._throttle.flush(key)
         latest = channels.progress.read() or held
         tail = None
@@ -138,10 +153,21 @@ class JobFeed:
         return tail
 
     def shutdown(self) -> None:
-        """Stop the timer: the executor shuts down (each job's end still closes it)."""
+        """Stop the timers: the executor shuts down (each job's end still closes it)."""
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        if self._watch_timer is not None:
+            self._watch_timer.cancel()
+            self._watch_timer = None
+
+    def _watch(self) -> None:
+        """Watch the progress pipes of the running attempts not watched yet."""
+        self._watch_timer = None
+        loop = asyncio.get_running_loop()
+        for key in self._unwatched:
+            loop.add_reader(self._live[key].channels.progress.read_fd, self._readable, key)
+        self._unwatched.clear()
 
     def close(self) -> None:
         """Every job has ended: delete the spools (see :meth:`JobLogs.close`)."""

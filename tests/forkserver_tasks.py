@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 from scheduler.tasks import task
@@ -53,3 +54,20 @@ def job_side_files() -> list[str]:
     """The files this job process's setup and its fork server's loop were loaded from."""
     names = ("scheduler.worker.child", "scheduler.worker.forkserver")
     return [str(sys.modules[name].__file__) for name in names]
+
+
+@task
+def scheduling_policy() -> dict[str, bool]:
+    """Whether this job process, and a process it starts, run as batch work."""
+    import subprocess
+
+    child = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.sched_getscheduler(0))"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return {
+        "job": os.sched_getscheduler(0) == os.SCHED_BATCH,
+        "its_child": int(child.stdout) == os.SCHED_BATCH,
+    }

@@ -40,6 +40,7 @@ REGISTRY = TaskRegistry(
         "stepper": output_tasks.stepper,
         "chatty": output_tasks.chatty,
         "exit3": forkserver_tasks.exit3,
+        "policy": forkserver_tasks.scheduling_policy,
     }
 )
 
@@ -150,6 +151,13 @@ async def test_output_and_progress(executor: Executor, reports: Reports, tmp_pat
     executor.submit(job("talk", task="chatty", args=["hi"]))
     done = await reports.expect("succeeded", "talk")
     assert done.output is not None and "hi raw fd 1\nhi subprocess\n" in done.output
+
+
+async def test_a_job_and_what_it_starts_run_as_batch_work(
+    executor: Executor, reports: Reports
+) -> None:
+    executor.submit(job("batch", task="policy", args=[]))
+    assert (await reports.expect("succeeded", "batch")).result == {"job": True, "its_child": True}
 
 
 async def test_timeout_kills_the_tree_with_its_setsid_grandchildren(

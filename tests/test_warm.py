@@ -82,6 +82,11 @@ def chat(marker: str) -> None:
     progress(0.5, marker)
 
 
+def policy() -> int:
+    """This job's scheduling policy."""
+    return os.sched_getscheduler(0)
+
+
 def length(text: str) -> int:
     """The length of ``text``."""
     return len(text)
@@ -95,6 +100,7 @@ TASKS: dict[str, Task] = {
     "burn": burn,
     "crash": crash,
     "chat": chat,
+    "policy": policy,
 }
 
 WarmFactory = Callable[..., Executor]
@@ -184,6 +190,14 @@ async def test_module_state_survives_between_jobs_of_a_slot(
     # The documented trade-off: the second job sees the first one's global; the third
     # runs in a fresh process, which starts from the scheduler's state again.
     assert results == [[0], [0, 1], [2]]
+
+
+async def test_a_slot_process_runs_its_jobs_as_batch_work(
+    make_warm: WarmFactory, reports: Reports
+) -> None:
+    executor = make_warm(WarmLimits(2))
+    executor.submit(job("batch", task="policy", args=[]))
+    assert (await reports.expect("succeeded", "batch")).result == os.SCHED_BATCH
 
 
 async def test_a_slot_process_past_its_memory_limit_is_replaced(

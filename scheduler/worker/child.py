@@ -45,6 +45,9 @@ _SET_DEATH_SIGNAL = (
 LEFTOVER_REAP_S = 1.0
 """How long a job process that ended waits for the leftovers it killed to be gone."""
 
+_BATCH_PRIORITY: Final = os.sched_param(0)
+"""``SCHED_BATCH``'s only priority, made once here rather than in every child."""
+
 
 def child_main(
     parent_pid: int,
@@ -77,6 +80,7 @@ def child_main(
         cgroups.join(cgroup)
     os.setsid()
     containment.set_child_subreaper()
+    run_as_batch()
     if not signals_ready:
         _signal.signal(_DEATH_SIGNAL, _kill_own_tree)
     containment.prctl("PR_SET_PDEATHSIG", _SET_DEATH_SIGNAL)
@@ -92,6 +96,18 @@ def child_main(
         target(*args, **kwargs)
     finally:
         _end_leftovers()
+
+
+def run_as_batch() -> None:
+    """Schedule this process, and every process it starts, as batch work
+    (``SCHED_BATCH``): its share of the CPU is unchanged, but its wake-ups no longer
+    preempt the process running, so a job waking up does not interrupt its scheduler, the
+    bus or the fork server in the middle of a loop turn. A kernel or a seccomp profile
+    that refuses it leaves the job under the default policy."""
+    try:
+        os.sched_setscheduler(0, os.SCHED_BATCH, _BATCH_PRIORITY)
+    except OSError:
+        pass
 
 
 def job_signals() -> None:

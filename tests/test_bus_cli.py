@@ -79,6 +79,8 @@ def test_help_explains_every_option() -> None:
         (["--max-total-backlog-bytes", "-1"], "--max-total-backlog-bytes"),
         (["--register-timeout", "0"], "--register-timeout"),
         (["--max-connections", "0"], "--max-connections"),
+        (["--commit-window", "-0.01"], "--commit-window"),
+        (["--commit-window", "2"], "--commit-window"),
     ],
 )
 def test_a_bad_option_is_refused(args: list[str], blamed: str) -> None:

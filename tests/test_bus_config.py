@@ -16,6 +16,7 @@ from scheduler.bus.config import (
     BusConfig,
     bus_rules,
 )
+from scheduler.policy.commit_window import DEFAULT_COMMIT_WINDOW_S
 from scheduler.policy.dispatch.config import (
     DEFAULT_LEASE_S,
     DEFAULT_MAX_DELIVERIES,
@@ -63,3 +64,4 @@ def test_the_command_takes_its_defaults_from_the_constants() -> None:
         DEFAULT_RESTART_GRACE_S,
         DEFAULT_VACUUM_EVERY_S,
     )
+    assert defaults["commit_window"] == DEFAULT_COMMIT_WINDOW_S == BusConfig().commit_window

@@ -15,15 +15,21 @@ from scheduler.protocol_types import Role
 
 @dataclass
 class RecordingGate:
-    """Records each frame handed to the gate, with its recipient and whether it counts."""
+    """Records each frame handed to the gate, with its recipient and whether it counts;
+    every one must be marked as a job event (it may wait for the commit window)."""
 
     sent: list[tuple[str, bool]] = field(default_factory=list)
 
     def send(
-        self, recipient: Connection, frame: bytes, counted: bool = True, about: str | None = None
+        self,
+        recipient: Connection,
+        frame: bytes,
+        counted: bool = True,
+        about: str | None = None,
+        event: bool = False,
     ) -> None:
-        event = decode_bus(frame.decode())
-        assert isinstance(event, JobEvent) and about in (None, event.id)
+        decoded = decode_bus(frame.decode())
+        assert isinstance(decoded, JobEvent) and about in (None, decoded.id) and event
         self.sent.append((recipient.name, counted))
 
 

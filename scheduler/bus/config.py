@@ -17,6 +17,7 @@ from scheduler.auth import TokenTable
 from scheduler.bus.outbox import DEFAULT_MAX_BACKLOG_BYTES, DEFAULT_MAX_TOTAL_BACKLOG_BYTES
 from scheduler.bus.store import check_store
 from scheduler.policy.access import is_loopback
+from scheduler.policy.commit_window import DEFAULT_COMMIT_WINDOW_S, check_window
 from scheduler.policy.dispatch.config import (
     DEFAULT_RESTART_GRACE_S,
     DEFAULT_START_DEADLINE_S,
@@ -114,6 +115,9 @@ class BusConfig:
     max_total_backlog_bytes: int = DEFAULT_MAX_TOTAL_BACKLOG_BYTES
     register_timeout: float = DEFAULT_REGISTER_TIMEOUT_S
     max_connections: int = DEFAULT_MAX_CONNECTIONS
+    commit_window: float = DEFAULT_COMMIT_WINDOW_S
+    """Seconds a commit that only job events wait for may wait for more changes, under
+    load (see :mod:`scheduler.policy.commit_window`); 0: every commit starts at once."""
 
     def __post_init__(self) -> None:
         """Refuse values that cannot work, naming the field."""
@@ -126,6 +130,7 @@ class BusConfig:
                 raise ValueError(f"{name} must be >= 1, not {getattr(self, name)}")
         if not self.register_timeout > 0:
             raise ValueError(f"register_timeout must be > 0 s, not {self.register_timeout}")
+        check_window(self.commit_window)
         if not self.vacuum_every > 0:
             raise ValueError(f"vacuum_every must be > 0 s, not {self.vacuum_every}")
         unknown = set(self.retention) - FINAL_EVENTS

@@ -131,9 +131,9 @@ class Fanout:
         against the backlog bound of all but the client whose request caused it."""
         frame = encode(event).encode()
         for client in _each(self._watchers.get(event.id)):
-            gate.send(client, frame, counted=client is not requester, about=event.id)
+            gate.send(client, frame, counted=client is not requester, about=event.id, event=True)
         for monitor in self._monitors:
-            gate.send(monitor, frame)
+            gate.send(monitor, frame, event=True)
         if event.event in FINAL_EVENTS:
             self.forget_job(event.id)
         _log_published(event)
@@ -144,7 +144,7 @@ class Fanout:
         if self._monitors:
             frame = encode(event).encode()
             for monitor in self._monitors:
-                gate.send(monitor, frame)
+                gate.send(monitor, frame, event=True)
         _log_published(event)
 
 

@@ -13,6 +13,9 @@ waiting for the disk. The assignments of those jobs still held here are dropped,
 sent, so no scheduler runs a job whose producer was told it was refused. A held
 assignment's release (:class:`~scheduler.protocol.Release`) dropped so is replaced by
 the frame ``instead`` makes (a stop of that attempt).
+
+Under load, a commit that only job events wait for may wait a little for more changes
+to join it (:mod:`scheduler.policy.commit_window`); any other frame held starts it at once.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from typing import Final, Protocol
 
 from scheduler.bus.journal import Journal, JournalError
 from scheduler.bus.outbox import FrameOutbox
+from scheduler.policy.commit_window import CommitWindow
 from scheduler.protocol import StopKind
 
 logger = logging.getLogger(__name__)
@@ -62,7 +66,8 @@ class _Held:
     """A frame waiting for a commit; ``about`` names the job whose event it is, if any,
     ``assigns`` the job whose assignment (or ``release``) it carries, if any, and
     ``instead`` what goes out in its place if that job is refused. ``withdrawn``: a
-    stop of that attempt came meanwhile (:meth:`FrameGate.withdraw`): never sent."""
+    stop of that attempt came meanwhile (:meth:`FrameGate.withdraw`): never sent.
+    ``event``: the frame is a job event (its commit may wait for the commit window)."""
 
     recipient: Recipient
     frame: bytes
@@ -72,6 +77,7 @@ class _Held:
     assigns: str | None = None
     instead: Callable[[], bytes] | None = None
     release: bool = False
+    event: bool = False
     withdrawn: bool = False
 
 
@@ -90,9 +96,22 @@ def journal_problem(error: JournalError) -> str:
 class FrameGate:
     """Holds each frame until the journal commit covering the changes before it is done."""
 
-    def __init__(self, journal: Journal, on_refused: OnRefused) -> None:
+    def __init__(
+        self,
+        journal: Journal,
+        on_refused: OnRefused,
+        window: CommitWindow | None = None,
+        held_attempts: Callable[[], int] | None = None,
+    ) -> None:
+        """Gate frames on ``journal``'s commits. ``window`` (None: none) lets a commit that
+        only job events wait for wait; ``held_attempts`` says how many attempts the
+        schedulers hold (the window applies only to more than one)."""
         self._journal = journal
         self._on_refused = on_refused
+        self._window = CommitWindow(0.0) if window is None else window
+        self._held_attempts = held_attempts or _none
+        self._hurry: asyncio.Future[None] | None = None
+        """Set while a commit waits for the window: done once it may start."""
         self._held: list[_Held] = []
         self._flying: list[_Held] = []
         """The frames waiting for the commit in flight."""
@@ -136,6 +155,7 @@ class FrameGate:
         assigns: str | None = None,
         instead: Callable[[], bytes] | None = None,
         release: bool = False,
+        event: bool = False,
     ) -> None:
         """Push ``frame`` to ``recipient`` now, or once the commits before it are done
         (``counted``: see :meth:`FrameOutbox.push`). A frame with a ``refusal`` is
@@ -143,14 +163,17 @@ class FrameGate:
         the refused jobs (their events) are dropped, and every frame that ``assigns``
         one of them or their runs (to any recipient) too: the frame ``instead`` makes, if
         given, is sent in its place (made only then: refusals are rare). ``release``: the
-        frame releases a held assignment (see :meth:`withdraw`)."""
+        frame releases a held assignment (see :meth:`withdraw`). ``event``: the frame is
+        a job event, which may wait for the commit window; any other frame ends the wait."""
         if self._task is None:
             if not self._stopped:
                 recipient.outbox.push(frame, counted)
             return
         self._pending[recipient] = self._pending.get(recipient, 0) + 1
-        held = _Held(recipient, frame, counted, refusal, about, assigns, instead, release)
+        held = _Held(recipient, frame, counted, refusal, about, assigns, instead, release, event)
         self._held.append(held)
+        if not event and self._hurry is not None and not self._hurry.done():
+            self._hurry.set_result(None)
 
     def withdraw(self, recipient: Recipient, job_id: str, kind: StopKind) -> bool:
         """A stop of ``kind`` for ``job_id`` is about to be sent to ``recipient``: never
@@ -191,6 +214,8 @@ class FrameGate:
     async def _run(self) -> None:
         try:
             while self._dirty or self._held:
+                if self._dirty:
+                    await self._linger()
                 batch, self._held = self._held, []
                 self._flying = batch
                 committed = not self._dirty or await self._commit(batch)
@@ -212,6 +237,7 @@ class FrameGate:
         """Commit what the journal has queued; on failure, refuse the batch's
         acknowledgments, hold the rest again and wait before the next try."""
         self._dirty = False
+        self._window.started(asyncio.get_running_loop().time())
         try:
             await self._journal.flush()
         except JournalError as exc:
@@ -229,6 +255,22 @@ class FrameGate:
             )
             self._failures = 0
         return True
+
+    async def _linger(self) -> None:
+        """Wait as long as the commit window asks before the next commit, or until a frame
+        that is not a job event is held."""
+        loop = asyncio.get_running_loop()
+        urgent = not all(held.event for held in self._held)
+        delay = self._window.wait(loop.time(), urgent=urgent, held=self._held_attempts())
+        if delay <= 0:
+            return
+        hurry = self._hurry = loop.create_future()
+        timer = loop.call_later(delay, _settle, hurry)
+        try:
+            await hurry
+        finally:
+            timer.cancel()
+            self._hurry = None
 
     def _refuse(self, batch: list[_Held], error: JournalError) -> list[_Held]:
         """Answer each acknowledgment in ``batch`` with a refusal, drop its sender's
@@ -300,3 +342,14 @@ class FrameGate:
         if self._wake is not None:
             self._wake.set_result(None)
             self._wake = None
+
+
+def _none() -> int:
+    """No attempts held: the window never applies."""
+    return 0
+
+
+def _settle(future: asyncio.Future[None]) -> None:
+    """End the window's wait (unless a frame ended it already)."""
+    if not future.done():
+        future.set_result(None)

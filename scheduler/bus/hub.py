@@ -30,6 +30,7 @@ from scheduler.bus.metrics import BusMetrics, LiveFigures
 from scheduler.bus.registry import Registry
 from scheduler.codec import encode, encode_bytes, encode_v1_payload
 from scheduler.ids import short_id
+from scheduler.policy.commit_window import CommitWindow
 from scheduler.policy.dispatch.decisions import (
     Decision,
     EmitEvent,
@@ -133,7 +134,8 @@ class Hub:
             else Journal.open_store(store, epoch=self.config.leader_epoch)
         )
         journal.on_commit = self.metrics.journal_committed
-        self._gate = FrameGate(journal, self._refused)
+        window = CommitWindow(self.config.commit_window)
+        self._gate = FrameGate(journal, self._refused, window, self.core.held_attempts)
         with paused_gc():
             jobs = journal.load()
             promised = journal.restart_promise()

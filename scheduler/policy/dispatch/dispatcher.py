@@ -153,6 +153,10 @@ class Dispatcher:
         """Jobs that reached a final state since the start."""
         return self._core.finished
 
+    def held_attempts(self) -> int:
+        """How many attempts the schedulers hold (assigned or running)."""
+        return len(self._core.seats)
+
     # --- queries ---------------------------------------------------------------------
 
     def job(self, job_id: str) -> JobInfo | None:

@@ -3,22 +3,32 @@
 :class:`BusMetrics` is fed as things happen, each in O(1): :meth:`BusMetrics.event` for
 every job event the hub publishes (event counts by task, wait and run-time histograms by
 priority, evictions) and :meth:`BusMetrics.journal_committed` for every journal commit.
-What the bus already knows at any moment (jobs by state and task, schedulers connected,
-steals) is read when ``/metrics`` is scraped, from the :class:`LiveFigures` the bus
-passes in, so those figures are right after a restart too.
+It counts in plain numbers, turned into metric families only when ``/metrics`` is
+scraped: the bus counts several events per job on its event loop's thread, the only
+thread that feeds or reads them, so it needs none of the locks that ``prometheus_client``'s
+own counters and histograms take at every increment. What the bus already knows at any
+moment (jobs by state and task, schedulers connected, steals) is read at the scrape from
+the :class:`LiveFigures` the bus passes in, so those figures are right after a restart too.
 
 Metric names (all prefixed ``schedbus_``) are listed in :data:`METRIC_NAMES`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from bisect import bisect_left
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Final
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 from scheduler.protocol import JobEvent
 from scheduler.protocol_types import FINAL_EVENTS
@@ -87,52 +97,67 @@ class _LiveCollector(Collector):
         )  # fmt: skip
 
 
+@dataclass(slots=True)
+class _Buckets:
+    """One histogram series: how many observations fell in each bucket (the last one past
+    every bound), and their sum."""
+
+    counts: list[int]
+    total: float = 0.0
+
+
+@dataclass(slots=True)
+class _Histogram:
+    """A histogram's series by label value (none: the one series ``""``), as numbers."""
+
+    bounds: Sequence[float]
+    series: dict[str, _Buckets] = field(default_factory=dict)
+
+    def observe(self, label: str, value: float) -> None:
+        """Count ``value`` in the series of ``label``."""
+        buckets = self.series.get(label)
+        if buckets is None:
+            buckets = self.series[label] = _Buckets([0] * (len(self.bounds) + 1))
+        buckets.counts[bisect_left(self.bounds, value)] += 1
+        buckets.total += value
+
+    def family(self, name: str, documentation: str, label: str | None) -> HistogramMetricFamily:
+        """The series as a metric family: cumulative buckets, ``le`` as Prometheus writes it."""
+        family = HistogramMetricFamily(name, documentation, labels=[] if label is None else [label])
+        edges = [*map(floatToGoString, self.bounds), "+Inf"]
+        for value, buckets in sorted(self.series.items()):
+            cumulative, running = [], 0
+            for edge, count in zip(edges, buckets.counts, strict=True):
+                running += count
+                cumulative.append((edge, running))
+            family.add_metric([] if label is None else [value], cumulative, buckets.total)
+        return family
+
+
 class BusMetrics:
     """One bus's metrics and the registry that exposes them."""
 
     def __init__(self, figures: Callable[[], LiveFigures], tracks: Callable[[str], bool]) -> None:
-        """Create every metric in a new registry; ``figures`` is called at each scrape, and
-        ``tracks`` (whether the bus still tracks a job id) forgets at each scrape the queue
-        times of jobs that left without a final event (a v1 scheduler's)."""
+        """Start every count at zero, in a new registry; ``figures`` is called at each
+        scrape, and ``tracks`` (whether the bus still tracks a job id) forgets at each
+        scrape the queue times of jobs that left without a final event (a v1 scheduler's)."""
         self.registry = CollectorRegistry()
-        self._events = Counter(
-            "schedbus_job_events", "Job events published, by event and task.",
-            ["event", "task"], registry=self.registry,
-        )  # fmt: skip
-        self._waits = Histogram(
-            "schedbus_job_wait_seconds", "Seconds from queued to started, by priority.",
-            ["priority"], buckets=WAIT_BUCKETS, registry=self.registry,
-        )  # fmt: skip
-        self._runs = Histogram(
-            "schedbus_job_run_seconds", "Run time of each finished attempt, by priority.",
-            ["priority"], buckets=RUN_BUCKETS, registry=self.registry,
-        )  # fmt: skip
-        self._evictions = Counter(
-            "schedbus_evictions", "Running jobs evicted by a more urgent one.",
-            registry=self.registry,
-        )  # fmt: skip
-        self._commits = Histogram(
-            "schedbus_journal_commit_seconds", "Seconds one journal commit took.",
-            buckets=COMMIT_BUCKETS, registry=self.registry,
-        )  # fmt: skip
+        self._events: dict[tuple[str, str], int] = {}
+        self._waits = _Histogram(WAIT_BUCKETS)
+        self._runs = _Histogram(RUN_BUCKETS)
+        self._evictions = 0
+        self._commits = _Histogram(COMMIT_BUCKETS)
+        self.registry.register(_CountsCollector(self))
         self.registry.register(_LiveCollector(figures))
         self._queued_at: dict[str, float] = {}
         self._tracks = tracks
-        # Each labelled child once: ``labels()`` takes a lock and checks its arguments at
-        # every call, and the bus counts several events per job.
-        self._event_counters: dict[tuple[str, str], Counter] = {}
-        self._wait_series: dict[int, Histogram] = {}
-        self._run_series: dict[int, Histogram] = {}
 
     def event(self, event: JobEvent, now: float) -> None:
         """Count ``event`` (published at monotonic ``now``): by event and task; a job
         entering the queue starts its wait, ``started`` observes it, an attempt's end
         observes its run time, and a final event forgets the job."""
         key = (event.event, event.task)
-        counter = self._event_counters.get(key)
-        if counter is None:
-            counter = self._event_counters[key] = self._events.labels(*key)
-        counter.inc()
+        self._events[key] = self._events.get(key, 0) + 1
         if event.state == "queued":
             self._queued_at[event.id] = now
             if len(self._queued_at) > MAX_WAITING:
@@ -140,19 +165,17 @@ class BusMetrics:
         elif event.event == "started":
             since = self._queued_at.pop(event.id, None)
             if since is not None:
-                _series(self._waits, self._wait_series, event.priority).observe(
-                    max(0.0, now - since)
-                )
+                self._waits.observe(str(event.priority), max(0.0, now - since))
         if event.event in RUN_ENDINGS and event.wall_s is not None:
-            _series(self._runs, self._run_series, event.priority).observe(event.wall_s)
+            self._runs.observe(str(event.priority), event.wall_s)
         if event.event == "evicted":
-            self._evictions.inc()
+            self._evictions += 1
         if event.event in FINAL_EVENTS:
             self._queued_at.pop(event.id, None)
 
     def journal_committed(self, seconds: float) -> None:
         """Observe one journal commit that took ``seconds``."""
-        self._commits.observe(seconds)
+        self._commits.observe("", seconds)
 
     def exposition(self) -> bytes:
         """Every metric in Prometheus' text exposition format (first forgetting the queue
@@ -166,10 +189,38 @@ class BusMetrics:
         """How many queue times are kept (jobs queued and not yet started)."""
         return len(self._queued_at)
 
+    def families(self) -> Iterator[Metric]:
+        """The counts kept so far, as metric families."""
+        events = CounterMetricFamily(
+            "schedbus_job_events", "Job events published, by event and task.",
+            labels=["event", "task"],
+        )  # fmt: skip
+        for (kind, task), count in sorted(self._events.items()):
+            events.add_metric([kind, task], count)
+        yield events
+        yield self._waits.family(
+            "schedbus_job_wait_seconds", "Seconds from queued to started, by priority.",
+            "priority",
+        )  # fmt: skip
+        yield self._runs.family(
+            "schedbus_job_run_seconds", "Run time of each finished attempt, by priority.",
+            "priority",
+        )  # fmt: skip
+        yield CounterMetricFamily(
+            "schedbus_evictions", "Running jobs evicted by a more urgent one.",
+            value=self._evictions,
+        )  # fmt: skip
+        yield self._commits.family(
+            "schedbus_journal_commit_seconds", "Seconds one journal commit took.", None
+        )
 
-def _series(histogram: Histogram, series: dict[int, Histogram], priority: int) -> Histogram:
-    """``histogram``'s child for ``priority``, kept in ``series`` once made."""
-    child = series.get(priority)
-    if child is None:
-        child = series[priority] = histogram.labels(str(priority))
-    return child
+
+class _CountsCollector(Collector):
+    """Exposes what :class:`BusMetrics` counted, when the registry is collected."""
+
+    def __init__(self, metrics: BusMetrics) -> None:
+        self._metrics = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        """Yield the event counts, the wait, run and commit histograms, the evictions."""
+        return self._metrics.families()

@@ -326,6 +326,16 @@ def test_save_refuses_an_integer_sqlite_cannot_store(journal: Journal) -> None:
     assert journal.get("job-1") is None, "nothing of the batch is queued"
 
 
+@pytest.mark.parametrize(
+    "column", ["attempt", "deliveries", "retries", "not_before", "finished_at", "exit_code"]
+)
+def test_every_numeric_column_is_checked_for_an_integer_too_large(
+    journal: Journal, column: str
+) -> None:
+    with pytest.raises(JournalError, match=f"{column} {-(2**64)} does not fit"):
+        journal.save([make_job(1, "queued", **{column: -(2**64)})])
+
+
 @pytest.fixture
 def refuse_job_2(path: Path) -> Iterator[sqlite3.Connection]:
     """A trigger in the journal file that makes SQLite refuse any write of ``job-2``."""

@@ -234,12 +234,20 @@ def find_statement(query: JobQuery, limit: int, newest_first: bool) -> tuple[str
 
 _INT64: Final = range(-(2**63), 2**63)
 
+_NUMBERS: Final = tuple(
+    (i, column)
+    for i, (column, kind) in enumerate(zip(_COLUMNS, get_args(Row), strict=True))
+    if not set(get_args(kind) or (kind,)) <= {str, type(None)}
+)
+"""The columns of a :data:`Row` that hold numbers (and may hold a Python int too large)."""
+
 
 def row_of(job: Job) -> Row:
     """``job`` as bound to ``UPSERT``; raise ValueError for an int SQLite cannot
     store, naming the column."""
     row = _encode_row(job)
-    for column, value in zip(_COLUMNS, row, strict=True):
+    for i, column in _NUMBERS:
+        value = row[i]
         if isinstance(value, int) and value not in _INT64:
             raise ValueError(f"{column} {value} does not fit a signed 64-bit SQLite INTEGER")
     return row

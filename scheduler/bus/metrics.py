@@ -134,8 +134,8 @@ class _Histogram:
         return family
 
 
-class BusMetrics:
-    """One bus's metrics and the registry that exposes them."""
+class BusMetrics(Collector):
+    """One bus's metrics and the registry that exposes them (collecting its own counts)."""
 
     def __init__(self, figures: Callable[[], LiveFigures], tracks: Callable[[str], bool]) -> None:
         """Start every count at zero, in a new registry; ``figures`` is called at each
@@ -147,7 +147,7 @@ class BusMetrics:
         self._runs = _Histogram(RUN_BUCKETS)
         self._evictions = 0
         self._commits = _Histogram(COMMIT_BUCKETS)
-        self.registry.register(_CountsCollector(self))
+        self.registry.register(self)
         self.registry.register(_LiveCollector(figures))
         self._queued_at: dict[str, float] = {}
         self._tracks = tracks
@@ -189,8 +189,8 @@ class BusMetrics:
         """How many queue times are kept (jobs queued and not yet started)."""
         return len(self._queued_at)
 
-    def families(self) -> Iterator[Metric]:
-        """The counts kept so far, as metric families."""
+    def collect(self) -> Iterator[Metric]:
+        """The counts kept so far, as metric families (the registry asks at each scrape)."""
         events = CounterMetricFamily(
             "schedbus_job_events", "Job events published, by event and task.",
             labels=["event", "task"],
@@ -213,14 +213,3 @@ class BusMetrics:
         yield self._commits.family(
             "schedbus_journal_commit_seconds", "Seconds one journal commit took.", None
         )
-
-
-class _CountsCollector(Collector):
-    """Exposes what :class:`BusMetrics` counted, when the registry is collected."""
-
-    def __init__(self, metrics: BusMetrics) -> None:
-        self._metrics = metrics
-
-    def collect(self) -> Iterator[Metric]:
-        """Yield the event counts, the wait, run and commit histograms, the evictions."""
-        return self._metrics.families()

@@ -81,13 +81,13 @@ class _LiveCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         """Yield the jobs-by-state gauge, the schedulers gauge and the steals counter."""
         now = self._figures()
-        jobs = GaugeMetricFamily(
-            "schedbus_jobs", "Jobs the bus tracks (not final), by state and task.",
-            labels=["state", "task"],
+        yield _filled(
+            GaugeMetricFamily(
+                "schedbus_jobs", "Jobs the bus tracks (not final), by state and task.",
+                labels=["state", "task"],
+            ),
+            now.jobs,
         )  # fmt: skip
-        for (state, task), count in sorted(now.jobs.items()):
-            jobs.add_metric([state, task], count)
-        yield jobs
         yield GaugeMetricFamily(
             "schedbus_schedulers", "Schedulers connected to the bus.", value=now.schedulers
         )
@@ -191,13 +191,13 @@ class BusMetrics(Collector):
 
     def collect(self) -> Iterator[Metric]:
         """The counts kept so far, as metric families (the registry asks at each scrape)."""
-        events = CounterMetricFamily(
-            "schedbus_job_events", "Job events published, by event and task.",
-            labels=["event", "task"],
+        yield _filled(
+            CounterMetricFamily(
+                "schedbus_job_events", "Job events published, by event and task.",
+                labels=["event", "task"],
+            ),
+            self._events,
         )  # fmt: skip
-        for (kind, task), count in sorted(self._events.items()):
-            events.add_metric([kind, task], count)
-        yield events
         yield self._waits.family(
             "schedbus_job_wait_seconds", "Seconds from queued to started, by priority.",
             "priority",
@@ -213,3 +213,12 @@ class BusMetrics(Collector):
         yield self._commits.family(
             "schedbus_journal_commit_seconds", "Seconds one journal commit took.", None
         )
+
+
+def _filled(
+    family: GaugeMetricFamily | CounterMetricFamily, counts: Mapping[tuple[str, str], int]
+) -> Metric:
+    """``family`` with one sample per pair of label values in ``counts``, in their order."""
+    for labels, count in sorted(counts.items()):
+        family.add_metric(list(labels), count)
+    return family

@@ -18,6 +18,7 @@ from __future__ import annotations
 from bisect import bisect_left
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import accumulate
 from typing import Final
 
 from prometheus_client import CollectorRegistry, generate_latest
@@ -126,10 +127,7 @@ class _Histogram:
         family = HistogramMetricFamily(name, documentation, labels=[] if label is None else [label])
         edges = [*map(floatToGoString, self.bounds), "+Inf"]
         for value, buckets in sorted(self.series.items()):
-            cumulative, running = [], 0
-            for edge, count in zip(edges, buckets.counts, strict=True):
-                running += count
-                cumulative.append((edge, running))
+            cumulative = list(zip(edges, accumulate(buckets.counts), strict=True))
             family.add_metric([] if label is None else [value], cumulative, buckets.total)
         return family
 

@@ -45,23 +45,29 @@ def slot_main(control_fd: int, inherited: list[int]) -> None:
 
     ``inherited`` are the descriptors of the job the slot was forked for, which it
     inherited and gets again with the job: closed at once. Per job, CPU seconds are the
-    difference of ``getrusage`` (the process and the children it reaped) from before to
-    after the job and its leftovers; peak RSS is the process's high-water mark, reset to
-    its current RSS before the job (``/proc/self/clear_refs``), or that of a child reaped
-    meanwhile if higher.
+    difference of ``getrusage`` (the process and the children it reaped) from the end of
+    the previous job (the slot's start, for its first) to the end of this one and its
+    leftovers: what the slot does to receive a job counts with the job, as the scheduler's
+    CPU limit counts it. Peak RSS is the process's high-water mark since the job started,
+    or that of a child reaped meanwhile if higher: before each job the mark is reset to the
+    current RSS (``/proc/self/clear_refs``) unless the previous job left it there already.
     """
     for fd in inherited:
         os.close(fd)
     out, err = os.dup(1), os.dup(2)
+    usage = _usage()
+    peak_is_rss = False
     with socket.socket(fileno=control_fd) as sock:
         while (job := _receive(sock)) is not None:
             payload, fds = job
-            cpu_before, children_peak = _usage()
-            _reset_peak()
+            cpu_before, children_peak = usage
+            if not peak_is_rss:
+                _reset_peak()
             exit_code = _run(payload, fds)
             _after_job(fds, out, err)
-            cpu_after, children_after = _usage()
+            usage = cpu_after, children_after = _usage()
             peak_kb, rss_kb = _memory()
+            peak_is_rss = peak_kb <= rss_kb
             if children_after > children_peak:
                 peak_kb = max(peak_kb, children_after)
             sock.sendall(DONE.pack(exit_code, cpu_after - cpu_before, cpu_after, peak_kb, rss_kb))

@@ -456,6 +456,35 @@ async def test_frames_given_while_a_batch_is_sent_follow_it_in_order() -> None:
     assert [[m["n"] for m in batch["messages"]] for batch in sent] == [[0, 1, 2], [3, 4]]
 
 
+class CountingSocket:
+    """Stands in for a connection: records each frame sent and how many frames the test
+    had given the sender by then."""
+
+    def __init__(self) -> None:
+        self.given = 0
+        self.sent: list[tuple[int, bytes]] = []
+
+    async def send(self, frame: bytes, text: bool = False) -> None:
+        self.sent.append((self.given, frame))
+
+
+async def test_a_full_batch_goes_out_before_the_rest_of_its_turn_is_given() -> None:
+    ws = CountingSocket()
+    sender = TurnSender(cast(Any, ws), batching=True)
+    total = 2 * MAX_BATCH_MESSAGES + 10
+
+    async def give(n: int) -> None:
+        ws.given += 1
+        await sender.send(b'{"n":%d}' % n)
+
+    await asyncio.gather(*(give(n) for n in range(total)))
+    given_at = [given for given, _ in ws.sent]
+    batches = [[m["n"] for m in json.loads(frame)["messages"]] for _, frame in ws.sent]
+    assert given_at[:2] == [MAX_BATCH_MESSAGES, 2 * MAX_BATCH_MESSAGES], "not at the turn's end"
+    assert [n for batch in batches for n in batch] == list(range(total)), "every frame, in order"
+    assert [len(batch) for batch in batches] == [MAX_BATCH_MESSAGES, MAX_BATCH_MESSAGES, 10]
+
+
 async def test_reports_wait_for_a_started_jobs_end_or_the_linger_and_no_longer() -> None:
     outbox = queue_of(Report("started", "a", 1))
     session = session_on(FailingSocket(), outbox, linger_s=30 * unit())

@@ -3,7 +3,8 @@
 Two builds, each in its own directory of :func:`base_dir` with its own fingerprint:
 
 * ``simulator``: the policy and the simulator's hot modules, which ``python -m
-  scheduler.simulate`` runs (:mod:`scheduler.simulate.compiled`);
+  scheduler.simulate`` runs (:mod:`scheduler.simulate.compiled`), and the bus (its
+  dispatch core, :mod:`scheduler.bus.__main__`);
 * ``forkserver``: the fork server and the job-side modules it runs in every job (the
   fork server's loop, a job's setup, its containment), which each scheduler's fork
   server imports (:mod:`scheduler.worker.forkserver_link`): a compiled function touches
@@ -78,7 +79,11 @@ SIMULATOR = Build(
     ("scheduler.policy", "scheduler.policy.dispatch", "scheduler.simulate", "scheduler.producer"),
     _simulator_files,
 )
-"""The simulator's compiled core."""
+"""The compiled core: the policy (the bus's dispatch core among it) and the simulator's
+hot modules."""
+
+DISPATCH_CORE = "scheduler.policy.dispatch.dispatcher"
+"""The module whose build says whether a process runs the compiled core."""
 
 FORK_SERVER = Build("forkserver", ("scheduler.worker",), _fork_server_files)
 """The fork server's compiled modules."""
@@ -139,6 +144,38 @@ def usable(build: Build) -> tuple[Path | None, str | None]:
     dest = build_dir(build)
     reason = why_not(build, dest, package_root())
     return (dest, None) if reason is None else (None, reason)
+
+
+def use(build: Build) -> str | None:
+    """Make ``build``'s compiled modules the ones the next imports load if this process may
+    run them (:func:`usable`) and has imported none of them yet; return why it runs the
+    source otherwise (None when it runs the build, or ``SCHEDBUS_PURE`` asked for the
+    source)."""
+    dest, reason = usable(build)
+    loaded = [name for name in module_names(build, package_root()) if name in sys.modules]
+    if dest is not None and loaded:
+        dest, reason = None, f"{loaded[0]} was imported before the compiled {build.name} build"
+    if dest is not None:
+        activate(build, dest)
+    return reason
+
+
+def runs_compiled(module_name: str) -> bool:
+    """Whether this process runs the compiled build of module ``module_name`` (importing
+    it if need be)."""
+    module = importlib.import_module(module_name)
+    return str(module.__file__).endswith(str(sysconfig.get_config_var("EXT_SUFFIX")))
+
+
+def core_status() -> str:
+    """``compiled`` if this process runs the compiled core (:data:`DISPATCH_CORE`), else
+    ``interpreted`` and why, for a process's log."""
+    if runs_compiled(DISPATCH_CORE):
+        return "compiled"
+    if os.environ.get("SCHEDBUS_PURE"):
+        return "interpreted (SCHEDBUS_PURE is set)"
+    _, reason = usable(SIMULATOR)
+    return f"interpreted ({reason or 'the policy was imported before the build was chosen'})"
 
 
 def activate(build: Build, dest: Path) -> None:

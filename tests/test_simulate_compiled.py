@@ -96,4 +96,4 @@ def test_a_process_that_imported_the_policy_first_stays_interpreted() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=30, check=True
     )
     assert result.stdout.strip() == "interpreted"
-    assert "scheduler.policy.job was imported before the compiled core" in result.stderr
+    assert "scheduler.policy.job was imported before the compiled simulator build" in result.stderr

@@ -33,6 +33,7 @@ from scheduler.bus.journal import JournalError
 from scheduler.bus.outbox import DEFAULT_MAX_BACKLOG_BYTES, DEFAULT_MAX_TOTAL_BACKLOG_BYTES
 from scheduler.bus.server import BusServer
 from scheduler.cli_support import LOG_LEVELS, configure_logging, run_until_signalled
+from scheduler.compiled import core_status
 from scheduler.policy.commit_window import DEFAULT_COMMIT_WINDOW_S, MAX_COMMIT_WINDOW_S
 from scheduler.policy.dispatch.config import (
     DEFAULT_LEASE_S,
@@ -97,19 +98,25 @@ async def _serve(config: BusConfig, token_note: str) -> None:
     """Serve until cancelled; leaving the ``async with`` closes every connection. With a
     PostgreSQL store, stand by until this bus leads (:func:`serve_elected`).
 
-    ``token_note`` is logged once the bus listens, so that a bus that cannot start says
-    only why."""
+    ``token_note`` and which dispatch core runs are logged once the bus listens, so that a
+    bus that cannot start says only why."""
     collect_less_often()
     if config.store is not None:
         # Imported here: psycopg is loaded only by a bus that journals in PostgreSQL.
         from scheduler.bus.leadership import serve_elected
 
-        log.info("%s", token_note)
+        _log_started(token_note)
         await serve_elected(config)
         return
     async with BusServer(config) as bus:
-        log.info("%s", token_note)
+        _log_started(token_note)
         await bus.serve_forever()
+
+
+def _log_started(token_note: str) -> None:
+    """What the bus logs once it listens: where its tokens are, which core it runs."""
+    log.info("%s", token_note)
+    log.info("dispatch core: %s", core_status())
 
 
 def _retention(

@@ -85,7 +85,9 @@ class JobWatch:
         self.job_id = job_id
         self.events: list[JobEvent] = []
         self.closed: str | None = None
-        self._changed = asyncio.Event()
+        self._changed: asyncio.Event | None = None
+        """What the waiters for the next event wait on; made only when one waits (most
+        jobs' events come with nobody waiting on their handle)."""
 
     @property
     def latest(self) -> JobEvent | None:
@@ -113,6 +115,8 @@ class JobWatch:
         while len(self.events) <= seen:
             if self.closed is not None:
                 raise BusConnectionLost(self.closed)
+            if self._changed is None:
+                self._changed = asyncio.Event()
             await self._changed.wait()
         return self.events[seen]
 
@@ -125,8 +129,9 @@ class JobWatch:
             await self.next_after(len(self.events))
 
     def _wake(self) -> None:
-        self._changed.set()
-        self._changed = asyncio.Event()
+        changed, self._changed = self._changed, None
+        if changed is not None:
+            changed.set()
 
 
 class IdHandle(str):

@@ -10,6 +10,7 @@ import socket
 import sys
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -19,6 +20,7 @@ from scheduler.auth import TokenRole, token_for
 from scheduler.bus.config import BusConfig
 from scheduler.bus.journal import Journal
 from scheduler.bus.server import BusServer
+from scheduler.bus.store import Store
 from scheduler.bus.store_sqlite import SqliteStore
 
 # The private PostgreSQL server's fixtures, for every test module.
@@ -34,11 +36,32 @@ settings.register_profile("schedbus", deadline=None, suppress_health_check=[Heal
 settings.load_profile("schedbus")
 
 
+def store_of(journal: Journal) -> Store:
+    """The store behind ``journal`` (for tests that watch what it is asked)."""
+    return journal._store
+
+
 def sqlite_store(journal: Journal) -> SqliteStore:
     """The SQLite store behind ``journal`` (for tests that reach its connections)."""
-    store = journal._store
+    store = store_of(journal)
     assert isinstance(store, SqliteStore)
     return store
+
+
+def count_reads(journal: Journal, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """From now on, the name of each job read ``journal`` asks of its store (``get_row``,
+    ``get_rows``), in order."""
+    store = store_of(journal)
+    reads: list[str] = []
+    for name in ("get_row", "get_rows"):
+        real = getattr(store, name)
+
+        def counted(*args: object, _name: str = name, _real: Any = real) -> object:
+            reads.append(_name)
+            return _real(*args)
+
+        monkeypatch.setattr(store, name, counted)
+    return reads
 
 
 def unit() -> float:

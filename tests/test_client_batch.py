@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import Any, cast
 
 import pytest
-from conftest import unit, wait_until
+from conftest import count_reads, unit, wait_until
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from test_bus import barrier, client, next_event, recv, register, submit
@@ -408,6 +408,22 @@ async def test_a_producers_submits_of_one_loop_turn_travel_as_one_frame(
     [batch, lone] = [json.loads(frame) for frame in frames]
     assert [m["payload"]["job_id"] for m in batch["messages"]] == jobs, "one frame, in order"
     assert lone["cmd"] == "job_request", "a lone request is a plain frame"
+
+
+async def test_the_submits_of_a_batch_frame_look_their_jobs_up_in_one_query(
+    bus: BusServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with ProducerClient(bus.url) as producer:
+        old = JobPayload(priority=5, runtime=30, job_id="old", on_conflict="ignore")
+        await producer.submit(old)
+        await producer.cancel("old")  # final: only the journal knows it now
+        reads = count_reads(bus.journal, monkeypatch)
+        new = [JobPayload(priority=5, runtime=30, job_id=f"new-{n}") for n in range(20)]
+        replies = await asyncio.gather(*(producer.submit_accepted(p) for p in [*new, old]))
+    assert [r.existing for r in replies] == [False] * 20 + [True], "as if each came alone"
+    # One query for the 21 ids, none per submit; then the client's catch-up watch of the
+    # job that existed (a frame of its own) reads it once more.
+    assert reads == ["get_rows", "get_row"]
 
 
 async def test_a_producer_sends_single_frames_to_a_bus_that_does_not_take_batches() -> None:

@@ -1,5 +1,6 @@
 """One store test suite that the SQLite and the PostgreSQL journal both pass: round trips,
-schema creation and refusal, vacuum, secrets, schedules, the restart promise."""
+schema creation and refusal, vacuum, secrets, schedules, the restart promise, and a frame's
+job lookups read ahead in one query."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from conftest import count_reads
 from test_journal import make_job
 from test_journal_schedules import state
 
@@ -149,6 +151,37 @@ async def test_vacuum_deletes_old_final_jobs(place: Place) -> None:
         assert journal.vacuum(1000.0, {"failed": 5000.0}, 50.0) == {"succeeded": 1}
         assert journal.commits == before + 1
         assert journal.counts() == {"succeeded": 1, "failed": 1, "queued": 1}
+
+
+async def test_reading_ahead_answers_as_get_does_in_one_query(
+    place: Place, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with closing(place.open()) as journal:
+        journal.save(
+            [
+                make_job(1, "succeeded", finished_at=100.0),
+                make_job(2),
+                make_job(3, "failed", finished_at=100.0),
+                make_job(4, "succeeded", finished_at=100.0),
+            ]
+        )
+        await journal.flush()
+        journal.save([make_job(2, "running")])  # queued: it comes before the committed row
+        ids = ["job-1", "job-2", "job-3", "never"]
+        expected = {job_id: journal.get(job_id) for job_id in ids}
+        reads = count_reads(journal, monkeypatch)
+        with journal.reading_ahead([*ids, "job-1"]):
+            assert {job_id: journal.get(job_id) for job_id in ids} == expected
+            assert reads == ["get_rows"], "one query; the queued job-2 is not asked for"
+            with journal.reading_ahead(["job-4", "job-3", "never-2"]):
+                assert journal.get("job-4") == make_job(4, "succeeded", finished_at=100.0)
+                assert journal.get("job-3") == expected["job-3"]
+            assert reads == ["get_rows", "get_rows"], "the inner one asks only for what is new"
+            assert journal.get("job-1") == expected["job-1"], "the outer one still answers"
+            assert journal.vacuum(1000.0, {}, 50.0) == {"succeeded": 2, "failed": 1}
+            assert journal.get("job-1") is None, "a write made at once drops what was read"
+        assert reads == ["get_rows", "get_rows", "get_row"]
+        assert journal.get("job-3") is None and reads[-1] == "get_row"
 
 
 async def test_secrets_schedules_and_the_restart_promise_survive_a_reopen(place: Place) -> None:

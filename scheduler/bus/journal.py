@@ -19,7 +19,8 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from functools import partial
 from typing import Any, Final, TypeVar
 
@@ -93,6 +94,12 @@ class Journal:
         self._flying_jobs: dict[str, Row | None] = {}
         self._flying_secrets: dict[str, str | None] = {}
         self._flying_schedules: dict[str, ScheduleRow | None] = {}
+        self._read_ahead: dict[str, Sequence[Any] | None] = {}
+        """Committed rows read in one query for the requests of one frame (None: no row),
+        which :meth:`get` answers from while :meth:`reading_ahead` lasts."""
+        self._writes_at_once = 0
+        """How many writes were made at once (:meth:`_written`): each drops what was read
+        ahead."""
         self._batch: asyncio.Future[None] | None = None
         self._handle: asyncio.Handle | None = None
         self._commits = 0
@@ -147,13 +154,45 @@ class Journal:
     def get(self, job_id: str) -> Job | None:
         """A fresh copy of job ``job_id`` (final or not) as last saved, queued writes
         included; None if it was never saved or has been deleted."""
-        for overlay in (self._pending, self._flying_jobs):
+        for overlay in (self._pending, self._flying_jobs, self._read_ahead):
             if job_id in overlay:
                 pending = overlay[job_id]
                 return None if pending is None else job_of(pending)
         with self._store.failing("get"):
             row = self._store.get_row(job_id)
             return None if row is None else job_of(row)
+
+    @contextmanager
+    def reading_ahead(self, job_ids: Iterable[str]) -> Iterator[None]:
+        """Inside, :meth:`get` answers for ``job_ids`` from their committed rows read now
+        in one query (:meth:`get` asks the store once per id otherwise), queued writes
+        still first: for the requests of one frame, each of which looks its job up.
+
+        Nothing changes the committed rows of those ids meanwhile but what the loop itself
+        does: a commit's rows are read from the queued writes until it has landed, which
+        happens in a later loop callback, and a write made at once (:meth:`vacuum`, say)
+        drops what was read ahead. Nested (a ``submit_many`` in a batch frame), the inner
+        one adds to the outer one's rows. A read that fails reads nothing ahead."""
+        outer, writes = self._read_ahead, self._writes_at_once
+        wanted = [
+            job_id
+            for job_id in dict.fromkeys(job_ids)
+            if job_id not in self._pending
+            and job_id not in self._flying_jobs
+            and job_id not in self._read_ahead
+        ]
+        if len(wanted) > 1:
+            try:
+                with self._store.failing("get"):
+                    rows = {row[0]: row for row in self._store.get_rows(wanted)}
+            except JournalError:
+                pass  # each get then asks, and fails, as it would have
+            else:
+                self._read_ahead = outer | {job_id: rows.get(job_id) for job_id in wanted}
+        try:
+            yield
+        finally:
+            self._read_ahead = outer if self._writes_at_once == writes else {}
 
     def find(self, query: JobQuery, limit: int, *, newest_first: bool = False) -> list[Job]:
         """Fresh copies of the first ``limit`` jobs ``query`` wants, as last saved (queued
@@ -400,6 +439,8 @@ class Journal:
             return result, time.perf_counter() - began
 
         self._check_open()
+        self._read_ahead = {}
+        self._writes_at_once += 1
         result, seconds = wait_for(self._writer, transaction)
         self._counted(seconds)
         return result

@@ -147,6 +147,15 @@ UPGRADES: Final[dict[int, tuple[str, ...]]] = {
 """The statements that bring a journal of an older schema version up to this one."""
 SELECT: Final = f"SELECT {', '.join(_COLUMNS)} FROM jobs"
 GET: Final = f"{SELECT} WHERE id = ?"
+GET_MANY_IDS: Final = 500
+"""Most ids one :func:`get_many` statement names (SQLite before 3.32 takes 999 parameters)."""
+
+
+def get_many(count: int) -> str:
+    """The statement reading the rows of ``count`` ids (at most :data:`GET_MANY_IDS`)."""
+    return f"{SELECT} WHERE id IN ({', '.join('?' * count)})"
+
+
 LOAD: Final = f"{SELECT} WHERE state IN ({', '.join('?' * len(LIVE_STATES))})"
 UPSERT: Final = (
     f"INSERT INTO jobs ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))})"

@@ -114,6 +114,7 @@ LEADER_EPOCH: Final = "SELECT epoch FROM schedbus_leader WHERE id = 1 FOR SHARE"
 
 _SELECT: Final = f"SELECT {', '.join(JOB_COLUMNS)} FROM schedbus_jobs"
 GET: Final = f"{_SELECT} WHERE id = %s"
+GET_MANY: Final = f"{_SELECT} WHERE id = ANY(%s)"
 LOAD: Final = f"{_SELECT} WHERE state = ANY(%s)"
 UPSERT: Final = (
     f"INSERT INTO schedbus_jobs ({', '.join(JOB_COLUMNS)})"

@@ -236,6 +236,10 @@ class PgStore:
         rows = self._fetch(schema.GET, (job_id,))
         return rows[0] if rows else None
 
+    def get_rows(self, job_ids: Sequence[str]) -> list[Sequence[Any]]:
+        """The committed rows of those of ``job_ids`` that have one, in one query."""
+        return list(self._fetch(schema.GET_MANY, (list(job_ids),)))
+
     def find_rows(self, query: JobQuery, limit: int, newest_first: bool) -> Iterable[Sequence[Any]]:
         """One query (:func:`~scheduler.bus.pg_schema.find_statement`)."""
         statement, params = schema.find_statement(query, limit, newest_first)

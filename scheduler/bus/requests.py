@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Iterable, Sequence
+from contextlib import AbstractContextManager
 from typing import Any
 
 import msgspec
@@ -236,15 +237,30 @@ class Requests:
     def _heartbeat(self, client: Connection, beat: Heartbeat) -> None:
         self._core.heartbeat(client.name, beat.running, beat.queued, self._hub.clock())
 
+    def reading_ahead(self, messages: Iterable[object]) -> AbstractContextManager[None]:
+        """While the messages of one frame are handled: the journal reads the jobs their
+        submits look up (ids, and the jobs they depend on, that the core does not track)
+        in one query instead of one each."""
+        return self._hub.journal.reading_ahead(
+            self._untracked(
+                job_id
+                for message in messages
+                if isinstance(message, JobRequest)
+                for job_id in (message.payload.job_id, *(message.payload.depends_on or ()))
+            )
+        )
+
+    def _untracked(self, job_ids: Iterable[str | None]) -> list[str]:
+        """Those of ``job_ids`` the core does not track: only the journal may know them."""
+        return [i for i in job_ids if i is not None and not self._core.tracks(i)]
+
     def _stored(self, job_ids: Iterable[str | None]) -> dict[str, Job]:
-        """The journal's records of the given ids that the core no longer tracks."""
-        stored: dict[str, Job] = {}
-        for job_id in job_ids:
-            if job_id is not None and not self._core.tracks(job_id):
-                job = self._hub.journal.get(job_id)
-                if job is not None:
-                    stored[job_id] = job
-        return stored
+        """The journal's records of the given ids that the core no longer tracks (read in
+        one query when there are several)."""
+        journal = self._hub.journal
+        untracked = self._untracked(job_ids)
+        with journal.reading_ahead(untracked):
+            return {i: job for i in untracked if (job := journal.get(i)) is not None}
 
     def _run_vacuum(self, older_than_s: float | None) -> dict[str, int]:
         config = self._hub.config

@@ -328,14 +328,17 @@ class BusServer:
 
     def _on_batch(self, client: Connection, batch: ClientBatch) -> None:
         """Act on each message of ``batch`` in order, as if each had come alone, until one
-        of them has the connection closed."""
-        for message, raw in batch_messages(batch):
-            if isinstance(message, ProtocolError):
-                client.refuse(message, raw.decode(errors="replace"))
-            else:
-                self._on_message(client, message, raw.decode(errors="replace"))
-            if client.close is not None:
-                return
+        of them has the connection closed. The jobs its submits look up in the journal are
+        read in one query first."""
+        messages = list(batch_messages(batch))
+        with self._requests.reading_ahead(message for message, _ in messages):
+            for message, raw in messages:
+                if isinstance(message, ProtocolError):
+                    client.refuse(message, raw.decode(errors="replace"))
+                else:
+                    self._on_message(client, message, raw.decode(errors="replace"))
+                if client.close is not None:
+                    return
 
     def _on_message(self, client: Connection, message: ClientMessage, frame: str) -> None:
         """Check the sender may send ``message`` (whose JSON is ``frame``), and act on it."""

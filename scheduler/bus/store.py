@@ -61,6 +61,10 @@ class Store(Protocol):
         """The committed row of job ``job_id``, or None."""
         ...
 
+    def get_rows(self, job_ids: Sequence[str]) -> list[Sequence[Any]]:
+        """The committed rows of those of ``job_ids`` that have one, in no given order."""
+        ...
+
     def find_rows(self, query: JobQuery, limit: int, newest_first: bool) -> Iterable[Sequence[Any]]:
         """The first ``limit`` committed rows ``query`` wants, in submit order."""
         ...

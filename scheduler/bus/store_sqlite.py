@@ -21,6 +21,7 @@ from scheduler.bus.journal_schema import (
     COUNTS,
     FORGET_PROMISE,
     GET,
+    GET_MANY_IDS,
     GET_PROMISE,
     LIVE_STATES,
     LOAD,
@@ -34,6 +35,7 @@ from scheduler.bus.journal_schema import (
     ScheduleRow,
     connect,
     find_statement,
+    get_many,
     prepared,
 )
 from scheduler.policy.listing import JobQuery
@@ -124,6 +126,15 @@ class SqliteStore:
         """The committed row of job ``job_id``, or None."""
         row: Sequence[Any] | None = self.reader.execute(GET, (job_id,)).fetchone()
         return row
+
+    def get_rows(self, job_ids: Sequence[str]) -> list[Sequence[Any]]:
+        """The committed rows of those of ``job_ids`` that have one: one statement per
+        :data:`~scheduler.bus.journal_schema.GET_MANY_IDS` ids."""
+        rows: list[Sequence[Any]] = []
+        for start in range(0, len(job_ids), GET_MANY_IDS):
+            part = job_ids[start : start + GET_MANY_IDS]
+            rows += self.reader.execute(get_many(len(part)), part).fetchall()
+        return rows
 
     def find_rows(self, query: JobQuery, limit: int, newest_first: bool) -> Iterable[Sequence[Any]]:
         """One indexed query (:func:`~scheduler.bus.journal_schema.find_statement`)."""

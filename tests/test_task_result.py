@@ -30,10 +30,10 @@ from scheduler.worker.task_result import (
     ResultPipe,
     TaskRecord,
     _head,
-    _parse,
     _tail,
     _write,
     imported_since,
+    parse_record,
     send_exception,
     send_result,
 )
@@ -302,7 +302,7 @@ def test_a_record_larger_than_the_pipe_is_replaced_by_one_that_fits(
     read_fd, write_fd = small_pipe
     record = b"R" + msgspec.json.encode("x" * 10_000)
     _write(write_fd, record)
-    parsed = _parse(os.read(read_fd, 65536))
+    parsed = parse_record(os.read(read_fd, 65536))
     assert parsed.raised == Raised(
         "ResultError", f"the task's record ({len(record)} bytes) does not fit its result pipe", ""
     )
@@ -355,24 +355,24 @@ def test_close_and_forked_are_idempotent_and_collect_closes_the_pipe() -> None:
     [b"X", b"Xabc", b"R", b"R{", b"R\xff", b"E{}", b'E{"type": 1}', b"E[]", b"\x00\x01"],
 )
 def test_garbage_is_a_result_error_naming_its_size(data: bytes) -> None:
-    assert _parse(data) == TaskRecord(
+    assert parse_record(data) == TaskRecord(
         raised=Raised("ResultError", f"the job process left {len(data)} unreadable bytes", "")
     )
 
 
 def test_nothing_parses_as_nothing() -> None:
-    assert _parse(b"") is NOTHING
+    assert parse_record(b"") is NOTHING
 
 
 def test_deeply_nested_json_is_a_result_error_not_a_crash() -> None:
     data = b"R" + b"[" * 100_000 + b"]" * 100_000
-    record = _parse(data)
+    record = parse_record(data)
     assert record.raised is not None and record.raised.type == "ResultError"
 
 
 @given(st.binary(max_size=300))
 def test_parse_never_raises(data: bytes) -> None:
-    record = _parse(data)
+    record = parse_record(data)
     assert isinstance(record, TaskRecord)
     assert record.result is None or record.raised is None
 
@@ -390,7 +390,7 @@ json_values: st.SearchStrategy[Any] = st.recursive(
 
 @given(json_values)
 def test_any_json_value_round_trips_through_parse(value: Any) -> None:
-    assert _parse(b"R" + msgspec.json.encode(value)) == TaskRecord(result=value)
+    assert parse_record(b"R" + msgspec.json.encode(value)) == TaskRecord(result=value)
 
 
 # --- the modules a task imported ----------------------------------------------------------
@@ -433,14 +433,14 @@ def test_imported_since_lists_the_modules_added_after_a_count_in_order(
 
 
 def test_a_broken_list_of_names_loses_the_names_not_the_record() -> None:
-    assert _parse(b'I["a", 1]\0R[3]') == TaskRecord(result=[3])
-    assert _parse(b"I{\0E") == TaskRecord(
+    assert parse_record(b'I["a", 1]\0R[3]') == TaskRecord(result=[3])
+    assert parse_record(b"I{\0E") == TaskRecord(
         raised=Raised("ResultError", "the job process left 1 unreadable bytes", "")
     )
 
 
 @given(st.binary(max_size=100), st.binary(max_size=100))
 def test_parse_never_raises_on_a_names_section(names: bytes, rest: bytes) -> None:
-    record = _parse(b"I" + names + b"\0" + rest)
+    record = parse_record(b"I" + names + b"\0" + rest)
     assert isinstance(record, TaskRecord)
     assert all(isinstance(name, str) for name in record.imported)

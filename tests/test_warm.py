@@ -82,6 +82,18 @@ def chat(marker: str) -> None:
     progress(0.5, marker)
 
 
+def replace_pipes() -> None:
+    """Close every pipe descriptor of this process and open /dev/null under its number."""
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{name}")
+        except OSError:
+            continue  # the descriptor listdir used
+        if target.startswith("pipe:"):
+            os.close(int(name))
+            os.open(os.devnull, os.O_RDONLY)  # the lowest free number: the one just closed
+
+
 def policy() -> int:
     """This job's scheduling policy."""
     return os.sched_getscheduler(0)
@@ -101,6 +113,7 @@ TASKS: dict[str, Task] = {
     "crash": crash,
     "chat": chat,
     "policy": policy,
+    "replace_pipes": replace_pipes,
 }
 
 WarmFactory = Callable[..., Executor]
@@ -250,6 +263,21 @@ async def test_a_job_that_kills_its_slot_process_fails_and_a_fresh_one_takes_the
     assert failed.exit_code == exit_code
     executor.submit(job("after", task="pid", args=[]))
     after = (await reports.expect("succeeded", "after")).result
+    assert isinstance(before, int) and after != before and not alive(before)
+
+
+async def test_a_job_that_replaces_the_slots_result_pipe_leaves_the_next_job_a_fresh_slot(
+    make_warm: WarmFactory, reports: Reports
+) -> None:
+    executor = make_warm(WarmLimits(10))
+    executor.submit(job("before", task="pid", args=[]))
+    before = (await reports.expect("succeeded", "before")).result
+    executor.submit(job("vandal", task="replace_pipes", args=[]))
+    await reports.expect("succeeded", "vandal")
+    executor.submit(job("after", task="length", args=["four"]))
+    assert (await reports.expect("succeeded", "after")).result == 4
+    executor.submit(job("pid", task="pid", args=[]))
+    after = (await reports.expect("succeeded", "pid")).result
     assert isinstance(before, int) and after != before and not alive(before)
 
 

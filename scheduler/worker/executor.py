@@ -49,8 +49,8 @@ from scheduler.worker.held import Key, Unreleased
 from scheduler.worker.job_feed import JobFeed
 from scheduler.worker.job_imports import ImportNotices
 from scheduler.worker.job_output import JobLogs
-from scheduler.worker.job_run import Run, ending, open_pipes
-from scheduler.worker.launch import Launcher, ProcessLauncher
+from scheduler.worker.job_run import Run, close_pipes, collect, ending, forked, open_pipes
+from scheduler.worker.launch import OWN_RESULT_FD, Launcher, ProcessLauncher
 from scheduler.worker.process import ProcessResult
 from scheduler.worker.run_timers import Deadlines, LimitSampler
 
@@ -334,14 +334,15 @@ class Executor:
         if not self._may_start():
             return self._give_back(assignment)
         held = (job_id, assignment.attempt) in self._unreleased
+        carried = self._launcher.carries_records
         try:
-            pipe, channels, go = open_pipes(self._feed, assignment, held)
+            pipe, channels, go = open_pipes(self._feed, assignment, held, not carried)
         except OSError as exc:
             return self._not_started(assignment, exc)
         spec = self._tasks.spec(assignment.task)
         args, kwargs = call_arguments(assignment.args, assignment.runtime, assignment.results)
         fds: dict[str, object] = {
-            "result_fd": pipe.write_fd,
+            "result_fd": OWN_RESULT_FD if pipe is None else pipe.write_fd,
             "progress_fd": channels.progress.write_fd,
             "log_path": channels.log_path,
         }
@@ -358,15 +359,10 @@ class Executor:
         try:
             process.start()
         except OSError as exc:
-            pipe.close()
-            channels.close()
-            if go is not None:
-                go.close()
+            close_pipes(pipe, channels, go)
             return self._not_started(assignment, exc)
         self.launched += 1
-        pipe.forked()
-        if go is not None:
-            go.forked()
+        forked(pipe, go)
         self._feed.started(assignment, channels)
         started_at = self._clock()
         timeout = self._timeout(assignment)
@@ -441,7 +437,7 @@ class Executor:
         run.close()
         if self._jobs.get(job_id) is assignment:
             del self._jobs[job_id]
-        record = run.pipe.collect()
+        record = collect(run, result)
         self._imports.seen(assignment.task, record.imported)
         log.debug("%s attempt %d ended: %s", job_id, assignment.attempt, result)
         report = closing_report(job_id, assignment.attempt, ending(run, result, record))

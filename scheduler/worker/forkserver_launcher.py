@@ -83,6 +83,7 @@ class ForkServerLauncher:
     fork server fork every job; the executor closes it when it shuts down."""
 
     fresh_per_job = True
+    carries_records = False
 
     def __init__(self, tasks: TaskRegistry, timeout: float = REPLY_TIMEOUT_S) -> None:
         """Start the fork server for ``tasks``' modules, which has ``timeout`` seconds to

@@ -18,7 +18,7 @@ from scheduler.worker.held import GoPipe
 from scheduler.worker.job_feed import JobChannels, JobFeed
 from scheduler.worker.launch import JobHandle
 from scheduler.worker.process import ProcessResult
-from scheduler.worker.task_result import ResultPipe, TaskRecord
+from scheduler.worker.task_result import NOTHING, ResultPipe, TaskRecord, parse_record
 
 
 @dataclass(slots=True)
@@ -27,7 +27,8 @@ class Run:
 
     assignment: Assignment
     process: JobHandle
-    pipe: ResultPipe
+    pipe: ResultPipe | None
+    """Where the job's record comes; None when its launcher carries it back."""
     channels: JobChannels
     started_at: float
     """When the job started (``clock`` time): its fork, or its release if it was held."""
@@ -71,24 +72,48 @@ class Run:
 
 
 def open_pipes(
-    feed: JobFeed, assignment: Assignment, held: bool
-) -> tuple[ResultPipe, JobChannels, GoPipe | None]:
-    """The result pipe and ``feed``'s channels of a job about to fork, and its go pipe if
-    ``held``; ``OSError``, having closed what it made, if one cannot be made."""
-    pipe = ResultPipe()
+    feed: JobFeed, assignment: Assignment, held: bool, result_pipe: bool = True
+) -> tuple[ResultPipe | None, JobChannels, GoPipe | None]:
+    """The result pipe (if ``result_pipe``) and ``feed``'s channels of a job about to
+    fork, and its go pipe if ``held``; ``OSError``, having closed what it made, if one
+    cannot be made."""
+    pipe = ResultPipe() if result_pipe else None
     try:
         channels = feed.open(assignment.id, assignment.attempt)
     except OSError:
-        pipe.close()
+        close_pipes(pipe)
         raise
     if not held:
         return pipe, channels, None
     try:
         return pipe, channels, GoPipe()
     except OSError:
-        pipe.close()
-        channels.close()
+        close_pipes(pipe, channels)
         raise
+
+
+def close_pipes(
+    pipe: ResultPipe | None, channels: JobChannels | None = None, go: GoPipe | None = None
+) -> None:
+    """Close what :func:`open_pipes` made, for a job that did not start."""
+    for opened in (pipe, channels, go):
+        if opened is not None:
+            opened.close()
+
+
+def forked(pipe: ResultPipe | None, go: GoPipe | None) -> None:
+    """The job's process is forked: close the executor's copies of the write ends."""
+    for opened in (pipe, go):
+        if opened is not None:
+            opened.forked()
+
+
+def collect(run: Run, result: ProcessResult) -> TaskRecord:
+    """What ``run``'s job left: read from its result pipe (then closed), or carried back
+    in ``result`` by its launcher."""
+    if run.pipe is not None:
+        return run.pipe.collect()
+    return NOTHING if result.record is None else parse_record(result.record)
 
 
 def ending(run: Run, result: ProcessResult, record: TaskRecord) -> Ending:

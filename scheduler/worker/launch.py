@@ -11,10 +11,15 @@ process that serves jobs one after another (``--warm N``). Each hands back a
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Protocol
+from typing import Final, Protocol
 
 from scheduler.worker.cgroups import JobCgroups
 from scheduler.worker.process import JobProcess, ProcessResult
+
+OWN_RESULT_FD: Final = -2
+"""The ``result_fd`` the executor gives a job whose launcher carries its record back
+(:attr:`Launcher.carries_records`): the process that runs the job writes it to a
+descriptor of its own."""
 
 
 class JobHandle(Protocol):
@@ -60,6 +65,10 @@ class Launcher(Protocol):
     fresh_per_job: bool
     """Whether each job runs in a process of its own (not warm mode's reused ones)."""
 
+    carries_records: bool
+    """Whether a job's record comes back in its :class:`ProcessResult` (``record``), the
+    job given :data:`OWN_RESULT_FD`, rather than through a result pipe of the executor."""
+
     def job(
         self,
         target: Callable[..., object],
@@ -86,6 +95,7 @@ class ProcessLauncher:
     """A fresh forked process per job (:class:`JobProcess`): the default."""
 
     fresh_per_job = True
+    carries_records = False
 
     def job(
         self,

@@ -68,6 +68,9 @@ class ProcessResult:
     max_rss_kb: int
     lost: str | None = None
     """Why the job's end is not known (its fork server died), else None."""
+    record: bytes | None = None
+    """What the job left for its scheduler (:mod:`~scheduler.worker.task_result`), when
+    its launcher carried it back (warm mode) rather than a result pipe; else None."""
 
 
 class EndsInFuture:

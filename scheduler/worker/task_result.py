@@ -118,7 +118,7 @@ class ResultPipe:
             pass  # a process the job left behind still holds the write end
         finally:
             self.close()
-        return _parse(b"".join(chunks))
+        return parse_record(b"".join(chunks))
 
     def close(self) -> None:
         """Close both ends (idempotent)."""
@@ -189,7 +189,9 @@ def _write(fd: int, record: bytes, imported: Sequence[str] = ()) -> bool:
     return fits
 
 
-def _parse(data: bytes) -> TaskRecord:
+def parse_record(data: bytes) -> TaskRecord:
+    """The record in ``data``, as a job process wrote it (:data:`NOTHING` if empty); a
+    record that does not parse is an error of the job."""
     imported: tuple[str, ...] = ()
     if data[:1] == _IMPORTED and _IMPORTED_END in data:
         names, _, data = data[1:].partition(_IMPORTED_END)

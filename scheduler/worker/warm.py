@@ -5,11 +5,14 @@ A slot process is a :class:`~scheduler.worker.process.JobProcess` whose target i
 exactly as a job process is (its own session and process group, a child subreaper, the
 parent-death signal), and then waits on a control socket for jobs. For each job the
 scheduler sends the pickled target and arguments, and the job's descriptors (every
-keyword argument named ``*_fd``: the result pipe, the progress pipe) with
-``SCM_RIGHTS``; the slot process runs it, re-points its stdout and stderr back, kills
-and reaps whatever the job left behind, closes the job's descriptors and answers with
-one record: the job's exit status, CPU seconds and peak resident memory, and its own
-memory now.
+keyword argument named ``*_fd`` holding one: the progress pipe, a held job's go pipe)
+with ``SCM_RIGHTS``; a keyword argument named ``*_fd`` holding
+:data:`~scheduler.worker.launch.OWN_RESULT_FD` gets the slot's own result pipe instead.
+The slot process runs the job, re-points its stdout and stderr back, kills and reaps
+whatever the job left behind, closes the job's descriptors and answers with one message:
+the job's exit status, CPU seconds and peak resident memory, its own memory now, and
+what the job wrote to the result pipe (its record, which the job's
+:class:`~scheduler.worker.process.ProcessResult` carries back: no pipe per job).
 
 Whatever stops a job (its timeout, an eviction, a cancel, a limit, a shutdown) stops its
 slot process's whole tree as it stops a job process; a job that kills its slot process
@@ -32,16 +35,21 @@ import pickle
 import socket
 import time
 from collections.abc import Callable, Mapping
+from typing import Final
 
 from scheduler.policy.closing import Outcome
 from scheduler.policy.warm import WarmLimits, recycle
 from scheduler.worker.cgroups import JobCgroups
+from scheduler.worker.launch import OWN_RESULT_FD
 from scheduler.worker.process import EndsInFuture, JobProcess, ProcessResult
 from scheduler.worker.warm_slot import DONE, HEADER, MAX_FDS, slot_main
 
 __all__ = ["WarmJob", "WarmPool"]
 
 log = logging.getLogger(__name__)
+
+RECV_BYTES: Final = 64 * 1024
+"""Most bytes read from a slot process's control socket at once (a record may be 128 KiB)."""
 
 
 class _Slot:
@@ -98,20 +106,32 @@ class _Slot:
     def _readable(self) -> None:
         assert self._sock is not None
         try:
-            data = self._sock.recv(4096)
+            data = self._sock.recv(RECV_BYTES)
         except OSError:
             data = b""
         if not data:
             self.retire()  # it exited: its reaping reports the job
             return
         self._buffer += data
-        if len(self._buffer) >= DONE.size:
-            record, self._buffer = self._buffer[: DONE.size], self._buffer[DONE.size :]
-            self._job_done(DONE.unpack(record))
+        done = self._take_done()
+        if done is not None:
+            self._job_done(*done)
 
-    def _job_done(self, record: tuple[int, float, float, int, int]) -> None:
+    def _take_done(self) -> tuple[tuple[int, float, float, int, int, int], bytes] | None:
+        """The ``DONE`` message at the head of what the slot process sent, and the job's
+        record after it, taken out; None until all of it came."""
+        if len(self._buffer) < DONE.size:
+            return None
+        fields = DONE.unpack_from(self._buffer)
+        end = DONE.size + fields[-1]
+        if len(self._buffer) < end:
+            return None
+        record, self._buffer = self._buffer[DONE.size : end], self._buffer[end:]
+        return fields, record
+
+    def _job_done(self, fields: tuple[int, float, float, int, int, int], record: bytes) -> None:
         job, self.job = self.job, None
-        exit_code, cpu_s, slot_cpu_s, peak_kb, rss_kb = record
+        exit_code, cpu_s, slot_cpu_s, peak_kb, rss_kb, _ = fields
         self.jobs_run += 1
         self.cpu_s = slot_cpu_s
         if self.doomed or recycle(self._pool.limits, self.jobs_run, rss_kb * 1024):
@@ -120,7 +140,7 @@ class _Slot:
         else:
             self._pool.idle.append(self)
         if job is not None:
-            job.finished(exit_code, "exited", cpu_s, peak_kb)
+            job.finished(exit_code, "exited", cpu_s, peak_kb, record)
 
     def _died(self, result: ProcessResult) -> None:
         """The slot process is reaped: report its job, with a record it left if any."""
@@ -130,9 +150,10 @@ class _Slot:
         job, self.job = self.job, None
         if job is None:
             return
-        if len(self._buffer) >= DONE.size:
-            exit_code, cpu_s, _, peak_kb, _ = DONE.unpack(self._buffer[: DONE.size])
-            job.finished(exit_code, "exited", cpu_s, peak_kb)
+        done = self._take_done()
+        if done is not None:
+            (exit_code, cpu_s, _, peak_kb, _, _), record = done
+            job.finished(exit_code, "exited", cpu_s, peak_kb, record)
         else:
             cpu_s = max(0.0, result.cpu_s - self.cpu_s)
             job.finished(result.exit_code, result.outcome, cpu_s, result.max_rss_kb)
@@ -156,6 +177,7 @@ class WarmPool:
     """
 
     fresh_per_job = False
+    carries_records = True
 
     def __init__(self, limits: WarmLimits) -> None:
         """An empty pool; slot processes are forked as jobs need them."""
@@ -242,11 +264,14 @@ class WarmJob(EndsInFuture):
         self._fd_names: list[str] = []
         self.fds: list[int] = []
         """The job's descriptors, sent to the slot process with it."""
+        self._own_result: list[str] = []
         self._kwargs: dict[str, object] = {}
         for key, value in kwargs.items():
             if key.endswith("_fd") and isinstance(value, int) and value >= 0:
                 self._fd_names.append(key)
                 self.fds.append(value)
+            elif key.endswith("_fd") and value == OWN_RESULT_FD:
+                self._own_result.append(key)
             else:
                 self._kwargs[key] = value
         self.name = name
@@ -272,9 +297,8 @@ class WarmJob(EndsInFuture):
             raise OSError(f"a warm job takes at most {MAX_FDS} descriptors, not {len(self.fds)}")
         loop = asyncio.get_running_loop()
         try:
-            payload = pickle.dumps(
-                (self._target, self._args, self._kwargs, self._fd_names), pickle.HIGHEST_PROTOCOL
-            )
+            message = (self._target, self._args, self._kwargs, self._fd_names, self._own_result)
+            payload = pickle.dumps(message, pickle.HIGHEST_PROTOCOL)
         except (pickle.PicklingError, TypeError, AttributeError) as exc:
             raise OSError(f"cannot send the job to a warm process: {exc}") from exc
         self._started_at = time.monotonic()
@@ -331,13 +355,21 @@ class WarmJob(EndsInFuture):
         else:
             self._callbacks.append(callback)
 
-    def finished(self, exit_code: int | None, outcome: Outcome, cpu_s: float, peak_kb: int) -> None:
-        """The slot process reported the job's end, or died: set the result, call back."""
+    def finished(
+        self,
+        exit_code: int | None,
+        outcome: Outcome,
+        cpu_s: float,
+        peak_kb: int,
+        record: bytes | None = None,
+    ) -> None:
+        """The slot process reported the job's end (with the ``record`` it wrote), or
+        died: set the result, call back."""
         assert self._future is not None
         if self._future.done():
             return
         wall_s = time.monotonic() - self._started_at
-        result = ProcessResult(exit_code, outcome, wall_s, cpu_s, peak_kb)
+        result = ProcessResult(exit_code, outcome, wall_s, cpu_s, peak_kb, record=record)
         log.debug("job %s in slot pid %d ended: %s", self.name, self.pid, result)
         self._future.set_result(result)
         callbacks, self._callbacks = self._callbacks, []

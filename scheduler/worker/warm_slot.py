@@ -4,13 +4,15 @@ forked process, and the messages on its control socket.
 :func:`slot_main` waits for a job on the control socket, runs it with its stdout and
 stderr pointed at the job's log spool and its progress pipe set, puts them back, kills and
 reaps whatever the job left behind, closes the job's descriptors and answers with one
-``DONE`` record. Nothing here runs in the scheduler but the two message formats.
+``DONE`` message, which carries what the job wrote to the slot's own result pipe. Nothing
+here runs in the scheduler but the two message formats.
 """
 
 from __future__ import annotations
 
 import _signal  # type: ignore[import-not-found]  # no stub; part of CPython
 import array
+import fcntl
 import os
 import pickle
 import resource
@@ -24,15 +26,18 @@ from typing import Final
 from scheduler.worker import containment
 from scheduler.worker.child import LEFTOVER_REAP_S
 from scheduler.worker.job_progress import enter_job
+from scheduler.worker.task_result import PIPE_BYTES
 
 __all__ = ["DONE", "HEADER", "MAX_FDS", "slot_main"]
 
 HEADER: Final = struct.Struct("<I")
 """A job message: its payload's length, then the pickled ``(target, args, kwargs, fd
-names)``; the descriptors ride on its first byte."""
-DONE: Final = struct.Struct("<iddqq")
+names, own result names)``; the descriptors ride on its first byte, and the keyword
+arguments of the own result names get the write end of the slot's result pipe."""
+DONE: Final = struct.Struct("<iddqqI")
 """A slot process's answer to a job: exit status, the job's CPU seconds, the slot's CPU
-seconds so far, the job's peak RSS (KiB), the slot's RSS now (KiB)."""
+seconds so far, the job's peak RSS (KiB), the slot's RSS now (KiB), and the length of
+the record that follows (what the job wrote to the slot's result pipe)."""
 MAX_FDS: Final = 16
 """Most descriptors one job may be sent."""
 STATUS_BYTES: Final = 64 * 1024
@@ -55,6 +60,8 @@ def slot_main(control_fd: int, inherited: list[int]) -> None:
     for fd in inherited:
         os.close(fd)
     out, err = os.dup(1), os.dup(2)
+    record_r, record_w = _result_pipe()
+    pipe_id = os.fstat(record_r).st_ino
     usage = _usage()
     peak_is_rss = False
     with socket.socket(fileno=control_fd) as sock:
@@ -63,14 +70,52 @@ def slot_main(control_fd: int, inherited: list[int]) -> None:
             cpu_before, children_peak = usage
             if not peak_is_rss:
                 _reset_peak()
-            exit_code = _run(payload, fds)
+            exit_code = _run(payload, fds, record_w)
             _after_job(fds, out, err)
+            record = _take_record(record_r)
             usage = cpu_after, children_after = _usage()
             peak_kb, rss_kb = _memory()
             peak_is_rss = peak_kb <= rss_kb
             if children_after > children_peak:
                 peak_kb = max(peak_kb, children_after)
-            sock.sendall(DONE.pack(exit_code, cpu_after - cpu_before, cpu_after, peak_kb, rss_kb))
+            cpu_s = cpu_after - cpu_before
+            done = DONE.pack(exit_code, cpu_s, cpu_after, peak_kb, rss_kb, len(record))
+            sock.sendall(done + record)
+            if not _still_ours(pipe_id, record_r, record_w):
+                return  # the job closed or replaced the result pipe: a fresh slot follows
+
+
+def _result_pipe() -> tuple[int, int]:
+    """The slot's result pipe, its read end non-blocking, with room for the largest
+    record (:class:`~scheduler.worker.task_result.ResultPipe` asks the same)."""
+    record_r, record_w = os.pipe()
+    os.set_blocking(record_r, False)
+    try:
+        fcntl.fcntl(record_r, fcntl.F_SETPIPE_SZ, PIPE_BYTES)
+    except OSError:
+        pass  # over the user's pipe quota: the job sees the smaller pipe and says so
+    return record_r, record_w
+
+
+def _take_record(record_r: int) -> bytes:
+    """What the job wrote to the result pipe (its leftovers are gone: nothing writes
+    more); empty if nothing, or if the job closed the pipe."""
+    chunks = []
+    try:
+        while chunk := os.read(record_r, PIPE_BYTES):
+            chunks.append(chunk)
+    except OSError:
+        pass  # empty (BlockingIOError), or closed by the job
+    return b"".join(chunks)
+
+
+def _still_ours(pipe_id: int, record_r: int, record_w: int) -> bool:
+    """Whether both descriptors are still the ends of the slot's result pipe (a job may
+    close any descriptor of its process, and open another under its number)."""
+    try:
+        return os.fstat(record_r).st_ino == pipe_id == os.fstat(record_w).st_ino
+    except OSError:
+        return False
 
 
 def _receive(sock: socket.socket) -> tuple[bytes, list[int]] | None:
@@ -98,11 +143,12 @@ def _read_exactly(sock: socket.socket, size: int) -> bytes:
     return b"".join(chunks)
 
 
-def _run(payload: bytes, fds: list[int]) -> int:
+def _run(payload: bytes, fds: list[int], record_w: int) -> int:
     """Run one job; return its exit status as its own process would have exited with."""
     try:
-        target, args, kwargs, fd_names = pickle.loads(payload)
+        target, args, kwargs, fd_names, own_result = pickle.loads(payload)
         kwargs.update(zip(fd_names, fds, strict=True))
+        kwargs.update(dict.fromkeys(own_result, record_w))
         target(*args, **kwargs)
     except SystemExit as exc:
         return _exit_status(exc.code)

@@ -270,7 +270,7 @@ class WarmJob(EndsInFuture):
             if key.endswith("_fd") and isinstance(value, int) and value >= 0:
                 self._fd_names.append(key)
                 self.fds.append(value)
-            elif key.endswith("_fd") and value == OWN_RESULT_FD:
+            elif key.endswith("_fd") and isinstance(value, int) and value == OWN_RESULT_FD:
                 self._own_result.append(key)
             else:
                 self._kwargs[key] = value

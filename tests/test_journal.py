@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import re
 import sqlite3
 import subprocess
@@ -15,6 +16,8 @@ from typing import Any, cast
 import msgspec
 import pytest
 from conftest import ROOT, sqlite_store, unit
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from scheduler.bus.journal import MEMORY, SCHEMA_VERSION, Journal, JournalError
 from scheduler.bus.journal_schema import UPGRADES, job_of, row_of
@@ -646,3 +649,66 @@ async def test_jobs_spelled_alike_share_one_payload_after_a_reload(path: Path) -
         jobs = again.load()
     assert [job.payload for job in jobs] == [alike, alike, other, alike]
     assert jobs[0].payload is jobs[1].payload and jobs[2].payload is not jobs[3].payload
+
+
+IDS = ("job-1", "job-2", "job-3", "job-4")
+_SAVE_STATES: tuple[JobState, ...] = ("queued", "running", "succeeded", "failed")
+
+Step = tuple[str, int, int]
+"""What a step of :func:`test_reading_ahead_never_changes_what_get_answers` does: ``save``
+(the id's index, a state's index), ``delete`` (the id's index) or ``flush``."""
+
+steps = st.lists(
+    st.one_of(
+        st.tuples(st.just("save"), st.integers(0, 3), st.integers(0, 3)),
+        st.tuples(st.just("delete"), st.integers(0, 3), st.just(0)),
+        st.tuples(st.just("flush"), st.just(0), st.just(0)),
+    ),
+    max_size=12,
+)
+
+
+@settings(max_examples=40)
+@given(before=steps, inside=steps, ahead=st.lists(st.sampled_from(IDS), max_size=6))
+def test_reading_ahead_never_changes_what_get_answers(
+    tmp_path_factory: pytest.TempPathFactory,
+    before: list[Step],
+    inside: list[Step],
+    ahead: list[str],
+) -> None:
+    """Whatever was saved, deleted and committed before and while the rows of ``ahead``
+    were read ahead, ``get`` answers what was saved last (a commit landing meanwhile
+    included: the flushes inside await it)."""
+
+    async def run() -> None:
+        journal = Journal.open(tmp_path_factory.mktemp("ahead") / "journal.db")
+        saved: dict[str, Job | None] = dict.fromkeys(IDS)
+        seq = itertools.count()
+
+        async def apply(step: Step) -> None:
+            kind, which, state = step
+            job_id = IDS[which]
+            if kind == "save":
+                job = make_job(next(seq), _SAVE_STATES[state])
+                job.id = job_id
+                journal.save([job])
+                saved[job_id] = job
+            elif kind == "delete":
+                journal.delete([job_id])
+                saved[job_id] = None
+            else:
+                await journal.flush()
+
+        try:
+            for step in before:
+                await apply(step)
+            with journal.reading_ahead(ahead):
+                assert {i: journal.get(i) for i in IDS} == saved
+                for step in inside:
+                    await apply(step)
+                    assert {i: journal.get(i) for i in IDS} == saved, step
+            assert {i: journal.get(i) for i in IDS} == saved
+        finally:
+            journal.close()
+
+    asyncio.run(run())

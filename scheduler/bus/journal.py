@@ -97,9 +97,9 @@ class Journal:
         self._read_ahead: dict[str, Sequence[Any] | None] = {}
         """Committed rows read in one query for the requests of one frame (None: no row),
         which :meth:`get` answers from while :meth:`reading_ahead` lasts."""
-        self._writes_at_once = 0
-        """How many writes were made at once (:meth:`_written`): each drops what was read
-        ahead."""
+        self._store_changes = 0
+        """How many times the committed rows changed under a read-ahead (a commit landed, a
+        write was made at once): each drops what was read ahead."""
         self._batch: asyncio.Future[None] | None = None
         self._handle: asyncio.Handle | None = None
         self._commits = 0
@@ -168,12 +168,11 @@ class Journal:
         in one query (:meth:`get` asks the store once per id otherwise), queued writes
         still first: for the requests of one frame, each of which looks its job up.
 
-        Nothing changes the committed rows of those ids meanwhile but what the loop itself
-        does: a commit's rows are read from the queued writes until it has landed, which
-        happens in a later loop callback, and a write made at once (:meth:`vacuum`, say)
-        drops what was read ahead. Nested (a ``submit_many`` in a batch frame), the inner
+        A commit's rows are read from the queued writes until it has landed; its landing,
+        or a write made at once (:meth:`vacuum`, say), drops what was read ahead, so an
+        ``await`` inside is safe. Nested (a ``submit_many`` in a batch frame), the inner
         one adds to the outer one's rows. A read that fails reads nothing ahead."""
-        outer, writes = self._read_ahead, self._writes_at_once
+        outer, changes = self._read_ahead, self._store_changes
         wanted = [
             job_id
             for job_id in dict.fromkeys(job_ids)
@@ -192,7 +191,7 @@ class Journal:
         try:
             yield
         finally:
-            self._read_ahead = outer if self._writes_at_once == writes else {}
+            self._read_ahead = outer if self._store_changes == changes else {}
 
     def find(self, query: JobQuery, limit: int, *, newest_first: bool = False) -> list[Job]:
         """Fresh copies of the first ``limit`` jobs ``query`` wants, as last saved (queued
@@ -406,6 +405,8 @@ class Journal:
         secrets, self._flying_secrets = self._flying_secrets, {}
         schedules, self._flying_schedules = self._flying_schedules, {}
         self._flying = None
+        if jobs:
+            self._drop_read_ahead()
         if error is not None:
             # Kept for the next commit, under whatever was queued since: what the bus
             # holds in memory reaches the disk once a commit succeeds.
@@ -423,6 +424,11 @@ class Journal:
                 batch.set_exception(error)
         return error
 
+    def _drop_read_ahead(self) -> None:
+        """The committed rows are changing: what was read ahead may be out of date."""
+        self._read_ahead = {}
+        self._store_changes += 1
+
     def _counted(self, seconds: float) -> None:
         """Count one committed write transaction that took ``seconds``."""
         self._commits += 1
@@ -439,8 +445,7 @@ class Journal:
             return result, time.perf_counter() - began
 
         self._check_open()
-        self._read_ahead = {}
-        self._writes_at_once += 1
+        self._drop_read_ahead()
         result, seconds = wait_for(self._writer, transaction)
         self._counted(seconds)
         return result

@@ -426,6 +426,21 @@ async def test_the_submits_of_a_batch_frame_look_their_jobs_up_in_one_query(
     assert reads == ["get_rows", "get_row"]
 
 
+async def test_a_watch_of_jobs_only_the_journal_knows_reads_them_in_one_query(
+    bus: BusServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with ProducerClient(bus.url) as producer:
+        ids = [str(await producer.submit(JobPayload(priority=5, runtime=30))) for _ in range(3)]
+        for job_id in ids:
+            await producer.cancel(job_id)  # final: only the journal knows them now
+        reads = count_reads(bus.journal, monkeypatch)
+        reply = await producer.watch([*ids, "never"])
+    assert sorted(event.id for event in reply.jobs) == sorted(ids)
+    assert {event.event for event in reply.jobs} == {"cancelled"}
+    assert reply.unknown == ["never"]
+    assert reads == ["get_rows"]
+
+
 async def test_a_producer_sends_single_frames_to_a_bus_that_does_not_take_batches() -> None:
     received: list[Frame] = []
 

@@ -152,20 +152,23 @@ class Requests:
         self._hub.apply(decisions, client)
 
     def _watch(self, client: Connection, request: Watch) -> None:
-        """Subscribe ``client`` to jobs' events and reply with the status of each."""
+        """Subscribe ``client`` to jobs' events and reply with the status of each (the
+        jobs only the journal knows read in one query)."""
         wall = self._hub.wall()
         jobs: list[JobEvent] = []
         unknown: list[str] = []
-        for job_id in request.ids:
-            stored = None if self._core.tracks(job_id) else self._hub.journal.get(job_id)
-            event = self._core.watch(job_id, wall, stored=stored, by=owner_filter(client.grant))
-            if isinstance(event, Error):
-                client.send(msgspec.structs.replace(event, ref=request.ref))
-                return
-            if event is None:
-                unknown.append(job_id)
-                continue
-            jobs.append(event)
+        journal = self._hub.journal
+        with journal.reading_ahead(self._untracked(request.ids)):
+            for job_id in request.ids:
+                stored = None if self._core.tracks(job_id) else journal.get(job_id)
+                event = self._core.watch(job_id, wall, stored=stored, by=owner_filter(client.grant))
+                if isinstance(event, Error):
+                    client.send(msgspec.structs.replace(event, ref=request.ref))
+                    return
+                if event is None:
+                    unknown.append(job_id)
+                    continue
+                jobs.append(event)
         for event in jobs:
             self._hub.subscribe(client, event.id)
         client.send(Watching(jobs=jobs, unknown=unknown, ref=request.ref))

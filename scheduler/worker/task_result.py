@@ -89,7 +89,8 @@ class ResultPipe:
 
     Made before the fork: the child writes to :attr:`write_fd` (see :func:`send_result`
     and :func:`send_exception`); the parent calls :meth:`forked` right after the fork and
-    :meth:`collect` once the child is reaped, or :meth:`close` if the fork failed.
+    :meth:`collect` once the child is reaped, or :meth:`close` if the fork failed. A warm
+    slot process keeps one for all its jobs and :meth:`take` s each job's record.
     """
 
     def __init__(self) -> None:
@@ -107,18 +108,30 @@ class ResultPipe:
             os.close(self.write_fd)
             self.write_fd = -1
 
-    def collect(self) -> TaskRecord:
-        """Read the record the reaped job process left (:data:`NOTHING` if none) and close
-        the pipe. A record that does not parse is reported as an error of the job."""
+    @property
+    def read_fd(self) -> int:
+        """The read end (-1 once closed)."""
+        return self._read_fd
+
+    def take(self) -> bytes:
+        """What the pipe holds now, read without blocking; the pipe stays open. Raises
+        ``OSError`` if the read end is no longer a descriptor."""
         chunks = []
         try:
             while chunk := os.read(self._read_fd, PIPE_BYTES):
                 chunks.append(chunk)
         except BlockingIOError:
-            pass  # a process the job left behind still holds the write end
+            pass  # all read; a process the job left behind may still hold the write end
+        return b"".join(chunks)
+
+    def collect(self) -> TaskRecord:
+        """Read the record the reaped job process left (:data:`NOTHING` if none) and close
+        the pipe. A record that does not parse is reported as an error of the job."""
+        try:
+            data = self.take()
         finally:
             self.close()
-        return parse_record(b"".join(chunks))
+        return parse_record(data)
 
     def close(self) -> None:
         """Close both ends (idempotent)."""

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import _signal  # type: ignore[import-not-found]  # no stub; part of CPython
 import array
-import fcntl
 import os
 import pickle
 import resource
@@ -26,7 +25,7 @@ from typing import Final
 from scheduler.worker import containment
 from scheduler.worker.child import LEFTOVER_REAP_S
 from scheduler.worker.job_progress import enter_job
-from scheduler.worker.task_result import PIPE_BYTES
+from scheduler.worker.task_result import ResultPipe
 
 __all__ = ["DONE", "HEADER", "MAX_FDS", "slot_main"]
 
@@ -60,8 +59,8 @@ def slot_main(control_fd: int, inherited: list[int]) -> None:
     for fd in inherited:
         os.close(fd)
     out, err = os.dup(1), os.dup(2)
-    record_r, record_w = _result_pipe()
-    pipe_id = os.fstat(record_r).st_ino
+    results = ResultPipe()
+    pipe_id = os.fstat(results.read_fd).st_ino
     usage = _usage()
     peak_is_rss = False
     with socket.socket(fileno=control_fd) as sock:
@@ -70,9 +69,12 @@ def slot_main(control_fd: int, inherited: list[int]) -> None:
             cpu_before, children_peak = usage
             if not peak_is_rss:
                 _reset_peak()
-            exit_code = _run(payload, fds, record_w)
+            exit_code = _run(payload, fds, results.write_fd)
             _after_job(fds, out, err)
-            record = _take_record(record_r)
+            try:
+                record = results.take()
+            except OSError:
+                record = b""  # the job closed the pipe: checked below
             usage = cpu_after, children_after = _usage()
             peak_kb, rss_kb = _memory()
             peak_is_rss = peak_kb <= rss_kb
@@ -81,39 +83,15 @@ def slot_main(control_fd: int, inherited: list[int]) -> None:
             cpu_s = cpu_after - cpu_before
             done = DONE.pack(exit_code, cpu_s, cpu_after, peak_kb, rss_kb, len(record))
             sock.sendall(done + record)
-            if not _still_ours(pipe_id, record_r, record_w):
+            if not _still_ours(pipe_id, results):
                 return  # the job closed or replaced the result pipe: a fresh slot follows
 
 
-def _result_pipe() -> tuple[int, int]:
-    """The slot's result pipe, its read end non-blocking, with room for the largest
-    record (:class:`~scheduler.worker.task_result.ResultPipe` asks the same)."""
-    record_r, record_w = os.pipe()
-    os.set_blocking(record_r, False)
-    try:
-        fcntl.fcntl(record_r, fcntl.F_SETPIPE_SZ, PIPE_BYTES)
-    except OSError:
-        pass  # over the user's pipe quota: the job sees the smaller pipe and says so
-    return record_r, record_w
-
-
-def _take_record(record_r: int) -> bytes:
-    """What the job wrote to the result pipe (its leftovers are gone: nothing writes
-    more); empty if nothing, or if the job closed the pipe."""
-    chunks = []
-    try:
-        while chunk := os.read(record_r, PIPE_BYTES):
-            chunks.append(chunk)
-    except OSError:
-        pass  # empty (BlockingIOError), or closed by the job
-    return b"".join(chunks)
-
-
-def _still_ours(pipe_id: int, record_r: int, record_w: int) -> bool:
+def _still_ours(pipe_id: int, results: ResultPipe) -> bool:
     """Whether both descriptors are still the ends of the slot's result pipe (a job may
     close any descriptor of its process, and open another under its number)."""
     try:
-        return os.fstat(record_r).st_ino == pipe_id == os.fstat(record_w).st_ino
+        return os.fstat(results.read_fd).st_ino == pipe_id == os.fstat(results.write_fd).st_ino
     except OSError:
         return False
 
@@ -143,12 +121,12 @@ def _read_exactly(sock: socket.socket, size: int) -> bytes:
     return b"".join(chunks)
 
 
-def _run(payload: bytes, fds: list[int], record_w: int) -> int:
+def _run(payload: bytes, fds: list[int], result_fd: int) -> int:
     """Run one job; return its exit status as its own process would have exited with."""
     try:
         target, args, kwargs, fd_names, own_result = pickle.loads(payload)
         kwargs.update(zip(fd_names, fds, strict=True))
-        kwargs.update(dict.fromkeys(own_result, record_w))
+        kwargs.update(dict.fromkeys(own_result, result_fd))
         target(*args, **kwargs)
     except SystemExit as exc:
         return _exit_status(exc.code)

@@ -170,6 +170,10 @@ async def test_reading_ahead_answers_as_get_does_in_one_query(
         ids = ["job-1", "job-2", "job-3", "never"]
         expected = {job_id: journal.get(job_id) for job_id in ids}
         reads = count_reads(journal, monkeypatch)
+        assert journal.get_many(ids) == {i: job for i, job in expected.items() if job}
+        assert journal.get_many(["job-3"]) == {"job-3": expected["job-3"]}
+        assert reads == ["get_rows", "get_row"], "several in one query, one alone"
+        reads.clear()
         with journal.reading_ahead([*ids, "job-1"]):
             assert {job_id: journal.get(job_id) for job_id in ids} == expected
             assert reads == ["get_rows"], "one query; the queued job-2 is not asked for"

@@ -20,7 +20,7 @@ import asyncio
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from functools import partial
 from typing import Any, Final, TypeVar
 
@@ -161,6 +161,12 @@ class Journal:
         with self._store.failing("get"):
             row = self._store.get_row(job_id)
             return None if row is None else job_of(row)
+
+    def get_many(self, job_ids: Sequence[str]) -> dict[str, Job]:
+        """Fresh copies of those of ``job_ids`` saved and not deleted, as :meth:`get` gives
+        them: several read in one query, one (a lone submit) asked alone."""
+        with self.reading_ahead(job_ids) if len(job_ids) > 1 else nullcontext():
+            return {i: job for i in job_ids if (job := self.get(i)) is not None}
 
     @contextmanager
     def reading_ahead(self, job_ids: Iterable[str]) -> Iterator[None]:

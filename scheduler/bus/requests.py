@@ -260,10 +260,7 @@ class Requests:
     def _stored(self, job_ids: Iterable[str | None]) -> dict[str, Job]:
         """The journal's records of the given ids that the core no longer tracks (read in
         one query when there are several)."""
-        journal = self._hub.journal
-        untracked = self._untracked(job_ids)
-        with journal.reading_ahead(untracked):
-            return {i: job for i in untracked if (job := journal.get(i)) is not None}
+        return self._hub.journal.get_many(self._untracked(job_ids))
 
     def _run_vacuum(self, older_than_s: float | None) -> dict[str, int]:
         config = self._hub.config
